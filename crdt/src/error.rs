@@ -1,0 +1,129 @@
+use canopy_dag::{BlockError, StoreError};
+
+/// A storage failure underneath an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored record does not decode; the data directory is damaged.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for StorageError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Rocks(e) => StorageError::Rocks(e),
+            other => StorageError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+/// Failure to open a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The database could not be opened or read.
+    #[error("cannot open the data directory: {0}")]
+    Storage(#[from] StorageError),
+    /// An option is out of range.
+    #[error("invalid store option: {0}")]
+    InvalidOptions(String),
+    /// A writer thread could not be started.
+    #[error("cannot start writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl From<rocksdb::Error> for OpenError {
+    fn from(error: rocksdb::Error) -> Self {
+        OpenError::Storage(StorageError::Rocks(error))
+    }
+}
+
+/// Failure to open or drop a topic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopicError {
+    /// The name breaks the topic naming rule.
+    #[error("invalid topic name {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ : -")]
+    InvalidName(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An earlier storage failure stopped writes.
+    #[error("the store stopped accepting writes after a storage failure: restart the node")]
+    Poisoned,
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Failure of a local write.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// A key is empty or too long.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// A value is too large.
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
+    /// The batch holds more operations than allowed.
+    #[error("batch of {ops} operations exceeds delta_ops_max {max}")]
+    TooManyOps {
+        /// Operations in the batch.
+        ops: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The block could not be built.
+    #[error("cannot build block: {0}")]
+    Block(#[from] BlockError),
+    /// Storage failed; the store now refuses writes.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An earlier storage failure stopped writes.
+    #[error("the store stopped accepting writes after a storage failure: restart the node")]
+    Poisoned,
+    /// The topic was dropped.
+    #[error("topic was dropped")]
+    TopicDropped,
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Failure of a read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<rocksdb::Error> for ReadError {
+    fn from(error: rocksdb::Error) -> Self {
+        ReadError::Storage(StorageError::Rocks(error))
+    }
+}
+
+/// Failure to take in received blocks.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// Storage failed; the store now refuses writes.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// An earlier storage failure stopped writes.
+    #[error("the store stopped accepting writes after a storage failure: restart the node")]
+    Poisoned,
+    /// The topic was dropped.
+    #[error("topic was dropped")]
+    TopicDropped,
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}

@@ -1,0 +1,22 @@
+//! The add-wins key-value Merkle-CRDT at the heart of canopy.
+//!
+//! A [`Store`] holds many topics in one RocksDB. Each [`Topic`] is an independent replicated
+//! key-value space: local writes become DAG blocks carrying a [`Delta`]; received blocks are
+//! applied in causal order once their ancestry is complete. The [`sync`] module turns events
+//! (local commits, announced heads, received blocks) into effects (announcements, requests,
+//! responses) without doing any network I/O, so the node and the simulator run the same code.
+
+mod delta;
+mod error;
+mod row;
+pub mod sim;
+mod store;
+pub mod sync;
+mod topic;
+mod writer;
+
+pub use canopy_dag::{Block, BlockLimits, Cid, Height, TopicId};
+pub use delta::{Delta, DeltaError, Limits};
+pub use error::{IngestError, OpenError, ReadError, StorageError, TopicError, WriteError};
+pub use store::{Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use topic::{Batch, Change, Commit, Head, IngestOutcome, Op, Page, Topic};

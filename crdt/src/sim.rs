@@ -1,0 +1,525 @@
+//! A deterministic in-process cluster: real stores, the real sync logic, a seeded network.
+//!
+//! Every replica has its own RocksDB under a caller-given directory and its own [`Sync`]. The
+//! network carries encoded [`Message`]s with a random latency and can drop, duplicate, delay
+//! (reorder) and corrupt them, and split replicas into partitions. Time is simulated: the
+//! cluster jumps from one event (a delivery or a tick) to the next, so a run with the same seed
+//! makes the same calls in the same order.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::path::{Path, PathBuf};
+
+use canopy_dag::{Block, BlockLimits, Cid};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::delta::{Delta, Limits};
+use crate::error::{OpenError, ReadError, TopicError, WriteError};
+use crate::store::{Store, StoreOptions};
+use crate::sync::{Effect, Sync, SyncConfig};
+use crate::topic::{Batch, Commit, Head, Topic};
+
+/// Probabilities of network faults, each per delivered message.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// A message is lost.
+    pub drop: f64,
+    /// A message is delivered twice.
+    pub dup: f64,
+    /// A message is held back by up to `reorder_delay_max_ms`, so later ones overtake it.
+    pub reorder: f64,
+    /// One to four bytes of a message are altered.
+    pub corrupt: f64,
+}
+
+/// Faults injected so far, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Messages dropped by the fault model.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Messages delayed out of order.
+    pub reordered: u64,
+    /// Messages corrupted.
+    pub corrupted: u64,
+    /// Messages lost to a partition.
+    pub partitioned: u64,
+    /// Partitions made.
+    pub partitions: u64,
+    /// Replica crashes.
+    pub crashes: u64,
+}
+
+/// The cluster could not reach a state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// A store failed to open.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// A topic failed to open.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// A write failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A read failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The replicas did not converge within the step bound.
+    #[error("no quiescence after {steps} steps")]
+    NotQuiet {
+        /// Steps taken.
+        steps: u64,
+    },
+    /// The replica is crashed.
+    #[error("replica {0} is down")]
+    Down(usize),
+}
+
+struct Envelope {
+    from: usize,
+    to: usize,
+    bytes: Vec<u8>,
+}
+
+/// Timing of the simulated network and replicas.
+#[derive(Clone, Debug)]
+pub struct SimTiming {
+    /// Least one-way latency.
+    pub latency_min_ms: u64,
+    /// Greatest one-way latency.
+    pub latency_max_ms: u64,
+    /// Extra delay of a reordered message, at most.
+    pub reorder_delay_max_ms: u64,
+    /// Interval between ticks of every replica.
+    pub tick_interval_ms: u64,
+}
+
+impl Default for SimTiming {
+    fn default() -> Self {
+        SimTiming {
+            latency_min_ms: 1,
+            latency_max_ms: 20,
+            reorder_delay_max_ms: 300,
+            tick_interval_ms: 100,
+        }
+    }
+}
+
+/// A simulated cluster of replicas that all subscribe the same topics.
+pub struct Cluster {
+    dir: PathBuf,
+    topics: Vec<String>,
+    nodes: Vec<Option<Sync<usize>>>,
+    store_options: StoreOptions,
+    sync_config: SyncConfig,
+    timing: SimTiming,
+    faults: Faults,
+    counts: FaultCounts,
+    /// Partition group of each replica; replicas talk only within a group.
+    groups: Vec<usize>,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    in_flight: HashMap<u64, Envelope>,
+    sequence: u64,
+    now_ms: u64,
+    next_tick_ms: u64,
+    rng: StdRng,
+    messages: u64,
+    acknowledged: Vec<(String, Commit)>,
+}
+
+impl Cluster {
+    /// Starts `replicas` replicas under `dir`, each subscribed to every topic of `topics`.
+    pub fn new(
+        dir: &Path,
+        replicas: usize,
+        topics: &[String],
+        seed: u64,
+    ) -> Result<Cluster, SimError> {
+        let store_options = StoreOptions {
+            writer_threads: 1,
+            cache_bytes: 4 << 20,
+            ..StoreOptions::default()
+        };
+        let sync_config = SyncConfig {
+            rebroadcast_interval_ms: 1_000,
+            request_timeout_ms: 2_000,
+            ..SyncConfig::default()
+        };
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            topics: topics.to_vec(),
+            nodes: Vec::new(),
+            store_options,
+            sync_config,
+            timing: SimTiming::default(),
+            faults: Faults::default(),
+            counts: FaultCounts::default(),
+            groups: vec![0; replicas],
+            queue: BinaryHeap::new(),
+            in_flight: HashMap::new(),
+            sequence: 0,
+            now_ms: 0,
+            next_tick_ms: 0,
+            rng: StdRng::seed_from_u64(seed),
+            messages: 0,
+            acknowledged: Vec::new(),
+        };
+        for replica in 0..replicas {
+            let node = cluster.open(replica)?;
+            cluster.nodes.push(Some(node));
+        }
+        Ok(cluster)
+    }
+
+    fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
+        let store = Store::open(
+            self.dir.join(format!("replica-{replica}")),
+            self.store_options.clone(),
+        )?;
+        let config = SyncConfig {
+            seed: replica as u64 + 1,
+            ..self.sync_config.clone()
+        };
+        let mut sync = Sync::new(store, config);
+        for topic in &self.topics {
+            sync.subscribe(topic)?;
+        }
+        Ok(sync)
+    }
+
+    /// Number of replicas, up or down.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True for a cluster without replicas.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Sets the fault probabilities from now on.
+    pub fn set_faults(&mut self, faults: Faults) {
+        self.faults = faults;
+    }
+
+    /// Faults injected so far.
+    pub fn fault_counts(&self) -> &FaultCounts {
+        &self.counts
+    }
+
+    /// Messages sent so far (before faults).
+    pub fn messages(&self) -> u64 {
+        self.messages
+    }
+
+    /// Simulated time, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// Every local write acknowledged so far, as `(topic, commit)`.
+    pub fn acknowledged(&self) -> &[(String, Commit)] {
+        &self.acknowledged
+    }
+
+    /// The topic handle of a running replica.
+    pub fn topic(&self, replica: usize, topic: &str) -> Result<Topic, SimError> {
+        let node = self.nodes[replica]
+            .as_ref()
+            .ok_or(SimError::Down(replica))?;
+        Ok(node
+            .topic(topic)
+            .expect("every replica subscribes every topic")
+            .clone())
+    }
+
+    /// True when the replica is running.
+    pub fn is_up(&self, replica: usize) -> bool {
+        self.nodes[replica].is_some()
+    }
+
+    /// Puts on one replica and announces the new heads.
+    pub fn put(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<Commit, SimError> {
+        let commit = self.topic(replica, topic)?.put(key, value)?;
+        self.committed(replica, topic, Some(commit));
+        Ok(commit)
+    }
+
+    /// Deletes on one replica and announces the new heads.
+    pub fn delete(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        key: &[u8],
+    ) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.delete(key)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
+    /// Applies a batch on one replica and announces the new heads.
+    pub fn batch(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        batch: Batch,
+    ) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.batch(batch)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
+    fn committed(&mut self, replica: usize, topic: &str, commit: Option<Commit>) {
+        let Some(commit) = commit else { return };
+        self.acknowledged.push((topic.to_string(), commit));
+        let effects = self.nodes[replica]
+            .as_ref()
+            .map(|node| node.announce(topic))
+            .unwrap_or_default();
+        self.dispatch(replica, effects);
+    }
+
+    /// Splits the replicas: `groups[i]` is replica i's group; only replicas of one group talk.
+    pub fn partition(&mut self, groups: Vec<usize>) {
+        assert_eq!(groups.len(), self.nodes.len(), "one group per replica");
+        self.groups = groups;
+        self.counts.partitions += 1;
+    }
+
+    /// Splits the replicas into random groups (at least two when there are two replicas).
+    pub fn random_partition(&mut self) {
+        let n = self.nodes.len();
+        let group_count = self.rng.random_range(2..=n.clamp(2, 4));
+        let groups = (0..n)
+            .map(|_| self.rng.random_range(0..group_count))
+            .collect();
+        self.partition(groups);
+    }
+
+    /// Joins every replica into one group again.
+    pub fn heal(&mut self) {
+        self.groups = vec![0; self.nodes.len()];
+    }
+
+    /// Stops a replica at once: queued commands and messages to it are lost; what RocksDB
+    /// committed stays on disk.
+    pub fn crash(&mut self, replica: usize) {
+        if self.nodes[replica].take().is_some() {
+            self.counts.crashes += 1;
+        }
+    }
+
+    /// Reopens a crashed replica from its data directory.
+    pub fn restart(&mut self, replica: usize) -> Result<(), SimError> {
+        if self.nodes[replica].is_none() {
+            self.nodes[replica] = Some(self.open(replica)?);
+        }
+        Ok(())
+    }
+
+    /// A random number from the cluster's seeded generator, for workloads driven from outside.
+    pub fn rng(&mut self) -> &mut StdRng {
+        &mut self.rng
+    }
+
+    fn dispatch(&mut self, from: usize, effects: Vec<Effect<usize>>) {
+        for effect in effects {
+            match effect {
+                Effect::Publish { message, .. } => {
+                    let bytes = message.encode();
+                    for to in 0..self.nodes.len() {
+                        if to != from {
+                            self.send(from, to, bytes.clone());
+                        }
+                    }
+                }
+                Effect::Send { to, message } => self.send(from, to, message.encode()),
+            }
+        }
+    }
+
+    fn send(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
+        self.messages += 1;
+        if self.groups[from] != self.groups[to] {
+            self.counts.partitioned += 1;
+            return;
+        }
+        if self.rng.random_bool(self.faults.drop) {
+            self.counts.dropped += 1;
+            return;
+        }
+        if self.rng.random_bool(self.faults.corrupt) && !bytes.is_empty() {
+            self.counts.corrupted += 1;
+            for _ in 0..self.rng.random_range(1..=4) {
+                let at = self.rng.random_range(0..bytes.len());
+                bytes[at] ^= self.rng.random_range(1..=255u8);
+            }
+        }
+        let copies = if self.rng.random_bool(self.faults.dup) {
+            self.counts.duplicated += 1;
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = self
+                .rng
+                .random_range(self.timing.latency_min_ms..=self.timing.latency_max_ms);
+            if self.rng.random_bool(self.faults.reorder) {
+                self.counts.reordered += 1;
+                delay += self.rng.random_range(0..=self.timing.reorder_delay_max_ms);
+            }
+            self.sequence += 1;
+            self.in_flight.insert(
+                self.sequence,
+                Envelope {
+                    from,
+                    to,
+                    bytes: bytes.clone(),
+                },
+            );
+            self.queue
+                .push(Reverse((self.now_ms + delay, self.sequence)));
+        }
+    }
+
+    /// Runs one event: the next delivery or the next round of ticks, whichever comes first.
+    pub fn step(&mut self) -> Result<(), SimError> {
+        let next_message = self.queue.peek().map(|Reverse((at, _))| *at);
+        if next_message.is_some_and(|at| at < self.next_tick_ms) {
+            let Reverse((at, sequence)) = self.queue.pop().expect("peeked");
+            self.now_ms = at;
+            let envelope = self
+                .in_flight
+                .remove(&sequence)
+                .expect("queued messages are in flight");
+            let Some(node) = self.nodes[envelope.to].as_mut() else {
+                return Ok(());
+            };
+            // A bad message is the sender's fault: the receiver refuses it and carries on.
+            if let Ok(effects) = node.handle_bytes(self.now_ms, envelope.from, &envelope.bytes) {
+                self.dispatch(envelope.to, effects);
+            }
+            return Ok(());
+        }
+        self.now_ms = self.next_tick_ms;
+        self.next_tick_ms += self.timing.tick_interval_ms;
+        for replica in 0..self.nodes.len() {
+            let effects = match self.nodes[replica].as_mut() {
+                Some(node) => node.tick(self.now_ms),
+                None => continue,
+            };
+            self.dispatch(replica, effects);
+        }
+        Ok(())
+    }
+
+    /// Runs for `ms` of simulated time.
+    pub fn run_for(&mut self, ms: u64) -> Result<(), SimError> {
+        let until = self.now_ms + ms;
+        while self.now_ms < until {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Runs until every running replica has the same heads in every topic, nothing is waiting
+    /// for parents and no message is in flight, or fails after `steps_max` steps. Returns the
+    /// steps taken.
+    pub fn run_until_quiet(&mut self, steps_max: u64) -> Result<u64, SimError> {
+        for steps in 0..steps_max {
+            if self.queue.is_empty() && self.converged() {
+                return Ok(steps);
+            }
+            self.step()?;
+        }
+        Err(SimError::NotQuiet { steps: steps_max })
+    }
+
+    /// True when every running replica has the same heads in every topic and nothing pending.
+    pub fn converged(&self) -> bool {
+        self.topics.iter().all(|topic| {
+            let mut heads: Option<Vec<Head>> = None;
+            self.nodes.iter().flatten().all(|node| {
+                let handle = node.topic(topic).expect("subscribed");
+                let mine = handle.heads();
+                handle.pending_count() == 0 && *heads.get_or_insert_with(|| mine.clone()) == mine
+            })
+        })
+    }
+
+    /// Every key and visible value of `topic` on one replica.
+    pub fn dump(
+        &self,
+        replica: usize,
+        topic: &str,
+    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, SimError> {
+        let handle = self.topic(replica, topic)?;
+        let mut out = BTreeMap::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = handle.query(b"", after.as_deref(), 1000)?;
+            out.extend(page.entries);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Every block of `topic` held by any running replica, by CID.
+    pub fn all_blocks(&self, topic: &str) -> Result<BTreeMap<Cid, Block>, SimError> {
+        let mut blocks = BTreeMap::new();
+        for node in self.nodes.iter().flatten() {
+            let handle = node.topic(topic).expect("subscribed");
+            for item in node.store().blocks().iter_topic(handle.id()) {
+                let (cid, bytes) = item.map_err(|e| ReadError::Storage(e.into()))?;
+                let block = Block::decode(cid, &bytes, &BlockLimits::default())
+                    .map_err(|e| ReadError::Storage(crate::StorageError::Corrupt(e.to_string())))?;
+                blocks.insert(cid, block);
+            }
+        }
+        Ok(blocks)
+    }
+}
+
+/// The visible state that DESIGN's semantics give for a set of blocks, computed from scratch:
+/// every element any block adds, minus every element any block tombstones; per key the live
+/// element greatest by `(height, value, element id)` wins. Independent of the engine's storage.
+pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut added: BTreeMap<Vec<u8>, Vec<(u64, Vec<u8>, Cid)>> = BTreeMap::new();
+    let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
+    let limits = Limits::default();
+    for (cid, block) in blocks {
+        let Ok(delta) = Delta::decode(block.payload(), &limits) else {
+            continue;
+        };
+        for (key, value) in delta.adds {
+            added
+                .entry(key)
+                .or_default()
+                .push((block.height(), value, *cid));
+        }
+        removed.extend(delta.removes);
+    }
+    added
+        .into_iter()
+        .filter_map(|(key, elements)| {
+            let winner = elements
+                .into_iter()
+                .filter(|(_, _, id)| !removed.contains(&(key.clone(), *id)))
+                .max()?;
+            Some((key, winner.1))
+        })
+        .collect()
+}

@@ -1,0 +1,384 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use canopy_dag::{
+    Block, BlockLimits, BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, TopicId,
+};
+use crossbeam_channel::{Sender, bounded};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform};
+
+use crate::delta::Limits;
+use crate::error::{OpenError, StorageError, TopicError};
+use crate::topic::{Change, Head, Topic};
+use crate::writer::{self, Command, TopicState};
+
+/// Received blocks waiting for their parents: `topic ++ cid` → block bytes.
+pub(crate) const CF_PENDING: &str = "pending";
+/// Current heads: `topic ++ cid` → height (8 bytes, big-endian).
+pub(crate) const CF_HEADS: &str = "heads";
+/// Live elements per key: `topic ++ key` → encoded row.
+pub(crate) const CF_KV: &str = "kv";
+/// Topic registry and counters; keys are not topic-prefixed.
+pub(crate) const CF_META: &str = "meta";
+
+const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+const META_TOPIC: u8 = b't';
+const META_KEY_COUNT: u8 = b'c';
+
+/// Longest topic name.
+pub const TOPIC_NAME_BYTES_MAX: usize = 128;
+
+/// Settings of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Sync the write-ahead log on every commit, so acknowledged writes survive a power loss
+    /// (without it they survive a process crash).
+    pub sync_writes: bool,
+    /// Threads that write to RocksDB; topics are spread over them by id.
+    pub writer_threads: usize,
+    /// Requests each writer thread queues before callers wait.
+    pub queue_depth: usize,
+    /// Most operations grouped into one commit.
+    pub group_ops_max: usize,
+    /// Most received blocks applied in one RocksDB write.
+    pub apply_blocks_max: usize,
+    /// Most received blocks kept waiting for their parents, per topic.
+    pub pending_blocks_max: usize,
+    /// Changes each watcher may fall behind before it is disconnected.
+    pub watch_queue_depth: usize,
+    /// Most entries one query returns.
+    pub query_limit_max: usize,
+    /// Shared RocksDB block cache, in bytes.
+    pub cache_bytes: usize,
+    /// Key, value and delta limits.
+    pub limits: Limits,
+    /// Block limits.
+    pub block_limits: BlockLimits,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_writes: false,
+            writer_threads: 2,
+            queue_depth: 4096,
+            group_ops_max: 4096,
+            apply_blocks_max: 4096,
+            pending_blocks_max: 1 << 20,
+            watch_queue_depth: 4096,
+            query_limit_max: 10_000,
+            cache_bytes: 64 << 20,
+            limits: Limits::default(),
+            block_limits: BlockLimits::default(),
+        }
+    }
+}
+
+/// A node's database: many topics in one RocksDB, written by dedicated threads.
+///
+/// Cloning is cheap; the database closes when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+pub(crate) struct StoreInner {
+    pub db: Arc<DB>,
+    pub blocks: BlockStore,
+    pub options: StoreOptions,
+    topics: RwLock<BTreeMap<String, Arc<TopicShared>>>,
+    registry: Mutex<()>,
+    writers: Mutex<Vec<Sender<Command>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pub poisoned: Arc<AtomicBool>,
+}
+
+/// What the writer thread and topic handles share about one topic.
+pub(crate) struct TopicShared {
+    pub id: TopicId,
+    pub name: String,
+    pub heads: RwLock<Vec<Head>>,
+    pub key_count: AtomicU64,
+    pub pending_count: AtomicU64,
+    pub watchers: Mutex<Vec<Sender<Change>>>,
+    pub dropped: AtomicBool,
+}
+
+impl TopicShared {
+    pub fn max_height(&self) -> Height {
+        self.heads
+            .read()
+            .expect("heads lock")
+            .iter()
+            .map(|h| h.height)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn table_options(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
+fn topic_cf_options(cache: &Cache) -> Options {
+    let mut options = Options::default();
+    options.set_prefix_extractor(SliceTransform::create_fixed_prefix(TOPIC_ID_BYTES));
+    options.set_memtable_prefix_bloom_ratio(0.1);
+    options.set_block_based_table_factory(&table_options(cache));
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    options
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `path`.
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, OpenError> {
+        if options.writer_threads == 0 || options.queue_depth == 0 || options.group_ops_max == 0 {
+            return Err(OpenError::InvalidOptions(
+                "writer_threads, queue_depth and group_ops_max must be at least 1".into(),
+            ));
+        }
+        let cache = Cache::new_lru_cache(options.cache_bytes);
+        let mut db_options = Options::default();
+        db_options.create_if_missing(true);
+        db_options.create_missing_column_families(true);
+        db_options.increase_parallelism(2);
+        db_options.set_max_background_jobs(4);
+        db_options.set_bytes_per_sync(1 << 20);
+        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV]
+            .into_iter()
+            .map(|name| ColumnFamilyDescriptor::new(name, topic_cf_options(&cache)))
+            .chain(std::iter::once(ColumnFamilyDescriptor::new(
+                CF_META,
+                Options::default(),
+            )));
+        let db = Arc::new(DB::open_cf_descriptors(&db_options, path, cfs)?);
+        let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
+        let inner = Arc::new(StoreInner {
+            db,
+            blocks,
+            options,
+            topics: RwLock::new(BTreeMap::new()),
+            registry: Mutex::new(()),
+            writers: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            poisoned: Arc::new(AtomicBool::new(false)),
+        });
+        for index in 0..inner.options.writer_threads {
+            let (tx, rx) = bounded(inner.options.queue_depth);
+            let context = writer::Context::new(&inner);
+            let handle = std::thread::Builder::new()
+                .name(format!("canopy-writer-{index}"))
+                .spawn(move || writer::run(context, rx))
+                .map_err(OpenError::Thread)?;
+            inner.writers.lock().expect("writers lock").push(tx);
+            inner.threads.lock().expect("threads lock").push(handle);
+        }
+        let store = Store { inner };
+        for name in store.stored_topic_names()? {
+            store.topic(&name).map_err(|e| match e {
+                TopicError::Storage(s) => OpenError::Storage(s),
+                other => OpenError::Storage(StorageError::Corrupt(other.to_string())),
+            })?;
+        }
+        Ok(store)
+    }
+
+    /// Opens a topic, creating it on first use. Topic names are 1 to 128 characters from
+    /// `A-Z a-z 0-9 . _ : -`.
+    pub fn topic(&self, name: &str) -> Result<Topic, TopicError> {
+        validate_topic_name(name)?;
+        if let Some(shared) = self.inner.topics.read().expect("topics lock").get(name) {
+            return Ok(Topic::new(self.inner.clone(), shared.clone()));
+        }
+        let _registry = self.inner.registry.lock().expect("registry lock");
+        if let Some(shared) = self.inner.topics.read().expect("topics lock").get(name) {
+            return Ok(Topic::new(self.inner.clone(), shared.clone()));
+        }
+        let id = self.topic_id(name)?;
+        let state = TopicState::load(&self.inner, id, name)?;
+        let shared = state.shared.clone();
+        self.inner
+            .send(id, Command::Register(Box::new(state)))
+            .map_err(|_| TopicError::Closed)?;
+        self.inner
+            .topics
+            .write()
+            .expect("topics lock")
+            .insert(name.to_string(), shared.clone());
+        Ok(Topic::new(self.inner.clone(), shared))
+    }
+
+    /// The topic named `name`, if it exists, without creating it.
+    pub fn existing_topic(&self, name: &str) -> Option<Topic> {
+        let shared = self
+            .inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .get(name)?
+            .clone();
+        Some(Topic::new(self.inner.clone(), shared))
+    }
+
+    /// Names of all topics in the store, sorted.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.inner
+            .topics
+            .read()
+            .expect("topics lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Deletes a topic and all its data. Handles to it fail from then on.
+    pub fn drop_topic(&self, name: &str) -> Result<bool, TopicError> {
+        let _registry = self.inner.registry.lock().expect("registry lock");
+        let Some(shared) = self.inner.topics.write().expect("topics lock").remove(name) else {
+            return Ok(false);
+        };
+        let (tx, rx) = bounded(1);
+        self.inner
+            .send(
+                shared.id,
+                Command::Drop {
+                    topic: shared.id,
+                    reply: tx,
+                },
+            )
+            .map_err(|_| TopicError::Closed)?;
+        rx.recv().map_err(|_| TopicError::Closed)??;
+        Ok(true)
+    }
+
+    /// True once a storage failure has stopped writes.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// The block store, for DAG walks and exports.
+    pub fn blocks(&self) -> &BlockStore {
+        &self.inner.blocks
+    }
+
+    fn stored_topic_names(&self) -> Result<Vec<String>, StorageError> {
+        let meta = self.inner.cf(CF_META);
+        let mut names = Vec::new();
+        for item in self.inner.db.prefix_iterator_cf(meta, [META_TOPIC]) {
+            let (key, _) = item?;
+            if key.first() != Some(&META_TOPIC) {
+                break;
+            }
+            let name = std::str::from_utf8(&key[1..])
+                .map_err(|_| StorageError::Corrupt("topic name is not UTF-8".into()))?;
+            names.push(name.to_string());
+        }
+        Ok(names)
+    }
+
+    fn topic_id(&self, name: &str) -> Result<TopicId, StorageError> {
+        let db = &self.inner.db;
+        let meta = self.inner.cf(CF_META);
+        let mut key = vec![META_TOPIC];
+        key.extend_from_slice(name.as_bytes());
+        if let Some(bytes) = db.get_cf(meta, &key)? {
+            return decode_u32(&bytes).map(TopicId);
+        }
+        let next = match db.get_cf(meta, META_NEXT_TOPIC_ID)? {
+            Some(bytes) => decode_u32(&bytes)?,
+            None => 0,
+        };
+        let following = next
+            .checked_add(1)
+            .ok_or_else(|| StorageError::Corrupt("topic ids exhausted".into()))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(meta, &key, next.to_be_bytes());
+        batch.put_cf(meta, META_NEXT_TOPIC_ID, following.to_be_bytes());
+        db.write(batch)?;
+        Ok(TopicId(next))
+    }
+}
+
+impl StoreInner {
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every canopy column family is opened with the database")
+    }
+
+    /// Queues a command for the writer thread that owns `topic`.
+    pub fn send(&self, topic: TopicId, command: Command) -> Result<(), Command> {
+        let writers = self.writers.lock().expect("writers lock");
+        if writers.is_empty() {
+            return Err(command);
+        }
+        let sender = writers[topic.0 as usize % writers.len()].clone();
+        drop(writers);
+        sender.send(command).map_err(|e| e.into_inner())
+    }
+}
+
+impl Drop for StoreInner {
+    fn drop(&mut self) {
+        self.writers.lock().expect("writers lock").clear();
+        for handle in self.threads.lock().expect("threads lock").drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The key under which a topic's live-key count is kept in the meta column family.
+pub(crate) fn key_count_key(topic: TopicId) -> Vec<u8> {
+    let mut key = vec![META_KEY_COUNT];
+    key.extend_from_slice(&topic.prefix());
+    key
+}
+
+/// The key under which a topic name is registered.
+pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
+    let mut key = vec![META_TOPIC];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {
+    let array: [u8; 4] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("bad u32 record in meta".into()))?;
+    Ok(u32::from_be_bytes(array))
+}
+
+/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`.
+pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    let valid = !name.is_empty()
+        && name.len() <= TOPIC_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(TopicError::InvalidName(name.to_string()))
+    }
+}
+
+/// Decodes a pending block record; used when a topic is loaded.
+pub(crate) fn decode_pending(key: &[u8], bytes: &[u8], limits: &BlockLimits) -> Option<Block> {
+    let cid = Cid::try_from(key.get(TOPIC_ID_BYTES..)?).ok()?;
+    Block::decode(cid, bytes, limits).ok()
+}

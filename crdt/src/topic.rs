@@ -1,0 +1,382 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use canopy_dag::{Block, Cid, Height, TopicId, Walk, WalkLimits, sample_ancestors, walk_missing};
+use crossbeam_channel::{Receiver, bounded};
+use rocksdb::ReadOptions;
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{check_key, check_value};
+use crate::error::{IngestError, ReadError, StorageError, WriteError};
+use crate::row::Row;
+use crate::store::{CF_KV, StoreInner, TopicShared};
+use crate::writer::{Command, Committed, WriteRequest};
+
+/// A head of a topic: a block no other known block links to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Head {
+    /// The head block.
+    pub cid: Cid,
+    /// Its height.
+    pub height: Height,
+}
+
+/// The block a local write produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// CID of the new block.
+    pub cid: Cid,
+    /// Its height, the priority of every element it added.
+    pub height: Height,
+}
+
+/// One operation of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove every live element of `key` this replica knows.
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => key,
+        }
+    }
+}
+
+/// Operations applied as one atomic delta; the last operation on a key wins.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Batch {
+        self.ops.push(Op::Delete(key.into()));
+        self
+    }
+
+    /// Number of operations.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when the batch holds no operation.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+impl From<Vec<Op>> for Batch {
+    fn from(ops: Vec<Op>) -> Batch {
+        Batch { ops }
+    }
+}
+
+/// One page of a prefix query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Keys and visible values, in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The key to pass as `after` for the next page, when more entries remain.
+    pub next: Option<Vec<u8>>,
+}
+
+/// A change of a key's visible value, as seen by watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new visible value; `None` when the key no longer exists.
+    pub value: Option<Vec<u8>>,
+    /// Height of the block that caused the change.
+    pub height: Height,
+}
+
+/// What happened to a batch of received blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Blocks applied, including earlier ones that were waiting for these.
+    pub applied: usize,
+    /// Blocks refused, with the reason.
+    pub rejected: Vec<(Cid, String)>,
+    /// Blocks now waiting for their parents.
+    pub pending: usize,
+    /// Parents that are neither applied nor received, to be requested (bounded).
+    pub missing: Vec<Cid>,
+    /// True when the heads changed.
+    pub heads_changed: bool,
+}
+
+/// Handle to one replicated topic. Cheap to clone; all clones see the same topic.
+#[derive(Clone)]
+pub struct Topic {
+    store: Arc<StoreInner>,
+    shared: Arc<TopicShared>,
+}
+
+impl Topic {
+    pub(crate) fn new(store: Arc<StoreInner>, shared: Arc<TopicShared>) -> Topic {
+        Topic { store, shared }
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The topic's id in this store.
+    pub fn id(&self) -> TopicId {
+        self.shared.id
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Commit, WriteError> {
+        let committed = self.write(vec![Op::Put(key.into(), value.into())])?;
+        Ok(committed.commit.expect("a put always produces a block"))
+    }
+
+    /// Deletes `key`. Returns `None`, and writes nothing, when the key has no live value.
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Commit>, WriteError> {
+        let committed = self.write(vec![Op::Delete(key.into())])?;
+        Ok(if committed.deleted {
+            committed.commit
+        } else {
+            None
+        })
+    }
+
+    /// Applies `batch` as one atomic delta. Returns `None` when the batch changes nothing.
+    pub fn batch(&self, batch: Batch) -> Result<Option<Commit>, WriteError> {
+        Ok(self.write(batch.ops)?.commit)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<Committed, WriteError> {
+        let limits = &self.store.options.limits;
+        if ops.len() > limits.delta_ops_max {
+            return Err(WriteError::TooManyOps {
+                ops: ops.len(),
+                max: limits.delta_ops_max,
+            });
+        }
+        for op in &ops {
+            check_key(op.key(), limits).map_err(WriteError::InvalidKey)?;
+            if let Op::Put(_, value) = op {
+                check_value(value, limits).map_err(WriteError::InvalidValue)?;
+            }
+        }
+        if self.store.poisoned.load(Ordering::SeqCst) {
+            return Err(WriteError::Poisoned);
+        }
+        let (reply, result) = bounded(1);
+        let request = WriteRequest {
+            topic: self.shared.id,
+            ops,
+            reply,
+        };
+        self.store
+            .send(self.shared.id, Command::Write(request))
+            .map_err(|_| WriteError::Closed)?;
+        result.recv().map_err(|_| WriteError::Closed)?
+    }
+
+    /// The visible value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        let Some(bytes) = self
+            .store
+            .db
+            .get_pinned_cf(self.store.cf(CF_KV), self.shared.id.key(key))?
+        else {
+            return Ok(None);
+        };
+        let row = Row::decode(&bytes)
+            .map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
+        Ok(row.winner().map(|element| element.value.clone()))
+    }
+
+    /// Whether `key` has a visible value.
+    pub fn has(&self, key: &[u8]) -> Result<bool, ReadError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Keys starting with `prefix`, in key order, strictly after `after` when given, at most
+    /// `limit` of them (capped by `query_limit_max`).
+    pub fn query(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Page, ReadError> {
+        let limit = limit.min(self.store.options.query_limit_max);
+        let topic = self.shared.id;
+        let start = match after {
+            Some(after) if after >= prefix => topic.key(after),
+            _ => topic.key(prefix),
+        };
+        let mut options = ReadOptions::default();
+        options.set_prefix_same_as_start(true);
+        if let Some(end) = topic.range_end() {
+            options.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut iter = self
+            .store
+            .db
+            .raw_iterator_cf_opt(self.store.cf(CF_KV), options);
+        iter.seek(&start);
+        let mut page = Page::default();
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let key = &key[canopy_dag::TOPIC_ID_BYTES..];
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|after| key <= after) {
+                iter.next();
+                continue;
+            }
+            if page.entries.len() == limit {
+                page.next = page.entries.last().map(|(k, _)| k.clone());
+                break;
+            }
+            let row = Row::decode(value)
+                .map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
+            if let Some(winner) = row.winner() {
+                page.entries.push((key.to_vec(), winner.value.clone()));
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(page)
+    }
+
+    /// Current heads, sorted by CID.
+    pub fn heads(&self) -> Vec<Head> {
+        self.shared.heads.read().expect("heads lock").clone()
+    }
+
+    /// Largest height among the heads (0 for an empty topic).
+    pub fn max_height(&self) -> Height {
+        self.shared.max_height()
+    }
+
+    /// Number of keys with a visible value.
+    pub fn key_count(&self) -> u64 {
+        self.shared.key_count.load(Ordering::SeqCst)
+    }
+
+    /// Received blocks waiting for their parents.
+    pub fn pending_count(&self) -> u64 {
+        self.shared.pending_count.load(Ordering::SeqCst)
+    }
+
+    /// A stream of changes to visible values. A watcher that falls more than
+    /// `watch_queue_depth` changes behind is disconnected and must watch again.
+    pub fn watch(&self) -> Receiver<Change> {
+        let (tx, rx) = bounded(self.store.options.watch_queue_depth);
+        self.shared.watchers.lock().expect("watchers lock").push(tx);
+        rx
+    }
+
+    /// Takes in received, hash-checked blocks: stores those whose parents are missing and
+    /// applies, in causal order, every block whose ancestry is complete.
+    pub fn ingest(&self, blocks: Vec<Block>) -> Result<IngestOutcome, IngestError> {
+        if self.store.poisoned.load(Ordering::SeqCst) {
+            return Err(IngestError::Poisoned);
+        }
+        let (reply, result) = bounded(1);
+        let command = Command::Ingest {
+            topic: self.shared.id,
+            blocks,
+            reply,
+        };
+        self.store
+            .send(self.shared.id, command)
+            .map_err(|_| IngestError::Closed)?;
+        result.recv().map_err(|_| IngestError::Closed)?
+    }
+
+    /// Those of `cids` that are neither applied nor waiting for parents, plus (up to `max` in
+    /// all) the parents that waiting blocks still lack.
+    pub fn unknown(&self, cids: Vec<Cid>, max: usize) -> Result<Vec<Cid>, IngestError> {
+        let (reply, result) = bounded(1);
+        let command = Command::Unknown {
+            topic: self.shared.id,
+            cids,
+            max,
+            reply,
+        };
+        self.store
+            .send(self.shared.id, command)
+            .map_err(|_| IngestError::Closed)?;
+        result.recv().map_err(|_| IngestError::Closed)?
+    }
+
+    /// Whether the block `cid` is applied in this topic.
+    pub fn contains(&self, cid: &Cid) -> Result<bool, ReadError> {
+        Ok(self
+            .store
+            .blocks
+            .contains(self.shared.id, cid)
+            .map_err(StorageError::from)?)
+    }
+
+    /// Blocks below `wants` that are not below `haves`, highest first, within `limits`.
+    pub fn walk(
+        &self,
+        wants: &[Cid],
+        haves: &[Cid],
+        limits: &WalkLimits,
+    ) -> Result<Walk, ReadError> {
+        Ok(
+            walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits)
+                .map_err(StorageError::from)?,
+        )
+    }
+
+    /// What this replica has, for a request: its heads and a sample of their ancestors.
+    pub fn have_sample(&self, max: usize) -> Result<Vec<Cid>, ReadError> {
+        let heads: Vec<Cid> = self.heads().iter().map(|h| h.cid).collect();
+        let mut have = sample_ancestors(
+            &self.store.blocks,
+            self.shared.id,
+            &heads,
+            max.saturating_sub(heads.len()),
+        )
+        .map_err(StorageError::from)?;
+        have.extend(heads);
+        have.sort_unstable();
+        have.dedup();
+        Ok(have)
+    }
+
+    /// The encoded bytes of an applied block.
+    pub fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
+        Ok(self
+            .store
+            .blocks
+            .get(self.shared.id, cid)
+            .map_err(StorageError::from)?)
+    }
+}

@@ -1,0 +1,20 @@
+//! Content-addressed DAG blocks for canopy.
+//!
+//! A [`Block`] is an immutable DAG node: sorted links to its parents, its height and an opaque
+//! payload, encoded as DAG-CBOR and named by a CIDv1 whose multihash is BLAKE3-256. This crate
+//! encodes, decodes and validates blocks, stores them in a RocksDB column family under
+//! topic-prefixed keys, and walks the DAG with explicit queues. It knows nothing of key-value
+//! semantics or networking.
+
+mod block;
+mod store;
+mod topic;
+mod validate;
+mod walk;
+
+pub use block::{Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, MULTIHASH_BLAKE3};
+pub use cid::Cid;
+pub use store::{BlockMeta, BlockStore, CF_BLOCKS, CF_INDEX, StoreError};
+pub use topic::{TOPIC_ID_BYTES, TopicId};
+pub use validate::validate_batch;
+pub use walk::{Walk, WalkLimits, sample_ancestors, walk_missing};
