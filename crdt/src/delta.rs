@@ -15,11 +15,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            key_bytes_max: 4096,
-            value_bytes_max: 1 << 20,
-            delta_ops_max: 1 << 20,
-        }
+        Limits { key_bytes_max: 4096, value_bytes_max: 1 << 20, delta_ops_max: 1 << 20 }
     }
 }
 
@@ -72,42 +68,23 @@ impl Delta {
     /// The DAG-CBOR encoding of the delta.
     pub fn encode(&self) -> Vec<u8> {
         let wire = WireDelta {
-            adds: self
-                .adds
-                .iter()
-                .map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone())))
-                .collect(),
-            removes: self
-                .removes
-                .iter()
-                .map(|(k, id)| (ByteBuf::from(k.clone()), *id))
-                .collect(),
+            adds: self.adds.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect(),
+            removes: self.removes.iter().map(|(k, id)| (ByteBuf::from(k.clone()), *id)).collect(),
         };
         serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
     }
 
     /// Decodes and checks a delta: limits, canonical order, one add per key.
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Delta, DeltaError> {
-        let wire: WireDelta = serde_ipld_dagcbor::from_slice(bytes)
-            .map_err(|e| DeltaError::Malformed(e.to_string()))?;
+        let wire: WireDelta =
+            serde_ipld_dagcbor::from_slice(bytes).map_err(|e| DeltaError::Malformed(e.to_string()))?;
         let ops = wire.adds.len() + wire.removes.len();
         if ops > limits.delta_ops_max {
-            return Err(DeltaError::Invalid(format!(
-                "{ops} operations exceed delta_ops_max {}",
-                limits.delta_ops_max
-            )));
+            return Err(DeltaError::Invalid(format!("{ops} operations exceed delta_ops_max {}", limits.delta_ops_max)));
         }
         let delta = Delta {
-            adds: wire
-                .adds
-                .into_iter()
-                .map(|(k, v)| (k.into_vec(), v.into_vec()))
-                .collect(),
-            removes: wire
-                .removes
-                .into_iter()
-                .map(|(k, id)| (k.into_vec(), id))
-                .collect(),
+            adds: wire.adds.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
+            removes: wire.removes.into_iter().map(|(k, id)| (k.into_vec(), id)).collect(),
         };
         for (key, value) in &delta.adds {
             check_key(key, limits).map_err(DeltaError::Invalid)?;
@@ -117,14 +94,10 @@ impl Delta {
             check_key(key, limits).map_err(DeltaError::Invalid)?;
         }
         if delta.adds.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
-            return Err(DeltaError::Invalid(
-                "adds are not sorted with one per key".into(),
-            ));
+            return Err(DeltaError::Invalid("adds are not sorted with one per key".into()));
         }
         if delta.removes.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err(DeltaError::Invalid(
-                "removes are not sorted and unique".into(),
-            ));
+            return Err(DeltaError::Invalid("removes are not sorted and unique".into()));
         }
         Ok(delta)
     }
@@ -136,11 +109,7 @@ pub(crate) fn check_key(key: &[u8], limits: &Limits) -> Result<(), String> {
         return Err("empty key".into());
     }
     if key.len() > limits.key_bytes_max {
-        return Err(format!(
-            "key of {} bytes exceeds key_bytes_max {}",
-            key.len(),
-            limits.key_bytes_max
-        ));
+        return Err(format!("key of {} bytes exceeds key_bytes_max {}", key.len(), limits.key_bytes_max));
     }
     Ok(())
 }
@@ -148,11 +117,7 @@ pub(crate) fn check_key(key: &[u8], limits: &Limits) -> Result<(), String> {
 /// Checks a value against the limits; the error says what is wrong.
 pub(crate) fn check_value(value: &[u8], limits: &Limits) -> Result<(), String> {
     if value.len() > limits.value_bytes_max {
-        return Err(format!(
-            "value of {} bytes exceeds value_bytes_max {}",
-            value.len(),
-            limits.value_bytes_max
-        ));
+        return Err(format!("value of {} bytes exceeds value_bytes_max {}", value.len(), limits.value_bytes_max));
     }
     Ok(())
 }
@@ -166,44 +131,23 @@ mod tests {
     fn round_trips_and_rejects_unsorted() {
         let id = Block::build(vec![], 1, vec![]).unwrap().cid();
         let mut delta = Delta {
-            adds: vec![
-                (b"b".to_vec(), b"2".to_vec()),
-                (b"a".to_vec(), b"1".to_vec()),
-            ],
+            adds: vec![(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())],
             removes: vec![(b"a".to_vec(), id)],
         };
         delta.normalize();
         let decoded = Delta::decode(&delta.encode(), &Limits::default()).unwrap();
         assert_eq!(decoded, delta);
 
-        let unsorted = Delta {
-            adds: vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])],
-            removes: vec![],
-        };
-        assert!(matches!(
-            Delta::decode(&unsorted.encode(), &Limits::default()),
-            Err(DeltaError::Invalid(_))
-        ));
+        let unsorted = Delta { adds: vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])], removes: vec![] };
+        assert!(matches!(Delta::decode(&unsorted.encode(), &Limits::default()), Err(DeltaError::Invalid(_))));
     }
 
     #[test]
     fn limits_apply_on_decode() {
-        let delta = Delta {
-            adds: vec![(b"k".to_vec(), vec![0; 10])],
-            removes: vec![],
-        };
-        let tight = Limits {
-            value_bytes_max: 5,
-            ..Limits::default()
-        };
-        assert!(matches!(
-            Delta::decode(&delta.encode(), &tight),
-            Err(DeltaError::Invalid(_))
-        ));
-        let empty_key = Delta {
-            adds: vec![(vec![], vec![])],
-            removes: vec![],
-        };
+        let delta = Delta { adds: vec![(b"k".to_vec(), vec![0; 10])], removes: vec![] };
+        let tight = Limits { value_bytes_max: 5, ..Limits::default() };
+        assert!(matches!(Delta::decode(&delta.encode(), &tight), Err(DeltaError::Invalid(_))));
+        let empty_key = Delta { adds: vec![(vec![], vec![])], removes: vec![] };
         assert!(Delta::decode(&empty_key.encode(), &Limits::default()).is_err());
     }
 }

@@ -28,9 +28,7 @@ pub(crate) struct Row {
 
 impl Row {
     pub fn single(element: Element) -> Row {
-        Row {
-            elements: vec![element],
-        }
+        Row { elements: vec![element] }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -61,11 +59,7 @@ impl Row {
     /// Encoding: per element, height (8 bytes BE), CID length (1 byte), CID, value length
     /// (4 bytes BE), value.
     pub fn encode(&self) -> Vec<u8> {
-        let size: usize = self
-            .elements
-            .iter()
-            .map(|e| 8 + 1 + 40 + 4 + e.value.len())
-            .sum();
+        let size: usize = self.elements.iter().map(|e| 8 + 1 + 40 + 4 + e.value.len()).sum();
         let mut out = Vec::with_capacity(size);
         for element in &self.elements {
             out.extend_from_slice(&element.height.to_be_bytes());
@@ -83,17 +77,12 @@ impl Row {
         while !bytes.is_empty() {
             let height = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().expect("took 8 bytes"));
             let id_len = take(&mut bytes, 1)?[0] as usize;
-            let id =
-                Cid::try_from(take(&mut bytes, id_len)?).map_err(|e| format!("element id: {e}"))?;
-            let value_len =
-                u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("took 4 bytes")) as usize;
+            let id = Cid::try_from(take(&mut bytes, id_len)?).map_err(|e| format!("element id: {e}"))?;
+            let value_len = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("took 4 bytes")) as usize;
             let value = take(&mut bytes, value_len)?.to_vec();
             elements.push(Element { height, id, value });
         }
-        if elements
-            .windows(2)
-            .any(|pair| pair[0].rank() <= pair[1].rank())
-        {
+        if elements.windows(2).any(|pair| pair[0].rank() <= pair[1].rank()) {
             return Err("elements are not in rank order".into());
         }
         Ok(Row { elements })
@@ -102,10 +91,7 @@ impl Row {
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     if bytes.len() < n {
-        return Err(format!(
-            "row truncated: wanted {n} bytes, {} left",
-            bytes.len()
-        ));
+        return Err(format!("row truncated: wanted {n} bytes, {} left", bytes.len()));
     }
     let (head, tail) = bytes.split_at(n);
     *bytes = tail;
@@ -124,21 +110,9 @@ mod tests {
     #[test]
     fn winner_is_greatest_height_then_value_then_id() {
         let mut row = Row::default();
-        row.insert(Element {
-            height: 2,
-            id: id(1),
-            value: b"zzz".to_vec(),
-        });
-        row.insert(Element {
-            height: 3,
-            id: id(2),
-            value: b"a".to_vec(),
-        });
-        row.insert(Element {
-            height: 3,
-            id: id(3),
-            value: b"b".to_vec(),
-        });
+        row.insert(Element { height: 2, id: id(1), value: b"zzz".to_vec() });
+        row.insert(Element { height: 3, id: id(2), value: b"a".to_vec() });
+        row.insert(Element { height: 3, id: id(3), value: b"b".to_vec() });
         assert_eq!(row.winner().unwrap().value, b"b");
         row.remove(&id(3));
         assert_eq!(row.winner().unwrap().value, b"a");

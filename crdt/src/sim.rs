@@ -100,12 +100,7 @@ pub struct SimTiming {
 
 impl Default for SimTiming {
     fn default() -> Self {
-        SimTiming {
-            latency_min_ms: 1,
-            latency_max_ms: 20,
-            reorder_delay_max_ms: 300,
-            tick_interval_ms: 100,
-        }
+        SimTiming { latency_min_ms: 1, latency_max_ms: 20, reorder_delay_max_ms: 300, tick_interval_ms: 100 }
     }
 }
 
@@ -133,22 +128,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `replicas` replicas under `dir`, each subscribed to every topic of `topics`.
-    pub fn new(
-        dir: &Path,
-        replicas: usize,
-        topics: &[String],
-        seed: u64,
-    ) -> Result<Cluster, SimError> {
-        let store_options = StoreOptions {
-            writer_threads: 1,
-            cache_bytes: 4 << 20,
-            ..StoreOptions::default()
-        };
-        let sync_config = SyncConfig {
-            rebroadcast_interval_ms: 1_000,
-            request_timeout_ms: 2_000,
-            ..SyncConfig::default()
-        };
+    pub fn new(dir: &Path, replicas: usize, topics: &[String], seed: u64) -> Result<Cluster, SimError> {
+        let store_options = StoreOptions { writer_threads: 1, cache_bytes: 4 << 20, ..StoreOptions::default() };
+        let sync_config =
+            SyncConfig { rebroadcast_interval_ms: 1_000, request_timeout_ms: 2_000, ..SyncConfig::default() };
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             topics: topics.to_vec(),
@@ -176,14 +159,8 @@ impl Cluster {
     }
 
     fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
-        let store = Store::open(
-            self.dir.join(format!("replica-{replica}")),
-            self.store_options.clone(),
-        )?;
-        let config = SyncConfig {
-            seed: replica as u64 + 1,
-            ..self.sync_config.clone()
-        };
+        let store = Store::open(self.dir.join(format!("replica-{replica}")), self.store_options.clone())?;
+        let config = SyncConfig { seed: replica as u64 + 1, ..self.sync_config.clone() };
         let mut sync = Sync::new(store, config);
         for topic in &self.topics {
             sync.subscribe(topic)?;
@@ -228,13 +205,8 @@ impl Cluster {
 
     /// The topic handle of a running replica.
     pub fn topic(&self, replica: usize, topic: &str) -> Result<Topic, SimError> {
-        let node = self.nodes[replica]
-            .as_ref()
-            .ok_or(SimError::Down(replica))?;
-        Ok(node
-            .topic(topic)
-            .expect("every replica subscribes every topic")
-            .clone())
+        let node = self.nodes[replica].as_ref().ok_or(SimError::Down(replica))?;
+        Ok(node.topic(topic).expect("every replica subscribes every topic").clone())
     }
 
     /// True when the replica is running.
@@ -243,37 +215,21 @@ impl Cluster {
     }
 
     /// Puts on one replica and announces the new heads.
-    pub fn put(
-        &mut self,
-        replica: usize,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<Commit, SimError> {
+    pub fn put(&mut self, replica: usize, topic: &str, key: &[u8], value: &[u8]) -> Result<Commit, SimError> {
         let commit = self.topic(replica, topic)?.put(key, value)?;
         self.committed(replica, topic, Some(commit));
         Ok(commit)
     }
 
     /// Deletes on one replica and announces the new heads.
-    pub fn delete(
-        &mut self,
-        replica: usize,
-        topic: &str,
-        key: &[u8],
-    ) -> Result<Option<Commit>, SimError> {
+    pub fn delete(&mut self, replica: usize, topic: &str, key: &[u8]) -> Result<Option<Commit>, SimError> {
         let commit = self.topic(replica, topic)?.delete(key)?;
         self.committed(replica, topic, commit);
         Ok(commit)
     }
 
     /// Applies a batch on one replica and announces the new heads.
-    pub fn batch(
-        &mut self,
-        replica: usize,
-        topic: &str,
-        batch: Batch,
-    ) -> Result<Option<Commit>, SimError> {
+    pub fn batch(&mut self, replica: usize, topic: &str, batch: Batch) -> Result<Option<Commit>, SimError> {
         let commit = self.topic(replica, topic)?.batch(batch)?;
         self.committed(replica, topic, commit);
         Ok(commit)
@@ -282,10 +238,7 @@ impl Cluster {
     fn committed(&mut self, replica: usize, topic: &str, commit: Option<Commit>) {
         let Some(commit) = commit else { return };
         self.acknowledged.push((topic.to_string(), commit));
-        let effects = self.nodes[replica]
-            .as_ref()
-            .map(|node| node.announce(topic))
-            .unwrap_or_default();
+        let effects = self.nodes[replica].as_ref().map(|node| node.announce(topic)).unwrap_or_default();
         self.dispatch(replica, effects);
     }
 
@@ -300,9 +253,7 @@ impl Cluster {
     pub fn random_partition(&mut self) {
         let n = self.nodes.len();
         let group_count = self.rng.random_range(2..=n.clamp(2, 4));
-        let groups = (0..n)
-            .map(|_| self.rng.random_range(0..group_count))
-            .collect();
+        let groups = (0..n).map(|_| self.rng.random_range(0..group_count)).collect();
         self.partition(groups);
     }
 
@@ -372,24 +323,14 @@ impl Cluster {
             1
         };
         for _ in 0..copies {
-            let mut delay = self
-                .rng
-                .random_range(self.timing.latency_min_ms..=self.timing.latency_max_ms);
+            let mut delay = self.rng.random_range(self.timing.latency_min_ms..=self.timing.latency_max_ms);
             if self.rng.random_bool(self.faults.reorder) {
                 self.counts.reordered += 1;
                 delay += self.rng.random_range(0..=self.timing.reorder_delay_max_ms);
             }
             self.sequence += 1;
-            self.in_flight.insert(
-                self.sequence,
-                Envelope {
-                    from,
-                    to,
-                    bytes: bytes.clone(),
-                },
-            );
-            self.queue
-                .push(Reverse((self.now_ms + delay, self.sequence)));
+            self.in_flight.insert(self.sequence, Envelope { from, to, bytes: bytes.clone() });
+            self.queue.push(Reverse((self.now_ms + delay, self.sequence)));
         }
     }
 
@@ -399,10 +340,7 @@ impl Cluster {
         if next_message.is_some_and(|at| at < self.next_tick_ms) {
             let Reverse((at, sequence)) = self.queue.pop().expect("peeked");
             self.now_ms = at;
-            let envelope = self
-                .in_flight
-                .remove(&sequence)
-                .expect("queued messages are in flight");
+            let envelope = self.in_flight.remove(&sequence).expect("queued messages are in flight");
             let Some(node) = self.nodes[envelope.to].as_mut() else {
                 return Ok(());
             };
@@ -459,11 +397,7 @@ impl Cluster {
     }
 
     /// Every key and visible value of `topic` on one replica.
-    pub fn dump(
-        &self,
-        replica: usize,
-        topic: &str,
-    ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, SimError> {
+    pub fn dump(&self, replica: usize, topic: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, SimError> {
         let handle = self.topic(replica, topic)?;
         let mut out = BTreeMap::new();
         let mut after: Option<Vec<u8>> = None;
@@ -505,20 +439,14 @@ pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u
             continue;
         };
         for (key, value) in delta.adds {
-            added
-                .entry(key)
-                .or_default()
-                .push((block.height(), value, *cid));
+            added.entry(key).or_default().push((block.height(), value, *cid));
         }
         removed.extend(delta.removes);
     }
     added
         .into_iter()
         .filter_map(|(key, elements)| {
-            let winner = elements
-                .into_iter()
-                .filter(|(_, _, id)| !removed.contains(&(key.clone(), *id)))
-                .max()?;
+            let winner = elements.into_iter().filter(|(_, _, id)| !removed.contains(&(key.clone(), *id))).max()?;
             Some((key, winner.1))
         })
         .collect()

@@ -4,9 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{
-    Block, BlockLimits, BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, TopicId,
-};
+use canopy_dag::{Block, BlockLimits, BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, TopicId};
 use crossbeam_channel::{Sender, bounded};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform};
 
@@ -109,13 +107,7 @@ pub(crate) struct TopicShared {
 
 impl TopicShared {
     pub fn max_height(&self) -> Height {
-        self.heads
-            .read()
-            .expect("heads lock")
-            .iter()
-            .map(|h| h.height)
-            .max()
-            .unwrap_or(0)
+        self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
     }
 }
 
@@ -157,10 +149,7 @@ impl Store {
         let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV]
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, topic_cf_options(&cache)))
-            .chain(std::iter::once(ColumnFamilyDescriptor::new(
-                CF_META,
-                Options::default(),
-            )));
+            .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())));
         let db = Arc::new(DB::open_cf_descriptors(&db_options, path, cfs)?);
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
         let inner = Arc::new(StoreInner {
@@ -207,38 +196,20 @@ impl Store {
         let id = self.topic_id(name)?;
         let state = TopicState::load(&self.inner, id, name)?;
         let shared = state.shared.clone();
-        self.inner
-            .send(id, Command::Register(Box::new(state)))
-            .map_err(|_| TopicError::Closed)?;
-        self.inner
-            .topics
-            .write()
-            .expect("topics lock")
-            .insert(name.to_string(), shared.clone());
+        self.inner.send(id, Command::Register(Box::new(state))).map_err(|_| TopicError::Closed)?;
+        self.inner.topics.write().expect("topics lock").insert(name.to_string(), shared.clone());
         Ok(Topic::new(self.inner.clone(), shared))
     }
 
     /// The topic named `name`, if it exists, without creating it.
     pub fn existing_topic(&self, name: &str) -> Option<Topic> {
-        let shared = self
-            .inner
-            .topics
-            .read()
-            .expect("topics lock")
-            .get(name)?
-            .clone();
+        let shared = self.inner.topics.read().expect("topics lock").get(name)?.clone();
         Some(Topic::new(self.inner.clone(), shared))
     }
 
     /// Names of all topics in the store, sorted.
     pub fn topic_names(&self) -> Vec<String> {
-        self.inner
-            .topics
-            .read()
-            .expect("topics lock")
-            .keys()
-            .cloned()
-            .collect()
+        self.inner.topics.read().expect("topics lock").keys().cloned().collect()
     }
 
     /// Deletes a topic and all its data. Handles to it fail from then on.
@@ -248,15 +219,7 @@ impl Store {
             return Ok(false);
         };
         let (tx, rx) = bounded(1);
-        self.inner
-            .send(
-                shared.id,
-                Command::Drop {
-                    topic: shared.id,
-                    reply: tx,
-                },
-            )
-            .map_err(|_| TopicError::Closed)?;
+        self.inner.send(shared.id, Command::Drop { topic: shared.id, reply: tx }).map_err(|_| TopicError::Closed)?;
         rx.recv().map_err(|_| TopicError::Closed)??;
         Ok(true)
     }
@@ -284,8 +247,8 @@ impl Store {
             if key.first() != Some(&META_TOPIC) {
                 break;
             }
-            let name = std::str::from_utf8(&key[1..])
-                .map_err(|_| StorageError::Corrupt("topic name is not UTF-8".into()))?;
+            let name =
+                std::str::from_utf8(&key[1..]).map_err(|_| StorageError::Corrupt("topic name is not UTF-8".into()))?;
             names.push(name.to_string());
         }
         Ok(names)
@@ -303,9 +266,7 @@ impl Store {
             Some(bytes) => decode_u32(&bytes)?,
             None => 0,
         };
-        let following = next
-            .checked_add(1)
-            .ok_or_else(|| StorageError::Corrupt("topic ids exhausted".into()))?;
+        let following = next.checked_add(1).ok_or_else(|| StorageError::Corrupt("topic ids exhausted".into()))?;
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(meta, &key, next.to_be_bytes());
         batch.put_cf(meta, META_NEXT_TOPIC_ID, following.to_be_bytes());
@@ -316,9 +277,7 @@ impl Store {
 
 impl StoreInner {
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("every canopy column family is opened with the database")
+        self.db.cf_handle(name).expect("every canopy column family is opened with the database")
     }
 
     /// Queues a command for the writer thread that owns `topic`.
@@ -357,9 +316,7 @@ pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
 }
 
 fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {
-    let array: [u8; 4] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("bad u32 record in meta".into()))?;
+    let array: [u8; 4] = bytes.try_into().map_err(|_| StorageError::Corrupt("bad u32 record in meta".into()))?;
     Ok(u32::from_be_bytes(array))
 }
 
@@ -367,14 +324,8 @@ fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
     let valid = !name.is_empty()
         && name.len() <= TOPIC_NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if valid {
-        Ok(())
-    } else {
-        Err(TopicError::InvalidName(name.to_string()))
-    }
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid { Ok(()) } else { Err(TopicError::InvalidName(name.to_string())) }
 }
 
 /// Decodes a pending block record; used when a topic is loaded.

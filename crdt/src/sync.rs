@@ -123,9 +123,7 @@ impl Message {
     /// The topic the message is about.
     pub fn topic(&self) -> &str {
         match self {
-            Message::Heads { topic, .. }
-            | Message::Want { topic, .. }
-            | Message::Blocks { topic, .. } => topic,
+            Message::Heads { topic, .. } | Message::Want { topic, .. } | Message::Blocks { topic, .. } => topic,
         }
     }
 
@@ -137,22 +135,13 @@ impl Message {
     /// Decodes a message and checks it against `config`'s bounds.
     pub fn decode(bytes: &[u8], config: &SyncConfig) -> Result<Message, MessageError> {
         if bytes.len() > config.message_bytes_max {
-            return Err(MessageError::TooLarge {
-                bytes: bytes.len(),
-                max: config.message_bytes_max,
-            });
+            return Err(MessageError::TooLarge { bytes: bytes.len(), max: config.message_bytes_max });
         }
-        let message: Message = serde_ipld_dagcbor::from_slice(bytes)
-            .map_err(|e| MessageError::Malformed(e.to_string()))?;
+        let message: Message =
+            serde_ipld_dagcbor::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
         validate_topic_name(message.topic()).map_err(|e| MessageError::Invalid(e.to_string()))?;
         let over = |what: &str, n: usize, max: usize| {
-            if n > max {
-                Err(MessageError::Invalid(format!(
-                    "{n} {what} exceed the bound {max}"
-                )))
-            } else {
-                Ok(())
-            }
+            if n > max { Err(MessageError::Invalid(format!("{n} {what} exceed the bound {max}"))) } else { Ok(()) }
         };
         match &message {
             Message::Heads { heads, .. } => over("heads", heads.len(), config.heads_max)?,
@@ -264,13 +253,7 @@ impl<P: Clone + Eq> Sync<P> {
             return Ok(sync.topic.clone());
         }
         let topic = self.store.topic(name)?;
-        self.topics.insert(
-            name.to_string(),
-            TopicSync {
-                topic: topic.clone(),
-                in_flight: None,
-            },
-        );
+        self.topics.insert(name.to_string(), TopicSync { topic: topic.clone(), in_flight: None });
         Ok(topic)
     }
 
@@ -294,39 +277,22 @@ impl<P: Clone + Eq> Sync<P> {
         let Some(sync) = self.topics.get(topic) else {
             return Vec::new();
         };
-        heads_effect(&sync.topic, self.config.heads_max)
-            .into_iter()
-            .collect()
+        heads_effect(&sync.topic, self.config.heads_max).into_iter().collect()
     }
 
     /// Handles raw bytes from `from`. A decoding failure is returned so the caller can drop
     /// or penalise the peer; nothing is changed.
-    pub fn handle_bytes(
-        &mut self,
-        now_ms: u64,
-        from: P,
-        bytes: &[u8],
-    ) -> Result<Vec<Effect<P>>, SyncError> {
-        let message = Message::decode(bytes, &self.config)
-            .inspect_err(|_| self.stats.messages_rejected += 1)?;
+    pub fn handle_bytes(&mut self, now_ms: u64, from: P, bytes: &[u8]) -> Result<Vec<Effect<P>>, SyncError> {
+        let message = Message::decode(bytes, &self.config).inspect_err(|_| self.stats.messages_rejected += 1)?;
         self.handle(now_ms, from, message)
     }
 
     /// Handles a decoded message from `from`.
-    pub fn handle(
-        &mut self,
-        now_ms: u64,
-        from: P,
-        message: Message,
-    ) -> Result<Vec<Effect<P>>, SyncError> {
+    pub fn handle(&mut self, now_ms: u64, from: P, message: Message) -> Result<Vec<Effect<P>>, SyncError> {
         match message {
             Message::Heads { topic, heads } => self.on_heads(now_ms, from, &topic, heads),
             Message::Want { topic, want, have } => self.on_want(from, topic, &want, &have),
-            Message::Blocks {
-                topic,
-                blocks,
-                truncated,
-            } => self.on_blocks(now_ms, from, &topic, blocks, truncated),
+            Message::Blocks { topic, blocks, truncated } => self.on_blocks(now_ms, from, &topic, blocks, truncated),
         }
     }
 
@@ -334,11 +300,7 @@ impl<P: Clone + Eq> Sync<P> {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect<P>> {
         let timeout = self.config.request_timeout_ms;
         for sync in self.topics.values_mut() {
-            if sync
-                .in_flight
-                .as_ref()
-                .is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) >= timeout)
-            {
+            if sync.in_flight.as_ref().is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) >= timeout) {
                 sync.in_flight = None;
             }
         }
@@ -349,10 +311,7 @@ impl<P: Clone + Eq> Sync<P> {
         let interval = self.config.rebroadcast_interval_ms;
         let jitter = self.next_jitter() % (interval / 4 + 1);
         self.next_rebroadcast_ms = Some(now_ms + interval - interval / 8 + jitter);
-        self.topics
-            .values()
-            .filter_map(|sync| heads_effect(&sync.topic, self.config.heads_max))
-            .collect()
+        self.topics.values().filter_map(|sync| heads_effect(&sync.topic, self.config.heads_max)).collect()
     }
 
     fn next_jitter(&mut self) -> u64 {
@@ -365,72 +324,34 @@ impl<P: Clone + Eq> Sync<P> {
         x
     }
 
-    fn on_heads(
-        &mut self,
-        now_ms: u64,
-        from: P,
-        topic: &str,
-        heads: Vec<Head>,
-    ) -> Result<Vec<Effect<P>>, SyncError> {
+    fn on_heads(&mut self, now_ms: u64, from: P, topic: &str, heads: Vec<Head>) -> Result<Vec<Effect<P>>, SyncError> {
         let want_max = self.config.want_max;
         let have_max = self.config.have_max;
         let timeout = self.config.request_timeout_ms;
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
-        if sync
-            .in_flight
-            .as_ref()
-            .is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < timeout)
-        {
+        if sync.in_flight.as_ref().is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < timeout) {
             return Ok(Vec::new());
         }
-        let want = sync
-            .topic
-            .unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
+        let want = sync.topic.unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
         if want.is_empty() {
             return Ok(Vec::new());
         }
         let have = sync.topic.have_sample(have_max)?;
         sync.in_flight = Some((from.clone(), now_ms));
-        Ok(vec![Effect::Send {
-            to: from,
-            message: Message::Want {
-                topic: topic.to_string(),
-                want,
-                have,
-            },
-        }])
+        Ok(vec![Effect::Send { to: from, message: Message::Want { topic: topic.to_string(), want, have } }])
     }
 
-    fn on_want(
-        &mut self,
-        from: P,
-        topic: String,
-        want: &[Cid],
-        have: &[Cid],
-    ) -> Result<Vec<Effect<P>>, SyncError> {
+    fn on_want(&mut self, from: P, topic: String, want: &[Cid], have: &[Cid]) -> Result<Vec<Effect<P>>, SyncError> {
         self.stats.requests_served += 1;
         let walk = match self.topics.get(&topic) {
             Some(sync) => sync.topic.walk(want, have, &self.config.walk)?,
             None => canopy_dag::Walk::default(),
         };
-        let blocks = walk
-            .blocks
-            .into_iter()
-            .map(|(cid, bytes)| WireBlock {
-                cid,
-                bytes: ByteBuf::from(bytes),
-            })
-            .collect();
-        Ok(vec![Effect::Send {
-            to: from,
-            message: Message::Blocks {
-                topic,
-                blocks,
-                truncated: walk.truncated,
-            },
-        }])
+        let blocks =
+            walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
+        Ok(vec![Effect::Send { to: from, message: Message::Blocks { topic, blocks, truncated: walk.truncated } }])
     }
 
     fn on_blocks(
@@ -444,17 +365,10 @@ impl<P: Clone + Eq> Sync<P> {
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
-        if sync
-            .in_flight
-            .as_ref()
-            .is_some_and(|(peer, _)| *peer == from)
-        {
+        if sync.in_flight.as_ref().is_some_and(|(peer, _)| *peer == from) {
             sync.in_flight = None;
         }
-        let items = blocks
-            .into_iter()
-            .map(|b| (b.cid, b.bytes.into_vec()))
-            .collect();
+        let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
         let mut valid = Vec::new();
         for result in validate_batch(items, &self.store.options().block_limits) {
             match result {
@@ -473,14 +387,7 @@ impl<P: Clone + Eq> Sync<P> {
             let mut want = outcome.missing;
             want.truncate(self.config.want_max);
             sync.in_flight = Some((from.clone(), now_ms));
-            effects.push(Effect::Send {
-                to: from,
-                message: Message::Want {
-                    topic: topic.to_string(),
-                    want,
-                    have,
-                },
-            });
+            effects.push(Effect::Send { to: from, message: Message::Want { topic: topic.to_string(), want, have } });
         }
         if outcome.heads_changed {
             effects.extend(heads_effect(&sync.topic, self.config.heads_max));
@@ -502,9 +409,6 @@ fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {
     }
     Some(Effect::Publish {
         topic: topic.name().to_string(),
-        message: Message::Heads {
-            topic: topic.name().to_string(),
-            heads,
-        },
+        message: Message::Heads { topic: topic.name().to_string(), heads },
     })
 }

@@ -147,11 +147,7 @@ impl Topic {
     }
 
     /// Sets `key` to `value`.
-    pub fn put(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<Commit, WriteError> {
+    pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Commit, WriteError> {
         let committed = self.write(vec![Op::Put(key.into(), value.into())])?;
         Ok(committed.commit.expect("a put always produces a block"))
     }
@@ -159,11 +155,7 @@ impl Topic {
     /// Deletes `key`. Returns `None`, and writes nothing, when the key has no live value.
     pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Commit>, WriteError> {
         let committed = self.write(vec![Op::Delete(key.into())])?;
-        Ok(if committed.deleted {
-            committed.commit
-        } else {
-            None
-        })
+        Ok(if committed.deleted { committed.commit } else { None })
     }
 
     /// Applies `batch` as one atomic delta. Returns `None` when the batch changes nothing.
@@ -174,10 +166,7 @@ impl Topic {
     fn write(&self, ops: Vec<Op>) -> Result<Committed, WriteError> {
         let limits = &self.store.options.limits;
         if ops.len() > limits.delta_ops_max {
-            return Err(WriteError::TooManyOps {
-                ops: ops.len(),
-                max: limits.delta_ops_max,
-            });
+            return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
         }
         for op in &ops {
             check_key(op.key(), limits).map_err(WriteError::InvalidKey)?;
@@ -189,28 +178,17 @@ impl Topic {
             return Err(WriteError::Poisoned);
         }
         let (reply, result) = bounded(1);
-        let request = WriteRequest {
-            topic: self.shared.id,
-            ops,
-            reply,
-        };
-        self.store
-            .send(self.shared.id, Command::Write(request))
-            .map_err(|_| WriteError::Closed)?;
+        let request = WriteRequest { topic: self.shared.id, ops, reply };
+        self.store.send(self.shared.id, Command::Write(request)).map_err(|_| WriteError::Closed)?;
         result.recv().map_err(|_| WriteError::Closed)?
     }
 
     /// The visible value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
-        let Some(bytes) = self
-            .store
-            .db
-            .get_pinned_cf(self.store.cf(CF_KV), self.shared.id.key(key))?
-        else {
+        let Some(bytes) = self.store.db.get_pinned_cf(self.store.cf(CF_KV), self.shared.id.key(key))? else {
             return Ok(None);
         };
-        let row = Row::decode(&bytes)
-            .map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
+        let row = Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
         Ok(row.winner().map(|element| element.value.clone()))
     }
 
@@ -221,12 +199,7 @@ impl Topic {
 
     /// Keys starting with `prefix`, in key order, strictly after `after` when given, at most
     /// `limit` of them (capped by `query_limit_max`).
-    pub fn query(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Page, ReadError> {
+    pub fn query(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Page, ReadError> {
         let limit = limit.min(self.store.options.query_limit_max);
         let topic = self.shared.id;
         let start = match after {
@@ -238,10 +211,7 @@ impl Topic {
         if let Some(end) = topic.range_end() {
             options.set_iterate_upper_bound(end.to_vec());
         }
-        let mut iter = self
-            .store
-            .db
-            .raw_iterator_cf_opt(self.store.cf(CF_KV), options);
+        let mut iter = self.store.db.raw_iterator_cf_opt(self.store.cf(CF_KV), options);
         iter.seek(&start);
         let mut page = Page::default();
         while iter.valid() {
@@ -260,8 +230,7 @@ impl Topic {
                 page.next = page.entries.last().map(|(k, _)| k.clone());
                 break;
             }
-            let row = Row::decode(value)
-                .map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
+            let row = Row::decode(value).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
             if let Some(winner) = row.winner() {
                 page.entries.push((key.to_vec(), winner.value.clone()));
             }
@@ -306,14 +275,8 @@ impl Topic {
             return Err(IngestError::Poisoned);
         }
         let (reply, result) = bounded(1);
-        let command = Command::Ingest {
-            topic: self.shared.id,
-            blocks,
-            reply,
-        };
-        self.store
-            .send(self.shared.id, command)
-            .map_err(|_| IngestError::Closed)?;
+        let command = Command::Ingest { topic: self.shared.id, blocks, reply };
+        self.store.send(self.shared.id, command).map_err(|_| IngestError::Closed)?;
         result.recv().map_err(|_| IngestError::Closed)?
     }
 
@@ -321,50 +284,26 @@ impl Topic {
     /// all) the parents that waiting blocks still lack.
     pub fn unknown(&self, cids: Vec<Cid>, max: usize) -> Result<Vec<Cid>, IngestError> {
         let (reply, result) = bounded(1);
-        let command = Command::Unknown {
-            topic: self.shared.id,
-            cids,
-            max,
-            reply,
-        };
-        self.store
-            .send(self.shared.id, command)
-            .map_err(|_| IngestError::Closed)?;
+        let command = Command::Unknown { topic: self.shared.id, cids, max, reply };
+        self.store.send(self.shared.id, command).map_err(|_| IngestError::Closed)?;
         result.recv().map_err(|_| IngestError::Closed)?
     }
 
     /// Whether the block `cid` is applied in this topic.
     pub fn contains(&self, cid: &Cid) -> Result<bool, ReadError> {
-        Ok(self
-            .store
-            .blocks
-            .contains(self.shared.id, cid)
-            .map_err(StorageError::from)?)
+        Ok(self.store.blocks.contains(self.shared.id, cid).map_err(StorageError::from)?)
     }
 
     /// Blocks below `wants` that are not below `haves`, highest first, within `limits`.
-    pub fn walk(
-        &self,
-        wants: &[Cid],
-        haves: &[Cid],
-        limits: &WalkLimits,
-    ) -> Result<Walk, ReadError> {
-        Ok(
-            walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits)
-                .map_err(StorageError::from)?,
-        )
+    pub fn walk(&self, wants: &[Cid], haves: &[Cid], limits: &WalkLimits) -> Result<Walk, ReadError> {
+        Ok(walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits).map_err(StorageError::from)?)
     }
 
     /// What this replica has, for a request: its heads and a sample of their ancestors.
     pub fn have_sample(&self, max: usize) -> Result<Vec<Cid>, ReadError> {
         let heads: Vec<Cid> = self.heads().iter().map(|h| h.cid).collect();
-        let mut have = sample_ancestors(
-            &self.store.blocks,
-            self.shared.id,
-            &heads,
-            max.saturating_sub(heads.len()),
-        )
-        .map_err(StorageError::from)?;
+        let mut have = sample_ancestors(&self.store.blocks, self.shared.id, &heads, max.saturating_sub(heads.len()))
+            .map_err(StorageError::from)?;
         have.extend(heads);
         have.sort_unstable();
         have.dedup();
@@ -373,10 +312,6 @@ impl Topic {
 
     /// The encoded bytes of an applied block.
     pub fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
-        Ok(self
-            .store
-            .blocks
-            .get(self.shared.id, cid)
-            .map_err(StorageError::from)?)
+        Ok(self.store.blocks.get(self.shared.id, cid).map_err(StorageError::from)?)
     }
 }

@@ -19,8 +19,7 @@ use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError, TopicError, WriteError};
 use crate::row::{Element, Row};
 use crate::store::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, StoreInner, TopicShared, decode_pending, key_count_key,
-    topic_name_key,
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, StoreInner, TopicShared, decode_pending, key_count_key, topic_name_key,
 };
 use crate::topic::{Change, Commit, Head, IngestOutcome, Op};
 
@@ -30,21 +29,9 @@ const REJECTED_REMEMBERED_MAX: usize = 65_536;
 pub(crate) enum Command {
     Register(Box<TopicState>),
     Write(WriteRequest),
-    Ingest {
-        topic: TopicId,
-        blocks: Vec<Block>,
-        reply: Sender<Result<IngestOutcome, IngestError>>,
-    },
-    Unknown {
-        topic: TopicId,
-        cids: Vec<Cid>,
-        max: usize,
-        reply: Sender<Result<Vec<Cid>, IngestError>>,
-    },
-    Drop {
-        topic: TopicId,
-        reply: Sender<Result<(), TopicError>>,
-    },
+    Ingest { topic: TopicId, blocks: Vec<Block>, reply: Sender<Result<IngestOutcome, IngestError>> },
+    Unknown { topic: TopicId, cids: Vec<Cid>, max: usize, reply: Sender<Result<Vec<Cid>, IngestError>> },
+    Drop { topic: TopicId, reply: Sender<Result<(), TopicError>> },
 }
 
 impl Command {
@@ -96,35 +83,21 @@ impl TopicState {
             if !key.starts_with(&prefix) {
                 break;
             }
-            let cid = Cid::try_from(&key[prefix.len()..])
-                .map_err(|e| StorageError::Corrupt(format!("head key: {e}")))?;
-            let height: [u8; 8] = value
-                .as_ref()
-                .try_into()
-                .map_err(|_| StorageError::Corrupt("head height".into()))?;
+            let cid =
+                Cid::try_from(&key[prefix.len()..]).map_err(|e| StorageError::Corrupt(format!("head key: {e}")))?;
+            let height: [u8; 8] = value.as_ref().try_into().map_err(|_| StorageError::Corrupt("head height".into()))?;
             heads.insert(cid, u64::from_be_bytes(height));
         }
         let key_count = match db.get_cf(store.cf(CF_META), key_count_key(id))? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("key count".into()))?,
-            ),
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("key count".into()))?)
+            }
             None => 0,
         };
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
-            heads: RwLock::new(
-                heads
-                    .iter()
-                    .map(|(cid, height)| Head {
-                        cid: *cid,
-                        height: *height,
-                    })
-                    .collect(),
-            ),
+            heads: RwLock::new(heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect()),
             key_count: AtomicU64::new(key_count),
             pending_count: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
@@ -153,6 +126,7 @@ impl TopicState {
         for block in stored {
             state.add_pending(&store.blocks, block)?;
         }
+        state.publish();
         Ok(state)
     }
 
@@ -190,20 +164,10 @@ impl TopicState {
     }
 
     fn publish(&self) {
-        *self.shared.heads.write().expect("heads lock") = self
-            .heads
-            .iter()
-            .map(|(cid, height)| Head {
-                cid: *cid,
-                height: *height,
-            })
-            .collect();
-        self.shared
-            .key_count
-            .store(self.key_count, Ordering::SeqCst);
-        self.shared
-            .pending_count
-            .store(self.pending.len() as u64, Ordering::SeqCst);
+        *self.shared.heads.write().expect("heads lock") =
+            self.heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect();
+        self.shared.key_count.store(self.key_count, Ordering::SeqCst);
+        self.shared.pending_count.store(self.pending.len() as u64, Ordering::SeqCst);
     }
 
     fn notify(&self, changes: Vec<Change>) {
@@ -212,13 +176,11 @@ impl TopicState {
         }
         let mut watchers = self.shared.watchers.lock().expect("watchers lock");
         watchers.retain(|watcher| {
-            changes
-                .iter()
-                .all(|change| match watcher.try_send(change.clone()) {
-                    Ok(()) => true,
-                    // A watcher that cannot keep up is dropped rather than slowing every writer.
-                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-                })
+            changes.iter().all(|change| match watcher.try_send(change.clone()) {
+                Ok(()) => true,
+                // A watcher that cannot keep up is dropped rather than slowing every writer.
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            })
         });
     }
 
@@ -263,9 +225,7 @@ impl Context {
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("every canopy column family is opened with the database")
+        self.db.cf_handle(name).expect("every canopy column family is opened with the database")
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
@@ -324,11 +284,7 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             topics.insert(id, state);
         }
         Command::Write(_) => unreachable!("writes are grouped by the caller"),
-        Command::Ingest {
-            topic,
-            blocks,
-            reply,
-        } => {
+        Command::Ingest { topic, blocks, reply } => {
             let result = match topics.get_mut(&topic) {
                 None => Err(IngestError::TopicDropped),
                 Some(_) if context.is_poisoned() => Err(IngestError::Poisoned),
@@ -336,12 +292,7 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
-        Command::Unknown {
-            topic,
-            cids,
-            max,
-            reply,
-        } => {
+        Command::Unknown { topic, cids, max, reply } => {
             let result = match topics.get(&topic) {
                 None => Err(IngestError::TopicDropped),
                 Some(state) => unknown(context, state, cids, max),
@@ -358,26 +309,12 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
     }
 }
 
-fn unknown(
-    context: &Context,
-    state: &TopicState,
-    cids: Vec<Cid>,
-    max: usize,
-) -> Result<Vec<Cid>, IngestError> {
-    let candidates: Vec<Cid> = cids
-        .into_iter()
-        .filter(|cid| !state.pending.contains_key(cid) && !state.rejected.contains(cid))
-        .collect();
-    let metas = context
-        .blocks
-        .metas(state.shared.id, &candidates)
-        .map_err(StorageError::from)?;
-    let mut unknown: BTreeSet<Cid> = candidates
-        .into_iter()
-        .zip(metas)
-        .filter(|(_, meta)| meta.is_none())
-        .map(|(cid, _)| cid)
-        .collect();
+fn unknown(context: &Context, state: &TopicState, cids: Vec<Cid>, max: usize) -> Result<Vec<Cid>, IngestError> {
+    let candidates: Vec<Cid> =
+        cids.into_iter().filter(|cid| !state.pending.contains_key(cid) && !state.rejected.contains(cid)).collect();
+    let metas = context.blocks.metas(state.shared.id, &candidates).map_err(StorageError::from)?;
+    let mut unknown: BTreeSet<Cid> =
+        candidates.into_iter().zip(metas).filter(|(_, meta)| meta.is_none()).map(|(cid, _)| cid).collect();
     unknown.extend(state.missing(max));
     Ok(unknown.into_iter().take(max).collect())
 }
@@ -410,11 +347,7 @@ struct LocalCommit {
 }
 
 /// Commits queued local writes: one delta per topic, one RocksDB write for the round.
-fn commit_local(
-    context: &Context,
-    topics: &mut HashMap<TopicId, TopicState>,
-    group: Vec<WriteRequest>,
-) {
+fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, group: Vec<WriteRequest>) {
     if group.is_empty() {
         return;
     }
@@ -442,9 +375,7 @@ fn commit_local(
             Err((requests, error)) => {
                 let message = error.to_string();
                 for reply in requests {
-                    let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(
-                        message.clone(),
-                    ))));
+                    let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
                 }
             }
         }
@@ -452,10 +383,7 @@ fn commit_local(
     if commits.iter().all(|c| c.commit.is_none()) {
         for commit in commits {
             for (reply, deleted) in commit.requests {
-                let _ = reply.send(Ok(Committed {
-                    commit: None,
-                    deleted,
-                }));
+                let _ = reply.send(Ok(Committed { commit: None, deleted }));
             }
         }
         return;
@@ -464,17 +392,13 @@ fn commit_local(
         let message = error.to_string();
         for commit in commits {
             for (reply, _) in commit.requests {
-                let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(
-                    message.clone(),
-                ))));
+                let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
             }
         }
         return;
     }
     for commit in commits {
-        let state = topics
-            .get_mut(&commit.topic)
-            .expect("committed topics are registered");
+        let state = topics.get_mut(&commit.topic).expect("committed topics are registered");
         if let Some(block) = commit.commit {
             state.heads.clear();
             state.heads.insert(block.cid, block.height);
@@ -483,10 +407,7 @@ fn commit_local(
         state.publish();
         state.notify(commit.changes);
         for (reply, deleted) in commit.requests {
-            let _ = reply.send(Ok(Committed {
-                commit: commit.commit,
-                deleted,
-            }));
+            let _ = reply.send(Ok(Committed { commit: commit.commit, deleted }));
         }
     }
 }
@@ -522,17 +443,12 @@ fn prepare_local(
     let rows: BTreeMap<Vec<u8>, Row> = last.keys().cloned().zip(rows).collect();
 
     // Which requests deleted a live value, replaying the group in order.
-    let mut live: HashMap<&[u8], bool> = rows
-        .iter()
-        .map(|(key, row)| (key.as_slice(), !row.is_empty()))
-        .collect();
+    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (key.as_slice(), !row.is_empty())).collect();
     let mut replies = Vec::with_capacity(requests.len());
     for request in &requests {
         let mut deleted = false;
         for op in &request.ops {
-            let was_live = live
-                .insert(op.key(), matches!(op, Op::Put(..)))
-                .expect("every key was read");
+            let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).expect("every key was read");
             deleted |= matches!(op, Op::Delete(_)) && was_live;
         }
         replies.push((request.reply.clone(), deleted));
@@ -547,33 +463,17 @@ fn prepare_local(
         }
     }
     delta.normalize();
-    let mut commit = LocalCommit {
-        topic,
-        requests: replies,
-        commit: None,
-        key_count: state.key_count,
-        changes: Vec::new(),
-    };
+    let mut commit =
+        LocalCommit { topic, requests: replies, commit: None, key_count: state.key_count, changes: Vec::new() };
     if delta.is_empty() {
         return Ok(commit);
     }
     let height = state.max_height() + 1;
-    let block = match Block::build(
-        state.heads.keys().copied().collect(),
-        height,
-        delta.encode(),
-    ) {
+    let block = match Block::build(state.heads.keys().copied().collect(), height, delta.encode()) {
         Ok(block) => block,
         Err(error) => {
-            let replies = commit
-                .requests
-                .into_iter()
-                .map(|(reply, _)| reply)
-                .collect();
-            return Err((
-                replies,
-                StorageError::Corrupt(format!("cannot build block: {error}")),
-            ));
+            let replies = commit.requests.into_iter().map(|(reply, _)| reply).collect();
+            return Err((replies, StorageError::Corrupt(format!("cannot build block: {error}"))));
         }
     };
     let kv = context.cf(CF_KV);
@@ -583,26 +483,14 @@ fn prepare_local(
         match op {
             Some(value) => {
                 key_count += i64::from(!was_live);
-                let row = Row::single(Element {
-                    height,
-                    id: block.cid(),
-                    value: value.clone(),
-                });
+                let row = Row::single(Element { height, id: block.cid(), value: value.clone() });
                 batch.put_cf(kv, topic.key(&key), row.encode());
-                commit.changes.push(Change {
-                    key,
-                    value: Some(value),
-                    height,
-                });
+                commit.changes.push(Change { key, value: Some(value), height });
             }
             None if was_live => {
                 key_count -= 1;
                 batch.delete_cf(kv, topic.key(&key));
-                commit.changes.push(Change {
-                    key,
-                    value: None,
-                    height,
-                });
+                commit.changes.push(Change { key, value: None, height });
             }
             None => {}
         }
@@ -611,47 +499,28 @@ fn prepare_local(
     for old in state.heads.keys() {
         batch.delete_cf(heads, topic.key(&old.to_bytes()));
     }
-    batch.put_cf(
-        heads,
-        topic.key(&block.cid().to_bytes()),
-        height.to_be_bytes(),
-    );
+    batch.put_cf(heads, topic.key(&block.cid().to_bytes()), height.to_be_bytes());
     commit.key_count = key_count.max(0) as u64;
-    batch.put_cf(
-        context.cf(CF_META),
-        key_count_key(topic),
-        commit.key_count.to_be_bytes(),
-    );
+    batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
     context.blocks.put(batch, topic, &block);
-    commit.commit = Some(Commit {
-        cid: block.cid(),
-        height,
-    });
+    commit.commit = Some(Commit { cid: block.cid(), height });
     Ok(commit)
 }
 
 /// Reads the rows of `keys` (topic-prefixed) in one batched lookup.
 fn read_rows(context: &Context, keys: &[Vec<u8>]) -> Result<Vec<Row>, StorageError> {
-    let values = context
-        .db
-        .batched_multi_get_cf(context.cf(CF_KV), keys, true);
+    let values = context.db.batched_multi_get_cf(context.cf(CF_KV), keys, true);
     values
         .into_iter()
         .map(|value| match value? {
             None => Ok(Row::default()),
-            Some(bytes) => {
-                Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row: {e}")))
-            }
+            Some(bytes) => Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row: {e}"))),
         })
         .collect()
 }
 
 /// Takes in received blocks and applies everything whose ancestry is complete.
-fn ingest(
-    context: &Context,
-    state: &mut TopicState,
-    blocks: Vec<Block>,
-) -> Result<IngestOutcome, IngestError> {
+fn ingest(context: &Context, state: &mut TopicState, blocks: Vec<Block>) -> Result<IngestOutcome, IngestError> {
     let mut outcome = IngestOutcome::default();
     let topic = state.shared.id;
     let mut fresh: Vec<Block> = Vec::new();
@@ -665,10 +534,7 @@ fn ingest(
         }
     }
     let cids: Vec<Cid> = fresh.iter().map(Block::cid).collect();
-    let applied = context
-        .blocks
-        .metas(topic, &cids)
-        .map_err(StorageError::from)?;
+    let applied = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
     let mut ready = Vec::new();
     let mut new_pending = Vec::new();
     for (block, meta) in fresh.into_iter().zip(applied) {
@@ -679,22 +545,13 @@ fn ingest(
             // Over the bound the block is dropped; it is requested again once the backlog drains.
             continue;
         }
-        if block
-            .links()
-            .iter()
-            .any(|parent| state.rejected.contains(parent))
-        {
-            outcome
-                .rejected
-                .push((block.cid(), "a parent was rejected".into()));
+        if block.links().iter().any(|parent| state.rejected.contains(parent)) {
+            outcome.rejected.push((block.cid(), "a parent was rejected".into()));
             state.remember_rejected(block.cid());
             continue;
         }
         let cid = block.cid();
-        if state
-            .add_pending(&context.blocks, block)
-            .map_err(IngestError::Storage)?
-        {
+        if state.add_pending(&context.blocks, block).map_err(IngestError::Storage)? {
             ready.push(cid);
         }
         new_pending.push(cid);
@@ -705,18 +562,11 @@ fn ingest(
     outcome.rejected.extend(applied.rejected);
 
     // Blocks still waiting are persisted so that a crash resumes the catch-up.
-    let still_pending: Vec<&Block> = new_pending
-        .iter()
-        .filter_map(|cid| state.pending.get(cid))
-        .collect();
+    let still_pending: Vec<&Block> = new_pending.iter().filter_map(|cid| state.pending.get(cid)).collect();
     if !still_pending.is_empty() {
         let mut batch = WriteBatch::default();
         for block in still_pending {
-            batch.put_cf(
-                context.cf(CF_PENDING),
-                topic.key(&block.cid().to_bytes()),
-                block.bytes(),
-            );
+            batch.put_cf(context.cf(CF_PENDING), topic.key(&block.cid().to_bytes()), block.bytes());
         }
         context.write(batch)?;
     }
@@ -735,20 +585,11 @@ struct Applied {
 /// Applies pending blocks whose parents are all applied, in causal order, in rounds of at most
 /// `apply_blocks_max` blocks per RocksDB write. `ready` seeds the rounds; blocks they unblock
 /// follow.
-fn apply_ready(
-    context: &Context,
-    state: &mut TopicState,
-    ready: Vec<Cid>,
-) -> Result<Applied, IngestError> {
+fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<Cid>) -> Result<Applied, IngestError> {
     let mut queue: BinaryHeap<Reverse<(Height, Cid)>> = BinaryHeap::new();
     let mut seeds = ready;
     if seeds.is_empty() {
-        seeds = state
-            .unresolved
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(cid, _)| *cid)
-            .collect();
+        seeds = state.unresolved.iter().filter(|(_, n)| **n == 0).map(|(cid, _)| *cid).collect();
     }
     for cid in seeds {
         if let Some(block) = state.pending.get(&cid) {
@@ -784,29 +625,17 @@ fn apply_ready(
     Ok(total)
 }
 
-fn apply_round(
-    context: &Context,
-    state: &mut TopicState,
-    order: Vec<Block>,
-) -> Result<Applied, IngestError> {
+fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> Result<Applied, IngestError> {
     let topic = state.shared.id;
     let limits = &context.limits;
     // Deltas are decoded in parallel; the fold below stays sequential and causal.
-    let deltas: Vec<Result<Delta, DeltaError>> = order
-        .par_iter()
-        .map(|block| Delta::decode(block.payload(), limits))
-        .collect();
+    let deltas: Vec<Result<Delta, DeltaError>> =
+        order.par_iter().map(|block| Delta::decode(block.payload(), limits)).collect();
 
     let mut keys: Vec<Vec<u8>> = deltas
         .iter()
         .flatten()
-        .flat_map(|delta| {
-            delta
-                .adds
-                .iter()
-                .map(|(k, _)| k)
-                .chain(delta.removes.iter().map(|(k, _)| k))
-        })
+        .flat_map(|delta| delta.adds.iter().map(|(k, _)| k).chain(delta.removes.iter().map(|(k, _)| k)))
         .map(|key| topic.key(key))
         .collect();
     keys.sort_unstable();
@@ -844,21 +673,11 @@ fn apply_round(
         };
         let height = block.height();
         for (key, id) in &delta.removes {
-            rows.get_mut(key)
-                .expect("every key of the round was read")
-                .0
-                .remove(id);
+            rows.get_mut(key).expect("every key of the round was read").0.remove(id);
             changed_at.insert(key.clone(), height);
         }
         for (key, value) in delta.adds {
-            rows.get_mut(&key)
-                .expect("every key of the round was read")
-                .0
-                .insert(Element {
-                    height,
-                    id: cid,
-                    value,
-                });
+            rows.get_mut(&key).expect("every key of the round was read").0.insert(Element { height, id: cid, value });
             changed_at.insert(key, height);
         }
         for parent in block.links() {
@@ -883,33 +702,18 @@ fn apply_round(
             batch.put_cf(kv, topic.key(&key), row.encode());
         }
         if &after != before {
-            changes.push(Change {
-                key,
-                value: after,
-                height,
-            });
+            changes.push(Change { key, value: after, height });
         }
     }
     let heads_cf = context.cf(CF_HEADS);
-    for (cid, _) in old_heads
-        .iter()
-        .filter(|(cid, _)| !state.heads.contains_key(cid))
-    {
+    for (cid, _) in old_heads.iter().filter(|(cid, _)| !state.heads.contains_key(cid)) {
         batch.delete_cf(heads_cf, topic.key(&cid.to_bytes()));
     }
-    for (cid, height) in state
-        .heads
-        .iter()
-        .filter(|(cid, _)| !old_heads.contains_key(cid))
-    {
+    for (cid, height) in state.heads.iter().filter(|(cid, _)| !old_heads.contains_key(cid)) {
         batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
     }
     let key_count = key_count.max(0) as u64;
-    batch.put_cf(
-        context.cf(CF_META),
-        key_count_key(topic),
-        key_count.to_be_bytes(),
-    );
+    batch.put_cf(context.cf(CF_META), key_count_key(topic), key_count.to_be_bytes());
     if let Err(error) = context.write(batch) {
         state.heads = old_heads;
         return Err(IngestError::Storage(error));
@@ -932,16 +736,8 @@ fn check_parents(
     if block.links().iter().any(|parent| bad.contains(parent)) {
         return Ok(Some("a parent was rejected".into()));
     }
-    let lookup: Vec<Cid> = block
-        .links()
-        .iter()
-        .filter(|p| !heights.contains_key(*p))
-        .copied()
-        .collect();
-    let metas = context
-        .blocks
-        .metas(topic, &lookup)
-        .map_err(StorageError::from)?;
+    let lookup: Vec<Cid> = block.links().iter().filter(|p| !heights.contains_key(*p)).copied().collect();
+    let metas = context.blocks.metas(topic, &lookup).map_err(StorageError::from)?;
     let mut max_parent = 0;
     for parent in block.links() {
         let height = match heights.get(parent) {
@@ -954,21 +750,12 @@ fn check_parents(
         max_parent = max_parent.max(height);
     }
     if block.height() != max_parent + 1 {
-        return Ok(Some(format!(
-            "height {} is not 1 + largest parent height {max_parent}",
-            block.height()
-        )));
+        return Ok(Some(format!("height {} is not 1 + largest parent height {max_parent}", block.height())));
     }
     Ok(None)
 }
 
-fn reject(
-    state: &mut TopicState,
-    bad: &mut HashSet<Cid>,
-    result: &mut Applied,
-    cid: Cid,
-    reason: String,
-) {
+fn reject(state: &mut TopicState, bad: &mut HashSet<Cid>, result: &mut Applied, cid: Cid, reason: String) {
     bad.insert(cid);
     state.remember_rejected(cid);
     // Blocks waiting on a rejected block can never apply; they go when they become ready and

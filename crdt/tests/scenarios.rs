@@ -22,22 +22,12 @@ fn assert_converged(cluster: &Cluster, topic: &str) -> BTreeMap<Vec<u8>, Vec<u8>
     assert!(cluster.converged(), "replicas disagree on heads of {topic}");
     let first = cluster.dump(0, topic).unwrap();
     for replica in 1..cluster.len() {
-        assert_eq!(
-            cluster.dump(replica, topic).unwrap(),
-            first,
-            "replica {replica} differs in {topic}"
-        );
+        assert_eq!(cluster.dump(replica, topic).unwrap(), first, "replica {replica} differs in {topic}");
     }
     let reference = reference_state(&cluster.all_blocks(topic).unwrap());
-    assert_eq!(
-        first, reference,
-        "state differs from the reference model in {topic}"
-    );
+    assert_eq!(first, reference, "state differs from the reference model in {topic}");
     for replica in 0..cluster.len() {
-        assert_eq!(
-            cluster.topic(replica, topic).unwrap().key_count(),
-            first.len() as u64
-        );
+        assert_eq!(cluster.topic(replica, topic).unwrap().key_count(), first.len() as u64);
     }
     first
 }
@@ -48,15 +38,7 @@ fn one_put_reaches_every_replica() {
     cluster.put(2, "t", b"hello", b"world").unwrap();
     cluster.run_until_quiet(STEPS_MAX).unwrap();
     for replica in 0..5 {
-        assert_eq!(
-            cluster
-                .topic(replica, "t")
-                .unwrap()
-                .get(b"hello")
-                .unwrap()
-                .as_deref(),
-            Some(&b"world"[..])
-        );
+        assert_eq!(cluster.topic(replica, "t").unwrap().get(b"hello").unwrap().as_deref(), Some(&b"world"[..]));
     }
     assert_converged(&cluster, "t");
 }
@@ -65,20 +47,11 @@ fn one_put_reaches_every_replica() {
 fn fifty_random_keys_written_then_overwritten_converge() {
     let (_dir, mut cluster) = cluster(4, &["t"]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(50);
-    let keys: Vec<String> = (0..50)
-        .map(|i| format!("key-{i}-{}", rng.random::<u32>()))
-        .collect();
+    let keys: Vec<String> = (0..50).map(|i| format!("key-{i}-{}", rng.random::<u32>())).collect();
     for (round, label) in ["first", "second"].iter().enumerate() {
         for key in &keys {
             let replica = rng.random_range(0..4);
-            cluster
-                .put(
-                    replica,
-                    "t",
-                    key.as_bytes(),
-                    format!("{label}-{key}").as_bytes(),
-                )
-                .unwrap();
+            cluster.put(replica, "t", key.as_bytes(), format!("{label}-{key}").as_bytes()).unwrap();
             if rng.random_bool(0.3) {
                 cluster.run_for(15).unwrap();
             }
@@ -97,14 +70,7 @@ fn fifteen_concurrent_writers_of_one_key_converge_and_a_later_put_wins() {
     let (_dir, mut cluster) = cluster(15, &["t"]);
     cluster.partition((0..15).collect());
     for replica in 0..15 {
-        cluster
-            .put(
-                replica,
-                "t",
-                b"key",
-                format!("value-{replica:02}").as_bytes(),
-            )
-            .unwrap();
+        cluster.put(replica, "t", b"key", format!("value-{replica:02}").as_bytes()).unwrap();
     }
     cluster.heal();
     cluster.run_until_quiet(STEPS_MAX).unwrap();
@@ -124,16 +90,10 @@ fn a_replica_that_missed_every_announcement_catches_up_from_the_next_one() {
     let (_dir, mut cluster) = cluster(3, &["t"]);
     cluster.partition(vec![0, 0, 1]);
     for i in 0..40 {
-        cluster
-            .put(i % 2, "t", format!("k{i}").as_bytes(), b"v")
-            .unwrap();
+        cluster.put(i % 2, "t", format!("k{i}").as_bytes(), b"v").unwrap();
     }
     cluster.run_for(500).unwrap();
-    assert_eq!(
-        cluster.topic(2, "t").unwrap().key_count(),
-        0,
-        "the isolated replica heard nothing"
-    );
+    assert_eq!(cluster.topic(2, "t").unwrap().key_count(), 0, "the isolated replica heard nothing");
     cluster.heal();
     cluster.put(0, "t", b"last", b"v").unwrap();
     cluster.run_until_quiet(STEPS_MAX).unwrap();
@@ -168,35 +128,22 @@ fn put_put_delete_against_a_concurrent_put_across_a_partition_converge() {
 fn nested_looking_keys_stay_independent() {
     let (_dir, mut cluster) = cluster(2, &["t"]);
     cluster.put(0, "t", b"/path", b"parent").unwrap();
-    cluster
-        .put(1, "t", b"/path/to/something", b"child")
-        .unwrap();
+    cluster.put(1, "t", b"/path/to/something", b"child").unwrap();
     cluster.run_until_quiet(STEPS_MAX).unwrap();
     cluster.delete(1, "t", b"/path").unwrap();
     cluster.run_until_quiet(STEPS_MAX).unwrap();
     let state = assert_converged(&cluster, "t");
     assert_eq!(state.len(), 1);
     assert_eq!(state[&b"/path/to/something"[..]], b"child");
-    let page = cluster
-        .topic(0, "t")
-        .unwrap()
-        .query(b"/path", None, 10)
-        .unwrap();
-    assert_eq!(
-        page.entries,
-        vec![(b"/path/to/something".to_vec(), b"child".to_vec())]
-    );
+    let page = cluster.topic(0, "t").unwrap().query(b"/path", None, 10).unwrap();
+    assert_eq!(page.entries, vec![(b"/path/to/something".to_vec(), b"child".to_vec())]);
 }
 
 #[test]
 fn topics_never_see_each_others_keys() {
     let (_dir, mut cluster) = cluster(3, &["alpha", "beta"]);
-    cluster
-        .put(0, "alpha", b"shared-name", b"from alpha")
-        .unwrap();
-    cluster
-        .put(1, "beta", b"shared-name", b"from beta")
-        .unwrap();
+    cluster.put(0, "alpha", b"shared-name", b"from alpha").unwrap();
+    cluster.put(1, "beta", b"shared-name", b"from beta").unwrap();
     cluster.put(2, "beta", b"only-beta", b"x").unwrap();
     let mut batch = Batch::new();
     batch.put("a1", "1").put("a2", "2");
@@ -204,15 +151,9 @@ fn topics_never_see_each_others_keys() {
     cluster.run_until_quiet(STEPS_MAX).unwrap();
     let alpha = assert_converged(&cluster, "alpha");
     let beta = assert_converged(&cluster, "beta");
-    assert_eq!(
-        alpha.keys().map(|k| k.as_slice()).collect::<Vec<_>>(),
-        vec![&b"a1"[..], b"a2", b"shared-name"]
-    );
+    assert_eq!(alpha.keys().map(|k| k.as_slice()).collect::<Vec<_>>(), vec![&b"a1"[..], b"a2", b"shared-name"]);
     assert_eq!(alpha[&b"shared-name"[..]], b"from alpha");
-    assert_eq!(
-        beta.keys().map(|k| k.as_slice()).collect::<Vec<_>>(),
-        vec![&b"only-beta"[..], b"shared-name"]
-    );
+    assert_eq!(beta.keys().map(|k| k.as_slice()).collect::<Vec<_>>(), vec![&b"only-beta"[..], b"shared-name"]);
     assert_eq!(beta[&b"shared-name"[..]], b"from beta");
 }
 
@@ -221,24 +162,13 @@ fn a_batch_replicates_as_one_delta_with_last_operation_winning() {
     let (_dir, mut cluster) = cluster(3, &["t"]);
     cluster.put(0, "t", b"gone", b"soon").unwrap();
     let mut batch = Batch::new();
-    batch
-        .put("k", "first")
-        .put("k", "second")
-        .delete("gone")
-        .put("x", "1")
-        .delete("x");
+    batch.put("k", "first").put("k", "second").delete("gone").put("x", "1").delete("x");
     let commit = cluster.batch(1, "t", batch).unwrap();
     assert!(commit.is_some());
     cluster.run_until_quiet(STEPS_MAX).unwrap();
     let state = assert_converged(&cluster, "t");
-    assert_eq!(
-        state.get(&b"k"[..]).map(Vec::as_slice),
-        Some(&b"second"[..])
-    );
+    assert_eq!(state.get(&b"k"[..]).map(Vec::as_slice), Some(&b"second"[..]));
     assert!(!state.contains_key(&b"x"[..]));
     // The batch was written on replica 1 without having seen "gone"; add wins.
-    assert_eq!(
-        state.get(&b"gone"[..]).map(Vec::as_slice),
-        Some(&b"soon"[..])
-    );
+    assert_eq!(state.get(&b"gone"[..]).map(Vec::as_slice), Some(&b"soon"[..]));
 }

@@ -23,10 +23,7 @@ pub struct BlockLimits {
 
 impl Default for BlockLimits {
     fn default() -> Self {
-        BlockLimits {
-            block_bytes_max: 16 << 20,
-            links_max: 1024,
-        }
+        BlockLimits { block_bytes_max: 16 << 20, links_max: 1024 }
     }
 }
 
@@ -94,29 +91,14 @@ pub struct Block {
 impl Block {
     /// Builds a block from its parents, height and payload; links are sorted and deduplicated
     /// so that equal content always gives an equal CID.
-    pub fn build(
-        mut links: Vec<Cid>,
-        height: Height,
-        payload: Vec<u8>,
-    ) -> Result<Block, BlockError> {
+    pub fn build(mut links: Vec<Cid>, height: Height, payload: Vec<u8>) -> Result<Block, BlockError> {
         links.sort_unstable();
         links.dedup();
         check_height(height, links.len())?;
-        let wire = WireBlock {
-            links,
-            height,
-            payload: ByteBuf::from(payload),
-        };
-        let bytes =
-            serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        let wire = WireBlock { links, height, payload: ByteBuf::from(payload) };
+        let bytes = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
         let cid = cid_of(&bytes);
-        Ok(Block {
-            cid,
-            height,
-            links: wire.links,
-            payload: wire.payload.into_vec(),
-            bytes,
-        })
+        Ok(Block { cid, height, links: wire.links, payload: wire.payload.into_vec(), bytes })
     }
 
     /// Decodes and validates received bytes named by `cid`.
@@ -125,19 +107,15 @@ impl Block {
     /// format, order and count, and that the height fits the number of links.
     pub fn decode(cid: Cid, bytes: &[u8], limits: &BlockLimits) -> Result<Block, BlockError> {
         if bytes.len() > limits.block_bytes_max {
-            return Err(BlockError::TooLarge {
-                bytes: bytes.len(),
-                max: limits.block_bytes_max,
-            });
+            return Err(BlockError::TooLarge { bytes: bytes.len(), max: limits.block_bytes_max });
         }
         check_cid(&cid)?;
         if cid_of(bytes) != cid {
             return Err(BlockError::HashMismatch(cid));
         }
-        let wire: WireBlock = serde_ipld_dagcbor::from_slice(bytes)
-            .map_err(|e| BlockError::Malformed(e.to_string()))?;
-        let reencoded =
-            serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        let wire: WireBlock =
+            serde_ipld_dagcbor::from_slice(bytes).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        let reencoded = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
         if reencoded != bytes {
             return Err(BlockError::NotCanonical);
         }
@@ -152,9 +130,7 @@ impl Block {
             check_cid(link).map_err(|e| BlockError::InvalidLinks(e.to_string()))?;
         }
         if wire.links.windows(2).any(|pair| pair[0] >= pair[1]) {
-            return Err(BlockError::InvalidLinks(
-                "links are not sorted and unique".into(),
-            ));
+            return Err(BlockError::InvalidLinks("links are not sorted and unique".into()));
         }
         if wire.links.contains(&cid) {
             return Err(BlockError::InvalidLinks("block links to itself".into()));
@@ -213,24 +189,16 @@ fn check_cid(cid: &Cid) -> Result<(), BlockError> {
         && cid.codec() == CODEC_DAG_CBOR
         && cid.hash().code() == MULTIHASH_BLAKE3
         && cid.hash().size() as usize == DIGEST_BYTES;
-    if supported {
-        Ok(())
-    } else {
-        Err(BlockError::UnsupportedCid(cid.to_string()))
-    }
+    if supported { Ok(()) } else { Err(BlockError::UnsupportedCid(cid.to_string())) }
 }
 
 fn check_height(height: Height, links: usize) -> Result<(), BlockError> {
     match (links, height) {
         (0, 1) => Ok(()),
-        (0, _) => Err(BlockError::InvalidHeight {
-            height,
-            reason: "a block without parents has height 1".into(),
-        }),
-        (_, 0..=1) => Err(BlockError::InvalidHeight {
-            height,
-            reason: "a block with parents is above height 1".into(),
-        }),
+        (0, _) => Err(BlockError::InvalidHeight { height, reason: "a block without parents has height 1".into() }),
+        (_, 0..=1) => {
+            Err(BlockError::InvalidHeight { height, reason: "a block with parents is above height 1".into() })
+        }
         _ => Ok(()),
     }
 }
@@ -270,10 +238,7 @@ mod tests {
         assert_eq!(cid.codec(), 0x71);
         assert_eq!(cid.hash().code(), 0x1e);
         assert_eq!(cid.hash().digest(), blake3::hash(block.bytes()).as_bytes());
-        assert!(
-            cid.to_string().starts_with('b'),
-            "CIDv1 prints in base32: {cid}"
-        );
+        assert!(cid.to_string().starts_with('b'), "CIDv1 prints in base32: {cid}");
     }
 
     #[test]
@@ -282,36 +247,21 @@ mod tests {
         let mut bytes = block.bytes().to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert_eq!(
-            Block::decode(block.cid(), &bytes, &limits()),
-            Err(BlockError::HashMismatch(block.cid()))
-        );
+        assert_eq!(Block::decode(block.cid(), &bytes, &limits()), Err(BlockError::HashMismatch(block.cid())));
     }
 
     #[test]
     fn wrong_heights_are_rejected() {
-        assert!(matches!(
-            Block::build(vec![], 2, vec![]),
-            Err(BlockError::InvalidHeight { .. })
-        ));
+        assert!(matches!(Block::build(vec![], 2, vec![]), Err(BlockError::InvalidHeight { .. })));
         let root = Block::build(vec![], 1, vec![]).unwrap();
-        assert!(matches!(
-            Block::build(vec![root.cid()], 1, vec![]),
-            Err(BlockError::InvalidHeight { .. })
-        ));
+        assert!(matches!(Block::build(vec![root.cid()], 1, vec![]), Err(BlockError::InvalidHeight { .. })));
     }
 
     #[test]
     fn oversized_blocks_are_rejected_before_hashing() {
         let block = Block::build(vec![], 1, vec![7; 100]).unwrap();
-        let small = BlockLimits {
-            block_bytes_max: 50,
-            ..limits()
-        };
-        assert!(matches!(
-            Block::decode(block.cid(), block.bytes(), &small),
-            Err(BlockError::TooLarge { .. })
-        ));
+        let small = BlockLimits { block_bytes_max: 50, ..limits() };
+        assert!(matches!(Block::decode(block.cid(), block.bytes(), &small), Err(BlockError::TooLarge { .. })));
     }
 
     #[test]
@@ -321,17 +271,10 @@ mod tests {
         let mut links = vec![a.cid(), b.cid()];
         links.sort();
         links.reverse();
-        let wire = WireBlock {
-            links,
-            height: 2,
-            payload: ByteBuf::new(),
-        };
+        let wire = WireBlock { links, height: 2, payload: ByteBuf::new() };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).unwrap();
         let result = Block::decode(cid_of(&bytes), &bytes, &limits());
-        assert!(
-            matches!(result, Err(BlockError::InvalidLinks(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(BlockError::InvalidLinks(_))), "{result:?}");
     }
 
     #[test]
@@ -339,9 +282,6 @@ mod tests {
         let block = Block::build(vec![], 1, vec![]).unwrap();
         let sha = Multihash::<64>::wrap(0x12, &[0; 32]).unwrap();
         let foreign = Cid::new_v1(CODEC_DAG_CBOR, sha);
-        assert!(matches!(
-            Block::decode(foreign, block.bytes(), &limits()),
-            Err(BlockError::UnsupportedCid(_))
-        ));
+        assert!(matches!(Block::decode(foreign, block.bytes(), &limits()), Err(BlockError::UnsupportedCid(_))));
     }
 }

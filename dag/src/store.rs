@@ -48,24 +48,18 @@ impl BlockMeta {
         let mut out = Vec::with_capacity(8 + self.links.len() * 36);
         out.extend_from_slice(&self.height.to_be_bytes());
         for link in &self.links {
-            link.write_bytes(&mut out)
-                .expect("writing to a Vec cannot fail");
+            link.write_bytes(&mut out).expect("writing to a Vec cannot fail");
         }
         out
     }
 
     fn decode(bytes: &[u8]) -> Result<BlockMeta, String> {
-        let (height, mut rest) = bytes
-            .split_first_chunk::<8>()
-            .ok_or("index record shorter than a height")?;
+        let (height, mut rest) = bytes.split_first_chunk::<8>().ok_or("index record shorter than a height")?;
         let mut links = Vec::new();
         while !rest.is_empty() {
             links.push(Cid::read_bytes(&mut rest).map_err(|e| e.to_string())?);
         }
-        Ok(BlockMeta {
-            height: u64::from_be_bytes(*height),
-            links,
-        })
+        Ok(BlockMeta { height: u64::from_be_bytes(*height), links })
     }
 }
 
@@ -81,75 +75,51 @@ impl BlockStore {
     /// A block store over a database opened with [`CF_BLOCKS`] and [`CF_INDEX`].
     pub fn new(db: Arc<DB>) -> Result<BlockStore, StoreError> {
         for cf in [CF_BLOCKS, CF_INDEX] {
-            db.cf_handle(cf)
-                .ok_or(StoreError::MissingColumnFamily(cf))?;
+            db.cf_handle(cf).ok_or(StoreError::MissingColumnFamily(cf))?;
         }
         Ok(BlockStore { db })
     }
 
     fn cf(&self, name: &'static str) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are checked in BlockStore::new")
+        self.db.cf_handle(name).expect("column families are checked in BlockStore::new")
     }
 
     /// Adds `block` to `batch`, marking it applied in `topic` once the batch is written.
     pub fn put(&self, batch: &mut WriteBatch, topic: TopicId, block: &Block) {
         let key = topic.key(&block.cid().to_bytes());
-        let meta = BlockMeta {
-            height: block.height(),
-            links: block.links().to_vec(),
-        };
+        let meta = BlockMeta { height: block.height(), links: block.links().to_vec() };
         batch.put_cf(self.cf(CF_BLOCKS), &key, block.bytes());
         batch.put_cf(self.cf(CF_INDEX), &key, meta.encode());
     }
 
     /// The encoded bytes of an applied block.
     pub fn get(&self, topic: TopicId, cid: &Cid) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .db
-            .get_cf(self.cf(CF_BLOCKS), topic.key(&cid.to_bytes()))?)
+        Ok(self.db.get_cf(self.cf(CF_BLOCKS), topic.key(&cid.to_bytes()))?)
     }
 
     /// Whether `cid` is applied in `topic`.
     pub fn contains(&self, topic: TopicId, cid: &Cid) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .get_pinned_cf(self.cf(CF_INDEX), topic.key(&cid.to_bytes()))?
-            .is_some())
+        Ok(self.db.get_pinned_cf(self.cf(CF_INDEX), topic.key(&cid.to_bytes()))?.is_some())
     }
 
     /// Height and links of an applied block.
     pub fn meta(&self, topic: TopicId, cid: &Cid) -> Result<Option<BlockMeta>, StoreError> {
-        Ok(self
-            .metas(topic, std::slice::from_ref(cid))?
-            .pop()
-            .flatten())
+        Ok(self.metas(topic, std::slice::from_ref(cid))?.pop().flatten())
     }
 
     /// Height and links of many blocks in one batched read, in the order asked.
-    pub fn metas(
-        &self,
-        topic: TopicId,
-        cids: &[Cid],
-    ) -> Result<Vec<Option<BlockMeta>>, StoreError> {
+    pub fn metas(&self, topic: TopicId, cids: &[Cid]) -> Result<Vec<Option<BlockMeta>>, StoreError> {
         let keys: Vec<Vec<u8>> = cids.iter().map(|cid| topic.key(&cid.to_bytes())).collect();
-        let values = self
-            .db
-            .batched_multi_get_cf(self.cf(CF_INDEX), &keys, false);
+        let values = self.db.batched_multi_get_cf(self.cf(CF_INDEX), &keys, false);
         cids.iter()
             .zip(values)
             .map(|(cid, value)| match value? {
                 None => Ok(None),
-                Some(bytes) => {
-                    BlockMeta::decode(&bytes)
-                        .map(Some)
-                        .map_err(|reason| StoreError::Corrupt {
-                            cf: CF_INDEX,
-                            cid: *cid,
-                            reason,
-                        })
-                }
+                Some(bytes) => BlockMeta::decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
+                    cf: CF_INDEX,
+                    cid: *cid,
+                    reason,
+                }),
             })
             .collect()
     }
@@ -166,17 +136,11 @@ impl BlockStore {
     }
 
     /// Every applied block of `topic` as `(cid, bytes)`, in CID order.
-    pub fn iter_topic(
-        &self,
-        topic: TopicId,
-    ) -> impl Iterator<Item = Result<(Cid, Vec<u8>), StoreError>> + '_ {
+    pub fn iter_topic(&self, topic: TopicId) -> impl Iterator<Item = Result<(Cid, Vec<u8>), StoreError>> + '_ {
         let prefix = topic.prefix();
         self.db
             .prefix_iterator_cf(self.cf(CF_BLOCKS), prefix)
-            .take_while(move |item| {
-                item.as_ref()
-                    .map_or(true, |(key, _)| key.starts_with(&prefix))
-            })
+            .take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
             .map(move |item| {
                 let (key, value) = item?;
                 let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| StoreError::Corrupt {
@@ -202,10 +166,7 @@ mod tests {
     fn meta_round_trips() {
         let a = Block::build(vec![], 1, b"a".to_vec()).unwrap();
         let b = Block::build(vec![], 1, b"b".to_vec()).unwrap();
-        let meta = BlockMeta {
-            height: 7,
-            links: vec![a.cid(), b.cid()],
-        };
+        let meta = BlockMeta { height: 7, links: vec![a.cid(), b.cid()] };
         assert_eq!(BlockMeta::decode(&meta.encode()).unwrap(), meta);
         assert!(BlockMeta::decode(&[1, 2]).is_err());
     }

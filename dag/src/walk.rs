@@ -19,11 +19,7 @@ pub struct WalkLimits {
 
 impl Default for WalkLimits {
     fn default() -> Self {
-        WalkLimits {
-            blocks_max: 4096,
-            bytes_max: 8 << 20,
-            visits_max: 65_536,
-        }
+        WalkLimits { blocks_max: 4096, bytes_max: 8 << 20, visits_max: 65_536 }
     }
 }
 
@@ -60,13 +56,7 @@ pub fn walk_missing(
     haves: &[Cid],
     limits: &WalkLimits,
 ) -> Result<Walk, StoreError> {
-    let mut walker = Walker {
-        store,
-        topic,
-        queue: BinaryHeap::new(),
-        seen: HashMap::new(),
-        wanted_in_queue: 0,
-    };
+    let mut walker = Walker { store, topic, queue: BinaryHeap::new(), seen: HashMap::new(), wanted_in_queue: 0 };
     walker.enqueue(haves, Side::Have)?;
     walker.enqueue(wants, Side::Want)?;
 
@@ -78,10 +68,7 @@ pub fn walk_missing(
             break;
         };
         visits += 1;
-        if visits > limits.visits_max
-            || walk.blocks.len() >= limits.blocks_max
-            || bytes >= limits.bytes_max
-        {
+        if visits > limits.visits_max || walk.blocks.len() >= limits.blocks_max || bytes >= limits.bytes_max {
             walk.truncated = true;
             break;
         }
@@ -145,12 +132,7 @@ const SAMPLE_DEPTH_MAX: u64 = 4096;
 /// A few ancestors of `heads` at exponentially growing depths (1, 2, 4, ...), following first
 /// parents, so that a peer serving a request can find common history even when it does not
 /// know the requester's heads. Returns at most `max` CIDs.
-pub fn sample_ancestors(
-    store: &BlockStore,
-    topic: TopicId,
-    heads: &[Cid],
-    max: usize,
-) -> Result<Vec<Cid>, StoreError> {
+pub fn sample_ancestors(store: &BlockStore, topic: TopicId, heads: &[Cid], max: usize) -> Result<Vec<Cid>, StoreError> {
     let mut sample = Vec::new();
     for head in heads {
         let mut current = *head;
