@@ -1,1 +1,178 @@
-fn main() {}
+//! `canopy-bench`: workloads, the deterministic simulator and reports.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use canopy_bench::ingest::{self, IngestConfig};
+use canopy_bench::sim::{self, SimConfig};
+use canopy_crdt::sim::Faults;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "canopy-bench", version, about = "canopy's workloads, simulator and reports")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a cluster in one process under a seeded workload and network faults, then check
+    /// that every replica converged to the state the semantics give and nothing was lost.
+    Sim(SimArgs),
+    /// Measure local write throughput against bare RocksDB on the same machine.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Replicas in the cluster.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=64))]
+    replicas: u64,
+    /// Topics every replica subscribes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    topics: u64,
+    /// Workload operations.
+    #[arg(long, default_value_t = 1000)]
+    ops: usize,
+    /// Seed; the same seed gives the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Last seed of a sweep: runs every seed from --seed to --seeds-to.
+    #[arg(long)]
+    seeds_to: Option<u64>,
+    /// Probability that a message is dropped.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    drop: f64,
+    /// Probability that a message is duplicated.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    dup: f64,
+    /// Probability that a message is delayed past later ones.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    reorder: f64,
+    /// Probability that a message is corrupted.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    corrupt: f64,
+    /// Split replicas into random groups now and then, and heal them.
+    #[arg(long)]
+    partitions: bool,
+    /// Crash replicas now and then and reopen them from disk.
+    #[arg(long)]
+    crashes: bool,
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Keys to write.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    /// Bytes per key.
+    #[arg(long, default_value_t = 32)]
+    key_bytes: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Keys per batch; 1 writes every key as its own put.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Topics the batches are spread over.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Concurrent submitting threads [default: 64 with --batch 1, else 1].
+    #[arg(long)]
+    writers: Option<usize>,
+    /// canopy writer threads.
+    #[arg(long, default_value_t = 2)]
+    store_writers: usize,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Directory for both databases [default: a temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn probability(text: &str) -> Result<f64, String> {
+    let p: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&p) { Ok(p) } else { Err(format!("{p} is not a probability between 0 and 1")) }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("canopy-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sim(args) => run_sim(args),
+        Command::Ingest(args) => run_ingest(args),
+    }
+}
+
+fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let last = args.seeds_to.unwrap_or(args.seed);
+    anyhow::ensure!(last >= args.seed, "--seeds-to must not be below --seed");
+    let mut failed = 0u64;
+    for seed in args.seed..=last {
+        let config = SimConfig {
+            replicas: args.replicas as usize,
+            topics: args.topics as usize,
+            ops: args.ops,
+            seed,
+            faults: Faults { drop: args.drop, dup: args.dup, reorder: args.reorder, corrupt: args.corrupt },
+            partitions: args.partitions,
+            crashes: args.crashes,
+            ..SimConfig::default()
+        };
+        let report = sim::run(&config).with_context(|| format!("simulation of seed {seed} failed"))?;
+        println!("{report}");
+        if !report.passed() {
+            failed += 1;
+        }
+    }
+    if last > args.seed {
+        println!("seeds={} failed={failed}", last - args.seed + 1);
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
+    let writers = args.writers.unwrap_or(if args.batch == 1 { 64 } else { 1 });
+    let config = IngestConfig {
+        keys: args.keys,
+        key_bytes: args.key_bytes,
+        value_bytes: args.value_bytes,
+        batch: args.batch,
+        topics: args.topics,
+        writers,
+        store_writer_threads: args.store_writers,
+        seed: args.seed,
+        dir: args.dir,
+    };
+    let report = ingest::run(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "keys={} key_bytes={} value_bytes={} batch={} topics={} writers={}",
+            report.keys, report.key_bytes, report.value_bytes, report.batch, report.topics, report.writers
+        );
+        for (name, side) in [("canopy", &report.canopy), ("bare", &report.bare)] {
+            println!(
+                "{name:<7} {:>10.0} keys/s  {:>7.2} s  {:>6.1} disk B/key  batch p50={}us p99={}us p999={}us",
+                side.keys_per_s, side.seconds, side.disk_bytes_per_key, side.p50_us, side.p99_us, side.p999_us
+            );
+        }
+        println!("ratio canopy/bare = {:.2}", report.ratio);
+    }
+    Ok(ExitCode::SUCCESS)
+}

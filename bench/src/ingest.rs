@@ -1,0 +1,235 @@
+//! `canopy-bench ingest`: local write throughput of the engine against bare RocksDB.
+//!
+//! The same keys and values are written twice in one run: through canopy's topic API into a
+//! fresh store, then as plain `WriteBatch`es into a bare RocksDB with the same write options
+//! (WAL on, no sync) and table options. The bare rate is the physical baseline of this machine.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use canopy_crdt::{Batch, Store, StoreOptions, Topic};
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// What to write.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// Number of keys.
+    pub keys: usize,
+    /// Bytes per key.
+    pub key_bytes: usize,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Keys per batch (1 means single puts).
+    pub batch: usize,
+    /// Topics the batches are spread over, round-robin.
+    pub topics: usize,
+    /// Threads submitting batches concurrently.
+    pub writers: usize,
+    /// canopy writer threads.
+    pub store_writer_threads: usize,
+    /// Seed of the generated keys and values.
+    pub seed: u64,
+    /// Where to put both databases; a temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+}
+
+/// Figures of one side of the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Keys written per second.
+    pub keys_per_s: f64,
+    /// Wall time of the writes.
+    pub seconds: f64,
+    /// Bytes on disk after closing (WAL and tables), per key.
+    pub disk_bytes_per_key: f64,
+    /// Median batch latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile batch latency, microseconds.
+    pub p99_us: u64,
+    /// 99.9th percentile batch latency, microseconds.
+    pub p999_us: u64,
+}
+
+/// Figures of a whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct IngestReport {
+    /// Keys written.
+    pub keys: usize,
+    /// Bytes per key.
+    pub key_bytes: usize,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Keys per batch.
+    pub batch: usize,
+    /// Topics.
+    pub topics: usize,
+    /// Concurrent submitting threads.
+    pub writers: usize,
+    /// canopy through its topic API.
+    pub canopy: RunReport,
+    /// Bare RocksDB `WriteBatch`es.
+    pub bare: RunReport,
+    /// canopy's rate over the bare rate.
+    pub ratio: f64,
+}
+
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn generate(config: &IngestConfig) -> Pairs {
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    (0..config.keys)
+        .map(|_| {
+            let key = (0..config.key_bytes).map(|_| rng.random_range(b'!'..=b'~')).collect();
+            let value = (0..config.value_bytes).map(|_| rng.random()).collect();
+            (key, value)
+        })
+        .collect()
+}
+
+/// Runs `write(batch_index)` for every batch on `writers` threads; returns seconds and latencies.
+fn drive(batches: usize, writers: usize, write: impl Fn(usize) + Sync) -> (f64, Histogram<u64>) {
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    let histograms: Vec<Histogram<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= batches {
+                            return histogram;
+                        }
+                        let began = Instant::now();
+                        write(index);
+                        histogram.saturating_record(began.elapsed().as_micros() as u64);
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
+    });
+    let seconds = start.elapsed().as_secs_f64();
+    let mut all = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    for histogram in histograms {
+        all.add(histogram).expect("histograms of equal bounds add");
+    }
+    (seconds, all)
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) => total += meta.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn report(keys: usize, seconds: f64, histogram: &Histogram<u64>, disk_bytes: u64) -> RunReport {
+    RunReport {
+        keys_per_s: keys as f64 / seconds,
+        seconds,
+        disk_bytes_per_key: disk_bytes as f64 / keys as f64,
+        p50_us: histogram.value_at_quantile(0.5),
+        p99_us: histogram.value_at_quantile(0.99),
+        p999_us: histogram.value_at_quantile(0.999),
+    }
+}
+
+/// Runs both sides and reports.
+pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
+    anyhow::ensure!(
+        config.keys > 0 && config.batch > 0 && config.topics > 0,
+        "keys, batch and topics must be positive"
+    );
+    anyhow::ensure!(config.key_bytes > 0, "key-bytes must be positive");
+    let temp = tempfile::tempdir()?;
+    let root = config.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let pairs = Arc::new(generate(config));
+    let batches = config.keys.div_ceil(config.batch);
+    let chunk = |index: usize| &pairs[index * config.batch..((index + 1) * config.batch).min(pairs.len())];
+
+    let canopy_dir = root.join("canopy");
+    let store_options = StoreOptions { writer_threads: config.store_writer_threads, ..StoreOptions::default() };
+    let store = Store::open(&canopy_dir, store_options)?;
+    let topics: Vec<Topic> =
+        (0..config.topics).map(|t| store.topic(&format!("bench-{t}"))).collect::<Result<_, _>>()?;
+    let (seconds, histogram) = drive(batches, config.writers, |index| {
+        let topic = &topics[index % topics.len()];
+        let ops = chunk(index);
+        if let [(key, value)] = ops {
+            topic.put(key.clone(), value.clone()).expect("canopy put");
+        } else {
+            let mut batch = Batch::new();
+            for (key, value) in ops {
+                batch.put(key.clone(), value.clone());
+            }
+            topic.batch(batch).expect("canopy batch");
+        }
+    });
+    let written: u64 = topics.iter().map(Topic::key_count).sum();
+    drop(topics);
+    drop(store);
+    let canopy = report(config.keys, seconds, &histogram, dir_bytes(&canopy_dir));
+    anyhow::ensure!(written as usize <= config.keys, "canopy holds more keys than were written");
+
+    let bare_dir = root.join("bare");
+    let bare = bare_db(&bare_dir)?;
+    let mut write_options = rocksdb::WriteOptions::default();
+    write_options.set_sync(false);
+    let (seconds, histogram) = drive(batches, config.writers, |index| {
+        let prefix = ((index % config.topics) as u32).to_be_bytes();
+        let mut batch = rocksdb::WriteBatch::default();
+        for (key, value) in chunk(index) {
+            let mut full = Vec::with_capacity(4 + key.len());
+            full.extend_from_slice(&prefix);
+            full.extend_from_slice(key);
+            batch.put(full, value);
+        }
+        bare.write_opt(batch, &write_options).expect("bare rocksdb write");
+    });
+    drop(bare);
+    let bare = report(config.keys, seconds, &histogram, dir_bytes(&bare_dir));
+    Ok(IngestReport {
+        keys: config.keys,
+        key_bytes: config.key_bytes,
+        value_bytes: config.value_bytes,
+        batch: config.batch,
+        topics: config.topics,
+        writers: config.writers,
+        ratio: canopy.keys_per_s / bare.keys_per_s,
+        canopy,
+        bare,
+    })
+}
+
+/// A bare RocksDB with the table and compression options canopy uses for its key-value column.
+fn bare_db(path: &Path) -> anyhow::Result<rocksdb::DB> {
+    let cache = rocksdb::Cache::new_lru_cache(64 << 20);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    table.set_bloom_filter(10.0, false);
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.increase_parallelism(2);
+    options.set_max_background_jobs(4);
+    options.set_bytes_per_sync(1 << 20);
+    options.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(4));
+    options.set_block_based_table_factory(&table);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    Ok(rocksdb::DB::open(&options, path)?)
+}

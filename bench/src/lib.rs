@@ -1,0 +1,4 @@
+//! canopy's workloads, simulator driver and reports, behind the `canopy-bench` binary.
+
+pub mod ingest;
+pub mod sim;

@@ -1,0 +1,244 @@
+//! `canopy-bench sim`: a whole cluster in one process under a seeded workload and faults.
+
+use std::fmt;
+
+use canopy_crdt::Batch;
+use canopy_crdt::sim::{Cluster, FaultCounts, Faults, SimError, reference_state};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of replicas.
+    pub replicas: usize,
+    /// Number of topics, all subscribed by every replica.
+    pub topics: usize,
+    /// Number of workload operations (puts, deletes, batches).
+    pub ops: usize,
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// Network fault probabilities during the workload.
+    pub faults: Faults,
+    /// Split replicas into random groups now and then, and heal them.
+    pub partitions: bool,
+    /// Crash replicas now and then and reopen them from disk.
+    pub crashes: bool,
+    /// Most simulation steps allowed to reach quiescence after the faults stop.
+    pub quiet_steps_max: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            replicas: 5,
+            topics: 3,
+            ops: 1000,
+            seed: 1,
+            faults: Faults::default(),
+            partitions: false,
+            crashes: false,
+            quiet_steps_max: 2_000_000,
+        }
+    }
+}
+
+/// Outcome of a simulation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimReport {
+    /// The configuration's seed.
+    pub seed: u64,
+    /// Replicas simulated.
+    pub replicas: usize,
+    /// Topics simulated.
+    pub topics: usize,
+    /// Operations run.
+    pub ops: usize,
+    /// Faults injected, by kind.
+    pub faults: FaultCounts,
+    /// Messages sent.
+    pub messages: u64,
+    /// Steps from the end of the faults to quiescence, if it was reached.
+    pub rounds: Option<u64>,
+    /// Simulated milliseconds of the whole run.
+    pub sim_ms: u64,
+    /// Replica-topic pairs whose state differs from the reference model, plus acknowledged
+    /// writes missing from some replica.
+    pub diverged: u64,
+    /// Acknowledged writes.
+    pub acknowledged: usize,
+}
+
+impl SimReport {
+    /// True when the cluster converged to the reference state with nothing lost.
+    pub fn passed(&self) -> bool {
+        self.rounds.is_some() && self.diverged == 0
+    }
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.faults;
+        write!(
+            f,
+            "seed={} replicas={} topics={} ops={} acknowledged={} dropped={} duplicated={} reordered={} \
+             corrupted={} partitioned={} partitions={} crashes={} messages={} rounds={} sim_ms={} diverged={}",
+            self.seed,
+            self.replicas,
+            self.topics,
+            self.ops,
+            self.acknowledged,
+            c.dropped,
+            c.duplicated,
+            c.reordered,
+            c.corrupted,
+            c.partitioned,
+            c.partitions,
+            c.crashes,
+            self.messages,
+            self.rounds.map_or_else(|| "never".to_string(), |r| r.to_string()),
+            self.sim_ms,
+            self.diverged
+        )
+    }
+}
+
+/// Runs a simulation in a fresh temporary directory.
+pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
+    let dir = tempfile::tempdir().map_err(|e| SimError::Open(canopy_crdt::OpenError::Thread(e)))?;
+    let topics: Vec<String> = (0..config.topics).map(|t| format!("topic-{t}")).collect();
+    let mut cluster = Cluster::new(dir.path(), config.replicas, &topics, config.seed)?;
+    let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_c0de);
+    cluster.set_faults(config.faults.clone());
+
+    let mut heal_at: Option<usize> = None;
+    let mut restarts: Vec<(usize, usize)> = Vec::new();
+    for op in 0..config.ops {
+        if config.partitions {
+            if heal_at.is_some_and(|at| op >= at) {
+                cluster.heal();
+                heal_at = None;
+            } else if heal_at.is_none() && rng.random_bool(0.01) {
+                cluster.random_partition();
+                heal_at = Some(op + rng.random_range(10..100));
+            }
+        }
+        if config.crashes {
+            restarts.retain(|&(replica, at)| {
+                if op >= at {
+                    cluster.restart(replica).expect("a crashed replica reopens from disk");
+                    false
+                } else {
+                    true
+                }
+            });
+            let up = (0..config.replicas).filter(|r| cluster.is_up(*r)).count();
+            if up > 1 && rng.random_bool(0.01) {
+                let replica = rng.random_range(0..config.replicas);
+                if cluster.is_up(replica) {
+                    cluster.crash(replica);
+                    restarts.push((replica, op + rng.random_range(5..60)));
+                }
+            }
+        }
+        workload_step(&mut cluster, &mut rng, config, &topics)?;
+        let pause = rng.random_range(0..30);
+        cluster.run_for(pause)?;
+    }
+
+    cluster.set_faults(Faults::default());
+    cluster.heal();
+    for replica in 0..config.replicas {
+        cluster.restart(replica)?;
+    }
+    let rounds = cluster.run_until_quiet(config.quiet_steps_max).ok();
+    let diverged = if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
+    Ok(SimReport {
+        seed: config.seed,
+        replicas: config.replicas,
+        topics: config.topics,
+        ops: config.ops,
+        faults: cluster.fault_counts().clone(),
+        messages: cluster.messages(),
+        rounds,
+        sim_ms: cluster.now_ms(),
+        diverged,
+        acknowledged: cluster.acknowledged().len(),
+    })
+}
+
+fn key(rng: &mut StdRng) -> Vec<u8> {
+    // A few hot keys written by many replicas, and a wider cold set.
+    if rng.random_bool(0.3) {
+        format!("hot/{}", rng.random_range(0..4)).into_bytes()
+    } else {
+        format!("cold/{:04}", rng.random_range(0..400)).into_bytes()
+    }
+}
+
+fn value(rng: &mut StdRng) -> Vec<u8> {
+    let len = match rng.random_range(0..100) {
+        0..=59 => rng.random_range(0..32),
+        60..=97 => rng.random_range(32..1024),
+        _ => rng.random_range(1024..16_384),
+    };
+    (0..len).map(|_| rng.random()).collect()
+}
+
+fn workload_step(
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    config: &SimConfig,
+    topics: &[String],
+) -> Result<(), SimError> {
+    let up: Vec<usize> = (0..config.replicas).filter(|r| cluster.is_up(*r)).collect();
+    let replica = up[rng.random_range(0..up.len())];
+    let topic = &topics[rng.random_range(0..topics.len())];
+    match rng.random_range(0..100) {
+        0..=59 => {
+            let (key, value) = (key(rng), value(rng));
+            cluster.put(replica, topic, &key, &value)?;
+        }
+        60..=79 => {
+            let key = key(rng);
+            cluster.delete(replica, topic, &key)?;
+        }
+        _ => {
+            let mut batch = Batch::new();
+            for _ in 0..rng.random_range(1..12) {
+                if rng.random_bool(0.75) {
+                    batch.put(key(rng), value(rng));
+                } else {
+                    batch.delete(key(rng));
+                }
+            }
+            cluster.batch(replica, topic, batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Counts replica-topic pairs that differ from the reference model, or from each other's
+/// heads, plus acknowledged writes some replica lacks.
+fn count_divergence(cluster: &Cluster, topics: &[String]) -> Result<u64, SimError> {
+    let mut diverged = 0;
+    for topic in topics {
+        let reference = reference_state(&cluster.all_blocks(topic)?);
+        let heads = cluster.topic(0, topic)?.heads();
+        for replica in 0..cluster.len() {
+            let handle = cluster.topic(replica, topic)?;
+            let state = cluster.dump(replica, topic)?;
+            if state != reference || handle.heads() != heads || handle.key_count() != reference.len() as u64 {
+                diverged += 1;
+            }
+        }
+    }
+    for (topic, commit) in cluster.acknowledged() {
+        for replica in 0..cluster.len() {
+            if !cluster.topic(replica, topic)?.contains(&commit.cid)? {
+                diverged += 1;
+            }
+        }
+    }
+    Ok(diverged)
+}

@@ -1,0 +1,27 @@
+//! The ingest benchmark writes what it says on both sides (no timing is asserted).
+
+use canopy_bench::ingest::{IngestConfig, run};
+
+#[test]
+fn small_ingest_reports_both_sides() {
+    for (batch, writers, topics) in [(100, 1, 1), (1, 8, 3)] {
+        let config = IngestConfig {
+            keys: 2000,
+            key_bytes: 16,
+            value_bytes: 20,
+            batch,
+            topics,
+            writers,
+            store_writer_threads: 2,
+            seed: 9,
+            dir: None,
+        };
+        let report = run(&config).unwrap();
+        assert_eq!(report.keys, 2000);
+        for side in [&report.canopy, &report.bare] {
+            assert!(side.keys_per_s > 0.0 && side.disk_bytes_per_key > 0.0);
+            assert!(side.p50_us <= side.p99_us && side.p99_us <= side.p999_us);
+        }
+        assert!(report.ratio > 0.0);
+    }
+}
