@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use canopy_bench::ingest::{self, IngestConfig};
+use canopy_bench::replication::{self, ReplicationConfig};
 use canopy_bench::sim::{self, SimConfig};
 use canopy_crdt::sim::Faults;
 use clap::{Parser, Subcommand};
@@ -23,6 +24,31 @@ enum Command {
     Sim(SimArgs),
     /// Measure local write throughput against bare RocksDB on the same machine.
     Ingest(IngestArgs),
+    /// Measure replication between real nodes on loopback: write-to-visible latency between two
+    /// nodes and the time an empty node takes to catch up a topic.
+    Replication(ReplicationArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplicationArgs {
+    /// Writes whose write-to-visible latency is sampled.
+    #[arg(long, default_value_t = 1000)]
+    samples: usize,
+    /// Keys of the topic an empty node catches up.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Keys per batch when filling that topic.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Seconds to wait for any one step before failing.
+    #[arg(long, default_value_t = 300)]
+    timeout_s: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -115,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Sim(args) => run_sim(args),
         Command::Ingest(args) => run_ingest(args),
+        Command::Replication(args) => run_replication(args),
     }
 }
 
@@ -173,6 +200,30 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             );
         }
         println!("ratio canopy/bare = {:.2}", report.ratio);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
+    let config = ReplicationConfig {
+        samples: args.samples,
+        catch_up_keys: args.keys,
+        batch: args.batch,
+        value_bytes: args.value_bytes,
+        timeout: std::time::Duration::from_secs(args.timeout_s),
+    };
+    let report = replication::run(&config)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "write-to-visible latency over {} writes: p50={}us p99={}us max={}us",
+            report.samples, report.latency_p50_us, report.latency_p99_us, report.latency_max_us
+        );
+        println!(
+            "catch-up of {} keys by an empty node: {:.2} s ({:.0} keys/s)",
+            report.catch_up_keys, report.catch_up_s, report.catch_up_keys_per_s
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

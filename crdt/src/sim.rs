@@ -427,11 +427,14 @@ impl Cluster {
     }
 }
 
+/// An element as `(height, value, element id)`: tuple order is the winner order.
+type RankedElement = (u64, Vec<u8>, Cid);
+
 /// The visible state that DESIGN's semantics give for a set of blocks, computed from scratch:
 /// every element any block adds, minus every element any block tombstones; per key the live
 /// element greatest by `(height, value, element id)` wins. Independent of the engine's storage.
 pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut added: BTreeMap<Vec<u8>, Vec<(u64, Vec<u8>, Cid)>> = BTreeMap::new();
+    let mut added: BTreeMap<Vec<u8>, Vec<RankedElement>> = BTreeMap::new();
     let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
     let limits = Limits::default();
     for (cid, block) in blocks {

@@ -27,8 +27,8 @@ pub enum StoreError {
     Corrupt {
         /// Column family holding the record.
         cf: &'static str,
-        /// Block the record belongs to.
-        cid: Cid,
+        /// Block the record belongs to, in text form.
+        cid: String,
         /// What failed to decode.
         reason: String,
     },
@@ -117,7 +117,7 @@ impl BlockStore {
                 None => Ok(None),
                 Some(bytes) => BlockMeta::decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
                     cf: CF_INDEX,
-                    cid: *cid,
+                    cid: cid.to_string(),
                     reason,
                 }),
             })
@@ -145,7 +145,7 @@ impl BlockStore {
                 let (key, value) = item?;
                 let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| StoreError::Corrupt {
                     cf: CF_BLOCKS,
-                    cid: Cid::default(),
+                    cid: String::from("?"),
                     reason: format!("bad key: {e}"),
                 })?;
                 Ok((cid, value.into_vec()))

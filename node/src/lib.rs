@@ -1,1 +1,21 @@
-//! placeholder
+//! The canopy node: the embeddable API, the daemon's HTTP API and the sync actor that wires the
+//! crdt engine to the network.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let node = canopy_node::Node::start(canopy_node::NodeConfig::default()).await?;
+//! let users = node.subscribe("users")?;
+//! users.put("alice", "admin")?;
+//! assert_eq!(users.get(b"alice")?.as_deref(), Some(&b"admin"[..]));
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod config;
+pub mod http;
+mod metrics;
+mod node;
+
+pub use canopy_crdt::{Batch, Change, Commit, Head, Page};
+pub use config::{ConfigError, NodeConfig};
+pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};

@@ -1,1 +1,264 @@
-//! placeholder
+//! canopy's networking. Head announcements travel over libp2p gossipsub (one gossip topic per
+//! canopy topic, messages signed by the node's identity and validated strictly before they are
+//! forwarded); blocks travel over a QUIC endpoint (quinn) whose TLS certificates carry the same
+//! libp2p identity, so the peer a block request reaches is the peer that announced.
+//!
+//! The transport moves bytes. It asks the caller to validate gossip and to answer block
+//! requests, and hands everything else up as [`TransportEvent`]s on a bounded channel.
+
+mod blocks;
+mod swarm;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use libp2p::identity::Keypair;
+pub use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Answers one block request from a peer: request bytes in, response bytes out. It runs on a
+/// blocking thread.
+pub type RequestServer = Arc<dyn Fn(PeerId, Vec<u8>) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Decides whether a gossip message on a canopy topic is valid: `(topic, bytes) -> valid`.
+/// Invalid messages are not forwarded and count against their sender.
+pub type GossipValidator = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
+
+/// Prefix of the gossipsub topic that carries a canopy topic's heads.
+pub const GOSSIP_TOPIC_PREFIX: &str = "canopy/heads/";
+
+/// Settings of the transport.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// The node's identity.
+    pub keypair: Keypair,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// Peers to dial at start.
+    pub peers: Vec<String>,
+    /// Discover peers with mDNS.
+    pub mdns: bool,
+    /// UDP address of the block endpoint.
+    pub blocks_listen: SocketAddr,
+    /// Largest gossip message.
+    pub gossip_bytes_max: usize,
+    /// Largest block request.
+    pub request_bytes_max: usize,
+    /// Largest block response.
+    pub response_bytes_max: usize,
+    /// Most outgoing block requests at once; more are dropped and retried by the caller.
+    pub requests_in_flight_max: usize,
+    /// Most incoming requests served at once per connection.
+    pub streams_per_connection_max: u32,
+    /// An outgoing request not answered within this is abandoned.
+    pub request_timeout: Duration,
+    /// Commands queued to the swarm before callers' messages are dropped.
+    pub command_queue_depth: usize,
+    /// Events queued for the caller before new ones are dropped.
+    pub event_queue_depth: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            keypair: Keypair::generate_ed25519(),
+            listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".into(), "/ip4/0.0.0.0/tcp/0".into()],
+            peers: Vec::new(),
+            mdns: false,
+            blocks_listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            gossip_bytes_max: 1 << 20,
+            request_bytes_max: 1 << 20,
+            response_bytes_max: 32 << 20,
+            requests_in_flight_max: 64,
+            streams_per_connection_max: 32,
+            request_timeout: Duration::from_secs(10),
+            command_queue_depth: 4096,
+            event_queue_depth: 8192,
+        }
+    }
+}
+
+/// Failure to start the transport.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A multiaddr does not parse.
+    #[error("invalid multiaddr {address:?}: {message}")]
+    Multiaddr {
+        /// The text given.
+        address: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The libp2p swarm could not be built or could not listen.
+    #[error("libp2p: {0}")]
+    Libp2p(String),
+    /// The block endpoint could not start.
+    #[error("block endpoint: {0}")]
+    Blocks(String),
+}
+
+/// Something the network delivered.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TransportEvent {
+    /// A validated gossip message on a canopy topic.
+    Gossip {
+        /// canopy topic name.
+        topic: String,
+        /// The peer to ask for blocks: the signer when connected, else the forwarder.
+        from: PeerId,
+        /// The message.
+        bytes: Vec<u8>,
+    },
+    /// The answer to a block request.
+    Response {
+        /// The peer that answered.
+        from: PeerId,
+        /// The answer.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A connected peer, as shown to users.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Address of the connection.
+    pub address: String,
+    /// Its block endpoint, once identify told us.
+    pub blocks: Option<String>,
+    /// Its agent string.
+    pub agent: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct PeerState {
+    pub address: Option<Multiaddr>,
+    pub blocks: Option<SocketAddr>,
+    pub agent: Option<String>,
+}
+
+#[derive(Default)]
+pub(crate) struct Shared {
+    pub listen: RwLock<Vec<Multiaddr>>,
+    pub peers: RwLock<BTreeMap<PeerId, PeerState>>,
+}
+
+/// A running transport: the handle to use it and the events it delivers.
+pub struct Transport {
+    /// Cheap to clone; every clone drives the same transport.
+    pub handle: TransportHandle,
+    /// Gossip and responses, in arrival order.
+    pub events: mpsc::Receiver<TransportEvent>,
+}
+
+/// Drives a running transport.
+#[derive(Clone)]
+pub struct TransportHandle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<swarm::Command>,
+    shared: Arc<Shared>,
+    blocks: blocks::Client,
+}
+
+/// Starts the swarm and the block endpoint. Must run inside a tokio runtime.
+pub async fn start(
+    config: TransportConfig,
+    server: RequestServer,
+    validator: GossipValidator,
+) -> Result<Transport, TransportError> {
+    // libp2p's TLS uses aws-lc-rs while quinn also links ring; with both present rustls cannot
+    // pick a process default on its own, so one is installed before any config is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let peer_id = config.keypair.public().to_peer_id();
+    let shared = Arc::new(Shared::default());
+    let (events_tx, events) = mpsc::channel(config.event_queue_depth);
+    let blocks = blocks::start(&config, shared.clone(), server, events_tx.clone())?;
+    let commands = swarm::start(&config, blocks.local_addr(), shared.clone(), validator, events_tx)?;
+    Ok(Transport { handle: TransportHandle { peer_id, commands, shared, blocks }, events })
+}
+
+impl TransportHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Addresses the swarm listens on.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared.listen.read().expect("listen lock").clone()
+    }
+
+    /// Address of the block endpoint.
+    pub fn blocks_addr(&self) -> Option<SocketAddr> {
+        Some(self.blocks.local_addr())
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.shared
+            .peers
+            .read()
+            .expect("peers lock")
+            .iter()
+            .map(|(id, state)| PeerInfo {
+                peer_id: id.to_string(),
+                address: state.address.as_ref().map(ToString::to_string).unwrap_or_default(),
+                blocks: state.blocks.map(|a| a.to_string()),
+                agent: state.agent.clone(),
+            })
+            .collect()
+    }
+
+    fn command(&self, command: swarm::Command) {
+        // A full queue drops the command: announcements are repeated and requests retried.
+        if self.commands.try_send(command).is_err() {
+            tracing::debug!("swarm command queue full; dropping a command");
+        }
+    }
+
+    /// Joins the gossip topic of a canopy topic.
+    pub fn subscribe(&self, topic: &str) {
+        self.command(swarm::Command::Subscribe(topic.to_string()));
+    }
+
+    /// Leaves the gossip topic of a canopy topic.
+    pub fn unsubscribe(&self, topic: &str) {
+        self.command(swarm::Command::Unsubscribe(topic.to_string()));
+    }
+
+    /// Publishes on a canopy topic's gossip topic.
+    pub fn publish(&self, topic: &str, bytes: Vec<u8>) {
+        self.command(swarm::Command::Publish(topic.to_string(), bytes));
+    }
+
+    /// Sends a block request to `to`; the answer arrives as [`TransportEvent::Response`].
+    pub fn request(&self, to: PeerId, bytes: Vec<u8>) {
+        let address = self.shared.peers.read().expect("peers lock").get(&to).and_then(|p| p.blocks);
+        match address {
+            Some(address) => self.blocks.request(to, address, bytes),
+            None => tracing::debug!(%to, "no block endpoint known for peer yet"),
+        }
+    }
+
+    /// Reports a peer that sent an invalid message; it is disconnected.
+    pub fn penalize(&self, peer: PeerId) {
+        self.command(swarm::Command::Disconnect(peer));
+    }
+
+    /// Stops the swarm and the block endpoint.
+    pub async fn shutdown(&self) {
+        let _ = self.commands.send(swarm::Command::Shutdown).await;
+        self.blocks.shutdown().await;
+    }
+}
+
+/// The gossipsub topic name of a canopy topic.
+pub fn gossip_topic(topic: &str) -> String {
+    format!("{GOSSIP_TOPIC_PREFIX}{topic}")
+}

@@ -1,0 +1,145 @@
+//! `canopy-bench replication`: real nodes on loopback (in one process, each with its own store,
+//! libp2p swarm and QUIC endpoint): write-to-visible latency between two nodes, and how long an
+//! empty node takes to catch up a topic.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use canopy_node::{Batch, Node, NodeConfig};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// Writes whose latency is sampled, one at a time.
+    pub samples: usize,
+    /// Keys the catch-up topic holds.
+    pub catch_up_keys: usize,
+    /// Keys per batch when filling the catch-up topic.
+    pub batch: usize,
+    /// Bytes per value.
+    pub value_bytes: usize,
+    /// Longest wait for one write or for the catch-up.
+    pub timeout: Duration,
+}
+
+/// Figures of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplicationReport {
+    /// Writes sampled.
+    pub samples: usize,
+    /// Median write-to-visible latency, microseconds.
+    pub latency_p50_us: u64,
+    /// 99th percentile, microseconds.
+    pub latency_p99_us: u64,
+    /// Largest, microseconds.
+    pub latency_max_us: u64,
+    /// Keys caught up.
+    pub catch_up_keys: usize,
+    /// Seconds from starting the empty node until it held every key.
+    pub catch_up_s: f64,
+    /// Keys per second of the catch-up.
+    pub catch_up_keys_per_s: f64,
+}
+
+fn config(dir: &Path, name: &str, peers: Vec<String>, topics: &[&str]) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.join(name),
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+        blocks: "127.0.0.1:0".parse().expect("a valid socket address"),
+        peers,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        rebroadcast_interval_s: 1,
+        ..NodeConfig::default()
+    }
+}
+
+fn address(node: &Node) -> anyhow::Result<String> {
+    let status = node.status();
+    let listen = status.listen.first().context("node has no listen address")?;
+    Ok(format!("{listen}/p2p/{}", status.peer_id))
+}
+
+async fn wait(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    while !condition() {
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(start.elapsed())
+}
+
+/// Runs the measurement in a temporary directory.
+pub fn run(settings: &ReplicationConfig) -> anyhow::Result<ReplicationReport> {
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(measure(dir.path(), settings))
+}
+
+async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<ReplicationReport> {
+    let a = Node::start(config(dir, "a", vec![], &["latency", "big"])).await?;
+    let b = Node::start(config(dir, "b", vec![address(&a)?], &["latency"])).await?;
+    wait("the nodes are connected", settings.timeout, || !a.peers().is_empty() && !b.peers().is_empty()).await?;
+
+    let writer = a.subscribe("latency")?;
+    let reader = b.subscribe("latency")?;
+    let changes = reader.watch();
+    let mut histogram = Histogram::<u64>::new(3)?;
+    let value = vec![b'v'; settings.value_bytes];
+    for sample in 0..settings.samples {
+        let key = format!("sample-{sample}");
+        let started = Instant::now();
+        let writer = writer.clone();
+        let (put_key, put_value) = (key.clone(), value.clone());
+        tokio::task::spawn_blocking(move || writer.put(put_key, put_value)).await??;
+        let seen = tokio::task::spawn_blocking({
+            let changes = changes.clone();
+            let timeout = settings.timeout;
+            move || loop {
+                match changes.recv_timeout(timeout) {
+                    Ok(change) if change.key == key.as_bytes() => return Ok(started.elapsed()),
+                    Ok(_) => {}
+                    Err(error) => return Err(anyhow::anyhow!("no change seen for {key}: {error}")),
+                }
+            }
+        })
+        .await??;
+        histogram.saturating_record(seen.as_micros() as u64);
+    }
+
+    let big = a.subscribe("big")?;
+    let (keys, batch_size, value_bytes) = (settings.catch_up_keys, settings.batch.max(1), settings.value_bytes);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        for start in (0..keys).step_by(batch_size) {
+            let mut batch = Batch::new();
+            for i in start..(start + batch_size).min(keys) {
+                batch.put(format!("key-{i:09}"), vec![b'x'; value_bytes]);
+            }
+            big.batch(batch)?;
+        }
+        Ok(())
+    })
+    .await??;
+    let started = Instant::now();
+    let c = Node::start(config(dir, "c", vec![address(&a)?], &["big"])).await?;
+    let target = c.subscribe("big")?;
+    wait("the empty node caught up", settings.timeout, || target.key_count() as usize == keys).await?;
+    let catch_up = started.elapsed().as_secs_f64();
+
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+    Ok(ReplicationReport {
+        samples: settings.samples,
+        latency_p50_us: histogram.value_at_quantile(0.5),
+        latency_p99_us: histogram.value_at_quantile(0.99),
+        latency_max_us: histogram.max(),
+        catch_up_keys: keys,
+        catch_up_s: catch_up,
+        catch_up_keys_per_s: keys as f64 / catch_up,
+    })
+}

@@ -1,0 +1,451 @@
+//! `canopy`: run a node (`canopy serve`) or talk to one (`canopy put`, `get`, ...).
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use canopy_node::{Node, NodeConfig};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+#[command(name = "canopy", version, about = "A key-value store replicated with Merkle-CRDTs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve(ServeArgs),
+    /// Set KEY to VALUE in topic T (`-` reads the value from standard input).
+    Put {
+        topic: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the value of KEY in topic T.
+    Get {
+        topic: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete KEY in topic T.
+    Del {
+        topic: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List keys of topic T in key order.
+    Ls {
+        topic: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        /// Most keys to list; all when not given.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Apply a JSON batch `{"ops":[{"op":"put","key":..,"value":base64},{"op":"delete","key":..}]}`
+    /// from FILE (`-` for standard input) as one atomic delta.
+    Batch {
+        topic: String,
+        file: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List subscribed topics.
+    Topics {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the heads of topic T.
+    Heads {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print changes of topic T as they happen.
+    Watch {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the node's identity and addresses.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// URL of the node's HTTP API.
+    #[arg(long = "api", env = "CANOPY_URL", default_value = "http://127.0.0.1:7700")]
+    url: String,
+    /// Print JSON instead of human output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML file with any of the settings below.
+    #[arg(long, env = "CANOPY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory [default: ./canopy-data].
+    #[arg(long, env = "CANOPY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP API address [default: 127.0.0.1:7700].
+    #[arg(long, env = "CANOPY_API")]
+    api: Option<std::net::SocketAddr>,
+    /// libp2p listen multiaddr (repeatable) [default: QUIC and TCP on random ports].
+    #[arg(long, env = "CANOPY_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// UDP address of the QUIC block endpoint [default: 0.0.0.0:0].
+    #[arg(long, env = "CANOPY_BLOCKS")]
+    blocks: Option<std::net::SocketAddr>,
+    /// Peer multiaddr to connect to (repeatable).
+    #[arg(long = "peer", env = "CANOPY_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Topic to subscribe at start (repeatable).
+    #[arg(long = "topic", env = "CANOPY_TOPICS", value_delimiter = ',')]
+    topics: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long, env = "CANOPY_MDNS")]
+    mdns: bool,
+    /// Sync the WAL on every commit (acknowledged writes survive power loss).
+    #[arg(long, env = "CANOPY_SYNC_WRITES")]
+    sync_writes: bool,
+    /// Seconds between re-announcements of heads.
+    #[arg(long, env = "CANOPY_REBROADCAST_INTERVAL_S")]
+    rebroadcast_interval_s: Option<u64>,
+    /// Largest value accepted, in bytes.
+    #[arg(long, env = "CANOPY_VALUE_BYTES_MAX")]
+    value_bytes_max: Option<usize>,
+}
+
+impl ServeArgs {
+    fn config(self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(api) = self.api {
+            config.api = api;
+        }
+        if !self.listen.is_empty() {
+            config.listen = self.listen;
+        }
+        if let Some(blocks) = self.blocks {
+            config.blocks = blocks;
+        }
+        config.peers.extend(self.peers);
+        config.topics.extend(self.topics);
+        config.mdns |= self.mdns;
+        config.sync_writes |= self.sync_writes;
+        if let Some(interval) = self.rebroadcast_interval_s {
+            config.rebroadcast_interval_s = interval;
+        }
+        if let Some(max) = self.value_bytes_max {
+            config.value_bytes_max = max;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        command => client(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("canopy: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
+        .init();
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = canopy_node::http::bind(config.api)
+            .await
+            .with_context(|| format!("cannot bind the HTTP API to {}", config.api))?;
+        let api = listener.local_addr()?;
+        let node = Node::start(config).await?;
+        let status = node.status();
+        println!("canopy {} peer_id={} api=http://{api}", status.version, status.peer_id);
+        for address in &status.listen {
+            println!("listen {address}");
+        }
+        tracing::info!(peer_id = %status.peer_id, %api, "node started");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(canopy_node::http::serve(node.clone(), listener, async move {
+            let _ = stop_rx.await;
+        }));
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn encode_path(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+struct Api {
+    http: reqwest::blocking::Client,
+    base: String,
+}
+
+impl Api {
+    fn new(args: &ClientArgs) -> anyhow::Result<Api> {
+        Ok(Api {
+            http: reqwest::blocking::Client::builder().timeout(None).build()?,
+            base: args.url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn check(response: reqwest::blocking::Response) -> anyhow::Result<reqwest::blocking::Response> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        match body.get("error").and_then(Value::as_str) {
+            Some(message) => bail!("{message} ({status})"),
+            None => bail!("request failed with {status}"),
+        }
+    }
+
+    fn send(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<reqwest::blocking::Response> {
+        let response = request.send().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        Api::check(response)
+    }
+
+    fn json(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        Ok(self.send(request)?.json()?)
+    }
+}
+
+fn read_input(source: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if source == "-" {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
+    }
+    Ok(bytes)
+}
+
+fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if json_output {
+        println!("{value}");
+    } else {
+        let text = human(value);
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+fn commit_line(value: &Value) -> String {
+    match value.get("cid").and_then(Value::as_str) {
+        Some(cid) => format!("{cid} height {}", value["height"]),
+        None => "nothing changed".into(),
+    }
+}
+
+fn client(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(_) => unreachable!("handled by serve"),
+        Command::Put { topic, key, value, client } => {
+            let api = Api::new(&client)?;
+            let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
+            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
+            let reply = api.json(api.http.put(url).body(body))?;
+            print(client.json, &reply, commit_line);
+        }
+        Command::Get { topic, key, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
+            let bytes = api.send(api.http.get(url))?.bytes()?;
+            if client.json {
+                println!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) }));
+            } else {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(&bytes)?;
+                if !bytes.ends_with(b"\n") && std::io::IsTerminal::is_terminal(&out) {
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        Command::Del { topic, key, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
+            let reply = api.json(api.http.delete(url))?;
+            print(client.json, &reply, commit_line);
+        }
+        Command::Ls { topic, prefix, after, limit, client } => {
+            let api = Api::new(&client)?;
+            let mut after = after;
+            let mut remaining = limit.unwrap_or(usize::MAX);
+            let mut all = Vec::new();
+            while remaining > 0 {
+                let page_limit = remaining.min(1000).to_string();
+                let mut query = vec![("prefix", prefix.clone()), ("limit", page_limit)];
+                if let Some(after) = &after {
+                    query.push(("after", after.clone()));
+                }
+                let url = api.url(&format!("/v1/topics/{}/kv", encode_path(&topic)));
+                let page = api.json(api.http.get(url).query(&query))?;
+                let entries = page["entries"].as_array().cloned().unwrap_or_default();
+                remaining = remaining.saturating_sub(entries.len());
+                all.extend(entries);
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            if client.json {
+                println!("{}", Value::Array(all));
+            } else {
+                for entry in all {
+                    let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
+                    println!("{}\t{}", entry["key"].as_str().unwrap_or_default(), String::from_utf8_lossy(&value));
+                }
+            }
+        }
+        Command::Batch { topic, file, client } => {
+            let api = Api::new(&client)?;
+            let body = read_input(&file)?;
+            let url = api.url(&format!("/v1/topics/{}/batch", encode_path(&topic)));
+            let reply = api.json(api.http.post(url).header("content-type", "application/json").body(body))?;
+            print(client.json, &reply, commit_line);
+        }
+        Command::Topics { client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url("/v1/topics")))?;
+            print(client.json, &reply, |value| {
+                let rows = value.as_array().cloned().unwrap_or_default();
+                rows.iter()
+                    .map(|t| {
+                        format!(
+                            "{}\tkeys={}\theads={}\tmax_height={}",
+                            t["topic"].as_str().unwrap_or_default(),
+                            t["keys"],
+                            t["heads"].as_array().map_or(0, Vec::len),
+                            t["max_height"]
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Heads { topic, client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url(&format!("/v1/topics/{}/heads", encode_path(&topic)))))?;
+            print(client.json, &reply, |value| {
+                let heads = value["heads"].as_array().cloned().unwrap_or_default();
+                heads
+                    .iter()
+                    .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        Command::Watch { topic, client } => {
+            use std::io::BufRead as _;
+            let api = Api::new(&client)?;
+            let response = api.send(api.http.get(api.url(&format!("/v1/topics/{}/watch", encode_path(&topic)))))?;
+            for line in std::io::BufReader::new(response).lines() {
+                let line = line?;
+                let Some(data) = line.strip_prefix("data:") else { continue };
+                let change: Value = serde_json::from_str(data.trim())?;
+                print(client.json, &change, |c| {
+                    let key = c["key"].as_str().unwrap_or_default();
+                    match c["value"].as_str() {
+                        Some(v) => {
+                            format!("put {key} = {}", String::from_utf8_lossy(&BASE64.decode(v).unwrap_or_default()))
+                        }
+                        None => format!("del {key}"),
+                    }
+                });
+            }
+        }
+        Command::Status { client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url("/v1/status")))?;
+            print(client.json, &reply, |s| {
+                let listen: Vec<String> = s["listen"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|a| a.as_str().map(String::from))
+                    .collect();
+                format!(
+                    "peer_id {}\nversion {}\npeers {}\ntopics {}\nlisten {}",
+                    s["peer_id"].as_str().unwrap_or_default(),
+                    s["version"].as_str().unwrap_or_default(),
+                    s["peers"],
+                    s["topics"],
+                    listen.join(" ")
+                )
+            });
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

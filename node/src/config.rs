@@ -1,0 +1,141 @@
+//! Node settings: defaults that run out of the box, a TOML file, and overrides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to start. Every field has a default; a TOML file may set any of
+/// them, and the `canopy serve` flags and `CANOPY_*` environment variables override the file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where the database and the node's identity key live.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API.
+    pub api: SocketAddr,
+    /// libp2p listen addresses (QUIC and TCP); port 0 picks a free port.
+    pub listen: Vec<String>,
+    /// UDP address of the QUIC block-transfer endpoint; port 0 picks a free port.
+    pub blocks: SocketAddr,
+    /// Peers to connect to at start, as multiaddrs.
+    pub peers: Vec<String>,
+    /// Topics to subscribe at start (topics subscribed later are remembered in the data dir).
+    pub topics: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    pub mdns: bool,
+    /// Interval between re-announcements of every topic's heads (jittered).
+    pub rebroadcast_interval_s: u64,
+    /// Sync the write-ahead log on every commit so acknowledged writes survive a power loss.
+    pub sync_writes: bool,
+    /// Largest value accepted, in bytes.
+    pub value_bytes_max: usize,
+    /// Longest key accepted, in bytes.
+    pub key_bytes_max: usize,
+    /// Most operations in one batch request.
+    pub batch_ops_max: usize,
+    /// Largest HTTP request body accepted, in bytes.
+    pub body_bytes_max: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./canopy-data"),
+            api: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            listen: vec!["/ip4/0.0.0.0/udp/0/quic-v1".into(), "/ip4/0.0.0.0/tcp/0".into()],
+            blocks: SocketAddr::from(([0, 0, 0, 0], 0)),
+            peers: Vec::new(),
+            topics: Vec::new(),
+            mdns: false,
+            rebroadcast_interval_s: 5,
+            sync_writes: false,
+            value_bytes_max: 1 << 20,
+            key_bytes_max: 4096,
+            batch_ops_max: 10_000,
+            body_bytes_max: 64 << 20,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A setting is out of range.
+    #[error("invalid setting {name}: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl NodeConfig {
+    /// Reads a TOML file; settings it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Checks ranges that the types do not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, message: &str| Err(ConfigError::Invalid { name, message: message.to_string() });
+        if self.rebroadcast_interval_s == 0 {
+            return invalid("rebroadcast_interval_s", "must be at least 1");
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > 64 << 20 {
+            return invalid("value_bytes_max", "must be between 1 and 67108864");
+        }
+        if self.key_bytes_max == 0 || self.key_bytes_max > 64 << 10 {
+            return invalid("key_bytes_max", "must be between 1 and 65536");
+        }
+        if self.batch_ops_max == 0 || self.batch_ops_max > 1 << 20 {
+            return invalid("batch_ops_max", "must be between 1 and 1048576");
+        }
+        for topic in &self.topics {
+            canopy_crdt::validate_topic_name(topic)
+                .map_err(|e| ConfigError::Invalid { name: "topics", message: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_file_keeps_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("canopy.toml");
+        std::fs::write(&path, "api = \"127.0.0.1:9000\"\ntopics = [\"users\"]\n").unwrap();
+        let config = NodeConfig::from_file(&path).unwrap();
+        assert_eq!(config.api.port(), 9000);
+        assert_eq!(config.topics, vec!["users".to_string()]);
+        assert_eq!(config.data_dir, PathBuf::from("./canopy-data"));
+        std::fs::write(&path, "apii = 1\n").unwrap();
+        let error = NodeConfig::from_file(&path).unwrap_err().to_string();
+        assert!(error.contains("apii"), "{error}");
+        let bad = NodeConfig { topics: vec!["bad topic".into()], ..NodeConfig::default() };
+        assert!(bad.validate().is_err());
+    }
+}

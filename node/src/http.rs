@@ -1,0 +1,370 @@
+//! The HTTP API, JSON under `/v1`, plus `/metrics`, `/livez` and `/readyz`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use canopy_crdt::{Batch, Commit, ReadError, TopicError, WriteError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::metrics;
+use crate::node::{Node, NodeError, NodeTopic};
+
+/// Most entries one listing returns when the caller gives no `limit`.
+const LIST_LIMIT_DEFAULT: usize = 1000;
+
+/// An API error: a status and a message, sent as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        // Messages from other crates sometimes end in a period; API errors never do.
+        let message: String = message.into();
+        ApiError { status, message: message.trim_end_matches('.').to_string() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> ApiError {
+        let status = match &error {
+            WriteError::InvalidKey(_) | WriteError::TooManyOps { .. } => StatusCode::BAD_REQUEST,
+            WriteError::InvalidValue(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WriteError::TopicDropped => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(error: ReadError) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(error: NodeError) -> ApiError {
+        let status = match &error {
+            NodeError::Topic(TopicError::InvalidName(_)) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::bad_request(format!("bad path: {}", rejection.body_text()))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs blocking node work off the async runtime.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "request handler failed"))?
+}
+
+/// The API's routes over `node`.
+pub fn router(node: Node) -> Router {
+    let body_limit = node.inner().config.body_bytes_max;
+    Router::new()
+        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics/{topic}", put(subscribe).delete(unsubscribe))
+        .route("/v1/topics/{topic}/kv", get(list_keys))
+        .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
+        .route("/v1/topics/{topic}/batch", post(batch))
+        .route("/v1/topics/{topic}/heads", get(heads))
+        .route("/v1/topics/{topic}/watch", get(watch))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/metrics", get(metrics_text))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(node)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+}
+
+/// Binds the API address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+fn commit_json(commit: Commit) -> Value {
+    json!({ "cid": commit.cid.to_string(), "height": commit.height })
+}
+
+fn subscribed(node: &Node, topic: &str) -> ApiResult<NodeTopic> {
+    canopy_crdt::validate_topic_name(topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    node.topic(topic).ok_or_else(|| ApiError::not_found(format!("topic {topic} is not subscribed")))
+}
+
+async fn list_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    Ok(Json(json!(node.topics())))
+}
+
+async fn subscribe(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    blocking(move || {
+        node.subscribe(&topic)?;
+        Ok(Json(json!({ "topic": topic, "subscribed": true })))
+    })
+    .await
+}
+
+async fn unsubscribe(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let query = parse_query(query.as_deref())?;
+    let purge = match query.get("purge").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("purge must be true or false, not {other:?}"))),
+    };
+    canopy_crdt::validate_topic_name(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    blocking(move || {
+        let removed = node.unsubscribe(&topic, purge)?;
+        if !removed {
+            return Err(ApiError::not_found(format!("topic {topic} is not subscribed")));
+        }
+        Ok(Json(json!({ "topic": topic, "subscribed": false, "purged": purge })))
+    })
+    .await
+}
+
+async fn put_key(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, key)) = path?;
+    blocking(move || {
+        // Writing to a topic not yet subscribed subscribes it.
+        let handle = node.subscribe(&topic)?;
+        let commit = handle.put(key.into_bytes(), body.to_vec())?;
+        Ok(Json(commit_json(commit)))
+    })
+    .await
+}
+
+async fn get_key(State(node): State<Node>, path: Result<Path<(String, String)>, PathRejection>) -> ApiResult<Response> {
+    let Path((topic, key)) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        match handle.get(key.as_bytes())? {
+            Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+            None => Err(ApiError::not_found(format!("key {key:?} not found in topic {topic}"))),
+        }
+    })
+    .await
+}
+
+async fn delete_key(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, key)) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        match handle.delete(key.clone().into_bytes())? {
+            Some(commit) => Ok(Json(commit_json(commit))),
+            None => Err(ApiError::not_found(format!("key {key:?} has no value in topic {topic}"))),
+        }
+    })
+    .await
+}
+
+fn parse_query(query: Option<&str>) -> ApiResult<HashMap<String, String>> {
+    let Some(query) = query else { return Ok(HashMap::new()) };
+    serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
+}
+
+async fn list_keys(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let query = parse_query(query.as_deref())?;
+    let limit = match query.get("limit") {
+        None => LIST_LIMIT_DEFAULT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {text:?}")))?,
+    };
+    let prefix = query.get("prefix").cloned().unwrap_or_default();
+    let after = query.get("after").cloned();
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let page = handle.query(prefix.as_bytes(), after.as_deref().map(str::as_bytes), limit)?;
+        let entries: Vec<Value> = page
+            .entries
+            .into_iter()
+            .map(|(key, value)| json!({ "key": String::from_utf8_lossy(&key), "value": BASE64.encode(value) }))
+            .collect();
+        let next = page.next.map(|k| String::from_utf8_lossy(&k).into_owned());
+        Ok(Json(json!({ "entries": entries, "next": next })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum BatchOp {
+    Put { key: String, value: String },
+    Delete { key: String },
+}
+
+async fn batch(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let body: BatchBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed batch JSON: {e}")))?;
+    let ops_max = node.inner().config.batch_ops_max;
+    if body.ops.len() > ops_max {
+        return Err(ApiError::bad_request(format!("{} ops exceed batch_ops_max {ops_max}", body.ops.len())));
+    }
+    let mut batch = Batch::new();
+    for (index, op) in body.ops.into_iter().enumerate() {
+        match op {
+            BatchOp::Put { key, value } => {
+                let value = BASE64
+                    .decode(value.as_bytes())
+                    .map_err(|e| ApiError::bad_request(format!("op {index}: value is not base64: {e}")))?;
+                batch.put(key.into_bytes(), value);
+            }
+            BatchOp::Delete { key } => {
+                batch.delete(key.into_bytes());
+            }
+        }
+    }
+    blocking(move || {
+        let handle = node.subscribe(&topic)?;
+        match handle.batch(batch)? {
+            Some(commit) => Ok(Json(commit_json(commit))),
+            None => Ok(Json(json!({ "cid": null, "height": null }))),
+        }
+    })
+    .await
+}
+
+async fn heads(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let handle = subscribed(&node, &topic)?;
+    let heads: Vec<Value> =
+        handle.heads().into_iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
+    Ok(Json(json!({ "heads": heads })))
+}
+
+async fn watch(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
+    let Path(topic) = path?;
+    let handle = subscribed(&node, &topic)?;
+    let changes = handle.watch();
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    // The watcher is a blocking channel; a blocking task moves its changes onto the stream and
+    // ends when the client goes away or the topic is dropped.
+    tokio::task::spawn_blocking(move || {
+        loop {
+            match changes.recv_timeout(Duration::from_secs(1)) {
+                Ok(change) => {
+                    let value = change.value.map(|v| BASE64.encode(v));
+                    let data =
+                        json!({ "key": String::from_utf8_lossy(&change.key), "value": value, "height": change.height });
+                    if tx.blocking_send(data.to_string()).is_err() {
+                        return;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) if tx.is_closed() => return,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let data = rx.recv().await?;
+        Some((Ok(Event::default().data(data)), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+async fn status(State(node): State<Node>) -> Json<Value> {
+    Json(json!(node.status()))
+}
+
+async fn peers(State(node): State<Node>) -> Json<Value> {
+    Json(json!(node.peers()))
+}
+
+async fn metrics_text(State(node): State<Node>) -> Response {
+    match metrics::render(&node) {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(error) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
+    }
+}
+
+async fn ready(State(node): State<Node>) -> ApiResult<&'static str> {
+    if node.store().is_poisoned() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage failed; restart the node"));
+    }
+    Ok("ready")
+}

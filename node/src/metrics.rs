@@ -1,0 +1,53 @@
+//! `/metrics` in the OpenMetrics text format, built with `prometheus-client`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
+
+use crate::node::Node;
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: &AtomicU64) {
+    registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
+}
+
+/// The node's metrics as text.
+pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
+    let inner = node.inner();
+    let counters = &inner.counters;
+    let mut registry = Registry::with_prefix("canopy");
+    counter(&mut registry, "local_commits", "Local writes committed as blocks", &counters.writes);
+    counter(&mut registry, "blocks_applied", "Blocks received from peers and applied", &counters.blocks_applied);
+    counter(&mut registry, "blocks_rejected", "Received blocks refused by validation", &counters.blocks_rejected);
+    counter(&mut registry, "messages_rejected", "Peer messages refused as malformed", &counters.messages_rejected);
+    counter(
+        &mut registry,
+        "sync_events_dropped",
+        "Sync events dropped because the queue was full",
+        &counters.events_dropped,
+    );
+    registry.register("peers", "Connected peers", ConstGauge::new(node.peers().len() as i64));
+    registry.register(
+        "uptime_seconds",
+        "Seconds since the node started",
+        ConstGauge::new(inner.started.elapsed().as_secs() as i64),
+    );
+    let keys = Family::<Vec<(String, String)>, Gauge>::default();
+    let heads = Family::<Vec<(String, String)>, Gauge>::default();
+    let height = Family::<Vec<(String, String)>, Gauge>::default();
+    for topic in node.topics() {
+        let labels = vec![("topic".to_string(), topic.topic.clone())];
+        keys.get_or_create(&labels).set(topic.keys as i64);
+        heads.get_or_create(&labels).set(topic.heads.len() as i64);
+        height.get_or_create(&labels).set(topic.max_height as i64);
+    }
+    registry.register("topic_keys", "Keys with a visible value, per topic", keys);
+    registry.register("topic_heads", "Heads, per topic", heads);
+    registry.register("topic_max_height", "Largest head height, per topic", height);
+    let mut text = String::new();
+    encode(&mut text, &registry)?;
+    Ok(text)
+}

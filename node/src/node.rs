@@ -1,0 +1,564 @@
+//! The embeddable node: a store, its subscribed topics, the sync actor and the transport.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, WireBlock};
+use canopy_crdt::{
+    Batch, Change, Commit, Head, Limits, Page, ReadError, Store, StoreOptions, Topic, TopicError, WriteError,
+};
+use canopy_transport::{Keypair, PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use serde_bytes::ByteBuf;
+
+use crate::config::{ConfigError, NodeConfig};
+
+/// Events the sync actor takes; the queue holding them is bounded.
+const SYNC_QUEUE_DEPTH: usize = 8192;
+/// Events the sync actor handles before it checks the clock again.
+const SYNC_DRAIN_MAX: usize = 1024;
+/// Rounds of 10 ms to wait at start for the swarm to report its listen addresses.
+const LISTEN_WAIT_ROUNDS: usize = 500;
+/// How often the sync actor ticks when nothing else happens.
+const SYNC_TICK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Failure to start or use a node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The store failed to open.
+    #[error("cannot open the store: {0}")]
+    Open(#[from] canopy_crdt::OpenError),
+    /// A topic operation failed.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The network could not start.
+    #[error("cannot start networking: {0}")]
+    Transport(#[from] canopy_transport::TransportError),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Closed,
+}
+
+enum SyncEvent {
+    Subscribe(String, Sender<Result<Topic, TopicError>>),
+    Unsubscribe(String),
+    LocalCommit(String),
+    Message { from: PeerId, bytes: Vec<u8> },
+    Stop,
+}
+
+/// Counters exported as metrics.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub writes: AtomicU64,
+    pub blocks_applied: AtomicU64,
+    pub blocks_rejected: AtomicU64,
+    pub messages_rejected: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+pub(crate) struct NodeInner {
+    pub config: NodeConfig,
+    pub store: Store,
+    pub transport: TransportHandle,
+    pub counters: Counters,
+    pub started: Instant,
+    sync_events: Sender<SyncEvent>,
+    subscribed: Mutex<BTreeSet<String>>,
+    actor: Mutex<Option<JoinHandle<()>>>,
+    transport_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A running canopy node. Cheap to clone; [`Node::shutdown`] stops it.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+/// One row of [`Node::topics`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct TopicInfo {
+    /// Topic name.
+    pub topic: String,
+    /// Current heads.
+    pub heads: Vec<HeadInfo>,
+    /// Largest head height.
+    pub max_height: u64,
+    /// Keys with a visible value.
+    pub keys: u64,
+}
+
+/// A head as shown to users.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeadInfo {
+    /// CID in its canonical text form.
+    pub cid: String,
+    /// Height.
+    pub height: u64,
+}
+
+impl From<Head> for HeadInfo {
+    fn from(head: Head) -> HeadInfo {
+        HeadInfo { cid: head.cid.to_string(), height: head.height }
+    }
+}
+
+/// The node's identity and addresses.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Status {
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// canopy version.
+    pub version: String,
+    /// libp2p listen addresses and the block endpoint.
+    pub listen: Vec<String>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Subscribed topics.
+    pub topics: usize,
+}
+
+impl Node {
+    /// Opens the data directory and starts replication. Must run inside a tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| NodeError::DataDir { path: data_dir.clone(), message: e.to_string() })?;
+        let keypair = load_or_create_identity(&data_dir.join("identity.key"))?;
+        let store_options = StoreOptions {
+            sync_writes: config.sync_writes,
+            limits: Limits {
+                key_bytes_max: config.key_bytes_max,
+                value_bytes_max: config.value_bytes_max,
+                delta_ops_max: config.batch_ops_max.max(Limits::default().delta_ops_max),
+            },
+            ..StoreOptions::default()
+        };
+        let store = {
+            let path = data_dir.join("db");
+            tokio::task::spawn_blocking(move || Store::open(path, store_options))
+                .await
+                .map_err(|_| NodeError::Closed)??
+        };
+        let sync_config = SyncConfig {
+            rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
+            request_timeout_ms: 3_000,
+            seed: rand_seed(),
+            ..SyncConfig::default()
+        };
+        let transport_config = TransportConfig {
+            keypair,
+            listen: config.listen.clone(),
+            peers: config.peers.clone(),
+            mdns: config.mdns,
+            blocks_listen: config.blocks,
+            gossip_bytes_max: 1 << 20,
+            request_bytes_max: 1 << 20,
+            response_bytes_max: sync_config.message_bytes_max,
+            ..TransportConfig::default()
+        };
+        let server = block_server(store.clone(), sync_config.clone());
+        let validator: canopy_transport::GossipValidator = {
+            let config = sync_config.clone();
+            Arc::new(
+                move |topic: &str, bytes: &[u8]| matches!(Message::decode(bytes, &config), Ok(Message::Heads { topic: t, .. }) if t == topic),
+            )
+        };
+        let Transport { handle: transport, events } =
+            canopy_transport::start(transport_config, server, validator).await?;
+
+        let (sync_events, sync_rx) = bounded(SYNC_QUEUE_DEPTH);
+        let inner = Arc::new(NodeInner {
+            config: config.clone(),
+            store: store.clone(),
+            transport: transport.clone(),
+            counters: Counters::default(),
+            started: Instant::now(),
+            sync_events,
+            subscribed: Mutex::new(BTreeSet::new()),
+            actor: Mutex::new(None),
+            transport_task: Mutex::new(None),
+        });
+        let actor = {
+            let inner = Arc::downgrade(&inner);
+            let sync = Sync::new(store.clone(), sync_config);
+            let transport = transport.clone();
+            std::thread::Builder::new()
+                .name("canopy-sync".into())
+                .spawn(move || run_sync(sync, sync_rx, transport, inner))
+                .map_err(|e| NodeError::DataDir { path: data_dir.clone(), message: e.to_string() })?
+        };
+        *inner.actor.lock().expect("actor lock") = Some(actor);
+        *inner.transport_task.lock().expect("task lock") = Some(tokio::spawn(forward_events(events, inner.clone())));
+
+        // Listen addresses arrive as swarm events; wait for them (bounded) so that status and the
+        // start-up banner show real ports.
+        let wanted = config.listen.len();
+        for _ in 0..LISTEN_WAIT_ROUNDS {
+            if inner.transport.listen_addrs().len() >= wanted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let node = Node { inner };
+        let mut topics: BTreeSet<String> = read_subscriptions(&data_dir)?;
+        topics.extend(config.topics.iter().cloned());
+        for topic in topics {
+            node.subscribe_blocking(&topic).await?;
+        }
+        Ok(node)
+    }
+
+    async fn subscribe_blocking(&self, topic: &str) -> Result<NodeTopic, NodeError> {
+        let node = self.clone();
+        let topic = topic.to_string();
+        tokio::task::spawn_blocking(move || node.subscribe(&topic)).await.map_err(|_| NodeError::Closed)?
+    }
+
+    /// Subscribes `name` (idempotent): creates the topic if needed and starts replicating it.
+    /// Blocks briefly; call it from a blocking context inside async code.
+    pub fn subscribe(&self, name: &str) -> Result<NodeTopic, NodeError> {
+        canopy_crdt::validate_topic_name(name)?;
+        let mut subscribed = self.inner.subscribed.lock().expect("subscribed lock");
+        if !subscribed.contains(name) {
+            let (reply, result) = bounded(1);
+            self.inner
+                .sync_events
+                .send(SyncEvent::Subscribe(name.to_string(), reply))
+                .map_err(|_| NodeError::Closed)?;
+            result.recv().map_err(|_| NodeError::Closed)??;
+            self.inner.transport.subscribe(name);
+            subscribed.insert(name.to_string());
+            write_subscriptions(&self.inner.config.data_dir, &subscribed)?;
+        }
+        drop(subscribed);
+        let topic = self.inner.store.topic(name)?;
+        Ok(NodeTopic { topic, node: self.inner.clone() })
+    }
+
+    /// Stops replicating `name`. Its data stays unless `purge` is set.
+    pub fn unsubscribe(&self, name: &str, purge: bool) -> Result<bool, NodeError> {
+        let mut subscribed = self.inner.subscribed.lock().expect("subscribed lock");
+        let was = subscribed.remove(name);
+        if was {
+            self.inner.transport.unsubscribe(name);
+            let _ = self.inner.sync_events.send(SyncEvent::Unsubscribe(name.to_string()));
+            write_subscriptions(&self.inner.config.data_dir, &subscribed)?;
+        }
+        if purge {
+            return Ok(self.inner.store.drop_topic(name)? || was);
+        }
+        Ok(was)
+    }
+
+    /// A subscribed topic.
+    pub fn topic(&self, name: &str) -> Option<NodeTopic> {
+        if !self.inner.subscribed.lock().expect("subscribed lock").contains(name) {
+            return None;
+        }
+        let topic = self.inner.store.existing_topic(name)?;
+        Some(NodeTopic { topic, node: self.inner.clone() })
+    }
+
+    /// Subscribed topics with their heads and sizes.
+    pub fn topics(&self) -> Vec<TopicInfo> {
+        let names: Vec<String> = self.inner.subscribed.lock().expect("subscribed lock").iter().cloned().collect();
+        names
+            .iter()
+            .filter_map(|name| self.inner.store.existing_topic(name))
+            .map(|topic| TopicInfo {
+                topic: topic.name().to_string(),
+                heads: topic.heads().into_iter().map(HeadInfo::from).collect(),
+                max_height: topic.max_height(),
+                keys: topic.key_count(),
+            })
+            .collect()
+    }
+
+    /// The node's identity, addresses and counts.
+    pub fn status(&self) -> Status {
+        let mut listen: Vec<String> = self.inner.transport.listen_addrs().iter().map(ToString::to_string).collect();
+        if let Some(blocks) = self.inner.transport.blocks_addr() {
+            listen.push(format!("blocks={blocks}"));
+        }
+        Status {
+            peer_id: self.inner.transport.peer_id().to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            listen,
+            peers: self.inner.transport.peers().len(),
+            topics: self.inner.subscribed.lock().expect("subscribed lock").len(),
+        }
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.inner.transport.peers()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<NodeInner> {
+        &self.inner
+    }
+
+    /// Stops replication and networking and closes the store once the last handle is gone.
+    pub async fn shutdown(self) {
+        let _ = self.inner.sync_events.send(SyncEvent::Stop);
+        if let Some(task) = self.inner.transport_task.lock().expect("task lock").take() {
+            task.abort();
+        }
+        self.inner.transport.shutdown().await;
+        let actor = self.inner.actor.lock().expect("actor lock").take();
+        if let Some(actor) = actor {
+            let _ = tokio::task::spawn_blocking(move || actor.join()).await;
+        }
+    }
+}
+
+/// A subscribed topic of a running node: the crdt topic, plus announcing every local commit.
+/// Calls block on the topic's writer thread; from async code, use a blocking task.
+#[derive(Clone)]
+pub struct NodeTopic {
+    topic: Topic,
+    node: Arc<NodeInner>,
+}
+
+impl NodeTopic {
+    fn committed(&self, commit: Option<Commit>) -> Option<Commit> {
+        if commit.is_some() {
+            self.node.counters.writes.fetch_add(1, Ordering::Relaxed);
+            match self.node.sync_events.try_send(SyncEvent::LocalCommit(self.topic.name().to_string())) {
+                Ok(()) => {}
+                // The periodic re-announcement carries the new heads if the queue is full.
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.node.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        commit
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        self.topic.name()
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Commit, WriteError> {
+        let commit = self.topic.put(key, value)?;
+        Ok(self.committed(Some(commit)).expect("a put commits"))
+    }
+
+    /// Deletes `key`; `None` when it had no live value.
+    pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.delete(key)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Applies a batch as one atomic delta.
+    pub fn batch(&self, batch: Batch) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.batch(batch)?;
+        Ok(self.committed(commit))
+    }
+
+    /// The visible value of `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        self.topic.get(key)
+    }
+
+    /// Keys with `prefix`, after `after`, at most `limit`.
+    pub fn query(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Page, ReadError> {
+        self.topic.query(prefix, after, limit)
+    }
+
+    /// Current heads.
+    pub fn heads(&self) -> Vec<Head> {
+        self.topic.heads()
+    }
+
+    /// Keys with a visible value.
+    pub fn key_count(&self) -> u64 {
+        self.topic.key_count()
+    }
+
+    /// Changes to visible values, local and replicated.
+    pub fn watch(&self) -> Receiver<Change> {
+        self.topic.watch()
+    }
+
+    /// The crdt topic underneath.
+    pub fn crdt(&self) -> &Topic {
+        &self.topic
+    }
+}
+
+/// The sync actor: the only user of the node's [`Sync`]. It runs on its own thread because
+/// every call may wait on RocksDB.
+fn run_sync(
+    mut sync: Sync<PeerId>,
+    events: Receiver<SyncEvent>,
+    transport: TransportHandle,
+    inner: std::sync::Weak<NodeInner>,
+) {
+    let clock = Instant::now();
+    let mut last_tick = Instant::now();
+    loop {
+        let first = match events.recv_timeout(SYNC_TICK_INTERVAL) {
+            Ok(event) => Some(event),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch: Vec<SyncEvent> = first.into_iter().collect();
+        while batch.len() < SYNC_DRAIN_MAX {
+            match events.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        let now_ms = clock.elapsed().as_millis() as u64;
+        let mut announce = BTreeSet::new();
+        let mut effects = Vec::new();
+        for event in batch {
+            match event {
+                SyncEvent::Stop => return,
+                SyncEvent::Subscribe(name, reply) => {
+                    let _ = reply.send(sync.subscribe(&name));
+                }
+                SyncEvent::Unsubscribe(name) => {
+                    sync.unsubscribe(&name);
+                }
+                // Local commits of one round are announced once per topic.
+                SyncEvent::LocalCommit(topic) => {
+                    announce.insert(topic);
+                }
+                SyncEvent::Message { from, bytes } => match sync.handle_bytes(now_ms, from, &bytes) {
+                    Ok(more) => effects.extend(more),
+                    Err(error) => {
+                        tracing::debug!(%from, %error, "refused a message");
+                        transport.penalize(from);
+                    }
+                },
+            }
+        }
+        for topic in announce {
+            effects.extend(sync.announce(&topic));
+        }
+        if last_tick.elapsed() >= SYNC_TICK_INTERVAL {
+            last_tick = Instant::now();
+            effects.extend(sync.tick(now_ms));
+        }
+        for effect in effects {
+            match effect {
+                Effect::Publish { topic, message } => transport.publish(&topic, message.encode()),
+                Effect::Send { to, message } => transport.request(to, message.encode()),
+            }
+        }
+        if let Some(inner) = inner.upgrade() {
+            copy_stats(sync.stats(), &inner.counters);
+        }
+    }
+}
+
+fn copy_stats(stats: &SyncStats, counters: &Counters) {
+    counters.blocks_applied.store(stats.blocks_applied, Ordering::Relaxed);
+    counters.blocks_rejected.store(stats.blocks_rejected, Ordering::Relaxed);
+    counters.messages_rejected.store(stats.messages_rejected, Ordering::Relaxed);
+}
+
+async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {
+    while let Some(event) = events.recv().await {
+        let (from, bytes) = match event {
+            TransportEvent::Gossip { from, bytes, .. } | TransportEvent::Response { from, bytes } => (from, bytes),
+            _ => continue,
+        };
+        if inner.sync_events.try_send(SyncEvent::Message { from, bytes }).is_err() {
+            // Dropped work is redone: heads are re-announced and requests retried.
+            inner.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Answers block requests from peers: walks the DAG below what they want.
+fn block_server(store: Store, config: SyncConfig) -> canopy_transport::RequestServer {
+    Arc::new(move |_from: PeerId, request: Vec<u8>| -> Result<Vec<u8>, String> {
+        let Message::Want { topic, want, have } = Message::decode(&request, &config).map_err(|e| e.to_string())? else {
+            return Err("only Want requests are served on the block endpoint".into());
+        };
+        let walk = match store.existing_topic(&topic) {
+            Some(handle) => handle.walk(&want, &have, &config.walk).map_err(|e| e.to_string())?,
+            None => Default::default(),
+        };
+        let blocks =
+            walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
+        Ok(Message::Blocks { topic, blocks, truncated: walk.truncated }.encode())
+    })
+}
+
+fn rand_seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+}
+
+fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
+    let error = |message: String| NodeError::DataDir { path: path.to_path_buf(), message };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            error(format!("identity key does not decode ({e}); restore it or remove it to get a new identity"))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair.to_protobuf_encoding().map_err(|e| error(e.to_string()))?;
+            write_atomically(path, &bytes).map_err(|e| error(e.to_string()))?;
+            Ok(keypair)
+        }
+        Err(e) => Err(error(e.to_string())),
+    }
+}
+
+fn subscriptions_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("subscriptions")
+}
+
+fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, NodeError> {
+    match std::fs::read_to_string(subscriptions_path(data_dir)) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|line| canopy_crdt::validate_topic_name(line).is_ok())
+            .map(String::from)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), NodeError> {
+    let text: String = topics.iter().map(|t| format!("{t}\n")).collect();
+    write_atomically(&subscriptions_path(data_dir), text.as_bytes())
+        .map_err(|e| NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() })
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, path)
+}

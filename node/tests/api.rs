@@ -1,0 +1,212 @@
+//! The HTTP API and the client commands against one real `canopy serve` process.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::process::Stdio;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{NodeProcess, canopy};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn node() -> (tempfile::TempDir, NodeProcess) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("node"), &[], &[]);
+    (dir, node)
+}
+
+fn error_of(response: reqwest::blocking::Response) -> (StatusCode, String) {
+    let status = response.status();
+    let body: Value = response.json().expect("errors are JSON");
+    (status, body["error"].as_str().expect("an error message").to_string())
+}
+
+#[test]
+fn keys_values_batches_and_listings() {
+    let (_dir, node) = node();
+    let http = &node.http;
+    assert!(http.put(node.url("/v1/topics/users")).send().unwrap().status().is_success());
+    assert!(http.put(node.url("/v1/topics/users")).send().unwrap().status().is_success(), "subscribe is idempotent");
+
+    let reply = node.put("users", "alice", "admin");
+    assert!(reply["cid"].as_str().unwrap().starts_with('b'));
+    assert_eq!(reply["height"], 1);
+    // A key with slashes, percent-encoded, and a value with arbitrary bytes.
+    let bytes = vec![0u8, 159, 146, 150, 255];
+    let response = http.put(node.url("/v1/topics/users/kv/%2Fpath%2Fto%2Fthing")).body(bytes.clone()).send().unwrap();
+    assert!(response.status().is_success());
+    let got = http.get(node.url("/v1/topics/users/kv/%2Fpath%2Fto%2Fthing")).send().unwrap();
+    assert_eq!(got.bytes().unwrap().to_vec(), bytes);
+
+    let batch = json!({ "ops": [
+        { "op": "put", "key": "bob", "value": BASE64.encode("reader") },
+        { "op": "put", "key": "carol", "value": BASE64.encode("x") },
+        { "op": "delete", "key": "carol" },
+    ]});
+    let reply: Value = http.post(node.url("/v1/topics/users/batch")).json(&batch).send().unwrap().json().unwrap();
+    assert_eq!(reply["height"], 3);
+    assert_eq!(node.get("users", "bob").as_deref(), Some("reader"));
+    assert_eq!(node.get("users", "carol"), None);
+
+    let page: Value = node.json("/v1/topics/users/kv?limit=1");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["entries"][0]["key"], "/path/to/thing");
+    let next = page["next"].as_str().unwrap().to_string();
+    let rest: Value =
+        http.get(node.url("/v1/topics/users/kv")).query(&[("after", next.as_str())]).send().unwrap().json().unwrap();
+    let keys: Vec<&str> = rest["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, vec!["alice", "bob"]);
+    assert_eq!(rest["next"], Value::Null);
+    let prefixed: Value = node.json("/v1/topics/users/kv?prefix=b");
+    assert_eq!(prefixed["entries"][0]["value"], BASE64.encode("reader"));
+
+    let deleted = http.delete(node.url("/v1/topics/users/kv/alice")).send().unwrap();
+    assert!(deleted.status().is_success());
+    let again = http.delete(node.url("/v1/topics/users/kv/alice")).send().unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+
+    let heads = node.heads("users");
+    assert_eq!(heads["heads"].as_array().unwrap().len(), 1);
+    assert_eq!(heads["heads"][0]["height"], 4);
+    let topics = node.json("/v1/topics");
+    assert_eq!(topics[0]["topic"], "users");
+    assert_eq!(topics[0]["keys"], 2);
+    assert_eq!(topics[0]["max_height"], 4);
+
+    let status = node.json("/v1/status");
+    assert_eq!(status["peer_id"], node.peer_id.as_str());
+    assert_eq!(status["topics"], 1);
+    assert!(status["version"].is_string() && status["listen"].is_array() && status["peers"] == 0);
+    assert!(node.json("/v1/peers").as_array().unwrap().is_empty());
+    let metrics = http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("canopy_local_commits_total 4"), "{metrics}");
+    assert!(metrics.contains("canopy_topic_keys{topic=\"users\"} 2"), "{metrics}");
+    assert_eq!(http.get(node.url("/livez")).send().unwrap().status(), StatusCode::OK);
+    assert_eq!(http.get(node.url("/readyz")).send().unwrap().status(), StatusCode::OK);
+
+    let unsubscribed = http.delete(node.url("/v1/topics/users?purge=true")).send().unwrap();
+    assert!(unsubscribed.status().is_success());
+    assert!(node.json("/v1/topics").as_array().unwrap().is_empty());
+    assert_eq!(http.get(node.url("/v1/topics/users/kv/bob")).send().unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+#[test]
+fn caller_mistakes_get_4xx_json_errors() {
+    let (_dir, node) = node();
+    let http = &node.http;
+    node.put("t", "k", "v");
+    let cases = [
+        (http.put(node.url("/v1/topics/bad%20topic/kv/k")).body("v"), StatusCode::BAD_REQUEST),
+        (http.put(node.url("/v1/topics/t/kv/k")).body(vec![0u8; (1 << 20) + 1]), StatusCode::PAYLOAD_TOO_LARGE),
+        (http.get(node.url("/v1/topics/t/kv/missing")), StatusCode::NOT_FOUND),
+        (http.get(node.url("/v1/topics/unknown/kv/k")), StatusCode::NOT_FOUND),
+        (http.post(node.url("/v1/topics/t/batch")).body("{not json"), StatusCode::BAD_REQUEST),
+        (
+            http.post(node.url("/v1/topics/t/batch")).body(r#"{"ops":[{"op":"put","key":"k","value":"***"}]}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            http.post(node.url("/v1/topics/t/batch")).body(r#"{"ops":[{"op":"frobnicate","key":"k"}]}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (http.get(node.url("/v1/topics/t/kv?limit=zero")), StatusCode::BAD_REQUEST),
+        (http.delete(node.url("/v1/topics/t?purge=maybe")), StatusCode::BAD_REQUEST),
+        (http.get(node.url("/v2/anything")), StatusCode::NOT_FOUND),
+    ];
+    for (request, expected) in cases {
+        let (status, message) = error_of(request.send().unwrap());
+        assert_eq!(status, expected, "{message}");
+        assert!(!message.is_empty() && !message.ends_with('.'), "{message:?}");
+    }
+    let ops: Vec<Value> = (0..10_001).map(|i| json!({ "op": "delete", "key": format!("k{i}") })).collect();
+    let (status, message) =
+        error_of(http.post(node.url("/v1/topics/t/batch")).json(&json!({ "ops": ops })).send().unwrap());
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(message.contains("batch_ops_max"), "{message}");
+    assert_eq!(node.get("t", "k").as_deref(), Some("v"), "nothing was lost on the way");
+}
+
+#[test]
+fn watch_streams_changes_as_server_sent_events() {
+    let (_dir, node) = node();
+    node.put("w", "first", "1");
+    let response =
+        node.http.get(node.url("/v1/topics/w/watch")).timeout(std::time::Duration::from_secs(60)).send().unwrap();
+    assert!(response.status().is_success());
+    node.put("w", "second", "2");
+    let mut lines = BufReader::new(response).lines();
+    let data =
+        lines.by_ref().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("data:").map(|d| d.trim().to_string())).unwrap();
+    let change: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(change, json!({ "key": "second", "value": BASE64.encode("2"), "height": 2 }));
+}
+
+#[test]
+fn client_commands_talk_to_the_node() {
+    let (_dir, node) = node();
+    let run = |args: &[&str], input: Option<&str>| {
+        let api: &[&str] = if args.contains(&"--api") { &[] } else { &["--api", &node.api] };
+        let mut child = canopy()
+            .args(args)
+            .args(api)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = input {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        drop(child.stdin.take());
+        let output = child.wait_with_output().unwrap();
+        (output.status.success(), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+    };
+    let (ok, out, _) = run(&["put", "cli", "greeting", "hello"], None);
+    assert!(ok && out.contains("height 1"), "{out}");
+    let (ok, out, _) = run(&["put", "cli", "piped", "-"], Some("from stdin"));
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&["get", "cli", "piped"], None);
+    assert!(ok);
+    assert_eq!(out, "from stdin");
+    let batch = json!({ "ops": [{ "op": "put", "key": "b", "value": BASE64.encode("batched") }] }).to_string();
+    let (ok, _, _) = run(&["batch", "cli", "-"], Some(&batch));
+    assert!(ok);
+    let (ok, out, _) = run(&["ls", "cli"], None);
+    assert!(ok);
+    assert_eq!(out, "b\tbatched\ngreeting\thello\npiped\tfrom stdin\n");
+    let (ok, out, _) = run(&["ls", "cli", "--prefix", "g", "--json"], None);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["key"], "greeting");
+    let (ok, out, _) = run(&["topics", "--json"], None);
+    assert!(ok && out.contains("\"cli\""), "{out}");
+    let (ok, out, _) = run(&["heads", "cli"], None);
+    assert!(ok && out.contains("height 3"), "{out}");
+    let (ok, out, _) = run(&["status"], None);
+    assert!(ok && out.contains(&node.peer_id), "{out}");
+    let (ok, _, _) = run(&["del", "cli", "greeting"], None);
+    assert!(ok);
+    let (ok, _, err) = run(&["get", "cli", "greeting"], None);
+    assert!(!ok && err.contains("not found"), "{err}");
+    let (ok, _, err) = run(&["get", "cli", "x", "--api", "http://127.0.0.1:1"], None);
+    assert!(!ok && err.contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn serve_refuses_bad_configuration_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("canopy.toml");
+    std::fs::write(&config, "no_such_setting = 1\n").unwrap();
+    let output = canopy().args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_setting"));
+    let output = canopy()
+        .args(["serve", "--api", "127.0.0.1:0", "--topic", "not a topic", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid"), "{}", String::from_utf8_lossy(&output.stderr));
+}

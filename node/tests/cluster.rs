@@ -1,0 +1,124 @@
+//! Three and more real `canopy serve` processes on loopback.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::net::UdpSocket;
+use std::time::Instant;
+
+use common::{NodeProcess, cluster, wait_until};
+use serde_json::json;
+
+#[test]
+fn writes_on_each_node_reach_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 3, "t");
+    for (i, node) in nodes.iter().enumerate() {
+        node.put("t", &format!("from-{i}"), &format!("value-{i}"));
+    }
+    for node in &nodes {
+        wait_until("every write is everywhere", || (0..3).all(|i| node.get("t", &format!("from-{i}")).is_some()));
+        for i in 0..3 {
+            assert_eq!(node.get("t", &format!("from-{i}")).unwrap(), format!("value-{i}"));
+        }
+    }
+}
+
+#[test]
+fn concurrent_writes_of_one_key_converge_to_one_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 3, "t");
+    std::thread::scope(|scope| {
+        for (i, node) in nodes.iter().enumerate() {
+            scope.spawn(move || {
+                for round in 0..20 {
+                    node.put("t", "contended", &format!("node-{i}-round-{round}"));
+                }
+            });
+        }
+    });
+    wait_until("all nodes agree on heads and value", || {
+        let heads: BTreeSet<String> = nodes.iter().map(|n| n.heads("t").to_string()).collect();
+        let values: BTreeSet<Option<String>> = nodes.iter().map(|n| n.get("t", "contended")).collect();
+        heads.len() == 1 && values.len() == 1
+    });
+    let value = nodes[0].get("t", "contended").unwrap();
+    assert!(value.ends_with("round-19"), "the winner is one of the last writes: {value}");
+}
+
+#[test]
+fn an_empty_node_catches_up_a_topic_of_100000_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = NodeProcess::start(&dir.path().join("source"), &[], &["big"]);
+    let value = "v".repeat(100);
+    for batch in 0..100 {
+        let ops: Vec<_> = (0..1000)
+            .map(|i| json!({ "op": "put", "key": format!("key-{batch:03}-{i:04}"), "value": base64_of(&value) }))
+            .collect();
+        let response =
+            source.http.post(source.url("/v1/topics/big/batch")).json(&json!({ "ops": ops })).send().unwrap();
+        assert!(response.status().is_success());
+    }
+    assert_eq!(source.key_count("big"), 100_000);
+    let started = Instant::now();
+    let empty = NodeProcess::start(&dir.path().join("empty"), &[source.address()], &["big"]);
+    wait_until("the empty node holds all 100000 keys", || empty.key_count("big") == 100_000);
+    println!("catch-up of 100000 keys took {:?} including start-up", started.elapsed());
+    assert_eq!(empty.heads("big"), source.heads("big"));
+    assert_eq!(empty.get("big", "key-099-0999").as_deref(), Some(value.as_str()));
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn garbage_on_the_block_port_and_bogus_announcements_do_not_stop_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2, "t");
+    let status = nodes[0].json("/v1/status");
+    let blocks = status["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|a| a.as_str()?.strip_prefix("blocks=").map(String::from))
+        .unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let garbage: Vec<u8> = (0..(i % 1200 + 1)).map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8).collect();
+        socket.send_to(&garbage, &blocks).unwrap();
+    }
+    let mut tcp = std::net::TcpStream::connect(nodes[0].api.trim_start_matches("http://")).unwrap();
+    tcp.write_all(b"\x00\xffnot http at all\r\n\r\n").unwrap();
+    drop(tcp);
+
+    // A libp2p peer that announces nonsense heads and sends garbage block requests.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = canopy_transport::TransportConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            peers: vec![nodes[0].address()],
+            blocks_listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        };
+        let server: canopy_transport::RequestServer = std::sync::Arc::new(|_, _| Err("no".into()));
+        let accept_all: canopy_transport::GossipValidator = std::sync::Arc::new(|_, _| true);
+        let transport = canopy_transport::start(config, server, accept_all).await.unwrap();
+        let handle = transport.handle;
+        handle.subscribe("t");
+        let target: canopy_transport::PeerId = nodes[0].peer_id.parse().unwrap();
+        for round in 0..50u8 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            handle.publish("t", vec![round; 64]);
+            handle.request(target, vec![0xa1, round, 0xff, 0x00]);
+        }
+        handle.shutdown().await;
+    });
+
+    nodes[0].put("t", "after-garbage", "still works");
+    wait_until("replication still works", || nodes[1].get("t", "after-garbage").is_some());
+    let live = nodes[0].http.get(nodes[0].url("/livez")).send().unwrap();
+    assert!(live.status().is_success());
+}

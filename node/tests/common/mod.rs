@@ -1,0 +1,157 @@
+//! Real `canopy serve` processes on loopback, and bounded waits.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest any wait in these tests may take before the test fails.
+pub const WAIT_MAX: Duration = Duration::from_secs(120);
+
+pub fn canopy() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_canopy"))
+}
+
+/// A running `canopy serve`, killed when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub api: String,
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub data_dir: PathBuf,
+    pub http: reqwest::blocking::Client,
+}
+
+impl NodeProcess {
+    /// Starts a node on loopback with random ports, subscribed to `topics`, dialling `peers`.
+    pub fn start(data_dir: &Path, peers: &[String], topics: &[&str]) -> NodeProcess {
+        let mut command = canopy();
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--blocks", "127.0.0.1:0"])
+            .args(["--rebroadcast-interval-s", "1"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for peer in peers {
+            command.arg("--peer").arg(peer);
+        }
+        for topic in topics {
+            command.arg("--topic").arg(topic);
+        }
+        let mut child = command.spawn().expect("canopy serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let banner = lines.next().expect("a banner line").expect("readable stdout");
+        let field = |name: &str| {
+            banner
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix(name))
+                .unwrap_or_else(|| panic!("banner {banner:?} lacks {name}"))
+                .to_string()
+        };
+        let api = field("api=");
+        let peer_id = field("peer_id=");
+        let mut listen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.expect("readable stdout");
+            match line.strip_prefix("listen ") {
+                Some(address) if address.starts_with("blocks=") => break,
+                Some(address) => listen.push(address.to_string()),
+                None => break,
+            }
+        }
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        NodeProcess {
+            child,
+            api,
+            peer_id,
+            listen,
+            data_dir: data_dir.to_path_buf(),
+            http: reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap(),
+        }
+    }
+
+    /// The multiaddr other nodes dial to reach this one.
+    pub fn address(&self) -> String {
+        format!("{}/p2p/{}", self.listen[0], self.peer_id)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    pub fn put(&self, topic: &str, key: &str, value: &str) -> Value {
+        let response =
+            self.http.put(self.url(&format!("/v1/topics/{topic}/kv/{key}"))).body(value.to_string()).send().unwrap();
+        assert!(response.status().is_success(), "put {key}: {}", response.status());
+        response.json().unwrap()
+    }
+
+    pub fn get(&self, topic: &str, key: &str) -> Option<String> {
+        let response = self.http.get(self.url(&format!("/v1/topics/{topic}/kv/{key}"))).send().ok()?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(response.status().is_success(), "get {key}: {}", response.status());
+        Some(response.text().unwrap())
+    }
+
+    pub fn json(&self, path: &str) -> Value {
+        let response = self.http.get(self.url(path)).send().unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().unwrap()
+    }
+
+    /// Keys with a visible value in `topic`.
+    pub fn key_count(&self, topic: &str) -> u64 {
+        let topics = self.json("/v1/topics");
+        topics.as_array().unwrap().iter().find(|t| t["topic"] == topic).map_or(0, |t| t["keys"].as_u64().unwrap())
+    }
+
+    pub fn heads(&self, topic: &str) -> Value {
+        self.json(&format!("/v1/topics/{topic}/heads"))
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` until it holds; panics with `what` after [`WAIT_MAX`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < WAIT_MAX, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+/// Starts `n` nodes on one topic, each dialling every node started before it.
+pub fn cluster(dir: &Path, n: usize, topic: &str) -> Vec<NodeProcess> {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..n {
+        let peers: Vec<String> = nodes.iter().map(NodeProcess::address).collect();
+        nodes.push(NodeProcess::start(&dir.join(format!("node-{i}")), &peers, &[topic]));
+    }
+    for node in &nodes {
+        wait_until("every node sees its peers", || node.json("/v1/status")["peers"].as_u64() == Some(n as u64 - 1));
+    }
+    nodes
+}

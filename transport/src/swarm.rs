@@ -1,0 +1,242 @@
+//! The libp2p swarm task: gossipsub for heads, identify to learn block endpoints, mDNS.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, gossipsub, identify, mdns, noise, tcp, yamux};
+use tokio::sync::mpsc;
+
+use crate::{
+    GOSSIP_TOPIC_PREFIX, GossipValidator, Shared, TransportConfig, TransportError, TransportEvent, gossip_topic,
+};
+
+/// What the agent string says after the version: the UDP port of the block endpoint.
+const BLOCKS_PORT_TAG: &str = "blocks-port=";
+
+pub(crate) enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish(String, Vec<u8>),
+    Disconnect(PeerId),
+    Shutdown,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+fn libp2p_error(error: impl std::fmt::Display) -> TransportError {
+    TransportError::Libp2p(error.to_string())
+}
+
+fn parse(address: &str) -> Result<Multiaddr, TransportError> {
+    address.parse().map_err(|e: libp2p::multiaddr::Error| TransportError::Multiaddr {
+        address: address.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn start(
+    config: &TransportConfig,
+    blocks_addr: SocketAddr,
+    shared: Arc<Shared>,
+    validator: GossipValidator,
+    events: mpsc::Sender<TransportEvent>,
+) -> Result<mpsc::Sender<Command>, TransportError> {
+    let agent = format!("canopy/{} {BLOCKS_PORT_TAG}{}", env!("CARGO_PKG_VERSION"), blocks_addr.port());
+    let gossip_bytes_max = config.gossip_bytes_max;
+    let mdns_enabled = config.mdns;
+    let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(libp2p_error)?
+        .with_quic()
+        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .validate_messages()
+                .max_transmit_size(gossip_bytes_max)
+                .heartbeat_interval(Duration::from_millis(500))
+                .build()?;
+            let gossipsub =
+                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let identify = identify::Behaviour::new(
+                identify::Config::new("/canopy/id/1.0.0".into(), key.public()).with_agent_version(agent.clone()),
+            );
+            let mdns = if mdns_enabled {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), key.public().to_peer_id())?)
+            } else {
+                None
+            };
+            Ok(Behaviour { gossipsub, identify, mdns: Toggle::from(mdns) })
+        })
+        .map_err(libp2p_error)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    for address in &config.listen {
+        swarm.listen_on(parse(address)?).map_err(libp2p_error)?;
+    }
+    for address in &config.peers {
+        swarm.dial(parse(address)?).map_err(libp2p_error)?;
+    }
+    let (commands, receiver) = mpsc::channel(config.command_queue_depth);
+    let peers_to_redial: Vec<Multiaddr> = config.peers.iter().filter_map(|a| a.parse().ok()).collect();
+    tokio::spawn(run(swarm, receiver, shared, validator, events, peers_to_redial));
+    Ok(commands)
+}
+
+async fn run(
+    mut swarm: Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    shared: Arc<Shared>,
+    validator: GossipValidator,
+    events: mpsc::Sender<TransportEvent>,
+    configured_peers: Vec<Multiaddr>,
+) {
+    // Configured peers that are down are dialled again now and then, so a restarted peer
+    // rejoins without help.
+    let mut redial = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None | Some(Command::Shutdown) => return,
+                Some(command) => handle_command(&mut swarm, command),
+            },
+            event = swarm.select_next_some() => handle_event(&mut swarm, event, &shared, &validator, &events),
+            _ = redial.tick() => {
+                if shared.peers.read().expect("peers lock").len() < configured_peers.len() {
+                    for address in &configured_peers {
+                        let _ = swarm.dial(address.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
+    let gossipsub = &mut swarm.behaviour_mut().gossipsub;
+    match command {
+        Command::Subscribe(topic) => {
+            if let Err(error) = gossipsub.subscribe(&gossipsub::IdentTopic::new(gossip_topic(&topic))) {
+                tracing::warn!(%topic, %error, "cannot subscribe gossip topic");
+            }
+        }
+        Command::Unsubscribe(topic) => {
+            gossipsub.unsubscribe(&gossipsub::IdentTopic::new(gossip_topic(&topic)));
+        }
+        Command::Publish(topic, bytes) => {
+            match gossipsub.publish(gossipsub::IdentTopic::new(gossip_topic(&topic)), bytes) {
+                Ok(_) => {}
+                // Nobody listens yet; the periodic re-announcement reaches peers once they do.
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+                Err(error) => tracing::debug!(%topic, %error, "gossip publish failed"),
+            }
+        }
+        Command::Disconnect(peer) => {
+            let _ = swarm.disconnect_peer_id(peer);
+        }
+        Command::Shutdown => {}
+    }
+}
+
+fn remote_ip(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
+}
+
+fn handle_event(
+    swarm: &mut Swarm<Behaviour>,
+    event: SwarmEvent<BehaviourEvent>,
+    shared: &Shared,
+    validator: &GossipValidator,
+    events: &mpsc::Sender<TransportEvent>,
+) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            tracing::info!(%address, "listening");
+            shared.listen.write().expect("listen lock").push(address);
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            shared.listen.write().expect("listen lock").retain(|a| *a != address);
+        }
+        SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+            let address = match endpoint {
+                ConnectedPoint::Dialer { address, .. } => address,
+                ConnectedPoint::Listener { send_back_addr, .. } => send_back_addr,
+            };
+            tracing::debug!(%peer_id, %address, "connected");
+            let mut peers = shared.peers.write().expect("peers lock");
+            let state = peers.entry(peer_id).or_default();
+            state.address = Some(address);
+            drop(peers);
+            swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
+        }
+        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            shared.peers.write().expect("peers lock").remove(&peer_id);
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            let port = info
+                .agent_version
+                .split_whitespace()
+                .find_map(|part| part.strip_prefix(BLOCKS_PORT_TAG))
+                .and_then(|port| port.parse::<u16>().ok());
+            let mut peers = shared.peers.write().expect("peers lock");
+            let state = peers.entry(peer_id).or_default();
+            state.agent = Some(info.agent_version.clone());
+            if let (Some(port), Some(ip)) = (port, state.address.as_ref().and_then(remote_ip)) {
+                state.blocks = Some(SocketAddr::new(ip, port));
+            }
+            drop(peers);
+            for address in info.listen_addrs {
+                swarm.add_peer_address(peer_id, address);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+            for (peer_id, address) in found {
+                swarm.add_peer_address(peer_id, address.clone());
+                let _ = swarm.dial(address);
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+            propagation_source,
+            message_id,
+            message,
+        })) => {
+            let topic = message.topic.as_str().strip_prefix(GOSSIP_TOPIC_PREFIX).map(str::to_string);
+            let valid = topic.as_deref().is_some_and(|topic| validator(topic, &message.data));
+            let acceptance =
+                if valid { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
+            swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
+            let (Some(topic), true) = (topic, valid) else {
+                tracing::debug!(%propagation_source, "rejected a gossip message");
+                return;
+            };
+            // Blocks are fetched from the announcer when it is a direct peer: it has them.
+            let from = match message.source {
+                Some(source) if swarm.is_connected(&source) => source,
+                _ => propagation_source,
+            };
+            if events.try_send(TransportEvent::Gossip { topic, from, bytes: message.data }).is_err() {
+                tracing::debug!("event queue full; dropping an announcement");
+            }
+        }
+        _ => {}
+    }
+}
