@@ -99,7 +99,7 @@ fn drive(batches: usize, writers: usize, write: impl Fn(usize) + Sync) -> (f64, 
         let handles: Vec<_> = (0..writers.max(1))
             .map(|_| {
                 scope.spawn(|| {
-                    let mut histogram = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+                    let mut histogram = crate::latency_histogram();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         if index >= batches {
@@ -115,7 +115,7 @@ fn drive(batches: usize, writers: usize, write: impl Fn(usize) + Sync) -> (f64, 
         handles.into_iter().map(|h| h.join().expect("writer thread")).collect()
     });
     let seconds = start.elapsed().as_secs_f64();
-    let mut all = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+    let mut all = crate::latency_histogram();
     for histogram in histograms {
         all.add(histogram).expect("histograms of equal bounds add");
     }

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use canopy_node::{Batch, Node, NodeConfig};
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// What to measure.
@@ -88,7 +87,7 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     let writer = a.subscribe("latency")?;
     let reader = b.subscribe("latency")?;
     let changes = reader.watch();
-    let mut histogram = Histogram::<u64>::new(3)?;
+    let mut histogram = crate::latency_histogram();
     let value = vec![b'v'; settings.value_bytes];
     for sample in 0..settings.samples {
         let key = format!("sample-{sample}");

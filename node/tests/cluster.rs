@@ -48,6 +48,46 @@ fn concurrent_writes_of_one_key_converge_to_one_value() {
 }
 
 #[test]
+fn a_node_killed_with_sigkill_keeps_acknowledged_writes_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, "t");
+    // Every one of these is acknowledged (a 2xx with a CID) before the kill.
+    for i in 0..50 {
+        nodes[2].put("t", &format!("before-{i:02}"), &format!("acknowledged-{i}"));
+    }
+    nodes[2].kill();
+    for i in 0..100 {
+        nodes[i % 2].put("t", &format!("during-{i:03}"), &format!("written-while-down-{i}"));
+    }
+    // Restarted with the same data directory (so the same identity and subscriptions) and
+    // the same peers; it is not told its topics again.
+    let peers = vec![nodes[0].address(), nodes[1].address()];
+    let data_dir = nodes[2].data_dir.clone();
+    nodes[2] = NodeProcess::start(&data_dir, &peers, &[]);
+    for i in 0..50 {
+        assert_eq!(
+            nodes[2].get("t", &format!("before-{i:02}")).as_deref(),
+            Some(format!("acknowledged-{i}").as_str()),
+            "an acknowledged write survives kill -9"
+        );
+    }
+    for node in &nodes {
+        wait_until("every node has every write", || node.key_count("t") == 150);
+    }
+    for node in &nodes {
+        for i in 0..50 {
+            assert_eq!(node.get("t", &format!("before-{i:02}")).unwrap(), format!("acknowledged-{i}"));
+        }
+        for i in 0..100 {
+            assert_eq!(node.get("t", &format!("during-{i:03}")).unwrap(), format!("written-while-down-{i}"));
+        }
+    }
+    wait_until("the three replicas have the same heads", || {
+        nodes.iter().map(|n| n.heads("t").to_string()).collect::<BTreeSet<_>>().len() == 1
+    });
+}
+
+#[test]
 fn an_empty_node_catches_up_a_topic_of_100000_keys() {
     let dir = tempfile::tempdir().unwrap();
     let source = NodeProcess::start(&dir.path().join("source"), &[], &["big"]);

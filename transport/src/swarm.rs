@@ -8,8 +8,11 @@ use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, SwarmBuilder, gossipsub, identify, mdns, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, mdns, noise, quic, tcp, yamux,
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -27,8 +30,21 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// How often configured peers that are not connected are dialled again.
+const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often an idle QUIC connection is probed, and how long without an answer before it is
+/// declared dead. A peer killed without closing its connections is noticed this fast.
+const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
+const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
+
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    // First, so a refused connection is refused before any other behaviour records it.
+    // One connection per peer: gossipsub keeps per-peer state (subscriptions, its send queue)
+    // that goes stale when a restarted peer's new connection overlaps the dead one; with one
+    // connection the restarted peer is refused until the dead connection times out, then
+    // rejoins as a new peer.
+    limits: connection_limits::Behaviour,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -59,7 +75,11 @@ pub(crate) fn start(
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(libp2p_error)?
-        .with_quic()
+        .with_quic_config(|mut quic: quic::Config| {
+            quic.keep_alive_interval = QUIC_KEEP_ALIVE;
+            quic.max_idle_timeout = QUIC_IDLE_TIMEOUT_MS;
+            quic
+        })
         .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(gossipsub::ValidationMode::Strict)
@@ -77,7 +97,10 @@ pub(crate) fn start(
             } else {
                 None
             };
-            Ok(Behaviour { gossipsub, identify, mdns: Toggle::from(mdns) })
+            let limits = connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(1)),
+            );
+            Ok(Behaviour { limits, gossipsub, identify, mdns: Toggle::from(mdns) })
         })
         .map_err(libp2p_error)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
@@ -85,12 +108,12 @@ pub(crate) fn start(
     for address in &config.listen {
         swarm.listen_on(parse(address)?).map_err(libp2p_error)?;
     }
-    for address in &config.peers {
-        swarm.dial(parse(address)?).map_err(libp2p_error)?;
+    let configured: Vec<Multiaddr> = config.peers.iter().map(|a| parse(a)).collect::<Result<_, _>>()?;
+    for address in &configured {
+        swarm.dial(dial_opts(address)).map_err(libp2p_error)?;
     }
     let (commands, receiver) = mpsc::channel(config.command_queue_depth);
-    let peers_to_redial: Vec<Multiaddr> = config.peers.iter().filter_map(|a| a.parse().ok()).collect();
-    tokio::spawn(run(swarm, receiver, shared, validator, events, peers_to_redial));
+    tokio::spawn(run(swarm, receiver, shared, validator, events, configured));
     Ok(commands)
 }
 
@@ -104,7 +127,7 @@ async fn run(
 ) {
     // Configured peers that are down are dialled again now and then, so a restarted peer
     // rejoins without help.
-    let mut redial = tokio::time::interval(Duration::from_secs(5));
+    let mut redial = tokio::time::interval_at(tokio::time::Instant::now() + REDIAL_INTERVAL, REDIAL_INTERVAL);
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -112,15 +135,49 @@ async fn run(
                 Some(command) => handle_command(&mut swarm, command),
             },
             event = swarm.select_next_some() => handle_event(&mut swarm, event, &shared, &validator, &events),
-            _ = redial.tick() => {
-                if shared.peers.read().expect("peers lock").len() < configured_peers.len() {
-                    for address in &configured_peers {
-                        let _ = swarm.dial(address.clone());
-                    }
-                }
-            }
+            _ = redial.tick() => redial_configured(&mut swarm, &shared, &configured_peers),
         }
     }
+}
+
+/// Dials the configured peers that are not connected. An address without a `/p2p/` peer id
+/// cannot be matched to a connection; those are dialled while fewer peers than configured are
+/// connected.
+fn redial_configured(swarm: &mut Swarm<Behaviour>, shared: &Shared, configured: &[Multiaddr]) {
+    let peers = shared.peers.read().expect("peers lock");
+    let too_few = peers.len() < configured.len();
+    let to_dial: Vec<Multiaddr> = configured
+        .iter()
+        .filter(|address| match peer_of(address) {
+            Some(peer) => !peers.contains_key(&peer),
+            None => too_few,
+        })
+        .cloned()
+        .collect();
+    drop(peers);
+    for address in to_dial {
+        let _ = swarm.dial(dial_opts(&address));
+    }
+}
+
+/// Dial options for a configured address: when it names the peer, no second connection is
+/// attempted while one exists or is being dialled (one connection per peer is allowed).
+fn dial_opts(address: &Multiaddr) -> DialOpts {
+    match peer_of(address) {
+        Some(peer) => DialOpts::peer_id(peer)
+            .addresses(vec![address.clone()])
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build(),
+        None => DialOpts::unknown_peer_id().address(address.clone()).build(),
+    }
+}
+
+/// The peer id a multiaddr names in its `/p2p/` component.
+fn peer_of(address: &Multiaddr) -> Option<PeerId> {
+    address.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
 }
 
 fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
@@ -205,9 +262,18 @@ fn handle_event(
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+            // Both sides discover each other; only the smaller peer id dials, so the two never
+            // dial at once and refuse each other's connection (one connection per peer).
+            let local = *swarm.local_peer_id();
             for (peer_id, address) in found {
                 swarm.add_peer_address(peer_id, address.clone());
-                let _ = swarm.dial(address);
+                if local < peer_id {
+                    let dial = DialOpts::peer_id(peer_id)
+                        .addresses(vec![address])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = swarm.dial(dial);
+                }
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
