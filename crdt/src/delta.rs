@@ -1,6 +1,6 @@
 use canopy_dag::Cid;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use serde_bytes::{ByteBuf, Bytes};
 
 /// Bounds on keys, values and operations.
 #[derive(Clone, Debug)]
@@ -51,6 +51,24 @@ struct WireDelta {
     removes: Vec<(ByteBuf, Cid)>,
 }
 
+/// The wire form borrowed from the caller's data, so encoding copies each byte once. It
+/// serializes exactly as [`WireDelta`].
+#[derive(Serialize)]
+struct WireDeltaRef<'a> {
+    adds: Vec<(&'a Bytes, &'a Bytes)>,
+    removes: Vec<(&'a Bytes, Cid)>,
+}
+
+/// Encodes a delta from borrowed parts, which must already be normalized: adds sorted with one
+/// per key, removes sorted and unique.
+pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)]) -> Vec<u8> {
+    let wire = WireDeltaRef {
+        adds: adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
+        removes: removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
+    };
+    serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+}
+
 impl Delta {
     /// True when the delta changes nothing.
     pub fn is_empty(&self) -> bool {
@@ -67,11 +85,9 @@ impl Delta {
 
     /// The DAG-CBOR encoding of the delta.
     pub fn encode(&self) -> Vec<u8> {
-        let wire = WireDelta {
-            adds: self.adds.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect(),
-            removes: self.removes.iter().map(|(k, id)| (ByteBuf::from(k.clone()), *id)).collect(),
-        };
-        serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+        let adds: Vec<(&[u8], &[u8])> = self.adds.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let removes: Vec<(&[u8], Cid)> = self.removes.iter().map(|(k, id)| (k.as_slice(), *id)).collect();
+        encode(&adds, &removes)
     }
 
     /// Decodes and checks a delta: limits, canonical order, one add per key.
@@ -126,6 +142,20 @@ pub(crate) fn check_value(value: &[u8], limits: &Limits) -> Result<(), String> {
 mod tests {
     use super::*;
     use canopy_dag::Block;
+
+    #[test]
+    fn borrowed_encoding_equals_the_owned_wire_form() {
+        let id = Block::build(vec![], 1, vec![]).unwrap().cid();
+        let owned = WireDelta {
+            adds: vec![
+                (ByteBuf::from(b"a".to_vec()), ByteBuf::from(vec![0, 1, 2])),
+                (ByteBuf::from(b"b".to_vec()), ByteBuf::new()),
+            ],
+            removes: vec![(ByteBuf::from(b"a".to_vec()), id)],
+        };
+        let borrowed = encode(&[(b"a", &[0, 1, 2]), (b"b", &[])], &[(b"a", id)]);
+        assert_eq!(borrowed, serde_ipld_dagcbor::to_vec(&owned).unwrap());
+    }
 
     #[test]
     fn round_trips_and_rejects_unsorted() {

@@ -27,6 +27,7 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    #[cfg(test)]
     pub fn single(element: Element) -> Row {
         Row { elements: vec![element] }
     }
@@ -69,6 +70,17 @@ impl Row {
             out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
             out.extend_from_slice(&element.value);
         }
+        out
+    }
+
+    /// The encoding of a row holding one element, from borrowed parts (`id` as CID bytes).
+    pub fn encode_single(height: Height, id: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 1 + id.len() + 4 + value.len());
+        out.extend_from_slice(&height.to_be_bytes());
+        out.push(id.len() as u8);
+        out.extend_from_slice(id);
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
         out
     }
 
@@ -117,6 +129,8 @@ mod tests {
         row.remove(&id(3));
         assert_eq!(row.winner().unwrap().value, b"a");
         let decoded = Row::decode(&row.encode()).unwrap();
+        let one = Element { height: 4, id: id(4), value: b"v".to_vec() };
+        assert_eq!(Row::encode_single(4, &id(4).to_bytes(), b"v"), Row::single(one).encode());
         assert_eq!(decoded, row);
         assert!(Row::decode(&row.encode()[..5]).is_err());
     }

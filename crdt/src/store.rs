@@ -111,6 +111,9 @@ impl TopicShared {
     }
 }
 
+/// Blocks at least this large are kept in blob files.
+const BLOB_BYTES_MIN: u64 = 4096;
+
 fn table_options(cache: &Cache) -> BlockBasedOptions {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -124,7 +127,10 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
 fn topic_cf_options(cache: &Cache) -> Options {
     let mut options = Options::default();
     options.set_prefix_extractor(SliceTransform::create_fixed_prefix(TOPIC_ID_BYTES));
+    // A bloom filter over whole keys in the memtable: a local write looks up every key it
+    // writes, and for new keys the lookup ends here instead of searching the skiplist.
     options.set_memtable_prefix_bloom_ratio(0.1);
+    options.set_memtable_whole_key_filtering(true);
     options.set_block_based_table_factory(&table_options(cache));
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
@@ -148,7 +154,17 @@ impl Store {
         db_options.set_bytes_per_sync(1 << 20);
         let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV]
             .into_iter()
-            .map(|name| ColumnFamilyDescriptor::new(name, topic_cf_options(&cache)))
+            .map(|name| {
+                let mut options = topic_cf_options(&cache);
+                if name == CF_BLOCKS {
+                    // Blocks are written once and read rarely: their bytes go to blob files at
+                    // flush, so compaction moves only small references, not every block again.
+                    options.set_enable_blob_files(true);
+                    options.set_min_blob_size(BLOB_BYTES_MIN);
+                    options.set_enable_blob_gc(true);
+                }
+                ColumnFamilyDescriptor::new(name, options)
+            })
             .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())));
         let db = Arc::new(DB::open_cf_descriptors(&db_options, path, cfs)?);
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;

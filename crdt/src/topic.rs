@@ -46,6 +46,14 @@ impl Op {
             Op::Put(key, _) | Op::Delete(key) => key,
         }
     }
+
+    /// The value a put writes; `None` for a delete.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put(_, value) => Some(value),
+            Op::Delete(_) => None,
+        }
+    }
 }
 
 /// Operations applied as one atomic delta; the last operation on a key wins.

@@ -170,6 +170,10 @@ impl TopicState {
         self.shared.pending_count.store(self.pending.len() as u64, Ordering::SeqCst);
     }
 
+    fn has_watchers(&self) -> bool {
+        !self.shared.watchers.lock().expect("watchers lock").is_empty()
+    }
+
     fn notify(&self, changes: Vec<Change>) {
         if changes.is_empty() {
             return;
@@ -426,71 +430,68 @@ fn prepare_local(
     batch: &mut WriteBatch,
 ) -> Result<LocalCommit, (Replies, StorageError)> {
     let topic = state.shared.id;
-    let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-    for request in &requests {
-        for op in &request.ops {
-            match op {
-                Op::Put(key, value) => last.insert(key.clone(), Some(value.clone())),
-                Op::Delete(key) => last.insert(key.clone(), None),
-            };
+    // The last operation on each key, in key order, borrowed from the requests: a stable sort
+    // keeps each key's operations in submission order, and the last of each run wins.
+    let mut ops: Vec<(&[u8], Option<&[u8]>)> =
+        requests.iter().flat_map(|request| request.ops.iter().map(|op| (op.key(), op.value()))).collect();
+    ops.sort_by(|a, b| a.0.cmp(b.0));
+    let mut last: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match last.last_mut() {
+            Some(previous) if previous.0 == op.0 => *previous = op,
+            _ => last.push(op),
         }
     }
-    let keys: Vec<Vec<u8>> = last.keys().map(|key| topic.key(key)).collect();
+    let keys: Vec<Vec<u8>> = last.iter().map(|(key, _)| topic.key(key)).collect();
     let rows = match read_rows(context, &keys) {
         Ok(rows) => rows,
         Err(error) => return Err((requests.into_iter().map(|r| r.reply).collect(), error)),
     };
-    let rows: BTreeMap<Vec<u8>, Row> = last.keys().cloned().zip(rows).collect();
+    let replies = deleted_flags(&requests, &last, &rows);
 
-    // Which requests deleted a live value, replaying the group in order.
-    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (key.as_slice(), !row.is_empty())).collect();
-    let mut replies = Vec::with_capacity(requests.len());
-    for request in &requests {
-        let mut deleted = false;
-        for op in &request.ops {
-            let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).expect("every key was read");
-            deleted |= matches!(op, Op::Delete(_)) && was_live;
-        }
-        replies.push((request.reply.clone(), deleted));
-    }
-
-    let mut delta = Delta::default();
-    for (key, op) in &last {
-        let row = &rows[key.as_slice()];
-        delta.removes.extend(row.ids().map(|id| (key.clone(), id)));
-        if let Some(value) = op {
-            delta.adds.push((key.clone(), value.clone()));
+    let mut adds: Vec<(&[u8], &[u8])> = Vec::with_capacity(last.len());
+    let mut removes: Vec<(&[u8], Cid)> = Vec::new();
+    for ((key, value), row) in last.iter().zip(&rows) {
+        removes.extend(row.ids().map(|id| (*key, id)));
+        if let Some(value) = value {
+            adds.push((key, value));
         }
     }
-    delta.normalize();
+    removes.sort_unstable();
     let mut commit =
         LocalCommit { topic, requests: replies, commit: None, key_count: state.key_count, changes: Vec::new() };
-    if delta.is_empty() {
+    if adds.is_empty() && removes.is_empty() {
         return Ok(commit);
     }
     let height = state.max_height() + 1;
-    let block = match Block::build(state.heads.keys().copied().collect(), height, delta.encode()) {
+    let block = match Block::build(state.heads.keys().copied().collect(), height, crate::delta::encode(&adds, &removes))
+    {
         Ok(block) => block,
         Err(error) => {
             let replies = commit.requests.into_iter().map(|(reply, _)| reply).collect();
             return Err((replies, StorageError::Corrupt(format!("cannot build block: {error}"))));
         }
     };
+    let id = block.cid().to_bytes();
+    let watched = state.has_watchers();
     let kv = context.cf(CF_KV);
     let mut key_count = state.key_count as i64;
-    for (key, op) in last {
-        let was_live = !rows[key.as_slice()].is_empty();
-        match op {
+    for (((key, value), row), full_key) in last.iter().zip(&rows).zip(keys) {
+        let was_live = !row.is_empty();
+        match value {
             Some(value) => {
                 key_count += i64::from(!was_live);
-                let row = Row::single(Element { height, id: block.cid(), value: value.clone() });
-                batch.put_cf(kv, topic.key(&key), row.encode());
-                commit.changes.push(Change { key, value: Some(value), height });
+                batch.put_cf(kv, full_key, Row::encode_single(height, &id, value));
+                if watched {
+                    commit.changes.push(Change { key: key.to_vec(), value: Some(value.to_vec()), height });
+                }
             }
             None if was_live => {
                 key_count -= 1;
-                batch.delete_cf(kv, topic.key(&key));
-                commit.changes.push(Change { key, value: None, height });
+                batch.delete_cf(kv, full_key);
+                if watched {
+                    commit.changes.push(Change { key: key.to_vec(), value: None, height });
+                }
             }
             None => {}
         }
@@ -499,12 +500,37 @@ fn prepare_local(
     for old in state.heads.keys() {
         batch.delete_cf(heads, topic.key(&old.to_bytes()));
     }
-    batch.put_cf(heads, topic.key(&block.cid().to_bytes()), height.to_be_bytes());
+    batch.put_cf(heads, topic.key(&id), height.to_be_bytes());
     commit.key_count = key_count.max(0) as u64;
     batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
     context.blocks.put(batch, topic, &block);
     commit.commit = Some(Commit { cid: block.cid(), height });
     Ok(commit)
+}
+
+/// Pairs each request's reply with whether one of its deletes removed a live value, replaying
+/// the group in submission order. `last` and `rows` are the group's keys and their stored rows.
+fn deleted_flags(
+    requests: &[WriteRequest],
+    last: &[(&[u8], Option<&[u8]>)],
+    rows: &[Row],
+) -> Vec<(Sender<Result<Committed, WriteError>>, bool)> {
+    let any_delete = requests.iter().any(|r| r.ops.iter().any(|op| matches!(op, Op::Delete(_))));
+    if !any_delete {
+        return requests.iter().map(|r| (r.reply.clone(), false)).collect();
+    }
+    let mut live: HashMap<&[u8], bool> = last.iter().zip(rows).map(|((key, _), row)| (*key, !row.is_empty())).collect();
+    requests
+        .iter()
+        .map(|request| {
+            let mut deleted = false;
+            for op in &request.ops {
+                let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).expect("every key was read");
+                deleted |= matches!(op, Op::Delete(_)) && was_live;
+            }
+            (request.reply.clone(), deleted)
+        })
+        .collect()
 }
 
 /// Reads the rows of `keys` (topic-prefixed) in one batched lookup.
