@@ -122,20 +122,34 @@ fn drive(batches: usize, writers: usize, write: impl Fn(usize) + Sync) -> (f64, 
     (seconds, all)
 }
 
-fn dir_bytes(path: &Path) -> u64 {
-    let mut total = 0;
+/// Every file below `path`.
+fn files(path: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             match entry.metadata() {
                 Ok(meta) if meta.is_dir() => stack.push(entry.path()),
-                Ok(meta) => total += meta.len(),
+                Ok(_) => files.push(entry.path()),
                 Err(_) => {}
             }
         }
     }
-    total
+    files
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    files(path).iter().filter_map(|file| std::fs::metadata(file).ok()).map(|meta| meta.len()).sum()
+}
+
+/// Waits until what one side wrote is on disk, so the kernel's write-back of it does not run
+/// during (and slow down) the other side's measurement.
+fn settle(path: &Path) -> anyhow::Result<()> {
+    for file in files(path) {
+        std::fs::File::open(&file)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn report(keys: usize, seconds: f64, histogram: &Histogram<u64>, disk_bytes: u64) -> RunReport {
@@ -183,6 +197,7 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
     let written: u64 = topics.iter().map(Topic::key_count).sum();
     drop(topics);
     drop(store);
+    settle(&canopy_dir)?;
     let canopy = report(config.keys, seconds, &histogram, dir_bytes(&canopy_dir));
     anyhow::ensure!(written as usize <= config.keys, "canopy holds more keys than were written");
 

@@ -527,7 +527,7 @@ fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keypair = Keypair::generate_ed25519();
             let bytes = keypair.to_protobuf_encoding().map_err(|e| error(e.to_string()))?;
-            write_atomically(path, &bytes).map_err(|e| error(e.to_string()))?;
+            write_atomically(path, &bytes, true).map_err(|e| error(e.to_string()))?;
             Ok(keypair)
         }
         Err(e) => Err(error(e.to_string())),
@@ -553,12 +553,26 @@ fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, NodeError> {
 
 fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), NodeError> {
     let text: String = topics.iter().map(|t| format!("{t}\n")).collect();
-    write_atomically(&subscriptions_path(data_dir), text.as_bytes())
+    write_atomically(&subscriptions_path(data_dir), text.as_bytes(), false)
         .map_err(|e| NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() })
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: written
+/// to a temporary file, synced, then renamed over. A `private` file is readable by its owner
+/// only (the node's identity key).
+fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
     let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, bytes)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
     std::fs::rename(&temporary, path)
 }

@@ -210,3 +210,20 @@ fn serve_refuses_bad_configuration_clearly() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn the_identity_survives_a_restart_and_only_its_owner_can_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    let mut first = NodeProcess::start(&data_dir, &[], &[]);
+    let peer_id = first.peer_id.clone();
+    first.kill();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data_dir.join("identity.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "identity.key is private, mode {mode:o}");
+    }
+    let second = NodeProcess::start(&data_dir, &[], &[]);
+    assert_eq!(second.peer_id, peer_id);
+}
