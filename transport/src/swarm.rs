@@ -164,12 +164,14 @@ fn redial_configured(swarm: &mut Swarm<Behaviour>, shared: &Shared, configured: 
 /// attempted while one exists or is being dialled (one connection per peer is allowed).
 fn dial_opts(address: &Multiaddr) -> DialOpts {
     match peer_of(address) {
-        Some(peer) => DialOpts::peer_id(peer)
-            .addresses(vec![address.clone()])
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .build(),
+        Some(peer) => dial_peer(peer, address.clone()),
         None => DialOpts::unknown_peer_id().address(address.clone()).build(),
     }
+}
+
+/// Dials `peer` at `address` unless it is already connected or being dialled.
+fn dial_peer(peer: PeerId, address: Multiaddr) -> DialOpts {
+    DialOpts::peer_id(peer).addresses(vec![address]).condition(PeerCondition::DisconnectedAndNotDialing).build()
 }
 
 /// The peer id a multiaddr names in its `/p2p/` component.
@@ -268,11 +270,7 @@ fn handle_event(
             for (peer_id, address) in found {
                 swarm.add_peer_address(peer_id, address.clone());
                 if local < peer_id {
-                    let dial = DialOpts::peer_id(peer_id)
-                        .addresses(vec![address])
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    let _ = swarm.dial(dial);
+                    let _ = swarm.dial(dial_peer(peer_id, address));
                 }
             }
         }
