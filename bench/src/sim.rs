@@ -24,6 +24,11 @@ pub struct SimConfig {
     pub partitions: bool,
     /// Crash replicas now and then and reopen them from disk.
     pub crashes: bool,
+    /// Hostile participants attacking the replicas during the workload.
+    pub adversaries: usize,
+    /// Before the workload, replica 0 writes this many single puts (one block each, a chain)
+    /// while cut off from the others, who then catch up the whole chain.
+    pub deep: usize,
     /// Most simulation steps allowed to reach quiescence after the faults stop.
     pub quiet_steps_max: u64,
 }
@@ -38,6 +43,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             partitions: false,
             crashes: false,
+            adversaries: 0,
+            deep: 0,
             quiet_steps_max: 2_000_000,
         }
     }
@@ -67,6 +74,10 @@ pub struct SimReport {
     pub diverged: u64,
     /// Acknowledged writes.
     pub acknowledged: usize,
+    /// Hostile participants.
+    pub adversaries: usize,
+    /// Length of the chain caught up before the workload.
+    pub deep: usize,
 }
 
 impl SimReport {
@@ -81,12 +92,15 @@ impl fmt::Display for SimReport {
         let c = &self.faults;
         write!(
             f,
-            "seed={} replicas={} topics={} ops={} acknowledged={} dropped={} duplicated={} reordered={} \
-             corrupted={} partitioned={} partitions={} crashes={} messages={} rounds={} sim_ms={} diverged={}",
+            "seed={} replicas={} topics={} ops={} adversaries={} deep={} acknowledged={} dropped={} duplicated={} \
+             reordered={} corrupted={} partitioned={} partitions={} crashes={} messages={} rounds={} sim_ms={} \
+             diverged={}",
             self.seed,
             self.replicas,
             self.topics,
             self.ops,
+            self.adversaries,
+            self.deep,
             self.acknowledged,
             c.dropped,
             c.duplicated,
@@ -109,6 +123,10 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     let topics: Vec<String> = (0..config.topics).map(|t| format!("topic-{t}")).collect();
     let mut cluster = Cluster::new(dir.path(), config.replicas, &topics, config.seed)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_c0de);
+    if config.deep > 0 {
+        write_chain(&mut cluster, &topics[0], config.deep)?;
+    }
+    cluster.add_adversaries(config.adversaries);
     cluster.set_faults(config.faults.clone());
 
     let mut heal_at: Option<usize> = None;
@@ -147,6 +165,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     }
 
     cluster.set_faults(Faults::default());
+    cluster.silence_adversaries();
     cluster.heal();
     for replica in 0..config.replicas {
         cluster.restart(replica)?;
@@ -164,7 +183,24 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         sim_ms: cluster.now_ms(),
         diverged,
         acknowledged: cluster.acknowledged().len(),
+        adversaries: config.adversaries,
+        deep: config.deep,
     })
+}
+
+/// Replica 0 writes `length` single puts alone, one block each on top of the last: a chain the
+/// other replicas then catch up from nothing.
+fn write_chain(cluster: &mut Cluster, topic: &str, length: usize) -> Result<(), SimError> {
+    let mut groups = vec![1; cluster.len()];
+    groups[0] = 0;
+    cluster.partition(groups);
+    let handle = cluster.topic(0, topic)?;
+    for i in 0..length {
+        // Written through the topic directly: announcing each block to nobody would only cost.
+        handle.put(format!("chain/{:08}", i % 100_000).into_bytes(), (i as u64).to_be_bytes().to_vec())?;
+    }
+    cluster.heal();
+    Ok(())
 }
 
 fn key(rng: &mut StdRng) -> Vec<u8> {

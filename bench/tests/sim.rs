@@ -31,6 +31,23 @@ fn fixed_seeds_converge_under_every_fault() {
 }
 
 #[test]
+fn hostile_peers_neither_stall_nor_corrupt_the_honest_replicas() {
+    for seed in [3, 7, 11] {
+        let config = SimConfig { adversaries: 2, ..all_faults(seed) };
+        let report = run(&config).unwrap();
+        println!("{report}");
+        assert!(report.passed(), "seed {seed} failed: {report}");
+    }
+}
+
+#[test]
+fn a_deep_chain_is_caught_up_under_faults_and_attacks() {
+    let config = SimConfig { replicas: 3, topics: 2, ops: 150, deep: 2_000, adversaries: 1, ..all_faults(17) };
+    let report = run(&config).unwrap();
+    assert!(report.passed(), "{report}");
+}
+
+#[test]
 fn each_fault_alone_converges() {
     let alone = [
         Faults { drop: 0.3, ..Faults::default() },

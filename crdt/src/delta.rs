@@ -2,6 +2,16 @@ use canopy_dag::Cid;
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
+/// Longest key any replica accepts in a received delta. Protocol constants like this one are
+/// the same on every node: a node's own settings may only be tighter, so it never makes a block
+/// that a peer refuses.
+pub const KEY_BYTES_MAX: usize = 64 << 10;
+/// Largest value any replica accepts in a received delta; with a key and a full set of links it
+/// still fits one block.
+pub const VALUE_BYTES_MAX: usize = 8 << 20;
+/// Most operations (adds plus removes) in one received delta.
+pub const DELTA_OPS_MAX: usize = 1 << 20;
+
 /// Bounds on keys, values and operations.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -13,9 +23,23 @@ pub struct Limits {
     pub delta_ops_max: usize,
 }
 
+impl Limits {
+    /// The limits every replica applies to received deltas.
+    pub const PROTOCOL: Limits =
+        Limits { key_bytes_max: KEY_BYTES_MAX, value_bytes_max: VALUE_BYTES_MAX, delta_ops_max: DELTA_OPS_MAX };
+
+    /// Whether local writes under these limits can only make deltas that every peer accepts.
+    pub fn within_protocol(&self) -> bool {
+        self.key_bytes_max <= KEY_BYTES_MAX
+            && self.value_bytes_max <= VALUE_BYTES_MAX
+            && self.delta_ops_max <= DELTA_OPS_MAX
+    }
+}
+
+/// The defaults for local writes: 4 KiB keys and 1 MiB values, within the protocol's limits.
 impl Default for Limits {
     fn default() -> Self {
-        Limits { key_bytes_max: 4096, value_bytes_max: 1 << 20, delta_ops_max: 1 << 20 }
+        Limits { key_bytes_max: 4096, value_bytes_max: 1 << 20, delta_ops_max: DELTA_OPS_MAX }
     }
 }
 

@@ -78,6 +78,14 @@ pub enum WriteError {
         /// The limit in force.
         max: usize,
     },
+    /// The batch would not fit one block that every peer accepts; split it into smaller batches.
+    #[error("batch of about {bytes} bytes exceeds the {max} bytes one block carries: split it into smaller batches")]
+    TooLarge {
+        /// Estimated encoded size of the batch's delta.
+        bytes: usize,
+        /// The most one block carries.
+        max: usize,
+    },
     /// The block could not be built.
     #[error("cannot build block: {0}")]
     Block(#[from] BlockError),

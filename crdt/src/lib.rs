@@ -15,8 +15,8 @@ pub mod sync;
 mod topic;
 mod writer;
 
-pub use canopy_dag::{Block, BlockLimits, Cid, Height, TopicId};
-pub use delta::{Delta, DeltaError, Limits};
+pub use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, TopicId, Walk, WalkLimits};
+pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{IngestError, OpenError, ReadError, StorageError, TopicError, WriteError};
-pub use store::{Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use store::{Sink, Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
 pub use topic::{Batch, Change, Commit, Head, IngestOutcome, Op, Page, Topic};

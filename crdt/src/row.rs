@@ -27,13 +27,21 @@ pub(crate) struct Row {
 }
 
 impl Row {
-    #[cfg(test)]
     pub fn single(element: Element) -> Row {
         Row { elements: vec![element] }
     }
 
     pub fn is_empty(&self) -> bool {
         self.elements.is_empty()
+    }
+
+    /// Number of live elements.
+    pub fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    pub fn contains(&self, id: &Cid) -> bool {
+        self.elements.iter().any(|e| &e.id == id)
     }
 
     /// The visible value, if any element is live.
@@ -53,8 +61,11 @@ impl Row {
         self.elements.insert(at, element);
     }
 
-    pub fn remove(&mut self, id: &Cid) {
+    /// Removes the element added by `id`; false when the row holds none.
+    pub fn remove(&mut self, id: &Cid) -> bool {
+        let before = self.elements.len();
         self.elements.retain(|e| &e.id != id);
+        self.elements.len() < before
     }
 
     /// Encoding: per element, height (8 bytes BE), CID length (1 byte), CID, value length

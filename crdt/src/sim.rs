@@ -10,14 +10,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 
-use canopy_dag::{Block, BlockLimits, Cid};
+use canopy_dag::{Block, BlockLimits, Cid, WalkLimits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, ReadError, TopicError, WriteError};
 use crate::store::{Store, StoreOptions};
-use crate::sync::{Effect, Sync, SyncConfig};
+use crate::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
 use crate::topic::{Batch, Commit, Head, Topic};
 
 /// Probabilities of network faults, each per delivered message.
@@ -104,11 +104,13 @@ impl Default for SimTiming {
     }
 }
 
-/// A simulated cluster of replicas that all subscribe the same topics.
+/// A simulated cluster of replicas that all subscribe the same topics, plus hostile
+/// participants (numbered after the replicas) that attack them.
 pub struct Cluster {
     dir: PathBuf,
     topics: Vec<String>,
     nodes: Vec<Option<Sync<usize>>>,
+    adversaries: Vec<Adversary>,
     store_options: StoreOptions,
     sync_config: SyncConfig,
     timing: SimTiming,
@@ -128,14 +130,37 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts `replicas` replicas under `dir`, each subscribed to every topic of `topics`.
+    ///
+    /// The simulated replicas use small walks and a small pending bound, so that even short
+    /// histories take the deep paths of catch-up: descents through frontiers, answers cut by
+    /// their bounds, evictions.
     pub fn new(dir: &Path, replicas: usize, topics: &[String], seed: u64) -> Result<Cluster, SimError> {
-        let store_options = StoreOptions { writer_threads: 1, cache_bytes: 4 << 20, ..StoreOptions::default() };
-        let sync_config =
-            SyncConfig { rebroadcast_interval_ms: 1_000, request_timeout_ms: 2_000, ..SyncConfig::default() };
+        let store_options =
+            StoreOptions { writer_threads: 1, cache_bytes: 4 << 20, pending_blocks_max: 64, ..StoreOptions::default() };
+        let sync_config = SyncConfig {
+            rebroadcast_interval_ms: 1_000,
+            rebroadcast_backoff_max: 2,
+            request_timeout_ms: 2_000,
+            walk: WalkLimits { blocks_max: 64, bytes_max: 256 << 10, visits_max: 256, frontier_max: 16 },
+            ..SyncConfig::default()
+        };
+        Cluster::with_options(dir, replicas, topics, seed, store_options, sync_config)
+    }
+
+    /// Like [`Cluster::new`], with the replicas' store and sync settings given.
+    pub fn with_options(
+        dir: &Path,
+        replicas: usize,
+        topics: &[String],
+        seed: u64,
+        store_options: StoreOptions,
+        sync_config: SyncConfig,
+    ) -> Result<Cluster, SimError> {
         let mut cluster = Cluster {
             dir: dir.to_path_buf(),
             topics: topics.to_vec(),
             nodes: Vec::new(),
+            adversaries: Vec::new(),
             store_options,
             sync_config,
             timing: SimTiming::default(),
@@ -168,9 +193,29 @@ impl Cluster {
         Ok(sync)
     }
 
-    /// Number of replicas, up or down.
+    /// Number of replicas, up or down (hostile participants not counted).
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Adds `count` hostile participants; they start attacking at once.
+    pub fn add_adversaries(&mut self, count: usize) {
+        for _ in 0..count {
+            let seed = self.rng.random();
+            self.adversaries.push(Adversary::new(seed, &self.topics, self.nodes.len()));
+        }
+    }
+
+    /// Stops every hostile participant: it neither sends nor answers from now on.
+    pub fn silence_adversaries(&mut self) {
+        for adversary in &mut self.adversaries {
+            adversary.silent = true;
+        }
+    }
+
+    /// Fetches still running on running replicas.
+    pub fn fetches(&self) -> usize {
+        self.nodes.iter().flatten().map(Sync::fetches).sum()
     }
 
     /// True for a cluster without replicas.
@@ -238,7 +283,7 @@ impl Cluster {
     fn committed(&mut self, replica: usize, topic: &str, commit: Option<Commit>) {
         let Some(commit) = commit else { return };
         self.acknowledged.push((topic.to_string(), commit));
-        let effects = self.nodes[replica].as_ref().map(|node| node.announce(topic)).unwrap_or_default();
+        let effects = self.nodes[replica].as_mut().map(|node| node.announce(topic)).unwrap_or_default();
         self.dispatch(replica, effects);
     }
 
@@ -286,22 +331,26 @@ impl Cluster {
     fn dispatch(&mut self, from: usize, effects: Vec<Effect<usize>>) {
         for effect in effects {
             match effect {
-                Effect::Publish { message, .. } => {
-                    let bytes = message.encode();
-                    for to in 0..self.nodes.len() {
-                        if to != from {
-                            self.send(from, to, bytes.clone());
-                        }
-                    }
-                }
+                Effect::Publish { message, .. } => self.publish(from, message.encode()),
                 Effect::Send { to, message } => self.send(from, to, message.encode()),
+            }
+        }
+    }
+
+    /// Sends `bytes` to every participant but `from`, hostile ones included.
+    fn publish(&mut self, from: usize, bytes: Vec<u8>) {
+        for to in 0..self.nodes.len() + self.adversaries.len() {
+            if to != from {
+                self.send(from, to, bytes.clone());
             }
         }
     }
 
     fn send(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
         self.messages += 1;
-        if self.groups[from] != self.groups[to] {
+        let honest = self.nodes.len();
+        // Hostile participants stand outside partitions: they reach everyone.
+        if from < honest && to < honest && self.groups[from] != self.groups[to] {
             self.counts.partitioned += 1;
             return;
         }
@@ -341,6 +390,14 @@ impl Cluster {
             let Reverse((at, sequence)) = self.queue.pop().expect("peeked");
             self.now_ms = at;
             let envelope = self.in_flight.remove(&sequence).expect("queued messages are in flight");
+            if envelope.to >= self.nodes.len() {
+                let index = envelope.to - self.nodes.len();
+                let sends = self.adversaries[index].receive(envelope.from, &envelope.bytes);
+                for (to, bytes) in sends {
+                    self.send(envelope.to, to, bytes);
+                }
+                return Ok(());
+            }
             let Some(node) = self.nodes[envelope.to].as_mut() else {
                 return Ok(());
             };
@@ -358,6 +415,15 @@ impl Cluster {
                 None => continue,
             };
             self.dispatch(replica, effects);
+        }
+        for index in 0..self.adversaries.len() {
+            let from = self.nodes.len() + index;
+            for (to, bytes) in self.adversaries[index].tick() {
+                match to {
+                    Some(to) => self.send(from, to, bytes),
+                    None => self.publish(from, bytes),
+                }
+            }
         }
         Ok(())
     }
@@ -384,16 +450,17 @@ impl Cluster {
         Err(SimError::NotQuiet { steps: steps_max })
     }
 
-    /// True when every running replica has the same heads in every topic and nothing pending.
+    /// True when every running replica has the same heads in every topic and no fetch is
+    /// running. Blocks a hostile peer sent above invented parents may still wait, evictable.
     pub fn converged(&self) -> bool {
-        self.topics.iter().all(|topic| {
-            let mut heads: Option<Vec<Head>> = None;
-            self.nodes.iter().flatten().all(|node| {
-                let handle = node.topic(topic).expect("subscribed");
-                let mine = handle.heads();
-                handle.pending_count() == 0 && *heads.get_or_insert_with(|| mine.clone()) == mine
+        self.fetches() == 0
+            && self.topics.iter().all(|topic| {
+                let mut heads: Option<Vec<Head>> = None;
+                self.nodes.iter().flatten().all(|node| {
+                    let mine = node.topic(topic).expect("subscribed").heads();
+                    *heads.get_or_insert_with(|| mine.clone()) == mine
+                })
             })
-        })
     }
 
     /// Every key and visible value of `topic` on one replica.
@@ -418,7 +485,7 @@ impl Cluster {
             let handle = node.topic(topic).expect("subscribed");
             for item in node.store().blocks().iter_topic(handle.id()) {
                 let (cid, bytes) = item.map_err(|e| ReadError::Storage(e.into()))?;
-                let block = Block::decode(cid, &bytes, &BlockLimits::default())
+                let block = Block::decode(cid, &bytes, &BlockLimits::PROTOCOL)
                     .map_err(|e| ReadError::Storage(crate::StorageError::Corrupt(e.to_string())))?;
                 blocks.insert(cid, block);
             }
@@ -436,7 +503,7 @@ type RankedElement = (u64, Vec<u8>, Cid);
 pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut added: BTreeMap<Vec<u8>, Vec<RankedElement>> = BTreeMap::new();
     let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
-    let limits = Limits::default();
+    let limits = Limits::PROTOCOL;
     for (cid, block) in blocks {
         let Ok(delta) = Delta::decode(block.payload(), &limits) else {
             continue;
@@ -453,4 +520,140 @@ pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u
             Some((key, winner.1))
         })
         .collect()
+}
+
+/// A hostile participant. It is never a replica: it announces heads that do not exist and real
+/// heads it cannot serve, stalls requests, answers them with orphans above invented parents,
+/// with valid blocks nobody asked for (some tombstoning elements outside their causal past),
+/// with invented frontiers, garbage, tampered blocks and answers to requests never made.
+struct Adversary {
+    rng: StdRng,
+    topics: Vec<String>,
+    replicas: usize,
+    /// Real CIDs heard in announcements, to name as heads and as element ids.
+    learned: Vec<Cid>,
+    silent: bool,
+}
+
+/// Real CIDs an adversary remembers.
+const ADVERSARY_LEARNED_MAX: usize = 256;
+
+impl Adversary {
+    fn new(seed: u64, topics: &[String], replicas: usize) -> Adversary {
+        Adversary {
+            rng: StdRng::seed_from_u64(seed),
+            topics: topics.to_vec(),
+            replicas,
+            learned: Vec::new(),
+            silent: false,
+        }
+    }
+
+    fn fake_cid(&mut self) -> Cid {
+        let seed: u64 = self.rng.random();
+        Block::build(vec![], 1, seed.to_be_bytes().to_vec()).expect("a small block builds").cid()
+    }
+
+    fn topic(&mut self) -> String {
+        self.topics[self.rng.random_range(0..self.topics.len())].clone()
+    }
+
+    /// A valid block: parentless, or above invented parents (an orphan that can never apply).
+    fn block(&mut self, orphan: bool) -> Block {
+        let mut delta = Delta::default();
+        for _ in 0..self.rng.random_range(1..4) {
+            let key = format!("hot/{}", self.rng.random_range(0..4)).into_bytes();
+            if self.rng.random_bool(0.5) || self.learned.is_empty() {
+                delta.adds.push((key, vec![self.rng.random(); 8]));
+            } else {
+                let id = self.learned[self.rng.random_range(0..self.learned.len())];
+                delta.removes.push((key, id));
+            }
+        }
+        delta.normalize();
+        if orphan {
+            let parents: Vec<Cid> = (0..self.rng.random_range(1..4)).map(|_| self.fake_cid()).collect();
+            let height = self.rng.random_range(2..100);
+            Block::build(parents, height, delta.encode()).expect("a small block builds")
+        } else {
+            Block::build(vec![], 1, delta.encode()).expect("a small block builds")
+        }
+    }
+
+    fn wire(block: &Block) -> WireBlock {
+        WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) }
+    }
+
+    fn receive(&mut self, from: usize, bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
+        if self.silent {
+            return Vec::new();
+        }
+        let Ok(message) = serde_ipld_dagcbor::from_slice::<Message>(bytes) else {
+            return Vec::new();
+        };
+        let (topic, id) = match message {
+            Message::Heads { heads, .. } => {
+                for head in heads {
+                    if self.learned.len() < ADVERSARY_LEARNED_MAX {
+                        self.learned.push(head.cid);
+                    }
+                }
+                return Vec::new();
+            }
+            Message::Want { topic, id, .. } => (topic, id),
+            _ => return Vec::new(),
+        };
+        let answer = |blocks: Vec<WireBlock>, frontier: Vec<Cid>, id: u64| Message::Blocks {
+            topic: topic.clone(),
+            id,
+            blocks,
+            more: false,
+            frontier,
+        };
+        let message = match self.rng.random_range(0..7) {
+            0 => return Vec::new(),
+            1 => {
+                let blocks = (0..self.rng.random_range(1..20)).map(|_| Adversary::wire(&self.block(true))).collect();
+                answer(blocks, Vec::new(), id)
+            }
+            2 => {
+                let blocks = (0..self.rng.random_range(1..4)).map(|_| Adversary::wire(&self.block(false))).collect();
+                answer(blocks, Vec::new(), id)
+            }
+            3 => answer(Vec::new(), (0..16).map(|_| self.fake_cid()).collect(), id),
+            4 => return vec![(from, (0..64).map(|_| self.rng.random()).collect())],
+            5 => {
+                let mut wire = Adversary::wire(&self.block(false));
+                let last = wire.bytes.len() - 1;
+                wire.bytes[last] ^= 0x55;
+                answer(vec![wire], Vec::new(), id)
+            }
+            _ => answer(vec![Adversary::wire(&self.block(false))], Vec::new(), id.wrapping_add(1)),
+        };
+        vec![(from, message.encode())]
+    }
+
+    /// What the adversary sends on its own: `None` as recipient publishes to everyone.
+    fn tick(&mut self) -> Vec<(Option<usize>, Vec<u8>)> {
+        if self.silent || !self.rng.random_bool(0.3) {
+            return Vec::new();
+        }
+        let topic = self.topic();
+        let mut heads: Vec<Head> = (0..self.rng.random_range(1..8))
+            .map(|_| Head { cid: self.fake_cid(), height: self.rng.random_range(1..1000) })
+            .collect();
+        if !self.learned.is_empty() && self.rng.random_bool(0.5) {
+            let cid = self.learned[self.rng.random_range(0..self.learned.len())];
+            heads.push(Head { cid, height: 1 });
+        }
+        let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads }.encode())];
+        if self.rng.random_bool(0.3) {
+            let to = self.rng.random_range(0..self.replicas);
+            let orphan = self.rng.random_bool(0.5);
+            let blocks = vec![Adversary::wire(&self.block(orphan))];
+            let unasked = Message::Blocks { topic, id: self.rng.random(), blocks, more: false, frontier: Vec::new() };
+            out.push((Some(to), unasked.encode()));
+        }
+        out
+    }
 }

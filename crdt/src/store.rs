@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{Block, BlockLimits, BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, TopicId};
+use canopy_dag::{BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, TopicId};
 use crossbeam_channel::{Sender, bounded};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform};
 
@@ -21,6 +21,9 @@ pub(crate) const CF_HEADS: &str = "heads";
 pub(crate) const CF_KV: &str = "kv";
 /// Topic registry and counters; keys are not topic-prefixed.
 pub(crate) const CF_META: &str = "meta";
+/// Removes of elements whose block was not applied when the remove arrived:
+/// `topic ++ element id ++ key` → nothing. Consumed when the element's block is applied.
+pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 
 const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 const META_TOPIC: u8 = b't';
@@ -41,20 +44,26 @@ pub struct StoreOptions {
     pub queue_depth: usize,
     /// Most operations grouped into one commit.
     pub group_ops_max: usize,
+    /// Most bytes of keys and values grouped into one round of commits.
+    pub group_bytes_max: usize,
     /// Most received blocks applied in one RocksDB write.
     pub apply_blocks_max: usize,
-    /// Most received blocks kept waiting for their parents, per topic.
+    /// Most received blocks kept in memory waiting for their parents, per topic. Catch-up is
+    /// served bottom-up and does not need them; the oldest are evicted first.
     pub pending_blocks_max: usize,
+    /// Most bytes of received blocks kept waiting for their parents, per topic.
+    pub pending_bytes_max: usize,
+    /// Most tombstones kept per topic for elements whose block has not arrived.
+    pub tombstones_max: u64,
     /// Changes each watcher may fall behind before it is disconnected.
     pub watch_queue_depth: usize,
     /// Most entries one query returns.
     pub query_limit_max: usize,
     /// Shared RocksDB block cache, in bytes.
     pub cache_bytes: usize,
-    /// Key, value and delta limits.
+    /// Key, value and batch limits of local writes; at most the protocol's limits
+    /// ([`Limits::PROTOCOL`]), which received blocks are always checked against.
     pub limits: Limits,
-    /// Block limits.
-    pub block_limits: BlockLimits,
 }
 
 impl Default for StoreOptions {
@@ -64,13 +73,15 @@ impl Default for StoreOptions {
             writer_threads: 2,
             queue_depth: 4096,
             group_ops_max: 4096,
+            group_bytes_max: 32 << 20,
             apply_blocks_max: 4096,
-            pending_blocks_max: 1 << 20,
+            pending_blocks_max: 4096,
+            pending_bytes_max: 64 << 20,
+            tombstones_max: 1 << 20,
             watch_queue_depth: 4096,
             query_limit_max: 10_000,
             cache_bytes: 64 << 20,
             limits: Limits::default(),
-            block_limits: BlockLimits::default(),
         }
     }
 }
@@ -94,6 +105,10 @@ pub(crate) struct StoreInner {
     pub poisoned: Arc<AtomicBool>,
 }
 
+/// Where a topic's changes go: called on the writer thread for each change, it must not block;
+/// it returns false once it wants no more changes, and is then dropped.
+pub type Sink = Box<dyn FnMut(&Change) -> bool + Send>;
+
 /// What the writer thread and topic handles share about one topic.
 pub(crate) struct TopicShared {
     pub id: TopicId,
@@ -101,7 +116,7 @@ pub(crate) struct TopicShared {
     pub heads: RwLock<Vec<Head>>,
     pub key_count: AtomicU64,
     pub pending_count: AtomicU64,
-    pub watchers: Mutex<Vec<Sender<Change>>>,
+    pub watchers: Mutex<Vec<Sink>>,
     pub dropped: AtomicBool,
 }
 
@@ -145,6 +160,13 @@ impl Store {
                 "writer_threads, queue_depth and group_ops_max must be at least 1".into(),
             ));
         }
+        if !options.limits.within_protocol() {
+            return Err(OpenError::InvalidOptions(format!(
+                "key, value and batch limits {:?} exceed the protocol's {:?}: peers would refuse such blocks",
+                options.limits,
+                Limits::PROTOCOL
+            )));
+        }
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let mut db_options = Options::default();
         db_options.create_if_missing(true);
@@ -152,7 +174,7 @@ impl Store {
         db_options.increase_parallelism(2);
         db_options.set_max_background_jobs(4);
         db_options.set_bytes_per_sync(1 << 20);
-        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV]
+        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES]
             .into_iter()
             .map(|name| {
                 let mut options = topic_cf_options(&cache);
@@ -324,6 +346,13 @@ pub(crate) fn key_count_key(topic: TopicId) -> Vec<u8> {
     key
 }
 
+/// The key of the tombstone of the element `id` added to `key`.
+pub(crate) fn tombstone_key(topic: TopicId, id: &Cid, key: &[u8]) -> Vec<u8> {
+    let mut out = topic.key(&id.to_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
 /// The key under which a topic name is registered.
 pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
     let mut key = vec![META_TOPIC];
@@ -342,10 +371,4 @@ pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
         && name.len() <= TOPIC_NAME_BYTES_MAX
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if valid { Ok(()) } else { Err(TopicError::InvalidName(name.to_string())) }
-}
-
-/// Decodes a pending block record; used when a topic is loaded.
-pub(crate) fn decode_pending(key: &[u8], bytes: &[u8], limits: &BlockLimits) -> Option<Block> {
-    let cid = Cid::try_from(key.get(TOPIC_ID_BYTES..)?).ok()?;
-    Block::decode(cid, bytes, limits).ok()
 }

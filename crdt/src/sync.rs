@@ -6,13 +6,20 @@
 //! passed in as milliseconds, so runs are reproducible.
 //!
 //! The protocol has three messages. `Heads` announces a replica's heads. A replica that hears of
-//! heads it lacks sends `Want` to the announcer, naming the heads (and parents it still lacks)
-//! and what it has: its heads plus ancestors sampled at depths 1, 2, 4, ... The peer walks down
-//! from the wanted blocks, stops at what the requester has, and answers with `Blocks`, highest
-//! first and bounded. If a bound cut the answer short, the requester asks again for the parents
-//! it still lacks, so a DAG of depth N costs N / `blocks_max` round trips, not N.
+//! heads it lacks starts a *fetch* from the announcer: it sends `Want` (numbered, naming the
+//! heads and what it has: its heads plus ancestors sampled at depths 1, 2, 4, ...). The peer
+//! walks down from the wanted blocks to what the requester has and answers with `Blocks`:
+//! the *lowest* missing blocks first, so the requester applies each answer at once and never
+//! holds a block above a gap. When the gap is deeper than one walk may visit, the answer is a
+//! *frontier* instead: the requester descends (fetching below the frontier first), then climbs
+//! back to its earlier wants. A DAG of depth N costs about N / `blocks_max` round trips and
+//! the requester's memory is bounded by the fetch's stack of wants, whatever N.
+//!
+//! Each fetch belongs to one peer, and a topic runs a few at once, so a peer that never answers,
+//! or answers with junk, holds up only its own fetch. An answer is taken only from the peer
+//! asked and only for the request it answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use canopy_dag::{Cid, WalkLimits, validate_batch};
 use serde::{Deserialize, Serialize};
@@ -21,14 +28,21 @@ use serde_bytes::ByteBuf;
 use crate::error::{IngestError, ReadError, TopicError};
 use crate::store::{Store, validate_topic_name};
 use crate::topic::{Head, Topic};
+use canopy_dag::BlockLimits;
 
 /// Bounds and timings of the sync protocol.
 #[derive(Clone, Debug)]
 pub struct SyncConfig {
-    /// Interval between re-announcements of every topic's heads; each is jittered by up to a
-    /// quarter so replicas do not announce in lockstep.
+    /// Interval between re-announcements of a topic's heads; each is jittered by up to a
+    /// quarter so replicas do not announce in lockstep. A topic whose heads stay the same is
+    /// re-announced less and less often, up to `rebroadcast_backoff_max` doublings.
     pub rebroadcast_interval_ms: u64,
-    /// A request with no answer after this long is forgotten and may be sent again.
+    /// Most doublings of the re-announcement interval of a quiet topic.
+    pub rebroadcast_backoff_max: u32,
+    /// Most topics re-announced in one tick; the rest wait for the next ticks.
+    pub announce_per_tick_max: usize,
+    /// A request with no answer after this long is abandoned; the fetch starts again when
+    /// the heads are announced again.
     pub request_timeout_ms: u64,
     /// Most CIDs asked for in one request.
     pub want_max: usize,
@@ -40,6 +54,11 @@ pub struct SyncConfig {
     pub walk: WalkLimits,
     /// Largest encoded message accepted.
     pub message_bytes_max: usize,
+    /// Most fetches one topic runs at once, each from a different peer.
+    pub fetches_per_topic_max: usize,
+    /// Most CIDs one fetch keeps on its stack of wants; past it the outermost wants are
+    /// dropped and learnt again from the next announcement.
+    pub fetch_cids_max: usize,
     /// Seed of the re-announcement jitter.
     pub seed: u64,
 }
@@ -48,12 +67,16 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             rebroadcast_interval_ms: 5_000,
+            rebroadcast_backoff_max: 4,
+            announce_per_tick_max: 256,
             request_timeout_ms: 10_000,
             want_max: 256,
             have_max: 64,
             heads_max: 1024,
             walk: WalkLimits::default(),
             message_bytes_max: 32 << 20,
+            fetches_per_topic_max: 3,
+            fetch_cids_max: 65_536,
             seed: 0,
         }
     }
@@ -79,23 +102,30 @@ pub enum Message {
         /// The sender's heads.
         heads: Vec<Head>,
     },
-    /// "Send me the blocks below `want` that are not below `have`."
+    /// "Send me the lowest blocks below `want` that are not below `have`."
     Want {
         /// Topic name.
         topic: String,
+        /// The request's number, echoed by the answer.
+        id: u64,
         /// Blocks the sender lacks.
         want: Vec<Cid>,
         /// Blocks the sender has: its heads and sampled ancestors.
         have: Vec<Cid>,
     },
-    /// Blocks answering a `Want`, highest first.
+    /// The answer to a `Want`.
     Blocks {
         /// Topic name.
         topic: String,
-        /// The blocks.
+        /// The number of the request this answers.
+        id: u64,
+        /// The lowest missing blocks, parents before children.
         blocks: Vec<WireBlock>,
-        /// True when a bound cut the answer short.
-        truncated: bool,
+        /// True when more missing blocks remain above these.
+        more: bool,
+        /// When the gap was too deep for one walk: the wanted blocks where the walk stopped,
+        /// to fetch below first. `blocks` is empty then.
+        frontier: Vec<Cid>,
     },
 }
 
@@ -127,6 +157,14 @@ impl Message {
         }
     }
 
+    /// The number of a request or of the request an answer is for.
+    pub fn request_id(&self) -> Option<u64> {
+        match self {
+            Message::Want { id, .. } | Message::Blocks { id, .. } => Some(*id),
+            Message::Heads { .. } => None,
+        }
+    }
+
     /// The DAG-CBOR encoding.
     pub fn encode(&self) -> Vec<u8> {
         serde_ipld_dagcbor::to_vec(self).expect("encoding a message into memory cannot fail")
@@ -149,7 +187,10 @@ impl Message {
                 over("wanted blocks", want.len(), config.want_max)?;
                 over("had blocks", have.len(), config.have_max)?;
             }
-            Message::Blocks { blocks, .. } => over("blocks", blocks.len(), config.walk.blocks_max)?,
+            Message::Blocks { blocks, frontier, .. } => {
+                over("blocks", blocks.len(), config.walk.blocks_max)?;
+                over("frontier blocks", frontier.len(), config.want_max)?;
+            }
         }
         Ok(message)
     }
@@ -200,12 +241,44 @@ pub struct SyncStats {
     pub requests_served: u64,
     /// Messages refused as malformed or out of bounds.
     pub messages_rejected: u64,
+    /// Answers dropped because no request to their sender was waiting for them.
+    pub answers_unrequested: u64,
+    /// Fetches given up: timed out, failed, or answered with nothing useful.
+    pub fetches_abandoned: u64,
+}
+
+/// Answers in a row that apply nothing before a fetch is given up.
+const FETCH_IDLE_MAX: u32 = 3;
+
+/// One catch-up from one peer.
+struct Fetch {
+    /// The request in flight.
+    id: u64,
+    sent_ms: u64,
+    /// Wants still to fetch, outermost first; the last one is being fetched. A frontier pushes
+    /// a deeper level; a level is popped once nothing of it is missing.
+    levels: Vec<Vec<Cid>>,
+    /// Blocks this replica turned out to have although the peer's walk took them as missing;
+    /// named as had in the next requests.
+    extra_have: Vec<Cid>,
+    /// Answers in a row that applied nothing.
+    idle: u32,
+}
+
+impl Fetch {
+    fn cids(&self) -> usize {
+        self.levels.iter().map(Vec::len).sum::<usize>() + self.extra_have.len()
+    }
 }
 
 struct TopicSync<P> {
     topic: Topic,
-    /// The peer asked last and when, while the answer is awaited.
-    in_flight: Option<(P, u64)>,
+    /// Catch-ups in progress, one per peer.
+    fetches: BTreeMap<P, Fetch>,
+    /// When the heads are announced next, as scheduled in [`Sync::schedule`].
+    due_ms: u64,
+    /// Re-announcements since the heads last changed.
+    quiet: u32,
 }
 
 /// The sync state machine of one replica, over all its subscribed topics.
@@ -213,12 +286,15 @@ pub struct Sync<P> {
     store: Store,
     config: SyncConfig,
     topics: BTreeMap<String, TopicSync<P>>,
-    next_rebroadcast_ms: Option<u64>,
+    /// Re-announcements by due time.
+    schedule: BTreeSet<(u64, String)>,
+    now_ms: u64,
+    next_request_id: u64,
     jitter_state: u64,
     stats: SyncStats,
 }
 
-impl<P: Clone + Eq> Sync<P> {
+impl<P: Clone + Ord> Sync<P> {
     /// Sync over `store`; topics are added with [`Sync::subscribe`].
     pub fn new(store: Store, config: SyncConfig) -> Sync<P> {
         let jitter_state = config.seed | 1;
@@ -226,7 +302,9 @@ impl<P: Clone + Eq> Sync<P> {
             store,
             config,
             topics: BTreeMap::new(),
-            next_rebroadcast_ms: None,
+            schedule: BTreeSet::new(),
+            now_ms: 0,
+            next_request_id: 1,
             jitter_state,
             stats: SyncStats::default(),
         }
@@ -253,13 +331,18 @@ impl<P: Clone + Eq> Sync<P> {
             return Ok(sync.topic.clone());
         }
         let topic = self.store.topic(name)?;
-        self.topics.insert(name.to_string(), TopicSync { topic: topic.clone(), in_flight: None });
+        let due_ms = self.now_ms;
+        self.topics
+            .insert(name.to_string(), TopicSync { topic: topic.clone(), fetches: BTreeMap::new(), due_ms, quiet: 0 });
+        self.schedule.insert((due_ms, name.to_string()));
         Ok(topic)
     }
 
     /// Stops replicating `name`; its data stays in the store.
     pub fn unsubscribe(&mut self, name: &str) -> bool {
-        self.topics.remove(name).is_some()
+        let Some(sync) = self.topics.remove(name) else { return false };
+        self.schedule.remove(&(sync.due_ms, name.to_string()));
+        true
     }
 
     /// Names of the subscribed topics, sorted.
@@ -272,12 +355,39 @@ impl<P: Clone + Eq> Sync<P> {
         self.topics.get(name).map(|sync| &sync.topic)
     }
 
-    /// Announces `topic`'s heads, typically after a local commit.
-    pub fn announce(&self, topic: &str) -> Vec<Effect<P>> {
+    /// Fetches in progress over all topics.
+    pub fn fetches(&self) -> usize {
+        self.topics.values().map(|sync| sync.fetches.len()).sum()
+    }
+
+    /// Announces `topic`'s heads, typically after a local commit; its re-announcements start
+    /// again from the shortest interval.
+    pub fn announce(&mut self, topic: &str) -> Vec<Effect<P>> {
+        self.reschedule(topic, true);
         let Some(sync) = self.topics.get(topic) else {
             return Vec::new();
         };
         heads_effect(&sync.topic, self.config.heads_max).into_iter().collect()
+    }
+
+    /// A peer joined `topic`'s gossip: it learns the heads now rather than at the next
+    /// re-announcement.
+    pub fn peer_subscribed(&mut self, topic: &str) -> Vec<Effect<P>> {
+        let Some(sync) = self.topics.get(topic) else {
+            return Vec::new();
+        };
+        heads_effect(&sync.topic, self.config.heads_max).into_iter().collect()
+    }
+
+    /// A request could not be sent or was not answered: its fetch is given up at once, so the
+    /// next announcement starts a new one.
+    pub fn request_failed(&mut self, peer: &P, id: u64) {
+        for sync in self.topics.values_mut() {
+            if sync.fetches.get(peer).is_some_and(|fetch| fetch.id == id) {
+                sync.fetches.remove(peer);
+                self.stats.fetches_abandoned += 1;
+            }
+        }
     }
 
     /// Handles raw bytes from `from`. A decoding failure is returned so the caller can drop
@@ -289,29 +399,55 @@ impl<P: Clone + Eq> Sync<P> {
 
     /// Handles a decoded message from `from`.
     pub fn handle(&mut self, now_ms: u64, from: P, message: Message) -> Result<Vec<Effect<P>>, SyncError> {
+        self.now_ms = self.now_ms.max(now_ms);
         match message {
             Message::Heads { topic, heads } => self.on_heads(now_ms, from, &topic, heads),
-            Message::Want { topic, want, have } => self.on_want(from, topic, &want, &have),
-            Message::Blocks { topic, blocks, truncated } => self.on_blocks(now_ms, from, &topic, blocks, truncated),
+            Message::Want { topic, id, want, have } => self.on_want(from, topic, id, &want, &have),
+            Message::Blocks { topic, id, blocks, frontier, .. } => {
+                self.on_blocks(now_ms, from, &topic, id, blocks, frontier)
+            }
         }
     }
 
-    /// Advances time: re-announces heads when due and forgets requests that timed out.
+    /// Advances time: abandons requests that timed out and re-announces the topics that are
+    /// due, at most `announce_per_tick_max` of them.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect<P>> {
+        self.now_ms = self.now_ms.max(now_ms);
         let timeout = self.config.request_timeout_ms;
         for sync in self.topics.values_mut() {
-            if sync.in_flight.as_ref().is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) >= timeout) {
-                sync.in_flight = None;
+            let before = sync.fetches.len();
+            sync.fetches.retain(|_, fetch| now_ms.saturating_sub(fetch.sent_ms) < timeout);
+            self.stats.fetches_abandoned += (before - sync.fetches.len()) as u64;
+        }
+        let mut effects = Vec::new();
+        while effects.len() < self.config.announce_per_tick_max {
+            if self.schedule.first().is_none_or(|(due, _)| *due > now_ms) {
+                break;
+            }
+            let (_, name) = self.schedule.pop_first().expect("checked above");
+            self.reschedule(&name, false);
+            if let Some(effect) =
+                self.topics.get(&name).and_then(|sync| heads_effect(&sync.topic, self.config.heads_max))
+            {
+                effects.push(effect);
             }
         }
-        let due = self.next_rebroadcast_ms.is_none_or(|next| now_ms >= next);
-        if !due {
-            return Vec::new();
-        }
-        let interval = self.config.rebroadcast_interval_ms;
-        let jitter = self.next_jitter() % (interval / 4 + 1);
-        self.next_rebroadcast_ms = Some(now_ms + interval - interval / 8 + jitter);
-        self.topics.values().filter_map(|sync| heads_effect(&sync.topic, self.config.heads_max)).collect()
+        effects
+    }
+
+    /// Schedules `topic`'s next re-announcement: after the base interval when its heads just
+    /// changed (`fresh`), after a doubled one for each quiet round otherwise.
+    fn reschedule(&mut self, topic: &str, fresh: bool) {
+        let base = self.config.rebroadcast_interval_ms;
+        let jitter = self.next_jitter() % (base / 4 + 1);
+        let backoff = self.config.rebroadcast_backoff_max;
+        let now = self.now_ms;
+        let Some(sync) = self.topics.get_mut(topic) else { return };
+        self.schedule.remove(&(sync.due_ms, topic.to_string()));
+        sync.quiet = if fresh { 0 } else { (sync.quiet + 1).min(backoff) };
+        let interval = base << sync.quiet.min(backoff);
+        sync.due_ms = now + interval - base / 8 + jitter;
+        self.schedule.insert((sync.due_ms, topic.to_string()));
     }
 
     fn next_jitter(&mut self) -> u64 {
@@ -324,34 +460,86 @@ impl<P: Clone + Eq> Sync<P> {
         x
     }
 
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
     fn on_heads(&mut self, now_ms: u64, from: P, topic: &str, heads: Vec<Head>) -> Result<Vec<Effect<P>>, SyncError> {
-        let want_max = self.config.want_max;
-        let have_max = self.config.have_max;
-        let timeout = self.config.request_timeout_ms;
+        let (want_max, fetches_max) = (self.config.want_max, self.config.fetches_per_topic_max);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
-        if sync.in_flight.as_ref().is_some_and(|(_, sent)| now_ms.saturating_sub(*sent) < timeout) {
+        let unknown = sync.topic.unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
+        if unknown.is_empty() {
+            // The peer is behind or equal. If it lacks some of our heads, tell it soon (once per
+            // interval at most, whatever the number of such announcements).
+            let ours = sync.topic.heads();
+            if ours.iter().any(|head| !heads.contains(head)) && sync.quiet > 0 {
+                self.reschedule(topic, true);
+            }
             return Ok(Vec::new());
         }
-        let want = sync.topic.unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
-        if want.is_empty() {
+        if let Some(fetch) = sync.fetches.get_mut(&from) {
+            // Asked for once the fetch climbs back to its outermost level.
+            let outer = &mut fetch.levels[0];
+            outer.extend(unknown);
+            outer.sort_unstable();
+            outer.dedup();
+            outer.truncate(want_max);
             return Ok(Vec::new());
         }
-        let have = sync.topic.have_sample(have_max)?;
-        sync.in_flight = Some((from.clone(), now_ms));
-        Ok(vec![Effect::Send { to: from, message: Message::Want { topic: topic.to_string(), want, have } }])
+        if sync.fetches.len() >= fetches_max {
+            return Ok(Vec::new());
+        }
+        let fetch = Fetch { id: 0, sent_ms: now_ms, levels: vec![unknown], extra_have: Vec::new(), idle: 0 };
+        self.topics.get_mut(topic).expect("checked above").fetches.insert(from.clone(), fetch);
+        Ok(self.next_request(now_ms, from, topic)?.into_iter().collect())
     }
 
-    fn on_want(&mut self, from: P, topic: String, want: &[Cid], have: &[Cid]) -> Result<Vec<Effect<P>>, SyncError> {
+    /// The next request of the fetch from `peer`: the innermost level's blocks still missing.
+    /// Levels with nothing missing are popped; a fetch with no level left is done.
+    fn next_request(&mut self, now_ms: u64, peer: P, topic: &str) -> Result<Option<Effect<P>>, SyncError> {
+        let id = self.next_id();
+        let (want_max, have_max) = (self.config.want_max, self.config.have_max);
+        let sync = self.topics.get_mut(topic).expect("fetches belong to subscribed topics");
+        let Some(fetch) = sync.fetches.get_mut(&peer) else { return Ok(None) };
+        while let Some(level) = fetch.levels.last() {
+            let want = sync.topic.unknown(level.clone(), want_max)?;
+            if want.is_empty() {
+                fetch.levels.pop();
+                continue;
+            }
+            *fetch.levels.last_mut().expect("a level") = want.clone();
+            let mut have = fetch.extra_have.clone();
+            have.truncate(have_max / 2);
+            have.extend(sync.topic.have_sample(have_max - have.len())?);
+            have.sort_unstable();
+            have.dedup();
+            fetch.id = id;
+            fetch.sent_ms = now_ms;
+            let message = Message::Want { topic: topic.to_string(), id, want, have };
+            return Ok(Some(Effect::Send { to: peer, message }));
+        }
+        sync.fetches.remove(&peer);
+        Ok(None)
+    }
+
+    fn on_want(
+        &mut self,
+        from: P,
+        topic: String,
+        id: u64,
+        want: &[Cid],
+        have: &[Cid],
+    ) -> Result<Vec<Effect<P>>, SyncError> {
         self.stats.requests_served += 1;
-        let walk = match self.topics.get(&topic) {
-            Some(sync) => sync.topic.walk(want, have, &self.config.walk)?,
-            None => canopy_dag::Walk::default(),
+        let message = match self.topics.get(&topic) {
+            Some(sync) => answer(&sync.topic, id, want, have, &self.config.walk)?,
+            None => Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new() },
         };
-        let blocks =
-            walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
-        Ok(vec![Effect::Send { to: from, message: Message::Blocks { topic, blocks, truncated: walk.truncated } }])
+        Ok(vec![Effect::Send { to: from, message }])
     }
 
     fn on_blocks(
@@ -359,41 +547,66 @@ impl<P: Clone + Eq> Sync<P> {
         now_ms: u64,
         from: P,
         topic: &str,
+        id: u64,
         blocks: Vec<WireBlock>,
-        truncated: bool,
+        frontier: Vec<Cid>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
+        let (want_max, cids_max) = (self.config.want_max, self.config.fetch_cids_max);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
-        if sync.in_flight.as_ref().is_some_and(|(peer, _)| *peer == from) {
-            sync.in_flight = None;
+        if sync.fetches.get(&from).is_none_or(|fetch| fetch.id != id) {
+            self.stats.answers_unrequested += 1;
+            return Ok(Vec::new());
         }
         let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
         let mut valid = Vec::new();
-        for result in validate_batch(items, &self.store.options().block_limits) {
+        for result in validate_batch(items, &BlockLimits::PROTOCOL) {
             match result {
                 Ok(block) => valid.push(block),
                 Err(_) => self.stats.blocks_rejected += 1,
             }
         }
-        let pending_before = sync.topic.pending_count();
         let outcome = sync.topic.ingest(valid)?;
         self.stats.blocks_applied += outcome.applied as u64;
         self.stats.blocks_rejected += outcome.rejected.len() as u64;
-        let progressed = outcome.applied > 0 || outcome.pending as u64 > pending_before;
+
+        let fetch = sync.fetches.get_mut(&from).expect("checked above");
+        let mut progressed = outcome.applied > 0;
+        if !frontier.is_empty() {
+            let deeper = sync.topic.unknown(frontier.clone(), want_max)?;
+            // What the peer took as missing but this replica has is named as had from now on.
+            fetch.extra_have.extend(frontier.iter().filter(|cid| !deeper.contains(cid)));
+            fetch.extra_have.sort_unstable();
+            fetch.extra_have.dedup();
+            progressed |= !deeper.is_empty();
+            if !deeper.is_empty() {
+                fetch.levels.push(deeper);
+            }
+        }
+        fetch.idle = if progressed { 0 } else { fetch.idle + 1 };
         let mut effects = Vec::new();
-        if !outcome.missing.is_empty() && (progressed || truncated) {
-            let have = sync.topic.have_sample(self.config.have_max)?;
-            let mut want = outcome.missing;
-            want.truncate(self.config.want_max);
-            sync.in_flight = Some((from.clone(), now_ms));
-            effects.push(Effect::Send { to: from, message: Message::Want { topic: topic.to_string(), want, have } });
+        // A stack of wants past its bound means a gap deeper than any real history, or a peer
+        // inventing frontiers: either way this fetch ends, and only this one.
+        if fetch.idle >= FETCH_IDLE_MAX || fetch.cids() > cids_max {
+            sync.fetches.remove(&from);
+            self.stats.fetches_abandoned += 1;
+        } else {
+            effects.extend(self.next_request(now_ms, from, topic)?);
         }
         if outcome.heads_changed {
-            effects.extend(heads_effect(&sync.topic, self.config.heads_max));
+            effects.extend(self.announce(topic));
         }
         Ok(effects)
     }
+}
+
+/// Answers a `Want` for `topic`: the lowest blocks the requester lacks, or the frontier to
+/// descend to first. The node's block server and the simulator both answer with this.
+pub fn answer(topic: &Topic, id: u64, want: &[Cid], have: &[Cid], limits: &WalkLimits) -> Result<Message, ReadError> {
+    let walk = topic.walk(want, have, limits)?;
+    let blocks = walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
+    Ok(Message::Blocks { topic: topic.name().to_string(), id, blocks, more: walk.more, frontier: walk.frontier })
 }
 
 fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {

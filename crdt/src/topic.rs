@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta::{check_key, check_value};
 use crate::error::{IngestError, ReadError, StorageError, WriteError};
 use crate::row::Row;
-use crate::store::{CF_KV, StoreInner, TopicShared};
+use crate::store::{CF_KV, Sink, StoreInner, TopicShared};
 use crate::writer::{Command, Committed, WriteRequest};
 
 /// A head of a topic: a block no other known block links to.
@@ -126,8 +126,6 @@ pub struct IngestOutcome {
     pub rejected: Vec<(Cid, String)>,
     /// Blocks now waiting for their parents.
     pub pending: usize,
-    /// Parents that are neither applied nor received, to be requested (bounded).
-    pub missing: Vec<Cid>,
     /// True when the heads changed.
     pub heads_changed: bool,
 }
@@ -272,8 +270,14 @@ impl Topic {
     /// `watch_queue_depth` changes behind is disconnected and must watch again.
     pub fn watch(&self) -> Receiver<Change> {
         let (tx, rx) = bounded(self.store.options.watch_queue_depth);
-        self.shared.watchers.lock().expect("watchers lock").push(tx);
+        self.watch_with(Box::new(move |change: &Change| tx.try_send(change.clone()).is_ok()));
         rx
+    }
+
+    /// Sends every change to `sink`, on the writer thread, until it returns false. The sink must
+    /// not block (for example a non-blocking send on an async channel).
+    pub fn watch_with(&self, sink: Sink) {
+        self.shared.watchers.lock().expect("watchers lock").push(sink);
     }
 
     /// Takes in received, hash-checked blocks: stores those whose parents are missing and
@@ -288,8 +292,7 @@ impl Topic {
         result.recv().map_err(|_| IngestError::Closed)?
     }
 
-    /// Those of `cids` that are neither applied nor waiting for parents, plus (up to `max` in
-    /// all) the parents that waiting blocks still lack.
+    /// Those of `cids` that are neither applied nor known to be bad, sorted, at most `max`.
     pub fn unknown(&self, cids: Vec<Cid>, max: usize) -> Result<Vec<Cid>, IngestError> {
         let (reply, result) = bounded(1);
         let command = Command::Unknown { topic: self.shared.id, cids, max, reply };
@@ -302,7 +305,8 @@ impl Topic {
         Ok(self.store.blocks.contains(self.shared.id, cid).map_err(StorageError::from)?)
     }
 
-    /// Blocks below `wants` that are not below `haves`, highest first, within `limits`.
+    /// Blocks below `wants` that are not below `haves`, lowest first, within `limits` (see
+    /// [`canopy_dag::walk_missing`]).
     pub fn walk(&self, wants: &[Cid], haves: &[Cid], limits: &WalkLimits) -> Result<Walk, ReadError> {
         Ok(walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits).map_err(StorageError::from)?)
     }

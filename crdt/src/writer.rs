@@ -2,29 +2,44 @@
 //!
 //! Each thread owns the in-memory state of the topics assigned to it, so a topic's writes are
 //! serialised without locks. A thread takes one command, then drains whatever else is queued
-//! (up to `group_ops_max` operations): consecutive local writes to a topic become one delta
-//! (group commit) and all topics' deltas of a round go to RocksDB in one `WriteBatch`.
+//! (up to `group_ops_max` operations and `group_bytes_max` bytes): consecutive local writes to
+//! a topic become as few deltas as the protocol's block limits allow (group commit), and all
+//! topics' deltas of a round go to RocksDB in one `WriteBatch`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use canopy_dag::{Block, BlockStore, Cid, Height, TopicId};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockStore, Cid, Height, LINKS_MAX, TopicId};
+use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
-use crate::delta::{Delta, DeltaError, Limits};
+use crate::delta::{DELTA_OPS_MAX, Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError, TopicError, WriteError};
 use crate::row::{Element, Row};
 use crate::store::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, StoreInner, TopicShared, decode_pending, key_count_key, topic_name_key,
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_TOMBSTONES, StoreInner, TopicShared, key_count_key, tombstone_key,
+    topic_name_key,
 };
 use crate::topic::{Change, Commit, Head, IngestOutcome, Op};
 
 /// Most CIDs remembered as rejected per topic, so bad blocks are not fetched again and again.
 const REJECTED_REMEMBERED_MAX: usize = 65_536;
+/// Upper bounds on the encoded size of one add, one remove and one link, and on everything
+/// else a block holds. Local deltas are cut by these estimates, so a block built from a cut
+/// never exceeds [`BLOCK_BYTES_MAX`].
+const ADD_BYTES_OVERHEAD: usize = 12;
+const REMOVE_BYTES_OVERHEAD: usize = 50;
+const LINK_BYTES: usize = 42;
+const BLOCK_BYTES_OVERHEAD: usize = 96;
+/// Most bytes of delta one local block carries: whatever its links, it stays within the block
+/// limit every peer applies.
+const DELTA_BYTES_MAX: usize = BLOCK_BYTES_MAX - LINKS_MAX * LINK_BYTES - BLOCK_BYTES_OVERHEAD;
+/// Most empty blocks one local commit makes to merge heads beyond [`LINKS_MAX`]; heads left
+/// over are merged by the next commits.
+const MERGE_BLOCKS_PER_COMMIT_MAX: usize = 8;
 
 pub(crate) enum Command {
     Register(Box<TopicState>),
@@ -42,6 +57,16 @@ impl Command {
             _ => 1,
         }
     }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Write(request) => {
+                request.ops.iter().map(|op| op.key().len() + op.value().map_or(0, <[u8]>::len)).sum()
+            }
+            Command::Ingest { blocks, .. } => blocks.iter().map(|b| b.bytes().len()).sum(),
+            _ => 0,
+        }
+    }
 }
 
 pub(crate) struct WriteRequest {
@@ -52,7 +77,7 @@ pub(crate) struct WriteRequest {
 
 /// Reply to one write request.
 pub(crate) struct Committed {
-    /// The block of the group commit that carried the request, if the group changed anything.
+    /// The block that carried the request, if the request changed anything.
     pub commit: Option<Commit>,
     /// Whether a delete of this request removed a live value.
     pub deleted: bool,
@@ -63,17 +88,23 @@ pub(crate) struct TopicState {
     pub shared: Arc<TopicShared>,
     heads: BTreeMap<Cid, Height>,
     key_count: u64,
-    /// Received blocks whose ancestry is not yet applied.
+    /// Received blocks whose parents are not all applied yet. Replicas serve catch-up bottom-up,
+    /// so these are only blocks that overtook their parents; they live in memory, bounded by
+    /// count and bytes, and the oldest are evicted first (an evicted block is fetched again).
     pending: HashMap<Cid, Block>,
+    pending_order: VecDeque<Cid>,
+    pending_bytes: usize,
     /// For each parent not yet applied, the pending blocks waiting for it.
     waiting: HashMap<Cid, Vec<Cid>>,
     /// For each pending block, how many of its parents are not yet applied.
     unresolved: HashMap<Cid, usize>,
     rejected: HashSet<Cid>,
+    /// Tombstones stored for elements whose block is not applied yet.
+    tombstones: u64,
 }
 
 impl TopicState {
-    /// Reads a topic's heads, counters and pending blocks from disk.
+    /// Reads a topic's heads and counters from disk.
     pub fn load(store: &StoreInner, id: TopicId, name: &str) -> Result<TopicState, StorageError> {
         let db = &store.db;
         let mut heads = BTreeMap::new();
@@ -94,6 +125,18 @@ impl TopicState {
             }
             None => 0,
         };
+        let mut tombstones = 0;
+        for item in db.prefix_iterator_cf(store.cf(CF_TOMBSTONES), prefix) {
+            let (key, _) = item?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            tombstones += 1;
+        }
+        // Earlier versions kept out-of-order blocks on disk; they are fetched again instead.
+        let mut batch = WriteBatch::default();
+        delete_topic_range(&mut batch, store.cf(CF_PENDING), id);
+        db.write(batch)?;
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
@@ -103,31 +146,18 @@ impl TopicState {
             watchers: Mutex::new(Vec::new()),
             dropped: AtomicBool::new(false),
         });
-        let mut state = TopicState {
+        Ok(TopicState {
             shared,
             heads,
             key_count,
             pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            pending_bytes: 0,
             waiting: HashMap::new(),
             unresolved: HashMap::new(),
             rejected: HashSet::new(),
-        };
-        let mut stored = Vec::new();
-        for item in db.prefix_iterator_cf(store.cf(CF_PENDING), prefix) {
-            let (key, value) = item?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            // A pending record that no longer decodes is skipped: the block is fetched again.
-            if let Some(block) = decode_pending(&key, &value, &store.options.block_limits) {
-                stored.push(block);
-            }
-        }
-        for block in stored {
-            state.add_pending(&store.blocks, block)?;
-        }
-        state.publish();
-        Ok(state)
+            tombstones,
+        })
     }
 
     /// Records a received block as pending and links it to the parents it waits for.
@@ -143,13 +173,57 @@ impl TopicState {
             }
         }
         self.unresolved.insert(cid, unresolved);
+        self.pending_bytes += block.bytes().len();
+        self.pending_order.push_back(cid);
         self.pending.insert(cid, block);
         Ok(unresolved == 0)
     }
 
     fn remove_pending(&mut self, cid: &Cid) -> Option<Block> {
         self.unresolved.remove(cid);
-        self.pending.remove(cid)
+        let block = self.pending.remove(cid)?;
+        self.pending_bytes -= block.bytes().len();
+        Some(block)
+    }
+
+    /// Evicts the oldest pending blocks until `bytes` more fit the bounds.
+    fn make_room(&mut self, context: &Context, bytes: usize) {
+        if self.pending_order.len() > 2 * self.pending.len() + 1024 {
+            let pending = &self.pending;
+            self.pending_order.retain(|cid| pending.contains_key(cid));
+        }
+        while !self.pending.is_empty()
+            && (self.pending.len() > context.pending_blocks_max
+                || self.pending_bytes + bytes > context.pending_bytes_max)
+        {
+            let Some(oldest) = self.pending_order.pop_front() else { break };
+            let Some(block) = self.remove_pending(&oldest) else { continue };
+            for parent in block.links() {
+                if let Some(children) = self.waiting.get_mut(parent) {
+                    children.retain(|child| *child != oldest);
+                    if children.is_empty() {
+                        self.waiting.remove(parent);
+                    }
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            self.pending_order.clear();
+        }
+    }
+
+    /// Pending blocks that become ready now that `parent` is applied.
+    fn release_children(&mut self, parent: &Cid) -> Vec<Cid> {
+        let mut ready = Vec::new();
+        for child in self.waiting.remove(parent).unwrap_or_default() {
+            if let Some(n) = self.unresolved.get_mut(&child) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(child);
+                }
+            }
+        }
+        ready
     }
 
     fn remember_rejected(&mut self, cid: Cid) {
@@ -157,10 +231,6 @@ impl TopicState {
             self.rejected.clear();
         }
         self.rejected.insert(cid);
-    }
-
-    fn max_height(&self) -> Height {
-        self.heads.values().copied().max().unwrap_or(0)
     }
 
     fn publish(&self) {
@@ -179,26 +249,9 @@ impl TopicState {
             return;
         }
         let mut watchers = self.shared.watchers.lock().expect("watchers lock");
-        watchers.retain(|watcher| {
-            changes.iter().all(|change| match watcher.try_send(change.clone()) {
-                Ok(()) => true,
-                // A watcher that cannot keep up is dropped rather than slowing every writer.
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
-            })
-        });
-    }
-
-    /// Parents of pending blocks that are neither applied nor pending, sorted, at most `max`.
-    fn missing(&self, max: usize) -> Vec<Cid> {
-        let mut missing: Vec<Cid> = self
-            .waiting
-            .keys()
-            .filter(|cid| !self.pending.contains_key(*cid) && !self.rejected.contains(*cid))
-            .copied()
-            .collect();
-        missing.sort_unstable();
-        missing.truncate(max);
-        missing
+        // A sink that refuses a change (gone, or too far behind) is dropped rather than slowing
+        // every writer.
+        watchers.retain_mut(|sink| changes.iter().all(&mut *sink));
     }
 }
 
@@ -206,24 +259,29 @@ impl TopicState {
 pub(crate) struct Context {
     db: Arc<DB>,
     blocks: BlockStore,
-    limits: Limits,
     sync_writes: bool,
     group_ops_max: usize,
+    group_bytes_max: usize,
     apply_blocks_max: usize,
     pending_blocks_max: usize,
+    pending_bytes_max: usize,
+    tombstones_max: u64,
     poisoned: Arc<AtomicBool>,
 }
 
 impl Context {
     pub fn new(store: &StoreInner) -> Context {
+        let options = &store.options;
         Context {
             db: store.db.clone(),
             blocks: store.blocks.clone(),
-            limits: store.options.limits.clone(),
-            sync_writes: store.options.sync_writes,
-            group_ops_max: store.options.group_ops_max,
-            apply_blocks_max: store.options.apply_blocks_max,
-            pending_blocks_max: store.options.pending_blocks_max,
+            sync_writes: options.sync_writes,
+            group_ops_max: options.group_ops_max,
+            group_bytes_max: options.group_bytes_max,
+            apply_blocks_max: options.apply_blocks_max,
+            pending_blocks_max: options.pending_blocks_max,
+            pending_bytes_max: options.pending_bytes_max,
+            tombstones_max: options.tombstones_max,
             poisoned: store.poisoned.clone(),
         }
     }
@@ -248,16 +306,25 @@ impl Context {
     }
 }
 
+fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, id: TopicId) {
+    match id.range_end() {
+        Some(end) => batch.delete_range_cf(cf, id.prefix(), end),
+        None => batch.delete_range_cf(cf, &id.prefix()[..], &[0xff; 64][..]),
+    }
+}
+
 /// The writer thread's loop; ends when every sender is gone.
 pub(crate) fn run(context: Context, commands: Receiver<Command>) {
     let mut topics: HashMap<TopicId, TopicState> = HashMap::new();
     while let Ok(first) = commands.recv() {
         let mut ops = first.ops();
+        let mut bytes = first.bytes();
         let mut round = vec![first];
-        while ops < context.group_ops_max {
+        while ops < context.group_ops_max && bytes < context.group_bytes_max {
             match commands.try_recv() {
                 Ok(command) => {
                     ops += command.ops();
+                    bytes += command.bytes();
                     round.push(command);
                 }
                 Err(_) => break,
@@ -281,11 +348,7 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
     match command {
         Command::Register(state) => {
             let id = state.shared.id;
-            let mut state = *state;
-            // Blocks left pending by a crash may have become applicable; a failure leaves them
-            // pending and they are retried with the next ingest.
-            let _ = apply_ready(context, &mut state, Vec::new());
-            topics.insert(id, state);
+            topics.insert(id, *state);
         }
         Command::Write(_) => unreachable!("writes are grouped by the caller"),
         Command::Ingest { topic, blocks, reply } => {
@@ -314,13 +377,12 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
 }
 
 fn unknown(context: &Context, state: &TopicState, cids: Vec<Cid>, max: usize) -> Result<Vec<Cid>, IngestError> {
-    let candidates: Vec<Cid> =
-        cids.into_iter().filter(|cid| !state.pending.contains_key(cid) && !state.rejected.contains(cid)).collect();
+    // A block waiting for its parents counts as unknown: asking for it again is how its missing
+    // ancestry is fetched (the answer brings the parents first).
+    let candidates: BTreeSet<Cid> = cids.into_iter().filter(|cid| !state.rejected.contains(cid)).collect();
+    let candidates: Vec<Cid> = candidates.into_iter().collect();
     let metas = context.blocks.metas(state.shared.id, &candidates).map_err(StorageError::from)?;
-    let mut unknown: BTreeSet<Cid> =
-        candidates.into_iter().zip(metas).filter(|(_, meta)| meta.is_none()).map(|(cid, _)| cid).collect();
-    unknown.extend(state.missing(max));
-    Ok(unknown.into_iter().take(max).collect())
+    Ok(candidates.into_iter().zip(metas).filter(|(_, meta)| meta.is_none()).map(|(cid, _)| cid).take(max).collect())
 }
 
 fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
@@ -328,11 +390,8 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);
-    for cf in [CF_PENDING, CF_HEADS, CF_KV] {
-        match id.range_end() {
-            Some(end) => batch.delete_range_cf(context.cf(cf), id.prefix(), end),
-            None => batch.delete_range_cf(context.cf(cf), &id.prefix()[..], &[0xff; 64][..]),
-        }
+    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES] {
+        delete_topic_range(&mut batch, context.cf(cf), id);
     }
     batch.delete_cf(context.cf(CF_META), key_count_key(id));
     batch.delete_cf(context.cf(CF_META), topic_name_key(&state.shared.name));
@@ -341,16 +400,22 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     Ok(())
 }
 
+type Reply = Sender<Result<Committed, WriteError>>;
+
 /// A topic's share of a group commit, ready to publish once the batch is written.
-struct LocalCommit {
+struct TopicCommit {
     topic: TopicId,
-    requests: Vec<(Sender<Result<Committed, WriteError>>, bool)>,
-    commit: Option<Commit>,
+    replies: Vec<(Reply, Committed)>,
+    /// Heads after every block of the commit.
+    heads: BTreeMap<Cid, Height>,
     key_count: u64,
     changes: Vec<Change>,
+    /// Blocks made, in order (merge blocks included).
+    made: Vec<Cid>,
 }
 
-/// Commits queued local writes: one delta per topic, one RocksDB write for the round.
+/// Commits queued local writes: as few deltas per topic as the block limits allow, one
+/// RocksDB write for the round.
 fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, group: Vec<WriteRequest>) {
     if group.is_empty() {
         return;
@@ -376,26 +441,20 @@ fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, gr
         }
         match prepare_local(context, state, requests, &mut batch) {
             Ok(commit) => commits.push(commit),
-            Err((requests, error)) => {
+            Err((replies, error)) => {
                 let message = error.to_string();
-                for reply in requests {
+                for reply in replies {
                     let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
                 }
             }
         }
     }
-    if commits.iter().all(|c| c.commit.is_none()) {
-        for commit in commits {
-            for (reply, deleted) in commit.requests {
-                let _ = reply.send(Ok(Committed { commit: None, deleted }));
-            }
-        }
-        return;
-    }
-    if let Err(error) = context.write(batch) {
+    if commits.iter().any(|c| !c.made.is_empty())
+        && let Err(error) = context.write(batch)
+    {
         let message = error.to_string();
         for commit in commits {
-            for (reply, _) in commit.requests {
+            for (reply, _) in commit.replies {
                 let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
             }
         }
@@ -403,92 +462,206 @@ fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, gr
     }
     for commit in commits {
         let state = topics.get_mut(&commit.topic).expect("committed topics are registered");
-        if let Some(block) = commit.commit {
-            state.heads.clear();
-            state.heads.insert(block.cid, block.height);
-        }
+        state.heads = commit.heads;
         state.key_count = commit.key_count;
         state.publish();
         state.notify(commit.changes);
-        for (reply, deleted) in commit.requests {
-            let _ = reply.send(Ok(Committed { commit: commit.commit, deleted }));
+        for (reply, committed) in commit.replies {
+            let _ = reply.send(Ok(committed));
+        }
+        // A received block may have waited for a block this replica has just made itself (an
+        // identical block made by another replica from the same heads and delta).
+        if !state.waiting.is_empty() {
+            let ready: Vec<Cid> = commit.made.iter().flat_map(|cid| state.release_children(cid)).collect();
+            if !ready.is_empty() {
+                let _ = apply_ready(context, state, ready);
+            }
         }
     }
 }
 
-type Replies = Vec<Sender<Result<Committed, WriteError>>>;
+/// The estimated delta bytes and operations one request adds to a cut, given the rows its keys
+/// had when the group started (a row only shrinks to one element within a group).
+fn request_cost(request: &WriteRequest, rows: &HashMap<&[u8], Row>) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut ops = 0;
+    for op in &request.ops {
+        let key = op.key();
+        let removes = rows.get(key).map_or(0, Row::len).max(1);
+        bytes += removes * (key.len() + REMOVE_BYTES_OVERHEAD);
+        ops += removes;
+        if let Some(value) = op.value() {
+            bytes += key.len() + value.len() + ADD_BYTES_OVERHEAD;
+            ops += 1;
+        }
+    }
+    (bytes, ops)
+}
 
-/// Builds one topic's delta and block from its queued requests and adds its writes to `batch`.
+/// The heads a new block links: the highest first, at most [`LINKS_MAX`], so its height is
+/// still one above everything this replica has seen.
+fn select_links(heads: &BTreeMap<Cid, Height>) -> (Vec<Cid>, Height) {
+    let mut by_height: Vec<(Height, Cid)> = heads.iter().map(|(cid, height)| (*height, *cid)).collect();
+    by_height.sort_unstable_by(|a, b| b.cmp(a));
+    by_height.truncate(LINKS_MAX);
+    let height = by_height.first().map_or(0, |(height, _)| *height) + 1;
+    (by_height.into_iter().map(|(_, cid)| cid).collect(), height)
+}
+
+/// Builds a block over `heads`, adds it to `batch` and makes it the head above the heads it links.
+fn make_block(
+    context: &Context,
+    topic: TopicId,
+    heads: &mut BTreeMap<Cid, Height>,
+    payload: Vec<u8>,
+    batch: &mut WriteBatch,
+) -> Result<Block, StorageError> {
+    let (links, height) = select_links(heads);
+    let block = Block::build(links, height, payload)
+        .map_err(|error| StorageError::Corrupt(format!("cannot build a local block: {error}")))?;
+    for parent in block.links() {
+        heads.remove(parent);
+    }
+    heads.insert(block.cid(), height);
+    context.blocks.put(batch, topic, &block);
+    Ok(block)
+}
+
+/// Builds one topic's blocks from its queued requests and adds their writes to `batch`.
 ///
-/// A local put supersedes every element of its key this replica knows (they are all in the
-/// new block's causal past), so the delta tombstones them: rows stay one element long under
-/// sequential overwrites on every replica, and deletes stay exact.
+/// Requests are cut, in submission order, into deltas that fit one block each (a request is
+/// never split, so a batch stays atomic; a request too large for any block is refused). A local
+/// put supersedes every element of its key this replica knows (they are all in the new block's
+/// causal past), so the delta tombstones them: rows stay one element long under sequential
+/// overwrites on every replica, and deletes stay exact.
 fn prepare_local(
     context: &Context,
     state: &TopicState,
     requests: Vec<WriteRequest>,
     batch: &mut WriteBatch,
-) -> Result<LocalCommit, (Replies, StorageError)> {
+) -> Result<TopicCommit, (Vec<Reply>, StorageError)> {
     let topic = state.shared.id;
-    // The last operation on each key, in key order, borrowed from the requests: a stable sort
-    // keeps each key's operations in submission order, and the last of each run wins.
-    let mut ops: Vec<(&[u8], Option<&[u8]>)> =
-        requests.iter().flat_map(|request| request.ops.iter().map(|op| (op.key(), op.value()))).collect();
+    let mut keys: Vec<&[u8]> = requests.iter().flat_map(|r| r.ops.iter().map(Op::key)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
+    let loaded = match read_rows(context, &full_keys) {
+        Ok(rows) => rows,
+        Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
+    };
+    let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
+
+    let mut commit = TopicCommit {
+        topic,
+        replies: Vec::new(),
+        heads: state.heads.clone(),
+        key_count: state.key_count,
+        changes: Vec::new(),
+        made: Vec::new(),
+    };
+    let watched = state.has_watchers();
+    let mut cut: Vec<&WriteRequest> = Vec::new();
+    let (mut cut_bytes, mut cut_ops) = (0, 0);
+    for request in &requests {
+        let (bytes, ops) = request_cost(request, &rows);
+        if bytes > DELTA_BYTES_MAX || ops > DELTA_OPS_MAX {
+            let _ = request.reply.send(Err(WriteError::TooLarge { bytes, max: DELTA_BYTES_MAX }));
+            continue;
+        }
+        if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
+            commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+                .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
+            cut.clear();
+            (cut_bytes, cut_ops) = (0, 0);
+        }
+        cut.push(request);
+        cut_bytes += bytes;
+        cut_ops += ops;
+    }
+    commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+        .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
+
+    let heads_cf = context.cf(CF_HEADS);
+    for old in state.heads.keys().filter(|cid| !commit.heads.contains_key(*cid)) {
+        batch.delete_cf(heads_cf, topic.key(&old.to_bytes()));
+    }
+    for (cid, height) in commit.heads.iter().filter(|(cid, _)| !state.heads.contains_key(*cid)) {
+        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
+    }
+    batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
+    Ok(commit)
+}
+
+/// Turns one cut of requests into one block (after merge blocks when there are more heads than
+/// one block may link) and records its replies.
+fn commit_cut<'a>(
+    context: &Context,
+    commit: &mut TopicCommit,
+    rows: &mut HashMap<&'a [u8], Row>,
+    cut: &[&'a WriteRequest],
+    watched: bool,
+    batch: &mut WriteBatch,
+) -> Result<(), StorageError> {
+    if cut.is_empty() {
+        return Ok(());
+    }
+    let topic = commit.topic;
+    // The last operation on each key, in key order: a stable sort keeps each key's operations
+    // in submission order, and the last of each run wins.
+    let mut ops: Vec<(&'a [u8], Option<&'a [u8]>)> =
+        cut.iter().flat_map(|request| request.ops.iter().map(|op| (op.key(), op.value()))).collect();
     ops.sort_by(|a, b| a.0.cmp(b.0));
-    let mut last: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(ops.len());
+    let mut last: Vec<(&'a [u8], Option<&'a [u8]>)> = Vec::with_capacity(ops.len());
     for op in ops {
         match last.last_mut() {
             Some(previous) if previous.0 == op.0 => *previous = op,
             _ => last.push(op),
         }
     }
-    let keys: Vec<Vec<u8>> = last.iter().map(|(key, _)| topic.key(key)).collect();
-    let rows = match read_rows(context, &keys) {
-        Ok(rows) => rows,
-        Err(error) => return Err((requests.into_iter().map(|r| r.reply).collect(), error)),
-    };
-    let replies = deleted_flags(&requests, &last, &rows);
-
+    let deleted = deleted_flags(cut, rows);
     let mut adds: Vec<(&[u8], &[u8])> = Vec::with_capacity(last.len());
     let mut removes: Vec<(&[u8], Cid)> = Vec::new();
-    for ((key, value), row) in last.iter().zip(&rows) {
-        removes.extend(row.ids().map(|id| (*key, id)));
+    for (key, value) in &last {
+        removes.extend(rows[key].ids().map(|id| (*key, id)));
         if let Some(value) = value {
             adds.push((key, value));
         }
     }
-    removes.sort_unstable();
-    let mut commit =
-        LocalCommit { topic, requests: replies, commit: None, key_count: state.key_count, changes: Vec::new() };
     if adds.is_empty() && removes.is_empty() {
-        return Ok(commit);
-    }
-    let height = state.max_height() + 1;
-    let block = match Block::build(state.heads.keys().copied().collect(), height, crate::delta::encode(&adds, &removes))
-    {
-        Ok(block) => block,
-        Err(error) => {
-            let replies = commit.requests.into_iter().map(|(reply, _)| reply).collect();
-            return Err((replies, StorageError::Corrupt(format!("cannot build block: {error}"))));
+        for (request, deleted) in cut.iter().zip(deleted) {
+            commit.replies.push((request.reply.clone(), Committed { commit: None, deleted }));
         }
-    };
+        return Ok(());
+    }
+    removes.sort_unstable();
+
+    let mut merges = 0;
+    while commit.heads.len() > LINKS_MAX && merges < MERGE_BLOCKS_PER_COMMIT_MAX {
+        let merge = make_block(context, topic, &mut commit.heads, crate::delta::encode(&[], &[]), batch)?;
+        commit.made.push(merge.cid());
+        merges += 1;
+    }
+    let block = make_block(context, topic, &mut commit.heads, crate::delta::encode(&adds, &removes), batch)?;
+    let height = block.height();
     let id = block.cid().to_bytes();
-    let watched = state.has_watchers();
     let kv = context.cf(CF_KV);
-    let mut key_count = state.key_count as i64;
-    for (((key, value), row), full_key) in last.iter().zip(&rows).zip(keys) {
+    let mut key_count = commit.key_count as i64;
+    for (key, value) in last {
+        let row = rows.get_mut(key).expect("every key of the group was read");
         let was_live = !row.is_empty();
         match value {
             Some(value) => {
                 key_count += i64::from(!was_live);
-                batch.put_cf(kv, full_key, Row::encode_single(height, &id, value));
+                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, value));
+                *row = Row::single(Element { height, id: block.cid(), value: value.to_vec() });
                 if watched {
                     commit.changes.push(Change { key: key.to_vec(), value: Some(value.to_vec()), height });
                 }
             }
             None if was_live => {
                 key_count -= 1;
-                batch.delete_cf(kv, full_key);
+                batch.delete_cf(kv, topic.key(key));
+                *row = Row::default();
                 if watched {
                     commit.changes.push(Change { key: key.to_vec(), value: None, height });
                 }
@@ -496,39 +669,31 @@ fn prepare_local(
             None => {}
         }
     }
-    let heads = context.cf(CF_HEADS);
-    for old in state.heads.keys() {
-        batch.delete_cf(heads, topic.key(&old.to_bytes()));
-    }
-    batch.put_cf(heads, topic.key(&id), height.to_be_bytes());
     commit.key_count = key_count.max(0) as u64;
-    batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
-    context.blocks.put(batch, topic, &block);
-    commit.commit = Some(Commit { cid: block.cid(), height });
-    Ok(commit)
+    commit.made.push(block.cid());
+    let made = Commit { cid: block.cid(), height };
+    for (request, deleted) in cut.iter().zip(deleted) {
+        commit.replies.push((request.reply.clone(), Committed { commit: Some(made), deleted }));
+    }
+    Ok(())
 }
 
-/// Pairs each request's reply with whether one of its deletes removed a live value, replaying
-/// the group in submission order. `last` and `rows` are the group's keys and their stored rows.
-fn deleted_flags(
-    requests: &[WriteRequest],
-    last: &[(&[u8], Option<&[u8]>)],
-    rows: &[Row],
-) -> Vec<(Sender<Result<Committed, WriteError>>, bool)> {
-    let any_delete = requests.iter().any(|r| r.ops.iter().any(|op| matches!(op, Op::Delete(_))));
+/// Whether one of each request's deletes removed a live value, replaying the cut in submission
+/// order over the rows as they stand before it.
+fn deleted_flags(cut: &[&WriteRequest], rows: &HashMap<&[u8], Row>) -> Vec<bool> {
+    let any_delete = cut.iter().any(|r| r.ops.iter().any(|op| matches!(op, Op::Delete(_))));
     if !any_delete {
-        return requests.iter().map(|r| (r.reply.clone(), false)).collect();
+        return vec![false; cut.len()];
     }
-    let mut live: HashMap<&[u8], bool> = last.iter().zip(rows).map(|((key, _), row)| (*key, !row.is_empty())).collect();
-    requests
-        .iter()
+    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (*key, !row.is_empty())).collect();
+    cut.iter()
         .map(|request| {
             let mut deleted = false;
             for op in &request.ops {
-                let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).expect("every key was read");
+                let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).unwrap_or(false);
                 deleted |= matches!(op, Op::Delete(_)) && was_live;
             }
-            (request.reply.clone(), deleted)
+            deleted
         })
         .collect()
 }
@@ -562,13 +727,8 @@ fn ingest(context: &Context, state: &mut TopicState, blocks: Vec<Block>) -> Resu
     let cids: Vec<Cid> = fresh.iter().map(Block::cid).collect();
     let applied = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
     let mut ready = Vec::new();
-    let mut new_pending = Vec::new();
     for (block, meta) in fresh.into_iter().zip(applied) {
         if meta.is_some() {
-            continue;
-        }
-        if state.pending.len() >= context.pending_blocks_max {
-            // Over the bound the block is dropped; it is requested again once the backlog drains.
             continue;
         }
         if block.links().iter().any(|parent| state.rejected.contains(parent)) {
@@ -580,25 +740,16 @@ fn ingest(context: &Context, state: &mut TopicState, blocks: Vec<Block>) -> Resu
         if state.add_pending(&context.blocks, block).map_err(IngestError::Storage)? {
             ready.push(cid);
         }
-        new_pending.push(cid);
     }
     let applied = apply_ready(context, state, ready)?;
     outcome.applied = applied.applied;
     outcome.heads_changed = applied.applied > 0;
     outcome.rejected.extend(applied.rejected);
-
-    // Blocks still waiting are persisted so that a crash resumes the catch-up.
-    let still_pending: Vec<&Block> = new_pending.iter().filter_map(|cid| state.pending.get(cid)).collect();
-    if !still_pending.is_empty() {
-        let mut batch = WriteBatch::default();
-        for block in still_pending {
-            batch.put_cf(context.cf(CF_PENDING), topic.key(&block.cid().to_bytes()), block.bytes());
-        }
-        context.write(batch)?;
-    }
+    // The bound applies to what is still waiting once the batch has been applied: a batch
+    // served bottom-up applies whole, however small the bound.
+    state.make_room(context, 0);
     state.publish();
     outcome.pending = state.pending.len();
-    outcome.missing = state.missing(1024);
     Ok(outcome)
 }
 
@@ -613,11 +764,7 @@ struct Applied {
 /// follow.
 fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<Cid>) -> Result<Applied, IngestError> {
     let mut queue: BinaryHeap<Reverse<(Height, Cid)>> = BinaryHeap::new();
-    let mut seeds = ready;
-    if seeds.is_empty() {
-        seeds = state.unresolved.iter().filter(|(_, n)| **n == 0).map(|(cid, _)| *cid).collect();
-    }
-    for cid in seeds {
+    for cid in ready {
         if let Some(block) = state.pending.get(&cid) {
             queue.push(Reverse((block.height(), cid)));
         }
@@ -633,14 +780,9 @@ fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<Cid>) -> Re
             let Some(block) = state.remove_pending(&cid) else {
                 continue;
             };
-            for child in state.waiting.remove(&cid).unwrap_or_default() {
-                if let Some(n) = state.unresolved.get_mut(&child) {
-                    *n -= 1;
-                    if *n == 0 {
-                        let height = state.pending[&child].height();
-                        queue.push(Reverse((height, child)));
-                    }
-                }
+            for child in state.release_children(&cid) {
+                let height = state.pending[&child].height();
+                queue.push(Reverse((height, child)));
             }
             order.push(block);
         }
@@ -648,34 +790,24 @@ fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<Cid>) -> Re
         total.applied += round.applied;
         total.rejected.extend(round.rejected);
     }
+    if state.pending.is_empty() {
+        state.pending_order.clear();
+    }
     Ok(total)
 }
 
+/// Rows of the keys a round touches, each with its visible value before the round.
+type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>)>;
+
 fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> Result<Applied, IngestError> {
     let topic = state.shared.id;
-    let limits = &context.limits;
-    // Deltas are decoded in parallel; the fold below stays sequential and causal.
+    // Deltas are decoded in parallel under the protocol's limits (never this node's settings,
+    // so every replica decides alike); the fold below stays sequential and causal.
     let deltas: Vec<Result<Delta, DeltaError>> =
-        order.par_iter().map(|block| Delta::decode(block.payload(), limits)).collect();
-
-    let mut keys: Vec<Vec<u8>> = deltas
-        .iter()
-        .flatten()
-        .flat_map(|delta| delta.adds.iter().map(|(k, _)| k).chain(delta.removes.iter().map(|(k, _)| k)))
-        .map(|key| topic.key(key))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let loaded = read_rows(context, &keys)?;
-    let prefix_len = canopy_dag::TOPIC_ID_BYTES;
-    let mut rows: BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>)> = keys
-        .into_iter()
-        .zip(loaded)
-        .map(|(key, row)| {
-            let before = row.winner().map(|e| e.value.clone());
-            (key[prefix_len..].to_vec(), (row, before))
-        })
-        .collect();
+        order.par_iter().map(|block| Delta::decode(block.payload(), &Limits::PROTOCOL)).collect();
+    let mut rows = read_round_rows(context, topic, &deltas)?;
+    let round_blocks: HashSet<Cid> = order.iter().map(Block::cid).collect();
+    let mut tombs = Tombstones::load(context, state, &order, &deltas, &rows, &round_blocks)?;
 
     let mut batch = WriteBatch::default();
     let mut result = Applied::default();
@@ -683,9 +815,9 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     let mut bad: HashSet<Cid> = HashSet::new();
     let mut changed_at: BTreeMap<Vec<u8>, Height> = BTreeMap::new();
     let old_heads = state.heads.clone();
+    let old_tombstones = state.tombstones;
     for (block, delta) in order.iter().zip(deltas) {
         let cid = block.cid();
-        batch.delete_cf(context.cf(CF_PENDING), topic.key(&cid.to_bytes()));
         if let Some(reason) = check_parents(context, topic, block, &heights, &bad)? {
             reject(state, &mut bad, &mut result, cid, reason);
             continue;
@@ -699,10 +831,18 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
         };
         let height = block.height();
         for (key, id) in &delta.removes {
-            rows.get_mut(key).expect("every key of the round was read").0.remove(id);
+            let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
+            if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
+                // The element's block is not applied yet: the tombstone waits for it, so the
+                // result does not depend on which of the two arrives first.
+                tombs.store(context, state, &mut batch, topic, key, *id);
+            }
             changed_at.insert(key.clone(), height);
         }
         for (key, value) in delta.adds {
+            if tombs.take(context, state, &mut batch, topic, &key, cid) {
+                continue;
+            }
             rows.get_mut(&key).expect("every key of the round was read").0.insert(Element { height, id: cid, value });
             changed_at.insert(key, height);
         }
@@ -742,12 +882,131 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     batch.put_cf(context.cf(CF_META), key_count_key(topic), key_count.to_be_bytes());
     if let Err(error) = context.write(batch) {
         state.heads = old_heads;
+        state.tombstones = old_tombstones;
         return Err(IngestError::Storage(error));
     }
     state.key_count = key_count;
     state.publish();
     state.notify(changes);
     Ok(result)
+}
+
+/// Reads every row a round's deltas touch, in one batched lookup.
+fn read_round_rows(
+    context: &Context,
+    topic: TopicId,
+    deltas: &[Result<Delta, DeltaError>],
+) -> Result<RoundRows, StorageError> {
+    let mut keys: Vec<Vec<u8>> = deltas
+        .iter()
+        .flatten()
+        .flat_map(|delta| delta.adds.iter().map(|(k, _)| k).chain(delta.removes.iter().map(|(k, _)| k)))
+        .map(|key| topic.key(key))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let loaded = read_rows(context, &keys)?;
+    let prefix_len = canopy_dag::TOPIC_ID_BYTES;
+    Ok(keys
+        .into_iter()
+        .zip(loaded)
+        .map(|(key, row)| {
+            let before = row.winner().map(|e| e.value.clone());
+            (key[prefix_len..].to_vec(), (row, before))
+        })
+        .collect())
+}
+
+/// Tombstones of elements whose block was not applied when the remove arrived, as one round
+/// sees them.
+struct Tombstones {
+    /// Element ids named by the round's removes that were applied before the round.
+    applied_before: HashSet<Cid>,
+    /// Stored tombstones that the round's adds match, plus those the round stores.
+    known: HashSet<(Cid, Vec<u8>)>,
+}
+
+impl Tombstones {
+    fn load(
+        context: &Context,
+        state: &TopicState,
+        order: &[Block],
+        deltas: &[Result<Delta, DeltaError>],
+        rows: &RoundRows,
+        round_blocks: &HashSet<Cid>,
+    ) -> Result<Tombstones, StorageError> {
+        let topic = state.shared.id;
+        // Removes that do not find their element in the row: was its block applied?
+        let mut unmatched: Vec<Cid> = deltas
+            .iter()
+            .flatten()
+            .flat_map(|delta| delta.removes.iter())
+            .filter(|(key, id)| !round_blocks.contains(id) && !rows[key].0.contains(id))
+            .map(|(_, id)| *id)
+            .collect();
+        unmatched.sort_unstable();
+        unmatched.dedup();
+        let metas = context.blocks.metas(topic, &unmatched)?;
+        let applied_before = unmatched.into_iter().zip(metas).filter(|(_, m)| m.is_some()).map(|(id, _)| id).collect();
+        let mut known = HashSet::new();
+        if state.tombstones > 0 {
+            let adds: Vec<(Cid, &Vec<u8>)> = order
+                .iter()
+                .zip(deltas)
+                .filter_map(|(block, delta)| Some((block.cid(), delta.as_ref().ok()?)))
+                .flat_map(|(cid, delta)| delta.adds.iter().map(move |(key, _)| (cid, key)))
+                .collect();
+            let keys: Vec<Vec<u8>> = adds.iter().map(|(cid, key)| tombstone_key(topic, cid, key)).collect();
+            let found = context.db.batched_multi_get_cf(context.cf(CF_TOMBSTONES), &keys, false);
+            for ((cid, key), value) in adds.into_iter().zip(found) {
+                if value?.is_some() {
+                    known.insert((cid, key.clone()));
+                }
+            }
+        }
+        Ok(Tombstones { applied_before, known })
+    }
+
+    /// Stores a tombstone for `(key, id)`, within the topic's bound.
+    fn store(
+        &mut self,
+        context: &Context,
+        state: &mut TopicState,
+        batch: &mut WriteBatch,
+        topic: TopicId,
+        key: &[u8],
+        id: Cid,
+    ) {
+        if self.known.contains(&(id, key.to_vec())) {
+            return;
+        }
+        if state.tombstones >= context.tombstones_max {
+            tracing::warn!(topic = %state.shared.name, "tombstone bound reached; a remove of a missing element is not kept");
+            return;
+        }
+        batch.put_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, &id, key), []);
+        state.tombstones += 1;
+        self.known.insert((id, key.to_vec()));
+    }
+
+    /// Whether the add of `key` by block `id` was removed before it arrived; the tombstone is
+    /// consumed, since no later block can add the same element again.
+    fn take(
+        &mut self,
+        context: &Context,
+        state: &mut TopicState,
+        batch: &mut WriteBatch,
+        topic: TopicId,
+        key: &[u8],
+        id: Cid,
+    ) -> bool {
+        if !self.known.remove(&(id, key.to_vec())) {
+            return false;
+        }
+        batch.delete_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, &id, key));
+        state.tombstones = state.tombstones.saturating_sub(1);
+        true
+    }
 }
 
 /// Checks that a block's parents are applied and its height is 1 + their largest height.
@@ -785,6 +1044,6 @@ fn reject(state: &mut TopicState, bad: &mut HashSet<Cid>, result: &mut Applied, 
     bad.insert(cid);
     state.remember_rejected(cid);
     // Blocks waiting on a rejected block can never apply; they go when they become ready and
-    // find their parent rejected.
+    // find their parent rejected, or when they are evicted.
     result.rejected.push((cid, reason));
 }

@@ -17,11 +17,13 @@ fn sample_messages() -> Vec<Vec<u8>> {
     let block = sample_block();
     vec![
         Message::Heads { topic: "t".into(), heads: vec![Head { cid: block.cid(), height: 2 }] }.encode(),
-        Message::Want { topic: "t".into(), want: vec![block.cid()], have: vec![block.links()[0]] }.encode(),
+        Message::Want { topic: "t".into(), id: 7, want: vec![block.cid()], have: vec![block.links()[0]] }.encode(),
         Message::Blocks {
             topic: "t".into(),
+            id: 7,
             blocks: vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }],
-            truncated: false,
+            more: false,
+            frontier: vec![block.links()[0]],
         }
         .encode(),
     ]
@@ -103,6 +105,8 @@ fn messages_over_the_bounds_are_refused() {
     assert!(Message::decode(&message, &config).is_err());
     let bad_topic = Message::Heads { topic: "no spaces".into(), heads: vec![] }.encode();
     assert!(Message::decode(&bad_topic, &SyncConfig::default()).is_err());
+    let narrow = SyncConfig { want_max: 0, ..SyncConfig::default() };
+    assert!(Message::decode(&sample_messages()[2], &narrow).is_err(), "a frontier is bounded like a want");
     let small = SyncConfig { message_bytes_max: 4, ..SyncConfig::default() };
     assert!(Message::decode(&sample_messages()[0], &small).is_err());
 }

@@ -172,3 +172,29 @@ fn a_batch_replicates_as_one_delta_with_last_operation_winning() {
     // The batch was written on replica 1 without having seen "gone"; add wins.
     assert_eq!(state.get(&b"gone"[..]).map(Vec::as_slice), Some(&b"soon"[..]));
 }
+
+#[test]
+fn a_deep_history_is_caught_up_bottom_up_in_bounded_memory() {
+    let (_dir, mut cluster) = cluster(3, &["t"]);
+    cluster.partition(vec![0, 1, 1]);
+    let writer = cluster.topic(0, "t").unwrap();
+    // 3,000 blocks in a chain: far deeper than one walk of the simulated replicas visits (256)
+    // and than the blocks they keep waiting for parents (64).
+    for i in 0..3_000 {
+        writer.put(format!("k{}", i % 500), format!("{i}")).unwrap();
+    }
+    cluster.heal();
+    let mut waiting_max = 0;
+    let mut steps = 0;
+    while !(cluster.converged() && cluster.topic(1, "t").unwrap().max_height() == 3_000) {
+        assert!(steps < STEPS_MAX, "no convergence after {steps} steps");
+        cluster.step().unwrap();
+        steps += 1;
+        for replica in 1..3 {
+            waiting_max = waiting_max.max(cluster.topic(replica, "t").unwrap().pending_count());
+        }
+    }
+    assert!(waiting_max <= 64, "a catch-up held {waiting_max} blocks above a gap");
+    let state = assert_converged(&cluster, "t");
+    assert_eq!(state.len(), 500);
+}

@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
-use canopy_crdt::{Batch, Block, Change, Delta, Limits, Store, StoreOptions, Topic, TopicError, WriteError};
+use canopy_crdt::{
+    BLOCK_BYTES_MAX, Batch, Block, Change, Delta, LINKS_MAX, Limits, OpenError, Store, StoreOptions, Topic, TopicError,
+    VALUE_BYTES_MAX, WalkLimits, WriteError,
+};
 use serde_bytes::ByteBuf;
 
 fn options() -> StoreOptions {
@@ -15,9 +18,13 @@ fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(dir.path(), options()).unwrap()
 }
 
+/// Every block of `topic`, parents first.
 fn blocks_of(topic: &Topic) -> Vec<Block> {
     let heads: Vec<_> = topic.heads().iter().map(|h| h.cid).collect();
-    let walk = topic.walk(&heads, &[], &Default::default()).unwrap();
+    let unbounded =
+        WalkLimits { blocks_max: usize::MAX, bytes_max: usize::MAX, visits_max: usize::MAX, frontier_max: 0 };
+    let walk = topic.walk(&heads, &[], &unbounded).unwrap();
+    assert!(!walk.more && walk.frontier.is_empty());
     walk.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect()
 }
 
@@ -161,7 +168,7 @@ fn concurrent_writers_are_grouped_without_losing_a_write() {
 }
 
 #[test]
-fn an_interrupted_catch_up_resumes_after_reopening_without_holes() {
+fn a_catch_up_cut_by_a_crash_resumes_without_holes() {
     let source_dir = tempfile::tempdir().unwrap();
     let source = open(&source_dir).topic("t").unwrap();
     for i in 0..30 {
@@ -169,27 +176,126 @@ fn an_interrupted_catch_up_resumes_after_reopening_without_holes() {
     }
     let blocks = blocks_of(&source);
     assert_eq!(blocks.len(), 30);
-    let (top, bottom) = blocks.split_at(12);
+    assert!(blocks.windows(2).all(|pair| pair[0].height() < pair[1].height()), "served lowest first");
+    let (bottom, top) = blocks.split_at(12);
 
     let dir = tempfile::tempdir().unwrap();
     {
         let topic = open(&dir).topic("t").unwrap();
-        let outcome = topic.ingest(top.to_vec()).unwrap();
-        assert_eq!(outcome.applied, 0);
-        assert_eq!(outcome.pending, 12);
-        assert_eq!(outcome.missing, vec![top.last().unwrap().links()[0]]);
+        // Blocks above a gap wait in memory and are not kept across a crash.
+        assert_eq!(topic.ingest(top.to_vec()).unwrap().applied, 0);
         assert!(topic.heads().is_empty(), "no head is adopted above a gap");
+        let outcome = topic.ingest(bottom[..5].to_vec()).unwrap();
+        assert_eq!(outcome.applied, 5);
     }
     let topic = open(&dir).topic("t").unwrap();
-    assert_eq!(topic.pending_count(), 12, "pending blocks survive a restart");
-    let wanted = topic.unknown(vec![source.heads()[0].cid], 10).unwrap();
-    assert_eq!(wanted, vec![top.last().unwrap().links()[0]], "it asks for what lies below, not for the head again");
-    let outcome = topic.ingest(bottom.to_vec()).unwrap();
-    assert_eq!(outcome.applied, 30);
     assert_eq!(topic.pending_count(), 0);
+    assert_eq!(topic.heads().len(), 1);
+    assert_eq!(topic.heads()[0].cid, bottom[4].cid(), "what was applied is a whole prefix: no hole");
+    let wanted = topic.unknown(vec![source.heads()[0].cid], 10).unwrap();
+    assert_eq!(wanted, vec![source.heads()[0].cid]);
+    let have: Vec<_> = topic.heads().iter().map(|h| h.cid).collect();
+    let rest = source.walk(&wanted, &have, &Default::default()).unwrap();
+    assert_eq!(rest.blocks.len(), 25, "the peer serves exactly what is missing");
+    let rest: Vec<Block> =
+        rest.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect();
+    assert_eq!(topic.ingest(rest).unwrap().applied, 25);
     assert_eq!(topic.heads(), source.heads());
     assert_eq!(topic.key_count(), 30);
     assert_eq!(topic.query(b"", None, 100).unwrap(), source.query(b"", None, 100).unwrap());
+}
+
+#[test]
+fn a_replica_with_more_heads_than_a_block_may_link_still_makes_blocks_peers_accept() {
+    // Someone published many blocks without parents: every one is a head here.
+    let dir = tempfile::tempdir().unwrap();
+    let topic = open(&dir).topic("t").unwrap();
+    let spam: Vec<Block> = (0..LINKS_MAX as u32 + 300)
+        .map(|i| {
+            let delta = Delta { adds: vec![(format!("spam{i}").into_bytes(), vec![1])], removes: vec![] };
+            Block::build(vec![], 1, delta.encode()).unwrap()
+        })
+        .collect();
+    assert_eq!(topic.ingest(spam).unwrap().applied, LINKS_MAX + 300);
+    topic.put("mine", "1").unwrap();
+    assert!(topic.heads().len() <= LINKS_MAX, "the local commit merged heads in bounded steps");
+
+    // A fresh replica takes every block under the protocol's limits and ends up equal.
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = open(&peer_dir).topic("t").unwrap();
+    let blocks = blocks_of(&topic);
+    assert!(blocks.iter().all(|b| b.links().len() <= LINKS_MAX && b.bytes().len() <= BLOCK_BYTES_MAX));
+    let outcome = peer.ingest(blocks).unwrap();
+    assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected.first());
+    assert_eq!(peer.heads(), topic.heads());
+    assert_eq!(peer.get(b"mine").unwrap().as_deref(), Some(&b"1"[..]));
+    assert_eq!(peer.key_count(), topic.key_count());
+}
+
+#[test]
+fn a_batch_too_large_for_one_block_is_refused_and_concurrent_puts_are_cut_into_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let topic = store.topic("t").unwrap();
+    let mut batch = Batch::new();
+    for i in 0..20 {
+        batch.put(format!("big{i}"), vec![7u8; 1 << 20]);
+    }
+    assert!(matches!(topic.batch(batch), Err(WriteError::TooLarge { .. })));
+    assert_eq!(topic.key_count(), 0, "nothing of a refused batch is written");
+
+    let threads: Vec<_> = (0..24)
+        .map(|i| {
+            let topic = topic.clone();
+            std::thread::spawn(move || topic.put(format!("value{i}"), vec![i as u8; 1 << 20]).unwrap())
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(topic.key_count(), 24);
+    let blocks = blocks_of(&topic);
+    assert!(blocks.iter().all(|b| b.bytes().len() <= BLOCK_BYTES_MAX), "every block fits the protocol");
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = open(&peer_dir).topic("t").unwrap();
+    assert_eq!(peer.ingest(blocks).unwrap().rejected.len(), 0);
+    assert_eq!(peer.key_count(), 24);
+
+    let above =
+        StoreOptions { limits: Limits { value_bytes_max: VALUE_BYTES_MAX + 1, ..Limits::default() }, ..options() };
+    let other = tempfile::tempdir().unwrap();
+    assert!(matches!(Store::open(other.path(), above), Err(OpenError::InvalidOptions(_))));
+}
+
+#[test]
+fn a_remove_that_arrives_before_its_element_still_removes_it() {
+    let added = Block::build(vec![], 1, Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] }.encode())
+        .unwrap();
+    // A block that is not above `added` yet tombstones its element.
+    let remover =
+        Block::build(vec![], 1, Delta { adds: vec![], removes: vec![(b"k".to_vec(), added.cid())] }.encode()).unwrap();
+    let in_order = tempfile::tempdir().unwrap();
+    let first = open(&in_order).topic("t").unwrap();
+    first.ingest(vec![added.clone()]).unwrap();
+    first.ingest(vec![remover.clone()]).unwrap();
+    assert_eq!(first.get(b"k").unwrap(), None);
+
+    let reversed = tempfile::tempdir().unwrap();
+    {
+        let second = open(&reversed).topic("t").unwrap();
+        second.ingest(vec![remover.clone()]).unwrap();
+    }
+    // The tombstone waits on disk, across a restart, for the element it removes.
+    let second = open(&reversed).topic("t").unwrap();
+    second.ingest(vec![added.clone()]).unwrap();
+    assert_eq!(second.get(b"k").unwrap(), None, "the result does not depend on the order of delivery");
+    assert_eq!(second.key_count(), 0);
+    assert_eq!(second.heads(), first.heads());
+
+    let together = tempfile::tempdir().unwrap();
+    let third = open(&together).topic("t").unwrap();
+    third.ingest(vec![remover, added]).unwrap();
+    assert_eq!(third.get(b"k").unwrap(), None);
 }
 
 #[test]
@@ -208,12 +314,27 @@ fn blocks_with_a_wrong_height_or_bad_delta_are_rejected() {
     assert_eq!(topic.heads()[0].cid, root.cid());
     assert!(!topic.contains(&wrong_height.cid()).unwrap());
     assert!(!topic.contains(&bad_delta.cid()).unwrap());
-    let too_big = Delta { adds: vec![(b"k".to_vec(), vec![0; 64])], removes: vec![] };
+    // A node's own limits bound its local writes only; received blocks are judged by the
+    // protocol's limits, the same on every node, so nodes with other settings still agree.
+    let larger = Delta { adds: vec![(b"k".to_vec(), vec![0; 64])], removes: vec![] };
     let tight = StoreOptions { limits: Limits { value_bytes_max: 8, ..Limits::default() }, ..options() };
     let tight_dir = tempfile::tempdir().unwrap();
     let tight_topic = Store::open(tight_dir.path(), tight).unwrap().topic("t").unwrap();
-    let outcome = tight_topic.ingest(vec![Block::build(vec![], 1, too_big.encode()).unwrap()]).unwrap();
-    assert_eq!(outcome.rejected.len(), 1);
+    let outcome = tight_topic.ingest(vec![Block::build(vec![], 1, larger.encode()).unwrap()]).unwrap();
+    assert_eq!(outcome.applied, 1);
+    assert!(matches!(tight_topic.put("k2", vec![0; 64]), Err(WriteError::InvalidValue(_))));
+}
+
+/// The request a sync sent, from its effects.
+fn sent_want(effects: &[Effect<u32>]) -> (u32, u64) {
+    match effects {
+        [Effect::Send { to, message: Message::Want { id, .. } }] => (*to, *id),
+        other => panic!("expected one Want, got {other:?}"),
+    }
+}
+
+fn answer(id: u64, blocks: Vec<WireBlock>) -> Message {
+    Message::Blocks { topic: "t".into(), id, blocks, more: false, frontier: vec![] }
 }
 
 #[test]
@@ -224,22 +345,92 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     let block = blocks_of(&source).pop().unwrap();
     let mut tampered = block.bytes().to_vec();
     *tampered.last_mut().unwrap() ^= 0x55;
+    let wire = |bytes: Vec<u8>| vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(bytes) }];
 
     let dir = tempfile::tempdir().unwrap();
     let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
-    let message = |bytes: Vec<u8>| Message::Blocks {
-        topic: "t".into(),
-        blocks: vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(bytes) }],
-        truncated: false,
-    };
-    sync.handle(0, 1, message(tampered)).unwrap();
+    let heads = Message::Heads { topic: "t".into(), heads: source.heads() };
+    let (to, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
+    assert_eq!(to, 1);
+    let effects = sync.handle(0, 1, answer(id, wire(tampered))).unwrap();
     assert_eq!(sync.stats().blocks_rejected, 1);
     assert!(topic.heads().is_empty());
+    let (_, retry) = sent_want(&effects);
     assert!(sync.handle_bytes(0, 1, b"\xff\x00garbage").is_err());
-    let effects = sync.handle(0, 1, message(block.bytes().to_vec())).unwrap();
+    let effects = sync.handle(0, 1, answer(retry, wire(block.bytes().to_vec()))).unwrap();
     assert_eq!(topic.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     assert!(matches!(&effects[..], [Effect::Publish { .. }]), "new heads are announced: {effects:?}");
+    assert_eq!(sync.fetches(), 0, "the fetch is done");
+}
+
+#[test]
+fn answers_nobody_asked_for_are_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
+    let topic = sync.subscribe("t").unwrap();
+    let delta = Delta { adds: vec![(b"k".to_vec(), b"forged".to_vec())], removes: vec![] };
+    let block = Block::build(vec![], 1, delta.encode()).unwrap();
+    let blocks = vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }];
+    assert!(sync.handle(0, 9, answer(42, blocks.clone())).unwrap().is_empty());
+    assert!(topic.heads().is_empty(), "a block nobody asked for is not applied");
+    assert_eq!(sync.stats().answers_unrequested, 1);
+
+    // Nor is an answer from a peer other than the one asked.
+    let heads = Message::Heads { topic: "t".into(), heads: vec![canopy_crdt::Head { cid: block.cid(), height: 1 }] };
+    let (_, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
+    sync.handle(0, 2, answer(id, blocks.clone())).unwrap();
+    assert!(topic.heads().is_empty());
+    sync.handle(0, 1, answer(id, blocks)).unwrap();
+    assert_eq!(topic.heads().len(), 1);
+}
+
+#[test]
+fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let source = open(&source_dir).topic("t").unwrap();
+    source.put("k", "v").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
+    sync.subscribe("t").unwrap();
+    // Peer 1 announces a head that does not exist and never answers.
+    let fake = Block::build(vec![], 1, b"nothing".to_vec()).unwrap().cid();
+    let fake_heads = Message::Heads { topic: "t".into(), heads: vec![canopy_crdt::Head { cid: fake, height: 9 }] };
+    let (to, stalled) = sent_want(&sync.handle(0, 1, fake_heads.clone()).unwrap());
+    assert_eq!(to, 1);
+    // Peer 2's real heads are fetched at once, not after peer 1's timeout.
+    let real = Message::Heads { topic: "t".into(), heads: source.heads() };
+    let (to, _) = sent_want(&sync.handle(1, 2, real).unwrap());
+    assert_eq!(to, 2);
+    // A failed request frees its fetch: the next announcement starts a new one.
+    assert!(sync.handle(2, 1, fake_heads.clone()).unwrap().is_empty(), "one fetch per peer");
+    sync.request_failed(&1, stalled);
+    let (to, _) = sent_want(&sync.handle(3, 1, fake_heads).unwrap());
+    assert_eq!(to, 1);
+}
+
+#[test]
+fn re_announcements_are_spread_over_time_and_quiet_topics_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SyncConfig { rebroadcast_interval_ms: 1_000, announce_per_tick_max: 100, ..SyncConfig::default() };
+    let mut sync: Sync<u32> = Sync::new(open(&dir), config);
+    let topics = 1_500;
+    for i in 0..topics {
+        let topic = sync.subscribe(&format!("t{i}")).unwrap();
+        topic.put("k", "v").unwrap();
+    }
+    let mut per_tick_max = 0;
+    let mut announced = 0;
+    for tick in 0..=600 {
+        let effects = sync.tick(tick * 100);
+        per_tick_max = per_tick_max.max(effects.len());
+        announced += effects.len();
+    }
+    assert!(per_tick_max <= 100, "a tick announced {per_tick_max} topics at once");
+    // A minute at a fixed 1 s interval would be 60 announcements per topic; quiet topics
+    // double their interval up to 16 s.
+    assert!(announced >= topics * 4, "every topic is still re-announced: {announced}");
+    assert!(announced <= topics * 15, "quiet topics back off: {announced}");
 }
 
 #[test]
@@ -279,4 +470,24 @@ fn watchers_see_every_change_and_dropped_topics_are_gone() {
     let again = store.topic("w").unwrap();
     assert_eq!(again.get(b"b").unwrap(), None);
     assert!(again.heads().is_empty());
+}
+
+#[test]
+fn a_received_block_waiting_for_a_block_made_here_is_applied_with_it() {
+    // Two replicas that make the same write on the same (empty) history make the same block.
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = open(&twin_dir).topic("t").unwrap();
+    let shared = twin.put("k", "v").unwrap();
+    let child = twin.put("k2", "v2").unwrap();
+    let blocks = blocks_of(&twin);
+    assert_eq!(blocks.len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let topic = open(&dir).topic("t").unwrap();
+    let above = blocks.into_iter().find(|b| b.cid() == child.cid).unwrap();
+    assert_eq!(topic.ingest(vec![above]).unwrap().pending, 1, "its parent is missing");
+    assert_eq!(topic.put("k", "v").unwrap().cid, shared.cid, "the same write makes the same block");
+    assert_eq!(topic.pending_count(), 0, "the waiting block is released");
+    assert_eq!(topic.heads(), twin.heads());
+    assert_eq!(topic.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
 }

@@ -12,7 +12,14 @@ const DIGEST_BYTES: usize = 32;
 /// Height of a block: 1 for a block without parents, else 1 + the largest parent height.
 pub type Height = u64;
 
-/// Bounds on what a decoded block may contain.
+/// Largest encoded block any replica accepts, in bytes. A protocol constant: a node that made
+/// a larger block would fork its topic, since no peer could apply it.
+pub const BLOCK_BYTES_MAX: usize = 16 << 20;
+/// Most parent links one block may carry; a protocol constant like [`BLOCK_BYTES_MAX`].
+pub const LINKS_MAX: usize = 1024;
+
+/// Bounds on what a decoded block may contain. Received blocks are always decoded under
+/// [`BlockLimits::PROTOCOL`]; tighter limits exist for tests of the decoder.
 #[derive(Clone, Debug)]
 pub struct BlockLimits {
     /// Largest encoded block accepted, in bytes.
@@ -21,9 +28,14 @@ pub struct BlockLimits {
     pub links_max: usize,
 }
 
+impl BlockLimits {
+    /// The limits every replica applies: [`BLOCK_BYTES_MAX`] and [`LINKS_MAX`].
+    pub const PROTOCOL: BlockLimits = BlockLimits { block_bytes_max: BLOCK_BYTES_MAX, links_max: LINKS_MAX };
+}
+
 impl Default for BlockLimits {
     fn default() -> Self {
-        BlockLimits { block_bytes_max: 16 << 20, links_max: 1024 }
+        BlockLimits::PROTOCOL
     }
 }
 
@@ -90,13 +102,20 @@ pub struct Block {
 
 impl Block {
     /// Builds a block from its parents, height and payload; links are sorted and deduplicated
-    /// so that equal content always gives an equal CID.
+    /// so that equal content always gives an equal CID. A block that every peer would refuse
+    /// (more than [`LINKS_MAX`] links, more than [`BLOCK_BYTES_MAX`] bytes) is never built.
     pub fn build(mut links: Vec<Cid>, height: Height, payload: Vec<u8>) -> Result<Block, BlockError> {
         links.sort_unstable();
         links.dedup();
         check_height(height, links.len())?;
+        if links.len() > LINKS_MAX {
+            return Err(BlockError::InvalidLinks(format!("{} links exceed links_max {LINKS_MAX}", links.len())));
+        }
         let wire = WireBlock { links, height, payload: ByteBuf::from(payload) };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        if bytes.len() > BLOCK_BYTES_MAX {
+            return Err(BlockError::TooLarge { bytes: bytes.len(), max: BLOCK_BYTES_MAX });
+        }
         let cid = cid_of(&bytes);
         Ok(Block { cid, height, links: wire.links, payload: wire.payload.into_vec(), bytes })
     }
@@ -255,6 +274,15 @@ mod tests {
         assert!(matches!(Block::build(vec![], 2, vec![]), Err(BlockError::InvalidHeight { .. })));
         let root = Block::build(vec![], 1, vec![]).unwrap();
         assert!(matches!(Block::build(vec![root.cid()], 1, vec![]), Err(BlockError::InvalidHeight { .. })));
+    }
+
+    #[test]
+    fn blocks_no_peer_would_accept_are_never_built() {
+        let parents: Vec<Cid> =
+            (0..=LINKS_MAX as u32).map(|i| Block::build(vec![], 1, i.to_be_bytes().to_vec()).unwrap().cid()).collect();
+        assert!(matches!(Block::build(parents.clone(), 2, vec![]), Err(BlockError::InvalidLinks(_))));
+        assert!(Block::build(parents[..LINKS_MAX].to_vec(), 2, vec![]).is_ok());
+        assert!(matches!(Block::build(vec![], 1, vec![0; BLOCK_BYTES_MAX]), Err(BlockError::TooLarge { .. })));
     }
 
     #[test]

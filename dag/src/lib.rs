@@ -12,7 +12,7 @@ mod topic;
 mod validate;
 mod walk;
 
-pub use block::{Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, MULTIHASH_BLAKE3};
+pub use block::{BLOCK_BYTES_MAX, Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, LINKS_MAX, MULTIHASH_BLAKE3};
 pub use cid::Cid;
 pub use store::{BlockMeta, BlockStore, CF_BLOCKS, CF_INDEX, StoreError};
 pub use topic::{TOPIC_ID_BYTES, TopicId};

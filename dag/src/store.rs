@@ -97,6 +97,20 @@ impl BlockStore {
         Ok(self.db.get_cf(self.cf(CF_BLOCKS), topic.key(&cid.to_bytes()))?)
     }
 
+    /// The encoded bytes of many applied blocks in one batched read, in the order asked.
+    pub fn get_many<'a>(
+        &self,
+        topic: TopicId,
+        cids: impl Iterator<Item = &'a Cid>,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys: Vec<Vec<u8>> = cids.map(|cid| topic.key(&cid.to_bytes())).collect();
+        self.db
+            .batched_multi_get_cf(self.cf(CF_BLOCKS), &keys, false)
+            .into_iter()
+            .map(|value| Ok(value?.map(|bytes| bytes.to_vec())))
+            .collect()
+    }
+
     /// Whether `cid` is applied in `topic`.
     pub fn contains(&self, topic: TopicId, cid: &Cid) -> Result<bool, StoreError> {
         Ok(self.db.get_pinned_cf(self.cf(CF_INDEX), topic.key(&cid.to_bytes()))?.is_some())

@@ -13,23 +13,33 @@ pub struct WalkLimits {
     pub blocks_max: usize,
     /// Most block bytes returned; the walk stops after the block that crosses it.
     pub bytes_max: usize,
-    /// Most blocks visited, counting those only walked to prove the requester has them.
+    /// Most blocks visited (index records only, no payloads), counting those only walked to
+    /// prove the requester has them.
     pub visits_max: usize,
+    /// Most CIDs returned as a frontier.
+    pub frontier_max: usize,
 }
 
 impl Default for WalkLimits {
     fn default() -> Self {
-        WalkLimits { blocks_max: 4096, bytes_max: 8 << 20, visits_max: 65_536 }
+        WalkLimits { blocks_max: 4096, bytes_max: 8 << 20, visits_max: 16_384, frontier_max: 256 }
     }
 }
 
 /// Result of [`walk_missing`].
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Walk {
-    /// Blocks the requester lacks, highest first, as `(cid, bytes)`.
+    /// Blocks the requester lacks, lowest first, as `(cid, bytes)`: every parent of each block
+    /// is either had by the requester or earlier in the list, so the requester applies them as
+    /// they come and never holds a block whose ancestry is incomplete.
     pub blocks: Vec<(Cid, Vec<u8>)>,
-    /// True when a limit cut the walk short: more blocks below remain to be asked for.
-    pub truncated: bool,
+    /// True when more blocks the requester lacks remain above these: ask again.
+    pub more: bool,
+    /// Set when the walk reached `visits_max` before the bottom of what the requester lacks:
+    /// the wanted blocks where it stopped (at most `frontier_max`), highest first. The
+    /// requester fetches below these first and then asks for its wants again; `blocks` is
+    /// empty then.
+    pub frontier: Vec<Cid>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,13 +52,19 @@ enum Side {
     Done,
 }
 
-/// Walks down from `wants` and returns the blocks below them that are not below `haves`.
+/// Finds the blocks below `wants` that are not below `haves` and returns the lowest of them.
 ///
-/// Blocks are visited in decreasing height. A block's parents are all lower than the block, so
-/// when a block is taken from the queue every block above it that links to it has already been
-/// seen, and the block knows whether the requester has it. The walk ends as soon as nothing in
-/// the queue is wanted, so its cost follows what the requester lacks plus the part of its own
-/// history at the same heights, not the depth of the DAG. Unknown CIDs are skipped.
+/// The walk reads index records only, in decreasing height. A block's parents are all lower
+/// than the block, so when a block is taken from the queue every block above it that links to
+/// it has already been seen, and the walk knows whether the requester has it. The walk ends as
+/// soon as nothing in the queue is wanted, so its cost follows what the requester lacks plus the
+/// part of its own history at the same heights, not the depth of the DAG.
+///
+/// The answer is served bottom-up: the lowest missing blocks, within `blocks_max` and
+/// `bytes_max`. A parent is strictly lower than its children, so the lowest blocks of a set that
+/// is closed under "parent the requester lacks" are closed too, and the requester can apply them
+/// at once. When the missing set is deeper than `visits_max`, the walk returns its frontier
+/// instead, and the requester descends first. Unknown CIDs are skipped.
 pub fn walk_missing(
     store: &BlockStore,
     topic: TopicId,
@@ -60,34 +76,51 @@ pub fn walk_missing(
     walker.enqueue(haves, Side::Have)?;
     walker.enqueue(wants, Side::Want)?;
 
-    let mut walk = Walk::default();
-    let mut bytes = 0usize;
+    let mut missing: Vec<(Height, Cid)> = Vec::new();
     let mut visits = 0usize;
     while walker.wanted_in_queue > 0 {
-        let Some((_, cid)) = walker.queue.pop() else {
+        if visits >= limits.visits_max {
+            return Ok(Walk { frontier: walker.frontier(limits.frontier_max), ..Walk::default() });
+        }
+        let Some((height, cid)) = walker.queue.pop() else {
             break;
         };
         visits += 1;
-        if visits > limits.visits_max || walk.blocks.len() >= limits.blocks_max || bytes >= limits.bytes_max {
-            walk.truncated = true;
-            break;
-        }
         let (side, links) = match walker.seen.get_mut(&cid) {
             Some((side, links)) => (std::mem::replace(side, Side::Done), std::mem::take(links)),
             None => continue,
         };
         if side == Side::Want {
             walker.wanted_in_queue -= 1;
-            let Some(block) = store.get(topic, &cid)? else {
-                continue;
+            missing.push((height, cid));
+        }
+        walker.enqueue(&links, side)?;
+    }
+
+    missing.sort_unstable();
+    let mut walk = Walk::default();
+    let mut bytes = 0usize;
+    for chunk in missing.chunks(READ_CHUNK) {
+        let cids: Vec<Cid> = chunk.iter().map(|(_, cid)| *cid).collect();
+        for (cid, block) in cids.into_iter().zip(store.get_many(topic, chunk.iter().map(|(_, cid)| cid))?) {
+            if walk.blocks.len() >= limits.blocks_max || bytes >= limits.bytes_max {
+                walk.more = true;
+                return Ok(walk);
+            }
+            // An indexed block without bytes cannot be served; what is above it can wait.
+            let Some(block) = block else {
+                walk.more = true;
+                return Ok(walk);
             };
             bytes += block.len();
             walk.blocks.push((cid, block));
         }
-        walker.enqueue(&links, side)?;
     }
     Ok(walk)
 }
+
+/// Blocks read from storage in one batched lookup while serving.
+const READ_CHUNK: usize = 256;
 
 struct Walker<'a> {
     store: &'a BlockStore,
@@ -98,6 +131,19 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
+    /// The wanted blocks still queued, highest first, at most `max`.
+    fn frontier(&self, max: usize) -> Vec<Cid> {
+        let mut queued: Vec<(Height, Cid)> = self
+            .queue
+            .iter()
+            .filter(|(_, cid)| self.seen.get(cid).is_some_and(|(side, _)| *side == Side::Want))
+            .copied()
+            .collect();
+        queued.sort_unstable_by(|a, b| b.cmp(a));
+        queued.dedup();
+        queued.into_iter().take(max).map(|(_, cid)| cid).collect()
+    }
+
     /// Queues `cids` as reached from `side`; a block reached from both sides counts as had.
     fn enqueue(&mut self, cids: &[Cid], side: Side) -> Result<(), StoreError> {
         let mut fresh = Vec::new();
@@ -156,4 +202,71 @@ pub fn sample_ancestors(store: &BlockStore, topic: TopicId, heads: &[Cid], max: 
     sample.sort_unstable();
     sample.dedup();
     Ok(sample)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rocksdb::{DB, Options, WriteBatch};
+
+    use super::*;
+    use crate::block::Block;
+    use crate::store::{CF_BLOCKS, CF_INDEX};
+
+    fn store(dir: &tempfile::TempDir) -> BlockStore {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = DB::open_cf(&options, dir.path(), [CF_BLOCKS, CF_INDEX]).unwrap();
+        BlockStore::new(Arc::new(db)).unwrap()
+    }
+
+    /// A chain of `n` blocks in `store`, bottom first.
+    fn chain(store: &BlockStore, topic: TopicId, n: u64) -> Vec<Cid> {
+        let mut cids: Vec<Cid> = Vec::new();
+        let mut batch = WriteBatch::default();
+        for height in 1..=n {
+            let block = Block::build(cids.last().copied().into_iter().collect(), height, height.to_be_bytes().to_vec())
+                .unwrap();
+            store.put(&mut batch, topic, &block);
+            cids.push(block.cid());
+        }
+        store.db().write(batch).unwrap();
+        cids
+    }
+
+    #[test]
+    fn a_deep_gap_is_served_bottom_up_after_a_descent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let topic = TopicId(1);
+        let cids = chain(&store, topic, 100);
+        let limits = WalkLimits { blocks_max: 8, bytes_max: 1 << 20, visits_max: 30, frontier_max: 4 };
+        // The requester has the lowest ten blocks and wants the top.
+        let walk = walk_missing(&store, topic, &[cids[99]], &[cids[9]], &limits).unwrap();
+        assert!(walk.blocks.is_empty());
+        assert_eq!(walk.frontier, vec![cids[69]], "the walk stops after 30 visits");
+        let walk = walk_missing(&store, topic, &[cids[39]], &[cids[9]], &limits).unwrap();
+        assert!(walk.frontier.is_empty());
+        let served: Vec<Cid> = walk.blocks.iter().map(|(cid, _)| *cid).collect();
+        assert_eq!(served, cids[10..18].to_vec(), "lowest missing blocks first");
+        assert!(walk.more);
+        let walk = walk_missing(&store, topic, &[cids[11]], &[cids[9]], &limits).unwrap();
+        assert_eq!(walk.blocks.len(), 2);
+        assert!(!walk.more && walk.frontier.is_empty());
+    }
+
+    #[test]
+    fn blocks_are_served_parents_first_within_the_byte_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let topic = TopicId(2);
+        let cids = chain(&store, topic, 10);
+        let limits = WalkLimits { blocks_max: 100, bytes_max: 1, visits_max: 1000, frontier_max: 4 };
+        let walk = walk_missing(&store, topic, &[cids[9]], &[], &limits).unwrap();
+        assert_eq!(walk.blocks.len(), 1, "the block that crosses the byte bound is the last one");
+        assert_eq!(walk.blocks[0].0, cids[0]);
+        assert!(walk.more);
+    }
 }

@@ -36,6 +36,8 @@ pub struct NodeConfig {
     pub batch_ops_max: usize,
     /// Largest HTTP request body accepted, in bytes.
     pub body_bytes_max: usize,
+    /// Most server-sent-event watchers open at once; more are refused with 503.
+    pub watchers_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +56,7 @@ impl Default for NodeConfig {
             key_bytes_max: 4096,
             batch_ops_max: 10_000,
             body_bytes_max: 64 << 20,
+            watchers_max: 1024,
         }
     }
 }
@@ -102,11 +105,15 @@ impl NodeConfig {
         if self.rebroadcast_interval_s == 0 {
             return invalid("rebroadcast_interval_s", "must be at least 1");
         }
-        if self.value_bytes_max == 0 || self.value_bytes_max > 64 << 20 {
-            return invalid("value_bytes_max", "must be between 1 and 67108864");
+        // Above the protocol's limits a node would make blocks its peers refuse.
+        if self.value_bytes_max == 0 || self.value_bytes_max > canopy_crdt::VALUE_BYTES_MAX {
+            return invalid("value_bytes_max", &format!("must be between 1 and {}", canopy_crdt::VALUE_BYTES_MAX));
         }
-        if self.key_bytes_max == 0 || self.key_bytes_max > 64 << 10 {
-            return invalid("key_bytes_max", "must be between 1 and 65536");
+        if self.key_bytes_max == 0 || self.key_bytes_max > canopy_crdt::KEY_BYTES_MAX {
+            return invalid("key_bytes_max", &format!("must be between 1 and {}", canopy_crdt::KEY_BYTES_MAX));
+        }
+        if self.watchers_max == 0 || self.watchers_max > 1 << 20 {
+            return invalid("watchers_max", "must be between 1 and 1048576");
         }
         if self.batch_ops_max == 0 || self.batch_ops_max > 1 << 20 {
             return invalid("batch_ops_max", "must be between 1 and 1048576");

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
@@ -58,7 +58,7 @@ impl From<WriteError> for ApiError {
     fn from(error: WriteError) -> ApiError {
         let status = match &error {
             WriteError::InvalidKey(_) | WriteError::TooManyOps { .. } => StatusCode::BAD_REQUEST,
-            WriteError::InvalidValue(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WriteError::InvalidValue(_) | WriteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WriteError::TopicDropped => StatusCode::NOT_FOUND,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -136,9 +136,36 @@ fn commit_json(commit: Commit) -> Value {
     json!({ "cid": commit.cid.to_string(), "height": commit.height })
 }
 
+/// A subscribed topic. Reads and writes never subscribe on their own: a mistyped topic name
+/// gets a 404 instead of a new replicated topic.
 fn subscribed(node: &Node, topic: &str) -> ApiResult<NodeTopic> {
     canopy_crdt::validate_topic_name(topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    node.topic(topic).ok_or_else(|| ApiError::not_found(format!("topic {topic} is not subscribed")))
+    node.topic(topic).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "topic {topic} is not subscribed: subscribe it first (PUT /v1/topics/{topic}, or canopy subscribe {topic})"
+        ))
+    })
+}
+
+/// A key as JSON fields: `key` is its text when it is UTF-8 (null otherwise), `key_base64`
+/// always holds its exact bytes.
+fn key_json(key: &[u8]) -> (Value, Value) {
+    let text = std::str::from_utf8(key).map_or(Value::Null, |text| Value::String(text.to_string()));
+    (text, Value::String(BASE64.encode(key)))
+}
+
+/// A key given in a query either as text (`name`) or as base64 bytes (`name_base64`).
+fn query_key(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<Vec<u8>>> {
+    let encoded = format!("{name}_base64");
+    match (query.get(name), query.get(&encoded)) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!("give {name} or {encoded}, not both"))),
+        (Some(text), None) => Ok(Some(text.clone().into_bytes())),
+        (None, Some(encoded_value)) => BASE64
+            .decode(encoded_value.as_bytes())
+            .map(Some)
+            .map_err(|e| ApiError::bad_request(format!("{encoded} is not base64: {e}"))),
+        (None, None) => Ok(None),
+    }
 }
 
 async fn list_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
@@ -184,8 +211,7 @@ async fn put_key(
 ) -> ApiResult<Json<Value>> {
     let Path((topic, key)) = path?;
     blocking(move || {
-        // Writing to a topic not yet subscribed subscribes it.
-        let handle = node.subscribe(&topic)?;
+        let handle = subscribed(&node, &topic)?;
         let commit = handle.put(key.into_bytes(), body.to_vec())?;
         Ok(Json(commit_json(commit)))
     })
@@ -239,18 +265,24 @@ async fn list_keys(
             .filter(|n| *n > 0)
             .ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {text:?}")))?,
     };
-    let prefix = query.get("prefix").cloned().unwrap_or_default();
-    let after = query.get("after").cloned();
+    let prefix = query_key(&query, "prefix")?.unwrap_or_default();
+    let after = query_key(&query, "after")?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        let page = handle.query(prefix.as_bytes(), after.as_deref().map(str::as_bytes), limit)?;
+        let page = handle.query(&prefix, after.as_deref(), limit)?;
         let entries: Vec<Value> = page
             .entries
             .into_iter()
-            .map(|(key, value)| json!({ "key": String::from_utf8_lossy(&key), "value": BASE64.encode(value) }))
+            .map(|(key, value)| {
+                let (key, key_base64) = key_json(&key);
+                json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(value) })
+            })
             .collect();
-        let next = page.next.map(|k| String::from_utf8_lossy(&k).into_owned());
-        Ok(Json(json!({ "entries": entries, "next": next })))
+        let (next, next_base64) = match page.next {
+            Some(next) => key_json(&next),
+            None => (Value::Null, Value::Null),
+        };
+        Ok(Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 })))
     })
     .await
 }
@@ -261,11 +293,22 @@ struct BatchBody {
     ops: Vec<BatchOp>,
 }
 
+/// One batch operation. The key is text (`key`) or any bytes in base64 (`key_base64`).
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum BatchOp {
-    Put { key: String, value: String },
-    Delete { key: String },
+    Put { key: Option<String>, key_base64: Option<String>, value: String },
+    Delete { key: Option<String>, key_base64: Option<String> },
+}
+
+fn batch_key(index: usize, key: Option<String>, key_base64: Option<String>) -> ApiResult<Vec<u8>> {
+    match (key, key_base64) {
+        (Some(key), None) => Ok(key.into_bytes()),
+        (None, Some(encoded)) => BASE64
+            .decode(encoded.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("op {index}: key_base64 is not base64: {e}"))),
+        _ => Err(ApiError::bad_request(format!("op {index}: give key or key_base64, exactly one"))),
+    }
 }
 
 async fn batch(
@@ -283,19 +326,20 @@ async fn batch(
     let mut batch = Batch::new();
     for (index, op) in body.ops.into_iter().enumerate() {
         match op {
-            BatchOp::Put { key, value } => {
+            BatchOp::Put { key, key_base64, value } => {
+                let key = batch_key(index, key, key_base64)?;
                 let value = BASE64
                     .decode(value.as_bytes())
                     .map_err(|e| ApiError::bad_request(format!("op {index}: value is not base64: {e}")))?;
-                batch.put(key.into_bytes(), value);
+                batch.put(key, value);
             }
-            BatchOp::Delete { key } => {
-                batch.delete(key.into_bytes());
+            BatchOp::Delete { key, key_base64 } => {
+                batch.delete(batch_key(index, key, key_base64)?);
             }
         }
     }
     blocking(move || {
-        let handle = node.subscribe(&topic)?;
+        let handle = subscribed(&node, &topic)?;
         match handle.batch(batch)? {
             Some(commit) => Ok(Json(commit_json(commit))),
             None => Ok(Json(json!({ "cid": null, "height": null }))),
@@ -318,32 +362,51 @@ async fn watch(
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
     let Path(topic) = path?;
     let handle = subscribed(&node, &topic)?;
-    let changes = handle.watch();
-    let (tx, rx) = tokio::sync::mpsc::channel(256);
-    // The watcher is a blocking channel; a blocking task moves its changes onto the stream and
-    // ends when the client goes away or the topic is dropped.
-    tokio::task::spawn_blocking(move || {
-        loop {
-            match changes.recv_timeout(Duration::from_secs(1)) {
-                Ok(change) => {
-                    let value = change.value.map(|v| BASE64.encode(v));
-                    let data =
-                        json!({ "key": String::from_utf8_lossy(&change.key), "value": value, "height": change.height });
-                    if tx.blocking_send(data.to_string()).is_err() {
-                        return;
-                    }
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) if tx.is_closed() => return,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
+    let watchers = Watchers::enter(&node)?;
+    // The writer thread pushes each change straight into this channel without blocking; a
+    // client that falls WATCH_QUEUE_DEPTH changes behind loses its stream and must watch again.
+    // No thread waits on a watcher.
+    let (tx, rx) = tokio::sync::mpsc::channel::<String>(WATCH_QUEUE_DEPTH);
+    handle.watch_with(Box::new(move |change| {
+        let (key, key_base64) = key_json(&change.key);
+        let value = change.value.as_ref().map(|v| BASE64.encode(v));
+        let data = json!({ "key": key, "key_base64": key_base64, "value": value, "height": change.height });
+        tx.try_send(data.to_string()).is_ok()
+    }));
+    let stream = futures::stream::unfold((rx, watchers), |(mut rx, watchers)| async move {
         let data = rx.recv().await?;
-        Some((Ok(Event::default().data(data)), rx))
+        Some((Ok(Event::default().data(data)), (rx, watchers)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Changes one watcher may fall behind before its stream ends.
+const WATCH_QUEUE_DEPTH: usize = 1024;
+
+/// One open watcher, counted against `watchers_max` until its stream ends.
+struct Watchers {
+    node: Node,
+}
+
+impl Watchers {
+    fn enter(node: &Node) -> ApiResult<Watchers> {
+        let counter = &node.inner().counters.watchers;
+        let max = node.inner().config.watchers_max as u64;
+        if counter.fetch_add(1, Ordering::SeqCst) >= max {
+            counter.fetch_sub(1, Ordering::SeqCst);
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{max} watchers are open already (watchers_max): close one or raise the setting"),
+            ));
+        }
+        Ok(Watchers { node: node.clone() })
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        self.node.inner().counters.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn status(State(node): State<Node>) -> Json<Value> {

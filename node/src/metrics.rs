@@ -25,6 +25,23 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     counter(&mut registry, "messages_rejected", "Peer messages refused as malformed", &counters.messages_rejected);
     counter(
         &mut registry,
+        "answers_unrequested",
+        "Block answers dropped because no request to their sender awaited them",
+        &counters.answers_unrequested,
+    );
+    counter(
+        &mut registry,
+        "fetches_abandoned",
+        "Catch-ups from a peer given up: timed out, failed, or answered with nothing useful",
+        &counters.fetches_abandoned,
+    );
+    registry.register(
+        "watchers",
+        "Server-sent-event watchers open now",
+        ConstGauge::new(counters.watchers.load(Ordering::Relaxed) as i64),
+    );
+    counter(
+        &mut registry,
         "sync_events_dropped",
         "Sync events dropped because the queue was full",
         &counters.events_dropped,

@@ -7,13 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, WireBlock};
+use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, answer};
 use canopy_crdt::{
     Batch, Change, Commit, Head, Limits, Page, ReadError, Store, StoreOptions, Topic, TopicError, WriteError,
 };
 use canopy_transport::{Keypair, PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
-use serde_bytes::ByteBuf;
 
 use crate::config::{ConfigError, NodeConfig};
 
@@ -60,6 +59,8 @@ enum SyncEvent {
     Unsubscribe(String),
     LocalCommit(String),
     Message { from: PeerId, bytes: Vec<u8> },
+    RequestFailed { peer: PeerId, id: u64 },
+    PeerSubscribed(String),
     Stop,
 }
 
@@ -70,7 +71,11 @@ pub(crate) struct Counters {
     pub blocks_applied: AtomicU64,
     pub blocks_rejected: AtomicU64,
     pub messages_rejected: AtomicU64,
+    pub answers_unrequested: AtomicU64,
+    pub fetches_abandoned: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Server-sent-event watchers open now.
+    pub watchers: AtomicU64,
 }
 
 pub(crate) struct NodeInner {
@@ -80,7 +85,7 @@ pub(crate) struct NodeInner {
     pub counters: Counters,
     pub started: Instant,
     sync_events: Sender<SyncEvent>,
-    subscribed: Mutex<BTreeSet<String>>,
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
     actor: Mutex<Option<JoinHandle<()>>>,
     transport_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -147,7 +152,9 @@ impl Node {
             limits: Limits {
                 key_bytes_max: config.key_bytes_max,
                 value_bytes_max: config.value_bytes_max,
-                delta_ops_max: config.batch_ops_max.max(Limits::default().delta_ops_max),
+                // Batches from the library are bounded by the protocol alone; HTTP batches by
+                // `batch_ops_max`.
+                delta_ops_max: canopy_crdt::DELTA_OPS_MAX,
             },
             ..StoreOptions::default()
         };
@@ -157,9 +164,12 @@ impl Node {
                 .await
                 .map_err(|_| NodeError::Closed)??
         };
+        // The transport reports every failed or unanswered request; the sync timeout is only a
+        // backstop for reports lost to a full queue, so it runs a little longer.
+        let request_timeout = TransportConfig::default().request_timeout;
         let sync_config = SyncConfig {
             rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
-            request_timeout_ms: 3_000,
+            request_timeout_ms: request_timeout.as_millis() as u64 + 1_000,
             seed: rand_seed(),
             ..SyncConfig::default()
         };
@@ -172,9 +182,11 @@ impl Node {
             gossip_bytes_max: 1 << 20,
             request_bytes_max: 1 << 20,
             response_bytes_max: sync_config.message_bytes_max,
+            request_timeout,
             ..TransportConfig::default()
         };
-        let server = block_server(store.clone(), sync_config.clone());
+        let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
+        let server = block_server(store.clone(), sync_config.clone(), subscribed.clone());
         let validator: canopy_transport::GossipValidator = {
             let config = sync_config.clone();
             Arc::new(
@@ -192,7 +204,7 @@ impl Node {
             counters: Counters::default(),
             started: Instant::now(),
             sync_events,
-            subscribed: Mutex::new(BTreeSet::new()),
+            subscribed,
             actor: Mutex::new(None),
             transport_task: Mutex::new(None),
         });
@@ -406,6 +418,12 @@ impl NodeTopic {
         self.topic.watch()
     }
 
+    /// Sends changes to `sink` on the writer thread until it returns false; it must not block
+    /// (an async channel's `try_send` fits), so watchers hold no thread.
+    pub fn watch_with(&self, sink: canopy_crdt::Sink) {
+        self.topic.watch_with(sink);
+    }
+
     /// The crdt topic underneath.
     pub fn crdt(&self) -> &Topic {
         &self.topic
@@ -458,6 +476,8 @@ fn run_sync(
                         transport.penalize(from);
                     }
                 },
+                SyncEvent::RequestFailed { peer, id } => sync.request_failed(&peer, id),
+                SyncEvent::PeerSubscribed(topic) => effects.extend(sync.peer_subscribed(&topic)),
             }
         }
         for topic in announce {
@@ -470,7 +490,9 @@ fn run_sync(
         for effect in effects {
             match effect {
                 Effect::Publish { topic, message } => transport.publish(&topic, message.encode()),
-                Effect::Send { to, message } => transport.request(to, message.encode()),
+                Effect::Send { to, message } => {
+                    transport.request(to, message.request_id().unwrap_or_default(), message.encode())
+                }
             }
         }
         if let Some(inner) = inner.upgrade() {
@@ -483,34 +505,45 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.blocks_applied.store(stats.blocks_applied, Ordering::Relaxed);
     counters.blocks_rejected.store(stats.blocks_rejected, Ordering::Relaxed);
     counters.messages_rejected.store(stats.messages_rejected, Ordering::Relaxed);
+    counters.answers_unrequested.store(stats.answers_unrequested, Ordering::Relaxed);
+    counters.fetches_abandoned.store(stats.fetches_abandoned, Ordering::Relaxed);
 }
 
 async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {
     while let Some(event) = events.recv().await {
-        let (from, bytes) = match event {
-            TransportEvent::Gossip { from, bytes, .. } | TransportEvent::Response { from, bytes } => (from, bytes),
+        let event = match event {
+            TransportEvent::Gossip { from, bytes, .. } | TransportEvent::Response { from, bytes, .. } => {
+                SyncEvent::Message { from, bytes }
+            }
+            TransportEvent::RequestFailed { to, tag } => SyncEvent::RequestFailed { peer: to, id: tag },
+            TransportEvent::PeerSubscribed { topic, .. } => SyncEvent::PeerSubscribed(topic),
             _ => continue,
         };
-        if inner.sync_events.try_send(SyncEvent::Message { from, bytes }).is_err() {
+        if inner.sync_events.try_send(event).is_err() {
             // Dropped work is redone: heads are re-announced and requests retried.
             inner.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Answers block requests from peers: walks the DAG below what they want.
-fn block_server(store: Store, config: SyncConfig) -> canopy_transport::RequestServer {
+/// Answers block requests from peers: the lowest blocks below what they want, for the topics
+/// this node replicates (others get an empty answer).
+fn block_server(
+    store: Store,
+    config: SyncConfig,
+    subscribed: Arc<Mutex<BTreeSet<String>>>,
+) -> canopy_transport::RequestServer {
     Arc::new(move |_from: PeerId, request: Vec<u8>| -> Result<Vec<u8>, String> {
-        let Message::Want { topic, want, have } = Message::decode(&request, &config).map_err(|e| e.to_string())? else {
+        let Message::Want { topic, id, want, have } = Message::decode(&request, &config).map_err(|e| e.to_string())?
+        else {
             return Err("only Want requests are served on the block endpoint".into());
         };
-        let walk = match store.existing_topic(&topic) {
-            Some(handle) => handle.walk(&want, &have, &config.walk).map_err(|e| e.to_string())?,
-            None => Default::default(),
+        let served = subscribed.lock().expect("subscribed lock").contains(&topic);
+        let answer = match store.existing_topic(&topic) {
+            Some(handle) if served => answer(&handle, id, &want, &have, &config.walk).map_err(|e| e.to_string())?,
+            _ => Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new() },
         };
-        let blocks =
-            walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
-        Ok(Message::Blocks { topic, blocks, truncated: walk.truncated }.encode())
+        Ok(answer.encode())
     })
 }
 

@@ -53,6 +53,7 @@ fn keys_values_batches_and_listings() {
     let page: Value = node.json("/v1/topics/users/kv?limit=1");
     assert_eq!(page["entries"].as_array().unwrap().len(), 1);
     assert_eq!(page["entries"][0]["key"], "/path/to/thing");
+    assert_eq!(page["entries"][0]["key_base64"], BASE64.encode("/path/to/thing"));
     let next = page["next"].as_str().unwrap().to_string();
     let rest: Value =
         http.get(node.url("/v1/topics/users/kv")).query(&[("after", next.as_str())]).send().unwrap().json().unwrap();
@@ -96,7 +97,18 @@ fn keys_values_batches_and_listings() {
 fn caller_mistakes_get_4xx_json_errors() {
     let (_dir, node) = node();
     let http = &node.http;
+    node.subscribe("t");
     node.put("t", "k", "v");
+    // Writes never subscribe on their own: a typo gets a 404, not a new replicated topic.
+    let (status, message) = error_of(http.put(node.url("/v1/topics/tpyo/kv/k")).body("v").send().unwrap());
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(message.contains("not subscribed") && message.contains("subscribe"), "{message}");
+    let batch = json!({ "ops": [{ "op": "delete", "key": "k" }] });
+    assert_eq!(
+        http.post(node.url("/v1/topics/tpyo/batch")).json(&batch).send().unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(node.json("/v1/topics").as_array().unwrap().len(), 1);
     let cases = [
         (http.put(node.url("/v1/topics/bad%20topic/kv/k")).body("v"), StatusCode::BAD_REQUEST),
         (http.put(node.url("/v1/topics/t/kv/k")).body(vec![0u8; (1 << 20) + 1]), StatusCode::PAYLOAD_TOO_LARGE),
@@ -111,6 +123,12 @@ fn caller_mistakes_get_4xx_json_errors() {
             http.post(node.url("/v1/topics/t/batch")).body(r#"{"ops":[{"op":"frobnicate","key":"k"}]}"#),
             StatusCode::BAD_REQUEST,
         ),
+        (
+            http.post(node.url("/v1/topics/t/batch"))
+                .body(r#"{"ops":[{"op":"delete","key":"k","key_base64":"aw=="}]}"#),
+            StatusCode::BAD_REQUEST,
+        ),
+        (http.get(node.url("/v1/topics/t/kv?after_base64=%%%")), StatusCode::BAD_REQUEST),
         (http.get(node.url("/v1/topics/t/kv?limit=zero")), StatusCode::BAD_REQUEST),
         (http.delete(node.url("/v1/topics/t?purge=maybe")), StatusCode::BAD_REQUEST),
         (http.get(node.url("/v2/anything")), StatusCode::NOT_FOUND),
@@ -129,8 +147,90 @@ fn caller_mistakes_get_4xx_json_errors() {
 }
 
 #[test]
+fn binary_keys_round_trip_through_batches_and_listings() {
+    let (_dir, node) = node();
+    node.subscribe("bin");
+    let keys: [&[u8]; 3] = [&[0xff, 0x00, b'a'], &[0xc3, 0x28], b"plain"];
+    let ops: Vec<Value> = keys
+        .iter()
+        .map(|key| json!({ "op": "put", "key_base64": BASE64.encode(key), "value": BASE64.encode(key) }))
+        .collect();
+    let response = node.http.post(node.url("/v1/topics/bin/batch")).json(&json!({ "ops": ops })).send().unwrap();
+    assert!(response.status().is_success());
+    let mut listed: Vec<Vec<u8>> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = node.http.get(node.url("/v1/topics/bin/kv")).query(&[("limit", "1")]);
+        if let Some(after) = &after {
+            request = request.query(&[("after_base64", after)]);
+        }
+        let page: Value = request.send().unwrap().json().unwrap();
+        for entry in page["entries"].as_array().unwrap() {
+            let key = BASE64.decode(entry["key_base64"].as_str().unwrap()).unwrap();
+            assert_eq!(entry["value"].as_str().unwrap(), BASE64.encode(&key));
+            let text = std::str::from_utf8(&key).ok();
+            assert_eq!(entry["key"].as_str(), text, "text only for UTF-8 keys");
+            listed.push(key);
+        }
+        match page["next_base64"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut expected: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+    expected.sort();
+    assert_eq!(listed, expected, "every key exactly, in byte order, page by page");
+}
+
+#[test]
+fn hundreds_of_watchers_hold_no_threads_and_their_number_is_bounded() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with(&dir.path().join("node"), &[], &["w"], &["--watchers-max", "600"]);
+    let address = node.api.trim_start_matches("http://").to_string();
+    let open_watch = || {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        stream.write_all(b"GET /v1/topics/w/watch HTTP/1.1\r\nHost: canopy\r\n\r\n").unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        (String::from_utf8_lossy(&head).into_owned(), stream)
+    };
+    // More watchers than the runtime has blocking threads (512).
+    let mut watchers = Vec::new();
+    for _ in 0..600 {
+        let (head, stream) = open_watch();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        watchers.push(stream);
+    }
+    let (head, _) = open_watch();
+    assert!(head.starts_with("HTTP/1.1 503"), "the 601st watcher is refused: {head}");
+    // Reads and writes still go through, and the watchers see the change.
+    node.put("w", "k", "v");
+    assert_eq!(node.get("w", "k").as_deref(), Some("v"));
+    let mut seen = String::new();
+    let mut buffer = [0u8; 512];
+    while !seen.contains("data:") {
+        let n = watchers[599].read(&mut buffer).unwrap();
+        assert!(n > 0, "the stream ended");
+        seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+    }
+    assert!(seen.contains(r#""key":"k""#), "{seen}");
+    drop(watchers);
+    common::wait_until("closed watchers are counted out", || {
+        let metrics = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+        metrics.contains("canopy_watchers 0")
+    });
+}
+
+#[test]
 fn watch_streams_changes_as_server_sent_events() {
     let (_dir, node) = node();
+    node.subscribe("w");
     node.put("w", "first", "1");
     let response =
         node.http.get(node.url("/v1/topics/w/watch")).timeout(std::time::Duration::from_secs(60)).send().unwrap();
@@ -140,7 +240,10 @@ fn watch_streams_changes_as_server_sent_events() {
     let data =
         lines.by_ref().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("data:").map(|d| d.trim().to_string())).unwrap();
     let change: Value = serde_json::from_str(&data).unwrap();
-    assert_eq!(change, json!({ "key": "second", "value": BASE64.encode("2"), "height": 2 }));
+    assert_eq!(
+        change,
+        json!({ "key": "second", "key_base64": BASE64.encode("second"), "value": BASE64.encode("2"), "height": 2 })
+    );
 }
 
 #[test]
@@ -163,6 +266,10 @@ fn client_commands_talk_to_the_node() {
         let output = child.wait_with_output().unwrap();
         (output.status.success(), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
     };
+    let (ok, _, err) = run(&["put", "cli", "greeting", "hello"], None);
+    assert!(!ok && err.contains("not subscribed"), "{err}");
+    let (ok, out, _) = run(&["subscribe", "cli"], None);
+    assert!(ok && out.contains("subscribed cli"), "{out}");
     let (ok, out, _) = run(&["put", "cli", "greeting", "hello"], None);
     assert!(ok && out.contains("height 1"), "{out}");
     let (ok, out, _) = run(&["put", "cli", "piped", "-"], Some("from stdin"));
@@ -180,6 +287,9 @@ fn client_commands_talk_to_the_node() {
     assert!(ok);
     let listed: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(listed[0]["key"], "greeting");
+    let (ok, out, _) = run(&["ls", "cli", "--after", "b", "--limit", "1"], None);
+    assert!(ok);
+    assert_eq!(out, "greeting\thello\n");
     let (ok, out, _) = run(&["topics", "--json"], None);
     assert!(ok && out.contains("\"cli\""), "{out}");
     let (ok, out, _) = run(&["heads", "cli"], None);

@@ -152,7 +152,7 @@ fn garbage_on_the_block_port_and_bogus_announcements_do_not_stop_the_others() {
         for round in 0..50u8 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             handle.publish("t", vec![round; 64]);
-            handle.request(target, vec![0xa1, round, 0xff, 0x00]);
+            handle.request(target, u64::from(round), vec![0xa1, round, 0xff, 0x00]);
         }
         handle.shutdown().await;
     });

@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::{RequestServer, Shared, TransportConfig, TransportError, TransportEvent};
 
-/// Most requests the endpoint serves at once, over all connections.
+/// Most requests the endpoint serves at once, over all connections and peers.
 const SERVING_MAX: usize = 64;
 /// QUIC error code sent when a peer's request is refused as invalid.
 const CODE_BAD_REQUEST: u32 = 1;
@@ -58,7 +58,13 @@ pub(crate) fn start(
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(transport.clone());
     let endpoint = Endpoint::server(server_config, config.blocks_listen).map_err(blocks_error)?;
-    tokio::spawn(accept(endpoint.clone(), server, config.request_bytes_max));
+    let limits = Serving {
+        all: Arc::new(Semaphore::new(SERVING_MAX)),
+        peers: Arc::new(Mutex::new(HashMap::new())),
+        per_peer_max: config.serving_per_peer_max.max(1),
+        request_bytes_max: config.request_bytes_max,
+    };
+    tokio::spawn(accept(endpoint.clone(), server, limits));
     Ok(Client {
         endpoint,
         keypair: config.keypair.clone(),
@@ -81,8 +87,27 @@ fn remote_peer_id(connection: &Connection) -> Result<PeerId, String> {
     Ok(libp2p_tls::certificate::parse(first).map_err(|e| e.to_string())?.peer_id())
 }
 
-async fn accept(endpoint: Endpoint, server: RequestServer, request_bytes_max: usize) {
-    let serving = Arc::new(Semaphore::new(SERVING_MAX));
+/// How many requests are served at once: in all, and for each peer, so one peer asking a lot
+/// waits for its own turns and never takes everyone else's.
+#[derive(Clone)]
+struct Serving {
+    all: Arc<Semaphore>,
+    peers: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
+    per_peer_max: usize,
+    request_bytes_max: usize,
+}
+
+impl Serving {
+    fn peer(&self, peer: PeerId) -> Arc<Semaphore> {
+        let mut peers = self.peers.lock().expect("serving lock");
+        // Semaphores of peers with nothing in flight are forgotten, so the map stays as small
+        // as the set of peers being served.
+        peers.retain(|_, semaphore| Arc::strong_count(semaphore) > 1);
+        peers.entry(peer).or_insert_with(|| Arc::new(Semaphore::new(self.per_peer_max))).clone()
+    }
+}
+
+async fn accept(endpoint: Endpoint, server: RequestServer, serving: Serving) {
     while let Some(incoming) = endpoint.accept().await {
         let server = server.clone();
         let serving = serving.clone();
@@ -98,24 +123,21 @@ async fn accept(endpoint: Endpoint, server: RequestServer, request_bytes_max: us
                     return tracing::debug!(%error, "refused a block connection");
                 }
             };
-            serve_connection(connection, peer, server, serving, request_bytes_max).await;
+            serve_connection(connection, peer, server, serving).await;
         });
     }
 }
 
-async fn serve_connection(
-    connection: Connection,
-    peer: PeerId,
-    server: RequestServer,
-    serving: Arc<Semaphore>,
-    request_bytes_max: usize,
-) {
+async fn serve_connection(connection: Connection, peer: PeerId, server: RequestServer, serving: Serving) {
+    let request_bytes_max = serving.request_bytes_max;
+    let mine = serving.peer(peer);
     while let Ok((mut send, mut recv)) = connection.accept_bi().await {
-        let Ok(permit) = serving.clone().acquire_owned().await else { return };
+        let Ok(own_turn) = mine.clone().acquire_owned().await else { return };
+        let Ok(permit) = serving.all.clone().acquire_owned().await else { return };
         let server = server.clone();
         let connection = connection.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (own_turn, permit);
             let request = match recv.read_to_end(request_bytes_max).await {
                 Ok(request) => request,
                 Err(error) => {
@@ -146,11 +168,20 @@ impl Client {
         self.endpoint.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
-    /// Sends a request in the background; the answer becomes a `Response` event. With
-    /// `requests_in_flight_max` requests outstanding the request is dropped.
-    pub fn request(&self, to: PeerId, address: SocketAddr, bytes: Vec<u8>) {
+    /// Reports a request that cannot be sent.
+    pub fn failed(&self, to: PeerId, tag: u64) {
+        if self.events.try_send(TransportEvent::RequestFailed { to, tag }).is_err() {
+            tracing::debug!("event queue full; dropping a request failure");
+        }
+    }
+
+    /// Sends a request in the background; the answer becomes a `Response` event, a failure a
+    /// `RequestFailed` event. With `requests_in_flight_max` requests outstanding the request
+    /// fails at once.
+    pub fn request(&self, to: PeerId, tag: u64, address: SocketAddr, bytes: Vec<u8>) {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return tracing::debug!(%to, "too many block requests in flight; dropping one");
+            tracing::debug!(%to, "too many block requests in flight; dropping one");
+            return self.failed(to, tag);
         };
         let client = self.clone();
         self.runtime.spawn(async move {
@@ -158,17 +189,20 @@ impl Client {
             let result = tokio::time::timeout(client.timeout, client.exchange(to, address, bytes)).await;
             match result {
                 Ok(Ok(response)) => {
-                    if client.events.try_send(TransportEvent::Response { from: to, bytes: response }).is_err() {
+                    if client.events.try_send(TransportEvent::Response { from: to, tag, bytes: response }).is_err() {
                         tracing::debug!("event queue full; dropping a response");
+                        client.failed(to, tag);
                     }
                 }
                 Ok(Err(error)) => {
                     client.connections.lock().expect("connections lock").remove(&to);
                     tracing::debug!(%to, %error, "block request failed");
+                    client.failed(to, tag);
                 }
                 Err(_) => {
                     client.connections.lock().expect("connections lock").remove(&to);
                     tracing::debug!(%to, "block request timed out");
+                    client.failed(to, tag);
                 }
             }
         });

@@ -53,6 +53,8 @@ pub struct TransportConfig {
     pub requests_in_flight_max: usize,
     /// Most incoming requests served at once per connection.
     pub streams_per_connection_max: u32,
+    /// Most incoming requests served at once for one peer, over all its connections.
+    pub serving_per_peer_max: usize,
     /// An outgoing request not answered within this is abandoned.
     pub request_timeout: Duration,
     /// Commands queued to the swarm before callers' messages are dropped.
@@ -74,7 +76,8 @@ impl Default for TransportConfig {
             response_bytes_max: 32 << 20,
             requests_in_flight_max: 64,
             streams_per_connection_max: 32,
-            request_timeout: Duration::from_secs(10),
+            serving_per_peer_max: 4,
+            request_timeout: Duration::from_secs(5),
             command_queue_depth: 4096,
             event_queue_depth: 8192,
         }
@@ -118,8 +121,25 @@ pub enum TransportEvent {
     Response {
         /// The peer that answered.
         from: PeerId,
+        /// The tag the request was sent with.
+        tag: u64,
         /// The answer.
         bytes: Vec<u8>,
+    },
+    /// A block request got no answer: no address known for the peer, too many requests in
+    /// flight, a connection or stream error, or the timeout.
+    RequestFailed {
+        /// The peer asked.
+        to: PeerId,
+        /// The tag the request was sent with.
+        tag: u64,
+    },
+    /// A peer joined the gossip of a canopy topic.
+    PeerSubscribed {
+        /// The peer.
+        peer: PeerId,
+        /// canopy topic name.
+        topic: String,
     },
 }
 
@@ -237,12 +257,16 @@ impl TransportHandle {
         self.command(swarm::Command::Publish(topic.to_string(), bytes));
     }
 
-    /// Sends a block request to `to`; the answer arrives as [`TransportEvent::Response`].
-    pub fn request(&self, to: PeerId, bytes: Vec<u8>) {
+    /// Sends a block request to `to`; the answer arrives as [`TransportEvent::Response`] with
+    /// the same `tag`, or a [`TransportEvent::RequestFailed`] says it never will.
+    pub fn request(&self, to: PeerId, tag: u64, bytes: Vec<u8>) {
         let address = self.shared.peers.read().expect("peers lock").get(&to).and_then(|p| p.blocks);
         match address {
-            Some(address) => self.blocks.request(to, address, bytes),
-            None => tracing::debug!(%to, "no block endpoint known for peer yet"),
+            Some(address) => self.blocks.request(to, tag, address, bytes),
+            None => {
+                tracing::debug!(%to, "no block endpoint known for peer yet");
+                self.blocks.failed(to, tag);
+            }
         }
     }
 

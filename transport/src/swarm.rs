@@ -50,6 +50,32 @@ struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
+/// Peer scoring: a peer whose announcements fail validation loses score, stops being sent
+/// gossip, then is ignored (graylisted) and pruned from the mesh. Many peers on one IP address
+/// are normal for canopy (several nodes per host, tests on loopback), so colocation is not
+/// penalised.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, ..gossipsub::PeerScoreParams::default() }
+}
+
+/// Scoring of one canopy topic's gossip. Announcements are rare on a quiet topic, so a mesh
+/// peer is never penalised for delivering few of them; invalid ones cost dearly.
+fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.5,
+        ..gossipsub::TopicScoreParams::default()
+    }
+}
+
 fn libp2p_error(error: impl std::fmt::Display) -> TransportError {
     TransportError::Libp2p(error.to_string())
 }
@@ -87,8 +113,9 @@ pub(crate) fn start(
                 .max_transmit_size(gossip_bytes_max)
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()?;
-            let gossipsub =
+            let mut gossipsub =
                 gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            gossipsub.with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default())?;
             let identify = identify::Behaviour::new(
                 identify::Config::new("/canopy/id/1.0.0".into(), key.public()).with_agent_version(agent.clone()),
             );
@@ -186,8 +213,12 @@ fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
     let gossipsub = &mut swarm.behaviour_mut().gossipsub;
     match command {
         Command::Subscribe(topic) => {
-            if let Err(error) = gossipsub.subscribe(&gossipsub::IdentTopic::new(gossip_topic(&topic))) {
+            let gossip = gossipsub::IdentTopic::new(gossip_topic(&topic));
+            if let Err(error) = gossipsub.subscribe(&gossip) {
                 tracing::warn!(%topic, %error, "cannot subscribe gossip topic");
+            }
+            if let Err(error) = gossipsub.set_topic_params(gossip, topic_score_params()) {
+                tracing::warn!(%topic, %error, "cannot score gossip topic");
             }
         }
         Command::Unsubscribe(topic) => {
@@ -240,8 +271,6 @@ fn handle_event(
             let mut peers = shared.peers.write().expect("peers lock");
             let state = peers.entry(peer_id).or_default();
             state.address = Some(address);
-            drop(peers);
-            swarm.behaviour_mut().gossipsub.add_explicit_peer(&peer_id);
         }
         SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
             shared.peers.write().expect("peers lock").remove(&peer_id);
@@ -272,6 +301,13 @@ fn handle_event(
                 if local < peer_id {
                     let _ = swarm.dial(dial_peer(peer_id, address));
                 }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic, .. })) => {
+            if let Some(topic) = topic.as_str().strip_prefix(GOSSIP_TOPIC_PREFIX)
+                && events.try_send(TransportEvent::PeerSubscribed { peer: peer_id, topic: topic.to_string() }).is_err()
+            {
+                tracing::debug!("event queue full; dropping a subscription");
             }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {

@@ -67,6 +67,21 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Subscribe topic T: replicate it with every peer that subscribes it too.
+    Subscribe {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop replicating topic T; its data stays unless --purge.
+    Unsubscribe {
+        topic: String,
+        /// Also delete the topic's data from this node.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List subscribed topics.
     Topics {
         #[command(flatten)]
@@ -136,6 +151,9 @@ struct ServeArgs {
     /// Largest value accepted, in bytes.
     #[arg(long, env = "CANOPY_VALUE_BYTES_MAX")]
     value_bytes_max: Option<usize>,
+    /// Most server-sent-event watchers open at once.
+    #[arg(long, env = "CANOPY_WATCHERS_MAX")]
+    watchers_max: Option<usize>,
 }
 
 impl ServeArgs {
@@ -165,6 +183,9 @@ impl ServeArgs {
         }
         if let Some(max) = self.value_bytes_max {
             config.value_bytes_max = max;
+        }
+        if let Some(max) = self.watchers_max {
+            config.watchers_max = max;
         }
         config.validate()?;
         Ok(config)
@@ -302,6 +323,15 @@ fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value) -> String)
     }
 }
 
+/// A key from a listing or a change for people: its text, or its base64 bytes (marked) when it
+/// is not UTF-8.
+fn key_text(entry: &Value) -> String {
+    match entry["key"].as_str() {
+        Some(text) => text.to_string(),
+        None => format!("base64:{}", entry["key_base64"].as_str().unwrap_or_default()),
+    }
+}
+
 fn commit_line(value: &Value) -> String {
     match value.get("cid").and_then(Value::as_str) {
         Some(cid) => format!("{cid} height {}", value["height"]),
@@ -341,34 +371,56 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
             print(client.json, &reply, commit_line);
         }
         Command::Ls { topic, prefix, after, limit, client } => {
+            // Pages are printed as they arrive, so listing a large topic holds one page at a time.
+            use std::io::Write as _;
             let api = Api::new(&client)?;
-            let mut after = after;
+            let mut out = std::io::stdout().lock();
+            let mut after_base64 = after.map(|key| BASE64.encode(key));
             let mut remaining = limit.unwrap_or(usize::MAX);
-            let mut all = Vec::new();
+            let mut first = true;
+            if client.json {
+                write!(out, "[")?;
+            }
             while remaining > 0 {
                 let page_limit = remaining.min(1000).to_string();
                 let mut query = vec![("prefix", prefix.clone()), ("limit", page_limit)];
-                if let Some(after) = &after {
-                    query.push(("after", after.clone()));
+                if let Some(after) = &after_base64 {
+                    query.push(("after_base64", after.clone()));
                 }
                 let url = api.url(&format!("/v1/topics/{}/kv", encode_path(&topic)));
                 let page = api.json(api.http.get(url).query(&query))?;
                 let entries = page["entries"].as_array().cloned().unwrap_or_default();
                 remaining = remaining.saturating_sub(entries.len());
-                all.extend(entries);
-                match page["next"].as_str() {
-                    Some(next) => after = Some(next.to_string()),
+                for entry in entries {
+                    if client.json {
+                        write!(out, "{}{entry}", if first { "" } else { "," })?;
+                        first = false;
+                    } else {
+                        let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
+                        writeln!(out, "{}\t{}", key_text(&entry), String::from_utf8_lossy(&value))?;
+                    }
+                }
+                match page["next_base64"].as_str() {
+                    Some(next) => after_base64 = Some(next.to_string()),
                     None => break,
                 }
             }
             if client.json {
-                println!("{}", Value::Array(all));
-            } else {
-                for entry in all {
-                    let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
-                    println!("{}\t{}", entry["key"].as_str().unwrap_or_default(), String::from_utf8_lossy(&value));
-                }
+                writeln!(out, "]")?;
             }
+        }
+        Command::Subscribe { topic, client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.put(api.url(&format!("/v1/topics/{}", encode_path(&topic)))))?;
+            print(client.json, &reply, |_| format!("subscribed {topic}"));
+        }
+        Command::Unsubscribe { topic, purge, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}", encode_path(&topic)));
+            let reply = api.json(api.http.delete(url).query(&[("purge", purge.to_string())]))?;
+            print(client.json, &reply, |_| {
+                format!("unsubscribed {topic}{}", if purge { " and purged it" } else { "" })
+            });
         }
         Command::Batch { topic, file, client } => {
             let api = Api::new(&client)?;
@@ -417,7 +469,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 let Some(data) = line.strip_prefix("data:") else { continue };
                 let change: Value = serde_json::from_str(data.trim())?;
                 print(client.json, &change, |c| {
-                    let key = c["key"].as_str().unwrap_or_default();
+                    let key = key_text(c);
                     match c["value"].as_str() {
                         Some(v) => {
                             format!("put {key} = {}", String::from_utf8_lossy(&BASE64.decode(v).unwrap_or_default()))

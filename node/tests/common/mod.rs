@@ -29,9 +29,14 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node on loopback with random ports, subscribed to `topics`, dialling `peers`.
     pub fn start(data_dir: &Path, peers: &[String], topics: &[&str]) -> NodeProcess {
+        NodeProcess::start_with(data_dir, peers, topics, &[])
+    }
+
+    /// Like [`NodeProcess::start`], with more `canopy serve` arguments.
+    pub fn start_with(data_dir: &Path, peers: &[String], topics: &[&str], extra: &[&str]) -> NodeProcess {
         let mut command = canopy();
+        command.arg("serve").args(extra);
         command
-            .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--blocks", "127.0.0.1:0"])
@@ -86,6 +91,12 @@ impl NodeProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
+    }
+
+    /// Subscribes `topic`.
+    pub fn subscribe(&self, topic: &str) {
+        let response = self.http.put(self.url(&format!("/v1/topics/{topic}"))).send().unwrap();
+        assert!(response.status().is_success(), "subscribe {topic}: {}", response.status());
     }
 
     pub fn put(&self, topic: &str, key: &str, value: &str) -> Value {
