@@ -78,6 +78,10 @@ pub struct SimReport {
     pub adversaries: usize,
     /// Length of the chain caught up before the workload.
     pub deep: usize,
+    /// Peak resident memory of the process once the replicas were quiet, before the check
+    /// (which loads every block to recompute the state from scratch). Not printed: it varies
+    /// from run to run.
+    pub quiet_peak_rss_bytes: Option<u64>,
 }
 
 impl SimReport {
@@ -171,6 +175,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         cluster.restart(replica)?;
     }
     let rounds = cluster.run_until_quiet(config.quiet_steps_max).ok();
+    let quiet_peak_rss_bytes = peak_rss_bytes();
     let diverged = if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
     Ok(SimReport {
         seed: config.seed,
@@ -185,7 +190,16 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         acknowledged: cluster.acknowledged().len(),
         adversaries: config.adversaries,
         deep: config.deep,
+        quiet_peak_rss_bytes,
     })
+}
+
+/// The process's peak resident set so far, from /proc (None where there is no /proc).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Replica 0 writes `length` single puts alone, one block each on top of the last: a chain the

@@ -101,6 +101,8 @@ pub(crate) struct TopicState {
     rejected: HashSet<Cid>,
     /// Tombstones stored for elements whose block is not applied yet.
     tombstones: u64,
+    /// Blocks an earlier version left in the `pending` column family, to remove.
+    legacy_pending: bool,
 }
 
 impl TopicState {
@@ -133,10 +135,12 @@ impl TopicState {
             }
             tombstones += 1;
         }
-        // Earlier versions kept out-of-order blocks on disk; they are fetched again instead.
-        let mut batch = WriteBatch::default();
-        delete_topic_range(&mut batch, store.cf(CF_PENDING), id);
-        db.write(batch)?;
+        // Earlier versions kept out-of-order blocks on disk; they are fetched again instead, and
+        // the writer thread removes them when it takes the topic.
+        let legacy_pending = match db.prefix_iterator_cf(store.cf(CF_PENDING), prefix).next() {
+            Some(item) => item?.0.starts_with(&prefix),
+            None => false,
+        };
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
@@ -157,6 +161,7 @@ impl TopicState {
             unresolved: HashMap::new(),
             rejected: HashSet::new(),
             tombstones,
+            legacy_pending,
         })
     }
 
@@ -348,6 +353,12 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
     match command {
         Command::Register(state) => {
             let id = state.shared.id;
+            if state.legacy_pending {
+                let mut batch = WriteBatch::default();
+                delete_topic_range(&mut batch, context.cf(CF_PENDING), id);
+                // A failure poisons the store; the records are harmless and removed next time.
+                let _ = context.write(batch);
+            }
             topics.insert(id, *state);
         }
         Command::Write(_) => unreachable!("writes are grouped by the caller"),
@@ -835,12 +846,12 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
                 // The element's block is not applied yet: the tombstone waits for it, so the
                 // result does not depend on which of the two arrives first.
-                tombs.store(context, state, &mut batch, topic, key, *id);
+                tombs.store(context, state, &mut batch, key, *id);
             }
             changed_at.insert(key.clone(), height);
         }
         for (key, value) in delta.adds {
-            if tombs.take(context, state, &mut batch, topic, &key, cid) {
+            if tombs.take(context, state, &mut batch, &key, cid) {
                 continue;
             }
             rows.get_mut(&key).expect("every key of the round was read").0.insert(Element { height, id: cid, value });
@@ -968,15 +979,7 @@ impl Tombstones {
     }
 
     /// Stores a tombstone for `(key, id)`, within the topic's bound.
-    fn store(
-        &mut self,
-        context: &Context,
-        state: &mut TopicState,
-        batch: &mut WriteBatch,
-        topic: TopicId,
-        key: &[u8],
-        id: Cid,
-    ) {
+    fn store(&mut self, context: &Context, state: &mut TopicState, batch: &mut WriteBatch, key: &[u8], id: Cid) {
         if self.known.contains(&(id, key.to_vec())) {
             return;
         }
@@ -984,26 +987,18 @@ impl Tombstones {
             tracing::warn!(topic = %state.shared.name, "tombstone bound reached; a remove of a missing element is not kept");
             return;
         }
-        batch.put_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, &id, key), []);
+        batch.put_cf(context.cf(CF_TOMBSTONES), tombstone_key(state.shared.id, &id, key), []);
         state.tombstones += 1;
         self.known.insert((id, key.to_vec()));
     }
 
     /// Whether the add of `key` by block `id` was removed before it arrived; the tombstone is
     /// consumed, since no later block can add the same element again.
-    fn take(
-        &mut self,
-        context: &Context,
-        state: &mut TopicState,
-        batch: &mut WriteBatch,
-        topic: TopicId,
-        key: &[u8],
-        id: Cid,
-    ) -> bool {
+    fn take(&mut self, context: &Context, state: &mut TopicState, batch: &mut WriteBatch, key: &[u8], id: Cid) -> bool {
         if !self.known.remove(&(id, key.to_vec())) {
             return false;
         }
-        batch.delete_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, &id, key));
+        batch.delete_cf(context.cf(CF_TOMBSTONES), tombstone_key(state.shared.id, &id, key));
         state.tombstones = state.tombstones.saturating_sub(1);
         true
     }

@@ -109,6 +109,78 @@ fn an_empty_node_catches_up_a_topic_of_100000_keys() {
     assert_eq!(empty.get("big", "key-099-0999").as_deref(), Some(value.as_str()));
 }
 
+#[test]
+fn an_empty_node_catches_up_a_chain_deeper_than_one_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = NodeProcess::start(&dir.path().join("source"), &[], &["deep"]);
+    // One put at a time: every put is its own block on top of the last, a chain of 20,000,
+    // deeper than one walk of the block server visits (16,384), so the catch-up descends
+    // through a frontier before it climbs back, over real QUIC.
+    let client = &source.http;
+    for i in 0..20_000 {
+        let url = source.url(&format!("/v1/topics/deep/kv/key-{:03}", i % 500));
+        assert!(client.put(url).body(i.to_string()).send().unwrap().status().is_success());
+    }
+    assert_eq!(source.heads("deep")["heads"][0]["height"], 20_000);
+    let empty = NodeProcess::start(&dir.path().join("empty"), &[source.address()], &["deep"]);
+    wait_until("the empty node holds the whole chain", || empty.heads("deep") == source.heads("deep"));
+    assert_eq!(empty.key_count("deep"), 500);
+    assert_eq!(empty.get("deep", "key-499").as_deref(), Some("19999"));
+}
+
+#[test]
+fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2, "t");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A libp2p peer that keeps announcing well-formed heads that exist nowhere, and refuses
+    // every block request.
+    let rogue = {
+        let stop = stop.clone();
+        let target = nodes[1].address();
+        runtime.spawn(async move {
+            let config = canopy_transport::TransportConfig {
+                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+                peers: vec![target],
+                blocks_listen: "127.0.0.1:0".parse().unwrap(),
+                ..Default::default()
+            };
+            let refuse: canopy_transport::RequestServer = std::sync::Arc::new(|_, _| Err("no".into()));
+            let accept_all: canopy_transport::GossipValidator = std::sync::Arc::new(|_, _| true);
+            let transport = canopy_transport::start(config, refuse, accept_all).await.unwrap();
+            transport.handle.subscribe("t");
+            let mut round = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                round += 1;
+                let fake = canopy_crdt::Block::build(vec![], 1, round.to_be_bytes().to_vec()).unwrap().cid();
+                let heads = vec![canopy_crdt::Head { cid: fake, height: round }];
+                let message = canopy_crdt::sync::Message::Heads { topic: "t".into(), heads };
+                transport.handle.publish("t", message.encode());
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            transport.handle.shutdown().await;
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for i in 0..20 {
+        nodes[0].put("t", &format!("while-attacked-{i}"), "honest");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    wait_until("honest writes arrive while the rogue announces", || {
+        (0..20).all(|i| nodes[1].get("t", &format!("while-attacked-{i}")).is_some())
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    runtime.block_on(rogue).unwrap();
+    let metrics = nodes[1].http.get(nodes[1].url("/metrics")).send().unwrap().text().unwrap();
+    let abandoned: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("canopy_fetches_abandoned_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fetches_abandoned metric in {metrics}"));
+    assert!(abandoned > 0, "the fetches from the rogue peer were given up");
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
