@@ -141,7 +141,7 @@ impl Cluster {
             rebroadcast_interval_ms: 1_000,
             rebroadcast_backoff_max: 2,
             request_timeout_ms: 2_000,
-            walk: WalkLimits { blocks_max: 64, bytes_max: 256 << 10, visits_max: 256, frontier_max: 16 },
+            walk: WalkLimits { blocks_max: 64, bytes_max: 256 << 10, visits_max: 256, frontier_max: 64 },
             ..SyncConfig::default()
         };
         Cluster::with_options(dir, replicas, topics, seed, store_options, sync_config)

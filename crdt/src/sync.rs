@@ -71,7 +71,10 @@ impl Default for SyncConfig {
             announce_per_tick_max: 256,
             request_timeout_ms: 10_000,
             want_max: 256,
-            have_max: 64,
+            // Room for every head a replica may have (a block links at most LINKS_MAX) and what
+            // earlier answers showed it has: with its heads, the serving walk knows exactly what
+            // the requester has, whatever the width of the DAG.
+            have_max: 2048,
             heads_max: 1024,
             walk: WalkLimits::default(),
             message_bytes_max: 32 << 20,
@@ -258,8 +261,8 @@ struct Fetch {
     /// Wants still to fetch, outermost first; the last one is being fetched. A frontier pushes
     /// a deeper level; a level is popped once nothing of it is missing.
     levels: Vec<Vec<Cid>>,
-    /// Blocks this replica turned out to have although the peer's walk took them as missing;
-    /// named as had in the next requests.
+    /// Blocks this replica turned out to have although the peer's walk took them as missing,
+    /// oldest first; the newest are named as had in the next requests.
     extra_have: Vec<Cid>,
     /// Answers in a row that applied nothing.
     idle: u32,
@@ -268,6 +271,23 @@ struct Fetch {
 impl Fetch {
     fn cids(&self) -> usize {
         self.levels.iter().map(Vec::len).sum::<usize>() + self.extra_have.len()
+    }
+
+    /// Remembers blocks this replica has that the peer took as missing, newest last, keeping
+    /// at most `max`. Returns whether any was new.
+    fn learn_had(&mut self, had: Vec<Cid>, max: usize) -> bool {
+        let before = self.extra_have.len();
+        for cid in had {
+            if !self.extra_have.contains(&cid) {
+                self.extra_have.push(cid);
+            }
+        }
+        let learnt = self.extra_have.len() > before;
+        if self.extra_have.len() > max {
+            let excess = self.extra_have.len() - max;
+            self.extra_have.drain(..excess);
+        }
+        learnt
     }
 }
 
@@ -512,11 +532,19 @@ impl<P: Clone + Ord> Sync<P> {
                 continue;
             }
             *fetch.levels.last_mut().expect("a level") = want.clone();
-            let mut have = fetch.extra_have.clone();
-            have.truncate(have_max / 2);
-            have.extend(sync.topic.have_sample(have_max - have.len())?);
+            // Heads first (everything applied lies below them), then blocks earlier answers took
+            // as missing, then sampled ancestors.
+            let mut heads = sync.topic.heads();
+            heads.sort_unstable_by(|a, b| b.height.cmp(&a.height).then(a.cid.cmp(&b.cid)));
+            let mut have: Vec<Cid> = heads.into_iter().map(|head| head.cid).collect();
+            have.extend(fetch.extra_have.iter().rev().copied());
+            if have.len() < have_max {
+                have.extend(sync.topic.have_sample(have_max - have.len())?);
+            }
+            let mut seen = BTreeSet::new();
+            have.retain(|cid| seen.insert(*cid));
+            have.truncate(have_max);
             have.sort_unstable();
-            have.dedup();
             fetch.id = id;
             fetch.sent_ms = now_ms;
             let message = Message::Want { topic: topic.to_string(), id, want, have };
@@ -551,7 +579,7 @@ impl<P: Clone + Ord> Sync<P> {
         blocks: Vec<WireBlock>,
         frontier: Vec<Cid>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
-        let (want_max, cids_max) = (self.config.want_max, self.config.fetch_cids_max);
+        let (want_max, have_max, cids_max) = (self.config.want_max, self.config.have_max, self.config.fetch_cids_max);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
@@ -572,16 +600,22 @@ impl<P: Clone + Ord> Sync<P> {
         self.stats.blocks_rejected += outcome.rejected.len() as u64;
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
-        let mut progressed = outcome.applied > 0;
+        // The peer's walk knows what this replica has only through the heads and samples it was
+        // told; blocks it took as missing but this replica has (served again, or named in a
+        // frontier) are named as had from now on. Learning them is progress: the next walk gets
+        // further.
+        let mut progressed = outcome.applied > 0 || fetch.learn_had(outcome.duplicates, have_max);
         if !frontier.is_empty() {
             let deeper = sync.topic.unknown(frontier.clone(), want_max)?;
-            // What the peer took as missing but this replica has is named as had from now on.
-            fetch.extra_have.extend(frontier.iter().filter(|cid| !deeper.contains(cid)));
-            fetch.extra_have.sort_unstable();
-            fetch.extra_have.dedup();
-            progressed |= !deeper.is_empty();
-            if !deeper.is_empty() {
+            let had: Vec<Cid> = frontier.iter().filter(|cid| !deeper.contains(cid)).copied().collect();
+            progressed |= fetch.learn_had(had, have_max);
+            // The frontier is a step down when it names blocks below the wants, or fewer of the
+            // wants (the walk got past some and ran out of visits before the others, which are
+            // then asked for alone). One that repeats the wants is no step.
+            let current: BTreeSet<Cid> = fetch.levels.last().into_iter().flatten().copied().collect();
+            if !deeper.is_empty() && deeper.iter().copied().collect::<BTreeSet<Cid>>() != current {
                 fetch.levels.push(deeper);
+                progressed = true;
             }
         }
         fetch.idle = if progressed { 0 } else { fetch.idle + 1 };

@@ -126,6 +126,8 @@ pub struct IngestOutcome {
     pub rejected: Vec<(Cid, String)>,
     /// Blocks now waiting for their parents.
     pub pending: usize,
+    /// Blocks of the batch that were applied already.
+    pub duplicates: Vec<Cid>,
     /// True when the heads changed.
     pub heads_changed: bool,
 }

@@ -740,6 +740,7 @@ fn ingest(context: &Context, state: &mut TopicState, blocks: Vec<Block>) -> Resu
     let mut ready = Vec::new();
     for (block, meta) in fresh.into_iter().zip(applied) {
         if meta.is_some() {
+            outcome.duplicates.push(block.cid());
             continue;
         }
         if block.links().iter().any(|parent| state.rejected.contains(parent)) {

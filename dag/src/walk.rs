@@ -73,8 +73,12 @@ pub fn walk_missing(
     limits: &WalkLimits,
 ) -> Result<Walk, StoreError> {
     let mut walker = Walker { store, topic, queue: BinaryHeap::new(), seen: HashMap::new(), wanted_in_queue: 0 };
-    walker.enqueue(haves, Side::Have)?;
-    walker.enqueue(wants, Side::Want)?;
+    walker.enqueue(wants, Side::Want, Height::MAX)?;
+    // A had block above every wanted one would only spend visits before the walk reaches what
+    // is wanted; leaving it out can only make the answer name blocks the requester has, which
+    // it skips (and then names as had), never leave out one it lacks.
+    let wanted_top = walker.queue.peek().map_or(0, |(height, _)| *height);
+    walker.enqueue(haves, Side::Have, wanted_top)?;
 
     let mut missing: Vec<(Height, Cid)> = Vec::new();
     let mut visits = 0usize;
@@ -94,7 +98,7 @@ pub fn walk_missing(
             walker.wanted_in_queue -= 1;
             missing.push((height, cid));
         }
-        walker.enqueue(&links, side)?;
+        walker.enqueue(&links, side, Height::MAX)?;
     }
 
     missing.sort_unstable();
@@ -144,8 +148,9 @@ impl Walker<'_> {
         queued.into_iter().take(max).map(|(_, cid)| cid).collect()
     }
 
-    /// Queues `cids` as reached from `side`; a block reached from both sides counts as had.
-    fn enqueue(&mut self, cids: &[Cid], side: Side) -> Result<(), StoreError> {
+    /// Queues `cids` (those no higher than `height_max`) as reached from `side`; a block reached
+    /// from both sides counts as had.
+    fn enqueue(&mut self, cids: &[Cid], side: Side, height_max: Height) -> Result<(), StoreError> {
         let mut fresh = Vec::new();
         for cid in cids {
             match self.seen.get_mut(cid) {
@@ -161,7 +166,7 @@ impl Walker<'_> {
         fresh.sort_unstable();
         fresh.dedup();
         for (cid, meta) in fresh.iter().zip(self.store.metas(self.topic, &fresh)?) {
-            let Some(meta) = meta else { continue };
+            let Some(meta) = meta.filter(|meta| meta.height <= height_max) else { continue };
             if side == Side::Want {
                 self.wanted_in_queue += 1;
             }
