@@ -40,6 +40,15 @@ fn hostile_peers_neither_stall_nor_corrupt_the_honest_replicas() {
     }
 }
 
+/// Once fetched forever: wide histories made the serving walk spend its visits on blocks the
+/// requester had, and answer with the same blocks or frontier again.
+#[test]
+fn pinned_seed_where_wide_histories_made_fetches_repeat() {
+    let config = SimConfig { ops: 1000, adversaries: 2, ..all_faults(1) };
+    let report = run(&config).unwrap();
+    assert!(report.passed(), "{report}");
+}
+
 #[test]
 fn a_deep_chain_is_caught_up_under_faults_and_attacks() {
     let config = SimConfig { replicas: 3, topics: 2, ops: 150, deep: 2_000, adversaries: 1, ..all_faults(17) };
