@@ -477,16 +477,18 @@ fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, gr
         state.key_count = commit.key_count;
         state.publish();
         state.notify(commit.changes);
-        for (reply, committed) in commit.replies {
-            let _ = reply.send(Ok(committed));
-        }
         // A received block may have waited for a block this replica has just made itself (an
-        // identical block made by another replica from the same heads and delta).
+        // identical block made by another replica from the same heads and delta). It is applied
+        // before the writers hear back, so they see it.
         if !state.waiting.is_empty() {
             let ready: Vec<Cid> = commit.made.iter().flat_map(|cid| state.release_children(cid)).collect();
             if !ready.is_empty() {
                 let _ = apply_ready(context, state, ready);
+                state.publish();
             }
+        }
+        for (reply, committed) in commit.replies {
+            let _ = reply.send(Ok(committed));
         }
     }
 }
