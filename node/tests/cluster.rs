@@ -162,10 +162,9 @@ fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
             transport.handle.shutdown().await;
         })
     };
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    wait_until("the rogue peer is connected", || nodes[1].json("/v1/status")["peers"].as_u64() == Some(2));
     for i in 0..20 {
         nodes[0].put("t", &format!("while-attacked-{i}"), "honest");
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     wait_until("honest writes arrive while the rogue announces", || {
         (0..20).all(|i| nodes[1].get("t", &format!("while-attacked-{i}")).is_some())
