@@ -1,0 +1,329 @@
+//! Local writes: queued requests of a topic become as few blocks as the protocol's limits
+//! allow, each linking at most `LINKS_MAX` heads.
+
+use std::collections::{BTreeMap, HashMap};
+
+use canopy_dag::{BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, TopicId};
+use crossbeam_channel::Sender;
+use rocksdb::WriteBatch;
+
+use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_rows};
+use crate::delta::DELTA_OPS_MAX;
+use crate::error::{StorageError, WriteError};
+use crate::row::{Element, Row};
+use crate::store::{CF_HEADS, CF_KV, CF_META, key_count_key};
+use crate::topic::{Change, Commit, Op};
+
+/// Upper bounds on the encoded size of one add, one remove and one link, and on everything
+/// else a block holds. Local deltas are cut by these estimates, so a block built from a cut
+/// never exceeds [`BLOCK_BYTES_MAX`].
+const ADD_BYTES_OVERHEAD: usize = 12;
+const REMOVE_BYTES_OVERHEAD: usize = 50;
+const LINK_BYTES: usize = 42;
+const BLOCK_BYTES_OVERHEAD: usize = 96;
+/// Most bytes of delta one local block carries: whatever its links, it stays within the block
+/// limit every peer applies.
+const DELTA_BYTES_MAX: usize = BLOCK_BYTES_MAX - LINKS_MAX * LINK_BYTES - BLOCK_BYTES_OVERHEAD;
+/// Most empty blocks one local commit makes to merge heads beyond [`LINKS_MAX`]; heads left
+/// over are merged by the next commits.
+const MERGE_BLOCKS_PER_COMMIT_MAX: usize = 8;
+
+type Reply = Sender<Result<Committed, WriteError>>;
+
+/// A topic's share of a group commit, ready to publish once the batch is written.
+struct TopicCommit {
+    topic: TopicId,
+    replies: Vec<(Reply, Committed)>,
+    /// Heads after every block of the commit.
+    heads: BTreeMap<Cid, Height>,
+    key_count: u64,
+    changes: Vec<Change>,
+    /// Blocks made, in order (merge blocks included).
+    made: Vec<Cid>,
+}
+
+/// Commits queued local writes: as few deltas per topic as the block limits allow, one
+/// RocksDB write for the round.
+pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, TopicState>, group: Vec<WriteRequest>) {
+    if group.is_empty() {
+        return;
+    }
+    let mut by_topic: BTreeMap<TopicId, Vec<WriteRequest>> = BTreeMap::new();
+    for request in group {
+        by_topic.entry(request.topic).or_default().push(request);
+    }
+    let mut batch = WriteBatch::default();
+    let mut commits = Vec::new();
+    for (topic, requests) in by_topic {
+        let Some(state) = topics.get(&topic) else {
+            for request in requests {
+                let _ = request.reply.send(Err(WriteError::TopicDropped));
+            }
+            continue;
+        };
+        if context.is_poisoned() {
+            for request in requests {
+                let _ = request.reply.send(Err(WriteError::Poisoned));
+            }
+            continue;
+        }
+        match prepare_local(context, state, requests, &mut batch) {
+            Ok(commit) => commits.push(commit),
+            Err((replies, error)) => {
+                let message = error.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
+                }
+            }
+        }
+    }
+    if commits.iter().any(|c| !c.made.is_empty())
+        && let Err(error) = context.write(batch)
+    {
+        let message = error.to_string();
+        for commit in commits {
+            for (reply, _) in commit.replies {
+                let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
+            }
+        }
+        return;
+    }
+    for commit in commits {
+        let state = topics.get_mut(&commit.topic).expect("committed topics are registered");
+        state.heads = commit.heads;
+        state.key_count = commit.key_count;
+        state.publish();
+        state.notify(commit.changes);
+        // A received block may have waited for a block this replica has just made itself (an
+        // identical block made by another replica from the same heads and delta). It is applied
+        // before the writers hear back, so they see it.
+        if !state.waiting.is_empty() {
+            let ready: Vec<Cid> = commit.made.iter().flat_map(|cid| state.release_children(cid)).collect();
+            if !ready.is_empty() {
+                let _ = apply_ready(context, state, ready);
+                state.publish();
+            }
+        }
+        for (reply, committed) in commit.replies {
+            let _ = reply.send(Ok(committed));
+        }
+    }
+}
+
+/// The estimated delta bytes and operations one request adds to a cut, given the rows its keys
+/// had when the group started (a row only shrinks to one element within a group).
+fn request_cost(request: &WriteRequest, rows: &HashMap<&[u8], Row>) -> (usize, usize) {
+    let mut bytes = 0;
+    let mut ops = 0;
+    for op in &request.ops {
+        let key = op.key();
+        let removes = rows.get(key).map_or(0, Row::len).max(1);
+        bytes += removes * (key.len() + REMOVE_BYTES_OVERHEAD);
+        ops += removes;
+        if let Some(value) = op.value() {
+            bytes += key.len() + value.len() + ADD_BYTES_OVERHEAD;
+            ops += 1;
+        }
+    }
+    (bytes, ops)
+}
+
+/// The heads a new block links: the highest first, at most [`LINKS_MAX`], so its height is
+/// still one above everything this replica has seen.
+fn select_links(heads: &BTreeMap<Cid, Height>) -> (Vec<Cid>, Height) {
+    let mut by_height: Vec<(Height, Cid)> = heads.iter().map(|(cid, height)| (*height, *cid)).collect();
+    by_height.sort_unstable_by(|a, b| b.cmp(a));
+    by_height.truncate(LINKS_MAX);
+    let height = by_height.first().map_or(0, |(height, _)| *height) + 1;
+    (by_height.into_iter().map(|(_, cid)| cid).collect(), height)
+}
+
+/// Builds a block over `heads`, adds it to `batch` and makes it the head above the heads it links.
+fn make_block(
+    context: &Context,
+    topic: TopicId,
+    heads: &mut BTreeMap<Cid, Height>,
+    payload: Vec<u8>,
+    batch: &mut WriteBatch,
+) -> Result<Block, StorageError> {
+    let (links, height) = select_links(heads);
+    let block = Block::build(links, height, payload)
+        .map_err(|error| StorageError::Corrupt(format!("cannot build a local block: {error}")))?;
+    for parent in block.links() {
+        heads.remove(parent);
+    }
+    heads.insert(block.cid(), height);
+    context.blocks.put(batch, topic, &block);
+    Ok(block)
+}
+
+/// Builds one topic's blocks from its queued requests and adds their writes to `batch`.
+///
+/// Requests are cut, in submission order, into deltas that fit one block each (a request is
+/// never split, so a batch stays atomic; a request too large for any block is refused). A local
+/// put supersedes every element of its key this replica knows (they are all in the new block's
+/// causal past), so the delta tombstones them: rows stay one element long under sequential
+/// overwrites on every replica, and deletes stay exact.
+fn prepare_local(
+    context: &Context,
+    state: &TopicState,
+    requests: Vec<WriteRequest>,
+    batch: &mut WriteBatch,
+) -> Result<TopicCommit, (Vec<Reply>, StorageError)> {
+    let topic = state.shared.id;
+    let mut keys: Vec<&[u8]> = requests.iter().flat_map(|r| r.ops.iter().map(Op::key)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
+    let loaded = match read_rows(context, &full_keys) {
+        Ok(rows) => rows,
+        Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
+    };
+    let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
+
+    let mut commit = TopicCommit {
+        topic,
+        replies: Vec::new(),
+        heads: state.heads.clone(),
+        key_count: state.key_count,
+        changes: Vec::new(),
+        made: Vec::new(),
+    };
+    let watched = state.has_watchers();
+    let mut cut: Vec<&WriteRequest> = Vec::new();
+    let (mut cut_bytes, mut cut_ops) = (0, 0);
+    for request in &requests {
+        let (bytes, ops) = request_cost(request, &rows);
+        if bytes > DELTA_BYTES_MAX || ops > DELTA_OPS_MAX {
+            let _ = request.reply.send(Err(WriteError::TooLarge { bytes, max: DELTA_BYTES_MAX }));
+            continue;
+        }
+        if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
+            commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+                .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
+            cut.clear();
+            (cut_bytes, cut_ops) = (0, 0);
+        }
+        cut.push(request);
+        cut_bytes += bytes;
+        cut_ops += ops;
+    }
+    commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+        .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
+
+    let heads_cf = context.cf(CF_HEADS);
+    for old in state.heads.keys().filter(|cid| !commit.heads.contains_key(*cid)) {
+        batch.delete_cf(heads_cf, topic.key(&old.to_bytes()));
+    }
+    for (cid, height) in commit.heads.iter().filter(|(cid, _)| !state.heads.contains_key(*cid)) {
+        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
+    }
+    batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
+    Ok(commit)
+}
+
+/// Turns one cut of requests into one block (after merge blocks when there are more heads than
+/// one block may link) and records its replies.
+fn commit_cut<'a>(
+    context: &Context,
+    commit: &mut TopicCommit,
+    rows: &mut HashMap<&'a [u8], Row>,
+    cut: &[&'a WriteRequest],
+    watched: bool,
+    batch: &mut WriteBatch,
+) -> Result<(), StorageError> {
+    if cut.is_empty() {
+        return Ok(());
+    }
+    let topic = commit.topic;
+    // The last operation on each key, in key order: a stable sort keeps each key's operations
+    // in submission order, and the last of each run wins.
+    let mut ops: Vec<(&'a [u8], Option<&'a [u8]>)> =
+        cut.iter().flat_map(|request| request.ops.iter().map(|op| (op.key(), op.value()))).collect();
+    ops.sort_by(|a, b| a.0.cmp(b.0));
+    let mut last: Vec<(&'a [u8], Option<&'a [u8]>)> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match last.last_mut() {
+            Some(previous) if previous.0 == op.0 => *previous = op,
+            _ => last.push(op),
+        }
+    }
+    let deleted = deleted_flags(cut, rows);
+    let mut adds: Vec<(&[u8], &[u8])> = Vec::with_capacity(last.len());
+    let mut removes: Vec<(&[u8], Cid)> = Vec::new();
+    for (key, value) in &last {
+        removes.extend(rows[key].ids().map(|id| (*key, id)));
+        if let Some(value) = value {
+            adds.push((key, value));
+        }
+    }
+    if adds.is_empty() && removes.is_empty() {
+        for (request, deleted) in cut.iter().zip(deleted) {
+            commit.replies.push((request.reply.clone(), Committed { commit: None, deleted }));
+        }
+        return Ok(());
+    }
+    removes.sort_unstable();
+
+    let mut merges = 0;
+    while commit.heads.len() > LINKS_MAX && merges < MERGE_BLOCKS_PER_COMMIT_MAX {
+        let merge = make_block(context, topic, &mut commit.heads, crate::delta::encode(&[], &[]), batch)?;
+        commit.made.push(merge.cid());
+        merges += 1;
+    }
+    let block = make_block(context, topic, &mut commit.heads, crate::delta::encode(&adds, &removes), batch)?;
+    let height = block.height();
+    let id = block.cid().to_bytes();
+    let kv = context.cf(CF_KV);
+    let mut key_count = commit.key_count as i64;
+    for (key, value) in last {
+        let row = rows.get_mut(key).expect("every key of the group was read");
+        let was_live = !row.is_empty();
+        match value {
+            Some(value) => {
+                key_count += i64::from(!was_live);
+                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, value));
+                *row = Row::single(Element { height, id: block.cid(), value: value.to_vec() });
+                if watched {
+                    commit.changes.push(Change { key: key.to_vec(), value: Some(value.to_vec()), height });
+                }
+            }
+            None if was_live => {
+                key_count -= 1;
+                batch.delete_cf(kv, topic.key(key));
+                *row = Row::default();
+                if watched {
+                    commit.changes.push(Change { key: key.to_vec(), value: None, height });
+                }
+            }
+            None => {}
+        }
+    }
+    commit.key_count = key_count.max(0) as u64;
+    commit.made.push(block.cid());
+    let made = Commit { cid: block.cid(), height };
+    for (request, deleted) in cut.iter().zip(deleted) {
+        commit.replies.push((request.reply.clone(), Committed { commit: Some(made), deleted }));
+    }
+    Ok(())
+}
+
+/// Whether one of each request's deletes removed a live value, replaying the cut in submission
+/// order over the rows as they stand before it.
+fn deleted_flags(cut: &[&WriteRequest], rows: &HashMap<&[u8], Row>) -> Vec<bool> {
+    let any_delete = cut.iter().any(|r| r.ops.iter().any(|op| matches!(op, Op::Delete(_))));
+    if !any_delete {
+        return vec![false; cut.len()];
+    }
+    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (*key, !row.is_empty())).collect();
+    cut.iter()
+        .map(|request| {
+            let mut deleted = false;
+            for op in &request.ops {
+                let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).unwrap_or(false);
+                deleted |= matches!(op, Op::Delete(_)) && was_live;
+            }
+            deleted
+        })
+        .collect()
+}
