@@ -19,7 +19,7 @@
 //! or answers with junk, holds up only its own fetch. An answer is taken only from the peer
 //! asked and only for the request it answers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use canopy_dag::{Cid, WalkLimits, validate_batch};
 use serde::{Deserialize, Serialize};
@@ -250,6 +250,9 @@ pub struct SyncStats {
     pub fetches_abandoned: u64,
 }
 
+/// Most CIDs of a request's `have` that come from sampling ancestors (heads included).
+const HAVE_SAMPLES_MAX: usize = 64;
+
 /// Answers in a row that apply nothing before a fetch is given up.
 const FETCH_IDLE_MAX: u32 = 3;
 
@@ -277,8 +280,9 @@ impl Fetch {
     /// at most `max`. Returns whether any was new.
     fn learn_had(&mut self, had: Vec<Cid>, max: usize) -> bool {
         let before = self.extra_have.len();
+        let mut known: HashSet<Cid> = self.extra_have.iter().copied().collect();
         for cid in had {
-            if !self.extra_have.contains(&cid) {
+            if known.insert(cid) {
                 self.extra_have.push(cid);
             }
         }
@@ -538,8 +542,10 @@ impl<P: Clone + Ord> Sync<P> {
             heads.sort_unstable_by(|a, b| b.height.cmp(&a.height).then(a.cid.cmp(&b.cid)));
             let mut have: Vec<Cid> = heads.into_iter().map(|head| head.cid).collect();
             have.extend(fetch.extra_have.iter().rev().copied());
+            // Samples only help a replica with few heads, and each costs a walk down first
+            // parents: a few are enough.
             if have.len() < have_max {
-                have.extend(sync.topic.have_sample(have_max - have.len())?);
+                have.extend(sync.topic.have_sample(HAVE_SAMPLES_MAX.min(have_max - have.len()))?);
             }
             let mut seen = BTreeSet::new();
             have.retain(|cid| seen.insert(*cid));
