@@ -93,6 +93,11 @@ struct SimArgs {
     /// catch it up from nothing.
     #[arg(long, default_value_t = 0)]
     deep: usize,
+    /// Probability, per workload operation, that a random replica compacts a random topic
+    /// (also just before some crashes). With it, every replica compacts every topic once the
+    /// cluster is quiet, and a replica that starts empty joins and must catch up.
+    #[arg(long, default_value_t = 0.0, value_parser = probability)]
+    compact: f64,
 }
 
 #[derive(clap::Args)]
@@ -167,6 +172,7 @@ fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             crashes: args.crashes,
             adversaries: args.adversaries as usize,
             deep: args.deep,
+            compact: args.compact,
             ..SimConfig::default()
         };
         let report = sim::run(&config).with_context(|| format!("simulation of seed {seed} failed"))?;

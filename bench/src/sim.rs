@@ -29,6 +29,9 @@ pub struct SimConfig {
     /// Before the workload, replica 0 writes this many single puts (one block each, a chain)
     /// while cut off from the others, who then catch up the whole chain.
     pub deep: usize,
+    /// Probability per workload operation that a random replica compacts a random topic; with
+    /// it, a late joiner catches up from compacted replicas at the end.
+    pub compact: f64,
     /// Most simulation steps allowed to reach quiescence after the faults stop.
     pub quiet_steps_max: u64,
 }
@@ -45,6 +48,7 @@ impl Default for SimConfig {
             crashes: false,
             adversaries: 0,
             deep: 0,
+            compact: 0.0,
             quiet_steps_max: 2_000_000,
         }
     }
@@ -78,6 +82,12 @@ pub struct SimReport {
     pub adversaries: usize,
     /// Length of the chain caught up before the workload.
     pub deep: usize,
+    /// Compactions made.
+    pub compactions: u64,
+    /// Snapshots fetched from peers and merged by replicas running at the end.
+    pub snapshots_merged: u64,
+    /// Whether a replica that started empty joined after every replica compacted everything.
+    pub late_joiner: bool,
     /// Peak resident memory of the process once the replicas were quiet, before the check
     /// (which loads every block to recompute the state from scratch). Not printed: it varies
     /// from run to run.
@@ -97,8 +107,9 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed={} replicas={} topics={} ops={} adversaries={} deep={} acknowledged={} dropped={} duplicated={} \
-             reordered={} corrupted={} partitioned={} partitions={} crashes={} messages={} rounds={} sim_ms={} \
-             diverged={}",
+             reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
+             late_joiner={} \
+             messages={} rounds={} sim_ms={} diverged={}",
             self.seed,
             self.replicas,
             self.topics,
@@ -113,6 +124,9 @@ impl fmt::Display for SimReport {
             c.partitioned,
             c.partitions,
             c.crashes,
+            self.compactions,
+            self.snapshots_merged,
+            self.late_joiner,
             self.messages,
             self.rounds.map_or_else(|| "never".to_string(), |r| r.to_string()),
             self.sim_ms,
@@ -158,12 +172,21 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
             if up > 1 && rng.random_bool(0.01) {
                 let replica = rng.random_range(0..config.replicas);
                 if cluster.is_up(replica) {
+                    if config.compact > 0.0 && rng.random_bool(0.5) {
+                        let topic = &topics[rng.random_range(0..topics.len())];
+                        cluster.compact(replica, topic)?;
+                    }
                     cluster.crash(replica);
                     restarts.push((replica, op + rng.random_range(5..60)));
                 }
             }
         }
         workload_step(&mut cluster, &mut rng, config, &topics)?;
+        if config.compact > 0.0 && rng.random_bool(config.compact) {
+            let up: Vec<usize> = (0..config.replicas).filter(|r| cluster.is_up(*r)).collect();
+            let replica = up[rng.random_range(0..up.len())];
+            cluster.compact(replica, &topics[rng.random_range(0..topics.len())])?;
+        }
         let pause = rng.random_range(0..30);
         cluster.run_for(pause)?;
     }
@@ -174,7 +197,18 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     for replica in 0..config.replicas {
         cluster.restart(replica)?;
     }
-    let rounds = cluster.run_until_quiet(config.quiet_steps_max).ok();
+    let mut rounds = cluster.run_until_quiet(config.quiet_steps_max).ok();
+    let late_joiner = config.compact > 0.0 && rounds.is_some();
+    if late_joiner {
+        // History compacted everywhere, then a replica that starts empty joins.
+        for replica in 0..config.replicas {
+            for topic in &topics {
+                cluster.compact(replica, topic)?;
+            }
+        }
+        cluster.add_replica()?;
+        rounds = cluster.run_until_quiet(config.quiet_steps_max).ok().map(|more| rounds.unwrap_or(0) + more);
+    }
     let quiet_peak_rss_bytes = peak_rss_bytes();
     let diverged = if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
     Ok(SimReport {
@@ -190,6 +224,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         acknowledged: cluster.acknowledged().len(),
         adversaries: config.adversaries,
         deep: config.deep,
+        compactions: cluster.compactions(),
+        snapshots_merged: cluster.snapshots_merged(),
+        late_joiner,
         quiet_peak_rss_bytes,
     })
 }

@@ -79,6 +79,28 @@ fn each_fault_alone_converges() {
 }
 
 #[test]
+fn compaction_under_every_fault_and_a_late_joiner_converge_to_the_full_history() {
+    let faults = Faults { drop: 0.1, dup: 0.1, reorder: 0.1, corrupt: 0.05 };
+    for seed in [300, 301] {
+        let config = SimConfig {
+            replicas: 4,
+            topics: 2,
+            ops: 300,
+            seed,
+            faults: faults.clone(),
+            partitions: true,
+            crashes: true,
+            adversaries: 1,
+            compact: 0.05,
+            ..SimConfig::default()
+        };
+        let report = run(&config).unwrap();
+        assert!(report.passed() && report.late_joiner && report.compactions > 8, "{report}");
+        assert!(report.snapshots_merged > 0, "the late joiner caught up from a snapshot: {report}");
+    }
+}
+
+#[test]
 fn the_same_seed_prints_the_same_run_byte_for_byte() {
     let sim = |seed: &str| {
         let output = Command::new(env!("CARGO_BIN_EXE_canopy-bench"))
@@ -94,6 +116,8 @@ fn the_same_seed_prints_the_same_run_byte_for_byte() {
                 "0.05",
                 "--partitions",
                 "--crashes",
+                "--compact",
+                "0.05",
             ])
             .output()
             .unwrap();

@@ -135,3 +135,33 @@ pub enum IngestError {
     #[error("the store is closed")]
     Closed,
 }
+
+/// Failure to compact a topic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompactError {
+    /// The topic was dropped, or the store is closed or poisoned.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// RocksDB failed; the topic stays readable and a later compaction starts again.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Failure to merge a snapshot into a topic.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MergeError {
+    /// The topic was dropped, or the store is closed or poisoned.
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// RocksDB failed; an interrupted merge resumes when the topic loads.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Parts of the snapshot are not staged yet.
+    #[error("{0} parts of the snapshot are not staged")]
+    Missing(usize),
+    /// The snapshot is not valid for this topic; nothing was changed.
+    #[error(transparent)]
+    Invalid(#[from] crate::snapshot::SnapshotError),
+}

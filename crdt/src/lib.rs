@@ -10,6 +10,7 @@ mod delta;
 mod error;
 mod row;
 pub mod sim;
+pub mod snapshot;
 mod store;
 pub mod sync;
 mod topic;
@@ -17,6 +18,6 @@ mod writer;
 
 pub use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, TopicId, Walk, WalkLimits};
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
-pub use error::{IngestError, OpenError, ReadError, StorageError, TopicError, WriteError};
-pub use store::{Sink, Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
-pub use topic::{Batch, Change, Commit, Head, IngestOutcome, Op, Page, Topic};
+pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
+pub use store::{KNOWN_SNAPSHOTS_MAX, Sink, Snapshots, Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use topic::{Batch, Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op, Page, Topic};

@@ -49,6 +49,11 @@ impl Row {
         self.elements.first()
     }
 
+    /// The live elements, best first.
+    pub fn elements(&self) -> &[Element] {
+        &self.elements
+    }
+
     pub fn ids(&self) -> impl Iterator<Item = Cid> + '_ {
         self.elements.iter().map(|e| e.id)
     }

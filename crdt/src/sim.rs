@@ -77,6 +77,9 @@ pub enum SimError {
     /// The replica is crashed.
     #[error("replica {0} is down")]
     Down(usize),
+    /// A compaction failed.
+    #[error("compaction failed: {0}")]
+    Compact(String),
 }
 
 struct Envelope {
@@ -126,6 +129,10 @@ pub struct Cluster {
     rng: StdRng,
     messages: u64,
     acknowledged: Vec<(String, Commit)>,
+    /// Every block a compaction pruned, by topic: the reference model keeps every block ever
+    /// made, whatever the replicas pruned.
+    archive: BTreeMap<String, BTreeMap<Cid, Block>>,
+    compactions: u64,
 }
 
 impl Cluster {
@@ -175,6 +182,8 @@ impl Cluster {
             rng: StdRng::seed_from_u64(seed),
             messages: 0,
             acknowledged: Vec::new(),
+            archive: BTreeMap::new(),
+            compactions: 0,
         };
         for replica in 0..replicas {
             let node = cluster.open(replica)?;
@@ -285,6 +294,41 @@ impl Cluster {
         self.acknowledged.push((topic.to_string(), commit));
         let effects = self.nodes[replica].as_mut().map(|node| node.announce(topic)).unwrap_or_default();
         self.dispatch(replica, effects);
+    }
+
+    /// Compacts `topic` on one replica: a snapshot at its heads, the covered blocks pruned. The
+    /// blocks it prunes are kept aside for the reference model.
+    pub fn compact(&mut self, replica: usize, topic: &str) -> Result<(), SimError> {
+        let blocks = self.replica_blocks(replica, topic)?;
+        self.archive.entry(topic.to_string()).or_default().extend(blocks);
+        self.topic(replica, topic)?.compact().map_err(|e| SimError::Compact(e.to_string()))?;
+        self.compactions += 1;
+        Ok(())
+    }
+
+    /// Compactions so far.
+    pub fn compactions(&self) -> u64 {
+        self.compactions
+    }
+
+    /// Snapshots fetched and merged by the running replicas since they last started.
+    pub fn snapshots_merged(&self) -> u64 {
+        self.nodes.iter().flatten().map(|node| node.stats().snapshots_merged).sum()
+    }
+
+    /// Adds a replica that starts empty (a late joiner), subscribed to every topic, in the
+    /// group of replica 0. Call it while no message is in flight: hostile participants are
+    /// numbered after the replicas.
+    pub fn add_replica(&mut self) -> Result<usize, SimError> {
+        let replica = self.nodes.len();
+        let node = self.open(replica)?;
+        self.nodes.push(Some(node));
+        let group = self.groups.first().copied().unwrap_or(0);
+        self.groups.push(group);
+        for adversary in &mut self.adversaries {
+            adversary.replicas = self.nodes.len();
+        }
+        Ok(replica)
     }
 
     /// Splits the replicas: `groups[i]` is replica i's group; only replicas of one group talk.
@@ -478,17 +522,27 @@ impl Cluster {
         }
     }
 
-    /// Every block of `topic` held by any running replica, by CID.
+    /// Every block of `topic` held by any running replica or pruned by a compaction, by CID.
     pub fn all_blocks(&self, topic: &str) -> Result<BTreeMap<Cid, Block>, SimError> {
-        let mut blocks = BTreeMap::new();
-        for node in self.nodes.iter().flatten() {
-            let handle = node.topic(topic).expect("subscribed");
-            for item in node.store().blocks().iter_topic(handle.id()) {
-                let (cid, bytes) = item.map_err(|e| ReadError::Storage(e.into()))?;
-                let block = Block::decode(cid, &bytes, &BlockLimits::PROTOCOL)
-                    .map_err(|e| ReadError::Storage(crate::StorageError::Corrupt(e.to_string())))?;
-                blocks.insert(cid, block);
+        let mut blocks = self.archive.get(topic).cloned().unwrap_or_default();
+        for replica in 0..self.nodes.len() {
+            if self.is_up(replica) {
+                blocks.extend(self.replica_blocks(replica, topic)?);
             }
+        }
+        Ok(blocks)
+    }
+
+    /// The blocks of `topic` whose payload one running replica holds.
+    fn replica_blocks(&self, replica: usize, topic: &str) -> Result<BTreeMap<Cid, Block>, SimError> {
+        let node = self.nodes[replica].as_ref().ok_or(SimError::Down(replica))?;
+        let handle = node.topic(topic).expect("subscribed");
+        let mut blocks = BTreeMap::new();
+        for item in node.store().blocks().iter_topic(handle.id()) {
+            let (cid, bytes) = item.map_err(|e| ReadError::Storage(e.into()))?;
+            let block = Block::decode(cid, &bytes, &BlockLimits::PROTOCOL)
+                .map_err(|e| ReadError::Storage(crate::StorageError::Corrupt(e.to_string())))?;
+            blocks.insert(cid, block);
         }
         Ok(blocks)
     }
@@ -601,6 +655,18 @@ impl Adversary {
                 return Vec::new();
             }
             Message::Want { topic, id, .. } => (topic, id),
+            Message::WantParts { topic, id, cids } => {
+                // Parts that do not hash to what was asked, or a made-up manifest.
+                let parts = cids
+                    .iter()
+                    .map(|cid| {
+                        let mut wire = Adversary::wire(&self.block(false));
+                        wire.cid = *cid;
+                        wire
+                    })
+                    .collect();
+                return vec![(from, Message::Parts { topic, id, parts }.encode())];
+            }
             _ => return Vec::new(),
         };
         let answer = |blocks: Vec<WireBlock>, frontier: Vec<Cid>, id: u64| Message::Blocks {
@@ -609,8 +675,17 @@ impl Adversary {
             blocks,
             more: false,
             frontier,
+            snapshots: Vec::new(),
         };
-        let message = match self.rng.random_range(0..7) {
+        let message = match self.rng.random_range(0..8) {
+            7 => Message::Blocks {
+                topic: topic.clone(),
+                id,
+                blocks: Vec::new(),
+                more: false,
+                frontier: Vec::new(),
+                snapshots: (0..2).map(|_| self.fake_cid()).collect(),
+            },
             0 => return Vec::new(),
             1 => {
                 let blocks = (0..self.rng.random_range(1..20)).map(|_| Adversary::wire(&self.block(true))).collect();
@@ -651,7 +726,14 @@ impl Adversary {
             let to = self.rng.random_range(0..self.replicas);
             let orphan = self.rng.random_bool(0.5);
             let blocks = vec![Adversary::wire(&self.block(orphan))];
-            let unasked = Message::Blocks { topic, id: self.rng.random(), blocks, more: false, frontier: Vec::new() };
+            let unasked = Message::Blocks {
+                topic,
+                id: self.rng.random(),
+                blocks,
+                more: false,
+                frontier: Vec::new(),
+                snapshots: Vec::new(),
+            };
             out.push((Some(to), unasked.encode()));
         }
         out

@@ -25,7 +25,17 @@ pub(crate) const CF_META: &str = "meta";
 /// `topic ++ element id ++ key` → nothing. Consumed when the element's block is applied.
 pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 
+/// Snapshot parts, manifests and chunks alike: `topic ++ cid` → bytes. Parts are content
+/// addressed, so writing one twice is harmless.
+pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
+
 const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+/// `s ++ topic` → the manifests of the snapshots that cover the topic's pruned blocks.
+pub(crate) const META_COVER: u8 = b's';
+/// `k ++ topic` → the manifests this replica made or merged, newest last.
+pub(crate) const META_KNOWN: u8 = b'k';
+/// `g ++ topic` → the snapshot merge in progress, resumed when the topic loads.
+pub(crate) const META_MERGE: u8 = b'g';
 const META_TOPIC: u8 = b't';
 const META_KEY_COUNT: u8 = b'c';
 
@@ -118,7 +128,24 @@ pub(crate) struct TopicShared {
     pub pending_count: AtomicU64,
     pub watchers: Mutex<Vec<Sink>>,
     pub dropped: AtomicBool,
+    pub snapshots: RwLock<Snapshots>,
+    /// Held while the topic compacts: one compaction at a time.
+    pub compacting: Mutex<()>,
 }
+
+/// The snapshots a topic knows, as its writer thread last published them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshots {
+    /// Manifests of the snapshots that cover every pruned block; a peer lacking pruned blocks
+    /// is sent these.
+    pub cover: Vec<Cid>,
+    /// Manifests this replica made or merged, newest last (at most [`KNOWN_SNAPSHOTS_MAX`]); a
+    /// request names them so the peer knows what this replica holds.
+    pub known: Vec<Cid>,
+}
+
+/// Most snapshot manifests a topic remembers as made or merged.
+pub const KNOWN_SNAPSHOTS_MAX: usize = 16;
 
 impl TopicShared {
     pub fn max_height(&self) -> Height {
@@ -174,11 +201,11 @@ impl Store {
         db_options.increase_parallelism(2);
         db_options.set_max_background_jobs(4);
         db_options.set_bytes_per_sync(1 << 20);
-        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES]
+        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS]
             .into_iter()
             .map(|name| {
                 let mut options = topic_cf_options(&cache);
-                if name == CF_BLOCKS {
+                if name == CF_BLOCKS || name == CF_SNAPSHOTS {
                     // Blocks are written once and read rarely: their bytes go to blob files at
                     // flush, so compaction moves only small references, not every block again.
                     options.set_enable_blob_files(true);
@@ -234,7 +261,11 @@ impl Store {
         let id = self.topic_id(name)?;
         let state = TopicState::load(&self.inner, id, name)?;
         let shared = state.shared.clone();
-        self.inner.send(id, Command::Register(Box::new(state))).map_err(|_| TopicError::Closed)?;
+        let (reply, registered) = bounded(1);
+        self.inner.send(id, Command::Register(Box::new(state), reply)).map_err(|_| TopicError::Closed)?;
+        // Registration finishes a snapshot merge a crash interrupted, so the topic is never
+        // seen half merged.
+        registered.recv().map_err(|_| TopicError::Closed)?;
         self.inner.topics.write().expect("topics lock").insert(name.to_string(), shared.clone());
         Ok(Topic::new(self.inner.clone(), shared))
     }
@@ -318,15 +349,16 @@ impl StoreInner {
         self.db.cf_handle(name).expect("every canopy column family is opened with the database")
     }
 
-    /// Queues a command for the writer thread that owns `topic`.
-    pub fn send(&self, topic: TopicId, command: Command) -> Result<(), Command> {
+    /// Queues a command for the writer thread that owns `topic`; fails once the store is
+    /// closing.
+    pub fn send(&self, topic: TopicId, command: Command) -> Result<(), Closed> {
         let writers = self.writers.lock().expect("writers lock");
         if writers.is_empty() {
-            return Err(command);
+            return Err(Closed);
         }
         let sender = writers[topic.0 as usize % writers.len()].clone();
         drop(writers);
-        sender.send(command).map_err(|e| e.into_inner())
+        sender.send(command).map_err(|_| Closed)
     }
 }
 
@@ -339,11 +371,39 @@ impl Drop for StoreInner {
     }
 }
 
+/// The writer threads are gone: the store is closing.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
 /// The key under which a topic's live-key count is kept in the meta column family.
 pub(crate) fn key_count_key(topic: TopicId) -> Vec<u8> {
     let mut key = vec![META_KEY_COUNT];
     key.extend_from_slice(&topic.prefix());
     key
+}
+
+/// A per-topic key of the meta column family: `kind ++ topic`.
+pub(crate) fn meta_key(kind: u8, topic: TopicId) -> Vec<u8> {
+    let mut key = vec![kind];
+    key.extend_from_slice(&topic.prefix());
+    key
+}
+
+/// A list of CIDs as stored in meta: their bytes, one after the other.
+pub(crate) fn encode_cids(cids: &[Cid]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cids.len() * 36);
+    for cid in cids {
+        cid.write_bytes(&mut out).expect("writing to a Vec cannot fail");
+    }
+    out
+}
+
+pub(crate) fn decode_cids(mut bytes: &[u8]) -> Result<Vec<Cid>, StorageError> {
+    let mut cids = Vec::new();
+    while !bytes.is_empty() {
+        cids.push(Cid::read_bytes(&mut bytes).map_err(|e| StorageError::Corrupt(format!("cid list: {e}")))?);
+    }
+    Ok(cids)
 }
 
 /// The key of the tombstone of the element `id` added to `key`.

@@ -25,8 +25,9 @@ use canopy_dag::{Cid, WalkLimits, validate_batch};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::{IngestError, ReadError, TopicError};
-use crate::store::{Store, validate_topic_name};
+use crate::error::{IngestError, MergeError, ReadError, TopicError};
+use crate::snapshot::{Manifest, validate_parts};
+use crate::store::{KNOWN_SNAPSHOTS_MAX, Store, validate_topic_name};
 use crate::topic::{Head, Topic};
 use canopy_dag::BlockLimits;
 
@@ -115,6 +116,9 @@ pub enum Message {
         want: Vec<Cid>,
         /// Blocks the sender has: its heads and sampled ancestors.
         have: Vec<Cid>,
+        /// Snapshots the sender made or merged: it holds every block they cover.
+        #[serde(default)]
+        snapshots: Vec<Cid>,
     },
     /// The answer to a `Want`.
     Blocks {
@@ -129,6 +133,29 @@ pub enum Message {
         /// When the gap was too deep for one walk: the wanted blocks where the walk stopped,
         /// to fetch below first. `blocks` is empty then.
         frontier: Vec<Cid>,
+        /// When the requester lacks blocks the peer pruned: the manifests of the snapshots
+        /// that cover them, to fetch and merge first. `blocks` is empty then.
+        #[serde(default)]
+        snapshots: Vec<Cid>,
+    },
+    /// "Send me these snapshot parts (manifests or chunks)."
+    WantParts {
+        /// Topic name.
+        topic: String,
+        /// The request's number, echoed by the answer.
+        id: u64,
+        /// The parts wanted.
+        cids: Vec<Cid>,
+    },
+    /// The answer to a `WantParts`: the parts the peer has, in the order asked, as many as
+    /// fit one message.
+    Parts {
+        /// Topic name.
+        topic: String,
+        /// The number of the request this answers.
+        id: u64,
+        /// The parts.
+        parts: Vec<WireBlock>,
     },
 }
 
@@ -156,14 +183,21 @@ impl Message {
     /// The topic the message is about.
     pub fn topic(&self) -> &str {
         match self {
-            Message::Heads { topic, .. } | Message::Want { topic, .. } | Message::Blocks { topic, .. } => topic,
+            Message::Heads { topic, .. }
+            | Message::Want { topic, .. }
+            | Message::Blocks { topic, .. }
+            | Message::WantParts { topic, .. }
+            | Message::Parts { topic, .. } => topic,
         }
     }
 
     /// The number of a request or of the request an answer is for.
     pub fn request_id(&self) -> Option<u64> {
         match self {
-            Message::Want { id, .. } | Message::Blocks { id, .. } => Some(*id),
+            Message::Want { id, .. }
+            | Message::Blocks { id, .. }
+            | Message::WantParts { id, .. }
+            | Message::Parts { id, .. } => Some(*id),
             Message::Heads { .. } => None,
         }
     }
@@ -186,14 +220,18 @@ impl Message {
         };
         match &message {
             Message::Heads { heads, .. } => over("heads", heads.len(), config.heads_max)?,
-            Message::Want { want, have, .. } => {
+            Message::Want { want, have, snapshots, .. } => {
                 over("wanted blocks", want.len(), config.want_max)?;
                 over("had blocks", have.len(), config.have_max)?;
+                over("snapshots", snapshots.len(), KNOWN_SNAPSHOTS_MAX)?;
             }
-            Message::Blocks { blocks, frontier, .. } => {
+            Message::Blocks { blocks, frontier, snapshots, .. } => {
                 over("blocks", blocks.len(), config.walk.blocks_max)?;
                 over("frontier blocks", frontier.len(), config.want_max)?;
+                over("snapshots", snapshots.len(), KNOWN_SNAPSHOTS_MAX)?;
             }
+            Message::WantParts { cids, .. } => over("parts", cids.len(), PARTS_PER_REQUEST_MAX)?,
+            Message::Parts { parts, .. } => over("parts", parts.len(), PARTS_PER_REQUEST_MAX)?,
         }
         Ok(message)
     }
@@ -248,7 +286,18 @@ pub struct SyncStats {
     pub answers_unrequested: u64,
     /// Fetches given up: timed out, failed, or answered with nothing useful.
     pub fetches_abandoned: u64,
+    /// Snapshots fetched from peers and merged.
+    pub snapshots_merged: u64,
+    /// Snapshot parts received that failed their hash check or decoding.
+    pub parts_rejected: u64,
 }
+
+/// Most parts asked for, or sent, in one `WantParts` / `Parts`.
+pub const PARTS_PER_REQUEST_MAX: usize = 16;
+/// Chunks (about 1 MiB each) asked for in one request.
+const CHUNKS_PER_REQUEST: usize = 8;
+/// Requests for snapshot parts one fetch keeps in flight.
+const PARTS_IN_FLIGHT_MAX: usize = 4;
 
 /// Most CIDs of a request's `have` that come from sampling ancestors (heads included).
 const HAVE_SAMPLES_MAX: usize = 64;
@@ -269,9 +318,29 @@ struct Fetch {
     extra_have: Vec<Cid>,
     /// Answers in a row that applied nothing.
     idle: u32,
+    /// Set while the fetch gets snapshots the peer sent instead of pruned blocks.
+    snapshot: Option<SnapshotFetch>,
+}
+
+/// Fetching snapshots: each manifest, then its chunks, several requests at once, then the
+/// merge; then the fetch goes back to its wants.
+struct SnapshotFetch {
+    /// Manifests to fetch and merge, the current one first.
+    manifests: Vec<Cid>,
+    /// The current manifest, once received.
+    manifest: Option<Manifest>,
+    /// Chunks not asked for yet.
+    todo: Vec<Cid>,
+    /// Requests in flight and the parts each asked for.
+    in_flight: BTreeMap<u64, Vec<Cid>>,
 }
 
 impl Fetch {
+    /// Whether `id` is a request of this fetch still waiting for its answer.
+    fn asked(&self, id: u64) -> bool {
+        self.id == id || self.snapshot.as_ref().is_some_and(|s| s.in_flight.contains_key(&id))
+    }
+
     fn cids(&self) -> usize {
         self.levels.iter().map(Vec::len).sum::<usize>() + self.extra_have.len()
     }
@@ -407,7 +476,7 @@ impl<P: Clone + Ord> Sync<P> {
     /// next announcement starts a new one.
     pub fn request_failed(&mut self, peer: &P, id: u64) {
         for sync in self.topics.values_mut() {
-            if sync.fetches.get(peer).is_some_and(|fetch| fetch.id == id) {
+            if sync.fetches.get(peer).is_some_and(|fetch| fetch.asked(id)) {
                 sync.fetches.remove(peer);
                 self.stats.fetches_abandoned += 1;
             }
@@ -426,10 +495,11 @@ impl<P: Clone + Ord> Sync<P> {
         self.now_ms = self.now_ms.max(now_ms);
         match message {
             Message::Heads { topic, heads } => self.on_heads(now_ms, from, &topic, heads),
-            Message::Want { topic, id, want, have } => self.on_want(from, topic, id, &want, &have),
-            Message::Blocks { topic, id, blocks, frontier, .. } => {
-                self.on_blocks(now_ms, from, &topic, id, blocks, frontier)
+            request @ (Message::Want { .. } | Message::WantParts { .. }) => self.on_request(from, request),
+            Message::Blocks { topic, id, blocks, frontier, snapshots, .. } => {
+                self.on_blocks(now_ms, from, &topic, id, blocks, frontier, snapshots)
             }
+            Message::Parts { topic, id, parts } => self.on_parts(now_ms, from, &topic, id, parts),
         }
     }
 
@@ -517,7 +587,8 @@ impl<P: Clone + Ord> Sync<P> {
         if sync.fetches.len() >= fetches_max {
             return Ok(Vec::new());
         }
-        let fetch = Fetch { id: 0, sent_ms: now_ms, levels: vec![unknown], extra_have: Vec::new(), idle: 0 };
+        let fetch =
+            Fetch { id: 0, sent_ms: now_ms, levels: vec![unknown], extra_have: Vec::new(), idle: 0, snapshot: None };
         self.topics.get_mut(topic).expect("checked above").fetches.insert(from.clone(), fetch);
         Ok(self.next_request(now_ms, from, topic)?.into_iter().collect())
     }
@@ -553,29 +624,24 @@ impl<P: Clone + Ord> Sync<P> {
             have.sort_unstable();
             fetch.id = id;
             fetch.sent_ms = now_ms;
-            let message = Message::Want { topic: topic.to_string(), id, want, have };
+            let snapshots = sync.topic.snapshots().known;
+            let message = Message::Want { topic: topic.to_string(), id, want, have, snapshots };
             return Ok(Some(Effect::Send { to: peer, message }));
         }
         sync.fetches.remove(&peer);
         Ok(None)
     }
 
-    fn on_want(
-        &mut self,
-        from: P,
-        topic: String,
-        id: u64,
-        want: &[Cid],
-        have: &[Cid],
-    ) -> Result<Vec<Effect<P>>, SyncError> {
+    fn on_request(&mut self, from: P, request: Message) -> Result<Vec<Effect<P>>, SyncError> {
         self.stats.requests_served += 1;
-        let message = match self.topics.get(&topic) {
-            Some(sync) => answer(&sync.topic, id, want, have, &self.config.walk)?,
-            None => Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new() },
-        };
-        Ok(vec![Effect::Send { to: from, message }])
+        let topic = self.topics.get(request.topic()).map(|sync| &sync.topic);
+        Ok(answer(topic, request, &self.config)?
+            .map(|message| Effect::Send { to: from, message })
+            .into_iter()
+            .collect())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_blocks(
         &mut self,
         now_ms: u64,
@@ -584,6 +650,7 @@ impl<P: Clone + Ord> Sync<P> {
         id: u64,
         blocks: Vec<WireBlock>,
         frontier: Vec<Cid>,
+        snapshots: Vec<Cid>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
         let (want_max, have_max, cids_max) = (self.config.want_max, self.config.have_max, self.config.fetch_cids_max);
         let Some(sync) = self.topics.get_mut(topic) else {
@@ -593,6 +660,7 @@ impl<P: Clone + Ord> Sync<P> {
             self.stats.answers_unrequested += 1;
             return Ok(Vec::new());
         }
+        let blocks_were_empty = blocks.is_empty();
         let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
         let mut valid = Vec::new();
         for result in validate_batch(items, &BlockLimits::PROTOCOL) {
@@ -606,6 +674,17 @@ impl<P: Clone + Ord> Sync<P> {
         self.stats.blocks_rejected += outcome.rejected.len() as u64;
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
+        if blocks_were_empty && !snapshots.is_empty() {
+            // The peer pruned blocks this replica lacks: get the snapshots that cover them.
+            let known = sync.topic.snapshots().known;
+            let manifests: Vec<Cid> = snapshots.into_iter().filter(|cid| !known.contains(cid)).collect();
+            if !manifests.is_empty() {
+                fetch.snapshot =
+                    Some(SnapshotFetch { manifests, manifest: None, todo: Vec::new(), in_flight: BTreeMap::new() });
+                fetch.idle = 0;
+                return self.request_parts(now_ms, from, topic);
+            }
+        }
         // The peer's walk knows what this replica has only through the heads and samples it was
         // told; blocks it took as missing but this replica has (served again, or named in a
         // frontier) are named as had from now on. Learning them is progress: the next walk gets
@@ -639,14 +718,183 @@ impl<P: Clone + Ord> Sync<P> {
         }
         Ok(effects)
     }
+
+    fn on_parts(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        topic: &str,
+        id: u64,
+        parts: Vec<WireBlock>,
+    ) -> Result<Vec<Effect<P>>, SyncError> {
+        let Some(sync) = self.topics.get_mut(topic) else {
+            return Ok(Vec::new());
+        };
+        let Some(fetch) = sync.fetches.get_mut(&from).filter(|fetch| fetch.asked(id) && fetch.id != id) else {
+            self.stats.answers_unrequested += 1;
+            return Ok(Vec::new());
+        };
+        let snapshot = fetch.snapshot.as_mut().expect("parts are asked only while fetching snapshots");
+        let asked = snapshot.in_flight.remove(&id).expect("checked by asked()");
+        let items: Vec<(Cid, Vec<u8>)> =
+            parts.into_iter().filter(|p| asked.contains(&p.cid)).map(|p| (p.cid, p.bytes.into_vec())).collect();
+        let mut valid = Vec::new();
+        let mut bad = false;
+        for result in validate_parts(items) {
+            match result {
+                Ok(part) => valid.push(part),
+                Err(_) => bad = true,
+            }
+        }
+        if bad {
+            self.stats.parts_rejected += 1;
+            return Ok(self.abandon(topic, &from));
+        }
+        if valid.is_empty() {
+            // The peer no longer has the snapshot (it compacted again): the next request
+            // learns its new one.
+            return Ok(self.abandon(topic, &from));
+        }
+        fetch.sent_ms = now_ms;
+        match &snapshot.manifest {
+            None => {
+                let wanted = snapshot.manifests[0];
+                let Some((cid, bytes)) = valid.into_iter().find(|(cid, _)| *cid == wanted) else {
+                    return Ok(self.abandon(topic, &from));
+                };
+                let manifest = match Manifest::decode(&cid, &bytes) {
+                    Ok(manifest) if manifest.topic == topic => manifest,
+                    _ => {
+                        self.stats.parts_rejected += 1;
+                        return Ok(self.abandon(topic, &from));
+                    }
+                };
+                sync.topic.stage_snapshot_parts(&[(cid, bytes)])?;
+                snapshot.todo = sync.topic.missing_snapshot_parts(&manifest.chunks)?;
+                snapshot.manifest = Some(manifest);
+            }
+            Some(_) => {
+                let got: HashSet<Cid> = valid.iter().map(|(cid, _)| *cid).collect();
+                sync.topic.stage_snapshot_parts(&valid)?;
+                snapshot.todo.extend(asked.into_iter().filter(|cid| !got.contains(cid)));
+            }
+        }
+        self.request_parts(now_ms, from, topic)
+    }
+
+    /// Moves a snapshot fetch on: asks for more parts, or merges a complete snapshot and goes
+    /// on to the next one, or back to the fetch's wants.
+    fn request_parts(&mut self, now_ms: u64, peer: P, topic: &str) -> Result<Vec<Effect<P>>, SyncError> {
+        let mut effects = Vec::new();
+        loop {
+            let sync = self.topics.get_mut(topic).expect("fetches belong to subscribed topics");
+            let Some(fetch) = sync.fetches.get_mut(&peer) else { return Ok(effects) };
+            let Some(snapshot) = fetch.snapshot.as_mut() else {
+                effects.extend(self.next_request(now_ms, peer, topic)?);
+                return Ok(effects);
+            };
+            if snapshot.manifests.is_empty() {
+                fetch.snapshot = None;
+                continue;
+            }
+            if snapshot.manifest.is_none() {
+                if snapshot.in_flight.is_empty() {
+                    let id = self.next_request_id;
+                    self.next_request_id += 1;
+                    let cids = vec![snapshot.manifests[0]];
+                    snapshot.in_flight.insert(id, cids.clone());
+                    fetch.sent_ms = now_ms;
+                    let message = Message::WantParts { topic: topic.to_string(), id, cids };
+                    effects.push(Effect::Send { to: peer.clone(), message });
+                }
+                return Ok(effects);
+            }
+            if snapshot.todo.is_empty() && snapshot.in_flight.is_empty() {
+                let manifest = snapshot.manifests.remove(0);
+                snapshot.manifest = None;
+                match sync.topic.merge_snapshot(manifest) {
+                    Ok(outcome) => {
+                        if !outcome.already_had {
+                            self.stats.snapshots_merged += 1;
+                            effects.extend(self.announce(topic));
+                        }
+                    }
+                    Err(MergeError::Missing(_)) | Err(MergeError::Invalid(_)) => {
+                        self.stats.parts_rejected += 1;
+                        effects.extend(self.abandon(topic, &peer));
+                        return Ok(effects);
+                    }
+                    Err(MergeError::Storage(error)) => return Err(IngestError::Storage(error).into()),
+                    Err(MergeError::Topic(_)) => return Err(IngestError::Closed.into()),
+                }
+                continue;
+            }
+            while snapshot.in_flight.len() < PARTS_IN_FLIGHT_MAX && !snapshot.todo.is_empty() {
+                let take = snapshot.todo.len().min(CHUNKS_PER_REQUEST);
+                let cids: Vec<Cid> = snapshot.todo.drain(..take).collect();
+                let id = self.next_request_id;
+                self.next_request_id += 1;
+                snapshot.in_flight.insert(id, cids.clone());
+                fetch.sent_ms = now_ms;
+                effects.push(Effect::Send {
+                    to: peer.clone(),
+                    message: Message::WantParts { topic: topic.to_string(), id, cids },
+                });
+            }
+            return Ok(effects);
+        }
+    }
+
+    /// Gives up the fetch from `peer`; the next announcement starts a new one.
+    fn abandon(&mut self, topic: &str, peer: &P) -> Vec<Effect<P>> {
+        if let Some(sync) = self.topics.get_mut(topic)
+            && sync.fetches.remove(peer).is_some()
+        {
+            self.stats.fetches_abandoned += 1;
+        }
+        Vec::new()
+    }
 }
 
-/// Answers a `Want` for `topic`: the lowest blocks the requester lacks, or the frontier to
-/// descend to first. The node's block server and the simulator both answer with this.
-pub fn answer(topic: &Topic, id: u64, want: &[Cid], have: &[Cid], limits: &WalkLimits) -> Result<Message, ReadError> {
-    let walk = topic.walk(want, have, limits)?;
-    let blocks = walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
-    Ok(Message::Blocks { topic: topic.name().to_string(), id, blocks, more: walk.more, frontier: walk.frontier })
+/// Answers a request (`Want` or `WantParts`) for a topic this replica serves (`None`: one it
+/// does not, which gets an empty answer). The node's block server and the simulator both
+/// answer with this; other messages get no answer.
+pub fn answer(topic: Option<&Topic>, request: Message, config: &SyncConfig) -> Result<Option<Message>, ReadError> {
+    let answer = match (request, topic) {
+        (Message::Want { topic: name, id, want, have, snapshots }, Some(topic)) => {
+            let cover = topic.snapshots().cover;
+            let pruned_had = cover.iter().all(|cid| snapshots.contains(cid));
+            let walk = topic.walk(&want, &have, &config.walk, pruned_had)?;
+            let blocks =
+                walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
+            let snapshots = if walk.pruned {
+                cover.into_iter().filter(|cid| !snapshots.contains(cid)).take(KNOWN_SNAPSHOTS_MAX).collect()
+            } else {
+                Vec::new()
+            };
+            Message::Blocks { topic: name, id, blocks, more: walk.more, frontier: walk.frontier, snapshots }
+        }
+        (Message::Want { topic, id, .. }, None) => {
+            Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new(), snapshots: Vec::new() }
+        }
+        (Message::WantParts { topic: name, id, cids }, topic) => {
+            let mut parts = Vec::new();
+            // Room for the message's own fields besides the parts.
+            let budget = config.message_bytes_max.saturating_sub(64 << 10);
+            let mut bytes = 0;
+            for cid in cids.iter().take(PARTS_PER_REQUEST_MAX) {
+                let Some(part) = topic.map(|t| t.snapshot_part(cid)).transpose()?.flatten() else { continue };
+                if !parts.is_empty() && bytes + part.len() > budget {
+                    break;
+                }
+                bytes += part.len();
+                parts.push(WireBlock { cid: *cid, bytes: ByteBuf::from(part) });
+            }
+            Message::Parts { topic: name, id, parts }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(answer))
 }
 
 fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {

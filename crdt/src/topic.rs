@@ -7,10 +7,10 @@ use rocksdb::ReadOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::delta::{check_key, check_value};
-use crate::error::{IngestError, ReadError, StorageError, WriteError};
+use crate::error::{CompactError, IngestError, MergeError, ReadError, StorageError, TopicError, WriteError};
 use crate::row::Row;
-use crate::store::{CF_KV, Sink, StoreInner, TopicShared};
-use crate::writer::{Command, Committed, WriteRequest};
+use crate::store::{CF_KV, CF_SNAPSHOTS, Sink, Snapshots, StoreInner, TopicShared};
+use crate::writer::{Command, Committed, WriteRequest, compact};
 
 /// A head of a topic: a block no other known block links to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -130,6 +130,38 @@ pub struct IngestOutcome {
     pub duplicates: Vec<Cid>,
     /// True when the heads changed.
     pub heads_changed: bool,
+}
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// The manifest of the snapshot written; `None` for a topic with no history yet.
+    pub snapshot: Option<Cid>,
+    /// The heads the snapshot was taken at.
+    pub heads: Vec<Head>,
+    /// Keys with a live value in the snapshot.
+    pub keys: u64,
+    /// Blocks the snapshot covers.
+    pub blocks: u64,
+    /// Blocks whose payload this compaction dropped.
+    pub pruned_blocks: u64,
+    /// Approximate bytes of the topic's records before, as RocksDB estimates them.
+    pub bytes_before: u64,
+    /// The same after the compaction and a compaction of the topic's RocksDB ranges.
+    pub bytes_after: u64,
+}
+
+/// What merging a snapshot did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// The snapshot's manifest.
+    pub snapshot: Cid,
+    /// Live keys of the topic after the merge.
+    pub keys: u64,
+    /// Blocks the snapshot covers.
+    pub blocks: u64,
+    /// True when every block it covers was applied here already, so nothing changed.
+    pub already_had: bool,
 }
 
 /// Handle to one replicated topic. Cheap to clone; all clones see the same topic.
@@ -308,9 +340,11 @@ impl Topic {
     }
 
     /// Blocks below `wants` that are not below `haves`, lowest first, within `limits` (see
-    /// [`canopy_dag::walk_missing`]).
-    pub fn walk(&self, wants: &[Cid], haves: &[Cid], limits: &WalkLimits) -> Result<Walk, ReadError> {
-        Ok(walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits).map_err(StorageError::from)?)
+    /// [`canopy_dag::walk_missing`]). `pruned_had` says the requester holds every block this
+    /// replica pruned.
+    pub fn walk(&self, wants: &[Cid], haves: &[Cid], limits: &WalkLimits, pruned_had: bool) -> Result<Walk, ReadError> {
+        Ok(walk_missing(&self.store.blocks, self.shared.id, wants, haves, limits, pruned_had)
+            .map_err(StorageError::from)?)
     }
 
     /// What this replica has, for a request: its heads and a sample of their ancestors.
@@ -327,5 +361,55 @@ impl Topic {
     /// The encoded bytes of an applied block.
     pub fn block(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
         Ok(self.store.blocks.get(self.shared.id, cid).map_err(StorageError::from)?)
+    }
+
+    /// Writes a snapshot of the topic at its current heads and prunes the blocks it covers.
+    /// Runs on the calling thread; writes to the topic go on meanwhile.
+    pub fn compact(&self) -> Result<Compaction, CompactError> {
+        compact::compact(&self.store, &self.shared)
+    }
+
+    /// The snapshots that cover this replica's pruned blocks and those it made or merged.
+    pub fn snapshots(&self) -> Snapshots {
+        self.shared.snapshots.read().expect("snapshots lock").clone()
+    }
+
+    /// The stored bytes of a snapshot part (manifest or chunk) of this topic.
+    pub fn snapshot_part(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
+        let key = self.shared.id.key(&cid.to_bytes());
+        Ok(self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?)
+    }
+
+    /// Stores snapshot parts received from a peer, to merge once all are here. Each must
+    /// already be hash-checked against its CID (see [`crate::snapshot::validate_parts`]).
+    pub fn stage_snapshot_parts(&self, parts: &[(Cid, Vec<u8>)]) -> Result<(), ReadError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for (cid, bytes) in parts {
+            batch.put_cf(self.store.cf(CF_SNAPSHOTS), self.shared.id.key(&cid.to_bytes()), bytes);
+        }
+        self.store.db.write(batch).map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    /// Those of `cids` not staged or stored as snapshot parts of this topic, in order.
+    pub fn missing_snapshot_parts(&self, cids: &[Cid]) -> Result<Vec<Cid>, ReadError> {
+        let keys: Vec<Vec<u8>> = cids.iter().map(|cid| self.shared.id.key(&cid.to_bytes())).collect();
+        let found = self.store.db.batched_multi_get_cf(self.store.cf(CF_SNAPSHOTS), &keys, false);
+        let mut missing = Vec::new();
+        for (cid, value) in cids.iter().zip(found) {
+            if value.map_err(StorageError::from)?.is_none() {
+                missing.push(*cid);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Merges the staged snapshot `manifest` into the topic: its state becomes that of the
+    /// blocks it had applied together with every block the snapshot covers.
+    pub fn merge_snapshot(&self, manifest: Cid) -> Result<MergeOutcome, MergeError> {
+        let (reply, result) = bounded(1);
+        let command = Command::Merge { topic: self.shared.id, manifest, reply };
+        self.store.send(self.shared.id, command).map_err(|_| MergeError::Topic(TopicError::Closed))?;
+        result.recv().map_err(|_| MergeError::Topic(TopicError::Closed))?
     }
 }

@@ -6,39 +6,73 @@
 //! a topic become as few deltas as the protocol's block limits allow (group commit), and all
 //! topics' deltas of a round go to RocksDB in one `WriteBatch`.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use canopy_dag::{Block, BlockStore, Cid, Height, TopicId};
 use crossbeam_channel::{Receiver, Sender};
-use rayon::prelude::*;
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
-use crate::delta::{Delta, DeltaError, Limits};
-use crate::error::{IngestError, StorageError, TopicError, WriteError};
-use crate::row::{Element, Row};
+use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError};
+use crate::row::Row;
 use crate::store::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_TOMBSTONES, StoreInner, TopicShared, key_count_key, topic_name_key,
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, Snapshots,
+    StoreInner, TopicShared, decode_cids, key_count_key, meta_key, topic_name_key,
 };
-use crate::topic::{Change, Commit, Head, IngestOutcome, Op};
+use crate::topic::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op};
 
+pub(crate) mod compact;
 mod local;
+mod merge;
+mod remote;
 mod tombstones;
 
 use local::commit_local;
-use tombstones::Tombstones;
+use remote::{RoundRows, apply_ready, ingest};
 
 /// Most CIDs remembered as rejected per topic, so bad blocks are not fetched again and again.
 const REJECTED_REMEMBERED_MAX: usize = 65_536;
 
 pub(crate) enum Command {
-    Register(Box<TopicState>),
+    /// Take over a loaded topic; reply once it is ready.
+    Register(Box<TopicState>, Sender<()>),
     Write(WriteRequest),
-    Ingest { topic: TopicId, blocks: Vec<Block>, reply: Sender<Result<IngestOutcome, IngestError>> },
-    Unknown { topic: TopicId, cids: Vec<Cid>, max: usize, reply: Sender<Result<Vec<Cid>, IngestError>> },
-    Drop { topic: TopicId, reply: Sender<Result<(), TopicError>> },
+    Ingest {
+        topic: TopicId,
+        blocks: Vec<Block>,
+        reply: Sender<Result<IngestOutcome, IngestError>>,
+    },
+    Unknown {
+        topic: TopicId,
+        cids: Vec<Cid>,
+        max: usize,
+        reply: Sender<Result<Vec<Cid>, IngestError>>,
+    },
+    Drop {
+        topic: TopicId,
+        reply: Sender<Result<(), TopicError>>,
+    },
+    /// Hold the thread still while a compaction takes its RocksDB snapshot: reply with the
+    /// heads and snapshots, then wait for `resume`.
+    Freeze {
+        topic: TopicId,
+        reply: Sender<Result<(Vec<Head>, Snapshots), TopicError>>,
+        resume: Receiver<()>,
+    },
+    /// A compaction wrote snapshot `manifest`, taken when the cover set was `frozen_cover`.
+    Covered {
+        topic: TopicId,
+        manifest: Cid,
+        frozen_cover: Vec<Cid>,
+        reply: Sender<Result<Vec<Cid>, TopicError>>,
+    },
+    /// Merge the staged snapshot `manifest`.
+    Merge {
+        topic: TopicId,
+        manifest: Cid,
+        reply: Sender<Result<MergeOutcome, MergeError>>,
+    },
 }
 
 impl Command {
@@ -95,6 +129,9 @@ pub(crate) struct TopicState {
     tombstones: u64,
     /// Blocks an earlier version left in the `pending` column family, to remove.
     legacy_pending: bool,
+    snapshots: Snapshots,
+    /// A snapshot merge was interrupted; the writer thread finishes it before anything else.
+    merging: bool,
 }
 
 impl TopicState {
@@ -127,6 +164,14 @@ impl TopicState {
             }
             tombstones += 1;
         }
+        let snapshots = Snapshots {
+            cover: read_cids(store, meta_key(META_COVER, id))?,
+            known: read_cids(store, meta_key(META_KNOWN, id))?,
+        };
+        let merging = db.get_cf(store.cf(CF_META), meta_key(META_MERGE, id))?;
+        if merging.is_none() {
+            compact::remove_orphan_parts(store, id, &snapshots.cover)?;
+        }
         // Earlier versions kept out-of-order blocks on disk; they are fetched again instead, and
         // the writer thread removes them when it takes the topic.
         let legacy_pending = match db.prefix_iterator_cf(store.cf(CF_PENDING), prefix).next() {
@@ -141,6 +186,8 @@ impl TopicState {
             pending_count: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
             dropped: AtomicBool::new(false),
+            snapshots: RwLock::new(snapshots.clone()),
+            compacting: Mutex::new(()),
         });
         Ok(TopicState {
             shared,
@@ -154,6 +201,8 @@ impl TopicState {
             rejected: HashSet::new(),
             tombstones,
             legacy_pending,
+            snapshots,
+            merging: merging.is_some(),
         })
     }
 
@@ -223,6 +272,37 @@ impl TopicState {
         ready
     }
 
+    /// After blocks became applied other than by applying them (a merged snapshot): drops
+    /// pending blocks that are applied now and recounts what the others wait for. Returns those
+    /// ready to apply.
+    fn recheck_pending(&mut self, context: &Context) -> Result<Vec<Cid>, StorageError> {
+        let cids: Vec<Cid> = self.pending.keys().copied().collect();
+        let applied = context.blocks.metas(self.shared.id, &cids)?;
+        for (cid, meta) in cids.iter().zip(applied) {
+            if meta.is_some() {
+                self.remove_pending(cid);
+            }
+        }
+        self.waiting.clear();
+        let mut ready = Vec::new();
+        let blocks: Vec<Block> = self.pending.values().cloned().collect();
+        for block in blocks {
+            let metas = context.blocks.metas(self.shared.id, block.links())?;
+            let mut unresolved = 0;
+            for (parent, meta) in block.links().iter().zip(metas) {
+                if meta.is_none() {
+                    unresolved += 1;
+                    self.waiting.entry(*parent).or_default().push(block.cid());
+                }
+            }
+            self.unresolved.insert(block.cid(), unresolved);
+            if unresolved == 0 {
+                ready.push(block.cid());
+            }
+        }
+        Ok(ready)
+    }
+
     fn remember_rejected(&mut self, cid: Cid) {
         if self.rejected.len() >= REJECTED_REMEMBERED_MAX {
             self.rejected.clear();
@@ -235,6 +315,7 @@ impl TopicState {
             self.heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect();
         self.shared.key_count.store(self.key_count, Ordering::SeqCst);
         self.shared.pending_count.store(self.pending.len() as u64, Ordering::SeqCst);
+        *self.shared.snapshots.write().expect("snapshots lock") = self.snapshots.clone();
     }
 
     fn has_watchers(&self) -> bool {
@@ -303,6 +384,13 @@ impl Context {
     }
 }
 
+fn read_cids(store: &StoreInner, key: Vec<u8>) -> Result<Vec<Cid>, StorageError> {
+    match store.db.get_cf(store.cf(CF_META), key)? {
+        Some(bytes) => decode_cids(&bytes),
+        None => Ok(Vec::new()),
+    }
+}
+
 fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, id: TopicId) {
     match id.range_end() {
         Some(end) => batch.delete_range_cf(cf, id.prefix(), end),
@@ -343,7 +431,7 @@ pub(crate) fn run(context: Context, commands: Receiver<Command>) {
 
 fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command: Command) {
     match command {
-        Command::Register(state) => {
+        Command::Register(state, reply) => {
             let id = state.shared.id;
             if state.legacy_pending {
                 let mut batch = WriteBatch::default();
@@ -351,7 +439,15 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
                 // A failure poisons the store; the records are harmless and removed next time.
                 let _ = context.write(batch);
             }
-            topics.insert(id, *state);
+            let mut state = *state;
+            if state.merging {
+                // A failure is kept for the next load; the topic stays readable meanwhile.
+                if let Err(error) = merge::resume(context, &mut state) {
+                    tracing::warn!(topic = %state.shared.name, %error, "resuming a snapshot merge failed");
+                }
+            }
+            topics.insert(id, state);
+            let _ = reply.send(());
         }
         Command::Write(_) => unreachable!("writes are grouped by the caller"),
         Command::Ingest { topic, blocks, reply } => {
@@ -366,6 +462,34 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             let result = match topics.get(&topic) {
                 None => Err(IngestError::TopicDropped),
                 Some(state) => unknown(context, state, cids, max),
+            };
+            let _ = reply.send(result);
+        }
+        Command::Freeze { topic, reply, resume } => match topics.get(&topic) {
+            None => {
+                let _ = reply.send(Err(TopicError::Closed));
+            }
+            Some(state) => {
+                let heads = state.heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect();
+                if reply.send(Ok((heads, state.snapshots.clone()))).is_ok() {
+                    // The caller takes its snapshot at once; a caller that died does not hold
+                    // the thread for long.
+                    let _ = resume.recv_timeout(std::time::Duration::from_secs(10));
+                }
+            }
+        },
+        Command::Covered { topic, manifest, frozen_cover, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(TopicError::Closed),
+                Some(state) => compact::record(context, state, manifest, &frozen_cover),
+            };
+            let _ = reply.send(result);
+        }
+        Command::Merge { topic, manifest, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(MergeError::Topic(TopicError::Closed)),
+                Some(_) if context.is_poisoned() => Err(MergeError::Topic(TopicError::Poisoned)),
+                Some(state) => merge::merge(context, state, manifest),
             };
             let _ = reply.send(result);
         }
@@ -393,10 +517,13 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);
-    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES] {
+    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS] {
         delete_topic_range(&mut batch, context.cf(cf), id);
     }
     batch.delete_cf(context.cf(CF_META), key_count_key(id));
+    for kind in [META_COVER, META_KNOWN, META_MERGE] {
+        batch.delete_cf(context.cf(CF_META), meta_key(kind, id));
+    }
     batch.delete_cf(context.cf(CF_META), topic_name_key(&state.shared.name));
     context.write(batch)?;
     state.shared.watchers.lock().expect("watchers lock").clear();
@@ -413,251 +540,4 @@ fn read_rows(context: &Context, keys: &[Vec<u8>]) -> Result<Vec<Row>, StorageErr
             Some(bytes) => Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row: {e}"))),
         })
         .collect()
-}
-
-/// Takes in received blocks and applies everything whose ancestry is complete.
-fn ingest(context: &Context, state: &mut TopicState, blocks: Vec<Block>) -> Result<IngestOutcome, IngestError> {
-    let mut outcome = IngestOutcome::default();
-    let topic = state.shared.id;
-    let mut fresh: Vec<Block> = Vec::new();
-    let mut seen = HashSet::new();
-    for block in blocks {
-        let cid = block.cid();
-        if state.rejected.contains(&cid) {
-            outcome.rejected.push((cid, "rejected earlier".into()));
-        } else if !state.pending.contains_key(&cid) && seen.insert(cid) {
-            fresh.push(block);
-        }
-    }
-    let cids: Vec<Cid> = fresh.iter().map(Block::cid).collect();
-    let applied = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
-    let mut ready = Vec::new();
-    for (block, meta) in fresh.into_iter().zip(applied) {
-        if meta.is_some() {
-            outcome.duplicates.push(block.cid());
-            continue;
-        }
-        if block.links().iter().any(|parent| state.rejected.contains(parent)) {
-            outcome.rejected.push((block.cid(), "a parent was rejected".into()));
-            state.remember_rejected(block.cid());
-            continue;
-        }
-        let cid = block.cid();
-        if state.add_pending(&context.blocks, block).map_err(IngestError::Storage)? {
-            ready.push(cid);
-        }
-    }
-    let applied = apply_ready(context, state, ready)?;
-    outcome.applied = applied.applied;
-    outcome.heads_changed = applied.applied > 0;
-    outcome.rejected.extend(applied.rejected);
-    // The bound applies to what is still waiting once the batch has been applied: a batch
-    // served bottom-up applies whole, however small the bound.
-    state.make_room(context, 0);
-    state.publish();
-    outcome.pending = state.pending.len();
-    Ok(outcome)
-}
-
-#[derive(Default)]
-struct Applied {
-    applied: usize,
-    rejected: Vec<(Cid, String)>,
-}
-
-/// Applies pending blocks whose parents are all applied, in causal order, in rounds of at most
-/// `apply_blocks_max` blocks per RocksDB write. `ready` seeds the rounds; blocks they unblock
-/// follow.
-fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<Cid>) -> Result<Applied, IngestError> {
-    let mut queue: BinaryHeap<Reverse<(Height, Cid)>> = BinaryHeap::new();
-    for cid in ready {
-        if let Some(block) = state.pending.get(&cid) {
-            queue.push(Reverse((block.height(), cid)));
-        }
-    }
-    let mut total = Applied::default();
-    while !queue.is_empty() {
-        // Order one round causally (lowest height first, children released as parents go).
-        let mut order = Vec::new();
-        while order.len() < context.apply_blocks_max {
-            let Some(Reverse((_, cid))) = queue.pop() else {
-                break;
-            };
-            let Some(block) = state.remove_pending(&cid) else {
-                continue;
-            };
-            for child in state.release_children(&cid) {
-                let height = state.pending[&child].height();
-                queue.push(Reverse((height, child)));
-            }
-            order.push(block);
-        }
-        let round = apply_round(context, state, order)?;
-        total.applied += round.applied;
-        total.rejected.extend(round.rejected);
-    }
-    if state.pending.is_empty() {
-        state.pending_order.clear();
-    }
-    Ok(total)
-}
-
-/// Rows of the keys a round touches, each with its visible value before the round.
-type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>)>;
-
-fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> Result<Applied, IngestError> {
-    let topic = state.shared.id;
-    // Deltas are decoded in parallel under the protocol's limits (never this node's settings,
-    // so every replica decides alike); the fold below stays sequential and causal.
-    let deltas: Vec<Result<Delta, DeltaError>> =
-        order.par_iter().map(|block| Delta::decode(block.payload(), &Limits::PROTOCOL)).collect();
-    let mut rows = read_round_rows(context, topic, &deltas)?;
-    let round_blocks: HashSet<Cid> = order.iter().map(Block::cid).collect();
-    let mut tombs = Tombstones::load(context, state, &order, &deltas, &rows, &round_blocks)?;
-
-    let mut batch = WriteBatch::default();
-    let mut result = Applied::default();
-    let mut heights: HashMap<Cid, Height> = HashMap::new();
-    let mut bad: HashSet<Cid> = HashSet::new();
-    let mut changed_at: BTreeMap<Vec<u8>, Height> = BTreeMap::new();
-    let old_heads = state.heads.clone();
-    let old_tombstones = state.tombstones;
-    for (block, delta) in order.iter().zip(deltas) {
-        let cid = block.cid();
-        if let Some(reason) = check_parents(context, topic, block, &heights, &bad)? {
-            reject(state, &mut bad, &mut result, cid, reason);
-            continue;
-        }
-        let delta = match delta {
-            Ok(delta) => delta,
-            Err(error) => {
-                reject(state, &mut bad, &mut result, cid, error.to_string());
-                continue;
-            }
-        };
-        let height = block.height();
-        for (key, id) in &delta.removes {
-            let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
-            if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
-                // The element's block is not applied yet: the tombstone waits for it, so the
-                // result does not depend on which of the two arrives first.
-                tombs.store(context, state, &mut batch, key, *id);
-            }
-            changed_at.insert(key.clone(), height);
-        }
-        for (key, value) in delta.adds {
-            if tombs.take(context, state, &mut batch, &key, cid) {
-                continue;
-            }
-            rows.get_mut(&key).expect("every key of the round was read").0.insert(Element { height, id: cid, value });
-            changed_at.insert(key, height);
-        }
-        for parent in block.links() {
-            state.heads.remove(parent);
-        }
-        state.heads.insert(cid, height);
-        heights.insert(cid, height);
-        context.blocks.put(&mut batch, topic, block);
-        result.applied += 1;
-    }
-
-    let kv = context.cf(CF_KV);
-    let mut key_count = state.key_count as i64;
-    let mut changes = Vec::new();
-    for (key, height) in changed_at {
-        let (row, before) = &rows[&key];
-        let after = row.winner().map(|e| e.value.clone());
-        key_count += i64::from(after.is_some()) - i64::from(before.is_some());
-        if row.is_empty() {
-            batch.delete_cf(kv, topic.key(&key));
-        } else {
-            batch.put_cf(kv, topic.key(&key), row.encode());
-        }
-        if &after != before {
-            changes.push(Change { key, value: after, height });
-        }
-    }
-    let heads_cf = context.cf(CF_HEADS);
-    for (cid, _) in old_heads.iter().filter(|(cid, _)| !state.heads.contains_key(cid)) {
-        batch.delete_cf(heads_cf, topic.key(&cid.to_bytes()));
-    }
-    for (cid, height) in state.heads.iter().filter(|(cid, _)| !old_heads.contains_key(cid)) {
-        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
-    }
-    let key_count = key_count.max(0) as u64;
-    batch.put_cf(context.cf(CF_META), key_count_key(topic), key_count.to_be_bytes());
-    if let Err(error) = context.write(batch) {
-        state.heads = old_heads;
-        state.tombstones = old_tombstones;
-        return Err(IngestError::Storage(error));
-    }
-    state.key_count = key_count;
-    state.publish();
-    state.notify(changes);
-    Ok(result)
-}
-
-/// Reads every row a round's deltas touch, in one batched lookup.
-fn read_round_rows(
-    context: &Context,
-    topic: TopicId,
-    deltas: &[Result<Delta, DeltaError>],
-) -> Result<RoundRows, StorageError> {
-    let mut keys: Vec<Vec<u8>> = deltas
-        .iter()
-        .flatten()
-        .flat_map(|delta| delta.adds.iter().map(|(k, _)| k).chain(delta.removes.iter().map(|(k, _)| k)))
-        .map(|key| topic.key(key))
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let loaded = read_rows(context, &keys)?;
-    let prefix_len = canopy_dag::TOPIC_ID_BYTES;
-    Ok(keys
-        .into_iter()
-        .zip(loaded)
-        .map(|(key, row)| {
-            let before = row.winner().map(|e| e.value.clone());
-            (key[prefix_len..].to_vec(), (row, before))
-        })
-        .collect())
-}
-
-/// Checks that a block's parents are applied and its height is 1 + their largest height.
-/// Returns why the block is refused, if it is.
-fn check_parents(
-    context: &Context,
-    topic: TopicId,
-    block: &Block,
-    heights: &HashMap<Cid, Height>,
-    bad: &HashSet<Cid>,
-) -> Result<Option<String>, IngestError> {
-    if block.links().iter().any(|parent| bad.contains(parent)) {
-        return Ok(Some("a parent was rejected".into()));
-    }
-    let lookup: Vec<Cid> = block.links().iter().filter(|p| !heights.contains_key(*p)).copied().collect();
-    let metas = context.blocks.metas(topic, &lookup).map_err(StorageError::from)?;
-    let mut max_parent = 0;
-    for parent in block.links() {
-        let height = match heights.get(parent) {
-            Some(height) => *height,
-            None => match metas[lookup.iter().position(|p| p == parent).expect("looked up")] {
-                Some(ref meta) => meta.height,
-                None => return Ok(Some(format!("parent {parent} is not applied"))),
-            },
-        };
-        max_parent = max_parent.max(height);
-    }
-    if block.height() != max_parent + 1 {
-        return Ok(Some(format!("height {} is not 1 + largest parent height {max_parent}", block.height())));
-    }
-    Ok(None)
-}
-
-fn reject(state: &mut TopicState, bad: &mut HashSet<Cid>, result: &mut Applied, cid: Cid, reason: String) {
-    bad.insert(cid);
-    state.remember_rejected(cid);
-    // Blocks waiting on a rejected block can never apply; they go when they become ready and
-    // find their parent rejected, or when they are evicted.
-    result.rejected.push((cid, reason));
 }

@@ -17,13 +17,28 @@ fn sample_messages() -> Vec<Vec<u8>> {
     let block = sample_block();
     vec![
         Message::Heads { topic: "t".into(), heads: vec![Head { cid: block.cid(), height: 2 }] }.encode(),
-        Message::Want { topic: "t".into(), id: 7, want: vec![block.cid()], have: vec![block.links()[0]] }.encode(),
+        Message::Want {
+            topic: "t".into(),
+            id: 7,
+            want: vec![block.cid()],
+            have: vec![block.links()[0]],
+            snapshots: vec![block.cid()],
+        }
+        .encode(),
         Message::Blocks {
             topic: "t".into(),
             id: 7,
             blocks: vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }],
             more: false,
             frontier: vec![block.links()[0]],
+            snapshots: vec![block.cid()],
+        }
+        .encode(),
+        Message::WantParts { topic: "t".into(), id: 8, cids: vec![block.cid()] }.encode(),
+        Message::Parts {
+            topic: "t".into(),
+            id: 8,
+            parts: vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }],
         }
         .encode(),
     ]

@@ -23,7 +23,7 @@ fn blocks_of(topic: &Topic) -> Vec<Block> {
     let heads: Vec<_> = topic.heads().iter().map(|h| h.cid).collect();
     let unbounded =
         WalkLimits { blocks_max: usize::MAX, bytes_max: usize::MAX, visits_max: usize::MAX, frontier_max: 0 };
-    let walk = topic.walk(&heads, &[], &unbounded).unwrap();
+    let walk = topic.walk(&heads, &[], &unbounded, false).unwrap();
     assert!(!walk.more && walk.frontier.is_empty());
     walk.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect()
 }
@@ -195,7 +195,7 @@ fn a_catch_up_cut_by_a_crash_resumes_without_holes() {
     let wanted = topic.unknown(vec![source.heads()[0].cid], 10).unwrap();
     assert_eq!(wanted, vec![source.heads()[0].cid]);
     let have: Vec<_> = topic.heads().iter().map(|h| h.cid).collect();
-    let rest = source.walk(&wanted, &have, &Default::default()).unwrap();
+    let rest = source.walk(&wanted, &have, &Default::default(), false).unwrap();
     assert_eq!(rest.blocks.len(), 25, "the peer serves exactly what is missing");
     let rest: Vec<Block> =
         rest.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect();
@@ -334,7 +334,7 @@ fn sent_want(effects: &[Effect<u32>]) -> (u32, u64) {
 }
 
 fn answer(id: u64, blocks: Vec<WireBlock>) -> Message {
-    Message::Blocks { topic: "t".into(), id, blocks, more: false, frontier: vec![] }
+    Message::Blocks { topic: "t".into(), id, blocks, more: false, frontier: vec![], snapshots: vec![] }
 }
 
 #[test]

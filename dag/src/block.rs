@@ -196,14 +196,18 @@ impl Block {
 }
 
 /// The CID of encoded block bytes: CIDv1, DAG-CBOR, BLAKE3-256.
-pub(crate) fn cid_of(bytes: &[u8]) -> Cid {
+/// The CID naming `bytes`: CIDv1, DAG-CBOR, BLAKE3-256, as for every block. Snapshot parts
+/// and other content-addressed records are named the same way.
+pub fn cid_of(bytes: &[u8]) -> Cid {
     let digest = blake3::hash(bytes);
     let hash = Multihash::<64>::wrap(MULTIHASH_BLAKE3, digest.as_bytes())
         .expect("a 32-byte digest always fits a 64-byte multihash");
     Cid::new_v1(CODEC_DAG_CBOR, hash)
 }
 
-fn check_cid(cid: &Cid) -> Result<(), BlockError> {
+/// Checks that `cid` has the one format canopy names content with (CIDv1, DAG-CBOR,
+/// BLAKE3-256).
+pub fn check_cid(cid: &Cid) -> Result<(), BlockError> {
     let supported = cid.version() == cid::Version::V1
         && cid.codec() == CODEC_DAG_CBOR
         && cid.hash().code() == MULTIHASH_BLAKE3

@@ -12,7 +12,10 @@ mod topic;
 mod validate;
 mod walk;
 
-pub use block::{BLOCK_BYTES_MAX, Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, LINKS_MAX, MULTIHASH_BLAKE3};
+pub use block::{
+    BLOCK_BYTES_MAX, Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, LINKS_MAX, MULTIHASH_BLAKE3, check_cid,
+    cid_of,
+};
 pub use cid::Cid;
 pub use store::{BlockMeta, BlockStore, CF_BLOCKS, CF_INDEX, StoreError};
 pub use topic::{TOPIC_ID_BYTES, TopicId};

@@ -35,31 +35,50 @@ pub enum StoreError {
 }
 
 /// Height and parent links of an applied block, as kept in the index.
+///
+/// A *pruned* block is one whose payload was dropped because a snapshot covers it: its record
+/// keeps only the height (the block still counts as applied, and children are checked against
+/// its height), without links or bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockMeta {
     /// The block's height.
     pub height: Height,
-    /// The block's parents.
+    /// The block's parents; empty for a pruned block.
     pub links: Vec<Cid>,
+    /// True when the block's payload is gone and a snapshot covers it.
+    pub pruned: bool,
 }
+
+/// The byte after the height that marks a pruned record. A link always starts with the CID
+/// version 1, so the two forms cannot be confused.
+const PRUNED_MARK: u8 = 0;
 
 impl BlockMeta {
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.links.len() * 36);
         out.extend_from_slice(&self.height.to_be_bytes());
+        if self.pruned {
+            out.push(PRUNED_MARK);
+            return out;
+        }
         for link in &self.links {
             link.write_bytes(&mut out).expect("writing to a Vec cannot fail");
         }
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<BlockMeta, String> {
+    /// Decodes an index record.
+    pub fn decode(bytes: &[u8]) -> Result<BlockMeta, String> {
         let (height, mut rest) = bytes.split_first_chunk::<8>().ok_or("index record shorter than a height")?;
+        let height = u64::from_be_bytes(*height);
+        if rest == [PRUNED_MARK] {
+            return Ok(BlockMeta { height, links: Vec::new(), pruned: true });
+        }
         let mut links = Vec::new();
         while !rest.is_empty() {
             links.push(Cid::read_bytes(&mut rest).map_err(|e| e.to_string())?);
         }
-        Ok(BlockMeta { height: u64::from_be_bytes(*height), links })
+        Ok(BlockMeta { height, links, pruned: false })
     }
 }
 
@@ -87,9 +106,33 @@ impl BlockStore {
     /// Adds `block` to `batch`, marking it applied in `topic` once the batch is written.
     pub fn put(&self, batch: &mut WriteBatch, topic: TopicId, block: &Block) {
         let key = topic.key(&block.cid().to_bytes());
-        let meta = BlockMeta { height: block.height(), links: block.links().to_vec() };
+        let meta = BlockMeta { height: block.height(), links: block.links().to_vec(), pruned: false };
         batch.put_cf(self.cf(CF_BLOCKS), &key, block.bytes());
         batch.put_cf(self.cf(CF_INDEX), &key, meta.encode());
+    }
+
+    /// Adds to `batch` the pruning of `cid`: its payload goes, its index record keeps only the
+    /// height. Also how a block covered by a merged snapshot is recorded as applied.
+    pub fn put_pruned(&self, batch: &mut WriteBatch, topic: TopicId, cid: &Cid, height: Height) {
+        let key = topic.key(&cid.to_bytes());
+        let meta = BlockMeta { height, links: Vec::new(), pruned: true };
+        batch.delete_cf(self.cf(CF_BLOCKS), &key);
+        batch.put_cf(self.cf(CF_INDEX), &key, meta.encode());
+    }
+
+    /// Every index record of `topic` as `(cid, meta)`, in CID order.
+    pub fn iter_index(&self, topic: TopicId) -> impl Iterator<Item = Result<(Cid, BlockMeta), StoreError>> + '_ {
+        let prefix = topic.prefix();
+        self.db
+            .prefix_iterator_cf(self.cf(CF_INDEX), prefix)
+            .take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
+            .map(move |item| {
+                let (key, value) = item?;
+                let corrupt = |reason: String| StoreError::Corrupt { cf: CF_INDEX, cid: "?".into(), reason };
+                let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| corrupt(format!("bad key: {e}")))?;
+                let meta = BlockMeta::decode(&value).map_err(corrupt)?;
+                Ok((cid, meta))
+            })
     }
 
     /// The encoded bytes of an applied block.
@@ -180,8 +223,12 @@ mod tests {
     fn meta_round_trips() {
         let a = Block::build(vec![], 1, b"a".to_vec()).unwrap();
         let b = Block::build(vec![], 1, b"b".to_vec()).unwrap();
-        let meta = BlockMeta { height: 7, links: vec![a.cid(), b.cid()] };
+        let meta = BlockMeta { height: 7, links: vec![a.cid(), b.cid()], pruned: false };
         assert_eq!(BlockMeta::decode(&meta.encode()).unwrap(), meta);
+        let pruned = BlockMeta { height: 7, links: Vec::new(), pruned: true };
+        assert_eq!(BlockMeta::decode(&pruned.encode()).unwrap(), pruned);
+        let root = BlockMeta { height: 1, links: Vec::new(), pruned: false };
+        assert_eq!(BlockMeta::decode(&root.encode()).unwrap(), root);
         assert!(BlockMeta::decode(&[1, 2]).is_err());
     }
 }

@@ -40,6 +40,9 @@ pub struct Walk {
     /// requester fetches below these first and then asks for its wants again; `blocks` is
     /// empty then.
     pub frontier: Vec<Cid>,
+    /// Set when the requester lacks a block whose payload was pruned: only a snapshot can
+    /// give it what it lacks. `blocks` and `frontier` are empty then.
+    pub pruned: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,12 +68,18 @@ enum Side {
 /// is closed under "parent the requester lacks" are closed too, and the requester can apply them
 /// at once. When the missing set is deeper than `visits_max`, the walk returns its frontier
 /// instead, and the requester descends first. Unknown CIDs are skipped.
+///
+/// Pruned blocks (covered by a snapshot, payload gone) cannot be served. When the requester
+/// holds every block this store has pruned (`pruned_had`: it merged the snapshots that cover
+/// them) they count as had; otherwise reaching one the requester lacks ends the walk with
+/// [`Walk::pruned`] set.
 pub fn walk_missing(
     store: &BlockStore,
     topic: TopicId,
     wants: &[Cid],
     haves: &[Cid],
     limits: &WalkLimits,
+    pruned_had: bool,
 ) -> Result<Walk, StoreError> {
     let mut walker = Walker { store, topic, queue: BinaryHeap::new(), seen: HashMap::new(), wanted_in_queue: 0 };
     walker.enqueue(wants, Side::Want, Height::MAX)?;
@@ -90,12 +99,18 @@ pub fn walk_missing(
             break;
         };
         visits += 1;
-        let (side, links) = match walker.seen.get_mut(&cid) {
-            Some((side, links)) => (std::mem::replace(side, Side::Done), std::mem::take(links)),
+        let (side, links, pruned) = match walker.seen.get_mut(&cid) {
+            Some((side, links, pruned)) => (std::mem::replace(side, Side::Done), std::mem::take(links), *pruned),
             None => continue,
         };
         if side == Side::Want {
             walker.wanted_in_queue -= 1;
+            if pruned {
+                if !pruned_had {
+                    return Ok(Walk { pruned: true, ..Walk::default() });
+                }
+                continue;
+            }
             missing.push((height, cid));
         }
         walker.enqueue(&links, side, Height::MAX)?;
@@ -130,7 +145,8 @@ struct Walker<'a> {
     store: &'a BlockStore,
     topic: TopicId,
     queue: BinaryHeap<(Height, Cid)>,
-    seen: HashMap<Cid, (Side, Vec<Cid>)>,
+    /// Per block reached: the side it was reached from, its links, whether it is pruned.
+    seen: HashMap<Cid, (Side, Vec<Cid>, bool)>,
     wanted_in_queue: usize,
 }
 
@@ -140,7 +156,7 @@ impl Walker<'_> {
         let mut queued: Vec<(Height, Cid)> = self
             .queue
             .iter()
-            .filter(|(_, cid)| self.seen.get(cid).is_some_and(|(side, _)| *side == Side::Want))
+            .filter(|(_, cid)| self.seen.get(cid).is_some_and(|(side, _, _)| *side == Side::Want))
             .copied()
             .collect();
         queued.sort_unstable_by(|a, b| b.cmp(a));
@@ -154,7 +170,7 @@ impl Walker<'_> {
         let mut fresh = Vec::new();
         for cid in cids {
             match self.seen.get_mut(cid) {
-                Some((seen_side, _)) => {
+                Some((seen_side, _, _)) => {
                     if side == Side::Have && *seen_side == Side::Want {
                         *seen_side = Side::Have;
                         self.wanted_in_queue -= 1;
@@ -170,7 +186,7 @@ impl Walker<'_> {
             if side == Side::Want {
                 self.wanted_in_queue += 1;
             }
-            self.seen.insert(*cid, (side, meta.links));
+            self.seen.insert(*cid, (side, meta.links, meta.pruned));
             self.queue.push((meta.height, *cid));
         }
         Ok(())
@@ -249,15 +265,15 @@ mod tests {
         let cids = chain(&store, topic, 100);
         let limits = WalkLimits { blocks_max: 8, bytes_max: 1 << 20, visits_max: 30, frontier_max: 4 };
         // The requester has the lowest ten blocks and wants the top.
-        let walk = walk_missing(&store, topic, &[cids[99]], &[cids[9]], &limits).unwrap();
+        let walk = walk_missing(&store, topic, &[cids[99]], &[cids[9]], &limits, false).unwrap();
         assert!(walk.blocks.is_empty());
         assert_eq!(walk.frontier, vec![cids[69]], "the walk stops after 30 visits");
-        let walk = walk_missing(&store, topic, &[cids[39]], &[cids[9]], &limits).unwrap();
+        let walk = walk_missing(&store, topic, &[cids[39]], &[cids[9]], &limits, false).unwrap();
         assert!(walk.frontier.is_empty());
         let served: Vec<Cid> = walk.blocks.iter().map(|(cid, _)| *cid).collect();
         assert_eq!(served, cids[10..18].to_vec(), "lowest missing blocks first");
         assert!(walk.more);
-        let walk = walk_missing(&store, topic, &[cids[11]], &[cids[9]], &limits).unwrap();
+        let walk = walk_missing(&store, topic, &[cids[11]], &[cids[9]], &limits, false).unwrap();
         assert_eq!(walk.blocks.len(), 2);
         assert!(!walk.more && walk.frontier.is_empty());
     }
@@ -269,9 +285,31 @@ mod tests {
         let topic = TopicId(2);
         let cids = chain(&store, topic, 10);
         let limits = WalkLimits { blocks_max: 100, bytes_max: 1, visits_max: 1000, frontier_max: 4 };
-        let walk = walk_missing(&store, topic, &[cids[9]], &[], &limits).unwrap();
+        let walk = walk_missing(&store, topic, &[cids[9]], &[], &limits, false).unwrap();
         assert_eq!(walk.blocks.len(), 1, "the block that crosses the byte bound is the last one");
         assert_eq!(walk.blocks[0].0, cids[0]);
         assert!(walk.more);
+    }
+
+    #[test]
+    fn a_requester_lacking_pruned_blocks_is_told_so_unless_it_holds_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir);
+        let topic = TopicId(3);
+        let cids = chain(&store, topic, 10);
+        let mut batch = WriteBatch::default();
+        for (i, cid) in cids[..5].iter().enumerate() {
+            store.put_pruned(&mut batch, topic, cid, i as u64 + 1);
+        }
+        store.db().write(batch).unwrap();
+        let limits = WalkLimits::default();
+        let walk = walk_missing(&store, topic, &[cids[9]], &[], &limits, false).unwrap();
+        assert!(walk.pruned && walk.blocks.is_empty());
+        let walk = walk_missing(&store, topic, &[cids[9]], &[], &limits, true).unwrap();
+        let served: Vec<Cid> = walk.blocks.iter().map(|(cid, _)| *cid).collect();
+        assert_eq!(served, cids[5..].to_vec(), "pruned blocks count as had by a requester holding them");
+        let walk = walk_missing(&store, topic, &[cids[9]], &[cids[6]], &limits, false).unwrap();
+        assert!(!walk.pruned, "a requester above the pruned blocks needs no snapshot");
+        assert_eq!(walk.blocks.len(), 3);
     }
 }

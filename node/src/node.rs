@@ -526,24 +526,21 @@ async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>,
     }
 }
 
-/// Answers block requests from peers: the lowest blocks below what they want, for the topics
-/// this node replicates (others get an empty answer).
+/// Answers block and snapshot-part requests from peers, for the topics this node replicates
+/// (others get an empty answer).
 fn block_server(
     store: Store,
     config: SyncConfig,
     subscribed: Arc<Mutex<BTreeSet<String>>>,
 ) -> canopy_transport::RequestServer {
     Arc::new(move |_from: PeerId, request: Vec<u8>| -> Result<Vec<u8>, String> {
-        let Message::Want { topic, id, want, have } = Message::decode(&request, &config).map_err(|e| e.to_string())?
-        else {
-            return Err("only Want requests are served on the block endpoint".into());
-        };
-        let served = subscribed.lock().expect("subscribed lock").contains(&topic);
-        let answer = match store.existing_topic(&topic) {
-            Some(handle) if served => answer(&handle, id, &want, &have, &config.walk).map_err(|e| e.to_string())?,
-            _ => Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new() },
-        };
-        Ok(answer.encode())
+        let request = Message::decode(&request, &config).map_err(|e| e.to_string())?;
+        let served = subscribed.lock().expect("subscribed lock").contains(request.topic());
+        let topic = if served { store.existing_topic(request.topic()) } else { None };
+        match answer(topic.as_ref(), request, &config).map_err(|e| e.to_string())? {
+            Some(answer) => Ok(answer.encode()),
+            None => Err("only Want and WantParts requests are served on the block endpoint".into()),
+        }
     })
 }
 

@@ -1,0 +1,529 @@
+//! Merging a snapshot: the third write path, beside local commits and remote blocks.
+//!
+//! A replica holding applied blocks B merges a snapshot S of closure(H) so that its state
+//! becomes that of closure(H) ∪ B (see ARCHITECTURE.md for why each rule is exact). With A the
+//! blocks of closure(H) this replica had applied before the merge:
+//! - an element of S is added unless its block is in A (this replica has seen that block, so
+//!   its row already says whether B removed the element) or a stored tombstone names it;
+//! - an element of this replica whose block is in A but which S does not hold was removed in
+//!   closure(H), and goes;
+//! - a remove S carries (of an element outside closure(H)) is applied as a remote block's remove;
+//! - every block of closure(H) becomes applied (pruned: height only), and the heads become the
+//!   maximal blocks of H ∪ heads(B).
+//!
+//! The merge runs on the topic's writer thread, so nothing interleaves with it, in steps: the
+//! whole snapshot is checked first (an invalid one changes nothing), then rows are merged chunk
+//! by chunk, then the covered blocks are recorded and the heads change in the last write. A
+//! marker in `meta` names the merge and its step; a merge interrupted by a crash is finished
+//! when the topic loads. The row step can run twice: none of its writes changes what it reads
+//! (the index is untouched and tombstones are only removed in the last step).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use canopy_dag::{Cid, Height};
+use rayon::prelude::*;
+use rocksdb::WriteBatch;
+
+use super::compact::{prefix_scan, remember};
+use super::{Context, TopicState, apply_ready, read_rows};
+use crate::error::{MergeError, StorageError};
+use crate::row::{Element, Row};
+use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
+use crate::store::{
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, encode_cids,
+    key_count_key, meta_key, tombstone_key,
+};
+use crate::topic::{Change, Head, MergeOutcome};
+
+/// Chunks read and decoded together.
+const CHUNKS_PER_READ: usize = 16;
+
+const STEP_ROWS: u8 = 1;
+const STEP_BLOCKS: u8 = 2;
+
+/// What the check of a snapshot learnt, for the steps that follow.
+struct Checked {
+    manifest: Manifest,
+    /// Covered blocks this replica had applied before the merge.
+    applied: HashSet<Cid>,
+    /// Chunks that carry removes, and chunks that carry blocks.
+    with_removes: Vec<Cid>,
+    with_blocks: Vec<Cid>,
+}
+
+/// Merges the staged snapshot `manifest_cid` into the topic.
+pub(super) fn merge(context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<MergeOutcome, MergeError> {
+    let topic = state.shared.id;
+    let Some(bytes) =
+        context.db.get_cf(context.cf(CF_SNAPSHOTS), topic.key(&manifest_cid.to_bytes())).map_err(StorageError::from)?
+    else {
+        return Err(MergeError::Missing(1));
+    };
+    let manifest = Manifest::decode(&manifest_cid, &bytes)?;
+    if manifest.topic != state.shared.name {
+        return Err(SnapshotError::Invalid(format!(
+            "snapshot of topic {} offered for {}",
+            manifest.topic, state.shared.name
+        ))
+        .into());
+    }
+    let head_cids: Vec<Cid> = manifest.heads.iter().map(|h| h.cid).collect();
+    let metas = context.blocks.metas(topic, &head_cids).map_err(StorageError::from)?;
+    if metas.iter().all(Option::is_some) {
+        // Everything the snapshot stands for is applied here already.
+        finish_known(context, state, manifest_cid)?;
+        return Ok(MergeOutcome {
+            snapshot: manifest_cid,
+            keys: state.key_count,
+            blocks: manifest.blocks,
+            already_had: true,
+        });
+    }
+    if manifest.removes + state.tombstones > context.tombstones_max {
+        return Err(SnapshotError::Invalid(format!(
+            "{} removes of elements not applied here exceed tombstones_max {}",
+            manifest.removes + state.tombstones,
+            context.tombstones_max
+        ))
+        .into());
+    }
+    let checked = check(context, state, manifest)?;
+    write_marker(context, topic, manifest_cid, STEP_ROWS, &[])?;
+    merge_rows(context, state, &checked)?;
+    let heads = merged_heads(state, &checked);
+    write_marker(context, topic, manifest_cid, STEP_BLOCKS, &heads)?;
+    record_blocks(context, state, manifest_cid, &checked.with_blocks, heads)?;
+    Ok(MergeOutcome {
+        snapshot: manifest_cid,
+        keys: state.key_count,
+        blocks: checked.manifest.blocks,
+        already_had: false,
+    })
+}
+
+/// Finishes a merge a crash interrupted.
+pub(super) fn resume(context: &Context, state: &mut TopicState) -> Result<(), MergeError> {
+    let topic = state.shared.id;
+    let Some(marker) =
+        context.db.get_cf(context.cf(CF_META), meta_key(META_MERGE, topic)).map_err(StorageError::from)?
+    else {
+        state.merging = false;
+        return Ok(());
+    };
+    let corrupt = |what: &str| MergeError::Storage(StorageError::Corrupt(format!("merge marker: {what}")));
+    let mut rest = marker.as_slice();
+    let manifest_cid = Cid::read_bytes(&mut rest).map_err(|_| corrupt("manifest"))?;
+    let (&step, mut rest) = rest.split_first().ok_or_else(|| corrupt("step"))?;
+    match step {
+        STEP_ROWS => {
+            merge(context, state, manifest_cid)?;
+        }
+        STEP_BLOCKS => {
+            let mut heads = Vec::new();
+            while !rest.is_empty() {
+                let cid = Cid::read_bytes(&mut rest).map_err(|_| corrupt("head"))?;
+                let (height, tail) = rest.split_first_chunk::<8>().ok_or_else(|| corrupt("height"))?;
+                heads.push(Head { cid, height: u64::from_be_bytes(*height) });
+                rest = tail;
+            }
+            let with_blocks = chunk_list(context, state, manifest_cid)?;
+            record_blocks(context, state, manifest_cid, &with_blocks, heads)?;
+        }
+        _ => return Err(corrupt("unknown step")),
+    }
+    state.merging = false;
+    Ok(())
+}
+
+fn chunk_list(context: &Context, state: &TopicState, manifest_cid: Cid) -> Result<Vec<Cid>, MergeError> {
+    let key = state.shared.id.key(&manifest_cid.to_bytes());
+    let bytes =
+        context.db.get_cf(context.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?.ok_or(MergeError::Missing(1))?;
+    Ok(Manifest::decode(&manifest_cid, &bytes)?.chunks)
+}
+
+fn write_marker(
+    context: &Context,
+    topic: canopy_dag::TopicId,
+    manifest: Cid,
+    step: u8,
+    heads: &[Head],
+) -> Result<(), StorageError> {
+    let mut value = manifest.to_bytes();
+    value.push(step);
+    for head in heads {
+        value.extend_from_slice(&head.cid.to_bytes());
+        value.extend_from_slice(&head.height.to_be_bytes());
+    }
+    let mut batch = WriteBatch::default();
+    batch.put_cf(context.cf(CF_META), meta_key(META_MERGE, topic), value);
+    context.write(batch)
+}
+
+/// Reads and decodes chunks in parallel, in order.
+fn read_chunks(context: &Context, state: &TopicState, cids: &[Cid]) -> Result<Vec<Chunk>, MergeError> {
+    let keys: Vec<Vec<u8>> = cids.iter().map(|cid| state.shared.id.key(&cid.to_bytes())).collect();
+    let found = context.db.batched_multi_get_cf(context.cf(CF_SNAPSHOTS), &keys, false);
+    let mut bytes = Vec::with_capacity(cids.len());
+    let mut missing = 0;
+    for value in found {
+        match value.map_err(StorageError::from)? {
+            Some(value) => bytes.push(value.to_vec()),
+            None => missing += 1,
+        }
+    }
+    if missing > 0 {
+        return Err(MergeError::Missing(missing));
+    }
+    let chunks: Result<Vec<Chunk>, SnapshotError> =
+        cids.par_iter().zip(bytes.par_iter()).map(|(cid, bytes)| Chunk::decode(cid, bytes)).collect();
+    Ok(chunks?)
+}
+
+/// Checks the whole snapshot before anything is written: every chunk staged, valid and in
+/// order, the counts right, the heads among the covered blocks at their heights. Finds the
+/// covered blocks already applied here.
+fn check(context: &Context, state: &TopicState, manifest: Manifest) -> Result<Checked, MergeError> {
+    let topic = state.shared.id;
+    let invalid = |what: String| MergeError::Invalid(SnapshotError::Invalid(what));
+    let mut checked = Checked { manifest, applied: HashSet::new(), with_removes: Vec::new(), with_blocks: Vec::new() };
+    let manifest = &checked.manifest;
+    let heads: HashMap<Cid, Height> = manifest.heads.iter().map(|h| (h.cid, h.height)).collect();
+    let mut heads_found = 0;
+    let (mut keys, mut elements, mut removes, mut blocks) = (0u64, 0u64, 0u64, 0u64);
+    let mut last: Option<Chunk> = None;
+    let mut last_key: Option<Vec<u8>> = None;
+    for group in manifest.chunks.chunks(CHUNKS_PER_READ) {
+        let chunks = read_chunks(context, state, group)?;
+        for (cid, chunk) in group.iter().zip(chunks) {
+            if let Some(previous) = &last
+                && !previous.precedes(&chunk)
+            {
+                return Err(invalid(format!("chunk {cid} is out of order")));
+            }
+            for element in &chunk.elements {
+                if last_key.as_deref() != Some(element.key.as_slice()) {
+                    keys += 1;
+                    last_key = Some(element.key.clone());
+                }
+            }
+            elements += chunk.elements.len() as u64;
+            removes += chunk.removes.len() as u64;
+            blocks += chunk.blocks.len() as u64;
+            if !chunk.removes.is_empty() {
+                checked.with_removes.push(*cid);
+            }
+            if !chunk.blocks.is_empty() {
+                checked.with_blocks.push(*cid);
+                let cids: Vec<Cid> = chunk.blocks.iter().map(|(cid, _)| *cid).collect();
+                let metas = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
+                for ((cid, height), meta) in chunk.blocks.iter().zip(metas) {
+                    if let Some(head_height) = heads.get(cid) {
+                        if head_height != height {
+                            return Err(invalid(format!("head {cid} listed at two heights")));
+                        }
+                        heads_found += 1;
+                    }
+                    if let Some(meta) = meta {
+                        if meta.height != *height {
+                            return Err(invalid(format!(
+                                "block {cid} at height {height}, applied here at {}",
+                                meta.height
+                            )));
+                        }
+                        checked.applied.insert(*cid);
+                    }
+                }
+            }
+            // Only the boundary matters for the order check across chunks.
+            last = Some(Chunk {
+                elements: chunk.elements.last().cloned().into_iter().collect(),
+                removes: chunk.removes.last().cloned().into_iter().collect(),
+                blocks: chunk.blocks.last().copied().into_iter().collect(),
+            });
+        }
+    }
+    let manifest = &checked.manifest;
+    if (keys, elements, removes, blocks) != (manifest.keys, manifest.elements, manifest.removes, manifest.blocks) {
+        return Err(invalid("the chunks do not hold what the manifest counts".into()));
+    }
+    if heads_found != heads.len() {
+        return Err(invalid("a head is not among the covered blocks".into()));
+    }
+    Ok(checked)
+}
+
+/// Merges the snapshot's elements and removes into the rows.
+fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> Result<(), MergeError> {
+    let topic = state.shared.id;
+    let applied = &checked.applied;
+    let top = checked.manifest.heads.iter().map(|h| h.height).max().unwrap_or(0);
+    // Rows of this replica in key order, to find those holding a covered element the snapshot
+    // no longer has. Only needed when some covered block was applied here.
+    let mut own_rows = (!applied.is_empty()).then(|| prefix_scan(&context.db, context.cf(CF_KV), topic).peekable());
+    let mut key_count = state.key_count as i64;
+    for group in checked.manifest.chunks.chunks(CHUNKS_PER_READ) {
+        for chunk in read_chunks(context, state, group)? {
+            if chunk.elements.is_empty() {
+                continue;
+            }
+            let mut by_key: BTreeMap<Vec<u8>, Vec<SnapshotElement>> = BTreeMap::new();
+            for element in chunk.elements {
+                by_key.entry(element.key.clone()).or_default().push(element);
+            }
+            let last = by_key.keys().next_back().cloned().expect("a chunk with elements");
+            let mut batch = WriteBatch::default();
+            let mut changes = Vec::new();
+            if let Some(rows) = own_rows.as_mut() {
+                while let Some(item) = rows.next_if(|item| item.as_ref().map_or(true, |(key, _)| *key <= last)) {
+                    let (key, value) = item?;
+                    if !by_key.contains_key(&key) {
+                        let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+                        let merged = drop_covered(row.clone(), applied, &[]);
+                        write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+                    }
+                }
+            }
+            let keys: Vec<Vec<u8>> = by_key.keys().map(|key| topic.key(key)).collect();
+            let rows = read_rows(context, &keys)?;
+            let tombstoned = stored_tombstones(context, state, &by_key, applied)?;
+            for ((key, elements), row) in by_key.into_iter().zip(rows) {
+                let mut merged = drop_covered(row.clone(), applied, &elements);
+                for element in elements {
+                    if applied.contains(&element.id) || tombstoned.contains(&(element.id, key.clone())) {
+                        continue;
+                    }
+                    merged.insert(Element { height: element.height, id: element.id, value: element.value });
+                }
+                write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+            }
+            batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
+            context.write(batch)?;
+            state.key_count = key_count.max(0) as u64;
+            state.notify(changes);
+        }
+    }
+    if let Some(rows) = own_rows {
+        let mut batch = WriteBatch::default();
+        let mut changes = Vec::new();
+        for item in rows {
+            let (key, value) = item?;
+            let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+            let merged = drop_covered(row.clone(), applied, &[]);
+            write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+        }
+        batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
+        context.write(batch)?;
+        state.key_count = key_count.max(0) as u64;
+        state.notify(changes);
+    }
+    // Removes of elements outside closure(H), applied as a received block's removes are.
+    for group in checked.with_removes.chunks(CHUNKS_PER_READ) {
+        for chunk in read_chunks(context, state, group)? {
+            let ids: Vec<Cid> = chunk.removes.iter().map(|(id, _)| *id).collect();
+            let metas = context.blocks.metas(topic, &ids).map_err(StorageError::from)?;
+            let mut batch = WriteBatch::default();
+            let mut changes = Vec::new();
+            let mut on_rows: BTreeMap<Vec<u8>, Vec<Cid>> = BTreeMap::new();
+            for ((id, key), meta) in chunk.removes.into_iter().zip(metas) {
+                if meta.is_some() {
+                    on_rows.entry(key).or_default().push(id);
+                } else {
+                    batch.put_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, &id, &key), []);
+                }
+            }
+            let keys: Vec<Vec<u8>> = on_rows.keys().map(|key| topic.key(key)).collect();
+            for ((key, ids), row) in on_rows.into_iter().zip(read_rows(context, &keys)?) {
+                let mut merged = row.clone();
+                for id in &ids {
+                    merged.remove(id);
+                }
+                write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+            }
+            batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
+            context.write(batch)?;
+            state.key_count = key_count.max(0) as u64;
+            state.notify(changes);
+        }
+    }
+    Ok(())
+}
+
+/// A row without its covered elements that the snapshot does not hold (removed in
+/// closure(H)).
+fn drop_covered(mut row: Row, applied: &HashSet<Cid>, kept: &[SnapshotElement]) -> Row {
+    let gone: Vec<Cid> = row.ids().filter(|id| applied.contains(id) && !kept.iter().any(|e| e.id == *id)).collect();
+    for id in gone {
+        row.remove(&id);
+    }
+    row
+}
+
+/// Adds a changed row to `batch`, with the key count and the change for watchers.
+#[allow(clippy::too_many_arguments)]
+fn write_row(
+    context: &Context,
+    topic: canopy_dag::TopicId,
+    batch: &mut WriteBatch,
+    changes: &mut Vec<Change>,
+    key_count: &mut i64,
+    key: Vec<u8>,
+    before: &Row,
+    after: Row,
+    height: Height,
+) {
+    if &after == before {
+        return;
+    }
+    let (was, is) = (before.winner().map(|e| e.value.clone()), after.winner().map(|e| e.value.clone()));
+    *key_count += i64::from(is.is_some()) - i64::from(was.is_some());
+    if after.is_empty() {
+        batch.delete_cf(context.cf(CF_KV), topic.key(&key));
+    } else {
+        batch.put_cf(context.cf(CF_KV), topic.key(&key), after.encode());
+    }
+    if was != is {
+        let height = after.winner().map_or(height, |e| e.height);
+        changes.push(Change { key, value: is, height });
+    }
+}
+
+/// Which of the snapshot's elements (not applied here) a stored tombstone names.
+fn stored_tombstones(
+    context: &Context,
+    state: &TopicState,
+    by_key: &BTreeMap<Vec<u8>, Vec<SnapshotElement>>,
+    applied: &HashSet<Cid>,
+) -> Result<HashSet<(Cid, Vec<u8>)>, StorageError> {
+    let mut found = HashSet::new();
+    if state.tombstones == 0 {
+        return Ok(found);
+    }
+    let asked: Vec<(Cid, &Vec<u8>)> = by_key
+        .iter()
+        .flat_map(|(key, elements)| elements.iter().map(move |e| (e.id, key)))
+        .filter(|(id, _)| !applied.contains(id))
+        .collect();
+    let keys: Vec<Vec<u8>> = asked.iter().map(|(id, key)| tombstone_key(state.shared.id, id, key)).collect();
+    for ((id, key), value) in
+        asked.into_iter().zip(context.db.batched_multi_get_cf(context.cf(CF_TOMBSTONES), &keys, false))
+    {
+        if value?.is_some() {
+            found.insert((id, key.clone()));
+        }
+    }
+    Ok(found)
+}
+
+/// The heads after the merge: the maximal blocks of H ∪ heads(B). A head of this replica stays
+/// unless the snapshot covers it (and it is not in H); a head in H counts unless this replica
+/// had applied it below one of its own heads.
+fn merged_heads(state: &TopicState, checked: &Checked) -> Vec<Head> {
+    let ours = &state.heads;
+    let theirs: HashSet<Cid> = checked.manifest.heads.iter().map(|h| h.cid).collect();
+    let mut heads: BTreeMap<Cid, Height> = ours
+        .iter()
+        .filter(|(cid, _)| !checked.applied.contains(cid) || theirs.contains(cid))
+        .map(|(cid, height)| (*cid, *height))
+        .collect();
+    for head in &checked.manifest.heads {
+        if !checked.applied.contains(&head.cid) || ours.contains_key(&head.cid) {
+            heads.insert(head.cid, head.height);
+        }
+    }
+    heads.into_iter().map(|(cid, height)| Head { cid, height }).collect()
+}
+
+/// The last step: every covered block becomes applied (pruned), tombstones of covered
+/// elements go, and the heads, cover and known snapshots change in the final write.
+fn record_blocks(
+    context: &Context,
+    state: &mut TopicState,
+    manifest_cid: Cid,
+    with_blocks: &[Cid],
+    heads: Vec<Head>,
+) -> Result<(), MergeError> {
+    let topic = state.shared.id;
+    // Stored tombstones by element id: those naming a covered element are settled.
+    let mut tombstones: HashMap<Cid, Vec<Vec<u8>>> = HashMap::new();
+    if state.tombstones > 0 {
+        for item in prefix_scan(&context.db, context.cf(CF_TOMBSTONES), topic) {
+            let (key, _) = item?;
+            let mut rest = key.as_slice();
+            let id = Cid::read_bytes(&mut rest).map_err(|e| StorageError::Corrupt(format!("tombstone key: {e}")))?;
+            tombstones.entry(id).or_default().push(rest.to_vec());
+        }
+    }
+    let mut covered_tombstones = 0u64;
+    for group in with_blocks.chunks(CHUNKS_PER_READ) {
+        for chunk in read_chunks(context, state, group)? {
+            let cids: Vec<Cid> = chunk.blocks.iter().map(|(cid, _)| *cid).collect();
+            let metas = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
+            let mut batch = WriteBatch::default();
+            for ((cid, height), meta) in chunk.blocks.iter().zip(metas) {
+                if meta.is_none() {
+                    context.blocks.put_pruned(&mut batch, topic, cid, *height);
+                }
+                for key in tombstones.remove(cid).unwrap_or_default() {
+                    batch.delete_cf(context.cf(CF_TOMBSTONES), tombstone_key(topic, cid, &key));
+                    covered_tombstones += 1;
+                }
+            }
+            context.write(batch)?;
+        }
+    }
+    let mut batch = WriteBatch::default();
+    let heads_cf = context.cf(CF_HEADS);
+    let new: BTreeMap<Cid, Height> = heads.iter().map(|h| (h.cid, h.height)).collect();
+    for cid in state.heads.keys().filter(|cid| !new.contains_key(cid)) {
+        batch.delete_cf(heads_cf, topic.key(&cid.to_bytes()));
+    }
+    for (cid, height) in &new {
+        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
+    }
+    let mut cover = state.snapshots.cover.clone();
+    if !cover.contains(&manifest_cid) {
+        cover.push(manifest_cid);
+    }
+    let mut known = state.snapshots.known.clone();
+    remember(&mut known, manifest_cid);
+    batch.put_cf(context.cf(CF_META), meta_key(META_COVER, topic), encode_cids(&cover));
+    batch.put_cf(context.cf(CF_META), meta_key(META_KNOWN, topic), encode_cids(&known));
+    batch.delete_cf(context.cf(CF_META), meta_key(META_MERGE, topic));
+    context.write(batch)?;
+    state.heads = new;
+    state.snapshots.cover = cover;
+    state.snapshots.known = known;
+    state.tombstones = state.tombstones.saturating_sub(covered_tombstones);
+    state.tombstones = count_tombstones(context, state)?;
+    state.merging = false;
+    // Received blocks that waited for a covered block may apply now; covered ones are done.
+    let ready = state.recheck_pending(context)?;
+    apply_ready(context, state, ready).map_err(|e| match e {
+        crate::error::IngestError::Storage(s) => MergeError::Storage(s),
+        other => MergeError::Storage(StorageError::Corrupt(other.to_string())),
+    })?;
+    state.publish();
+    Ok(())
+}
+
+fn count_tombstones(context: &Context, state: &TopicState) -> Result<u64, StorageError> {
+    let mut count = 0;
+    for item in prefix_scan(&context.db, context.cf(CF_TOMBSTONES), state.shared.id) {
+        item?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+/// Records a snapshot whose blocks are all applied here as known, so peers stop offering it.
+fn finish_known(context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<(), StorageError> {
+    let mut known = state.snapshots.known.clone();
+    remember(&mut known, manifest_cid);
+    let mut batch = WriteBatch::default();
+    batch.put_cf(context.cf(CF_META), meta_key(META_KNOWN, state.shared.id), encode_cids(&known));
+    context.write(batch)?;
+    state.snapshots.known = known;
+    state.publish();
+    Ok(())
+}

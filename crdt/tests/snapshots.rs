@@ -1,0 +1,269 @@
+//! Compaction and snapshots over real RocksDB: pruning, canonical snapshots, bootstrap from a
+//! snapshot, and crashes (real processes killed with SIGKILL) during compaction and merge.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use canopy_crdt::snapshot::Manifest;
+use canopy_crdt::{Batch, Block, Cid, Store, StoreOptions, Topic};
+
+fn options() -> StoreOptions {
+    StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() }
+}
+
+fn open(path: &std::path::Path) -> Store {
+    Store::open(path, options()).unwrap()
+}
+
+fn contents(topic: &Topic) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut all = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = topic.query(b"", after.as_deref(), 10_000).unwrap();
+        all.extend(page.entries);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
+/// Writes `n` keys in batches of 100, then overwrites every third and deletes every seventh.
+fn fill(topic: &Topic, n: usize) -> Vec<Cid> {
+    let mut commits = Vec::new();
+    for start in (0..n).step_by(100) {
+        let mut batch = Batch::new();
+        for i in start..(start + 100).min(n) {
+            batch.put(format!("key-{i:06}"), format!("value-{i}"));
+        }
+        commits.push(topic.batch(batch).unwrap().unwrap().cid);
+    }
+    for i in (0..n).step_by(3) {
+        commits.push(topic.put(format!("key-{i:06}"), format!("again-{i}")).unwrap().cid);
+    }
+    for i in (0..n).step_by(7) {
+        commits.extend(topic.delete(format!("key-{i:06}")).unwrap().map(|commit| commit.cid));
+    }
+    commits
+}
+
+fn copy_snapshot(from: &Topic, to: &Topic, manifest: Cid) {
+    let bytes = from.snapshot_part(&manifest).unwrap().unwrap();
+    let decoded = Manifest::decode(&manifest, &bytes).unwrap();
+    let mut parts = vec![(manifest, bytes)];
+    for chunk in &decoded.chunks {
+        parts.push((*chunk, from.snapshot_part(chunk).unwrap().unwrap()));
+    }
+    to.stage_snapshot_parts(&parts).unwrap();
+}
+
+#[test]
+fn compaction_prunes_history_and_keeps_every_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    let commits = fill(&topic, 2000);
+    let before = contents(&topic);
+    let heads = topic.heads();
+
+    let compaction = topic.compact().unwrap();
+    let snapshot = compaction.snapshot.expect("a topic with history gets a snapshot");
+    assert_eq!(compaction.heads, heads);
+    assert_eq!(compaction.keys, before.len() as u64);
+    assert_eq!(compaction.pruned_blocks as usize, commits.len());
+    assert_eq!(contents(&topic), before, "compaction changes no value");
+    assert_eq!(topic.key_count(), before.len() as u64);
+    assert!(topic.block(&commits[0]).unwrap().is_none(), "covered payloads are gone");
+    assert!(topic.contains(&commits[0]).unwrap(), "a pruned block still counts as applied");
+    assert_eq!(topic.snapshots().cover, vec![snapshot]);
+
+    // Writes go on above the snapshot; a second compaction replaces the first.
+    topic.put("after", "compaction").unwrap();
+    topic.delete("key-000001").unwrap();
+    let second = topic.compact().unwrap();
+    assert_eq!(second.pruned_blocks, 2);
+    assert_eq!(topic.snapshots().cover, vec![second.snapshot.unwrap()]);
+    assert!(topic.snapshot_part(&snapshot).unwrap().is_none(), "the replaced manifest is removed");
+    assert_eq!(topic.get(b"after").unwrap(), Some(b"compaction".to_vec()));
+    assert_eq!(topic.get(b"key-000001").unwrap(), None);
+
+    // Everything holds across a restart.
+    let expected = contents(&topic);
+    drop((topic, store));
+    let store = open(dir.path());
+    let topic = store.topic("t").unwrap();
+    assert_eq!(contents(&topic), expected);
+    assert_eq!(topic.snapshots().cover, vec![second.snapshot.unwrap()]);
+}
+
+#[test]
+fn replicas_with_the_same_blocks_make_the_same_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source")).topic("t").unwrap();
+    let commits = fill(&source, 500);
+    let blocks: Vec<Block> = commits
+        .iter()
+        .map(|cid| Block::decode(*cid, &source.block(cid).unwrap().unwrap(), &Default::default()).unwrap())
+        .collect();
+    let forward = open(&dir.path().join("forward")).topic("t").unwrap();
+    forward.ingest(blocks.clone()).unwrap();
+    let backward = open(&dir.path().join("backward")).topic("t").unwrap();
+    for block in blocks.iter().rev() {
+        backward.ingest(vec![block.clone()]).unwrap();
+    }
+    let a = forward.compact().unwrap().snapshot.unwrap();
+    let b = backward.compact().unwrap().snapshot.unwrap();
+    let c = source.compact().unwrap().snapshot.unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+}
+
+#[test]
+fn an_empty_replica_bootstraps_from_a_snapshot_and_follows_blocks_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source")).topic("t").unwrap();
+    fill(&source, 3000);
+    let snapshot = source.compact().unwrap().snapshot.unwrap();
+    let fresh = open(&dir.path().join("fresh")).topic("t").unwrap();
+    copy_snapshot(&source, &fresh, snapshot);
+    let outcome = fresh.merge_snapshot(snapshot).unwrap();
+    assert!(!outcome.already_had);
+    assert_eq!(contents(&fresh), contents(&source));
+    assert_eq!(fresh.heads(), source.heads());
+    assert_eq!(fresh.key_count(), source.key_count());
+    assert!(fresh.snapshots().known.contains(&snapshot));
+
+    // A block above the snapshot applies on the fresh replica: its parents count as applied.
+    let next = source.put("key-000002", "newest").unwrap();
+    let block = Block::decode(next.cid, &source.block(&next.cid).unwrap().unwrap(), &Default::default()).unwrap();
+    assert_eq!(fresh.ingest(vec![block]).unwrap().applied, 1);
+    assert_eq!(fresh.get(b"key-000002").unwrap(), Some(b"newest".to_vec()));
+    // Merging again changes nothing.
+    assert!(fresh.merge_snapshot(snapshot).unwrap().already_had);
+    assert_eq!(contents(&fresh), contents(&source));
+}
+
+#[test]
+fn a_snapshot_with_a_missing_or_foreign_part_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source")).topic("t").unwrap();
+    fill(&source, 20_000);
+    let snapshot = source.compact().unwrap().snapshot.unwrap();
+    let bytes = source.snapshot_part(&snapshot).unwrap().unwrap();
+    let manifest = Manifest::decode(&snapshot, &bytes).unwrap();
+    assert!(manifest.chunks.len() > 1);
+
+    let store = open(&dir.path().join("fresh"));
+    let fresh = store.topic("t").unwrap();
+    fresh.stage_snapshot_parts(&[(snapshot, bytes.clone())]).unwrap();
+    assert!(fresh.merge_snapshot(snapshot).is_err(), "no chunk is staged");
+    assert!(contents(&fresh).is_empty() && fresh.heads().is_empty());
+    let other = store.topic("other").unwrap();
+    copy_snapshot(&source, &other, snapshot);
+    assert!(other.merge_snapshot(snapshot).is_err(), "a snapshot of topic t is refused for another topic");
+    assert!(other.heads().is_empty());
+}
+
+/// The child side of the crash tests: runs until the parent kills it.
+#[test]
+#[ignore = "run by the crash tests in a child process"]
+fn crash_child() {
+    let Ok(path) = std::env::var("CANOPY_CRASH_DIR") else { return };
+    let store = open(std::path::Path::new(&path));
+    match std::env::var("CANOPY_CRASH_MODE").unwrap().as_str() {
+        "compact" => {
+            let topic = store.topic("t").unwrap();
+            println!("ready");
+            loop {
+                for i in (0..3000).step_by(11) {
+                    topic.put(format!("key-{i:06}"), format!("again-{i}")).unwrap();
+                }
+                topic.compact().unwrap();
+            }
+        }
+        _ => {
+            let source = store.topic("t").unwrap();
+            let snapshot = source.snapshots().cover[0];
+            let target = open(&std::path::Path::new(&path).join("target"));
+            println!("ready");
+            loop {
+                target.drop_topic("t").unwrap();
+                let topic = target.topic("t").unwrap();
+                copy_snapshot(&source, &topic, snapshot);
+                topic.merge_snapshot(snapshot).unwrap();
+                println!("merged");
+            }
+        }
+    }
+}
+
+/// Starts the child in `mode`, waits until it is ready, lets it run, then kills it. Returns
+/// the lines it printed after "ready".
+fn crash(path: &std::path::Path, mode: &str, run: Duration) -> Vec<String> {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+        .env("CANOPY_CRASH_DIR", path)
+        .env("CANOPY_CRASH_MODE", mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("ready") {
+        line.clear();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "the child ended early");
+    }
+    std::thread::sleep(run);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::io::BufRead::lines(stdout).map_while(Result::ok).collect()
+}
+
+#[test]
+fn a_crash_during_compaction_leaves_the_topic_correct() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let store = open(dir.path());
+        let topic = store.topic("t").unwrap();
+        fill(&topic, 3000);
+        for i in (0..3000).step_by(11) {
+            topic.put(format!("key-{i:06}"), format!("again-{i}")).unwrap();
+        }
+        contents(&topic)
+    };
+    for run_ms in [150, 400, 900] {
+        crash(dir.path(), "compact", Duration::from_millis(run_ms));
+        let store = open(dir.path());
+        let topic = store.topic("t").unwrap();
+        assert_eq!(contents(&topic), expected, "after a kill {run_ms} ms in");
+        assert_eq!(topic.key_count(), expected.len() as u64);
+        topic.compact().unwrap();
+        assert_eq!(contents(&topic), expected);
+    }
+}
+
+#[test]
+fn a_crash_during_a_merge_is_finished_when_the_topic_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = {
+        let store = open(dir.path());
+        let source = store.topic("t").unwrap();
+        fill(&source, 20_000);
+        source.compact().unwrap();
+        (contents(&source), source.heads())
+    };
+    let mut merged = 0;
+    for run_ms in [100, 300, 700, 1500] {
+        merged += crash(dir.path(), "merge", Duration::from_millis(run_ms)).len();
+        let store = open(&dir.path().join("target"));
+        let topic = store.topic("t").unwrap();
+        if topic.heads().is_empty() {
+            assert!(contents(&topic).is_empty(), "no heads, so nothing merged");
+        } else {
+            assert_eq!((contents(&topic), topic.heads()), expected, "after a kill {run_ms} ms in");
+            assert_eq!(topic.key_count(), expected.0.len() as u64);
+        }
+    }
+    assert!(merged > 0, "the child finished at least one merge");
+}
