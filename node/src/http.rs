@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use canopy_crdt::{Batch, Commit, ReadError, TopicError, WriteError};
+use canopy_crdt::{Batch, Commit, CompactError, ReadError, TopicError, WriteError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -72,6 +72,16 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<CompactError> for ApiError {
+    fn from(error: CompactError) -> ApiError {
+        let status = match &error {
+            CompactError::Topic(TopicError::Closed) => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
 impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> ApiError {
         let status = match &error {
@@ -107,6 +117,8 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
         .route("/v1/topics/{topic}/batch", post(batch))
         .route("/v1/topics/{topic}/heads", get(heads))
+        .route("/v1/topics/{topic}/compact", post(compact))
+        .route("/v1/topics/{topic}/snapshots", get(snapshots))
         .route("/v1/topics/{topic}/watch", get(watch))
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -354,6 +366,34 @@ async fn heads(State(node): State<Node>, path: Result<Path<String>, PathRejectio
     let heads: Vec<Value> =
         handle.heads().into_iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
     Ok(Json(json!({ "heads": heads })))
+}
+
+async fn compact(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let done = handle.compact()?;
+        let heads: Vec<Value> =
+            done.heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
+        Ok(Json(json!({
+            "snapshot": done.snapshot.map(|cid| cid.to_string()),
+            "heads": heads,
+            "keys": done.keys,
+            "blocks": done.blocks,
+            "pruned_blocks": done.pruned_blocks,
+            "bytes_before": done.bytes_before,
+            "bytes_after": done.bytes_after,
+        })))
+    })
+    .await
+}
+
+async fn snapshots(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let handle = subscribed(&node, &topic)?;
+    let snapshots = handle.crdt().snapshots();
+    let text = |cids: Vec<canopy_crdt::Cid>| cids.iter().map(ToString::to_string).collect::<Vec<_>>();
+    Ok(Json(json!({ "cover": text(snapshots.cover), "known": text(snapshots.known) })))
 }
 
 async fn watch(

@@ -35,6 +35,18 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Catch-ups from a peer given up: timed out, failed, or answered with nothing useful",
         &counters.fetches_abandoned,
     );
+    counter(
+        &mut registry,
+        "snapshots_merged",
+        "Snapshots fetched from peers (which had pruned blocks this node lacked) and merged",
+        &counters.snapshots_merged,
+    );
+    counter(
+        &mut registry,
+        "snapshot_parts_rejected",
+        "Snapshot parts refused: bad hash, bad content, or a snapshot that does not merge",
+        &counters.parts_rejected,
+    );
     registry.register(
         "watchers",
         "Server-sent-event watchers open now",

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, answer};
 use canopy_crdt::{
-    Batch, Change, Commit, Head, Limits, Page, ReadError, Store, StoreOptions, Topic, TopicError, WriteError,
+    Batch, Change, Commit, CompactError, Compaction, Head, Limits, Page, ReadError, Store, StoreOptions, Topic,
+    TopicError, WriteError,
 };
 use canopy_transport::{Keypair, PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
@@ -73,6 +74,8 @@ pub(crate) struct Counters {
     pub messages_rejected: AtomicU64,
     pub answers_unrequested: AtomicU64,
     pub fetches_abandoned: AtomicU64,
+    pub snapshots_merged: AtomicU64,
+    pub parts_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
     /// Server-sent-event watchers open now.
     pub watchers: AtomicU64,
@@ -424,6 +427,13 @@ impl NodeTopic {
         self.topic.watch_with(sink);
     }
 
+    /// Writes a snapshot of the topic at its current heads and prunes the history it covers;
+    /// peers that lack pruned blocks fetch the snapshot instead. Blocks the calling thread for
+    /// the duration; writes go on meanwhile.
+    pub fn compact(&self) -> Result<Compaction, CompactError> {
+        self.topic.compact()
+    }
+
     /// The crdt topic underneath.
     pub fn crdt(&self) -> &Topic {
         &self.topic
@@ -507,6 +517,8 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.messages_rejected.store(stats.messages_rejected, Ordering::Relaxed);
     counters.answers_unrequested.store(stats.answers_unrequested, Ordering::Relaxed);
     counters.fetches_abandoned.store(stats.fetches_abandoned, Ordering::Relaxed);
+    counters.snapshots_merged.store(stats.snapshots_merged, Ordering::Relaxed);
+    counters.parts_rejected.store(stats.parts_rejected, Ordering::Relaxed);
 }
 
 async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {

@@ -233,3 +233,43 @@ fn garbage_on_the_block_port_and_bogus_announcements_do_not_stop_the_others() {
     let live = nodes[0].http.get(nodes[0].url("/livez")).send().unwrap();
     assert!(live.status().is_success());
 }
+
+#[test]
+fn a_node_joining_after_compaction_gets_every_key_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2, "t");
+    for batch in 0..10 {
+        let ops: Vec<_> = (0..200)
+            .map(|i| json!({ "op": "put", "key": format!("key-{batch:02}-{i:03}"), "value": base64_of(&format!("v{i}")) }))
+            .collect();
+        let response =
+            nodes[batch % 2].http.post(nodes[batch % 2].url("/v1/topics/t/batch")).json(&json!({ "ops": ops })).send();
+        assert!(response.unwrap().status().is_success());
+    }
+    nodes[1].put("t", "key-00-000", "overwritten");
+    for node in &nodes {
+        wait_until("both nodes hold every key", || node.key_count("t") == 2000);
+    }
+    wait_until("both nodes have the same heads", || nodes[0].heads("t") == nodes[1].heads("t"));
+    // Both compact, one through the CLI: their history is pruned everywhere.
+    let output = common::canopy().args(["compact", "t", "--api", &nodes[0].api, "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["keys"], 2000);
+    assert!(reply["pruned_blocks"].as_u64().unwrap() >= 11, "{reply}");
+    let reply: serde_json::Value =
+        nodes[1].http.post(nodes[1].url("/v1/topics/t/compact")).send().unwrap().json().unwrap();
+    assert_eq!(reply["snapshot"], nodes[1].json("/v1/topics/t/snapshots")["cover"][0]);
+    nodes[0].put("t", "after", "the compaction");
+
+    let peers: Vec<String> = nodes.iter().map(NodeProcess::address).collect();
+    let late = NodeProcess::start(&dir.path().join("late"), &peers, &["t"]);
+    wait_until("the late node holds every key", || late.key_count("t") == 2001);
+    assert_eq!(late.get("t", "key-00-000").as_deref(), Some("overwritten"));
+    assert_eq!(late.get("t", "key-09-199").as_deref(), Some("v199"));
+    assert_eq!(late.get("t", "after").as_deref(), Some("the compaction"));
+    wait_until("the late node has the same heads", || late.heads("t") == nodes[0].heads("t"));
+    let metrics = late.http.get(late.url("/metrics")).send().unwrap().text().unwrap();
+    let merged = metrics.lines().find(|l| l.starts_with("canopy_snapshots_merged_total")).unwrap();
+    assert!(!merged.ends_with(" 0"), "the late node merged a snapshot: {merged}");
+}

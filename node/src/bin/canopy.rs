@@ -93,6 +93,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Compact topic T: write a snapshot at its heads and prune the history it covers.
+    Compact {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Print changes of topic T as they happen.
     Watch {
         topic: String,
@@ -458,6 +464,21 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                     .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
                     .collect::<Vec<_>>()
                     .join("\n")
+            });
+        }
+        Command::Compact { topic, client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.post(api.url(&format!("/v1/topics/{}/compact", encode_path(&topic)))))?;
+            print(client.json, &reply, |value| {
+                format!(
+                    "snapshot {}\nkeys {}\nblocks {} ({} pruned now)\nbytes {} -> {}",
+                    value["snapshot"].as_str().unwrap_or("none: the topic has no history"),
+                    value["keys"],
+                    value["blocks"],
+                    value["pruned_blocks"],
+                    value["bytes_before"],
+                    value["bytes_after"]
+                )
             });
         }
         Command::Watch { topic, client } => {
