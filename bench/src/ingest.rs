@@ -36,6 +36,11 @@ pub struct IngestConfig {
     pub seed: u64,
     /// Where to put both databases; a temporary directory when `None`.
     pub dir: Option<PathBuf>,
+    /// Times every key is written (each round overwrites every key with a new value).
+    pub rounds: usize,
+    /// Compact at the end (canopy: every topic's DAG, then its RocksDB ranges; bare: a full
+    /// RocksDB compaction) and measure the disk again.
+    pub compact: bool,
 }
 
 /// Figures of one side of the run.
@@ -45,7 +50,7 @@ pub struct RunReport {
     pub keys_per_s: f64,
     /// Wall time of the writes.
     pub seconds: f64,
-    /// Bytes on disk after closing (WAL and tables), per key.
+    /// Bytes on disk after closing (WAL and tables), per live key.
     pub disk_bytes_per_key: f64,
     /// Median batch latency, microseconds.
     pub p50_us: u64,
@@ -76,6 +81,19 @@ pub struct IngestReport {
     pub bare: RunReport,
     /// canopy's rate over the bare rate.
     pub ratio: f64,
+    /// Times every key was written.
+    pub rounds: usize,
+    /// canopy's bytes on disk per live key after the writes.
+    pub disk_bytes_per_key: f64,
+    /// canopy's bytes on disk per live key after compaction, at rest: once the snapshot
+    /// parts are released (`snapshot_retain_ms` after nobody fetches them), with `--compact`.
+    pub compacted_disk_bytes_per_key: Option<f64>,
+    /// The same while the snapshot parts are still held (ready for a peer to fetch).
+    pub compacted_with_parts_disk_bytes_per_key: Option<f64>,
+    /// Bare RocksDB's bytes on disk per key (after a full compaction with `--compact`).
+    pub bare_disk_bytes_per_key: f64,
+    /// Seconds canopy's compaction of every topic took, with `--compact`.
+    pub compact_seconds: Option<f64>,
 }
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -152,11 +170,12 @@ fn settle(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(keys: usize, seconds: f64, histogram: &Histogram<u64>, disk_bytes: u64) -> RunReport {
+/// Figures of one side: `writes` keys written in all, `live` of them distinct.
+fn report(writes: usize, seconds: f64, histogram: &Histogram<u64>, disk_bytes: u64, live: usize) -> RunReport {
     RunReport {
-        keys_per_s: keys as f64 / seconds,
+        keys_per_s: writes as f64 / seconds,
         seconds,
-        disk_bytes_per_key: disk_bytes as f64 / keys as f64,
+        disk_bytes_per_key: disk_bytes as f64 / live as f64,
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
@@ -173,8 +192,22 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
     let temp = tempfile::tempdir()?;
     let root = config.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let pairs = Arc::new(generate(config));
-    let batches = config.keys.div_ceil(config.batch);
-    let chunk = |index: usize| &pairs[index * config.batch..((index + 1) * config.batch).min(pairs.len())];
+    anyhow::ensure!(config.rounds > 0, "rounds must be positive");
+    let per_round = config.keys.div_ceil(config.batch);
+    let batches = per_round * config.rounds;
+    let writes = config.keys * config.rounds;
+    let chunk = |index: usize| {
+        let index = index % per_round;
+        &pairs[index * config.batch..((index + 1) * config.batch).min(pairs.len())]
+    };
+    // Every round writes new values: its number in the first bytes.
+    let value_of = |index: usize, value: &[u8]| {
+        let mut value = value.to_vec();
+        for (byte, round) in value.iter_mut().zip(((index / per_round) as u32).to_be_bytes()) {
+            *byte ^= round;
+        }
+        value
+    };
 
     let canopy_dir = root.join("canopy");
     let store_options = StoreOptions { writer_threads: config.store_writer_threads, ..StoreOptions::default() };
@@ -182,14 +215,14 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
     let topics: Vec<Topic> =
         (0..config.topics).map(|t| store.topic(&format!("bench-{t}"))).collect::<Result<_, _>>()?;
     let (seconds, histogram) = drive(batches, config.writers, |index| {
-        let topic = &topics[index % topics.len()];
+        let topic = &topics[(index % per_round) % topics.len()];
         let ops = chunk(index);
         if let [(key, value)] = ops {
-            topic.put(key.clone(), value.clone()).expect("canopy put");
+            topic.put(key.clone(), value_of(index, value)).expect("canopy put");
         } else {
             let mut batch = Batch::new();
             for (key, value) in ops {
-                batch.put(key.clone(), value.clone());
+                batch.put(key.clone(), value_of(index, value));
             }
             topic.batch(batch).expect("canopy batch");
         }
@@ -198,26 +231,52 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
     drop(topics);
     drop(store);
     settle(&canopy_dir)?;
-    let canopy = report(config.keys, seconds, &histogram, dir_bytes(&canopy_dir));
+    let canopy = report(writes, seconds, &histogram, dir_bytes(&canopy_dir), config.keys);
     anyhow::ensure!(written as usize <= config.keys, "canopy holds more keys than were written");
+    let per_key = |bytes: u64| Some(bytes as f64 / config.keys as f64);
+    let (compacted_with_parts_disk_bytes_per_key, compacted_disk_bytes_per_key, compact_seconds) = if config.compact {
+        let options = StoreOptions { snapshot_retain_ms: None, ..StoreOptions::default() };
+        let store = Store::open(&canopy_dir, options.clone())?;
+        let started = Instant::now();
+        for name in store.topic_names() {
+            store.topic(&name)?.compact()?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        drop(store);
+        settle(&canopy_dir)?;
+        let with_parts = dir_bytes(&canopy_dir);
+        let store = Store::open(&canopy_dir, options)?;
+        for name in store.topic_names() {
+            store.topic(&name)?.release_snapshot_parts()?;
+        }
+        compact_ranges(&store);
+        drop(store);
+        settle(&canopy_dir)?;
+        (per_key(with_parts), per_key(dir_bytes(&canopy_dir)), Some(seconds))
+    } else {
+        (None, None, None)
+    };
 
     let bare_dir = root.join("bare");
     let bare = bare_db(&bare_dir)?;
     let mut write_options = rocksdb::WriteOptions::default();
     write_options.set_sync(false);
     let (seconds, histogram) = drive(batches, config.writers, |index| {
-        let prefix = ((index % config.topics) as u32).to_be_bytes();
+        let prefix = (((index % per_round) % config.topics) as u32).to_be_bytes();
         let mut batch = rocksdb::WriteBatch::default();
         for (key, value) in chunk(index) {
             let mut full = Vec::with_capacity(4 + key.len());
             full.extend_from_slice(&prefix);
             full.extend_from_slice(key);
-            batch.put(full, value);
+            batch.put(full, value_of(index, value));
         }
         bare.write_opt(batch, &write_options).expect("bare rocksdb write");
     });
+    if config.compact {
+        bare.compact_range(None::<&[u8]>, None::<&[u8]>);
+    }
     drop(bare);
-    let bare = report(config.keys, seconds, &histogram, dir_bytes(&bare_dir));
+    let bare = report(writes, seconds, &histogram, dir_bytes(&bare_dir), config.keys);
     Ok(IngestReport {
         keys: config.keys,
         key_bytes: config.key_bytes,
@@ -226,9 +285,25 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
         topics: config.topics,
         writers: config.writers,
         ratio: canopy.keys_per_s / bare.keys_per_s,
+        rounds: config.rounds,
+        disk_bytes_per_key: canopy.disk_bytes_per_key,
+        compacted_disk_bytes_per_key,
+        compacted_with_parts_disk_bytes_per_key,
+        bare_disk_bytes_per_key: bare.disk_bytes_per_key,
+        compact_seconds,
         canopy,
         bare,
     })
+}
+
+/// Compacts every column family of the store, as parts released leave their space behind.
+fn compact_ranges(store: &Store) {
+    let db = store.blocks().db();
+    for name in ["blocks", "index", "kv", "heads", "tombstones", "snapshots", "meta"] {
+        if let Some(cf) = db.cf_handle(name) {
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+    }
 }
 
 /// A bare RocksDB with the table and compression options canopy uses for its key-value column.

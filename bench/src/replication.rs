@@ -22,6 +22,9 @@ pub struct ReplicationConfig {
     pub value_bytes: usize,
     /// Longest wait for one write or for the catch-up.
     pub timeout: Duration,
+    /// Compact the catch-up topic before the empty node starts, so it bootstraps from a
+    /// snapshot instead of the blocks.
+    pub compact: bool,
 }
 
 /// Figures of a run.
@@ -41,6 +44,10 @@ pub struct ReplicationReport {
     pub catch_up_s: f64,
     /// Keys per second of the catch-up.
     pub catch_up_keys_per_s: f64,
+    /// Whether the empty node bootstrapped from a compacted peer.
+    pub compacted: bool,
+    /// Seconds the compaction took, when there was one.
+    pub compact_s: Option<f64>,
 }
 
 fn config(dir: &Path, name: &str, peers: Vec<String>, topics: &[&str]) -> NodeConfig {
@@ -123,6 +130,14 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
         Ok(())
     })
     .await??;
+    let compact_s = if settings.compact {
+        let big = a.subscribe("big")?;
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || big.compact()).await??;
+        Some(started.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     let started = Instant::now();
     let c = Node::start(config(dir, "c", vec![address(&a)?], &["big"])).await?;
     let target = c.subscribe("big")?;
@@ -140,5 +155,7 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
         catch_up_keys: keys,
         catch_up_s: catch_up,
         catch_up_keys_per_s: keys as f64 / catch_up,
+        compacted: settings.compact,
+        compact_s,
     })
 }

@@ -15,6 +15,8 @@ fn small_ingest_reports_both_sides() {
             store_writer_threads: 2,
             seed: 9,
             dir: None,
+            rounds: 1,
+            compact: false,
         };
         let report = run(&config).unwrap();
         assert_eq!(report.keys, 2000);
@@ -24,4 +26,29 @@ fn small_ingest_reports_both_sides() {
         }
         assert!(report.ratio > 0.0);
     }
+}
+
+#[test]
+fn compaction_after_overwrites_leaves_the_disk_of_the_live_keys() {
+    let config = IngestConfig {
+        keys: 20_000,
+        key_bytes: 32,
+        value_bytes: 100,
+        batch: 100,
+        topics: 2,
+        writers: 1,
+        store_writer_threads: 2,
+        seed: 3,
+        dir: None,
+        rounds: 5,
+        compact: true,
+    };
+    let report = run(&config).unwrap();
+    let compacted = report.compacted_disk_bytes_per_key.unwrap();
+    assert!(report.compact_seconds.is_some());
+    assert!(
+        compacted < report.disk_bytes_per_key / 2.0,
+        "compaction drops the overwritten history: {compacted} vs {} B/key",
+        report.disk_bytes_per_key
+    );
 }

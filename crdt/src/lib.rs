@@ -6,6 +6,7 @@
 //! (local commits, announced heads, received blocks) into effects (announcements, requests,
 //! responses) without doing any network I/O, so the node and the simulator run the same code.
 
+mod compactor;
 mod delta;
 mod error;
 mod row;

@@ -142,8 +142,17 @@ impl Cluster {
     /// histories take the deep paths of catch-up: descents through frontiers, answers cut by
     /// their bounds, evictions.
     pub fn new(dir: &Path, replicas: usize, topics: &[String], seed: u64) -> Result<Cluster, SimError> {
-        let store_options =
-            StoreOptions { writer_threads: 1, cache_bytes: 4 << 20, pending_blocks_max: 64, ..StoreOptions::default() };
+        // Compaction happens when the workload says, never on a wall-clock timer, so that runs
+        // stay reproducible.
+        let store_options = StoreOptions {
+            writer_threads: 1,
+            cache_bytes: 4 << 20,
+            pending_blocks_max: 64,
+            compact_after_blocks: 0,
+            compact_after_bytes: 0,
+            snapshot_retain_ms: None,
+            ..StoreOptions::default()
+        };
         let sync_config = SyncConfig {
             rebroadcast_interval_ms: 1_000,
             rebroadcast_backoff_max: 2,

@@ -8,6 +8,7 @@ use canopy_dag::{BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TOPIC_ID_BYTES, T
 use crossbeam_channel::{Sender, bounded};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, SliceTransform};
 
+use crate::compactor;
 use crate::delta::Limits;
 use crate::error::{OpenError, StorageError, TopicError};
 use crate::topic::{Change, Head, Topic};
@@ -74,6 +75,16 @@ pub struct StoreOptions {
     /// Key, value and batch limits of local writes; at most the protocol's limits
     /// ([`Limits::PROTOCOL`]), which received blocks are always checked against.
     pub limits: Limits,
+    /// A topic is compacted automatically once this many blocks were added since its last
+    /// compaction (0: never by count).
+    pub compact_after_blocks: u64,
+    /// A topic is compacted automatically once this many bytes of blocks were added since its
+    /// last compaction, and at least half the size of its last snapshot, so compaction work
+    /// stays proportional to writes (0: never by size).
+    pub compact_after_bytes: u64,
+    /// Snapshot parts nobody fetched for this long are released (`None`: kept until the next
+    /// compaction replaces them). A peer that needs a released snapshot gets a new one.
+    pub snapshot_retain_ms: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -92,6 +103,9 @@ impl Default for StoreOptions {
             query_limit_max: 10_000,
             cache_bytes: 64 << 20,
             limits: Limits::default(),
+            compact_after_blocks: 10_000,
+            compact_after_bytes: 256 << 20,
+            snapshot_retain_ms: Some(10 * 60 * 1000),
         }
     }
 }
@@ -102,6 +116,23 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<StoreInner>,
+    _compactor: Arc<Compactor>,
+}
+
+/// The compaction thread of a store, stopped and joined when the last [`Store`] handle goes,
+/// before the database closes.
+struct Compactor {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Compactor {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 pub(crate) struct StoreInner {
@@ -113,6 +144,8 @@ pub(crate) struct StoreInner {
     writers: Mutex<Vec<Sender<Command>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub poisoned: Arc<AtomicBool>,
+    /// Requests for the compaction thread, by topic name.
+    pub compactions: Sender<String>,
 }
 
 /// Where a topic's changes go: called on the writer thread for each change, it must not block;
@@ -131,6 +164,10 @@ pub(crate) struct TopicShared {
     pub snapshots: RwLock<Snapshots>,
     /// Held while the topic compacts: one compaction at a time.
     pub compacting: Mutex<()>,
+    /// Whether the parts of the snapshots in `cover` are stored.
+    pub parts_held: AtomicBool,
+    /// When the held parts were made or last served, in wall-clock milliseconds.
+    pub parts_used_ms: AtomicU64,
 }
 
 /// The snapshots a topic knows, as its writer thread last published them.
@@ -152,6 +189,9 @@ impl TopicShared {
         self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
     }
 }
+
+/// Log bytes past which the families holding the oldest log are flushed.
+const WAL_BYTES_MAX: u64 = 256 << 20;
 
 /// Blocks at least this large are kept in blob files.
 const BLOB_BYTES_MIN: u64 = 4096;
@@ -201,6 +241,10 @@ impl Store {
         db_options.increase_parallelism(2);
         db_options.set_max_background_jobs(4);
         db_options.set_bytes_per_sync(1 << 20);
+        // Column families with small writes (heads, meta) rarely fill a memtable, and a log
+        // file is kept until every family's part of it is flushed: without a bound, logs pile
+        // up to many times the data and a restart replays all of them.
+        db_options.set_max_total_wal_size(WAL_BYTES_MAX);
         let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS]
             .into_iter()
             .map(|name| {
@@ -212,11 +256,17 @@ impl Store {
                     options.set_min_blob_size(BLOB_BYTES_MIN);
                     options.set_enable_blob_gc(true);
                 }
+                if name == CF_SNAPSHOTS {
+                    // Released chunks leave blob files mostly garbage, with a manifest or a
+                    // later snapshot's chunk keeping each alive: every blob file is collected.
+                    options.set_blob_gc_age_cutoff(1.0);
+                }
                 ColumnFamilyDescriptor::new(name, options)
             })
             .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())));
         let db = Arc::new(DB::open_cf_descriptors(&db_options, path, cfs)?);
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
+        let (compactions, compaction_requests) = bounded(1024);
         let inner = Arc::new(StoreInner {
             db,
             blocks,
@@ -226,6 +276,7 @@ impl Store {
             writers: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             poisoned: Arc::new(AtomicBool::new(false)),
+            compactions,
         });
         for index in 0..inner.options.writer_threads {
             let (tx, rx) = bounded(inner.options.queue_depth);
@@ -237,7 +288,13 @@ impl Store {
             inner.writers.lock().expect("writers lock").push(tx);
             inner.threads.lock().expect("threads lock").push(handle);
         }
-        let store = Store { inner };
+        let (stop, stopped) = bounded(0);
+        let policy = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("canopy-compactor".into())
+            .spawn(move || compactor::run(policy, compaction_requests, stopped))
+            .map_err(OpenError::Thread)?;
+        let store = Store { inner, _compactor: Arc::new(Compactor { stop: Some(stop), thread: Some(thread) }) };
         for name in store.stored_topic_names()? {
             store.topic(&name).map_err(|e| match e {
                 TopicError::Storage(s) => OpenError::Storage(s),
@@ -345,6 +402,18 @@ impl Store {
 }
 
 impl StoreInner {
+    /// Handles of every open topic.
+    pub fn topic_handles(self: &Arc<Self>) -> Vec<Topic> {
+        let topics = self.topics.read().expect("topics lock");
+        topics.values().map(|shared| Topic::new(self.clone(), shared.clone())).collect()
+    }
+
+    /// Asks the compaction thread to compact `name` soon; a full queue drops the request (the
+    /// topic asks again as it grows).
+    pub fn request_compaction(&self, name: &str) {
+        let _ = self.compactions.try_send(name.to_string());
+    }
+
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("every canopy column family is opened with the database")
     }

@@ -304,6 +304,10 @@ const HAVE_SAMPLES_MAX: usize = 64;
 
 /// Answers in a row that apply nothing before a fetch is given up.
 const FETCH_IDLE_MAX: u32 = 3;
+/// Pause before asking again a peer that is making a snapshot.
+const SNAPSHOT_RETRY_MS: u64 = 500;
+/// Tries before a fetch stops waiting for a peer's snapshot.
+const SNAPSHOT_WAITS_MAX: u32 = 120;
 
 /// One catch-up from one peer.
 struct Fetch {
@@ -320,6 +324,11 @@ struct Fetch {
     idle: u32,
     /// Set while the fetch gets snapshots the peer sent instead of pruned blocks.
     snapshot: Option<SnapshotFetch>,
+    /// Set while the fetch waits for the peer to make a snapshot it no longer held: the time
+    /// of the next try.
+    retry_ms: Option<u64>,
+    /// Tries made while waiting for a peer's snapshot.
+    snapshot_waits: u32,
 }
 
 /// Fetching snapshots: each manifest, then its chunks, several requests at once, then the
@@ -508,12 +517,25 @@ impl<P: Clone + Ord> Sync<P> {
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect<P>> {
         self.now_ms = self.now_ms.max(now_ms);
         let timeout = self.config.request_timeout_ms;
-        for sync in self.topics.values_mut() {
+        let mut due = Vec::new();
+        for (name, sync) in &mut self.topics {
             let before = sync.fetches.len();
-            sync.fetches.retain(|_, fetch| now_ms.saturating_sub(fetch.sent_ms) < timeout);
+            sync.fetches.retain(|_, fetch| fetch.retry_ms.is_some() || now_ms.saturating_sub(fetch.sent_ms) < timeout);
             self.stats.fetches_abandoned += (before - sync.fetches.len()) as u64;
+            for (peer, fetch) in &mut sync.fetches {
+                if fetch.retry_ms.is_some_and(|at| at <= now_ms) {
+                    fetch.retry_ms = None;
+                    due.push((name.clone(), peer.clone()));
+                }
+            }
         }
         let mut effects = Vec::new();
+        for (topic, peer) in due {
+            match self.next_request(now_ms, peer, &topic) {
+                Ok(request) => effects.extend(request),
+                Err(_) => self.stats.fetches_abandoned += 1,
+            }
+        }
         while effects.len() < self.config.announce_per_tick_max {
             if self.schedule.first().is_none_or(|(due, _)| *due > now_ms) {
                 break;
@@ -587,8 +609,16 @@ impl<P: Clone + Ord> Sync<P> {
         if sync.fetches.len() >= fetches_max {
             return Ok(Vec::new());
         }
-        let fetch =
-            Fetch { id: 0, sent_ms: now_ms, levels: vec![unknown], extra_have: Vec::new(), idle: 0, snapshot: None };
+        let fetch = Fetch {
+            id: 0,
+            sent_ms: now_ms,
+            levels: vec![unknown],
+            extra_have: Vec::new(),
+            idle: 0,
+            snapshot: None,
+            retry_ms: None,
+            snapshot_waits: 0,
+        };
         self.topics.get_mut(topic).expect("checked above").fetches.insert(from.clone(), fetch);
         Ok(self.next_request(now_ms, from, topic)?.into_iter().collect())
     }
@@ -751,9 +781,15 @@ impl<P: Clone + Ord> Sync<P> {
             return Ok(self.abandon(topic, &from));
         }
         if valid.is_empty() {
-            // The peer no longer has the snapshot (it compacted again): the next request
-            // learns its new one.
-            return Ok(self.abandon(topic, &from));
+            // The peer no longer holds the snapshot: it released the parts (and makes a new
+            // snapshot now) or replaced it. Ask again shortly; the next answer names the new one.
+            fetch.snapshot = None;
+            fetch.snapshot_waits += 1;
+            if fetch.snapshot_waits > SNAPSHOT_WAITS_MAX {
+                return Ok(self.abandon(topic, &from));
+            }
+            fetch.retry_ms = Some(now_ms + SNAPSHOT_RETRY_MS);
+            return Ok(Vec::new());
         }
         fetch.sent_ms = now_ms;
         match &snapshot.manifest {
@@ -867,6 +903,11 @@ pub fn answer(topic: Option<&Topic>, request: Message, config: &SyncConfig) -> R
             let walk = topic.walk(&want, &have, &config.walk, pruned_had)?;
             let blocks =
                 walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
+            if walk.pruned && !topic.snapshot_parts_held() {
+                // Released after nobody fetched them for a while: make a new snapshot, which
+                // the peer's next fetch gets.
+                topic.request_compaction();
+            }
             let snapshots = if walk.pruned {
                 cover.into_iter().filter(|cid| !snapshots.contains(cid)).take(KNOWN_SNAPSHOTS_MAX).collect()
             } else {

@@ -376,8 +376,43 @@ impl Topic {
 
     /// The stored bytes of a snapshot part (manifest or chunk) of this topic.
     pub fn snapshot_part(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
+        self.shared.parts_used_ms.store(crate::compactor::wall_ms(), Ordering::SeqCst);
         let key = self.shared.id.key(&cid.to_bytes());
         Ok(self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?)
+    }
+
+    /// Whether the parts of the snapshots that cover the pruned blocks are stored; when they
+    /// were released, a peer that needs them gets a new snapshot (see
+    /// [`Topic::request_compaction`]).
+    pub fn snapshot_parts_held(&self) -> bool {
+        self.shared.parts_held.load(Ordering::SeqCst)
+    }
+
+    /// Milliseconds since the held snapshot parts were made or last served, given the wall
+    /// clock `now_ms`; `None` when none are held.
+    pub fn snapshot_parts_idle_ms(&self, now_ms: u64) -> Option<u64> {
+        self.snapshot_parts_held().then(|| now_ms.saturating_sub(self.shared.parts_used_ms.load(Ordering::SeqCst)))
+    }
+
+    /// Deletes the chunks of the snapshots that cover the pruned blocks. The state and the
+    /// pruning stay; a peer lacking pruned blocks later gets a new snapshot.
+    pub fn release_snapshot_parts(&self) -> Result<(), TopicError> {
+        let (reply, result) = bounded(1);
+        let command = Command::Release { topic: self.shared.id, reply };
+        self.store.send(self.shared.id, command).map_err(|_| TopicError::Closed)?;
+        result.recv().map_err(|_| TopicError::Closed)??;
+        // The parts' space comes back when their range is compacted; what is left there is
+        // small (manifests).
+        let id = self.shared.id;
+        let end = id.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
+        self.store.db.compact_range_cf(self.store.cf(CF_SNAPSHOTS), Some(&id.prefix()[..]), Some(&end[..]));
+        Ok(())
+    }
+
+    /// Asks the store's compaction thread to compact this topic soon (for example because a
+    /// peer needs a snapshot and none is held). Returns at once.
+    pub fn request_compaction(&self) {
+        self.store.request_compaction(&self.shared.name);
     }
 
     /// Stores snapshot parts received from a peer, to merge once all are here. Each must

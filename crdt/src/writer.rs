@@ -73,6 +73,11 @@ pub(crate) enum Command {
         manifest: Cid,
         reply: Sender<Result<MergeOutcome, MergeError>>,
     },
+    /// Delete the chunks of the snapshots in the topic's cover, keeping their manifests.
+    Release {
+        topic: TopicId,
+        reply: Sender<Result<(), TopicError>>,
+    },
 }
 
 impl Command {
@@ -132,6 +137,13 @@ pub(crate) struct TopicState {
     snapshots: Snapshots,
     /// A snapshot merge was interrupted; the writer thread finishes it before anything else.
     merging: bool,
+    /// Blocks and block bytes added since the last compaction (or since the topic loaded).
+    grown_blocks: u64,
+    grown_bytes: u64,
+    /// An automatic compaction was asked for and has not happened yet.
+    compaction_requested: bool,
+    /// Approximate size of the latest snapshot, for the compaction policy.
+    snapshot_bytes: u64,
 }
 
 impl TopicState {
@@ -169,6 +181,7 @@ impl TopicState {
             known: read_cids(store, meta_key(META_KNOWN, id))?,
         };
         let merging = db.get_cf(store.cf(CF_META), meta_key(META_MERGE, id))?;
+        let snapshot_bytes = compact::snapshot_bytes(db, id, &snapshots.cover)?;
         if merging.is_none() {
             compact::remove_orphan_parts(store, id, &snapshots.cover)?;
         }
@@ -188,6 +201,8 @@ impl TopicState {
             dropped: AtomicBool::new(false),
             snapshots: RwLock::new(snapshots.clone()),
             compacting: Mutex::new(()),
+            parts_held: AtomicBool::new(!snapshots.cover.is_empty()),
+            parts_used_ms: AtomicU64::new(crate::compactor::wall_ms()),
         });
         Ok(TopicState {
             shared,
@@ -203,6 +218,10 @@ impl TopicState {
             legacy_pending,
             snapshots,
             merging: merging.is_some(),
+            grown_blocks: 0,
+            grown_bytes: 0,
+            compaction_requested: false,
+            snapshot_bytes,
         })
     }
 
@@ -303,6 +322,21 @@ impl TopicState {
         Ok(ready)
     }
 
+    /// Counts blocks added to the history and asks for a compaction once the policy's
+    /// thresholds are passed.
+    fn grew(&mut self, context: &Context, blocks: u64, bytes: u64) {
+        self.grown_blocks += blocks;
+        self.grown_bytes += bytes;
+        let by_count = context.compact_after_blocks > 0 && self.grown_blocks >= context.compact_after_blocks;
+        let by_size = context.compact_after_bytes > 0 && self.grown_bytes >= context.compact_after_bytes;
+        // A compaction rewrites the whole snapshot: wait for history worth half of it.
+        let worth_it = self.grown_bytes >= self.snapshot_bytes / 2;
+        if (by_count || by_size) && worth_it && !self.compaction_requested {
+            self.compaction_requested = true;
+            let _ = context.compactions.try_send(self.shared.name.clone());
+        }
+    }
+
     fn remember_rejected(&mut self, cid: Cid) {
         if self.rejected.len() >= REJECTED_REMEMBERED_MAX {
             self.rejected.clear();
@@ -344,6 +378,9 @@ pub(crate) struct Context {
     pending_blocks_max: usize,
     pending_bytes_max: usize,
     tombstones_max: u64,
+    compact_after_blocks: u64,
+    compact_after_bytes: u64,
+    compactions: Sender<String>,
     poisoned: Arc<AtomicBool>,
 }
 
@@ -360,6 +397,9 @@ impl Context {
             pending_blocks_max: options.pending_blocks_max,
             pending_bytes_max: options.pending_bytes_max,
             tombstones_max: options.tombstones_max,
+            compact_after_blocks: options.compact_after_blocks,
+            compact_after_bytes: options.compact_after_bytes,
+            compactions: store.compactions.clone(),
             poisoned: store.poisoned.clone(),
         }
     }
@@ -490,6 +530,13 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
                 None => Err(MergeError::Topic(TopicError::Closed)),
                 Some(_) if context.is_poisoned() => Err(MergeError::Topic(TopicError::Poisoned)),
                 Some(state) => merge::merge(context, state, manifest),
+            };
+            let _ = reply.send(result);
+        }
+        Command::Release { topic, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(TopicError::Closed),
+                Some(state) => compact::release(context, state),
             };
             let _ = reply.send(result);
         }

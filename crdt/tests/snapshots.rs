@@ -8,8 +8,24 @@ use std::time::Duration;
 use canopy_crdt::snapshot::Manifest;
 use canopy_crdt::{Batch, Block, Cid, Store, StoreOptions, Topic};
 
+/// Compaction only when a test asks for it.
 fn options() -> StoreOptions {
-    StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() }
+    StoreOptions {
+        cache_bytes: 1 << 20,
+        compact_after_blocks: 0,
+        compact_after_bytes: 0,
+        snapshot_retain_ms: None,
+        ..StoreOptions::default()
+    }
+}
+
+/// Waits up to a minute for `condition`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn open(path: &std::path::Path) -> Store {
@@ -163,6 +179,34 @@ fn a_snapshot_with_a_missing_or_foreign_part_changes_nothing() {
     copy_snapshot(&source, &other, snapshot);
     assert!(other.merge_snapshot(snapshot).is_err(), "a snapshot of topic t is refused for another topic");
     assert!(other.heads().is_empty());
+}
+
+#[test]
+fn a_topic_compacts_itself_past_the_threshold_and_releases_idle_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let options =
+        StoreOptions { compact_after_blocks: 50, compact_after_bytes: 0, snapshot_retain_ms: Some(0), ..options() };
+    let store = Store::open(dir.path(), options).unwrap();
+    let topic = store.topic("t").unwrap();
+    for i in 0..49 {
+        topic.put(format!("k{i}"), "v").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(topic.snapshots().cover.is_empty(), "49 blocks stay below the threshold");
+    topic.put("k49", "v").unwrap();
+    wait_until("the topic compacted itself", || !topic.snapshots().cover.is_empty());
+    let snapshot = topic.snapshots().cover[0];
+    // Retention 0: the parts go as soon as the compaction thread looks; the manifest stays.
+    wait_until("the idle parts are released", || !topic.snapshot_parts_held());
+    assert!(topic.snapshot_part(&snapshot).unwrap().is_some());
+    let chunk = Manifest::decode(&snapshot, &topic.snapshot_part(&snapshot).unwrap().unwrap()).unwrap().chunks[0];
+    assert!(topic.snapshot_part(&chunk).unwrap().is_none());
+    assert_eq!(topic.key_count(), 50);
+    // A peer that needs a snapshot gets a new one: the serving side asks for it.
+    topic.put("k50", "v").unwrap();
+    topic.request_compaction();
+    wait_until("a new snapshot is made", || topic.snapshots().cover != vec![snapshot]);
+    assert_eq!(contents(&topic).len(), 51);
 }
 
 /// The child side of the crash tests: runs until the parent kills it.

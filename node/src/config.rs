@@ -38,6 +38,12 @@ pub struct NodeConfig {
     pub body_bytes_max: usize,
     /// Most server-sent-event watchers open at once; more are refused with 503.
     pub watchers_max: usize,
+    /// Compact a topic automatically after this many new blocks (0: not by count).
+    pub compact_after_blocks: u64,
+    /// Compact a topic automatically after this many bytes of new blocks (0: not by size).
+    pub compact_after_bytes: u64,
+    /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
+    pub snapshot_retain_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -57,6 +63,9 @@ impl Default for NodeConfig {
             batch_ops_max: 10_000,
             body_bytes_max: 64 << 20,
             watchers_max: 1024,
+            compact_after_blocks: 10_000,
+            compact_after_bytes: 256 << 20,
+            snapshot_retain_s: 600,
         }
     }
 }

@@ -47,6 +47,18 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Snapshot parts refused: bad hash, bad content, or a snapshot that does not merge",
         &counters.parts_rejected,
     );
+    let held = node
+        .store()
+        .topic_names()
+        .iter()
+        .filter_map(|name| node.store().existing_topic(name))
+        .filter(|t| t.snapshot_parts_held())
+        .count();
+    registry.register(
+        "snapshot_parts_held",
+        "Topics whose snapshot parts are stored, ready for peers that lack pruned blocks",
+        ConstGauge::new(held as i64),
+    );
     registry.register(
         "watchers",
         "Server-sent-event watchers open now",

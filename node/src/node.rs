@@ -159,6 +159,9 @@ impl Node {
                 // `batch_ops_max`.
                 delta_ops_max: canopy_crdt::DELTA_OPS_MAX,
             },
+            compact_after_blocks: config.compact_after_blocks,
+            compact_after_bytes: config.compact_after_bytes,
+            snapshot_retain_ms: (config.snapshot_retain_s > 0).then_some(config.snapshot_retain_s * 1000),
             ..StoreOptions::default()
         };
         let store = {

@@ -236,8 +236,24 @@ fn garbage_on_the_block_port_and_bogus_announcements_do_not_stop_the_others() {
 
 #[test]
 fn a_node_joining_after_compaction_gets_every_key_from_the_snapshot() {
+    join_after_compaction(&[]);
+}
+
+#[test]
+fn a_node_joining_after_the_snapshot_parts_were_released_gets_a_new_snapshot() {
+    join_after_compaction(&["--snapshot-retain-s", "2"]);
+}
+
+/// Two nodes write, both compact, one writes again; a third node started empty gets every
+/// key. With `extra` settings that release parts, the join waits until they are released.
+fn join_after_compaction(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let nodes = cluster(dir.path(), 2, "t");
+    let first = NodeProcess::start_with(&dir.path().join("node-0"), &[], &["t"], extra);
+    let second = NodeProcess::start_with(&dir.path().join("node-1"), &[first.address()], &["t"], extra);
+    let nodes = [first, second];
+    for node in &nodes {
+        wait_until("both nodes see each other", || node.json("/v1/status")["peers"].as_u64() == Some(1));
+    }
     for batch in 0..10 {
         let ops: Vec<_> = (0..200)
             .map(|i| json!({ "op": "put", "key": format!("key-{batch:02}-{i:03}"), "value": base64_of(&format!("v{i}")) }))
@@ -261,6 +277,14 @@ fn a_node_joining_after_compaction_gets_every_key_from_the_snapshot() {
         nodes[1].http.post(nodes[1].url("/v1/topics/t/compact")).send().unwrap().json().unwrap();
     assert_eq!(reply["snapshot"], nodes[1].json("/v1/topics/t/snapshots")["cover"][0]);
     nodes[0].put("t", "after", "the compaction");
+    if !extra.is_empty() {
+        for node in &nodes {
+            wait_until("the snapshot parts are released", || {
+                let metrics = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+                metrics.lines().any(|l| l == "canopy_snapshot_parts_held 0")
+            });
+        }
+    }
 
     let peers: Vec<String> = nodes.iter().map(NodeProcess::address).collect();
     let late = NodeProcess::start(&dir.path().join("late"), &peers, &["t"]);

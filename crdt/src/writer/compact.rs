@@ -8,15 +8,17 @@
 //! compaction starts again (parts left by an interrupted one are removed when the topic loads).
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use canopy_dag::{BlockMeta, CF_BLOCKS, CF_INDEX, Cid, TOPIC_ID_BYTES, TopicId};
 use crossbeam_channel::bounded;
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch};
 
 use super::{Command, Context, TopicState};
+use crate::compactor::wall_ms;
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::row::Row;
-use crate::snapshot::{ChunkWriter, Manifest, SnapshotElement};
+use crate::snapshot::{CHUNK_BYTES_TARGET, ChunkWriter, Manifest, SnapshotElement};
 use crate::store::{
     CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, KNOWN_SNAPSHOTS_MAX, META_COVER, META_KNOWN, StoreInner,
     TopicShared, encode_cids, meta_key,
@@ -151,8 +153,49 @@ pub(super) fn record(
     context.write(batch)?;
     state.snapshots.cover = cover;
     state.snapshots.known = known;
+    state.grown_blocks = 0;
+    state.grown_bytes = 0;
+    state.compaction_requested = false;
+    state.snapshot_bytes = snapshot_bytes(&context.db, topic, &state.snapshots.cover)?;
+    state.shared.parts_held.store(true, Ordering::SeqCst);
+    state.shared.parts_used_ms.store(wall_ms(), Ordering::SeqCst);
     state.publish();
     Ok(replaced)
+}
+
+/// Deletes the chunks of the topic's cover snapshots (their manifests stay, small, so peers
+/// still learn what covers the pruned blocks); a peer that needs them gets a new snapshot.
+pub(super) fn release(context: &Context, state: &mut TopicState) -> Result<(), TopicError> {
+    let topic = state.shared.id;
+    let mut batch = WriteBatch::default();
+    for manifest in &state.snapshots.cover {
+        let key = topic.key(&manifest.to_bytes());
+        let Some(bytes) = context.db.get_cf(context.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)? else {
+            continue;
+        };
+        let manifest =
+            Manifest::decode(manifest, &bytes).map_err(|e| StorageError::Corrupt(format!("stored manifest: {e}")))?;
+        for chunk in manifest.chunks {
+            batch.delete_cf(context.cf(CF_SNAPSHOTS), topic.key(&chunk.to_bytes()));
+        }
+    }
+    context.write(batch)?;
+    state.shared.parts_held.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Approximate bytes of the snapshots `cover`: a chunk holds about [`CHUNK_BYTES_TARGET`].
+pub(crate) fn snapshot_bytes(db: &DB, topic: TopicId, cover: &[Cid]) -> Result<u64, StorageError> {
+    let cf = db.cf_handle(CF_SNAPSHOTS).expect("every canopy column family is opened with the database");
+    let mut bytes = 0;
+    for cid in cover {
+        if let Some(stored) = db.get_cf(cf, topic.key(&cid.to_bytes()))? {
+            let manifest =
+                Manifest::decode(cid, &stored).map_err(|e| StorageError::Corrupt(format!("stored manifest: {e}")))?;
+            bytes += manifest.chunks.len() as u64 * CHUNK_BYTES_TARGET as u64;
+        }
+    }
+    Ok(bytes)
 }
 
 /// Adds `manifest` to a list of known snapshots, newest last, keeping the newest

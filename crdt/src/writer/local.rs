@@ -49,7 +49,10 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
         return;
     }
     let mut by_topic: BTreeMap<TopicId, Vec<WriteRequest>> = BTreeMap::new();
+    let mut bytes_by_topic: HashMap<TopicId, u64> = HashMap::new();
     for request in group {
+        let bytes: usize = request.ops.iter().map(|op| op.key().len() + op.value().map_or(0, <[u8]>::len)).sum();
+        *bytes_by_topic.entry(request.topic).or_default() += bytes as u64;
         by_topic.entry(request.topic).or_default().push(request);
     }
     let mut batch = WriteBatch::default();
@@ -92,6 +95,7 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
         let state = topics.get_mut(&commit.topic).expect("committed topics are registered");
         state.heads = commit.heads;
         state.key_count = commit.key_count;
+        state.grew(context, commit.made.len() as u64, bytes_by_topic.get(&commit.topic).copied().unwrap_or(0));
         state.publish();
         state.notify(commit.changes);
         // A received block may have waited for a block this replica has just made itself (an

@@ -497,6 +497,8 @@ fn record_blocks(
     state.tombstones = state.tombstones.saturating_sub(covered_tombstones);
     state.tombstones = count_tombstones(context, state)?;
     state.merging = false;
+    state.shared.parts_held.store(true, std::sync::atomic::Ordering::SeqCst);
+    state.shared.parts_used_ms.store(crate::compactor::wall_ms(), std::sync::atomic::Ordering::SeqCst);
     // Received blocks that waited for a covered block may apply now; covered ones are done.
     let ready = state.recheck_pending(context)?;
     apply_ready(context, state, ready).map_err(|e| match e {

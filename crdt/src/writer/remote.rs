@@ -197,6 +197,8 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
         return Err(IngestError::Storage(error));
     }
     state.key_count = key_count;
+    let bytes: usize = order.iter().map(|block| block.bytes().len()).sum();
+    state.grew(context, result.applied as u64, bytes as u64);
     state.publish();
     state.notify(changes);
     Ok(result)

@@ -160,6 +160,15 @@ struct ServeArgs {
     /// Most server-sent-event watchers open at once.
     #[arg(long, env = "CANOPY_WATCHERS_MAX")]
     watchers_max: Option<usize>,
+    /// Compact a topic automatically after this many new blocks (0: not by count).
+    #[arg(long, env = "CANOPY_COMPACT_AFTER_BLOCKS")]
+    compact_after_blocks: Option<u64>,
+    /// Compact a topic automatically after this many bytes of new blocks (0: not by size).
+    #[arg(long, env = "CANOPY_COMPACT_AFTER_BYTES")]
+    compact_after_bytes: Option<u64>,
+    /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
+    #[arg(long, env = "CANOPY_SNAPSHOT_RETAIN_S")]
+    snapshot_retain_s: Option<u64>,
 }
 
 impl ServeArgs {
@@ -192,6 +201,15 @@ impl ServeArgs {
         }
         if let Some(max) = self.watchers_max {
             config.watchers_max = max;
+        }
+        if let Some(blocks) = self.compact_after_blocks {
+            config.compact_after_blocks = blocks;
+        }
+        if let Some(bytes) = self.compact_after_bytes {
+            config.compact_after_bytes = bytes;
+        }
+        if let Some(seconds) = self.snapshot_retain_s {
+            config.snapshot_retain_s = seconds;
         }
         config.validate()?;
         Ok(config)
