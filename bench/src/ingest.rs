@@ -41,6 +41,9 @@ pub struct IngestConfig {
     /// Compact at the end (canopy: every topic's DAG, then its RocksDB ranges; bare: a full
     /// RocksDB compaction) and measure the disk again.
     pub compact: bool,
+    /// Compact the first topic over and over while canopy's writes run, to see what a
+    /// compaction costs the writes beside it.
+    pub compact_during: bool,
 }
 
 /// Figures of one side of the run.
@@ -94,6 +97,8 @@ pub struct IngestReport {
     pub bare_disk_bytes_per_key: f64,
     /// Seconds canopy's compaction of every topic took, with `--compact`.
     pub compact_seconds: Option<f64>,
+    /// Compactions that ran during canopy's writes, with `--compact-during`.
+    pub compactions_during: Option<u64>,
 }
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -210,22 +215,44 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
     };
 
     let canopy_dir = root.join("canopy");
-    let store_options = StoreOptions { writer_threads: config.store_writer_threads, ..StoreOptions::default() };
+    // With --compact-during the compactions are the benchmark's own, not the policy's.
+    let store_options = StoreOptions {
+        writer_threads: config.store_writer_threads,
+        compact_after_blocks: if config.compact_during { 0 } else { StoreOptions::default().compact_after_blocks },
+        compact_after_bytes: if config.compact_during { 0 } else { StoreOptions::default().compact_after_bytes },
+        ..StoreOptions::default()
+    };
     let store = Store::open(&canopy_dir, store_options)?;
     let topics: Vec<Topic> =
         (0..config.topics).map(|t| store.topic(&format!("bench-{t}"))).collect::<Result<_, _>>()?;
-    let (seconds, histogram) = drive(batches, config.writers, |index| {
-        let topic = &topics[(index % per_round) % topics.len()];
-        let ops = chunk(index);
-        if let [(key, value)] = ops {
-            topic.put(key.clone(), value_of(index, value)).expect("canopy put");
-        } else {
-            let mut batch = Batch::new();
-            for (key, value) in ops {
-                batch.put(key.clone(), value_of(index, value));
-            }
-            topic.batch(batch).expect("canopy batch");
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let compactions = AtomicUsize::new(0);
+    let (seconds, histogram) = std::thread::scope(|scope| {
+        if config.compact_during {
+            let topic = topics[0].clone();
+            let (writing, compactions) = (&writing, &compactions);
+            scope.spawn(move || {
+                while writing.load(Ordering::Relaxed) {
+                    topic.compact().expect("compaction during writes");
+                    compactions.fetch_add(1, Ordering::Relaxed);
+                }
+            });
         }
+        let result = drive(batches, config.writers, |index| {
+            let topic = &topics[(index % per_round) % topics.len()];
+            let ops = chunk(index);
+            if let [(key, value)] = ops {
+                topic.put(key.clone(), value_of(index, value)).expect("canopy put");
+            } else {
+                let mut batch = Batch::new();
+                for (key, value) in ops {
+                    batch.put(key.clone(), value_of(index, value));
+                }
+                topic.batch(batch).expect("canopy batch");
+            }
+        });
+        writing.store(false, Ordering::Relaxed);
+        result
     });
     let written: u64 = topics.iter().map(Topic::key_count).sum();
     drop(topics);
@@ -291,6 +318,7 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
         compacted_with_parts_disk_bytes_per_key,
         bare_disk_bytes_per_key: bare.disk_bytes_per_key,
         compact_seconds,
+        compactions_during: config.compact_during.then(|| compactions.load(Ordering::Relaxed) as u64),
         canopy,
         bare,
     })

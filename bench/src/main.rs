@@ -139,6 +139,10 @@ struct IngestArgs {
     /// RocksDB compaction) and print disk per key after it.
     #[arg(long)]
     compact: bool,
+    /// Compact the first topic over and over while canopy writes, to measure what compaction
+    /// costs the writes beside it (compare the batch latencies with a run without it).
+    #[arg(long)]
+    compact_during: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -220,6 +224,7 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         dir: args.dir,
         rounds: args.rounds as usize,
         compact: args.compact,
+        compact_during: args.compact_during,
     };
     let report = ingest::run(&config)?;
     if args.json {
@@ -229,6 +234,9 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
             "keys={} key_bytes={} value_bytes={} batch={} topics={} writers={}",
             report.keys, report.key_bytes, report.value_bytes, report.batch, report.topics, report.writers
         );
+        if let Some(compactions) = report.compactions_during {
+            println!("compactions of the first topic during canopy's writes: {compactions}");
+        }
         if report.rounds > 1 {
             println!("rounds={} (every key written {} times; keys/s counts every write)", report.rounds, report.rounds);
         }

@@ -17,6 +17,7 @@ fn small_ingest_reports_both_sides() {
             dir: None,
             rounds: 1,
             compact: false,
+            compact_during: batch == 1,
         };
         let report = run(&config).unwrap();
         assert_eq!(report.keys, 2000);
@@ -25,6 +26,7 @@ fn small_ingest_reports_both_sides() {
             assert!(side.p50_us <= side.p99_us && side.p99_us <= side.p999_us);
         }
         assert!(report.ratio > 0.0);
+        assert_eq!(report.compactions_during.is_some(), batch == 1);
     }
 }
 
@@ -42,6 +44,7 @@ fn compaction_after_overwrites_leaves_the_disk_of_the_live_keys() {
         dir: None,
         rounds: 5,
         compact: true,
+        compact_during: false,
     };
     let report = run(&config).unwrap();
     let compacted = report.compacted_disk_bytes_per_key.unwrap();

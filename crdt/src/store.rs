@@ -219,6 +219,12 @@ fn topic_cf_options(cache: &Cache) -> Options {
     options
 }
 
+/// Options for writing an SST file of `kv` rows outside the database, to ingest: the family's
+/// table format and filters, so the file serves reads like one RocksDB wrote.
+pub(crate) fn kv_file_options() -> Options {
+    topic_cf_options(&Cache::new_lru_cache(1 << 20))
+}
+
 impl Store {
     /// Opens (creating if needed) the database in `path`.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, OpenError> {
@@ -264,7 +270,17 @@ impl Store {
                 ColumnFamilyDescriptor::new(name, options)
             })
             .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())));
-        let db = Arc::new(DB::open_cf_descriptors(&db_options, path, cfs)?);
+        let db = Arc::new(DB::open_cf_descriptors(&db_options, &path, cfs)?);
+        // Row files of snapshot merges a crash interrupted before they were ingested.
+        if let Ok(entries) = std::fs::read_dir(path.as_ref()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with("merge-") && name.ends_with(".sst") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
         let (compactions, compaction_requests) = bounded(1024);
         let inner = Arc::new(StoreInner {

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use canopy_dag::{Cid, Height};
 use rayon::prelude::*;
-use rocksdb::WriteBatch;
+use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 
 use super::compact::{prefix_scan, remember};
 use super::{Context, TopicState, apply_ready, read_rows};
@@ -31,7 +31,7 @@ use crate::row::{Element, Row};
 use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
 use crate::store::{
     CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, encode_cids,
-    key_count_key, meta_key, tombstone_key,
+    key_count_key, kv_file_options, meta_key, tombstone_key,
 };
 use crate::topic::{Change, Head, MergeOutcome};
 
@@ -87,9 +87,25 @@ pub(super) fn merge(context: &Context, state: &mut TopicState, manifest_cid: Cid
         ))
         .into());
     }
-    let checked = check(context, state, manifest)?;
+    // A replica with nothing yet (bootstrapping) gets its rows as one SST file built while the
+    // snapshot is checked, and ingested once the check passed.
+    let fresh = state.heads.is_empty()
+        && state.key_count == 0
+        && state.tombstones == 0
+        && prefix_scan(&context.db, context.cf(CF_KV), topic).next().is_none();
+    let mut rows = if fresh { Some(RowFile::create(context, state)?) } else { None };
+    let checked = check(context, state, manifest, &mut |chunk| match rows.as_mut() {
+        Some(file) => file.add(chunk),
+        None => Ok(()),
+    })?;
     write_marker(context, topic, manifest_cid, STEP_ROWS, &[])?;
-    merge_rows(context, state, &checked)?;
+    match rows {
+        Some(file) => {
+            file.ingest(context, state)?;
+            merge_removes(context, state, &checked)?;
+        }
+        None => merge_rows(context, state, &checked)?,
+    }
     let heads = merged_heads(state, &checked);
     write_marker(context, topic, manifest_cid, STEP_BLOCKS, &heads)?;
     record_blocks(context, state, manifest_cid, &checked.with_blocks, heads)?;
@@ -183,7 +199,12 @@ fn read_chunks(context: &Context, state: &TopicState, cids: &[Cid]) -> Result<Ve
 /// Checks the whole snapshot before anything is written: every chunk staged, valid and in
 /// order, the counts right, the heads among the covered blocks at their heights. Finds the
 /// covered blocks already applied here.
-fn check(context: &Context, state: &TopicState, manifest: Manifest) -> Result<Checked, MergeError> {
+fn check(
+    context: &Context,
+    state: &TopicState,
+    manifest: Manifest,
+    sink: &mut dyn FnMut(Chunk) -> Result<(), MergeError>,
+) -> Result<Checked, MergeError> {
     let topic = state.shared.id;
     let invalid = |what: String| MergeError::Invalid(SnapshotError::Invalid(what));
     let mut checked = Checked { manifest, applied: HashSet::new(), with_removes: Vec::new(), with_blocks: Vec::new() };
@@ -241,6 +262,7 @@ fn check(context: &Context, state: &TopicState, manifest: Manifest) -> Result<Ch
                 removes: chunk.removes.last().cloned().into_iter().collect(),
                 blocks: chunk.blocks.last().copied().into_iter().collect(),
             });
+            sink(chunk)?;
         }
     }
     let manifest = &checked.manifest;
@@ -251,6 +273,88 @@ fn check(context: &Context, state: &TopicState, manifest: Manifest) -> Result<Ch
         return Err(invalid("a head is not among the covered blocks".into()));
     }
     Ok(checked)
+}
+
+/// The rows of a topic that has none, written from a snapshot's elements (in key order) into
+/// an SST file, ingested in one step.
+struct RowFile {
+    path: std::path::PathBuf,
+    writer: SstFileWriter<'static>,
+    topic: canopy_dag::TopicId,
+    current: Option<(Vec<u8>, Row)>,
+    keys: u64,
+    changes: Option<Vec<Change>>,
+}
+
+/// The options every row file is written with, the `kv` family's table format.
+static ROW_FILE_OPTIONS: std::sync::LazyLock<rocksdb::Options> = std::sync::LazyLock::new(kv_file_options);
+
+impl RowFile {
+    fn create(context: &Context, state: &TopicState) -> Result<RowFile, StorageError> {
+        let topic = state.shared.id;
+        let path = context.db.path().join(format!("merge-{}.sst", topic.0));
+        let _ = std::fs::remove_file(&path);
+        let writer = SstFileWriter::create(&ROW_FILE_OPTIONS);
+        writer.open(&path)?;
+        let changes = state.has_watchers().then(Vec::new);
+        Ok(RowFile { path, writer, topic, current: None, keys: 0, changes })
+    }
+
+    fn add(&mut self, chunk: Chunk) -> Result<(), MergeError> {
+        for SnapshotElement { key, height, id, value } in chunk.elements {
+            match &mut self.current {
+                Some((at, row)) if *at == key => row.insert(Element { height, id, value }),
+                _ => {
+                    let next = (key, Row::single(Element { height, id, value }));
+                    if let Some((done, row)) = self.current.replace(next) {
+                        self.put(done, row)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, key: Vec<u8>, row: Row) -> Result<(), StorageError> {
+        self.writer.put(self.topic.key(&key), row.encode())?;
+        self.keys += 1;
+        if let Some(changes) = self.changes.as_mut()
+            && let Some(winner) = row.winner()
+        {
+            changes.push(Change { key, value: Some(winner.value.clone()), height: winner.height });
+        }
+        Ok(())
+    }
+
+    /// Ingests the file into `kv` and records the key count.
+    fn ingest(mut self, context: &Context, state: &mut TopicState) -> Result<(), MergeError> {
+        if let Some((key, row)) = self.current.take() {
+            self.put(key, row)?;
+        }
+        if self.keys > 0 {
+            self.writer.finish().map_err(StorageError::from)?;
+            let mut options = IngestExternalFileOptions::default();
+            options.set_move_files(true);
+            let ingested = context.db.ingest_external_file_cf_opts(context.cf(CF_KV), &options, vec![&self.path]);
+            ingested.map_err(StorageError::from)?;
+        }
+        let _ = std::fs::remove_file(&self.path);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(context.cf(CF_META), key_count_key(self.topic), self.keys.to_be_bytes());
+        context.write(batch)?;
+        state.key_count = self.keys;
+        for part in self.changes.take().unwrap_or_default().chunks(4096) {
+            state.notify(part.to_vec());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RowFile {
+    fn drop(&mut self) {
+        // A file left by a check that failed; an ingested one was moved already.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Merges the snapshot's elements and removes into the rows.
@@ -317,7 +421,15 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
         state.key_count = key_count.max(0) as u64;
         state.notify(changes);
     }
-    // Removes of elements outside closure(H), applied as a received block's removes are.
+    merge_removes(context, state, checked)
+}
+
+/// Applies the snapshot's removes of elements outside closure(H), as a received block's removes
+/// are.
+fn merge_removes(context: &Context, state: &mut TopicState, checked: &Checked) -> Result<(), MergeError> {
+    let topic = state.shared.id;
+    let top = checked.manifest.heads.iter().map(|h| h.height).max().unwrap_or(0);
+    let mut key_count = state.key_count as i64;
     for group in checked.with_removes.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             let ids: Vec<Cid> = chunk.removes.iter().map(|(id, _)| *id).collect();
