@@ -122,16 +122,31 @@ impl BlockStore {
 
     /// Every index record of `topic` as `(cid, meta)`, in CID order.
     pub fn iter_index(&self, topic: TopicId) -> impl Iterator<Item = Result<(Cid, BlockMeta), StoreError>> + '_ {
+        self.scan(CF_INDEX, topic).map(|item| {
+            let (cid, value) = item?;
+            let meta = BlockMeta::decode(&value).map_err(|reason| StoreError::Corrupt {
+                cf: CF_INDEX,
+                cid: cid.to_string(),
+                reason,
+            })?;
+            Ok((cid, meta))
+        })
+    }
+
+    /// Every record of `topic` in the column family `cf` as `(cid, value)`, in CID order.
+    fn scan(&self, cf: &'static str, topic: TopicId) -> impl Iterator<Item = Result<(Cid, Vec<u8>), StoreError>> + '_ {
         let prefix = topic.prefix();
         self.db
-            .prefix_iterator_cf(self.cf(CF_INDEX), prefix)
+            .prefix_iterator_cf(self.cf(cf), prefix)
             .take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
             .map(move |item| {
                 let (key, value) = item?;
-                let corrupt = |reason: String| StoreError::Corrupt { cf: CF_INDEX, cid: "?".into(), reason };
-                let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| corrupt(format!("bad key: {e}")))?;
-                let meta = BlockMeta::decode(&value).map_err(corrupt)?;
-                Ok((cid, meta))
+                let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| StoreError::Corrupt {
+                    cf,
+                    cid: String::from("?"),
+                    reason: format!("bad key: {e}"),
+                })?;
+                Ok((cid, value.into_vec()))
             })
     }
 
@@ -194,19 +209,7 @@ impl BlockStore {
 
     /// Every applied block of `topic` as `(cid, bytes)`, in CID order.
     pub fn iter_topic(&self, topic: TopicId) -> impl Iterator<Item = Result<(Cid, Vec<u8>), StoreError>> + '_ {
-        let prefix = topic.prefix();
-        self.db
-            .prefix_iterator_cf(self.cf(CF_BLOCKS), prefix)
-            .take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix)))
-            .map(move |item| {
-                let (key, value) = item?;
-                let cid = Cid::try_from(&key[prefix.len()..]).map_err(|e| StoreError::Corrupt {
-                    cf: CF_BLOCKS,
-                    cid: String::from("?"),
-                    reason: format!("bad key: {e}"),
-                })?;
-                Ok((cid, value.into_vec()))
-            })
+        self.scan(CF_BLOCKS, topic)
     }
 
     /// The database the store writes to.

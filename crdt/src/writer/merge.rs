@@ -401,10 +401,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
                 }
                 write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
             }
-            batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
-            context.write(batch)?;
-            state.key_count = key_count.max(0) as u64;
-            state.notify(changes);
+            commit_rows(context, state, batch, changes, key_count)?;
         }
     }
     if let Some(rows) = own_rows {
@@ -416,10 +413,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
             let merged = drop_covered(row.clone(), applied, &[]);
             write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
         }
-        batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
-        context.write(batch)?;
-        state.key_count = key_count.max(0) as u64;
-        state.notify(changes);
+        commit_rows(context, state, batch, changes, key_count)?;
     }
     merge_removes(context, state, checked)
 }
@@ -452,12 +446,25 @@ fn merge_removes(context: &Context, state: &mut TopicState, checked: &Checked) -
                 }
                 write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
             }
-            batch.put_cf(context.cf(CF_META), key_count_key(topic), (key_count.max(0) as u64).to_be_bytes());
-            context.write(batch)?;
-            state.key_count = key_count.max(0) as u64;
-            state.notify(changes);
+            commit_rows(context, state, batch, changes, key_count)?;
         }
     }
+    Ok(())
+}
+
+/// Writes a step's rows with the key count they leave, then tells the watchers.
+fn commit_rows(
+    context: &Context,
+    state: &mut TopicState,
+    mut batch: WriteBatch,
+    changes: Vec<Change>,
+    key_count: i64,
+) -> Result<(), StorageError> {
+    let key_count = key_count.max(0) as u64;
+    batch.put_cf(context.cf(CF_META), key_count_key(state.shared.id), key_count.to_be_bytes());
+    context.write(batch)?;
+    state.key_count = key_count;
+    state.notify(changes);
     Ok(())
 }
 
