@@ -403,9 +403,7 @@ impl Topic {
         result.recv().map_err(|_| TopicError::Closed)??;
         // The parts' space comes back when their range is compacted; what is left there is
         // small (manifests).
-        let id = self.shared.id;
-        let end = id.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
-        self.store.db.compact_range_cf(self.store.cf(CF_SNAPSHOTS), Some(&id.prefix()[..]), Some(&end[..]));
+        compact::compact_topic_range(&self.store.db, self.store.cf(CF_SNAPSHOTS), self.shared.id);
         Ok(())
     }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use canopy_dag::{BlockMeta, CF_BLOCKS, CF_INDEX, Cid, TOPIC_ID_BYTES, TopicId};
 use crossbeam_channel::bounded;
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch};
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions, SnapshotWithThreadMode, WriteBatch, WriteOptions};
 
 use super::{Command, Context, TopicState};
 use crate::compactor::wall_ms;
@@ -49,6 +49,11 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
         return Ok(outcome);
     }
     let db = &store.db;
+    // Parts bypass the log: they would queue local writes behind megabytes of log writes.
+    // They are flushed to table files before the snapshot is recorded, so a recorded snapshot's
+    // parts are always on disk, and an interrupted compaction's are removed at the next load.
+    let mut unlogged = WriteOptions::default();
+    unlogged.disable_wal(true);
     let mut parts = WriteBatch::default();
     let mut queued = 0usize;
     let mut failed: Option<rocksdb::Error> = None;
@@ -57,7 +62,7 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
         queued += 1;
         if queued >= PARTS_PER_WRITE {
             queued = 0;
-            if let Err(error) = db.write(std::mem::take(&mut parts)) {
+            if let Err(error) = db.write_opt(std::mem::take(&mut parts), &unlogged) {
                 failed.get_or_insert(error);
             }
         }
@@ -91,7 +96,8 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
     if let Some(error) = failed {
         return Err(StorageError::Rocks(error).into());
     }
-    db.write(parts).map_err(StorageError::from)?;
+    db.write_opt(parts, &unlogged).map_err(StorageError::from)?;
+    db.flush_cf(store.cf(CF_SNAPSHOTS)).map_err(StorageError::from)?;
     outcome.snapshot = Some(manifest_cid);
     outcome.keys = manifest.keys;
     outcome.blocks = manifest.blocks;
@@ -126,8 +132,7 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
     remove_parts(store, topic, &replaced, &[manifest_cid])?;
     // Rows are not changed by a compaction: only the ranges that lost records are compacted.
     for cf in [CF_BLOCKS, CF_INDEX, CF_SNAPSHOTS] {
-        let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
-        db.compact_range_cf(store.cf(cf), Some(&topic.prefix()[..]), Some(&end[..]));
+        compact_topic_range(db, store.cf(cf), topic);
     }
     outcome.bytes_after = topic_bytes(store, topic);
     Ok(outcome)
@@ -251,6 +256,16 @@ fn parts_of(db: &DB, store: &StoreInner, topic: TopicId, manifests: &[Cid]) -> R
         }
     }
     Ok(parts)
+}
+
+/// Compacts one topic's range of a column family, beside RocksDB's own compactions rather than
+/// holding them off (an exclusive manual compaction would let flushed files pile up and slow
+/// the writes going on meanwhile).
+pub(crate) fn compact_topic_range(db: &DB, cf: &rocksdb::ColumnFamily, topic: TopicId) {
+    let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
+    let mut options = rocksdb::CompactOptions::default();
+    options.set_exclusive_manual_compaction(false);
+    db.compact_range_cf_opt(cf, Some(&topic.prefix()[..]), Some(&end[..]), &options);
 }
 
 /// Approximate bytes of a topic's records in every column family, as RocksDB estimates them
