@@ -9,20 +9,16 @@
 //! next fetch gets it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, select};
 
-use crate::store::StoreInner;
+use crate::inner::StoreInner;
 use crate::topic::Topic;
+use crate::types::wall_ms;
 
 /// How often the thread looks for parts to release.
 const TICK: Duration = Duration::from_secs(1);
-
-/// Milliseconds since the Unix epoch, for the age of snapshot parts.
-pub(crate) fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Runs until `stop` is dropped: compacts the topics named on `requests`, one at a time, and
 /// releases parts older than the store's `snapshot_retain_ms`.
@@ -44,7 +40,7 @@ pub(crate) fn run(store: Arc<StoreInner>, requests: Receiver<String>, stop: Rece
         }
         if let Some(retain) = store.options.snapshot_retain_ms {
             let now = wall_ms();
-            for topic in store.topic_handles() {
+            for topic in topic_handles(&store) {
                 if topic.snapshot_parts_idle_ms(now).is_some_and(|idle| idle >= retain)
                     && let Err(error) = topic.release_snapshot_parts()
                 {
@@ -56,5 +52,12 @@ pub(crate) fn run(store: Arc<StoreInner>, requests: Receiver<String>, stop: Rece
 }
 
 fn existing(store: &Arc<StoreInner>, name: &str) -> Option<Topic> {
-    store.topic_handles().into_iter().find(|topic| topic.name() == name)
+    let shared = store.topics.read().expect("topics lock").get(name)?.clone();
+    Some(Topic::new(store.clone(), shared))
+}
+
+/// Handles of every open topic.
+fn topic_handles(store: &Arc<StoreInner>) -> Vec<Topic> {
+    let topics = store.topics.read().expect("topics lock");
+    topics.values().map(|shared| Topic::new(store.clone(), shared.clone())).collect()
 }

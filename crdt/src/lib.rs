@@ -6,19 +6,29 @@
 //! (local commits, announced heads, received blocks) into effects (announcements, requests,
 //! responses) without doing any network I/O, so the node and the simulator run the same code.
 
+mod compaction;
 mod compactor;
 mod delta;
 mod error;
+mod inner;
+mod options;
 mod row;
+mod schema;
 pub mod sim;
 pub mod snapshot;
 mod store;
 pub mod sync;
 mod topic;
+mod types;
 mod writer;
 
 pub use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, TopicId, Walk, WalkLimits};
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
-pub use store::{KNOWN_SNAPSHOTS_MAX, Sink, Snapshots, Store, StoreOptions, TOPIC_NAME_BYTES_MAX, validate_topic_name};
-pub use topic::{Batch, Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op, Page, Topic};
+pub use options::StoreOptions;
+pub use schema::{TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use store::Store;
+pub use topic::{Batch, Page, Topic};
+pub use types::{
+    Change, Commit, Compaction, Head, IngestOutcome, KNOWN_SNAPSHOTS_MAX, MergeOutcome, Op, Sink, Snapshots,
+};

@@ -16,9 +16,11 @@ use rand::{Rng, SeedableRng};
 
 use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, ReadError, TopicError, WriteError};
-use crate::store::{Store, StoreOptions};
+use crate::options::StoreOptions;
+use crate::store::Store;
 use crate::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
-use crate::topic::{Batch, Commit, Head, Topic};
+use crate::topic::{Batch, Topic};
+use crate::types::{Commit, Head};
 
 /// Probabilities of network faults, each per delivered message.
 #[derive(Clone, Debug, Default, PartialEq)]

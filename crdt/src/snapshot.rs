@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::delta::{Limits, check_key, check_value};
-use crate::store::validate_topic_name;
-use crate::topic::Head;
+use crate::schema::validate_topic_name;
+use crate::types::Head;
 
 /// The format name every manifest carries.
 pub const SNAPSHOT_FORMAT: &str = "canopy-snapshot/1";

@@ -26,9 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::error::{IngestError, MergeError, ReadError, TopicError};
+use crate::schema::validate_topic_name;
 use crate::snapshot::{Manifest, validate_parts};
-use crate::store::{KNOWN_SNAPSHOTS_MAX, Store, validate_topic_name};
-use crate::topic::{Head, Topic};
+use crate::store::Store;
+use crate::topic::Topic;
+use crate::types::{Head, KNOWN_SNAPSHOTS_MAX};
 use canopy_dag::BlockLimits;
 
 /// Bounds and timings of the sync protocol.

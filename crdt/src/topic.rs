@@ -4,57 +4,16 @@ use std::sync::atomic::Ordering;
 use canopy_dag::{Block, Cid, Height, TopicId, Walk, WalkLimits, sample_ancestors, walk_missing};
 use crossbeam_channel::{Receiver, bounded};
 use rocksdb::ReadOptions;
-use serde::{Deserialize, Serialize};
 
+use crate::compaction;
 use crate::delta::{check_key, check_value};
 use crate::error::{CompactError, IngestError, MergeError, ReadError, StorageError, TopicError, WriteError};
+use crate::inner::StoreInner;
 use crate::row::Row;
-use crate::store::{CF_KV, CF_SNAPSHOTS, Sink, Snapshots, StoreInner, TopicShared};
+use crate::schema::{CF_KV, CF_SNAPSHOTS};
+use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
+use crate::types::{Sink, Snapshots, TopicShared};
 use crate::writer::{Command, Committed, WriteRequest, compact};
-
-/// A head of a topic: a block no other known block links to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Head {
-    /// The head block.
-    pub cid: Cid,
-    /// Its height.
-    pub height: Height,
-}
-
-/// The block a local write produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Commit {
-    /// CID of the new block.
-    pub cid: Cid,
-    /// Its height, the priority of every element it added.
-    pub height: Height,
-}
-
-/// One operation of a batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// Set `key` to `value`.
-    Put(Vec<u8>, Vec<u8>),
-    /// Remove every live element of `key` this replica knows.
-    Delete(Vec<u8>),
-}
-
-impl Op {
-    /// The key the operation touches.
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Op::Put(key, _) | Op::Delete(key) => key,
-        }
-    }
-
-    /// The value a put writes; `None` for a delete.
-    pub fn value(&self) -> Option<&[u8]> {
-        match self {
-            Op::Put(_, value) => Some(value),
-            Op::Delete(_) => None,
-        }
-    }
-}
 
 /// Operations applied as one atomic delta; the last operation on a key wins.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,64 +63,6 @@ pub struct Page {
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
     /// The key to pass as `after` for the next page, when more entries remain.
     pub next: Option<Vec<u8>>,
-}
-
-/// A change of a key's visible value, as seen by watchers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Change {
-    /// The key.
-    pub key: Vec<u8>,
-    /// The new visible value; `None` when the key no longer exists.
-    pub value: Option<Vec<u8>>,
-    /// Height of the block that caused the change.
-    pub height: Height,
-}
-
-/// What happened to a batch of received blocks.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct IngestOutcome {
-    /// Blocks applied, including earlier ones that were waiting for these.
-    pub applied: usize,
-    /// Blocks refused, with the reason.
-    pub rejected: Vec<(Cid, String)>,
-    /// Blocks now waiting for their parents.
-    pub pending: usize,
-    /// Blocks of the batch that were applied already.
-    pub duplicates: Vec<Cid>,
-    /// True when the heads changed.
-    pub heads_changed: bool,
-}
-
-/// What a compaction did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Compaction {
-    /// The manifest of the snapshot written; `None` for a topic with no history yet.
-    pub snapshot: Option<Cid>,
-    /// The heads the snapshot was taken at.
-    pub heads: Vec<Head>,
-    /// Keys with a live value in the snapshot.
-    pub keys: u64,
-    /// Blocks the snapshot covers.
-    pub blocks: u64,
-    /// Blocks whose payload this compaction dropped.
-    pub pruned_blocks: u64,
-    /// Approximate bytes of the topic's records before, as RocksDB estimates them.
-    pub bytes_before: u64,
-    /// The same after the compaction and a compaction of the topic's RocksDB ranges.
-    pub bytes_after: u64,
-}
-
-/// What merging a snapshot did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MergeOutcome {
-    /// The snapshot's manifest.
-    pub snapshot: Cid,
-    /// Live keys of the topic after the merge.
-    pub keys: u64,
-    /// Blocks the snapshot covers.
-    pub blocks: u64,
-    /// True when every block it covers was applied here already, so nothing changed.
-    pub already_had: bool,
 }
 
 /// Handle to one replicated topic. Cheap to clone; all clones see the same topic.
@@ -366,7 +267,7 @@ impl Topic {
     /// Writes a snapshot of the topic at its current heads and prunes the blocks it covers.
     /// Runs on the calling thread; writes to the topic go on meanwhile.
     pub fn compact(&self) -> Result<Compaction, CompactError> {
-        compact::compact(&self.store, &self.shared)
+        compaction::compact(&self.store, &self.shared)
     }
 
     /// The snapshots that cover this replica's pruned blocks and those it made or merged.
@@ -376,7 +277,7 @@ impl Topic {
 
     /// The stored bytes of a snapshot part (manifest or chunk) of this topic.
     pub fn snapshot_part(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
-        self.shared.parts_used_ms.store(crate::compactor::wall_ms(), Ordering::SeqCst);
+        self.shared.parts_used_ms.store(crate::types::wall_ms(), Ordering::SeqCst);
         let key = self.shared.id.key(&cid.to_bytes());
         Ok(self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?)
     }

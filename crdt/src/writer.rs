@@ -15,12 +15,13 @@ use crossbeam_channel::{Receiver, Sender};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError};
+use crate::options::StoreOptions;
 use crate::row::Row;
-use crate::store::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, Snapshots,
-    StoreInner, TopicShared, decode_cids, key_count_key, meta_key, topic_name_key,
+use crate::schema::{
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, decode_cids,
+    key_count_key, meta_key, topic_name_key,
 };
-use crate::topic::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op};
+use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots, TopicShared};
 
 pub(crate) mod compact;
 mod local;
@@ -148,11 +149,11 @@ pub(crate) struct TopicState {
 
 impl TopicState {
     /// Reads a topic's heads and counters from disk.
-    pub fn load(store: &StoreInner, id: TopicId, name: &str) -> Result<TopicState, StorageError> {
-        let db = &store.db;
+    pub fn load(db: &DB, id: TopicId, name: &str) -> Result<TopicState, StorageError> {
+        let cf = |name: &str| db.cf_handle(name).expect("every canopy column family is opened with the database");
         let mut heads = BTreeMap::new();
         let prefix = id.prefix();
-        for item in db.prefix_iterator_cf(store.cf(CF_HEADS), prefix) {
+        for item in db.prefix_iterator_cf(cf(CF_HEADS), prefix) {
             let (key, value) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -162,14 +163,14 @@ impl TopicState {
             let height: [u8; 8] = value.as_ref().try_into().map_err(|_| StorageError::Corrupt("head height".into()))?;
             heads.insert(cid, u64::from_be_bytes(height));
         }
-        let key_count = match db.get_cf(store.cf(CF_META), key_count_key(id))? {
+        let key_count = match db.get_cf(cf(CF_META), key_count_key(id))? {
             Some(bytes) => {
                 u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("key count".into()))?)
             }
             None => 0,
         };
         let mut tombstones = 0;
-        for item in db.prefix_iterator_cf(store.cf(CF_TOMBSTONES), prefix) {
+        for item in db.prefix_iterator_cf(cf(CF_TOMBSTONES), prefix) {
             let (key, _) = item?;
             if !key.starts_with(&prefix) {
                 break;
@@ -177,17 +178,17 @@ impl TopicState {
             tombstones += 1;
         }
         let snapshots = Snapshots {
-            cover: read_cids(store, meta_key(META_COVER, id))?,
-            known: read_cids(store, meta_key(META_KNOWN, id))?,
+            cover: read_cids(db, meta_key(META_COVER, id))?,
+            known: read_cids(db, meta_key(META_KNOWN, id))?,
         };
-        let merging = db.get_cf(store.cf(CF_META), meta_key(META_MERGE, id))?;
+        let merging = db.get_cf(cf(CF_META), meta_key(META_MERGE, id))?;
         let snapshot_bytes = compact::snapshot_bytes(db, id, &snapshots.cover)?;
         if merging.is_none() {
-            compact::remove_orphan_parts(store, id, &snapshots.cover)?;
+            compact::remove_orphan_parts(db, id, &snapshots.cover)?;
         }
         // Earlier versions kept out-of-order blocks on disk; they are fetched again instead, and
         // the writer thread removes them when it takes the topic.
-        let legacy_pending = match db.prefix_iterator_cf(store.cf(CF_PENDING), prefix).next() {
+        let legacy_pending = match db.prefix_iterator_cf(cf(CF_PENDING), prefix).next() {
             Some(item) => item?.0.starts_with(&prefix),
             None => false,
         };
@@ -202,7 +203,7 @@ impl TopicState {
             snapshots: RwLock::new(snapshots.clone()),
             compacting: Mutex::new(()),
             parts_held: AtomicBool::new(!snapshots.cover.is_empty()),
-            parts_used_ms: AtomicU64::new(crate::compactor::wall_ms()),
+            parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
         });
         Ok(TopicState {
             shared,
@@ -385,11 +386,10 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub fn new(store: &StoreInner) -> Context {
-        let options = &store.options;
+    pub fn new(db: Arc<DB>, options: &StoreOptions, compactions: Sender<String>, poisoned: Arc<AtomicBool>) -> Context {
         Context {
-            db: store.db.clone(),
-            blocks: store.blocks.clone(),
+            blocks: BlockStore::new(db.clone()).expect("the store opened every column family"),
+            db,
             sync_writes: options.sync_writes,
             group_ops_max: options.group_ops_max,
             group_bytes_max: options.group_bytes_max,
@@ -399,8 +399,8 @@ impl Context {
             tombstones_max: options.tombstones_max,
             compact_after_blocks: options.compact_after_blocks,
             compact_after_bytes: options.compact_after_bytes,
-            compactions: store.compactions.clone(),
-            poisoned: store.poisoned.clone(),
+            compactions,
+            poisoned,
         }
     }
 
@@ -424,8 +424,9 @@ impl Context {
     }
 }
 
-fn read_cids(store: &StoreInner, key: Vec<u8>) -> Result<Vec<Cid>, StorageError> {
-    match store.db.get_cf(store.cf(CF_META), key)? {
+fn read_cids(db: &DB, key: Vec<u8>) -> Result<Vec<Cid>, StorageError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    match db.get_cf(meta, key)? {
         Some(bytes) => decode_cids(&bytes),
         None => Ok(Vec::new()),
     }

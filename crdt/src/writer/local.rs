@@ -11,8 +11,8 @@ use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_rows
 use crate::delta::DELTA_OPS_MAX;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
-use crate::store::{CF_HEADS, CF_KV, CF_META, key_count_key};
-use crate::topic::{Change, Commit, Op};
+use crate::schema::{CF_HEADS, CF_KV, CF_META, key_count_key};
+use crate::types::{Change, Commit, Op};
 
 /// Upper bounds on the encoded size of one add, one remove and one link, and on everything
 /// else a block holds. Local deltas are cut by these estimates, so a block built from a cut

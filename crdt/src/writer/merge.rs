@@ -28,12 +28,12 @@ use super::compact::{prefix_scan, remember};
 use super::{Context, TopicState, apply_ready, read_rows};
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
-use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
-use crate::store::{
+use crate::schema::{
     CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, encode_cids,
     key_count_key, kv_file_options, meta_key, tombstone_key,
 };
-use crate::topic::{Change, Head, MergeOutcome};
+use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
+use crate::types::{Change, Head, MergeOutcome};
 
 /// Chunks read and decoded together.
 const CHUNKS_PER_READ: usize = 16;
@@ -617,7 +617,7 @@ fn record_blocks(
     state.tombstones = count_tombstones(context, state)?;
     state.merging = false;
     state.shared.parts_held.store(true, std::sync::atomic::Ordering::SeqCst);
-    state.shared.parts_used_ms.store(crate::compactor::wall_ms(), std::sync::atomic::Ordering::SeqCst);
+    state.shared.parts_used_ms.store(crate::types::wall_ms(), std::sync::atomic::Ordering::SeqCst);
     // Received blocks that waited for a covered block may apply now; covered ones are done.
     let ready = state.recheck_pending(context)?;
     apply_ready(context, state, ready).map_err(|e| match e {

@@ -13,8 +13,8 @@ use super::{Context, TopicState, read_rows};
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
-use crate::store::{CF_HEADS, CF_KV, CF_META, key_count_key};
-use crate::topic::{Change, IngestOutcome};
+use crate::schema::{CF_HEADS, CF_KV, CF_META, key_count_key};
+use crate::types::{Change, IngestOutcome};
 
 /// Takes in received blocks and applies everything whose ancestry is complete.
 pub(super) fn ingest(

@@ -8,7 +8,7 @@ use rocksdb::WriteBatch;
 use super::{Context, RoundRows, TopicState};
 use crate::delta::{Delta, DeltaError};
 use crate::error::StorageError;
-use crate::store::{CF_TOMBSTONES, tombstone_key};
+use crate::schema::{CF_TOMBSTONES, tombstone_key};
 
 /// Tombstones of elements whose block was not applied when the remove arrived, as one round
 /// sees them.

@@ -1,0 +1,70 @@
+//! The settings of a store.
+
+use crate::delta::Limits;
+
+/// Settings of a [`Store`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Sync the write-ahead log on every commit, so acknowledged writes survive a power loss
+    /// (without it they survive a process crash).
+    pub sync_writes: bool,
+    /// Threads that write to RocksDB; topics are spread over them by id.
+    pub writer_threads: usize,
+    /// Requests each writer thread queues before callers wait.
+    pub queue_depth: usize,
+    /// Most operations grouped into one commit.
+    pub group_ops_max: usize,
+    /// Most bytes of keys and values grouped into one round of commits.
+    pub group_bytes_max: usize,
+    /// Most received blocks applied in one RocksDB write.
+    pub apply_blocks_max: usize,
+    /// Most received blocks kept in memory waiting for their parents, per topic. Catch-up is
+    /// served bottom-up and does not need them; the oldest are evicted first.
+    pub pending_blocks_max: usize,
+    /// Most bytes of received blocks kept waiting for their parents, per topic.
+    pub pending_bytes_max: usize,
+    /// Most tombstones kept per topic for elements whose block has not arrived.
+    pub tombstones_max: u64,
+    /// Changes each watcher may fall behind before it is disconnected.
+    pub watch_queue_depth: usize,
+    /// Most entries one query returns.
+    pub query_limit_max: usize,
+    /// Shared RocksDB block cache, in bytes.
+    pub cache_bytes: usize,
+    /// Key, value and batch limits of local writes; at most the protocol's limits
+    /// ([`Limits::PROTOCOL`]), which received blocks are always checked against.
+    pub limits: Limits,
+    /// A topic is compacted automatically once this many blocks were added since its last
+    /// compaction (0: never by count).
+    pub compact_after_blocks: u64,
+    /// A topic is compacted automatically once this many bytes of blocks were added since its
+    /// last compaction, and at least half the size of its last snapshot, so compaction work
+    /// stays proportional to writes (0: never by size).
+    pub compact_after_bytes: u64,
+    /// Snapshot parts nobody fetched for this long are released (`None`: kept until the next
+    /// compaction replaces them). A peer that needs a released snapshot gets a new one.
+    pub snapshot_retain_ms: Option<u64>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sync_writes: false,
+            writer_threads: 2,
+            queue_depth: 4096,
+            group_ops_max: 4096,
+            group_bytes_max: 32 << 20,
+            apply_blocks_max: 4096,
+            pending_blocks_max: 4096,
+            pending_bytes_max: 64 << 20,
+            tombstones_max: 1 << 20,
+            watch_queue_depth: 4096,
+            query_limit_max: 10_000,
+            cache_bytes: 64 << 20,
+            limits: Limits::default(),
+            compact_after_blocks: 10_000,
+            compact_after_bytes: 256 << 20,
+            snapshot_retain_ms: Some(10 * 60 * 1000),
+        }
+    }
+}

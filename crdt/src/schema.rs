@@ -1,0 +1,118 @@
+//! Where things are stored: column families, meta keys, and the storage keys built from topic
+//! ids, element ids and names.
+
+use canopy_dag::{Cid, TOPIC_ID_BYTES, TopicId};
+use rocksdb::{BlockBasedOptions, Cache, Options, SliceTransform};
+
+use crate::error::{StorageError, TopicError};
+
+/// Received blocks waiting for their parents: `topic ++ cid` → block bytes.
+pub(crate) const CF_PENDING: &str = "pending";
+/// Current heads: `topic ++ cid` → height (8 bytes, big-endian).
+pub(crate) const CF_HEADS: &str = "heads";
+/// Live elements per key: `topic ++ key` → encoded row.
+pub(crate) const CF_KV: &str = "kv";
+/// Topic registry and counters; keys are not topic-prefixed.
+pub(crate) const CF_META: &str = "meta";
+/// Removes of elements whose block was not applied when the remove arrived:
+/// `topic ++ element id ++ key` → nothing. Consumed when the element's block is applied.
+pub(crate) const CF_TOMBSTONES: &str = "tombstones";
+
+/// Snapshot parts, manifests and chunks alike: `topic ++ cid` → bytes. Parts are content
+/// addressed, so writing one twice is harmless.
+pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
+
+pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+/// `s ++ topic` → the manifests of the snapshots that cover the topic's pruned blocks.
+pub(crate) const META_COVER: u8 = b's';
+/// `k ++ topic` → the manifests this replica made or merged, newest last.
+pub(crate) const META_KNOWN: u8 = b'k';
+/// `g ++ topic` → the snapshot merge in progress, resumed when the topic loads.
+pub(crate) const META_MERGE: u8 = b'g';
+pub(crate) const META_TOPIC: u8 = b't';
+const META_KEY_COUNT: u8 = b'c';
+
+/// Longest topic name.
+pub const TOPIC_NAME_BYTES_MAX: usize = 128;
+
+/// The key under which a topic's live-key count is kept in the meta column family.
+pub(crate) fn key_count_key(topic: TopicId) -> Vec<u8> {
+    let mut key = vec![META_KEY_COUNT];
+    key.extend_from_slice(&topic.prefix());
+    key
+}
+
+/// A per-topic key of the meta column family: `kind ++ topic`.
+pub(crate) fn meta_key(kind: u8, topic: TopicId) -> Vec<u8> {
+    let mut key = vec![kind];
+    key.extend_from_slice(&topic.prefix());
+    key
+}
+
+/// A list of CIDs as stored in meta: their bytes, one after the other.
+pub(crate) fn encode_cids(cids: &[Cid]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cids.len() * 36);
+    for cid in cids {
+        cid.write_bytes(&mut out).expect("writing to a Vec cannot fail");
+    }
+    out
+}
+
+pub(crate) fn decode_cids(mut bytes: &[u8]) -> Result<Vec<Cid>, StorageError> {
+    let mut cids = Vec::new();
+    while !bytes.is_empty() {
+        cids.push(Cid::read_bytes(&mut bytes).map_err(|e| StorageError::Corrupt(format!("cid list: {e}")))?);
+    }
+    Ok(cids)
+}
+
+/// The key of the tombstone of the element `id` added to `key`.
+pub(crate) fn tombstone_key(topic: TopicId, id: &Cid, key: &[u8]) -> Vec<u8> {
+    let mut out = topic.key(&id.to_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The key under which a topic name is registered.
+pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
+    let mut key = vec![META_TOPIC];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`.
+pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    let valid = !name.is_empty()
+        && name.len() <= TOPIC_NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if valid { Ok(()) } else { Err(TopicError::InvalidName(name.to_string())) }
+}
+
+fn table_options(cache: &Cache) -> BlockBasedOptions {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table
+}
+
+pub(crate) fn topic_cf_options(cache: &Cache) -> Options {
+    let mut options = Options::default();
+    options.set_prefix_extractor(SliceTransform::create_fixed_prefix(TOPIC_ID_BYTES));
+    // A bloom filter over whole keys in the memtable: a local write looks up every key it
+    // writes, and for new keys the lookup ends here instead of searching the skiplist.
+    options.set_memtable_prefix_bloom_ratio(0.1);
+    options.set_memtable_whole_key_filtering(true);
+    options.set_block_based_table_factory(&table_options(cache));
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    options
+}
+
+/// Options for writing an SST file of `kv` rows outside the database, to ingest: the family's
+/// table format and filters, so the file serves reads like one RocksDB wrote.
+pub(crate) fn kv_file_options() -> Options {
+    topic_cf_options(&Cache::new_lru_cache(1 << 20))
+}

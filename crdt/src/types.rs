@@ -1,0 +1,158 @@
+//! The values the store, topic handles and writer threads pass around: heads, commits,
+//! operations, changes, outcomes, and the state a topic's handles share with its writer thread.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use canopy_dag::{Cid, Height, TopicId};
+use serde::{Deserialize, Serialize};
+
+/// A head of a topic: a block no other known block links to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Head {
+    /// The head block.
+    pub cid: Cid,
+    /// Its height.
+    pub height: Height,
+}
+
+/// The block a local write produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// CID of the new block.
+    pub cid: Cid,
+    /// Its height, the priority of every element it added.
+    pub height: Height,
+}
+
+/// One operation of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove every live element of `key` this replica knows.
+    Delete(Vec<u8>),
+}
+
+impl Op {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => key,
+        }
+    }
+
+    /// The value a put writes; `None` for a delete.
+    pub fn value(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put(_, value) => Some(value),
+            Op::Delete(_) => None,
+        }
+    }
+}
+
+/// A change of a key's visible value, as seen by watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new visible value; `None` when the key no longer exists.
+    pub value: Option<Vec<u8>>,
+    /// Height of the block that caused the change.
+    pub height: Height,
+}
+
+/// What happened to a batch of received blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestOutcome {
+    /// Blocks applied, including earlier ones that were waiting for these.
+    pub applied: usize,
+    /// Blocks refused, with the reason.
+    pub rejected: Vec<(Cid, String)>,
+    /// Blocks now waiting for their parents.
+    pub pending: usize,
+    /// Blocks of the batch that were applied already.
+    pub duplicates: Vec<Cid>,
+    /// True when the heads changed.
+    pub heads_changed: bool,
+}
+
+/// What a compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compaction {
+    /// The manifest of the snapshot written; `None` for a topic with no history yet.
+    pub snapshot: Option<Cid>,
+    /// The heads the snapshot was taken at.
+    pub heads: Vec<Head>,
+    /// Keys with a live value in the snapshot.
+    pub keys: u64,
+    /// Blocks the snapshot covers.
+    pub blocks: u64,
+    /// Blocks whose payload this compaction dropped.
+    pub pruned_blocks: u64,
+    /// Approximate bytes of the topic's records before, as RocksDB estimates them.
+    pub bytes_before: u64,
+    /// The same after the compaction and a compaction of the topic's RocksDB ranges.
+    pub bytes_after: u64,
+}
+
+/// What merging a snapshot did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// The snapshot's manifest.
+    pub snapshot: Cid,
+    /// Live keys of the topic after the merge.
+    pub keys: u64,
+    /// Blocks the snapshot covers.
+    pub blocks: u64,
+    /// True when every block it covers was applied here already, so nothing changed.
+    pub already_had: bool,
+}
+
+/// Where a topic's changes go: called on the writer thread for each change, it must not block;
+/// it returns false once it wants no more changes, and is then dropped.
+pub type Sink = Box<dyn FnMut(&Change) -> bool + Send>;
+
+/// What the writer thread and topic handles share about one topic.
+pub(crate) struct TopicShared {
+    pub id: TopicId,
+    pub name: String,
+    pub heads: RwLock<Vec<Head>>,
+    pub key_count: AtomicU64,
+    pub pending_count: AtomicU64,
+    pub watchers: Mutex<Vec<Sink>>,
+    pub dropped: AtomicBool,
+    pub snapshots: RwLock<Snapshots>,
+    /// Held while the topic compacts: one compaction at a time.
+    pub compacting: Mutex<()>,
+    /// Whether the parts of the snapshots in `cover` are stored.
+    pub parts_held: AtomicBool,
+    /// When the held parts were made or last served, in wall-clock milliseconds.
+    pub parts_used_ms: AtomicU64,
+}
+
+/// The snapshots a topic knows, as its writer thread last published them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshots {
+    /// Manifests of the snapshots that cover every pruned block; a peer lacking pruned blocks
+    /// is sent these.
+    pub cover: Vec<Cid>,
+    /// Manifests this replica made or merged, newest last (at most [`KNOWN_SNAPSHOTS_MAX`]); a
+    /// request names them so the peer knows what this replica holds.
+    pub known: Vec<Cid>,
+}
+
+/// Most snapshot manifests a topic remembers as made or merged.
+pub const KNOWN_SNAPSHOTS_MAX: usize = 16;
+
+impl TopicShared {
+    pub fn max_height(&self) -> Height {
+        self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for the age of snapshot parts.
+pub(crate) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
