@@ -11,6 +11,7 @@ mod compactor;
 mod delta;
 mod error;
 mod inner;
+pub mod inspect;
 mod options;
 mod row;
 mod schema;

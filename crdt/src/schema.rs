@@ -1,8 +1,9 @@
 //! Where things are stored: column families, meta keys, and the storage keys built from topic
 //! ids, element ids and names.
 
+use canopy_dag::{CF_BLOCKS, CF_INDEX};
 use canopy_dag::{Cid, TOPIC_ID_BYTES, TopicId};
-use rocksdb::{BlockBasedOptions, Cache, Options, SliceTransform};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, SliceTransform};
 
 use crate::error::{StorageError, TopicError};
 
@@ -115,4 +116,31 @@ pub(crate) fn topic_cf_options(cache: &Cache) -> Options {
 /// table format and filters, so the file serves reads like one RocksDB wrote.
 pub(crate) fn kv_file_options() -> Options {
     topic_cf_options(&Cache::new_lru_cache(1 << 20))
+}
+
+/// Blocks at least this large are kept in blob files.
+const BLOB_BYTES_MIN: u64 = 4096;
+
+/// Every column family canopy opens, with its options.
+pub(crate) fn column_families(cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
+    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS]
+        .into_iter()
+        .map(|name| {
+            let mut options = topic_cf_options(cache);
+            if name == CF_BLOCKS || name == CF_SNAPSHOTS {
+                // Blocks are written once and read rarely: their bytes go to blob files at
+                // flush, so compaction moves only small references, not every block again.
+                options.set_enable_blob_files(true);
+                options.set_min_blob_size(BLOB_BYTES_MIN);
+                options.set_enable_blob_gc(true);
+            }
+            if name == CF_SNAPSHOTS {
+                // Released chunks leave blob files mostly garbage, with a manifest or a
+                // later snapshot's chunk keeping each alive: every blob file is collected.
+                options.set_blob_gc_age_cutoff(1.0);
+            }
+            ColumnFamilyDescriptor::new(name, options)
+        })
+        .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())))
+        .collect()
 }

@@ -4,19 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{BlockStore, CF_BLOCKS, CF_INDEX, TopicId};
+use canopy_dag::{BlockStore, TopicId};
 use crossbeam_channel::{Sender, bounded};
-use rocksdb::{Cache, ColumnFamilyDescriptor, DB, Options};
+use rocksdb::{Cache, DB, Options};
 
 use crate::compactor;
 use crate::delta::Limits;
 use crate::error::{OpenError, StorageError, TopicError};
 use crate::inner::StoreInner;
+use crate::inspect::Inspector;
 use crate::options::StoreOptions;
-use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_NEXT_TOPIC_ID, META_TOPIC,
-    topic_cf_options, validate_topic_name,
-};
+use crate::schema::{CF_META, META_NEXT_TOPIC_ID, META_TOPIC, column_families, validate_topic_name};
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
 
@@ -48,9 +46,6 @@ impl Drop for Compactor {
 /// Log bytes past which the families holding the oldest log are flushed.
 const WAL_BYTES_MAX: u64 = 256 << 20;
 
-/// Blocks at least this large are kept in blob files.
-const BLOB_BYTES_MIN: u64 = 4096;
-
 impl Store {
     /// Opens (creating if needed) the database in `path`.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, OpenError> {
@@ -77,25 +72,7 @@ impl Store {
         // file is kept until every family's part of it is flushed: without a bound, logs pile
         // up to many times the data and a restart replays all of them.
         db_options.set_max_total_wal_size(WAL_BYTES_MAX);
-        let cfs = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS]
-            .into_iter()
-            .map(|name| {
-                let mut options = topic_cf_options(&cache);
-                if name == CF_BLOCKS || name == CF_SNAPSHOTS {
-                    // Blocks are written once and read rarely: their bytes go to blob files at
-                    // flush, so compaction moves only small references, not every block again.
-                    options.set_enable_blob_files(true);
-                    options.set_min_blob_size(BLOB_BYTES_MIN);
-                    options.set_enable_blob_gc(true);
-                }
-                if name == CF_SNAPSHOTS {
-                    // Released chunks leave blob files mostly garbage, with a manifest or a
-                    // later snapshot's chunk keeping each alive: every blob file is collected.
-                    options.set_blob_gc_age_cutoff(1.0);
-                }
-                ColumnFamilyDescriptor::new(name, options)
-            })
-            .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())));
+        let cfs = column_families(&cache);
         let db = Arc::new(DB::open_cf_descriptors(&db_options, &path, cfs)?);
         // Row files of snapshot merges a crash interrupted before they were ingested.
         if let Ok(entries) = std::fs::read_dir(path.as_ref()) {
@@ -205,6 +182,11 @@ impl Store {
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// Read-only access to this store's database, for operations tooling.
+    pub fn inspector(&self) -> Result<Inspector, OpenError> {
+        Inspector::over(self.inner.db.clone())
     }
 
     /// The block store, for DAG walks and exports.

@@ -121,6 +121,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/snapshots", get(snapshots))
         .route("/v1/topics/{topic}/watch", get(watch))
         .route("/v1/status", get(status))
+        .route("/v1/admin/status", get(admin_status))
+        .route("/v1/admin/topics", get(admin_topics))
+        .route("/v1/admin/topics/{topic}/heads", get(admin_heads))
+        .route("/v1/admin/verify", post(admin_verify))
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
@@ -447,6 +451,76 @@ impl Drop for Watchers {
     fn drop(&mut self) {
         self.node.inner().counters.watchers.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// The node's storage as the operations tool shows it: RocksDB's figures per column family and
+/// every topic's figures.
+async fn admin_status(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let inspector =
+            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let families = inspector.families().map_err(storage_error)?;
+        let topics = inspector.topics().map_err(storage_error)?;
+        let status = node.status();
+        Ok(Json(json!({ "peer_id": status.peer_id, "topics": topics, "families": families })))
+    })
+    .await
+}
+
+async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    blocking(move || {
+        let inspector =
+            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok(Json(json!({ "topics": inspector.topics().map_err(storage_error)? })))
+    })
+    .await
+}
+
+/// Heads of any topic in the store, subscribed or not.
+async fn admin_heads(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    blocking(move || {
+        let inspector =
+            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let heads = inspector
+            .heads(&topic)
+            .map_err(storage_error)?
+            .ok_or_else(|| ApiError::not_found(format!("no topic {topic} in this node's store")))?;
+        let heads: Vec<Value> = heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
+        Ok(Json(json!({ "topic": topic, "heads": heads })))
+    })
+    .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default)]
+    topics: Vec<String>,
+}
+
+/// Verifies the node's store (see `canopy_crdt::inspect`); problems are in the answer, which is
+/// a 200 either way.
+async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
+    let body: VerifyBody = if body.is_empty() {
+        VerifyBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed verify JSON: {e}")))?
+    };
+    blocking(move || {
+        let inspector =
+            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let report = inspector.verify(&body.topics).map_err(storage_error)?;
+        Ok(Json(
+            serde_json::to_value(report)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        ))
+    })
+    .await
+}
+
+fn storage_error(error: canopy_crdt::StorageError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
 }
 
 async fn status(State(node): State<Node>) -> Json<Value> {

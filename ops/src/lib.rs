@@ -1,1 +1,300 @@
-//! placeholder
+//! Operations on canopy's data: what `canopy-ops` does, as a library.
+//!
+//! Every operation works on a [`Target`]: a data directory (offline; read-only operations open
+//! the database read-only, so they also work beside a running node) or a running node's HTTP
+//! API (online, through its `/v1/admin` endpoints). Results are plain values that serialize to
+//! the JSON the tool prints with `--json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use canopy_crdt::inspect::{FamilyStats, Inspector, TopicStats, Verification};
+use canopy_crdt::{Head, Store, StoreOptions};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Where an operation runs.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A node's data directory (or the `db` directory inside it).
+    Offline(PathBuf),
+    /// A running node's HTTP API, e.g. `http://127.0.0.1:7700`.
+    Online(String),
+}
+
+impl Target {
+    /// How the target is named in reports.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Offline(path) => path.display().to_string(),
+            Target::Online(url) => url.clone(),
+        }
+    }
+}
+
+/// The database directory of a data directory: `DIR/db` when it exists, else `DIR` itself.
+fn database(dir: &Path) -> PathBuf {
+    let inner = dir.join("db");
+    if inner.join("CURRENT").exists() { inner } else { dir.to_path_buf() }
+}
+
+fn inspector(dir: &Path) -> anyhow::Result<Inspector> {
+    Inspector::open(database(dir)).with_context(|| format!("cannot open {} read-only", dir.display()))
+}
+
+/// A blocking client of a node's API.
+struct Api {
+    base: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Api {
+    fn new(base: &str) -> anyhow::Result<Api> {
+        let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
+        let http = reqwest::blocking::Client::builder().timeout(None).build()?;
+        Ok(Api { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    fn call(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request.send().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let status = response.status();
+        let body: Value =
+            response.json().with_context(|| format!("{} answered something that is not JSON", self.base))?;
+        if !status.is_success() {
+            bail!("{} answered {status}: {}", self.base, body["error"].as_str().unwrap_or("no message"));
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}{path}", self.base)))
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(self.http.post(format!("{}{path}", self.base)).json(&body))
+    }
+}
+
+/// A topic name as one path segment of a URL.
+fn segment(name: &str) -> String {
+    // Topic names are `A-Z a-z 0-9 . _ : -`; only `:` needs care in a path.
+    name.replace(':', "%3A")
+}
+
+/// A node's storage at a glance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Where it was read.
+    pub target: String,
+    /// Every topic's figures.
+    pub topics: Vec<TopicStats>,
+    /// RocksDB's figures per column family.
+    pub families: Vec<FamilyStats>,
+}
+
+/// Topics, keys, blocks, snapshots and RocksDB's own figures.
+pub fn status(target: &Target) -> anyhow::Result<Status> {
+    let label = target.label();
+    match target {
+        Target::Offline(dir) => {
+            let inspector = inspector(dir)?;
+            Ok(Status { target: label, topics: inspector.topics()?, families: inspector.families()? })
+        }
+        Target::Online(url) => {
+            let reply = Api::new(url)?.get("/v1/admin/status")?;
+            Ok(Status {
+                target: label,
+                topics: serde_json::from_value(reply["topics"].clone())?,
+                families: serde_json::from_value(reply["families"].clone())?,
+            })
+        }
+    }
+}
+
+/// One row per topic.
+pub fn topics(target: &Target) -> anyhow::Result<Vec<TopicStats>> {
+    match target {
+        Target::Offline(dir) => Ok(inspector(dir)?.topics()?),
+        Target::Online(url) => Ok(serde_json::from_value(Api::new(url)?.get("/v1/admin/topics")?["topics"].clone())?),
+    }
+}
+
+/// A head as reports show it: its CID in text and its height.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HeadEntry {
+    /// The head block's CID.
+    pub cid: String,
+    /// Its height.
+    pub height: u64,
+}
+
+impl From<Head> for HeadEntry {
+    fn from(head: Head) -> HeadEntry {
+        HeadEntry { cid: head.cid.to_string(), height: head.height }
+    }
+}
+
+/// The heads of `topic` on one target; `None` when it has no such topic.
+pub fn heads(target: &Target, topic: &str) -> anyhow::Result<Option<Vec<HeadEntry>>> {
+    match target {
+        Target::Offline(dir) => {
+            Ok(inspector(dir)?.heads(topic)?.map(|heads| heads.into_iter().map(HeadEntry::from).collect()))
+        }
+        Target::Online(url) => {
+            let api = Api::new(url)?;
+            let url = format!("{}/v1/admin/topics/{}/heads", api.base, segment(topic));
+            let response =
+                api.http.get(url).send().with_context(|| format!("cannot reach the node at {}", api.base))?;
+            match response.status() {
+                reqwest::StatusCode::NOT_FOUND => Ok(None),
+                status if status.is_success() => {
+                    let reply: Value = response.json()?;
+                    Ok(Some(serde_json::from_value(reply["heads"].clone())?))
+                }
+                status => bail!("{} answered {status}", api.base),
+            }
+        }
+    }
+}
+
+/// The heads of one topic on several targets side by side.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeadsReport {
+    /// The topic.
+    pub topic: String,
+    /// Per target: its label, its heads (`None`: the topic is not there, or the target could
+    /// not be read, see `error`), and how it stands against the others.
+    pub nodes: Vec<NodeHeads>,
+    /// True when every target has the same heads.
+    pub agree: bool,
+}
+
+/// One target's heads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeHeads {
+    /// The target.
+    pub target: String,
+    /// Its heads, sorted by CID.
+    pub heads: Option<Vec<HeadEntry>>,
+    /// Heads other targets have that this one does not.
+    pub lacks: Vec<String>,
+    /// How far its greatest head is below the greatest head anywhere.
+    pub behind_by: u64,
+    /// Why the target could not be read.
+    pub error: Option<String>,
+}
+
+/// Compares the heads of `topic` on every target. Targets that cannot be read count as
+/// disagreeing.
+pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
+    let mut nodes: Vec<NodeHeads> = targets
+        .iter()
+        .map(|target| {
+            let (heads, error) = match heads(target, topic) {
+                Ok(Some(mut heads)) => {
+                    heads.sort();
+                    (Some(heads), None)
+                }
+                Ok(None) => (None, Some(format!("no topic {topic}"))),
+                Err(error) => (None, Some(format!("{error:#}"))),
+            };
+            NodeHeads { target: target.label(), heads, lacks: Vec::new(), behind_by: 0, error }
+        })
+        .collect();
+    let all: std::collections::BTreeSet<HeadEntry> =
+        nodes.iter().flat_map(|n| n.heads.iter().flatten().cloned()).collect();
+    let top = all.iter().map(|h| h.height).max().unwrap_or(0);
+    for node in &mut nodes {
+        let mine = node.heads.clone().unwrap_or_default();
+        node.lacks = all.iter().filter(|h| !mine.contains(h)).map(|h| h.cid.clone()).collect();
+        node.behind_by = top - mine.iter().map(|h| h.height).max().unwrap_or(0);
+    }
+    let agree = nodes.iter().all(|n| n.heads.is_some() && n.heads == nodes[0].heads);
+    HeadsReport { topic: topic.to_string(), nodes, agree }
+}
+
+/// Verifies the named topics (all when empty) and the database's checksums.
+pub fn verify(target: &Target, topics: &[String]) -> anyhow::Result<Verification> {
+    match target {
+        Target::Offline(dir) => Ok(inspector(dir)?.verify(topics)?),
+        Target::Online(url) => {
+            Ok(serde_json::from_value(Api::new(url)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?)
+        }
+    }
+}
+
+/// What compacting one topic did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Compacted {
+    /// The topic.
+    pub topic: String,
+    /// The snapshot's manifest, when the topic had history.
+    pub snapshot: Option<String>,
+    /// Live keys in the snapshot.
+    pub keys: u64,
+    /// Blocks pruned now.
+    pub pruned_blocks: u64,
+    /// Approximate bytes of the topic before.
+    pub bytes_before: u64,
+    /// The same after.
+    pub bytes_after: u64,
+}
+
+/// Compacts the named topics (all when empty): a snapshot at their heads, the covered history
+/// pruned, their RocksDB ranges compacted. Offline, the data directory must not be in use.
+pub fn compact(target: &Target, topics: &[String]) -> anyhow::Result<Vec<Compacted>> {
+    match target {
+        Target::Offline(dir) => {
+            let path = database(dir);
+            let store = Store::open(&path, StoreOptions::default()).map_err(|error| {
+                let text = error.to_string();
+                if text.contains("lock") {
+                    anyhow::anyhow!(
+                        "{} is in use by a running node; compact through it with --api URL ({text})",
+                        dir.display()
+                    )
+                } else {
+                    anyhow::anyhow!("cannot open {}: {text}", dir.display())
+                }
+            })?;
+            let names = if topics.is_empty() { store.topic_names() } else { topics.to_vec() };
+            let mut out = Vec::new();
+            for name in names {
+                let topic =
+                    store.existing_topic(&name).with_context(|| format!("no topic {name} in {}", dir.display()))?;
+                let done = topic.compact()?;
+                out.push(Compacted {
+                    topic: name,
+                    snapshot: done.snapshot.map(|cid| cid.to_string()),
+                    keys: done.keys,
+                    pruned_blocks: done.pruned_blocks,
+                    bytes_before: done.bytes_before,
+                    bytes_after: done.bytes_after,
+                });
+            }
+            Ok(out)
+        }
+        Target::Online(url) => {
+            let api = Api::new(url)?;
+            let names = if topics.is_empty() {
+                let listed: Vec<TopicStats> = serde_json::from_value(api.get("/v1/admin/topics")?["topics"].clone())?;
+                listed.into_iter().map(|t| t.name).collect()
+            } else {
+                topics.to_vec()
+            };
+            let mut out = Vec::new();
+            for name in names {
+                let reply = api.post(&format!("/v1/topics/{}/compact", segment(&name)), json!({}))?;
+                out.push(Compacted {
+                    topic: name,
+                    snapshot: reply["snapshot"].as_str().map(str::to_string),
+                    keys: reply["keys"].as_u64().unwrap_or(0),
+                    pruned_blocks: reply["pruned_blocks"].as_u64().unwrap_or(0),
+                    bytes_before: reply["bytes_before"].as_u64().unwrap_or(0),
+                    bytes_after: reply["bytes_after"].as_u64().unwrap_or(0),
+                });
+            }
+            Ok(out)
+        }
+    }
+}

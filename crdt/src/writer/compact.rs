@@ -145,7 +145,7 @@ pub(crate) fn topic_read_options(topic: TopicId) -> ReadOptions {
 pub(crate) type Records<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>;
 
 /// A topic's records in one column family, keys without the topic prefix.
-pub(super) fn prefix_scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
+pub(crate) fn prefix_scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
     let prefix = topic.prefix();
     let iter = db.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&prefix, Direction::Forward));
     Box::new(strip(iter, prefix))

@@ -1,0 +1,471 @@
+//! Looking into a store without changing it: what the operations tool shows and checks.
+//!
+//! An [`Inspector`] reads a data directory opened read-only (it works beside a running node,
+//! seeing the state as of when it opened) or a running store's own database. It lists topics
+//! with their figures, reads heads, reports RocksDB's own figures per column family, and
+//! verifies: every stored block against its CID and its index record, heights and links, that
+//! every applied block's parents are applied (no hole under a head), that rows decode and the
+//! key count matches them, that the rows equal the state recomputed from the blocks (for topics
+//! whose history is not compacted), and every table and blob checksum.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use canopy_dag::{Block, BlockLimits, BlockMeta, BlockStore, CF_BLOCKS, CF_INDEX, Cid, Height, TopicId};
+use rocksdb::{Cache, DB, IteratorMode, Options, ReadOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::delta::{Delta, Limits};
+use crate::error::{OpenError, StorageError};
+use crate::row::Row;
+use crate::schema::{
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
+    column_families, decode_cids, key_count_key, meta_key,
+};
+use crate::types::Head;
+
+/// Every column family, for figures and checksum scans.
+const FAMILIES: [&str; 8] = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_META];
+
+/// Figures of one topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicStats {
+    /// The topic's name.
+    pub name: String,
+    /// Its id inside this database.
+    pub id: u32,
+    /// Live keys, as counted when written.
+    pub keys: u64,
+    /// Current heads.
+    pub heads: usize,
+    /// Greatest head height.
+    pub max_height: Height,
+    /// Applied blocks whose payload is stored.
+    pub blocks_kept: u64,
+    /// Applied blocks pruned by compaction (a snapshot covers them).
+    pub blocks_pruned: u64,
+    /// Bytes of the topic's records, as RocksDB estimates them from its table files.
+    pub bytes: u64,
+    /// Manifests of the snapshots that cover the pruned blocks.
+    pub snapshots: Vec<String>,
+    /// Removes kept for elements whose block is not applied.
+    pub tombstones: u64,
+    /// Whether a snapshot merge is unfinished (it finishes when the node opens the topic).
+    pub merging: bool,
+}
+
+/// RocksDB's figures for one column family.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FamilyStats {
+    /// The column family.
+    pub name: String,
+    /// Bytes of live table files.
+    pub live_sst_bytes: u64,
+    /// Bytes of blob files.
+    pub blob_bytes: u64,
+    /// Bytes in memtables.
+    pub memtable_bytes: u64,
+    /// Keys, as RocksDB estimates them.
+    pub estimated_keys: u64,
+    /// Bytes compaction still has to rewrite.
+    pub pending_compaction_bytes: u64,
+    /// Whether writes are stopped or slowed down now.
+    pub write_stall: bool,
+}
+
+/// One problem `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// The topic, or `-` for the database as a whole.
+    pub topic: String,
+    /// What the problem is about: a CID, a key, a column family.
+    pub subject: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+/// What `verify` looked at and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Topics checked.
+    pub topics: usize,
+    /// Blocks re-hashed.
+    pub blocks: u64,
+    /// Rows read.
+    pub rows: u64,
+    /// Records read by the checksum scan.
+    pub records: u64,
+    /// Topics whose rows were compared with the state recomputed from their blocks (the others
+    /// have compacted history).
+    pub recomputed: usize,
+    /// What is wrong, one entry per problem.
+    pub problems: Vec<Problem>,
+}
+
+/// Read-only access to a canopy database.
+pub struct Inspector {
+    db: Arc<DB>,
+    blocks: BlockStore,
+}
+
+impl Inspector {
+    /// Opens the database at `path` read-only. It may be in use by a running node.
+    pub fn open(path: impl AsRef<Path>) -> Result<Inspector, OpenError> {
+        let path = path.as_ref();
+        if !path.join("CURRENT").exists() {
+            return Err(OpenError::InvalidOptions(format!("{} holds no canopy database", path.display())));
+        }
+        let cache = Cache::new_lru_cache(8 << 20);
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, column_families(&cache), false)?;
+        Inspector::over(Arc::new(db))
+    }
+
+    /// An inspector over a database that is already open (a running store's).
+    pub(crate) fn over(db: Arc<DB>) -> Result<Inspector, OpenError> {
+        let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
+        Ok(Inspector { db, blocks })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("every canopy column family is opened with the database")
+    }
+
+    /// Names and ids of every topic, sorted by name.
+    pub fn topic_ids(&self) -> Result<Vec<(String, TopicId)>, StorageError> {
+        let mut topics = Vec::new();
+        for item in self.db.prefix_iterator_cf(self.cf(CF_META), [META_TOPIC]) {
+            let (key, value) = item?;
+            if key.first() != Some(&META_TOPIC) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&key[1..]).into_owned();
+            let id: [u8; 4] = value.as_ref().try_into().map_err(|_| StorageError::Corrupt(format!("id of {name}")))?;
+            topics.push((name, TopicId(u32::from_be_bytes(id))));
+        }
+        Ok(topics)
+    }
+
+    fn id_of(&self, name: &str) -> Result<Option<TopicId>, StorageError> {
+        Ok(self.topic_ids()?.into_iter().find(|(n, _)| n == name).map(|(_, id)| id))
+    }
+
+    /// The heads of a topic; `None` when there is no such topic.
+    pub fn heads(&self, name: &str) -> Result<Option<Vec<Head>>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
+        self.heads_of(id).map(Some)
+    }
+
+    fn heads_of(&self, id: TopicId) -> Result<Vec<Head>, StorageError> {
+        let mut heads = Vec::new();
+        for item in scan(&self.db, self.cf(CF_HEADS), id) {
+            let (key, value) = item?;
+            let cid = Cid::try_from(key.as_slice()).map_err(|e| StorageError::Corrupt(format!("head key: {e}")))?;
+            let height: [u8; 8] =
+                value.as_slice().try_into().map_err(|_| StorageError::Corrupt(format!("height of head {cid}")))?;
+            heads.push(Head { cid, height: u64::from_be_bytes(height) });
+        }
+        Ok(heads)
+    }
+
+    /// Figures of every topic.
+    pub fn topics(&self) -> Result<Vec<TopicStats>, StorageError> {
+        self.topic_ids()?.into_iter().map(|(name, id)| self.stats(name, id)).collect()
+    }
+
+    /// Figures of one topic; `None` when there is no such topic.
+    pub fn topic(&self, name: &str) -> Result<Option<TopicStats>, StorageError> {
+        match self.id_of(name)? {
+            Some(id) => self.stats(name.to_string(), id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn stats(&self, name: String, id: TopicId) -> Result<TopicStats, StorageError> {
+        let heads = self.heads_of(id)?;
+        let mut stats = TopicStats {
+            name,
+            id: id.0,
+            heads: heads.len(),
+            max_height: heads.iter().map(|h| h.height).max().unwrap_or(0),
+            ..TopicStats::default()
+        };
+        if let Some(bytes) = self.db.get_cf(self.cf(CF_META), key_count_key(id))? {
+            let count: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("key count".into()))?;
+            stats.keys = u64::from_be_bytes(count);
+        }
+        for item in self.blocks.iter_index(id) {
+            let (_, meta) = item?;
+            if meta.pruned {
+                stats.blocks_pruned += 1;
+            } else {
+                stats.blocks_kept += 1;
+            }
+        }
+        for item in scan(&self.db, self.cf(CF_TOMBSTONES), id) {
+            item?;
+            stats.tombstones += 1;
+        }
+        if let Some(bytes) = self.db.get_cf(self.cf(CF_META), meta_key(META_COVER, id))? {
+            stats.snapshots = decode_cids(&bytes)?.iter().map(ToString::to_string).collect();
+        }
+        stats.merging = self.db.get_cf(self.cf(CF_META), meta_key(META_MERGE, id))?.is_some();
+        let end = id.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
+        let start = id.prefix();
+        for family in [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS] {
+            let range = rocksdb::Range::new(&start[..], &end[..]);
+            stats.bytes += self.db.get_approximate_sizes_cf(self.cf(family), &[range]).first().copied().unwrap_or(0);
+        }
+        Ok(stats)
+    }
+
+    /// The snapshots a topic made or merged, newest last.
+    pub fn known_snapshots(&self, name: &str) -> Result<Vec<Cid>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(Vec::new()) };
+        match self.db.get_cf(self.cf(CF_META), meta_key(META_KNOWN, id))? {
+            Some(bytes) => decode_cids(&bytes),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// RocksDB's figures per column family.
+    pub fn families(&self) -> Result<Vec<FamilyStats>, StorageError> {
+        let mut out = Vec::new();
+        for name in FAMILIES {
+            let cf = self.cf(name);
+            let int = |property: &str| -> Result<u64, StorageError> {
+                Ok(self.db.property_int_value_cf(cf, property)?.unwrap_or(0))
+            };
+            out.push(FamilyStats {
+                name: name.to_string(),
+                live_sst_bytes: int("rocksdb.live-sst-files-size")?,
+                blob_bytes: int("rocksdb.total-blob-file-size")?,
+                memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
+                estimated_keys: int("rocksdb.estimate-num-keys")?,
+                pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes")?,
+                write_stall: int("rocksdb.is-write-stopped")? > 0 || int("rocksdb.actual-delayed-write-rate")? > 0,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks the named topics (every topic when `names` is empty) and the checksums of every
+    /// table and blob file. Problems are reported, not returned as errors; an error means the
+    /// check itself could not run.
+    pub fn verify(&self, names: &[String]) -> Result<Verification, StorageError> {
+        let mut report = Verification::default();
+        let all = self.topic_ids()?;
+        let chosen: Vec<(String, TopicId)> = if names.is_empty() {
+            all
+        } else {
+            let mut chosen = Vec::new();
+            for name in names {
+                match all.iter().find(|(n, _)| n == name) {
+                    Some(found) => chosen.push(found.clone()),
+                    None => report.problems.push(problem(name, "-", "no such topic")),
+                }
+            }
+            chosen
+        };
+        for (name, id) in &chosen {
+            // A record that cannot be read (a damaged file) is a finding, not the end of the check.
+            if let Err(error) = self.verify_topic(name, *id, &mut report) {
+                report.problems.push(problem(name, "-", &format!("cannot be read to the end: {error}")));
+            }
+            report.topics += 1;
+        }
+        self.verify_checksums(&mut report);
+        Ok(report)
+    }
+
+    fn verify_topic(&self, name: &str, id: TopicId, report: &mut Verification) -> Result<(), StorageError> {
+        // Index records, and the blocks they stand for.
+        let mut index: BTreeMap<Cid, BlockMeta> = BTreeMap::new();
+        for item in scan(&self.db, self.cf(CF_INDEX), id) {
+            let (key, value) = item?;
+            match (Cid::try_from(key.as_slice()), BlockMeta::decode(&value)) {
+                (Ok(cid), Ok(meta)) => {
+                    index.insert(cid, meta);
+                }
+                (Err(e), _) => report.problems.push(problem(name, &hex(&key), &format!("index key is not a CID: {e}"))),
+                (Ok(cid), Err(e)) => {
+                    report.problems.push(problem(name, &cid.to_string(), &format!("index record: {e}")))
+                }
+            }
+        }
+        let mut blocks: BTreeMap<Cid, Block> = BTreeMap::new();
+        for item in scan(&self.db, self.cf(CF_BLOCKS), id) {
+            let (key, bytes) = match item {
+                Ok(record) => record,
+                Err(error) => {
+                    report.problems.push(problem(name, CF_BLOCKS, &format!("unreadable: {error}")));
+                    continue;
+                }
+            };
+            report.blocks += 1;
+            let Ok(cid) = Cid::try_from(key.as_slice()) else {
+                report.problems.push(problem(name, &hex(&key), "block key is not a CID"));
+                continue;
+            };
+            match Block::decode(cid, &bytes, &BlockLimits::PROTOCOL) {
+                Err(error) => report.problems.push(problem(name, &cid.to_string(), &format!("stored block: {error}"))),
+                Ok(block) => {
+                    match index.get(&cid) {
+                        None => report.problems.push(problem(name, &cid.to_string(), "block without index record")),
+                        Some(meta) if meta.pruned => {
+                            report.problems.push(problem(name, &cid.to_string(), "pruned block still has its payload"))
+                        }
+                        Some(meta) if meta.height != block.height() || meta.links != block.links() => report
+                            .problems
+                            .push(problem(name, &cid.to_string(), "index record disagrees with the block")),
+                        Some(_) => {}
+                    }
+                    blocks.insert(cid, block);
+                }
+            }
+        }
+        for (cid, meta) in &index {
+            if !meta.pruned
+                && !blocks.contains_key(cid)
+                && !report.problems.iter().any(|p| p.subject == cid.to_string())
+            {
+                report.problems.push(problem(name, &cid.to_string(), "applied block has no payload"));
+            }
+            let mut top = 0;
+            for parent in &meta.links {
+                match index.get(parent) {
+                    Some(parent_meta) => top = top.max(parent_meta.height),
+                    None => report.problems.push(problem(
+                        name,
+                        &cid.to_string(),
+                        &format!("parent {parent} is not applied: the past of this block has a hole"),
+                    )),
+                }
+            }
+            if !meta.pruned && meta.height != top + 1 {
+                report.problems.push(problem(
+                    name,
+                    &cid.to_string(),
+                    &format!("height {} is not 1 + largest parent height {top}", meta.height),
+                ));
+            }
+        }
+        for head in self.heads_of(id)? {
+            match index.get(&head.cid) {
+                None => report.problems.push(problem(name, &head.cid.to_string(), "head is not applied")),
+                Some(meta) if meta.height != head.height => {
+                    report.problems.push(problem(name, &head.cid.to_string(), "head height disagrees with the index"))
+                }
+                Some(_) => {}
+            }
+        }
+        // Rows and the key count.
+        let mut rows: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
+        for item in scan(&self.db, self.cf(CF_KV), id) {
+            let (key, value) = item?;
+            report.rows += 1;
+            match Row::decode(&value) {
+                Ok(row) if row.is_empty() => report.problems.push(problem(name, &key_text(&key), "empty row stored")),
+                Ok(row) => {
+                    rows.insert(key, row);
+                }
+                Err(error) => {
+                    report.problems.push(problem(name, &key_text(&key), &format!("row does not decode: {error}")))
+                }
+            }
+        }
+        let counted = self.db.get_cf(self.cf(CF_META), key_count_key(id))?.and_then(|b| b.as_slice().try_into().ok());
+        let counted = counted.map(u64::from_be_bytes).unwrap_or(0);
+        if counted != rows.len() as u64 {
+            report.problems.push(problem(name, "key count", &format!("{counted} counted, {} rows", rows.len())));
+        }
+        // The state the blocks give, when the history is not compacted. Blocks that fail their
+        // check are left out, and the mismatches they cause say so.
+        if index.values().all(|meta| !meta.pruned) {
+            report.recomputed += 1;
+            let damaged = index.len().saturating_sub(blocks.len());
+            let note = if damaged > 0 { format!("; {damaged} damaged blocks left out") } else { String::new() };
+            let expected = live_elements(&blocks);
+            let keys: BTreeSet<&Vec<u8>> = expected.keys().chain(rows.keys()).collect();
+            for key in keys {
+                let stored: BTreeSet<Cid> = rows.get(key).map(|row| row.ids().collect()).unwrap_or_default();
+                let computed = expected.get(key).cloned().unwrap_or_default();
+                if stored != computed {
+                    report.problems.push(problem(
+                        name,
+                        &key_text(key),
+                        &format!(
+                            "row holds {} live elements, the blocks give {} ({} in common{note})",
+                            stored.len(),
+                            computed.len(),
+                            stored.intersection(&computed).count()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every record of every column family with checksums verified: a damaged table or
+    /// blob file shows up as an error here.
+    fn verify_checksums(&self, report: &mut Verification) {
+        for name in FAMILIES {
+            let mut options = ReadOptions::default();
+            options.set_verify_checksums(true);
+            options.fill_cache(false);
+            for item in self.db.iterator_cf_opt(self.cf(name), options, IteratorMode::Start) {
+                match item {
+                    Ok(_) => report.records += 1,
+                    Err(error) => {
+                        report.problems.push(problem("-", name, &format!("checksum scan failed: {error}")));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Live element ids per key that the semantics give for a set of blocks: added, not removed.
+fn live_elements(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, BTreeSet<Cid>> {
+    let mut added: BTreeMap<Vec<u8>, BTreeSet<Cid>> = BTreeMap::new();
+    let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
+    for (cid, block) in blocks {
+        let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
+        for (key, _) in delta.adds {
+            added.entry(key).or_default().insert(*cid);
+        }
+        removed.extend(delta.removes);
+    }
+    added
+        .into_iter()
+        .map(|(key, ids)| {
+            let live: BTreeSet<Cid> = ids.into_iter().filter(|id| !removed.contains(&(key.clone(), *id))).collect();
+            (key, live)
+        })
+        .filter(|(_, live)| !live.is_empty())
+        .collect()
+}
+
+fn problem(topic: &str, subject: &str, what: &str) -> Problem {
+    Problem { topic: topic.to_string(), subject: subject.to_string(), what: what.to_string() }
+}
+
+fn key_text(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => format!("key {text:?}"),
+        Err(_) => format!("key 0x{}", hex(key)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type Records<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>;
+
+/// A topic's records in one column family, keys without the topic prefix.
+fn scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
+    crate::writer::compact::prefix_scan(db, cf, topic)
+}

@@ -1,0 +1,247 @@
+//! `canopy-ops`: inspect, verify and compact canopy data, offline on a data directory or online
+//! against running nodes. Exit status: 0 all is well, 1 a problem was found or nodes disagree,
+//! 2 usage or I/O error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use canopy_ops::{Target, compact, compare_heads, status, topics, verify};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::Table;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "canopy-ops", version, about = "Operations tooling for canopy: inspect, verify and compact its data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Where {
+    /// A node's data directory (works beside a running node for read-only commands).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A running node's API, e.g. http://127.0.0.1:7700 (`heads` takes several).
+    #[arg(long)]
+    api: Vec<String>,
+    /// Print one JSON document instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Where {
+    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        let mut targets: Vec<Target> = self.api.iter().cloned().map(Target::Online).collect();
+        if let Some(dir) = &self.data_dir {
+            targets.push(Target::Offline(dir.clone()));
+        }
+        anyhow::ensure!(!targets.is_empty(), "say where: --data-dir DIR or --api URL");
+        Ok(targets)
+    }
+
+    fn target(&self) -> anyhow::Result<Target> {
+        let mut targets = self.targets()?;
+        anyhow::ensure!(targets.len() == 1, "this command works on one node: give one --api or --data-dir");
+        Ok(targets.remove(0))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Topics, keys, blocks, snapshots and RocksDB's own figures per column family.
+    Status(Where),
+    /// One row per topic: keys, heads, height, blocks kept and pruned, bytes, snapshot.
+    Topics(Where),
+    /// The heads of TOPIC on one node or several side by side; exit 1 unless all agree.
+    Heads {
+        topic: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Re-hash every block, check index, heights, links, rows and key counts against the
+    /// blocks, and every RocksDB checksum; exit 1 if anything is wrong.
+    Verify {
+        /// Topics to check [default: all].
+        topics: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Snapshot and prune the history of topics [default: all], then compact their ranges.
+    Compact {
+        /// Topics to compact [default: all].
+        topics: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("canopy-ops: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn short(cid: &str) -> String {
+    if cid.len() > 16 { format!("{}…{}", &cid[..8], &cid[cid.len() - 6..]) } else { cid.to_string() }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
+fn topics_table(topics: &[canopy_crdt::inspect::TopicStats]) -> Table {
+    let mut table = Table::new();
+    table.set_header(["topic", "keys", "heads", "height", "blocks kept", "pruned", "bytes", "snapshot", "tombstones"]);
+    for t in topics {
+        let snapshot = match (t.snapshots.first(), t.merging) {
+            (_, true) => "merging".to_string(),
+            (Some(cid), _) => short(cid),
+            (None, _) => "-".to_string(),
+        };
+        table.add_row([
+            t.name.clone(),
+            t.keys.to_string(),
+            t.heads.to_string(),
+            t.max_height.to_string(),
+            t.blocks_kept.to_string(),
+            t.blocks_pruned.to_string(),
+            bytes(t.bytes),
+            snapshot,
+            t.tombstones.to_string(),
+        ]);
+    }
+    table
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Status(at) => {
+            let report = status(&at.target()?)?;
+            if at.json {
+                return print_json(&report).map(|()| ExitCode::SUCCESS);
+            }
+            let keys: u64 = report.topics.iter().map(|t| t.keys).sum();
+            let kept: u64 = report.topics.iter().map(|t| t.blocks_kept).sum();
+            let pruned: u64 = report.topics.iter().map(|t| t.blocks_pruned).sum();
+            println!(
+                "{}: {} topics, {keys} keys, {kept} blocks kept, {pruned} pruned, {} snapshots",
+                report.target,
+                report.topics.len(),
+                report.topics.iter().map(|t| t.snapshots.len()).sum::<usize>()
+            );
+            let mut table = Table::new();
+            table.set_header([
+                "family",
+                "live SST",
+                "blobs",
+                "memtables",
+                "keys (est.)",
+                "pending compaction",
+                "stall",
+            ]);
+            for f in &report.families {
+                table.add_row([
+                    f.name.clone(),
+                    bytes(f.live_sst_bytes),
+                    bytes(f.blob_bytes),
+                    bytes(f.memtable_bytes),
+                    f.estimated_keys.to_string(),
+                    bytes(f.pending_compaction_bytes),
+                    if f.write_stall { "yes" } else { "no" }.to_string(),
+                ]);
+            }
+            println!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Topics(at) => {
+            let rows = topics(&at.target()?)?;
+            if at.json {
+                print_json(&rows)?;
+            } else {
+                println!("{}", topics_table(&rows));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Heads { topic, at } => {
+            let report = compare_heads(&at.targets()?, &topic);
+            if at.json {
+                print_json(&report)?;
+            } else {
+                let mut table = Table::new();
+                table.set_header(["node", "heads", "behind by", "lacks"]);
+                for node in &report.nodes {
+                    let heads = match (&node.heads, &node.error) {
+                        (Some(heads), _) => heads
+                            .iter()
+                            .map(|h| format!("{} @{}", short(&h.cid), h.height))
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                        (None, Some(error)) => format!("unreadable: {error}"),
+                        (None, None) => "-".to_string(),
+                    };
+                    let lacks = node.lacks.iter().map(|c| short(c)).collect::<Vec<_>>().join("\n");
+                    table.add_row([node.target.clone(), heads, node.behind_by.to_string(), lacks]);
+                }
+                println!("{table}");
+                println!("{}", if report.agree { "all agree" } else { "nodes disagree" });
+            }
+            Ok(if report.agree { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Verify { topics, at } => {
+            let report = verify(&at.target()?, &topics)?;
+            if at.json {
+                print_json(&report)?;
+            } else {
+                for problem in &report.problems {
+                    println!("{}\t{}\t{}", problem.topic, problem.subject, problem.what);
+                }
+                println!(
+                    "{} topics, {} blocks re-hashed, {} rows, {} records checksummed, {} topics recomputed from blocks: {} problems",
+                    report.topics,
+                    report.blocks,
+                    report.rows,
+                    report.records,
+                    report.recomputed,
+                    report.problems.len()
+                );
+            }
+            Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Compact { topics, at } => {
+            let done = compact(&at.target()?, &topics)?;
+            if at.json {
+                print_json(&done)?;
+            } else {
+                let mut table = Table::new();
+                table.set_header(["topic", "snapshot", "keys", "pruned blocks", "bytes before", "bytes after"]);
+                for c in &done {
+                    table.add_row([
+                        c.topic.clone(),
+                        c.snapshot.as_deref().map_or_else(|| "-".to_string(), short),
+                        c.keys.to_string(),
+                        c.pruned_blocks.to_string(),
+                        bytes(c.bytes_before),
+                        bytes(c.bytes_after),
+                    ]);
+                }
+                println!("{table}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

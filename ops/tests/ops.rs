@@ -1,0 +1,248 @@
+//! `canopy-ops` as a user runs it: against stopped data directories (damaged on purpose with raw
+//! RocksDB writes and a flipped byte in a table file) and against running nodes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use canopy_crdt::{Batch, Store, StoreOptions};
+use canopy_node::{Node, NodeConfig};
+use serde_json::Value;
+
+fn ops(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_canopy-ops")).args(args).output().expect("canopy-ops runs")
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A data directory holding topic `t` with 300 keys in 3 batches, some overwritten and
+/// deleted, and the node closed.
+fn stopped_data_dir(dir: &Path) -> PathBuf {
+    let db = dir.join("db");
+    let store = Store::open(&db, StoreOptions::default()).unwrap();
+    let topic = store.topic("t").unwrap();
+    for b in 0..3 {
+        let mut batch = Batch::new();
+        for i in 0..100 {
+            batch.put(format!("key-{b}-{i:03}"), format!("value-{i}"));
+        }
+        topic.batch(batch).unwrap();
+    }
+    topic.put("key-0-000", "overwritten").unwrap();
+    topic.delete("key-0-001").unwrap();
+    drop((topic, store));
+    dir.to_path_buf()
+}
+
+#[test]
+fn a_healthy_stopped_data_dir_verifies_and_lists_its_topics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = stopped_data_dir(dir.path());
+    let data = data.to_str().unwrap();
+    let output = ops(&["verify", "--data-dir", data]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("0 problems"));
+
+    let topics = json(&ops(&["topics", "--data-dir", data, "--json"]));
+    assert_eq!(topics[0]["name"], "t");
+    assert_eq!(topics[0]["keys"], 299);
+    assert_eq!(topics[0]["blocks_kept"], 5);
+    let status = ops(&["status", "--data-dir", data]);
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("1 topics, 299 keys"));
+
+    // Offline compaction, then the same checks pass on the compacted topic.
+    let compacted = json(&ops(&["compact", "--data-dir", data, "--json"]));
+    assert_eq!(compacted[0]["pruned_blocks"], 5);
+    assert_eq!(ops(&["verify", "--data-dir", data]).status.code(), Some(0));
+    let topics = json(&ops(&["topics", "--data-dir", data, "--json"]));
+    assert_eq!((topics[0]["blocks_kept"].as_u64(), topics[0]["blocks_pruned"].as_u64()), (Some(0), Some(5)));
+}
+
+/// Opens the database with plain RocksDB, as a careless tool would.
+fn raw(dir: &Path) -> rocksdb::DB {
+    let names = ["blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "meta"];
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.join("db"), names).unwrap()
+}
+
+#[test]
+fn verify_finds_a_damaged_block_a_wrong_row_and_a_flipped_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = stopped_data_dir(dir.path());
+    {
+        let db = raw(&data);
+        let blocks = db.cf_handle("blocks").unwrap();
+        let (key, mut value) = db.iterator_cf(blocks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        let last = value.len() - 1;
+        value[last] ^= 0x40;
+        db.put_cf(blocks, &key, &value).unwrap();
+        // A row that decodes but names an element no block gives.
+        let kv = db.cf_handle("kv").unwrap();
+        let (key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+        let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        db.put_cf(kv, &key, &other).unwrap();
+        db.flush_cf(kv).unwrap();
+        db.flush_cf(blocks).unwrap();
+    }
+    let output = ops(&["verify", "--data-dir", data.to_str().unwrap(), "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    let problems: Vec<String> =
+        report["problems"].as_array().unwrap().iter().map(|p| format!("{} {}", p["subject"], p["what"])).collect();
+    assert!(problems.iter().any(|p| p.contains("stored block")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.contains("key-2-099") && p.contains("live elements")), "{problems:?}");
+
+    // A flipped byte in the middle of the largest table file.
+    let table = std::fs::read_dir(data.join("db"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sst"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&table).unwrap();
+    let middle = bytes.len() / 3;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&table, bytes).unwrap();
+    let output = ops(&["verify", "--data-dir", data.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{text}");
+    assert!(text.to_lowercase().contains("corrupt") || text.contains("checksum"), "{text}");
+}
+
+struct Running {
+    node: Option<Node>,
+    api: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    data_dir: PathBuf,
+}
+
+fn start(runtime: &tokio::runtime::Runtime, data_dir: PathBuf, peers: Vec<String>) -> Running {
+    runtime.block_on(async {
+        let config = NodeConfig {
+            data_dir: data_dir.clone(),
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            blocks: "127.0.0.1:0".parse().unwrap(),
+            peers,
+            topics: vec!["t".into()],
+            rebroadcast_interval_s: 1,
+            ..NodeConfig::default()
+        };
+        let node = Node::start(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        tokio::spawn(async move {
+            let _ = canopy_node::http::serve(serving, listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        Running { node: Some(node), api, stop: Some(stop), data_dir }
+    })
+}
+
+impl Running {
+    fn address(&self) -> String {
+        let status = self.node.as_ref().unwrap().status();
+        format!("{}/p2p/{}", status.listen[0], status.peer_id)
+    }
+
+    fn stop(&mut self, runtime: &tokio::runtime::Runtime) {
+        let _ = self.stop.take().unwrap().send(());
+        runtime.block_on(self.node.take().unwrap().shutdown());
+    }
+}
+
+#[test]
+fn heads_across_three_nodes_disagree_while_one_is_stopped_and_agree_after_it_rejoins() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = start(&runtime, dir.path().join("a"), vec![]);
+    let peers = vec![first.address()];
+    let mut nodes = vec![
+        first,
+        start(&runtime, dir.path().join("b"), peers.clone()),
+        start(&runtime, dir.path().join("c"), peers.clone()),
+    ];
+    let topic = nodes[0].node.as_ref().unwrap().subscribe("t").unwrap();
+    topic.put("k", "v").unwrap();
+    let heads = |nodes: &[Running], extra: &[&str]| {
+        let mut args = vec!["heads", "t"];
+        for node in nodes {
+            args.extend(["--api", node.api.as_str()]);
+        }
+        args.extend(extra);
+        ops(&args)
+    };
+    let mut last = String::new();
+    let started = Instant::now();
+    while heads(&nodes, &[]).status.code() != Some(0) {
+        last = String::from_utf8_lossy(&heads(&nodes, &[]).stdout).to_string();
+        assert!(started.elapsed() < Duration::from_secs(60), "the three nodes never agreed: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = last;
+    let agreed = heads(&nodes, &[]);
+    assert!(String::from_utf8_lossy(&agreed.stdout).contains("all agree"));
+
+    nodes[2].stop(&runtime);
+    topic.put("k2", "written while c is down").unwrap();
+    // The stopped node is read from its data directory, beside the two running ones.
+    let c_dir = nodes[2].data_dir.clone();
+    let mut args = vec!["heads", "t", "--api", &nodes[0].api, "--api", &nodes[1].api, "--json"];
+    let c_arg = c_dir.to_str().unwrap().to_string();
+    args.extend(["--data-dir", &c_arg]);
+    wait_until("a and b agree, c lags", || {
+        let report = json(&ops(&args));
+        report["nodes"][0]["heads"] == report["nodes"][1]["heads"] && report["nodes"][2]["behind_by"] == 1
+    });
+    let disagreement = ops(&args);
+    assert_eq!(disagreement.status.code(), Some(1));
+    let report = json(&disagreement);
+    assert_eq!(report["agree"], false);
+    assert_eq!(report["nodes"][2]["lacks"].as_array().unwrap().len(), 1);
+
+    let restarted = start(&runtime, c_dir, peers);
+    nodes[2] = restarted;
+    wait_until("c rejoined and caught up", || heads(&nodes, &[]).status.code() == Some(0));
+
+    // The rest of the online commands against a running node.
+    let api = nodes[1].api.clone();
+    let status = json(&ops(&["status", "--api", &api, "--json"]));
+    assert_eq!(status["topics"][0]["keys"], 2);
+    assert!(status["families"].as_array().unwrap().iter().any(|f| f["name"] == "kv"));
+    assert_eq!(ops(&["verify", "--api", &api]).status.code(), Some(0));
+    let compacted = json(&ops(&["compact", "t", "--api", &api, "--json"]));
+    assert!(compacted[0]["snapshot"].is_string());
+    // A writing command on a running node's directory is refused, naming --api.
+    let refused = ops(&["compact", "--data-dir", nodes[1].data_dir.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--api"), "{}", String::from_utf8_lossy(&refused.stderr));
+    for node in &mut nodes {
+        node.stop(&runtime);
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_message() {
+    let output = ops(&["topics"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--data-dir"));
+    let dir = tempfile::tempdir().unwrap();
+    let output = ops(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no canopy database"));
+}
