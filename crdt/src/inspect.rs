@@ -103,6 +103,54 @@ pub struct Verification {
     pub problems: Vec<Problem>,
 }
 
+/// The shape of a topic's DAG.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DagStats {
+    /// The topic.
+    pub topic: String,
+    /// Applied blocks with their payload.
+    pub blocks_kept: u64,
+    /// Applied blocks pruned by compaction.
+    pub blocks_pruned: u64,
+    /// Current heads.
+    pub heads: usize,
+    /// Lowest and greatest height among applied blocks.
+    pub min_height: Height,
+    /// Greatest height.
+    pub max_height: Height,
+    /// Bytes of the stored blocks.
+    pub block_bytes: u64,
+    /// Largest stored block, in bytes.
+    pub largest_block_bytes: u64,
+    /// Links of the kept blocks, in all.
+    pub links: u64,
+    /// Most links of one block.
+    pub max_links: usize,
+    /// Blocks with no parent (the roots of the history that is kept).
+    pub roots: u64,
+}
+
+/// One block, decoded for a reader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockView {
+    /// The block's CID.
+    pub cid: String,
+    /// Its height.
+    pub height: Height,
+    /// Its parents (empty for a pruned block, whose links are not kept).
+    pub links: Vec<String>,
+    /// True when its payload was pruned by compaction.
+    pub pruned: bool,
+    /// Encoded size, when stored.
+    pub bytes: Option<usize>,
+    /// Elements it added: key (text, or `0x…` when not UTF-8) and value size.
+    pub adds: Vec<(String, usize)>,
+    /// Elements it removed: key and element id.
+    pub removes: Vec<(String, String)>,
+    /// Why the payload does not decode, if it does not.
+    pub error: Option<String>,
+}
+
 /// Read-only access to a canopy database.
 pub struct Inspector {
     db: Arc<DB>,
@@ -247,6 +295,123 @@ impl Inspector {
             });
         }
         Ok(out)
+    }
+
+    /// The shape of a topic's DAG; `None` when there is no such topic.
+    pub fn dag_stats(&self, name: &str) -> Result<Option<DagStats>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
+        let mut stats = DagStats { topic: name.to_string(), heads: self.heads_of(id)?.len(), ..DagStats::default() };
+        stats.min_height = Height::MAX;
+        for item in self.blocks.iter_index(id) {
+            let (_, meta) = item?;
+            stats.min_height = stats.min_height.min(meta.height);
+            stats.max_height = stats.max_height.max(meta.height);
+            if meta.pruned {
+                stats.blocks_pruned += 1;
+                continue;
+            }
+            stats.blocks_kept += 1;
+            stats.links += meta.links.len() as u64;
+            stats.max_links = stats.max_links.max(meta.links.len());
+            stats.roots += u64::from(meta.links.is_empty());
+        }
+        if stats.min_height == Height::MAX {
+            stats.min_height = 0;
+        }
+        for item in scan(&self.db, self.cf(CF_BLOCKS), id) {
+            let (_, bytes) = item?;
+            stats.block_bytes += bytes.len() as u64;
+            stats.largest_block_bytes = stats.largest_block_bytes.max(bytes.len() as u64);
+        }
+        Ok(Some(stats))
+    }
+
+    /// One block of a topic, decoded; `None` when the topic has no such block.
+    pub fn block(&self, name: &str, cid: &Cid) -> Result<Option<BlockView>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
+        let Some(meta) = self.blocks.meta(id, cid)? else { return Ok(None) };
+        let mut view = BlockView {
+            cid: cid.to_string(),
+            height: meta.height,
+            links: meta.links.iter().map(ToString::to_string).collect(),
+            pruned: meta.pruned,
+            bytes: None,
+            adds: Vec::new(),
+            removes: Vec::new(),
+            error: None,
+        };
+        if let Some(bytes) = self.blocks.get(id, cid)? {
+            view.bytes = Some(bytes.len());
+            match Block::decode(*cid, &bytes, &BlockLimits::PROTOCOL)
+                .map_err(|e| e.to_string())
+                .and_then(|block| Delta::decode(block.payload(), &Limits::PROTOCOL).map_err(|e| e.to_string()))
+            {
+                Ok(delta) => {
+                    view.adds = delta.adds.iter().map(|(key, value)| (plain_key(key), value.len())).collect();
+                    view.removes = delta.removes.iter().map(|(key, id)| (plain_key(key), id.to_string())).collect();
+                }
+                Err(error) => view.error = Some(error),
+            }
+        }
+        Ok(Some(view))
+    }
+
+    /// The DAG below `from` (the heads when `None`) as Graphviz DOT, `depth` levels down and at
+    /// most `nodes_max` blocks; heads are drawn filled, pruned blocks dashed. `None` when there
+    /// is no such topic.
+    pub fn dot(
+        &self,
+        name: &str,
+        from: Option<Cid>,
+        depth: usize,
+        nodes_max: usize,
+    ) -> Result<Option<String>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
+        let heads: BTreeSet<Cid> = self.heads_of(id)?.into_iter().map(|h| h.cid).collect();
+        let mut level: Vec<Cid> = match from {
+            Some(cid) => vec![cid],
+            None => heads.iter().copied().collect(),
+        };
+        let mut seen: BTreeSet<Cid> = level.iter().copied().collect();
+        let mut out = format!("digraph \"{name}\" {{\n  rankdir=BT;\n  node [shape=box, fontname=monospace];\n");
+        for _ in 0..=depth {
+            if level.is_empty() {
+                break;
+            }
+            let metas = self.blocks.metas(id, &level)?;
+            let mut next = Vec::new();
+            for (cid, meta) in level.iter().zip(metas) {
+                let text = cid.to_string();
+                let label = format!("{}…{}", &text[..12.min(text.len())], &text[text.len().saturating_sub(6)..]);
+                let Some(meta) = meta else {
+                    out.push_str(&format!("  \"{text}\" [label=\"{label}\\nnot applied\", style=dotted];\n"));
+                    continue;
+                };
+                let style = match (heads.contains(cid), meta.pruned) {
+                    (true, _) => ", style=filled, fillcolor=lightblue",
+                    (false, true) => ", style=dashed",
+                    _ => "",
+                };
+                out.push_str(&format!("  \"{text}\" [label=\"{label}\\nheight {}\"{style}];\n", meta.height));
+                for parent in &meta.links {
+                    out.push_str(&format!("  \"{text}\" -> \"{parent}\";\n"));
+                    if seen.len() < nodes_max && seen.insert(*parent) {
+                        next.push(*parent);
+                    }
+                }
+            }
+            level = next;
+        }
+        out.push_str("}\n");
+        Ok(Some(out))
+    }
+
+    /// Writes a consistent copy of the database to `out` (a RocksDB checkpoint: table files
+    /// are hard-linked when `out` is on the same file system).
+    pub fn checkpoint(&self, out: &Path) -> Result<(), StorageError> {
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)?;
+        checkpoint.create_checkpoint(out)?;
+        Ok(())
     }
 
     /// Checks the named topics (every topic when `names` is empty) and the checksums of every
@@ -450,6 +615,14 @@ fn live_elements(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, BTreeSet<Ci
 
 fn problem(topic: &str, subject: &str, what: &str) -> Problem {
     Problem { topic: topic.to_string(), subject: subject.to_string(), what: what.to_string() }
+}
+
+/// A key for a reader: its text, or `0x…` when it is not UTF-8.
+fn plain_key(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!("0x{}", hex(key)),
+    }
 }
 
 fn key_text(key: &[u8]) -> String {

@@ -125,6 +125,10 @@ pub fn router(node: Node) -> Router {
         .route("/v1/admin/topics", get(admin_topics))
         .route("/v1/admin/topics/{topic}/heads", get(admin_heads))
         .route("/v1/admin/verify", post(admin_verify))
+        .route("/v1/admin/topics/{topic}/dag", get(admin_dag))
+        .route("/v1/admin/topics/{topic}/blocks/{cid}", get(admin_block))
+        .route("/v1/admin/topics/{topic}/dot", get(admin_dot))
+        .route("/v1/admin/backup", post(admin_backup))
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
@@ -515,6 +519,102 @@ async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiResult<Json<V
             serde_json::to_value(report)
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
         ))
+    })
+    .await
+}
+
+fn inspector(node: &Node) -> ApiResult<canopy_crdt::inspect::Inspector> {
+    node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn no_topic(topic: &str) -> ApiError {
+    ApiError::not_found(format!("no topic {topic} in this node's store"))
+}
+
+async fn admin_dag(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    blocking(move || {
+        let stats = inspector(&node)?.dag_stats(&topic).map_err(storage_error)?.ok_or_else(|| no_topic(&topic))?;
+        Ok(Json(json!(stats)))
+    })
+    .await
+}
+
+async fn admin_block(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, cid)) = path?;
+    let cid: canopy_crdt::Cid = cid.parse().map_err(|e| ApiError::bad_request(format!("{cid:?} is not a CID: {e}")))?;
+    blocking(move || {
+        let view = inspector(&node)?
+            .block(&topic, &cid)
+            .map_err(storage_error)?
+            .ok_or_else(|| ApiError::not_found(format!("topic {topic} has no block {cid}")))?;
+        Ok(Json(json!(view)))
+    })
+    .await
+}
+
+async fn admin_dot(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let Path(topic) = path?;
+    let query = parse_query(query.as_deref())?;
+    let from = match query.get("from") {
+        Some(text) => Some(
+            text.parse::<canopy_crdt::Cid>()
+                .map_err(|e| ApiError::bad_request(format!("from {text:?} is not a CID: {e}")))?,
+        ),
+        None => None,
+    };
+    let depth = match query.get("depth") {
+        Some(text) => {
+            text.parse::<usize>().map_err(|_| ApiError::bad_request(format!("depth {text:?} is not a number")))?
+        }
+        None => 16,
+    };
+    blocking(move || {
+        let dot = inspector(&node)?
+            .dot(&topic, from, depth.min(DOT_DEPTH_MAX), DOT_NODES_MAX)
+            .map_err(storage_error)?
+            .ok_or_else(|| no_topic(&topic))?;
+        Ok(([(axum::http::header::CONTENT_TYPE, "text/vnd.graphviz")], dot).into_response())
+    })
+    .await
+}
+
+/// Deepest and largest graph `/dot` draws.
+const DOT_DEPTH_MAX: usize = 1000;
+const DOT_NODES_MAX: usize = 5000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    out: String,
+}
+
+/// A consistent copy of the node's database in `out/db` (a RocksDB checkpoint) with its
+/// subscriptions: a node started on `out` serves the same state (under its own new identity).
+async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
+    let body: BackupBody =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed backup JSON: {e}")))?;
+    blocking(move || {
+        let out = std::path::PathBuf::from(&body.out);
+        if out.join("db").exists() {
+            return Err(ApiError::bad_request(format!("{} already holds a database", out.display())));
+        }
+        std::fs::create_dir_all(&out)
+            .map_err(|e| ApiError::bad_request(format!("cannot create {}: {e}", out.display())))?;
+        inspector(&node)?.checkpoint(&out.join("db")).map_err(storage_error)?;
+        let subscriptions = node.inner().config.data_dir.join("subscriptions");
+        if subscriptions.exists() {
+            std::fs::copy(&subscriptions, out.join("subscriptions"))
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("copying subscriptions: {e}")))?;
+        }
+        Ok(Json(json!({ "out": out.display().to_string() })))
     })
     .await
 }

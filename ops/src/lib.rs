@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use canopy_crdt::inspect::{FamilyStats, Inspector, TopicStats, Verification};
+use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, Inspector, TopicStats, Verification};
 use canopy_crdt::{Head, Store, StoreOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -223,6 +223,92 @@ pub fn verify(target: &Target, topics: &[String]) -> anyhow::Result<Verification
     }
 }
 
+/// The shape of a topic's DAG.
+pub fn dag_stat(target: &Target, topic: &str) -> anyhow::Result<DagStats> {
+    match target {
+        Target::Offline(dir) => inspector(dir)?.dag_stats(topic)?.with_context(|| format!("no topic {topic}")),
+        Target::Online(url) => {
+            Ok(serde_json::from_value(Api::new(url)?.get(&format!("/v1/admin/topics/{}/dag", segment(topic)))?)?)
+        }
+    }
+}
+
+/// One block, decoded.
+pub fn dag_show(target: &Target, topic: &str, cid: &str) -> anyhow::Result<BlockView> {
+    match target {
+        Target::Offline(dir) => {
+            let parsed = cid.parse().with_context(|| format!("{cid:?} is not a CID"))?;
+            inspector(dir)?.block(topic, &parsed)?.with_context(|| format!("topic {topic} has no block {cid}"))
+        }
+        Target::Online(url) => Ok(serde_json::from_value(
+            Api::new(url)?.get(&format!("/v1/admin/topics/{}/blocks/{cid}", segment(topic)))?,
+        )?),
+    }
+}
+
+/// The DAG below `from` (the heads by default) as Graphviz DOT, `depth` levels down.
+pub fn dag_dot(target: &Target, topic: &str, from: Option<&str>, depth: usize) -> anyhow::Result<String> {
+    match target {
+        Target::Offline(dir) => {
+            let from = from.map(|text| text.parse().with_context(|| format!("{text:?} is not a CID"))).transpose()?;
+            inspector(dir)?.dot(topic, from, depth, 5000)?.with_context(|| format!("no topic {topic}"))
+        }
+        Target::Online(url) => {
+            let api = Api::new(url)?;
+            let mut request = api
+                .http
+                .get(format!("{}/v1/admin/topics/{}/dot", api.base, segment(topic)))
+                .query(&[("depth", depth.to_string())]);
+            if let Some(from) = from {
+                request = request.query(&[("from", from)]);
+            }
+            let response = request.send().with_context(|| format!("cannot reach the node at {}", api.base))?;
+            let status = response.status();
+            let text = response.text()?;
+            if !status.is_success() {
+                bail!("{} answered {status}: {text}", api.base);
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// A consistent copy of a node's data in `out`: `out/db` (a RocksDB checkpoint) and its
+/// subscriptions. A node started with `--data-dir out` serves the same state under a new
+/// identity (the identity key is not copied: two nodes must not share one).
+pub fn backup(target: &Target, out: &Path) -> anyhow::Result<()> {
+    match target {
+        Target::Offline(dir) => {
+            anyhow::ensure!(!out.join("db").exists(), "{} already holds a database", out.display());
+            let store = open_store(dir)?;
+            std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+            store.inspector()?.checkpoint(&out.join("db"))?;
+            let subscriptions = dir.join("subscriptions");
+            if subscriptions.exists() {
+                std::fs::copy(&subscriptions, out.join("subscriptions"))?;
+            }
+            Ok(())
+        }
+        Target::Online(url) => {
+            let out = std::path::absolute(out)?;
+            Api::new(url)?.post("/v1/admin/backup", json!({ "out": out.display().to_string() }))?;
+            Ok(())
+        }
+    }
+}
+
+/// Opens a stopped node's store for writing; a running node's is refused with a hint.
+fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    Store::open(database(dir), StoreOptions::default()).map_err(|error| {
+        let text = error.to_string();
+        if text.contains("lock") {
+            anyhow::anyhow!("{} is in use by a running node; go through it with --api URL ({text})", dir.display())
+        } else {
+            anyhow::anyhow!("cannot open {}: {text}", dir.display())
+        }
+    })
+}
+
 /// What compacting one topic did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Compacted {
@@ -245,18 +331,7 @@ pub struct Compacted {
 pub fn compact(target: &Target, topics: &[String]) -> anyhow::Result<Vec<Compacted>> {
     match target {
         Target::Offline(dir) => {
-            let path = database(dir);
-            let store = Store::open(&path, StoreOptions::default()).map_err(|error| {
-                let text = error.to_string();
-                if text.contains("lock") {
-                    anyhow::anyhow!(
-                        "{} is in use by a running node; compact through it with --api URL ({text})",
-                        dir.display()
-                    )
-                } else {
-                    anyhow::anyhow!("cannot open {}: {text}", dir.display())
-                }
-            })?;
+            let store = open_store(dir)?;
             let names = if topics.is_empty() { store.topic_names() } else { topics.to_vec() };
             let mut out = Vec::new();
             for name in names {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use canopy_ops::{Target, compact, compare_heads, status, topics, verify};
+use canopy_ops::{Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, status, topics, verify};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
 use serde::Serialize;
@@ -67,10 +67,53 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
+    /// Look at a topic's DAG.
+    Dag {
+        #[command(subcommand)]
+        command: DagCommand,
+    },
+    /// A consistent copy of the node's data (database checkpoint and subscriptions) in OUT; a
+    /// node started with `--data-dir OUT` serves the same state.
+    Backup {
+        /// Where the copy goes; must not hold a database yet.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        at: Where,
+    },
     /// Snapshot and prune the history of topics [default: all], then compact their ranges.
     Compact {
         /// Topics to compact [default: all].
         topics: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+}
+
+#[derive(Subcommand)]
+enum DagCommand {
+    /// Blocks kept and pruned, heights, links, bytes.
+    Stat {
+        topic: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// One block decoded: height, links, the keys it adds (with value sizes) and removes.
+    Show {
+        topic: String,
+        cid: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// The DAG below the heads (or --from CID) as Graphviz DOT, heads filled, pruned dashed.
+    Dot {
+        topic: String,
+        /// Start here instead of at the heads.
+        #[arg(long)]
+        from: Option<String>,
+        /// Levels to draw below the start.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
         #[command(flatten)]
         at: Where,
     },
@@ -221,6 +264,75 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Dag { command } => match command {
+            DagCommand::Stat { topic, at } => {
+                let stats = dag_stat(&at.target()?, &topic)?;
+                if at.json {
+                    print_json(&stats)?;
+                } else {
+                    let mut table = Table::new();
+                    table.set_header(["figure", "value"]);
+                    for (name, value) in [
+                        ("blocks kept", stats.blocks_kept.to_string()),
+                        ("blocks pruned", stats.blocks_pruned.to_string()),
+                        ("heads", stats.heads.to_string()),
+                        ("heights", format!("{} to {}", stats.min_height, stats.max_height)),
+                        ("stored bytes", bytes(stats.block_bytes)),
+                        ("largest block", bytes(stats.largest_block_bytes)),
+                        ("links", stats.links.to_string()),
+                        ("most links of a block", stats.max_links.to_string()),
+                        ("roots kept", stats.roots.to_string()),
+                    ] {
+                        table.add_row([name.to_string(), value]);
+                    }
+                    println!("{table}");
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            DagCommand::Show { topic, cid, at } => {
+                let view = dag_show(&at.target()?, &topic, &cid)?;
+                if at.json {
+                    print_json(&view)?;
+                } else {
+                    println!("block {}", view.cid);
+                    println!(
+                        "height {}{}",
+                        view.height,
+                        if view.pruned { " (pruned: a snapshot covers it)" } else { "" }
+                    );
+                    if let Some(size) = view.bytes {
+                        println!("bytes {size}");
+                    }
+                    for link in &view.links {
+                        println!("link {link}");
+                    }
+                    for (key, size) in &view.adds {
+                        println!("add {key} ({size} bytes)");
+                    }
+                    for (key, id) in &view.removes {
+                        println!("remove {key} element {id}");
+                    }
+                    if let Some(error) = &view.error {
+                        println!("payload does not decode: {error}");
+                    }
+                }
+                Ok(if view.error.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            }
+            DagCommand::Dot { topic, from, depth, at } => {
+                print!("{}", dag_dot(&at.target()?, &topic, from.as_deref(), depth)?);
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+        Command::Backup { out, at } => {
+            let target = at.target()?;
+            backup(&target, &out)?;
+            if at.json {
+                print_json(&serde_json::json!({ "out": out.display().to_string() }))?;
+            } else {
+                println!("backed up {} to {}", target.label(), out.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compact { topics, at } => {
             let done = compact(&at.target()?, &topics)?;

@@ -62,6 +62,31 @@ fn a_healthy_stopped_data_dir_verifies_and_lists_its_topics() {
     assert!(status.status.success());
     assert!(String::from_utf8_lossy(&status.stdout).contains("1 topics, 299 keys"));
 
+    // The DAG: its shape, one block decoded, and a drawing of it.
+    let stat = json(&ops(&["dag", "stat", "t", "--data-dir", data, "--json"]));
+    assert_eq!(
+        (stat["blocks_kept"].as_u64(), stat["max_height"].as_u64(), stat["roots"].as_u64()),
+        (Some(5), Some(5), Some(1))
+    );
+    let head = json(&ops(&["heads", "t", "--data-dir", data, "--json"]))["nodes"][0]["heads"][0]["cid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = json(&ops(&["dag", "show", "t", &head, "--data-dir", data, "--json"]));
+    assert_eq!(shown["height"], 5);
+    assert_eq!(shown["removes"][0][0], "key-0-001", "the delete tombstones the key's element");
+    let dot = ops(&["dag", "dot", "t", "--data-dir", data, "--depth", "2"]);
+    let dot = String::from_utf8_lossy(&dot.stdout);
+    assert!(dot.starts_with("digraph") && dot.contains("style=filled") && dot.matches("->").count() == 3, "{dot}");
+
+    // A backup is a data directory with the same state.
+    let copy = dir.path().join("copy");
+    assert!(ops(&["backup", "--out", copy.to_str().unwrap(), "--data-dir", data]).status.success());
+    let restored = Store::open(copy.join("db"), StoreOptions::default()).unwrap();
+    assert_eq!(restored.topic("t").unwrap().key_count(), 299);
+    drop(restored);
+    assert_eq!(ops(&["backup", "--out", copy.to_str().unwrap(), "--data-dir", data]).status.code(), Some(2));
+
     // Offline compaction, then the same checks pass on the compacted topic.
     let compacted = json(&ops(&["compact", "--data-dir", data, "--json"]));
     assert_eq!(compacted[0]["pruned_blocks"], 5);
@@ -227,6 +252,13 @@ fn heads_across_three_nodes_disagree_while_one_is_stopped_and_agree_after_it_rej
     assert_eq!(ops(&["verify", "--api", &api]).status.code(), Some(0));
     let compacted = json(&ops(&["compact", "t", "--api", &api, "--json"]));
     assert!(compacted[0]["snapshot"].is_string());
+    let stat = json(&ops(&["dag", "stat", "t", "--api", &api, "--json"]));
+    assert_eq!(stat["blocks_pruned"], 2);
+    let copy = dir.path().join("online-copy");
+    assert!(ops(&["backup", "--out", copy.to_str().unwrap(), "--api", &api]).status.success());
+    let restored = Store::open(copy.join("db"), StoreOptions::default()).unwrap();
+    assert_eq!(restored.topic("t").unwrap().key_count(), 2);
+    drop(restored);
     // A writing command on a running node's directory is refused, naming --api.
     let refused = ops(&["compact", "--data-dir", nodes[1].data_dir.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(2));
