@@ -13,6 +13,7 @@ mod error;
 mod inner;
 pub mod inspect;
 mod options;
+pub mod repair;
 mod row;
 mod schema;
 pub mod sim;

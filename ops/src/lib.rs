@@ -309,6 +309,25 @@ fn open_store(dir: &Path) -> anyhow::Result<Store> {
     })
 }
 
+/// Rebuilds a stopped node's topic: blocks that fail their check go (with what is above them,
+/// so sync fetches them again), then rows, key count, pending removes and heads are rebuilt from
+/// the blocks and the cover snapshot.
+pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repair::Repair> {
+    match target {
+        Target::Offline(dir) => canopy_crdt::repair::repair(database(dir), topic).map_err(|error| {
+            let text = error.to_string();
+            if text.contains("lock") {
+                anyhow::anyhow!("{} is in use by a running node: stop it, then repair ({text})", dir.display())
+            } else {
+                anyhow::anyhow!("cannot repair {topic} in {}: {text}", dir.display())
+            }
+        }),
+        Target::Online(url) => {
+            bail!("repair rewrites a topic's state, so the node must be stopped: stop {url} and give its --data-dir")
+        }
+    }
+}
+
 /// What compacting one topic did.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Compacted {

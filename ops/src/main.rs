@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use canopy_ops::{Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, status, topics, verify};
+use canopy_ops::{Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, repair, status, topics, verify};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
 use serde::Serialize;
@@ -64,6 +64,13 @@ enum Command {
     Verify {
         /// Topics to check [default: all].
         topics: Vec<String>,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Rebuild a stopped node's topic: remove blocks that fail their hash (and what is above
+    /// them: peers send them again), rebuild rows, key count and heads. Prints what changed.
+    Repair {
+        topic: String,
         #[command(flatten)]
         at: Where,
     },
@@ -324,6 +331,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Repair { topic, at } => {
+            let done = repair(&at.target()?, &topic)?;
+            if at.json {
+                print_json(&done)?;
+            } else {
+                for cid in &done.removed_blocks {
+                    println!("removed block {cid} (failed its check, or above one that did): peers send it again");
+                }
+                for key in &done.rows_fixed {
+                    println!("rebuilt row {key:?}");
+                }
+                if let Some((before, after)) = done.key_count {
+                    println!("key count {before} -> {after}");
+                }
+                if done.heads_changed {
+                    println!("heads rebuilt");
+                }
+                if let Some(reason) = &done.rows_not_rebuilt {
+                    println!("rows not rebuilt: {reason}");
+                }
+                let changes = done.removed_blocks.len() + done.rows_fixed.len();
+                println!("{}: {changes} changes", done.topic);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Backup { out, at } => {
             let target = at.target()?;
             backup(&target, &out)?;

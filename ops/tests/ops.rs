@@ -278,3 +278,59 @@ fn usage_errors_exit_2_with_a_message() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("no canopy database"));
 }
+
+#[test]
+fn repair_rebuilds_a_row_and_the_node_fetches_the_removed_block_again() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = start(&runtime, dir.path().join("a"), vec![]);
+    let mut copy = start(&runtime, dir.path().join("b"), vec![source.address()]);
+    let topic = source.node.as_ref().unwrap().subscribe("t").unwrap();
+    for b in 0..3 {
+        let mut batch = Batch::new();
+        for i in 0..50 {
+            batch.put(format!("key-{b}-{i:02}"), format!("value-{i}"));
+        }
+        topic.batch(batch).unwrap();
+    }
+    let replica = copy.node.as_ref().unwrap().subscribe("t").unwrap();
+    wait_until("the copy holds every key", || replica.key_count() == 150);
+    drop(replica);
+    copy.stop(&runtime);
+
+    // Damage the stopped copy: one block's bytes and one row.
+    let damaged_block = {
+        let db = raw(&copy.data_dir);
+        let blocks = db.cf_handle("blocks").unwrap();
+        let (key, mut value) = db.iterator_cf(blocks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        let last = value.len() - 1;
+        value[last] ^= 0x40;
+        db.put_cf(blocks, &key, &value).unwrap();
+        let kv = db.cf_handle("kv").unwrap();
+        let (row_key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+        let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        db.put_cf(kv, &row_key, &other).unwrap();
+        canopy_crdt::Cid::try_from(&key[4..]).unwrap().to_string()
+    };
+    let data = copy.data_dir.to_str().unwrap().to_string();
+    assert_eq!(ops(&["verify", "--data-dir", &data]).status.code(), Some(1));
+    let repaired = ops(&["repair", "t", "--data-dir", &data, "--json"]);
+    assert!(repaired.status.success(), "{}", String::from_utf8_lossy(&repaired.stderr));
+    let report = json(&repaired);
+    assert!(report["removed_blocks"].as_array().unwrap().iter().any(|c| c == &damaged_block.as_str()), "{report}");
+    assert!(!report["rows_fixed"].as_array().unwrap().is_empty(), "{report}");
+    assert_eq!(ops(&["verify", "--data-dir", &data]).status.code(), Some(0), "the repaired copy verifies");
+    let again = json(&ops(&["repair", "t", "--data-dir", &data, "--json"]));
+    assert!(
+        again["removed_blocks"].as_array().unwrap().is_empty() && again["rows_fixed"].as_array().unwrap().is_empty()
+    );
+
+    // Started again, the copy fetches what repair removed from its peer.
+    let copy = start(&runtime, dir.path().join("b"), vec![source.address()]);
+    let replica = copy.node.as_ref().unwrap().subscribe("t").unwrap();
+    wait_until("the copy fetched the removed blocks again", || {
+        replica.key_count() == 150 && replica.heads() == topic.heads()
+    });
+    assert_eq!(replica.get(b"key-2-49").unwrap(), Some(b"value-49".to_vec()));
+    assert_eq!(ops(&["verify", "--api", &copy.api]).status.code(), Some(0));
+}
