@@ -406,6 +406,63 @@ impl Inspector {
         Ok(Some(out))
     }
 
+    /// What an export of `name` starts from: the cover snapshots' manifests (when its history is
+    /// compacted) and its heads. `None` when there is no such topic.
+    pub fn export_roots(&self, name: &str) -> Result<Option<Vec<Cid>>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
+        let mut roots = match self.db.get_cf(self.cf(CF_META), meta_key(META_COVER, id))? {
+            Some(bytes) => decode_cids(&bytes)?,
+            None => Vec::new(),
+        };
+        roots.extend(self.heads_of(id)?.into_iter().map(|h| h.cid));
+        Ok(Some(roots))
+    }
+
+    /// Hands every part of `name`'s data to `sink`, in an order that imports: the cover
+    /// snapshots' parts (manifest first), then every stored block, parents before children.
+    /// Fails when a cover snapshot's parts were released (compact first).
+    pub fn export(
+        &self,
+        name: &str,
+        sink: &mut dyn FnMut(Cid, Vec<u8>) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let id = self.id_of(name)?.ok_or_else(|| StorageError::Corrupt(format!("no topic {name}")))?;
+        if let Some(bytes) = self.db.get_cf(self.cf(CF_META), meta_key(META_COVER, id))? {
+            for manifest_cid in decode_cids(&bytes)? {
+                let part = |cid: &Cid| -> Result<Vec<u8>, StorageError> {
+                    self.db.get_cf(self.cf(CF_SNAPSHOTS), id.key(&cid.to_bytes()))?.ok_or_else(|| {
+                        StorageError::Corrupt(format!(
+                            "snapshot part {cid} was released; compact the topic again, then export"
+                        ))
+                    })
+                };
+                let manifest_bytes = part(&manifest_cid)?;
+                let manifest = crate::snapshot::Manifest::decode(&manifest_cid, &manifest_bytes)
+                    .map_err(|e| StorageError::Corrupt(format!("stored manifest: {e}")))?;
+                sink(manifest_cid, manifest_bytes)?;
+                for chunk in &manifest.chunks {
+                    sink(*chunk, part(chunk)?)?;
+                }
+            }
+        }
+        let mut order: Vec<(Height, Cid)> = Vec::new();
+        for item in self.blocks.iter_index(id) {
+            let (cid, meta) = item?;
+            if !meta.pruned {
+                order.push((meta.height, cid));
+            }
+        }
+        order.sort_unstable();
+        for (_, cid) in order {
+            let bytes = self
+                .blocks
+                .get(id, &cid)?
+                .ok_or_else(|| StorageError::Corrupt(format!("block {cid} has no payload")))?;
+            sink(cid, bytes)?;
+        }
+        Ok(())
+    }
+
     /// Writes a consistent copy of the database to `out` (a RocksDB checkpoint: table files
     /// are hard-linked when `out` is on the same file system).
     pub fn checkpoint(&self, out: &Path) -> Result<(), StorageError> {

@@ -25,6 +25,11 @@ mod types;
 mod writer;
 
 pub use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, TopicId, Walk, WalkLimits};
+
+/// Hash-checks and decodes received blocks in parallel under the protocol's limits.
+pub fn validate_blocks(items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Block, canopy_dag::BlockError>> {
+    canopy_dag::validate_batch(items, &BlockLimits::PROTOCOL)
+}
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
 pub use options::StoreOptions;

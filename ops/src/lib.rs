@@ -32,10 +32,10 @@ impl Target {
     }
 }
 
-/// The database directory of a data directory: `DIR/db` when it exists, else `DIR` itself.
+/// The database directory of a data directory: `DIR/db`, unless `DIR` itself holds the
+/// database (given directly).
 fn database(dir: &Path) -> PathBuf {
-    let inner = dir.join("db");
-    if inner.join("CURRENT").exists() { inner } else { dir.to_path_buf() }
+    if dir.join("CURRENT").exists() { dir.to_path_buf() } else { dir.join("db") }
 }
 
 fn inspector(dir: &Path) -> anyhow::Result<Inspector> {
@@ -326,6 +326,164 @@ pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repai
             bail!("repair rewrites a topic's state, so the node must be stopped: stop {url} and give its --data-dir")
         }
     }
+}
+
+/// What an export wrote.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Exported {
+    /// The topic.
+    pub topic: String,
+    /// The CAR file.
+    pub out: String,
+    /// Its roots: the cover snapshots' manifests, then the heads.
+    pub roots: Vec<String>,
+    /// Blocks and snapshot parts written.
+    pub blocks: u64,
+    /// Bytes of the file.
+    pub bytes: u64,
+}
+
+/// Writes `topic` as a CARv1 file: roots are its cover snapshots' manifests (compacted
+/// history) and its heads; the snapshot parts come first, then every stored block, parents
+/// first. Offline only (a running node's directory can be read: export is read-only).
+pub fn export(target: &Target, topic: &str, out: &Path) -> anyhow::Result<Exported> {
+    let Target::Offline(dir) = target else {
+        bail!("export reads the data directory: give --data-dir (it works beside a running node)");
+    };
+    let inspector = inspector(dir)?;
+    let roots = inspector.export_roots(topic)?.with_context(|| format!("no topic {topic} in {}", dir.display()))?;
+    anyhow::ensure!(!roots.is_empty(), "topic {topic} has no history to export");
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    // The file is built in memory, then written: an export is bounded by the topic's size.
+    let mut writer = iroh_car::CarWriter::new(iroh_car::CarHeader::new_v1(roots.clone()), Vec::new());
+    let mut blocks = 0u64;
+    let mut failure: Option<anyhow::Error> = None;
+    let car = runtime.block_on(async {
+        let mut items = Vec::new();
+        inspector.export(topic, &mut |cid, bytes| {
+            items.push((cid, bytes));
+            Ok(())
+        })?;
+        for (cid, bytes) in items {
+            if let Err(error) = writer.write(cid, bytes).await {
+                failure = Some(error.into());
+                break;
+            }
+            blocks += 1;
+        }
+        anyhow::Ok(writer.finish().await?)
+    })?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
+    std::fs::write(out, car).with_context(|| format!("cannot write {}", out.display()))?;
+    Ok(Exported {
+        topic: topic.to_string(),
+        out: out.display().to_string(),
+        roots: roots.iter().map(ToString::to_string).collect(),
+        blocks,
+        bytes: std::fs::metadata(out)?.len(),
+    })
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Imported {
+    /// The topic written.
+    pub topic: String,
+    /// Snapshots merged.
+    pub snapshots: u64,
+    /// Blocks applied.
+    pub applied: u64,
+    /// Blocks that were applied already.
+    pub duplicates: u64,
+    /// Blocks refused (bad hash, not a canopy block, height or parents wrong).
+    pub rejected: Vec<String>,
+    /// Keys of the topic afterwards.
+    pub keys: u64,
+}
+
+/// Reads a CARv1 file into a stopped node's topic: snapshot manifests among the roots are
+/// merged with their chunks, every block is checked and applied as a received block is.
+/// Importing twice changes nothing the second time.
+pub fn import(target: &Target, file: &Path, topic: Option<&str>) -> anyhow::Result<Imported> {
+    let Target::Offline(dir) = target else {
+        bail!("import writes a node's state: stop the node and give its --data-dir");
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let (roots, items) = runtime.block_on(async {
+        let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
+        let mut reader = iroh_car::CarReader::new(bytes.as_slice())
+            .await
+            .with_context(|| format!("{} is not a CARv1 file", file_name(file)))?;
+        let roots = reader.header().roots().to_vec();
+        let mut items = Vec::new();
+        while let Some(item) = reader.next_block().await.context("the CAR file is damaged")? {
+            items.push(item);
+        }
+        anyhow::Ok((roots, items))
+    })?;
+    // Snapshot manifests among the roots name the topic when none is given.
+    let parts: std::collections::HashMap<canopy_crdt::Cid, Vec<u8>> = items.iter().cloned().collect();
+    let manifests: Vec<(canopy_crdt::Cid, canopy_crdt::snapshot::Manifest)> = roots
+        .iter()
+        .filter_map(|root| {
+            let bytes = parts.get(root)?;
+            canopy_crdt::snapshot::Manifest::decode(root, bytes).ok().map(|m| (*root, m))
+        })
+        .collect();
+    let name = match (topic, manifests.first()) {
+        (Some(name), _) => name.to_string(),
+        (None, Some((_, manifest))) => manifest.topic.clone(),
+        (None, None) => bail!("the file names no topic: give --topic NAME"),
+    };
+    let store = open_store(dir)?;
+    let handle = store.topic(&name)?;
+    let mut report = Imported { topic: name.clone(), ..Imported::default() };
+    let mut snapshot_parts: std::collections::HashSet<canopy_crdt::Cid> = std::collections::HashSet::new();
+    for (cid, manifest) in &manifests {
+        anyhow::ensure!(manifest.topic == name, "the file holds a snapshot of topic {}, not {name}", manifest.topic);
+        let mut staged = vec![(*cid, parts[cid].clone())];
+        snapshot_parts.insert(*cid);
+        for chunk in &manifest.chunks {
+            let bytes = parts.get(chunk).with_context(|| format!("snapshot chunk {chunk} is not in the file"))?;
+            staged.push((*chunk, bytes.clone()));
+            snapshot_parts.insert(*chunk);
+        }
+        let checked: Vec<(canopy_crdt::Cid, Vec<u8>)> =
+            canopy_crdt::snapshot::validate_parts(staged).into_iter().collect::<Result<_, _>>()?;
+        handle.stage_snapshot_parts(&checked)?;
+        if !handle.merge_snapshot(*cid)?.already_had {
+            report.snapshots += 1;
+        }
+    }
+    let blocks: Vec<(canopy_crdt::Cid, Vec<u8>)> =
+        items.into_iter().filter(|(cid, _)| !snapshot_parts.contains(cid)).collect();
+    let mut valid = Vec::new();
+    for (cid, result) in blocks.iter().map(|(cid, _)| *cid).zip(canopy_dag_validate(blocks.clone())) {
+        match result {
+            Ok(block) => valid.push(block),
+            Err(error) => report.rejected.push(format!("{cid}: {error}")),
+        }
+    }
+    let outcome = handle.ingest(valid)?;
+    report.applied = outcome.applied as u64;
+    report.duplicates = outcome.duplicates.len() as u64;
+    report.rejected.extend(outcome.rejected.iter().map(|(cid, why)| format!("{cid}: {why}")));
+    if outcome.pending > 0 {
+        report.rejected.push(format!("{} blocks wait for parents the file does not hold", outcome.pending));
+    }
+    report.keys = handle.key_count();
+    Ok(report)
+}
+
+fn file_name(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Hash-checks and decodes blocks on the rayon pool, as received blocks are.
+fn canopy_dag_validate(items: Vec<(canopy_crdt::Cid, Vec<u8>)>) -> Vec<Result<canopy_crdt::Block, String>> {
+    canopy_crdt::validate_blocks(items).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
 }
 
 /// What compacting one topic did.

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use canopy_ops::{Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, repair, status, topics, verify};
+use canopy_ops::{
+    Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, export, import, repair, status, topics, verify,
+};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
 use serde::Serialize;
@@ -71,6 +73,24 @@ enum Command {
     /// them: peers send them again), rebuild rows, key count and heads. Prints what changed.
     Repair {
         topic: String,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Write TOPIC as a CARv1 file (roots: its snapshot manifests and heads).
+    Export {
+        topic: String,
+        /// The CAR file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        at: Where,
+    },
+    /// Read a CARv1 file into a stopped node: snapshots merged, blocks checked and applied.
+    Import {
+        file: PathBuf,
+        /// The topic to import into [default: the topic its snapshot names].
+        #[arg(long)]
+        topic: Option<String>,
         #[command(flatten)]
         at: Where,
     },
@@ -355,6 +375,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}: {changes} changes", done.topic);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { topic, out, at } => {
+            let done = export(&at.target()?, &topic, &out)?;
+            if at.json {
+                print_json(&done)?;
+            } else {
+                println!(
+                    "wrote {} blocks and parts ({}) of {} to {}",
+                    done.blocks,
+                    bytes(done.bytes),
+                    done.topic,
+                    done.out
+                );
+                for root in &done.roots {
+                    println!("root {root}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Import { file, topic, at } => {
+            let done = import(&at.target()?, &file, topic.as_deref())?;
+            if at.json {
+                print_json(&done)?;
+            } else {
+                for rejected in &done.rejected {
+                    println!("rejected {rejected}");
+                }
+                println!(
+                    "{}: {} snapshots merged, {} blocks applied, {} already there, {} rejected; {} keys",
+                    done.topic,
+                    done.snapshots,
+                    done.applied,
+                    done.duplicates,
+                    done.rejected.len(),
+                    done.keys
+                );
+            }
+            Ok(if done.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Backup { out, at } => {
             let target = at.target()?;

@@ -95,10 +95,20 @@ fn a_healthy_stopped_data_dir_verifies_and_lists_its_topics() {
     assert_eq!((topics[0]["blocks_kept"].as_u64(), topics[0]["blocks_pruned"].as_u64()), (Some(0), Some(5)));
 }
 
-/// Opens the database with plain RocksDB, as a careless tool would.
+/// Opens the database with plain RocksDB, as a careless tool would, once a stopped node has let
+/// go of it (its API server may still be finishing).
 fn raw(dir: &Path) -> rocksdb::DB {
     let names = ["blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "meta"];
-    rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.join("db"), names).unwrap()
+    let started = Instant::now();
+    loop {
+        match rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.join("db"), names) {
+            Ok(db) => return db,
+            Err(error) if started.elapsed() < Duration::from_secs(30) && error.to_string().contains("lock") => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(error) => panic!("cannot open {}: {error}", dir.display()),
+        }
+    }
 }
 
 #[test]
@@ -333,4 +343,44 @@ fn repair_rebuilds_a_row_and_the_node_fetches_the_removed_block_again() {
     });
     assert_eq!(replica.get(b"key-2-49").unwrap(), Some(b"value-49".to_vec()));
     assert_eq!(ops(&["verify", "--api", &copy.api]).status.code(), Some(0));
+}
+
+#[test]
+fn export_then_import_into_an_empty_node_gives_the_same_keys_and_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = stopped_data_dir(&dir.path().join("source"));
+    let data = data.to_str().unwrap();
+    let heads = |dir: &str| json(&ops(&["heads", "t", "--data-dir", dir, "--json"]))["nodes"][0]["heads"].clone();
+    let keys = |dir: &str| json(&ops(&["topics", "--data-dir", dir, "--json"]))[0]["keys"].clone();
+    for (round, compacted) in [(0, false), (1, true)] {
+        if compacted {
+            assert!(ops(&["compact", "--data-dir", data]).status.success());
+        }
+        let car = dir.path().join(format!("t-{round}.car"));
+        let exported = json(&ops(&["export", "t", "--out", car.to_str().unwrap(), "--data-dir", data, "--json"]));
+        assert_eq!(exported["roots"].as_array().unwrap().len(), if compacted { 2 } else { 1 }, "{exported}");
+        let target = dir.path().join(format!("empty-{round}"));
+        let target = target.to_str().unwrap();
+        let mut args = vec!["import", car.to_str().unwrap(), "--data-dir", target, "--json"];
+        if !compacted {
+            args.extend(["--topic", "t"]);
+        }
+        let imported = ops(&args);
+        assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+        assert_eq!(json(&imported)["snapshots"], if compacted { 1 } else { 0 });
+        assert_eq!(heads(target), heads(data));
+        assert_eq!(keys(target), keys(data));
+        assert_eq!(ops(&["verify", "--data-dir", target]).status.code(), Some(0));
+        // Twice changes nothing.
+        let again = json(&ops(&args));
+        assert_eq!((again["applied"].as_u64(), again["snapshots"].as_u64()), (Some(0), Some(0)), "{again}");
+    }
+    // A damaged file is refused with a clear message.
+    let car = dir.path().join("t-0.car");
+    let bytes = std::fs::read(&car).unwrap();
+    std::fs::write(&car, &bytes[..bytes.len() / 2]).unwrap();
+    let empty = dir.path().join("empty-damaged");
+    let output = ops(&["import", car.to_str().unwrap(), "--topic", "t", "--data-dir", empty.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("damaged"), "{}", String::from_utf8_lossy(&output.stderr));
 }
