@@ -116,11 +116,9 @@ pub enum Message {
         id: u64,
         /// Blocks the sender lacks.
         want: Vec<Cid>,
-        /// Blocks the sender has: its heads and sampled ancestors.
+        /// Blocks the sender has: its heads, sampled ancestors, and blocks it learnt it has
+        /// (among them the heads of the peer's snapshots it holds).
         have: Vec<Cid>,
-        /// Snapshots the sender made or merged: it holds every block they cover.
-        #[serde(default)]
-        snapshots: Vec<Cid>,
     },
     /// The answer to a `Want`.
     Blocks {
@@ -222,10 +220,9 @@ impl Message {
         };
         match &message {
             Message::Heads { heads, .. } => over("heads", heads.len(), config.heads_max)?,
-            Message::Want { want, have, snapshots, .. } => {
+            Message::Want { want, have, .. } => {
                 over("wanted blocks", want.len(), config.want_max)?;
                 over("had blocks", have.len(), config.have_max)?;
-                over("snapshots", snapshots.len(), KNOWN_SNAPSHOTS_MAX)?;
             }
             Message::Blocks { blocks, frontier, snapshots, .. } => {
                 over("blocks", blocks.len(), config.walk.blocks_max)?;
@@ -656,8 +653,7 @@ impl<P: Clone + Ord> Sync<P> {
             have.sort_unstable();
             fetch.id = id;
             fetch.sent_ms = now_ms;
-            let snapshots = sync.topic.snapshots().known;
-            let message = Message::Want { topic: topic.to_string(), id, want, have, snapshots };
+            let message = Message::Want { topic: topic.to_string(), id, want, have };
             return Ok(Some(Effect::Send { to: peer, message }));
         }
         sync.fetches.remove(&peer);
@@ -707,10 +703,10 @@ impl<P: Clone + Ord> Sync<P> {
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
         if blocks_were_empty && !snapshots.is_empty() {
-            // The peer pruned blocks this replica lacks: get the snapshots that cover them.
-            let known = sync.topic.snapshots().known;
-            let manifests: Vec<Cid> = snapshots.into_iter().filter(|cid| !known.contains(cid)).collect();
-            if !manifests.is_empty() {
+            // The peer pruned blocks this replica lacks: get the snapshots that cover them (or,
+            // for those whose heads this replica holds, learn those heads to name as had).
+            let manifests = snapshots;
+            {
                 fetch.snapshot =
                     Some(SnapshotFetch { manifests, manifest: None, todo: Vec::new(), in_flight: BTreeMap::new() });
                 fetch.idle = 0;
@@ -759,6 +755,7 @@ impl<P: Clone + Ord> Sync<P> {
         id: u64,
         parts: Vec<WireBlock>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
+        let have_max = self.config.have_max;
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
@@ -807,9 +804,17 @@ impl<P: Clone + Ord> Sync<P> {
                         return Ok(self.abandon(topic, &from));
                     }
                 };
-                sync.topic.stage_snapshot_parts(&[(cid, bytes)])?;
-                snapshot.todo = sync.topic.missing_snapshot_parts(&manifest.chunks)?;
-                snapshot.manifest = Some(manifest);
+                let heads: Vec<Cid> = manifest.heads.iter().map(|h| h.cid).collect();
+                if sync.topic.unknown(heads.clone(), heads.len())?.is_empty() {
+                    // Everything it covers is here: nothing to merge, only its heads to name as
+                    // had, so the peer counts its pruned blocks as held.
+                    snapshot.manifests.remove(0);
+                    fetch.learn_had(heads, have_max);
+                } else {
+                    sync.topic.stage_snapshot_parts(&[(cid, bytes)])?;
+                    snapshot.todo = sync.topic.missing_snapshot_parts(&manifest.chunks)?;
+                    snapshot.manifest = Some(manifest);
+                }
             }
             Some(_) => {
                 let got: HashSet<Cid> = valid.iter().map(|(cid, _)| *cid).collect();
@@ -849,9 +854,11 @@ impl<P: Clone + Ord> Sync<P> {
             }
             if snapshot.todo.is_empty() && snapshot.in_flight.is_empty() {
                 let manifest = snapshot.manifests.remove(0);
-                snapshot.manifest = None;
+                let heads: Vec<Cid> =
+                    snapshot.manifest.take().map(|m| m.heads.iter().map(|h| h.cid).collect()).unwrap_or_default();
                 match sync.topic.merge_snapshot(manifest) {
                     Ok(outcome) => {
+                        fetch.learn_had(heads, self.config.have_max);
                         if !outcome.already_had {
                             self.stats.snapshots_merged += 1;
                             effects.extend(self.announce(topic));
@@ -899,9 +906,18 @@ impl<P: Clone + Ord> Sync<P> {
 /// answer with this; other messages get no answer.
 pub fn answer(topic: Option<&Topic>, request: Message, config: &SyncConfig) -> Result<Option<Message>, ReadError> {
     let answer = match (request, topic) {
-        (Message::Want { topic: name, id, want, have, snapshots }, Some(topic)) => {
+        (Message::Want { topic: name, id, want, have }, Some(topic)) => {
+            // The requester holds every pruned block when it holds the heads of every snapshot
+            // that covers them: what it has applied is closed under "parent".
             let cover = topic.snapshots().cover;
-            let pruned_had = cover.iter().all(|cid| snapshots.contains(cid));
+            let had: HashSet<&Cid> = have.iter().collect();
+            let mut pruned_had = true;
+            for manifest in &cover {
+                match topic.snapshot_manifest(manifest)? {
+                    Some(manifest) => pruned_had &= manifest.heads.iter().all(|h| had.contains(&h.cid)),
+                    None => pruned_had = false,
+                }
+            }
             let walk = topic.walk(&want, &have, &config.walk, pruned_had)?;
             let blocks =
                 walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
@@ -910,11 +926,8 @@ pub fn answer(topic: Option<&Topic>, request: Message, config: &SyncConfig) -> R
                 // the peer's next fetch gets.
                 topic.request_compaction();
             }
-            let snapshots = if walk.pruned {
-                cover.into_iter().filter(|cid| !snapshots.contains(cid)).take(KNOWN_SNAPSHOTS_MAX).collect()
-            } else {
-                Vec::new()
-            };
+            let snapshots =
+                if walk.pruned { cover.into_iter().take(KNOWN_SNAPSHOTS_MAX).collect() } else { Vec::new() };
             Message::Blocks { topic: name, id, blocks, more: walk.more, frontier: walk.frontier, snapshots }
         }
         (Message::Want { topic, id, .. }, None) => {

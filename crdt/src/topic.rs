@@ -282,6 +282,18 @@ impl Topic {
         Ok(self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?)
     }
 
+    /// A stored snapshot manifest of this topic, decoded (serving it is not counted as use of
+    /// the parts, see [`Topic::snapshot_parts_idle_ms`]).
+    pub fn snapshot_manifest(&self, cid: &Cid) -> Result<Option<crate::snapshot::Manifest>, ReadError> {
+        let key = self.shared.id.key(&cid.to_bytes());
+        let Some(bytes) = self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)? else {
+            return Ok(None);
+        };
+        let manifest = crate::snapshot::Manifest::decode(cid, &bytes)
+            .map_err(|e| StorageError::Corrupt(format!("stored manifest {cid}: {e}")))?;
+        Ok(Some(manifest))
+    }
+
     /// Whether the parts of the snapshots that cover the pruned blocks are stored; when they
     /// were released, a peer that needs them gets a new snapshot (see
     /// [`Topic::request_compaction`]).

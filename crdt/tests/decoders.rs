@@ -17,14 +17,7 @@ fn sample_messages() -> Vec<Vec<u8>> {
     let block = sample_block();
     vec![
         Message::Heads { topic: "t".into(), heads: vec![Head { cid: block.cid(), height: 2 }] }.encode(),
-        Message::Want {
-            topic: "t".into(),
-            id: 7,
-            want: vec![block.cid()],
-            have: vec![block.links()[0]],
-            snapshots: vec![block.cid()],
-        }
-        .encode(),
+        Message::Want { topic: "t".into(), id: 7, want: vec![block.cid()], have: vec![block.links()[0]] }.encode(),
         Message::Blocks {
             topic: "t".into(),
             id: 7,

@@ -311,3 +311,22 @@ fn a_crash_during_a_merge_is_finished_when_the_topic_loads() {
     }
     assert!(merged > 0, "the child finished at least one merge");
 }
+
+#[test]
+fn a_remove_naming_a_foreign_cid_survives_a_snapshot() {
+    // Any peer may publish a remove naming an element id no canopy block could have (another
+    // codec or hash). Replicas accept such a block, so a snapshot of their state must merge too.
+    let dir = tempfile::tempdir().unwrap();
+    let source = open(&dir.path().join("source")).topic("t").unwrap();
+    let base = source.put("key", "value").unwrap();
+    let foreign: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".parse().unwrap();
+    let delta = canopy_crdt::Delta { adds: vec![], removes: vec![(b"other".to_vec(), foreign)] };
+    let block = Block::build(vec![base.cid], base.height + 1, delta.encode()).unwrap();
+    assert_eq!(source.ingest(vec![block]).unwrap().applied, 1);
+    let snapshot = source.compact().unwrap().snapshot.unwrap();
+    let fresh = open(&dir.path().join("fresh")).topic("t").unwrap();
+    copy_snapshot(&source, &fresh, snapshot);
+    fresh.merge_snapshot(snapshot).unwrap();
+    assert_eq!(fresh.heads(), source.heads());
+    assert_eq!(contents(&fresh), contents(&source));
+}
