@@ -21,17 +21,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use canopy_dag::{Cid, WalkLimits, validate_batch};
-use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use canopy_dag::{BlockLimits, Cid, WalkLimits, validate_batch};
 
 use crate::error::{IngestError, MergeError, ReadError, TopicError};
-use crate::schema::validate_topic_name;
 use crate::snapshot::{Manifest, validate_parts};
 use crate::store::Store;
 use crate::topic::Topic;
-use crate::types::{Head, KNOWN_SNAPSHOTS_MAX};
-use canopy_dag::BlockLimits;
+use crate::types::Head;
+
+mod answer;
+mod message;
+
+pub use answer::answer;
+pub use message::{Message, MessageError, PARTS_PER_REQUEST_MAX, WireBlock};
 
 /// Bounds and timings of the sync protocol.
 #[derive(Clone, Debug)]
@@ -85,154 +87,6 @@ impl Default for SyncConfig {
             fetch_cids_max: 65_536,
             seed: 0,
         }
-    }
-}
-
-/// A block as carried in a message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireBlock {
-    /// The CID the bytes must hash to.
-    pub cid: Cid,
-    /// The encoded block.
-    pub bytes: ByteBuf,
-}
-
-/// A sync protocol message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum Message {
-    /// "These are my heads of `topic`."
-    Heads {
-        /// Topic name.
-        topic: String,
-        /// The sender's heads.
-        heads: Vec<Head>,
-    },
-    /// "Send me the lowest blocks below `want` that are not below `have`."
-    Want {
-        /// Topic name.
-        topic: String,
-        /// The request's number, echoed by the answer.
-        id: u64,
-        /// Blocks the sender lacks.
-        want: Vec<Cid>,
-        /// Blocks the sender has: its heads, sampled ancestors, and blocks it learnt it has
-        /// (among them the heads of the peer's snapshots it holds).
-        have: Vec<Cid>,
-    },
-    /// The answer to a `Want`.
-    Blocks {
-        /// Topic name.
-        topic: String,
-        /// The number of the request this answers.
-        id: u64,
-        /// The lowest missing blocks, parents before children.
-        blocks: Vec<WireBlock>,
-        /// True when more missing blocks remain above these.
-        more: bool,
-        /// When the gap was too deep for one walk: the wanted blocks where the walk stopped,
-        /// to fetch below first. `blocks` is empty then.
-        frontier: Vec<Cid>,
-        /// When the requester lacks blocks the peer pruned: the manifests of the snapshots
-        /// that cover them, to fetch and merge first. `blocks` is empty then.
-        #[serde(default)]
-        snapshots: Vec<Cid>,
-    },
-    /// "Send me these snapshot parts (manifests or chunks)."
-    WantParts {
-        /// Topic name.
-        topic: String,
-        /// The request's number, echoed by the answer.
-        id: u64,
-        /// The parts wanted.
-        cids: Vec<Cid>,
-    },
-    /// The answer to a `WantParts`: the parts the peer has, in the order asked, as many as
-    /// fit one message.
-    Parts {
-        /// Topic name.
-        topic: String,
-        /// The number of the request this answers.
-        id: u64,
-        /// The parts.
-        parts: Vec<WireBlock>,
-    },
-}
-
-/// Why a message was refused.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MessageError {
-    /// Larger than `message_bytes_max`.
-    #[error("message of {bytes} bytes exceeds message_bytes_max {max}")]
-    TooLarge {
-        /// Size of the message.
-        bytes: usize,
-        /// The limit in force.
-        max: usize,
-    },
-    /// Not a DAG-CBOR sync message.
-    #[error("malformed message: {0}")]
-    Malformed(String),
-    /// Well-formed but outside the protocol's bounds.
-    #[error("invalid message: {0}")]
-    Invalid(String),
-}
-
-impl Message {
-    /// The topic the message is about.
-    pub fn topic(&self) -> &str {
-        match self {
-            Message::Heads { topic, .. }
-            | Message::Want { topic, .. }
-            | Message::Blocks { topic, .. }
-            | Message::WantParts { topic, .. }
-            | Message::Parts { topic, .. } => topic,
-        }
-    }
-
-    /// The number of a request or of the request an answer is for.
-    pub fn request_id(&self) -> Option<u64> {
-        match self {
-            Message::Want { id, .. }
-            | Message::Blocks { id, .. }
-            | Message::WantParts { id, .. }
-            | Message::Parts { id, .. } => Some(*id),
-            Message::Heads { .. } => None,
-        }
-    }
-
-    /// The DAG-CBOR encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_ipld_dagcbor::to_vec(self).expect("encoding a message into memory cannot fail")
-    }
-
-    /// Decodes a message and checks it against `config`'s bounds.
-    pub fn decode(bytes: &[u8], config: &SyncConfig) -> Result<Message, MessageError> {
-        if bytes.len() > config.message_bytes_max {
-            return Err(MessageError::TooLarge { bytes: bytes.len(), max: config.message_bytes_max });
-        }
-        let message: Message =
-            serde_ipld_dagcbor::from_slice(bytes).map_err(|e| MessageError::Malformed(e.to_string()))?;
-        validate_topic_name(message.topic()).map_err(|e| MessageError::Invalid(e.to_string()))?;
-        let over = |what: &str, n: usize, max: usize| {
-            if n > max { Err(MessageError::Invalid(format!("{n} {what} exceed the bound {max}"))) } else { Ok(()) }
-        };
-        match &message {
-            Message::Heads { heads, .. } => over("heads", heads.len(), config.heads_max)?,
-            Message::Want { want, have, .. } => {
-                over("wanted blocks", want.len(), config.want_max)?;
-                over("had blocks", have.len(), config.have_max)?;
-            }
-            Message::Blocks { blocks, frontier, snapshots, .. } => {
-                over("blocks", blocks.len(), config.walk.blocks_max)?;
-                over("frontier blocks", frontier.len(), config.want_max)?;
-                over("snapshots", snapshots.len(), KNOWN_SNAPSHOTS_MAX)?;
-            }
-            Message::WantParts { cids, .. } => over("parts", cids.len(), PARTS_PER_REQUEST_MAX)?,
-            Message::Parts { parts, .. } => over("parts", parts.len(), PARTS_PER_REQUEST_MAX)?,
-        }
-        Ok(message)
     }
 }
 
@@ -291,8 +145,6 @@ pub struct SyncStats {
     pub parts_rejected: u64,
 }
 
-/// Most parts asked for, or sent, in one `WantParts` / `Parts`.
-pub const PARTS_PER_REQUEST_MAX: usize = 16;
 /// Chunks (about 1 MiB each) asked for in one request.
 const CHUNKS_PER_REQUEST: usize = 8;
 /// Requests for snapshot parts one fetch keeps in flight.
@@ -899,58 +751,6 @@ impl<P: Clone + Ord> Sync<P> {
         }
         Vec::new()
     }
-}
-
-/// Answers a request (`Want` or `WantParts`) for a topic this replica serves (`None`: one it
-/// does not, which gets an empty answer). The node's block server and the simulator both
-/// answer with this; other messages get no answer.
-pub fn answer(topic: Option<&Topic>, request: Message, config: &SyncConfig) -> Result<Option<Message>, ReadError> {
-    let answer = match (request, topic) {
-        (Message::Want { topic: name, id, want, have }, Some(topic)) => {
-            // The requester holds every pruned block when it holds the heads of every snapshot
-            // that covers them: what it has applied is closed under "parent".
-            let cover = topic.snapshots().cover;
-            let had: HashSet<&Cid> = have.iter().collect();
-            let mut pruned_had = true;
-            for manifest in &cover {
-                match topic.snapshot_manifest(manifest)? {
-                    Some(manifest) => pruned_had &= manifest.heads.iter().all(|h| had.contains(&h.cid)),
-                    None => pruned_had = false,
-                }
-            }
-            let walk = topic.walk(&want, &have, &config.walk, pruned_had)?;
-            let blocks =
-                walk.blocks.into_iter().map(|(cid, bytes)| WireBlock { cid, bytes: ByteBuf::from(bytes) }).collect();
-            if walk.pruned && !topic.snapshot_parts_held() {
-                // Released after nobody fetched them for a while: make a new snapshot, which
-                // the peer's next fetch gets.
-                topic.request_compaction();
-            }
-            let snapshots =
-                if walk.pruned { cover.into_iter().take(KNOWN_SNAPSHOTS_MAX).collect() } else { Vec::new() };
-            Message::Blocks { topic: name, id, blocks, more: walk.more, frontier: walk.frontier, snapshots }
-        }
-        (Message::Want { topic, id, .. }, None) => {
-            Message::Blocks { topic, id, blocks: Vec::new(), more: false, frontier: Vec::new(), snapshots: Vec::new() }
-        }
-        (Message::WantParts { topic: name, id, cids }, topic) => {
-            let mut parts = Vec::new();
-            // Room for the message's own fields besides the parts.
-            let budget = config.message_bytes_max.saturating_sub(64 << 10);
-            let mut bytes = 0;
-            for cid in cids.iter().take(PARTS_PER_REQUEST_MAX) {
-                let Some(part) = topic.map(|t| t.snapshot_part(cid)).transpose()?.flatten() else { continue };
-                if !parts.is_empty() && bytes + part.len() > budget {
-                    break;
-                }
-                bytes += part.len();
-                parts.push(WireBlock { cid: *cid, bytes: ByteBuf::from(part) });
-            }
-            Message::Parts { topic: name, id, parts }
-        }
-        _ => return Ok(None),
-    };
-    Ok(Some(answer))
 }
 
 fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {

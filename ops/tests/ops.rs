@@ -111,25 +111,29 @@ fn raw(dir: &Path) -> rocksdb::DB {
     }
 }
 
+/// Flips the last byte of the first stored block and gives the last key the first key's row
+/// (it decodes, but names an element no block gives that key). Returns the damaged block's CID.
+fn damage(data: &Path) -> String {
+    let db = raw(data);
+    let blocks = db.cf_handle("blocks").unwrap();
+    let (key, mut value) = db.iterator_cf(blocks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+    let last = value.len() - 1;
+    value[last] ^= 0x40;
+    db.put_cf(blocks, &key, &value).unwrap();
+    let kv = db.cf_handle("kv").unwrap();
+    let (row_key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+    let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+    db.put_cf(kv, &row_key, &other).unwrap();
+    db.flush_cf(kv).unwrap();
+    db.flush_cf(blocks).unwrap();
+    canopy_crdt::Cid::try_from(&key[4..]).unwrap().to_string()
+}
+
 #[test]
 fn verify_finds_a_damaged_block_a_wrong_row_and_a_flipped_byte() {
     let dir = tempfile::tempdir().unwrap();
     let data = stopped_data_dir(dir.path());
-    {
-        let db = raw(&data);
-        let blocks = db.cf_handle("blocks").unwrap();
-        let (key, mut value) = db.iterator_cf(blocks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
-        let last = value.len() - 1;
-        value[last] ^= 0x40;
-        db.put_cf(blocks, &key, &value).unwrap();
-        // A row that decodes but names an element no block gives.
-        let kv = db.cf_handle("kv").unwrap();
-        let (key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
-        let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
-        db.put_cf(kv, &key, &other).unwrap();
-        db.flush_cf(kv).unwrap();
-        db.flush_cf(blocks).unwrap();
-    }
+    damage(&data);
     let output = ops(&["verify", "--data-dir", data.to_str().unwrap(), "--json"]);
     assert_eq!(output.status.code(), Some(1));
     let report = json(&output);
@@ -309,19 +313,7 @@ fn repair_rebuilds_a_row_and_the_node_fetches_the_removed_block_again() {
     copy.stop(&runtime);
 
     // Damage the stopped copy: one block's bytes and one row.
-    let damaged_block = {
-        let db = raw(&copy.data_dir);
-        let blocks = db.cf_handle("blocks").unwrap();
-        let (key, mut value) = db.iterator_cf(blocks, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
-        let last = value.len() - 1;
-        value[last] ^= 0x40;
-        db.put_cf(blocks, &key, &value).unwrap();
-        let kv = db.cf_handle("kv").unwrap();
-        let (row_key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
-        let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
-        db.put_cf(kv, &row_key, &other).unwrap();
-        canopy_crdt::Cid::try_from(&key[4..]).unwrap().to_string()
-    };
+    let damaged_block = damage(&copy.data_dir);
     let data = copy.data_dir.to_str().unwrap().to_string();
     assert_eq!(ops(&["verify", "--data-dir", &data]).status.code(), Some(1));
     let repaired = ops(&["repair", "t", "--data-dir", &data, "--json"]);
