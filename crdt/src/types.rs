@@ -138,8 +138,8 @@ pub struct Snapshots {
     /// Manifests of the snapshots that cover every pruned block; a peer lacking pruned blocks
     /// is sent these.
     pub cover: Vec<Cid>,
-    /// Manifests this replica made or merged, newest last (at most [`KNOWN_SNAPSHOTS_MAX`]); a
-    /// request names them so the peer knows what this replica holds.
+    /// Manifests this replica made or merged, newest last (at most [`KNOWN_SNAPSHOTS_MAX`]), for
+    /// operators; sync learns what a peer holds from the heads it names as had.
     pub known: Vec<Cid>,
 }
 
