@@ -15,7 +15,7 @@ use rocksdb::{DB, Direction, IteratorMode, SnapshotWithThreadMode, WriteBatch, W
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::row::Row;
-use crate::schema::{CF_HEADS, CF_KV, CF_SNAPSHOTS, CF_TOMBSTONES};
+use crate::schema::{CF_HEADS, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES};
 use crate::snapshot::{ChunkWriter, SnapshotElement};
 use crate::types::{Compaction, TopicShared};
 use crate::writer::Command;
@@ -134,6 +134,27 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
     Ok(outcome)
 }
 
+/// Compacts every RocksDB range of one topic down to the last level, memtables flushed first,
+/// so overwritten and deleted records leave the disk: what `canopy-ops compact --db` does.
+/// Returns the topic's bytes before and after.
+pub(crate) fn compact_storage(store: &StoreInner, topic: TopicId) -> Result<(u64, u64), StorageError> {
+    for cf in TOPIC_FAMILIES {
+        store.db.flush_cf(store.cf(cf))?;
+    }
+    let before = topic_bytes(store, topic);
+    let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
+    let mut options = rocksdb::CompactOptions::default();
+    options.set_exclusive_manual_compaction(false);
+    options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    for cf in TOPIC_FAMILIES {
+        store.db.compact_range_cf_opt(store.cf(cf), Some(&topic.prefix()[..]), Some(&end[..]), &options);
+    }
+    Ok((before, topic_bytes(store, topic)))
+}
+
+/// The column families that hold a topic's records under its prefix.
+const TOPIC_FAMILIES: [&str; 7] = [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING];
+
 /// Removes the parts of the `old` snapshots that no snapshot in `keep` also uses.
 fn remove_parts(store: &StoreInner, topic: TopicId, old: &[Cid], keep: &[Cid]) -> Result<(), StorageError> {
     if old.is_empty() {
@@ -154,7 +175,7 @@ fn topic_bytes(store: &StoreInner, topic: TopicId) -> u64 {
     let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
     let mut total = 0;
     let start = topic.prefix();
-    for cf in [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS] {
+    for cf in TOPIC_FAMILIES {
         let range = rocksdb::Range::new(&start[..], &end[..]);
         total += store.db.get_approximate_sizes_cf(store.cf(cf), &[range]).first().copied().unwrap_or(0);
     }

@@ -5,8 +5,8 @@
 //! with their figures, reads heads, reports RocksDB's own figures per column family, and
 //! verifies: every stored block against its CID and its index record, heights and links, that
 //! every applied block's parents are applied (no hole under a head), that rows decode and the
-//! key count matches them, that the rows equal the state recomputed from the blocks (for topics
-//! whose history is not compacted), and every table and blob checksum.
+//! key count matches them, that the rows equal the state recomputed from the blocks and the
+//! cover snapshot (when its parts are held), and every table and blob checksum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -96,8 +96,8 @@ pub struct Verification {
     pub rows: u64,
     /// Records read by the checksum scan.
     pub records: u64,
-    /// Topics whose rows were compared with the state recomputed from their blocks (the others
-    /// have compacted history).
+    /// Topics whose rows were compared with the state recomputed from their blocks and cover
+    /// snapshot (the others have compacted history whose snapshot parts are released).
     pub recomputed: usize,
     /// What is wrong, one entry per problem.
     pub problems: Vec<Problem>,
@@ -475,6 +475,16 @@ impl Inspector {
     /// table and blob file. Problems are reported, not returned as errors; an error means the
     /// check itself could not run.
     pub fn verify(&self, names: &[String]) -> Result<Verification, StorageError> {
+        self.verify_with(names, &mut |_, _, _| {})
+    }
+
+    /// [`Inspector::verify`], telling `progress` of each step done (a topic checked, a column
+    /// family scanned) with the steps done so far, their total and what the step was.
+    pub fn verify_with(
+        &self,
+        names: &[String],
+        progress: &mut dyn FnMut(u64, u64, &str),
+    ) -> Result<Verification, StorageError> {
         let mut report = Verification::default();
         let all = self.topic_ids()?;
         let chosen: Vec<(String, TopicId)> = if names.is_empty() {
@@ -489,14 +499,23 @@ impl Inspector {
             }
             chosen
         };
+        let total = (chosen.len() + FAMILIES.len()) as u64;
+        let mut done = 0;
+        progress(done, total, "");
         for (name, id) in &chosen {
             // A record that cannot be read (a damaged file) is a finding, not the end of the check.
             if let Err(error) = self.verify_topic(name, *id, &mut report) {
                 report.problems.push(problem(name, "-", &format!("cannot be read to the end: {error}")));
             }
             report.topics += 1;
+            done += 1;
+            progress(done, total, name);
         }
-        self.verify_checksums(&mut report);
+        for family in FAMILIES {
+            self.verify_checksums(family, &mut report);
+            done += 1;
+            progress(done, total, family);
+        }
         Ok(report)
     }
 
@@ -601,69 +620,64 @@ impl Inspector {
         if counted != rows.len() as u64 {
             report.problems.push(problem(name, "key count", &format!("{counted} counted, {} rows", rows.len())));
         }
-        // The state the blocks give, when the history is not compacted. Blocks that fail their
-        // check are left out, and the mismatches they cause say so.
-        if index.values().all(|meta| !meta.pruned) {
-            report.recomputed += 1;
-            let damaged = index.len().saturating_sub(blocks.len());
-            let note = if damaged > 0 { format!("; {damaged} damaged blocks left out") } else { String::new() };
-            let expected = live_elements(&blocks);
-            let keys: BTreeSet<&Vec<u8>> = expected.keys().chain(rows.keys()).collect();
-            for key in keys {
-                let stored: BTreeSet<Cid> = rows.get(key).map(|row| row.ids().collect()).unwrap_or_default();
-                let computed = expected.get(key).cloned().unwrap_or_default();
-                if stored != computed {
-                    report.problems.push(problem(
-                        name,
-                        &key_text(key),
-                        &format!(
-                            "row holds {} live elements, the blocks give {} ({} in common{note})",
-                            stored.len(),
-                            computed.len(),
-                            stored.intersection(&computed).count()
-                        ),
-                    ));
-                }
+        // The state the blocks and the cover snapshot give. Blocks that fail their check are
+        // left out, and the mismatches they cause say so. A compacted topic whose snapshot parts
+        // are released cannot be recomputed here; `recomputed` does not count it.
+        let Ok((added, removes)) = crate::repair::expected_state(&self.db, id, &index, &blocks) else {
+            return Ok(());
+        };
+        report.recomputed += 1;
+        let damaged = index.iter().filter(|(cid, meta)| !meta.pruned && !blocks.contains_key(cid)).count();
+        let note = if damaged > 0 { format!("; {damaged} damaged blocks left out") } else { String::new() };
+        let expected = live_elements(added, &removes);
+        let keys: BTreeSet<&Vec<u8>> = expected.keys().chain(rows.keys()).collect();
+        for key in keys {
+            let stored: BTreeSet<Cid> = rows.get(key).map(|row| row.ids().collect()).unwrap_or_default();
+            let computed = expected.get(key).cloned().unwrap_or_default();
+            if stored != computed {
+                report.problems.push(problem(
+                    name,
+                    &key_text(key),
+                    &format!(
+                        "row holds {} live elements, the blocks and snapshot give {} ({} in common{note})",
+                        stored.len(),
+                        computed.len(),
+                        stored.intersection(&computed).count()
+                    ),
+                ));
             }
         }
         Ok(())
     }
 
-    /// Reads every record of every column family with checksums verified: a damaged table or
+    /// Reads every record of one column family with checksums verified: a damaged table or
     /// blob file shows up as an error here.
-    fn verify_checksums(&self, report: &mut Verification) {
-        for name in FAMILIES {
-            let mut options = ReadOptions::default();
-            options.set_verify_checksums(true);
-            options.fill_cache(false);
-            for item in self.db.iterator_cf_opt(self.cf(name), options, IteratorMode::Start) {
-                match item {
-                    Ok(_) => report.records += 1,
-                    Err(error) => {
-                        report.problems.push(problem("-", name, &format!("checksum scan failed: {error}")));
-                        break;
-                    }
+    fn verify_checksums(&self, name: &str, report: &mut Verification) {
+        let mut options = ReadOptions::default();
+        options.set_verify_checksums(true);
+        options.fill_cache(false);
+        for item in self.db.iterator_cf_opt(self.cf(name), options, IteratorMode::Start) {
+            match item {
+                Ok(_) => report.records += 1,
+                Err(error) => {
+                    report.problems.push(problem("-", name, &format!("checksum scan failed: {error}")));
+                    break;
                 }
             }
         }
     }
 }
 
-/// Live element ids per key that the semantics give for a set of blocks: added, not removed.
-fn live_elements(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, BTreeSet<Cid>> {
-    let mut added: BTreeMap<Vec<u8>, BTreeSet<Cid>> = BTreeMap::new();
-    let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
-    for (cid, block) in blocks {
-        let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
-        for (key, _) in delta.adds {
-            added.entry(key).or_default().insert(*cid);
-        }
-        removed.extend(delta.removes);
-    }
+/// Live element ids per key: added, not removed.
+fn live_elements(
+    added: BTreeMap<Vec<u8>, Vec<crate::row::Element>>,
+    removes: &BTreeSet<(Vec<u8>, Cid)>,
+) -> BTreeMap<Vec<u8>, BTreeSet<Cid>> {
     added
         .into_iter()
-        .map(|(key, ids)| {
-            let live: BTreeSet<Cid> = ids.into_iter().filter(|id| !removed.contains(&(key.clone(), *id))).collect();
+        .map(|(key, elements)| {
+            let live: BTreeSet<Cid> =
+                elements.into_iter().map(|e| e.id).filter(|id| !removes.contains(&(key.clone(), *id))).collect();
             (key, live)
         })
         .filter(|(_, live)| !live.is_empty())

@@ -38,4 +38,5 @@ pub use store::Store;
 pub use topic::{Batch, Page, Topic};
 pub use types::{
     Change, Commit, Compaction, Head, IngestOutcome, KNOWN_SNAPSHOTS_MAX, MergeOutcome, Op, Sink, Snapshots,
+    StorageCompaction,
 };

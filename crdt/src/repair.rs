@@ -127,32 +127,46 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
         }
     }
 
-    // The state: the cover snapshot for pruned history, then every block it does not cover.
-    let mut added: BTreeMap<Vec<u8>, Vec<Element>> = BTreeMap::new();
-    let mut removes: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
-    let mut covered: BTreeSet<Cid> = BTreeSet::new();
-    if index.values().any(|meta| meta.pruned) {
-        let cover = match db.get_cf(cf(CF_META), meta_key(META_COVER, id))? {
-            Some(bytes) => decode_cids(&bytes)?,
-            None => Vec::new(),
-        };
-        if let Err(reason) = load_snapshots(db, id, &cover, &mut added, &mut removes, &mut covered) {
-            report.rows_not_rebuilt = Some(reason);
-        }
-    }
-    if report.rows_not_rebuilt.is_none() {
-        for (cid, block) in good.iter().filter(|(cid, _)| !covered.contains(cid)) {
-            let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
-            for (key, value) in delta.adds {
-                added.entry(key).or_default().push(Element { height: block.height(), id: *cid, value });
-            }
-            removes.extend(delta.removes);
-        }
-        rebuild_rows(db, id, &index, added, removes, &mut batch, &mut report)?;
+    match expected_state(db, id, &index, &good) {
+        Ok((added, removes)) => rebuild_rows(db, id, &index, added, removes, &mut batch, &mut report)?,
+        Err(reason) => report.rows_not_rebuilt = Some(reason),
     }
     db.write(batch)?;
     Ok(report)
 }
+
+/// Every element the state of a topic holds, by key, and every remove: the cover snapshot for
+/// pruned history, then each of `blocks` it does not cover. An error says why the state cannot
+/// be known here (a pruned history whose snapshot parts are not held).
+pub(crate) fn expected_state(
+    db: &DB,
+    id: TopicId,
+    index: &BTreeMap<Cid, BlockMeta>,
+    blocks: &BTreeMap<Cid, Block>,
+) -> Result<State, String> {
+    let mut added: BTreeMap<Vec<u8>, Vec<Element>> = BTreeMap::new();
+    let mut removes: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
+    let mut covered: BTreeSet<Cid> = BTreeSet::new();
+    if index.values().any(|meta| meta.pruned) {
+        let cf = db.cf_handle(CF_META).expect("every canopy column family is opened");
+        let cover = match db.get_cf(cf, meta_key(META_COVER, id)).map_err(|e| e.to_string())? {
+            Some(bytes) => decode_cids(&bytes).map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        load_snapshots(db, id, &cover, &mut added, &mut removes, &mut covered)?;
+    }
+    for (cid, block) in blocks.iter().filter(|(cid, _)| !covered.contains(cid)) {
+        let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
+        for (key, value) in delta.adds {
+            added.entry(key).or_default().push(Element { height: block.height(), id: *cid, value });
+        }
+        removes.extend(delta.removes);
+    }
+    Ok((added, removes))
+}
+
+/// Elements by key, and removes as (key, element id).
+pub(crate) type State = (BTreeMap<Vec<u8>, Vec<Element>>, BTreeSet<(Vec<u8>, Cid)>);
 
 /// Reads the elements, removes and covered blocks of the cover snapshots.
 fn load_snapshots(

@@ -12,7 +12,7 @@ use crate::inner::StoreInner;
 use crate::row::Row;
 use crate::schema::{CF_KV, CF_SNAPSHOTS};
 use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
-use crate::types::{Sink, Snapshots, TopicShared};
+use crate::types::{Sink, Snapshots, StorageCompaction, TopicShared};
 use crate::writer::{Command, Committed, WriteRequest, compact};
 
 /// Operations applied as one atomic delta; the last operation on a key wins.
@@ -268,6 +268,14 @@ impl Topic {
     /// Runs on the calling thread; writes to the topic go on meanwhile.
     pub fn compact(&self) -> Result<Compaction, CompactError> {
         compaction::compact(&self.store, &self.shared)
+    }
+
+    /// Compacts the topic's RocksDB ranges to the last level (memtables flushed first), so
+    /// overwritten and deleted records leave the disk. Runs on the calling thread; writes go on
+    /// meanwhile. Returns the topic's approximate bytes before and after.
+    pub fn compact_storage(&self) -> Result<StorageCompaction, StorageError> {
+        let (bytes_before, bytes_after) = compaction::compact_storage(&self.store, self.shared.id)?;
+        Ok(StorageCompaction { bytes_before, bytes_after })
     }
 
     /// The snapshots that cover this replica's pruned blocks and those it made or merged.

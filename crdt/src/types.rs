@@ -97,6 +97,15 @@ pub struct Compaction {
     pub bytes_after: u64,
 }
 
+/// What a compaction of a topic's RocksDB ranges did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageCompaction {
+    /// Approximate bytes of the topic's records before, memtables flushed.
+    pub bytes_before: u64,
+    /// The same after.
+    pub bytes_after: u64,
+}
+
 /// What merging a snapshot did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeOutcome {

@@ -129,6 +129,8 @@ pub fn router(node: Node) -> Router {
         .route("/v1/admin/topics/{topic}/blocks/{cid}", get(admin_block))
         .route("/v1/admin/topics/{topic}/dot", get(admin_dot))
         .route("/v1/admin/backup", post(admin_backup))
+        .route("/v1/admin/topics/{topic}/export", get(admin_export))
+        .route("/v1/admin/topics/{topic}/import", post(admin_import).layer(DefaultBodyLimit::max(CAR_IMPORT_BYTES_MAX)))
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
@@ -376,22 +378,57 @@ async fn heads(State(node): State<Node>, path: Result<Path<String>, PathRejectio
     Ok(Json(json!({ "heads": heads })))
 }
 
-async fn compact(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactBody {
+    /// Snapshot the topic and prune its covered history.
+    #[serde(default = "yes")]
+    dag: bool,
+    /// Compact the topic's RocksDB ranges to the last level.
+    #[serde(default = "yes")]
+    db: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Compacts a topic: its DAG (snapshot and prune), its RocksDB ranges, or both (the default).
+async fn compact(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let Path(topic) = path?;
+    let body: CompactBody = if body.is_empty() {
+        CompactBody { dag: true, db: true }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed compact JSON: {e}")))?
+    };
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        let done = handle.compact()?;
-        let heads: Vec<Value> =
-            done.heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
-        Ok(Json(json!({
-            "snapshot": done.snapshot.map(|cid| cid.to_string()),
-            "heads": heads,
-            "keys": done.keys,
-            "blocks": done.blocks,
-            "pruned_blocks": done.pruned_blocks,
-            "bytes_before": done.bytes_before,
-            "bytes_after": done.bytes_after,
-        })))
+        let mut reply = json!({ "snapshot": null, "heads": [], "keys": null, "blocks": null, "pruned_blocks": 0 });
+        // RocksDB first: it flushes the memtables, so the bytes before are all counted; the DAG
+        // compaction then compacts the ranges it prunes.
+        let mut bytes = (None, 0);
+        if body.db {
+            let done = handle.crdt().compact_storage().map_err(storage_error)?;
+            bytes = (Some(done.bytes_before), done.bytes_after);
+        }
+        if body.dag {
+            let done = handle.compact()?;
+            let heads: Vec<Value> =
+                done.heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
+            reply["snapshot"] = json!(done.snapshot.map(|cid| cid.to_string()));
+            reply["heads"] = json!(heads);
+            reply["keys"] = json!(done.keys);
+            reply["blocks"] = json!(done.blocks);
+            reply["pruned_blocks"] = json!(done.pruned_blocks);
+            bytes = (Some(bytes.0.unwrap_or(done.bytes_before)), done.bytes_after);
+        }
+        reply["bytes_before"] = json!(bytes.0.unwrap_or(0));
+        reply["bytes_after"] = json!(bytes.1);
+        Ok(Json(reply))
     })
     .await
 }
@@ -615,6 +652,43 @@ async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<V
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("copying subscriptions: {e}")))?;
         }
         Ok(Json(json!({ "out": out.display().to_string() })))
+    })
+    .await
+}
+
+/// Largest CAR file `/import` takes (it is read whole into memory).
+pub const CAR_IMPORT_BYTES_MAX: usize = 1 << 30;
+
+/// A topic of the store as a CARv1 file (see [`crate::car`]).
+async fn admin_export(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
+    let Path(topic) = path?;
+    blocking(move || {
+        let (car, _) = crate::car::export(&inspector(&node)?, &topic, &mut |_, _| {})
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
+            .ok_or_else(|| no_topic(&topic))?;
+        Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car; version=1")], car).into_response())
+    })
+    .await
+}
+
+/// Imports a CARv1 file into a topic, subscribing it first if needed, and announces the heads.
+async fn admin_import(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    canopy_crdt::validate_topic_name(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let car = crate::car::Car::read(&body).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    blocking(move || {
+        let handle = match node.topic(&topic) {
+            Some(handle) => handle,
+            None => node.subscribe(&topic)?,
+        };
+        let report = crate::car::import(handle.crdt(), car, &mut |_, _| {})
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+        handle.announce();
+        Ok(Json(json!(report)))
     })
     .await
 }

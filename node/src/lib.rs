@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod car;
 mod config;
 pub mod http;
 mod metrics;

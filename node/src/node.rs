@@ -376,6 +376,13 @@ impl NodeTopic {
         commit
     }
 
+    /// Announces the topic's heads to peers, as after a local commit (used after an import).
+    pub fn announce(&self) {
+        if self.node.sync_events.try_send(SyncEvent::LocalCommit(self.topic.name().to_string())).is_err() {
+            self.node.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The topic's name.
     pub fn name(&self) -> &str {
         self.topic.name()

@@ -204,23 +204,59 @@ pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
     let all: std::collections::BTreeSet<HeadEntry> =
         nodes.iter().flat_map(|n| n.heads.iter().flatten().cloned()).collect();
     let top = all.iter().map(|h| h.height).max().unwrap_or(0);
-    for node in &mut nodes {
-        let mine = node.heads.clone().unwrap_or_default();
-        node.lacks = all.iter().filter(|h| !mine.contains(h)).map(|h| h.cid.clone()).collect();
+    for (node, target) in nodes.iter_mut().zip(targets) {
+        let Some(mine) = node.heads.clone() else {
+            node.lacks = all.iter().map(|h| h.cid.clone()).collect();
+            node.behind_by = top;
+            continue;
+        };
+        // Another node's head below this node's heads is not lacking: only blocks it has not
+        // applied are.
+        node.lacks = all
+            .iter()
+            .filter(|h| !mine.contains(h) && !has_block(target, topic, &h.cid).unwrap_or(false))
+            .map(|h| h.cid.clone())
+            .collect();
         node.behind_by = top - mine.iter().map(|h| h.height).max().unwrap_or(0);
     }
     let agree = nodes.iter().all(|n| n.heads.is_some() && n.heads == nodes[0].heads);
     HeadsReport { topic: topic.to_string(), nodes, agree }
 }
 
-/// Verifies the named topics (all when empty) and the database's checksums.
-pub fn verify(target: &Target, topics: &[String]) -> anyhow::Result<Verification> {
+/// Whether `topic` on `target` has applied the block `cid` (its payload may be pruned).
+fn has_block(target: &Target, topic: &str, cid: &str) -> anyhow::Result<bool> {
     match target {
-        Target::Offline(dir) => Ok(inspector(dir)?.verify(topics)?),
+        Target::Offline(dir) => Ok(inspector(dir)?.block(topic, &cid.parse()?)?.is_some()),
         Target::Online(url) => {
-            Ok(serde_json::from_value(Api::new(url)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?)
+            let api = Api::new(url)?;
+            let url = format!("{}/v1/admin/topics/{}/blocks/{cid}", api.base, segment(topic));
+            let response = api.http.get(url).send()?;
+            match response.status() {
+                reqwest::StatusCode::NOT_FOUND => Ok(false),
+                status if status.is_success() => Ok(true),
+                status => bail!("{} answered {status}", api.base),
+            }
         }
     }
+}
+
+/// Verifies the named topics (all when empty) and the database's checksums.
+pub fn verify(target: &Target, topics: &[String], progress: &dyn Progress) -> anyhow::Result<Verification> {
+    let report = match target {
+        Target::Offline(dir) => inspector(dir)?.verify_with(topics, &mut |done, total, item| {
+            if done == 0 {
+                progress.start("verifying", total);
+            } else {
+                progress.advance(1, item);
+            }
+        })?,
+        Target::Online(url) => {
+            progress.start("verifying", 0);
+            serde_json::from_value(Api::new(url)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?
+        }
+    };
+    progress.finish();
+    Ok(report)
 }
 
 /// The shape of a topic's DAG.
@@ -328,170 +364,93 @@ pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repai
     }
 }
 
-/// What an export wrote.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Exported {
-    /// The topic.
-    pub topic: String,
-    /// The CAR file.
-    pub out: String,
-    /// Its roots: the cover snapshots' manifests, then the heads.
-    pub roots: Vec<String>,
-    /// Blocks and snapshot parts written.
-    pub blocks: u64,
-    /// Bytes of the file.
-    pub bytes: u64,
-}
+pub use canopy_node::car::{Exported, Imported};
 
-/// Writes `topic` as a CARv1 file: roots are its cover snapshots' manifests (compacted
-/// history) and its heads; the snapshot parts come first, then every stored block, parents
-/// first. Offline only (a running node's directory can be read: export is read-only).
-pub fn export(target: &Target, topic: &str, out: &Path) -> anyhow::Result<Exported> {
-    let Target::Offline(dir) = target else {
-        bail!("export reads the data directory: give --data-dir (it works beside a running node)");
-    };
-    let inspector = inspector(dir)?;
-    let roots = inspector.export_roots(topic)?.with_context(|| format!("no topic {topic} in {}", dir.display()))?;
-    anyhow::ensure!(!roots.is_empty(), "topic {topic} has no history to export");
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    // The file is built in memory, then written: an export is bounded by the topic's size.
-    let mut writer = iroh_car::CarWriter::new(iroh_car::CarHeader::new_v1(roots.clone()), Vec::new());
-    let mut blocks = 0u64;
-    let mut failure: Option<anyhow::Error> = None;
-    let car = runtime.block_on(async {
-        let mut items = Vec::new();
-        inspector.export(topic, &mut |cid, bytes| {
-            items.push((cid, bytes));
-            Ok(())
-        })?;
-        for (cid, bytes) in items {
-            if let Err(error) = writer.write(cid, bytes).await {
-                failure = Some(error.into());
-                break;
+/// Writes `topic` as a CARv1 file at `out` (see [`canopy_node::car`]): read from the data
+/// directory (read-only, so beside a running node too) or fetched from the node's API.
+pub fn export(target: &Target, topic: &str, out: &Path, progress: &dyn Progress) -> anyhow::Result<Exported> {
+    let (car, report) = match target {
+        Target::Offline(dir) => {
+            let exported = canopy_node::car::export(&inspector(dir)?, topic, &mut |done, total| {
+                if done == 0 {
+                    progress.start("exporting", total);
+                } else {
+                    progress.advance(1, topic);
+                }
+            })?;
+            exported.with_context(|| format!("no topic {topic} in {}", dir.display()))?
+        }
+        Target::Online(url) => {
+            progress.start("downloading", 0);
+            let api = Api::new(url)?;
+            let response = api
+                .http
+                .get(format!("{}/v1/admin/topics/{}/export", api.base, segment(topic)))
+                .send()
+                .with_context(|| format!("cannot reach the node at {}", api.base))?;
+            let status = response.status();
+            let body = response.bytes().context("the export was cut short")?.to_vec();
+            if !status.is_success() {
+                let message: Value = serde_json::from_slice(&body).unwrap_or_default();
+                bail!("{} answered {status}: {}", api.base, message["error"].as_str().unwrap_or("no message"));
             }
-            blocks += 1;
+            let car = canopy_node::car::Car::read(&body)?;
+            let roots = car.roots().iter().map(ToString::to_string).collect();
+            let report =
+                Exported { topic: topic.to_string(), roots, blocks: car.len() as u64, bytes: body.len() as u64 };
+            (body, report)
         }
-        anyhow::Ok(writer.finish().await?)
-    })?;
-    if let Some(error) = failure {
-        return Err(error);
-    }
+    };
+    progress.finish();
     std::fs::write(out, car).with_context(|| format!("cannot write {}", out.display()))?;
-    Ok(Exported {
-        topic: topic.to_string(),
-        out: out.display().to_string(),
-        roots: roots.iter().map(ToString::to_string).collect(),
-        blocks,
-        bytes: std::fs::metadata(out)?.len(),
-    })
-}
-
-/// What an import did.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Imported {
-    /// The topic written.
-    pub topic: String,
-    /// Snapshots merged.
-    pub snapshots: u64,
-    /// Blocks applied.
-    pub applied: u64,
-    /// Blocks that were applied already.
-    pub duplicates: u64,
-    /// Blocks refused (bad hash, not a canopy block, height or parents wrong).
-    pub rejected: Vec<String>,
-    /// Keys of the topic afterwards.
-    pub keys: u64,
-}
-
-/// Reads a CARv1 file into a stopped node's topic: snapshot manifests among the roots are
-/// merged with their chunks, every block is checked and applied as a received block is.
-/// Importing twice changes nothing the second time.
-pub fn import(target: &Target, file: &Path, topic: Option<&str>) -> anyhow::Result<Imported> {
-    let Target::Offline(dir) = target else {
-        bail!("import writes a node's state: stop the node and give its --data-dir");
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let (roots, items) = runtime.block_on(async {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
-        let mut reader = iroh_car::CarReader::new(bytes.as_slice())
-            .await
-            .with_context(|| format!("{} is not a CARv1 file", file_name(file)))?;
-        let roots = reader.header().roots().to_vec();
-        let mut items = Vec::new();
-        while let Some(item) = reader.next_block().await.context("the CAR file is damaged")? {
-            items.push(item);
-        }
-        anyhow::Ok((roots, items))
-    })?;
-    // Snapshot manifests among the roots name the topic when none is given.
-    let parts: std::collections::HashMap<canopy_crdt::Cid, Vec<u8>> = items.iter().cloned().collect();
-    let manifests: Vec<(canopy_crdt::Cid, canopy_crdt::snapshot::Manifest)> = roots
-        .iter()
-        .filter_map(|root| {
-            let bytes = parts.get(root)?;
-            canopy_crdt::snapshot::Manifest::decode(root, bytes).ok().map(|m| (*root, m))
-        })
-        .collect();
-    let name = match (topic, manifests.first()) {
-        (Some(name), _) => name.to_string(),
-        (None, Some((_, manifest))) => manifest.topic.clone(),
-        (None, None) => bail!("the file names no topic: give --topic NAME"),
-    };
-    let store = open_store(dir)?;
-    let handle = store.topic(&name)?;
-    let mut report = Imported { topic: name.clone(), ..Imported::default() };
-    let mut snapshot_parts: std::collections::HashSet<canopy_crdt::Cid> = std::collections::HashSet::new();
-    for (cid, manifest) in &manifests {
-        anyhow::ensure!(manifest.topic == name, "the file holds a snapshot of topic {}, not {name}", manifest.topic);
-        let mut staged = vec![(*cid, parts[cid].clone())];
-        snapshot_parts.insert(*cid);
-        for chunk in &manifest.chunks {
-            let bytes = parts.get(chunk).with_context(|| format!("snapshot chunk {chunk} is not in the file"))?;
-            staged.push((*chunk, bytes.clone()));
-            snapshot_parts.insert(*chunk);
-        }
-        let checked: Vec<(canopy_crdt::Cid, Vec<u8>)> =
-            canopy_crdt::snapshot::validate_parts(staged).into_iter().collect::<Result<_, _>>()?;
-        handle.stage_snapshot_parts(&checked)?;
-        if !handle.merge_snapshot(*cid)?.already_had {
-            report.snapshots += 1;
-        }
-    }
-    let blocks: Vec<(canopy_crdt::Cid, Vec<u8>)> =
-        items.into_iter().filter(|(cid, _)| !snapshot_parts.contains(cid)).collect();
-    let mut valid = Vec::new();
-    for (cid, result) in blocks.iter().map(|(cid, _)| *cid).zip(canopy_dag_validate(blocks.clone())) {
-        match result {
-            Ok(block) => valid.push(block),
-            Err(error) => report.rejected.push(format!("{cid}: {error}")),
-        }
-    }
-    let outcome = handle.ingest(valid)?;
-    report.applied = outcome.applied as u64;
-    report.duplicates = outcome.duplicates.len() as u64;
-    report.rejected.extend(outcome.rejected.iter().map(|(cid, why)| format!("{cid}: {why}")));
-    if outcome.pending > 0 {
-        report.rejected.push(format!("{} blocks wait for parents the file does not hold", outcome.pending));
-    }
-    report.keys = handle.key_count();
     Ok(report)
 }
 
-fn file_name(path: &Path) -> String {
-    path.display().to_string()
-}
-
-/// Hash-checks and decodes blocks on the rayon pool, as received blocks are.
-fn canopy_dag_validate(items: Vec<(canopy_crdt::Cid, Vec<u8>)>) -> Vec<Result<canopy_crdt::Block, String>> {
-    canopy_crdt::validate_blocks(items).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+/// Reads a CARv1 file into a topic (named by `topic`, or by the snapshots in the file): into a
+/// stopped node's data directory, or through a running node's API, which then announces it.
+/// Importing twice changes nothing the second time.
+pub fn import(target: &Target, file: &Path, topic: Option<&str>, progress: &dyn Progress) -> anyhow::Result<Imported> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let car = canopy_node::car::Car::read(&bytes).with_context(|| format!("cannot import {}", file.display()))?;
+    let name = match (topic, car.topic()) {
+        (Some(name), _) => name.to_string(),
+        (None, Some(name)) => name,
+        (None, None) => bail!("the file names no topic: give --topic NAME"),
+    };
+    match target {
+        Target::Offline(dir) => {
+            let store = open_store(dir)?;
+            let handle = store.topic(&name)?;
+            progress.start("importing", car.len() as u64);
+            let mut last = 0;
+            let report = canopy_node::car::import(&handle, car, &mut |done, _| {
+                progress.advance(done - last, &name);
+                last = done;
+            })?;
+            progress.finish();
+            Ok(report)
+        }
+        Target::Online(url) => {
+            progress.start("uploading", 0);
+            let api = Api::new(url)?;
+            let request = api
+                .http
+                .post(format!("{}/v1/admin/topics/{}/import", api.base, segment(&name)))
+                .header("content-type", "application/vnd.ipld.car")
+                .body(bytes);
+            let report = api.call(request)?;
+            progress.finish();
+            Ok(serde_json::from_value(report)?)
+        }
+    }
 }
 
 /// What compacting one topic did.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Compacted {
     /// The topic.
     pub topic: String,
-    /// The snapshot's manifest, when the topic had history.
+    /// The snapshot's manifest, when the DAG was compacted and the topic had history.
     pub snapshot: Option<String>,
     /// Live keys in the snapshot.
     pub keys: u64,
@@ -503,28 +462,54 @@ pub struct Compacted {
     pub bytes_after: u64,
 }
 
-/// Compacts the named topics (all when empty): a snapshot at their heads, the covered history
-/// pruned, their RocksDB ranges compacted. Offline, the data directory must not be in use.
-pub fn compact(target: &Target, topics: &[String]) -> anyhow::Result<Vec<Compacted>> {
+/// What `compact` does: the DAG (snapshot and prune), the RocksDB ranges, or both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompactWhat {
+    /// Snapshot each topic at its heads and prune the covered history.
+    pub dag: bool,
+    /// Compact each topic's RocksDB ranges to the last level.
+    pub db: bool,
+}
+
+/// Compacts the named topics (all when empty): a snapshot at their heads and the covered
+/// history pruned (`what.dag`), their RocksDB ranges compacted (`what.db`). Offline, the data
+/// directory must not be in use. `progress` hears of each topic done.
+pub fn compact(
+    target: &Target,
+    topics: &[String],
+    what: CompactWhat,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<Compacted>> {
+    let mut out = Vec::new();
     match target {
         Target::Offline(dir) => {
             let store = open_store(dir)?;
             let names = if topics.is_empty() { store.topic_names() } else { topics.to_vec() };
-            let mut out = Vec::new();
+            progress.start("compacting", names.len() as u64);
             for name in names {
                 let topic =
                     store.existing_topic(&name).with_context(|| format!("no topic {name} in {}", dir.display()))?;
-                let done = topic.compact()?;
-                out.push(Compacted {
-                    topic: name,
-                    snapshot: done.snapshot.map(|cid| cid.to_string()),
-                    keys: done.keys,
-                    pruned_blocks: done.pruned_blocks,
-                    bytes_before: done.bytes_before,
-                    bytes_after: done.bytes_after,
-                });
+                let mut done = Compacted { topic: name, ..Compacted::default() };
+                // RocksDB first: it flushes the memtables, so the bytes before are all counted;
+                // the DAG compaction then compacts the ranges it prunes.
+                let mut before = None;
+                if what.db {
+                    let db = topic.compact_storage()?;
+                    before = Some(db.bytes_before);
+                    done.bytes_after = db.bytes_after;
+                }
+                if what.dag {
+                    let dag = topic.compact()?;
+                    done.snapshot = dag.snapshot.map(|cid| cid.to_string());
+                    done.keys = dag.keys;
+                    done.pruned_blocks = dag.pruned_blocks;
+                    before.get_or_insert(dag.bytes_before);
+                    done.bytes_after = dag.bytes_after;
+                }
+                done.bytes_before = before.unwrap_or(0);
+                progress.advance(1, &done.topic);
+                out.push(done);
             }
-            Ok(out)
         }
         Target::Online(url) => {
             let api = Api::new(url)?;
@@ -534,9 +519,13 @@ pub fn compact(target: &Target, topics: &[String]) -> anyhow::Result<Vec<Compact
             } else {
                 topics.to_vec()
             };
-            let mut out = Vec::new();
+            progress.start("compacting", names.len() as u64);
             for name in names {
-                let reply = api.post(&format!("/v1/topics/{}/compact", segment(&name)), json!({}))?;
+                let reply = api.post(
+                    &format!("/v1/topics/{}/compact", segment(&name)),
+                    json!({ "dag": what.dag, "db": what.db }),
+                )?;
+                progress.advance(1, &name);
                 out.push(Compacted {
                     topic: name,
                     snapshot: reply["snapshot"].as_str().map(str::to_string),
@@ -546,7 +535,28 @@ pub fn compact(target: &Target, topics: &[String]) -> anyhow::Result<Vec<Compact
                     bytes_after: reply["bytes_after"].as_u64().unwrap_or(0),
                 });
             }
-            Ok(out)
         }
     }
+    progress.finish();
+    Ok(out)
+}
+
+/// Hears how a long operation advances: the tool draws a progress bar on a terminal and prints
+/// plain lines otherwise.
+pub trait Progress {
+    /// The work begins: `total` steps of `what`.
+    fn start(&self, what: &str, total: u64);
+    /// `steps` more are done; `item` names the last.
+    fn advance(&self, steps: u64, item: &str);
+    /// The work is over.
+    fn finish(&self);
+}
+
+/// Progress nobody watches.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64, _: &str) {}
+    fn finish(&self) {}
 }

@@ -2,14 +2,19 @@
 //! against running nodes. Exit status: 0 all is well, 1 a problem was found or nodes disagree,
 //! 2 usage or I/O error.
 
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use canopy_ops::{
-    Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, export, import, repair, status, topics, verify,
+    CompactWhat, Progress, Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, export, import, repair,
+    status, topics, verify,
 };
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -85,7 +90,8 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
-    /// Read a CARv1 file into a stopped node: snapshots merged, blocks checked and applied.
+    /// Read a CARv1 file into a topic (of a stopped node's data directory, or of a running
+    /// node, which then announces it): snapshots merged, blocks checked and applied.
     Import {
         file: PathBuf,
         /// The topic to import into [default: the topic its snapshot names].
@@ -108,10 +114,17 @@ enum Command {
         #[command(flatten)]
         at: Where,
     },
-    /// Snapshot and prune the history of topics [default: all], then compact their ranges.
+    /// Compact topics [default: all]: their DAG (a snapshot at the heads, the covered history
+    /// pruned) and their RocksDB ranges [default: both].
     Compact {
         /// Topics to compact [default: all].
         topics: Vec<String>,
+        /// Only the DAG: snapshot and prune.
+        #[arg(long)]
+        dag: bool,
+        /// Only RocksDB: compact the topics' ranges to the last level.
+        #[arg(long)]
+        db: bool,
         #[command(flatten)]
         at: Where,
     },
@@ -273,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.agree { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Verify { topics, at } => {
-            let report = verify(&at.target()?, &topics)?;
+            let report = verify(&at.target()?, &topics, &Bar::new(at.json))?;
             if at.json {
                 print_json(&report)?;
             } else {
@@ -281,7 +294,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{}\t{}\t{}", problem.topic, problem.subject, problem.what);
                 }
                 println!(
-                    "{} topics, {} blocks re-hashed, {} rows, {} records checksummed, {} topics recomputed from blocks: {} problems",
+                    "{} topics, {} blocks re-hashed, {} rows, {} records checksummed, {} topics' rows recomputed: {} problems",
                     report.topics,
                     report.blocks,
                     report.rows,
@@ -377,16 +390,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { topic, out, at } => {
-            let done = export(&at.target()?, &topic, &out)?;
+            let done = export(&at.target()?, &topic, &out, &Bar::new(at.json))?;
             if at.json {
-                print_json(&done)?;
+                let mut report = serde_json::to_value(&done)?;
+                report["out"] = out.display().to_string().into();
+                print_json(&report)?;
             } else {
                 println!(
                     "wrote {} blocks and parts ({}) of {} to {}",
                     done.blocks,
                     bytes(done.bytes),
                     done.topic,
-                    done.out
+                    out.display()
                 );
                 for root in &done.roots {
                     println!("root {root}");
@@ -395,7 +410,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { file, topic, at } => {
-            let done = import(&at.target()?, &file, topic.as_deref())?;
+            let done = import(&at.target()?, &file, topic.as_deref(), &Bar::new(at.json))?;
             if at.json {
                 print_json(&done)?;
             } else {
@@ -424,8 +439,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Compact { topics, at } => {
-            let done = compact(&at.target()?, &topics)?;
+        Command::Compact { topics, dag, db, at } => {
+            let what = if dag || db { CompactWhat { dag, db } } else { CompactWhat { dag: true, db: true } };
+            let done = compact(&at.target()?, &topics, what, &Bar::new(at.json))?;
             if at.json {
                 print_json(&done)?;
             } else {
@@ -444,6 +460,79 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{table}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Progress of a long job on stderr: a bar on a terminal, a plain line per tenth otherwise.
+struct Bar {
+    terminal: bool,
+    quiet: bool,
+    bar: RefCell<Option<ProgressBar>>,
+    /// Steps done, their total, and the tenths printed, for plain lines.
+    plain: Cell<(u64, u64, u64)>,
+}
+
+impl Bar {
+    /// Silent when the output is JSON for a program and stderr is not a terminal.
+    fn new(json: bool) -> Bar {
+        let terminal = std::io::stderr().is_terminal();
+        Bar { terminal, quiet: json && !terminal, bar: RefCell::new(None), plain: Cell::new((0, 0, 0)) }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, what: &str, total: u64) {
+        if self.quiet {
+            return;
+        }
+        if !self.terminal {
+            if total == 0 {
+                eprintln!("{what}…");
+            } else {
+                eprintln!("{what}: {total} steps");
+            }
+            self.plain.set((0, total, 0));
+            return;
+        }
+        let (bar, template) = if total == 0 {
+            (ProgressBar::new_spinner(), "{spinner} {msg} {elapsed}")
+        } else {
+            (ProgressBar::new(total), "{msg:20} [{bar:40}] {pos}/{len} eta {eta}")
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(Duration::from_millis(200));
+        if let Some(previous) = self.bar.replace(Some(bar)) {
+            previous.finish_and_clear();
+        }
+    }
+
+    fn advance(&self, steps: u64, item: &str) {
+        if self.quiet {
+            return;
+        }
+        if let Some(bar) = self.bar.borrow().as_ref() {
+            bar.inc(steps);
+            if !item.is_empty() {
+                bar.set_message(item.to_string());
+            }
+            return;
+        }
+        let (done, total, printed) = self.plain.get();
+        let done = done + steps;
+        let tenths = (done * 10).checked_div(total).unwrap_or(0);
+        if tenths > printed {
+            eprintln!("{done}/{total} done ({item})");
+        }
+        self.plain.set((done, total, tenths.max(printed)));
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
         }
     }
 }

@@ -93,6 +93,45 @@ fn a_healthy_stopped_data_dir_verifies_and_lists_its_topics() {
     assert_eq!(ops(&["verify", "--data-dir", data]).status.code(), Some(0));
     let topics = json(&ops(&["topics", "--data-dir", data, "--json"]));
     assert_eq!((topics[0]["blocks_kept"].as_u64(), topics[0]["blocks_pruned"].as_u64()), (Some(0), Some(5)));
+    let report = json(&ops(&["verify", "--data-dir", data, "--json"]));
+    assert_eq!(report["recomputed"], 1, "the rows are recomputed from the snapshot: {report}");
+
+    // RocksDB alone: the DAG is left as it is.
+    let storage = json(&ops(&["compact", "t", "--db", "--data-dir", data, "--json"]));
+    assert!(storage[0]["snapshot"].is_null() && storage[0]["pruned_blocks"] == 0, "{storage}");
+    assert!(storage[0]["bytes_after"].as_u64().unwrap() > 0, "{storage}");
+}
+
+#[test]
+fn verify_recomputes_the_rows_of_a_compacted_topic_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = stopped_data_dir(dir.path());
+    let text = data.to_str().unwrap();
+    assert!(ops(&["compact", "--dag", "--data-dir", text]).status.success());
+    // A key deleted after the compaction, and then a row swapped for another key's.
+    {
+        let store = Store::open(data.join("db"), StoreOptions::default()).unwrap();
+        store.topic("t").unwrap().delete("key-1-050").unwrap();
+    }
+    assert_eq!(ops(&["verify", "--data-dir", text]).status.code(), Some(0));
+    let db = raw(&data);
+    let kv = db.cf_handle("kv").unwrap();
+    let (row_key, _) = db.iterator_cf(kv, rocksdb::IteratorMode::End).next().unwrap().unwrap();
+    let (_, other) = db.iterator_cf(kv, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+    db.put_cf(kv, &row_key, &other).unwrap();
+    drop(db);
+    let output = ops(&["verify", "--data-dir", text, "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["subject"] == "key \"key-2-099\"" && p["what"].as_str().unwrap().contains("snapshot")),
+        "{report}"
+    );
+    assert!(ops(&["repair", "t", "--data-dir", text]).status.success());
+    assert_eq!(ops(&["verify", "--data-dir", text]).status.code(), Some(0));
 }
 
 /// Opens the database with plain RocksDB, as a careless tool would, once a stopped node has let
@@ -253,6 +292,9 @@ fn heads_across_three_nodes_disagree_while_one_is_stopped_and_agree_after_it_rej
     let report = json(&disagreement);
     assert_eq!(report["agree"], false);
     assert_eq!(report["nodes"][2]["lacks"].as_array().unwrap().len(), 1);
+    assert_eq!(report["nodes"][2]["lacks"][0], report["nodes"][0]["heads"][0]["cid"]);
+    // c's head is in a's and b's past: they lack nothing.
+    assert!(report["nodes"][0]["lacks"].as_array().unwrap().is_empty(), "{report}");
 
     let restarted = start(&runtime, c_dir, peers);
     nodes[2] = restarted;
@@ -375,4 +417,42 @@ fn export_then_import_into_an_empty_node_gives_the_same_keys_and_heads() {
     let output = ops(&["import", car.to_str().unwrap(), "--topic", "t", "--data-dir", empty.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("damaged"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn export_and_import_through_running_nodes() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = start(&runtime, dir.path().join("a"), vec![]);
+    let target = start(&runtime, dir.path().join("b"), vec![]);
+    let topic = source.node.as_ref().unwrap().subscribe("t").unwrap();
+    for b in 0..3 {
+        let mut batch = Batch::new();
+        for i in 0..40 {
+            batch.put(format!("key-{b}-{i:02}"), format!("value-{i}"));
+        }
+        topic.batch(batch).unwrap();
+    }
+    assert!(ops(&["compact", "t", "--dag", "--api", &source.api]).status.success());
+    topic.put("after", "the snapshot").unwrap();
+
+    let car = dir.path().join("t.car");
+    let car = car.to_str().unwrap();
+    let exported = json(&ops(&["export", "t", "--out", car, "--api", &source.api, "--json"]));
+    assert_eq!(exported["roots"].as_array().unwrap().len(), 2, "a snapshot and a head: {exported}");
+    let imported = ops(&["import", car, "--api", &target.api, "--json"]);
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let imported = json(&imported);
+    assert_eq!((imported["snapshots"].as_u64(), imported["applied"].as_u64()), (Some(1), Some(1)), "{imported}");
+    let copy = target.node.as_ref().unwrap().topic("t").unwrap();
+    assert_eq!(copy.heads(), topic.heads());
+    assert_eq!(copy.key_count(), 121);
+    assert_eq!(copy.get(b"after").unwrap(), Some(b"the snapshot".to_vec()));
+    assert_eq!(ops(&["verify", "--api", &target.api]).status.code(), Some(0));
+    let again = json(&ops(&["import", car, "--api", &target.api, "--json"]));
+    assert_eq!((again["applied"].as_u64(), again["snapshots"].as_u64()), (Some(0), Some(0)), "{again}");
+    // A topic the node does not have cannot be exported.
+    let missing = ops(&["export", "nope", "--out", car, "--api", &source.api]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no topic nope"));
 }
