@@ -162,13 +162,13 @@ fn files(path: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn dir_bytes(path: &Path) -> u64 {
+pub(crate) fn dir_bytes(path: &Path) -> u64 {
     files(path).iter().filter_map(|file| std::fs::metadata(file).ok()).map(|meta| meta.len()).sum()
 }
 
 /// Waits until what one side wrote is on disk, so the kernel's write-back of it does not run
 /// during (and slow down) the other side's measurement.
-fn settle(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn settle(path: &Path) -> anyhow::Result<()> {
     for file in files(path) {
         std::fs::File::open(&file)?.sync_all()?;
     }
@@ -325,7 +325,7 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
 }
 
 /// Compacts every column family of the store, as parts released leave their space behind.
-fn compact_ranges(store: &Store) {
+pub(crate) fn compact_ranges(store: &Store) {
     let db = store.blocks().db();
     for name in ["blocks", "index", "kv", "heads", "tombstones", "snapshots", "meta"] {
         if let Some(cf) = db.cf_handle(name) {
@@ -335,7 +335,7 @@ fn compact_ranges(store: &Store) {
 }
 
 /// A bare RocksDB with the table and compression options canopy uses for its key-value column.
-fn bare_db(path: &Path) -> anyhow::Result<rocksdb::DB> {
+pub(crate) fn bare_db(path: &Path) -> anyhow::Result<rocksdb::DB> {
     let cache = rocksdb::Cache::new_lru_cache(64 << 20);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);

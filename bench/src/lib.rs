@@ -2,7 +2,9 @@
 
 pub mod ingest;
 pub mod replication;
+pub mod scale;
 pub mod sim;
+pub mod topics;
 
 use hdrhistogram::Histogram;
 

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use canopy_bench::ingest::{self, IngestConfig};
 use canopy_bench::replication::{self, ReplicationConfig};
+use canopy_bench::scale::{self, Event, ScaleConfig};
 use canopy_bench::sim::{self, SimConfig};
+use canopy_bench::topics::{self, TopicsConfig};
 use canopy_crdt::sim::Faults;
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,34 @@ enum Command {
     /// Measure replication between real nodes on loopback: write-to-visible latency between two
     /// nodes and the time an empty node takes to catch up a topic.
     Replication(ReplicationArgs),
+    /// One node's engine at scale: ingest with checkpoints (rate, RSS, disk, RocksDB pending
+    /// compaction and stalls), then point gets, a prefix scan, reopening, and compaction.
+    Scale(ScaleArgs),
+    /// Many topics on one node: creating them, memory per topic, writing to all, restarting;
+    /// with `--nodes 2`, the time until a second node has converged on every topic.
+    Topics(TopicsArgs),
+}
+
+#[derive(clap::Args)]
+struct TopicsArgs {
+    /// Topics on the node.
+    #[arg(long, default_value_t = 10_000)]
+    topics: usize,
+    /// Keys written into each topic.
+    #[arg(long, default_value_t = 100)]
+    keys_per_topic: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// 1, or 2 for a second node that replicates every topic.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=2))]
+    nodes: u64,
+    /// Seconds the second node may take to converge.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -46,11 +76,60 @@ struct ReplicationArgs {
     /// Seconds to wait for any one step before failing.
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
-    /// Print the report as JSON.
-    #[arg(long)]
     /// Compact the catch-up topic first: the empty node bootstraps from a snapshot.
     #[arg(long)]
     compact: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ScaleArgs {
+    /// Keys to write.
+    #[arg(long, default_value_t = 10_000_000)]
+    keys: u64,
+    /// Topics the batches go to, round-robin.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    /// Bytes per key (at least 8).
+    #[arg(long, default_value_t = 32)]
+    key_bytes: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Keys per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Threads submitting batches.
+    #[arg(long, default_value_t = 2)]
+    writers: usize,
+    /// Checkpoints printed over the ingest.
+    #[arg(long, default_value_t = 20)]
+    checkpoints: u64,
+    /// Point gets of present keys (per reader-thread setting).
+    #[arg(long, default_value_t = 1_000_000)]
+    reads: usize,
+    /// Point gets of absent keys (per reader-thread setting).
+    #[arg(long, default_value_t = 100_000)]
+    absent_reads: usize,
+    /// Keys the prefix scan reads at most.
+    #[arg(long, default_value_t = 1_000_000)]
+    scan_keys: usize,
+    /// Directory for the stores [default: a temporary directory].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the stores afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Compact every topic at the end and measure the disk again.
+    #[arg(long)]
+    compact: bool,
+    /// Run the same workload against bare RocksDB too.
+    #[arg(long)]
+    baseline: bool,
+    /// One JSON object per line: every checkpoint, then the result.
+    #[arg(long)]
     json: bool,
 }
 
@@ -154,6 +233,13 @@ fn probability(text: &str) -> Result<f64, String> {
 }
 
 fn main() -> ExitCode {
+    // The nodes the workloads embed log through `tracing`; RUST_LOG turns it on.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
@@ -168,6 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => run_sim(args),
         Command::Ingest(args) => run_ingest(args),
         Command::Replication(args) => run_replication(args),
+        Command::Scale(args) => run_scale(args),
+        Command::Topics(args) => run_topics(args),
     }
 }
 
@@ -286,6 +374,167 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
         println!(
             "catch-up of {} keys by an empty node{from}: {:.2} s ({:.0} keys/s)",
             report.catch_up_keys, report.catch_up_s, report.catch_up_keys_per_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
+    let config = ScaleConfig {
+        keys: args.keys,
+        topics: args.topics,
+        key_bytes: args.key_bytes,
+        value_bytes: args.value_bytes,
+        batch: args.batch,
+        writers: args.writers,
+        checkpoints: args.checkpoints,
+        reads: args.reads,
+        absent_reads: args.absent_reads,
+        scan_keys: args.scan_keys,
+        dir: args.data_dir,
+        keep: args.keep,
+        compact: args.compact,
+        baseline: args.baseline,
+    };
+    let bar = progress_bar(config.keys);
+    let json = args.json;
+    let report = scale::run(&config, &|event| match event {
+        Event::Progress(side, keys) => {
+            if let Some(bar) = &bar {
+                if bar.length() != Some(config.keys) || !bar.message().starts_with(side) {
+                    bar.reset();
+                    bar.set_length(config.keys);
+                    bar.set_message(side.to_string());
+                }
+                bar.set_position(keys);
+            }
+        }
+        Event::Checkpoint(checkpoint) => {
+            let line = if json {
+                let mut value = serde_json::to_value(checkpoint).unwrap_or_default();
+                value["kind"] = "checkpoint".into();
+                value.to_string()
+            } else {
+                format!(
+                    "{:<7} {:>11} keys {:>8.1} s {:>9.0} keys/s  rss {:>5} MiB (peak {:>5})  disk {:>6} MiB  \
+                     pending compaction {:>5} MiB  stalled {:.1} s",
+                    checkpoint.side,
+                    checkpoint.keys,
+                    checkpoint.elapsed_s,
+                    checkpoint.interval_keys_per_s,
+                    checkpoint.rss_bytes >> 20,
+                    checkpoint.peak_rss_bytes >> 20,
+                    checkpoint.disk_bytes >> 20,
+                    checkpoint.pending_compaction_bytes >> 20,
+                    checkpoint.stall_s
+                )
+            };
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => println!("{line}"),
+            }
+        }
+        Event::Phase(phase) => match &bar {
+            Some(bar) => bar.set_message(phase.to_string()),
+            None if !json => eprintln!("{phase}"),
+            None => {}
+        },
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["kind"] = "result".into();
+        for side in ["canopy", "rocksdb"] {
+            if let Some(side) = value.get_mut(side).and_then(|s| s.as_object_mut()) {
+                side.remove("checkpoints");
+            }
+        }
+        println!("{value}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "keys={} topics={} key_bytes={} value_bytes={} batch={}",
+        report.keys, report.topics, report.key_bytes, report.value_bytes, report.batch
+    );
+    let sides = std::iter::once(("canopy", &report.canopy)).chain(report.rocksdb.as_ref().map(|s| ("rocksdb", s)));
+    for (name, side) in sides {
+        println!(
+            "{name:<7} ingest {:>9.0} keys/s ({:.1} s, slowest interval {:.0} keys/s)  peak rss {} MiB  disk {:.1} B/key",
+            side.keys_per_s,
+            side.ingest_s,
+            side.min_interval_keys_per_s,
+            side.peak_rss_bytes >> 20,
+            side.disk_bytes_per_key
+        );
+        for reads in &side.reads {
+            println!(
+                "{name:<7} get, {} thread(s): present p50={}us p99={}us p999={}us ({:.0}/s); absent p50={}us p99={}us \
+                 ({:.0}/s)",
+                reads.threads,
+                reads.present.p50_us,
+                reads.present.p99_us,
+                reads.present.p999_us,
+                reads.present.reads_per_s,
+                reads.absent.p50_us,
+                reads.absent.p99_us,
+                reads.absent.reads_per_s
+            );
+        }
+        println!(
+            "{name:<7} prefix scan {:.0} keys/s; reopen and first read {:.3} s",
+            side.scan_keys_per_s, side.reopen_s
+        );
+        if let (Some(seconds), Some(per_key)) = (side.compact_s, side.compacted_disk_bytes_per_key) {
+            println!("{name:<7} compaction {seconds:.1} s, then disk {per_key:.1} B/key");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:24} [{bar:40}] {human_pos}/{human_len} {per_sec} eta {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    Some(bar)
+}
+
+fn run_topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
+    let report = topics::run(&TopicsConfig {
+        topics: args.topics,
+        keys_per_topic: args.keys_per_topic,
+        value_bytes: args.value_bytes,
+        nodes: args.nodes as usize,
+        timeout: std::time::Duration::from_secs(args.timeout_s),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("topics={} keys_per_topic={}", report.topics, report.keys_per_topic);
+    println!(
+        "subscribe all: {:.2} s; rss per idle topic {:.0} B; after writing {:.0} B; restarted {:.0} B",
+        report.create_s,
+        report.rss_bytes_per_topic,
+        report.rss_bytes_per_topic_after_writes,
+        report.rss_bytes_per_topic_restarted
+    );
+    println!(
+        "ingest over all topics: {:.0} keys/s; restart until every topic is readable: {:.2} s",
+        report.ingest_keys_per_s, report.restart_s
+    );
+    if let (Some(seconds), Some(rate)) = (report.converge_s, report.converge_topics_per_s) {
+        println!(
+            "second node converged on every topic in {seconds:.2} s ({rate:.0} topics/s); peers {:?}, subscribed {:?}",
+            report.peers, report.subscribed
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -238,37 +238,59 @@ impl Node {
         let node = Node { inner };
         let mut topics: BTreeSet<String> = read_subscriptions(&data_dir)?;
         topics.extend(config.topics.iter().cloned());
-        for topic in topics {
-            node.subscribe_blocking(&topic).await?;
-        }
+        let topics: Vec<String> = topics.into_iter().collect();
+        let subscribing = node.clone();
+        tokio::task::spawn_blocking(move || subscribing.subscribe_all(&topics))
+            .await
+            .map_err(|_| NodeError::Closed)??;
         Ok(node)
-    }
-
-    async fn subscribe_blocking(&self, topic: &str) -> Result<NodeTopic, NodeError> {
-        let node = self.clone();
-        let topic = topic.to_string();
-        tokio::task::spawn_blocking(move || node.subscribe(&topic)).await.map_err(|_| NodeError::Closed)?
     }
 
     /// Subscribes `name` (idempotent): creates the topic if needed and starts replicating it.
     /// Blocks briefly; call it from a blocking context inside async code.
     pub fn subscribe(&self, name: &str) -> Result<NodeTopic, NodeError> {
-        canopy_crdt::validate_topic_name(name)?;
-        let mut subscribed = self.inner.subscribed.lock().expect("subscribed lock");
-        if !subscribed.contains(name) {
-            let (reply, result) = bounded(1);
-            self.inner
-                .sync_events
-                .send(SyncEvent::Subscribe(name.to_string(), reply))
-                .map_err(|_| NodeError::Closed)?;
-            result.recv().map_err(|_| NodeError::Closed)??;
-            self.inner.transport.subscribe(name);
-            subscribed.insert(name.to_string());
-            write_subscriptions(&self.inner.config.data_dir, &subscribed)?;
-        }
-        drop(subscribed);
+        self.subscribe_all(&[name])?;
         let topic = self.inner.store.topic(name)?;
         Ok(NodeTopic { topic, node: self.inner.clone() })
+    }
+
+    /// Subscribes every topic of `names` (idempotent), saving the subscriptions once: the way
+    /// to take on thousands of topics at a time.
+    pub fn subscribe_all(&self, names: &[impl AsRef<str>]) -> Result<(), NodeError> {
+        for name in names {
+            canopy_crdt::validate_topic_name(name.as_ref())?;
+        }
+        let mut subscribed = self.inner.subscribed.lock().expect("subscribed lock");
+        let before = subscribed.len();
+        let mut outcome = Ok(());
+        for name in names.iter().map(AsRef::as_ref) {
+            if subscribed.contains(name) {
+                continue;
+            }
+            let (reply, result) = bounded(1);
+            if self.inner.sync_events.send(SyncEvent::Subscribe(name.to_string(), reply)).is_err() {
+                outcome = Err(NodeError::Closed);
+                break;
+            }
+            match result.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    outcome = Err(error.into());
+                    break;
+                }
+                Err(_) => {
+                    outcome = Err(NodeError::Closed);
+                    break;
+                }
+            }
+            self.inner.transport.subscribe(name);
+            subscribed.insert(name.to_string());
+        }
+        // What was subscribed before a failure stays subscribed, and is saved.
+        if subscribed.len() != before {
+            write_subscriptions(&self.inner.config.data_dir, &subscribed)?;
+        }
+        outcome
     }
 
     /// Stops replicating `name`. Its data stays unless `purge` is set.

@@ -61,6 +61,10 @@ pub struct TransportConfig {
     pub command_queue_depth: usize,
     /// Events queued for the caller before new ones are dropped.
     pub event_queue_depth: usize,
+    /// Topics a peer may be known to subscribe, and may announce in one gossipsub message.
+    /// Beyond it a peer's subscriptions are ignored, so it must cover the most topics a node
+    /// replicates (gossipsub's own default is 100).
+    pub topics_per_peer_max: usize,
 }
 
 impl Default for TransportConfig {
@@ -80,6 +84,7 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(5),
             command_queue_depth: 4096,
             event_queue_depth: 8192,
+            topics_per_peer_max: 1_000_000,
         }
     }
 }

@@ -96,6 +96,7 @@ pub(crate) fn start(
 ) -> Result<mpsc::Sender<Command>, TransportError> {
     let agent = format!("canopy/{} {BLOCKS_PORT_TAG}{}", env!("CARGO_PKG_VERSION"), blocks_addr.port());
     let gossip_bytes_max = config.gossip_bytes_max;
+    let topics_per_peer_max = config.topics_per_peer_max;
     let mdns_enabled = config.mdns;
     let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
@@ -113,8 +114,16 @@ pub(crate) fn start(
                 .max_transmit_size(gossip_bytes_max)
                 .heartbeat_interval(Duration::from_millis(500))
                 .build()?;
-            let mut gossipsub =
-                gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let filter = gossipsub::MaxCountSubscriptionFilter {
+                filter: gossipsub::AllowAllSubscriptionFilter {},
+                max_subscribed_topics: topics_per_peer_max,
+                max_subscriptions_per_request: topics_per_peer_max,
+            };
+            let mut gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_config,
+                filter,
+            )?;
             gossipsub.with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default())?;
             let identify = identify::Behaviour::new(
                 identify::Config::new("/canopy/id/1.0.0".into(), key.public()).with_agent_version(agent.clone()),
