@@ -2,6 +2,7 @@
 
 pub mod ingest;
 pub mod replication;
+pub mod report;
 pub mod scale;
 pub mod sim;
 pub mod topics;

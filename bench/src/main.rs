@@ -35,6 +35,19 @@ enum Command {
     /// Many topics on one node: creating them, memory per topic, writing to all, restarting;
     /// with `--nodes 2`, the time until a second node has converged on every topic.
     Topics(TopicsArgs),
+    /// Run a named set of workloads and write DIR/report.md (tables, SVG plots) and
+    /// DIR/results.jsonl (every figure, with the command that measures it alone).
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// quick: a few minutes on a 2-core machine; full: 100M keys and 10,000 topics (hours).
+    #[arg(long, value_enum, default_value_t = canopy_bench::report::Profile::Quick)]
+    profile: canopy_bench::report::Profile,
+    /// Directory for report.md, its plots and results.jsonl.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -84,23 +97,30 @@ struct ReplicationArgs {
     json: bool,
 }
 
+/// What every written key looks like, and how keys are grouped.
 #[derive(clap::Args)]
-struct ScaleArgs {
-    /// Keys to write.
-    #[arg(long, default_value_t = 10_000_000)]
-    keys: u64,
-    /// Topics the batches go to, round-robin.
-    #[arg(long, default_value_t = 1)]
-    topics: usize,
-    /// Bytes per key (at least 8).
+struct Shape {
+    /// Bytes per key.
     #[arg(long, default_value_t = 32)]
     key_bytes: usize,
     /// Bytes per value.
     #[arg(long, default_value_t = 100)]
     value_bytes: usize,
-    /// Keys per batch.
+    /// Keys per batch (ingest: 1 writes every key as its own put).
     #[arg(long, default_value_t = 1000)]
     batch: usize,
+    /// Topics the batches go to, round-robin.
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+}
+
+#[derive(clap::Args)]
+struct ScaleArgs {
+    /// Keys to write.
+    #[arg(long, default_value_t = 10_000_000)]
+    keys: u64,
+    #[command(flatten)]
+    shape: Shape,
     /// Threads submitting batches.
     #[arg(long, default_value_t = 2)]
     writers: usize,
@@ -187,18 +207,8 @@ struct IngestArgs {
     /// Keys to write.
     #[arg(long, default_value_t = 1_000_000)]
     keys: usize,
-    /// Bytes per key.
-    #[arg(long, default_value_t = 32)]
-    key_bytes: usize,
-    /// Bytes per value.
-    #[arg(long, default_value_t = 100)]
-    value_bytes: usize,
-    /// Keys per batch; 1 writes every key as its own put.
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
-    /// Topics the batches are spread over.
-    #[arg(long, default_value_t = 1)]
-    topics: usize,
+    #[command(flatten)]
+    shape: Shape,
     /// Concurrent submitting threads [default: 64 with --batch 1, else 1].
     #[arg(long)]
     writers: Option<usize>,
@@ -256,6 +266,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replication(args) => run_replication(args),
         Command::Scale(args) => run_scale(args),
         Command::Topics(args) => run_topics(args),
+        Command::Report(args) => {
+            canopy_bench::report::run(args.profile, &args.out, &|phase| eprintln!("{phase}"))?;
+            println!("wrote {}", args.out.join("report.md").display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -299,13 +314,13 @@ fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
-    let writers = args.writers.unwrap_or(if args.batch == 1 { 64 } else { 1 });
+    let writers = args.writers.unwrap_or(if args.shape.batch == 1 { 64 } else { 1 });
     let config = IngestConfig {
         keys: args.keys,
-        key_bytes: args.key_bytes,
-        value_bytes: args.value_bytes,
-        batch: args.batch,
-        topics: args.topics,
+        key_bytes: args.shape.key_bytes,
+        value_bytes: args.shape.value_bytes,
+        batch: args.shape.batch,
+        topics: args.shape.topics,
         writers,
         store_writer_threads: args.store_writers,
         seed: args.seed,
@@ -382,10 +397,10 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
 fn run_scale(args: ScaleArgs) -> anyhow::Result<ExitCode> {
     let config = ScaleConfig {
         keys: args.keys,
-        topics: args.topics,
-        key_bytes: args.key_bytes,
-        value_bytes: args.value_bytes,
-        batch: args.batch,
+        topics: args.shape.topics,
+        key_bytes: args.shape.key_bytes,
+        value_bytes: args.shape.value_bytes,
+        batch: args.shape.batch,
         writers: args.writers,
         checkpoints: args.checkpoints,
         reads: args.reads,

@@ -48,6 +48,10 @@ pub struct ReplicationReport {
     pub compacted: bool,
     /// Seconds the compaction took, when there was one.
     pub compact_s: Option<f64>,
+    /// Every sampled write-to-visible latency as (microseconds, writes), for histograms.
+    pub latencies: Vec<(u64, u64)>,
+    /// The empty node's progress: (seconds since it started, keys it held).
+    pub catch_up_progress: Vec<(f64, u64)>,
 }
 
 fn config(dir: &Path, name: &str, peers: Vec<String>, topics: &[&str]) -> NodeConfig {
@@ -141,7 +145,17 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     let started = Instant::now();
     let c = Node::start(config(dir, "c", vec![address(&a)?], &["big"])).await?;
     let target = c.subscribe("big")?;
-    wait("the empty node caught up", settings.timeout, || target.key_count() as usize == keys).await?;
+    let mut catch_up_progress = vec![(started.elapsed().as_secs_f64(), target.key_count())];
+    let mut sampled = Instant::now();
+    wait("the empty node caught up", settings.timeout, || {
+        let held = target.key_count();
+        if sampled.elapsed() >= Duration::from_millis(20) || held as usize == keys {
+            sampled = Instant::now();
+            catch_up_progress.push((started.elapsed().as_secs_f64(), held));
+        }
+        held as usize == keys
+    })
+    .await?;
     let catch_up = started.elapsed().as_secs_f64();
 
     for node in [a, b, c] {
@@ -157,5 +171,7 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
         catch_up_keys_per_s: keys as f64 / catch_up,
         compacted: settings.compact,
         compact_s,
+        latencies: histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
+        catch_up_progress,
     })
 }
