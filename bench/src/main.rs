@@ -92,6 +92,16 @@ struct ReplicationArgs {
     /// Compact the catch-up topic first: the empty node bootstraps from a snapshot.
     #[arg(long)]
     compact: bool,
+    /// Write the catch-up topic as single puts, one block per key, instead of batches.
+    #[arg(long)]
+    deep: bool,
+    /// Run `canopy serve` processes and measure through their HTTP API: a PUT on one, the
+    /// value seen on another's watch stream; an empty third process catching up.
+    #[arg(long)]
+    processes: bool,
+    /// The `canopy` binary for `--processes` [default: the one beside canopy-bench].
+    #[arg(long)]
+    canopy: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -373,13 +383,17 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
         value_bytes: args.value_bytes,
         timeout: std::time::Duration::from_secs(args.timeout_s),
         compact: args.compact,
+        deep: args.deep,
+        processes: args.processes.then(|| args.canopy.unwrap_or_else(canopy_bench::processes::default_canopy)),
     };
     let report = replication::run(&config)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let how = if report.mode == "processes" { " (canopy serve processes, PUT to watch event)" } else { "" };
+        let written = if report.deep { " written one block per key" } else { "" };
         println!(
-            "write-to-visible latency over {} writes: p50={}us p99={}us max={}us",
+            "write-to-visible latency over {} writes{how}: p50={}us p99={}us max={}us",
             report.samples, report.latency_p50_us, report.latency_p99_us, report.latency_max_us
         );
         let from = match report.compact_s {
@@ -387,7 +401,7 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
             None => String::new(),
         };
         println!(
-            "catch-up of {} keys by an empty node{from}: {:.2} s ({:.0} keys/s)",
+            "catch-up of {} keys{written} by an empty node{from}: {:.2} s ({:.0} keys/s)",
             report.catch_up_keys, report.catch_up_s, report.catch_up_keys_per_s
         );
     }

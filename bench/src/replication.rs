@@ -1,8 +1,9 @@
 //! `canopy-bench replication`: real nodes on loopback (in one process, each with its own store,
-//! libp2p swarm and QUIC endpoint): write-to-visible latency between two nodes, and how long an
-//! empty node takes to catch up a topic.
+//! libp2p swarm and QUIC endpoint, or with `processes` real `canopy serve` processes driven
+//! over HTTP): write-to-visible latency between two nodes, and how long an empty node takes to
+//! catch up a topic.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -25,6 +26,12 @@ pub struct ReplicationConfig {
     /// Compact the catch-up topic before the empty node starts, so it bootstraps from a
     /// snapshot instead of the blocks.
     pub compact: bool,
+    /// Fill the catch-up topic with single puts, one block per key (a DAG as deep as the
+    /// topic has keys), instead of batches.
+    pub deep: bool,
+    /// Run `canopy serve` processes from this binary and measure through their HTTP API
+    /// instead of embedded nodes.
+    pub processes: Option<PathBuf>,
 }
 
 /// Figures of a run.
@@ -46,6 +53,11 @@ pub struct ReplicationReport {
     pub catch_up_keys_per_s: f64,
     /// Whether the empty node bootstrapped from a compacted peer.
     pub compacted: bool,
+    /// Whether the catch-up topic was written as single puts, one block per key.
+    pub deep: bool,
+    /// `embedded` (nodes in this process, through the library) or `processes` (`canopy serve`
+    /// processes, through HTTP).
+    pub mode: &'static str,
     /// Seconds the compaction took, when there was one.
     pub compact_s: Option<f64>,
     /// Every sampled write-to-visible latency as (microseconds, writes), for histograms.
@@ -62,6 +74,9 @@ fn config(dir: &Path, name: &str, peers: Vec<String>, topics: &[&str]) -> NodeCo
         peers,
         topics: topics.iter().map(|t| t.to_string()).collect(),
         rebroadcast_interval_s: 1,
+        // The catch-up is measured from blocks unless a compaction is asked for.
+        compact_after_blocks: 0,
+        compact_after_bytes: 0,
         ..NodeConfig::default()
     }
 }
@@ -86,8 +101,41 @@ async fn wait(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool
 /// Runs the measurement in a temporary directory.
 pub fn run(settings: &ReplicationConfig) -> anyhow::Result<ReplicationReport> {
     let dir = tempfile::tempdir()?;
+    if let Some(canopy) = &settings.processes {
+        return crate::processes::measure(canopy, dir.path(), settings);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(measure(dir.path(), settings))
+}
+
+/// The figures of a run from what it measured.
+pub(crate) fn report(
+    settings: &ReplicationConfig,
+    histogram: &hdrhistogram::Histogram<u64>,
+    catch_up_s: f64,
+    catch_up_progress: Vec<(f64, u64)>,
+    compact_s: Option<f64>,
+) -> ReplicationReport {
+    ReplicationReport {
+        samples: settings.samples,
+        latency_p50_us: histogram.value_at_quantile(0.5),
+        latency_p99_us: histogram.value_at_quantile(0.99),
+        latency_max_us: histogram.max(),
+        catch_up_keys: settings.catch_up_keys,
+        catch_up_s,
+        catch_up_keys_per_s: settings.catch_up_keys as f64 / catch_up_s,
+        compacted: settings.compact,
+        deep: settings.deep,
+        mode: if settings.processes.is_some() { "processes" } else { "embedded" },
+        compact_s,
+        latencies: histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
+        catch_up_progress,
+    }
+}
+
+/// The key and value of the catch-up topic's key `i`.
+pub(crate) fn catch_up_entry(i: usize, value_bytes: usize) -> (String, Vec<u8>) {
+    (format!("key-{i:09}"), vec![b'x'; value_bytes])
 }
 
 async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<ReplicationReport> {
@@ -122,12 +170,15 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     }
 
     let big = a.subscribe("big")?;
-    let (keys, batch_size, value_bytes) = (settings.catch_up_keys, settings.batch.max(1), settings.value_bytes);
+    let (keys, value_bytes) = (settings.catch_up_keys, settings.value_bytes);
+    // One put at a time makes one block per key.
+    let batch_size = if settings.deep { 1 } else { settings.batch.max(1) };
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         for start in (0..keys).step_by(batch_size) {
             let mut batch = Batch::new();
             for i in start..(start + batch_size).min(keys) {
-                batch.put(format!("key-{i:09}"), vec![b'x'; value_bytes]);
+                let (key, value) = catch_up_entry(i, value_bytes);
+                batch.put(key, value);
             }
             big.batch(batch)?;
         }
@@ -161,17 +212,5 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     for node in [a, b, c] {
         node.shutdown().await;
     }
-    Ok(ReplicationReport {
-        samples: settings.samples,
-        latency_p50_us: histogram.value_at_quantile(0.5),
-        latency_p99_us: histogram.value_at_quantile(0.99),
-        latency_max_us: histogram.max(),
-        catch_up_keys: keys,
-        catch_up_s: catch_up,
-        catch_up_keys_per_s: keys as f64 / catch_up,
-        compacted: settings.compact,
-        compact_s,
-        latencies: histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
-        catch_up_progress,
-    })
+    Ok(report(settings, &histogram, catch_up, catch_up_progress, compact_s))
 }

@@ -128,6 +128,8 @@ fn run_sizes(profile: &str, sizes: &Sizes, out: &Path, say: &dyn Fn(&str)) -> an
         value_bytes: 100,
         timeout: Duration::from_secs(1800),
         compact,
+        deep: false,
+        processes: None,
     };
     let replication_command = |compact: bool| {
         format!(

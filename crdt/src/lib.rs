@@ -35,7 +35,7 @@ pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, Sto
 pub use options::StoreOptions;
 pub use schema::{TOPIC_NAME_BYTES_MAX, validate_topic_name};
 pub use store::Store;
-pub use topic::{Batch, Page, Topic};
+pub use topic::{Batch, Ingesting, Page, Topic};
 pub use types::{
     Change, Commit, Compaction, Head, IngestOutcome, KNOWN_SNAPSHOTS_MAX, MergeOutcome, Op, Sink, Snapshots,
     StorageCompaction,

@@ -303,7 +303,8 @@ impl Cluster {
     fn committed(&mut self, replica: usize, topic: &str, commit: Option<Commit>) {
         let Some(commit) = commit else { return };
         self.acknowledged.push((topic.to_string(), commit));
-        let effects = self.nodes[replica].as_mut().map(|node| node.announce(topic)).unwrap_or_default();
+        let effects =
+            self.nodes[replica].as_mut().map(|node| node.announce_commits(topic, &[commit.cid])).unwrap_or_default();
         self.dispatch(replica, effects);
     }
 
@@ -458,6 +459,12 @@ impl Cluster {
             };
             // A bad message is the sender's fault: the receiver refuses it and carries on.
             if let Ok(effects) = node.handle_bytes(self.now_ms, envelope.from, &envelope.bytes) {
+                self.dispatch(envelope.to, effects);
+            }
+            // An answer's blocks may still be applying: settled here, so every step ends with
+            // the replica's state as its messages left it and runs stay reproducible.
+            let node = self.nodes[envelope.to].as_mut().expect("running");
+            if let Ok(effects) = node.settle() {
                 self.dispatch(envelope.to, effects);
             }
             return Ok(());
@@ -732,7 +739,21 @@ impl Adversary {
             let cid = self.learned[self.rng.random_range(0..self.learned.len())];
             heads.push(Head { cid, height: 1 });
         }
-        let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads }.encode())];
+        // Announcements carry blocks of their own now and then: orphans above invented parents,
+        // valid junk, or tampered bytes.
+        let mut blocks = Vec::new();
+        if self.rng.random_bool(0.5) {
+            for _ in 0..self.rng.random_range(1..4) {
+                let orphan = self.rng.random_bool(0.5);
+                let mut wire = Adversary::wire(&self.block(orphan));
+                if self.rng.random_bool(0.3) {
+                    let last = wire.bytes.len() - 1;
+                    wire.bytes[last] ^= 0x55;
+                }
+                blocks.push(wire);
+            }
+        }
+        let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads, blocks }.encode())];
         if self.rng.random_bool(0.3) {
             let to = self.rng.random_range(0..self.replicas);
             let orphan = self.rng.random_bool(0.5);

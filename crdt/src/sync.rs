@@ -21,19 +21,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use canopy_dag::{BlockLimits, Cid, WalkLimits, validate_batch};
+use canopy_dag::{Block, BlockLimits, Cid, WalkLimits, validate_batch};
 
 use crate::error::{IngestError, MergeError, ReadError, TopicError};
 use crate::snapshot::{Manifest, validate_parts};
 use crate::store::Store;
-use crate::topic::Topic;
+use crate::topic::{Ingesting, Topic};
 use crate::types::Head;
 
 mod answer;
 mod message;
 
 pub use answer::answer;
-pub use message::{Message, MessageError, PARTS_PER_REQUEST_MAX, WireBlock};
+pub use message::{INLINE_BLOCKS_MAX, Message, MessageError, PARTS_PER_REQUEST_MAX, WireBlock};
 
 /// Bounds and timings of the sync protocol.
 #[derive(Clone, Debug)]
@@ -64,6 +64,10 @@ pub struct SyncConfig {
     /// Most CIDs one fetch keeps on its stack of wants; past it the outermost wants are
     /// dropped and learnt again from the next announcement.
     pub fetch_cids_max: usize,
+    /// Most bytes of blocks carried inside the announcement of a local commit (0: none). A
+    /// receiver that holds their parents applies them with no request; larger commits, and
+    /// receivers that lack a parent, fetch as usual.
+    pub inline_bytes_max: usize,
     /// Seed of the re-announcement jitter.
     pub seed: u64,
 }
@@ -85,6 +89,7 @@ impl Default for SyncConfig {
             message_bytes_max: 32 << 20,
             fetches_per_topic_max: 3,
             fetch_cids_max: 65_536,
+            inline_bytes_max: 64 << 10,
             seed: 0,
         }
     }
@@ -143,6 +148,8 @@ pub struct SyncStats {
     pub snapshots_merged: u64,
     /// Snapshot parts received that failed their hash check or decoding.
     pub parts_rejected: u64,
+    /// Blocks that came inside announcements and were applied with no request.
+    pub blocks_inline: u64,
 }
 
 /// Chunks (about 1 MiB each) asked for in one request.
@@ -245,6 +252,9 @@ pub struct Sync<P> {
     next_request_id: u64,
     jitter_state: u64,
     stats: SyncStats,
+    /// Answers whose blocks the writer threads are still applying, by topic and peer: their
+    /// outcome is collected by [`Sync::settle`].
+    applying: Vec<(String, P, Ingesting)>,
 }
 
 impl<P: Clone + Ord> Sync<P> {
@@ -260,6 +270,7 @@ impl<P: Clone + Ord> Sync<P> {
             next_request_id: 1,
             jitter_state,
             stats: SyncStats::default(),
+            applying: Vec::new(),
         }
     }
 
@@ -313,14 +324,26 @@ impl<P: Clone + Ord> Sync<P> {
         self.topics.values().map(|sync| sync.fetches.len()).sum()
     }
 
-    /// Announces `topic`'s heads, typically after a local commit; its re-announcements start
-    /// again from the shortest interval.
+    /// Announces `topic`'s heads; its re-announcements start again from the shortest interval.
     pub fn announce(&mut self, topic: &str) -> Vec<Effect<P>> {
+        self.announce_commits(topic, &[])
+    }
+
+    /// Announces `topic`'s heads after local commits (`commits`, in the order they were made),
+    /// carrying the commits' blocks as far as they fit `inline_bytes_max`, so peers that hold
+    /// their parents apply them with no request.
+    pub fn announce_commits(&mut self, topic: &str, commits: &[Cid]) -> Vec<Effect<P>> {
         self.reschedule(topic, true);
         let Some(sync) = self.topics.get(topic) else {
             return Vec::new();
         };
-        heads_effect(&sync.topic, self.config.heads_max).into_iter().collect()
+        let Some(mut effect) = heads_effect(&sync.topic, self.config.heads_max) else {
+            return Vec::new();
+        };
+        if let Effect::Publish { message: Message::Heads { blocks, .. }, .. } = &mut effect {
+            *blocks = inline_blocks(&sync.topic, commits, self.config.inline_bytes_max);
+        }
+        vec![effect]
     }
 
     /// A peer joined `topic`'s gossip: it learns the heads now rather than at the next
@@ -346,18 +369,54 @@ impl<P: Clone + Ord> Sync<P> {
     /// Handles raw bytes from `from`. A decoding failure is returned so the caller can drop
     /// or penalise the peer; nothing is changed.
     pub fn handle_bytes(&mut self, now_ms: u64, from: P, bytes: &[u8]) -> Result<Vec<Effect<P>>, SyncError> {
-        let message = Message::decode(bytes, &self.config).inspect_err(|_| self.stats.messages_rejected += 1)?;
+        let message = self.decode(bytes)?;
         self.handle(now_ms, from, message)
     }
 
-    /// Handles a decoded message from `from`.
+    /// Decodes a peer's message under this replica's bounds, counting a refusal.
+    pub fn decode(&mut self, bytes: &[u8]) -> Result<Message, SyncError> {
+        Ok(Message::decode(bytes, &self.config).inspect_err(|_| self.stats.messages_rejected += 1)?)
+    }
+
+    /// Handles a decoded message from `from`. Answers still being applied are settled first.
     pub fn handle(&mut self, now_ms: u64, from: P, message: Message) -> Result<Vec<Effect<P>>, SyncError> {
         self.now_ms = self.now_ms.max(now_ms);
+        let mut effects = self.settle()?;
+        effects.extend(self.handle_settled(now_ms, from, message)?);
+        Ok(effects)
+    }
+
+    /// Waits until every answer whose blocks are being applied is taken in, and acts on the
+    /// outcomes: counters, blocks learnt as had, fetches that stopped making progress, new heads
+    /// announced. [`Sync::handle`] and [`Sync::tick`] do this first; a caller that reads topics
+    /// right after handling an answer calls it to see the answer applied.
+    pub fn settle(&mut self) -> Result<Vec<Effect<P>>, SyncError> {
+        let mut effects = Vec::new();
+        for (topic, peer, ingesting) in std::mem::take(&mut self.applying) {
+            let outcome = ingesting.wait()?;
+            self.stats.blocks_applied += outcome.applied as u64;
+            self.stats.blocks_rejected += outcome.rejected.len() as u64;
+            let have_max = self.config.have_max;
+            if let Some(fetch) = self.topics.get_mut(&topic).and_then(|sync| sync.fetches.get_mut(&peer)) {
+                let progressed = outcome.applied > 0 || fetch.learn_had(outcome.duplicates, have_max);
+                fetch.idle = if progressed { 0 } else { fetch.idle + 1 };
+                if fetch.idle >= FETCH_IDLE_MAX {
+                    self.abandon(&topic, &peer);
+                }
+            }
+            if outcome.heads_changed {
+                effects.extend(self.announce(&topic));
+            }
+        }
+        Ok(effects)
+    }
+
+    fn handle_settled(&mut self, now_ms: u64, from: P, message: Message) -> Result<Vec<Effect<P>>, SyncError> {
         match message {
-            Message::Heads { topic, heads } => self.on_heads(now_ms, from, &topic, heads),
+            Message::Heads { topic, heads, blocks } => self.on_heads(now_ms, from, &topic, heads, blocks),
             request @ (Message::Want { .. } | Message::WantParts { .. }) => self.on_request(from, request),
-            Message::Blocks { topic, id, blocks, frontier, snapshots, .. } => {
-                self.on_blocks(now_ms, from, &topic, id, blocks, frontier, snapshots)
+            Message::Blocks { topic, id, blocks, more, frontier, snapshots } => {
+                self.on_blocks(now_ms, from, &topic, id, blocks, more, frontier, snapshots)
             }
             Message::Parts { topic, id, parts } => self.on_parts(now_ms, from, &topic, id, parts),
         }
@@ -367,6 +426,8 @@ impl<P: Clone + Ord> Sync<P> {
     /// due, at most `announce_per_tick_max` of them.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect<P>> {
         self.now_ms = self.now_ms.max(now_ms);
+        // A storage failure here shows again at the next ingest, which reports it.
+        let mut effects = self.settle().unwrap_or_default();
         let timeout = self.config.request_timeout_ms;
         let mut due = Vec::new();
         for (name, sync) in &mut self.topics {
@@ -380,7 +441,6 @@ impl<P: Clone + Ord> Sync<P> {
                 }
             }
         }
-        let mut effects = Vec::new();
         for (topic, peer) in due {
             match self.next_request(now_ms, peer, &topic) {
                 Ok(request) => effects.extend(request),
@@ -433,11 +493,32 @@ impl<P: Clone + Ord> Sync<P> {
         id
     }
 
-    fn on_heads(&mut self, now_ms: u64, from: P, topic: &str, heads: Vec<Head>) -> Result<Vec<Effect<P>>, SyncError> {
+    fn on_heads(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        topic: &str,
+        heads: Vec<Head>,
+        blocks: Vec<WireBlock>,
+    ) -> Result<Vec<Effect<P>>, SyncError> {
         let (want_max, fetches_max) = (self.config.want_max, self.config.fetches_per_topic_max);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
+        if !blocks.is_empty() {
+            // Blocks that came with the announcement are taken like fetched ones: validated, then
+            // applied once their parents are. Whatever they leave unknown is fetched below.
+            let outcome = sync.topic.ingest(validate(blocks, &mut self.stats))?;
+            self.stats.blocks_applied += outcome.applied as u64;
+            self.stats.blocks_inline += outcome.applied as u64;
+            self.stats.blocks_rejected += outcome.rejected.len() as u64;
+            if outcome.heads_changed {
+                // The announcement reaches the other peers through gossip; this replica's own
+                // heads go out at the next (now short) re-announcement.
+                self.reschedule(topic, true);
+            }
+        }
+        let sync = self.topics.get_mut(topic).expect("checked above");
         let unknown = sync.topic.unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
         if unknown.is_empty() {
             // The peer is behind or equal. If it lacks some of our heads, tell it soon (once per
@@ -499,17 +580,31 @@ impl<P: Clone + Ord> Sync<P> {
             if have.len() < have_max {
                 have.extend(sync.topic.have_sample(HAVE_SAMPLES_MAX.min(have_max - have.len()))?);
             }
-            let mut seen = BTreeSet::new();
-            have.retain(|cid| seen.insert(*cid));
-            have.truncate(have_max);
-            have.sort_unstable();
             fetch.id = id;
             fetch.sent_ms = now_ms;
-            let message = Message::Want { topic: topic.to_string(), id, want, have };
+            let message = Message::Want { topic: topic.to_string(), id, want, have: first_unique(have, have_max) };
             return Ok(Some(Effect::Send { to: peer, message }));
         }
         sync.fetches.remove(&peer);
         Ok(None)
+    }
+
+    /// The request that follows an answer with more above it, made before the answer is
+    /// applied: the same wants, with the answer's top blocks named as had besides the heads.
+    fn pipelined_request(&mut self, now_ms: u64, peer: P, topic: &str, tops: Vec<Cid>) -> Option<Effect<P>> {
+        let id = self.next_id();
+        let (want_max, have_max) = (self.config.want_max, self.config.have_max);
+        let sync = self.topics.get_mut(topic)?;
+        let fetch = sync.fetches.get_mut(&peer)?;
+        let mut want = fetch.levels.last()?.clone();
+        want.truncate(want_max);
+        let mut have = tops;
+        have.extend(sync.topic.heads().into_iter().map(|head| head.cid));
+        have.extend(fetch.extra_have.iter().rev().copied());
+        fetch.id = id;
+        fetch.sent_ms = now_ms;
+        let message = Message::Want { topic: topic.to_string(), id, want, have: first_unique(have, have_max) };
+        Some(Effect::Send { to: peer, message })
     }
 
     fn on_request(&mut self, from: P, request: Message) -> Result<Vec<Effect<P>>, SyncError> {
@@ -529,6 +624,7 @@ impl<P: Clone + Ord> Sync<P> {
         topic: &str,
         id: u64,
         blocks: Vec<WireBlock>,
+        more: bool,
         frontier: Vec<Cid>,
         snapshots: Vec<Cid>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
@@ -541,13 +637,16 @@ impl<P: Clone + Ord> Sync<P> {
             return Ok(Vec::new());
         }
         let blocks_were_empty = blocks.is_empty();
-        let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
-        let mut valid = Vec::new();
-        for result in validate_batch(items, &BlockLimits::PROTOCOL) {
-            match result {
-                Ok(block) => valid.push(block),
-                Err(_) => self.stats.blocks_rejected += 1,
-            }
+        let valid = validate(blocks, &mut self.stats);
+        let fetch = sync.fetches.get_mut(&from).expect("checked above");
+        if !valid.is_empty() && more && frontier.is_empty() && snapshots.is_empty() && fetch.snapshot.is_none() {
+            // More lies above these blocks: ask for it now, naming the tops of these blocks as
+            // had, and let the writer thread apply them while the request travels and the peer
+            // walks. The outcome is settled before the next message is handled.
+            let tops = tops(&valid);
+            let ingesting = sync.topic.ingest_submit(valid)?;
+            self.applying.push((topic.to_string(), from.clone(), ingesting));
+            return Ok(self.pipelined_request(now_ms, from, topic, tops).into_iter().collect());
         }
         let outcome = sync.topic.ingest(valid)?;
         self.stats.blocks_applied += outcome.applied as u64;
@@ -753,6 +852,53 @@ impl<P: Clone + Ord> Sync<P> {
     }
 }
 
+/// The first `max` distinct CIDs of `have`, sorted.
+fn first_unique(mut have: Vec<Cid>, max: usize) -> Vec<Cid> {
+    let mut seen = HashSet::new();
+    have.retain(|cid| seen.insert(*cid));
+    have.truncate(max);
+    have.sort_unstable();
+    have
+}
+
+/// The blocks of `blocks` that are no parent of another one of them: whoever holds them holds
+/// every block of `blocks`.
+fn tops(blocks: &[Block]) -> Vec<Cid> {
+    let parents: HashSet<&Cid> = blocks.iter().flat_map(Block::links).collect();
+    blocks.iter().map(Block::cid).filter(|cid| !parents.contains(cid)).collect()
+}
+
+/// Checks received blocks against their CIDs and the protocol's bounds, on the rayon pool;
+/// those that fail are counted and dropped.
+fn validate(blocks: Vec<WireBlock>, stats: &mut SyncStats) -> Vec<Block> {
+    let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
+    let mut valid = Vec::new();
+    for result in validate_batch(items, &BlockLimits::PROTOCOL) {
+        match result {
+            Ok(block) => valid.push(block),
+            Err(_) => stats.blocks_rejected += 1,
+        }
+    }
+    valid
+}
+
+/// The blocks of `commits` that fit together in `bytes_max`, in commit order, stopping at the
+/// first that does not fit (a later one would only wait for it). Blocks no longer stored
+/// (pruned by a compaction) are left out.
+fn inline_blocks(topic: &Topic, commits: &[Cid], bytes_max: usize) -> Vec<WireBlock> {
+    let mut blocks = Vec::new();
+    let mut bytes = 0;
+    for cid in commits.iter().take(INLINE_BLOCKS_MAX) {
+        let Ok(Some(block)) = topic.block(cid) else { continue };
+        bytes += block.len();
+        if bytes > bytes_max {
+            break;
+        }
+        blocks.push(WireBlock { cid: *cid, bytes: block.into() });
+    }
+    blocks
+}
+
 fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {
     let mut heads = topic.heads();
     if heads.is_empty() {
@@ -766,6 +912,6 @@ fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {
     }
     Some(Effect::Publish {
         topic: topic.name().to_string(),
-        message: Message::Heads { topic: topic.name().to_string(), heads },
+        message: Message::Heads { topic: topic.name().to_string(), heads, blocks: Vec::new() },
     })
 }

@@ -218,13 +218,20 @@ impl Topic {
     /// Takes in received, hash-checked blocks: stores those whose parents are missing and
     /// applies, in causal order, every block whose ancestry is complete.
     pub fn ingest(&self, blocks: Vec<Block>) -> Result<IngestOutcome, IngestError> {
+        self.ingest_submit(blocks)?.wait()
+    }
+
+    /// Like [`Topic::ingest`], without waiting: the blocks are queued for the topic's writer
+    /// thread, which takes the topic's commands in order (a later `unknown` or `ingest` sees
+    /// them applied), and the outcome is collected with [`Ingesting::wait`].
+    pub fn ingest_submit(&self, blocks: Vec<Block>) -> Result<Ingesting, IngestError> {
         if self.store.poisoned.load(Ordering::SeqCst) {
             return Err(IngestError::Poisoned);
         }
         let (reply, result) = bounded(1);
         let command = Command::Ingest { topic: self.shared.id, blocks, reply };
         self.store.send(self.shared.id, command).map_err(|_| IngestError::Closed)?;
-        result.recv().map_err(|_| IngestError::Closed)?
+        Ok(Ingesting(result))
     }
 
     /// Those of `cids` that are neither applied nor known to be bad, sorted, at most `max`.
@@ -365,5 +372,16 @@ impl Topic {
         let command = Command::Merge { topic: self.shared.id, manifest, reply };
         self.store.send(self.shared.id, command).map_err(|_| MergeError::Topic(TopicError::Closed))?;
         result.recv().map_err(|_| MergeError::Topic(TopicError::Closed))?
+    }
+}
+
+/// Received blocks queued for a topic's writer thread ([`Topic::ingest_submit`]).
+#[must_use = "the outcome says what was applied and refused"]
+pub struct Ingesting(Receiver<Result<IngestOutcome, IngestError>>);
+
+impl Ingesting {
+    /// Waits until the blocks are taken in.
+    pub fn wait(self) -> Result<IngestOutcome, IngestError> {
+        self.0.recv().map_err(|_| IngestError::Closed)?
     }
 }

@@ -350,7 +350,7 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
-    let heads = Message::Heads { topic: "t".into(), heads: source.heads() };
+    let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
     let (to, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
     assert_eq!(to, 1);
     let effects = sync.handle(0, 1, answer(id, wire(tampered))).unwrap();
@@ -377,7 +377,11 @@ fn answers_nobody_asked_for_are_dropped() {
     assert_eq!(sync.stats().answers_unrequested, 1);
 
     // Nor is an answer from a peer other than the one asked.
-    let heads = Message::Heads { topic: "t".into(), heads: vec![canopy_crdt::Head { cid: block.cid(), height: 1 }] };
+    let heads = Message::Heads {
+        topic: "t".into(),
+        heads: vec![canopy_crdt::Head { cid: block.cid(), height: 1 }],
+        blocks: Vec::new(),
+    };
     let (_, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
     sync.handle(0, 2, answer(id, blocks.clone())).unwrap();
     assert!(topic.heads().is_empty());
@@ -395,11 +399,15 @@ fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
     sync.subscribe("t").unwrap();
     // Peer 1 announces a head that does not exist and never answers.
     let fake = Block::build(vec![], 1, b"nothing".to_vec()).unwrap().cid();
-    let fake_heads = Message::Heads { topic: "t".into(), heads: vec![canopy_crdt::Head { cid: fake, height: 9 }] };
+    let fake_heads = Message::Heads {
+        topic: "t".into(),
+        heads: vec![canopy_crdt::Head { cid: fake, height: 9 }],
+        blocks: Vec::new(),
+    };
     let (to, stalled) = sent_want(&sync.handle(0, 1, fake_heads.clone()).unwrap());
     assert_eq!(to, 1);
     // Peer 2's real heads are fetched at once, not after peer 1's timeout.
-    let real = Message::Heads { topic: "t".into(), heads: source.heads() };
+    let real = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
     let (to, _) = sent_want(&sync.handle(1, 2, real).unwrap());
     assert_eq!(to, 2);
     // A failed request frees its fetch: the next announcement starts a new one.

@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// Bytes of blocks an announcement carries by default.
+pub const INLINE_BYTES_DEFAULT: usize = 64 << 10;
+/// Most bytes of blocks an announcement may carry: with the heads, an announcement stays well
+/// under the gossip message bound (1 MiB).
+pub const INLINE_BYTES_MAX: usize = 512 << 10;
+
 /// Everything a node needs to start. Every field has a default; a TOML file may set any of
 /// them, and the `canopy serve` flags and `CANOPY_*` environment variables override the file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,6 +50,9 @@ pub struct NodeConfig {
     pub compact_after_bytes: u64,
     /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
     pub snapshot_retain_s: u64,
+    /// Most bytes of a local commit's blocks carried inside its announcement, so peers that
+    /// hold the parents apply them with no request (0: none).
+    pub inline_bytes_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +75,7 @@ impl Default for NodeConfig {
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,
             snapshot_retain_s: 600,
+            inline_bytes_max: INLINE_BYTES_DEFAULT,
         }
     }
 }
@@ -126,6 +136,9 @@ impl NodeConfig {
         }
         if self.batch_ops_max == 0 || self.batch_ops_max > 1 << 20 {
             return invalid("batch_ops_max", "must be between 1 and 1048576");
+        }
+        if self.inline_bytes_max > INLINE_BYTES_MAX {
+            return invalid("inline_bytes_max", &format!("must be at most {INLINE_BYTES_MAX}"));
         }
         for topic in &self.topics {
             canopy_crdt::validate_topic_name(topic)

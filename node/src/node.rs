@@ -1,6 +1,6 @@
 //! The embeddable node: a store, its subscribed topics, the sync actor and the transport.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, answer};
 use canopy_crdt::{
-    Batch, Change, Commit, CompactError, Compaction, Head, Limits, Page, ReadError, Store, StoreOptions, Topic,
-    TopicError, WriteError,
+    Batch, BlockLimits, Change, Cid, Commit, CompactError, Compaction, Head, Limits, Page, ReadError, Store,
+    StoreOptions, Topic, TopicError, WriteError,
 };
 use canopy_transport::{Keypair, PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::metrics::Stages;
 
 /// Events the sync actor takes; the queue holding them is bounded.
 const SYNC_QUEUE_DEPTH: usize = 8192;
@@ -25,6 +26,8 @@ const SYNC_DRAIN_MAX: usize = 1024;
 const LISTEN_WAIT_ROUNDS: usize = 500;
 /// How often the sync actor ticks when nothing else happens.
 const SYNC_TICK_INTERVAL: Duration = Duration::from_millis(200);
+/// A request in flight this long is no longer tracked for the round-trip histogram.
+const IN_FLIGHT_FORGET: Duration = Duration::from_secs(60);
 
 /// Failure to start or use a node.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +61,8 @@ pub enum NodeError {
 enum SyncEvent {
     Subscribe(String, Sender<Result<Topic, TopicError>>),
     Unsubscribe(String),
-    LocalCommit(String),
-    Message { from: PeerId, bytes: Vec<u8> },
+    LocalCommit { topic: String, cid: Option<Cid>, at: Instant },
+    Message { from: PeerId, bytes: Vec<u8>, at: Instant },
     RequestFailed { peer: PeerId, id: u64 },
     PeerSubscribed(String),
     Stop,
@@ -77,6 +80,8 @@ pub(crate) struct Counters {
     pub snapshots_merged: AtomicU64,
     pub parts_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
+    pub blocks_inline: AtomicU64,
+    pub stages: Stages,
     /// Server-sent-event watchers open now.
     pub watchers: AtomicU64,
 }
@@ -176,6 +181,7 @@ impl Node {
         let sync_config = SyncConfig {
             rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
             request_timeout_ms: request_timeout.as_millis() as u64 + 1_000,
+            inline_bytes_max: config.inline_bytes_max,
             seed: rand_seed(),
             ..SyncConfig::default()
         };
@@ -195,9 +201,14 @@ impl Node {
         let server = block_server(store.clone(), sync_config.clone(), subscribed.clone());
         let validator: canopy_transport::GossipValidator = {
             let config = sync_config.clone();
-            Arc::new(
-                move |topic: &str, bytes: &[u8]| matches!(Message::decode(bytes, &config), Ok(Message::Heads { topic: t, .. }) if t == topic),
-            )
+            Arc::new(move |topic: &str, bytes: &[u8]| match Message::decode(bytes, &config) {
+                // Blocks carried in an announcement must hash to their CIDs: a tampered
+                // announcement is neither delivered nor forwarded, and costs its sender.
+                Ok(Message::Heads { topic: t, blocks, .. }) if t == topic => blocks
+                    .iter()
+                    .all(|block| canopy_crdt::Block::decode(block.cid, &block.bytes, &BlockLimits::PROTOCOL).is_ok()),
+                _ => false,
+            })
         };
         let Transport { handle: transport, events } =
             canopy_transport::start(transport_config, server, validator).await?;
@@ -385,9 +396,14 @@ pub struct NodeTopic {
 
 impl NodeTopic {
     fn committed(&self, commit: Option<Commit>) -> Option<Commit> {
-        if commit.is_some() {
+        if let Some(commit) = commit {
             self.node.counters.writes.fetch_add(1, Ordering::Relaxed);
-            match self.node.sync_events.try_send(SyncEvent::LocalCommit(self.topic.name().to_string())) {
+            let event = SyncEvent::LocalCommit {
+                topic: self.topic.name().to_string(),
+                cid: Some(commit.cid),
+                at: Instant::now(),
+            };
+            match self.node.sync_events.try_send(event) {
                 Ok(()) => {}
                 // The periodic re-announcement carries the new heads if the queue is full.
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -400,7 +416,8 @@ impl NodeTopic {
 
     /// Announces the topic's heads to peers, as after a local commit (used after an import).
     pub fn announce(&self) {
-        if self.node.sync_events.try_send(SyncEvent::LocalCommit(self.topic.name().to_string())).is_err() {
+        let event = SyncEvent::LocalCommit { topic: self.topic.name().to_string(), cid: None, at: Instant::now() };
+        if self.node.sync_events.try_send(event).is_err() {
             self.node.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -482,6 +499,9 @@ fn run_sync(
 ) {
     let clock = Instant::now();
     let mut last_tick = Instant::now();
+    let stages = inner.upgrade().map(|inner| inner.counters.stages.clone());
+    // Requests in flight and when each was sent, for the round-trip histogram.
+    let mut in_flight: HashMap<u64, Instant> = HashMap::new();
     loop {
         let first = match events.recv_timeout(SYNC_TICK_INTERVAL) {
             Ok(event) => Some(event),
@@ -496,8 +516,8 @@ fn run_sync(
             }
         }
         let now_ms = clock.elapsed().as_millis() as u64;
-        let mut announce = BTreeSet::new();
-        let mut effects = Vec::new();
+        // Local commits of one round are announced once per topic, carrying their blocks.
+        let mut commits: BTreeMap<String, (Vec<Cid>, Vec<Instant>)> = BTreeMap::new();
         for event in batch {
             match event {
                 SyncEvent::Stop => return,
@@ -507,38 +527,85 @@ fn run_sync(
                 SyncEvent::Unsubscribe(name) => {
                     sync.unsubscribe(&name);
                 }
-                // Local commits of one round are announced once per topic.
-                SyncEvent::LocalCommit(topic) => {
-                    announce.insert(topic);
+                SyncEvent::LocalCommit { topic, cid, at } => {
+                    let (cids, times) = commits.entry(topic).or_default();
+                    cids.extend(cid);
+                    times.push(at);
                 }
-                SyncEvent::Message { from, bytes } => match sync.handle_bytes(now_ms, from, &bytes) {
-                    Ok(more) => effects.extend(more),
-                    Err(error) => {
-                        tracing::debug!(%from, %error, "refused a message");
-                        transport.penalize(from);
+                SyncEvent::Message { from, bytes, at } => {
+                    let started = Instant::now();
+                    if let Some(stages) = &stages {
+                        stages.queue_wait.observe(started.duration_since(at).as_secs_f64());
                     }
-                },
-                SyncEvent::RequestFailed { peer, id } => sync.request_failed(&peer, id),
-                SyncEvent::PeerSubscribed(topic) => effects.extend(sync.peer_subscribed(&topic)),
+                    let message = match sync.decode(&bytes) {
+                        Ok(message) => message,
+                        Err(error) => {
+                            tracing::debug!(%from, %error, "refused a message");
+                            transport.penalize(from);
+                            continue;
+                        }
+                    };
+                    let kind = message.kind();
+                    if let Some(sent) = message.request_id().and_then(|id| in_flight.remove(&id))
+                        && let Some(stages) = &stages
+                    {
+                        stages.fetch_round_trip.observe(started.duration_since(sent).as_secs_f64());
+                    }
+                    // Sent at once: a request that follows an answer travels while the answer
+                    // is being applied.
+                    match sync.handle(now_ms, from, message) {
+                        Ok(effects) => dispatch(&transport, effects, &mut in_flight),
+                        Err(error) => {
+                            tracing::debug!(%from, %error, "refused a message");
+                            transport.penalize(from);
+                        }
+                    }
+                    if let Some(stages) = &stages {
+                        let spent = started.elapsed().as_secs_f64();
+                        match kind {
+                            "heads" => stages.handle_heads.observe(spent),
+                            "blocks" | "parts" => stages.handle_blocks.observe(spent),
+                            _ => {}
+                        }
+                    }
+                }
+                SyncEvent::RequestFailed { peer, id } => {
+                    in_flight.remove(&id);
+                    sync.request_failed(&peer, id);
+                }
+                SyncEvent::PeerSubscribed(topic) => dispatch(&transport, sync.peer_subscribed(&topic), &mut in_flight),
             }
         }
-        for topic in announce {
-            effects.extend(sync.announce(&topic));
+        for (topic, (cids, times)) in commits {
+            dispatch(&transport, sync.announce_commits(&topic, &cids), &mut in_flight);
+            if let Some(stages) = &stages {
+                for at in times {
+                    stages.commit_to_publish.observe(at.elapsed().as_secs_f64());
+                }
+            }
         }
         if last_tick.elapsed() >= SYNC_TICK_INTERVAL {
             last_tick = Instant::now();
-            effects.extend(sync.tick(now_ms));
-        }
-        for effect in effects {
-            match effect {
-                Effect::Publish { topic, message } => transport.publish(&topic, message.encode()),
-                Effect::Send { to, message } => {
-                    transport.request(to, message.request_id().unwrap_or_default(), message.encode())
-                }
-            }
+            dispatch(&transport, sync.tick(now_ms), &mut in_flight);
+            // Requests the transport never reported on are forgotten after a generous wait.
+            in_flight.retain(|_, sent| sent.elapsed() < IN_FLIGHT_FORGET);
         }
         if let Some(inner) = inner.upgrade() {
             copy_stats(sync.stats(), &inner.counters);
+        }
+    }
+}
+
+/// Hands effects to the transport, noting when each request left.
+fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight: &mut HashMap<u64, Instant>) {
+    for effect in effects {
+        match effect {
+            Effect::Publish { topic, message } => transport.publish(&topic, message.encode()),
+            Effect::Send { to, message } => {
+                let id = message.request_id().unwrap_or_default();
+                in_flight.insert(id, Instant::now());
+                transport.request(to, id, message.encode())
+            }
         }
     }
 }
@@ -551,13 +618,14 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.fetches_abandoned.store(stats.fetches_abandoned, Ordering::Relaxed);
     counters.snapshots_merged.store(stats.snapshots_merged, Ordering::Relaxed);
     counters.parts_rejected.store(stats.parts_rejected, Ordering::Relaxed);
+    counters.blocks_inline.store(stats.blocks_inline, Ordering::Relaxed);
 }
 
 async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {
     while let Some(event) = events.recv().await {
         let event = match event {
             TransportEvent::Gossip { from, bytes, .. } | TransportEvent::Response { from, bytes, .. } => {
-                SyncEvent::Message { from, bytes }
+                SyncEvent::Message { from, bytes, at: Instant::now() }
             }
             TransportEvent::RequestFailed { to, tag } => SyncEvent::RequestFailed { peer: to, id: tag },
             TransportEvent::PeerSubscribed { topic, .. } => SyncEvent::PeerSubscribed(topic),

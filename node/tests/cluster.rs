@@ -155,7 +155,7 @@ fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
                 round += 1;
                 let fake = canopy_crdt::Block::build(vec![], 1, round.to_be_bytes().to_vec()).unwrap().cid();
                 let heads = vec![canopy_crdt::Head { cid: fake, height: round }];
-                let message = canopy_crdt::sync::Message::Heads { topic: "t".into(), heads };
+                let message = canopy_crdt::sync::Message::Heads { topic: "t".into(), heads, blocks: Vec::new() };
                 transport.handle.publish("t", message.encode());
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
@@ -296,4 +296,30 @@ fn join_after_compaction(extra: &[&str]) {
     let metrics = late.http.get(late.url("/metrics")).send().unwrap().text().unwrap();
     let merged = metrics.lines().find(|l| l.starts_with("canopy_snapshots_merged_total")).unwrap();
     assert!(!merged.ends_with(" 0"), "the late node merged a snapshot: {merged}");
+}
+
+/// The value of an unlabelled counter or histogram count in a node's `/metrics`.
+fn metric(node: &NodeProcess, name: &str) -> u64 {
+    let text = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
+    line.unwrap_or_else(|| panic!("no {name} in /metrics")).rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn small_writes_reach_a_peer_inside_the_announcement_with_no_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = cluster(dir.path(), 2, "t");
+    // Once a first write has gone across, both gossip meshes are up.
+    nodes[0].put("t", "warm-up", "v");
+    wait_until("the first write arrives", || nodes[1].get("t", "warm-up").is_some());
+    let inline_before = metric(&nodes[1], "canopy_blocks_inline_total");
+    let fetches_before = metric(&nodes[1], "canopy_fetch_round_trip_seconds_count");
+    for i in 0..5 {
+        nodes[0].put("t", &format!("k{i}"), &format!("v{i}"));
+        wait_until("the write arrives", || nodes[1].get("t", &format!("k{i}")).is_some());
+    }
+    assert_eq!(metric(&nodes[1], "canopy_blocks_inline_total") - inline_before, 5);
+    assert_eq!(metric(&nodes[1], "canopy_fetch_round_trip_seconds_count"), fetches_before, "no block was fetched");
+    assert!(metric(&nodes[1], "canopy_handle_heads_seconds_count") >= 5);
+    assert!(metric(&nodes[0], "canopy_commit_to_publish_seconds_count") >= 6);
 }

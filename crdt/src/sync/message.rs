@@ -11,6 +11,9 @@ use crate::types::{Head, KNOWN_SNAPSHOTS_MAX};
 /// Most parts asked for, or sent, in one `WantParts` / `Parts`.
 pub const PARTS_PER_REQUEST_MAX: usize = 16;
 
+/// Most blocks carried inside one `Heads` announcement.
+pub const INLINE_BLOCKS_MAX: usize = 64;
+
 /// A block as carried in a message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireBlock {
@@ -30,6 +33,11 @@ pub enum Message {
         topic: String,
         /// The sender's heads.
         heads: Vec<Head>,
+        /// The blocks of the sender's latest local commits, lowest first, when they are small
+        /// enough to travel with the announcement: a receiver that holds their parents applies
+        /// them without asking. Empty in re-announcements.
+        #[serde(default)]
+        blocks: Vec<WireBlock>,
     },
     /// "Send me the lowest blocks below `want` that are not below `have`."
     Want {
@@ -114,6 +122,17 @@ impl Message {
         }
     }
 
+    /// The message's kind, as a short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Heads { .. } => "heads",
+            Message::Want { .. } => "want",
+            Message::Blocks { .. } => "blocks",
+            Message::WantParts { .. } => "want_parts",
+            Message::Parts { .. } => "parts",
+        }
+    }
+
     /// The number of a request or of the request an answer is for.
     pub fn request_id(&self) -> Option<u64> {
         match self {
@@ -142,7 +161,10 @@ impl Message {
             if n > max { Err(MessageError::Invalid(format!("{n} {what} exceed the bound {max}"))) } else { Ok(()) }
         };
         match &message {
-            Message::Heads { heads, .. } => over("heads", heads.len(), config.heads_max)?,
+            Message::Heads { heads, blocks, .. } => {
+                over("heads", heads.len(), config.heads_max)?;
+                over("inline blocks", blocks.len(), INLINE_BLOCKS_MAX)?;
+            }
             Message::Want { want, have, .. } => {
                 over("wanted blocks", want.len(), config.want_max)?;
                 over("had blocks", have.len(), config.have_max)?;

@@ -169,6 +169,10 @@ struct ServeArgs {
     /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
     #[arg(long, env = "CANOPY_SNAPSHOT_RETAIN_S")]
     snapshot_retain_s: Option<u64>,
+    /// Most bytes of a local commit's blocks carried inside its announcement (0: none; peers
+    /// then fetch every block).
+    #[arg(long, env = "CANOPY_INLINE_BYTES_MAX")]
+    inline_bytes_max: Option<usize>,
 }
 
 impl ServeArgs {
@@ -210,6 +214,9 @@ impl ServeArgs {
         }
         if let Some(seconds) = self.snapshot_retain_s {
             config.snapshot_retain_s = seconds;
+        }
+        if let Some(bytes) = self.inline_bytes_max {
+            config.inline_bytes_max = bytes;
         }
         config.validate()?;
         Ok(config)
