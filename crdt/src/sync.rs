@@ -13,7 +13,8 @@
 //! holds a block above a gap. When the gap is deeper than one walk may visit, the answer is a
 //! *frontier* instead: the requester descends (fetching below the frontier first), then climbs
 //! back to its earlier wants. A DAG of depth N costs about N / `blocks_max` round trips and
-//! the requester's memory is bounded by the fetch's stack of wants, whatever N.
+//! the requester's memory is bounded by the fetch's stack of wants, whatever N. The next request
+//! of a fetch leaves before the answer is applied, so applying overlaps the next round trip.
 //!
 //! Each fetch belongs to one peer, and a topic runs a few at once, so a peer that never answers,
 //! or answers with junk, holds up only its own fetch. An answer is taken only from the peer
@@ -589,8 +590,9 @@ impl<P: Clone + Ord> Sync<P> {
         Ok(None)
     }
 
-    /// The request that follows an answer with more above it, made before the answer is
-    /// applied: the same wants, with the answer's top blocks named as had besides the heads.
+    /// The request that follows an answer, made before the answer is applied: the wants of the
+    /// fetch's current level, with the answer's top blocks named as had besides the heads.
+    /// `None` when the fetch has no level left.
     fn pipelined_request(&mut self, now_ms: u64, peer: P, topic: &str, tops: Vec<Cid>) -> Option<Effect<P>> {
         let id = self.next_id();
         let (want_max, have_max) = (self.config.want_max, self.config.have_max);
@@ -639,14 +641,30 @@ impl<P: Clone + Ord> Sync<P> {
         let blocks_were_empty = blocks.is_empty();
         let valid = validate(blocks, &mut self.stats);
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
-        if !valid.is_empty() && more && frontier.is_empty() && snapshots.is_empty() && fetch.snapshot.is_none() {
-            // More lies above these blocks: ask for it now, naming the tops of these blocks as
-            // had, and let the writer thread apply them while the request travels and the peer
-            // walks. The outcome is settled before the next message is handled.
+        // The answer holds every block below the wants of the fetch's current level: once
+        // applied, the level is done.
+        let level_done = !more && {
+            let got: HashSet<Cid> = valid.iter().map(Block::cid).collect();
+            fetch.levels.last().is_some_and(|level| level.iter().all(|cid| got.contains(cid)))
+        };
+        let pipelined = (more || level_done) && frontier.is_empty() && snapshots.is_empty();
+        if !valid.is_empty() && pipelined && fetch.snapshot.is_none() {
+            // Ask for what comes next now (more above these blocks, or the next level), naming
+            // the tops of these blocks as had, and let the writer thread apply them while the
+            // request travels and the peer walks. The outcome is settled before the next
+            // message is handled.
+            if level_done {
+                fetch.levels.pop();
+            }
             let tops = tops(&valid);
             let ingesting = sync.topic.ingest_submit(valid)?;
             self.applying.push((topic.to_string(), from.clone(), ingesting));
-            return Ok(self.pipelined_request(now_ms, from, topic, tops).into_iter().collect());
+            let request = self.pipelined_request(now_ms, from.clone(), topic, tops);
+            if request.is_none() {
+                // Nothing left to ask: the fetch is done.
+                self.topics.get_mut(topic).expect("checked above").fetches.remove(&from);
+            }
+            return Ok(request.into_iter().collect());
         }
         let outcome = sync.topic.ingest(valid)?;
         self.stats.blocks_applied += outcome.applied as u64;

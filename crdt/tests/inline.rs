@@ -47,7 +47,8 @@ fn requests(effects: &[Effect<u32>]) -> Vec<Message> {
         .collect()
 }
 
-/// Plays `requests` from `to` against `from` until `to` asks for nothing more.
+/// Plays `requests` from `to` against `from` until `to` asks for nothing more and has applied
+/// every answer.
 fn serve(from: &mut Replica, to: &mut Replica, mut pending: Vec<Message>) {
     while let Some(request) = pending.pop() {
         for effect in from.sync.handle(0, 2, request).unwrap() {
@@ -56,6 +57,7 @@ fn serve(from: &mut Replica, to: &mut Replica, mut pending: Vec<Message>) {
             }
         }
     }
+    to.sync.settle().unwrap();
 }
 
 #[test]

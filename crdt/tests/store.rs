@@ -358,7 +358,9 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     assert!(topic.heads().is_empty());
     let (_, retry) = sent_want(&effects);
     assert!(sync.handle_bytes(0, 1, b"\xff\x00garbage").is_err());
-    let effects = sync.handle(0, 1, answer(retry, wire(block.bytes().to_vec()))).unwrap();
+    let mut effects = sync.handle(0, 1, answer(retry, wire(block.bytes().to_vec()))).unwrap();
+    // The answer completes the fetch; its blocks are applied once settled.
+    effects.extend(sync.settle().unwrap());
     assert_eq!(topic.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     assert!(matches!(&effects[..], [Effect::Publish { .. }]), "new heads are announced: {effects:?}");
     assert_eq!(sync.fetches(), 0, "the fetch is done");
@@ -386,6 +388,7 @@ fn answers_nobody_asked_for_are_dropped() {
     sync.handle(0, 2, answer(id, blocks.clone())).unwrap();
     assert!(topic.heads().is_empty());
     sync.handle(0, 1, answer(id, blocks)).unwrap();
+    sync.settle().unwrap();
     assert_eq!(topic.heads().len(), 1);
 }
 

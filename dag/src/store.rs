@@ -181,19 +181,28 @@ impl BlockStore {
 
     /// Height and links of many blocks in one batched read, in the order asked.
     pub fn metas(&self, topic: TopicId, cids: &[Cid]) -> Result<Vec<Option<BlockMeta>>, StoreError> {
-        let keys: Vec<Vec<u8>> = cids.iter().map(|cid| topic.key(&cid.to_bytes())).collect();
-        let values = self.db.batched_multi_get_cf(self.cf(CF_INDEX), &keys, false);
-        cids.iter()
-            .zip(values)
-            .map(|(cid, value)| match value? {
-                None => Ok(None),
-                Some(bytes) => BlockMeta::decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt {
-                    cf: CF_INDEX,
-                    cid: cid.to_string(),
-                    reason,
-                }),
-            })
-            .collect()
+        let decode = |cid: &Cid, value: Option<&[u8]>| match value {
+            None => Ok(None),
+            Some(bytes) => BlockMeta::decode(bytes).map(Some).map_err(|reason| StoreError::Corrupt {
+                cf: CF_INDEX,
+                cid: cid.to_string(),
+                reason,
+            }),
+        };
+        match cids {
+            [] => Ok(Vec::new()),
+            // A walk down a chain reads one record at a time: a plain read costs less than a
+            // batch of one.
+            [cid] => {
+                let value = self.db.get_pinned_cf(self.cf(CF_INDEX), topic.key(&cid.to_bytes()))?;
+                Ok(vec![decode(cid, value.as_deref())?])
+            }
+            _ => {
+                let keys: Vec<Vec<u8>> = cids.iter().map(|cid| topic.key(&cid.to_bytes())).collect();
+                let values = self.db.batched_multi_get_cf(self.cf(CF_INDEX), &keys, false);
+                cids.iter().zip(values).map(|(cid, value)| decode(cid, value?.as_deref())).collect()
+            }
+        }
     }
 
     /// Adds the removal of every block of `topic` to `batch`.

@@ -22,7 +22,9 @@ pub struct WalkLimits {
 
 impl Default for WalkLimits {
     fn default() -> Self {
-        WalkLimits { blocks_max: 4096, bytes_max: 8 << 20, visits_max: 16_384, frontier_max: 256 }
+        // As many blocks as visits: a gap of small blocks as deep as one walk is served whole,
+        // so no walk goes over blocks an earlier walk of the same gap already visited.
+        WalkLimits { blocks_max: 16_384, bytes_max: 8 << 20, visits_max: 16_384, frontier_max: 256 }
     }
 }
 
