@@ -1,5 +1,6 @@
 //! The libp2p swarm task: gossipsub for heads, identify to learn block endpoints, mDNS.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,26 +54,46 @@ struct Behaviour {
 /// Peer scoring: a peer whose announcements fail validation loses score, stops being sent
 /// gossip, then is ignored (graylisted) and pruned from the mesh. Many peers on one IP address
 /// are normal for canopy (several nodes per host, tests on loopback), so colocation is not
-/// penalised.
+/// penalised. The penalty is the application-specific score ([`Invalid`]) rather than
+/// gossipsub's per-topic scores: with a score parameter per topic, gossipsub computes a peer's
+/// score over all its topics, many times per heartbeat and message, which with thousands of
+/// topics takes the swarm's whole time.
 fn peer_score_params() -> gossipsub::PeerScoreParams {
-    gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, ..gossipsub::PeerScoreParams::default() }
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        app_specific_weight: 1.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
 }
 
-/// Scoring of one canopy topic's gossip. Announcements are rare on a quiet topic, so a mesh
-/// peer is never penalised for delivering few of them; invalid ones cost dearly.
-fn topic_score_params() -> gossipsub::TopicScoreParams {
-    gossipsub::TopicScoreParams {
-        topic_weight: 1.0,
-        time_in_mesh_weight: 0.01,
-        time_in_mesh_quantum: Duration::from_secs(1),
-        time_in_mesh_cap: 100.0,
-        first_message_deliveries_weight: 0.5,
-        first_message_deliveries_cap: 20.0,
-        mesh_message_deliveries_weight: 0.0,
-        mesh_failure_penalty_weight: 0.0,
-        invalid_message_deliveries_weight: -20.0,
-        invalid_message_deliveries_decay: 0.5,
-        ..gossipsub::TopicScoreParams::default()
+/// Score per invalid announcement, squared: one takes a peer below the gossip threshold (-10),
+/// a few below the graylist threshold (-80).
+const INVALID_PENALTY: f64 = -20.0;
+/// Factor applied to the count of invalid announcements every [`INVALID_DECAY_INTERVAL`].
+const INVALID_DECAY: f64 = 0.5;
+const INVALID_DECAY_INTERVAL: Duration = Duration::from_secs(1);
+/// A count below this is forgotten.
+const INVALID_FORGET: f64 = 0.1;
+
+/// Invalid announcements per peer, decaying over time, as the peers' application scores.
+#[derive(Default)]
+struct Invalid(HashMap<PeerId, f64>);
+
+impl Invalid {
+    fn record(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let count = self.0.entry(peer).or_default();
+        *count += 1.0;
+        swarm.behaviour_mut().gossipsub.set_application_score(&peer, INVALID_PENALTY * *count * *count);
+    }
+
+    fn decay(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let gossipsub = &mut swarm.behaviour_mut().gossipsub;
+        self.0.retain(|peer, count| {
+            *count *= INVALID_DECAY;
+            let keep = *count >= INVALID_FORGET;
+            gossipsub.set_application_score(peer, if keep { INVALID_PENALTY * *count * *count } else { 0.0 });
+            keep
+        });
     }
 }
 
@@ -164,14 +185,19 @@ async fn run(
     // Configured peers that are down are dialled again now and then, so a restarted peer
     // rejoins without help.
     let mut redial = tokio::time::interval_at(tokio::time::Instant::now() + REDIAL_INTERVAL, REDIAL_INTERVAL);
+    let mut decay = tokio::time::interval(INVALID_DECAY_INTERVAL);
+    let mut invalid = Invalid::default();
     loop {
         tokio::select! {
             command = commands.recv() => match command {
                 None | Some(Command::Shutdown) => return,
                 Some(command) => handle_command(&mut swarm, command),
             },
-            event = swarm.select_next_some() => handle_event(&mut swarm, event, &shared, &validator, &events),
+            event = swarm.select_next_some() => {
+                handle_event(&mut swarm, event, &shared, &validator, &events, &mut invalid)
+            }
             _ = redial.tick() => redial_configured(&mut swarm, &shared, &configured_peers),
+            _ = decay.tick() => invalid.decay(&mut swarm),
         }
     }
 }
@@ -226,9 +252,6 @@ fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
             if let Err(error) = gossipsub.subscribe(&gossip) {
                 tracing::warn!(%topic, %error, "cannot subscribe gossip topic");
             }
-            if let Err(error) = gossipsub.set_topic_params(gossip, topic_score_params()) {
-                tracing::warn!(%topic, %error, "cannot score gossip topic");
-            }
         }
         Command::Unsubscribe(topic) => {
             gossipsub.unsubscribe(&gossipsub::IdentTopic::new(gossip_topic(&topic)));
@@ -262,6 +285,7 @@ fn handle_event(
     shared: &Shared,
     validator: &GossipValidator,
     events: &mpsc::Sender<TransportEvent>,
+    invalid: &mut Invalid,
 ) {
     match event {
         SwarmEvent::NewListenAddr { address, .. } => {
@@ -335,6 +359,7 @@ fn handle_event(
             );
             let (Some(topic), true) = (topic, valid) else {
                 tracing::debug!(%propagation_source, "rejected a gossip message");
+                invalid.record(swarm, propagation_source);
                 return;
             };
             // Blocks are fetched from the announcer when it is a direct peer: it has them.
