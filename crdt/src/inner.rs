@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use canopy_dag::{BlockStore, TopicId};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 use rocksdb::DB;
 
 use crate::options::StoreOptions;
@@ -29,6 +29,10 @@ pub(crate) struct StoreInner {
     pub poisoned: Arc<AtomicBool>,
     /// Requests for the compaction thread, by topic name.
     pub compactions: Sender<String>,
+    /// Receivers of [`crate::Store::closed`] see this sender go. It is the last field, dropped
+    /// after the database (the writer threads' handles are released first, in `drop`).
+    pub closed_rx: Receiver<()>,
+    pub _closed_tx: Sender<()>,
 }
 
 impl StoreInner {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use canopy_dag::{BlockStore, TopicId};
-use crossbeam_channel::{Sender, bounded};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
 use crate::compactor;
@@ -47,6 +47,13 @@ impl Drop for Compactor {
 const WAL_BYTES_MAX: u64 = 256 << 20;
 
 impl Store {
+    /// A receiver that is disconnected once the database is closed: every store and topic
+    /// handle dropped, the writer threads stopped. A program that reopens the same directory
+    /// waits on it (`recv` returns an error then).
+    pub fn closed(&self) -> Receiver<()> {
+        self.inner.closed_rx.clone()
+    }
+
     /// Opens (creating if needed) the database in `path`.
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, OpenError> {
         if options.writer_threads == 0 || options.queue_depth == 0 || options.group_ops_max == 0 {
@@ -86,6 +93,7 @@ impl Store {
         }
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
         let (compactions, compaction_requests) = bounded(1024);
+        let (closed_tx, closed_rx) = bounded(0);
         let inner = Arc::new(StoreInner {
             db,
             blocks,
@@ -96,6 +104,8 @@ impl Store {
             threads: Mutex::new(Vec::new()),
             poisoned: Arc::new(AtomicBool::new(false)),
             compactions,
+            closed_rx,
+            _closed_tx: closed_tx,
         });
         for index in 0..inner.options.writer_threads {
             let (tx, rx) = bounded(inner.options.queue_depth);

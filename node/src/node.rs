@@ -26,6 +26,8 @@ const SYNC_DRAIN_MAX: usize = 1024;
 const LISTEN_WAIT_ROUNDS: usize = 500;
 /// How often the sync actor ticks when nothing else happens.
 const SYNC_TICK_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest [`Node::shutdown`] waits for the database to close.
+const SHUTDOWN_CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// A request in flight this long is no longer tracked for the round-trip histogram.
 const IN_FLIGHT_FORGET: Duration = Duration::from_secs(60);
 
@@ -372,8 +374,11 @@ impl Node {
         &self.inner
     }
 
-    /// Stops replication and networking and closes the store once the last handle is gone.
+    /// Stops replication and networking and closes the store once the last handle is gone;
+    /// returns once it is closed (waiting at most 5 s for handles the program still holds), so
+    /// a node can be started on the same directory right after.
     pub async fn shutdown(self) {
+        let closed = self.inner.store.closed();
         let _ = self.inner.sync_events.send(SyncEvent::Stop);
         if let Some(task) = self.inner.transport_task.lock().expect("task lock").take() {
             task.abort();
@@ -383,6 +388,11 @@ impl Node {
         if let Some(actor) = actor {
             let _ = tokio::task::spawn_blocking(move || actor.join()).await;
         }
+        // The block server's last tasks release their store handles as their connections
+        // close: wait for the database to close, so the directory can be opened again at once.
+        // Handles the program still holds keep it open; the wait is bounded.
+        drop(self);
+        let _ = tokio::task::spawn_blocking(move || closed.recv_timeout(SHUTDOWN_CLOSE_WAIT)).await;
     }
 }
 
