@@ -276,18 +276,25 @@ fn ingest(
     let checkpoints = std::thread::scope(|scope| {
         let written = &written;
         let monitor = scope.spawn(move || {
-            let mut checkpoints = Vec::new();
-            let (mut last_keys, mut last_s) = (0u64, 0.0f64);
+            let mut checkpoints: Vec<Checkpoint> = Vec::new();
             loop {
                 match crossings.recv_timeout(Duration::from_millis(100)) {
                     Ok((keys, elapsed_s)) => {
                         let (rss_bytes, peak_rss_bytes) = rss();
                         let (pending_compaction_bytes, stall_s) = figures();
+                        // Two writers crossing checkpoints at nearly the same time may report
+                        // out of order: an interval runs from the checkpoint with the most keys
+                        // below this one.
+                        let (last_keys, last_s) = checkpoints
+                            .iter()
+                            .filter(|c| c.keys < keys)
+                            .max_by_key(|c| c.keys)
+                            .map_or((0, 0.0), |c| (c.keys, c.elapsed_s));
                         let checkpoint = Checkpoint {
                             side,
                             keys,
                             elapsed_s,
-                            interval_keys_per_s: (keys - last_keys) as f64 / (elapsed_s - last_s).max(1e-9),
+                            interval_keys_per_s: (keys - last_keys) as f64 / (elapsed_s - last_s).max(1e-3),
                             rss_bytes,
                             peak_rss_bytes,
                             disk_bytes: dir_bytes(dir),
@@ -296,12 +303,14 @@ fn ingest(
                         };
                         events(Event::Checkpoint(&checkpoint));
                         checkpoints.push(checkpoint);
-                        (last_keys, last_s) = (keys, elapsed_s);
                     }
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                         events(Event::Progress(side, written.load(Ordering::SeqCst)));
                     }
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return checkpoints,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        checkpoints.sort_by_key(|c| c.keys);
+                        return checkpoints;
+                    }
                 }
             }
         });

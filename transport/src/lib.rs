@@ -149,7 +149,7 @@ pub enum TransportEvent {
 }
 
 /// A connected peer, as shown to users.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct PeerInfo {
     /// Its peer id.
     pub peer_id: String,
@@ -159,6 +159,9 @@ pub struct PeerInfo {
     pub blocks: Option<String>,
     /// Its agent string.
     pub agent: Option<String>,
+    /// Its gossipsub score, refreshed every second: negative once it sent invalid
+    /// announcements (below -10 it is sent no gossip, below -80 it is ignored).
+    pub gossip_score: Option<f64>,
 }
 
 #[derive(Default)]
@@ -166,6 +169,7 @@ pub(crate) struct PeerState {
     pub address: Option<Multiaddr>,
     pub blocks: Option<SocketAddr>,
     pub agent: Option<String>,
+    pub gossip_score: Option<f64>,
 }
 
 #[derive(Default)]
@@ -236,6 +240,7 @@ impl TransportHandle {
                 address: state.address.as_ref().map(ToString::to_string).unwrap_or_default(),
                 blocks: state.blocks.map(|a| a.to_string()),
                 agent: state.agent.clone(),
+                gossip_score: state.gossip_score,
             })
             .collect()
     }

@@ -197,7 +197,13 @@ async fn run(
                 handle_event(&mut swarm, event, &shared, &validator, &events, &mut invalid)
             }
             _ = redial.tick() => redial_configured(&mut swarm, &shared, &configured_peers),
-            _ = decay.tick() => invalid.decay(&mut swarm),
+            _ = decay.tick() => {
+                invalid.decay(&mut swarm);
+                let gossipsub = &swarm.behaviour().gossipsub;
+                for (peer, state) in shared.peers.write().expect("peers lock").iter_mut() {
+                    state.gossip_score = gossipsub.peer_score(peer);
+                }
+            }
         }
     }
 }
