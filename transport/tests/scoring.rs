@@ -1,22 +1,13 @@
 //! gossipsub scoring over real QUIC on loopback: a peer whose announcements fail validation
 //! loses score (the application-specific score canopy sets), and the score decays back.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use canopy_transport::{GossipValidator, RequestServer, Transport, TransportConfig};
-
-/// Longest any wait in these tests may take before the test fails.
-const WAIT_MAX: Duration = Duration::from_secs(60);
-
-fn config(peers: Vec<String>) -> TransportConfig {
-    TransportConfig {
-        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
-        peers,
-        blocks_listen: "127.0.0.1:0".parse().unwrap(),
-        ..TransportConfig::default()
-    }
-}
+use canopy_transport::{GossipValidator, RequestServer, Transport};
+use common::{WAIT_MAX, config};
 
 fn refuse() -> RequestServer {
     Arc::new(|_, _| Err("nothing served here".into()))

@@ -1,23 +1,14 @@
 //! The block endpoint over real QUIC on loopback: one peer asking a lot waits for its own turns
 //! and never takes another peer's, and every request ends in an answer or a failure event.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use canopy_transport::{GossipValidator, PeerId, RequestServer, Transport, TransportConfig, TransportEvent};
-
-/// Longest any wait in these tests may take before the test fails.
-const WAIT_MAX: Duration = Duration::from_secs(60);
-
-fn config(peers: Vec<String>) -> TransportConfig {
-    TransportConfig {
-        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
-        peers,
-        blocks_listen: "127.0.0.1:0".parse().unwrap(),
-        ..TransportConfig::default()
-    }
-}
+use common::{WAIT_MAX, config};
 
 fn accept_all() -> GossipValidator {
     Arc::new(|_, _| true)
