@@ -555,7 +555,13 @@ fn run_sync(
                             continue;
                         }
                     };
-                    let kind = message.kind();
+                    // The histogram of this kind of message, known before the message is
+                    // handed over.
+                    let handling = stages.as_ref().and_then(|stages| match &message {
+                        Message::Heads { .. } => Some(&stages.handle_heads),
+                        Message::Blocks { .. } | Message::Parts { .. } => Some(&stages.handle_blocks),
+                        _ => None,
+                    });
                     if let Some(sent) = message.request_id().and_then(|id| in_flight.remove(&id))
                         && let Some(stages) = &stages
                     {
@@ -570,13 +576,8 @@ fn run_sync(
                             transport.penalize(from);
                         }
                     }
-                    if let Some(stages) = &stages {
-                        let spent = started.elapsed().as_secs_f64();
-                        match kind {
-                            "heads" => stages.handle_heads.observe(spent),
-                            "blocks" | "parts" => stages.handle_blocks.observe(spent),
-                            _ => {}
-                        }
+                    if let Some(histogram) = handling {
+                        histogram.observe(started.elapsed().as_secs_f64());
                     }
                 }
                 SyncEvent::RequestFailed { peer, id } => {

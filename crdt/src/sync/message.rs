@@ -122,17 +122,6 @@ impl Message {
         }
     }
 
-    /// The message's kind, as a short name for logs and metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Message::Heads { .. } => "heads",
-            Message::Want { .. } => "want",
-            Message::Blocks { .. } => "blocks",
-            Message::WantParts { .. } => "want_parts",
-            Message::Parts { .. } => "parts",
-        }
-    }
-
     /// The number of a request or of the request an answer is for.
     pub fn request_id(&self) -> Option<u64> {
         match self {
