@@ -201,6 +201,11 @@ struct SimArgs {
     /// Hostile participants that attack the replicas during the workload.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
     adversaries: u64,
+    /// Byzantine replicas: they also forge, strip and re-attribute signatures and replay
+    /// other authors' blocks under their own key. With them the cluster gets a topic owned by
+    /// replica 0, which the others try to write and must be refused.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=16))]
+    byzantine: u64,
     /// Before the workload, replica 0 writes a chain of this many blocks alone; the others
     /// catch it up from nothing.
     #[arg(long, default_value_t = 0)]
@@ -298,6 +303,7 @@ fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             partitions: args.partitions,
             crashes: args.crashes,
             adversaries: args.adversaries as usize,
+            byzantine: args.byzantine as usize,
             deep: args.deep,
             compact: args.compact,
             ..SimConfig::default()

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use canopy_crdt::Batch;
 use canopy_crdt::sim::{Cluster, FaultCounts, Faults, SimError, reference_state};
+use canopy_crdt::{Access, Batch, Mode, WriteError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,6 +26,9 @@ pub struct SimConfig {
     pub crashes: bool,
     /// Hostile participants attacking the replicas during the workload.
     pub adversaries: usize,
+    /// Byzantine participants: adversaries that also forge and replay other authors' blocks.
+    /// With any, the cluster also has a topic owned by replica 0.
+    pub byzantine: usize,
     /// Before the workload, replica 0 writes this many single puts (one block each, a chain)
     /// while cut off from the others, who then catch up the whole chain.
     pub deep: usize,
@@ -47,6 +50,7 @@ impl Default for SimConfig {
             partitions: false,
             crashes: false,
             adversaries: 0,
+            byzantine: 0,
             deep: 0,
             compact: 0.0,
             quiet_steps_max: 2_000_000,
@@ -80,6 +84,13 @@ pub struct SimReport {
     pub acknowledged: usize,
     /// Hostile participants.
     pub adversaries: usize,
+    /// Byzantine participants.
+    pub byzantine: usize,
+    /// Local writes refused because the replica may not write the topic.
+    pub refused_writes: u64,
+    /// Received blocks refused by replicas running at the end because their author may not
+    /// write the topic.
+    pub blocks_refused: u64,
     /// Length of the chain caught up before the workload.
     pub deep: usize,
     /// Compactions made.
@@ -106,7 +117,8 @@ impl fmt::Display for SimReport {
         let c = &self.faults;
         write!(
             f,
-            "seed={} replicas={} topics={} ops={} adversaries={} deep={} acknowledged={} dropped={} duplicated={} \
+            "seed={} replicas={} topics={} ops={} adversaries={} byzantine={} refused_writes={} blocks_refused={} \
+             deep={} acknowledged={} dropped={} duplicated={} \
              reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
              late_joiner={} \
              messages={} rounds={} sim_ms={} diverged={}",
@@ -115,6 +127,9 @@ impl fmt::Display for SimReport {
             self.topics,
             self.ops,
             self.adversaries,
+            self.byzantine,
+            self.refused_writes,
+            self.blocks_refused,
             self.deep,
             self.acknowledged,
             c.dropped,
@@ -138,13 +153,21 @@ impl fmt::Display for SimReport {
 /// Runs a simulation in a fresh temporary directory.
 pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     let dir = tempfile::tempdir().map_err(|e| SimError::Open(canopy_crdt::OpenError::Thread(e)))?;
-    let topics: Vec<String> = (0..config.topics).map(|t| format!("topic-{t}")).collect();
+    let mut topics: Vec<String> = (0..config.topics).map(|t| format!("topic-{t}")).collect();
+    if config.byzantine > 0 {
+        // A topic only replica 0 writes: everyone else, byzantine participants included, is
+        // refused.
+        let owner = Cluster::replica_author(config.seed, 0);
+        topics.push(Access::topic_name(Mode::Owned, &owner, "owned").expect("a valid owned name"));
+    }
     let mut cluster = Cluster::new(dir.path(), config.replicas, &topics, config.seed)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_c0de);
     if config.deep > 0 {
         write_chain(&mut cluster, &topics[0], config.deep)?;
     }
     cluster.add_adversaries(config.adversaries);
+    cluster.add_byzantine(config.byzantine);
+    let (mut refused_writes, mut wrong_writes) = (0, 0);
     cluster.set_faults(config.faults.clone());
 
     let mut heal_at: Option<usize> = None;
@@ -181,7 +204,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
                 }
             }
         }
-        workload_step(&mut cluster, &mut rng, config, &topics)?;
+        match workload_step(&mut cluster, &mut rng, config, &topics)? {
+            Written::Yes => {}
+            Written::Refused => refused_writes += 1,
+            Written::Wrongly => wrong_writes += 1,
+        }
         if config.compact > 0.0 && rng.random_bool(config.compact) {
             let up: Vec<usize> = (0..config.replicas).filter(|r| cluster.is_up(*r)).collect();
             let replica = up[rng.random_range(0..up.len())];
@@ -210,7 +237,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         rounds = cluster.run_until_quiet(config.quiet_steps_max).ok().map(|more| rounds.unwrap_or(0) + more);
     }
     let quiet_peak_rss_bytes = peak_rss_bytes();
-    let diverged = if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
+    let diverged = wrong_writes + if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
     Ok(SimReport {
         seed: config.seed,
         replicas: config.replicas,
@@ -223,6 +250,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         diverged,
         acknowledged: cluster.acknowledged().len(),
         adversaries: config.adversaries,
+        byzantine: config.byzantine,
+        refused_writes,
+        blocks_refused: cluster.blocks_refused(),
         deep: config.deep,
         compactions: cluster.compactions(),
         snapshots_merged: cluster.snapshots_merged(),
@@ -272,15 +302,37 @@ fn value(rng: &mut StdRng) -> Vec<u8> {
     (0..len).map(|_| rng.random()).collect()
 }
 
+/// What became of a workload write.
+enum Written {
+    /// Written, by a replica that may write the topic.
+    Yes,
+    /// Refused, to a replica that may not write the topic.
+    Refused,
+    /// Written although the replica may not write the topic, or refused although it may.
+    Wrongly,
+}
+
+/// One workload operation on a random replica and topic.
 fn workload_step(
     cluster: &mut Cluster,
     rng: &mut StdRng,
     config: &SimConfig,
     topics: &[String],
-) -> Result<(), SimError> {
+) -> Result<Written, SimError> {
     let up: Vec<usize> = (0..config.replicas).filter(|r| cluster.is_up(*r)).collect();
     let replica = up[rng.random_range(0..up.len())];
     let topic = &topics[rng.random_range(0..topics.len())];
+    let author = Cluster::replica_author(config.seed, replica);
+    let admitted = cluster.topic(replica, topic)?.access().admits(&author).is_ok();
+    match write(cluster, rng, replica, topic) {
+        Ok(()) if admitted => Ok(Written::Yes),
+        Err(SimError::Write(WriteError::Forbidden(_))) if !admitted => Ok(Written::Refused),
+        Ok(()) | Err(SimError::Write(WriteError::Forbidden(_))) => Ok(Written::Wrongly),
+        Err(error) => Err(error),
+    }
+}
+
+fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -> Result<(), SimError> {
     match rng.random_range(0..100) {
         0..=59 => {
             let (key, value) = (key(rng), value(rng));
@@ -306,11 +358,15 @@ fn workload_step(
 }
 
 /// Counts replica-topic pairs that differ from the reference model, or from each other's
-/// heads, plus acknowledged writes some replica lacks.
+/// heads, plus acknowledged writes some replica lacks and blocks some replica holds although
+/// the topic's rule refuses their author.
 fn count_divergence(cluster: &Cluster, topics: &[String]) -> Result<u64, SimError> {
     let mut diverged = 0;
     for topic in topics {
-        let reference = reference_state(&cluster.all_blocks(topic)?);
+        let blocks = cluster.all_blocks(topic)?;
+        let access = Access::of(topic)?;
+        diverged += blocks.values().filter(|block| access.admits_block(block).is_err()).count() as u64;
+        let reference = reference_state(&blocks);
         let heads = cluster.topic(0, topic)?.heads();
         for replica in 0..cluster.len() {
             let handle = cluster.topic(replica, topic)?;

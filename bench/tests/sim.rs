@@ -40,6 +40,18 @@ fn hostile_peers_neither_stall_nor_corrupt_the_honest_replicas() {
     }
 }
 
+#[test]
+fn byzantine_replicas_never_get_a_refused_block_applied_and_the_honest_ones_converge() {
+    for seed in [4, 9] {
+        let config = SimConfig { byzantine: 2, compact: 0.02, ..all_faults(seed) };
+        let report = run(&config).unwrap();
+        println!("{report}");
+        assert!(report.passed(), "seed {seed} failed: {report}");
+        assert!(report.refused_writes > 0, "non-owners tried to write the owned topic: {report}");
+        assert!(report.blocks_refused > 0, "byzantine blocks reached the replicas and were refused: {report}");
+    }
+}
+
 /// Once fetched forever: wide histories made the serving walk spend its visits on blocks the
 /// requester had, and answer with the same blocks or frontier again.
 #[test]

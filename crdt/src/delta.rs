@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn borrowed_encoding_equals_the_owned_wire_form() {
-        let id = Block::build(vec![], 1, vec![]).unwrap().cid();
+        let id = Block::build("t", vec![], 1, vec![], &canopy_dag::Signer::from_secret([1; 32])).unwrap().cid();
         let owned = WireDelta {
             adds: vec![
                 (ByteBuf::from(b"a".to_vec()), ByteBuf::from(vec![0, 1, 2])),
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_unsorted() {
-        let id = Block::build(vec![], 1, vec![]).unwrap().cid();
+        let id = Block::build("t", vec![], 1, vec![], &canopy_dag::Signer::from_secret([1; 32])).unwrap().cid();
         let mut delta = Delta {
             adds: vec![(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())],
             removes: vec![(b"a".to_vec(), id)],

@@ -34,6 +34,18 @@ pub enum OpenError {
     /// A writer thread could not be started.
     #[error("cannot start writer thread: {0}")]
     Thread(std::io::Error),
+    /// The data directory was written in a format this version does not read.
+    #[error(
+        "the data directory holds format {found}, this canopy reads format {expected} \
+         (format 2 signs every block, and unsigned history cannot be carried over): read the \
+         keys out with the canopy that wrote it and write them into a new data directory"
+    )]
+    Format {
+        /// The format found.
+        found: u32,
+        /// The format this version reads and writes.
+        expected: u32,
+    },
 }
 
 impl From<rocksdb::Error> for OpenError {
@@ -46,9 +58,14 @@ impl From<rocksdb::Error> for OpenError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopicError {
-    /// The name breaks the topic naming rule.
-    #[error("invalid topic name {0:?}: use 1 to 128 characters from A-Z a-z 0-9 . _ : -")]
-    InvalidName(String),
+    /// The name breaks the topic naming rules.
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// The rule it breaks.
+        reason: String,
+    },
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -86,6 +103,9 @@ pub enum WriteError {
         /// The most one block carries.
         max: usize,
     },
+    /// This store's author may not write the topic.
+    #[error("write refused: {0}")]
+    Forbidden(#[from] crate::access::Refusal),
     /// The block could not be built.
     #[error("cannot build block: {0}")]
     Block(#[from] BlockError),

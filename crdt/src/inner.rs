@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{BlockStore, TopicId};
+use canopy_dag::{BlockStore, Signer, TopicId};
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::DB;
 
@@ -22,6 +22,8 @@ pub(crate) struct StoreInner {
     pub db: Arc<DB>,
     pub blocks: BlockStore,
     pub options: StoreOptions,
+    /// The key local blocks are signed with.
+    pub signer: Signer,
     pub topics: RwLock<BTreeMap<String, Arc<TopicShared>>>,
     pub registry: Mutex<()>,
     pub writers: Mutex<Vec<Sender<Command>>>,

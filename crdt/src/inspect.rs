@@ -143,6 +143,8 @@ pub struct BlockView {
     pub pruned: bool,
     /// Encoded size, when stored.
     pub bytes: Option<usize>,
+    /// Who signed it (a peer id), when its payload is stored and decodes.
+    pub author: Option<String>,
     /// Elements it added: key (text, or `0x…` when not UTF-8) and value size.
     pub adds: Vec<(String, usize)>,
     /// Elements it removed: key and element id.
@@ -336,16 +338,19 @@ impl Inspector {
             links: meta.links.iter().map(ToString::to_string).collect(),
             pruned: meta.pruned,
             bytes: None,
+            author: None,
             adds: Vec::new(),
             removes: Vec::new(),
             error: None,
         };
         if let Some(bytes) = self.blocks.get(id, cid)? {
             view.bytes = Some(bytes.len());
-            match Block::decode(*cid, &bytes, &BlockLimits::PROTOCOL)
-                .map_err(|e| e.to_string())
-                .and_then(|block| Delta::decode(block.payload(), &Limits::PROTOCOL).map_err(|e| e.to_string()))
-            {
+            match Block::decode(name, *cid, &bytes, &BlockLimits::PROTOCOL).map_err(|e| e.to_string()).and_then(
+                |block| {
+                    view.author = Some(block.author().to_string());
+                    Delta::decode(block.payload(), &Limits::PROTOCOL).map_err(|e| e.to_string())
+                },
+            ) {
                 Ok(delta) => {
                     view.adds = delta.adds.iter().map(|(key, value)| (plain_key(key), value.len())).collect();
                     view.removes = delta.removes.iter().map(|(key, id)| (plain_key(key), id.to_string())).collect();
@@ -520,6 +525,13 @@ impl Inspector {
     }
 
     fn verify_topic(&self, name: &str, id: TopicId, report: &mut Verification) -> Result<(), StorageError> {
+        let access = match crate::access::Access::of(name) {
+            Ok(access) => Some(access),
+            Err(error) => {
+                report.problems.push(problem(name, "-", &error.to_string()));
+                None
+            }
+        };
         // Index records, and the blocks they stand for.
         let mut index: BTreeMap<Cid, BlockMeta> = BTreeMap::new();
         for item in scan(&self.db, self.cf(CF_INDEX), id) {
@@ -548,9 +560,12 @@ impl Inspector {
                 report.problems.push(problem(name, &hex(&key), "block key is not a CID"));
                 continue;
             };
-            match Block::decode(cid, &bytes, &BlockLimits::PROTOCOL) {
+            match Block::decode(name, cid, &bytes, &BlockLimits::PROTOCOL) {
                 Err(error) => report.problems.push(problem(name, &cid.to_string(), &format!("stored block: {error}"))),
                 Ok(block) => {
+                    if let Err(refusal) = access.as_ref().map(|access| access.admits_block(&block)).unwrap_or(Ok(())) {
+                        report.problems.push(problem(name, &cid.to_string(), &format!("stored block: {refusal}")));
+                    }
                     match index.get(&cid) {
                         None => report.problems.push(problem(name, &cid.to_string(), "block without index record")),
                         Some(meta) if meta.pruned => {

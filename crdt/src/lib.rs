@@ -6,6 +6,7 @@
 //! (local commits, announced heads, received blocks) into effects (announcements, requests,
 //! responses) without doing any network I/O, so the node and the simulator run the same code.
 
+mod access;
 mod compaction;
 mod compactor;
 mod delta;
@@ -24,11 +25,15 @@ mod topic;
 mod types;
 mod writer;
 
-pub use canopy_dag::{BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, TopicId, Walk, WalkLimits};
+pub use access::{Access, Mode, Refusal};
+pub use canopy_dag::{
+    AuthorId, BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, Signer, TopicId, Walk, WalkLimits,
+};
 
-/// Hash-checks and decodes received blocks in parallel under the protocol's limits.
-pub fn validate_blocks(items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Block, canopy_dag::BlockError>> {
-    canopy_dag::validate_batch(items, &BlockLimits::PROTOCOL)
+/// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel
+/// under the protocol's limits.
+pub fn validate_blocks(topic: &str, items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Block, canopy_dag::BlockError>> {
+    canopy_dag::validate_batch(topic, items, &BlockLimits::PROTOCOL)
 }
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};

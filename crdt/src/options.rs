@@ -1,5 +1,7 @@
 //! The settings of a store.
 
+use canopy_dag::Signer;
+
 use crate::delta::Limits;
 
 /// Settings of a [`Store`].
@@ -44,6 +46,9 @@ pub struct StoreOptions {
     /// Snapshot parts nobody fetched for this long are released (`None`: kept until the next
     /// compaction replaces them). A peer that needs a released snapshot gets a new one.
     pub snapshot_retain_ms: Option<u64>,
+    /// The key this store signs its blocks with. `None`: a key kept in the database, made when
+    /// the database is created (a node passes its identity key).
+    pub author: Option<Signer>,
 }
 
 impl Default for StoreOptions {
@@ -65,6 +70,7 @@ impl Default for StoreOptions {
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,
             snapshot_retain_ms: Some(10 * 60 * 1000),
+            author: None,
         }
     }
 }

@@ -55,6 +55,7 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
         let id: [u8; 4] = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("topic id".into()))?;
         TopicId(u32::from_be_bytes(id))
     };
+    let access = crate::access::Access::of(topic).map_err(|e| StorageError::Corrupt(e.to_string()))?;
     let mut report = Repair { topic: topic.to_string(), ..Repair::default() };
 
     // What is applied, and which blocks fail their check.
@@ -74,7 +75,9 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
         let block = blocks
             .get(id, cid)
             .map_err(StorageError::from)?
-            .and_then(|bytes| Block::decode(*cid, &bytes, &BlockLimits::PROTOCOL).ok());
+            .and_then(|bytes| Block::decode(topic, *cid, &bytes, &BlockLimits::PROTOCOL).ok())
+            // A block its author may not write is as bad as one that does not decode.
+            .filter(|block| access.admits_block(block).is_ok());
         match block {
             Some(block) if block.height() == meta.height && block.links() == meta.links => {
                 good.insert(*cid, block);

@@ -132,7 +132,7 @@ mod tests {
     use canopy_dag::Block;
 
     fn id(n: u8) -> Cid {
-        Block::build(vec![], 1, vec![n]).unwrap().cid()
+        Block::build("t", vec![], 1, vec![n], &canopy_dag::Signer::from_secret([1; 32])).unwrap().cid()
     }
 
     #[test]

@@ -24,6 +24,12 @@ pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
 
 pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+/// The format of the data directory, a big-endian u32 ([`FORMAT`]); absent before format 2.
+pub(crate) const META_FORMAT: &[u8] = b"format";
+/// The secret key of the store's own author, when the embedding program supplies none.
+pub(crate) const META_AUTHOR_SECRET: &[u8] = b"author_secret";
+/// The data directory format this version reads and writes: 2 since blocks are signed.
+pub(crate) const FORMAT: u32 = 2;
 /// `s ++ topic` → the manifests of the snapshots that cover the topic's pruned blocks.
 pub(crate) const META_COVER: u8 = b's';
 /// `k ++ topic` → the manifests this replica made or merged, newest last.
@@ -81,12 +87,10 @@ pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
     key
 }
 
-/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`.
+/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`, after an owner's peer
+/// id and `/` for an owned topic (see [`crate::Access`]).
 pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    let valid = !name.is_empty()
-        && name.len() <= TOPIC_NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if valid { Ok(()) } else { Err(TopicError::InvalidName(name.to_string())) }
+    crate::access::Access::of(name).map(|_| ())
 }
 
 fn table_options(cache: &Cache) -> BlockBasedOptions {

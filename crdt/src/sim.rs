@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 
-use canopy_dag::{Block, BlockLimits, Cid, WalkLimits};
+use canopy_dag::{Block, BlockLimits, Cid, Signer, WalkLimits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -52,6 +52,8 @@ pub struct FaultCounts {
     pub partitions: u64,
     /// Replica crashes.
     pub crashes: u64,
+    /// Penalties replicas gave senders of blocks no honest replica sends.
+    pub penalized: u64,
 }
 
 /// The cluster could not reach a state.
@@ -112,6 +114,8 @@ impl Default for SimTiming {
 /// A simulated cluster of replicas that all subscribe the same topics, plus hostile
 /// participants (numbered after the replicas) that attack them.
 pub struct Cluster {
+    /// The seed the cluster was made with; replicas' keys derive from it.
+    seed: u64,
     dir: PathBuf,
     topics: Vec<String>,
     nodes: Vec<Option<Sync<usize>>>,
@@ -175,6 +179,7 @@ impl Cluster {
         sync_config: SyncConfig,
     ) -> Result<Cluster, SimError> {
         let mut cluster = Cluster {
+            seed,
             dir: dir.to_path_buf(),
             topics: topics.to_vec(),
             nodes: Vec::new(),
@@ -204,7 +209,8 @@ impl Cluster {
     }
 
     fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
-        let store = Store::open(self.dir.join(format!("replica-{replica}")), self.store_options.clone())?;
+        let options = StoreOptions { author: Some(replica_signer(self.seed, replica)), ..self.store_options.clone() };
+        let store = Store::open(self.dir.join(format!("replica-{replica}")), options)?;
         let config = SyncConfig { seed: replica as u64 + 1, ..self.sync_config.clone() };
         let mut sync = Sync::new(store, config);
         for topic in &self.topics {
@@ -222,8 +228,35 @@ impl Cluster {
     pub fn add_adversaries(&mut self, count: usize) {
         for _ in 0..count {
             let seed = self.rng.random();
-            self.adversaries.push(Adversary::new(seed, &self.topics, self.nodes.len()));
+            self.adversaries.push(Adversary::new(seed, &self.topics, self.nodes.len(), false));
         }
+    }
+
+    /// Adds `count` byzantine participants: besides everything an adversary does, they replay
+    /// real blocks they overhear re-signed under their own key, in their topic and in others,
+    /// and send them with forged, stripped and re-attributed signatures. In an owned topic
+    /// (whose owner is not theirs) every block they write is refused.
+    pub fn add_byzantine(&mut self, count: usize) {
+        for _ in 0..count {
+            let seed = self.rng.random();
+            self.adversaries.push(Adversary::new(seed, &self.topics, self.nodes.len(), true));
+        }
+    }
+
+    /// The author replica `replica` of a cluster made with `seed` signs as.
+    pub fn replica_author(seed: u64, replica: usize) -> canopy_dag::AuthorId {
+        replica_signer(seed, replica).author()
+    }
+
+    /// Blocks replicas refused because their author may not write the topic, over the running
+    /// replicas.
+    pub fn blocks_refused(&self) -> u64 {
+        self.nodes.iter().flatten().map(|node| node.stats().blocks_refused).sum()
+    }
+
+    /// Penalties replicas gave senders of blocks no honest replica sends.
+    pub fn penalized(&self) -> u64 {
+        self.counts.penalized
     }
 
     /// Stops every hostile participant: it neither sends nor answers from now on.
@@ -389,6 +422,8 @@ impl Cluster {
             match effect {
                 Effect::Publish { message, .. } => self.publish(from, message.encode()),
                 Effect::Send { to, message } => self.send(from, to, message.encode()),
+                // The simulated network keeps every link; penalties are counted only.
+                Effect::Penalize { .. } => self.counts.penalized += 1,
             }
         }
     }
@@ -558,7 +593,7 @@ impl Cluster {
         let mut blocks = BTreeMap::new();
         for item in node.store().blocks().iter_topic(handle.id()) {
             let (cid, bytes) = item.map_err(|e| ReadError::Storage(e.into()))?;
-            let block = Block::decode(cid, &bytes, &BlockLimits::PROTOCOL)
+            let block = Block::decode(topic, cid, &bytes, &BlockLimits::PROTOCOL)
                 .map_err(|e| ReadError::Storage(crate::StorageError::Corrupt(e.to_string())))?;
             blocks.insert(cid, block);
         }
@@ -594,16 +629,40 @@ pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u
         .collect()
 }
 
+/// Each replica signs with a key of its own, derived from the seed so runs repeat.
+fn replica_signer(seed: u64, replica: usize) -> Signer {
+    let mut secret = [0u8; 32];
+    StdRng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(replica as u64)).fill(&mut secret);
+    Signer::from_secret(secret)
+}
+
+/// The wire shape of a block, as a hostile participant crafts it by hand.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RawBlock {
+    links: Vec<Cid>,
+    author: serde_bytes::ByteBuf,
+    height: u64,
+    payload: serde_bytes::ByteBuf,
+    signature: serde_bytes::ByteBuf,
+}
+
 /// A hostile participant. It is never a replica: it announces heads that do not exist and real
 /// heads it cannot serve, stalls requests, answers them with orphans above invented parents,
 /// with valid blocks nobody asked for (some tombstoning elements outside their causal past),
 /// with invented frontiers, garbage, tampered blocks and answers to requests never made.
 struct Adversary {
     rng: StdRng,
+    /// The adversary's own key: its blocks are well signed, by an author of its own.
+    signer: Signer,
     topics: Vec<String>,
     replicas: usize,
     /// Real CIDs heard in announcements, to name as heads and as element ids.
     learned: Vec<Cid>,
+    /// Real blocks overheard inside announcements, with their topic (byzantine participants
+    /// replay and forge them).
+    overheard: Vec<(String, Block)>,
+    /// Whether it also forges and replays other authors' blocks.
+    byzantine: bool,
     silent: bool,
 }
 
@@ -611,19 +670,25 @@ struct Adversary {
 const ADVERSARY_LEARNED_MAX: usize = 256;
 
 impl Adversary {
-    fn new(seed: u64, topics: &[String], replicas: usize) -> Adversary {
+    fn new(seed: u64, topics: &[String], replicas: usize, byzantine: bool) -> Adversary {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut secret = [0u8; 32];
+        rng.fill(&mut secret);
         Adversary {
-            rng: StdRng::seed_from_u64(seed),
+            signer: Signer::from_secret(secret),
+            rng,
             topics: topics.to_vec(),
             replicas,
             learned: Vec::new(),
+            overheard: Vec::new(),
+            byzantine,
             silent: false,
         }
     }
 
     fn fake_cid(&mut self) -> Cid {
         let seed: u64 = self.rng.random();
-        Block::build(vec![], 1, seed.to_be_bytes().to_vec()).expect("a small block builds").cid()
+        Block::build("fake", vec![], 1, seed.to_be_bytes().to_vec(), &self.signer).expect("a small block builds").cid()
     }
 
     fn topic(&mut self) -> String {
@@ -631,7 +696,7 @@ impl Adversary {
     }
 
     /// A valid block: parentless, or above invented parents (an orphan that can never apply).
-    fn block(&mut self, orphan: bool) -> Block {
+    fn block(&mut self, topic: &str, orphan: bool) -> Block {
         let mut delta = Delta::default();
         for _ in 0..self.rng.random_range(1..4) {
             let key = format!("hot/{}", self.rng.random_range(0..4)).into_bytes();
@@ -646,14 +711,39 @@ impl Adversary {
         if orphan {
             let parents: Vec<Cid> = (0..self.rng.random_range(1..4)).map(|_| self.fake_cid()).collect();
             let height = self.rng.random_range(2..100);
-            Block::build(parents, height, delta.encode()).expect("a small block builds")
+            Block::build(topic, parents, height, delta.encode(), &self.signer).expect("a small block builds")
         } else {
-            Block::build(vec![], 1, delta.encode()).expect("a small block builds")
+            Block::build(topic, vec![], 1, delta.encode(), &self.signer).expect("a small block builds")
         }
     }
 
     fn wire(block: &Block) -> WireBlock {
         WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) }
+    }
+
+    /// A block for `topic` made from an overheard one: its content re-signed under this
+    /// participant's key (valid in an open topic, refused in an owned one), or sent with its
+    /// signature flipped, stripped or re-attributed, or replayed into another topic.
+    fn forgery(&mut self, topic: &str) -> Option<WireBlock> {
+        let (source, block) = self.overheard[self.rng.random_range(0..self.overheard.len())].clone();
+        let mut raw: RawBlock = serde_ipld_dagcbor::from_slice(block.bytes()).ok()?;
+        match self.rng.random_range(0..5) {
+            0 => {
+                let replay =
+                    Block::build(topic, block.links().to_vec(), block.height(), block.payload().to_vec(), &self.signer)
+                        .ok()?;
+                return Some(Adversary::wire(&replay));
+            }
+            1 => raw.signature[0] ^= 1,
+            2 => raw.signature = serde_bytes::ByteBuf::new(),
+            3 => raw.author = serde_bytes::ByteBuf::from(self.signer.author().as_bytes().to_vec()),
+            // The genuine block, offered to a topic it was not signed for (or, when it is the
+            // same topic, as it is: a duplicate).
+            _ if source != topic => return Some(Adversary::wire(&block)),
+            _ => raw.payload = serde_bytes::ByteBuf::from(Vec::new()),
+        }
+        let bytes = serde_ipld_dagcbor::to_vec(&raw).ok()?;
+        Some(WireBlock { cid: canopy_dag::cid_of(&bytes), bytes: serde_bytes::ByteBuf::from(bytes) })
     }
 
     fn receive(&mut self, from: usize, bytes: &[u8]) -> Vec<(usize, Vec<u8>)> {
@@ -664,10 +754,17 @@ impl Adversary {
             return Vec::new();
         };
         let (topic, id) = match message {
-            Message::Heads { heads, .. } => {
+            Message::Heads { topic, heads, blocks } => {
                 for head in heads {
                     if self.learned.len() < ADVERSARY_LEARNED_MAX {
                         self.learned.push(head.cid);
+                    }
+                }
+                for wire in blocks {
+                    if self.overheard.len() < ADVERSARY_LEARNED_MAX
+                        && let Ok(block) = Block::decode(&topic, wire.cid, &wire.bytes, &BlockLimits::PROTOCOL)
+                    {
+                        self.overheard.push((topic.clone(), block));
                     }
                 }
                 return Vec::new();
@@ -678,7 +775,7 @@ impl Adversary {
                 let parts = cids
                     .iter()
                     .map(|cid| {
-                        let mut wire = Adversary::wire(&self.block(false));
+                        let mut wire = Adversary::wire(&self.block(&topic, false));
                         wire.cid = *cid;
                         wire
                     })
@@ -695,6 +792,10 @@ impl Adversary {
             frontier,
             snapshots: Vec::new(),
         };
+        if self.byzantine && !self.overheard.is_empty() && self.rng.random_bool(0.5) {
+            let blocks = (0..self.rng.random_range(1..4)).filter_map(|_| self.forgery(&topic)).collect();
+            return vec![(from, answer(blocks, Vec::new(), id).encode())];
+        }
         let message = match self.rng.random_range(0..8) {
             7 => Message::Blocks {
                 topic: topic.clone(),
@@ -706,22 +807,24 @@ impl Adversary {
             },
             0 => return Vec::new(),
             1 => {
-                let blocks = (0..self.rng.random_range(1..20)).map(|_| Adversary::wire(&self.block(true))).collect();
+                let blocks =
+                    (0..self.rng.random_range(1..20)).map(|_| Adversary::wire(&self.block(&topic, true))).collect();
                 answer(blocks, Vec::new(), id)
             }
             2 => {
-                let blocks = (0..self.rng.random_range(1..4)).map(|_| Adversary::wire(&self.block(false))).collect();
+                let blocks =
+                    (0..self.rng.random_range(1..4)).map(|_| Adversary::wire(&self.block(&topic, false))).collect();
                 answer(blocks, Vec::new(), id)
             }
             3 => answer(Vec::new(), (0..16).map(|_| self.fake_cid()).collect(), id),
             4 => return vec![(from, (0..64).map(|_| self.rng.random()).collect())],
             5 => {
-                let mut wire = Adversary::wire(&self.block(false));
+                let mut wire = Adversary::wire(&self.block(&topic, false));
                 let last = wire.bytes.len() - 1;
                 wire.bytes[last] ^= 0x55;
                 answer(vec![wire], Vec::new(), id)
             }
-            _ => answer(vec![Adversary::wire(&self.block(false))], Vec::new(), id.wrapping_add(1)),
+            _ => answer(vec![Adversary::wire(&self.block(&topic, false))], Vec::new(), id.wrapping_add(1)),
         };
         vec![(from, message.encode())]
     }
@@ -745,7 +848,7 @@ impl Adversary {
         if self.rng.random_bool(0.5) {
             for _ in 0..self.rng.random_range(1..4) {
                 let orphan = self.rng.random_bool(0.5);
-                let mut wire = Adversary::wire(&self.block(orphan));
+                let mut wire = Adversary::wire(&self.block(&topic, orphan));
                 if self.rng.random_bool(0.3) {
                     let last = wire.bytes.len() - 1;
                     wire.bytes[last] ^= 0x55;
@@ -753,11 +856,19 @@ impl Adversary {
                 blocks.push(wire);
             }
         }
+        if self.byzantine && !self.overheard.is_empty() {
+            for _ in 0..self.rng.random_range(1..4) {
+                if let Some(wire) = self.forgery(&topic) {
+                    heads.push(Head { cid: wire.cid, height: self.rng.random_range(1..1000) });
+                    blocks.push(wire);
+                }
+            }
+        }
         let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads, blocks }.encode())];
         if self.rng.random_bool(0.3) {
             let to = self.rng.random_range(0..self.replicas);
             let orphan = self.rng.random_bool(0.5);
-            let blocks = vec![Adversary::wire(&self.block(orphan))];
+            let blocks = vec![Adversary::wire(&self.block(&topic, orphan))];
             let unasked = Message::Blocks {
                 topic,
                 id: self.rng.random(),

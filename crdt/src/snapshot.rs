@@ -395,7 +395,7 @@ mod tests {
     use canopy_dag::Block;
 
     fn id(n: u32) -> Cid {
-        Block::build(vec![], 1, n.to_be_bytes().to_vec()).unwrap().cid()
+        Block::build("t", vec![], 1, n.to_be_bytes().to_vec(), &canopy_dag::Signer::from_secret([1; 32])).unwrap().cid()
     }
 
     fn write(n: u32, value_bytes: usize) -> (Manifest, Vec<(Cid, Vec<u8>)>) {

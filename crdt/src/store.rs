@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{BlockStore, TopicId};
+use canopy_dag::{AuthorId, BlockStore, CF_INDEX, Signer, TopicId};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
@@ -14,7 +14,10 @@ use crate::error::{OpenError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::inspect::Inspector;
 use crate::options::StoreOptions;
-use crate::schema::{CF_META, META_NEXT_TOPIC_ID, META_TOPIC, column_families, validate_topic_name};
+use crate::schema::{
+    CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_TOPIC, column_families,
+    validate_topic_name,
+};
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
 
@@ -91,6 +94,11 @@ impl Store {
                 }
             }
         }
+        check_format(&db)?;
+        let signer = match &options.author {
+            Some(signer) => signer.clone(),
+            None => stored_signer(&db)?,
+        };
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
         let (compactions, compaction_requests) = bounded(1024);
         let (closed_tx, closed_rx) = bounded(0);
@@ -98,6 +106,7 @@ impl Store {
             db,
             blocks,
             options,
+            signer,
             topics: RwLock::new(BTreeMap::new()),
             registry: Mutex::new(()),
             writers: Mutex::new(Vec::new()),
@@ -112,6 +121,7 @@ impl Store {
             let context = writer::Context::new(
                 inner.db.clone(),
                 &inner.options,
+                inner.signer.clone(),
                 inner.compactions.clone(),
                 inner.poisoned.clone(),
             );
@@ -189,6 +199,11 @@ impl Store {
         self.inner.poisoned.load(Ordering::SeqCst)
     }
 
+    /// The author this store signs its blocks as.
+    pub fn author(&self) -> AuthorId {
+        self.inner.signer.author()
+    }
+
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
@@ -238,6 +253,46 @@ impl Store {
         db.write(batch)?;
         Ok(TopicId(next))
     }
+}
+
+/// Refuses a data directory of another format; marks a new one with this version's.
+fn check_format(db: &DB) -> Result<(), OpenError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    match db.get_cf(meta, META_FORMAT)? {
+        Some(bytes) => {
+            let found = decode_u32(&bytes)?;
+            if found != FORMAT {
+                return Err(OpenError::Format { found, expected: FORMAT });
+            }
+        }
+        None => {
+            // A directory without a format record is new, or was written before blocks were
+            // signed (format 1): it then holds applied blocks, whose index records say so.
+            let index = db.cf_handle(CF_INDEX).expect("every canopy column family is opened with the database");
+            if db.iterator_cf(index, rocksdb::IteratorMode::Start).next().transpose()?.is_some() {
+                return Err(OpenError::Format { found: 1, expected: FORMAT });
+            }
+            db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// The store's own signing key, made and kept in the database the first time.
+fn stored_signer(db: &DB) -> Result<Signer, OpenError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    if let Some(bytes) = db.get_cf(meta, META_AUTHOR_SECRET)? {
+        let secret: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("the stored author key is not 32 bytes".into()))?;
+        return Ok(Signer::from_secret(secret));
+    }
+    let signer = Signer::generate();
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(true);
+    db.put_cf_opt(meta, META_AUTHOR_SECRET, signer.secret(), &write)?;
+    Ok(signer)
 }
 
 fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {

@@ -27,6 +27,7 @@ use canopy_dag::{Block, BlockLimits, Cid, WalkLimits, validate_batch};
 use crate::error::{IngestError, ReadError, TopicError};
 use crate::store::Store;
 use crate::topic::{Ingesting, Topic};
+use crate::types::IngestOutcome;
 
 mod answer;
 mod fetch;
@@ -114,6 +115,14 @@ pub enum Effect<P> {
         /// The message.
         message: Message,
     },
+    /// `peer` sent blocks no honest replica sends (failing their hash or signature, or by an
+    /// author who may not write the topic): penalise it.
+    Penalize {
+        /// The peer.
+        peer: P,
+        /// What it sent.
+        reason: String,
+    },
 }
 
 /// Failure while handling an event.
@@ -134,8 +143,10 @@ pub enum SyncError {
 /// Counters of what a [`Sync`] has seen, for metrics and the simulator.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
-    /// Blocks received that failed validation (hash, encoding, height, delta).
+    /// Blocks received that failed validation (hash, encoding, signature, height, delta).
     pub blocks_rejected: u64,
+    /// Blocks received whose author may not write their topic.
+    pub blocks_refused: u64,
     /// Blocks applied from peers.
     pub blocks_applied: u64,
     /// Requests answered.
@@ -401,18 +412,29 @@ impl<P: Clone + Ord> Sync<P> {
     }
 }
 
-/// Checks received blocks against their CIDs and the protocol's bounds, on the rayon pool;
-/// those that fail are counted and dropped.
-fn validate(blocks: Vec<WireBlock>, stats: &mut SyncStats) -> Vec<Block> {
+/// Checks received blocks of `topic` against their CIDs, their signatures and the protocol's
+/// bounds, on the rayon pool: returns those that pass and how many failed (counted, dropped).
+fn validate(topic: &str, blocks: Vec<WireBlock>, stats: &mut SyncStats) -> (Vec<Block>, usize) {
     let items = blocks.into_iter().map(|b| (b.cid, b.bytes.into_vec())).collect();
     let mut valid = Vec::new();
-    for result in validate_batch(items, &BlockLimits::PROTOCOL) {
+    let mut invalid = 0;
+    for result in validate_batch(topic, items, &BlockLimits::PROTOCOL) {
         match result {
             Ok(block) => valid.push(block),
-            Err(_) => stats.blocks_rejected += 1,
+            Err(_) => invalid += 1,
         }
     }
-    valid
+    stats.blocks_rejected += invalid as u64;
+    (valid, invalid)
+}
+
+/// Counts what an ingest did; returns whether it refused blocks, which only a hostile peer
+/// sends.
+fn count_ingest(stats: &mut SyncStats, outcome: &IngestOutcome) -> bool {
+    stats.blocks_applied += outcome.applied as u64;
+    stats.blocks_rejected += (outcome.rejected.len() - outcome.refused) as u64;
+    stats.blocks_refused += outcome.refused as u64;
+    outcome.refused > 0
 }
 
 /// The blocks of `commits` that fit together in `bytes_max`, in commit order, stopping at the

@@ -82,6 +82,11 @@ impl Topic {
         &self.shared.name
     }
 
+    /// Who may write the topic.
+    pub fn access(&self) -> crate::access::Access {
+        self.shared.access
+    }
+
     /// The topic's id in this store.
     pub fn id(&self) -> TopicId {
         self.shared.id
@@ -115,6 +120,7 @@ impl Topic {
                 check_value(value, limits).map_err(WriteError::InvalidValue)?;
             }
         }
+        self.shared.access.admits(&self.store.signer.author())?;
         if self.store.poisoned.load(Ordering::SeqCst) {
             return Err(WriteError::Poisoned);
         }

@@ -74,6 +74,9 @@ pub struct IngestOutcome {
     pub pending: usize,
     /// Blocks of the batch that were applied already.
     pub duplicates: Vec<Cid>,
+    /// Blocks refused because their author may not write the topic (they are also among
+    /// `rejected`, with the reason).
+    pub refused: usize,
     /// True when the heads changed.
     pub heads_changed: bool,
 }
@@ -127,6 +130,8 @@ pub type Sink = Box<dyn FnMut(&Change) -> bool + Send>;
 pub(crate) struct TopicShared {
     pub id: TopicId,
     pub name: String,
+    /// Who may write the topic, read from its name.
+    pub access: crate::access::Access,
     pub heads: RwLock<Vec<Head>>,
     pub key_count: AtomicU64,
     pub pending_count: AtomicU64,

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use canopy_dag::{Block, BlockStore, Cid, Height, TopicId};
+use canopy_dag::{Block, BlockStore, Cid, Height, Signer, TopicId};
+
+use crate::access::Access;
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
@@ -195,6 +197,7 @@ impl TopicState {
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
+            access: Access::of(name).map_err(|e| StorageError::Corrupt(e.to_string()))?,
             heads: RwLock::new(heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect()),
             key_count: AtomicU64::new(key_count),
             pending_count: AtomicU64::new(0),
@@ -383,11 +386,20 @@ pub(crate) struct Context {
     compact_after_bytes: u64,
     compactions: Sender<String>,
     poisoned: Arc<AtomicBool>,
+    /// Signs local blocks.
+    signer: Signer,
 }
 
 impl Context {
-    pub fn new(db: Arc<DB>, options: &StoreOptions, compactions: Sender<String>, poisoned: Arc<AtomicBool>) -> Context {
+    pub fn new(
+        db: Arc<DB>,
+        options: &StoreOptions,
+        signer: Signer,
+        compactions: Sender<String>,
+        poisoned: Arc<AtomicBool>,
+    ) -> Context {
         Context {
+            signer,
             blocks: BlockStore::new(db.clone()).expect("the store opened every column family"),
             db,
             sync_writes: options.sync_writes,

@@ -6,11 +6,16 @@ use canopy_crdt::{Block, BlockLimits, Delta, Head, Limits};
 use proptest::prelude::*;
 use serde_bytes::ByteBuf;
 
+/// The author these tests sign their hand-made blocks as.
+fn signer() -> canopy_crdt::Signer {
+    canopy_crdt::Signer::from_secret([3; 32])
+}
+
 fn sample_block() -> Block {
-    let root = Block::build(vec![], 1, b"root".to_vec()).unwrap();
+    let root = Block::build("t", vec![], 1, b"root".to_vec(), &signer()).unwrap();
     let delta =
         Delta { adds: vec![(b"key".to_vec(), b"value".to_vec())], removes: vec![(b"old".to_vec(), root.cid())] };
-    Block::build(vec![root.cid()], 2, delta.encode()).unwrap()
+    Block::build("t", vec![root.cid()], 2, delta.encode(), &signer()).unwrap()
 }
 
 fn sample_messages() -> Vec<Vec<u8>> {
@@ -59,7 +64,7 @@ fn mutate(mut bytes: Vec<u8>, edits: &[(usize, u8, u8)]) -> Vec<u8> {
 
 fn decode_all(bytes: &[u8]) {
     let block = sample_block();
-    let _ = Block::decode(block.cid(), bytes, &BlockLimits::default());
+    let _ = Block::decode("t", block.cid(), bytes, &BlockLimits::default());
     if let Ok(delta) = Delta::decode(bytes, &Limits::default()) {
         assert_eq!(Delta::decode(&delta.encode(), &Limits::default()).unwrap(), delta);
     }
@@ -89,7 +94,7 @@ proptest! {
         let mutated = mutate(original.clone(), &edits);
         decode_all(&mutated);
         if mutated != original && which == 3 {
-            prop_assert!(Block::decode(block.cid(), &mutated, &BlockLimits::default()).is_err(), "a changed block must not pass its CID");
+            prop_assert!(Block::decode("t", block.cid(), &mutated, &BlockLimits::default()).is_err(), "a changed block must not pass its CID");
         }
     }
 }

@@ -132,13 +132,22 @@ fn a_corrupt_inline_block_is_refused_and_fetched_instead() {
     let mut reader = replica(SyncConfig::default());
     let commit = writer.topic.put("k", "v").unwrap();
     let mut message = announcement(writer.sync.announce_commits("t", &[commit.cid]));
-    if let Message::Heads { blocks, .. } = &mut message {
-        *blocks[0].bytes.last_mut().unwrap() ^= 0x55;
-    }
-    let wants = requests(&reader.sync.handle(0, 1, message).unwrap());
+    let plain = match &mut message {
+        Message::Heads { topic, heads, blocks } => {
+            *blocks[0].bytes.last_mut().unwrap() ^= 0x55;
+            Message::Heads { topic: topic.clone(), heads: heads.clone(), blocks: Vec::new() }
+        }
+        _ => unreachable!("announcements only"),
+    };
+    // Gossip arrives signed and intact: a corrupt block was sent so. The announcement is dropped
+    // and its sender penalised; nothing is asked of it.
+    let effects = reader.sync.handle(0, 1, message).unwrap();
+    assert!(matches!(&effects[..], [Effect::Penalize { peer: 1, .. }]), "{effects:?}");
     assert_eq!(reader.sync.stats().blocks_rejected, 1);
     assert_eq!(reader.sync.stats().blocks_inline, 0);
     assert_eq!(reader.topic.get(b"k").unwrap(), None);
+    // The head is fetched once an honest peer announces it (here, the writer's re-announcement).
+    let wants = requests(&reader.sync.handle(0, 1, plain).unwrap());
     assert_eq!(wants.len(), 1, "the head is fetched from the announcer");
     serve(&mut writer, &mut reader, wants);
     assert_eq!(reader.topic.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));

@@ -64,7 +64,7 @@ fn history(steps: &[Step], dir: &tempfile::TempDir) -> Vec<BTreeMap<Cid, Block>>
         };
         if let Some(commit) = commit {
             let bytes = sources[replica].block(&commit.cid).unwrap().unwrap();
-            let block = Block::decode(commit.cid, &bytes, &Default::default()).unwrap();
+            let block = Block::decode("t", commit.cid, &bytes, &Default::default()).unwrap();
             known[replica].insert(block.cid(), block);
         }
     }

@@ -8,6 +8,11 @@ use std::time::Duration;
 use canopy_crdt::snapshot::Manifest;
 use canopy_crdt::{Batch, Block, Cid, Store, StoreOptions, Topic};
 
+/// The author these tests sign their hand-made blocks as.
+fn signer() -> canopy_crdt::Signer {
+    canopy_crdt::Signer::from_secret([3; 32])
+}
+
 /// Compaction only when a test asks for it.
 fn options() -> StoreOptions {
     StoreOptions {
@@ -120,7 +125,7 @@ fn replicas_with_the_same_blocks_make_the_same_snapshot() {
     let commits = fill(&source, 500);
     let blocks: Vec<Block> = commits
         .iter()
-        .map(|cid| Block::decode(*cid, &source.block(cid).unwrap().unwrap(), &Default::default()).unwrap())
+        .map(|cid| Block::decode("t", *cid, &source.block(cid).unwrap().unwrap(), &Default::default()).unwrap())
         .collect();
     let forward = open(&dir.path().join("forward")).topic("t").unwrap();
     forward.ingest(blocks.clone()).unwrap();
@@ -152,7 +157,7 @@ fn an_empty_replica_bootstraps_from_a_snapshot_and_follows_blocks_above_it() {
 
     // A block above the snapshot applies on the fresh replica: its parents count as applied.
     let next = source.put("key-000002", "newest").unwrap();
-    let block = Block::decode(next.cid, &source.block(&next.cid).unwrap().unwrap(), &Default::default()).unwrap();
+    let block = Block::decode("t", next.cid, &source.block(&next.cid).unwrap().unwrap(), &Default::default()).unwrap();
     assert_eq!(fresh.ingest(vec![block]).unwrap().applied, 1);
     assert_eq!(fresh.get(b"key-000002").unwrap(), Some(b"newest".to_vec()));
     // Merging again changes nothing.
@@ -321,7 +326,7 @@ fn a_remove_naming_a_foreign_cid_survives_a_snapshot() {
     let base = source.put("key", "value").unwrap();
     let foreign: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".parse().unwrap();
     let delta = canopy_crdt::Delta { adds: vec![], removes: vec![(b"other".to_vec(), foreign)] };
-    let block = Block::build(vec![base.cid], base.height + 1, delta.encode()).unwrap();
+    let block = Block::build("t", vec![base.cid], base.height + 1, delta.encode(), &signer()).unwrap();
     assert_eq!(source.ingest(vec![block]).unwrap().applied, 1);
     let snapshot = source.compact().unwrap().snapshot.unwrap();
     let fresh = open(&dir.path().join("fresh")).topic("t").unwrap();

@@ -10,6 +10,11 @@ use canopy_crdt::{
 };
 use serde_bytes::ByteBuf;
 
+/// The author these tests sign their hand-made blocks as.
+fn signer() -> canopy_crdt::Signer {
+    canopy_crdt::Signer::from_secret([3; 32])
+}
+
 fn options() -> StoreOptions {
     StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() }
 }
@@ -25,7 +30,7 @@ fn blocks_of(topic: &Topic) -> Vec<Block> {
         WalkLimits { blocks_max: usize::MAX, bytes_max: usize::MAX, visits_max: usize::MAX, frontier_max: 0 };
     let walk = topic.walk(&heads, &[], &unbounded, false).unwrap();
     assert!(!walk.more && walk.frontier.is_empty());
-    walk.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect()
+    walk.blocks.into_iter().map(|(cid, bytes)| Block::decode("t", cid, &bytes, &Default::default()).unwrap()).collect()
 }
 
 #[test]
@@ -197,8 +202,11 @@ fn a_catch_up_cut_by_a_crash_resumes_without_holes() {
     let have: Vec<_> = topic.heads().iter().map(|h| h.cid).collect();
     let rest = source.walk(&wanted, &have, &Default::default(), false).unwrap();
     assert_eq!(rest.blocks.len(), 25, "the peer serves exactly what is missing");
-    let rest: Vec<Block> =
-        rest.blocks.into_iter().map(|(cid, bytes)| Block::decode(cid, &bytes, &Default::default()).unwrap()).collect();
+    let rest: Vec<Block> = rest
+        .blocks
+        .into_iter()
+        .map(|(cid, bytes)| Block::decode("t", cid, &bytes, &Default::default()).unwrap())
+        .collect();
     assert_eq!(topic.ingest(rest).unwrap().applied, 25);
     assert_eq!(topic.heads(), source.heads());
     assert_eq!(topic.key_count(), 30);
@@ -213,7 +221,7 @@ fn a_replica_with_more_heads_than_a_block_may_link_still_makes_blocks_peers_acce
     let spam: Vec<Block> = (0..LINKS_MAX as u32 + 300)
         .map(|i| {
             let delta = Delta { adds: vec![(format!("spam{i}").into_bytes(), vec![1])], removes: vec![] };
-            Block::build(vec![], 1, delta.encode()).unwrap()
+            Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap()
         })
         .collect();
     assert_eq!(topic.ingest(spam).unwrap().applied, LINKS_MAX + 300);
@@ -269,11 +277,23 @@ fn a_batch_too_large_for_one_block_is_refused_and_concurrent_puts_are_cut_into_b
 
 #[test]
 fn a_remove_that_arrives_before_its_element_still_removes_it() {
-    let added = Block::build(vec![], 1, Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] }.encode())
-        .unwrap();
+    let added = Block::build(
+        "t",
+        vec![],
+        1,
+        Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] }.encode(),
+        &signer(),
+    )
+    .unwrap();
     // A block that is not above `added` yet tombstones its element.
-    let remover =
-        Block::build(vec![], 1, Delta { adds: vec![], removes: vec![(b"k".to_vec(), added.cid())] }.encode()).unwrap();
+    let remover = Block::build(
+        "t",
+        vec![],
+        1,
+        Delta { adds: vec![], removes: vec![(b"k".to_vec(), added.cid())] }.encode(),
+        &signer(),
+    )
+    .unwrap();
     let in_order = tempfile::tempdir().unwrap();
     let first = open(&in_order).topic("t").unwrap();
     first.ingest(vec![added.clone()]).unwrap();
@@ -303,10 +323,10 @@ fn blocks_with_a_wrong_height_or_bad_delta_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let topic = open(&dir).topic("t").unwrap();
     let delta = Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] };
-    let root = Block::build(vec![], 1, delta.encode()).unwrap();
-    let wrong_height = Block::build(vec![root.cid()], 5, delta.encode()).unwrap();
-    let bad_delta = Block::build(vec![root.cid()], 2, b"not a delta".to_vec()).unwrap();
-    let child_of_bad = Block::build(vec![wrong_height.cid()], 6, delta.encode()).unwrap();
+    let root = Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap();
+    let wrong_height = Block::build("t", vec![root.cid()], 5, delta.encode(), &signer()).unwrap();
+    let bad_delta = Block::build("t", vec![root.cid()], 2, b"not a delta".to_vec(), &signer()).unwrap();
+    let child_of_bad = Block::build("t", vec![wrong_height.cid()], 6, delta.encode(), &signer()).unwrap();
     let outcome = topic.ingest(vec![root.clone(), wrong_height.clone(), bad_delta.clone(), child_of_bad]).unwrap();
     assert_eq!(outcome.applied, 1);
     assert_eq!(outcome.rejected.len(), 3, "{:?}", outcome.rejected);
@@ -320,7 +340,7 @@ fn blocks_with_a_wrong_height_or_bad_delta_are_rejected() {
     let tight = StoreOptions { limits: Limits { value_bytes_max: 8, ..Limits::default() }, ..options() };
     let tight_dir = tempfile::tempdir().unwrap();
     let tight_topic = Store::open(tight_dir.path(), tight).unwrap().topic("t").unwrap();
-    let outcome = tight_topic.ingest(vec![Block::build(vec![], 1, larger.encode()).unwrap()]).unwrap();
+    let outcome = tight_topic.ingest(vec![Block::build("t", vec![], 1, larger.encode(), &signer()).unwrap()]).unwrap();
     assert_eq!(outcome.applied, 1);
     assert!(matches!(tight_topic.put("k2", vec![0; 64]), Err(WriteError::InvalidValue(_))));
 }
@@ -372,7 +392,7 @@ fn answers_nobody_asked_for_are_dropped() {
     let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
     let delta = Delta { adds: vec![(b"k".to_vec(), b"forged".to_vec())], removes: vec![] };
-    let block = Block::build(vec![], 1, delta.encode()).unwrap();
+    let block = Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap();
     let blocks = vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }];
     assert!(sync.handle(0, 9, answer(42, blocks.clone())).unwrap().is_empty());
     assert!(topic.heads().is_empty(), "a block nobody asked for is not applied");
@@ -401,7 +421,7 @@ fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
     let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
     sync.subscribe("t").unwrap();
     // Peer 1 announces a head that does not exist and never answers.
-    let fake = Block::build(vec![], 1, b"nothing".to_vec()).unwrap().cid();
+    let fake = Block::build("t", vec![], 1, b"nothing".to_vec(), &signer()).unwrap().cid();
     let fake_heads = Message::Heads {
         topic: "t".into(),
         heads: vec![canopy_crdt::Head { cid: fake, height: 9 }],
@@ -448,9 +468,9 @@ fn re_announcements_are_spread_over_time_and_quiet_topics_back_off() {
 fn bad_input_gets_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir);
-    assert!(matches!(store.topic("has space"), Err(TopicError::InvalidName(_))));
-    assert!(matches!(store.topic(""), Err(TopicError::InvalidName(_))));
-    assert!(matches!(store.topic(&"x".repeat(129)), Err(TopicError::InvalidName(_))));
+    assert!(matches!(store.topic("has space"), Err(TopicError::InvalidName { .. })));
+    assert!(matches!(store.topic(""), Err(TopicError::InvalidName { .. })));
+    assert!(matches!(store.topic(&"x".repeat(129)), Err(TopicError::InvalidName { .. })));
     let topic = store.topic("ok.name_1:2-3").unwrap();
     assert!(matches!(topic.put("", "v"), Err(WriteError::InvalidKey(_))));
     assert!(matches!(topic.put(vec![b'k'; 5000], "v"), Err(WriteError::InvalidKey(_))));

@@ -1,7 +1,9 @@
 use cid::Cid;
 use multihash::Multihash;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+use serde_bytes::{ByteBuf, Bytes};
+
+use crate::author::{AUTHOR_BYTES, AuthorId, SIGNATURE_BYTES, Signer, signing_digest, verify};
 
 /// Multicodec code of DAG-CBOR, the encoding of every block.
 pub const CODEC_DAG_CBOR: u64 = 0x71;
@@ -74,57 +76,104 @@ pub enum BlockError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The author field is not an ed25519 public key.
+    #[error("block {0} names no valid author key")]
+    InvalidAuthor(Cid),
+    /// The signature is not the author's signature of the block's content for this topic.
+    #[error("block {0} is not signed by its author for this topic")]
+    BadSignature(Cid),
 }
 
-/// The DAG-CBOR shape of a block. Field names are in canonical DAG-CBOR order (shorter first),
-/// and the encoder sorts map keys anyway.
+/// The DAG-CBOR shape of a block. Field names are in canonical DAG-CBOR order (shorter first,
+/// then bytewise), and the encoder sorts map keys anyway.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireBlock {
     links: Vec<Cid>,
+    author: ByteBuf,
     height: u64,
     payload: ByteBuf,
+    signature: ByteBuf,
 }
 
-/// An immutable, validated DAG node: sorted unique links, a height and an opaque payload.
+/// What the author signs: the block without its signature, bound to the topic by
+/// [`signing_digest`].
+#[derive(Serialize)]
+struct Unsigned<'a> {
+    links: &'a [Cid],
+    author: &'a Bytes,
+    height: u64,
+    payload: &'a Bytes,
+}
+
+impl Unsigned<'_> {
+    fn digest(&self, topic: &str) -> Result<[u8; 32], BlockError> {
+        let bytes = serde_ipld_dagcbor::to_vec(self).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        Ok(signing_digest(topic, &bytes))
+    }
+}
+
+/// An immutable, validated DAG node: sorted unique links, a height, an opaque payload, and the
+/// author who signed it for its topic.
 ///
-/// A `Block` exists only when its bytes are the canonical encoding of its content and hash to
-/// its CID: [`Block::build`] makes one from content, [`Block::decode`] checks received bytes.
-/// Whether the height matches the parents' heights is checked where the parents are known.
+/// A `Block` exists only when its bytes are the canonical encoding of its content, hash to its
+/// CID and carry a valid signature of its author for the topic it was built or decoded for:
+/// [`Block::build`] makes one from content, [`Block::decode`] checks received bytes. Whether the
+/// height matches the parents' heights, and whether the author may write the topic, is checked
+/// where the parents and the topic's rule are known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Block {
     cid: Cid,
     height: Height,
     links: Vec<Cid>,
     payload: Vec<u8>,
+    author: AuthorId,
     bytes: Vec<u8>,
 }
 
 impl Block {
-    /// Builds a block from its parents, height and payload; links are sorted and deduplicated
-    /// so that equal content always gives an equal CID. A block that every peer would refuse
+    /// Builds a block of `topic` from its parents, height and payload, signed by `signer`;
+    /// links are sorted and deduplicated so that equal content by the same author always gives
+    /// an equal CID (ed25519 signatures are deterministic). A block that every peer would refuse
     /// (more than [`LINKS_MAX`] links, more than [`BLOCK_BYTES_MAX`] bytes) is never built.
-    pub fn build(mut links: Vec<Cid>, height: Height, payload: Vec<u8>) -> Result<Block, BlockError> {
+    pub fn build(
+        topic: &str,
+        mut links: Vec<Cid>,
+        height: Height,
+        payload: Vec<u8>,
+        signer: &Signer,
+    ) -> Result<Block, BlockError> {
         links.sort_unstable();
         links.dedup();
         check_height(height, links.len())?;
         if links.len() > LINKS_MAX {
             return Err(BlockError::InvalidLinks(format!("{} links exceed links_max {LINKS_MAX}", links.len())));
         }
-        let wire = WireBlock { links, height, payload: ByteBuf::from(payload) };
+        let author = signer.author();
+        let unsigned =
+            Unsigned { links: &links, author: Bytes::new(author.as_bytes()), height, payload: Bytes::new(&payload) };
+        let signature = signer.sign(&unsigned.digest(topic)?);
+        let wire = WireBlock {
+            links,
+            author: ByteBuf::from(author.as_bytes().to_vec()),
+            height,
+            payload: ByteBuf::from(payload),
+            signature: ByteBuf::from(signature.to_vec()),
+        };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
         if bytes.len() > BLOCK_BYTES_MAX {
             return Err(BlockError::TooLarge { bytes: bytes.len(), max: BLOCK_BYTES_MAX });
         }
         let cid = cid_of(&bytes);
-        Ok(Block { cid, height, links: wire.links, payload: wire.payload.into_vec(), bytes })
+        Ok(Block { cid, height, links: wire.links, payload: wire.payload.into_vec(), author, bytes })
     }
 
-    /// Decodes and validates received bytes named by `cid`.
+    /// Decodes and validates received bytes of `topic` named by `cid`.
     ///
     /// Checks, in order: size, CID format, hash, DAG-CBOR shape, canonical encoding, link
-    /// format, order and count, and that the height fits the number of links.
-    pub fn decode(cid: Cid, bytes: &[u8], limits: &BlockLimits) -> Result<Block, BlockError> {
+    /// format, order and count, that the height fits the number of links, and last (it costs
+    /// the most) the author's signature.
+    pub fn decode(topic: &str, cid: Cid, bytes: &[u8], limits: &BlockLimits) -> Result<Block, BlockError> {
         if bytes.len() > limits.block_bytes_max {
             return Err(BlockError::TooLarge { bytes: bytes.len(), max: limits.block_bytes_max });
         }
@@ -155,11 +204,27 @@ impl Block {
             return Err(BlockError::InvalidLinks("block links to itself".into()));
         }
         check_height(wire.height, wire.links.len())?;
+        let author = <[u8; AUTHOR_BYTES]>::try_from(wire.author.as_slice())
+            .ok()
+            .and_then(|key| AuthorId::from_bytes(key).ok())
+            .ok_or(BlockError::InvalidAuthor(cid))?;
+        let signature: [u8; SIGNATURE_BYTES] =
+            wire.signature.as_slice().try_into().map_err(|_| BlockError::BadSignature(cid))?;
+        let unsigned = Unsigned {
+            links: &wire.links,
+            author: Bytes::new(author.as_bytes()),
+            height: wire.height,
+            payload: Bytes::new(&wire.payload),
+        };
+        if !verify(&author, &unsigned.digest(topic)?, &signature) {
+            return Err(BlockError::BadSignature(cid));
+        }
         Ok(Block {
             cid,
             height: wire.height,
             links: wire.links,
             payload: wire.payload.into_vec(),
+            author,
             bytes: bytes.to_vec(),
         })
     }
@@ -177,6 +242,11 @@ impl Block {
     /// Parent CIDs, sorted and unique.
     pub fn links(&self) -> &[Cid] {
         &self.links
+    }
+
+    /// The author who signed the block.
+    pub fn author(&self) -> AuthorId {
+        self.author
     }
 
     /// The opaque payload (for canopy, an encoded delta).
@@ -230,32 +300,97 @@ fn check_height(height: Height, links: usize) -> Result<(), BlockError> {
 mod tests {
     use super::*;
 
+    const TOPIC: &str = "t";
+
     fn limits() -> BlockLimits {
         BlockLimits::default()
     }
 
+    fn signer() -> Signer {
+        Signer::from_secret([7; 32])
+    }
+
+    fn build(links: Vec<Cid>, height: Height, payload: Vec<u8>) -> Result<Block, BlockError> {
+        Block::build(TOPIC, links, height, payload, &signer())
+    }
+
+    fn decode(cid: Cid, bytes: &[u8], limits: &BlockLimits) -> Result<Block, BlockError> {
+        Block::decode(TOPIC, cid, bytes, limits)
+    }
+
+    fn wire(block: &Block) -> WireBlock {
+        serde_ipld_dagcbor::from_slice(block.bytes()).unwrap()
+    }
+
+    fn encode(wire: &WireBlock) -> (Cid, Vec<u8>) {
+        let bytes = serde_ipld_dagcbor::to_vec(wire).unwrap();
+        (cid_of(&bytes), bytes)
+    }
+
+    #[test]
+    fn blocks_carry_their_author_and_verify_only_for_their_topic() {
+        let block = build(vec![], 1, b"post".to_vec()).unwrap();
+        assert_eq!(block.author(), signer().author());
+        assert_eq!(decode(block.cid(), block.bytes(), &limits()).unwrap().author(), signer().author());
+        assert_eq!(
+            Block::decode("other", block.cid(), block.bytes(), &limits()),
+            Err(BlockError::BadSignature(block.cid()))
+        );
+        let other = Block::build(TOPIC, vec![], 1, b"post".to_vec(), &Signer::from_secret([8; 32])).unwrap();
+        assert_ne!(other.cid(), block.cid(), "the same content by another author is another block");
+    }
+
+    #[test]
+    fn forged_stripped_and_reattributed_signatures_are_rejected() {
+        let block = build(vec![], 1, b"post".to_vec()).unwrap();
+        let mut forged = wire(&block);
+        forged.signature[0] ^= 1;
+        let (cid, bytes) = encode(&forged);
+        assert_eq!(decode(cid, &bytes, &limits()), Err(BlockError::BadSignature(cid)));
+
+        let mut stripped = wire(&block);
+        stripped.signature = ByteBuf::new();
+        let (cid, bytes) = encode(&stripped);
+        assert_eq!(decode(cid, &bytes, &limits()), Err(BlockError::BadSignature(cid)));
+
+        let mut reattributed = wire(&block);
+        reattributed.author = ByteBuf::from(Signer::from_secret([9; 32]).author().as_bytes().to_vec());
+        let (cid, bytes) = encode(&reattributed);
+        assert_eq!(decode(cid, &bytes, &limits()), Err(BlockError::BadSignature(cid)));
+
+        let mut no_key = wire(&block);
+        no_key.author = ByteBuf::from(vec![1; 31]);
+        let (cid, bytes) = encode(&no_key);
+        assert_eq!(decode(cid, &bytes, &limits()), Err(BlockError::InvalidAuthor(cid)));
+
+        let mut payload = wire(&block);
+        payload.payload = ByteBuf::from(b"edited".to_vec());
+        let (cid, bytes) = encode(&payload);
+        assert_eq!(decode(cid, &bytes, &limits()), Err(BlockError::BadSignature(cid)));
+    }
+
     #[test]
     fn built_block_decodes_to_itself() {
-        let root = Block::build(vec![], 1, b"root".to_vec()).unwrap();
-        let child = Block::build(vec![root.cid()], 2, b"child".to_vec()).unwrap();
-        let decoded = Block::decode(child.cid(), child.bytes(), &limits()).unwrap();
+        let root = build(vec![], 1, b"root".to_vec()).unwrap();
+        let child = build(vec![root.cid()], 2, b"child".to_vec()).unwrap();
+        let decoded = decode(child.cid(), child.bytes(), &limits()).unwrap();
         assert_eq!(decoded, child);
         assert_eq!(decoded.links(), &[root.cid()]);
     }
 
     #[test]
     fn equal_content_gives_equal_cid_whatever_the_link_order() {
-        let a = Block::build(vec![], 1, b"a".to_vec()).unwrap();
-        let b = Block::build(vec![], 1, b"b".to_vec()).unwrap();
-        let x = Block::build(vec![a.cid(), b.cid()], 2, vec![]).unwrap();
-        let y = Block::build(vec![b.cid(), a.cid(), b.cid()], 2, vec![]).unwrap();
+        let a = build(vec![], 1, b"a".to_vec()).unwrap();
+        let b = build(vec![], 1, b"b".to_vec()).unwrap();
+        let x = build(vec![a.cid(), b.cid()], 2, vec![]).unwrap();
+        let y = build(vec![b.cid(), a.cid(), b.cid()], 2, vec![]).unwrap();
         assert_eq!(x.cid(), y.cid());
         assert_eq!(x.links().len(), 2);
     }
 
     #[test]
     fn cid_is_v1_dag_cbor_blake3() {
-        let block = Block::build(vec![], 1, vec![]).unwrap();
+        let block = build(vec![], 1, vec![]).unwrap();
         let cid = block.cid();
         assert_eq!(cid.version(), cid::Version::V1);
         assert_eq!(cid.codec(), 0x71);
@@ -266,54 +401,55 @@ mod tests {
 
     #[test]
     fn tampered_bytes_are_rejected() {
-        let block = Block::build(vec![], 1, b"payload".to_vec()).unwrap();
+        let block = build(vec![], 1, b"payload".to_vec()).unwrap();
         let mut bytes = block.bytes().to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert_eq!(Block::decode(block.cid(), &bytes, &limits()), Err(BlockError::HashMismatch(block.cid())));
+        assert_eq!(decode(block.cid(), &bytes, &limits()), Err(BlockError::HashMismatch(block.cid())));
     }
 
     #[test]
     fn wrong_heights_are_rejected() {
-        assert!(matches!(Block::build(vec![], 2, vec![]), Err(BlockError::InvalidHeight { .. })));
-        let root = Block::build(vec![], 1, vec![]).unwrap();
-        assert!(matches!(Block::build(vec![root.cid()], 1, vec![]), Err(BlockError::InvalidHeight { .. })));
+        assert!(matches!(build(vec![], 2, vec![]), Err(BlockError::InvalidHeight { .. })));
+        let root = build(vec![], 1, vec![]).unwrap();
+        assert!(matches!(build(vec![root.cid()], 1, vec![]), Err(BlockError::InvalidHeight { .. })));
     }
 
     #[test]
     fn blocks_no_peer_would_accept_are_never_built() {
         let parents: Vec<Cid> =
-            (0..=LINKS_MAX as u32).map(|i| Block::build(vec![], 1, i.to_be_bytes().to_vec()).unwrap().cid()).collect();
-        assert!(matches!(Block::build(parents.clone(), 2, vec![]), Err(BlockError::InvalidLinks(_))));
-        assert!(Block::build(parents[..LINKS_MAX].to_vec(), 2, vec![]).is_ok());
-        assert!(matches!(Block::build(vec![], 1, vec![0; BLOCK_BYTES_MAX]), Err(BlockError::TooLarge { .. })));
+            (0..=LINKS_MAX as u32).map(|i| build(vec![], 1, i.to_be_bytes().to_vec()).unwrap().cid()).collect();
+        assert!(matches!(build(parents.clone(), 2, vec![]), Err(BlockError::InvalidLinks(_))));
+        assert!(build(parents[..LINKS_MAX].to_vec(), 2, vec![]).is_ok());
+        assert!(matches!(build(vec![], 1, vec![0; BLOCK_BYTES_MAX]), Err(BlockError::TooLarge { .. })));
     }
 
     #[test]
     fn oversized_blocks_are_rejected_before_hashing() {
-        let block = Block::build(vec![], 1, vec![7; 100]).unwrap();
+        let block = build(vec![], 1, vec![7; 100]).unwrap();
         let small = BlockLimits { block_bytes_max: 50, ..limits() };
-        assert!(matches!(Block::decode(block.cid(), block.bytes(), &small), Err(BlockError::TooLarge { .. })));
+        assert!(matches!(decode(block.cid(), block.bytes(), &small), Err(BlockError::TooLarge { .. })));
     }
 
     #[test]
     fn unsorted_links_are_rejected_even_with_a_matching_hash() {
-        let a = Block::build(vec![], 1, b"a".to_vec()).unwrap();
-        let b = Block::build(vec![], 1, b"b".to_vec()).unwrap();
+        let a = build(vec![], 1, b"a".to_vec()).unwrap();
+        let b = build(vec![], 1, b"b".to_vec()).unwrap();
         let mut links = vec![a.cid(), b.cid()];
         links.sort();
         links.reverse();
-        let wire = WireBlock { links, height: 2, payload: ByteBuf::new() };
-        let bytes = serde_ipld_dagcbor::to_vec(&wire).unwrap();
-        let result = Block::decode(cid_of(&bytes), &bytes, &limits());
+        let mut unsorted = wire(&build(vec![a.cid(), b.cid()], 2, vec![]).unwrap());
+        unsorted.links = links;
+        let (cid, bytes) = encode(&unsorted);
+        let result = decode(cid, &bytes, &limits());
         assert!(matches!(result, Err(BlockError::InvalidLinks(_))), "{result:?}");
     }
 
     #[test]
     fn foreign_cids_are_rejected() {
-        let block = Block::build(vec![], 1, vec![]).unwrap();
+        let block = build(vec![], 1, vec![]).unwrap();
         let sha = Multihash::<64>::wrap(0x12, &[0; 32]).unwrap();
         let foreign = Cid::new_v1(CODEC_DAG_CBOR, sha);
-        assert!(matches!(Block::decode(foreign, block.bytes(), &limits()), Err(BlockError::UnsupportedCid(_))));
+        assert!(matches!(decode(foreign, block.bytes(), &limits()), Err(BlockError::UnsupportedCid(_))));
     }
 }

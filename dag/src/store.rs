@@ -233,8 +233,8 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let a = Block::build(vec![], 1, b"a".to_vec()).unwrap();
-        let b = Block::build(vec![], 1, b"b".to_vec()).unwrap();
+        let a = Block::build("t", vec![], 1, b"a".to_vec(), &crate::Signer::from_secret([1; 32])).unwrap();
+        let b = Block::build("t", vec![], 1, b"b".to_vec(), &crate::Signer::from_secret([1; 32])).unwrap();
         let meta = BlockMeta { height: 7, links: vec![a.cid(), b.cid()], pruned: false };
         assert_eq!(BlockMeta::decode(&meta.encode()).unwrap(), meta);
         let pruned = BlockMeta { height: 7, links: Vec::new(), pruned: true };

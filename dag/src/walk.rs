@@ -249,9 +249,16 @@ mod tests {
     fn chain(store: &BlockStore, topic: TopicId, n: u64) -> Vec<Cid> {
         let mut cids: Vec<Cid> = Vec::new();
         let mut batch = WriteBatch::default();
+        let signer = crate::Signer::from_secret([1; 32]);
         for height in 1..=n {
-            let block = Block::build(cids.last().copied().into_iter().collect(), height, height.to_be_bytes().to_vec())
-                .unwrap();
+            let block = Block::build(
+                "t",
+                cids.last().copied().into_iter().collect(),
+                height,
+                height.to_be_bytes().to_vec(),
+                &signer,
+            )
+            .unwrap();
             store.put(&mut batch, topic, &block);
             cids.push(block.cid());
         }

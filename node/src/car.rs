@@ -174,7 +174,7 @@ pub fn import(topic: &Topic, car: Car, progress: &mut dyn FnMut(u64, u64)) -> an
     for batch in blocks.chunks(INGEST_BATCH) {
         let cids: Vec<Cid> = batch.iter().map(|(cid, _)| *cid).collect();
         let mut valid = Vec::new();
-        for (cid, result) in cids.iter().zip(canopy_crdt::validate_blocks(batch.to_vec())) {
+        for (cid, result) in cids.iter().zip(canopy_crdt::validate_blocks(topic.name(), batch.to_vec())) {
             match result {
                 Ok(block) => valid.push(block),
                 Err(error) => report.rejected.push(format!("{cid}: {error}")),

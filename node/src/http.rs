@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use canopy_crdt::{Batch, Commit, CompactError, ReadError, TopicError, WriteError};
+use canopy_crdt::{Access, Batch, Commit, CompactError, Mode, ReadError, TopicError, WriteError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -60,6 +60,7 @@ impl From<WriteError> for ApiError {
             WriteError::InvalidKey(_) | WriteError::TooManyOps { .. } => StatusCode::BAD_REQUEST,
             WriteError::InvalidValue(_) | WriteError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WriteError::TopicDropped => StatusCode::NOT_FOUND,
+            WriteError::Forbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
@@ -85,7 +86,7 @@ impl From<CompactError> for ApiError {
 impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> ApiError {
         let status = match &error {
-            NodeError::Topic(TopicError::InvalidName(_)) => StatusCode::BAD_REQUEST,
+            NodeError::Topic(TopicError::InvalidName { .. }) => StatusCode::BAD_REQUEST,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
@@ -111,7 +112,8 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> ApiResult<T> + Send 
 pub fn router(node: Node) -> Router {
     let body_limit = node.inner().config.body_bytes_max;
     Router::new()
-        .route("/v1/topics", get(list_topics))
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route("/v1/topics/{topic}/access", get(access))
         .route("/v1/topics/{topic}", put(subscribe).delete(unsubscribe))
         .route("/v1/topics/{topic}/kv", get(list_keys))
         .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
@@ -201,6 +203,52 @@ async fn subscribe(State(node): State<Node>, path: Result<Path<String>, PathReje
         Ok(Json(json!({ "topic": topic, "subscribed": true })))
     })
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    /// The topic's name (for an owned topic, without the owner: the node's author is).
+    name: String,
+    /// `open` or `owned`.
+    #[serde(default = "open_mode")]
+    mode: String,
+}
+
+fn open_mode() -> String {
+    "open".into()
+}
+
+async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
+    let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"}}): {e}"))
+    })?;
+    let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;
+    blocking(move || {
+        let topic = node.create_topic(&body.name, mode)?;
+        Ok(Json(access_json(topic.name(), topic.access())))
+    })
+    .await
+}
+
+async fn access(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let handle = subscribed(&node, &topic)?;
+    Ok(Json(access_json(handle.name(), handle.access())))
+}
+
+/// A topic's rule as the API shows it: its mode, owner, and who writes it (`null`: anyone).
+fn access_json(topic: &str, access: Access) -> Value {
+    let writers = match access {
+        Access::Open => Value::Null,
+        Access::Owned { owner } => json!([owner.to_string()]),
+    };
+    json!({
+        "topic": topic,
+        "mode": access.mode().as_str(),
+        "owner": access.owner().map(|owner| owner.to_string()),
+        "writers": writers,
+    })
 }
 
 async fn unsubscribe(

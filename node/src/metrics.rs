@@ -77,6 +77,18 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     counter(&mut registry, "local_commits", "Local writes committed as blocks", &counters.writes);
     counter(&mut registry, "blocks_applied", "Blocks received from peers and applied", &counters.blocks_applied);
     counter(&mut registry, "blocks_rejected", "Received blocks refused by validation", &counters.blocks_rejected);
+    counter(
+        &mut registry,
+        "announcements_rejected",
+        "Announcements refused by validation: malformed, or carrying invalid or refused blocks",
+        &counters.announcements_rejected,
+    );
+    counter(
+        &mut registry,
+        "blocks_refused",
+        "Received blocks refused because their author may not write their topic",
+        &counters.blocks_refused,
+    );
     counter(&mut registry, "messages_rejected", "Peer messages refused as malformed", &counters.messages_rejected);
     counter(
         &mut registry,

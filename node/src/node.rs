@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, answer};
 use canopy_crdt::{
-    Batch, BlockLimits, Change, Cid, Commit, CompactError, Compaction, Head, Limits, Page, ReadError, Store,
-    StoreOptions, Topic, TopicError, WriteError,
+    Access, AuthorId, Batch, BlockLimits, Change, Cid, Commit, CompactError, Compaction, Head, Limits, Mode, Page,
+    ReadError, Signer, Store, StoreOptions, Topic, TopicError, WriteError,
 };
 use canopy_transport::{Keypair, PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
@@ -76,6 +76,11 @@ pub(crate) struct Counters {
     pub writes: AtomicU64,
     pub blocks_applied: AtomicU64,
     pub blocks_rejected: AtomicU64,
+    /// Received blocks refused because their author may not write their topic.
+    pub blocks_refused: AtomicU64,
+    /// Announcements refused by the gossip validator (malformed, or carrying blocks that fail
+    /// their hash or signature or whose author may not write the topic); shared with it.
+    pub announcements_rejected: Arc<AtomicU64>,
     pub messages_rejected: AtomicU64,
     pub answers_unrequested: AtomicU64,
     pub fetches_abandoned: AtomicU64,
@@ -139,6 +144,9 @@ impl From<Head> for HeadInfo {
 pub struct Status {
     /// libp2p peer id.
     pub peer_id: String,
+    /// The author the node signs its blocks as (a peer id; the node's own unless it was started
+    /// with another key).
+    pub author: String,
     /// canopy version.
     pub version: String,
     /// libp2p listen addresses and the block endpoint.
@@ -150,14 +158,26 @@ pub struct Status {
 }
 
 impl Node {
-    /// Opens the data directory and starts replication. Must run inside a tokio runtime.
+    /// Opens the data directory and starts replication. Must run inside a tokio runtime. The
+    /// node signs its blocks with its identity key, so its author is its peer id.
     pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::start_as(config, None).await
+    }
+
+    /// Like [`Node::start`], signing blocks with `author` instead of the identity key when one
+    /// is given: an embedding program that writes as its user's key, whatever node it runs on.
+    pub async fn start_as(config: NodeConfig, author: Option<Signer>) -> Result<Node, NodeError> {
         config.validate()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| NodeError::DataDir { path: data_dir.clone(), message: e.to_string() })?;
         let keypair = load_or_create_identity(&data_dir.join("identity.key"))?;
+        let author = match author {
+            Some(author) => author,
+            None => identity_signer(&keypair, &data_dir.join("identity.key"))?,
+        };
         let store_options = StoreOptions {
+            author: Some(author),
             sync_writes: config.sync_writes,
             limits: Limits {
                 key_bytes_max: config.key_bytes_max,
@@ -201,15 +221,30 @@ impl Node {
         };
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
         let server = block_server(store.clone(), sync_config.clone(), subscribed.clone());
+        let counters = Counters::default();
         let validator: canopy_transport::GossipValidator = {
             let config = sync_config.clone();
-            Arc::new(move |topic: &str, bytes: &[u8]| match Message::decode(bytes, &config) {
-                // Blocks carried in an announcement must hash to their CIDs: a tampered
-                // announcement is neither delivered nor forwarded, and costs its sender.
-                Ok(Message::Heads { topic: t, blocks, .. }) if t == topic => blocks
-                    .iter()
-                    .all(|block| canopy_crdt::Block::decode(block.cid, &block.bytes, &BlockLimits::PROTOCOL).is_ok()),
+            let rejected = counters.announcements_rejected.clone();
+            let valid = move |topic: &str, bytes: &[u8]| match Message::decode(bytes, &config) {
+                // Blocks carried in an announcement must hash to their CIDs, carry their
+                // author's signature for this topic, and be by an author who may write it: a
+                // tampered or forged announcement is neither delivered nor forwarded, and costs
+                // its sender.
+                Ok(Message::Heads { topic: t, blocks, .. }) if t == topic => {
+                    let Ok(access) = Access::of(topic) else { return false };
+                    blocks.iter().all(|block| {
+                        canopy_crdt::Block::decode(topic, block.cid, &block.bytes, &BlockLimits::PROTOCOL)
+                            .is_ok_and(|block| access.admits_block(&block).is_ok())
+                    })
+                }
                 _ => false,
+            };
+            Arc::new(move |topic: &str, bytes: &[u8]| {
+                let accepted = valid(topic, bytes);
+                if !accepted {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                }
+                accepted
             })
         };
         let Transport { handle: transport, events } =
@@ -220,7 +255,7 @@ impl Node {
             config: config.clone(),
             store: store.clone(),
             transport: transport.clone(),
-            counters: Counters::default(),
+            counters,
             started: Instant::now(),
             sync_events,
             subscribed,
@@ -345,6 +380,19 @@ impl Node {
             .collect()
     }
 
+    /// The author this node signs its blocks as.
+    pub fn author(&self) -> AuthorId {
+        self.inner.store.author()
+    }
+
+    /// Creates (subscribes) the topic `name` with `mode`: an open topic is named `name`, an
+    /// owned one `<author>/<name>`, which only this node's author writes. Returns the topic,
+    /// whose name is the one others subscribe to.
+    pub fn create_topic(&self, name: &str, mode: Mode) -> Result<NodeTopic, NodeError> {
+        let full = Access::topic_name(mode, &self.author(), name)?;
+        self.subscribe(&full)
+    }
+
     /// The node's identity, addresses and counts.
     pub fn status(&self) -> Status {
         let mut listen: Vec<String> = self.inner.transport.listen_addrs().iter().map(ToString::to_string).collect();
@@ -353,6 +401,7 @@ impl Node {
         }
         Status {
             peer_id: self.inner.transport.peer_id().to_string(),
+            author: self.author().to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             listen,
             peers: self.inner.transport.peers().len(),
@@ -430,6 +479,11 @@ impl NodeTopic {
         if self.node.sync_events.try_send(event).is_err() {
             self.node.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Who may write the topic.
+    pub fn access(&self) -> Access {
+        self.topic.access()
     }
 
     /// The topic's name.
@@ -617,6 +671,10 @@ fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight
                 in_flight.insert(id, Instant::now());
                 transport.request(to, id, message.encode())
             }
+            Effect::Penalize { peer, reason } => {
+                tracing::warn!(%peer, %reason, "peer sent blocks no honest replica sends");
+                transport.penalize(peer);
+            }
         }
     }
 }
@@ -624,6 +682,7 @@ fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight
 fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.blocks_applied.store(stats.blocks_applied, Ordering::Relaxed);
     counters.blocks_rejected.store(stats.blocks_rejected, Ordering::Relaxed);
+    counters.blocks_refused.store(stats.blocks_refused, Ordering::Relaxed);
     counters.messages_rejected.store(stats.messages_rejected, Ordering::Relaxed);
     counters.answers_unrequested.store(stats.answers_unrequested, Ordering::Relaxed);
     counters.fetches_abandoned.store(stats.fetches_abandoned, Ordering::Relaxed);
@@ -669,6 +728,16 @@ fn block_server(
 
 fn rand_seed() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// The identity key as a block signer.
+fn identity_signer(keypair: &Keypair, path: &Path) -> Result<Signer, NodeError> {
+    let ed25519 = keypair.clone().try_into_ed25519().map_err(|_| NodeError::DataDir {
+        path: path.to_path_buf(),
+        message: "the identity key is not an ed25519 key, which blocks are signed with".into(),
+    })?;
+    let secret: [u8; 32] = ed25519.secret().as_ref().try_into().expect("an ed25519 secret key is 32 bytes");
+    Ok(Signer::from_secret(secret))
 }
 
 fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {

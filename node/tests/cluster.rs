@@ -10,6 +10,11 @@ use std::time::Instant;
 use common::{NodeProcess, cluster, wait_until};
 use serde_json::json;
 
+/// The author these tests sign their hand-made blocks as.
+fn signer() -> canopy_crdt::Signer {
+    canopy_crdt::Signer::from_secret([3; 32])
+}
+
 #[test]
 fn writes_on_each_node_reach_the_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +158,8 @@ fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
             let mut round = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 round += 1;
-                let fake = canopy_crdt::Block::build(vec![], 1, round.to_be_bytes().to_vec()).unwrap().cid();
+                let fake =
+                    canopy_crdt::Block::build("t", vec![], 1, round.to_be_bytes().to_vec(), &signer()).unwrap().cid();
                 let heads = vec![canopy_crdt::Head { cid: fake, height: round }];
                 let message = canopy_crdt::sync::Message::Heads { topic: "t".into(), heads, blocks: Vec::new() };
                 transport.handle.publish("t", message.encode());

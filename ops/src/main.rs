@@ -344,6 +344,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     if let Some(size) = view.bytes {
                         println!("bytes {size}");
                     }
+                    if let Some(author) = &view.author {
+                        println!("author {author}");
+                    }
                     for link in &view.links {
                         println!("link {link}");
                     }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use canopy_dag::{Block, Cid};
 
-use super::{Effect, Message, Sync, SyncError, WireBlock, validate};
+use super::{Effect, Message, Sync, SyncError, WireBlock, count_ingest, validate};
 use crate::error::{IngestError, MergeError};
 use crate::snapshot::{Manifest, validate_parts};
 use crate::types::Head;
@@ -98,8 +98,15 @@ impl<P: Clone + Ord> Sync<P> {
         let mut effects = Vec::new();
         for (topic, peer, ingesting) in std::mem::take(&mut self.applying) {
             let outcome = ingesting.wait()?;
-            self.stats.blocks_applied += outcome.applied as u64;
-            self.stats.blocks_rejected += outcome.rejected.len() as u64;
+            if count_ingest(&mut self.stats, &outcome) {
+                // Blocks no honest replica serves: this fetch ends and the peer pays.
+                self.abandon(&topic, &peer);
+                effects.push(Effect::Penalize { peer, reason: format!("served {} refused blocks", outcome.refused) });
+                if outcome.heads_changed {
+                    effects.extend(self.announce(&topic));
+                }
+                continue;
+            }
             let have_max = self.config.have_max;
             if let Some(fetch) = self.topics.get_mut(&topic).and_then(|sync| sync.fetches.get_mut(&peer)) {
                 let progressed = outcome.applied > 0 || fetch.learn_had(outcome.duplicates, have_max);
@@ -129,11 +136,17 @@ impl<P: Clone + Ord> Sync<P> {
         };
         if !blocks.is_empty() {
             // Blocks that came with the announcement are taken like fetched ones: validated, then
-            // applied once their parents are. Whatever they leave unknown is fetched below.
-            let outcome = sync.topic.ingest(validate(blocks, &mut self.stats))?;
-            self.stats.blocks_applied += outcome.applied as u64;
+            // applied once their parents are. Whatever they leave unknown is fetched below. An
+            // announcement carrying blocks that fail, or that its author may not write, is
+            // dropped and its sender penalised.
+            let (valid, invalid) = validate(topic, blocks, &mut self.stats);
+            let outcome = sync.topic.ingest(valid)?;
+            let refused = count_ingest(&mut self.stats, &outcome);
             self.stats.blocks_inline += outcome.applied as u64;
-            self.stats.blocks_rejected += outcome.rejected.len() as u64;
+            if invalid > 0 || refused {
+                let reason = format!("announced {invalid} invalid and {} refused blocks", outcome.refused);
+                return Ok(vec![Effect::Penalize { peer: from, reason }]);
+            }
             if outcome.heads_changed {
                 // The announcement reaches the other peers through gossip; this replica's own
                 // heads go out at the next (now short) re-announcement.
@@ -251,7 +264,12 @@ impl<P: Clone + Ord> Sync<P> {
             return Ok(Vec::new());
         }
         let blocks_were_empty = blocks.is_empty();
-        let valid = validate(blocks, &mut self.stats);
+        let (valid, invalid) = validate(topic, blocks, &mut self.stats);
+        if invalid > 0 {
+            // Blocks travel intact over QUIC: one that fails its hash or signature was sent so.
+            self.abandon(topic, &from);
+            return Ok(vec![Effect::Penalize { peer: from, reason: format!("served {invalid} invalid blocks") }]);
+        }
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
         // The answer holds every block below the wants of the fetch's current level: once
         // applied, the level is done.
@@ -279,8 +297,15 @@ impl<P: Clone + Ord> Sync<P> {
             return Ok(request.into_iter().collect());
         }
         let outcome = sync.topic.ingest(valid)?;
-        self.stats.blocks_applied += outcome.applied as u64;
-        self.stats.blocks_rejected += outcome.rejected.len() as u64;
+        if count_ingest(&mut self.stats, &outcome) {
+            self.abandon(topic, &from);
+            let mut effects =
+                vec![Effect::Penalize { peer: from, reason: format!("served {} refused blocks", outcome.refused) }];
+            if outcome.heads_changed {
+                effects.extend(self.announce(topic));
+            }
+            return Ok(effects);
+        }
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
         if blocks_were_empty && !snapshots.is_empty() {

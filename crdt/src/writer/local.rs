@@ -33,6 +33,8 @@ type Reply = Sender<Result<Committed, WriteError>>;
 /// A topic's share of a group commit, ready to publish once the batch is written.
 struct TopicCommit {
     topic: TopicId,
+    /// The topic's name, which its blocks' signatures bind.
+    name: String,
     replies: Vec<(Reply, Committed)>,
     /// Heads after every block of the commit.
     heads: BTreeMap<Cid, Height>,
@@ -145,13 +147,13 @@ fn select_links(heads: &BTreeMap<Cid, Height>) -> (Vec<Cid>, Height) {
 /// Builds a block over `heads`, adds it to `batch` and makes it the head above the heads it links.
 fn make_block(
     context: &Context,
-    topic: TopicId,
+    (topic, name): (TopicId, &str),
     heads: &mut BTreeMap<Cid, Height>,
     payload: Vec<u8>,
     batch: &mut WriteBatch,
 ) -> Result<Block, StorageError> {
     let (links, height) = select_links(heads);
-    let block = Block::build(links, height, payload)
+    let block = Block::build(name, links, height, payload, &context.signer)
         .map_err(|error| StorageError::Corrupt(format!("cannot build a local block: {error}")))?;
     for parent in block.links() {
         heads.remove(parent);
@@ -187,6 +189,7 @@ fn prepare_local(
 
     let mut commit = TopicCommit {
         topic,
+        name: state.shared.name.clone(),
         replies: Vec::new(),
         heads: state.heads.clone(),
         key_count: state.key_count,
@@ -271,11 +274,13 @@ fn commit_cut<'a>(
 
     let mut merges = 0;
     while commit.heads.len() > LINKS_MAX && merges < MERGE_BLOCKS_PER_COMMIT_MAX {
-        let merge = make_block(context, topic, &mut commit.heads, crate::delta::encode(&[], &[]), batch)?;
+        let merge =
+            make_block(context, (topic, &commit.name), &mut commit.heads, crate::delta::encode(&[], &[]), batch)?;
         commit.made.push(merge.cid());
         merges += 1;
     }
-    let block = make_block(context, topic, &mut commit.heads, crate::delta::encode(&adds, &removes), batch)?;
+    let payload = crate::delta::encode(&adds, &removes);
+    let block = make_block(context, (topic, &commit.name), &mut commit.heads, payload, batch)?;
     let height = block.height();
     let id = block.cid().to_bytes();
     let kv = context.cf(CF_KV);

@@ -42,6 +42,13 @@ pub(super) fn ingest(
             outcome.duplicates.push(block.cid());
             continue;
         }
+        if let Err(refusal) = state.shared.access.admits_block(&block) {
+            // Decided by the block alone: every replica refuses it, and what builds on it.
+            outcome.rejected.push((block.cid(), refusal.to_string()));
+            outcome.refused += 1;
+            state.remember_rejected(block.cid());
+            continue;
+        }
         if block.links().iter().any(|parent| state.rejected.contains(parent)) {
             outcome.rejected.push((block.cid(), "a parent was rejected".into()));
             state.remember_rejected(block.cid());

@@ -110,6 +110,34 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the author this node signs its writes as: the peer id that owns its owned topics.
+    Id {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Create topics and show who may write them.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+}
+
+#[derive(Subcommand)]
+enum TopicCommand {
+    /// Create (subscribe) topic NAME. An owned topic is named `<this node's id>/NAME` and only
+    /// this node writes it; others subscribe to that full name to follow it.
+    Create {
+        name: String,
+        /// Who may write: `open` (anyone) or `owned` (only this node).
+        #[arg(long, default_value = "open")]
+        mode: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show topic T's mode, owner and writers.
+    Info {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -524,6 +552,42 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                     }
                 });
             }
+        }
+        Command::Id { client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url("/v1/status")))?;
+            print(client.json, &json!({ "author": reply["author"], "peer_id": reply["peer_id"] }), |s| {
+                s["author"].as_str().unwrap_or_default().to_string()
+            });
+        }
+        Command::Topic(TopicCommand::Create { name, mode, client }) => {
+            let api = Api::new(&client)?;
+            let body = json!({ "name": name, "mode": mode });
+            let reply = api.json(api.http.post(api.url("/v1/topics")).json(&body))?;
+            print(client.json, &reply, |value| {
+                format!(
+                    "created {} topic {}",
+                    value["mode"].as_str().unwrap_or_default(),
+                    value["topic"].as_str().unwrap_or_default()
+                )
+            });
+        }
+        Command::Topic(TopicCommand::Info { topic, client }) => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url(&format!("/v1/topics/{}/access", encode_path(&topic)))))?;
+            print(client.json, &reply, |value| {
+                let writers = match value["writers"].as_array() {
+                    None => "anyone".to_string(),
+                    Some(writers) => writers.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                };
+                format!(
+                    "topic {}\nmode {}\nowner {}\nwriters {}",
+                    value["topic"].as_str().unwrap_or_default(),
+                    value["mode"].as_str().unwrap_or_default(),
+                    value["owner"].as_str().unwrap_or("none"),
+                    writers
+                )
+            });
         }
         Command::Status { client } => {
             let api = Api::new(&client)?;

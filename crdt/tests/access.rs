@@ -1,0 +1,178 @@
+//! Write access over real RocksDB: signed blocks, owned topics, refusals of local writes and of
+//! received blocks, and the sync replies to peers that send refused blocks.
+
+use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
+use canopy_crdt::{
+    Access, Block, Delta, Mode, OpenError, Signer, Store, StoreOptions, TopicError, WriteError, validate_blocks,
+};
+
+fn store(dir: &tempfile::TempDir, name: &str, author: &Signer) -> Store {
+    let options = StoreOptions { cache_bytes: 1 << 20, author: Some(author.clone()), ..StoreOptions::default() };
+    Store::open(dir.path().join(name), options).unwrap()
+}
+
+fn owner() -> Signer {
+    Signer::from_secret([1; 32])
+}
+
+fn follower() -> Signer {
+    Signer::from_secret([2; 32])
+}
+
+fn blog() -> String {
+    Access::topic_name(Mode::Owned, &owner().author(), "microblog").unwrap()
+}
+
+/// A block of `topic` by `signer` that adds `key`, above `parents`.
+fn post(topic: &str, signer: &Signer, parents: Vec<canopy_crdt::Cid>, height: u64, key: &str) -> Block {
+    let delta = Delta { adds: vec![(key.as_bytes().to_vec(), b"forged".to_vec())], removes: vec![] };
+    Block::build(topic, parents, height, delta.encode(), signer).unwrap()
+}
+
+fn wire(block: &Block) -> WireBlock {
+    WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) }
+}
+
+#[test]
+fn only_the_owner_writes_an_owned_topic_and_followers_apply_its_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let author = store(&dir, "owner", &owner()).topic(&blog()).unwrap();
+    let reader = store(&dir, "follower", &follower()).topic(&blog()).unwrap();
+    assert_eq!(author.access(), Access::Owned { owner: owner().author() });
+
+    let commit = author.put("post/1", "hello").unwrap();
+    let refused = reader.put("post/1", "rewritten");
+    assert!(matches!(refused, Err(WriteError::Forbidden(_))), "{refused:?}");
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains(&owner().author().to_string()), "the refusal names the owner: {message}");
+
+    let bytes = author.block(&commit.cid).unwrap().unwrap();
+    let blocks: Vec<Block> =
+        validate_blocks(&blog(), vec![(commit.cid, bytes)]).into_iter().map(Result::unwrap).collect();
+    assert_eq!(blocks[0].author(), owner().author());
+    let outcome = reader.ingest(blocks).unwrap();
+    assert_eq!((outcome.applied, outcome.refused), (1, 0));
+    assert_eq!(reader.get(b"post/1").unwrap().as_deref(), Some(&b"hello"[..]));
+}
+
+#[test]
+fn blocks_by_other_authors_are_refused_with_everything_built_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let author = store(&dir, "owner", &owner()).topic(&blog()).unwrap();
+    let root = author.put("post/1", "hello").unwrap();
+
+    // Well signed, but by an author the topic does not admit, above the owner's real head.
+    let forged = post(&blog(), &follower(), vec![root.cid], root.height + 1, "post/1");
+    let child = post(&blog(), &owner(), vec![forged.cid()], root.height + 2, "post/2");
+    let outcome = author.ingest(vec![forged.clone(), child.clone()]).unwrap();
+    assert_eq!((outcome.applied, outcome.refused, outcome.rejected.len()), (0, 1, 2), "{outcome:?}");
+    assert_eq!(author.get(b"post/1").unwrap().as_deref(), Some(&b"hello"[..]));
+    assert_eq!(author.get(b"post/2").unwrap(), None);
+    assert_eq!(author.heads().len(), 1);
+    // Known bad: an announcement naming it leads nowhere.
+    assert!(author.unknown(vec![forged.cid(), child.cid()], 8).unwrap().is_empty());
+
+    // An open topic admits every well-signed author.
+    let open = store(&dir, "open", &owner()).topic("board").unwrap();
+    let note = post("board", &follower(), vec![], 1, "note");
+    assert_eq!(open.ingest(vec![note]).unwrap().applied, 1);
+}
+
+#[test]
+fn a_block_signed_for_one_topic_is_invalid_in_another() {
+    let other = Access::topic_name(Mode::Owned, &owner().author(), "drafts").unwrap();
+    let block = post(&other, &owner(), vec![], 1, "draft");
+    let results = validate_blocks(&blog(), vec![(block.cid(), block.bytes().to_vec())]);
+    let error = results.into_iter().next().unwrap().unwrap_err();
+    assert!(error.to_string().contains("not signed"), "{error}");
+}
+
+#[test]
+fn topic_names_carry_a_valid_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir, "s", &owner());
+    assert!(matches!(store.topic("nobody/microblog"), Err(TopicError::InvalidName { .. })));
+    let name = Access::topic_name(Mode::Owned, &store.author(), "microblog").unwrap();
+    assert_eq!(store.topic(&name).unwrap().access().owner(), Some(owner().author()));
+}
+
+#[test]
+fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sync = Sync::new(store(&dir, "owner", &owner()), SyncConfig::default());
+    let topic = sync.subscribe(&blog()).unwrap();
+    let root = topic.put("post/1", "hello").unwrap();
+
+    // An announcement carrying a forged post: dropped, and its sender penalised.
+    let forged = post(&blog(), &follower(), vec![root.cid], root.height + 1, "post/1");
+    let heads = vec![canopy_crdt::Head { cid: forged.cid(), height: forged.height() }];
+    let announcement = Message::Heads { topic: blog(), heads: heads.clone(), blocks: vec![wire(&forged)] };
+    let effects = sync.handle_bytes(0, 7u32, &announcement.encode()).unwrap();
+    assert!(matches!(&effects[..], [Effect::Penalize { peer: 7, .. }]), "{effects:?}");
+    assert_eq!(sync.stats().blocks_refused, 1);
+    assert_eq!(topic.get(b"post/1").unwrap().as_deref(), Some(&b"hello"[..]));
+
+    // Announced again without the block: the head is known to be refused, nothing is fetched.
+    let bare = Message::Heads { topic: blog(), heads, blocks: Vec::new() };
+    let effects = sync.handle_bytes(0, 8u32, &bare.encode()).unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+
+    // A forged block served in answer to a request for a head the peer announced.
+    let other = post(&blog(), &follower(), vec![root.cid], root.height + 1, "post/9");
+    let announced = Message::Heads {
+        topic: blog(),
+        heads: vec![canopy_crdt::Head { cid: other.cid(), height: other.height() }],
+        blocks: Vec::new(),
+    };
+    let effects = sync.handle_bytes(0, 9u32, &announced.encode()).unwrap();
+    let id = match &effects[..] {
+        [Effect::Send { to: 9, message: Message::Want { id, .. } }] => *id,
+        other => panic!("a request for the announced head: {other:?}"),
+    };
+    let answer = Message::Blocks {
+        topic: blog(),
+        id,
+        blocks: vec![wire(&other)],
+        more: false,
+        frontier: Vec::new(),
+        snapshots: Vec::new(),
+    };
+    let mut effects = sync.handle_bytes(0, 9u32, &answer.encode()).unwrap();
+    effects.extend(sync.settle().unwrap());
+    assert!(effects.iter().any(|e| matches!(e, Effect::Penalize { peer: 9, .. })), "{effects:?}");
+    assert_eq!(sync.stats().blocks_refused, 2);
+    assert_eq!(sync.fetches(), 0);
+    assert_eq!(topic.get(b"post/9").unwrap(), None);
+}
+
+#[test]
+fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let close = |store: Store| {
+        let closed = store.closed();
+        drop(store);
+        let _ = closed.recv();
+    };
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.topic("t").unwrap().put("k", "v").unwrap();
+    let author = store.author();
+    close(store);
+    // Reopened: same format, same stored author.
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.author(), author);
+    close(store);
+
+    // A directory written before blocks were signed has applied blocks and no format record.
+    let families = ["default", "blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "meta"];
+    {
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, families).unwrap();
+        db.delete_cf(db.cf_handle("meta").unwrap(), b"format").unwrap();
+    }
+    match Store::open(&path, StoreOptions::default()) {
+        Err(error @ OpenError::Format { found: 1, expected: 2 }) => {
+            assert!(error.to_string().contains("new data directory"), "the error says what to do: {error}")
+        }
+        other => panic!("format 1 must be refused: {:?}", other.err()),
+    }
+}
