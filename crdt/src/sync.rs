@@ -169,6 +169,10 @@ struct TopicSync<P> {
     topic: Topic,
     /// Catch-ups in progress, one per peer.
     fetches: BTreeMap<P, Fetch>,
+    /// Peers that announced heads another peer's fetch was already getting, with those heads:
+    /// asking them too would only bring the same blocks twice. One takes over when that fetch
+    /// ends before the heads are here.
+    standby: BTreeMap<P, Vec<Cid>>,
     /// When the heads are announced next, as scheduled in [`Sync::schedule`].
     due_ms: u64,
     /// Re-announcements since the heads last changed.
@@ -230,8 +234,10 @@ impl<P: Clone + Ord> Sync<P> {
         }
         let topic = self.store.topic(name)?;
         let due_ms = self.now_ms;
-        self.topics
-            .insert(name.to_string(), TopicSync { topic: topic.clone(), fetches: BTreeMap::new(), due_ms, quiet: 0 });
+        self.topics.insert(
+            name.to_string(),
+            TopicSync { topic: topic.clone(), fetches: BTreeMap::new(), standby: BTreeMap::new(), due_ms, quiet: 0 },
+        );
         self.schedule.insert((due_ms, name.to_string()));
         Ok(topic)
     }
@@ -356,6 +362,7 @@ impl<P: Clone + Ord> Sync<P> {
                 Err(_) => self.stats.fetches_abandoned += 1,
             }
         }
+        effects.extend(self.take_over(now_ms).unwrap_or_default());
         while effects.len() < self.config.announce_per_tick_max {
             if self.schedule.first().is_none_or(|(due, _)| *due > now_ms) {
                 break;

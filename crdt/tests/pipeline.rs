@@ -76,7 +76,7 @@ fn the_next_request_leaves_before_the_answer_is_applied_and_names_its_top_as_had
 }
 
 #[test]
-fn a_tampered_block_in_an_answer_is_fetched_again_by_the_next_request() {
+fn a_tampered_block_in_an_answer_ends_the_fetch_and_the_next_announcement_completes_it() {
     let Pair { mut source, mut reader, written, caught, .. } = pair(10);
     let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
     let mut requests = sent(reader.handle(0, 1, heads).unwrap());
@@ -93,6 +93,16 @@ fn a_tampered_block_in_an_answer_is_fetched_again_by_the_next_request() {
     }
     reader.settle().unwrap();
     assert_eq!(reader.stats().blocks_rejected, 1);
-    assert_eq!(caught.heads(), written.heads(), "caught up with no further announcement");
+    assert_eq!(reader.fetches(), 0, "the peer that sent it is not asked again");
+    assert_ne!(caught.heads(), written.heads());
+    // Another peer announces the heads: the catch-up completes from there.
+    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
+    let mut requests = sent(reader.handle(0, 3, heads).unwrap());
+    while let Some(request) = requests.pop() {
+        let answer = sent(source.handle(0, 2, request).unwrap()).pop().expect("an answer");
+        requests = sent(reader.handle(0, 3, answer).unwrap());
+    }
+    reader.settle().unwrap();
+    assert_eq!(caught.heads(), written.heads());
     assert_eq!(caught.key_count(), 10);
 }

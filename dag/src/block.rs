@@ -3,7 +3,9 @@ use multihash::Multihash;
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
-use crate::author::{AUTHOR_BYTES, AuthorId, SIGNATURE_BYTES, Signer, signing_digest, verify};
+use crate::author::{
+    AUTHOR_BYTES, AuthorId, Claim, SIGNATURE_BYTES, Signer, signing_digest, verify_all, verifying_key,
+};
 
 /// Multicodec code of DAG-CBOR, the encoding of every block.
 pub const CODEC_DAG_CBOR: u64 = 0x71;
@@ -174,6 +176,18 @@ impl Block {
     /// format, order and count, that the height fits the number of links, and last (it costs
     /// the most) the author's signature.
     pub fn decode(topic: &str, cid: Cid, bytes: &[u8], limits: &BlockLimits) -> Result<Block, BlockError> {
+        let (block, claim) = Block::decode_unverified(topic, cid, bytes, limits)?;
+        if verify_all(&[claim]) == [true] { Ok(block) } else { Err(BlockError::BadSignature(cid)) }
+    }
+
+    /// Everything [`Block::decode`] checks but the signature, which is returned to check, alone
+    /// or in a batch with others.
+    pub(crate) fn decode_unverified(
+        topic: &str,
+        cid: Cid,
+        bytes: &[u8],
+        limits: &BlockLimits,
+    ) -> Result<(Block, Claim), BlockError> {
         if bytes.len() > limits.block_bytes_max {
             return Err(BlockError::TooLarge { bytes: bytes.len(), max: limits.block_bytes_max });
         }
@@ -204,10 +218,10 @@ impl Block {
             return Err(BlockError::InvalidLinks("block links to itself".into()));
         }
         check_height(wire.height, wire.links.len())?;
-        let author = <[u8; AUTHOR_BYTES]>::try_from(wire.author.as_slice())
-            .ok()
-            .and_then(|key| AuthorId::from_bytes(key).ok())
-            .ok_or(BlockError::InvalidAuthor(cid))?;
+        let author_bytes: [u8; AUTHOR_BYTES] =
+            wire.author.as_slice().try_into().map_err(|_| BlockError::InvalidAuthor(cid))?;
+        let key = verifying_key(&author_bytes).ok_or(BlockError::InvalidAuthor(cid))?;
+        let author = AuthorId::from_verified(author_bytes);
         let signature: [u8; SIGNATURE_BYTES] =
             wire.signature.as_slice().try_into().map_err(|_| BlockError::BadSignature(cid))?;
         let unsigned = Unsigned {
@@ -216,17 +230,16 @@ impl Block {
             height: wire.height,
             payload: Bytes::new(&wire.payload),
         };
-        if !verify(&author, &unsigned.digest(topic)?, &signature) {
-            return Err(BlockError::BadSignature(cid));
-        }
-        Ok(Block {
+        let claim = Claim { key, digest: unsigned.digest(topic)?, signature };
+        let block = Block {
             cid,
             height: wire.height,
             links: wire.links,
             payload: wire.payload.into_vec(),
             author,
             bytes: bytes.to_vec(),
-        })
+        };
+        Ok((block, claim))
     }
 
     /// The block's CID.

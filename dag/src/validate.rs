@@ -1,6 +1,7 @@
 use cid::Cid;
 use rayon::prelude::*;
 
+use crate::author::verify_all;
 use crate::block::{Block, BlockError, BlockLimits};
 
 /// Hash-checks, decodes and verifies the signatures of a batch of received blocks of `topic`
@@ -8,7 +9,35 @@ use crate::block::{Block, BlockError, BlockLimits};
 ///
 /// Results come back in input order, so the outcome is the same whatever the scheduling.
 pub fn validate_batch(topic: &str, items: Vec<(Cid, Vec<u8>)>, limits: &BlockLimits) -> Vec<Result<Block, BlockError>> {
-    items.into_par_iter().map(|(cid, bytes)| Block::decode(topic, cid, &bytes, limits)).collect()
+    let chunks: Vec<Vec<Result<Block, BlockError>>> =
+        items.par_chunks(SIGNATURES_PER_BATCH).map(|chunk| validate_chunk(topic, chunk, limits)).collect();
+    chunks.into_iter().flatten().collect()
+}
+
+/// Signatures verified together: batch verification costs about half as much per signature.
+const SIGNATURES_PER_BATCH: usize = 64;
+
+fn validate_chunk(topic: &str, chunk: &[(Cid, Vec<u8>)], limits: &BlockLimits) -> Vec<Result<Block, BlockError>> {
+    let mut results = Vec::with_capacity(chunk.len());
+    let mut claims = Vec::new();
+    for (cid, bytes) in chunk {
+        match Block::decode_unverified(topic, *cid, bytes, limits) {
+            Ok((block, claim)) => {
+                claims.push(claim);
+                results.push(Ok(block));
+            }
+            Err(error) => results.push(Err(error)),
+        }
+    }
+    let mut holds = verify_all(&claims).into_iter();
+    for result in &mut results {
+        if let Ok(block) = result
+            && !holds.next().expect("one verdict per claim")
+        {
+            *result = Err(BlockError::BadSignature(block.cid()));
+        }
+    }
+    results
 }
 
 #[cfg(test)]

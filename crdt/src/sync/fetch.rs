@@ -18,6 +18,9 @@ const PARTS_IN_FLIGHT_MAX: usize = 4;
 /// Most CIDs of a request's `have` that come from sampling ancestors (heads included).
 const HAVE_SAMPLES_MAX: usize = 64;
 
+/// Most peers standing by per topic.
+const STANDBY_MAX: usize = 8;
+
 /// Answers in a row that apply nothing before a fetch is given up.
 const FETCH_IDLE_MAX: u32 = 3;
 /// Pause before asking again a peer that is making a snapshot.
@@ -173,21 +176,57 @@ impl<P: Clone + Ord> Sync<P> {
             outer.truncate(want_max);
             return Ok(Vec::new());
         }
+        if covered(&sync.fetches, &unknown) {
+            // Another peer is fetching these heads already: this one stands by.
+            if sync.standby.len() < STANDBY_MAX || sync.standby.contains_key(&from) {
+                sync.standby.insert(from, unknown);
+            }
+            return Ok(Vec::new());
+        }
         if sync.fetches.len() >= fetches_max {
             return Ok(Vec::new());
         }
+        self.start_fetch(now_ms, from, topic, unknown)
+    }
+
+    fn start_fetch(&mut self, now_ms: u64, from: P, topic: &str, wants: Vec<Cid>) -> Result<Vec<Effect<P>>, SyncError> {
         let fetch = Fetch {
             id: 0,
             sent_ms: now_ms,
-            levels: vec![unknown],
+            levels: vec![wants],
             extra_have: Vec::new(),
             idle: 0,
             snapshot: None,
             retry_ms: None,
             snapshot_waits: 0,
         };
-        self.topics.get_mut(topic).expect("checked above").fetches.insert(from.clone(), fetch);
+        self.topics.get_mut(topic).expect("fetches belong to subscribed topics").fetches.insert(from.clone(), fetch);
         Ok(self.next_request(now_ms, from, topic)?.into_iter().collect())
+    }
+
+    /// Peers standing by take over the heads no fetch is getting any more (the fetch that was
+    /// ended: given up, failed, timed out); heads that arrived meanwhile are forgotten.
+    pub(super) fn take_over(&mut self, now_ms: u64) -> Result<Vec<Effect<P>>, SyncError> {
+        let (want_max, fetches_max) = (self.config.want_max, self.config.fetches_per_topic_max);
+        let waiting: Vec<String> =
+            self.topics.iter().filter(|(_, sync)| !sync.standby.is_empty()).map(|(name, _)| name.clone()).collect();
+        let mut effects = Vec::new();
+        for topic in waiting {
+            let standby = std::mem::take(&mut self.topics.get_mut(&topic).expect("listed above").standby);
+            for (peer, heads) in standby {
+                let sync = self.topics.get_mut(&topic).expect("listed above");
+                let unknown = sync.topic.unknown(heads, want_max)?;
+                if unknown.is_empty() || sync.fetches.contains_key(&peer) {
+                    continue;
+                }
+                if covered(&sync.fetches, &unknown) {
+                    sync.standby.insert(peer, unknown);
+                } else if sync.fetches.len() < fetches_max {
+                    effects.extend(self.start_fetch(now_ms, peer, &topic, unknown)?);
+                }
+            }
+        }
+        Ok(effects)
     }
 
     /// The next request of the fetch from `peer`: the innermost level's blocks still missing.
@@ -505,6 +544,11 @@ impl<P: Clone + Ord> Sync<P> {
         }
         Vec::new()
     }
+}
+
+/// Whether one of `fetches` has every CID of `heads` among its outermost wants.
+fn covered<P>(fetches: &BTreeMap<P, Fetch>, heads: &[Cid]) -> bool {
+    fetches.values().any(|fetch| fetch.levels.first().is_some_and(|outer| heads.iter().all(|cid| outer.contains(cid))))
 }
 
 /// The first `max` distinct CIDs of `have`, sorted.
