@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use canopy_crdt::sync::{Message, SyncConfig, WireBlock};
 use canopy_crdt::{Block, Delta, Head, Signer};
-use common::{NodeProcess, canopy, wait_until};
+use common::{NodeProcess, canopy, outside_peer, wait_until};
 use serde_json::Value;
 
 /// Runs the `canopy` client against `node`; returns (success, stdout, stderr).
@@ -123,12 +123,6 @@ fn a_hostile_peer_forging_posts_is_refused_and_the_node_keeps_serving() {
         let (stop, topic, target) = (stop.clone(), topic.clone(), follower.address());
         let signer = Signer::generate();
         runtime.spawn(async move {
-            let config = canopy_transport::TransportConfig {
-                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
-                peers: vec![target],
-                blocks_listen: "127.0.0.1:0".parse().unwrap(),
-                ..Default::default()
-            };
             let served = forged(&topic, &signer, &head, "post/1");
             let answer = {
                 let served = wire(&served);
@@ -146,9 +140,7 @@ fn a_hostile_peer_forging_posts_is_refused_and_the_node_keeps_serving() {
                     _ => Err("no".to_string()),
                 }
             };
-            let server: canopy_transport::RequestServer = Arc::new(answer);
-            let accept_all: canopy_transport::GossipValidator = Arc::new(|_, _| true);
-            let transport = canopy_transport::start(config, server, accept_all).await.unwrap();
+            let transport = outside_peer(target, Arc::new(answer)).await;
             transport.handle.subscribe(&topic);
             let mut round = 0u64;
             while !stop.load(Ordering::SeqCst) {

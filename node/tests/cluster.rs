@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use common::{NodeProcess, cluster, wait_until};
+use common::{NodeProcess, cluster, outside_peer, wait_until};
 use serde_json::json;
 
 /// The author these tests sign their hand-made blocks as.
@@ -145,15 +145,7 @@ fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
         let stop = stop.clone();
         let target = nodes[1].address();
         runtime.spawn(async move {
-            let config = canopy_transport::TransportConfig {
-                listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
-                peers: vec![target],
-                blocks_listen: "127.0.0.1:0".parse().unwrap(),
-                ..Default::default()
-            };
-            let refuse: canopy_transport::RequestServer = std::sync::Arc::new(|_, _| Err("no".into()));
-            let accept_all: canopy_transport::GossipValidator = std::sync::Arc::new(|_, _| true);
-            let transport = canopy_transport::start(config, refuse, accept_all).await.unwrap();
+            let transport = outside_peer(target, std::sync::Arc::new(|_, _| Err("no".into()))).await;
             transport.handle.subscribe("t");
             let mut round = 0u64;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
@@ -214,15 +206,7 @@ fn garbage_on_the_block_port_and_bogus_announcements_do_not_stop_the_others() {
     // A libp2p peer that announces nonsense heads and sends garbage block requests.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let config = canopy_transport::TransportConfig {
-            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
-            peers: vec![nodes[0].address()],
-            blocks_listen: "127.0.0.1:0".parse().unwrap(),
-            ..Default::default()
-        };
-        let server: canopy_transport::RequestServer = std::sync::Arc::new(|_, _| Err("no".into()));
-        let accept_all: canopy_transport::GossipValidator = std::sync::Arc::new(|_, _| true);
-        let transport = canopy_transport::start(config, server, accept_all).await.unwrap();
+        let transport = outside_peer(nodes[0].address(), std::sync::Arc::new(|_, _| Err("no".into()))).await;
         let handle = transport.handle;
         handle.subscribe("t");
         let target: canopy_transport::PeerId = nodes[0].peer_id.parse().unwrap();

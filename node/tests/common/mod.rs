@@ -166,3 +166,16 @@ pub fn cluster(dir: &Path, n: usize, topic: &str) -> Vec<NodeProcess> {
     }
     nodes
 }
+
+/// A libp2p peer on loopback outside any node, dialling `target`: it accepts every gossip
+/// message and answers block requests with `server`. Tests make it misbehave.
+pub async fn outside_peer(target: String, server: canopy_transport::RequestServer) -> canopy_transport::Transport {
+    let config = canopy_transport::TransportConfig {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+        peers: vec![target],
+        blocks_listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let accept_all: canopy_transport::GossipValidator = std::sync::Arc::new(|_, _| true);
+    canopy_transport::start(config, server, accept_all).await.unwrap()
+}
