@@ -212,7 +212,11 @@ impl Cluster {
         let options = StoreOptions { author: Some(replica_signer(self.seed, replica)), ..self.store_options.clone() };
         let store = Store::open(self.dir.join(format!("replica-{replica}")), options)?;
         let config = SyncConfig { seed: replica as u64 + 1, ..self.sync_config.clone() };
-        let mut sync = Sync::new(store, config);
+        // Participant `p` is known by replica p's key (hostile ones are numbered after the
+        // replicas, so none is replica 0, the owner of owned topics).
+        let seed = self.seed;
+        let mut sync =
+            Sync::new(store, config).with_peer_authors(move |peer| Some(Cluster::replica_author(seed, *peer)));
         for topic in &self.topics {
             sync.subscribe(topic)?;
         }

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use canopy_dag::{Block, BlockLimits, Cid, WalkLimits, validate_batch};
+use canopy_dag::{AuthorId, Block, BlockLimits, Cid, WalkLimits, validate_batch};
 
 use crate::error::{IngestError, ReadError, TopicError};
 use crate::store::Store;
@@ -159,6 +159,8 @@ pub struct SyncStats {
     pub fetches_abandoned: u64,
     /// Snapshots fetched from peers and merged.
     pub snapshots_merged: u64,
+    /// Snapshots of owned topics not merged because the peer offering them is not the owner.
+    pub snapshots_refused: u64,
     /// Snapshot parts received that failed their hash check or decoding.
     pub parts_rejected: u64,
     /// Blocks that came inside announcements and were applied with no request.
@@ -193,7 +195,12 @@ pub struct Sync<P> {
     /// Answers whose blocks the writer threads are still applying, by topic and peer: their
     /// outcome is collected by [`Sync::settle`].
     applying: Vec<(String, P, Ingesting)>,
+    /// The author a peer is, when its identity says (see [`Sync::with_peer_authors`]).
+    peer_author: Option<PeerAuthor<P>>,
 }
+
+/// Tells the author a peer's identity embeds.
+type PeerAuthor<P> = Box<dyn Fn(&P) -> Option<AuthorId> + Send>;
 
 impl<P: Clone + Ord> Sync<P> {
     /// Sync over `store`; topics are added with [`Sync::subscribe`].
@@ -209,7 +216,26 @@ impl<P: Clone + Ord> Sync<P> {
             jitter_state,
             stats: SyncStats::default(),
             applying: Vec::new(),
+            peer_author: None,
         }
+    }
+
+    /// Tells sync which author each peer is (a libp2p peer id embeds its ed25519 key; the
+    /// block transport authenticates it). Snapshots are not signed, so an owned topic merges a
+    /// snapshot only from its owner; without this, owned topics merge none and catch up from
+    /// blocks alone.
+    pub fn with_peer_authors(mut self, author: impl Fn(&P) -> Option<AuthorId> + Send + 'static) -> Sync<P> {
+        self.peer_author = Some(Box::new(author));
+        self
+    }
+
+    /// Whether a snapshot of `topic` served by `peer` may be merged: any peer's for an open
+    /// topic, the owner's only for an owned one.
+    fn trusts_snapshots(&self, topic: &str, peer: &P) -> bool {
+        let Some(owner) = self.topics.get(topic).and_then(|sync| sync.topic.access().owner()) else {
+            return true;
+        };
+        self.peer_author.as_ref().and_then(|author| author(peer)) == Some(owner)
     }
 
     /// The store underneath.

@@ -176,3 +176,76 @@ fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
         other => panic!("format 1 must be refused: {:?}", other.err()),
     }
 }
+
+/// Plays `client`'s requests against `server` (peer `server_peer` to the client) until the
+/// client asks for nothing more.
+fn serve(server: &mut Sync<u32>, client: &mut Sync<u32>, server_peer: u32, effects: Vec<Effect<u32>>) {
+    let mut pending: Vec<Message> = effects
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    while let Some(request) = pending.pop() {
+        for effect in server.handle(0, 99, request).unwrap() {
+            if let Effect::Send { message, .. } = effect {
+                for next in client.handle(0, server_peer, message).unwrap() {
+                    if let Effect::Send { message, .. } = next {
+                        pending.push(message);
+                    }
+                }
+            }
+        }
+    }
+    client.settle().unwrap();
+}
+
+#[test]
+fn an_owned_topic_merges_only_its_owners_snapshots() {
+    const OWNER: u32 = 10;
+    const FIRST: u32 = 11;
+    let dir = tempfile::tempdir().unwrap();
+    let peers = |peer: &u32| match *peer {
+        OWNER => Some(owner().author()),
+        FIRST => Some(follower().author()),
+        _ => None,
+    };
+    let sync = |name: &str, signer: &Signer| {
+        let mut sync = Sync::new(store(&dir, name, signer), SyncConfig::default()).with_peer_authors(peers);
+        let topic = sync.subscribe(&blog()).unwrap();
+        (sync, topic)
+    };
+    let (mut author, posts) = sync("owner", &owner());
+    for i in 0..20 {
+        posts.put(format!("post/{i}"), "text").unwrap();
+    }
+    posts.compact().unwrap();
+    let announce = |sync: &mut Sync<u32>| match sync.announce(&blog()).pop() {
+        Some(Effect::Publish { message, .. }) => message,
+        other => panic!("an announcement: {other:?}"),
+    };
+
+    // The first follower takes the owner's snapshot, then compacts its own copy.
+    let (mut first, copy) = sync("first", &follower());
+    let effects = first.handle(0, OWNER, announce(&mut author)).unwrap();
+    serve(&mut author, &mut first, OWNER, effects);
+    assert_eq!(first.stats().snapshots_merged, 1);
+    assert_eq!(copy.key_count(), 20);
+    copy.compact().unwrap();
+
+    // A newcomer is offered the first follower's snapshot: not the owner's, so not merged.
+    let (mut newcomer, fresh) = sync("newcomer", &Signer::from_secret([5; 32]));
+    let effects = newcomer.handle(0, FIRST, announce(&mut first)).unwrap();
+    serve(&mut first, &mut newcomer, FIRST, effects);
+    assert_eq!(newcomer.stats().snapshots_refused, 1);
+    assert_eq!(newcomer.stats().snapshots_merged, 0);
+    assert_eq!(fresh.key_count(), 0);
+    assert_eq!(newcomer.fetches(), 0);
+    // From the owner it is.
+    let effects = newcomer.handle(0, OWNER, announce(&mut author)).unwrap();
+    serve(&mut author, &mut newcomer, OWNER, effects);
+    assert_eq!(newcomer.stats().snapshots_merged, 1);
+    assert_eq!(fresh.key_count(), 20);
+    assert_eq!(fresh.heads(), posts.heads());
+}

@@ -117,6 +117,12 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     );
     counter(
         &mut registry,
+        "snapshots_refused",
+        "Snapshots of owned topics offered by peers other than the owner, not merged",
+        &counters.snapshots_refused,
+    );
+    counter(
+        &mut registry,
         "snapshot_parts_rejected",
         "Snapshot parts refused: bad hash, bad content, or a snapshot that does not merge",
         &counters.parts_rejected,

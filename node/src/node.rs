@@ -85,6 +85,8 @@ pub(crate) struct Counters {
     pub answers_unrequested: AtomicU64,
     pub fetches_abandoned: AtomicU64,
     pub snapshots_merged: AtomicU64,
+    /// Snapshots of owned topics offered by peers other than the owner, not merged.
+    pub snapshots_refused: AtomicU64,
     pub parts_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
     pub blocks_inline: AtomicU64,
@@ -264,7 +266,9 @@ impl Node {
         });
         let actor = {
             let inner = Arc::downgrade(&inner);
-            let sync = Sync::new(store.clone(), sync_config);
+            // A peer id embeds its ed25519 key, and the block transport authenticates it.
+            let sync = Sync::new(store.clone(), sync_config)
+                .with_peer_authors(|peer: &PeerId| AuthorId::from_peer_id(peer).ok());
             let transport = transport.clone();
             std::thread::Builder::new()
                 .name("canopy-sync".into())
@@ -687,6 +691,7 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.answers_unrequested.store(stats.answers_unrequested, Ordering::Relaxed);
     counters.fetches_abandoned.store(stats.fetches_abandoned, Ordering::Relaxed);
     counters.snapshots_merged.store(stats.snapshots_merged, Ordering::Relaxed);
+    counters.snapshots_refused.store(stats.snapshots_refused, Ordering::Relaxed);
     counters.parts_rejected.store(stats.parts_rejected, Ordering::Relaxed);
     counters.blocks_inline.store(stats.blocks_inline, Ordering::Relaxed);
 }

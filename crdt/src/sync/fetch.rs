@@ -295,6 +295,7 @@ impl<P: Clone + Ord> Sync<P> {
         snapshots: Vec<Cid>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
         let (want_max, have_max, cids_max) = (self.config.want_max, self.config.have_max, self.config.fetch_cids_max);
+        let snapshots_trusted = self.trusts_snapshots(topic, &from);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
@@ -348,6 +349,12 @@ impl<P: Clone + Ord> Sync<P> {
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
         if blocks_were_empty && !snapshots.is_empty() {
+            if !snapshots_trusted {
+                // Snapshots are not signed: in an owned topic, only the owner's is taken. The
+                // heads are fetched from a peer that still holds the blocks, or from the owner.
+                self.stats.snapshots_refused += 1;
+                return Ok(self.abandon(topic, &from));
+            }
             // The peer pruned blocks this replica lacks: get the snapshots that cover them (or,
             // for those whose heads this replica holds, learn those heads to name as had).
             let manifests = snapshots;
