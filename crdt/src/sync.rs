@@ -27,7 +27,7 @@ use canopy_dag::{AuthorId, Block, BlockLimits, Cid, WalkLimits, validate_batch};
 use crate::error::{IngestError, ReadError, TopicError};
 use crate::store::Store;
 use crate::topic::{Ingesting, Topic};
-use crate::types::IngestOutcome;
+use crate::types::{Head, IngestOutcome};
 
 mod answer;
 mod fetch;
@@ -179,7 +179,16 @@ struct TopicSync<P> {
     due_ms: u64,
     /// Re-announcements since the heads last changed.
     quiet: u32,
+    /// The heads last announced.
+    announced: Vec<Head>,
+    /// Whether the due re-announcement was put off once because the heads had changed since.
+    deferred: bool,
 }
+
+/// How long a re-announcement waits when the heads changed since the last announcement: the
+/// change is most likely a local commit whose own announcement, carrying its blocks, is on its
+/// way, and peers that got the heads first would fetch what the announcement brings them.
+const REANNOUNCE_DEFER_MS: u64 = 50;
 
 /// The sync state machine of one replica, over all its subscribed topics.
 pub struct Sync<P> {
@@ -262,7 +271,15 @@ impl<P: Clone + Ord> Sync<P> {
         let due_ms = self.now_ms;
         self.topics.insert(
             name.to_string(),
-            TopicSync { topic: topic.clone(), fetches: BTreeMap::new(), standby: BTreeMap::new(), due_ms, quiet: 0 },
+            TopicSync {
+                topic: topic.clone(),
+                fetches: BTreeMap::new(),
+                standby: BTreeMap::new(),
+                due_ms,
+                quiet: 0,
+                announced: Vec::new(),
+                deferred: false,
+            },
         );
         self.schedule.insert((due_ms, name.to_string()));
         Ok(topic)
@@ -300,9 +317,11 @@ impl<P: Clone + Ord> Sync<P> {
     /// their parents apply them with no request.
     pub fn announce_commits(&mut self, topic: &str, commits: &[Cid]) -> Vec<Effect<P>> {
         self.reschedule(topic, true);
-        let Some(sync) = self.topics.get(topic) else {
+        let Some(sync) = self.topics.get_mut(topic) else {
             return Vec::new();
         };
+        sync.announced = sync.topic.heads();
+        sync.deferred = false;
         let Some(mut effect) = heads_effect(&sync.topic, self.config.heads_max) else {
             return Vec::new();
         };
@@ -394,6 +413,16 @@ impl<P: Clone + Ord> Sync<P> {
                 break;
             }
             let (_, name) = self.schedule.pop_first().expect("checked above");
+            let Some(sync) = self.topics.get_mut(&name) else { continue };
+            let heads = sync.topic.heads();
+            if heads != sync.announced && !sync.deferred {
+                sync.deferred = true;
+                sync.due_ms = now_ms + REANNOUNCE_DEFER_MS;
+                self.schedule.insert((sync.due_ms, name));
+                continue;
+            }
+            sync.deferred = false;
+            sync.announced = heads;
             self.reschedule(&name, false);
             if let Some(effect) =
                 self.topics.get(&name).and_then(|sync| heads_effect(&sync.topic, self.config.heads_max))

@@ -152,3 +152,27 @@ fn a_corrupt_inline_block_is_refused_and_fetched_instead() {
     serve(&mut writer, &mut reader, wants);
     assert_eq!(reader.topic.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+#[test]
+fn a_re_announcement_waits_briefly_for_the_announcement_of_a_fresh_commit() {
+    let mut writer = replica(SyncConfig::default());
+    // A commit the node has not announced yet: a re-announcement falling due now would give
+    // peers its head without its block, and they would fetch it.
+    let commit = writer.topic.put("k", "v").unwrap();
+    assert!(writer.sync.tick(0).is_empty(), "the re-announcement waits");
+    let message = announcement(writer.sync.announce_commits("t", &[commit.cid]));
+    assert_eq!(inline_count(&message), 1, "the commit's own announcement carries its block");
+    assert!(writer.sync.tick(60).is_empty(), "nothing more is due: the heads were just announced");
+
+    // Heads that changed with nobody announcing them go out after the short wait.
+    writer.topic.put("k2", "v").unwrap();
+    let later = 10_000;
+    let effects = writer.sync.tick(later);
+    assert!(effects.is_empty(), "{effects:?}");
+    let message = announcement(writer.sync.tick(later + 50));
+    assert_eq!(inline_count(&message), 0);
+    match message {
+        Message::Heads { heads, .. } => assert_eq!(heads, writer.topic.heads()),
+        _ => unreachable!("announcements only"),
+    }
+}
