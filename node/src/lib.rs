@@ -17,6 +17,6 @@ pub mod http;
 mod metrics;
 mod node;
 
-pub use canopy_crdt::{Batch, Change, Commit, Head, Page};
+pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer};
 pub use config::{ConfigError, NodeConfig};
 pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};

@@ -124,6 +124,8 @@ pub struct TopicInfo {
     pub max_height: u64,
     /// Keys with a visible value.
     pub keys: u64,
+    /// Who may write it: `open` or `owned`.
+    pub mode: &'static str,
 }
 
 /// A head as shown to users.
@@ -380,6 +382,7 @@ impl Node {
                 heads: topic.heads().into_iter().map(HeadInfo::from).collect(),
                 max_height: topic.max_height(),
                 keys: topic.key_count(),
+                mode: topic.access().mode().as_str(),
             })
             .collect()
     }

@@ -496,8 +496,9 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 rows.iter()
                     .map(|t| {
                         format!(
-                            "{}\tkeys={}\theads={}\tmax_height={}",
+                            "{}\t{}\tkeys={}\theads={}\tmax_height={}",
                             t["topic"].as_str().unwrap_or_default(),
+                            t["mode"].as_str().unwrap_or_default(),
                             t["keys"],
                             t["heads"].as_array().map_or(0, Vec::len),
                             t["max_height"]
@@ -601,8 +602,9 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                     .filter_map(|a| a.as_str().map(String::from))
                     .collect();
                 format!(
-                    "peer_id {}\nversion {}\npeers {}\ntopics {}\nlisten {}",
+                    "peer_id {}\nauthor {}\nversion {}\npeers {}\ntopics {}\nlisten {}",
                     s["peer_id"].as_str().unwrap_or_default(),
+                    s["author"].as_str().unwrap_or_default(),
                     s["version"].as_str().unwrap_or_default(),
                     s["peers"],
                     s["topics"],
