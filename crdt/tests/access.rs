@@ -1,10 +1,13 @@
 //! Write access over real RocksDB: signed blocks, owned topics, refusals of local writes and of
 //! received blocks, and the sync replies to peers that send refused blocks.
 
+mod common;
+
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
 use canopy_crdt::{
     Access, Block, Delta, Mode, OpenError, Signer, Store, StoreOptions, TopicError, WriteError, validate_blocks,
 };
+use common::serve;
 
 fn store(dir: &tempfile::TempDir, name: &str, author: &Signer) -> Store {
     let options = StoreOptions { cache_bytes: 1 << 20, author: Some(author.clone()), ..StoreOptions::default() };
@@ -175,30 +178,6 @@ fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
         }
         other => panic!("format 1 must be refused: {:?}", other.err()),
     }
-}
-
-/// Plays `client`'s requests against `server` (peer `server_peer` to the client) until the
-/// client asks for nothing more.
-fn serve(server: &mut Sync<u32>, client: &mut Sync<u32>, server_peer: u32, effects: Vec<Effect<u32>>) {
-    let mut pending: Vec<Message> = effects
-        .into_iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { message, .. } => Some(message),
-            _ => None,
-        })
-        .collect();
-    while let Some(request) = pending.pop() {
-        for effect in server.handle(0, 99, request).unwrap() {
-            if let Effect::Send { message, .. } = effect {
-                for next in client.handle(0, server_peer, message).unwrap() {
-                    if let Effect::Send { message, .. } = next {
-                        pending.push(message);
-                    }
-                }
-            }
-        }
-    }
-    client.settle().unwrap();
 }
 
 #[test]

@@ -2,8 +2,11 @@
 //! applied, naming the answer's top block as had. Two replicas over real RocksDB, messages
 //! passed by hand.
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
+mod common;
+
+use canopy_crdt::sync::{Message, Sync, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic, WalkLimits};
+use common::sends as sent;
 
 fn store(dir: &tempfile::TempDir) -> Store {
     Store::open(dir.path(), StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() }).unwrap()
@@ -34,16 +37,6 @@ fn pair(keys: usize) -> Pair {
     let mut reader: Sync<u32> = Sync::new(store(&dirs[1]), config);
     let caught = reader.subscribe("t").unwrap();
     Pair { source, reader, written, caught, _dirs: dirs }
-}
-
-fn sent(effects: Vec<Effect<u32>>) -> Vec<Message> {
-    effects
-        .into_iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { message, .. } => Some(message),
-            _ => None,
-        })
-        .collect()
 }
 
 #[test]

@@ -1,8 +1,11 @@
 //! Several peers announcing the same heads: one is asked, the others stand by and take over
 //! when its fetch ends before the heads are here. Real RocksDB, messages passed by hand.
 
+mod common;
+
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic};
+use common::serve;
 
 fn replica(dir: &tempfile::TempDir, name: &str) -> (Sync<u32>, Topic) {
     let options = StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() };
@@ -50,25 +53,7 @@ fn a_second_peer_with_the_same_heads_stands_by_and_takes_over_a_failed_fetch() {
     reader.request_failed(&1, id);
     let effects = reader.tick(20);
     assert_eq!(asked(&effects), vec![2]);
-    let mut pending: Vec<Message> = effects
-        .into_iter()
-        .filter_map(|effect| match effect {
-            Effect::Send { message, .. } => Some(message),
-            _ => None,
-        })
-        .collect();
-    while let Some(request) = pending.pop() {
-        for effect in source.handle(0, 9, request).unwrap() {
-            if let Effect::Send { message, .. } = effect {
-                for next in reader.handle(0, 2, message).unwrap() {
-                    if let Effect::Send { message, .. } = next {
-                        pending.push(message);
-                    }
-                }
-            }
-        }
-    }
-    reader.settle().unwrap();
+    serve(&mut source, &mut reader, 2, effects);
     assert_eq!(copy.heads(), topic.heads());
     assert_eq!(copy.key_count(), 10);
     // Nothing left to take over.

@@ -13,6 +13,7 @@
 
 pub mod car;
 mod config;
+mod files;
 pub mod http;
 mod metrics;
 mod node;

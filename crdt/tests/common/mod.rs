@@ -1,0 +1,28 @@
+//! Helpers shared by the sync tests: replicas talk through messages passed by hand.
+
+#![allow(dead_code)]
+
+use canopy_crdt::sync::{Effect, Message, Sync};
+
+/// Plays the requests among `effects` (made by `client`) against `server`, which `client`
+/// knows as peer `server_peer`, until `client` asks for nothing more; then settles `client`.
+pub fn serve(server: &mut Sync<u32>, client: &mut Sync<u32>, server_peer: u32, effects: Vec<Effect<u32>>) {
+    let mut pending: Vec<Message> = sends(effects);
+    while let Some(request) = pending.pop() {
+        for answer in sends(server.handle(0, 99, request).unwrap()) {
+            pending.extend(sends(client.handle(0, server_peer, answer).unwrap()));
+        }
+    }
+    client.settle().unwrap();
+}
+
+/// The messages `effects` send to single peers.
+pub fn sends(effects: Vec<Effect<u32>>) -> Vec<Message> {
+    effects
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,79 @@
+//! The node's files beside its database: the identity key and the subscribed topics, each
+//! replaced atomically.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use canopy_crdt::Signer;
+use canopy_transport::Keypair;
+
+use crate::node::NodeError;
+
+/// The identity key as a block signer.
+pub(crate) fn identity_signer(keypair: &Keypair, path: &Path) -> Result<Signer, NodeError> {
+    let ed25519 = keypair.clone().try_into_ed25519().map_err(|_| NodeError::DataDir {
+        path: path.to_path_buf(),
+        message: "the identity key is not an ed25519 key, which blocks are signed with".into(),
+    })?;
+    let secret: [u8; 32] = ed25519.secret().as_ref().try_into().expect("an ed25519 secret key is 32 bytes");
+    Ok(Signer::from_secret(secret))
+}
+
+pub(crate) fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
+    let error = |message: String| NodeError::DataDir { path: path.to_path_buf(), message };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            error(format!("identity key does not decode ({e}); restore it or remove it to get a new identity"))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let keypair = Keypair::generate_ed25519();
+            let bytes = keypair.to_protobuf_encoding().map_err(|e| error(e.to_string()))?;
+            write_atomically(path, &bytes, true).map_err(|e| error(e.to_string()))?;
+            Ok(keypair)
+        }
+        Err(e) => Err(error(e.to_string())),
+    }
+}
+
+fn subscriptions_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("subscriptions")
+}
+
+pub(crate) fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, NodeError> {
+    match std::fs::read_to_string(subscriptions_path(data_dir)) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|line| canopy_crdt::validate_topic_name(line).is_ok())
+            .map(String::from)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() }),
+    }
+}
+
+pub(crate) fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), NodeError> {
+    let text: String = topics.iter().map(|t| format!("{t}\n")).collect();
+    write_atomically(&subscriptions_path(data_dir), text.as_bytes(), false)
+        .map_err(|e| NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() })
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: written
+/// to a temporary file, synced, then renamed over. A `private` file is readable by its owner
+/// only (the node's identity key).
+fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options.open(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
