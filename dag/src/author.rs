@@ -140,12 +140,20 @@ impl fmt::Debug for Signer {
 
 /// The digest an author signs for a block of `topic` whose content without its signature
 /// encodes to `unsigned`.
+#[cfg(test)]
 pub(crate) fn signing_digest(topic: &str, unsigned: &[u8]) -> [u8; 32] {
+    let mut hasher = signing_hasher(topic);
+    hasher.update(unsigned);
+    *hasher.finalize().as_bytes()
+}
+
+/// The hasher of a block's signing digest for `topic`, to which the encoding of the block
+/// without its signature is then written.
+pub(crate) fn signing_hasher(topic: &str) -> blake3::Hasher {
     let mut hasher = blake3::Hasher::new_derive_key(SIGNING_CONTEXT);
     hasher.update(&(topic.len() as u64).to_be_bytes());
     hasher.update(topic.as_bytes());
-    hasher.update(unsigned);
-    *hasher.finalize().as_bytes()
+    hasher
 }
 
 /// Decompressed keys each thread keeps: a key's decompression costs about a fifth of a

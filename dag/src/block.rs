@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
 use crate::author::{
-    AUTHOR_BYTES, AuthorId, Claim, SIGNATURE_BYTES, Signer, signing_digest, verify_all, verifying_key,
+    AUTHOR_BYTES, AuthorId, Claim, SIGNATURE_BYTES, Signer, signing_hasher, verify_all, verifying_key,
 };
 
 /// Multicodec code of DAG-CBOR, the encoding of every block.
@@ -99,7 +99,7 @@ struct WireBlock {
 }
 
 /// What the author signs: the block without its signature, bound to the topic by
-/// [`signing_digest`].
+/// [`signing_hasher`].
 #[derive(Serialize)]
 struct Unsigned<'a> {
     links: &'a [Cid],
@@ -109,9 +109,11 @@ struct Unsigned<'a> {
 }
 
 impl Unsigned<'_> {
+    /// Encoded straight into the hasher: the payload is not copied again.
     fn digest(&self, topic: &str) -> Result<[u8; 32], BlockError> {
-        let bytes = serde_ipld_dagcbor::to_vec(self).map_err(|e| BlockError::Malformed(e.to_string()))?;
-        Ok(signing_digest(topic, &bytes))
+        let mut hasher = signing_hasher(topic);
+        serde_ipld_dagcbor::to_writer(&mut hasher, self).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        Ok(*hasher.finalize().as_bytes())
     }
 }
 
@@ -338,6 +340,20 @@ mod tests {
     fn encode(wire: &WireBlock) -> (Cid, Vec<u8>) {
         let bytes = serde_ipld_dagcbor::to_vec(wire).unwrap();
         (cid_of(&bytes), bytes)
+    }
+
+    #[test]
+    fn the_digest_written_into_the_hasher_is_the_digest_of_the_encoded_bytes() {
+        let block = build(vec![], 1, b"post".to_vec()).unwrap();
+        let wire = wire(&block);
+        let unsigned = Unsigned {
+            links: &wire.links,
+            author: Bytes::new(&wire.author),
+            height: 1,
+            payload: Bytes::new(&wire.payload),
+        };
+        let bytes = serde_ipld_dagcbor::to_vec(&unsigned).unwrap();
+        assert_eq!(unsigned.digest(TOPIC).unwrap(), crate::author::signing_digest(TOPIC, &bytes));
     }
 
     #[test]

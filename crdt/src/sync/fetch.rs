@@ -8,7 +8,7 @@ use canopy_dag::{Block, Cid};
 use super::{Effect, Message, Sync, SyncError, WireBlock, count_ingest, validate};
 use crate::error::{IngestError, MergeError};
 use crate::snapshot::{Manifest, validate_parts};
-use crate::types::Head;
+use crate::types::{Head, IngestOutcome};
 
 /// Chunks (about 1 MiB each) asked for in one request.
 const CHUNKS_PER_REQUEST: usize = 8;
@@ -102,12 +102,7 @@ impl<P: Clone + Ord> Sync<P> {
         for (topic, peer, ingesting) in std::mem::take(&mut self.applying) {
             let outcome = ingesting.wait()?;
             if count_ingest(&mut self.stats, &outcome) {
-                // Blocks no honest replica serves: this fetch ends and the peer pays.
-                self.abandon(&topic, &peer);
-                effects.push(Effect::Penalize { peer, reason: format!("served {} refused blocks", outcome.refused) });
-                if outcome.heads_changed {
-                    effects.extend(self.announce(&topic));
-                }
+                effects.extend(self.served_refused(&topic, peer, &outcome));
                 continue;
             }
             let have_max = self.config.have_max;
@@ -338,13 +333,7 @@ impl<P: Clone + Ord> Sync<P> {
         }
         let outcome = sync.topic.ingest(valid)?;
         if count_ingest(&mut self.stats, &outcome) {
-            self.abandon(topic, &from);
-            let mut effects =
-                vec![Effect::Penalize { peer: from, reason: format!("served {} refused blocks", outcome.refused) }];
-            if outcome.heads_changed {
-                effects.extend(self.announce(topic));
-            }
-            return Ok(effects);
+            return Ok(self.served_refused(topic, from, &outcome));
         }
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
@@ -540,6 +529,17 @@ impl<P: Clone + Ord> Sync<P> {
             }
             return Ok(effects);
         }
+    }
+
+    /// `peer` served blocks the topic's rule refuses, which no honest replica serves: its fetch
+    /// ends and it is penalised. Blocks of the answer that did apply are announced.
+    fn served_refused(&mut self, topic: &str, peer: P, outcome: &IngestOutcome) -> Vec<Effect<P>> {
+        self.abandon(topic, &peer);
+        let mut effects = vec![Effect::Penalize { peer, reason: format!("served {} refused blocks", outcome.refused) }];
+        if outcome.heads_changed {
+            effects.extend(self.announce(topic));
+        }
+        effects
     }
 
     /// Gives up the fetch from `peer`; the next announcement starts a new one.
