@@ -3,6 +3,10 @@
 //!
 //! - `open`: any name of 1 to 128 characters from `A-Z a-z 0-9 . _ : -`; anyone writes.
 //! - `owned`: `<owner peer id>/<name>`, the name as above; only the owner's key writes.
+//! - `writers`: `<owner peer id>/writers/<name>`; the owner writes, and so do the writers the
+//!   owner granted and has not revoked. Grants and revocations are operations in the topic's own
+//!   DAG, so whether a writer's block is accepted depends on the block's causal past
+//!   (`writers.rs`); the name alone admits only the owner.
 
 use std::fmt;
 
@@ -13,6 +17,8 @@ use crate::schema::TOPIC_NAME_BYTES_MAX;
 
 /// Separates an owned topic's owner from the rest of its name.
 const OWNER_SEPARATOR: char = '/';
+/// Follows the owner in the name of a topic with a writer list.
+const WRITERS_MARK: &str = "writers/";
 
 /// A topic's write rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +30,11 @@ pub enum Access {
         /// The only author whose blocks the topic accepts.
         owner: AuthorId,
     },
+    /// `owner` and the writers on the list it keeps in the topic may write.
+    Writers {
+        /// The author who writes and keeps the writer list.
+        owner: AuthorId,
+    },
 }
 
 /// The mode a topic is created with; the name then carries it.
@@ -33,6 +44,8 @@ pub enum Mode {
     Open,
     /// Only the creator's key may write.
     Owned,
+    /// The creator's key and the writers it grants may write.
+    Writers,
 }
 
 impl Mode {
@@ -41,6 +54,7 @@ impl Mode {
         match self {
             Mode::Open => "open",
             Mode::Owned => "owned",
+            Mode::Writers => "writers",
         }
     }
 }
@@ -58,7 +72,8 @@ impl std::str::FromStr for Mode {
         match text {
             "open" => Ok(Mode::Open),
             "owned" => Ok(Mode::Owned),
-            other => Err(format!("unknown topic mode {other:?}: use open or owned")),
+            "writers" => Ok(Mode::Writers),
+            other => Err(format!("unknown topic mode {other:?}: use open, owned or writers")),
         }
     }
 }
@@ -74,16 +89,22 @@ impl Access {
             Some((owner, plain)) => (Some(owner), plain),
             None => (None, name),
         };
+        let (writers, plain) = match plain.strip_prefix(WRITERS_MARK) {
+            Some(plain) if owner.is_some() => (true, plain),
+            _ => (false, plain),
+        };
         if plain.is_empty()
             || !plain.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         {
             return Err(invalid(
-                "a topic name is characters from A-Z a-z 0-9 . _ : -, after an owner's peer id and / for an owned topic",
+                "a topic name is characters from A-Z a-z 0-9 . _ : -, after `<owner peer id>/` for an owned topic \
+                 and `<owner peer id>/writers/` for one with a writer list",
             ));
         }
         match owner {
             None => Ok(Access::Open),
             Some(owner) => match owner.parse::<AuthorId>() {
+                Ok(owner) if writers => Ok(Access::Writers { owner }),
                 Ok(owner) => Ok(Access::Owned { owner }),
                 Err(error) => Err(invalid(&format!("the part before / names the owner, but {error}"))),
             },
@@ -91,11 +112,13 @@ impl Access {
     }
 
     /// The name of the topic `name` created with `mode` by `creator`: `name` itself for an
-    /// open topic, `<creator>/<name>` for an owned one.
+    /// open topic, `<creator>/<name>` for an owned one, `<creator>/writers/<name>` for one with a
+    /// writer list.
     pub fn topic_name(mode: Mode, creator: &AuthorId, name: &str) -> Result<String, TopicError> {
         let full = match mode {
             Mode::Open => name.to_string(),
             Mode::Owned => format!("{creator}{OWNER_SEPARATOR}{name}"),
+            Mode::Writers => format!("{creator}{OWNER_SEPARATOR}{WRITERS_MARK}{name}"),
         };
         let access = Access::of(&full)?;
         if access.mode() != mode {
@@ -113,6 +136,7 @@ impl Access {
         match self {
             Access::Open => Mode::Open,
             Access::Owned { .. } => Mode::Owned,
+            Access::Writers { .. } => Mode::Writers,
         }
     }
 
@@ -120,21 +144,22 @@ impl Access {
     pub fn owner(&self) -> Option<AuthorId> {
         match self {
             Access::Open => None,
-            Access::Owned { owner } => Some(*owner),
+            Access::Owned { owner } | Access::Writers { owner } => Some(*owner),
         }
     }
 
-    /// Whether `author` may write the topic; the refusal names the rule.
+    /// Whether the rule alone refuses `author`: an owned topic refuses everyone but its owner.
+    /// In a topic with a writer list anyone may have been granted, so only the list decides
+    /// (see `writers.rs`).
     pub fn admits(&self, author: &AuthorId) -> Result<(), Refusal> {
         match self {
-            Access::Open => Ok(()),
-            Access::Owned { owner } if owner == author => Ok(()),
-            Access::Owned { owner } => Err(Refusal { author: *author, owner: *owner }),
+            Access::Owned { owner } if owner != author => Err(Refusal::NotOwner { author: *author, owner: *owner }),
+            _ => Ok(()),
         }
     }
 
-    /// Whether `block` may be applied to the topic: its author may write it. Decided by the
-    /// block alone, so every replica decides the same.
+    /// Whether the rule alone refuses `block`, decided by the block alone, so every replica
+    /// decides the same. A block this admits may still be refused by a topic's writer list.
     pub fn admits_block(&self, block: &Block) -> Result<(), Refusal> {
         self.admits(&block.author())
     }
@@ -142,12 +167,35 @@ impl Access {
 
 /// Why an author may not write a topic.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("author {author} may not write this topic: it is owned by {owner}, and only its owner writes it")]
-pub struct Refusal {
-    /// Who tried to write.
-    pub author: AuthorId,
-    /// The topic's owner.
-    pub owner: AuthorId,
+#[non_exhaustive]
+pub enum Refusal {
+    /// The topic is owned and the author is not its owner.
+    #[error("author {author} may not write this topic: it is owned by {owner}, and only its owner writes it")]
+    NotOwner {
+        /// Who tried to write.
+        author: AuthorId,
+        /// The topic's owner.
+        owner: AuthorId,
+    },
+    /// The author is not on the topic's writer list where the block was made.
+    #[error("author {author} may not write this topic: it is not on the writer list {owner} keeps")]
+    NotWriter {
+        /// Who tried to write.
+        author: AuthorId,
+        /// The topic's owner, who keeps the list.
+        owner: AuthorId,
+    },
+    /// Someone other than the owner tried to change the writer list.
+    #[error("author {author} may not change the writer list of this topic: only its owner {owner} does")]
+    NotListOwner {
+        /// Who tried to change the list.
+        author: AuthorId,
+        /// The topic's owner.
+        owner: AuthorId,
+    },
+    /// A topic without a writer list received a change of one.
+    #[error("this topic has no writer list: only topics created with mode writers have one")]
+    NoWriterList,
 }
 
 #[cfg(test)]
@@ -182,7 +230,22 @@ mod tests {
         let other = Signer::from_secret([2; 32]).author();
         let access = Access::Owned { owner };
         assert!(access.admits(&owner).is_ok());
-        assert_eq!(access.admits(&other), Err(Refusal { author: other, owner }));
+        assert_eq!(access.admits(&other), Err(Refusal::NotOwner { author: other, owner }));
         assert!(Access::Open.admits(&other).is_ok());
+    }
+
+    #[test]
+    fn a_writers_topic_names_its_owner_after_the_mark() {
+        let owner = Signer::from_secret([1; 32]).author();
+        let name = Access::topic_name(Mode::Writers, &owner, "team").unwrap();
+        assert_eq!(name, format!("{owner}/writers/team"));
+        assert_eq!(Access::of(&name).unwrap(), Access::Writers { owner });
+        // An open topic cannot be named like the mark, and a writers topic has one name part.
+        assert!(Access::of("writers/team").is_err());
+        assert!(Access::of(&format!("{owner}/writers/")).is_err());
+        assert!(Access::of(&format!("{owner}/writers/a/b")).is_err());
+        // The rule alone admits anyone to a writers topic: the list decides.
+        let other = Signer::from_secret([2; 32]).author();
+        assert!(Access::Writers { owner }.admits(&other).is_ok());
     }
 }

@@ -12,10 +12,11 @@ use canopy_dag::{BlockMeta, CF_BLOCKS, CF_INDEX, Cid, TopicId};
 use crossbeam_channel::bounded;
 use rocksdb::{DB, Direction, IteratorMode, SnapshotWithThreadMode, WriteBatch, WriteOptions};
 
+use crate::access::Mode;
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::row::Row;
-use crate::schema::{CF_HEADS, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES};
+use crate::schema::{CF_HEADS, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS};
 use crate::snapshot::{ChunkWriter, SnapshotElement};
 use crate::types::{Compaction, TopicShared};
 use crate::writer::Command;
@@ -86,6 +87,14 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
         let (cid, meta) = index_record(&key, &value)?;
         writer.block(cid, meta.height);
     }
+    if shared.access.mode() == Mode::Writers {
+        // The clocks and list changes of every covered block: a replica bootstrapped from the
+        // snapshot judges later blocks by the same writer lists.
+        for item in scan(&view, store.cf(CF_WRITERS), topic) {
+            let (key, value) = item?;
+            writer.writer_record(key, value);
+        }
+    }
     let manifest = writer.finish(&shared.name, heads);
     let (manifest_cid, manifest_bytes) = manifest.encode();
     parts.put_cf(store.cf(CF_SNAPSHOTS), topic.key(&manifest_cid.to_bytes()), manifest_bytes);
@@ -153,7 +162,8 @@ pub(crate) fn compact_storage(store: &StoreInner, topic: TopicId) -> Result<(u64
 }
 
 /// The column families that hold a topic's records under its prefix.
-const TOPIC_FAMILIES: [&str; 7] = [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING];
+const TOPIC_FAMILIES: [&str; 8] =
+    [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING, CF_WRITERS];
 
 /// Removes the parts of the `old` snapshots that no snapshot in `keep` also uses.
 fn remove_parts(store: &StoreInner, topic: TopicId, old: &[Cid], keep: &[Cid]) -> Result<(), StorageError> {

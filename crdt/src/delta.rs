@@ -1,4 +1,4 @@
-use canopy_dag::Cid;
+use canopy_dag::{AuthorId, Cid};
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
@@ -60,12 +60,21 @@ pub enum DeltaError {
 /// Adds are `(key, value)`; their element id is the CID of the block that carries the delta
 /// and their priority is its height. Removes name `(key, element id)`. Both lists are sorted
 /// and unique, so equal deltas encode to equal bytes.
+///
+/// In a topic with a writer list, the owner's blocks may also change the list: `grants` adds
+/// writers (the grant's id is the block's CID, as for an element) and `revokes` removes grants
+/// by `(writer, grant id)`. Both are absent from the encoding when empty, so the deltas of
+/// other topics encode as they always did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
     /// Added elements, sorted by key, at most one per key.
     pub adds: Vec<(Vec<u8>, Vec<u8>)>,
     /// Tombstones, sorted by key then element id.
     pub removes: Vec<(Vec<u8>, Cid)>,
+    /// Writers granted, sorted and unique.
+    pub grants: Vec<AuthorId>,
+    /// Grants revoked as `(writer, grant id)`, sorted and unique.
+    pub revokes: Vec<(AuthorId, Cid)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +82,10 @@ pub struct Delta {
 struct WireDelta {
     adds: Vec<(ByteBuf, ByteBuf)>,
     removes: Vec<(ByteBuf, Cid)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    grants: Vec<ByteBuf>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    revokes: Vec<(ByteBuf, Cid)>,
 }
 
 /// The wire form borrowed from the caller's data, so encoding copies each byte once. It
@@ -81,6 +94,10 @@ struct WireDelta {
 struct WireDeltaRef<'a> {
     adds: Vec<(&'a Bytes, &'a Bytes)>,
     removes: Vec<(&'a Bytes, Cid)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    grants: Vec<&'a Bytes>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    revokes: Vec<(&'a Bytes, Cid)>,
 }
 
 /// Encodes a delta from borrowed parts, which must already be normalized: adds sorted with one
@@ -89,6 +106,19 @@ pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)]) -> Vec<u
     let wire = WireDeltaRef {
         adds: adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
         removes: removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
+        grants: Vec::new(),
+        revokes: Vec::new(),
+    };
+    serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+}
+
+/// Encodes a delta that only changes a writer list; both lists must be sorted and unique.
+pub(crate) fn encode_list_change(grants: &[AuthorId], revokes: &[(AuthorId, Cid)]) -> Vec<u8> {
+    let wire = WireDeltaRef {
+        adds: Vec::new(),
+        removes: Vec::new(),
+        grants: grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
+        revokes: revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
     };
     serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
 }
@@ -96,35 +126,59 @@ pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)]) -> Vec<u
 impl Delta {
     /// True when the delta changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.adds.is_empty() && self.removes.is_empty()
+        self.adds.is_empty() && self.removes.is_empty() && !self.changes_writers()
     }
 
-    /// Puts both lists in canonical order.
+    /// True when the delta changes a writer list.
+    pub fn changes_writers(&self) -> bool {
+        !self.grants.is_empty() || !self.revokes.is_empty()
+    }
+
+    /// Puts every list in canonical order.
     pub fn normalize(&mut self) {
         self.adds.sort_by(|a, b| a.0.cmp(&b.0));
         self.adds.dedup_by(|a, b| a.0 == b.0);
         self.removes.sort();
         self.removes.dedup();
+        self.grants.sort();
+        self.grants.dedup();
+        self.revokes.sort();
+        self.revokes.dedup();
     }
 
     /// The DAG-CBOR encoding of the delta.
     pub fn encode(&self) -> Vec<u8> {
-        let adds: Vec<(&[u8], &[u8])> = self.adds.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
-        let removes: Vec<(&[u8], Cid)> = self.removes.iter().map(|(k, id)| (k.as_slice(), *id)).collect();
-        encode(&adds, &removes)
+        let wire = WireDeltaRef {
+            adds: self.adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
+            removes: self.removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
+            grants: self.grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
+            revokes: self.revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
+        };
+        serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
     }
 
     /// Decodes and checks a delta: limits, canonical order, one add per key.
     pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Delta, DeltaError> {
         let wire: WireDelta =
             serde_ipld_dagcbor::from_slice(bytes).map_err(|e| DeltaError::Malformed(e.to_string()))?;
-        let ops = wire.adds.len() + wire.removes.len();
+        let ops = wire.adds.len() + wire.removes.len() + wire.grants.len() + wire.revokes.len();
         if ops > limits.delta_ops_max {
             return Err(DeltaError::Invalid(format!("{ops} operations exceed delta_ops_max {}", limits.delta_ops_max)));
         }
+        let author = |bytes: ByteBuf| -> Result<AuthorId, DeltaError> {
+            let bytes: [u8; 32] =
+                bytes.as_slice().try_into().map_err(|_| DeltaError::Invalid("a writer is not a 32-byte key".into()))?;
+            AuthorId::from_bytes(bytes).map_err(|e| DeltaError::Invalid(format!("a writer: {e}")))
+        };
         let delta = Delta {
             adds: wire.adds.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
             removes: wire.removes.into_iter().map(|(k, id)| (k.into_vec(), id)).collect(),
+            grants: wire.grants.into_iter().map(author).collect::<Result<_, _>>()?,
+            revokes: wire
+                .revokes
+                .into_iter()
+                .map(|(writer, id)| Ok((author(writer)?, id)))
+                .collect::<Result<_, DeltaError>>()?,
         };
         for (key, value) in &delta.adds {
             check_key(key, limits).map_err(DeltaError::Invalid)?;
@@ -138,6 +192,11 @@ impl Delta {
         }
         if delta.removes.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(DeltaError::Invalid("removes are not sorted and unique".into()));
+        }
+        if delta.grants.windows(2).any(|pair| pair[0] >= pair[1])
+            || delta.revokes.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Err(DeltaError::Invalid("grants or revokes are not sorted and unique".into()));
         }
         Ok(delta)
     }
@@ -176,6 +235,8 @@ mod tests {
                 (ByteBuf::from(b"b".to_vec()), ByteBuf::new()),
             ],
             removes: vec![(ByteBuf::from(b"a".to_vec()), id)],
+            grants: vec![],
+            revokes: vec![],
         };
         let borrowed = encode(&[(b"a", &[0, 1, 2]), (b"b", &[])], &[(b"a", id)]);
         assert_eq!(borrowed, serde_ipld_dagcbor::to_vec(&owned).unwrap());
@@ -187,21 +248,26 @@ mod tests {
         let mut delta = Delta {
             adds: vec![(b"b".to_vec(), b"2".to_vec()), (b"a".to_vec(), b"1".to_vec())],
             removes: vec![(b"a".to_vec(), id)],
+            ..Default::default()
         };
         delta.normalize();
         let decoded = Delta::decode(&delta.encode(), &Limits::default()).unwrap();
         assert_eq!(decoded, delta);
 
-        let unsorted = Delta { adds: vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])], removes: vec![] };
+        let unsorted = Delta {
+            adds: vec![(b"b".to_vec(), vec![]), (b"a".to_vec(), vec![])],
+            removes: vec![],
+            ..Default::default()
+        };
         assert!(matches!(Delta::decode(&unsorted.encode(), &Limits::default()), Err(DeltaError::Invalid(_))));
     }
 
     #[test]
     fn limits_apply_on_decode() {
-        let delta = Delta { adds: vec![(b"k".to_vec(), vec![0; 10])], removes: vec![] };
+        let delta = Delta { adds: vec![(b"k".to_vec(), vec![0; 10])], removes: vec![], ..Default::default() };
         let tight = Limits { value_bytes_max: 5, ..Limits::default() };
         assert!(matches!(Delta::decode(&delta.encode(), &tight), Err(DeltaError::Invalid(_))));
-        let empty_key = Delta { adds: vec![(vec![], vec![])], removes: vec![] };
+        let empty_key = Delta { adds: vec![(vec![], vec![])], removes: vec![], ..Default::default() };
         assert!(Delta::decode(&empty_key.encode(), &Limits::default()).is_err());
     }
 }

@@ -24,11 +24,13 @@ pub mod sync;
 mod topic;
 mod types;
 mod writer;
+mod writers;
 
 pub use access::{Access, Mode, Refusal};
 pub use canopy_dag::{
     AuthorId, BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, Signer, TopicId, Walk, WalkLimits,
 };
+pub use writers::WriterList;
 
 /// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel
 /// under the protocol's limits.

@@ -23,6 +23,10 @@ pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 /// addressed, so writing one twice is harmless.
 pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
 
+/// Writer lists of topics created with mode `writers`: `topic ++ 'c' ++ cid` → the block's
+/// clock, `topic ++ 'l' ++ cid` → a list change (see `writers.rs`). Never pruned.
+pub(crate) const CF_WRITERS: &str = "writers";
+
 pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 /// The format of the data directory, a big-endian u32 ([`FORMAT`]); absent before format 2.
 pub(crate) const META_FORMAT: &[u8] = b"format";
@@ -127,7 +131,7 @@ const BLOB_BYTES_MIN: u64 = 4096;
 
 /// Every column family canopy opens, with its options.
 pub(crate) fn column_families(cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
-    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS]
+    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS]
         .into_iter()
         .map(|name| {
             let mut options = topic_cf_options(cache);

@@ -72,6 +72,9 @@ pub struct Chunk {
     pub removes: Vec<(Cid, Vec<u8>)>,
     /// Blocks the snapshot covers with their heights, in the byte order of their CIDs.
     pub blocks: Vec<(Cid, Height)>,
+    /// In a topic with a writer list, its records (clocks and list changes) as
+    /// `(kind ++ cid, record)`, sorted: a fourth list, absent from other topics' snapshots.
+    pub writers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +83,8 @@ struct WireChunk {
     elements: Vec<(ByteBuf, Height, Cid, ByteBuf)>,
     removes: Vec<(Cid, ByteBuf)>,
     blocks: Vec<(Cid, Height)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    writers: Vec<(ByteBuf, ByteBuf)>,
 }
 
 impl Chunk {
@@ -93,6 +98,7 @@ impl Chunk {
                 .collect(),
             removes: self.removes.iter().map(|(id, key)| (*id, ByteBuf::from(key.clone()))).collect(),
             blocks: self.blocks.clone(),
+            writers: self.writers.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect(),
         };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).expect("encoding a chunk into memory cannot fail");
         (cid_of(&bytes), bytes)
@@ -116,7 +122,18 @@ impl Chunk {
                 .collect(),
             removes: wire.removes.into_iter().map(|(id, key)| (id, key.into_vec())).collect(),
             blocks: wire.blocks,
+            writers: wire.writers.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())).collect(),
         };
+        for (key, value) in &chunk.writers {
+            let (&kind, mut cid) =
+                key.split_first().ok_or_else(|| SnapshotError::Invalid("an empty record key".into()))?;
+            let id = Cid::read_bytes(&mut cid).map_err(|e| SnapshotError::Invalid(format!("a record key: {e}")))?;
+            check_cid(&id)?;
+            if !cid.is_empty() {
+                return Err(SnapshotError::Invalid("a record key longer than its CID".into()));
+            }
+            crate::writers::check_record(kind, value).map_err(SnapshotError::Invalid)?;
+        }
         for element in &chunk.elements {
             check_key(&element.key, &limits).map_err(SnapshotError::Invalid)?;
             check_value(&element.value, &limits).map_err(SnapshotError::Invalid)?;
@@ -146,6 +163,9 @@ impl Chunk {
         if chunk.blocks.windows(2).any(|pair| pair[0].0.to_bytes() >= pair[1].0.to_bytes()) {
             return Err(SnapshotError::Invalid("blocks are not sorted".into()));
         }
+        if chunk.writers.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(SnapshotError::Invalid("writer-list records are not sorted".into()));
+        }
         Ok(chunk)
     }
 
@@ -154,19 +174,24 @@ impl Chunk {
         let elements = match (self.elements.last(), next.elements.first()) {
             (Some(a), Some(b)) => a.order() < b.order(),
             // A later list has started: the earlier one may not continue.
-            (_, Some(_)) => self.removes.is_empty() && self.blocks.is_empty(),
+            (_, Some(_)) => self.removes.is_empty() && self.blocks.is_empty() && self.writers.is_empty(),
             _ => true,
         };
         let removes = match (self.removes.last(), next.removes.first()) {
             (Some(a), Some(b)) => remove_order(a) < remove_order(b),
-            (_, Some(_)) => self.blocks.is_empty(),
+            (_, Some(_)) => self.blocks.is_empty() && self.writers.is_empty(),
             _ => true,
         };
         let blocks = match (self.blocks.last(), next.blocks.first()) {
             (Some(a), Some(b)) => a.0.to_bytes() < b.0.to_bytes(),
+            (_, Some(_)) => self.writers.is_empty(),
             _ => true,
         };
-        elements && removes && blocks
+        let writers = match (self.writers.last(), next.writers.first()) {
+            (Some(a), Some(b)) => a.0 < b.0,
+            _ => true,
+        };
+        elements && removes && blocks && writers
     }
 }
 
@@ -369,6 +394,12 @@ impl<F: FnMut(Cid, Vec<u8>)> ChunkWriter<F> {
         self.room(item_bytes(0, 0));
         self.blocks += 1;
         self.current.blocks.push((cid, height));
+    }
+
+    /// Adds a writer-list record, in key order; they come last.
+    pub fn writer_record(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.room(item_bytes(key.len(), value.len()));
+        self.current.writers.push((key, value));
     }
 
     /// Writes the last chunk and returns the manifest for `topic` at `heads`.

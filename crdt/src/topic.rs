@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use canopy_dag::{Block, Cid, Height, TopicId, Walk, WalkLimits, sample_ancestors, walk_missing};
+use canopy_dag::{AuthorId, Block, Cid, Height, TopicId, Walk, WalkLimits, sample_ancestors, walk_missing};
 use crossbeam_channel::{Receiver, bounded};
 use rocksdb::ReadOptions;
 
@@ -90,6 +90,37 @@ impl Topic {
     /// The topic's id in this store.
     pub fn id(&self) -> TopicId {
         self.shared.id
+    }
+
+    /// Adds `writer` to the topic's writer list: one block, signed by this store's author, which
+    /// must be the topic's owner. Returns `None`, writing nothing, when `writer` is on the list
+    /// already.
+    pub fn grant(&self, writer: AuthorId) -> Result<Option<Commit>, WriteError> {
+        self.change_writers(writer, true)
+    }
+
+    /// Takes `writer` off the topic's writer list: one block revoking every grant of it this
+    /// replica knows. Blocks `writer` makes over this one are refused everywhere; blocks it made
+    /// concurrently stand. Returns `None` when `writer` is not on the list.
+    pub fn revoke(&self, writer: AuthorId) -> Result<Option<Commit>, WriteError> {
+        self.change_writers(writer, false)
+    }
+
+    fn change_writers(&self, writer: AuthorId, grant: bool) -> Result<Option<Commit>, WriteError> {
+        let (reply, result) = bounded(1);
+        let command = Command::ChangeWriters { topic: self.shared.id, writer, grant, reply };
+        self.store.send(self.shared.id, command).map_err(|_| WriteError::Closed)?;
+        result.recv().map_err(|_| WriteError::Closed)?
+    }
+
+    /// The writer list at the topic's heads: who besides the owner may write now. Empty for a
+    /// topic created without one.
+    pub fn writers(&self) -> Result<Vec<AuthorId>, TopicError> {
+        let (reply, result) = bounded(1);
+        self.store
+            .send(self.shared.id, Command::Writers { topic: self.shared.id, reply })
+            .map_err(|_| TopicError::Closed)?;
+        Ok(result.recv().map_err(|_| TopicError::Closed)??.writers())
     }
 
     /// Sets `key` to `value`.

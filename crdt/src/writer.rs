@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use canopy_dag::{Block, BlockStore, Cid, Height, Signer, TopicId};
+use canopy_dag::{AuthorId, Block, BlockStore, Cid, Height, Signer, TopicId};
 
 use crate::access::Access;
 use crossbeam_channel::{Receiver, Sender};
@@ -20,10 +20,11 @@ use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError
 use crate::options::StoreOptions;
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, decode_cids,
-    key_count_key, meta_key, topic_name_key,
+    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE,
+    decode_cids, key_count_key, meta_key, topic_name_key,
 };
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots, TopicShared};
+use crate::writers::{Lists, WriterList};
 
 pub(crate) mod compact;
 mod local;
@@ -75,6 +76,18 @@ pub(crate) enum Command {
         topic: TopicId,
         manifest: Cid,
         reply: Sender<Result<MergeOutcome, MergeError>>,
+    },
+    /// Grant `writer` (or revoke it, when `grant` is false) on a topic's writer list.
+    ChangeWriters {
+        topic: TopicId,
+        writer: AuthorId,
+        grant: bool,
+        reply: Sender<Result<Option<Commit>, WriteError>>,
+    },
+    /// The writer list at the topic's heads.
+    Writers {
+        topic: TopicId,
+        reply: Sender<Result<Arc<WriterList>, TopicError>>,
     },
     /// Delete the chunks of the snapshots in the topic's cover, keeping their manifests.
     Release {
@@ -147,6 +160,8 @@ pub(crate) struct TopicState {
     compaction_requested: bool,
     /// Approximate size of the latest snapshot, for the compaction policy.
     snapshot_bytes: u64,
+    /// The writer list's changes and clocks, for a topic created with mode `writers`.
+    lists: Option<Lists>,
 }
 
 impl TopicState {
@@ -194,10 +209,15 @@ impl TopicState {
             Some(item) => item?.0.starts_with(&prefix),
             None => false,
         };
+        let access = Access::of(name).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let lists = match access {
+            Access::Writers { owner } => Some(Lists::load(db, id, owner)?),
+            _ => None,
+        };
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
-            access: Access::of(name).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            access,
             heads: RwLock::new(heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect()),
             key_count: AtomicU64::new(key_count),
             pending_count: AtomicU64::new(0),
@@ -226,6 +246,7 @@ impl TopicState {
             grown_bytes: 0,
             compaction_requested: false,
             snapshot_bytes,
+            lists,
         })
     }
 
@@ -546,6 +567,26 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
+        Command::ChangeWriters { topic, writer, grant, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(WriteError::TopicDropped),
+                Some(state) => local::change_writers(context, state, writer, grant),
+            };
+            let _ = reply.send(result);
+        }
+        Command::Writers { topic, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(TopicError::Closed),
+                Some(state) => {
+                    let heads: Vec<Cid> = state.heads.keys().copied().collect();
+                    match state.lists.as_mut() {
+                        None => Ok(Arc::new(WriterList::default())),
+                        Some(lists) => lists.list_at_heads(&context.db, &heads).map_err(TopicError::from),
+                    }
+                }
+            };
+            let _ = reply.send(result);
+        }
         Command::Release { topic, reply } => {
             let result = match topics.get_mut(&topic) {
                 None => Err(TopicError::Closed),
@@ -577,7 +618,7 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);
-    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS] {
+    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS] {
         delete_topic_range(&mut batch, context.cf(cf), id);
     }
     batch.delete_cf(context.cf(CF_META), key_count_key(id));

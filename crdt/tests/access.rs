@@ -28,7 +28,8 @@ fn blog() -> String {
 
 /// A block of `topic` by `signer` that adds `key`, above `parents`.
 fn post(topic: &str, signer: &Signer, parents: Vec<canopy_crdt::Cid>, height: u64, key: &str) -> Block {
-    let delta = Delta { adds: vec![(key.as_bytes().to_vec(), b"forged".to_vec())], removes: vec![] };
+    let delta =
+        Delta { adds: vec![(key.as_bytes().to_vec(), b"forged".to_vec())], removes: vec![], ..Default::default() };
     Block::build(topic, parents, height, delta.encode(), signer).unwrap()
 }
 
@@ -167,7 +168,8 @@ fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
     close(store);
 
     // A directory written before blocks were signed has applied blocks and no format record.
-    let families = ["default", "blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "meta"];
+    let families =
+        ["default", "blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "writers", "meta"];
     {
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, families).unwrap();
         db.delete_cf(db.cf_handle("meta").unwrap(), b"format").unwrap();

@@ -13,8 +13,11 @@ fn signer() -> canopy_crdt::Signer {
 
 fn sample_block() -> Block {
     let root = Block::build("t", vec![], 1, b"root".to_vec(), &signer()).unwrap();
-    let delta =
-        Delta { adds: vec![(b"key".to_vec(), b"value".to_vec())], removes: vec![(b"old".to_vec(), root.cid())] };
+    let delta = Delta {
+        adds: vec![(b"key".to_vec(), b"value".to_vec())],
+        removes: vec![(b"old".to_vec(), root.cid())],
+        ..Default::default()
+    };
     Block::build("t", vec![root.cid()], 2, delta.encode(), &signer()).unwrap()
 }
 

@@ -325,7 +325,7 @@ fn a_remove_naming_a_foreign_cid_survives_a_snapshot() {
     let source = open(&dir.path().join("source")).topic("t").unwrap();
     let base = source.put("key", "value").unwrap();
     let foreign: Cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku".parse().unwrap();
-    let delta = canopy_crdt::Delta { adds: vec![], removes: vec![(b"other".to_vec(), foreign)] };
+    let delta = canopy_crdt::Delta { adds: vec![], removes: vec![(b"other".to_vec(), foreign)], ..Default::default() };
     let block = Block::build("t", vec![base.cid], base.height + 1, delta.encode(), &signer()).unwrap();
     assert_eq!(source.ingest(vec![block]).unwrap().applied, 1);
     let snapshot = source.compact().unwrap().snapshot.unwrap();

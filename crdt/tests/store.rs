@@ -222,7 +222,8 @@ fn a_replica_with_more_heads_than_a_block_may_link_still_makes_blocks_peers_acce
     let topic = open(&dir).topic("t").unwrap();
     let spam: Vec<Block> = (0..LINKS_MAX as u32 + 300)
         .map(|i| {
-            let delta = Delta { adds: vec![(format!("spam{i}").into_bytes(), vec![1])], removes: vec![] };
+            let delta =
+                Delta { adds: vec![(format!("spam{i}").into_bytes(), vec![1])], removes: vec![], ..Default::default() };
             Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap()
         })
         .collect();
@@ -283,7 +284,7 @@ fn a_remove_that_arrives_before_its_element_still_removes_it() {
         "t",
         vec![],
         1,
-        Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] }.encode(),
+        Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![], ..Default::default() }.encode(),
         &signer(),
     )
     .unwrap();
@@ -292,7 +293,7 @@ fn a_remove_that_arrives_before_its_element_still_removes_it() {
         "t",
         vec![],
         1,
-        Delta { adds: vec![], removes: vec![(b"k".to_vec(), added.cid())] }.encode(),
+        Delta { adds: vec![], removes: vec![(b"k".to_vec(), added.cid())], ..Default::default() }.encode(),
         &signer(),
     )
     .unwrap();
@@ -324,7 +325,7 @@ fn a_remove_that_arrives_before_its_element_still_removes_it() {
 fn blocks_with_a_wrong_height_or_bad_delta_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let topic = open(&dir).topic("t").unwrap();
-    let delta = Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![] };
+    let delta = Delta { adds: vec![(b"k".to_vec(), b"v".to_vec())], removes: vec![], ..Default::default() };
     let root = Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap();
     let wrong_height = Block::build("t", vec![root.cid()], 5, delta.encode(), &signer()).unwrap();
     let bad_delta = Block::build("t", vec![root.cid()], 2, b"not a delta".to_vec(), &signer()).unwrap();
@@ -338,7 +339,7 @@ fn blocks_with_a_wrong_height_or_bad_delta_are_rejected() {
     assert!(!topic.contains(&bad_delta.cid()).unwrap());
     // A node's own limits bound its local writes only; received blocks are judged by the
     // protocol's limits, the same on every node, so nodes with other settings still agree.
-    let larger = Delta { adds: vec![(b"k".to_vec(), vec![0; 64])], removes: vec![] };
+    let larger = Delta { adds: vec![(b"k".to_vec(), vec![0; 64])], removes: vec![], ..Default::default() };
     let tight = StoreOptions { limits: Limits { value_bytes_max: 8, ..Limits::default() }, ..options() };
     let tight_dir = tempfile::tempdir().unwrap();
     let tight_topic = Store::open(tight_dir.path(), tight).unwrap().topic("t").unwrap();
@@ -398,7 +399,7 @@ fn answers_nobody_asked_for_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
-    let delta = Delta { adds: vec![(b"k".to_vec(), b"forged".to_vec())], removes: vec![] };
+    let delta = Delta { adds: vec![(b"k".to_vec(), b"forged".to_vec())], removes: vec![], ..Default::default() };
     let block = Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap();
     let blocks = vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(block.bytes().to_vec()) }];
     assert!(sync.handle(0, 9, answer(42, blocks.clone())).unwrap().is_empty());

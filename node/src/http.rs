@@ -11,11 +11,11 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use canopy_crdt::{Access, Batch, Commit, CompactError, Mode, ReadError, TopicError, WriteError};
+use canopy_crdt::{Access, AuthorId, Batch, Commit, CompactError, Mode, ReadError, TopicError, WriteError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -114,6 +114,8 @@ pub fn router(node: Node) -> Router {
     Router::new()
         .route("/v1/topics", get(list_topics).post(create_topic))
         .route("/v1/topics/{topic}/access", get(access))
+        .route("/v1/topics/{topic}/writers", post(grant))
+        .route("/v1/topics/{topic}/writers/{writer}", delete(revoke))
         .route("/v1/topics/{topic}", put(subscribe).delete(unsubscribe))
         .route("/v1/topics/{topic}/kv", get(list_keys))
         .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
@@ -221,12 +223,14 @@ fn open_mode() -> String {
 
 async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
     let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"}}): {e}"))
+        ApiError::bad_request(format!(
+            "malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"|\"writers\"}}): {e}"
+        ))
     })?;
     let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;
     blocking(move || {
         let topic = node.create_topic(&body.name, mode)?;
-        Ok(Json(access_json(topic.name(), topic.access())))
+        Ok(Json(topic_access_json(&topic)?))
     })
     .await
 }
@@ -234,14 +238,68 @@ async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<V
 async fn access(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
     let Path(topic) = path?;
     let handle = subscribed(&node, &topic)?;
-    Ok(Json(access_json(handle.name(), handle.access())))
+    blocking(move || Ok(Json(topic_access_json(&handle)?))).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    writer: String,
+}
+
+/// `POST /v1/topics/{t}/writers` with `{"writer": "<peer id>"}`: the owner grants a writer.
+async fn grant(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path(topic) = path?;
+    let body: GrantBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("malformed grant JSON (want {{\"writer\": \"<peer id>\"}}): {e}"))
+    })?;
+    let writer: AuthorId = body.writer.parse().map_err(|e| ApiError::bad_request(format!("writer: {e}")))?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let commit = handle.grant(writer)?;
+        Ok(Json(writers_change_json(&handle, writer, commit)?))
+    })
+    .await
+}
+
+/// `DELETE /v1/topics/{t}/writers/{writer}`: the owner revokes a writer.
+async fn revoke(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, writer)) = path?;
+    let writer: AuthorId = writer.parse().map_err(|e| ApiError::bad_request(format!("writer: {e}")))?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let commit = handle.revoke(writer)?;
+        Ok(Json(writers_change_json(&handle, writer, commit)?))
+    })
+    .await
+}
+
+/// What a grant or revocation did: the block it made (`null`: the list already said so) and
+/// the topic's rule after it.
+fn writers_change_json(handle: &NodeTopic, writer: AuthorId, commit: Option<Commit>) -> ApiResult<Value> {
+    let mut value = topic_access_json(handle)?;
+    value["writer"] = json!(writer.to_string());
+    value["commit"] = commit.map_or(Value::Null, commit_json);
+    Ok(value)
+}
+
+fn topic_access_json(handle: &NodeTopic) -> ApiResult<Value> {
+    let writers = handle.writers().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(access_json(handle.name(), handle.access(), writers))
 }
 
 /// A topic's rule as the API shows it: its mode, owner, and who writes it (`null`: anyone).
-fn access_json(topic: &str, access: Access) -> Value {
-    let writers = match access {
-        Access::Open => Value::Null,
-        Access::Owned { owner } => json!([owner.to_string()]),
+fn access_json(topic: &str, access: Access, writers: Option<Vec<AuthorId>>) -> Value {
+    let writers = match writers {
+        None => Value::Null,
+        Some(writers) => json!(writers.iter().map(ToString::to_string).collect::<Vec<_>>()),
     };
     json!({
         "topic": topic,

@@ -499,6 +499,34 @@ impl NodeTopic {
         self.topic.name()
     }
 
+    /// Grants `writer` the right to write a topic created with mode `writers`; only its owner
+    /// may. `None` when `writer` is on the list already.
+    pub fn grant(&self, writer: AuthorId) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.grant(writer)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Takes `writer` off the topic's writer list; `None` when it is not on it.
+    pub fn revoke(&self, writer: AuthorId) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.revoke(writer)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Who may write the topic now besides anyone the rule admits: the owner and the writer
+    /// list at this replica's heads for a topic with one, the owner for an owned topic, `None`
+    /// for an open topic (anyone).
+    pub fn writers(&self) -> Result<Option<Vec<AuthorId>>, TopicError> {
+        Ok(match self.topic.access() {
+            Access::Open => None,
+            Access::Owned { owner } => Some(vec![owner]),
+            Access::Writers { owner } => {
+                let mut writers = vec![owner];
+                writers.extend(self.topic.writers()?.into_iter().filter(|writer| *writer != owner));
+                Some(writers)
+            }
+        })
+    }
+
     /// Sets `key` to `value`.
     pub fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<Commit, WriteError> {
         let commit = self.topic.put(key, value)?;

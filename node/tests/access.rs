@@ -90,9 +90,73 @@ fn a_microblog_is_posted_by_its_owner_alone_and_read_by_every_follower() {
     wait_until("open topics take every writer", || author.get("chat", "hello").is_some());
 }
 
+#[test]
+fn a_writer_granted_then_revoked_writes_only_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = NodeProcess::start(&dir.path().join("owner"), &[], &[]);
+    let member = NodeProcess::start(&dir.path().join("member"), &[owner.address()], &[]);
+    let reader = NodeProcess::start(&dir.path().join("reader"), &[owner.address(), member.address()], &[]);
+
+    let created = ok(&owner, &["topic", "create", "notes", "--mode", "writers"]);
+    let topic = format!("{}/writers/notes", owner.peer_id);
+    assert_eq!(created, format!("created writers topic {topic}"));
+    ok(&member, &["subscribe", &topic]);
+    ok(&reader, &["subscribe", &topic]);
+
+    // Not granted yet: refused with the rule named, through the client and the API.
+    let (success, _, stderr) = client(&member, &["put", &topic, "note/1", "too early"]);
+    assert!(!success && stderr.contains("writer list"), "{stderr}");
+    // Only the owner keeps the list.
+    let (success, _, stderr) = client(&member, &["topic", "grant", &topic, &member.peer_id]);
+    assert!(!success && stderr.contains("only its owner"), "{stderr}");
+
+    let granted = ok(&owner, &["topic", "grant", &topic, &member.peer_id]);
+    assert!(granted.starts_with(&format!("granted {} in {topic}", member.peer_id)), "{granted}");
+    let info: Value = serde_json::from_str(&ok(&owner, &["topic", "info", &topic, "--json"])).unwrap();
+    assert_eq!(info["mode"], "writers");
+    assert_eq!(info["writers"], serde_json::json!([owner.peer_id, member.peer_id]));
+
+    wait_until("the member learns of its grant", || {
+        let (success, _, _) = client(&member, &["put", &topic, "note/1", "written while granted"]);
+        success
+    });
+    for node in [&owner, &reader] {
+        wait_until("the member's note reaches every node", || {
+            node.get(&segment(&topic), "note/1").as_deref() == Some("written while granted")
+        });
+    }
+
+    let revoked = ok(&owner, &["topic", "revoke", &topic, &member.peer_id]);
+    assert!(revoked.starts_with("revoked"), "{revoked}");
+    let info: Value = serde_json::from_str(&ok(&owner, &["topic", "info", &topic, "--json"])).unwrap();
+    assert_eq!(info["writers"], serde_json::json!([owner.peer_id]));
+    // Once the revocation has reached the member, its writes are refused there and nowhere taken.
+    wait_until("the member learns of its revocation", || {
+        let info: Value = serde_json::from_str(&ok(&member, &["topic", "info", &topic, "--json"])).unwrap();
+        info["writers"] == serde_json::json!([owner.peer_id])
+    });
+    let (success, _, stderr) = client(&member, &["put", &topic, "note/2", "after the revocation"]);
+    assert!(!success && stderr.contains("writer list"), "{stderr}");
+    let status = member
+        .http
+        .put(member.url(&format!("/v1/topics/{}/kv/note/2", segment(&topic))))
+        .body("after the revocation")
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+    ok(&owner, &["put", &topic, "note/3", "by the owner"]);
+    for node in [&member, &reader] {
+        wait_until("the owner's note reaches every node", || node.get(&segment(&topic), "note/3").is_some());
+        assert_eq!(node.get(&segment(&topic), "note/2"), None);
+        assert_eq!(node.get(&segment(&topic), "note/1").as_deref(), Some("written while granted"));
+    }
+}
+
 /// A block of `topic` by `signer` that sets `key`, above `parent`.
 fn forged(topic: &str, signer: &Signer, parent: &Head, key: &str) -> Block {
-    let delta = Delta { adds: vec![(key.as_bytes().to_vec(), b"forged".to_vec())], removes: vec![] };
+    let delta =
+        Delta { adds: vec![(key.as_bytes().to_vec(), b"forged".to_vec())], removes: vec![], ..Default::default() };
     Block::build(topic, vec![parent.cid], parent.height + 1, delta.encode(), signer).unwrap()
 }
 

@@ -3,16 +3,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use canopy_dag::{BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, TopicId};
+use canopy_dag::{AuthorId, BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, TopicId};
 use crossbeam_channel::Sender;
 use rocksdb::WriteBatch;
 
 use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_rows};
+use crate::access::Refusal;
 use crate::delta::DELTA_OPS_MAX;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
 use crate::schema::{CF_HEADS, CF_KV, CF_META, key_count_key};
 use crate::types::{Change, Commit, Op};
+use crate::writers::Lists;
 
 /// Upper bounds on the encoded size of one add, one remove and one link, and on everything
 /// else a block holds. Local deltas are cut by these estimates, so a block built from a cut
@@ -29,6 +31,12 @@ const DELTA_BYTES_MAX: usize = BLOCK_BYTES_MAX - LINKS_MAX * LINK_BYTES - BLOCK_
 const MERGE_BLOCKS_PER_COMMIT_MAX: usize = 8;
 
 type Reply = Sender<Result<Committed, WriteError>>;
+
+/// A block's change to a writer list: `(grants, revokes)`.
+type ListChange<'a> = (&'a [AuthorId], &'a [(AuthorId, Cid)]);
+
+/// The writer-list change of a block that makes none.
+const NO_CHANGE: ListChange<'static> = (&[], &[]);
 
 /// A topic's share of a group commit, ready to publish once the batch is written.
 struct TopicCommit {
@@ -60,7 +68,7 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
     let mut batch = WriteBatch::default();
     let mut commits = Vec::new();
     for (topic, requests) in by_topic {
-        let Some(state) = topics.get(&topic) else {
+        let Some(state) = topics.get_mut(&topic) else {
             for request in requests {
                 let _ = request.reply.send(Err(WriteError::TopicDropped));
             }
@@ -144,23 +152,98 @@ fn select_links(heads: &BTreeMap<Cid, Height>) -> (Vec<Cid>, Height) {
     (by_height.into_iter().map(|(_, cid)| cid).collect(), height)
 }
 
-/// Builds a block over `heads`, adds it to `batch` and makes it the head above the heads it links.
+/// Builds a block over `heads`, adds it to `batch` and makes it the head above the heads it
+/// links. In a topic with a writer list the block's clock is recorded too; `change` is the
+/// list change the block makes, as `(grants, revokes)`.
 fn make_block(
     context: &Context,
     (topic, name): (TopicId, &str),
     heads: &mut BTreeMap<Cid, Height>,
-    payload: Vec<u8>,
+    (payload, change): (Vec<u8>, ListChange<'_>),
+    lists: Option<&mut Lists>,
     batch: &mut WriteBatch,
 ) -> Result<Block, StorageError> {
     let (links, height) = select_links(heads);
     let block = Block::build(name, links, height, payload, &context.signer)
         .map_err(|error| StorageError::Corrupt(format!("cannot build a local block: {error}")))?;
+    if let Some(lists) = lists {
+        let past = lists.past_of(&context.db, block.links())?;
+        lists.record_change(batch, &context.db, block.cid(), change, past);
+    }
     for parent in block.links() {
         heads.remove(parent);
     }
     heads.insert(block.cid(), height);
     context.blocks.put(batch, topic, &block);
     Ok(block)
+}
+
+/// Makes one block that changes a topic's writer list: grants `writer`, or revokes every grant
+/// of it standing at the heads. Returns `None`, writing nothing, when the list already says so.
+pub(super) fn change_writers(
+    context: &Context,
+    state: &mut TopicState,
+    writer: AuthorId,
+    grant: bool,
+) -> Result<Option<Commit>, WriteError> {
+    if context.is_poisoned() {
+        return Err(WriteError::Poisoned);
+    }
+    let author = context.signer.author();
+    let Some(lists) = state.lists.as_mut() else {
+        return Err(WriteError::Forbidden(Refusal::NoWriterList));
+    };
+    if author != lists.owner() {
+        return Err(WriteError::Forbidden(Refusal::NotListOwner { author, owner: lists.owner() }));
+    }
+    let (links, _) = select_links(&state.heads);
+    let list = lists.list_at_heads(&context.db, &links)?;
+    let (grants, revokes): (Vec<AuthorId>, Vec<(AuthorId, Cid)>) = if grant {
+        if list.contains(&writer) {
+            return Ok(None);
+        }
+        (vec![writer], Vec::new())
+    } else {
+        let revokes: Vec<(AuthorId, Cid)> = list.grants_of(&writer).into_iter().map(|id| (writer, id)).collect();
+        if revokes.is_empty() {
+            return Ok(None);
+        }
+        (Vec::new(), revokes)
+    };
+    let topic = state.shared.id;
+    let mut heads = state.heads.clone();
+    let mut batch = WriteBatch::default();
+    let payload = crate::delta::encode_list_change(&grants, &revokes);
+    let bytes = payload.len() as u64;
+    let change = (grants.as_slice(), revokes.as_slice());
+    let block =
+        make_block(context, (topic, &state.shared.name), &mut heads, (payload, change), Some(lists), &mut batch)?;
+    write_heads(context, topic, &state.heads, &heads, &mut batch);
+    if let Err(error) = context.write(batch) {
+        let _ = lists.reload(&context.db);
+        return Err(WriteError::Storage(error));
+    }
+    state.heads = heads;
+    state.grew(context, 1, bytes);
+    state.publish();
+    Ok(Some(Commit { cid: block.cid(), height: block.height() }))
+}
+
+/// Adds to `batch` the change of a topic's stored heads from `old` to `new`.
+fn write_heads(
+    context: &Context,
+    topic: TopicId,
+    old: &BTreeMap<Cid, Height>,
+    new: &BTreeMap<Cid, Height>,
+    batch: &mut WriteBatch,
+) {
+    let heads_cf = context.cf(CF_HEADS);
+    for cid in old.keys().filter(|cid| !new.contains_key(*cid)) {
+        batch.delete_cf(heads_cf, topic.key(&cid.to_bytes()));
+    }
+    for (cid, height) in new.iter().filter(|(cid, _)| !old.contains_key(*cid)) {
+        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
+    }
 }
 
 /// Builds one topic's blocks from its queued requests and adds their writes to `batch`.
@@ -172,11 +255,50 @@ fn make_block(
 /// overwrites on every replica, and deletes stay exact.
 fn prepare_local(
     context: &Context,
+    state: &mut TopicState,
+    requests: Vec<WriteRequest>,
+    batch: &mut WriteBatch,
+) -> Result<TopicCommit, (Vec<Reply>, StorageError)> {
+    let mut lists = state.lists.take();
+    let prepared = prepare_cuts(context, state, lists.as_mut(), requests, batch);
+    state.lists = lists;
+    prepared
+}
+
+/// [`prepare_local`] with the topic's writer list, if it has one, taken out of its state.
+fn prepare_cuts(
+    context: &Context,
     state: &TopicState,
+    mut lists: Option<&mut Lists>,
     requests: Vec<WriteRequest>,
     batch: &mut WriteBatch,
 ) -> Result<TopicCommit, (Vec<Reply>, StorageError)> {
     let topic = state.shared.id;
+    let mut commit = TopicCommit {
+        topic,
+        name: state.shared.name.clone(),
+        replies: Vec::new(),
+        heads: state.heads.clone(),
+        key_count: state.key_count,
+        changes: Vec::new(),
+        made: Vec::new(),
+    };
+    if let Some(lists) = lists.as_deref_mut() {
+        // A writer not on the list at the heads it would build on is refused here, as every
+        // peer would refuse its block.
+        let author = context.signer.author();
+        let (links, _) = select_links(&state.heads);
+        let list = lists
+            .list_at_heads(&context.db, &links)
+            .map_err(|error| (requests.iter().map(|r| r.reply.clone()).collect(), error))?;
+        if author != lists.owner() && !list.contains(&author) {
+            let refusal = Refusal::NotWriter { author, owner: lists.owner() };
+            for request in requests {
+                let _ = request.reply.send(Err(WriteError::Forbidden(refusal.clone())));
+            }
+            return Ok(commit);
+        }
+    }
     let mut keys: Vec<&[u8]> = requests.iter().flat_map(|r| r.ops.iter().map(Op::key)).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -187,15 +309,6 @@ fn prepare_local(
     };
     let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
 
-    let mut commit = TopicCommit {
-        topic,
-        name: state.shared.name.clone(),
-        replies: Vec::new(),
-        heads: state.heads.clone(),
-        key_count: state.key_count,
-        changes: Vec::new(),
-        made: Vec::new(),
-    };
     let watched = state.has_watchers();
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
@@ -206,7 +319,7 @@ fn prepare_local(
             continue;
         }
         if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
-            commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+            commit_cut(context, &mut commit, &mut rows, (&cut, lists.as_deref_mut()), watched, batch)
                 .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
             cut.clear();
             (cut_bytes, cut_ops) = (0, 0);
@@ -215,16 +328,10 @@ fn prepare_local(
         cut_bytes += bytes;
         cut_ops += ops;
     }
-    commit_cut(context, &mut commit, &mut rows, &cut, watched, batch)
+    commit_cut(context, &mut commit, &mut rows, (&cut, lists), watched, batch)
         .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
 
-    let heads_cf = context.cf(CF_HEADS);
-    for old in state.heads.keys().filter(|cid| !commit.heads.contains_key(*cid)) {
-        batch.delete_cf(heads_cf, topic.key(&old.to_bytes()));
-    }
-    for (cid, height) in commit.heads.iter().filter(|(cid, _)| !state.heads.contains_key(*cid)) {
-        batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
-    }
+    write_heads(context, topic, &state.heads, &commit.heads, batch);
     batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
     Ok(commit)
 }
@@ -235,7 +342,7 @@ fn commit_cut<'a>(
     context: &Context,
     commit: &mut TopicCommit,
     rows: &mut HashMap<&'a [u8], Row>,
-    cut: &[&'a WriteRequest],
+    (cut, mut lists): (&[&'a WriteRequest], Option<&mut Lists>),
     watched: bool,
     batch: &mut WriteBatch,
 ) -> Result<(), StorageError> {
@@ -274,13 +381,14 @@ fn commit_cut<'a>(
 
     let mut merges = 0;
     while commit.heads.len() > LINKS_MAX && merges < MERGE_BLOCKS_PER_COMMIT_MAX {
+        let payload = (crate::delta::encode(&[], &[]), NO_CHANGE);
         let merge =
-            make_block(context, (topic, &commit.name), &mut commit.heads, crate::delta::encode(&[], &[]), batch)?;
+            make_block(context, (topic, &commit.name), &mut commit.heads, payload, lists.as_deref_mut(), batch)?;
         commit.made.push(merge.cid());
         merges += 1;
     }
-    let payload = crate::delta::encode(&adds, &removes);
-    let block = make_block(context, (topic, &commit.name), &mut commit.heads, payload, batch)?;
+    let payload = (crate::delta::encode(&adds, &removes), NO_CHANGE);
+    let block = make_block(context, (topic, &commit.name), &mut commit.heads, payload, lists, batch)?;
     let height = block.height();
     let id = block.cid().to_bytes();
     let kv = context.cf(CF_KV);

@@ -29,7 +29,7 @@ use super::{Context, TopicState, apply_ready, read_rows};
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, encode_cids,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE, encode_cids,
     key_count_key, kv_file_options, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
@@ -234,7 +234,10 @@ fn check(
             if !chunk.removes.is_empty() {
                 checked.with_removes.push(*cid);
             }
-            if !chunk.blocks.is_empty() {
+            if !chunk.writers.is_empty() && state.lists.is_none() {
+                return Err(invalid("writer-list records in a snapshot of a topic without a writer list".into()));
+            }
+            if !chunk.blocks.is_empty() || !chunk.writers.is_empty() {
                 checked.with_blocks.push(*cid);
                 let cids: Vec<Cid> = chunk.blocks.iter().map(|(cid, _)| *cid).collect();
                 let metas = context.blocks.metas(topic, &cids).map_err(StorageError::from)?;
@@ -261,6 +264,7 @@ fn check(
                 elements: chunk.elements.last().cloned().into_iter().collect(),
                 removes: chunk.removes.last().cloned().into_iter().collect(),
                 blocks: chunk.blocks.last().copied().into_iter().collect(),
+                writers: chunk.writers.last().cloned().into_iter().collect(),
             });
             sink(chunk)?;
         }
@@ -588,6 +592,9 @@ fn record_blocks(
                     covered_tombstones += 1;
                 }
             }
+            for (key, value) in &chunk.writers {
+                batch.put_cf(context.cf(CF_WRITERS), topic.key(key), value);
+            }
             context.write(batch)?;
         }
     }
@@ -611,6 +618,9 @@ fn record_blocks(
     batch.delete_cf(context.cf(CF_META), meta_key(META_MERGE, topic));
     context.write(batch)?;
     state.heads = new;
+    if let Some(lists) = &mut state.lists {
+        lists.reload(&context.db)?;
+    }
     state.snapshots.cover = cover;
     state.snapshots.known = known;
     state.tombstones = state.tombstones.saturating_sub(covered_tombstones);

@@ -10,6 +10,7 @@ use rocksdb::WriteBatch;
 
 use super::tombstones::Tombstones;
 use super::{Context, TopicState, read_rows};
+use crate::access::Refusal;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
@@ -61,6 +62,7 @@ pub(super) fn ingest(
     }
     let applied = apply_ready(context, state, ready)?;
     outcome.applied = applied.applied;
+    outcome.refused += applied.refused;
     outcome.heads_changed = applied.applied > 0;
     outcome.rejected.extend(applied.rejected);
     // The bound applies to what is still waiting once the batch has been applied: a batch
@@ -75,6 +77,8 @@ pub(super) fn ingest(
 pub(super) struct Applied {
     applied: usize,
     rejected: Vec<(Cid, String)>,
+    /// Rejected because the author may not write the topic (also among `rejected`).
+    refused: usize,
 }
 
 /// Applies pending blocks whose parents are all applied, in causal order, in rounds of at most
@@ -106,6 +110,7 @@ pub(super) fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<
         }
         let round = apply_round(context, state, order)?;
         total.applied += round.applied;
+        total.refused += round.refused;
         total.rejected.extend(round.rejected);
     }
     if state.pending.is_empty() {
@@ -124,6 +129,9 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     let deltas: Vec<Result<Delta, DeltaError>> =
         order.par_iter().map(|block| Delta::decode(block.payload(), &Limits::PROTOCOL)).collect();
     let mut rows = read_round_rows(context, topic, &deltas)?;
+    if let Some(lists) = &mut state.lists {
+        lists.trim();
+    }
     let round_blocks: HashSet<Cid> = order.iter().map(Block::cid).collect();
     let mut tombs = Tombstones::load(context, state, &order, &deltas, &rows, &round_blocks)?;
 
@@ -147,6 +155,25 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
                 continue;
             }
         };
+        // Who may write is decided on the block's causal past: in a topic with a writer list,
+        // the list its parents' clocks reach; in any other topic, a list change is refused.
+        let past = match &mut state.lists {
+            Some(lists) => Some(lists.past_of(&context.db, block.links()).map_err(IngestError::Storage)?),
+            None => None,
+        };
+        let refusal = match (&mut state.lists, &past) {
+            (Some(lists), Some(past)) => lists.decide(&block.author(), &delta, past).err(),
+            _ if delta.changes_writers() => Some(Refusal::NoWriterList),
+            _ => None,
+        };
+        if let Some(refusal) = refusal {
+            reject(state, &mut bad, &mut result, cid, refusal.to_string());
+            result.refused += 1;
+            continue;
+        }
+        if let (Some(lists), Some(past)) = (&mut state.lists, past) {
+            lists.record(&mut batch, &context.db, block, &delta, past);
+        }
         let height = block.height();
         for (key, id) in &delta.removes {
             let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
@@ -201,6 +228,10 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     if let Err(error) = context.write(batch) {
         state.heads = old_heads;
         state.tombstones = old_tombstones;
+        if let Some(lists) = &mut state.lists {
+            // The cache may hold clocks of blocks that were not written.
+            let _ = lists.reload(&context.db);
+        }
         return Err(IngestError::Storage(error));
     }
     state.key_count = key_count;

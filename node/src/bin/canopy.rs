@@ -123,10 +123,12 @@ enum Command {
 #[derive(Subcommand)]
 enum TopicCommand {
     /// Create (subscribe) topic NAME. An owned topic is named `<this node's id>/NAME` and only
-    /// this node writes it; others subscribe to that full name to follow it.
+    /// this node writes it; a topic with a writer list is named `<this node's id>/writers/NAME`
+    /// and this node grants and revokes its writers. Others subscribe to the full name.
     Create {
         name: String,
-        /// Who may write: `open` (anyone) or `owned` (only this node).
+        /// Who may write: `open` (anyone), `owned` (only this node) or `writers` (this node and
+        /// the writers it grants).
         #[arg(long, default_value = "open")]
         mode: String,
         #[command(flatten)]
@@ -135,6 +137,20 @@ enum TopicCommand {
     /// Show topic T's mode, owner and writers.
     Info {
         topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let WRITER (a peer id, as `canopy id` prints it) write topic T; only T's owner may.
+    Grant {
+        topic: String,
+        writer: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Take WRITER off topic T's writer list: its writes made after it learns of this are refused.
+    Revoke {
+        topic: String,
+        writer: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -590,6 +606,18 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 )
             });
         }
+        Command::Topic(TopicCommand::Grant { topic, writer, client }) => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/writers", encode_path(&topic)));
+            let reply = api.json(api.http.post(url).json(&json!({ "writer": writer })))?;
+            print(client.json, &reply, |value| writers_change_text("granted", "already a writer", value));
+        }
+        Command::Topic(TopicCommand::Revoke { topic, writer, client }) => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/writers/{}", encode_path(&topic), encode_path(&writer)));
+            let reply = api.json(api.http.delete(url))?;
+            print(client.json, &reply, |value| writers_change_text("revoked", "not a writer", value));
+        }
         Command::Status { client } => {
             let api = Api::new(&client)?;
             let reply = api.json(api.http.get(api.url("/v1/status")))?;
@@ -614,4 +642,14 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a grant or revocation reads: what it did to whom in which topic, and its block.
+fn writers_change_text(done: &str, unchanged: &str, value: &Value) -> String {
+    let writer = value["writer"].as_str().unwrap_or_default();
+    let topic = value["topic"].as_str().unwrap_or_default();
+    match value["commit"]["cid"].as_str() {
+        Some(cid) => format!("{done} {writer} in {topic} (block {cid})"),
+        None => format!("{writer} is {unchanged} in {topic}: nothing written"),
+    }
 }
