@@ -1,9 +1,12 @@
 //! `canopy-bench sim`: a whole cluster in one process under a seeded workload and faults.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use canopy_crdt::sim::{Cluster, FaultCounts, Faults, SimError, reference_state};
-use canopy_crdt::{Access, Batch, Mode, WriteError};
+use canopy_crdt::sim::{
+    Cluster, FaultCounts, Faults, SimError, reference_counters, reference_refused, reference_state,
+};
+use canopy_crdt::{Access, Batch, Mode, Op, WriteError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -91,6 +94,13 @@ pub struct SimReport {
     /// Received blocks refused by replicas running at the end because their author may not
     /// write the topic.
     pub blocks_refused: u64,
+    /// Grants and revocations replica 0 made in the topic with a writer list.
+    pub list_changes: u64,
+    /// Blocks by byzantine participants that every replica holds at the end: written while
+    /// they were on the writer list (their other blocks were refused).
+    pub byzantine_admitted: u64,
+    /// Acknowledged increments of counters.
+    pub increments: u64,
     /// Length of the chain caught up before the workload.
     pub deep: usize,
     /// Compactions made.
@@ -118,7 +128,7 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed={} replicas={} topics={} ops={} adversaries={} byzantine={} refused_writes={} blocks_refused={} \
-             deep={} acknowledged={} dropped={} duplicated={} \
+             list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} dropped={} duplicated={} \
              reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
              late_joiner={} \
              messages={} rounds={} sim_ms={} diverged={}",
@@ -130,8 +140,11 @@ impl fmt::Display for SimReport {
             self.byzantine,
             self.refused_writes,
             self.blocks_refused,
+            self.list_changes,
+            self.byzantine_admitted,
             self.deep,
             self.acknowledged,
+            self.increments,
             c.dropped,
             c.duplicated,
             c.reordered,
@@ -159,6 +172,9 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         // refused.
         let owner = Cluster::replica_author(config.seed, 0);
         topics.push(Access::topic_name(Mode::Owned, &owner, "owned").expect("a valid owned name"));
+        // A topic replica 0 owns and keeps a writer list for: it grants and revokes the other
+        // replicas and the byzantine participants, which go on writing after their revocation.
+        topics.push(Access::topic_name(Mode::Writers, &owner, "team").expect("a valid writers name"));
     }
     let mut cluster = Cluster::new(dir.path(), config.replicas, &topics, config.seed)?;
     let mut rng = StdRng::seed_from_u64(config.seed ^ 0x5eed_c0de);
@@ -167,7 +183,10 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
     }
     cluster.add_adversaries(config.adversaries);
     cluster.add_byzantine(config.byzantine);
-    let (mut refused_writes, mut wrong_writes) = (0, 0);
+    let (mut refused_writes, mut wrong_writes, mut list_changes) = (0, 0, 0);
+    // Every acknowledged increment, summed per topic and counter: what every replica's counters
+    // must end at.
+    let mut counted = Counted::new();
     cluster.set_faults(config.faults.clone());
 
     let mut heal_at: Option<usize> = None;
@@ -204,7 +223,11 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
                 }
             }
         }
-        match workload_step(&mut cluster, &mut rng, config, &topics)? {
+        if config.byzantine > 0 && cluster.is_up(0) && rng.random_bool(0.05) {
+            list_changes +=
+                u64::from(change_writers(&mut cluster, &mut rng, config, topics.last().expect("a writers topic"))?);
+        }
+        match workload_step(&mut cluster, &mut rng, config, &topics, &mut counted)? {
             Written::Yes => {}
             Written::Refused => refused_writes += 1,
             Written::Wrongly => wrong_writes += 1,
@@ -237,7 +260,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         rounds = cluster.run_until_quiet(config.quiet_steps_max).ok().map(|more| rounds.unwrap_or(0) + more);
     }
     let quiet_peak_rss_bytes = peak_rss_bytes();
-    let diverged = wrong_writes + if rounds.is_some() { count_divergence(&cluster, &topics)? } else { 0 };
+    let diverged = wrong_writes + if rounds.is_some() { count_divergence(&cluster, &topics, &counted)? } else { 0 };
     Ok(SimReport {
         seed: config.seed,
         replicas: config.replicas,
@@ -249,16 +272,31 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         sim_ms: cluster.now_ms(),
         diverged,
         acknowledged: cluster.acknowledged().len(),
+        increments: counted.increments,
         adversaries: config.adversaries,
         byzantine: config.byzantine,
         refused_writes,
         blocks_refused: cluster.blocks_refused(),
+        list_changes,
+        byzantine_admitted: byzantine_admitted(&cluster, &topics)?,
         deep: config.deep,
         compactions: cluster.compactions(),
         snapshots_merged: cluster.snapshots_merged(),
         late_joiner,
         quiet_peak_rss_bytes,
     })
+}
+
+/// Blocks by hostile participants held in topics with a writer list.
+fn byzantine_admitted(cluster: &Cluster, topics: &[String]) -> Result<u64, SimError> {
+    let hostile = cluster.adversary_authors();
+    let mut held = 0;
+    for topic in topics {
+        if Access::of(topic)?.mode() == Mode::Writers {
+            held += cluster.all_blocks(topic)?.values().filter(|block| hostile.contains(&block.author())).count();
+        }
+    }
+    Ok(held as u64)
 }
 
 /// The process's peak resident set so far, from /proc (None where there is no /proc).
@@ -312,29 +350,80 @@ enum Written {
     Wrongly,
 }
 
+/// Replica 0 grants or revokes, on the topic it keeps a writer list for, another replica or
+/// (half the time) a byzantine participant. Returns whether the list changed.
+fn change_writers(cluster: &mut Cluster, rng: &mut StdRng, config: &SimConfig, topic: &str) -> Result<bool, SimError> {
+    let hostile = cluster.adversary_authors();
+    let writer = if !hostile.is_empty() && rng.random_bool(0.5) {
+        hostile[rng.random_range(0..hostile.len())]
+    } else {
+        Cluster::replica_author(config.seed, rng.random_range(1..config.replicas.max(2)))
+    };
+    let changed =
+        if rng.random_bool(0.5) { cluster.grant(0, topic, writer)? } else { cluster.revoke(0, topic, writer)? };
+    Ok(changed.is_some())
+}
+
+/// Acknowledged increments: their number and their sum per topic and counter.
+#[derive(Default)]
+struct Counted {
+    increments: u64,
+    sums: BTreeMap<(String, Vec<u8>), i128>,
+}
+
+impl Counted {
+    fn new() -> Counted {
+        Counted::default()
+    }
+}
+
 /// One workload operation on a random replica and topic.
 fn workload_step(
     cluster: &mut Cluster,
     rng: &mut StdRng,
     config: &SimConfig,
     topics: &[String],
+    counted: &mut Counted,
 ) -> Result<Written, SimError> {
     let up: Vec<usize> = (0..config.replicas).filter(|r| cluster.is_up(*r)).collect();
     let replica = up[rng.random_range(0..up.len())];
     let topic = &topics[rng.random_range(0..topics.len())];
     let author = Cluster::replica_author(config.seed, replica);
-    let admitted = cluster.topic(replica, topic)?.access().admits(&author).is_ok();
+    let handle = cluster.topic(replica, topic)?;
+    let admitted = match handle.access() {
+        // The list at this replica's heads decides, as it will for every peer of the block.
+        Access::Writers { owner } => owner == author || handle.writers()?.contains(&author),
+        access => access.admits(&author).is_ok(),
+    };
     match write(cluster, rng, replica, topic) {
-        Ok(()) if admitted => Ok(Written::Yes),
+        Ok(increments) if admitted => {
+            for (key, n) in increments {
+                counted.increments += 1;
+                *counted.sums.entry((topic.clone(), key)).or_default() += i128::from(n);
+            }
+            Ok(Written::Yes)
+        }
         Err(SimError::Write(WriteError::Forbidden(_))) if !admitted => Ok(Written::Refused),
-        Ok(()) | Err(SimError::Write(WriteError::Forbidden(_))) => Ok(Written::Wrongly),
+        Ok(_) | Err(SimError::Write(WriteError::Forbidden(_))) => Ok(Written::Wrongly),
         Err(error) => Err(error),
     }
 }
 
-fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -> Result<(), SimError> {
+/// One random write; returns the increments it made.
+fn write(
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+    replica: usize,
+    topic: &str,
+) -> Result<Vec<(Vec<u8>, i64)>, SimError> {
+    let mut increments = Vec::new();
     match rng.random_range(0..100) {
-        0..=59 => {
+        0..=9 => {
+            let (key, n) = (counter_key(rng), rng.random_range(-5..=20));
+            cluster.increment(replica, topic, &key, n)?;
+            increments.push((key, n));
+        }
+        10..=59 => {
             let (key, value) = (key(rng), value(rng));
             cluster.put(replica, topic, &key, &value)?;
         }
@@ -344,29 +433,62 @@ fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -
         }
         _ => {
             let mut batch = Batch::new();
+            let mut adds = Vec::new();
             for _ in 0..rng.random_range(1..12) {
-                if rng.random_bool(0.75) {
-                    batch.put(key(rng), value(rng));
-                } else {
-                    batch.delete(key(rng));
-                }
+                match rng.random_range(0..8) {
+                    0..=4 => batch.put(key(rng), value(rng)),
+                    5 => batch.add(counter_key(rng), rng.random_range(-5..=20)),
+                    _ => batch.delete(key(rng)),
+                };
             }
-            cluster.batch(replica, topic, batch)?;
+            cluster.batch(replica, topic, batch.clone())?;
+            adds.extend(batch.ops().iter().filter_map(|op| match op {
+                Op::Add(key, n) => Some((key.clone(), *n)),
+                _ => None,
+            }));
+            increments = adds;
         }
     }
-    Ok(())
+    Ok(increments)
+}
+
+/// A counter of the workload: few, so replicas increment the same ones concurrently.
+fn counter_key(rng: &mut StdRng) -> Vec<u8> {
+    format!("likes/{}", rng.random_range(0..3)).into_bytes()
 }
 
 /// Counts replica-topic pairs that differ from the reference model, or from each other's
 /// heads, plus acknowledged writes some replica lacks and blocks some replica holds although
 /// the topic's rule refuses their author.
-fn count_divergence(cluster: &Cluster, topics: &[String]) -> Result<u64, SimError> {
+fn count_divergence(cluster: &Cluster, topics: &[String], counted: &Counted) -> Result<u64, SimError> {
     let mut diverged = 0;
     for topic in topics {
         let blocks = cluster.all_blocks(topic)?;
         let access = Access::of(topic)?;
         diverged += blocks.values().filter(|block| access.admits_block(block).is_err()).count() as u64;
+        if let Access::Writers { owner } = access {
+            // Blocks a replica holds must be those the writer lists of their pasts admit.
+            diverged += reference_refused(owner, &blocks).len() as u64;
+        }
         let reference = reference_state(&blocks);
+        // Counters end at the exact sum of the acknowledged increments, on every replica.
+        let counters = reference_counters(&blocks);
+        let expected: BTreeMap<Vec<u8>, i128> = counted
+            .sums
+            .iter()
+            .filter(|((of, _), _)| of == topic)
+            .map(|((_, key), sum)| (key.clone(), *sum))
+            .filter(|(_, sum)| *sum != 0)
+            .collect();
+        let nonzero: BTreeMap<Vec<u8>, i128> =
+            counters.iter().filter(|(_, sum)| **sum != 0).map(|(k, v)| (k.clone(), *v)).collect();
+        diverged += u64::from(nonzero != expected);
+        for replica in 0..cluster.len() {
+            let handle = cluster.topic(replica, topic)?;
+            for (key, sum) in &counters {
+                diverged += u64::from(handle.counter(key)? != *sum);
+            }
+        }
         let heads = cluster.topic(0, topic)?.heads();
         for replica in 0..cluster.len() {
             let handle = cluster.topic(replica, topic)?;

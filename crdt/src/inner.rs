@@ -24,6 +24,8 @@ pub(crate) struct StoreInner {
     pub options: StoreOptions,
     /// The key local blocks are signed with.
     pub signer: Signer,
+    /// The id counters know this store's increments by.
+    pub origin: [u8; crate::counter::ORIGIN_BYTES],
     pub topics: RwLock<BTreeMap<String, Arc<TopicShared>>>,
     pub registry: Mutex<()>,
     pub writers: Mutex<Vec<Sender<Command>>>,

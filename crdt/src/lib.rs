@@ -9,6 +9,7 @@
 mod access;
 mod compaction;
 mod compactor;
+pub mod counter;
 mod delta;
 mod error;
 mod inner;

@@ -49,6 +49,9 @@ pub struct StoreOptions {
     /// The key this store signs its blocks with. `None`: a key kept in the database, made when
     /// the database is created (a node passes its identity key).
     pub author: Option<Signer>,
+    /// The id counters know this store's increments by, apart from other stores writing with
+    /// the same key. `None`: random, made when the database is created and kept in it.
+    pub origin: Option<[u8; crate::counter::ORIGIN_BYTES]>,
 }
 
 impl Default for StoreOptions {
@@ -71,6 +74,7 @@ impl Default for StoreOptions {
             compact_after_bytes: 256 << 20,
             snapshot_retain_ms: Some(10 * 60 * 1000),
             author: None,
+            origin: None,
         }
     }
 }

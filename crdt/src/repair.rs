@@ -246,7 +246,7 @@ fn rebuild_rows(
             }
         }
     }
-    let count = rows.len() as u64;
+    let count = rows.keys().filter(|key| !crate::counter::is_reserved(key)).count() as u64;
     let before = db.get_cf(cf(CF_META), key_count_key(id))?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok());
     let before = before.map(u64::from_be_bytes).unwrap_or(0);
     if before != count {

@@ -32,6 +32,8 @@ pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 pub(crate) const META_FORMAT: &[u8] = b"format";
 /// The secret key of the store's own author, when the embedding program supplies none.
 pub(crate) const META_AUTHOR_SECRET: &[u8] = b"author_secret";
+/// Meta key of the store's origin, the id counters know its increments by.
+pub(crate) const META_ORIGIN: &[u8] = b"origin";
 /// The data directory format this version reads and writes: 2 since blocks are signed.
 pub(crate) const FORMAT: u32 = 2;
 /// `s ++ topic` → the manifests of the snapshots that cover the topic's pruned blocks.

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
 
-use canopy_dag::{Block, BlockLimits, Cid, Signer, WalkLimits};
+use canopy_dag::{AuthorId, Block, BlockLimits, Cid, Signer, WalkLimits};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -213,7 +213,12 @@ impl Cluster {
     }
 
     fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
-        let options = StoreOptions { author: Some(replica_signer(self.seed, replica)), ..self.store_options.clone() };
+        let origin = (self.seed ^ (replica as u64).rotate_left(32)).to_be_bytes();
+        let options = StoreOptions {
+            author: Some(replica_signer(self.seed, replica)),
+            origin: Some(origin),
+            ..self.store_options.clone()
+        };
         let store = Store::open(self.dir.join(format!("replica-{replica}")), options)?;
         let config = SyncConfig { seed: replica as u64 + 1, ..self.sync_config.clone() };
         // Participant `p` is known by replica p's key (hostile ones are numbered after the
@@ -334,11 +339,37 @@ impl Cluster {
         Ok(commit)
     }
 
+    /// Adds `n` to a counter on one replica and announces the new heads.
+    pub fn increment(&mut self, replica: usize, topic: &str, key: &[u8], n: i64) -> Result<Commit, SimError> {
+        let commit = self.topic(replica, topic)?.increment(key, n)?;
+        self.committed(replica, topic, Some(commit));
+        Ok(commit)
+    }
+
     /// Applies a batch on one replica and announces the new heads.
     pub fn batch(&mut self, replica: usize, topic: &str, batch: Batch) -> Result<Option<Commit>, SimError> {
         let commit = self.topic(replica, topic)?.batch(batch)?;
         self.committed(replica, topic, commit);
         Ok(commit)
+    }
+
+    /// Grants `writer` on one replica's writers topic (the replica must own it) and announces it.
+    pub fn grant(&mut self, replica: usize, topic: &str, writer: AuthorId) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.grant(writer)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
+    /// Revokes `writer` on one replica's writers topic and announces it.
+    pub fn revoke(&mut self, replica: usize, topic: &str, writer: AuthorId) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.revoke(writer)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
+    /// The authors the hostile participants sign as, in the order they were added.
+    pub fn adversary_authors(&self) -> Vec<AuthorId> {
+        self.adversaries.iter().map(|adversary| adversary.author()).collect()
     }
 
     fn committed(&mut self, replica: usize, topic: &str, commit: Option<Commit>) {
@@ -609,13 +640,76 @@ impl Cluster {
     }
 }
 
+/// The blocks of a topic with a writer list that its rule refuses, computed from scratch: each
+/// block is judged by the list changes in its whole causal past (its ancestors, found through
+/// the links), folded as an add-wins set. Independent of the engine's clocks. Blocks whose
+/// parents are not all in `blocks` are judged by the part of their past that is.
+pub fn reference_refused(owner: AuthorId, blocks: &BTreeMap<Cid, Block>) -> BTreeSet<Cid> {
+    let limits = Limits::PROTOCOL;
+    let mut order: Vec<&Block> = blocks.values().collect();
+    order.sort_by_key(|block| (block.height(), block.cid()));
+    // For every block, the list changes at or below it.
+    let mut below: HashMap<Cid, BTreeSet<Cid>> = HashMap::new();
+    let mut deltas: HashMap<Cid, Delta> = HashMap::new();
+    let mut refused = BTreeSet::new();
+    for block in order {
+        let delta = Delta::decode(block.payload(), &limits).unwrap_or_default();
+        let mut past: BTreeSet<Cid> = BTreeSet::new();
+        for parent in block.links() {
+            past.extend(below.get(parent).into_iter().flatten().copied());
+        }
+        let mut granted: BTreeSet<(AuthorId, Cid)> = BTreeSet::new();
+        let mut revoked: BTreeSet<(AuthorId, Cid)> = BTreeSet::new();
+        for change in &past {
+            let change_delta = &deltas[change];
+            granted.extend(change_delta.grants.iter().map(|writer| (*writer, *change)));
+            revoked.extend(change_delta.revokes.iter().copied());
+        }
+        let author = block.author();
+        let on_list = granted.iter().any(|grant| grant.0 == author && !revoked.contains(grant));
+        let admitted = author == owner || (!delta.changes_writers() && on_list);
+        let refused_parent = block.links().iter().any(|parent| refused.contains(parent));
+        if !admitted || refused_parent {
+            refused.insert(block.cid());
+            continue;
+        }
+        if delta.changes_writers() {
+            past.insert(block.cid());
+            deltas.insert(block.cid(), delta);
+        }
+        below.insert(block.cid(), past);
+    }
+    refused
+}
+
 /// An element as `(height, value, element id)`: tuple order is the winner order.
 type RankedElement = (u64, Vec<u8>, Cid);
 
 /// The visible state that DESIGN's semantics give for a set of blocks, computed from scratch:
 /// every element any block adds, minus every element any block tombstones; per key the live
 /// element greatest by `(height, value, element id)` wins. Independent of the engine's storage.
+/// Counter entries are left out: [`reference_counters`] sums them.
 pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut state = reference_entries(blocks);
+    state.retain(|key, _| !crate::counter::is_reserved(key));
+    state
+}
+
+/// The counters a set of blocks gives: per counter, the sum of its contributors' visible
+/// totals under the same rules as [`reference_state`].
+pub fn reference_counters(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, i128> {
+    let mut counters: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
+    for (entry, value) in reference_entries(blocks) {
+        if let (Some((key, _)), Some(total)) =
+            (crate::counter::parse_entry(&entry), crate::counter::decode_total(&value))
+        {
+            *counters.entry(key).or_default() += i128::from(total);
+        }
+    }
+    counters
+}
+
+fn reference_entries(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut added: BTreeMap<Vec<u8>, Vec<RankedElement>> = BTreeMap::new();
     let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
     let limits = Limits::PROTOCOL;

@@ -9,13 +9,14 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
 use crate::compactor;
+use crate::counter::ORIGIN_BYTES;
 use crate::delta::Limits;
 use crate::error::{OpenError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::inspect::Inspector;
 use crate::options::StoreOptions;
 use crate::schema::{
-    CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_TOPIC, column_families,
+    CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC, column_families,
     validate_topic_name,
 };
 use crate::topic::Topic;
@@ -99,6 +100,10 @@ impl Store {
             Some(signer) => signer.clone(),
             None => stored_signer(&db)?,
         };
+        let origin = match options.origin {
+            Some(origin) => origin,
+            None => stored_origin(&db)?,
+        };
         let blocks = BlockStore::new(db.clone()).map_err(StorageError::from)?;
         let (compactions, compaction_requests) = bounded(1024);
         let (closed_tx, closed_rx) = bounded(0);
@@ -107,6 +112,7 @@ impl Store {
             blocks,
             options,
             signer,
+            origin,
             topics: RwLock::new(BTreeMap::new()),
             registry: Mutex::new(()),
             writers: Mutex::new(Vec::new()),
@@ -293,6 +299,22 @@ fn stored_signer(db: &DB) -> Result<Signer, OpenError> {
     write.set_sync(true);
     db.put_cf_opt(meta, META_AUTHOR_SECRET, signer.secret(), &write)?;
     Ok(signer)
+}
+
+/// The store's origin, made at random and kept in the database the first time.
+fn stored_origin(db: &DB) -> Result<[u8; ORIGIN_BYTES], OpenError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    if let Some(bytes) = db.get_cf(meta, META_ORIGIN)? {
+        return Ok(bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt(format!("the stored origin is not {ORIGIN_BYTES} bytes")))?);
+    }
+    let origin: [u8; ORIGIN_BYTES] = rand::random();
+    let mut write = rocksdb::WriteOptions::default();
+    write.set_sync(true);
+    db.put_cf_opt(meta, META_ORIGIN, origin, &write)?;
+    Ok(origin)
 }
 
 fn decode_u32(bytes: &[u8]) -> Result<u32, StorageError> {

@@ -5,7 +5,6 @@ use canopy_dag::{AuthorId, Block, Cid, Height, TopicId, Walk, WalkLimits, sample
 use crossbeam_channel::{Receiver, bounded};
 use rocksdb::ReadOptions;
 
-use crate::compaction;
 use crate::delta::{check_key, check_value};
 use crate::error::{CompactError, IngestError, MergeError, ReadError, StorageError, TopicError, WriteError};
 use crate::inner::StoreInner;
@@ -14,8 +13,10 @@ use crate::schema::{CF_KV, CF_SNAPSHOTS};
 use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
 use crate::types::{Sink, Snapshots, StorageCompaction, TopicShared};
 use crate::writer::{Command, Committed, WriteRequest, compact};
+use crate::{compaction, counter};
 
-/// Operations applied as one atomic delta; the last operation on a key wins.
+/// Operations applied as one atomic delta; the last operation on a key wins (increments of a
+/// counter add up).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     ops: Vec<Op>,
@@ -37,6 +38,18 @@ impl Batch {
     pub fn delete(&mut self, key: impl Into<Vec<u8>>) -> &mut Batch {
         self.ops.push(Op::Delete(key.into()));
         self
+    }
+
+    /// Adds an increment of the counter `key` by `n`; increments of one counter in a batch add
+    /// up.
+    pub fn add(&mut self, key: impl Into<Vec<u8>>, n: i64) -> &mut Batch {
+        self.ops.push(Op::Add(key.into(), n));
+        self
+    }
+
+    /// The operations, in the order they were added.
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
     }
 
     /// Number of operations.
@@ -129,6 +142,43 @@ impl Topic {
         Ok(committed.commit.expect("a put always produces a block"))
     }
 
+    /// Adds `n` (negative to subtract) to the counter `key` and returns the block made.
+    /// Counters and plain keys are apart: `get(key)` does not see the counter `key`.
+    pub fn increment(&self, key: impl Into<Vec<u8>>, n: i64) -> Result<Commit, WriteError> {
+        let committed = self.write(vec![Op::Add(key.into(), n)])?;
+        Ok(committed.commit.expect("an addition always produces a block"))
+    }
+
+    /// The value of the counter `key`: the sum of every increment this replica has applied
+    /// (0 for a counter never incremented).
+    pub fn counter(&self, key: &[u8]) -> Result<i128, ReadError> {
+        let prefix = self.shared.id.key(&counter::entries_prefix(key));
+        let mut options = ReadOptions::default();
+        options.set_prefix_same_as_start(true);
+        if let Some(end) = self.shared.id.range_end() {
+            options.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut iter = self.store.db.raw_iterator_cf_opt(self.store.cf(CF_KV), options);
+        iter.seek(&prefix);
+        let mut sum: i128 = 0;
+        while iter.valid() {
+            let (Some(entry), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            if !entry.starts_with(&prefix) {
+                break;
+            }
+            let corrupt = |what: &str| StorageError::Corrupt(format!("counter {key:?}: {what}"));
+            let row = Row::decode(value).map_err(|e| corrupt(&e.to_string()))?;
+            if let Some(winner) = row.winner() {
+                sum += i128::from(counter::decode_total(&winner.value).ok_or_else(|| corrupt("a total not 8 bytes"))?);
+            }
+            iter.next();
+        }
+        iter.status()?;
+        Ok(sum)
+    }
+
     /// Deletes `key`. Returns `None`, and writes nothing, when the key has no live value.
     pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Commit>, WriteError> {
         let committed = self.write(vec![Op::Delete(key.into())])?;
@@ -140,15 +190,24 @@ impl Topic {
         Ok(self.write(batch.ops)?.commit)
     }
 
-    fn write(&self, ops: Vec<Op>) -> Result<Committed, WriteError> {
+    fn write(&self, mut ops: Vec<Op>) -> Result<Committed, WriteError> {
         let limits = &self.store.options.limits;
         if ops.len() > limits.delta_ops_max {
             return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
         }
-        for op in &ops {
+        let author = self.store.signer.author();
+        for op in &mut ops {
             check_key(op.key(), limits).map_err(WriteError::InvalidKey)?;
-            if let Op::Put(_, value) = op {
-                check_value(value, limits).map_err(WriteError::InvalidValue)?;
+            if counter::is_reserved(op.key()) {
+                return Err(WriteError::InvalidKey("keys starting with the byte 0x00 are reserved".into()));
+            }
+            match op {
+                Op::Put(_, value) => check_value(value, limits).map_err(WriteError::InvalidValue)?,
+                Op::Add(key, _) => {
+                    *key = counter::entry_key(key, &author, &self.store.origin);
+                    check_key(key, limits).map_err(WriteError::InvalidKey)?;
+                }
+                Op::Delete(_) => {}
             }
         }
         self.shared.access.admits(&self.store.signer.author())?;
@@ -163,6 +222,9 @@ impl Topic {
 
     /// The visible value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
+        if counter::is_reserved(key) {
+            return Ok(None);
+        }
         let Some(bytes) = self.store.db.get_pinned_cf(self.store.cf(CF_KV), self.shared.id.key(key))? else {
             return Ok(None);
         };
@@ -180,8 +242,14 @@ impl Topic {
     pub fn query(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Page, ReadError> {
         let limit = limit.min(self.store.options.query_limit_max);
         let topic = self.shared.id;
+        if counter::is_reserved(prefix) {
+            return Ok(Page::default());
+        }
+        // Reserved keys (counter entries) sort first; a listing starts after them.
+        let first_user_key: &[u8] = &[counter::RESERVED + 1];
         let start = match after {
-            Some(after) if after >= prefix => topic.key(after),
+            Some(after) if after >= prefix && after >= first_user_key => topic.key(after),
+            _ if prefix.is_empty() => topic.key(first_user_key),
             _ => topic.key(prefix),
         };
         let mut options = ReadOptions::default();

@@ -33,21 +33,34 @@ pub enum Op {
     Put(Vec<u8>, Vec<u8>),
     /// Remove every live element of `key` this replica knows.
     Delete(Vec<u8>),
+    /// Add `n` (which may be negative) to the counter `key`. Counters live apart from plain
+    /// keys: a key may be both. On its way to the writer thread the key becomes this store's
+    /// entry of the counter.
+    Add(Vec<u8>, i64),
 }
 
 impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put(key, _) | Op::Delete(key) => key,
+            Op::Put(key, _) | Op::Delete(key) | Op::Add(key, _) => key,
         }
     }
 
-    /// The value a put writes; `None` for a delete.
+    /// The value a put writes; `None` for a delete or an addition.
     pub fn value(&self) -> Option<&[u8]> {
         match self {
             Op::Put(_, value) => Some(value),
+            Op::Delete(_) | Op::Add(..) => None,
+        }
+    }
+
+    /// Bytes of the value the operation leaves in its key's entry: a counter entry holds eight.
+    pub fn value_bytes(&self) -> Option<usize> {
+        match self {
+            Op::Put(_, value) => Some(value.len()),
             Op::Delete(_) => None,
+            Op::Add(..) => Some(8),
         }
     }
 }

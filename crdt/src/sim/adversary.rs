@@ -34,6 +34,9 @@ pub(super) struct Adversary {
     /// Real blocks overheard inside announcements, with their topic (byzantine participants
     /// replay and forge them).
     overheard: Vec<(String, Block)>,
+    /// The highest block overheard in each topic: writes of its own go above it, so they have
+    /// the topic's recent writer list in their past.
+    newest: std::collections::BTreeMap<String, Block>,
     /// Whether it also forges and replays other authors' blocks.
     byzantine: bool,
     pub(super) silent: bool,
@@ -54,9 +57,15 @@ impl Adversary {
             replicas,
             learned: Vec::new(),
             overheard: Vec::new(),
+            newest: std::collections::BTreeMap::new(),
             byzantine,
             silent: false,
         }
+    }
+
+    /// The author this participant signs its own blocks as.
+    pub(super) fn author(&self) -> canopy_dag::AuthorId {
+        self.signer.author()
     }
 
     fn fake_cid(&mut self) -> Cid {
@@ -96,11 +105,27 @@ impl Adversary {
 
     /// A block for `topic` made from an overheard one: its content re-signed under this
     /// participant's key (valid in an open topic, refused in an owned one), or sent with its
-    /// signature flipped, stripped or re-attributed, or replayed into another topic.
+    /// signature flipped, stripped or re-attributed, or replayed into another topic; or a write
+    /// of its own above it (in a topic with a writer list: accepted while this participant is on
+    /// the list there, refused once its revocation is below), or a grant of itself.
     fn forgery(&mut self, topic: &str) -> Option<WireBlock> {
         let (source, block) = self.overheard[self.rng.random_range(0..self.overheard.len())].clone();
         let mut raw: RawBlock = serde_ipld_dagcbor::from_slice(block.bytes()).ok()?;
-        match self.rng.random_range(0..5) {
+        match self.rng.random_range(0..7) {
+            5 | 6 if self.newest.contains_key(topic) => {
+                let block = self.newest[topic].clone();
+                let mut delta = Delta::default();
+                if self.rng.random_bool(0.8) {
+                    let key = format!("hot/{}", self.rng.random_range(0..4)).into_bytes();
+                    delta.adds.push((key, vec![self.rng.random(); 8]));
+                } else {
+                    delta.grants.push(self.signer.author());
+                }
+                let above =
+                    Block::build(topic, vec![block.cid()], block.height() + 1, delta.encode(), &self.signer).ok()?;
+                return Some(Adversary::wire(&above));
+            }
+            5 | 6 => return Some(Adversary::wire(&block)),
             0 => {
                 let replay =
                     Block::build(topic, block.links().to_vec(), block.height(), block.payload().to_vec(), &self.signer)
@@ -134,10 +159,19 @@ impl Adversary {
                     }
                 }
                 for wire in blocks {
-                    if self.overheard.len() < ADVERSARY_LEARNED_MAX
-                        && let Ok(block) = Block::decode(&topic, wire.cid, &wire.bytes, &BlockLimits::PROTOCOL)
-                    {
-                        self.overheard.push((topic.clone(), block));
+                    if let Ok(block) = Block::decode(&topic, wire.cid, &wire.bytes, &BlockLimits::PROTOCOL) {
+                        let newest = self.newest.entry(topic.clone()).or_insert_with(|| block.clone());
+                        if block.height() > newest.height() {
+                            *newest = block.clone();
+                        }
+                        // Recent blocks replace old ones at random, so forgeries build on
+                        // recent history too.
+                        if self.overheard.len() < ADVERSARY_LEARNED_MAX {
+                            self.overheard.push((topic.clone(), block));
+                        } else {
+                            let slot = self.rng.random_range(0..self.overheard.len());
+                            self.overheard[slot] = (topic.clone(), block);
+                        }
                     }
                 }
                 return Vec::new();

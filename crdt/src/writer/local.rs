@@ -1,6 +1,7 @@
 //! Local writes: queued requests of a topic become as few blocks as the protocol's limits
 //! allow, each linking at most `LINKS_MAX` heads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use canopy_dag::{AuthorId, BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, TopicId};
@@ -9,6 +10,7 @@ use rocksdb::WriteBatch;
 
 use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_rows};
 use crate::access::Refusal;
+use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
@@ -31,6 +33,9 @@ const DELTA_BYTES_MAX: usize = BLOCK_BYTES_MAX - LINKS_MAX * LINK_BYTES - BLOCK_
 const MERGE_BLOCKS_PER_COMMIT_MAX: usize = 8;
 
 type Reply = Sender<Result<Committed, WriteError>>;
+
+/// A key and the value a cut leaves it (`None`: deleted).
+type KeyValue<'a> = (&'a [u8], Option<Cow<'a, [u8]>>);
 
 /// A block's change to a writer list: `(grants, revokes)`.
 type ListChange<'a> = (&'a [AuthorId], &'a [(AuthorId, Cid)]);
@@ -134,8 +139,8 @@ fn request_cost(request: &WriteRequest, rows: &HashMap<&[u8], Row>) -> (usize, u
         let removes = rows.get(key).map_or(0, Row::len).max(1);
         bytes += removes * (key.len() + REMOVE_BYTES_OVERHEAD);
         ops += removes;
-        if let Some(value) = op.value() {
-            bytes += key.len() + value.len() + ADD_BYTES_OVERHEAD;
+        if let Some(value) = op.value_bytes() {
+            bytes += key.len() + value + ADD_BYTES_OVERHEAD;
             ops += 1;
         }
     }
@@ -351,15 +356,27 @@ fn commit_cut<'a>(
     }
     let topic = commit.topic;
     // The last operation on each key, in key order: a stable sort keeps each key's operations
-    // in submission order, and the last of each run wins.
-    let mut ops: Vec<(&'a [u8], Option<&'a [u8]>)> =
-        cut.iter().flat_map(|request| request.ops.iter().map(|op| (op.key(), op.value()))).collect();
-    ops.sort_by(|a, b| a.0.cmp(b.0));
-    let mut last: Vec<(&'a [u8], Option<&'a [u8]>)> = Vec::with_capacity(ops.len());
+    // in submission order, and the last of each run wins. Additions to a counter entry (only
+    // additions reach one) add up over the entry's current total.
+    let mut ops: Vec<&'a Op> = cut.iter().flat_map(|request| request.ops.iter()).collect();
+    ops.sort_by(|a, b| a.key().cmp(b.key()));
+    let mut last: Vec<KeyValue<'a>> = Vec::with_capacity(ops.len());
     for op in ops {
+        let key = op.key();
+        let value = match op {
+            Op::Put(_, value) => Some(Cow::Borrowed(value.as_slice())),
+            Op::Delete(_) => None,
+            Op::Add(_, n) => {
+                let base = match last.last() {
+                    Some((previous, Some(total))) if *previous == key => counter::decode_total(total),
+                    _ => rows[key].winner().and_then(|element| counter::decode_total(&element.value)),
+                };
+                Some(Cow::Owned(counter::encode_total(base.unwrap_or(0).saturating_add(*n)).to_vec()))
+            }
+        };
         match last.last_mut() {
-            Some(previous) if previous.0 == op.0 => *previous = op,
-            _ => last.push(op),
+            Some(previous) if previous.0 == key => previous.1 = value,
+            _ => last.push((key, value)),
         }
     }
     let deleted = deleted_flags(cut, rows);
@@ -368,7 +385,7 @@ fn commit_cut<'a>(
     for (key, value) in &last {
         removes.extend(rows[key].ids().map(|id| (*key, id)));
         if let Some(value) = value {
-            adds.push((key, value));
+            adds.push((key, value.as_ref()));
         }
     }
     if adds.is_empty() && removes.is_empty() {
@@ -398,15 +415,15 @@ fn commit_cut<'a>(
         let was_live = !row.is_empty();
         match value {
             Some(value) => {
-                key_count += i64::from(!was_live);
-                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, value));
+                key_count += i64::from(!was_live && !counter::is_reserved(key));
+                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, &value));
                 *row = Row::single(Element { height, id: block.cid(), value: value.to_vec() });
                 if watched {
                     commit.changes.push(Change { key: key.to_vec(), value: Some(value.to_vec()), height });
                 }
             }
             None if was_live => {
-                key_count -= 1;
+                key_count -= i64::from(!counter::is_reserved(key));
                 batch.delete_cf(kv, topic.key(key));
                 *row = Row::default();
                 if watched {
@@ -437,7 +454,7 @@ fn deleted_flags(cut: &[&WriteRequest], rows: &HashMap<&[u8], Row>) -> Vec<bool>
         .map(|request| {
             let mut deleted = false;
             for op in &request.ops {
-                let was_live = live.insert(op.key(), matches!(op, Op::Put(..))).unwrap_or(false);
+                let was_live = live.insert(op.key(), !matches!(op, Op::Delete(_))).unwrap_or(false);
                 deleted |= matches!(op, Op::Delete(_)) && was_live;
             }
             deleted

@@ -286,6 +286,8 @@ struct RowFile {
     writer: SstFileWriter<'static>,
     topic: canopy_dag::TopicId,
     current: Option<(Vec<u8>, Row)>,
+    /// Rows written, and how many of them are keys (counter entries are not).
+    rows: u64,
     keys: u64,
     changes: Option<Vec<Change>>,
 }
@@ -301,7 +303,7 @@ impl RowFile {
         let writer = SstFileWriter::create(&ROW_FILE_OPTIONS);
         writer.open(&path)?;
         let changes = state.has_watchers().then(Vec::new);
-        Ok(RowFile { path, writer, topic, current: None, keys: 0, changes })
+        Ok(RowFile { path, writer, topic, current: None, rows: 0, keys: 0, changes })
     }
 
     fn add(&mut self, chunk: Chunk) -> Result<(), MergeError> {
@@ -321,7 +323,8 @@ impl RowFile {
 
     fn put(&mut self, key: Vec<u8>, row: Row) -> Result<(), StorageError> {
         self.writer.put(self.topic.key(&key), row.encode())?;
-        self.keys += 1;
+        self.rows += 1;
+        self.keys += u64::from(!crate::counter::is_reserved(&key));
         if let Some(changes) = self.changes.as_mut()
             && let Some(winner) = row.winner()
         {
@@ -335,7 +338,7 @@ impl RowFile {
         if let Some((key, row)) = self.current.take() {
             self.put(key, row)?;
         }
-        if self.keys > 0 {
+        if self.rows > 0 {
             self.writer.finish().map_err(StorageError::from)?;
             let mut options = IngestExternalFileOptions::default();
             options.set_move_files(true);
@@ -499,7 +502,9 @@ fn write_row(
         return;
     }
     let (was, is) = (before.winner().map(|e| e.value.clone()), after.winner().map(|e| e.value.clone()));
-    *key_count += i64::from(is.is_some()) - i64::from(was.is_some());
+    if !crate::counter::is_reserved(&key) {
+        *key_count += i64::from(is.is_some()) - i64::from(was.is_some());
+    }
     if after.is_empty() {
         batch.delete_cf(context.cf(CF_KV), topic.key(&key));
     } else {

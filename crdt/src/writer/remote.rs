@@ -11,6 +11,7 @@ use rocksdb::WriteBatch;
 use super::tombstones::Tombstones;
 use super::{Context, TopicState, read_rows};
 use crate::access::Refusal;
+use crate::counter;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
@@ -122,12 +123,19 @@ pub(super) fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<
 /// Rows of the keys a round touches, each with its visible value before the round.
 pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>)>;
 
+/// A received block's delta, decoded under the protocol's limits, whose counter entries are
+/// all its author's own.
+fn decode_checked(block: &Block) -> Result<Delta, DeltaError> {
+    let delta = Delta::decode(block.payload(), &Limits::PROTOCOL)?;
+    counter::check_delta(&delta, &block.author())?;
+    Ok(delta)
+}
+
 fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> Result<Applied, IngestError> {
     let topic = state.shared.id;
     // Deltas are decoded in parallel under the protocol's limits (never this node's settings,
     // so every replica decides alike); the fold below stays sequential and causal.
-    let deltas: Vec<Result<Delta, DeltaError>> =
-        order.par_iter().map(|block| Delta::decode(block.payload(), &Limits::PROTOCOL)).collect();
+    let deltas: Vec<Result<Delta, DeltaError>> = order.par_iter().map(decode_checked).collect();
     let mut rows = read_round_rows(context, topic, &deltas)?;
     if let Some(lists) = &mut state.lists {
         lists.trim();
@@ -206,7 +214,9 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     for (key, height) in changed_at {
         let (row, before) = &rows[&key];
         let after = row.winner().map(|e| e.value.clone());
-        key_count += i64::from(after.is_some()) - i64::from(before.is_some());
+        if !counter::is_reserved(&key) {
+            key_count += i64::from(after.is_some()) - i64::from(before.is_some());
+        }
         if row.is_empty() {
             batch.delete_cf(kv, topic.key(&key));
         } else {

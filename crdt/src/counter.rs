@@ -1,0 +1,166 @@
+//! Counters: keys whose value is the sum of every increment made on any replica.
+//!
+//! A counter is kept in the topic's own key-value state, in a namespace user keys cannot reach
+//! (keys that start with the byte 0x00 are reserved). Each *contributor* (an author and the
+//! store it writes from, its *origin*) owns one entry per counter, `0x00 'c' ++ escaped key ++
+//! 0x00 0x01 ++ author ++ origin`, whose value is the contributor's running total as eight
+//! big-endian bytes. An increment is a put of the new total that supersedes the contributor's
+//! previous one. One store writes each topic's blocks in a chain, so a contributor's blocks are
+//! causally ordered and its latest total wins everywhere under the add-wins rules; the
+//! counter's value is the sum of the contributors' totals. Everything else comes with the
+//! key-value semantics: a block applied twice counts once, snapshots carry the totals as
+//! ordinary elements and a merge keeps the later total of each contributor, so nothing is
+//! counted twice.
+//!
+//! Received blocks are checked: an entry in the namespace must be a well-formed counter entry
+//! whose author is the block's author, so nobody can write or remove another's total.
+
+use canopy_dag::AuthorId;
+
+use crate::delta::{Delta, DeltaError};
+
+/// The first byte of every reserved key.
+pub const RESERVED: u8 = 0x00;
+/// The namespace counter entries live in.
+const NAMESPACE: [u8; 2] = [RESERVED, b'c'];
+/// Ends an escaped key: a 0x00 inside the key is written 0x00 0xff, so this never occurs in it
+/// and the encoding keeps the keys' order.
+const TERMINATOR: [u8; 2] = [0x00, 0x01];
+/// Bytes of a contributor: an author key and an origin.
+const CONTRIBUTOR_BYTES: usize = 32 + ORIGIN_BYTES;
+/// Bytes of an origin, the random id of the store a contributor writes from.
+pub const ORIGIN_BYTES: usize = 8;
+
+/// Whether `key` lies in the reserved namespaces, which user writes and listings never reach.
+pub fn is_reserved(key: &[u8]) -> bool {
+    key.first() == Some(&RESERVED)
+}
+
+/// The prefix every entry of the counter `key` starts with.
+pub fn entries_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 4);
+    out.extend_from_slice(&NAMESPACE);
+    for &byte in key {
+        out.push(byte);
+        if byte == 0x00 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&TERMINATOR);
+    out
+}
+
+/// The entry of `key` kept by the contributor `(author, origin)`.
+pub fn entry_key(key: &[u8], author: &AuthorId, origin: &[u8; ORIGIN_BYTES]) -> Vec<u8> {
+    let mut out = entries_prefix(key);
+    out.extend_from_slice(author.as_bytes());
+    out.extend_from_slice(origin);
+    out
+}
+
+/// A counter entry's parts: the counter's key and the contributor's author.
+pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, AuthorId)> {
+    let rest = entry.strip_prefix(&NAMESPACE[..])?;
+    let mut key = Vec::new();
+    let mut at = 0;
+    loop {
+        match (rest.get(at)?, rest.get(at + 1)) {
+            (0x00, Some(0xff)) => {
+                key.push(0x00);
+                at += 2;
+            }
+            (0x00, Some(0x01)) => {
+                at += 2;
+                break;
+            }
+            (0x00, _) => return None,
+            (&byte, _) => {
+                key.push(byte);
+                at += 1;
+            }
+        }
+    }
+    let contributor = &rest[at..];
+    if contributor.len() != CONTRIBUTOR_BYTES {
+        return None;
+    }
+    let author: [u8; 32] = contributor[..32].try_into().ok()?;
+    Some((key, AuthorId::from_bytes(author).ok()?))
+}
+
+/// The total an entry's value holds.
+pub fn decode_total(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// The value of an entry holding `total`.
+pub fn encode_total(total: i64) -> [u8; 8] {
+    total.to_be_bytes()
+}
+
+/// Checks the reserved keys a received delta touches: only counter entries, well formed,
+/// each the block author's own.
+pub fn check_delta(delta: &Delta, author: &AuthorId) -> Result<(), DeltaError> {
+    let own = |key: &[u8]| -> Result<(), DeltaError> {
+        match parse_entry(key) {
+            Some((_, entry_author)) if entry_author == *author => Ok(()),
+            Some(_) => Err(DeltaError::Invalid("a counter entry of another author".into())),
+            None => Err(DeltaError::Invalid("a reserved key that is no counter entry".into())),
+        }
+    };
+    for (key, value) in delta.adds.iter().filter(|(key, _)| is_reserved(key)) {
+        own(key)?;
+        if decode_total(value).is_none() {
+            return Err(DeltaError::Invalid("a counter total that is not 8 bytes".into()));
+        }
+    }
+    for (key, _) in delta.removes.iter().filter(|(key, _)| is_reserved(key)) {
+        own(key)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use canopy_dag::Signer;
+
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_keep_key_order() {
+        let author = Signer::from_secret([7; 32]).author();
+        let origin = [1; ORIGIN_BYTES];
+        for key in [&b"likes"[..], b"a\0b", b"\0", b"\0\xff\x01"] {
+            let entry = entry_key(key, &author, &origin);
+            assert!(is_reserved(&entry));
+            assert!(entry.starts_with(&entries_prefix(key)));
+            assert_eq!(parse_entry(&entry), Some((key.to_vec(), author)));
+        }
+        // No counter's entries fall under another counter's prefix, and order follows the keys.
+        let (a, a0, ab) = (entries_prefix(b"a"), entries_prefix(b"a\0"), entries_prefix(b"ab"));
+        assert!(!a0.starts_with(&a) && !ab.starts_with(&a));
+        assert!(a < a0 && a0 < ab);
+        assert_eq!(parse_entry(&[0x00, b'c', b'x']), None);
+        assert_eq!(parse_entry(&[0x00, b'x']), None);
+    }
+
+    #[test]
+    fn received_deltas_touch_only_their_authors_entries() {
+        let author = Signer::from_secret([7; 32]).author();
+        let other = Signer::from_secret([8; 32]).author();
+        let origin = [1; ORIGIN_BYTES];
+        let mut delta = Delta::default();
+        delta.adds.push((entry_key(b"likes", &author, &origin), encode_total(-3).to_vec()));
+        assert!(check_delta(&delta, &author).is_ok());
+        assert!(check_delta(&delta, &other).is_err());
+        delta.adds[0].1 = vec![1, 2];
+        assert!(check_delta(&delta, &author).is_err());
+        let mut junk = Delta::default();
+        junk.adds.push((vec![0x00, b'z'], vec![]));
+        assert!(check_delta(&junk, &author).is_err());
+        let mut remove = Delta::default();
+        let id = canopy_dag::Block::build("t", vec![], 1, vec![], &Signer::from_secret([9; 32])).unwrap().cid();
+        remove.removes.push((entry_key(b"likes", &other, &origin), id));
+        assert!(check_delta(&remove, &author).is_err());
+    }
+}
