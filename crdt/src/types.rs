@@ -76,6 +76,14 @@ pub struct Change {
     pub height: Height,
 }
 
+impl Change {
+    /// The counter this change is about, when it is a change of a counter (its value is then
+    /// one contributor's new total, not the counter's: read the counter for its sum).
+    pub fn counter(&self) -> Option<Vec<u8>> {
+        crate::counter::parse_entry(&self.key).map(|(key, _)| key)
+    }
+}
+
 /// What happened to a batch of received blocks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestOutcome {

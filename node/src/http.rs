@@ -119,6 +119,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}", put(subscribe).delete(unsubscribe))
         .route("/v1/topics/{topic}/kv", get(list_keys))
         .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
+        .route("/v1/topics/{topic}/counters/{*key}", post(increment).get(get_counter))
         .route("/v1/topics/{topic}/batch", post(batch))
         .route("/v1/topics/{topic}/heads", get(heads))
         .route("/v1/topics/{topic}/compact", post(compact))
@@ -373,6 +374,48 @@ async fn delete_key(
     .await
 }
 
+/// The body of an increment: `{"add": n}`; an empty body adds 1.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Increment {
+    add: i64,
+}
+
+async fn increment(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, key)) = path?;
+    let add = if body.iter().all(u8::is_ascii_whitespace) {
+        1
+    } else {
+        serde_json::from_slice::<Increment>(&body)
+            .map_err(|e| ApiError::bad_request(format!("an increment is {{\"add\": <integer>}}: {e}")))?
+            .add
+    };
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let commit = handle.increment(key.as_bytes().to_vec(), add)?;
+        let mut reply = commit_json(commit);
+        reply["value"] = json!(handle.counter(key.as_bytes())?);
+        Ok(Json(reply))
+    })
+    .await
+}
+
+async fn get_counter(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, key)) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        Ok(Json(json!({ "key": key, "value": handle.counter(key.as_bytes())? })))
+    })
+    .await
+}
+
 fn parse_query(query: Option<&str>) -> ApiResult<HashMap<String, String>> {
     let Some(query) = query else { return Ok(HashMap::new()) };
     serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
@@ -425,8 +468,21 @@ struct BatchBody {
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 enum BatchOp {
-    Put { key: Option<String>, key_base64: Option<String>, value: String },
-    Delete { key: Option<String>, key_base64: Option<String> },
+    Put {
+        key: Option<String>,
+        key_base64: Option<String>,
+        value: String,
+    },
+    Delete {
+        key: Option<String>,
+        key_base64: Option<String>,
+    },
+    /// An increment of the counter `key` by `add`.
+    Add {
+        key: Option<String>,
+        key_base64: Option<String>,
+        add: i64,
+    },
 }
 
 fn batch_key(index: usize, key: Option<String>, key_base64: Option<String>) -> ApiResult<Vec<u8>> {
@@ -463,6 +519,9 @@ async fn batch(
             }
             BatchOp::Delete { key, key_base64 } => {
                 batch.delete(batch_key(index, key, key_base64)?);
+            }
+            BatchOp::Add { key, key_base64, add } => {
+                batch.add(batch_key(index, key, key_base64)?, add);
             }
         }
     }
@@ -557,16 +616,28 @@ async fn watch(
     // The writer thread pushes each change straight into this channel without blocking; a
     // client that falls WATCH_QUEUE_DEPTH changes behind loses its stream and must watch again.
     // No thread waits on a watcher.
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(WATCH_QUEUE_DEPTH);
+    // A counter's change carries one contributor's total; the stream reports the counter's sum,
+    // read when the event goes out (never on the writer thread).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, (Vec<u8>, u64)>>(WATCH_QUEUE_DEPTH);
     handle.watch_with(Box::new(move |change| {
+        if let Some(counter) = change.counter() {
+            return tx.try_send(Err((counter, change.height))).is_ok();
+        }
         let (key, key_base64) = key_json(&change.key);
         let value = change.value.as_ref().map(|v| BASE64.encode(v));
         let data = json!({ "key": key, "key_base64": key_base64, "value": value, "height": change.height });
-        tx.try_send(data.to_string()).is_ok()
+        tx.try_send(Ok(data.to_string())).is_ok()
     }));
-    let stream = futures::stream::unfold((rx, watchers), |(mut rx, watchers)| async move {
-        let data = rx.recv().await?;
-        Some((Ok(Event::default().data(data)), (rx, watchers)))
+    let stream = futures::stream::unfold((rx, watchers, handle), |(mut rx, watchers, handle)| async move {
+        let data = match rx.recv().await? {
+            Ok(data) => data,
+            Err((counter, height)) => {
+                let (key, key_base64) = key_json(&counter);
+                let value = handle.counter(&counter).ok()?;
+                json!({ "counter": key, "key_base64": key_base64, "value": value, "height": height }).to_string()
+            }
+        };
+        Some((Ok(Event::default().data(data)), (rx, watchers, handle)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -545,6 +545,18 @@ impl NodeTopic {
         Ok(self.committed(commit))
     }
 
+    /// Adds `n` (negative to subtract) to the counter `key`. Counters live apart from plain
+    /// keys: a key may be both.
+    pub fn increment(&self, key: impl Into<Vec<u8>>, n: i64) -> Result<Commit, WriteError> {
+        let commit = self.topic.increment(key, n)?;
+        Ok(self.committed(Some(commit)).expect("an increment commits"))
+    }
+
+    /// The value of the counter `key`: the sum of every increment applied here.
+    pub fn counter(&self, key: &[u8]) -> Result<i128, ReadError> {
+        self.topic.counter(key)
+    }
+
     /// The visible value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         self.topic.get(key)
@@ -565,7 +577,8 @@ impl NodeTopic {
         self.topic.key_count()
     }
 
-    /// Changes to visible values, local and replicated.
+    /// Changes to visible values, local and replicated. A change of a counter names one
+    /// contributor's entry (`Change::counter` gives the counter's key).
     pub fn watch(&self) -> Receiver<Change> {
         self.topic.watch()
     }

@@ -37,6 +37,22 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add N (default 1, negative to subtract) to the counter KEY in topic T and print its value.
+    Incr {
+        topic: String,
+        key: String,
+        #[arg(default_value_t = 1, allow_negative_numbers = true)]
+        n: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the value of the counter KEY in topic T (0 when never incremented).
+    Count {
+        topic: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Delete KEY in topic T.
     Del {
         topic: String,
@@ -439,6 +455,18 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Incr { topic, key, n, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/counters/{}", encode_path(&topic), encode_path(&key)));
+            let reply = api.json(api.http.post(url).json(&json!({ "add": n })))?;
+            print(client.json, &reply, |reply| reply["value"].to_string());
+        }
+        Command::Count { topic, key, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/counters/{}", encode_path(&topic), encode_path(&key)));
+            let reply = api.json(api.http.get(url))?;
+            print(client.json, &reply, |reply| reply["value"].to_string());
+        }
         Command::Del { topic, key, client } => {
             let api = Api::new(&client)?;
             let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
@@ -560,6 +588,10 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 let Some(data) = line.strip_prefix("data:") else { continue };
                 let change: Value = serde_json::from_str(data.trim())?;
                 print(client.json, &change, |c| {
+                    if let Some(counter) = c.get("counter") {
+                        let key = key_text(&json!({ "key": counter, "key_base64": c["key_base64"] }));
+                        return format!("count {key} = {}", c["value"]);
+                    }
                     let key = key_text(c);
                     match c["value"].as_str() {
                         Some(v) => {
