@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use canopy_crdt::sim::{
-    Cluster, FaultCounts, Faults, SimError, reference_counters, reference_refused, reference_state,
+    Cluster, FaultCounts, Faults, SimError, reference_counters, reference_refused, reference_state, reference_state_at,
 };
 use canopy_crdt::{Access, Batch, Mode, Op, WriteError};
 use rand::rngs::StdRng;
@@ -101,6 +101,10 @@ pub struct SimReport {
     pub byzantine_admitted: u64,
     /// Acknowledged increments of counters.
     pub increments: u64,
+    /// Acknowledged puts of values that expire.
+    pub expiring: u64,
+    /// Keys whose visible value at the end differs from what it would be had nothing expired.
+    pub expired: u64,
     /// Length of the chain caught up before the workload.
     pub deep: usize,
     /// Compactions made.
@@ -128,7 +132,8 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed={} replicas={} topics={} ops={} adversaries={} byzantine={} refused_writes={} blocks_refused={} \
-             list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} dropped={} duplicated={} \
+             list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} expiring={} expired={} \
+             dropped={} duplicated={} \
              reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
              late_joiner={} \
              messages={} rounds={} sim_ms={} diverged={}",
@@ -145,6 +150,8 @@ impl fmt::Display for SimReport {
             self.deep,
             self.acknowledged,
             self.increments,
+            self.expiring,
+            self.expired,
             c.dropped,
             c.duplicated,
             c.reordered,
@@ -260,7 +267,15 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         rounds = cluster.run_until_quiet(config.quiet_steps_max).ok().map(|more| rounds.unwrap_or(0) + more);
     }
     let quiet_peak_rss_bytes = peak_rss_bytes();
+    // Every replica collects what expired by the end, so key counts are settled too.
+    cluster.collect_expired()?;
     let diverged = wrong_writes + if rounds.is_some() { count_divergence(&cluster, &topics, &counted)? } else { 0 };
+    let mut expired = 0;
+    for topic in &topics {
+        let blocks = cluster.all_blocks(topic)?;
+        let (ever, now) = (reference_state(&blocks), reference_state_at(&blocks, cluster.wall_ms()));
+        expired += ever.iter().filter(|(key, value)| now.get(*key) != Some(value)).count() as u64;
+    }
     Ok(SimReport {
         seed: config.seed,
         replicas: config.replicas,
@@ -273,6 +288,8 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         diverged,
         acknowledged: cluster.acknowledged().len(),
         increments: counted.increments,
+        expiring: counted.expiring,
+        expired,
         adversaries: config.adversaries,
         byzantine: config.byzantine,
         refused_writes,
@@ -364,10 +381,12 @@ fn change_writers(cluster: &mut Cluster, rng: &mut StdRng, config: &SimConfig, t
     Ok(changed.is_some())
 }
 
-/// Acknowledged increments: their number and their sum per topic and counter.
+/// Acknowledged increments: their number and their sum per topic and counter; and acknowledged
+/// puts that expire.
 #[derive(Default)]
 struct Counted {
     increments: u64,
+    expiring: u64,
     sums: BTreeMap<(String, Vec<u8>), i128>,
 }
 
@@ -396,8 +415,9 @@ fn workload_step(
         access => access.admits(&author).is_ok(),
     };
     match write(cluster, rng, replica, topic) {
-        Ok(increments) if admitted => {
-            for (key, n) in increments {
+        Ok(written) if admitted => {
+            counted.expiring += u64::from(written.expiring);
+            for (key, n) in written.increments {
                 counted.increments += 1;
                 *counted.sums.entry((topic.clone(), key)).or_default() += i128::from(n);
             }
@@ -409,23 +429,34 @@ fn workload_step(
     }
 }
 
-/// One random write; returns the increments it made.
-fn write(
-    cluster: &mut Cluster,
-    rng: &mut StdRng,
-    replica: usize,
-    topic: &str,
-) -> Result<Vec<(Vec<u8>, i64)>, SimError> {
+/// What one random write did beyond setting and deleting keys.
+struct WriteMade {
+    /// Increments, as `(counter, n)`.
+    increments: Vec<(Vec<u8>, i64)>,
+    /// Whether it put a value that expires.
+    expiring: bool,
+}
+
+/// One random write.
+fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -> Result<WriteMade, SimError> {
     let mut increments = Vec::new();
+    let mut expiring = false;
     match rng.random_range(0..100) {
         0..=9 => {
             let (key, n) = (counter_key(rng), rng.random_range(-5..=20));
             cluster.increment(replica, topic, &key, n)?;
             increments.push((key, n));
         }
-        10..=59 => {
+        10..=49 => {
             let (key, value) = (key(rng), value(rng));
             cluster.put(replica, topic, &key, &value)?;
+        }
+        50..=59 => {
+            // Lifetimes around the time a partition or a crash lasts, so some expire while a
+            // replica cannot hear of the value, and some only after the run settles.
+            let (key, value, ttl_ms) = (key(rng), value(rng), rng.random_range(50..5_000));
+            cluster.put_for(replica, topic, (&key, &value), ttl_ms)?;
+            expiring = true;
         }
         60..=79 => {
             let key = key(rng);
@@ -449,7 +480,7 @@ fn write(
             increments = adds;
         }
     }
-    Ok(increments)
+    Ok(WriteMade { increments, expiring })
 }
 
 /// A counter of the workload: few, so replicas increment the same ones concurrently.
@@ -470,7 +501,7 @@ fn count_divergence(cluster: &Cluster, topics: &[String], counted: &Counted) -> 
             // Blocks a replica holds must be those the writer lists of their pasts admit.
             diverged += reference_refused(owner, &blocks).len() as u64;
         }
-        let reference = reference_state(&blocks);
+        let reference = reference_state_at(&blocks, cluster.wall_ms());
         // Counters end at the exact sum of the acknowledged increments, on every replica.
         let counters = reference_counters(&blocks);
         let expected: BTreeMap<Vec<u8>, i128> = counted

@@ -16,7 +16,7 @@ use crate::access::Mode;
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::row::Row;
-use crate::schema::{CF_HEADS, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS};
+use crate::schema::{CF_HEADS, CF_HISTORY, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS};
 use crate::snapshot::{ChunkWriter, SnapshotElement};
 use crate::types::{Compaction, TopicShared};
 use crate::writer::Command;
@@ -30,6 +30,11 @@ const PRUNES_PER_WRITE: usize = 4096;
 /// Compacts one topic: snapshot at the current heads, prune the covered blocks, drop the parts
 /// of the snapshots the new one replaces, and compact the topic's RocksDB ranges.
 pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compaction, CompactError> {
+    if let crate::access::Access::Writers { owner } = shared.access
+        && owner != store.signer.author()
+    {
+        return Err(CompactError::NotListOwner { owner });
+    }
     let _one_at_a_time = shared.compacting.lock().expect("compaction lock");
     let topic = shared.id;
     let bytes_before = topic_bytes(store, topic);
@@ -64,15 +69,20 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
             }
         }
     });
+    // An element expired by now is left out, as if collected: replicas that merge the snapshot
+    // drop it too. So two snapshots of the same heads differ when an element expired between
+    // them; each is the state of the heads at its own time.
+    let now = store.options.clock.now();
     for item in scan(&view, store.cf(CF_KV), topic) {
         let (key, value) = item?;
         let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
-        for element in row.elements() {
+        for element in row.elements().iter().filter(|element| !element.expired(now)) {
             writer.element(SnapshotElement {
                 key: key.clone(),
                 height: element.height,
                 id: element.id,
                 value: element.value.clone(),
+                expires: element.expires,
             });
         }
     }
@@ -132,11 +142,23 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
             in_batch = 0;
         }
     }
+    // The history records of the pruned blocks go with them: what the view holds is exactly
+    // what the snapshot covers.
+    let prefix = topic.prefix();
+    for item in scan(&view, store.cf(CF_HISTORY), topic) {
+        let (key, _) = item?;
+        batch.delete_cf(store.cf(CF_HISTORY), [prefix.as_slice(), key.as_slice()].concat());
+        in_batch += 1;
+        if in_batch >= PRUNES_PER_WRITE {
+            db.write(std::mem::take(&mut batch)).map_err(StorageError::from)?;
+            in_batch = 0;
+        }
+    }
     db.write(batch).map_err(StorageError::from)?;
     drop(view);
     remove_parts(store, topic, &replaced, &[manifest_cid])?;
     // Rows are not changed by a compaction: only the ranges that lost records are compacted.
-    for cf in [CF_BLOCKS, CF_INDEX, CF_SNAPSHOTS] {
+    for cf in [CF_BLOCKS, CF_INDEX, CF_SNAPSHOTS, CF_HISTORY] {
         compact_topic_range(db, store.cf(cf), topic);
     }
     outcome.bytes_after = topic_bytes(store, topic);
@@ -162,8 +184,8 @@ pub(crate) fn compact_storage(store: &StoreInner, topic: TopicId) -> Result<(u64
 }
 
 /// The column families that hold a topic's records under its prefix.
-const TOPIC_FAMILIES: [&str; 8] =
-    [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING, CF_WRITERS];
+const TOPIC_FAMILIES: [&str; 9] =
+    [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING, CF_WRITERS, CF_HISTORY];
 
 /// Removes the parts of the `old` snapshots that no snapshot in `keep` also uses.
 fn remove_parts(store: &StoreInner, topic: TopicId, old: &[Cid], keep: &[Cid]) -> Result<(), StorageError> {

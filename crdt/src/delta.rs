@@ -65,6 +65,10 @@ pub enum DeltaError {
 /// writers (the grant's id is the block's CID, as for an element) and `revokes` removes grants
 /// by `(writer, grant id)`. Both are absent from the encoding when empty, so the deltas of
 /// other topics encode as they always did.
+///
+/// An add may expire: `expiries` names, by key, the wall-clock time (milliseconds since the
+/// Unix epoch) after which the element it adds is hidden everywhere, as if deleted. It too is
+/// absent when empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
     /// Added elements, sorted by key, at most one per key.
@@ -75,6 +79,9 @@ pub struct Delta {
     pub grants: Vec<AuthorId>,
     /// Grants revoked as `(writer, grant id)`, sorted and unique.
     pub revokes: Vec<(AuthorId, Cid)>,
+    /// Expiry times of adds as `(key, milliseconds since the Unix epoch)`, sorted by key, each
+    /// key one of `adds`.
+    pub expiries: Vec<(Vec<u8>, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -86,6 +93,8 @@ struct WireDelta {
     grants: Vec<ByteBuf>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     revokes: Vec<(ByteBuf, Cid)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    expiries: Vec<(ByteBuf, u64)>,
 }
 
 /// The wire form borrowed from the caller's data, so encoding copies each byte once. It
@@ -98,16 +107,19 @@ struct WireDeltaRef<'a> {
     grants: Vec<&'a Bytes>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     revokes: Vec<(&'a Bytes, Cid)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    expiries: Vec<(&'a Bytes, u64)>,
 }
 
 /// Encodes a delta from borrowed parts, which must already be normalized: adds sorted with one
-/// per key, removes sorted and unique.
-pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)]) -> Vec<u8> {
+/// per key, removes sorted and unique, expiries sorted by key and each the key of an add.
+pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)], expiries: &[(&[u8], u64)]) -> Vec<u8> {
     let wire = WireDeltaRef {
         adds: adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
         removes: removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
         grants: Vec::new(),
         revokes: Vec::new(),
+        expiries: expiries.iter().map(|(k, at)| (Bytes::new(k), *at)).collect(),
     };
     serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
 }
@@ -119,6 +131,7 @@ pub(crate) fn encode_list_change(grants: &[AuthorId], revokes: &[(AuthorId, Cid)
         removes: Vec::new(),
         grants: grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
         revokes: revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
+        expiries: Vec::new(),
     };
     serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
 }
@@ -134,10 +147,14 @@ impl Delta {
         !self.grants.is_empty() || !self.revokes.is_empty()
     }
 
-    /// Puts every list in canonical order.
+    /// Puts every list in canonical order; an expiry of a key that is not added is dropped.
     pub fn normalize(&mut self) {
         self.adds.sort_by(|a, b| a.0.cmp(&b.0));
         self.adds.dedup_by(|a, b| a.0 == b.0);
+        self.expiries.sort_by(|a, b| a.0.cmp(&b.0));
+        self.expiries.dedup_by(|a, b| a.0 == b.0);
+        let adds = &self.adds;
+        self.expiries.retain(|(key, _)| adds.binary_search_by(|add| add.0.as_slice().cmp(key)).is_ok());
         self.removes.sort();
         self.removes.dedup();
         self.grants.sort();
@@ -153,8 +170,15 @@ impl Delta {
             removes: self.removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
             grants: self.grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
             revokes: self.revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
+            expiries: self.expiries.iter().map(|(k, at)| (Bytes::new(k), *at)).collect(),
         };
         serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+    }
+
+    /// When the element this delta adds to `key` expires, if it does.
+    pub fn expiry(&self, key: &[u8]) -> Option<u64> {
+        let at = self.expiries.binary_search_by(|(k, _)| k.as_slice().cmp(key)).ok()?;
+        Some(self.expiries[at].1)
     }
 
     /// Decodes and checks a delta: limits, canonical order, one add per key.
@@ -179,6 +203,7 @@ impl Delta {
                 .into_iter()
                 .map(|(writer, id)| Ok((author(writer)?, id)))
                 .collect::<Result<_, DeltaError>>()?,
+            expiries: wire.expiries.into_iter().map(|(k, at)| (k.into_vec(), at)).collect(),
         };
         for (key, value) in &delta.adds {
             check_key(key, limits).map_err(DeltaError::Invalid)?;
@@ -192,6 +217,15 @@ impl Delta {
         }
         if delta.removes.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(DeltaError::Invalid("removes are not sorted and unique".into()));
+        }
+        if delta.expiries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(DeltaError::Invalid("expiries are not sorted with one per key".into()));
+        }
+        let adds = &delta.adds;
+        if let Some((key, _)) =
+            delta.expiries.iter().find(|(key, _)| adds.binary_search_by(|add| add.0.as_slice().cmp(key)).is_err())
+        {
+            return Err(DeltaError::Invalid(format!("an expiry of key {key:?}, which the delta does not add")));
         }
         if delta.grants.windows(2).any(|pair| pair[0] >= pair[1])
             || delta.revokes.windows(2).any(|pair| pair[0] >= pair[1])
@@ -237,8 +271,9 @@ mod tests {
             removes: vec![(ByteBuf::from(b"a".to_vec()), id)],
             grants: vec![],
             revokes: vec![],
+            expiries: vec![(ByteBuf::from(b"b".to_vec()), 1_700_000_000_000)],
         };
-        let borrowed = encode(&[(b"a", &[0, 1, 2]), (b"b", &[])], &[(b"a", id)]);
+        let borrowed = encode(&[(b"a", &[0, 1, 2]), (b"b", &[])], &[(b"a", id)], &[(b"b", 1_700_000_000_000)]);
         assert_eq!(borrowed, serde_ipld_dagcbor::to_vec(&owned).unwrap());
     }
 
@@ -269,5 +304,22 @@ mod tests {
         assert!(matches!(Delta::decode(&delta.encode(), &tight), Err(DeltaError::Invalid(_))));
         let empty_key = Delta { adds: vec![(vec![], vec![])], removes: vec![], ..Default::default() };
         assert!(Delta::decode(&empty_key.encode(), &Limits::default()).is_err());
+    }
+
+    #[test]
+    fn an_expiry_names_an_added_key_and_old_deltas_encode_as_before() {
+        let mut delta = Delta {
+            adds: vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())],
+            expiries: vec![(b"b".to_vec(), 42), (b"zz".to_vec(), 7)],
+            ..Default::default()
+        };
+        delta.normalize();
+        assert_eq!(delta.expiries, [(b"b".to_vec(), 42)], "an expiry of no add is dropped");
+        let decoded = Delta::decode(&delta.encode(), &Limits::default()).unwrap();
+        assert_eq!((decoded.expiry(b"a"), decoded.expiry(b"b")), (None, Some(42)));
+        let stray = Delta { expiries: vec![(b"zz".to_vec(), 7)], ..delta.clone() };
+        assert!(matches!(Delta::decode(&stray.encode(), &Limits::default()), Err(DeltaError::Invalid(_))));
+        let plain = Delta { expiries: vec![], ..delta };
+        assert_eq!(plain.encode(), encode(&[(b"a", b"1"), (b"b", b"2")], &[], &[]));
     }
 }

@@ -166,6 +166,14 @@ pub enum CompactError {
     /// RocksDB failed; the topic stays readable and a later compaction starts again.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A topic with a writer list is compacted by its owner's node alone: a snapshot made
+    /// elsewhere could prune writes the owner never received, and peers take such a topic's
+    /// snapshots from the owner only.
+    #[error("only the owner {owner} compacts a topic with a writer list")]
+    NotListOwner {
+        /// The topic's owner.
+        owner: canopy_dag::AuthorId,
+    },
 }
 
 /// Failure to merge a snapshot into a topic.

@@ -12,6 +12,8 @@ mod compactor;
 pub mod counter;
 mod delta;
 mod error;
+mod expiry;
+mod history;
 mod inner;
 pub mod inspect;
 mod options;
@@ -31,6 +33,8 @@ pub use access::{Access, Mode, Refusal};
 pub use canopy_dag::{
     AuthorId, BLOCK_BYTES_MAX, Block, BlockLimits, Cid, Height, LINKS_MAX, Signer, TopicId, Walk, WalkLimits,
 };
+pub use expiry::Clock;
+pub use history::Version;
 pub use writers::WriterList;
 
 /// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel

@@ -52,6 +52,12 @@ pub struct StoreOptions {
     /// The id counters know this store's increments by, apart from other stores writing with
     /// the same key. `None`: random, made when the database is created and kept in it.
     pub origin: Option<[u8; crate::counter::ORIGIN_BYTES]>,
+    /// Keep, for every key, which held blocks put and deleted it, so `Topic::history` lists
+    /// its versions. Off, a key's history is its live elements alone; writes save one small
+    /// record per key.
+    pub key_history: bool,
+    /// The wall clock expiring entries are judged by.
+    pub clock: crate::expiry::Clock,
 }
 
 impl Default for StoreOptions {
@@ -75,6 +81,8 @@ impl Default for StoreOptions {
             snapshot_retain_ms: Some(10 * 60 * 1000),
             author: None,
             origin: None,
+            key_history: true,
+            clock: crate::expiry::Clock::system(),
         }
     }
 }

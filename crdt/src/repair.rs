@@ -17,8 +17,8 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::{Element, Row};
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC, column_families, decode_cids,
-    key_count_key, meta_key, tombstone_key,
+    CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC, column_families,
+    decode_cids, key_count_key, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest};
 use crate::writer::compact::prefix_scan;
@@ -130,7 +130,7 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
         }
     }
 
-    match expected_state(db, id, &index, &good) {
+    match expected_state(db, id, &index, &good, crate::types::wall_ms()) {
         Ok((added, removes)) => rebuild_rows(db, id, &index, added, removes, &mut batch, &mut report)?,
         Err(reason) => report.rows_not_rebuilt = Some(reason),
     }
@@ -140,12 +140,14 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
 
 /// Every element the state of a topic holds, by key, and every remove: the cover snapshot for
 /// pruned history, then each of `blocks` it does not cover. An error says why the state cannot
-/// be known here (a pruned history whose snapshot parts are not held).
+/// be known here (a pruned history whose snapshot parts are not held). Elements expired at `now`
+/// are left out, as collection leaves them out of rows.
 pub(crate) fn expected_state(
     db: &DB,
     id: TopicId,
     index: &BTreeMap<Cid, BlockMeta>,
     blocks: &BTreeMap<Cid, Block>,
+    now: u64,
 ) -> Result<State, String> {
     let mut added: BTreeMap<Vec<u8>, Vec<Element>> = BTreeMap::new();
     let mut removes: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
@@ -159,11 +161,16 @@ pub(crate) fn expected_state(
         load_snapshots(db, id, &cover, &mut added, &mut removes, &mut covered)?;
     }
     for (cid, block) in blocks.iter().filter(|(cid, _)| !covered.contains(cid)) {
-        let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
+        let Ok(mut delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { continue };
+        let expiries = std::mem::take(&mut delta.expiries);
         for (key, value) in delta.adds {
-            added.entry(key).or_default().push(Element { height: block.height(), id: *cid, value });
+            let expires = expiries.binary_search_by(|(k, _)| k.cmp(&key)).ok().map(|at| expiries[at].1);
+            added.entry(key).or_default().push(Element { height: block.height(), id: *cid, value, expires });
         }
         removes.extend(delta.removes);
+    }
+    for elements in added.values_mut() {
+        elements.retain(|element| !element.expired(now));
     }
     Ok((added, removes))
 }
@@ -196,7 +203,8 @@ fn load_snapshots(
             for element in chunk.elements {
                 let entry = added.entry(element.key).or_default();
                 if !entry.iter().any(|e| e.id == element.id) {
-                    entry.push(Element { height: element.height, id: element.id, value: element.value });
+                    let expires = element.expires;
+                    entry.push(Element { height: element.height, id: element.id, value: element.value, expires });
                 }
             }
             removes.extend(chunk.removes.into_iter().map(|(id, key)| (key, id)));
@@ -235,11 +243,23 @@ fn rebuild_rows(
         let (key, value) = item?;
         stored.insert(key, value);
     }
+    let now = crate::types::wall_ms();
     let keys: BTreeSet<&Vec<u8>> = rows.keys().chain(stored.keys()).collect();
     for key in keys {
         let rebuilt = rows.get(key).map(Row::encode);
+        // A stored row that differs only by elements expired since is right, and left alone.
+        let unexpired = stored.get(key).and_then(|bytes| Row::decode(bytes).ok()).map(|mut row| {
+            let expired: Vec<Cid> = row.elements().iter().filter(|e| e.expired(now)).map(|e| e.id).collect();
+            for id in &expired {
+                row.remove(id);
+            }
+            row
+        });
+        let unexpired = unexpired.filter(|row| !row.is_empty()).map(|row| row.encode());
         if rebuilt.as_ref() != stored.get(key) {
-            report.rows_fixed.push(String::from_utf8_lossy(key).into_owned());
+            if rebuilt != unexpired {
+                report.rows_fixed.push(String::from_utf8_lossy(key).into_owned());
+            }
             match rebuilt {
                 Some(value) => batch.put_cf(cf(CF_KV), id.key(key), value),
                 None => batch.delete_cf(cf(CF_KV), id.key(key)),
@@ -252,6 +272,15 @@ fn rebuild_rows(
     if before != count {
         report.key_count = Some((before, count));
         batch.put_cf(cf(CF_META), key_count_key(id), count.to_be_bytes());
+    }
+    // Every element that expires is indexed again, so collection finds it.
+    delete_range(batch, cf(CF_EXPIRIES), id);
+    for (key, row) in &rows {
+        for element in row.elements() {
+            if let Some(at) = element.expires {
+                crate::expiry::record(batch, cf(CF_EXPIRIES), id, key, &element.id, at);
+            }
+        }
     }
     // Removes of elements whose block is not applied wait as tombstones, as on apply.
     delete_range(batch, cf(CF_TOMBSTONES), id);

@@ -2,15 +2,25 @@
 
 use canopy_dag::{Cid, Height};
 
-/// A live element of a key: added by block `id` at priority `height`.
+/// A live element of a key: added by block `id` at priority `height`, hidden from `expires`
+/// (milliseconds since the Unix epoch) on when it expires.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Element {
     pub height: Height,
     pub id: Cid,
     pub value: Vec<u8>,
+    pub expires: Option<u64>,
 }
 
+/// The flag, in the CID-length byte of an encoded element, that an expiry time follows the CID.
+const EXPIRES_FLAG: u8 = 0x80;
+
 impl Element {
+    /// Whether the element is expired at `now` (milliseconds since the Unix epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+
     /// The order that picks the visible value: greatest `(height, value bytes, element id)`.
     fn rank(&self) -> (Height, &[u8], &Cid) {
         (self.height, &self.value, &self.id)
@@ -44,9 +54,14 @@ impl Row {
         self.elements.iter().any(|e| &e.id == id)
     }
 
-    /// The visible value, if any element is live.
+    /// The best element, expired or not: the visible value of a key whose elements never expire.
     pub fn winner(&self) -> Option<&Element> {
         self.elements.first()
+    }
+
+    /// The visible value at `now`: the best element not expired.
+    pub fn visible(&self, now: u64) -> Option<&Element> {
+        self.elements.iter().find(|e| !e.expired(now))
     }
 
     /// The live elements, best first.
@@ -73,30 +88,22 @@ impl Row {
         self.elements.len() < before
     }
 
-    /// Encoding: per element, height (8 bytes BE), CID length (1 byte), CID, value length
-    /// (4 bytes BE), value.
+    /// Encoding: per element, height (8 bytes BE), CID length (1 byte, with [`EXPIRES_FLAG`]
+    /// set when an expiry follows), CID, the expiry (8 bytes BE) if any, value length (4 bytes
+    /// BE), value.
     pub fn encode(&self) -> Vec<u8> {
-        let size: usize = self.elements.iter().map(|e| 8 + 1 + 40 + 4 + e.value.len()).sum();
+        let size: usize = self.elements.iter().map(|e| 8 + 1 + 40 + 8 + 4 + e.value.len()).sum();
         let mut out = Vec::with_capacity(size);
         for element in &self.elements {
-            out.extend_from_slice(&element.height.to_be_bytes());
-            let id = element.id.to_bytes();
-            out.push(id.len() as u8);
-            out.extend_from_slice(&id);
-            out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
-            out.extend_from_slice(&element.value);
+            encode_element(&mut out, element.height, &element.id.to_bytes(), &element.value, element.expires);
         }
         out
     }
 
     /// The encoding of a row holding one element, from borrowed parts (`id` as CID bytes).
-    pub fn encode_single(height: Height, id: &[u8], value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 1 + id.len() + 4 + value.len());
-        out.extend_from_slice(&height.to_be_bytes());
-        out.push(id.len() as u8);
-        out.extend_from_slice(id);
-        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-        out.extend_from_slice(value);
+    pub fn encode_single(height: Height, id: &[u8], value: &[u8], expires: Option<u64>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 1 + id.len() + 8 + 4 + value.len());
+        encode_element(&mut out, height, id, value, expires);
         out
     }
 
@@ -104,17 +111,34 @@ impl Row {
         let mut elements = Vec::new();
         while !bytes.is_empty() {
             let height = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().expect("took 8 bytes"));
-            let id_len = take(&mut bytes, 1)?[0] as usize;
-            let id = Cid::try_from(take(&mut bytes, id_len)?).map_err(|e| format!("element id: {e}"))?;
+            let id_len = take(&mut bytes, 1)?[0];
+            let id = Cid::try_from(take(&mut bytes, usize::from(id_len & !EXPIRES_FLAG))?)
+                .map_err(|e| format!("element id: {e}"))?;
+            let expires = match id_len & EXPIRES_FLAG {
+                0 => None,
+                _ => Some(u64::from_be_bytes(take(&mut bytes, 8)?.try_into().expect("took 8 bytes"))),
+            };
             let value_len = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("took 4 bytes")) as usize;
             let value = take(&mut bytes, value_len)?.to_vec();
-            elements.push(Element { height, id, value });
+            elements.push(Element { height, id, value, expires });
         }
         if elements.windows(2).any(|pair| pair[0].rank() <= pair[1].rank()) {
             return Err("elements are not in rank order".into());
         }
         Ok(Row { elements })
     }
+}
+
+fn encode_element(out: &mut Vec<u8>, height: Height, id: &[u8], value: &[u8], expires: Option<u64>) {
+    out.extend_from_slice(&height.to_be_bytes());
+    // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
+    out.push(id.len() as u8 | if expires.is_some() { EXPIRES_FLAG } else { 0 });
+    out.extend_from_slice(id);
+    if let Some(at) = expires {
+        out.extend_from_slice(&at.to_be_bytes());
+    }
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
@@ -138,15 +162,17 @@ mod tests {
     #[test]
     fn winner_is_greatest_height_then_value_then_id() {
         let mut row = Row::default();
-        row.insert(Element { height: 2, id: id(1), value: b"zzz".to_vec() });
-        row.insert(Element { height: 3, id: id(2), value: b"a".to_vec() });
-        row.insert(Element { height: 3, id: id(3), value: b"b".to_vec() });
+        row.insert(Element { height: 2, id: id(1), value: b"zzz".to_vec(), expires: None });
+        row.insert(Element { height: 3, id: id(2), value: b"a".to_vec(), expires: Some(50) });
+        row.insert(Element { height: 3, id: id(3), value: b"b".to_vec(), expires: None });
         assert_eq!(row.winner().unwrap().value, b"b");
         row.remove(&id(3));
         assert_eq!(row.winner().unwrap().value, b"a");
+        assert_eq!(row.visible(49).unwrap().value, b"a");
+        assert_eq!(row.visible(50).unwrap().value, b"zzz", "an expired element is passed over");
         let decoded = Row::decode(&row.encode()).unwrap();
-        let one = Element { height: 4, id: id(4), value: b"v".to_vec() };
-        assert_eq!(Row::encode_single(4, &id(4).to_bytes(), b"v"), Row::single(one).encode());
+        let one = Element { height: 4, id: id(4), value: b"v".to_vec(), expires: Some(9) };
+        assert_eq!(Row::encode_single(4, &id(4).to_bytes(), b"v", Some(9)), Row::single(one).encode());
         assert_eq!(decoded, row);
         assert!(Row::decode(&row.encode()[..5]).is_err());
     }

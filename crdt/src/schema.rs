@@ -26,6 +26,10 @@ pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
 /// Writer lists of topics created with mode `writers`: `topic ++ 'c' ++ cid` → the block's
 /// clock, `topic ++ 'l' ++ cid` → a list change (see `writers.rs`). Never pruned.
 pub(crate) const CF_WRITERS: &str = "writers";
+/// Which blocks put or deleted each key, newest first (see `history.rs`).
+pub(crate) const CF_HISTORY: &str = "history";
+/// Stored elements that expire, by expiry time (see `expiry.rs`).
+pub(crate) const CF_EXPIRIES: &str = "expiries";
 
 pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 /// The format of the data directory, a big-endian u32 ([`FORMAT`]); absent before format 2.
@@ -133,7 +137,7 @@ const BLOB_BYTES_MIN: u64 = 4096;
 
 /// Every column family canopy opens, with its options.
 pub(crate) fn column_families(cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
-    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS]
+    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES]
         .into_iter()
         .map(|name| {
             let mut options = topic_cf_options(cache);

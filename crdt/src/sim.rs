@@ -9,6 +9,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use canopy_dag::{AuthorId, Block, BlockLimits, Cid, Signer, WalkLimits};
 use rand::rngs::StdRng;
@@ -16,6 +18,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, ReadError, TopicError, WriteError};
+use crate::expiry::Clock;
 use crate::options::StoreOptions;
 use crate::store::Store;
 use crate::sync::{Effect, Sync, SyncConfig};
@@ -115,6 +118,10 @@ impl Default for SimTiming {
     }
 }
 
+/// The replicas' wall clock at simulated time 0 (milliseconds since the Unix epoch), so expiry
+/// times look like real ones.
+pub const WALL_CLOCK_START_MS: u64 = 1_800_000_000_000;
+
 /// A simulated cluster of replicas that all subscribe the same topics, plus hostile
 /// participants (numbered after the replicas) that attack them.
 pub struct Cluster {
@@ -135,6 +142,8 @@ pub struct Cluster {
     in_flight: HashMap<u64, Envelope>,
     sequence: u64,
     now_ms: u64,
+    /// The replicas' wall clock: [`WALL_CLOCK_START_MS`] plus the simulated time.
+    wall: Arc<AtomicU64>,
     next_tick_ms: u64,
     rng: StdRng,
     messages: u64,
@@ -198,6 +207,7 @@ impl Cluster {
             in_flight: HashMap::new(),
             sequence: 0,
             now_ms: 0,
+            wall: Arc::new(AtomicU64::new(WALL_CLOCK_START_MS)),
             next_tick_ms: 0,
             rng: StdRng::seed_from_u64(seed),
             messages: 0,
@@ -214,9 +224,11 @@ impl Cluster {
 
     fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
         let origin = (self.seed ^ (replica as u64).rotate_left(32)).to_be_bytes();
+        let wall = self.wall.clone();
         let options = StoreOptions {
             author: Some(replica_signer(self.seed, replica)),
             origin: Some(origin),
+            clock: Clock::from_fn(move || wall.load(Ordering::SeqCst)),
             ..self.store_options.clone()
         };
         let store = Store::open(self.dir.join(format!("replica-{replica}")), options)?;
@@ -309,6 +321,16 @@ impl Cluster {
         self.now_ms
     }
 
+    /// The replicas' wall clock, in milliseconds since the Unix epoch.
+    pub fn wall_ms(&self) -> u64 {
+        self.wall.load(Ordering::SeqCst)
+    }
+
+    fn advance(&mut self, to_ms: u64) {
+        self.now_ms = to_ms;
+        self.wall.store(WALL_CLOCK_START_MS + to_ms, Ordering::SeqCst);
+    }
+
     /// Every local write acknowledged so far, as `(topic, commit)`.
     pub fn acknowledged(&self) -> &[(String, Commit)] {
         &self.acknowledged
@@ -330,6 +352,32 @@ impl Cluster {
         let commit = self.topic(replica, topic)?.put(key, value)?;
         self.committed(replica, topic, Some(commit));
         Ok(commit)
+    }
+
+    /// Puts a value that expires `ttl_ms` of simulated time from now, and announces the new
+    /// heads.
+    pub fn put_for(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        (key, value): (&[u8], &[u8]),
+        ttl_ms: u64,
+    ) -> Result<Commit, SimError> {
+        let ttl = std::time::Duration::from_millis(ttl_ms);
+        let commit = self.topic(replica, topic)?.put_for(key, value, ttl)?;
+        self.committed(replica, topic, Some(commit));
+        Ok(commit)
+    }
+
+    /// Collects every expired element on every running replica now (their writer threads do
+    /// it on their own as elements fall due).
+    pub fn collect_expired(&self) -> Result<(), SimError> {
+        for node in self.nodes.iter().flatten() {
+            for topic in &self.topics {
+                node.topic(topic).expect("every replica subscribes every topic").collect_expired()?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes on one replica and announces the new heads.
@@ -385,8 +433,12 @@ impl Cluster {
     pub fn compact(&mut self, replica: usize, topic: &str) -> Result<(), SimError> {
         let blocks = self.replica_blocks(replica, topic)?;
         self.archive.entry(topic.to_string()).or_default().extend(blocks);
-        self.topic(replica, topic)?.compact().map_err(|e| SimError::Compact(e.to_string()))?;
-        self.compactions += 1;
+        match self.topic(replica, topic)?.compact() {
+            Ok(_) => self.compactions += 1,
+            // Only the owner compacts a topic with a writer list.
+            Err(crate::error::CompactError::NotListOwner { .. }) => {}
+            Err(error) => return Err(SimError::Compact(error.to_string())),
+        }
         Ok(())
     }
 
@@ -518,7 +570,7 @@ impl Cluster {
         let next_message = self.queue.peek().map(|Reverse((at, _))| *at);
         if next_message.is_some_and(|at| at < self.next_tick_ms) {
             let Reverse((at, sequence)) = self.queue.pop().expect("peeked");
-            self.now_ms = at;
+            self.advance(at);
             let envelope = self.in_flight.remove(&sequence).expect("queued messages are in flight");
             if envelope.to >= self.nodes.len() {
                 let index = envelope.to - self.nodes.len();
@@ -543,7 +595,7 @@ impl Cluster {
             }
             return Ok(());
         }
-        self.now_ms = self.next_tick_ms;
+        self.advance(self.next_tick_ms);
         self.next_tick_ms += self.timing.tick_interval_ms;
         for replica in 0..self.nodes.len() {
             let effects = match self.nodes[replica].as_mut() {
@@ -688,9 +740,15 @@ type RankedElement = (u64, Vec<u8>, Cid);
 /// The visible state that DESIGN's semantics give for a set of blocks, computed from scratch:
 /// every element any block adds, minus every element any block tombstones; per key the live
 /// element greatest by `(height, value, element id)` wins. Independent of the engine's storage.
-/// Counter entries are left out: [`reference_counters`] sums them.
+/// Counter entries are left out: [`reference_counters`] sums them. Nothing has expired yet.
 pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let mut state = reference_entries(blocks);
+    reference_state_at(blocks, 0)
+}
+
+/// [`reference_state`] at wall-clock time `now_ms`: an element whose expiry is at or before it
+/// counts as removed.
+pub fn reference_state_at(blocks: &BTreeMap<Cid, Block>, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut state = reference_entries(blocks, now_ms);
     state.retain(|key, _| !crate::counter::is_reserved(key));
     state
 }
@@ -699,7 +757,7 @@ pub fn reference_state(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u
 /// totals under the same rules as [`reference_state`].
 pub fn reference_counters(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, i128> {
     let mut counters: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
-    for (entry, value) in reference_entries(blocks) {
+    for (entry, value) in reference_entries(blocks, 0) {
         if let (Some((key, _)), Some(total)) =
             (crate::counter::parse_entry(&entry), crate::counter::decode_total(&value))
         {
@@ -709,7 +767,7 @@ pub fn reference_counters(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, i1
     counters
 }
 
-fn reference_entries(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+fn reference_entries(blocks: &BTreeMap<Cid, Block>, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut added: BTreeMap<Vec<u8>, Vec<RankedElement>> = BTreeMap::new();
     let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();
     let limits = Limits::PROTOCOL;
@@ -717,6 +775,9 @@ fn reference_entries(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, Vec<u8>
         let Ok(delta) = Delta::decode(block.payload(), &limits) else {
             continue;
         };
+        for (key, _) in delta.expiries.iter().filter(|(_, at)| *at <= now_ms) {
+            removed.insert((key.clone(), *cid));
+        }
         for (key, value) in delta.adds {
             added.entry(key).or_default().push((block.height(), value, *cid));
         }

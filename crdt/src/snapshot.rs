@@ -53,6 +53,8 @@ pub struct SnapshotElement {
     pub id: Cid,
     /// The value.
     pub value: Vec<u8>,
+    /// When it expires, in milliseconds since the Unix epoch.
+    pub expires: Option<u64>,
 }
 
 impl SnapshotElement {
@@ -85,6 +87,10 @@ struct WireChunk {
     blocks: Vec<(Cid, Height)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     writers: Vec<(ByteBuf, ByteBuf)>,
+    /// Expiry times of elements, as `(index in elements, milliseconds since the Unix epoch)`,
+    /// by index; absent when no element of the chunk expires.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    expiries: Vec<(u32, u64)>,
 }
 
 impl Chunk {
@@ -99,6 +105,12 @@ impl Chunk {
             removes: self.removes.iter().map(|(id, key)| (*id, ByteBuf::from(key.clone()))).collect(),
             blocks: self.blocks.clone(),
             writers: self.writers.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect(),
+            expiries: self
+                .elements
+                .iter()
+                .enumerate()
+                .filter_map(|(at, e)| Some((u32::try_from(at).ok()?, e.expires?)))
+                .collect(),
         };
         let bytes = serde_ipld_dagcbor::to_vec(&wire).expect("encoding a chunk into memory cannot fail");
         (cid_of(&bytes), bytes)
@@ -109,15 +121,23 @@ impl Chunk {
     pub fn decode(cid: &Cid, bytes: &[u8]) -> Result<Chunk, SnapshotError> {
         let wire: WireChunk = decode_part(cid, bytes)?;
         let limits = Limits::PROTOCOL;
+        if wire.expiries.windows(2).any(|pair| pair[0].0 >= pair[1].0)
+            || wire.expiries.last().is_some_and(|(at, _)| *at as usize >= wire.elements.len())
+        {
+            return Err(SnapshotError::Invalid("expiries are not sorted or name no element".into()));
+        }
+        let mut expiries = wire.expiries.into_iter().peekable();
         let chunk = Chunk {
             elements: wire
                 .elements
                 .into_iter()
-                .map(|(key, height, id, value)| SnapshotElement {
+                .enumerate()
+                .map(|(at, (key, height, id, value))| SnapshotElement {
                     key: key.into_vec(),
                     height,
                     id,
                     value: value.into_vec(),
+                    expires: expiries.next_if(|(index, _)| *index as usize == at).map(|(_, expires)| expires),
                 })
                 .collect(),
             removes: wire.removes.into_iter().map(|(id, key)| (id, key.into_vec())).collect(),
@@ -373,7 +393,8 @@ impl<F: FnMut(Cid, Vec<u8>)> ChunkWriter<F> {
 
     /// Adds a live element; elements come by key, best first within a key.
     pub fn element(&mut self, element: SnapshotElement) {
-        self.room(item_bytes(element.key.len(), element.value.len()));
+        let expiry_bytes = if element.expires.is_some() { 16 } else { 0 };
+        self.room(item_bytes(element.key.len(), element.value.len()) + expiry_bytes);
         if self.last_key.as_deref() != Some(element.key.as_slice()) {
             self.keys += 1;
             self.last_key = Some(element.key.clone());
@@ -434,7 +455,8 @@ mod tests {
         let mut writer = ChunkWriter::new(|cid, bytes| parts.push((cid, bytes)));
         for i in 0..n {
             let key = format!("key-{i:06}").into_bytes();
-            writer.element(SnapshotElement { key, height: 2, id: id(i), value: vec![7; value_bytes] });
+            let expires = (i % 3 == 0).then_some(u64::from(i));
+            writer.element(SnapshotElement { key, height: 2, id: id(i), value: vec![7; value_bytes], expires });
         }
         writer.remove(id(n), b"gone".to_vec());
         let mut blocks: Vec<Cid> = (0..n).map(id).collect();

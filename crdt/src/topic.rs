@@ -7,6 +7,7 @@ use rocksdb::ReadOptions;
 
 use crate::delta::{check_key, check_value};
 use crate::error::{CompactError, IngestError, MergeError, ReadError, StorageError, TopicError, WriteError};
+use crate::history::{self, Version};
 use crate::inner::StoreInner;
 use crate::row::Row;
 use crate::schema::{CF_KV, CF_SNAPSHOTS};
@@ -31,6 +32,13 @@ impl Batch {
     /// Adds a put.
     pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> &mut Batch {
         self.ops.push(Op::Put(key.into(), value.into()));
+        self
+    }
+
+    /// Adds a put whose value every replica hides from `expires_ms` (wall-clock milliseconds
+    /// since the Unix epoch) on.
+    pub fn put_until(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>, expires_ms: u64) -> &mut Batch {
+        self.ops.push(Op::PutUntil(key.into(), value.into(), expires_ms));
         self
     }
 
@@ -142,6 +150,29 @@ impl Topic {
         Ok(committed.commit.expect("a put always produces a block"))
     }
 
+    /// Sets `key` to `value` for `ttl` from now by this store's clock: then every replica hides
+    /// it, as if deleted, and collects it. Replicas agree on the moment up to their clocks' skew.
+    pub fn put_for(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        ttl: std::time::Duration,
+    ) -> Result<Commit, WriteError> {
+        let expires = self.store.options.clock.now().saturating_add(ttl.as_millis().try_into().unwrap_or(u64::MAX));
+        let committed = self.write(vec![Op::PutUntil(key.into(), value.into(), expires)])?;
+        Ok(committed.commit.expect("a put always produces a block"))
+    }
+
+    /// Collects the topic's elements expired by now at once (the writer thread does it on its
+    /// own when each falls due): their keys leave the key count and watchers hear of them.
+    pub fn collect_expired(&self) -> Result<(), TopicError> {
+        let (reply, result) = bounded(1);
+        self.store
+            .send(self.shared.id, Command::Expire { topic: self.shared.id, reply })
+            .map_err(|_| TopicError::Closed)?;
+        result.recv().map_err(|_| TopicError::Closed)?
+    }
+
     /// Adds `n` (negative to subtract) to the counter `key` and returns the block made.
     /// Counters and plain keys are apart: `get(key)` does not see the counter `key`.
     pub fn increment(&self, key: impl Into<Vec<u8>>, n: i64) -> Result<Commit, WriteError> {
@@ -202,7 +233,9 @@ impl Topic {
                 return Err(WriteError::InvalidKey("keys starting with the byte 0x00 are reserved".into()));
             }
             match op {
-                Op::Put(_, value) => check_value(value, limits).map_err(WriteError::InvalidValue)?,
+                Op::Put(_, value) | Op::PutUntil(_, value, _) => {
+                    check_value(value, limits).map_err(WriteError::InvalidValue)?
+                }
                 Op::Add(key, _) => {
                     *key = counter::entry_key(key, &author, &self.store.origin);
                     check_key(key, limits).map_err(WriteError::InvalidKey)?;
@@ -229,7 +262,19 @@ impl Topic {
             return Ok(None);
         };
         let row = Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
-        Ok(row.winner().map(|element| element.value.clone()))
+        Ok(row.visible(self.store.options.clock.now()).map(|element| element.value.clone()))
+    }
+
+    /// The versions of `key` this replica holds, newest first, at most `limit`: every put and
+    /// delete whose block is held, and the live elements (which survive compaction). A
+    /// compaction prunes the blocks it covers, and with them the versions they made that are
+    /// no longer live.
+    pub fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, ReadError> {
+        if counter::is_reserved(key) {
+            return Ok(Vec::new());
+        }
+        let limit = limit.min(self.store.options.query_limit_max);
+        history::versions(&self.store.db, &self.store.blocks, (self.shared.id, &self.shared.name), key, limit)
     }
 
     /// Whether `key` has a visible value.
@@ -260,6 +305,7 @@ impl Topic {
         let mut iter = self.store.db.raw_iterator_cf_opt(self.store.cf(CF_KV), options);
         iter.seek(&start);
         let mut page = Page::default();
+        let now = self.store.options.clock.now();
         while iter.valid() {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
                 break;
@@ -277,8 +323,8 @@ impl Topic {
                 break;
             }
             let row = Row::decode(value).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
-            if let Some(winner) = row.winner() {
-                page.entries.push((key.to_vec(), winner.value.clone()));
+            if let Some(visible) = row.visible(now) {
+                page.entries.push((key.to_vec(), visible.value.clone()));
             }
             iter.next();
         }

@@ -31,6 +31,9 @@ pub struct Commit {
 pub enum Op {
     /// Set `key` to `value`.
     Put(Vec<u8>, Vec<u8>),
+    /// Set `key` to `value` until the wall-clock time given in milliseconds since the Unix
+    /// epoch: from then on every replica hides the value, as if deleted.
+    PutUntil(Vec<u8>, Vec<u8>, u64),
     /// Remove every live element of `key` this replica knows.
     Delete(Vec<u8>),
     /// Add `n` (which may be negative) to the counter `key`. Counters live apart from plain
@@ -43,14 +46,14 @@ impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Put(key, _) | Op::Delete(key) | Op::Add(key, _) => key,
+            Op::Put(key, _) | Op::PutUntil(key, ..) | Op::Delete(key) | Op::Add(key, _) => key,
         }
     }
 
     /// The value a put writes; `None` for a delete or an addition.
     pub fn value(&self) -> Option<&[u8]> {
         match self {
-            Op::Put(_, value) => Some(value),
+            Op::Put(_, value) | Op::PutUntil(_, value, _) => Some(value),
             Op::Delete(_) | Op::Add(..) => None,
         }
     }
@@ -59,6 +62,7 @@ impl Op {
     pub fn value_bytes(&self) -> Option<usize> {
         match self {
             Op::Put(_, value) => Some(value.len()),
+            Op::PutUntil(_, value, _) => Some(value.len() + 9),
             Op::Delete(_) => None,
             Op::Add(..) => Some(8),
         }
@@ -72,8 +76,11 @@ pub struct Change {
     pub key: Vec<u8>,
     /// The new visible value; `None` when the key no longer exists.
     pub value: Option<Vec<u8>>,
-    /// Height of the block that caused the change.
+    /// Height of the block that caused the change (for an expiry, of the element that
+    /// expired).
     pub height: Height,
+    /// The change is an expiry: the visible value's time ran out.
+    pub expired: bool,
 }
 
 impl Change {

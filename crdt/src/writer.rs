@@ -20,13 +20,14 @@ use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError
 use crate::options::StoreOptions;
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE,
-    decode_cids, key_count_key, meta_key, topic_name_key,
+    CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER,
+    META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key, topic_name_key,
 };
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots, TopicShared};
 use crate::writers::{Lists, WriterList};
 
 pub(crate) mod compact;
+mod expire;
 mod local;
 mod merge;
 mod remote;
@@ -88,6 +89,11 @@ pub(crate) enum Command {
     Writers {
         topic: TopicId,
         reply: Sender<Result<Arc<WriterList>, TopicError>>,
+    },
+    /// Collect the topic's elements expired by now.
+    Expire {
+        topic: TopicId,
+        reply: Sender<Result<(), TopicError>>,
     },
     /// Delete the chunks of the snapshots in the topic's cover, keeping their manifests.
     Release {
@@ -162,6 +168,8 @@ pub(crate) struct TopicState {
     snapshot_bytes: u64,
     /// The writer list's changes and clocks, for a topic created with mode `writers`.
     lists: Option<Lists>,
+    /// When the earliest stored element of the topic that expires does.
+    next_expiry: Option<u64>,
 }
 
 impl TopicState {
@@ -214,6 +222,7 @@ impl TopicState {
             Access::Writers { owner } => Some(Lists::load(db, id, owner)?),
             _ => None,
         };
+        let next_expiry = crate::expiry::first(db, id)?;
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
@@ -247,6 +256,7 @@ impl TopicState {
             compaction_requested: false,
             snapshot_bytes,
             lists,
+            next_expiry,
         })
     }
 
@@ -356,7 +366,12 @@ impl TopicState {
         let by_size = context.compact_after_bytes > 0 && self.grown_bytes >= context.compact_after_bytes;
         // A compaction rewrites the whole snapshot: wait for history worth half of it.
         let worth_it = self.grown_bytes >= self.snapshot_bytes / 2;
-        if (by_count || by_size) && worth_it && !self.compaction_requested {
+        // A topic with a writer list is compacted by its owner alone.
+        let compacts = match self.shared.access {
+            Access::Writers { owner } => owner == context.signer.author(),
+            _ => true,
+        };
+        if (by_count || by_size) && worth_it && compacts && !self.compaction_requested {
             self.compaction_requested = true;
             let _ = context.compactions.try_send(self.shared.name.clone());
         }
@@ -405,6 +420,10 @@ pub(crate) struct Context {
     tombstones_max: u64,
     compact_after_blocks: u64,
     compact_after_bytes: u64,
+    /// Whether blocks record the keys they put and delete (`StoreOptions::key_history`).
+    key_history: bool,
+    /// The wall clock expiring elements are judged by.
+    clock: crate::expiry::Clock,
     compactions: Sender<String>,
     poisoned: Arc<AtomicBool>,
     /// Signs local blocks.
@@ -432,6 +451,8 @@ impl Context {
             tombstones_max: options.tombstones_max,
             compact_after_blocks: options.compact_after_blocks,
             compact_after_bytes: options.compact_after_bytes,
+            key_history: options.key_history,
+            clock: options.clock.clone(),
             compactions,
             poisoned,
         }
@@ -472,10 +493,25 @@ fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, id: To
     }
 }
 
-/// The writer thread's loop; ends when every sender is gone.
+/// The writer thread's loop; ends when every sender is gone. Between commands it collects
+/// the elements that fall due.
 pub(crate) fn run(context: Context, commands: Receiver<Command>) {
     let mut topics: HashMap<TopicId, TopicState> = HashMap::new();
-    while let Ok(first) = commands.recv() {
+    loop {
+        let first = match expire::wait(&context, &topics) {
+            None => match commands.recv() {
+                Ok(command) => command,
+                Err(_) => return,
+            },
+            Some(wait) => match commands.recv_timeout(wait) {
+                Ok(command) => command,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    expire::collect_due(&context, &mut topics);
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            },
+        };
         let mut ops = first.ops();
         let mut bytes = first.bytes();
         let mut round = vec![first];
@@ -500,6 +536,7 @@ pub(crate) fn run(context: Context, commands: Receiver<Command>) {
             }
         }
         commit_local(&context, &mut topics, group);
+        expire::collect_due(&context, &mut topics);
     }
 }
 
@@ -587,6 +624,14 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
+        Command::Expire { topic, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(TopicError::Closed),
+                Some(_) if context.is_poisoned() => Err(TopicError::Poisoned),
+                Some(state) => expire::collect(context, state).map_err(TopicError::from),
+            };
+            let _ = reply.send(result);
+        }
         Command::Release { topic, reply } => {
             let result = match topics.get_mut(&topic) {
                 None => Err(TopicError::Closed),
@@ -618,7 +663,7 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);
-    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS] {
+    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES] {
         delete_topic_range(&mut batch, context.cf(cf), id);
     }
     batch.delete_cf(context.cf(CF_META), key_count_key(id));

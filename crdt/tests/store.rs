@@ -499,8 +499,8 @@ fn watchers_see_every_change_and_dropped_topics_are_gone() {
     assert_eq!(
         seen,
         vec![
-            Change { key: b"a".to_vec(), value: Some(b"1".to_vec()), height: 1 },
-            Change { key: b"a".to_vec(), value: None, height: 2 },
+            Change { key: b"a".to_vec(), value: Some(b"1".to_vec()), height: 1, expired: false },
+            Change { key: b"a".to_vec(), value: None, height: 2, expired: false },
         ]
     );
     topic.put("b", "2").unwrap();

@@ -241,3 +241,65 @@ fn the_writer_list_survives_a_restart() {
     let expected: Vec<AuthorId> = vec![writer().author()];
     assert_eq!(topic.writers().unwrap(), expected);
 }
+
+/// A writer that caught up from the owner's snapshot serves its new block to a replica on
+/// another branch: its walk meets a parent it pruned and cannot tell whether the requester has
+/// it; the requester, which does, names it as had and gets the block, with no snapshot from a
+/// peer it does not take snapshots from.
+#[test]
+fn a_block_above_a_pruned_parent_reaches_a_replica_that_holds_the_parent() {
+    use canopy_crdt::sim::Cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let seed = 11;
+    let topic = Access::topic_name(Mode::Writers, &Cluster::replica_author(seed, 0), "team").unwrap();
+    let mut cluster = Cluster::new(dir.path(), 3, std::slice::from_ref(&topic), seed).unwrap();
+    cluster.grant(0, &topic, Cluster::replica_author(seed, 1)).unwrap();
+    cluster.run_until_quiet(100_000).unwrap();
+    // Replica 1 away: the owner writes and compacts; replica 2 holds every block.
+    cluster.partition(vec![0, 1, 0]);
+    cluster.put(0, &topic, b"config", b"1").unwrap();
+    cluster.run_for(2_000).unwrap();
+    cluster.compact(0, &topic).unwrap();
+    // Replica 1 catches up from the owner alone: through its snapshot, so the owner's last
+    // block is pruned on replica 1 too. Then it writes on top of it.
+    cluster.partition(vec![0, 0, 1]);
+    cluster.run_for(5_000).unwrap();
+    let parent = cluster.topic(0, &topic).unwrap().heads();
+    assert_eq!(cluster.topic(1, &topic).unwrap().heads(), parent, "replica 1 caught up");
+    assert_eq!(cluster.topic(1, &topic).unwrap().block(&parent[0].cid).unwrap(), None, "through the snapshot");
+    // Too large to travel inside an announcement: it is fetched.
+    let written = cluster.put(1, &topic, b"from-writer", &[7; 200 << 10]).unwrap();
+    // Meanwhile the owner moves on with replica 2, on another branch, far enough that the
+    // ancestors replica 2 samples as had stop short of the shared parent.
+    cluster.partition(vec![0, 1, 0]);
+    for i in 0..200 {
+        cluster.put(0, &topic, b"config", format!("{i}").as_bytes()).unwrap();
+    }
+    cluster.run_for(5_000).unwrap();
+    // Replica 2 can reach replica 1 alone.
+    cluster.partition(vec![0, 1, 1]);
+    cluster.run_for(10_000).unwrap();
+    assert!(cluster.topic(2, &topic).unwrap().contains(&written.cid).unwrap(), "the writer's block arrived");
+    cluster.heal();
+    cluster.run_until_quiet(100_000).unwrap();
+}
+
+/// Only the owner's node compacts a topic with a writer list: a writer's snapshot could prune
+/// its own blocks before the owner has them, and peers take such a topic's snapshots from the
+/// owner alone, so those blocks would be lost to everyone.
+#[test]
+fn a_writer_does_not_compact_a_topic_with_a_writer_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = store(&dir, "writer", &writer());
+    let topic = elsewhere.topic(&team()).unwrap();
+    match topic.compact() {
+        Err(error @ canopy_crdt::CompactError::NotListOwner { .. }) => {
+            assert!(error.to_string().contains("only the owner"), "{error}")
+        }
+        other => panic!("a writer's compaction must be refused: {other:?}"),
+    }
+    let home = store(&dir, "owner", &owner());
+    let topic = home.topic(&team()).unwrap();
+    topic.put("k", "v").unwrap();
+    assert!(topic.compact().unwrap().snapshot.is_some());
+}

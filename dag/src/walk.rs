@@ -42,8 +42,10 @@ pub struct Walk {
     /// requester fetches below these first and then asks for its wants again; `blocks` is
     /// empty then.
     pub frontier: Vec<Cid>,
-    /// Set when the requester lacks a block whose payload was pruned: only a snapshot can
-    /// give it what it lacks. `blocks` and `frontier` are empty then.
+    /// Set when the requester may lack a block whose payload was pruned: only a snapshot can
+    /// give it what it lacks. `blocks` is empty then, and `frontier` names the pruned block the
+    /// walk reached (a pruned block has no links, so the walk cannot tell whether the requester
+    /// has it: a requester that does names it as had and asks again).
     pub pruned: bool,
 }
 
@@ -109,7 +111,7 @@ pub fn walk_missing(
             walker.wanted_in_queue -= 1;
             if pruned {
                 if !pruned_had {
-                    return Ok(Walk { pruned: true, ..Walk::default() });
+                    return Ok(Walk { pruned: true, frontier: vec![cid], ..Walk::default() });
                 }
                 continue;
             }

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     /// Most bytes of a local commit's blocks carried inside its announcement, so peers that
     /// hold the parents apply them with no request (0: none).
     pub inline_bytes_max: usize,
+    /// Keep a record of every put and delete of a key so its versions can be listed
+    /// (`GET /v1/topics/{t}/history/{key}`); off, a key's history is its live value alone.
+    pub key_history: bool,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +79,7 @@ impl Default for NodeConfig {
             compact_after_bytes: 256 << 20,
             snapshot_retain_s: 600,
             inline_bytes_max: INLINE_BYTES_DEFAULT,
+            key_history: true,
         }
     }
 }

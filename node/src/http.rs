@@ -77,6 +77,7 @@ impl From<CompactError> for ApiError {
     fn from(error: CompactError) -> ApiError {
         let status = match &error {
             CompactError::Topic(TopicError::Closed) => StatusCode::NOT_FOUND,
+            CompactError::NotListOwner { .. } => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
@@ -120,6 +121,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/kv", get(list_keys))
         .route("/v1/topics/{topic}/kv/{*key}", put(put_key).get(get_key).delete(delete_key))
         .route("/v1/topics/{topic}/counters/{*key}", post(increment).get(get_counter))
+        .route("/v1/topics/{topic}/history/{*key}", get(key_history))
         .route("/v1/topics/{topic}/batch", post(batch))
         .route("/v1/topics/{topic}/heads", get(heads))
         .route("/v1/topics/{topic}/compact", post(compact))
@@ -336,15 +338,42 @@ async fn unsubscribe(
 async fn put_key(
     State(node): State<Node>,
     path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let Path((topic, key)) = path?;
+    let query = parse_query(query.as_deref())?;
+    let ttl = query.get("ttl").map(|text| parse_ttl(text)).transpose()?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        let commit = handle.put(key.into_bytes(), body.to_vec())?;
-        Ok(Json(commit_json(commit)))
+        Ok(Json(match ttl {
+            None => commit_json(handle.put(key.into_bytes(), body.to_vec())?),
+            Some(ttl) => {
+                let expires = node.expiry_of(ttl);
+                let mut reply = commit_json(handle.put_until(key.into_bytes(), body.to_vec(), expires)?);
+                reply["expires_ms"] = json!(expires);
+                reply
+            }
+        }))
     })
     .await
+}
+
+/// Longest lifetime a value may be given: a hundred years.
+const TTL_MAX: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// A lifetime as people write it (`30s`, `500ms`, `5m`, `1h 30m`; a bare number is seconds),
+/// positive and at most [`TTL_MAX`].
+fn parse_ttl(text: &str) -> ApiResult<std::time::Duration> {
+    let parsed = match text.trim().parse::<u64>() {
+        Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text.trim()),
+    };
+    match parsed {
+        Ok(ttl) if !ttl.is_zero() && ttl <= TTL_MAX => Ok(ttl),
+        Ok(_) => Err(ApiError::bad_request(format!("ttl {text:?} is not between 1ms and 100 years"))),
+        Err(e) => Err(ApiError::bad_request(format!("ttl {text:?} is not a duration such as 30s, 500ms or 5m: {e}"))),
+    }
 }
 
 async fn get_key(State(node): State<Node>, path: Result<Path<(String, String)>, PathRejection>) -> ApiResult<Response> {
@@ -416,6 +445,46 @@ async fn get_counter(
     .await
 }
 
+async fn key_history(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let Path((topic, key)) = path?;
+    let query = parse_query(query.as_deref())?;
+    let limit = positive_limit(&query)?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let versions: Vec<Value> = handle
+            .history(key.as_bytes(), limit)?
+            .into_iter()
+            .map(|version| {
+                json!({
+                    "value": version.value.as_ref().map(|value| BASE64.encode(value)),
+                    "deleted": version.deleted(),
+                    "height": version.height,
+                    "cid": version.cid.to_string(),
+                    "expires_ms": version.expires,
+                })
+            })
+            .collect();
+        Ok(Json(json!({ "key": key, "versions": versions })))
+    })
+    .await
+}
+
+/// The `limit` of a listing: a positive integer, [`LIST_LIMIT_DEFAULT`] when absent.
+fn positive_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
+    match query.get("limit") {
+        None => Ok(LIST_LIMIT_DEFAULT),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {text:?}"))),
+    }
+}
+
 fn parse_query(query: Option<&str>) -> ApiResult<HashMap<String, String>> {
     let Some(query) = query else { return Ok(HashMap::new()) };
     serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
@@ -428,14 +497,7 @@ async fn list_keys(
 ) -> ApiResult<Json<Value>> {
     let Path(topic) = path?;
     let query = parse_query(query.as_deref())?;
-    let limit = match query.get("limit") {
-        None => LIST_LIMIT_DEFAULT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| ApiError::bad_request(format!("limit must be a positive integer, not {text:?}")))?,
-    };
+    let limit = positive_limit(&query)?;
     let prefix = query_key(&query, "prefix")?.unwrap_or_default();
     let after = query_key(&query, "after")?;
     blocking(move || {
@@ -472,6 +534,8 @@ enum BatchOp {
         key: Option<String>,
         key_base64: Option<String>,
         value: String,
+        /// A lifetime such as `30s`: the value expires then.
+        ttl: Option<String>,
     },
     Delete {
         key: Option<String>,
@@ -510,12 +574,19 @@ async fn batch(
     let mut batch = Batch::new();
     for (index, op) in body.ops.into_iter().enumerate() {
         match op {
-            BatchOp::Put { key, key_base64, value } => {
+            BatchOp::Put { key, key_base64, value, ttl } => {
                 let key = batch_key(index, key, key_base64)?;
                 let value = BASE64
                     .decode(value.as_bytes())
                     .map_err(|e| ApiError::bad_request(format!("op {index}: value is not base64: {e}")))?;
-                batch.put(key, value);
+                match ttl {
+                    None => batch.put(key, value),
+                    Some(ttl) => {
+                        let ttl =
+                            parse_ttl(&ttl).map_err(|e| ApiError::bad_request(format!("op {index}: {}", e.message)))?;
+                        batch.put_until(key, value, node.expiry_of(ttl))
+                    }
+                };
             }
             BatchOp::Delete { key, key_base64 } => {
                 batch.delete(batch_key(index, key, key_base64)?);
@@ -625,7 +696,10 @@ async fn watch(
         }
         let (key, key_base64) = key_json(&change.key);
         let value = change.value.as_ref().map(|v| BASE64.encode(v));
-        let data = json!({ "key": key, "key_base64": key_base64, "value": value, "height": change.height });
+        let mut data = json!({ "key": key, "key_base64": key_base64, "value": value, "height": change.height });
+        if change.expired {
+            data["expired"] = json!(true);
+        }
         tx.try_send(Ok(data.to_string())).is_ok()
     }));
     let stream = futures::stream::unfold((rx, watchers, handle), |(mut rx, watchers, handle)| async move {

@@ -18,6 +18,6 @@ pub mod http;
 mod metrics;
 mod node;
 
-pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer};
+pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig};
 pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};

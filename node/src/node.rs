@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, SyncStats, answer};
 use canopy_crdt::{
     Access, AuthorId, Batch, BlockLimits, Change, Cid, Commit, CompactError, Compaction, Head, Limits, Mode, Page,
-    ReadError, Signer, Store, StoreOptions, Topic, TopicError, WriteError,
+    ReadError, Signer, Store, StoreOptions, Topic, TopicError, Version, WriteError,
 };
 use canopy_transport::{PeerId, PeerInfo, Transport, TransportConfig, TransportEvent, TransportHandle};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
@@ -108,6 +108,13 @@ pub(crate) struct NodeInner {
     transport_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+impl NodeInner {
+    fn expiry_of(&self, ttl: Duration) -> u64 {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.store.options().clock.now().saturating_add(ttl_ms)
+    }
+}
+
 /// A running canopy node. Cheap to clone; [`Node::shutdown`] stops it.
 #[derive(Clone)]
 pub struct Node {
@@ -194,6 +201,7 @@ impl Node {
             compact_after_blocks: config.compact_after_blocks,
             compact_after_bytes: config.compact_after_bytes,
             snapshot_retain_ms: (config.snapshot_retain_s > 0).then_some(config.snapshot_retain_s * 1000),
+            key_history: config.key_history,
             ..StoreOptions::default()
         };
         let store = {
@@ -427,6 +435,12 @@ impl Node {
         &self.inner.store
     }
 
+    /// The expiry time, in wall-clock milliseconds since the Unix epoch by this node's clock,
+    /// of a value written now to live `ttl`.
+    pub fn expiry_of(&self, ttl: Duration) -> u64 {
+        self.inner.expiry_of(ttl)
+    }
+
     pub(crate) fn inner(&self) -> &Arc<NodeInner> {
         &self.inner
     }
@@ -533,6 +547,31 @@ impl NodeTopic {
         Ok(self.committed(Some(commit)).expect("a put commits"))
     }
 
+    /// Sets `key` to `value` until `expires_ms` (wall-clock milliseconds since the Unix epoch):
+    /// from then on every node hides it, as if deleted, and collects it. Nodes agree on the
+    /// moment up to their clocks' skew.
+    pub fn put_until(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        expires_ms: u64,
+    ) -> Result<Commit, WriteError> {
+        let mut batch = Batch::new();
+        batch.put_until(key, value, expires_ms);
+        let commit = self.topic.batch(batch)?;
+        Ok(self.committed(commit).expect("a put always commits"))
+    }
+
+    /// Sets `key` to `value` for `ttl` from now (see [`NodeTopic::put_until`]).
+    pub fn put_for(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+        ttl: Duration,
+    ) -> Result<Commit, WriteError> {
+        self.put_until(key, value, self.node.expiry_of(ttl))
+    }
+
     /// Deletes `key`; `None` when it had no live value.
     pub fn delete(&self, key: impl Into<Vec<u8>>) -> Result<Option<Commit>, WriteError> {
         let commit = self.topic.delete(key)?;
@@ -560,6 +599,13 @@ impl NodeTopic {
     /// The visible value of `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ReadError> {
         self.topic.get(key)
+    }
+
+    /// The versions of `key` this node holds, newest first, at most `limit`: every put and
+    /// delete since the last compaction, and the values still live. A compaction drops the
+    /// versions it covers that were no longer live.
+    pub fn history(&self, key: &[u8], limit: usize) -> Result<Vec<Version>, ReadError> {
+        self.topic.history(key, limit)
     }
 
     /// Keys with `prefix`, after `after`, at most `limit`.

@@ -14,7 +14,7 @@ use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
-use crate::schema::{CF_HEADS, CF_KV, CF_META, key_count_key};
+use crate::schema::{CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::{Change, Commit, Op};
 use crate::writers::Lists;
 
@@ -34,8 +34,8 @@ const MERGE_BLOCKS_PER_COMMIT_MAX: usize = 8;
 
 type Reply = Sender<Result<Committed, WriteError>>;
 
-/// A key and the value a cut leaves it (`None`: deleted).
-type KeyValue<'a> = (&'a [u8], Option<Cow<'a, [u8]>>);
+/// A key, the value a cut leaves it (`None`: deleted) and when that value expires.
+type KeyValue<'a> = (&'a [u8], Option<Cow<'a, [u8]>>, Option<u64>);
 
 /// A block's change to a writer list: `(grants, revokes)`.
 type ListChange<'a> = (&'a [AuthorId], &'a [(AuthorId, Cid)]);
@@ -55,6 +55,8 @@ struct TopicCommit {
     changes: Vec<Change>,
     /// Blocks made, in order (merge blocks included).
     made: Vec<Cid>,
+    /// The earliest expiry among the elements written.
+    expires: Option<u64>,
 }
 
 /// Commits queued local writes: as few deltas per topic as the block limits allow, one
@@ -110,6 +112,9 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
         let state = topics.get_mut(&commit.topic).expect("committed topics are registered");
         state.heads = commit.heads;
         state.key_count = commit.key_count;
+        if let Some(at) = commit.expires {
+            state.expires_at(at);
+        }
         state.grew(context, commit.made.len() as u64, bytes_by_topic.get(&commit.topic).copied().unwrap_or(0));
         state.publish();
         state.notify(commit.changes);
@@ -287,6 +292,7 @@ fn prepare_cuts(
         key_count: state.key_count,
         changes: Vec::new(),
         made: Vec::new(),
+        expires: None,
     };
     if let Some(lists) = lists.as_deref_mut() {
         // A writer not on the list at the heads it would build on is refused here, as every
@@ -363,29 +369,38 @@ fn commit_cut<'a>(
     let mut last: Vec<KeyValue<'a>> = Vec::with_capacity(ops.len());
     for op in ops {
         let key = op.key();
-        let value = match op {
-            Op::Put(_, value) => Some(Cow::Borrowed(value.as_slice())),
-            Op::Delete(_) => None,
+        let (value, expires) = match op {
+            Op::Put(_, value) => (Some(Cow::Borrowed(value.as_slice())), None),
+            Op::PutUntil(_, value, at) => (Some(Cow::Borrowed(value.as_slice())), Some(*at)),
+            Op::Delete(_) => (None, None),
             Op::Add(_, n) => {
                 let base = match last.last() {
-                    Some((previous, Some(total))) if *previous == key => counter::decode_total(total),
+                    Some((previous, Some(total), _)) if *previous == key => counter::decode_total(total),
                     _ => rows[key].winner().and_then(|element| counter::decode_total(&element.value)),
                 };
-                Some(Cow::Owned(counter::encode_total(base.unwrap_or(0).saturating_add(*n)).to_vec()))
+                (Some(Cow::Owned(counter::encode_total(base.unwrap_or(0).saturating_add(*n)).to_vec())), None)
             }
         };
         match last.last_mut() {
-            Some(previous) if previous.0 == key => previous.1 = value,
-            _ => last.push((key, value)),
+            Some(previous) if previous.0 == key => (previous.1, previous.2) = (value, expires),
+            _ => last.push((key, value, expires)),
         }
     }
-    let deleted = deleted_flags(cut, rows);
+    // Elements expired by now are neither tombstoned nor counted as live: they are gone
+    // already, whether or not their collection has run, so what a write makes does not depend
+    // on when it did.
+    let now = context.clock.now();
+    let deleted = deleted_flags(cut, rows, now);
     let mut adds: Vec<(&[u8], &[u8])> = Vec::with_capacity(last.len());
     let mut removes: Vec<(&[u8], Cid)> = Vec::new();
-    for (key, value) in &last {
-        removes.extend(rows[key].ids().map(|id| (*key, id)));
+    let mut expiries: Vec<(&[u8], u64)> = Vec::new();
+    for (key, value, expires) in &last {
+        removes.extend(rows[key].elements().iter().filter(|e| !e.expired(now)).map(|e| (*key, e.id)));
         if let Some(value) = value {
             adds.push((key, value.as_ref()));
+            if let Some(at) = expires {
+                expiries.push((key, *at));
+            }
         }
     }
     if adds.is_empty() && removes.is_empty() {
@@ -398,28 +413,42 @@ fn commit_cut<'a>(
 
     let mut merges = 0;
     while commit.heads.len() > LINKS_MAX && merges < MERGE_BLOCKS_PER_COMMIT_MAX {
-        let payload = (crate::delta::encode(&[], &[]), NO_CHANGE);
+        let payload = (crate::delta::encode(&[], &[], &[]), NO_CHANGE);
         let merge =
             make_block(context, (topic, &commit.name), &mut commit.heads, payload, lists.as_deref_mut(), batch)?;
         commit.made.push(merge.cid());
         merges += 1;
     }
-    let payload = (crate::delta::encode(&adds, &removes), NO_CHANGE);
+    let payload = (crate::delta::encode(&adds, &removes, &expiries), NO_CHANGE);
     let block = make_block(context, (topic, &commit.name), &mut commit.heads, payload, lists, batch)?;
     let height = block.height();
     let id = block.cid().to_bytes();
     let kv = context.cf(CF_KV);
+    let history = context.key_history.then(|| context.cf(CF_HISTORY));
+    let expiry_index = context.cf(CF_EXPIRIES);
     let mut key_count = commit.key_count as i64;
-    for (key, value) in last {
+    for (key, value, expires) in last {
         let row = rows.get_mut(key).expect("every key of the group was read");
-        let was_live = !row.is_empty();
+        let was_live = row.visible(now).is_some();
+        // The key count counts rows that hold any element, as collection does.
+        let held = !row.is_empty();
+        if let Some(cf) = history
+            && (value.is_some() || was_live)
+        {
+            crate::history::record(batch, cf, topic, key, (height, &block.cid()), value.is_none());
+        }
         match value {
             Some(value) => {
-                key_count += i64::from(!was_live && !counter::is_reserved(key));
-                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, &value));
-                *row = Row::single(Element { height, id: block.cid(), value: value.to_vec() });
+                key_count += i64::from(!held && !counter::is_reserved(key));
+                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, &value, expires));
+                if let Some(at) = expires {
+                    crate::expiry::record(batch, expiry_index, topic, key, &block.cid(), at);
+                    commit.expires = Some(commit.expires.map_or(at, |next| next.min(at)));
+                }
+                *row = Row::single(Element { height, id: block.cid(), value: value.to_vec(), expires });
                 if watched {
-                    commit.changes.push(Change { key: key.to_vec(), value: Some(value.to_vec()), height });
+                    let change = Change { key: key.to_vec(), value: Some(value.to_vec()), height, expired: false };
+                    commit.changes.push(change);
                 }
             }
             None if was_live => {
@@ -427,7 +456,7 @@ fn commit_cut<'a>(
                 batch.delete_cf(kv, topic.key(key));
                 *row = Row::default();
                 if watched {
-                    commit.changes.push(Change { key: key.to_vec(), value: None, height });
+                    commit.changes.push(Change { key: key.to_vec(), value: None, height, expired: false });
                 }
             }
             None => {}
@@ -444,12 +473,12 @@ fn commit_cut<'a>(
 
 /// Whether one of each request's deletes removed a live value, replaying the cut in submission
 /// order over the rows as they stand before it.
-fn deleted_flags(cut: &[&WriteRequest], rows: &HashMap<&[u8], Row>) -> Vec<bool> {
+fn deleted_flags(cut: &[&WriteRequest], rows: &HashMap<&[u8], Row>, now: u64) -> Vec<bool> {
     let any_delete = cut.iter().any(|r| r.ops.iter().any(|op| matches!(op, Op::Delete(_))));
     if !any_delete {
         return vec![false; cut.len()];
     }
-    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (*key, !row.is_empty())).collect();
+    let mut live: HashMap<&[u8], bool> = rows.iter().map(|(key, row)| (*key, row.visible(now).is_some())).collect();
     cut.iter()
         .map(|request| {
             let mut deleted = false;

@@ -29,8 +29,8 @@ use super::{Context, TopicState, apply_ready, read_rows};
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE, encode_cids,
-    key_count_key, kv_file_options, meta_key, tombstone_key,
+    CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE,
+    encode_cids, key_count_key, kv_file_options, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
 use crate::types::{Change, Head, MergeOutcome};
@@ -290,6 +290,9 @@ struct RowFile {
     rows: u64,
     keys: u64,
     changes: Option<Vec<Change>>,
+    /// Elements that expire, as `(key, id, expiry)`, to index; those expired already are left out.
+    expiring: Vec<(Vec<u8>, Cid, u64)>,
+    now: u64,
 }
 
 /// The options every row file is written with, the `kv` family's table format.
@@ -303,15 +306,23 @@ impl RowFile {
         let writer = SstFileWriter::create(&ROW_FILE_OPTIONS);
         writer.open(&path)?;
         let changes = state.has_watchers().then(Vec::new);
-        Ok(RowFile { path, writer, topic, current: None, rows: 0, keys: 0, changes })
+        let now = context.clock.now();
+        Ok(RowFile { path, writer, topic, current: None, rows: 0, keys: 0, changes, expiring: Vec::new(), now })
     }
 
     fn add(&mut self, chunk: Chunk) -> Result<(), MergeError> {
-        for SnapshotElement { key, height, id, value } in chunk.elements {
+        for SnapshotElement { key, height, id, value, expires } in chunk.elements {
+            if let Some(at) = expires {
+                if at <= self.now {
+                    continue;
+                }
+                self.expiring.push((key.clone(), id, at));
+            }
+            let element = Element { height, id, value, expires };
             match &mut self.current {
-                Some((at, row)) if *at == key => row.insert(Element { height, id, value }),
+                Some((at, row)) if *at == key => row.insert(element),
                 _ => {
-                    let next = (key, Row::single(Element { height, id, value }));
+                    let next = (key, Row::single(element));
                     if let Some((done, row)) = self.current.replace(next) {
                         self.put(done, row)?;
                     }
@@ -328,7 +339,7 @@ impl RowFile {
         if let Some(changes) = self.changes.as_mut()
             && let Some(winner) = row.winner()
         {
-            changes.push(Change { key, value: Some(winner.value.clone()), height: winner.height });
+            changes.push(Change { key, value: Some(winner.value.clone()), height: winner.height, expired: false });
         }
         Ok(())
     }
@@ -348,6 +359,10 @@ impl RowFile {
         let _ = std::fs::remove_file(&self.path);
         let mut batch = WriteBatch::default();
         batch.put_cf(context.cf(CF_META), key_count_key(self.topic), self.keys.to_be_bytes());
+        for (key, id, at) in std::mem::take(&mut self.expiring) {
+            crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), self.topic, &key, &id, at);
+            state.expires_at(at);
+        }
         context.write(batch)?;
         state.key_count = self.keys;
         for part in self.changes.take().unwrap_or_default().chunks(4096) {
@@ -373,6 +388,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
     // no longer has. Only needed when some covered block was applied here.
     let mut own_rows = (!applied.is_empty()).then(|| prefix_scan(&context.db, context.cf(CF_KV), topic).peekable());
     let mut key_count = state.key_count as i64;
+    let now = context.clock.now();
     for group in checked.manifest.chunks.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             if chunk.elements.is_empty() {
@@ -404,7 +420,15 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
                     if applied.contains(&element.id) || tombstoned.contains(&(element.id, key.clone())) {
                         continue;
                     }
-                    merged.insert(Element { height: element.height, id: element.id, value: element.value });
+                    if let Some(at) = element.expires {
+                        if at <= now {
+                            continue;
+                        }
+                        crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &element.id, at);
+                        state.expires_at(at);
+                    }
+                    let SnapshotElement { height, id, value, expires, .. } = element;
+                    merged.insert(Element { height, id, value, expires });
                 }
                 write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
             }
@@ -501,9 +525,10 @@ fn write_row(
     if &after == before {
         return;
     }
-    let (was, is) = (before.winner().map(|e| e.value.clone()), after.winner().map(|e| e.value.clone()));
+    let now = context.clock.now();
+    let (was, is) = (before.visible(now).map(|e| e.value.clone()), after.visible(now).map(|e| e.value.clone()));
     if !crate::counter::is_reserved(&key) {
-        *key_count += i64::from(is.is_some()) - i64::from(was.is_some());
+        *key_count += i64::from(!after.is_empty()) - i64::from(!before.is_empty());
     }
     if after.is_empty() {
         batch.delete_cf(context.cf(CF_KV), topic.key(&key));
@@ -511,8 +536,8 @@ fn write_row(
         batch.put_cf(context.cf(CF_KV), topic.key(&key), after.encode());
     }
     if was != is {
-        let height = after.winner().map_or(height, |e| e.height);
-        changes.push(Change { key, value: is, height });
+        let height = after.visible(now).map_or(height, |e| e.height);
+        changes.push(Change { key, value: is, height, expired: false });
     }
 }
 

@@ -15,7 +15,7 @@ use crate::counter;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
-use crate::schema::{CF_HEADS, CF_KV, CF_META, key_count_key};
+use crate::schema::{CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::{Change, IngestOutcome};
 
 /// Takes in received blocks and applies everything whose ancestry is complete.
@@ -120,8 +120,9 @@ pub(super) fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<
     Ok(total)
 }
 
-/// Rows of the keys a round touches, each with its visible value before the round.
-pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>)>;
+/// Rows of the keys a round touches, each with its visible value and whether it held any
+/// element (the key count counts rows) before the round.
+pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>, bool)>;
 
 /// A received block's delta, decoded under the protocol's limits, whose counter entries are
 /// all its author's own.
@@ -136,7 +137,8 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     // Deltas are decoded in parallel under the protocol's limits (never this node's settings,
     // so every replica decides alike); the fold below stays sequential and causal.
     let deltas: Vec<Result<Delta, DeltaError>> = order.par_iter().map(decode_checked).collect();
-    let mut rows = read_round_rows(context, topic, &deltas)?;
+    let now = context.clock.now();
+    let mut rows = read_round_rows(context, topic, &deltas, now)?;
     if let Some(lists) = &mut state.lists {
         lists.trim();
     }
@@ -156,7 +158,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             reject(state, &mut bad, &mut result, cid, reason);
             continue;
         }
-        let delta = match delta {
+        let mut delta = match delta {
             Ok(delta) => delta,
             Err(error) => {
                 reject(state, &mut bad, &mut result, cid, error.to_string());
@@ -183,6 +185,9 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             lists.record(&mut batch, &context.db, block, &delta, past);
         }
         let height = block.height();
+        if context.key_history {
+            crate::history::record_delta(&mut batch, context.cf(CF_HISTORY), topic, &delta, (height, &cid));
+        }
         for (key, id) in &delta.removes {
             let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
             if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
@@ -192,11 +197,22 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             }
             changed_at.insert(key.clone(), height);
         }
+        let expiries = std::mem::take(&mut delta.expiries);
         for (key, value) in delta.adds {
             if tombs.take(context, state, &mut batch, &key, cid) {
                 continue;
             }
-            rows.get_mut(&key).expect("every key of the round was read").0.insert(Element { height, id: cid, value });
+            let expires = expiries.binary_search_by(|(k, _)| k.cmp(&key)).ok().map(|at| expiries[at].1);
+            if let Some(at) = expires {
+                if at <= now {
+                    // Expired before it arrived: as if collected at once.
+                    continue;
+                }
+                crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &cid, at);
+                state.expires_at(at);
+            }
+            let element = Element { height, id: cid, value, expires };
+            rows.get_mut(&key).expect("every key of the round was read").0.insert(element);
             changed_at.insert(key, height);
         }
         for parent in block.links() {
@@ -212,10 +228,10 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     let mut key_count = state.key_count as i64;
     let mut changes = Vec::new();
     for (key, height) in changed_at {
-        let (row, before) = &rows[&key];
-        let after = row.winner().map(|e| e.value.clone());
+        let (row, before, held) = &rows[&key];
+        let after = row.visible(now).map(|e| e.value.clone());
         if !counter::is_reserved(&key) {
-            key_count += i64::from(after.is_some()) - i64::from(before.is_some());
+            key_count += i64::from(!row.is_empty()) - i64::from(*held);
         }
         if row.is_empty() {
             batch.delete_cf(kv, topic.key(&key));
@@ -223,7 +239,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             batch.put_cf(kv, topic.key(&key), row.encode());
         }
         if &after != before {
-            changes.push(Change { key, value: after, height });
+            changes.push(Change { key, value: after, height, expired: false });
         }
     }
     let heads_cf = context.cf(CF_HEADS);
@@ -257,6 +273,7 @@ fn read_round_rows(
     context: &Context,
     topic: TopicId,
     deltas: &[Result<Delta, DeltaError>],
+    now: u64,
 ) -> Result<RoundRows, StorageError> {
     let mut keys: Vec<Vec<u8>> = deltas
         .iter()
@@ -272,8 +289,9 @@ fn read_round_rows(
         .into_iter()
         .zip(loaded)
         .map(|(key, row)| {
-            let before = row.winner().map(|e| e.value.clone());
-            (key[prefix_len..].to_vec(), (row, before))
+            let before = row.visible(now).map(|e| e.value.clone());
+            let held = !row.is_empty();
+            (key[prefix_len..].to_vec(), (row, before, held))
         })
         .collect())
 }

@@ -11,6 +11,8 @@ use canopy_node::{Node, NodeConfig};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
+mod shell;
+
 #[derive(Parser)]
 #[command(name = "canopy", version, about = "A key-value store replicated with Merkle-CRDTs")]
 struct Cli {
@@ -27,6 +29,9 @@ enum Command {
         topic: String,
         key: String,
         value: String,
+        /// The value expires after this long (`30s`, `500ms`, `5m`, `1h`): every node then hides it.
+        #[arg(long)]
+        ttl: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -50,6 +55,17 @@ enum Command {
     Count {
         topic: String,
         key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the versions of KEY in topic T this node holds, newest first: every put and delete
+    /// since the topic's last compaction, and the values still live.
+    History {
+        topic: String,
+        key: String,
+        /// Most versions to list.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -134,6 +150,13 @@ enum Command {
     /// Create topics and show who may write them.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// Work on topic T interactively (line editing, history), or run commands piped in, one per
+    /// line; `help` lists the commands.
+    Shell {
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -233,6 +256,9 @@ struct ServeArgs {
     /// then fetch every block).
     #[arg(long, env = "CANOPY_INLINE_BYTES_MAX")]
     inline_bytes_max: Option<usize>,
+    /// Record every put and delete so `canopy history` lists a key's versions [default: true].
+    #[arg(long, env = "CANOPY_KEY_HISTORY")]
+    key_history: Option<bool>,
 }
 
 impl ServeArgs {
@@ -277,6 +303,9 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.inline_bytes_max {
             config.inline_bytes_max = bytes;
+        }
+        if let Some(on) = self.key_history {
+            config.key_history = on;
         }
         config.validate()?;
         Ok(config)
@@ -354,9 +383,11 @@ fn encode_path(segment: &str) -> String {
     percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// A node's HTTP API, and whether to print JSON.
 struct Api {
     http: reqwest::blocking::Client,
     base: String,
+    json: bool,
 }
 
 impl Api {
@@ -364,7 +395,163 @@ impl Api {
         Ok(Api {
             http: reqwest::blocking::Client::builder().timeout(None).build()?,
             base: args.url.trim_end_matches('/').to_string(),
+            json: args.json,
         })
+    }
+
+    /// The URL of `path` under topic `topic`, with `key` (when given) as the last segment.
+    fn topic_url(&self, topic: &str, path: &str, key: Option<&str>) -> String {
+        match key {
+            Some(key) => self.url(&format!("/v1/topics/{}/{path}/{}", encode_path(topic), encode_path(key))),
+            None => self.url(&format!("/v1/topics/{}/{path}", encode_path(topic))),
+        }
+    }
+
+    fn put(&self, topic: &str, key: &str, value: Vec<u8>, ttl: Option<&str>) -> anyhow::Result<()> {
+        let mut request = self.http.put(self.topic_url(topic, "kv", Some(key))).body(value);
+        if let Some(ttl) = ttl {
+            request = request.query(&[("ttl", ttl)]);
+        }
+        let reply = self.json(request)?;
+        print(self.json, &reply, |reply| match reply["expires_ms"].as_u64() {
+            Some(at) => format!("{} expires {}", commit_line(reply), time_text(at)),
+            None => commit_line(reply),
+        });
+        Ok(())
+    }
+
+    /// Prints the value of `key`: its raw bytes, ended by a newline when `line` or on a terminal.
+    fn get(&self, topic: &str, key: &str, line: bool) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let bytes = self.send(self.http.get(self.topic_url(topic, "kv", Some(key))))?.bytes()?;
+        if self.json {
+            println!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) }));
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            if !bytes.ends_with(b"\n") && (line || std::io::IsTerminal::is_terminal(&out)) {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    fn delete(&self, topic: &str, key: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.delete(self.topic_url(topic, "kv", Some(key))))?;
+        print(self.json, &reply, commit_line);
+        Ok(())
+    }
+
+    fn increment(&self, topic: &str, key: &str, n: i64) -> anyhow::Result<()> {
+        let url = self.topic_url(topic, "counters", Some(key));
+        let reply = self.json(self.http.post(url).json(&json!({ "add": n })))?;
+        print(self.json, &reply, |reply| reply["value"].to_string());
+        Ok(())
+    }
+
+    fn count(&self, topic: &str, key: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.get(self.topic_url(topic, "counters", Some(key))))?;
+        print(self.json, &reply, |reply| reply["value"].to_string());
+        Ok(())
+    }
+
+    fn history(&self, topic: &str, key: &str, limit: usize) -> anyhow::Result<()> {
+        let url = self.topic_url(topic, "history", Some(key));
+        let reply = self.json(self.http.get(url).query(&[("limit", limit.to_string())]))?;
+        print(self.json, &reply, history_text);
+        Ok(())
+    }
+
+    fn heads(&self, topic: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.get(self.topic_url(topic, "heads", None)))?;
+        print(self.json, &reply, |value| {
+            let heads = value["heads"].as_array().cloned().unwrap_or_default();
+            heads
+                .iter()
+                .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        Ok(())
+    }
+
+    /// Lists keys with `prefix` after `after`, at most `limit`, printing each page as it arrives
+    /// so listing a large topic holds one page at a time.
+    fn list(&self, topic: &str, prefix: &str, after: Option<String>, limit: Option<usize>) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let mut after_base64 = after.map(|key| BASE64.encode(key));
+        let mut remaining = limit.unwrap_or(usize::MAX);
+        let mut first = true;
+        if self.json {
+            write!(out, "[")?;
+        }
+        while remaining > 0 {
+            let page_limit = remaining.min(1000).to_string();
+            let mut query = vec![("prefix", prefix.to_string()), ("limit", page_limit)];
+            if let Some(after) = &after_base64 {
+                query.push(("after_base64", after.clone()));
+            }
+            let page = self.json(self.http.get(self.topic_url(topic, "kv", None)).query(&query))?;
+            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            remaining = remaining.saturating_sub(entries.len());
+            for entry in entries {
+                if self.json {
+                    write!(out, "{}{entry}", if first { "" } else { "," })?;
+                    first = false;
+                } else {
+                    let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
+                    writeln!(out, "{}\t{}", key_text(&entry), String::from_utf8_lossy(&value))?;
+                }
+            }
+            match page["next_base64"].as_str() {
+                Some(next) => after_base64 = Some(next.to_string()),
+                None => break,
+            }
+        }
+        if self.json {
+            writeln!(out, "]")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Prints the changes of `topic` as they happen until `stop` fires (never, when it has no
+    /// sender) or the stream ends. The stream is read on a thread of its own, which ends at
+    /// the next event or keep-alive once nobody listens.
+    fn watch<T>(&self, topic: &str, stop: &crossbeam_channel::Receiver<T>) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let response = self.send(self.http.get(self.topic_url(topic, "watch", None)))?;
+        let (lines, changes) = crossbeam_channel::bounded::<anyhow::Result<String>>(1024);
+        let json_output = self.json;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(response).lines() {
+                let text = match line {
+                    Ok(line) => match line.strip_prefix("data:") {
+                        Some(data) => serde_json::from_str::<Value>(data.trim())
+                            .map(|change| if json_output { change.to_string() } else { change_text(&change) })
+                            .map_err(anyhow::Error::from),
+                        None => continue,
+                    },
+                    Err(error) => Err(error.into()),
+                };
+                if lines.send(text).is_err() {
+                    return;
+                }
+            }
+            let _ = lines.send(Err(anyhow::anyhow!("the node closed the watch stream")));
+        });
+        loop {
+            crossbeam_channel::select! {
+                recv(changes) -> change => match change {
+                    Ok(Ok(text)) => println!("{text}"),
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => return Ok(()),
+                },
+                recv(stop) -> _ => return Ok(()),
+            }
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -423,6 +610,50 @@ fn key_text(entry: &Value) -> String {
     }
 }
 
+/// A change from the watch stream, for people.
+fn change_text(change: &Value) -> String {
+    if let Some(counter) = change.get("counter") {
+        let key = key_text(&json!({ "key": counter, "key_base64": change["key_base64"] }));
+        return format!("count {key} = {}", change["value"]);
+    }
+    let key = key_text(change);
+    let value = change["value"]
+        .as_str()
+        .map(|value| String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned());
+    match (change["expired"].as_bool().unwrap_or(false), value) {
+        (false, Some(value)) => format!("put {key} = {value}"),
+        (false, None) => format!("del {key}"),
+        (true, Some(value)) => format!("expired {key}, now = {value}"),
+        (true, None) => format!("expired {key}"),
+    }
+}
+
+/// A wall-clock time in milliseconds since the Unix epoch, as RFC 3339 in UTC.
+fn time_text(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// One line a version: height, block, and the value (or `(deleted)`).
+fn history_text(reply: &Value) -> String {
+    let versions = reply["versions"].as_array().cloned().unwrap_or_default();
+    versions
+        .iter()
+        .map(|version| {
+            let value = match version["value"].as_str() {
+                Some(value) => String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned(),
+                None => "(deleted)".into(),
+            };
+            let line = format!("{}\t{}\t{value}", version["height"], version["cid"].as_str().unwrap_or_default());
+            match version["expires_ms"].as_u64() {
+                Some(at) => format!("{line}\t(expires {})", time_text(at)),
+                None => line,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn commit_line(value: &Value) -> String {
     match value.get("cid").and_then(Value::as_str) {
         Some(cid) => format!("{cid} height {}", value["height"]),
@@ -433,84 +664,18 @@ fn commit_line(value: &Value) -> String {
 fn client(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(_) => unreachable!("handled by serve"),
-        Command::Put { topic, key, value, client } => {
-            let api = Api::new(&client)?;
+        Command::Shell { topic, client } => return shell::run(&Api::new(&client)?, topic),
+        Command::Put { topic, key, value, ttl, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
-            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
-            let reply = api.json(api.http.put(url).body(body))?;
-            print(client.json, &reply, commit_line);
+            Api::new(&client)?.put(&topic, &key, body, ttl.as_deref())?;
         }
-        Command::Get { topic, key, client } => {
-            let api = Api::new(&client)?;
-            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
-            let bytes = api.send(api.http.get(url))?.bytes()?;
-            if client.json {
-                println!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) }));
-            } else {
-                use std::io::Write as _;
-                let mut out = std::io::stdout().lock();
-                out.write_all(&bytes)?;
-                if !bytes.ends_with(b"\n") && std::io::IsTerminal::is_terminal(&out) {
-                    out.write_all(b"\n")?;
-                }
-            }
-        }
-        Command::Incr { topic, key, n, client } => {
-            let api = Api::new(&client)?;
-            let url = api.url(&format!("/v1/topics/{}/counters/{}", encode_path(&topic), encode_path(&key)));
-            let reply = api.json(api.http.post(url).json(&json!({ "add": n })))?;
-            print(client.json, &reply, |reply| reply["value"].to_string());
-        }
-        Command::Count { topic, key, client } => {
-            let api = Api::new(&client)?;
-            let url = api.url(&format!("/v1/topics/{}/counters/{}", encode_path(&topic), encode_path(&key)));
-            let reply = api.json(api.http.get(url))?;
-            print(client.json, &reply, |reply| reply["value"].to_string());
-        }
-        Command::Del { topic, key, client } => {
-            let api = Api::new(&client)?;
-            let url = api.url(&format!("/v1/topics/{}/kv/{}", encode_path(&topic), encode_path(&key)));
-            let reply = api.json(api.http.delete(url))?;
-            print(client.json, &reply, commit_line);
-        }
+        Command::Get { topic, key, client } => Api::new(&client)?.get(&topic, &key, false)?,
+        Command::Incr { topic, key, n, client } => Api::new(&client)?.increment(&topic, &key, n)?,
+        Command::Count { topic, key, client } => Api::new(&client)?.count(&topic, &key)?,
+        Command::History { topic, key, limit, client } => Api::new(&client)?.history(&topic, &key, limit)?,
+        Command::Del { topic, key, client } => Api::new(&client)?.delete(&topic, &key)?,
         Command::Ls { topic, prefix, after, limit, client } => {
-            // Pages are printed as they arrive, so listing a large topic holds one page at a time.
-            use std::io::Write as _;
-            let api = Api::new(&client)?;
-            let mut out = std::io::stdout().lock();
-            let mut after_base64 = after.map(|key| BASE64.encode(key));
-            let mut remaining = limit.unwrap_or(usize::MAX);
-            let mut first = true;
-            if client.json {
-                write!(out, "[")?;
-            }
-            while remaining > 0 {
-                let page_limit = remaining.min(1000).to_string();
-                let mut query = vec![("prefix", prefix.clone()), ("limit", page_limit)];
-                if let Some(after) = &after_base64 {
-                    query.push(("after_base64", after.clone()));
-                }
-                let url = api.url(&format!("/v1/topics/{}/kv", encode_path(&topic)));
-                let page = api.json(api.http.get(url).query(&query))?;
-                let entries = page["entries"].as_array().cloned().unwrap_or_default();
-                remaining = remaining.saturating_sub(entries.len());
-                for entry in entries {
-                    if client.json {
-                        write!(out, "{}{entry}", if first { "" } else { "," })?;
-                        first = false;
-                    } else {
-                        let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
-                        writeln!(out, "{}\t{}", key_text(&entry), String::from_utf8_lossy(&value))?;
-                    }
-                }
-                match page["next_base64"].as_str() {
-                    Some(next) => after_base64 = Some(next.to_string()),
-                    None => break,
-                }
-            }
-            if client.json {
-                writeln!(out, "]")?;
-            }
+            Api::new(&client)?.list(&topic, &prefix, after, limit)?
         }
         Command::Subscribe { topic, client } => {
             let api = Api::new(&client)?;
@@ -552,18 +717,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                     .join("\n")
             });
         }
-        Command::Heads { topic, client } => {
-            let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url(&format!("/v1/topics/{}/heads", encode_path(&topic)))))?;
-            print(client.json, &reply, |value| {
-                let heads = value["heads"].as_array().cloned().unwrap_or_default();
-                heads
-                    .iter()
-                    .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
-        }
+        Command::Heads { topic, client } => Api::new(&client)?.heads(&topic)?,
         Command::Compact { topic, client } => {
             let api = Api::new(&client)?;
             let reply = api.json(api.http.post(api.url(&format!("/v1/topics/{}/compact", encode_path(&topic)))))?;
@@ -579,29 +733,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 )
             });
         }
-        Command::Watch { topic, client } => {
-            use std::io::BufRead as _;
-            let api = Api::new(&client)?;
-            let response = api.send(api.http.get(api.url(&format!("/v1/topics/{}/watch", encode_path(&topic)))))?;
-            for line in std::io::BufReader::new(response).lines() {
-                let line = line?;
-                let Some(data) = line.strip_prefix("data:") else { continue };
-                let change: Value = serde_json::from_str(data.trim())?;
-                print(client.json, &change, |c| {
-                    if let Some(counter) = c.get("counter") {
-                        let key = key_text(&json!({ "key": counter, "key_base64": c["key_base64"] }));
-                        return format!("count {key} = {}", c["value"]);
-                    }
-                    let key = key_text(c);
-                    match c["value"].as_str() {
-                        Some(v) => {
-                            format!("put {key} = {}", String::from_utf8_lossy(&BASE64.decode(v).unwrap_or_default()))
-                        }
-                        None => format!("del {key}"),
-                    }
-                });
-            }
-        }
+        Command::Watch { topic, client } => Api::new(&client)?.watch(&topic, &crossbeam_channel::never::<()>())?,
         Command::Id { client } => {
             let api = Api::new(&client)?;
             let reply = api.json(api.http.get(api.url("/v1/status")))?;

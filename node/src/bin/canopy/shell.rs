@@ -1,0 +1,187 @@
+//! `canopy shell`: the commands of one topic, typed with line editing and history on a terminal,
+//! or piped in one per line so they script.
+
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use rustyline::DefaultEditor;
+use rustyline::error::ReadlineError;
+
+use super::Api;
+
+/// Every command with its arguments, one a line; `usage` finds a command's line here.
+const HELP: &str = "\
+list [PREFIX]      keys and values in key order (also: ls)
+get KEY            the value of KEY
+put KEY VALUE...   set KEY to VALUE (the rest of the line; quote to keep spaces)
+put --ttl D KEY VALUE...  the same, the value expiring after D (30s, 5m, 1h)
+del KEY            delete KEY
+incr KEY [N]       add N (default 1, negative to subtract) to the counter KEY
+count KEY          the value of the counter KEY
+history KEY [N]    the last N (default 100) versions of KEY, newest first
+watch [SECONDS]    print changes for SECONDS, or until Enter is pressed
+heads              the topic's heads
+use TOPIC          work on TOPIC from now on
+help               this list
+exit               leave (also: quit, Ctrl-D)";
+
+/// Versions `history` lists when not told how many.
+const HISTORY_DEFAULT: usize = 100;
+
+/// What the loop does after a command.
+enum Flow {
+    Continue,
+    Exit,
+}
+
+struct Shell<'a> {
+    api: &'a Api,
+    topic: String,
+    interactive: bool,
+}
+
+/// Runs the shell on `topic`: interactive when standard input is a terminal, otherwise one
+/// command a line from it, with exit status 1 when any failed.
+pub(super) fn run(api: &Api, topic: String) -> anyhow::Result<ExitCode> {
+    let interactive = std::io::stdin().is_terminal();
+    let mut shell = Shell { api, topic, interactive };
+    if interactive { shell.interactive() } else { shell.piped() }
+}
+
+fn history_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".canopy_history"))
+}
+
+fn usage(command: &str) -> &'static str {
+    HELP.lines().find(|line| line.split_whitespace().next() == Some(command)).unwrap_or(HELP)
+}
+
+fn number<T: std::str::FromStr>(text: &str, what: &str) -> anyhow::Result<T> {
+    text.parse().map_err(|_| anyhow!("{what} must be a number, not {text:?}"))
+}
+
+impl Shell<'_> {
+    fn interactive(&mut self) -> anyhow::Result<ExitCode> {
+        let mut editor = DefaultEditor::new()?;
+        let history = history_file();
+        if let Some(path) = &history {
+            // A missing or unreadable history file only means starting without one.
+            let _ = editor.load_history(path);
+        }
+        println!("canopy shell on {} at {}: type help for the commands", self.topic, self.api.base);
+        loop {
+            match editor.readline(&format!("{}> ", self.topic)) {
+                Ok(line) => {
+                    let _ = editor.add_history_entry(line.as_str());
+                    match self.execute(&line) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Exit) => break,
+                        Err(error) => eprintln!("error: {error:#}"),
+                    }
+                }
+                Err(ReadlineError::Interrupted) => continue,
+                Err(ReadlineError::Eof) => break,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if let Some(path) = &history {
+            let _ = editor.save_history(path);
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn piped(&mut self) -> anyhow::Result<ExitCode> {
+        let mut failed = false;
+        let mut line = String::new();
+        for number in 1.. {
+            line.clear();
+            if std::io::stdin().read_line(&mut line)? == 0 {
+                break;
+            }
+            match self.execute(&line) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Exit) => break,
+                Err(error) => {
+                    eprintln!("error: line {number}: {error:#}");
+                    failed = true;
+                }
+            }
+        }
+        Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    }
+
+    fn execute(&mut self, line: &str) -> anyhow::Result<Flow> {
+        let line = line.trim();
+        if line.starts_with('#') {
+            return Ok(Flow::Continue);
+        }
+        let words = shell_words::split(line).map_err(|e| anyhow!("cannot split the line into words: {e}"))?;
+        let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
+        let (api, topic) = (self.api, self.topic.as_str());
+        match (command.as_str(), args) {
+            ("help", _) => println!("{HELP}"),
+            ("exit" | "quit", []) => return Ok(Flow::Exit),
+            ("list" | "ls", []) => api.list(topic, "", None, None)?,
+            ("list" | "ls", [prefix]) => api.list(topic, prefix, None, None)?,
+            ("get", [key]) => api.get(topic, key, true)?,
+            ("put", [flag, ttl, key, value @ ..]) if flag == "--ttl" && !value.is_empty() => {
+                api.put(topic, key, value.join(" ").into_bytes(), Some(ttl.as_str()))?
+            }
+            ("put", [key, value @ ..]) if !value.is_empty() && key != "--ttl" => {
+                api.put(topic, key, value.join(" ").into_bytes(), None)?
+            }
+            ("del", [key]) => api.delete(topic, key)?,
+            ("incr", [key]) => api.increment(topic, key, 1)?,
+            ("incr", [key, n]) => api.increment(topic, key, number(n, "N")?)?,
+            ("count", [key]) => api.count(topic, key)?,
+            ("history", [key]) => api.history(topic, key, HISTORY_DEFAULT)?,
+            ("history", [key, n]) => api.history(topic, key, number(n, "N")?)?,
+            ("heads", []) => api.heads(topic)?,
+            ("watch", []) => self.watch_until_enter()?,
+            ("watch", [seconds]) => {
+                let seconds: f64 = number(seconds, "SECONDS")?;
+                let duration = Duration::try_from_secs_f64(seconds)
+                    .map_err(|_| anyhow!("SECONDS must be a positive number, not {seconds}"))?;
+                api.watch(topic, &crossbeam_channel::after(duration))?;
+            }
+            ("use", [name]) => {
+                self.topic = name.clone();
+                if !self.interactive {
+                    return Ok(Flow::Continue);
+                }
+                println!("now on {name}");
+            }
+            (
+                "exit" | "quit" | "list" | "ls" | "get" | "put" | "del" | "incr" | "count" | "history" | "heads"
+                | "watch" | "use",
+                _,
+            ) => bail!("usage: {}", usage(command)),
+            (other, _) => bail!("unknown command {other:?}: type help for the commands"),
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Prints changes until Enter is pressed; from a pipe there is no one to press it.
+    fn watch_until_enter(&self) -> anyhow::Result<()> {
+        if !self.interactive {
+            bail!("watch needs SECONDS when commands come from a pipe");
+        }
+        println!("watching {}: press Enter to stop", self.topic);
+        let (pressed, stop) = crossbeam_channel::bounded(1);
+        let reader = std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            let _ = pressed.send(());
+        });
+        let watched = self.api.watch(&self.topic, &stop);
+        if watched.is_err() {
+            println!("the watch ended: press Enter");
+        }
+        // The reader must have taken its line before the prompt reads the next one.
+        let _ = reader.join();
+        watched
+    }
+}
