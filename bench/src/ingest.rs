@@ -44,6 +44,8 @@ pub struct IngestConfig {
     /// Compact the first topic over and over while canopy's writes run, to see what a
     /// compaction costs the writes beside it.
     pub compact_during: bool,
+    /// Record key history (`StoreOptions::key_history`).
+    pub key_history: bool,
 }
 
 /// Figures of one side of the run.
@@ -220,6 +222,7 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
         writer_threads: config.store_writer_threads,
         compact_after_blocks: if config.compact_during { 0 } else { StoreOptions::default().compact_after_blocks },
         compact_after_bytes: if config.compact_during { 0 } else { StoreOptions::default().compact_after_bytes },
+        key_history: config.key_history,
         ..StoreOptions::default()
     };
     let store = Store::open(&canopy_dir, store_options)?;

@@ -247,6 +247,10 @@ struct IngestArgs {
     /// costs the writes beside it (compare the batch latencies with a run without it).
     #[arg(long)]
     compact_during: bool,
+    /// Write without key history (`StoreOptions::key_history` off), to see what recording it
+    /// costs.
+    #[arg(long)]
+    no_key_history: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -344,6 +348,7 @@ fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {
         rounds: args.rounds as usize,
         compact: args.compact,
         compact_during: args.compact_during,
+        key_history: !args.no_key_history,
     };
     let report = ingest::run(&config)?;
     if args.json {

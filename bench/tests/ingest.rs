@@ -18,6 +18,7 @@ fn small_ingest_reports_both_sides() {
             rounds: 1,
             compact: false,
             compact_during: batch == 1,
+            key_history: batch == 1,
         };
         let report = run(&config).unwrap();
         assert_eq!(report.keys, 2000);
@@ -45,6 +46,7 @@ fn compaction_after_overwrites_leaves_the_disk_of_the_live_keys() {
         rounds: 5,
         compact: true,
         compact_during: false,
+        key_history: true,
     };
     let report = run(&config).unwrap();
     let compacted = report.compacted_disk_bytes_per_key.unwrap();

@@ -14,19 +14,19 @@ use super::Api;
 
 /// Every command with its arguments, one a line; `usage` finds a command's line here.
 const HELP: &str = "\
-list [PREFIX]      keys and values in key order (also: ls)
-get KEY            the value of KEY
-put KEY VALUE...   set KEY to VALUE (the rest of the line; quote to keep spaces)
+list [PREFIX]             keys and values in key order (also: ls)
+get KEY                   the value of KEY
+put KEY VALUE...          set KEY to VALUE (the rest of the line; quote to keep spaces)
 put --ttl D KEY VALUE...  the same, the value expiring after D (30s, 5m, 1h)
-del KEY            delete KEY
-incr KEY [N]       add N (default 1, negative to subtract) to the counter KEY
-count KEY          the value of the counter KEY
-history KEY [N]    the last N (default 100) versions of KEY, newest first
-watch [SECONDS]    print changes for SECONDS, or until Enter is pressed
-heads              the topic's heads
-use TOPIC          work on TOPIC from now on
-help               this list
-exit               leave (also: quit, Ctrl-D)";
+del KEY                   delete KEY
+incr KEY [N]              add N (default 1, negative to subtract) to the counter KEY
+count KEY                 the value of the counter KEY
+history KEY [N]           the last N (default 100) versions of KEY, newest first
+watch [SECONDS]           print changes for SECONDS, or until Enter is pressed
+heads                     the topic's heads
+use TOPIC                 work on TOPIC from now on
+help                      this list
+exit                      leave (also: quit, Ctrl-D)";
 
 /// Versions `history` lists when not told how many.
 const HISTORY_DEFAULT: usize = 100;
