@@ -167,7 +167,21 @@ impl Inspector {
             return Err(OpenError::InvalidOptions(format!("{} holds no canopy database", path.display())));
         }
         let cache = Cache::new_lru_cache(8 << 20);
-        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, column_families(&cache), false)?;
+        // A directory an older canopy wrote may lack families added since; read-only, they
+        // cannot be made here.
+        let present = DB::list_cf(&Options::default(), path)?;
+        let families = column_families(&cache);
+        let missing: Vec<&str> =
+            families.iter().map(|family| family.name()).filter(|name| !present.iter().any(|p| p == name)).collect();
+        if !missing.is_empty() {
+            return Err(OpenError::InvalidOptions(format!(
+                "{} was written by an older canopy and lacks the column families {}: start the node on it once \
+                 (or run repair, which adds them), then inspect it",
+                path.display(),
+                missing.join(", ")
+            )));
+        }
+        let db = DB::open_cf_descriptors_read_only(&Options::default(), path, families, false)?;
         Inspector::over(Arc::new(db))
     }
 

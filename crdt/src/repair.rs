@@ -43,7 +43,10 @@ pub struct Repair {
 /// Repairs `topic` in the database at `path`, which no node may hold open.
 pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError> {
     let cache = Cache::new_lru_cache(8 << 20);
-    let db = DB::open_cf_descriptors(&Options::default(), path.as_ref(), column_families(&cache))
+    // Families added since an older canopy wrote the directory are made empty.
+    let mut options = Options::default();
+    options.create_missing_column_families(true);
+    let db = DB::open_cf_descriptors(&options, path.as_ref(), column_families(&cache))
         .map_err(|e| RepairError::Open(OpenError::Storage(StorageError::Rocks(e))))?;
     let blocks = BlockStore::new(std::sync::Arc::new(db)).map_err(StorageError::from)?;
     let db = blocks.db();

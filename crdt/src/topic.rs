@@ -342,7 +342,8 @@ impl Topic {
         self.shared.max_height()
     }
 
-    /// Number of keys with a visible value.
+    /// Number of keys with a visible value. A value that expired counts until the writer thread
+    /// collects it, which it does as soon as the value is due.
     pub fn key_count(&self) -> u64 {
         self.shared.key_count.load(Ordering::SeqCst)
     }

@@ -229,3 +229,31 @@ fn an_owned_topic_merges_only_its_owners_snapshots() {
     assert_eq!(fresh.key_count(), 20);
     assert_eq!(fresh.heads(), posts.heads());
 }
+
+#[test]
+fn a_data_directory_from_before_the_newer_column_families_opens_and_is_inspected_once_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let close = |store: Store| {
+        let closed = store.closed();
+        drop(store);
+        let _ = closed.recv();
+    };
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    store.topic("t").unwrap().put("k", "v").unwrap();
+    close(store);
+    {
+        let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+        let mut db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, families).unwrap();
+        db.drop_cf("expiries").unwrap();
+        db.drop_cf("history").unwrap();
+    }
+    match canopy_crdt::inspect::Inspector::open(&path) {
+        Err(error) => assert!(error.to_string().contains("older canopy"), "the error says what to do: {error}"),
+        Ok(_) => panic!("an inspector cannot read families that are not there"),
+    }
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    assert_eq!(store.topic("t").unwrap().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    close(store);
+    assert!(canopy_crdt::inspect::Inspector::open(&path).is_ok());
+}

@@ -618,7 +618,8 @@ impl NodeTopic {
         self.topic.heads()
     }
 
-    /// Keys with a visible value.
+    /// Keys with a visible value (an expired value counts until its collection, moments after
+    /// it expires).
     pub fn key_count(&self) -> u64 {
         self.topic.key_count()
     }
