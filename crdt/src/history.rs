@@ -1,10 +1,13 @@
 //! Key history: the versions of a key this replica still holds, newest first.
 //!
-//! Column family `history` keeps, for every block that put or deleted a key, a record
-//! `topic ++ escaped key ++ 0x00 0x01 ++ !height ++ cid` whose one-byte value says which. The
-//! value itself stays in the block: a version is read back from the block's delta. A compaction
-//! prunes the blocks it covers and drops their records with them, so after it a key's history is
-//! its live elements (kept in its row, whatever their blocks) plus what was written since.
+//! A key's live elements are versions already (its row holds them). Column family `history`
+//! keeps the others: a record `topic ++ escaped key ++ 0x00 0x01 ++ !height ++ cid` for each
+//! element that left the row (superseded, deleted, expired, or removed before it arrived) and
+//! for each block that deleted the key; its one-byte value says which. Writing a new key
+//! records nothing. The value itself stays in the block: a version is read back from the block's
+//! delta. A compaction prunes the blocks it covers and drops their records with them, so after
+//! it a key's history is its live elements (kept in its row, whatever their blocks) plus what
+//! was written since.
 
 use canopy_dag::{BlockStore, Cid, Height, TopicId};
 use rocksdb::{DB, ReadOptions, WriteBatch};
@@ -76,18 +79,15 @@ pub(crate) fn record(
     batch.put_cf(cf, record_key(topic, key, height, cid), [if deleted { DELETE } else { PUT }]);
 }
 
-/// Records the keys a received block's delta put and deleted (a key both removed and added is
-/// a put).
-pub(crate) fn record_delta(
+/// Records the deletes of a received block's delta: the keys it removes elements of and does
+/// not add.
+pub(crate) fn record_deletes(
     batch: &mut WriteBatch,
     cf: &rocksdb::ColumnFamily,
     topic: TopicId,
     delta: &Delta,
     at: (Height, &Cid),
 ) {
-    for (key, _) in &delta.adds {
-        record(batch, cf, topic, key, at, false);
-    }
     let mut previous: Option<&[u8]> = None;
     for (key, _) in &delta.removes {
         if previous == Some(key.as_slice()) {

@@ -62,3 +62,22 @@ fn without_key_history_a_key_has_its_live_value_alone() {
     topic.put(b"k".to_vec(), b"b".to_vec()).unwrap();
     assert_eq!(values(&topic.history(b"k", 100).unwrap()), vec![Some("b")]);
 }
+
+#[test]
+fn an_expired_value_stays_in_the_history_with_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::new(dir.path(), 2, &["t".to_string()], 12).unwrap();
+    cluster.put(0, "t", b"lease", b"first").unwrap();
+    let expiring = cluster.put_for(0, "t", (b"lease", b"second"), 1_000).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    cluster.run_for(2_000).unwrap();
+    cluster.collect_expired().unwrap();
+    for replica in 0..2 {
+        let topic = cluster.topic(replica, "t").unwrap();
+        assert_eq!(topic.get(b"lease").unwrap(), None);
+        let versions = topic.history(b"lease", 10).unwrap();
+        assert_eq!(values(&versions), vec![Some("second"), Some("first")], "replica {replica}");
+        assert_eq!(versions[0].cid, expiring.cid);
+        assert!(versions[0].expires.is_some_and(|at| at <= cluster.wall_ms()) && versions[1].expires.is_none());
+    }
+}

@@ -70,6 +70,12 @@ pub(super) fn collect(context: &Context, state: &mut TopicState) -> Result<(), S
             if expired.is_empty() {
                 continue;
             }
+            for element in row.elements().iter().filter(|e| e.expired(now)) {
+                if context.key_history {
+                    let cf = context.cf(crate::schema::CF_HISTORY);
+                    crate::history::record(&mut batch, cf, topic, key, (element.height, &element.id), false);
+                }
+            }
             for id in &expired {
                 row.remove(id);
             }

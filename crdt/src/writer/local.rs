@@ -432,10 +432,15 @@ fn commit_cut<'a>(
         let was_live = row.visible(now).is_some();
         // The key count counts rows that hold any element, as collection does.
         let held = !row.is_empty();
-        if let Some(cf) = history
-            && (value.is_some() || was_live)
-        {
-            crate::history::record(batch, cf, topic, key, (height, &block.cid()), value.is_none());
+        if let Some(cf) = history {
+            // The elements this write supersedes leave the row: their versions are recorded,
+            // and so is a delete. The new value is in the row.
+            for element in row.elements() {
+                crate::history::record(batch, cf, topic, key, (element.height, &element.id), false);
+            }
+            if value.is_none() && was_live {
+                crate::history::record(batch, cf, topic, key, (height, &block.cid()), true);
+            }
         }
         match value {
             Some(value) => {

@@ -525,6 +525,13 @@ fn write_row(
     if &after == before {
         return;
     }
+    if context.key_history {
+        // Elements the merge drops are versions: recorded as a superseded one is.
+        for element in before.elements().iter().filter(|e| !after.contains(&e.id)) {
+            let cf = context.cf(crate::schema::CF_HISTORY);
+            crate::history::record(batch, cf, topic, &key, (element.height, &element.id), false);
+        }
+    }
     let now = context.clock.now();
     let (was, is) = (before.visible(now).map(|e| e.value.clone()), after.visible(now).map(|e| e.value.clone()));
     if !crate::counter::is_reserved(&key) {

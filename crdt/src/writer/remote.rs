@@ -185,11 +185,18 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             lists.record(&mut batch, &context.db, block, &delta, past);
         }
         let height = block.height();
-        if context.key_history {
-            crate::history::record_delta(&mut batch, context.cf(CF_HISTORY), topic, &delta, (height, &cid));
+        let history = context.key_history.then(|| context.cf(CF_HISTORY));
+        if let Some(cf) = history {
+            crate::history::record_deletes(&mut batch, cf, topic, &delta, (height, &cid));
         }
         for (key, id) in &delta.removes {
             let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
+            if let Some(cf) = history
+                && let Some(element) = row.elements().iter().find(|element| element.id == *id)
+            {
+                // A superseded version leaves the row: it is recorded.
+                crate::history::record(&mut batch, cf, topic, key, (element.height, id), false);
+            }
             if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
                 // The element's block is not applied yet: the tombstone waits for it, so the
                 // result does not depend on which of the two arrives first.
@@ -199,15 +206,17 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
         }
         let expiries = std::mem::take(&mut delta.expiries);
         for (key, value) in delta.adds {
-            if tombs.take(context, state, &mut batch, &key, cid) {
+            let expires = expiries.binary_search_by(|(k, _)| k.cmp(&key)).ok().map(|at| expiries[at].1);
+            let stored = !tombs.take(context, state, &mut batch, &key, cid) && expires.is_none_or(|at| at > now);
+            if !stored {
+                // Removed before it arrived, or expired before it arrived (as if collected at
+                // once): a version all the same.
+                if let Some(cf) = history {
+                    crate::history::record(&mut batch, cf, topic, &key, (height, &cid), false);
+                }
                 continue;
             }
-            let expires = expiries.binary_search_by(|(k, _)| k.cmp(&key)).ok().map(|at| expiries[at].1);
             if let Some(at) = expires {
-                if at <= now {
-                    // Expired before it arrived: as if collected at once.
-                    continue;
-                }
                 crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &cid, at);
                 state.expires_at(at);
             }
