@@ -149,15 +149,17 @@ fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
     assert_eq!(topic.get(b"post/9").unwrap(), None);
 }
 
+/// Drops `store` and waits until its database is closed.
+fn close(store: Store) {
+    let closed = store.closed();
+    drop(store);
+    let _ = closed.recv();
+}
+
 #[test]
 fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let close = |store: Store| {
-        let closed = store.closed();
-        drop(store);
-        let _ = closed.recv();
-    };
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     store.topic("t").unwrap().put("k", "v").unwrap();
     let author = store.author();
@@ -234,11 +236,6 @@ fn an_owned_topic_merges_only_its_owners_snapshots() {
 fn a_data_directory_from_before_the_newer_column_families_opens_and_is_inspected_once_opened() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
-    let close = |store: Store| {
-        let closed = store.closed();
-        drop(store);
-        let _ = closed.recv();
-    };
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     store.topic("t").unwrap().put("k", "v").unwrap();
     close(store);

@@ -176,6 +176,19 @@ fn subscribed(node: &Node, topic: &str) -> ApiResult<NodeTopic> {
     })
 }
 
+/// The path of a key: its topic and the key.
+type KeyPath = Result<Path<(String, String)>, PathRejection>;
+
+/// Runs `work` on the blocking pool with the subscribed topic and the key `path` names.
+async fn on_key<T: Send + 'static>(
+    node: Node,
+    path: KeyPath,
+    work: impl FnOnce(NodeTopic, String, String) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let Path((topic, key)) = path?;
+    blocking(move || work(subscribed(&node, &topic)?, topic, key)).await
+}
+
 /// A key as JSON fields: `key` is its text when it is UTF-8 (null otherwise), `key_base64`
 /// always holds its exact bytes.
 fn key_json(key: &[u8]) -> (Value, Value) {
@@ -337,19 +350,16 @@ async fn unsubscribe(
 
 async fn put_key(
     State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
+    path: KeyPath,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let Path((topic, key)) = path?;
     let query = parse_query(query.as_deref())?;
-    let ttl = query.get("ttl").map(|text| parse_ttl(text)).transpose()?;
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
-        Ok(Json(match ttl {
+    let expires = query.get("ttl").map(|text| parse_ttl(text)).transpose()?.map(|ttl| node.expiry_of(ttl));
+    on_key(node, path, move |handle, _, key| {
+        Ok(Json(match expires {
             None => commit_json(handle.put(key.into_bytes(), body.to_vec())?),
-            Some(ttl) => {
-                let expires = node.expiry_of(ttl);
+            Some(expires) => {
                 let mut reply = commit_json(handle.put_until(key.into_bytes(), body.to_vec(), expires)?);
                 reply["expires_ms"] = json!(expires);
                 reply
@@ -376,29 +386,18 @@ fn parse_ttl(text: &str) -> ApiResult<std::time::Duration> {
     }
 }
 
-async fn get_key(State(node): State<Node>, path: Result<Path<(String, String)>, PathRejection>) -> ApiResult<Response> {
-    let Path((topic, key)) = path?;
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
-        match handle.get(key.as_bytes())? {
-            Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
-            None => Err(ApiError::not_found(format!("key {key:?} not found in topic {topic}"))),
-        }
+async fn get_key(State(node): State<Node>, path: KeyPath) -> ApiResult<Response> {
+    on_key(node, path, |handle, topic, key| match handle.get(key.as_bytes())? {
+        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+        None => Err(ApiError::not_found(format!("key {key:?} not found in topic {topic}"))),
     })
     .await
 }
 
-async fn delete_key(
-    State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<Value>> {
-    let Path((topic, key)) = path?;
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
-        match handle.delete(key.clone().into_bytes())? {
-            Some(commit) => Ok(Json(commit_json(commit))),
-            None => Err(ApiError::not_found(format!("key {key:?} has no value in topic {topic}"))),
-        }
+async fn delete_key(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<Value>> {
+    on_key(node, path, |handle, topic, key| match handle.delete(key.clone().into_bytes())? {
+        Some(commit) => Ok(Json(commit_json(commit))),
+        None => Err(ApiError::not_found(format!("key {key:?} has no value in topic {topic}"))),
     })
     .await
 }
@@ -410,12 +409,7 @@ struct Increment {
     add: i64,
 }
 
-async fn increment(
-    State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let Path((topic, key)) = path?;
+async fn increment(State(node): State<Node>, path: KeyPath, body: Bytes) -> ApiResult<Json<Value>> {
     let add = if body.iter().all(u8::is_ascii_whitespace) {
         1
     } else {
@@ -423,8 +417,7 @@ async fn increment(
             .map_err(|e| ApiError::bad_request(format!("an increment is {{\"add\": <integer>}}: {e}")))?
             .add
     };
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
+    on_key(node, path, move |handle, _, key| {
         let commit = handle.increment(key.as_bytes().to_vec(), add)?;
         let mut reply = commit_json(commit);
         reply["value"] = json!(handle.counter(key.as_bytes())?);
@@ -433,28 +426,14 @@ async fn increment(
     .await
 }
 
-async fn get_counter(
-    State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<Value>> {
-    let Path((topic, key)) = path?;
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
-        Ok(Json(json!({ "key": key, "value": handle.counter(key.as_bytes())? })))
-    })
-    .await
+async fn get_counter(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<Value>> {
+    on_key(node, path, |handle, _, key| Ok(Json(json!({ "key": key, "value": handle.counter(key.as_bytes())? })))).await
 }
 
-async fn key_history(
-    State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
-    let Path((topic, key)) = path?;
+async fn key_history(State(node): State<Node>, path: KeyPath, RawQuery(query): RawQuery) -> ApiResult<Json<Value>> {
     let query = parse_query(query.as_deref())?;
     let limit = positive_limit(&query)?;
-    blocking(move || {
-        let handle = subscribed(&node, &topic)?;
+    on_key(node, path, move |handle, _, key| {
         let versions: Vec<Value> = handle
             .history(key.as_bytes(), limit)?
             .into_iter()

@@ -776,7 +776,10 @@ fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight
 }
 
 fn copy_stats(stats: &SyncStats, counters: &Counters) {
-    counters.blocks_applied.store(stats.blocks_applied, Ordering::Relaxed);
+    // Inline blocks are counted before applied ones: a reader that sees a block applied sees
+    // how it came.
+    counters.blocks_inline.store(stats.blocks_inline, Ordering::SeqCst);
+    counters.blocks_applied.store(stats.blocks_applied, Ordering::SeqCst);
     counters.blocks_rejected.store(stats.blocks_rejected, Ordering::Relaxed);
     counters.blocks_refused.store(stats.blocks_refused, Ordering::Relaxed);
     counters.messages_rejected.store(stats.messages_rejected, Ordering::Relaxed);
@@ -785,7 +788,6 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     counters.snapshots_merged.store(stats.snapshots_merged, Ordering::Relaxed);
     counters.snapshots_refused.store(stats.snapshots_refused, Ordering::Relaxed);
     counters.parts_rejected.store(stats.parts_rejected, Ordering::Relaxed);
-    counters.blocks_inline.store(stats.blocks_inline, Ordering::Relaxed);
 }
 
 async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {

@@ -302,6 +302,9 @@ fn small_writes_reach_a_peer_inside_the_announcement_with_no_fetch() {
     // Once a first write has gone across, both gossip meshes are up.
     nodes[0].put("t", "warm-up", "v");
     wait_until("the first write arrives", || nodes[1].get("t", "warm-up").is_some());
+    // The sync actor copies its figures to /metrics after applying: wait until the warm-up
+    // block is counted, however it came.
+    wait_until("the warm-up is counted", || metric(&nodes[1], "canopy_blocks_applied_total") >= 1);
     let inline_before = metric(&nodes[1], "canopy_blocks_inline_total");
     let fetches_before = metric(&nodes[1], "canopy_fetch_round_trip_seconds_count");
     for i in 0..5 {
