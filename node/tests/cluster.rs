@@ -305,12 +305,14 @@ fn small_writes_reach_a_peer_inside_the_announcement_with_no_fetch() {
     // The sync actor copies its figures to /metrics after applying: wait until the warm-up
     // block is counted, however it came.
     wait_until("the warm-up is counted", || metric(&nodes[1], "canopy_blocks_applied_total") >= 1);
+    let applied_before = metric(&nodes[1], "canopy_blocks_applied_total");
     let inline_before = metric(&nodes[1], "canopy_blocks_inline_total");
     let fetches_before = metric(&nodes[1], "canopy_fetch_round_trip_seconds_count");
     for i in 0..5 {
         nodes[0].put("t", &format!("k{i}"), &format!("v{i}"));
         wait_until("the write arrives", || nodes[1].get("t", &format!("k{i}")).is_some());
     }
+    wait_until("the writes are counted", || metric(&nodes[1], "canopy_blocks_applied_total") >= applied_before + 5);
     assert_eq!(metric(&nodes[1], "canopy_blocks_inline_total") - inline_before, 5);
     assert_eq!(metric(&nodes[1], "canopy_fetch_round_trip_seconds_count"), fetches_before, "no block was fetched");
     assert!(metric(&nodes[1], "canopy_handle_heads_seconds_count") >= 5);
