@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
-use super::Api;
+use super::api::Api;
 
 /// Every command with its arguments, one a line; `usage` finds a command's line here.
 const HELP: &str = "\

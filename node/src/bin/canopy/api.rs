@@ -1,0 +1,302 @@
+//! The client side of `canopy`: a node's HTTP API as the client commands and the shell use it,
+//! and how its answers are printed.
+
+use std::io::Read as _;
+
+use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+use super::ClientArgs;
+
+pub(crate) fn encode_path(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// A node's HTTP API, and whether to print JSON.
+pub(crate) struct Api {
+    pub(crate) http: reqwest::blocking::Client,
+    pub(crate) base: String,
+    pub(crate) json: bool,
+}
+
+impl Api {
+    pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Api> {
+        Ok(Api {
+            http: reqwest::blocking::Client::builder().timeout(None).build()?,
+            base: args.url.trim_end_matches('/').to_string(),
+            json: args.json,
+        })
+    }
+
+    /// The URL of `path` under topic `topic`, with `key` (when given) as the last segment.
+    pub(crate) fn topic_url(&self, topic: &str, path: &str, key: Option<&str>) -> String {
+        match key {
+            Some(key) => self.url(&format!("/v1/topics/{}/{path}/{}", encode_path(topic), encode_path(key))),
+            None => self.url(&format!("/v1/topics/{}/{path}", encode_path(topic))),
+        }
+    }
+
+    pub(crate) fn put(&self, topic: &str, key: &str, value: Vec<u8>, ttl: Option<&str>) -> anyhow::Result<()> {
+        let mut request = self.http.put(self.topic_url(topic, "kv", Some(key))).body(value);
+        if let Some(ttl) = ttl {
+            request = request.query(&[("ttl", ttl)]);
+        }
+        let reply = self.json(request)?;
+        print(self.json, &reply, |reply| match reply["expires_ms"].as_u64() {
+            Some(at) => format!("{} expires {}", commit_line(reply), time_text(at)),
+            None => commit_line(reply),
+        });
+        Ok(())
+    }
+
+    /// Prints the value of `key`: its raw bytes, ended by a newline when `line` or on a terminal.
+    pub(crate) fn get(&self, topic: &str, key: &str, line: bool) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let bytes = self.send(self.http.get(self.topic_url(topic, "kv", Some(key))))?.bytes()?;
+        if self.json {
+            println!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) }));
+        } else {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            if !bytes.ends_with(b"\n") && (line || std::io::IsTerminal::is_terminal(&out)) {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete(&self, topic: &str, key: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.delete(self.topic_url(topic, "kv", Some(key))))?;
+        print(self.json, &reply, commit_line);
+        Ok(())
+    }
+
+    pub(crate) fn increment(&self, topic: &str, key: &str, n: i64) -> anyhow::Result<()> {
+        let url = self.topic_url(topic, "counters", Some(key));
+        let reply = self.json(self.http.post(url).json(&json!({ "add": n })))?;
+        print(self.json, &reply, |reply| reply["value"].to_string());
+        Ok(())
+    }
+
+    pub(crate) fn count(&self, topic: &str, key: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.get(self.topic_url(topic, "counters", Some(key))))?;
+        print(self.json, &reply, |reply| reply["value"].to_string());
+        Ok(())
+    }
+
+    pub(crate) fn history(&self, topic: &str, key: &str, limit: usize) -> anyhow::Result<()> {
+        let url = self.topic_url(topic, "history", Some(key));
+        let reply = self.json(self.http.get(url).query(&[("limit", limit.to_string())]))?;
+        print(self.json, &reply, history_text);
+        Ok(())
+    }
+
+    pub(crate) fn heads(&self, topic: &str) -> anyhow::Result<()> {
+        let reply = self.json(self.http.get(self.topic_url(topic, "heads", None)))?;
+        print(self.json, &reply, |value| {
+            let heads = value["heads"].as_array().cloned().unwrap_or_default();
+            heads
+                .iter()
+                .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+        Ok(())
+    }
+
+    /// Lists keys with `prefix` after `after`, at most `limit`, printing each page as it arrives
+    /// so listing a large topic holds one page at a time.
+    pub(crate) fn list(
+        &self,
+        topic: &str,
+        prefix: &str,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let mut after_base64 = after.map(|key| BASE64.encode(key));
+        let mut remaining = limit.unwrap_or(usize::MAX);
+        let mut first = true;
+        if self.json {
+            write!(out, "[")?;
+        }
+        while remaining > 0 {
+            let page_limit = remaining.min(1000).to_string();
+            let mut query = vec![("prefix", prefix.to_string()), ("limit", page_limit)];
+            if let Some(after) = &after_base64 {
+                query.push(("after_base64", after.clone()));
+            }
+            let page = self.json(self.http.get(self.topic_url(topic, "kv", None)).query(&query))?;
+            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            remaining = remaining.saturating_sub(entries.len());
+            for entry in entries {
+                if self.json {
+                    write!(out, "{}{entry}", if first { "" } else { "," })?;
+                    first = false;
+                } else {
+                    let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
+                    writeln!(out, "{}\t{}", key_text(&entry), String::from_utf8_lossy(&value))?;
+                }
+            }
+            match page["next_base64"].as_str() {
+                Some(next) => after_base64 = Some(next.to_string()),
+                None => break,
+            }
+        }
+        if self.json {
+            writeln!(out, "]")?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Prints the changes of `topic` as they happen until `stop` fires (never, when it has no
+    /// sender) or the stream ends. The stream is read on a thread of its own, which ends at
+    /// the next event or keep-alive once nobody listens.
+    pub(crate) fn watch<T>(&self, topic: &str, stop: &crossbeam_channel::Receiver<T>) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let response = self.send(self.http.get(self.topic_url(topic, "watch", None)))?;
+        let (lines, changes) = crossbeam_channel::bounded::<anyhow::Result<String>>(1024);
+        let json_output = self.json;
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(response).lines() {
+                let text = match line {
+                    Ok(line) => match line.strip_prefix("data:") {
+                        Some(data) => serde_json::from_str::<Value>(data.trim())
+                            .map(|change| if json_output { change.to_string() } else { change_text(&change) })
+                            .map_err(anyhow::Error::from),
+                        None => continue,
+                    },
+                    Err(error) => Err(error.into()),
+                };
+                if lines.send(text).is_err() {
+                    return;
+                }
+            }
+            let _ = lines.send(Err(anyhow::anyhow!("the node closed the watch stream")));
+        });
+        loop {
+            crossbeam_channel::select! {
+                recv(changes) -> change => match change {
+                    Ok(Ok(text)) => println!("{text}"),
+                    Ok(Err(error)) => return Err(error),
+                    Err(_) => return Ok(()),
+                },
+                recv(stop) -> _ => return Ok(()),
+            }
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn check(response: reqwest::blocking::Response) -> anyhow::Result<reqwest::blocking::Response> {
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = response.json().unwrap_or(Value::Null);
+        match body.get("error").and_then(Value::as_str) {
+            Some(message) => bail!("{message} ({status})"),
+            None => bail!("request failed with {status}"),
+        }
+    }
+
+    pub(crate) fn send(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<reqwest::blocking::Response> {
+        let response = request.send().with_context(|| format!("cannot reach the node at {}", self.base))?;
+        Api::check(response)
+    }
+
+    pub(crate) fn json(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        Ok(self.send(request)?.json()?)
+    }
+}
+
+pub(crate) fn read_input(source: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    if source == "-" {
+        std::io::stdin().read_to_end(&mut bytes)?;
+    } else {
+        bytes = std::fs::read(source).with_context(|| format!("cannot read {source}"))?;
+    }
+    Ok(bytes)
+}
+
+pub(crate) fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if json_output {
+        println!("{value}");
+    } else {
+        let text = human(value);
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+}
+
+/// A key from a listing or a change for people: its text, or its base64 bytes (marked) when it
+/// is not UTF-8.
+pub(crate) fn key_text(entry: &Value) -> String {
+    match entry["key"].as_str() {
+        Some(text) => text.to_string(),
+        None => format!("base64:{}", entry["key_base64"].as_str().unwrap_or_default()),
+    }
+}
+
+/// A change from the watch stream, for people.
+pub(crate) fn change_text(change: &Value) -> String {
+    if let Some(counter) = change.get("counter") {
+        let key = key_text(&json!({ "key": counter, "key_base64": change["key_base64"] }));
+        return format!("count {key} = {}", change["value"]);
+    }
+    let key = key_text(change);
+    let value = change["value"]
+        .as_str()
+        .map(|value| String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned());
+    match (change["expired"].as_bool().unwrap_or(false), value) {
+        (false, Some(value)) => format!("put {key} = {value}"),
+        (false, None) => format!("del {key}"),
+        (true, Some(value)) => format!("expired {key}, now = {value}"),
+        (true, None) => format!("expired {key}"),
+    }
+}
+
+/// A wall-clock time in milliseconds since the Unix epoch, as RFC 3339 in UTC.
+pub(crate) fn time_text(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// One line a version: height, block, and the value (or `(deleted)`).
+pub(crate) fn history_text(reply: &Value) -> String {
+    let versions = reply["versions"].as_array().cloned().unwrap_or_default();
+    versions
+        .iter()
+        .map(|version| {
+            let value = match version["value"].as_str() {
+                Some(value) => String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned(),
+                None => "(deleted)".into(),
+            };
+            let line = format!("{}\t{}\t{value}", version["height"], version["cid"].as_str().unwrap_or_default());
+            match version["expires_ms"].as_u64() {
+                Some(at) => format!("{line}\t(expires {})", time_text(at)),
+                None => line,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub(crate) fn commit_line(value: &Value) -> String {
+    match value.get("cid").and_then(Value::as_str) {
+        Some(cid) => format!("{cid} height {}", value["height"]),
+        None => "nothing changed".into(),
+    }
+}
