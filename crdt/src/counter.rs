@@ -40,6 +40,14 @@ pub fn is_reserved(key: &[u8]) -> bool {
 pub fn entries_prefix(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 4);
     out.extend_from_slice(&NAMESPACE);
+    escape_key(&mut out, key);
+    out
+}
+
+/// Appends `key` escaped and terminated, so that no key's encoding is a prefix of another's and
+/// the order of keys is kept: a 0x00 is written 0x00 0xff, and 0x00 0x01 ends the key.
+pub(crate) fn escape_key(out: &mut Vec<u8>, key: &[u8]) {
+    out.reserve(key.len() + TERMINATOR.len());
     for &byte in key {
         out.push(byte);
         if byte == 0x00 {
@@ -47,7 +55,6 @@ pub fn entries_prefix(key: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&TERMINATOR);
-    out
 }
 
 /// The entry of `key` kept by the contributor `(author, origin)`.

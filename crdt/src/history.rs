@@ -1,7 +1,8 @@
 //! Key history: the versions of a key this replica still holds, newest first.
 //!
 //! A key's live elements are versions already (its row holds them). Column family `history`
-//! keeps the others: a record `topic ++ escaped key ++ 0x00 0x01 ++ !height ++ cid` for each
+//! keeps the others: a record `topic ++ escaped key (as counter entries escape theirs) ++
+//! !height ++ cid` for each
 //! element that left the row (superseded, deleted, expired, or removed before it arrived) and
 //! for each block that deleted the key; its one-byte value says which. Writing a new key
 //! records nothing. The value itself stays in the block: a version is read back from the block's
@@ -43,17 +44,10 @@ impl Version {
 }
 
 /// The prefix of every history record of `key`: the key escaped so no key's records fall under
-/// another's (a 0x00 is written 0x00 0xff), then 0x00 0x01.
+/// another's.
 fn key_prefix(topic: TopicId, key: &[u8]) -> Vec<u8> {
     let mut out = topic.key(&[]);
-    out.reserve(key.len() + 2);
-    for &byte in key {
-        out.push(byte);
-        if byte == 0x00 {
-            out.push(0xff);
-        }
-    }
-    out.extend_from_slice(&[0x00, 0x01]);
+    crate::counter::escape_key(&mut out, key);
     out
 }
 

@@ -252,10 +252,7 @@ fn rebuild_rows(
         let rebuilt = rows.get(key).map(Row::encode);
         // A stored row that differs only by elements expired since is right, and left alone.
         let unexpired = stored.get(key).and_then(|bytes| Row::decode(bytes).ok()).map(|mut row| {
-            let expired: Vec<Cid> = row.elements().iter().filter(|e| e.expired(now)).map(|e| e.id).collect();
-            for id in &expired {
-                row.remove(id);
-            }
+            row.remove_expired(now);
             row
         });
         let unexpired = unexpired.filter(|row| !row.is_empty()).map(|row| row.encode());

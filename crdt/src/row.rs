@@ -88,6 +88,13 @@ impl Row {
         self.elements.len() < before
     }
 
+    /// Removes the elements expired at `now` and returns them.
+    pub fn remove_expired(&mut self, now: u64) -> Vec<Element> {
+        let (expired, live) = std::mem::take(&mut self.elements).into_iter().partition(|e| e.expired(now));
+        self.elements = live;
+        expired
+    }
+
     /// Encoding: per element, height (8 bytes BE), CID length (1 byte, with [`EXPIRES_FLAG`]
     /// set when an expiry follows), CID, the expiry (8 bytes BE) if any, value length (4 bytes
     /// BE), value.

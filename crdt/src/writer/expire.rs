@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use canopy_dag::{Cid, TopicId};
+use canopy_dag::TopicId;
 use rocksdb::WriteBatch;
 
 use super::{Context, TopicState, read_rows};
@@ -66,18 +66,16 @@ pub(super) fn collect(context: &Context, state: &mut TopicState) -> Result<(), S
         let mut key_count = state.key_count;
         for ((key, full_key), mut row) in keys.iter().zip(&full_keys).zip(rows) {
             let best = row.winner().map(|element| (element.id, element.height));
-            let expired: Vec<Cid> = row.elements().iter().filter(|e| e.expired(now)).map(|e| e.id).collect();
+            let expired = row.remove_expired(now);
             if expired.is_empty() {
                 continue;
             }
-            for element in row.elements().iter().filter(|e| e.expired(now)) {
-                if context.key_history {
-                    let cf = context.cf(crate::schema::CF_HISTORY);
+            if context.key_history {
+                // An expired value is a version: recorded as a superseded one is.
+                let cf = context.cf(crate::schema::CF_HISTORY);
+                for element in &expired {
                     crate::history::record(&mut batch, cf, topic, key, (element.height, &element.id), false);
                 }
-            }
-            for id in &expired {
-                row.remove(id);
             }
             if row.is_empty() {
                 batch.delete_cf(kv, full_key);
@@ -89,7 +87,7 @@ pub(super) fn collect(context: &Context, state: &mut TopicState) -> Result<(), S
             }
             if let Some((id, height)) = best
                 && watched
-                && expired.contains(&id)
+                && expired.iter().any(|element| element.id == id)
             {
                 let value = row.visible(now).map(|element| element.value.clone());
                 changes.push(Change { key: key.to_vec(), value, height, expired: true });
