@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use libp2p_identity::{PeerId, PublicKey, ed25519};
 
 /// Bytes of an author's public key.
@@ -180,39 +180,10 @@ pub(crate) fn verifying_key(bytes: &[u8; AUTHOR_BYTES]) -> Option<VerifyingKey> 
     })
 }
 
-/// A signature to check: the author's key, the digest it signed, the signature.
-pub(crate) struct Claim {
-    pub key: VerifyingKey,
-    pub digest: [u8; 32],
-    pub signature: [u8; SIGNATURE_BYTES],
-}
-
-/// Which of `claims` hold. Every check is ed25519's cofactored equation, through batch
-/// verification (a lone claim is a batch of one): a batch holds exactly when each of its
-/// claims holds alone, so whatever the batches a replica happens to form, every replica accepts
-/// the same signatures. A failing batch is halved until the bad claims are found.
-pub(crate) fn verify_all(claims: &[Claim]) -> Vec<bool> {
-    if claims.is_empty() {
-        return Vec::new();
-    }
-    let messages: Vec<&[u8]> = claims.iter().map(|claim| &claim.digest[..]).collect();
-    let signatures: Vec<Signature> = claims.iter().map(|claim| Signature::from_bytes(&claim.signature)).collect();
-    let keys: Vec<VerifyingKey> = claims.iter().map(|claim| claim.key).collect();
-    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-        return vec![true; claims.len()];
-    }
-    if claims.len() == 1 {
-        return vec![false];
-    }
-    let (left, right) = claims.split_at(claims.len() / 2);
-    let mut holds = verify_all(left);
-    holds.extend(verify_all(right));
-    holds
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::verify::{Claim, verify_all};
 
     #[test]
     fn author_prints_as_its_peer_id_and_parses_back() {

@@ -3,9 +3,8 @@ use multihash::Multihash;
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
-use crate::author::{
-    AUTHOR_BYTES, AuthorId, Claim, SIGNATURE_BYTES, Signer, signing_hasher, verify_all, verifying_key,
-};
+use crate::author::{AUTHOR_BYTES, AuthorId, SIGNATURE_BYTES, Signer, signing_hasher, verifying_key};
+use crate::verify::{Claim, verify_all};
 
 /// Multicodec code of DAG-CBOR, the encoding of every block.
 pub const CODEC_DAG_CBOR: u64 = 0x71;

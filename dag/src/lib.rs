@@ -12,6 +12,7 @@ mod block;
 mod store;
 mod topic;
 mod validate;
+mod verify;
 mod walk;
 
 pub use author::{AUTHOR_BYTES, AuthorError, AuthorId, SIGNATURE_BYTES, Signer};

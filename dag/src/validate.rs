@@ -1,8 +1,8 @@
 use cid::Cid;
 use rayon::prelude::*;
 
-use crate::author::verify_all;
 use crate::block::{Block, BlockError, BlockLimits};
+use crate::verify::verify_all;
 
 /// Hash-checks, decodes and verifies the signatures of a batch of received blocks of `topic`
 /// in parallel on the rayon pool.
