@@ -4,10 +4,10 @@
 //! `k = SHA-512(R ‖ A ‖ digest)`. A batch checks the random linear combination
 //! `[8](Σ zᵢ·Rᵢ + Σ (zᵢ·kᵢ)·Aᵢ − (Σ zᵢ·sᵢ)·B) = 0` with a fresh 128-bit `zᵢ` per claim. Because
 //! the cofactor clears every small-order part, the sum vanishes only when each claim's own
-//! equation does (but with probability 2⁻¹²⁸), so a claim's verdict never depends on the batch
-//! it fell in, and every replica accepts the same signatures whatever batches it forms. Without
-//! the cofactor, a signature crafted with a small-order component would hold or fail depending
-//! on its `zᵢ`, that is on its batch.
+//! equation does (but with probability about 2⁻¹²⁷), so a claim's verdict never depends on the
+//! batch it fell in, and every replica accepts the same signatures whatever batches it forms.
+//! Without the cofactor, a signature crafted with a small-order component would hold or fail
+//! depending on its `zᵢ`, that is on its batch.
 //!
 //! The claims of one author share their key's term: `Σ (zᵢ·kᵢ)·A` is one full-width point
 //! multiplication however many of the batch's blocks that author wrote, where a term per claim
@@ -58,7 +58,7 @@ fn batch_holds(claims: &[Claim]) -> bool {
     let mut b_coefficient = Scalar::ZERO;
     let mut scalars = Vec::with_capacity(claims.len() + 2);
     let mut points = Vec::with_capacity(claims.len() + 2);
-    // Each author's index in `authors` and the sum of its claims' zᵢ·kᵢ.
+    // Each author's index in `author_terms`, which holds its key and the sum of its claims' zᵢ·kᵢ.
     let mut authors: HashMap<[u8; AUTHOR_BYTES], usize> = HashMap::new();
     let mut author_terms: Vec<(EdwardsPoint, Scalar)> = Vec::new();
     for claim in claims {
