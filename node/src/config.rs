@@ -56,6 +56,15 @@ pub struct NodeConfig {
     /// Keep a record of every put and delete of a key so its versions can be listed
     /// (`GET /v1/topics/{t}/history/{key}`); off, a key's history is its live value alone.
     pub key_history: bool,
+    /// Take part in the cluster's sharded tables: announce this node as a member, hold the
+    /// partitions placed on it and route table requests to their holders.
+    pub tables: bool,
+    /// The base URL other members reach this node's HTTP API at (`http://host:port`); by
+    /// default the API address itself, which must then not be a wildcard like 0.0.0.0.
+    pub advertise_api: Option<String>,
+    /// How long this node stays a member after it stops refreshing its entry (it refreshes
+    /// every quarter of this): how soon the others place its partitions elsewhere if it dies.
+    pub member_ttl_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +89,9 @@ impl Default for NodeConfig {
             snapshot_retain_s: 600,
             inline_bytes_max: INLINE_BYTES_DEFAULT,
             key_history: true,
+            tables: false,
+            advertise_api: None,
+            member_ttl_s: 20,
         }
     }
 }
@@ -143,6 +155,20 @@ impl NodeConfig {
         }
         if self.inline_bytes_max > INLINE_BYTES_MAX {
             return invalid("inline_bytes_max", &format!("must be at most {INLINE_BYTES_MAX}"));
+        }
+        if self.member_ttl_s == 0 || self.member_ttl_s > 3600 {
+            return invalid("member_ttl_s", "must be between 1 and 3600");
+        }
+        if let Some(url) = &self.advertise_api
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("advertise_api", &format!("{url:?} is not an http:// or https:// URL"));
+        }
+        if self.tables && self.advertise_api.is_none() && self.api.ip().is_unspecified() {
+            return invalid(
+                "advertise_api",
+                &format!("the API listens on {}: say which address the other members reach it at", self.api),
+            );
         }
         for topic in &self.topics {
             canopy_crdt::validate_topic_name(topic)

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::metrics;
 
 mod kv;
+mod tables;
 use crate::node::{Node, NodeError, NodeTopic};
 
 /// Most entries one listing returns when the caller gives no `limit`.
@@ -88,7 +89,13 @@ impl From<CompactError> for ApiError {
 
 impl From<NodeError> for ApiError {
     fn from(error: NodeError) -> ApiError {
-        let status = match &error {
+        ApiError::from_node(&error)
+    }
+}
+
+impl ApiError {
+    fn from_node(error: &NodeError) -> ApiError {
+        let status = match error {
             NodeError::Topic(TopicError::InvalidName { .. }) => StatusCode::BAD_REQUEST,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -129,6 +136,11 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/compact", post(compact))
         .route("/v1/topics/{topic}/snapshots", get(snapshots))
         .route("/v1/topics/{topic}/watch", get(watch))
+        .route("/v1/members", get(tables::members))
+        .route("/v1/tables", get(tables::list_tables).post(tables::create_table))
+        .route("/v1/tables/{table}", get(tables::show_table))
+        .route("/v1/tables/{table}/kv", get(tables::list_keys))
+        .route("/v1/tables/{table}/kv/{*key}", put(tables::put_key).get(tables::get_key).delete(tables::delete_key))
         .route("/v1/status", get(status))
         .route("/v1/admin/status", get(admin_status))
         .route("/v1/admin/topics", get(admin_topics))

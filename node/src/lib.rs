@@ -17,7 +17,9 @@ mod files;
 pub mod http;
 mod metrics;
 mod node;
+pub mod tables;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig};
 pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};
+pub use tables::{Member, Table, TableDef, TableError};

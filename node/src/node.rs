@@ -109,6 +109,8 @@ pub(crate) struct NodeInner {
     subscribed: Arc<Mutex<BTreeSet<String>>>,
     actor: Mutex<Option<JoinHandle<()>>>,
     transport_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The node's part in the cluster's tables, once it joined them.
+    pub tables: std::sync::OnceLock<Arc<crate::tables::Tables>>,
 }
 
 impl NodeInner {
@@ -277,6 +279,7 @@ impl Node {
             subscribed,
             actor: Mutex::new(None),
             transport_task: Mutex::new(None),
+            tables: std::sync::OnceLock::new(),
         });
         let actor = {
             let inner = Arc::downgrade(&inner);
@@ -448,10 +451,15 @@ impl Node {
         &self.inner
     }
 
+    pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
+        Node { inner }
+    }
+
     /// Stops replication and networking and closes the store once the last handle is gone;
     /// returns once it is closed (waiting at most 5 s for handles the program still holds), so
     /// a node can be started on the same directory right after.
     pub async fn shutdown(self) {
+        self.leave_tables();
         let closed = self.inner.store.closed();
         let _ = self.inner.sync_events.send(SyncEvent::Stop);
         if let Some(task) = self.inner.transport_task.lock().expect("task lock").take() {

@@ -285,6 +285,13 @@ impl TransportHandle {
         self.command(swarm::Command::Disconnect(peer));
     }
 
+    /// Connects to `peer` at `addresses` unless it is connected or being dialled: how nodes
+    /// that learn of each other from replicated data (the members of a cluster) meet. Of two
+    /// nodes that both ask, only the one with the smaller peer id dials.
+    pub fn connect(&self, peer: PeerId, addresses: Vec<Multiaddr>) {
+        self.command(swarm::Command::Connect(peer, addresses));
+    }
+
     /// Stops the swarm and the block endpoint.
     pub async fn shutdown(&self) {
         let _ = self.commands.send(swarm::Command::Shutdown).await;

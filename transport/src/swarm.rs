@@ -28,6 +28,8 @@ pub(crate) enum Command {
     Unsubscribe(String),
     Publish(String, Vec<u8>),
     Disconnect(PeerId),
+    /// Connect to a peer at these addresses (only when its id is the larger one).
+    Connect(PeerId, Vec<Multiaddr>),
     Shutdown,
 }
 
@@ -272,6 +274,17 @@ fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
         }
         Command::Disconnect(peer) => {
             let _ = swarm.disconnect_peer_id(peer);
+        }
+        Command::Connect(peer, addresses) => {
+            // Both sides may learn of each other at once; as with mDNS, only the smaller peer id
+            // dials, so the two never refuse each other's connection (one connection per peer).
+            if *swarm.local_peer_id() < peer && !addresses.is_empty() {
+                let options = DialOpts::peer_id(peer)
+                    .addresses(addresses)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                let _ = swarm.dial(options);
+            }
         }
         Command::Shutdown => {}
     }

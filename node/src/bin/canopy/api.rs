@@ -19,6 +19,8 @@ pub(crate) struct Api {
     pub(crate) http: reqwest::blocking::Client,
     pub(crate) base: String,
     pub(crate) json: bool,
+    /// What the key commands address: `topics` or `tables`.
+    collection: &'static str,
 }
 
 impl Api {
@@ -27,14 +29,23 @@ impl Api {
             http: reqwest::blocking::Client::builder().timeout(None).build()?,
             base: args.url.trim_end_matches('/').to_string(),
             json: args.json,
+            collection: "topics",
         })
     }
 
-    /// The URL of `path` under topic `topic`, with `key` (when given) as the last segment.
+    /// The same API, with the key commands (put, get, del, list) addressing sharded tables
+    /// instead of topics.
+    pub(crate) fn tables(self) -> Api {
+        Api { collection: "tables", ..self }
+    }
+
+    /// The URL of `path` under topic (or table) `topic`, with `key` (when given) as the last
+    /// segment.
     pub(crate) fn topic_url(&self, topic: &str, path: &str, key: Option<&str>) -> String {
+        let collection = self.collection;
         match key {
-            Some(key) => self.url(&format!("/v1/topics/{}/{path}/{}", encode_path(topic), encode_path(key))),
-            None => self.url(&format!("/v1/topics/{}/{path}", encode_path(topic))),
+            Some(key) => self.url(&format!("/v1/{collection}/{}/{path}/{}", encode_path(topic), encode_path(key))),
+            None => self.url(&format!("/v1/{collection}/{}/{path}", encode_path(topic))),
         }
     }
 

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 mod api;
 mod shell;
+mod table;
 
 use api::{Api, commit_line, encode_path, print, read_input};
 
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Set KEY to VALUE in topic T (`-` reads the value from standard input).
     Put {
         topic: String,
@@ -150,6 +151,15 @@ enum Command {
     /// Create topics and show who may write them.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// Sharded tables: one keyspace spread over partition topics held by the cluster's members
+    /// (nodes started with --tables); any member serves any key.
+    #[command(subcommand)]
+    Table(table::TableCommand),
+    /// List the cluster's live members (nodes started with --tables).
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Work on topic T interactively (line editing, history), or run commands piped in, one per
     /// line; `help` lists the commands.
     Shell {
@@ -259,6 +269,15 @@ struct ServeArgs {
     /// Record every put and delete so `canopy history` lists a key's versions [default: true].
     #[arg(long, env = "CANOPY_KEY_HISTORY")]
     key_history: Option<bool>,
+    /// Take part in the cluster's sharded tables (`canopy table ...`).
+    #[arg(long, env = "CANOPY_TABLES")]
+    tables: bool,
+    /// Base URL the other members reach this node's API at [default: http://<api address>].
+    #[arg(long, env = "CANOPY_ADVERTISE_API")]
+    advertise_api: Option<String>,
+    /// Seconds this node stays a member after it stops refreshing its entry.
+    #[arg(long, env = "CANOPY_MEMBER_TTL_S")]
+    member_ttl_s: Option<u64>,
 }
 
 impl ServeArgs {
@@ -307,6 +326,13 @@ impl ServeArgs {
         if let Some(on) = self.key_history {
             config.key_history = on;
         }
+        config.tables |= self.tables;
+        if let Some(url) = self.advertise_api {
+            config.advertise_api = Some(url);
+        }
+        if let Some(seconds) = self.member_ttl_s {
+            config.member_ttl_s = seconds;
+        }
         config.validate()?;
         Ok(config)
     }
@@ -315,7 +341,7 @@ impl ServeArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         command => client(command),
     };
     match result {
@@ -343,7 +369,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot bind the HTTP API to {}", config.api))?;
         let api = listener.local_addr()?;
+        let tables = config.tables.then(|| {
+            let url = config.advertise_api.clone().unwrap_or_else(|| format!("http://{api}"));
+            (url, std::time::Duration::from_secs(config.member_ttl_s))
+        });
         let node = Node::start(config).await?;
+        if let Some((url, member_ttl)) = tables {
+            node.join_tables(&url, member_ttl).await?;
+        }
         let status = node.status();
         println!("canopy {} peer_id={} api=http://{api}", status.version, status.peer_id);
         for address in &status.listen {
@@ -383,6 +416,8 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(_) => unreachable!("handled by serve"),
         Command::Shell { topic, client } => return shell::run(&Api::new(&client)?, topic),
+        Command::Table(command) => table::run(command)?,
+        Command::Members { client } => table::members(&client)?,
         Command::Put { topic, key, value, ttl, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
             Api::new(&client)?.put(&topic, &key, body, ttl.as_deref())?;

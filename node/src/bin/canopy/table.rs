@@ -1,0 +1,163 @@
+//! `canopy table ...` and `canopy members`: the cluster's sharded tables.
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use super::ClientArgs;
+use super::api::{Api, encode_path, print, read_input};
+
+#[derive(Subcommand)]
+pub(crate) enum TableCommand {
+    /// Create table NAME, split into PARTITIONS partitions each held by REPLICAS members.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        #[arg(long, default_value_t = 2)]
+        replicas: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the cluster's tables.
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show table NAME: its shape and which members hold each partition.
+    Show {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Set KEY to VALUE in table T (`-` reads the value from standard input), on whichever
+    /// members hold the key's partition.
+    Put {
+        table: String,
+        key: String,
+        value: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the value of KEY in table T.
+    Get {
+        table: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete KEY in table T.
+    Del {
+        table: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the keys of table T in key order, across its partitions.
+    List {
+        table: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        /// Most keys to list; all when not given.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
+    match command {
+        TableCommand::Create { name, partitions, replicas, client } => {
+            let api = Api::new(&client)?;
+            let body = json!({ "name": name, "partitions": partitions, "replicas": replicas });
+            let reply = api.json(api.http.post(api.url("/v1/tables")).json(&body))?;
+            print(client.json, &reply, shape_line);
+        }
+        TableCommand::Ls { client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url("/v1/tables")))?;
+            print(client.json, &reply, |value| {
+                let tables = value["tables"].as_array().cloned().unwrap_or_default();
+                tables.iter().map(shape_line).collect::<Vec<_>>().join("\n")
+            });
+        }
+        TableCommand::Show { name, client } => {
+            let api = Api::new(&client)?;
+            let reply = api.json(api.http.get(api.url(&format!("/v1/tables/{}", encode_path(&name)))))?;
+            print(client.json, &reply, |value| {
+                let mut lines = vec![shape_line(value)];
+                for partition in value["placement"].as_array().cloned().unwrap_or_default() {
+                    let owners: Vec<&str> = partition["owners"]
+                        .as_array()
+                        .map(|o| o.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    lines.push(format!(
+                        "{}\t{}\t{}{}",
+                        partition["partition"],
+                        partition["topic"].as_str().unwrap_or_default(),
+                        owners.join(","),
+                        if partition["held_here"].as_bool() == Some(true) { "\t(held here)" } else { "" }
+                    ));
+                }
+                lines.join("\n")
+            });
+        }
+        TableCommand::Put { table, key, value, client } => {
+            let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
+            let api = Api::new(&client)?.tables();
+            let reply = api.json(api.http.put(api.topic_url(&table, "kv", Some(&key))).body(body))?;
+            print(client.json, &reply, written_line);
+        }
+        TableCommand::Get { table, key, client } => Api::new(&client)?.tables().get(&table, &key, false)?,
+        TableCommand::Del { table, key, client } => {
+            let api = Api::new(&client)?.tables();
+            let reply = api.json(api.http.delete(api.topic_url(&table, "kv", Some(&key))))?;
+            print(client.json, &reply, written_line);
+        }
+        TableCommand::List { table, prefix, after, limit, client } => {
+            Api::new(&client)?.tables().list(&table, &prefix, after, limit)?
+        }
+    }
+    Ok(())
+}
+
+/// Prints the cluster's live members.
+pub(crate) fn members(client: &ClientArgs) -> anyhow::Result<()> {
+    let api = Api::new(client)?;
+    let reply = api.json(api.http.get(api.url("/v1/members")))?;
+    print(client.json, &reply, |value| {
+        let members = value["members"].as_array().cloned().unwrap_or_default();
+        members
+            .iter()
+            .map(|m| {
+                format!("{}\t{}", m["peer_id"].as_str().unwrap_or_default(), m["api"].as_str().unwrap_or_default())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    Ok(())
+}
+
+fn shape_line(table: &Value) -> String {
+    format!(
+        "{}\tpartitions={}\treplicas={}",
+        table["name"].as_str().unwrap_or_default(),
+        table["partitions"],
+        table["replicas"]
+    )
+}
+
+/// A table write for people: the block, its partition and the member that applied it.
+fn written_line(value: &Value) -> String {
+    format!(
+        "{} height {} partition {} on {}",
+        value["cid"].as_str().unwrap_or_default(),
+        value["height"],
+        value["partition"],
+        value["node"].as_str().unwrap_or_default()
+    )
+}

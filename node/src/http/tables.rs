@@ -1,0 +1,226 @@
+//! The table routes: members, the catalog, and keys routed to their partition's holders.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, blocking, key_json, parse_query, positive_limit, query_key};
+use crate::Node;
+use crate::tables::route::local_written;
+use crate::tables::{FORWARDED_HEADER, Listing, Table, TableError, Written, partition_topic};
+
+impl From<TableError> for ApiError {
+    fn from(error: TableError) -> ApiError {
+        let status = match &error {
+            TableError::NotEnabled => StatusCode::NOT_IMPLEMENTED,
+            TableError::Invalid(_) => StatusCode::BAD_REQUEST,
+            TableError::Conflict(_) => StatusCode::CONFLICT,
+            TableError::NoSuchTable(_) => StatusCode::NOT_FOUND,
+            TableError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            TableError::Refused { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            TableError::Node(error) => return ApiError::from_node(error),
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+pub(super) async fn members(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let members = blocking(move || Ok(node.members()?)).await?;
+    Ok(Json(json!({ "members": members })))
+}
+
+pub(super) async fn list_tables(State(node): State<Node>) -> ApiResult<Json<Value>> {
+    let tables = blocking(move || Ok(node.tables()?)).await?;
+    Ok(Json(json!({ "tables": tables })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    partitions: u32,
+    replicas: u32,
+}
+
+pub(super) async fn create_table(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "a table is {{\"name\": \"...\", \"partitions\": <1-4096>, \"replicas\": <1-16>}}: {e}"
+        ))
+    })?;
+    let (def, created) = blocking(move || Ok(node.create_table(&body.name, body.partitions, body.replicas)?)).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!(def))).into_response())
+}
+
+async fn open_table(node: Node, name: String) -> ApiResult<Table> {
+    blocking(move || Ok(node.table(&name)?)).await
+}
+
+pub(super) async fn show_table(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(name) = path?;
+    let table = open_table(node, name).await?;
+    let shown = table.clone();
+    let placement = blocking(move || Ok(shown.placement()?)).await?;
+    let partitions: Vec<Value> = placement
+        .into_iter()
+        .enumerate()
+        .map(|(partition, owners)| {
+            let partition = partition as u32;
+            json!({
+                "partition": partition,
+                "topic": partition_topic(&table.def().name, partition),
+                "owners": owners.iter().map(|m| m.peer_id.clone()).collect::<Vec<_>>(),
+                "held_here": table.held(partition).is_some(),
+            })
+        })
+        .collect();
+    let def = table.def();
+    Ok(Json(json!({
+        "name": def.name, "partitions": def.partitions, "replicas": def.replicas, "placement": partitions,
+    })))
+}
+
+/// The path of a table key.
+type KeyPath = Result<Path<(String, String)>, PathRejection>;
+
+/// Whether another node sent this request on a caller's behalf.
+fn forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(FORWARDED_HEADER)
+}
+
+/// The partition topic a forwarded request is served from, or a 421 when this node has no
+/// copy of it and it is not placed here (the sender then tries the partition's next holder).
+async fn held_or_misdirected(table: &Table, partition: u32) -> ApiResult<crate::NodeTopic> {
+    let (copy, name) = (table.clone(), table.def().name.clone());
+    match blocking(move || Ok(copy.local_copy(partition)?)).await? {
+        Some(topic) => Ok(topic),
+        None => Err(ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this node does not hold partition {partition} of table {name}"),
+        )),
+    }
+}
+
+fn written_json(written: Written) -> Json<Value> {
+    Json(json!(written))
+}
+
+pub(super) async fn put_key(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: KeyPath,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path?;
+    let table = open_table(node, name).await?;
+    let me = table.me()?;
+    if !forwarded(&headers) {
+        return Ok(written_json(table.put(&key, body.to_vec()).await?));
+    }
+    let partition = table.partition_of(&key);
+    let topic = held_or_misdirected(&table, partition).await?;
+    let commit = blocking(move || Ok(topic.put(key.into_bytes(), body.to_vec())?)).await?;
+    Ok(written_json(local_written(partition, me, commit)))
+}
+
+pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Response> {
+    let Path((name, key)) = path?;
+    let table = open_table(node, name).await?;
+    let value = if forwarded(&headers) {
+        let topic = held_or_misdirected(&table, table.partition_of(&key)).await?;
+        let bytes = key.clone().into_bytes();
+        blocking(move || Ok(topic.get(&bytes)?)).await?
+    } else {
+        table.get(&key).await?
+    };
+    match value {
+        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
+        None => Err(ApiError::not_found(format!("key {key:?} not found in table {}", table.def().name))),
+    }
+}
+
+pub(super) async fn delete_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Json<Value>> {
+    let Path((name, key)) = path?;
+    let table = open_table(node, name).await?;
+    let me = table.me()?;
+    let written = if forwarded(&headers) {
+        let partition = table.partition_of(&key);
+        let topic = held_or_misdirected(&table, partition).await?;
+        let bytes = key.clone().into_bytes();
+        let commit = blocking(move || Ok(topic.delete(bytes)?)).await?;
+        commit.map(|commit| local_written(partition, me, commit))
+    } else {
+        table.delete(&key).await?
+    };
+    match written {
+        Some(written) => Ok(written_json(written)),
+        None => Err(ApiError::not_found(format!("key {key:?} has no value in table {}", table.def().name))),
+    }
+}
+
+pub(super) async fn list_keys(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    let Path(name) = path?;
+    let query = parse_query(query.as_deref())?;
+    let limit = positive_limit(&query)?;
+    let prefix = query_key(&query, "prefix")?.unwrap_or_default();
+    let after = query_key(&query, "after")?;
+    let partition = match query.get("partition") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u32>()
+                .map_err(|_| ApiError::bad_request(format!("partition must be a partition number, not {text:?}")))?,
+        ),
+    };
+    let table = open_table(node, name).await?;
+    if let Some(partition) = partition
+        && partition >= table.def().partitions
+    {
+        return Err(ApiError::bad_request(format!(
+            "table {} has partitions 0 to {}",
+            table.def().name,
+            table.def().partitions - 1
+        )));
+    }
+    let listing = match (forwarded(&headers), partition) {
+        (true, None) => return Err(ApiError::bad_request("a forwarded listing names its partition")),
+        (true, Some(partition)) => {
+            let topic = held_or_misdirected(&table, partition).await?;
+            let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
+            let entries = page.entries.into_iter().map(|(key, value)| crate::tables::TableEntry { key, value });
+            Listing { entries: entries.collect(), next: page.next }
+        }
+        (false, Some(partition)) => table.list_partition(partition, &prefix, after.as_deref(), limit).await?,
+        (false, None) => table.list(&prefix, after.as_deref(), limit).await?,
+    };
+    let entries: Vec<Value> = listing
+        .entries
+        .into_iter()
+        .map(|entry| {
+            let (key, key_base64) = key_json(&entry.key);
+            json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(entry.value) })
+        })
+        .collect();
+    let (next, next_base64) = match listing.next {
+        Some(next) => key_json(&next),
+        None => (Value::Null, Value::Null),
+    };
+    Ok(Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 })))
+}

@@ -1,0 +1,564 @@
+//! Sharded tables: one logical keyspace spread over partition topics, each held by a few nodes
+//! of the cluster and reachable through any node.
+//!
+//! Three replicated topics carry the cluster's shared state, so it converges like any data:
+//! - [`MEMBERS_TOPIC`]: one entry per live node (key: its peer id, value: its API address), each
+//!   written with a lifetime and rewritten well before it runs out, so a node that stops or
+//!   dies drops out by itself;
+//! - [`TABLES_TOPIC`]: the catalog, one entry per table (its partition and replica counts);
+//! - one topic per partition, `table:<name>:<partition>`, an ordinary topic.
+//!
+//! A key belongs to the partition a jump consistent hash of its BLAKE3 digest picks; a partition
+//! is held by the `replicas` members that score highest for it under rendezvous hashing, so every
+//! node that sees the same members places every partition the same way, and a member joining or
+//! leaving moves only the partitions it enters or leaves. A node subscribes the partitions placed
+//! on it (and catches up on them through sync); a request for a key it does not hold goes to the
+//! partition's holders in placement order, over their HTTP APIs, marked as forwarded so it is
+//! never forwarded twice.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{NodeInner, NodeTopic};
+use crate::{Node, NodeError};
+
+pub(crate) mod route;
+
+pub use route::{Listing, Table, TableEntry, Written};
+
+/// The topic listing the cluster's live members.
+pub const MEMBERS_TOPIC: &str = "_canopy:members";
+/// The topic holding the table catalog.
+pub const TABLES_TOPIC: &str = "_canopy:tables";
+/// Most partitions a table may have.
+pub const PARTITIONS_MAX: u32 = 4096;
+/// Most replicas of each partition.
+pub const REPLICAS_MAX: u32 = 16;
+/// Longest table name, in bytes.
+pub const TABLE_NAME_BYTES_MAX: usize = 64;
+/// The HTTP header that marks a request one node sends another on a caller's behalf: the
+/// receiver serves it from the partition it holds, or answers 421, and never forwards it.
+pub const FORWARDED_HEADER: &str = "canopy-forwarded";
+/// Most members read from the members topic.
+const MEMBERS_MAX: usize = 10_000;
+/// Most tables read from the catalog.
+const TABLES_MAX: usize = 10_000;
+/// How often a node checks members and catalog for partitions placed on it.
+const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A table: its name and shape, fixed at creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDef {
+    /// The table's name.
+    pub name: String,
+    /// Partitions the keyspace is split into.
+    pub partitions: u32,
+    /// Members holding each partition (fewer while the cluster has fewer members).
+    pub replicas: u32,
+}
+
+/// The catalog entry of a table: its shape, without the name (the entry's key).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Shape {
+    partitions: u32,
+    replicas: u32,
+}
+
+/// A live node of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Member {
+    /// Its peer id.
+    pub peer_id: String,
+    /// The base URL of its HTTP API, which other nodes forward requests to.
+    pub api: String,
+    /// Its libp2p listen addresses: members connect to each other, since a partition's
+    /// holders must exchange its announcements directly.
+    pub addresses: Vec<String>,
+}
+
+/// The member entry's value.
+#[derive(Serialize, Deserialize)]
+struct MemberRecord {
+    api: String,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+/// A failed table operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    /// The node does not take part in tables.
+    #[error("tables are not enabled on this node: start it with --tables (or call Node::join_tables)")]
+    NotEnabled,
+    /// A table name or shape breaks the rules.
+    #[error("{0}")]
+    Invalid(String),
+    /// The table exists with another shape.
+    #[error("table {} exists with {} partitions and {} replicas", .0.name, .0.partitions, .0.replicas)]
+    Conflict(TableDef),
+    /// No such table in the catalog.
+    #[error("no table {0}: create it first (POST /v1/tables, or canopy table create {0})")]
+    NoSuchTable(String),
+    /// No holder of the key's partition could be reached.
+    #[error("partition {partition} of table {table} is unavailable: {reason}")]
+    Unavailable {
+        /// The table.
+        table: String,
+        /// The partition.
+        partition: u32,
+        /// What was tried.
+        reason: String,
+    },
+    /// A holder refused the request (bad key or value, too large, ...).
+    #[error("{message}")]
+    Refused {
+        /// The HTTP status the holder answered.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+    /// A local read, write or subscription failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+impl From<canopy_crdt::WriteError> for TableError {
+    fn from(error: canopy_crdt::WriteError) -> TableError {
+        TableError::Refused { status: 400, message: error.to_string() }
+    }
+}
+
+impl From<canopy_crdt::ReadError> for TableError {
+    fn from(error: canopy_crdt::ReadError) -> TableError {
+        TableError::Unavailable { table: String::new(), partition: 0, reason: error.to_string() }
+    }
+}
+
+/// A node's part in the cluster's tables.
+pub(crate) struct Tables {
+    /// This node's member entry.
+    pub(crate) me: Member,
+    pub(crate) members_topic: NodeTopic,
+    pub(crate) tables_topic: NodeTopic,
+    /// How long a member entry lives; it is rewritten every quarter of this.
+    member_ttl: Duration,
+    pub(crate) http: reqwest::Client,
+    stop: AtomicBool,
+    /// When this node joined. For half a member lifetime after it, the node may not have heard
+    /// from every live member yet (each rewrites its entry every quarter of a lifetime), so it
+    /// places no partition on itself: a catalog that arrives before the members would otherwise
+    /// make a new node take every partition.
+    joined: std::time::Instant,
+}
+
+impl Tables {
+    /// Live members, by peer id.
+    pub(crate) fn members(&self) -> Result<Vec<Member>, TableError> {
+        let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
+        let mut members: Vec<Member> = page
+            .entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let peer_id = String::from_utf8(key).ok()?;
+                let record: MemberRecord = serde_json::from_slice(&value).ok()?;
+                Some(Member { peer_id, api: record.api, addresses: record.addresses })
+            })
+            .collect();
+        if !members.iter().any(|m| m.peer_id == self.me.peer_id) {
+            // Before this node's own entry is written (or while it is being rewritten) it still
+            // counts itself.
+            members.push(self.me.clone());
+        }
+        members.sort();
+        Ok(members)
+    }
+
+    /// Whether this node has been a member long enough to have heard from every live member.
+    pub(crate) fn settled(&self) -> bool {
+        self.joined.elapsed() >= self.member_ttl / 2
+    }
+
+    /// Every table of the catalog, by name.
+    pub(crate) fn tables(&self) -> Result<Vec<TableDef>, TableError> {
+        let page = self.tables_topic.query(b"", None, TABLES_MAX)?;
+        Ok(page
+            .entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let name = String::from_utf8(key).ok()?;
+                let shape: Shape = serde_json::from_slice(&value).ok()?;
+                Some(TableDef { name, partitions: shape.partitions, replicas: shape.replicas })
+            })
+            .collect())
+    }
+
+    pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
+        validate_table_name(name)?;
+        let value = self.tables_topic.get(name.as_bytes())?.ok_or_else(|| TableError::NoSuchTable(name.into()))?;
+        let shape: Shape = serde_json::from_slice(&value)
+            .map_err(|e| TableError::Invalid(format!("the catalog entry of table {name} is unreadable: {e}")))?;
+        Ok(TableDef { name: name.into(), partitions: shape.partitions, replicas: shape.replicas })
+    }
+
+    /// Writes this node's member entry with a fresh lifetime.
+    fn refresh(&self) -> Result<(), TableError> {
+        let record = MemberRecord { api: self.me.api.clone(), addresses: self.me.addresses.clone() };
+        let value = serde_json::to_vec(&record).expect("a record serialises");
+        self.members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
+        Ok(())
+    }
+}
+
+/// Checks a table name: 1 to 64 characters from A-Z a-z 0-9 . _ -.
+pub fn validate_table_name(name: &str) -> Result<(), TableError> {
+    if name.is_empty()
+        || name.len() > TABLE_NAME_BYTES_MAX
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(TableError::Invalid(format!(
+            "table name {name:?}: use 1 to {TABLE_NAME_BYTES_MAX} characters from A-Z a-z 0-9 . _ -"
+        )));
+    }
+    Ok(())
+}
+
+/// The topic holding partition `partition` of table `table`.
+pub fn partition_topic(table: &str, partition: u32) -> String {
+    format!("table:{table}:{partition}")
+}
+
+/// The partition of `key` in a table of `partitions` partitions: a jump consistent hash of the
+/// key's BLAKE3 digest, so growing a table from n to n+1 partitions would move only a 1/(n+1)
+/// share of the keys.
+pub fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let digest = blake3::hash(key);
+    jump(u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes")), partitions)
+}
+
+/// Lamping and Veach's jump consistent hash of `key` into `buckets` buckets: follows the bucket
+/// the key jumps to as buckets are added, with a 64-bit linear congruential generator seeded by
+/// the key.
+fn jump(mut key: u64, buckets: u32) -> u32 {
+    let (mut bucket, mut next): (i64, i64) = (-1, 0);
+    while next < i64::from(buckets.max(1)) {
+        bucket = next;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        next = (((bucket + 1) as f64) * ((1u64 << 31) as f64 / (((key >> 33) + 1) as f64))) as i64;
+    }
+    bucket as u32
+}
+
+/// The members holding partition `partition` of `table`, best first: the `replicas` members of
+/// highest rendezvous score (a BLAKE3 digest of the table, the partition and the peer id).
+pub fn owners(table: &str, partition: u32, replicas: u32, members: &[Member]) -> Vec<Member> {
+    let mut scored: Vec<(u64, &Member)> = members
+        .iter()
+        .map(|member| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(table.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(&partition.to_be_bytes());
+            hasher.update(member.peer_id.as_bytes());
+            let score = u64::from_le_bytes(hasher.finalize().as_bytes()[..8].try_into().expect("8 bytes"));
+            (score, member)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.peer_id.cmp(&b.1.peer_id)));
+    scored.into_iter().take(replicas as usize).map(|(_, member)| member.clone()).collect()
+}
+
+/// The partition topics of `tables` placed on `peer_id` among `members`.
+fn placed_on(peer_id: &str, tables: &[TableDef], members: &[Member]) -> BTreeSet<String> {
+    let mut placed = BTreeSet::new();
+    for table in tables {
+        for partition in 0..table.partitions {
+            if owners(&table.name, partition, table.replicas, members).iter().any(|m| m.peer_id == peer_id) {
+                placed.insert(partition_topic(&table.name, partition));
+            }
+        }
+    }
+    placed
+}
+
+impl Node {
+    /// Takes part in the cluster's tables: subscribes the members and catalog topics, announces
+    /// this node as a member reachable at `advertise_api` (the base URL of its HTTP API, which
+    /// other nodes forward requests to), and from then on holds the partitions placed on it.
+    /// `member_ttl` is how long the node stays a member after it stops refreshing its entry
+    /// (it refreshes every quarter of it).
+    pub async fn join_tables(&self, advertise_api: &str, member_ttl: Duration) -> Result<(), NodeError> {
+        let url = advertise_api.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(NodeError::Config(crate::ConfigError::Invalid {
+                name: "advertise_api",
+                message: format!("{advertise_api:?} is not an http:// or https:// URL"),
+            }));
+        }
+        if member_ttl < Duration::from_secs(1) {
+            return Err(NodeError::Config(crate::ConfigError::Invalid {
+                name: "member_ttl_s",
+                message: "a member entry must live at least 1 s".into(),
+            }));
+        }
+        let node = self.clone();
+        let (members_topic, tables_topic) = tokio::task::spawn_blocking(move || {
+            Ok::<_, NodeError>((node.subscribe(MEMBERS_TOPIC)?, node.subscribe(TABLES_TOPIC)?))
+        })
+        .await
+        .map_err(|_| NodeError::Closed)??;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| NodeError::Config(crate::ConfigError::Invalid { name: "tables", message: e.to_string() }))?;
+        let tables = Arc::new(Tables {
+            me: Member {
+                peer_id: self.status().peer_id,
+                api: url,
+                addresses: self.inner().transport.listen_addrs().iter().map(ToString::to_string).collect(),
+            },
+            members_topic,
+            tables_topic,
+            member_ttl,
+            http,
+            stop: AtomicBool::new(false),
+            joined: std::time::Instant::now(),
+        });
+        if self.inner().tables.set(tables.clone()).is_err() {
+            return Ok(());
+        }
+        tables.refresh().map_err(|e| match e {
+            TableError::Node(e) => e,
+            other => NodeError::Config(crate::ConfigError::Invalid { name: "tables", message: other.to_string() }),
+        })?;
+        tokio::spawn(keep_placement(Arc::downgrade(self.inner()), tables));
+        Ok(())
+    }
+
+    fn tables_part(&self) -> Result<&Arc<Tables>, TableError> {
+        self.inner().tables.get().ok_or(TableError::NotEnabled)
+    }
+
+    /// The cluster's live members.
+    pub fn members(&self) -> Result<Vec<Member>, TableError> {
+        self.tables_part()?.members()
+    }
+
+    /// The tables of the catalog.
+    pub fn tables(&self) -> Result<Vec<TableDef>, TableError> {
+        self.tables_part()?.tables()
+    }
+
+    /// Creates table `name` with `partitions` partitions of `replicas` replicas each. Creating a
+    /// table that exists with the same shape does nothing and returns `false`; with another shape
+    /// it fails with [`TableError::Conflict`]. Two nodes creating the same table with different
+    /// shapes at once both succeed, and the catalog then settles on one of them everywhere.
+    pub fn create_table(&self, name: &str, partitions: u32, replicas: u32) -> Result<(TableDef, bool), TableError> {
+        let tables = self.tables_part()?;
+        validate_table_name(name)?;
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(TableError::Invalid(format!("partitions must be 1 to {PARTITIONS_MAX}, not {partitions}")));
+        }
+        if !(1..=REPLICAS_MAX).contains(&replicas) {
+            return Err(TableError::Invalid(format!("replicas must be 1 to {REPLICAS_MAX}, not {replicas}")));
+        }
+        let wanted = TableDef { name: name.into(), partitions, replicas };
+        match tables.table(name) {
+            Ok(existing) if existing == wanted => return Ok((existing, false)),
+            Ok(existing) => return Err(TableError::Conflict(existing)),
+            Err(TableError::NoSuchTable(_)) => {}
+            Err(error) => return Err(error),
+        }
+        let shape = serde_json::to_vec(&Shape { partitions, replicas }).expect("a shape serialises");
+        tables.tables_topic.put(name, shape)?;
+        Ok((wanted, true))
+    }
+
+    /// A table of the catalog, to read and write through.
+    pub fn table(&self, name: &str) -> Result<Table, TableError> {
+        let def = self.tables_part()?.table(name)?;
+        Ok(Table::new(self.clone(), def))
+    }
+
+    /// Leaves the cluster's tables: the member entry is deleted, so the others place this node's
+    /// partitions elsewhere at once rather than when the entry runs out.
+    pub(crate) fn leave_tables(&self) {
+        if let Some(tables) = self.inner().tables.get() {
+            tables.stop.store(true, Ordering::Relaxed);
+            let _ = tables.members_topic.delete(tables.me.peer_id.clone().into_bytes());
+        }
+    }
+}
+
+/// Refreshes this node's member entry and subscribes the partitions placed on it, until the
+/// node stops.
+async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
+    let refresh_every = tables.member_ttl / 4;
+    let mut last_refresh = tokio::time::Instant::now();
+    let mut held = BTreeSet::new();
+    loop {
+        tokio::time::sleep(PLACEMENT_INTERVAL).await;
+        if tables.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(inner) = node.upgrade() else { return };
+        let node = Node::from_inner(inner);
+        let work = {
+            let tables = tables.clone();
+            let due = last_refresh.elapsed() >= refresh_every;
+            let held = held.clone();
+            move || -> Result<BTreeSet<String>, TableError> {
+                let members = tables.members()?;
+                if due {
+                    tables.refresh()?;
+                    meet(&node, &members);
+                }
+                if !tables.settled() {
+                    return Ok(BTreeSet::new());
+                }
+                let placed = placed_on(&tables.me.peer_id, &tables.tables()?, &members);
+                let missing: Vec<&String> = placed.difference(&held).collect();
+                if !missing.is_empty() {
+                    tracing::info!(partitions = missing.len(), "holding partitions placed on this node");
+                    node.subscribe_all(&missing)?;
+                }
+                Ok(placed)
+            }
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(placed)) => {
+                if last_refresh.elapsed() >= refresh_every {
+                    last_refresh = tokio::time::Instant::now();
+                }
+                // Partitions no longer placed here stay subscribed: dropping one safely needs
+                // to know that its new holders have everything this node wrote to it.
+                held.extend(placed);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "keeping the tables' placement"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Connects to the members this node is not connected to.
+fn meet(node: &Node, members: &[Member]) {
+    let connected: BTreeSet<String> = node.peers().into_iter().map(|peer| peer.peer_id).collect();
+    let me = node.inner().transport.peer_id();
+    for member in members {
+        let Ok(peer) = member.peer_id.parse::<canopy_transport::PeerId>() else { continue };
+        if peer == me || connected.contains(&member.peer_id) {
+            continue;
+        }
+        let addresses = member.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        node.inner().transport.connect(peer, addresses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(n: usize) -> Vec<Member> {
+        (0..n)
+            .map(|i| Member {
+                peer_id: format!("peer-{i:02}"),
+                api: format!("http://127.0.0.1:{}", 7700 + i),
+                addresses: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // The partition function is part of the stored format: these must never change.
+        assert_eq!(partition_of(b"alice", 1), 0);
+        let fixed: Vec<u32> =
+            ["alice", "bob", "carol", "dave"].iter().map(|k| partition_of(k.as_bytes(), 16)).collect();
+        assert_eq!(fixed, FIXED_PARTITIONS);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[partition_of(format!("key-{i}").as_bytes(), 16) as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "uneven spread {counts:?}");
+    }
+
+    /// The partitions of alice, bob, carol and dave among 16.
+    const FIXED_PARTITIONS: [u32; 4] = [6, 7, 2, 6];
+
+    #[test]
+    fn jump_hash_matches_its_published_values() {
+        assert_eq!(jump(10_863_919_174_838_991, 11), 6);
+        assert_eq!(jump(2_016_238_256_797_177_309, 11), 3);
+        assert_eq!(jump(u64::MAX, 1), 0);
+    }
+
+    #[test]
+    fn growing_a_table_moves_few_keys() {
+        let moved = (0..10_000).filter(|i| {
+            let key = format!("key-{i}");
+            partition_of(key.as_bytes(), 8) != partition_of(key.as_bytes(), 9)
+        });
+        // A ninth of the keys move when an eighth partition becomes nine; never more.
+        let moved = moved.count();
+        assert!((900..1300).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn owners_are_distinct_deterministic_and_move_little() {
+        let three = members(3);
+        let four = members(4);
+        let mut moved = 0;
+        for partition in 0..256 {
+            let before = owners("users", partition, 2, &three);
+            assert_eq!(before.len(), 2);
+            assert_ne!(before[0], before[1]);
+            let mut shuffled = three.clone();
+            shuffled.reverse();
+            assert_eq!(owners("users", partition, 2, &shuffled), before, "order of members matters");
+            let after = owners("users", partition, 2, &four);
+            // A new member only ever takes a place; the others keep their relative order.
+            for member in &after {
+                if !before.contains(member) {
+                    assert_eq!(member.peer_id, "peer-03");
+                    moved += 1;
+                }
+            }
+        }
+        // The fourth member takes about half of the partitions' second places and first places.
+        assert!((96..160).contains(&moved), "{moved} places moved");
+        assert_eq!(owners("users", 0, 5, &three).len(), 3, "fewer members than replicas");
+    }
+
+    #[test]
+    fn owners_spread_evenly() {
+        let three = members(3);
+        let mut first = [0u32; 3];
+        let mut held = [0u32; 3];
+        for partition in 0..3000 {
+            let owners = owners("users", partition, 2, &three);
+            let index = |m: &Member| three.iter().position(|t| t == m).unwrap();
+            first[index(&owners[0])] += 1;
+            for owner in &owners {
+                held[index(owner)] += 1;
+            }
+        }
+        assert!(first.iter().all(|&n| (850..1150).contains(&n)), "first places {first:?}");
+        assert!(held.iter().all(|&n| (1850..2150).contains(&n)), "places {held:?}");
+    }
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(validate_table_name("users-2024.v1_a").is_ok());
+        for bad in ["", "a:b", "a/b", "space here", &"x".repeat(65)] {
+            assert!(validate_table_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(partition_topic("users", 7), "table:users:7");
+        assert!(canopy_crdt::validate_topic_name(&partition_topic(&"x".repeat(64), PARTITIONS_MAX - 1)).is_ok());
+    }
+}

@@ -1,0 +1,243 @@
+//! Sharded tables across real `canopy serve --tables` processes on loopback.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{NodeProcess, canopy, wait_until};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Seconds a member entry lives in these tests: a killed node drops out quickly.
+const MEMBER_TTL_S: &str = "3";
+
+/// Starts `n` table members, each dialling only the first (the members find each other through
+/// the members topic), and waits until each sees all.
+fn members(dir: &std::path::Path, n: usize) -> Vec<NodeProcess> {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..n {
+        let peers: Vec<String> = nodes.iter().take(1).map(NodeProcess::address).collect();
+        let extra = ["--tables", "--member-ttl-s", MEMBER_TTL_S];
+        nodes.push(NodeProcess::start_with(&dir.join(format!("node-{i}")), &peers, &[], &extra));
+    }
+    for node in &nodes {
+        wait_until("every member sees the others", || member_ids(node).len() == n);
+    }
+    nodes
+}
+
+fn member_ids(node: &NodeProcess) -> BTreeSet<String> {
+    let members = node.json("/v1/members");
+    members["members"].as_array().unwrap().iter().map(|m| m["peer_id"].as_str().unwrap().to_string()).collect()
+}
+
+fn topics_held(node: &NodeProcess) -> BTreeSet<String> {
+    let topics = node.json("/v1/topics");
+    topics.as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap().to_string()).collect()
+}
+
+fn create(node: &NodeProcess, body: Value) -> (StatusCode, Value) {
+    let response = node.http.post(node.url("/v1/tables")).json(&body).send().unwrap();
+    (response.status(), response.json().unwrap())
+}
+
+fn table_get(node: &NodeProcess, key: &str) -> Option<String> {
+    let response = node.http.get(node.url(&format!("/v1/tables/users/kv/{key}"))).send().unwrap();
+    match response.status() {
+        StatusCode::NOT_FOUND => None,
+        StatusCode::OK => Some(response.text().unwrap()),
+        status => panic!("get {key}: {status} {}", response.text().unwrap()),
+    }
+}
+
+/// Partition → its owners' peer ids, as `node` places them.
+fn placement(node: &NodeProcess) -> BTreeMap<u64, Vec<String>> {
+    let shown = node.json("/v1/tables/users");
+    shown["placement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let owners = p["owners"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect();
+            (p["partition"].as_u64().unwrap(), owners)
+        })
+        .collect()
+}
+
+/// Every key of the table through `node`'s listing, paged by `limit`.
+fn listed(node: &NodeProcess, limit: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(after) = &after {
+            query.push(("after", after.clone()));
+        }
+        let page: Value = node.http.get(node.url("/v1/tables/users/kv")).query(&query).send().unwrap().json().unwrap();
+        let entries = page["entries"].as_array().unwrap();
+        assert!(entries.len() <= limit, "a page longer than its limit");
+        keys.extend(entries.iter().map(|e| e["key"].as_str().unwrap().to_string()));
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return keys,
+        }
+    }
+}
+
+#[test]
+fn a_table_spreads_over_its_members_and_any_member_serves_any_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = members(dir.path(), 3);
+
+    // The catalog: created once, the same shape again is no change, another shape a conflict,
+    // and bad shapes are refused.
+    let shape = json!({ "name": "users", "partitions": 8, "replicas": 2 });
+    assert_eq!(create(&nodes[0], shape.clone()).0, StatusCode::CREATED);
+    assert_eq!(create(&nodes[0], shape.clone()).0, StatusCode::OK);
+    let (status, body) = create(&nodes[0], json!({ "name": "users", "partitions": 4, "replicas": 2 }));
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    for bad in [
+        json!({ "name": "users", "partitions": 0, "replicas": 2 }),
+        json!({ "name": "a:b", "partitions": 2, "replicas": 2 }),
+        json!({ "name": "t", "partitions": 2, "replicas": 17 }),
+        json!({ "name": "t", "partitions": 2, "replicas": 1, "extra": true }),
+    ] {
+        let (status, body) = create(&nodes[1], bad.clone());
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} gave {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let missing = nodes[2].http.get(nodes[2].url("/v1/tables/nope/kv/a")).send().unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    for node in &nodes {
+        wait_until("every member knows the table", || {
+            node.http.get(node.url("/v1/tables/users")).send().unwrap().status() == StatusCode::OK
+        });
+    }
+
+    // Placement: every member places the partitions alike, two distinct owners each, and each
+    // member holds exactly the partitions placed on it.
+    let owners = placement(&nodes[0]);
+    assert_eq!(owners.len(), 8);
+    for node in &nodes[1..] {
+        assert_eq!(placement(node), owners);
+    }
+    for node in &nodes {
+        let mine: BTreeSet<String> =
+            owners.iter().filter(|(_, o)| o.contains(&node.peer_id)).map(|(p, _)| format!("table:users:{p}")).collect();
+        wait_until("members hold the partitions placed on them", || {
+            topics_held(node).into_iter().filter(|t| t.starts_with("table:")).collect::<BTreeSet<_>>() == mine
+        });
+    }
+    for list in owners.values() {
+        assert_eq!(list.len(), 2);
+        assert_ne!(list[0], list[1]);
+    }
+
+    // Writes through any member land on the key's partition, on one of its owners.
+    let mut partition_of = BTreeMap::new();
+    let mut forwarded = 0;
+    for i in 0..120 {
+        let node = &nodes[i % 3];
+        let key = format!("user-{i:03}");
+        let response =
+            node.http.put(node.url(&format!("/v1/tables/users/kv/{key}"))).body(format!("v{i}")).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "put {key}");
+        let written: Value = response.json().unwrap();
+        let partition = written["partition"].as_u64().unwrap();
+        assert!(owners[&partition].contains(&written["node"].as_str().unwrap().to_string()), "{written}");
+        if written["node"] != node.peer_id.as_str() {
+            forwarded += 1;
+        }
+        partition_of.insert(key, partition);
+    }
+    // A third of the writes arrive at a member that holds no copy of their partition.
+    assert!(forwarded > 20, "only {forwarded} writes went to another member");
+    // Reads through any member see every write at once: a key's requests all go to its
+    // partition's first owner.
+    for node in &nodes {
+        for (i, key) in partition_of.keys().enumerate() {
+            assert_eq!(table_get(node, key), Some(format!("v{i}")), "{key} through {}", node.api);
+        }
+    }
+    for i in 0..30 {
+        let key = format!("again-{i}");
+        let (writer, reader) = (&nodes[i % 3], &nodes[(i + 1) % 3]);
+        let response = writer.http.put(writer.url(&format!("/v1/tables/users/kv/{key}"))).body("x").send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(table_get(reader, &key).as_deref(), Some("x"), "read-your-writes for {key}");
+        let response = reader.http.delete(reader.url(&format!("/v1/tables/users/kv/{key}"))).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(table_get(writer, &key), None);
+    }
+    // Members that never dialled each other met through the members topic.
+    for node in &nodes {
+        wait_until("members connect to each other", || node.json("/v1/status")["peers"].as_u64() == Some(2));
+    }
+    // A key lives in its partition's topic on that partition's owners, and nowhere else.
+    for (key, partition) in partition_of.iter().take(20) {
+        for node in &nodes {
+            let topic = format!("table:users:{partition}");
+            if owners[partition].contains(&node.peer_id) {
+                wait_until("an owner holds the key", || node.get(&topic, key).is_some());
+            } else {
+                assert!(!topics_held(node).contains(&topic), "a non-owner holds {topic}");
+                let forwarded = node
+                    .http
+                    .get(node.url(&format!("/v1/tables/users/kv/{key}")))
+                    .header("canopy-forwarded", "1")
+                    .send()
+                    .unwrap();
+                assert_eq!(forwarded.status(), StatusCode::MISDIRECTED_REQUEST);
+            }
+        }
+    }
+    // Listings merge the partitions in key order, page after page.
+    let all: Vec<String> = partition_of.keys().cloned().collect();
+    assert_eq!(listed(&nodes[2], 50), all);
+    assert_eq!(listed(&nodes[0], 7), all);
+
+    // The command line goes through the same routes.
+    let output = canopy().args(["table", "get", "users", "user-005", "--api", &nodes[1].api]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "v5");
+    let output = canopy().args(["table", "del", "users", "user-000", "--api", &nodes[2].api]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    for node in &nodes {
+        wait_until("a delete is seen everywhere", || table_get(node, "user-000").is_none());
+    }
+
+    // A member killed outright drops out when its entry runs out; the two left then hold every
+    // partition between them, and every key is still there.
+    nodes[2].kill();
+    for node in &nodes[..2] {
+        wait_until("the killed member drops out", || member_ids(node).len() == 2);
+        wait_until("the survivors hold every partition", || {
+            topics_held(node).iter().filter(|t| t.starts_with("table:users:")).count() == 8
+        });
+    }
+    for node in &nodes[..2] {
+        for (i, key) in partition_of.keys().enumerate().skip(1) {
+            wait_until("every key survives", || table_get(node, key).as_deref() == Some(&format!("v{i}")));
+        }
+        assert_eq!(listed(node, 1000), all[1..].to_vec());
+    }
+}
+
+#[test]
+fn a_node_without_tables_says_how_to_enable_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &[], &[]);
+    let response = node.http.get(node.url("/v1/tables")).send().unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    let body: Value = response.json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("--tables"), "{body}");
+
+    // A member must be reachable at the address it announces.
+    let output = canopy()
+        .args(["serve", "--tables", "--api", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path().join("wildcard"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("advertise_api"));
+}
