@@ -106,11 +106,22 @@ pub(crate) struct NodeInner {
     pub counters: Counters,
     pub started: Instant,
     sync_events: Sender<SyncEvent>,
-    subscribed: Arc<Mutex<BTreeSet<String>>>,
+    pub(crate) subscribed: Arc<Mutex<BTreeSet<String>>>,
     actor: Mutex<Option<JoinHandle<()>>>,
     transport_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The node's part in the cluster's tables, once it joined them.
     pub tables: std::sync::OnceLock<Arc<crate::tables::Tables>>,
+    /// What peers announced of each subscribed topic (kept once the node joined tables).
+    pub announced: Mutex<HashMap<String, Announced>>,
+}
+
+/// The heads peers announced of one topic.
+#[derive(Default)]
+pub(crate) struct Announced {
+    /// The latest announcement's heads: a copy that holds them all has caught up with its peer.
+    pub last: Vec<Cid>,
+    /// Each peer's latest heads: a peer whose heads are this node's has everything it has.
+    pub by_peer: HashMap<PeerId, Vec<Cid>>,
 }
 
 impl NodeInner {
@@ -280,6 +291,7 @@ impl Node {
             actor: Mutex::new(None),
             transport_task: Mutex::new(None),
             tables: std::sync::OnceLock::new(),
+            announced: Mutex::new(HashMap::new()),
         });
         let actor = {
             let inner = Arc::downgrade(&inner);
@@ -515,6 +527,9 @@ fn run_sync(
                 }
                 SyncEvent::Unsubscribe(name) => {
                     sync.unsubscribe(&name);
+                    if let Some(inner) = inner.upgrade() {
+                        inner.announced.lock().expect("announced lock").remove(&name);
+                    }
                 }
                 SyncEvent::LocalCommit { topic, cid, at } => {
                     let (cids, times) = commits.entry(topic).or_default();
@@ -534,6 +549,17 @@ fn run_sync(
                             continue;
                         }
                     };
+                    // Members of a cluster's tables judge whether their copy of a partition has
+                    // caught up by the heads its other holders announce.
+                    if let (Message::Heads { topic, heads, .. }, Some(inner)) = (&message, inner.upgrade())
+                        && inner.tables.get().is_some()
+                    {
+                        let cids: Vec<Cid> = heads.iter().map(|head| head.cid).collect();
+                        let mut announced = inner.announced.lock().expect("announced lock");
+                        let entry = announced.entry(topic.clone()).or_default();
+                        entry.by_peer.insert(from, cids.clone());
+                        entry.last = cids;
+                    }
                     // The histogram of this kind of message, known before the message is
                     // handed over.
                     let handling = stages.as_ref().and_then(|stages| match &message {

@@ -43,12 +43,28 @@ pub const TABLE_NAME_BYTES_MAX: usize = 64;
 /// The HTTP header that marks a request one node sends another on a caller's behalf: the
 /// receiver serves it from the partition it holds, or answers 421, and never forwards it.
 pub const FORWARDED_HEADER: &str = "canopy-forwarded";
+/// The HTTP header that marks a request a member that just joined hands to another member to
+/// route: the receiver routes it by its own placement, and never hands it on again.
+pub const PROXIED_HEADER: &str = "canopy-proxied";
+/// The value of [`FORWARDED_HEADER`] on the sender's last try: the receiver serves from its
+/// copy even while that copy is still catching up, rather than answer 421.
+pub const FORWARDED_LAST: &str = "last";
 /// Most members read from the members topic.
 const MEMBERS_MAX: usize = 10_000;
 /// Most tables read from the catalog.
 const TABLES_MAX: usize = 10_000;
 /// How often a node checks members and catalog for partitions placed on it.
 const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a copy nobody has announced heads for waits before it counts as caught up: the
+/// other holders announce their heads as soon as they see this node join the partition's
+/// gossip, so silence this long means they hold nothing.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
+/// How long a copy handed off stays on disk, unsubscribed, before it is deleted: a request
+/// that took its handle before the hand-off has long finished by then, and a write such a
+/// request made shows as changed heads, which keeps the copy.
+const HANDOFF_QUIET: Duration = Duration::from_secs(15);
+/// A copy taken on less than this long ago is not handed off yet.
+const HANDOFF_MIN_AGE: Duration = Duration::from_secs(5);
 
 /// A table: its name and shape, fixed at creation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +95,8 @@ pub struct Member {
     /// Its libp2p listen addresses: members connect to each other, since a partition's
     /// holders must exchange its announcements directly.
     pub addresses: Vec<String>,
+    /// When it joined, in milliseconds since the Unix epoch by its clock.
+    pub joined_ms: u64,
 }
 
 /// The member entry's value.
@@ -87,6 +105,8 @@ struct MemberRecord {
     api: String,
     #[serde(default)]
     addresses: Vec<String>,
+    #[serde(default)]
+    joined_ms: u64,
 }
 
 /// A failed table operation.
@@ -151,10 +171,18 @@ pub(crate) struct Tables {
     pub(crate) http: reqwest::Client,
     stop: AtomicBool,
     /// When this node joined. For half a member lifetime after it, the node may not have heard
-    /// from every live member yet (each rewrites its entry every quarter of a lifetime), so it
-    /// places no partition on itself: a catalog that arrives before the members would otherwise
-    /// make a new node take every partition.
+    /// from every live member yet (each rewrites its entry every quarter of a lifetime), so the
+    /// placement task takes no partition on: a catalog that arrives before the members would
+    /// otherwise make a new node take every partition. (A request for a partition the node
+    /// believes placed on it takes that one on at once.)
     joined: std::time::Instant,
+    /// When this node took on each partition it took on since it joined.
+    taken: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Copies taken on for a request although not placed here: they count as caught up only once
+    /// they hold heads another holder announced, never by waiting alone.
+    pub(crate) strays: std::sync::Mutex<BTreeSet<String>>,
+    /// Copies handed off and not yet deleted: when, and their heads then.
+    leaving: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<canopy_crdt::Cid>)>>,
 }
 
 impl Tables {
@@ -167,7 +195,7 @@ impl Tables {
             .filter_map(|(key, value)| {
                 let peer_id = String::from_utf8(key).ok()?;
                 let record: MemberRecord = serde_json::from_slice(&value).ok()?;
-                Some(Member { peer_id, api: record.api, addresses: record.addresses })
+                Some(Member { peer_id, api: record.api, addresses: record.addresses, joined_ms: record.joined_ms })
             })
             .collect();
         if !members.iter().any(|m| m.peer_id == self.me.peer_id) {
@@ -179,9 +207,51 @@ impl Tables {
         Ok(members)
     }
 
+    /// The memberships before each join of the last [`HANDOFF_WINDOW_LIFETIMES`] lifetimes.
+    pub(crate) fn earlier_memberships(&self, node: &Node, members: &[Member]) -> Vec<Vec<Member>> {
+        let window_ms = u64::try_from((self.member_ttl * HANDOFF_WINDOW_LIFETIMES).as_millis()).unwrap_or(u64::MAX);
+        before_recent_joins(members, node.expiry_of(Duration::ZERO).saturating_sub(window_ms))
+    }
+
     /// Whether this node has been a member long enough to have heard from every live member.
     pub(crate) fn settled(&self) -> bool {
         self.joined.elapsed() >= self.member_ttl / 2
+    }
+
+    /// Subscribes partition topics taken on now, noting when.
+    pub(crate) fn take_on(&self, node: &Node, topics: &[&String]) -> Result<(), NodeError> {
+        node.subscribe_all(topics)?;
+        let now = std::time::Instant::now();
+        let mut taken = self.taken.lock().expect("taken lock");
+        let mut leaving = self.leaving.lock().expect("leaving lock");
+        for topic in topics {
+            taken.entry((*topic).clone()).or_insert(now);
+            leaving.remove(*topic);
+        }
+        Ok(())
+    }
+
+    /// Whether this node's copy `topic` has caught up: it holds every head another holder last
+    /// announced, or nobody announced any since the node took it on (or restarted) and
+    /// [`CATCH_UP_GRACE`] has passed (not for a stray copy, which waits for an announcement).
+    /// A copy still catching up is asked last.
+    pub(crate) fn caught_up(&self, node: &Node, topic: &NodeTopic) -> bool {
+        let announced =
+            node.inner().announced.lock().expect("announced lock").get(topic.name()).map(|a| a.last.clone());
+        match announced {
+            Some(heads) => {
+                let count = heads.len();
+                topic.crdt().unknown(heads, count).is_ok_and(|unknown| unknown.is_empty())
+            }
+            None if self.strays.lock().expect("strays lock").contains(topic.name()) => false,
+            None => {
+                // Silence means something only once the node has met every member (which it
+                // has by the time it settled), so the grace runs from then at the earliest.
+                let settled_at = self.joined + self.member_ttl / 2;
+                let taken = self.taken.lock().expect("taken lock").get(topic.name()).copied().unwrap_or(self.joined);
+                self.settled() && taken.max(settled_at).elapsed() >= CATCH_UP_GRACE
+            }
+        }
     }
 
     /// Every table of the catalog, by name.
@@ -208,7 +278,11 @@ impl Tables {
 
     /// Writes this node's member entry with a fresh lifetime.
     fn refresh(&self) -> Result<(), TableError> {
-        let record = MemberRecord { api: self.me.api.clone(), addresses: self.me.addresses.clone() };
+        let record = MemberRecord {
+            api: self.me.api.clone(),
+            addresses: self.me.addresses.clone(),
+            joined_ms: self.me.joined_ms,
+        };
         let value = serde_json::to_vec(&record).expect("a record serialises");
         self.members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
         Ok(())
@@ -273,6 +347,34 @@ pub fn owners(table: &str, partition: u32, replicas: u32, members: &[Member]) ->
     scored.into_iter().take(replicas as usize).map(|(_, member)| member.clone()).collect()
 }
 
+/// How long after a member joins the partitions it took over are also looked for on their
+/// earlier owners, in member lifetimes: a member that joined takes its partitions on and
+/// catches up on them in that time, and the earlier owners keep their copies until it has.
+pub(crate) const HANDOFF_WINDOW_LIFETIMES: u32 = 10;
+
+/// Most recent joins looked behind when looking for a partition's earlier owners.
+const EARLIER_JOINS_MAX: usize = 8;
+
+/// The memberships before each of the joins since `since_ms`, newest join first: `members`
+/// without its newest member, then without its two newest, and so on (at most
+/// [`EARLIER_JOINS_MAX`] steps, never empty). Their placements name a partition's earlier
+/// owners.
+pub(crate) fn before_recent_joins(members: &[Member], since_ms: u64) -> Vec<Vec<Member>> {
+    let mut by_age = members.to_vec();
+    by_age.sort_by(|a, b| a.joined_ms.cmp(&b.joined_ms).then_with(|| a.peer_id.cmp(&b.peer_id)));
+    let mut earlier = Vec::new();
+    while by_age.len() > 1 && earlier.len() < EARLIER_JOINS_MAX {
+        match by_age.last() {
+            Some(newest) if newest.joined_ms >= since_ms => {
+                by_age.pop();
+                earlier.push(by_age.clone());
+            }
+            _ => break,
+        }
+    }
+    earlier
+}
+
 /// The partition topics of `tables` placed on `peer_id` among `members`.
 fn placed_on(peer_id: &str, tables: &[TableDef], members: &[Member]) -> BTreeSet<String> {
     let mut placed = BTreeSet::new();
@@ -322,6 +424,7 @@ impl Node {
                 peer_id: self.status().peer_id,
                 api: url,
                 addresses: self.inner().transport.listen_addrs().iter().map(ToString::to_string).collect(),
+                joined_ms: self.expiry_of(Duration::ZERO),
             },
             members_topic,
             tables_topic,
@@ -329,6 +432,9 @@ impl Node {
             http,
             stop: AtomicBool::new(false),
             joined: std::time::Instant::now(),
+            taken: std::sync::Mutex::new(std::collections::HashMap::new()),
+            leaving: std::sync::Mutex::new(std::collections::HashMap::new()),
+            strays: std::sync::Mutex::new(BTreeSet::new()),
         });
         if self.inner().tables.set(tables.clone()).is_err() {
             return Ok(());
@@ -401,7 +507,6 @@ impl Node {
 async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
     let refresh_every = tables.member_ttl / 4;
     let mut last_refresh = tokio::time::Instant::now();
-    let mut held = BTreeSet::new();
     loop {
         tokio::time::sleep(PLACEMENT_INTERVAL).await;
         if tables.stop.load(Ordering::Relaxed) {
@@ -409,41 +514,130 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
         }
         let Some(inner) = node.upgrade() else { return };
         let node = Node::from_inner(inner);
+        let due = last_refresh.elapsed() >= refresh_every;
         let work = {
             let tables = tables.clone();
-            let due = last_refresh.elapsed() >= refresh_every;
-            let held = held.clone();
-            move || -> Result<BTreeSet<String>, TableError> {
+            move || -> Result<(), TableError> {
                 let members = tables.members()?;
                 if due {
                     tables.refresh()?;
+                }
+                if due || !tables.settled() {
                     meet(&node, &members);
                 }
-                if !tables.settled() {
-                    return Ok(BTreeSet::new());
+                if tables.settled() {
+                    tables.place(&node, &members)?;
                 }
-                let placed = placed_on(&tables.me.peer_id, &tables.tables()?, &members);
-                let missing: Vec<&String> = placed.difference(&held).collect();
-                if !missing.is_empty() {
-                    tracing::info!(partitions = missing.len(), "holding partitions placed on this node");
-                    node.subscribe_all(&missing)?;
-                }
-                Ok(placed)
+                Ok(())
             }
         };
         match tokio::task::spawn_blocking(work).await {
-            Ok(Ok(placed)) => {
-                if last_refresh.elapsed() >= refresh_every {
-                    last_refresh = tokio::time::Instant::now();
-                }
-                // Partitions no longer placed here stay subscribed: dropping one safely needs
-                // to know that its new holders have everything this node wrote to it.
-                held.extend(placed);
-            }
+            Ok(Ok(())) if due => last_refresh = tokio::time::Instant::now(),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "keeping the tables' placement"),
             Err(_) => return,
         }
     }
+}
+
+impl Tables {
+    /// Takes on the partitions placed on this node that it does not hold, and hands off those
+    /// it holds that are placed elsewhere now: a copy is dropped once every owner of its
+    /// partition has announced exactly this copy's heads, so nothing written to it is lost.
+    fn place(&self, node: &Node, members: &[Member]) -> Result<(), TableError> {
+        let tables = self.tables()?;
+        let placed = placed_on(&self.me.peer_id, &tables, members);
+        let held: BTreeSet<String> = node
+            .inner()
+            .subscribed
+            .lock()
+            .expect("subscribed lock")
+            .iter()
+            .filter(|t| t.starts_with("table:"))
+            .cloned()
+            .collect();
+        let missing: Vec<&String> = placed.difference(&held).collect();
+        if !missing.is_empty() {
+            tracing::info!(partitions = missing.len(), "holding partitions placed on this node");
+            self.take_on(node, &missing)?;
+        }
+        self.strays.lock().expect("strays lock").retain(|topic| !placed.contains(topic));
+        for topic in held.difference(&placed) {
+            let Some((table, partition)) = parse_partition_topic(topic) else { continue };
+            let Some(def) = tables.iter().find(|def| def.name == table) else { continue };
+            let young =
+                self.taken.lock().expect("taken lock").get(topic).is_some_and(|t| t.elapsed() < HANDOFF_MIN_AGE);
+            if partition >= def.partitions || young {
+                continue;
+            }
+            let owners = owners(table, partition, def.replicas, members);
+            if let Some(heads) = self.handed_off(node, topic, &owners) {
+                // Unsubscribed now, so no new request reaches the copy; deleted once quiet.
+                tracing::info!(%topic, "handing a partition off to its owners");
+                node.unsubscribe(topic, false)?;
+                self.leaving.lock().expect("leaving lock").insert(topic.clone(), (std::time::Instant::now(), heads));
+            }
+        }
+        let quiet: Vec<(String, Vec<canopy_crdt::Cid>)> = self
+            .leaving
+            .lock()
+            .expect("leaving lock")
+            .iter()
+            .filter(|(_, (since, _))| since.elapsed() >= HANDOFF_QUIET)
+            .map(|(topic, (_, heads))| (topic.clone(), heads.clone()))
+            .collect();
+        for (topic, heads) in quiet {
+            let now: Option<Vec<canopy_crdt::Cid>> =
+                node.store().existing_topic(&topic).map(|copy| sorted_heads(&copy.heads()));
+            if now.is_some_and(|now| now != heads) {
+                // A request that held the copy wrote to it after the hand-off: replicate it
+                // again, and hand it off later.
+                tracing::warn!(%topic, "a partition handed off was written to since; keeping it");
+                self.take_on(node, &[&topic])?;
+                continue;
+            }
+            node.unsubscribe(&topic, true)?;
+            self.leaving.lock().expect("leaving lock").remove(&topic);
+            self.taken.lock().expect("taken lock").remove(&topic);
+            self.strays.lock().expect("strays lock").remove(&topic);
+            tracing::info!(%topic, "deleted a partition handed off");
+        }
+        Ok(())
+    }
+
+    /// This node's copy of `topic`'s heads, when every one of `owners` has announced exactly
+    /// those heads (an empty copy needs no announcement).
+    fn handed_off(&self, node: &Node, topic: &str, owners: &[Member]) -> Option<Vec<canopy_crdt::Cid>> {
+        let ours = sorted_heads(&node.topic(topic)?.heads());
+        let announced = node.inner().announced.lock().expect("announced lock");
+        let by_peer = announced.get(topic).map(|a| &a.by_peer);
+        let all = !owners.is_empty()
+            && owners.iter().all(|owner| {
+                let Ok(peer) = owner.peer_id.parse::<canopy_transport::PeerId>() else { return false };
+                match by_peer.and_then(|by_peer| by_peer.get(&peer)) {
+                    Some(theirs) => {
+                        let mut theirs = theirs.clone();
+                        theirs.sort_unstable();
+                        theirs == ours
+                    }
+                    None => ours.is_empty(),
+                }
+            });
+        all.then_some(ours)
+    }
+}
+
+fn sorted_heads(heads: &[canopy_crdt::Head]) -> Vec<canopy_crdt::Cid> {
+    let mut cids: Vec<canopy_crdt::Cid> = heads.iter().map(|head| head.cid).collect();
+    cids.sort_unstable();
+    cids
+}
+
+/// The table and partition a partition topic holds.
+fn parse_partition_topic(topic: &str) -> Option<(&str, u32)> {
+    let rest = topic.strip_prefix("table:")?;
+    let (table, partition) = rest.rsplit_once(':')?;
+    Some((table, partition.parse().ok()?))
 }
 
 /// Connects to the members this node is not connected to.
@@ -470,6 +664,7 @@ mod tests {
                 peer_id: format!("peer-{i:02}"),
                 api: format!("http://127.0.0.1:{}", 7700 + i),
                 addresses: Vec::new(),
+                joined_ms: 0,
             })
             .collect()
     }
@@ -550,6 +745,18 @@ mod tests {
         }
         assert!(first.iter().all(|&n| (850..1150).contains(&n)), "first places {first:?}");
         assert!(held.iter().all(|&n| (1850..2150).contains(&n)), "places {held:?}");
+    }
+
+    #[test]
+    fn earlier_memberships_drop_the_newest_joins() {
+        let mut all = members(4);
+        for (i, member) in all.iter_mut().enumerate() {
+            member.joined_ms = 1000 * (i as u64 + 1);
+        }
+        let earlier = before_recent_joins(&all, 2500);
+        assert_eq!(earlier, vec![all[..3].to_vec(), all[..2].to_vec()]);
+        assert!(before_recent_joins(&all, 9000).is_empty());
+        assert_eq!(before_recent_joins(&all, 0).len(), 3, "never down to no member");
     }
 
     #[test]

@@ -241,3 +241,73 @@ fn a_node_without_tables_says_how_to_enable_them() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("advertise_api"));
 }
+
+#[test]
+fn a_member_joining_takes_partitions_on_without_hiding_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = members(dir.path(), 2);
+    // One replica: a partition placed on the newcomer has no other owner to answer while the
+    // newcomer's copy catches up from the partition's earlier holder.
+    let (status, body) = create(&nodes[0], json!({ "name": "users", "partitions": 8, "replicas": 1 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    wait_until("both members know the table", || {
+        nodes[1].http.get(nodes[1].url("/v1/tables/users")).send().unwrap().status() == StatusCode::OK
+    });
+    let keys: Vec<String> = (0..200).map(|i| format!("k-{i:03}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let node = &nodes[i % 2];
+        let response = node.http.put(node.url(&format!("/v1/tables/users/kv/{key}"))).body(key.clone()).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "put {key}: {}", response.text().unwrap());
+    }
+    let extra = ["--tables", "--member-ttl-s", MEMBER_TTL_S];
+    let newcomer = NodeProcess::start_with(&dir.path().join("node-new"), &[nodes[0].address()], &[], &extra);
+    nodes.push(newcomer);
+    // Read every key through every member while the newcomer joins and takes partitions on:
+    // no read may miss a key.
+    let mut rounds = 0;
+    let mut settled_rounds = 0;
+    while settled_rounds < 3 {
+        for (index, node) in nodes.iter().enumerate() {
+            for key in &keys {
+                let got = table_get(node, key);
+                if got.as_deref() != Some(key.as_str()) {
+                    let views: Vec<Value> = nodes.iter().map(|n| n.json("/v1/tables/users")).collect();
+                    let held: Vec<BTreeSet<String>> = nodes.iter().map(topics_held).collect();
+                    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+                    panic!(
+                        "{key} through node {index} in round {rounds}: {got:?}\nids {ids:?}\nviews {views:#?}\nheld {held:?}"
+                    );
+                }
+            }
+        }
+        rounds += 1;
+        let placed_on_newcomer =
+            placement(&nodes[0]).values().filter(|owners| owners.contains(&nodes[2].peer_id)).count();
+        let held = topics_held(&nodes[2]).iter().filter(|t| t.starts_with("table:users:")).count();
+        if placed_on_newcomer > 0 && held == placed_on_newcomer {
+            settled_rounds += 1;
+        }
+        if rounds >= 60 {
+            let held: Vec<BTreeSet<String>> = nodes.iter().map(topics_held).collect();
+            let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+            let newcomer = (nodes[2].json("/v1/tables"), nodes[2].json("/v1/members"), nodes[2].json("/v1/topics"));
+            panic!(
+                "the newcomer never took its partitions on\nids {ids:?}\nplacement {:?}\nheld {held:?}\nnewcomer {newcomer:?}",
+                placement(&nodes[0])
+            );
+        }
+    }
+    // The earlier holders hand the newcomer's partitions off: in the end each partition has
+    // one copy, on its owner, and every key is still there.
+    let owners = placement(&nodes[0]);
+    for node in &nodes {
+        let mine: BTreeSet<String> =
+            owners.iter().filter(|(_, o)| o.contains(&node.peer_id)).map(|(p, _)| format!("table:users:{p}")).collect();
+        wait_until("each member holds exactly its partitions", || {
+            topics_held(node).into_iter().filter(|t| t.starts_with("table:")).collect::<BTreeSet<_>>() == mine
+        });
+    }
+    for node in &nodes {
+        assert_eq!(listed(node, 1000), keys);
+    }
+}

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use super::{ApiError, ApiResult, blocking, key_json, parse_query, positive_limit, query_key};
 use crate::Node;
 use crate::tables::route::local_written;
-use crate::tables::{FORWARDED_HEADER, Listing, Table, TableError, Written, partition_topic};
+use crate::tables::{
+    FORWARDED_HEADER, FORWARDED_LAST, Listing, PROXIED_HEADER, Table, TableError, Written, partition_topic,
+};
 
 impl From<TableError> for ApiError {
     fn from(error: TableError) -> ApiError {
@@ -66,6 +68,22 @@ async fn open_table(node: Node, name: String) -> ApiResult<Table> {
     blocking(move || Ok(node.table(&name)?)).await
 }
 
+/// The table a request addresses, routing by this node's own placement when another member
+/// handed the request over.
+async fn routed_table(node: Node, name: String, headers: &HeaderMap) -> ApiResult<Table> {
+    let handed_over = headers.contains_key(PROXIED_HEADER) || forwarded(headers);
+    match open_table(node, name).await {
+        Ok(table) if headers.contains_key(PROXIED_HEADER) => Ok(table.direct()),
+        Ok(table) => Ok(table),
+        // The sender knows the table; this node has not heard of it yet. A 404 would read as
+        // "no such key": a 421 sends the sender to another member.
+        Err(error) if handed_over && error.status == StatusCode::NOT_FOUND => {
+            Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, error.message))
+        }
+        Err(error) => Err(error),
+    }
+}
+
 pub(super) async fn show_table(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
@@ -101,17 +119,26 @@ fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED_HEADER)
 }
 
-/// The partition topic a forwarded request is served from, or a 421 when this node has no
-/// copy of it and it is not placed here (the sender then tries the partition's next holder).
-async fn held_or_misdirected(table: &Table, partition: u32) -> ApiResult<crate::NodeTopic> {
+/// The partition topic a forwarded request is served from, or a 421 when this node has no copy
+/// of it (and it is not placed here), or a copy still catching up, while the sender has other
+/// holders to try: the sender then tries the partition's next holder. As the sender's last
+/// resort the node serves whatever it placed (taking the partition on if need be), once its
+/// copy caught up or after a bounded wait.
+async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap) -> ApiResult<crate::NodeTopic> {
+    let last = headers.get(FORWARDED_HEADER).is_some_and(|value| value == FORWARDED_LAST);
     let (copy, name) = (table.clone(), table.def().name.clone());
-    match blocking(move || Ok(copy.local_copy(partition)?)).await? {
-        Some(topic) => Ok(topic),
-        None => Err(ApiError::new(
+    let topic =
+        blocking(move || Ok(copy.local_copy(partition, last)?.filter(|topic| last || copy.caught_up(topic)))).await?;
+    let topic = topic.ok_or_else(|| {
+        ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,
-            format!("this node does not hold partition {partition} of table {name}"),
-        )),
+            format!("this node holds no caught-up copy of partition {partition} of table {name}"),
+        )
+    })?;
+    if last {
+        table.wait_caught_up(&topic).await;
     }
+    Ok(topic)
 }
 
 fn written_json(written: Written) -> Json<Value> {
@@ -125,22 +152,22 @@ pub(super) async fn put_key(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let Path((name, key)) = path?;
-    let table = open_table(node, name).await?;
+    let table = routed_table(node, name, &headers).await?;
     let me = table.me()?;
     if !forwarded(&headers) {
         return Ok(written_json(table.put(&key, body.to_vec()).await?));
     }
     let partition = table.partition_of(&key);
-    let topic = held_or_misdirected(&table, partition).await?;
+    let topic = held_or_misdirected(&table, partition, &headers).await?;
     let commit = blocking(move || Ok(topic.put(key.into_bytes(), body.to_vec())?)).await?;
     Ok(written_json(local_written(partition, me, commit)))
 }
 
 pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Response> {
     let Path((name, key)) = path?;
-    let table = open_table(node, name).await?;
+    let table = routed_table(node, name, &headers).await?;
     let value = if forwarded(&headers) {
-        let topic = held_or_misdirected(&table, table.partition_of(&key)).await?;
+        let topic = held_or_misdirected(&table, table.partition_of(&key), &headers).await?;
         let bytes = key.clone().into_bytes();
         blocking(move || Ok(topic.get(&bytes)?)).await?
     } else {
@@ -154,11 +181,11 @@ pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: 
 
 pub(super) async fn delete_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Json<Value>> {
     let Path((name, key)) = path?;
-    let table = open_table(node, name).await?;
+    let table = routed_table(node, name, &headers).await?;
     let me = table.me()?;
     let written = if forwarded(&headers) {
         let partition = table.partition_of(&key);
-        let topic = held_or_misdirected(&table, partition).await?;
+        let topic = held_or_misdirected(&table, partition, &headers).await?;
         let bytes = key.clone().into_bytes();
         let commit = blocking(move || Ok(topic.delete(bytes)?)).await?;
         commit.map(|commit| local_written(partition, me, commit))
@@ -189,7 +216,7 @@ pub(super) async fn list_keys(
                 .map_err(|_| ApiError::bad_request(format!("partition must be a partition number, not {text:?}")))?,
         ),
     };
-    let table = open_table(node, name).await?;
+    let table = routed_table(node, name, &headers).await?;
     if let Some(partition) = partition
         && partition >= table.def().partitions
     {
@@ -202,7 +229,7 @@ pub(super) async fn list_keys(
     let listing = match (forwarded(&headers), partition) {
         (true, None) => return Err(ApiError::bad_request("a forwarded listing names its partition")),
         (true, Some(partition)) => {
-            let topic = held_or_misdirected(&table, partition).await?;
+            let topic = held_or_misdirected(&table, partition, &headers).await?;
             let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
             let entries = page.entries.into_iter().map(|(key, value)| crate::tables::TableEntry { key, value });
             Listing { entries: entries.collect(), next: page.next }

@@ -9,7 +9,10 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{FORWARDED_HEADER, Member, TableDef, TableError, Tables, owners, partition_of, partition_topic};
+use super::{
+    FORWARDED_HEADER, FORWARDED_LAST, Member, PROXIED_HEADER, TableDef, TableError, Tables, owners, partition_of,
+    partition_topic,
+};
 use crate::node::NodeTopic;
 use crate::{Commit, Node};
 
@@ -19,6 +22,9 @@ use crate::{Commit, Node};
 pub struct Table {
     node: Node,
     def: TableDef,
+    /// Routes by this node's own placement even just after it joined (a request another
+    /// member handed over): a request is handed over at most once.
+    direct: bool,
 }
 
 /// A write applied to a table.
@@ -52,10 +58,17 @@ pub struct Listing {
     pub next: Option<Vec<u8>>,
 }
 
+/// Longest a request waits for a copy still catching up when no other copy is left to ask.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// One copy of a partition a request may be served from.
 enum Hop {
+    /// This node's copy.
     Here(NodeTopic),
+    /// A holder's copy.
     There(Member),
+    /// Another member, which routes the request itself.
+    Via(Member),
 }
 
 /// Where a request was served.
@@ -89,7 +102,13 @@ struct ListEntry {
 
 impl Table {
     pub(super) fn new(node: Node, def: TableDef) -> Table {
-        Table { node, def }
+        Table { node, def, direct: false }
+    }
+
+    /// This table, routing by this node's own placement even while it has just joined: for a
+    /// request another member handed over, so that it is handed over at most once.
+    pub(crate) fn direct(self) -> Table {
+        Table { direct: true, ..self }
     }
 
     /// The table's name and shape.
@@ -226,41 +245,107 @@ impl Table {
     }
 
     /// This node's copy of `partition` to serve a request from: the topic when the node holds
-    /// it, or when the partition is placed on it (the node takes the partition on at once,
-    /// unless it joined too recently to trust its view of the members). Blocks briefly (a read
-    /// of the members, perhaps a subscription).
-    pub fn local_copy(&self, partition: u32) -> Result<Option<NodeTopic>, TableError> {
+    /// it, or when the partition is placed on it or the request is a sender's last resort
+    /// (`anyway`): the node then takes the partition on at once. A copy taken on this way
+    /// catches up before it serves ([`Table::caught_up`]), and one taken on without being
+    /// placed here is handed off again once its owners hold what it holds. Blocks briefly (a
+    /// read of the members, perhaps a subscription).
+    pub fn local_copy(&self, partition: u32, anyway: bool) -> Result<Option<NodeTopic>, TableError> {
         if let Some(topic) = self.held(partition) {
             return Ok(Some(topic));
         }
         let tables = self.tables()?;
-        let owners = owners(&self.def.name, partition, self.def.replicas, &tables.members()?);
-        if tables.settled() && owners.iter().any(|member| member.peer_id == tables.me.peer_id) {
-            return Ok(Some(self.node.subscribe(&partition_topic(&self.def.name, partition))?));
+        let placed_here = || -> Result<bool, TableError> {
+            let owners = owners(&self.def.name, partition, self.def.replicas, &tables.members()?);
+            Ok(owners.iter().any(|member| member.peer_id == tables.me.peer_id))
+        };
+        let placed = placed_here()?;
+        if anyway || placed {
+            let topic = partition_topic(&self.def.name, partition);
+            if !placed {
+                tables.strays.lock().expect("strays lock").insert(topic.clone());
+            }
+            tables.take_on(&self.node, &[&topic])?;
+            return Ok(self.held(partition));
         }
         Ok(None)
     }
 
+    /// Waits until this node's copy `topic` has caught up, at most [`CATCH_UP_WAIT`]: a copy
+    /// taken on a moment ago is usually a few round trips from complete, and the partition's
+    /// earlier holder, which still has everything, may no longer be among its owners.
+    pub async fn wait_caught_up(&self, topic: &NodeTopic) {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < CATCH_UP_WAIT {
+            let (table, copy) = (self.clone(), topic.clone());
+            if blocking(move || Ok(table.caught_up(&copy))).await.unwrap_or(true) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether this node's copy `topic` of a partition has caught up with the other holders.
+    pub fn caught_up(&self, topic: &NodeTopic) -> bool {
+        self.tables().is_ok_and(|tables| tables.caught_up(&self.node, topic))
+    }
+
     /// The order in which `partition`'s copies are tried: its owners in placement order (this
-    /// node among them when it is one), then this node's own copy when it holds one without
-    /// being an owner (a partition placed elsewhere since). Every request for a key goes to its
-    /// first owner while that one answers, so a client sees its own writes through any node.
+    /// node among them when it is one), then this node's copy when it is still catching up or
+    /// when the node holds one without being an owner (a partition placed elsewhere since).
+    /// Every request for a key goes to its first owner while that one answers, so a client sees
+    /// its own writes through any node.
     async fn hops(&self, partition: u32) -> Result<Vec<Hop>, TableError> {
         let table = self.clone();
         blocking(move || {
             let tables = table.tables()?;
-            let owners = owners(&table.def.name, partition, table.def.replicas, &tables.members()?);
+            let members = tables.members()?;
+            if !tables.settled() && !table.direct {
+                // A node that joined a moment ago may not know every member yet, so it cannot
+                // trust its own placement: it hands the request to the other members it knows
+                // (each routes it by its own placement), and serves it itself only when it
+                // knows no other.
+                let others: Vec<Hop> = members
+                    .iter()
+                    .filter(|member| member.peer_id != tables.me.peer_id)
+                    .map(|member| Hop::Via(member.clone()))
+                    .collect();
+                if !others.is_empty() {
+                    return Ok(others);
+                }
+            }
+            let mut owners = owners(&table.def.name, partition, table.def.replicas, &members);
+            // After a member joins, the partition's earlier owners still hold caught-up copies
+            // while the new owner catches up: they are asked after the owners, and the first
+            // owner once more at the end, as the last resort.
+            let primary = owners.first().cloned();
+            let mut earlier_added = false;
+            for earlier in tables.earlier_memberships(&table.node, &members) {
+                for owner in super::owners(&table.def.name, partition, table.def.replicas, &earlier) {
+                    if !owners.contains(&owner) {
+                        owners.push(owner);
+                        earlier_added = true;
+                    }
+                }
+            }
+            if let Some(primary) = primary.filter(|p| earlier_added && p.peer_id != tables.me.peer_id) {
+                owners.push(primary);
+            }
             let mut hops = Vec::with_capacity(owners.len() + 1);
-            let mut here = false;
+            let mut behind = None;
             for owner in owners {
                 if owner.peer_id != tables.me.peer_id {
                     hops.push(Hop::There(owner));
-                } else if let Some(topic) = table.local_copy(partition)? {
-                    hops.push(Hop::Here(topic));
-                    here = true;
+                } else if let Some(topic) = table.local_copy(partition, false)? {
+                    if tables.caught_up(&table.node, &topic) {
+                        hops.push(Hop::Here(topic));
+                    } else {
+                        behind = Some(topic);
+                    }
                 }
             }
-            if let Some(topic) = table.held(partition).filter(|_| !here) {
+            let here = hops.iter().any(|hop| matches!(hop, Hop::Here(_)));
+            if let Some(topic) = behind.or_else(|| table.held(partition).filter(|_| !here)) {
                 hops.push(Hop::Here(topic));
             }
             Ok(hops)
@@ -270,8 +355,8 @@ impl Table {
 
     /// Serves a request for `partition` from the first copy that takes it: this node's, or a
     /// holder's over HTTP (`request` builds it for the holder's API URL). A holder that answers
-    /// 421 (it does not hold the partition after all), fails with a 5xx or cannot be reached is
-    /// passed over.
+    /// 421 (it holds no copy, or one still catching up), fails with a 5xx or cannot be reached
+    /// is passed over.
     async fn serve(
         &self,
         partition: u32,
@@ -279,12 +364,20 @@ impl Table {
     ) -> Result<Served, TableError> {
         let http = &self.tables()?.http;
         let mut tried = Vec::new();
-        for hop in self.hops(partition).await? {
-            let owner = match hop {
-                Hop::Here(topic) => return Ok(Served::Here(topic)),
-                Hop::There(owner) => owner,
+        let hops = self.hops(partition).await?;
+        let count = hops.len();
+        for (index, hop) in hops.into_iter().enumerate() {
+            let (owner, header) = match hop {
+                Hop::Here(topic) => {
+                    self.wait_caught_up(&topic).await;
+                    return Ok(Served::Here(topic));
+                }
+                // The last holder asked serves from its copy even while that copy catches up.
+                Hop::There(owner) if index + 1 == count => (owner, (FORWARDED_HEADER, FORWARDED_LAST)),
+                Hop::There(owner) => (owner, (FORWARDED_HEADER, "1")),
+                Hop::Via(member) => (member, (PROXIED_HEADER, "1")),
             };
-            match request(http, &owner.api).header(FORWARDED_HEADER, "1").send().await {
+            match request(http, &owner.api).header(header.0, header.1).send().await {
                 Ok(response)
                     if response.status() == StatusCode::MISDIRECTED_REQUEST || response.status().is_server_error() =>
                 {
