@@ -350,6 +350,39 @@ async fn unsubscribe(
 }
 
 /// The `limit` of a listing: a positive integer, [`LIST_LIMIT_DEFAULT`] when absent.
+/// What a listing asks for: keys with `prefix` strictly after `after`, at most `limit`.
+struct ListQuery {
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    limit: usize,
+}
+
+impl ListQuery {
+    fn parse(query: &HashMap<String, String>) -> ApiResult<ListQuery> {
+        Ok(ListQuery {
+            prefix: query_key(query, "prefix")?.unwrap_or_default(),
+            after: query_key(query, "after")?,
+            limit: positive_limit(query)?,
+        })
+    }
+}
+
+/// A listing page as JSON: entries with `key`, `key_base64` and `value` (base64), then the
+/// cursor of the next page as `next` and `next_base64`.
+fn page_json(entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>, next: Option<Vec<u8>>) -> Json<Value> {
+    let entries: Vec<Value> = entries
+        .map(|(key, value)| {
+            let (key, key_base64) = key_json(&key);
+            json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(value) })
+        })
+        .collect();
+    let (next, next_base64) = match next {
+        Some(next) => key_json(&next),
+        None => (Value::Null, Value::Null),
+    };
+    Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 }))
+}
+
 fn positive_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
     match query.get("limit") {
         None => Ok(LIST_LIMIT_DEFAULT),

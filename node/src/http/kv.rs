@@ -12,7 +12,9 @@ use canopy_crdt::Batch;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, blocking, commit_json, key_json, parse_query, positive_limit, query_key, subscribed};
+use super::{
+    ApiError, ApiResult, ListQuery, blocking, commit_json, page_json, parse_query, positive_limit, subscribed,
+};
 use crate::node::{Node, NodeTopic};
 
 /// The path of a key: its topic and the key.
@@ -142,26 +144,11 @@ pub(super) async fn list_keys(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let Path(topic) = path?;
-    let query = parse_query(query.as_deref())?;
-    let limit = positive_limit(&query)?;
-    let prefix = query_key(&query, "prefix")?.unwrap_or_default();
-    let after = query_key(&query, "after")?;
+    let list = ListQuery::parse(&parse_query(query.as_deref())?)?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        let page = handle.query(&prefix, after.as_deref(), limit)?;
-        let entries: Vec<Value> = page
-            .entries
-            .into_iter()
-            .map(|(key, value)| {
-                let (key, key_base64) = key_json(&key);
-                json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(value) })
-            })
-            .collect();
-        let (next, next_base64) = match page.next {
-            Some(next) => key_json(&next),
-            None => (Value::Null, Value::Null),
-        };
-        Ok(Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 })))
+        let page = handle.query(&list.prefix, list.after.as_deref(), list.limit)?;
+        Ok(page_json(page.entries.into_iter(), page.next))
     })
     .await
 }

@@ -6,17 +6,13 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, blocking, key_json, parse_query, positive_limit, query_key};
+use super::{ApiError, ApiResult, ListQuery, blocking, page_json, parse_query};
 use crate::Node;
 use crate::tables::route::local_written;
-use crate::tables::{
-    FORWARDED_HEADER, FORWARDED_LAST, Listing, PROXIED_HEADER, Table, TableError, Written, partition_topic,
-};
+use crate::tables::{FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableError, Written, partition_topic};
 
 impl From<TableError> for ApiError {
     fn from(error: TableError) -> ApiError {
@@ -206,9 +202,7 @@ pub(super) async fn list_keys(
 ) -> ApiResult<Json<Value>> {
     let Path(name) = path?;
     let query = parse_query(query.as_deref())?;
-    let limit = positive_limit(&query)?;
-    let prefix = query_key(&query, "prefix")?.unwrap_or_default();
-    let after = query_key(&query, "after")?;
+    let ListQuery { prefix, after, limit } = ListQuery::parse(&query)?;
     let partition = match query.get("partition") {
         None => None,
         Some(text) => Some(
@@ -231,23 +225,10 @@ pub(super) async fn list_keys(
         (true, Some(partition)) => {
             let topic = held_or_misdirected(&table, partition, &headers).await?;
             let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
-            let entries = page.entries.into_iter().map(|(key, value)| crate::tables::TableEntry { key, value });
-            Listing { entries: entries.collect(), next: page.next }
+            return Ok(page_json(page.entries.into_iter(), page.next));
         }
         (false, Some(partition)) => table.list_partition(partition, &prefix, after.as_deref(), limit).await?,
         (false, None) => table.list(&prefix, after.as_deref(), limit).await?,
     };
-    let entries: Vec<Value> = listing
-        .entries
-        .into_iter()
-        .map(|entry| {
-            let (key, key_base64) = key_json(&entry.key);
-            json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(entry.value) })
-        })
-        .collect();
-    let (next, next_base64) = match listing.next {
-        Some(next) => key_json(&next),
-        None => (Value::Null, Value::Null),
-    };
-    Ok(Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 })))
+    Ok(page_json(listing.entries.into_iter().map(|entry| (entry.key, entry.value)), listing.next))
 }

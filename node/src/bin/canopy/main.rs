@@ -80,15 +80,8 @@ enum Command {
     /// List keys of topic T in key order.
     Ls {
         topic: String,
-        /// Only keys starting with this.
-        #[arg(long, default_value = "")]
-        prefix: String,
-        /// Start after this key.
-        #[arg(long)]
-        after: Option<String>,
-        /// Most keys to list; all when not given.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        list: ListArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -203,6 +196,20 @@ enum TopicCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Which keys a listing shows.
+#[derive(Args)]
+struct ListArgs {
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Start after this key.
+    #[arg(long)]
+    after: Option<String>,
+    /// Most keys to list; all when not given.
+    #[arg(long)]
+    limit: Option<usize>,
 }
 
 #[derive(Args)]
@@ -427,9 +434,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Count { topic, key, client } => Api::new(&client)?.count(&topic, &key)?,
         Command::History { topic, key, limit, client } => Api::new(&client)?.history(&topic, &key, limit)?,
         Command::Del { topic, key, client } => Api::new(&client)?.delete(&topic, &key)?,
-        Command::Ls { topic, prefix, after, limit, client } => {
-            Api::new(&client)?.list(&topic, &prefix, after, limit)?
-        }
+        Command::Ls { topic, list, client } => Api::new(&client)?.list(&topic, &list.prefix, list.after, list.limit)?,
         Command::Subscribe { topic, client } => {
             let api = Api::new(&client)?;
             let reply = api.json(api.http.put(api.url(&format!("/v1/topics/{}", encode_path(&topic)))))?;

@@ -3,8 +3,8 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use super::ClientArgs;
 use super::api::{Api, encode_path, print, read_input};
+use super::{ClientArgs, ListArgs};
 
 #[derive(Subcommand)]
 pub(crate) enum TableCommand {
@@ -55,15 +55,8 @@ pub(crate) enum TableCommand {
     /// List the keys of table T in key order, across its partitions.
     List {
         table: String,
-        /// Only keys starting with this.
-        #[arg(long, default_value = "")]
-        prefix: String,
-        /// Start after this key.
-        #[arg(long)]
-        after: Option<String>,
-        /// Most keys to list; all when not given.
-        #[arg(long)]
-        limit: Option<usize>,
+        #[command(flatten)]
+        list: ListArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -118,8 +111,8 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
             let reply = api.json(api.http.delete(api.topic_url(&table, "kv", Some(&key))))?;
             print(client.json, &reply, written_line);
         }
-        TableCommand::List { table, prefix, after, limit, client } => {
-            Api::new(&client)?.tables().list(&table, &prefix, after, limit)?
+        TableCommand::List { table, list, client } => {
+            Api::new(&client)?.tables().list(&table, &list.prefix, list.after, list.limit)?
         }
     }
     Ok(())
