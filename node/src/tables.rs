@@ -143,20 +143,25 @@ pub enum TableError {
         /// Its message.
         message: String,
     },
-    /// A local read, write or subscription failed.
+    /// A local read failed.
+    #[error(transparent)]
+    Read(#[from] canopy_crdt::ReadError),
+    /// A local subscription failed.
     #[error(transparent)]
     Node(#[from] NodeError),
 }
 
 impl From<canopy_crdt::WriteError> for TableError {
     fn from(error: canopy_crdt::WriteError) -> TableError {
-        TableError::Refused { status: 400, message: error.to_string() }
-    }
-}
-
-impl From<canopy_crdt::ReadError> for TableError {
-    fn from(error: canopy_crdt::ReadError) -> TableError {
-        TableError::Unavailable { table: String::new(), partition: 0, reason: error.to_string() }
+        use canopy_crdt::WriteError;
+        // The status the HTTP API gives the same failure of a topic write.
+        let status = match &error {
+            WriteError::InvalidKey(_) | WriteError::TooManyOps { .. } => 400,
+            WriteError::Forbidden(_) => 403,
+            WriteError::InvalidValue(_) | WriteError::TooLarge { .. } => 413,
+            _ => 503,
+        };
+        TableError::Refused { status, message: error.to_string() }
     }
 }
 

@@ -25,6 +25,7 @@ impl From<TableError> for ApiError {
             TableError::Refused { status, .. } => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+            TableError::Read(_) => StatusCode::INTERNAL_SERVER_ERROR,
             TableError::Node(error) => return ApiError::from_node(error),
         };
         ApiError::new(status, error.to_string())
