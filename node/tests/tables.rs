@@ -232,6 +232,18 @@ fn a_node_without_tables_says_how_to_enable_them() {
     let body: Value = response.json().unwrap();
     assert!(body["error"].as_str().unwrap().contains("--tables"), "{body}");
 
+    // A reader that goes away ends the output, not in a panic.
+    let mut child = canopy()
+        .args(["status", "--api", &node.api])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
     // A member must be reachable at the address it announces.
     let output = canopy()
         .args(["serve", "--tables", "--api", "0.0.0.0:0", "--data-dir"])

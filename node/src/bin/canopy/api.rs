@@ -67,7 +67,7 @@ impl Api {
         use std::io::Write as _;
         let bytes = self.send(self.http.get(self.topic_url(topic, "kv", Some(key))))?.bytes()?;
         if self.json {
-            println!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) }));
+            say(format_args!("{}", json!({ "key": key, "value": BASE64.encode(&bytes) })));
         } else {
             let mut out = std::io::stdout().lock();
             out.write_all(&bytes)?;
@@ -193,7 +193,7 @@ impl Api {
         loop {
             crossbeam_channel::select! {
                 recv(changes) -> change => match change {
-                    Ok(Ok(text)) => println!("{text}"),
+                    Ok(Ok(text)) => say(format_args!("{text}")),
                     Ok(Err(error)) => return Err(error),
                     Err(_) => return Ok(()),
                 },
@@ -241,13 +241,20 @@ pub(crate) fn read_input(source: &str) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Writes a line to standard output. A reader that went away (`canopy topics | head -1`)
+/// ends nothing but the output: the line is dropped, where `println!` would panic.
+pub(crate) fn say(line: std::fmt::Arguments) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 pub(crate) fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
     if json_output {
-        println!("{value}");
+        say(format_args!("{value}"));
     } else {
         let text = human(value);
         if !text.is_empty() {
-            println!("{text}");
+            say(format_args!("{text}"));
         }
     }
 }

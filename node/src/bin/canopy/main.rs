@@ -12,7 +12,7 @@ mod api;
 mod shell;
 mod table;
 
-use api::{Api, commit_line, encode_path, print, read_input};
+use api::{Api, commit_line, encode_path, print, read_input, say};
 
 #[derive(Parser)]
 #[command(name = "canopy", version, about = "A key-value store replicated with Merkle-CRDTs")]
@@ -385,9 +385,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             node.join_tables(&url, member_ttl).await?;
         }
         let status = node.status();
-        println!("canopy {} peer_id={} api=http://{api}", status.version, status.peer_id);
+        say(format_args!("canopy {} peer_id={} api=http://{api}", status.version, status.peer_id));
         for address in &status.listen {
-            println!("listen {address}");
+            say(format_args!("listen {address}"));
         }
         tracing::info!(peer_id = %status.peer_id, %api, "node started");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
-use super::api::Api;
+use super::api::{Api, say};
 
 /// Every command with its arguments, one a line; `usage` finds a command's line here.
 const HELP: &str = "\
@@ -71,7 +71,7 @@ impl Shell<'_> {
             // A missing or unreadable history file only means starting without one.
             let _ = editor.load_history(path);
         }
-        println!("canopy shell on {} at {}: type help for the commands", self.topic, self.api.base);
+        say(format_args!("canopy shell on {} at {}: type help for the commands", self.topic, self.api.base));
         loop {
             match editor.readline(&format!("{}> ", self.topic)) {
                 Ok(line) => {
@@ -122,7 +122,7 @@ impl Shell<'_> {
         let Some((command, args)) = words.split_first() else { return Ok(Flow::Continue) };
         let (api, topic) = (self.api, self.topic.as_str());
         match (command.as_str(), args) {
-            ("help", _) => println!("{HELP}"),
+            ("help", _) => say(format_args!("{HELP}")),
             ("exit" | "quit", []) => return Ok(Flow::Exit),
             ("list" | "ls", []) => api.list(topic, "", None, None)?,
             ("list" | "ls", [prefix]) => api.list(topic, prefix, None, None)?,
@@ -152,7 +152,7 @@ impl Shell<'_> {
                 if !self.interactive {
                     return Ok(Flow::Continue);
                 }
-                println!("now on {name}");
+                say(format_args!("now on {name}"));
             }
             (
                 "exit" | "quit" | "list" | "ls" | "get" | "put" | "del" | "incr" | "count" | "history" | "heads"
@@ -169,7 +169,7 @@ impl Shell<'_> {
         if !self.interactive {
             bail!("watch needs SECONDS when commands come from a pipe");
         }
-        println!("watching {}: press Enter to stop", self.topic);
+        say(format_args!("watching {}: press Enter to stop", self.topic));
         let (pressed, stop) = crossbeam_channel::bounded(1);
         let reader = std::thread::spawn(move || {
             let mut line = String::new();
@@ -178,7 +178,7 @@ impl Shell<'_> {
         });
         let watched = self.api.watch(&self.topic, &stop);
         if watched.is_err() {
-            println!("the watch ended: press Enter");
+            say(format_args!("the watch ended: press Enter"));
         }
         // The reader must have taken its line before the prompt reads the next one.
         let _ = reader.join();
