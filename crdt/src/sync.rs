@@ -29,10 +29,12 @@ use crate::store::Store;
 use crate::topic::{Ingesting, Topic};
 use crate::types::{Head, IngestOutcome};
 
+mod ahead;
 mod answer;
 mod fetch;
 mod message;
 
+use ahead::Ahead;
 use fetch::Fetch;
 
 pub use answer::answer;
@@ -67,6 +69,13 @@ pub struct SyncConfig {
     /// Most CIDs one fetch keeps on its stack of wants; past it the outermost wants are
     /// dropped and learnt again from the next announcement.
     pub fetch_cids_max: usize,
+    /// Most levels of its stack of wants a climbing fetch asks for ahead of their turn, from
+    /// its peer and from peers standing by with the same heads (0: none; one request in flight
+    /// per fetch).
+    pub fetch_ahead_max: usize,
+    /// Most bytes of answers asked ahead, held or on their way, over every topic; a request
+    /// on its way counts as the largest answer (`walk.bytes_max`).
+    pub ahead_bytes_max: usize,
     /// Most bytes of blocks carried inside the announcement of a local commit (0: none). A
     /// receiver that holds their parents applies them with no request; larger commits, and
     /// receivers that lack a parent, fetch as usual.
@@ -92,6 +101,8 @@ impl Default for SyncConfig {
             message_bytes_max: 32 << 20,
             fetches_per_topic_max: 3,
             fetch_cids_max: 65_536,
+            fetch_ahead_max: 4,
+            ahead_bytes_max: 64 << 20,
             inline_bytes_max: 64 << 10,
             seed: 0,
         }
@@ -165,6 +176,8 @@ pub struct SyncStats {
     pub parts_rejected: u64,
     /// Blocks that came inside announcements and were applied with no request.
     pub blocks_inline: u64,
+    /// Levels of catch-ups taken from answers asked for ahead of their turn.
+    pub levels_ahead: u64,
 }
 
 struct TopicSync<P> {
@@ -175,6 +188,8 @@ struct TopicSync<P> {
     /// asking them too would only bring the same blocks twice. One takes over when that fetch
     /// ends before the heads are here.
     standby: BTreeMap<P, Vec<Cid>>,
+    /// Levels of fetches asked for ahead of their turn, by request id.
+    ahead: BTreeMap<u64, Ahead<P>>,
     /// When the heads are announced next, as scheduled in [`Sync::schedule`].
     due_ms: u64,
     /// Re-announcements since the heads last changed.
@@ -201,9 +216,11 @@ pub struct Sync<P> {
     next_request_id: u64,
     jitter_state: u64,
     stats: SyncStats,
-    /// Answers whose blocks the writer threads are still applying, by topic and peer: their
-    /// outcome is collected by [`Sync::settle`].
-    applying: Vec<(String, P, Ingesting)>,
+    /// Answers whose blocks the writer threads are still applying, by topic, peer of the fetch
+    /// and peer that served them: their outcome is collected by [`Sync::settle`].
+    applying: Vec<(String, P, P, Ingesting)>,
+    /// Bytes of the answers asked ahead, held or on their way, over every topic.
+    ahead_bytes: usize,
     /// The author a peer is, when its identity says (see [`Sync::with_peer_authors`]).
     peer_author: Option<PeerAuthor<P>>,
 }
@@ -225,6 +242,7 @@ impl<P: Clone + Ord> Sync<P> {
             jitter_state,
             stats: SyncStats::default(),
             applying: Vec::new(),
+            ahead_bytes: 0,
             peer_author: None,
         }
     }
@@ -275,6 +293,7 @@ impl<P: Clone + Ord> Sync<P> {
                 topic: topic.clone(),
                 fetches: BTreeMap::new(),
                 standby: BTreeMap::new(),
+                ahead: BTreeMap::new(),
                 due_ms,
                 quiet: 0,
                 announced: Vec::new(),
@@ -289,6 +308,8 @@ impl<P: Clone + Ord> Sync<P> {
     pub fn unsubscribe(&mut self, name: &str) -> bool {
         let Some(sync) = self.topics.remove(name) else { return false };
         self.schedule.remove(&(sync.due_ms, name.to_string()));
+        let held: usize = sync.ahead.values().map(|entry| entry.bytes).sum();
+        self.ahead_bytes = self.ahead_bytes.saturating_sub(held);
         true
     }
 
@@ -341,12 +362,22 @@ impl<P: Clone + Ord> Sync<P> {
     }
 
     /// A request could not be sent or was not answered: its fetch is given up at once, so the
-    /// next announcement starts a new one.
+    /// next announcement starts a new one. A level asked ahead is forgotten instead, and a
+    /// climb waiting for it asks for the level itself at the next tick.
     pub fn request_failed(&mut self, peer: &P, id: u64) {
+        let now_ms = self.now_ms;
         for sync in self.topics.values_mut() {
             if sync.fetches.get(peer).is_some_and(|fetch| fetch.asked(id)) {
                 sync.fetches.remove(peer);
                 self.stats.fetches_abandoned += 1;
+            }
+            if sync.ahead.get(&id).is_some_and(|entry| entry.server == *peer) {
+                let entry = sync.ahead.remove(&id).expect("checked above");
+                self.ahead_bytes = self.ahead_bytes.saturating_sub(entry.bytes);
+                if let Some(fetch) = sync.fetches.get_mut(&entry.fetch).filter(|fetch| fetch.waiting == Some(id)) {
+                    fetch.waiting = None;
+                    fetch.retry_ms = Some(now_ms);
+                }
             }
         }
     }
@@ -390,7 +421,20 @@ impl<P: Clone + Ord> Sync<P> {
         let mut effects = self.settle().unwrap_or_default();
         let timeout = self.config.request_timeout_ms;
         let mut due = Vec::new();
+        let mut ahead_bytes = 0;
         for (name, sync) in &mut self.topics {
+            // Levels asked ahead whose answer is late, or whose fetch ended or popped them, are
+            // forgotten; a climb waiting for one asks for its level itself.
+            let stale: Vec<u64> =
+                sync.ahead.iter().filter(|(_, entry)| !entry.keep(sync, now_ms, timeout)).map(|(id, _)| *id).collect();
+            for id in stale {
+                let entry = sync.ahead.remove(&id).expect("listed above");
+                if let Some(fetch) = sync.fetches.get_mut(&entry.fetch).filter(|fetch| fetch.waiting == Some(id)) {
+                    fetch.waiting = None;
+                    fetch.retry_ms = Some(now_ms);
+                }
+            }
+            ahead_bytes += sync.ahead.values().map(|entry| entry.bytes).sum::<usize>();
             let before = sync.fetches.len();
             sync.fetches.retain(|_, fetch| fetch.retry_ms.is_some() || now_ms.saturating_sub(fetch.sent_ms) < timeout);
             self.stats.fetches_abandoned += (before - sync.fetches.len()) as u64;
@@ -401,6 +445,7 @@ impl<P: Clone + Ord> Sync<P> {
                 }
             }
         }
+        self.ahead_bytes = ahead_bytes;
         for (topic, peer) in due {
             match self.next_request(now_ms, peer, &topic) {
                 Ok(request) => effects.extend(request),

@@ -10,6 +10,8 @@ pub const INLINE_BYTES_DEFAULT: usize = 64 << 10;
 /// Most bytes of blocks an announcement may carry: with the heads, an announcement stays well
 /// under the gossip message bound (1 MiB).
 pub const INLINE_BYTES_MAX: usize = 512 << 10;
+/// Most levels a catch-up may ask for ahead of their turn (`fetch_ahead_max`).
+pub const FETCH_AHEAD_MAX: usize = 64;
 
 /// Everything a node needs to start. Every field has a default; a TOML file may set any of
 /// them, and the `canopy serve` flags and `CANOPY_*` environment variables override the file.
@@ -53,6 +55,10 @@ pub struct NodeConfig {
     /// Most bytes of a local commit's blocks carried inside its announcement, so peers that
     /// hold the parents apply them with no request (0: none).
     pub inline_bytes_max: usize,
+    /// Most levels of a deep catch-up asked for ahead of their turn, beside the level being
+    /// fetched, from the same peer or from others holding the same heads (0: one request at a
+    /// time per catch-up).
+    pub fetch_ahead_max: usize,
     /// Keep a record of every put and delete of a key so its versions can be listed
     /// (`GET /v1/topics/{t}/history/{key}`); off, a key's history is its live value alone.
     pub key_history: bool,
@@ -88,6 +94,7 @@ impl Default for NodeConfig {
             compact_after_bytes: 256 << 20,
             snapshot_retain_s: 600,
             inline_bytes_max: INLINE_BYTES_DEFAULT,
+            fetch_ahead_max: 4,
             key_history: true,
             tables: false,
             advertise_api: None,
@@ -155,6 +162,9 @@ impl NodeConfig {
         }
         if self.inline_bytes_max > INLINE_BYTES_MAX {
             return invalid("inline_bytes_max", &format!("must be at most {INLINE_BYTES_MAX}"));
+        }
+        if self.fetch_ahead_max > FETCH_AHEAD_MAX {
+            return invalid("fetch_ahead_max", &format!("must be at most {FETCH_AHEAD_MAX}"));
         }
         if self.member_ttl_s == 0 || self.member_ttl_s > 3600 {
             return invalid("member_ttl_s", "must be between 1 and 3600");

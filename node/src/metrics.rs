@@ -108,6 +108,12 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         "Blocks that came inside announcements and were applied with no request",
         &counters.blocks_inline,
     );
+    counter(
+        &mut registry,
+        "levels_ahead",
+        "Levels of catch-ups taken from answers asked for ahead of their turn, from the fetch's peer or another",
+        &counters.levels_ahead,
+    );
     counters.stages.register(&mut registry);
     counter(
         &mut registry,

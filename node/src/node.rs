@@ -94,6 +94,8 @@ pub(crate) struct Counters {
     pub parts_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
     pub blocks_inline: AtomicU64,
+    /// Levels of catch-ups taken from answers asked for ahead of their turn.
+    pub levels_ahead: AtomicU64,
     pub stages: Stages,
     /// Server-sent-event watchers open now.
     pub watchers: AtomicU64,
@@ -233,6 +235,7 @@ impl Node {
             rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
             request_timeout_ms: request_timeout.as_millis() as u64 + 1_000,
             inline_bytes_max: config.inline_bytes_max,
+            fetch_ahead_max: config.fetch_ahead_max,
             seed: rand_seed(),
             ..SyncConfig::default()
         };
@@ -634,6 +637,7 @@ fn copy_stats(stats: &SyncStats, counters: &Counters) {
     // Inline blocks are counted before applied ones: a reader that sees a block applied sees
     // how it came.
     counters.blocks_inline.store(stats.blocks_inline, Ordering::SeqCst);
+    counters.levels_ahead.store(stats.levels_ahead, Ordering::Relaxed);
     counters.blocks_applied.store(stats.blocks_applied, Ordering::SeqCst);
     counters.blocks_rejected.store(stats.blocks_rejected, Ordering::Relaxed);
     counters.blocks_refused.store(stats.blocks_refused, Ordering::Relaxed);

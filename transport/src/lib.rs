@@ -53,7 +53,10 @@ pub struct TransportConfig {
     pub requests_in_flight_max: usize,
     /// Most incoming requests served at once per connection.
     pub streams_per_connection_max: u32,
-    /// Most incoming requests served at once for one peer, over all its connections.
+    /// Most incoming requests served at once for one peer, over all its connections. At 1 (the
+    /// default) a peer's requests are answered one after another in the order they came, so a
+    /// catch-up that asks for several levels at once gets the one it needs first first, and the
+    /// others follow with no pause between them.
     pub serving_per_peer_max: usize,
     /// An outgoing request not answered within this is abandoned.
     pub request_timeout: Duration,
@@ -80,7 +83,7 @@ impl Default for TransportConfig {
             response_bytes_max: 32 << 20,
             requests_in_flight_max: 64,
             streams_per_connection_max: 32,
-            serving_per_peer_max: 4,
+            serving_per_peer_max: 1,
             request_timeout: Duration::from_secs(5),
             command_queue_depth: 4096,
             event_queue_depth: 8192,

@@ -60,7 +60,9 @@ async fn a_busy_peer_is_served_a_few_requests_at_a_time_and_others_still_get_thr
             Ok(request)
         })
     };
-    let server = canopy_transport::start(config(Vec::new()), server, accept_all()).await.unwrap();
+    // Four requests of one peer at a time (the default answers one at a time, in order).
+    let serving = TransportConfig { serving_per_peer_max: 4, ..config(Vec::new()) };
+    let server = canopy_transport::start(serving, server, accept_all()).await.unwrap();
     let server_id = server.handle.peer_id();
     let listen = tokio::time::timeout(WAIT_MAX, async {
         loop {

@@ -30,15 +30,24 @@ const SNAPSHOT_WAITS_MAX: u32 = 120;
 
 /// One catch-up from one peer.
 pub(super) struct Fetch {
+    /// Tells this fetch from earlier and later ones from the same peer.
+    pub(super) serial: u64,
     /// The request in flight.
     id: u64,
     pub(super) sent_ms: u64,
     /// Wants still to fetch, outermost first; the last one is being fetched. A frontier pushes
     /// a deeper level; a level is popped once nothing of it is missing.
-    levels: Vec<Vec<Cid>>,
+    pub(super) levels: Vec<Vec<Cid>>,
     /// Blocks this replica turned out to have although the peer's walk took them as missing,
     /// oldest first; the newest are named as had in the next requests.
-    extra_have: Vec<Cid>,
+    pub(super) extra_have: Vec<Cid>,
+    /// Set once an answer brought blocks: the fetch climbs, and asks for levels ahead.
+    pub(super) climbing: bool,
+    /// The level asked ahead whose answer the climb waits for, by request id.
+    pub(super) waiting: Option<u64>,
+    /// The top blocks of the last answer taken in, named as had by the next request while that
+    /// answer is being applied.
+    pub(super) last_tops: Vec<Cid>,
     /// Answers in a row that applied nothing.
     idle: u32,
     /// Set while the fetch gets snapshots the peer sent instead of pruned blocks.
@@ -67,6 +76,11 @@ impl Fetch {
     /// Whether `id` is a request of this fetch still waiting for its answer.
     pub(super) fn asked(&self, id: u64) -> bool {
         self.id == id || self.snapshot.as_ref().is_some_and(|s| s.in_flight.contains_key(&id))
+    }
+
+    /// Whether the fetch is getting snapshots instead of blocks.
+    pub(super) fn snapshot_pending(&self) -> bool {
+        self.snapshot.is_some()
     }
 
     fn cids(&self) -> usize {
@@ -99,10 +113,10 @@ impl<P: Clone + Ord> Sync<P> {
     /// right after handling an answer calls it to see the answer applied.
     pub fn settle(&mut self) -> Result<Vec<Effect<P>>, SyncError> {
         let mut effects = Vec::new();
-        for (topic, peer, ingesting) in std::mem::take(&mut self.applying) {
+        for (topic, peer, server, ingesting) in std::mem::take(&mut self.applying) {
             let outcome = ingesting.wait()?;
             if count_ingest(&mut self.stats, &outcome) {
-                effects.extend(self.served_refused(&topic, peer, &outcome));
+                effects.extend(self.served_refused(&topic, peer, server, &outcome));
                 continue;
             }
             let have_max = self.config.have_max;
@@ -186,17 +200,21 @@ impl<P: Clone + Ord> Sync<P> {
 
     fn start_fetch(&mut self, now_ms: u64, from: P, topic: &str, wants: Vec<Cid>) -> Result<Vec<Effect<P>>, SyncError> {
         let fetch = Fetch {
+            serial: self.next_id(),
             id: 0,
             sent_ms: now_ms,
             levels: vec![wants],
             extra_have: Vec::new(),
+            climbing: false,
+            waiting: None,
+            last_tops: Vec::new(),
             idle: 0,
             snapshot: None,
             retry_ms: None,
             snapshot_waits: 0,
         };
         self.topics.get_mut(topic).expect("fetches belong to subscribed topics").fetches.insert(from.clone(), fetch);
-        Ok(self.next_request(now_ms, from, topic)?.into_iter().collect())
+        self.next_request(now_ms, from, topic)
     }
 
     /// Peers standing by take over the heads no fetch is getting any more (the fetch that was
@@ -225,17 +243,24 @@ impl<P: Clone + Ord> Sync<P> {
     }
 
     /// The next request of the fetch from `peer`: the innermost level's blocks still missing.
-    /// Levels with nothing missing are popped; a fetch with no level left is done.
-    pub(super) fn next_request(&mut self, now_ms: u64, peer: P, topic: &str) -> Result<Option<Effect<P>>, SyncError> {
+    /// Levels with nothing missing are popped; a fetch with no level left is done. A level asked
+    /// ahead is taken from its answer (or waited for) instead.
+    pub(super) fn next_request(&mut self, now_ms: u64, peer: P, topic: &str) -> Result<Vec<Effect<P>>, SyncError> {
         let id = self.next_id();
         let (want_max, have_max) = (self.config.want_max, self.config.have_max);
         let sync = self.topics.get_mut(topic).expect("fetches belong to subscribed topics");
-        let Some(fetch) = sync.fetches.get_mut(&peer) else { return Ok(None) };
+        let Some(fetch) = sync.fetches.get_mut(&peer) else { return Ok(Vec::new()) };
         while let Some(level) = fetch.levels.last() {
             let want = sync.topic.unknown(level.clone(), want_max)?;
+            let (serial, index) = (fetch.serial, fetch.levels.len() - 1);
             if want.is_empty() {
                 fetch.levels.pop();
+                let freed = super::ahead::forget_level(&mut sync.ahead, &peer, serial, index);
+                self.ahead_bytes = self.ahead_bytes.saturating_sub(freed);
                 continue;
+            }
+            if sync.ahead.values().any(|entry| entry.fetch == peer && entry.serial == serial && entry.level == index) {
+                return self.climb(now_ms, peer, topic);
             }
             *fetch.levels.last_mut().expect("a level") = want.clone();
             // Heads first (everything applied lies below them), then blocks earlier answers took
@@ -252,23 +277,23 @@ impl<P: Clone + Ord> Sync<P> {
             fetch.id = id;
             fetch.sent_ms = now_ms;
             let message = Message::Want { topic: topic.to_string(), id, want, have: first_unique(have, have_max) };
-            return Ok(Some(Effect::Send { to: peer, message }));
+            return Ok(vec![Effect::Send { to: peer, message }]);
         }
         sync.fetches.remove(&peer);
-        Ok(None)
+        Ok(Vec::new())
     }
 
     /// The request that follows an answer, made before the answer is applied: the wants of the
     /// fetch's current level, with the answer's top blocks named as had besides the heads.
     /// `None` when the fetch has no level left.
-    fn pipelined_request(&mut self, now_ms: u64, peer: P, topic: &str, tops: Vec<Cid>) -> Option<Effect<P>> {
+    pub(super) fn pipelined_request(&mut self, now_ms: u64, peer: P, topic: &str) -> Option<Effect<P>> {
         let id = self.next_id();
         let (want_max, have_max) = (self.config.want_max, self.config.have_max);
         let sync = self.topics.get_mut(topic)?;
         let fetch = sync.fetches.get_mut(&peer)?;
         let mut want = fetch.levels.last()?.clone();
         want.truncate(want_max);
-        let mut have = tops;
+        let mut have = fetch.last_tops.clone();
         have.extend(sync.topic.heads().into_iter().map(|head| head.cid));
         have.extend(fetch.extra_have.iter().rev().copied());
         fetch.id = id;
@@ -294,6 +319,11 @@ impl<P: Clone + Ord> Sync<P> {
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
+        if sync.ahead.get(&id).is_some_and(|entry| entry.server == from) {
+            // An answer naming a frontier or snapshots holds no blocks of the level.
+            let blocks = if frontier.is_empty() && snapshots.is_empty() { blocks } else { Vec::new() };
+            return self.on_ahead(now_ms, from, topic, id, blocks, more);
+        }
         if sync.fetches.get(&from).is_none_or(|fetch| fetch.id != id) {
             self.stats.answers_unrequested += 1;
             return Ok(Vec::new());
@@ -321,19 +351,15 @@ impl<P: Clone + Ord> Sync<P> {
             if level_done {
                 fetch.levels.pop();
             }
-            let tops = tops(&valid);
+            fetch.climbing = true;
+            fetch.last_tops = tops(&valid);
             let ingesting = sync.topic.ingest_submit(valid)?;
-            self.applying.push((topic.to_string(), from.clone(), ingesting));
-            let request = self.pipelined_request(now_ms, from.clone(), topic, tops);
-            if request.is_none() {
-                // Nothing left to ask: the fetch is done.
-                self.topics.get_mut(topic).expect("checked above").fetches.remove(&from);
-            }
-            return Ok(request.into_iter().collect());
+            self.applying.push((topic.to_string(), from.clone(), from.clone(), ingesting));
+            return self.climb(now_ms, from, topic);
         }
         let outcome = sync.topic.ingest(valid)?;
         if count_ingest(&mut self.stats, &outcome) {
-            return Ok(self.served_refused(topic, from, &outcome));
+            return Ok(self.served_refused(topic, from.clone(), from, &outcome));
         }
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
@@ -346,7 +372,7 @@ impl<P: Clone + Ord> Sync<P> {
             let had: Vec<Cid> = frontier.iter().filter(|cid| !lacked.contains(cid)).copied().collect();
             if !had.is_empty() && fetch.learn_had(had, have_max) {
                 fetch.idle = 0;
-                return Ok(self.next_request(now_ms, from, topic)?.into_iter().collect());
+                return self.next_request(now_ms, from, topic);
             }
             if !snapshots_trusted {
                 // Snapshots are not signed: in an owned topic, only the owner's is taken. The
@@ -541,11 +567,13 @@ impl<P: Clone + Ord> Sync<P> {
         }
     }
 
-    /// `peer` served blocks the topic's rule refuses, which no honest replica serves: its fetch
-    /// ends and it is penalised. Blocks of the answer that did apply are announced.
-    fn served_refused(&mut self, topic: &str, peer: P, outcome: &IngestOutcome) -> Vec<Effect<P>> {
+    /// `server` served blocks the topic's rule refuses, which no honest replica serves: the fetch
+    /// from `peer` they were for ends and `server` is penalised. Blocks of the answer that did
+    /// apply are announced.
+    fn served_refused(&mut self, topic: &str, peer: P, server: P, outcome: &IngestOutcome) -> Vec<Effect<P>> {
         self.abandon(topic, &peer);
-        let mut effects = vec![Effect::Penalize { peer, reason: format!("served {} refused blocks", outcome.refused) }];
+        let reason = format!("served {} refused blocks", outcome.refused);
+        let mut effects = vec![Effect::Penalize { peer: server, reason }];
         if outcome.heads_changed {
             effects.extend(self.announce(topic));
         }
@@ -569,7 +597,7 @@ fn covered<P>(fetches: &BTreeMap<P, Fetch>, heads: &[Cid]) -> bool {
 }
 
 /// The first `max` distinct CIDs of `have`, sorted.
-fn first_unique(mut have: Vec<Cid>, max: usize) -> Vec<Cid> {
+pub(super) fn first_unique(mut have: Vec<Cid>, max: usize) -> Vec<Cid> {
     let mut seen = HashSet::new();
     have.retain(|cid| seen.insert(*cid));
     have.truncate(max);
@@ -579,7 +607,7 @@ fn first_unique(mut have: Vec<Cid>, max: usize) -> Vec<Cid> {
 
 /// The blocks of `blocks` that are no parent of another one of them: whoever holds them holds
 /// every block of `blocks`.
-fn tops(blocks: &[Block]) -> Vec<Cid> {
+pub(super) fn tops(blocks: &[Block]) -> Vec<Cid> {
     let parents: HashSet<&Cid> = blocks.iter().flat_map(Block::links).collect();
     blocks.iter().map(Block::cid).filter(|cid| !parents.contains(cid)).collect()
 }

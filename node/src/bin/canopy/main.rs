@@ -273,6 +273,9 @@ struct ServeArgs {
     /// then fetch every block).
     #[arg(long, env = "CANOPY_INLINE_BYTES_MAX")]
     inline_bytes_max: Option<usize>,
+    /// Most levels of a deep catch-up asked for ahead of their turn (0: one request at a time).
+    #[arg(long, env = "CANOPY_FETCH_AHEAD_MAX")]
+    fetch_ahead_max: Option<usize>,
     /// Record every put and delete so `canopy history` lists a key's versions [default: true].
     #[arg(long, env = "CANOPY_KEY_HISTORY")]
     key_history: Option<bool>,
@@ -329,6 +332,9 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.inline_bytes_max {
             config.inline_bytes_max = bytes;
+        }
+        if let Some(levels) = self.fetch_ahead_max {
+            config.fetch_ahead_max = levels;
         }
         if let Some(on) = self.key_history {
             config.key_history = on;
