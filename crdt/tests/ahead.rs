@@ -39,6 +39,15 @@ struct Net {
     _dir: tempfile::TempDir,
 }
 
+/// Two peers holding the chain, both of which the reader heard announce it (peer 1 first, so
+/// peer 2 stands by); returns the requests the reader sent.
+fn two_peers() -> (Net, Vec<(u32, Message)>) {
+    let mut net = net(2, 4);
+    let mut requests = net.hear(1);
+    requests.extend(net.hear(2));
+    (net, requests)
+}
+
 fn net(peers: u32, ahead: usize) -> Net {
     let dir = tempfile::tempdir().unwrap();
     let (mut source, written) = replica(&dir, "source", ahead);
@@ -113,6 +122,17 @@ impl Net {
         (rounds, widest)
     }
 
+    /// Peer `to` answers `request`; returns what the reader sends next.
+    fn answer(&mut self, now_ms: u64, to: u32, request: Message) -> Vec<(u32, Message)> {
+        let server = self.servers.get_mut(&to).expect("a known peer");
+        let mut next = Vec::new();
+        for (_, answer) in sends(server.handle(0, 99, request).unwrap()) {
+            let effects = self.reader.handle(now_ms, to, answer).unwrap();
+            next.extend(self.take(effects));
+        }
+        next
+    }
+
     fn caught_up(&self) -> bool {
         self.copy.heads() == self.written.heads() && self.copy.key_count() == KEYS as u64
     }
@@ -178,9 +198,7 @@ fn a_peer_standing_by_with_the_same_heads_serves_levels_of_the_catch_up() {
 
 #[test]
 fn a_tampered_answer_asked_ahead_is_dropped_its_sender_penalised_and_the_climb_gets_the_level() {
-    let mut net = net(2, 4);
-    let mut requests = net.hear(1);
-    requests.extend(net.hear(2));
+    let (mut net, requests) = two_peers();
     let mut tampered = 0;
     net.run(requests, |from, answer| {
         if let (2, Message::Blocks { blocks, .. }) = (from, answer)
@@ -197,9 +215,7 @@ fn a_tampered_answer_asked_ahead_is_dropped_its_sender_penalised_and_the_climb_g
 
 #[test]
 fn an_answer_asked_ahead_that_never_comes_leaves_the_level_to_the_climb_after_the_timeout() {
-    let mut net = net(2, 4);
-    let mut requests = net.hear(1);
-    requests.extend(net.hear(2));
+    let (mut net, mut requests) = two_peers();
     // Peer 2 never answers: its requests are lost.
     let mut lost = 0;
     loop {
@@ -211,11 +227,7 @@ fn an_answer_asked_ahead_that_never_comes_leaves_the_level_to_the_climb_after_th
         }
         let mut next = Vec::new();
         for (_, request) in requests {
-            let server = net.servers.get_mut(&1).unwrap();
-            for (_, answer) in sends(server.handle(0, 99, request).unwrap()) {
-                let effects = net.reader.handle(0, 1, answer).unwrap();
-                next.extend(net.take(effects));
-            }
+            next.extend(net.answer(0, 1, request));
         }
         requests = next;
     }
@@ -231,13 +243,8 @@ fn an_answer_asked_ahead_that_never_comes_leaves_the_level_to_the_climb_after_th
     while !rest.is_empty() {
         let mut next = Vec::new();
         for (to, request) in rest {
-            if to != 1 {
-                continue;
-            }
-            let server = net.servers.get_mut(&1).unwrap();
-            for (_, answer) in sends(server.handle(0, 99, request).unwrap()) {
-                let effects = net.reader.handle(timeout + 1, 1, answer).unwrap();
-                next.extend(net.take(effects));
+            if to == 1 {
+                next.extend(net.answer(timeout + 1, 1, request));
             }
         }
         rest = next;
@@ -253,9 +260,7 @@ fn an_answer_asked_ahead_that_never_comes_leaves_the_level_to_the_climb_after_th
 
 #[test]
 fn a_failed_request_asked_ahead_is_asked_again_by_the_climb_at_the_next_tick() {
-    let mut net = net(2, 4);
-    let mut requests = net.hear(1);
-    requests.extend(net.hear(2));
+    let (mut net, mut requests) = two_peers();
     let mut failed = 0;
     let mut round = 0;
     while !requests.is_empty() {
@@ -270,11 +275,7 @@ fn a_failed_request_asked_ahead_is_asked_again_by_the_climb_at_the_next_tick() {
                 failed += 1;
                 continue;
             }
-            let server = net.servers.get_mut(&1).unwrap();
-            for (_, answer) in sends(server.handle(0, 99, request).unwrap()) {
-                let effects = net.reader.handle(round, 1, answer).unwrap();
-                next.extend(net.take(effects));
-            }
+            next.extend(net.answer(round, 1, request));
         }
         let effects = net.reader.tick(round);
         next.extend(net.take(effects));
