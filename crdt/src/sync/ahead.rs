@@ -52,6 +52,19 @@ impl<P: Clone + Ord> Ahead<P> {
     }
 }
 
+/// The request id of what was asked ahead for level `level` of the fetch (`peer`, `serial`).
+pub(super) fn asked_for<P: PartialEq>(
+    ahead: &BTreeMap<u64, Ahead<P>>,
+    peer: &P,
+    serial: u64,
+    level: usize,
+) -> Option<u64> {
+    ahead
+        .iter()
+        .find(|(_, entry)| entry.fetch == *peer && entry.serial == serial && entry.level == level)
+        .map(|(id, _)| *id)
+}
+
 /// Drops what was asked ahead for level `level` of the fetch from `peer`, popped without it
 /// (its blocks arrived otherwise). Returns the bytes the entry counted.
 pub(super) fn forget_level<P: PartialEq>(
@@ -60,8 +73,7 @@ pub(super) fn forget_level<P: PartialEq>(
     serial: u64,
     level: usize,
 ) -> usize {
-    let found = ahead.iter().find(|(_, entry)| entry.fetch == *peer && entry.serial == serial && entry.level == level);
-    let Some(id) = found.map(|(id, _)| *id) else { return 0 };
+    let Some(id) = asked_for(ahead, peer, serial, level) else { return 0 };
     ahead.remove(&id).map_or(0, |entry| entry.bytes)
 }
 
@@ -83,6 +95,9 @@ impl<P: Clone + Ord> Sync<P> {
             .filter(|entry| entry.fetch == *peer && entry.serial == fetch.serial)
             .map(|entry| entry.level)
             .collect();
+        if asked.len() >= ahead_max {
+            return Vec::new();
+        }
         // Peers standing by announced heads this fetch is getting: they hold the same blocks.
         let outer = &fetch.levels[0];
         let mut servers = vec![peer.clone()];
@@ -199,11 +214,8 @@ impl<P: Clone + Ord> Sync<P> {
                 sync.fetches.remove(&peer);
                 return Ok(Vec::new());
             };
-            let held = sync
-                .ahead
-                .iter()
-                .find(|(_, entry)| entry.fetch == peer && entry.serial == fetch.serial && entry.level == level)
-                .map(|(id, entry)| (*id, entry.answer.is_some()));
+            let held =
+                asked_for(&sync.ahead, &peer, fetch.serial, level).map(|id| (id, sync.ahead[&id].answer.is_some()));
             match held {
                 None => break,
                 Some((id, false)) => {

@@ -259,7 +259,7 @@ impl<P: Clone + Ord> Sync<P> {
                 self.ahead_bytes = self.ahead_bytes.saturating_sub(freed);
                 continue;
             }
-            if sync.ahead.values().any(|entry| entry.fetch == peer && entry.serial == serial && entry.level == index) {
+            if super::ahead::asked_for(&sync.ahead, &peer, serial, index).is_some() {
                 return self.climb(now_ms, peer, topic);
             }
             *fetch.levels.last_mut().expect("a level") = want.clone();
