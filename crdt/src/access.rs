@@ -7,11 +7,15 @@
 //!   owner granted and has not revoked. Grants and revocations are operations in the topic's own
 //!   DAG, so whether a writer's block is accepted depends on the block's causal past
 //!   (`writers.rs`); the name alone admits only the owner.
+//! - `keyed`: `keyed/<name>`; anyone writes, each author only the keys that name it: its peer id,
+//!   or its peer id followed by `/` and anything. Decided by the block alone (the cluster's
+//!   member list is such a topic: a member entry is written only by that member).
 
 use std::fmt;
 
 use canopy_dag::{AuthorId, Block};
 
+use crate::delta::{Delta, Limits};
 use crate::error::TopicError;
 use crate::schema::TOPIC_NAME_BYTES_MAX;
 
@@ -19,6 +23,8 @@ use crate::schema::TOPIC_NAME_BYTES_MAX;
 const OWNER_SEPARATOR: char = '/';
 /// Follows the owner in the name of a topic with a writer list.
 const WRITERS_MARK: &str = "writers/";
+/// Stands where the owner would in the name of a keyed topic.
+const KEYED_MARK: &str = "keyed";
 
 /// A topic's write rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +41,8 @@ pub enum Access {
         /// The author who writes and keeps the writer list.
         owner: AuthorId,
     },
+    /// Anyone may write, each author only the keys naming it.
+    Keyed,
 }
 
 /// The mode a topic is created with; the name then carries it.
@@ -46,6 +54,8 @@ pub enum Mode {
     Owned,
     /// The creator's key and the writers it grants may write.
     Writers,
+    /// Anyone may write, each author only its own keys (its peer id, or its peer id and `/`).
+    Keyed,
 }
 
 impl Mode {
@@ -55,6 +65,7 @@ impl Mode {
             Mode::Open => "open",
             Mode::Owned => "owned",
             Mode::Writers => "writers",
+            Mode::Keyed => "keyed",
         }
     }
 }
@@ -73,7 +84,8 @@ impl std::str::FromStr for Mode {
             "open" => Ok(Mode::Open),
             "owned" => Ok(Mode::Owned),
             "writers" => Ok(Mode::Writers),
-            other => Err(format!("unknown topic mode {other:?}: use open, owned or writers")),
+            "keyed" => Ok(Mode::Keyed),
+            other => Err(format!("unknown topic mode {other:?}: use open, owned, writers or keyed")),
         }
     }
 }
@@ -103,6 +115,8 @@ impl Access {
         }
         match owner {
             None => Ok(Access::Open),
+            Some(KEYED_MARK) if writers => Err(invalid("a keyed topic has no writer list")),
+            Some(KEYED_MARK) => Ok(Access::Keyed),
             Some(owner) => match owner.parse::<AuthorId>() {
                 Ok(owner) if writers => Ok(Access::Writers { owner }),
                 Ok(owner) => Ok(Access::Owned { owner }),
@@ -119,6 +133,7 @@ impl Access {
             Mode::Open => name.to_string(),
             Mode::Owned => format!("{creator}{OWNER_SEPARATOR}{name}"),
             Mode::Writers => format!("{creator}{OWNER_SEPARATOR}{WRITERS_MARK}{name}"),
+            Mode::Keyed => format!("{KEYED_MARK}{OWNER_SEPARATOR}{name}"),
         };
         let access = Access::of(&full)?;
         if access.mode() != mode {
@@ -137,13 +152,14 @@ impl Access {
             Access::Open => Mode::Open,
             Access::Owned { .. } => Mode::Owned,
             Access::Writers { .. } => Mode::Writers,
+            Access::Keyed => Mode::Keyed,
         }
     }
 
     /// The topic's owner, when it has one.
     pub fn owner(&self) -> Option<AuthorId> {
         match self {
-            Access::Open => None,
+            Access::Open | Access::Keyed => None,
             Access::Owned { owner } | Access::Writers { owner } => Some(*owner),
         }
     }
@@ -161,7 +177,33 @@ impl Access {
     /// Whether the rule alone refuses `block`, decided by the block alone, so every replica
     /// decides the same. A block this admits may still be refused by a topic's writer list.
     pub fn admits_block(&self, block: &Block) -> Result<(), Refusal> {
-        self.admits(&block.author())
+        self.admits(&block.author())?;
+        if *self == Access::Keyed {
+            // A delta that does not decode is refused when it is applied, as in any topic.
+            if let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) {
+                let author = block.author();
+                let keys = delta.adds.iter().map(|(key, _)| key).chain(delta.removes.iter().map(|(key, _)| key));
+                for key in keys {
+                    self.admits_key(&author, key)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the rule lets `author` write `key`: in a keyed topic, only a key naming the
+    /// author (its peer id, alone or followed by `/`); in any other, every key.
+    pub fn admits_key(&self, author: &AuthorId, key: &[u8]) -> Result<(), Refusal> {
+        if *self != Access::Keyed {
+            return Ok(());
+        }
+        let id = author.to_string();
+        let named = key.strip_prefix(id.as_bytes()).is_some_and(|rest| rest.is_empty() || rest[0] == b'/');
+        if named {
+            Ok(())
+        } else {
+            Err(Refusal::NotKeyOwner { author: *author, key: String::from_utf8_lossy(key).into_owned() })
+        }
     }
 }
 
@@ -192,6 +234,17 @@ pub enum Refusal {
         author: AuthorId,
         /// The topic's owner.
         owner: AuthorId,
+    },
+    /// In a keyed topic, an author wrote a key that does not name it.
+    #[error(
+        "author {author} may not write key {key:?}: in a keyed topic each author writes only keys naming it \
+             (its peer id, alone or followed by /)"
+    )]
+    NotKeyOwner {
+        /// Who tried to write.
+        author: AuthorId,
+        /// The key.
+        key: String,
     },
     /// A topic without a writer list received a change of one.
     #[error("this topic has no writer list: only topics created with mode writers have one")]
@@ -247,5 +300,22 @@ mod tests {
         // The rule alone admits anyone to a writers topic: the list decides.
         let other = Signer::from_secret([2; 32]).author();
         assert!(Access::Writers { owner }.admits(&other).is_ok());
+    }
+
+    #[test]
+    fn a_keyed_topic_lets_each_author_write_only_its_own_keys() {
+        let alice = Signer::from_secret([1; 32]).author();
+        let bob = Signer::from_secret([2; 32]).author();
+        let name = Access::topic_name(Mode::Keyed, &alice, "_canopy:members").unwrap();
+        assert_eq!(name, "keyed/_canopy:members");
+        assert_eq!(Access::of(&name).unwrap(), Access::Keyed);
+        assert!(Access::of("keyed/writers/x").is_err());
+        let keyed = Access::Keyed;
+        assert!(keyed.admits_key(&alice, alice.to_string().as_bytes()).is_ok());
+        assert!(keyed.admits_key(&alice, format!("{alice}/service").as_bytes()).is_ok());
+        assert!(keyed.admits_key(&alice, bob.to_string().as_bytes()).is_err());
+        assert!(keyed.admits_key(&alice, format!("{alice}x").as_bytes()).is_err());
+        assert!(keyed.admits_key(&alice, b"zzz").is_err());
+        assert!(Access::Open.admits_key(&alice, b"zzz").is_ok());
     }
 }

@@ -243,7 +243,10 @@ impl Topic {
                 Op::Delete(_) => {}
             }
         }
-        self.shared.access.admits(&self.store.signer.author())?;
+        self.shared.access.admits(&author)?;
+        for op in &ops {
+            self.shared.access.admits_key(&author, op.key())?;
+        }
         if self.store.poisoned.load(Ordering::SeqCst) {
             return Err(WriteError::Poisoned);
         }

@@ -254,3 +254,32 @@ fn a_data_directory_from_before_the_newer_column_families_opens_and_is_inspected
     close(store);
     assert!(canopy_crdt::inspect::Inspector::open(&path).is_ok());
 }
+
+#[test]
+fn in_a_keyed_topic_each_author_writes_only_its_own_entries_on_every_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let topic = Access::topic_name(Mode::Keyed, &owner().author(), "members").unwrap();
+    let alice = store(&dir, "alice", &owner()).topic(&topic).unwrap();
+    let bob = store(&dir, "bob", &follower()).topic(&topic).unwrap();
+    let alice_id = owner().author().to_string();
+    let bob_id = follower().author().to_string();
+
+    // Locally: one's own entry (and keys under it) are written, another's is refused.
+    let own = alice.put(alice_id.clone(), "http://a").unwrap();
+    alice.put(format!("{alice_id}/service"), "x").unwrap();
+    let refused = alice.put(bob_id.clone(), "http://forged");
+    assert!(matches!(refused, Err(WriteError::Forbidden(_))), "{refused:?}");
+    assert!(alice.put("zzz", "http://forged").is_err());
+
+    // From a peer: a block of Alice's writing Bob's entry is refused by Bob's replica, as it is
+    // by every replica, whoever relays it; Alice's own entry is applied.
+    let mine = validate_blocks(&topic, vec![(own.cid, alice.block(&own.cid).unwrap().unwrap())]);
+    let outcome = bob.ingest(mine.into_iter().map(Result::unwrap).collect()).unwrap();
+    assert_eq!((outcome.applied, outcome.refused), (1, 0));
+    let forged = post(&topic, &owner(), vec![own.cid], own.height + 1, &bob_id);
+    let outcome = bob.ingest(vec![forged]).unwrap();
+    assert_eq!((outcome.applied, outcome.refused), (0, 1));
+    assert_eq!(bob.get(bob_id.as_bytes()).unwrap(), None);
+    assert_eq!(bob.get(alice_id.as_bytes()).unwrap().as_deref(), Some(&b"http://a"[..]));
+    assert!(Access::Keyed.admits_block(&post(&topic, &follower(), vec![], 1, &bob_id)).is_ok());
+}

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Context as _;
 use canopy_crdt::inspect::Inspector;
 use canopy_crdt::snapshot::{Manifest, validate_parts};
-use canopy_crdt::{Cid, Topic};
+use canopy_crdt::{Access, AuthorId, Cid, Topic};
 use serde::{Deserialize, Serialize};
 
 /// Blocks handed to the topic per ingest.
@@ -132,12 +132,47 @@ impl Car {
     }
 }
 
+/// Who imports a file, which decides whether the snapshots in it may be merged: a snapshot
+/// speaks for a topic's history, and only a party the topic's rule lets speak for it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Importer {
+    /// Whoever holds a stopped node's data directory: they could rewrite it anyway.
+    Operator,
+    /// A running node, which speaks as its author: for any open topic, and for an owned topic
+    /// or one with a writer list only when it is the owner.
+    Node(AuthorId),
+}
+
+impl Importer {
+    /// Whether this importer may merge snapshots of a topic under `access`.
+    pub fn speaks_for(&self, access: Access) -> bool {
+        match (self, access.owner()) {
+            (Importer::Operator, _) | (Importer::Node(_), None) => true,
+            (Importer::Node(author), Some(owner)) => *author == owner,
+        }
+    }
+}
+
 /// Imports `car` into `topic`: snapshots among the roots are checked and merged, then every
-/// other item is checked as a received block and applied. `progress` is called with the items
-/// handled so far and their total.
-pub fn import(topic: &Topic, car: Car, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<Imported> {
+/// other item is checked as a received block and applied, under the same rules as blocks from
+/// a peer. A file holding snapshots of a topic the importer may not speak for is refused whole.
+/// `progress` is called with the items handled so far and their total.
+pub fn import(
+    topic: &Topic,
+    car: Car,
+    importer: Importer,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Imported> {
     let name = topic.name().to_string();
     let manifests = car.manifests();
+    if !manifests.is_empty() && !importer.speaks_for(topic.access()) {
+        let owner = topic.access().owner().map(|owner| owner.to_string()).unwrap_or_default();
+        anyhow::bail!(
+            "the file holds snapshots of {name}, which only its owner {owner} may speak for: a snapshot from \
+             anyone else could leave out writes the blocks hold. Import it on the owner's node, or let this \
+             node catch up from the owner"
+        );
+    }
     let total = car.items.len() as u64;
     let mut report = Imported { topic: name.clone(), ..Imported::default() };
     let mut parts: HashMap<Cid, Vec<u8>> = HashMap::new();

@@ -71,6 +71,20 @@ pub struct NodeConfig {
     /// How long this node stays a member after it stops refreshing its entry (it refreshes
     /// every quarter of this): how soon the others place its partitions elsewhere if it dies.
     pub member_ttl_s: u64,
+    /// The API tokens file (see `canopy token create`): every API call then needs a token of
+    /// the right role. Read again on SIGHUP.
+    pub tokens: Option<PathBuf>,
+    /// Serve an API without tokens on an address other than loopback: anyone who reaches it may
+    /// read, write and administer the node.
+    pub insecure_open_api: bool,
+    /// Serve `/metrics` without a token.
+    pub metrics_open: bool,
+    /// Where `POST /v1/admin/backup` writes backups, each in a directory named by the request
+    /// [default: `<data_dir>/backups`].
+    pub backup_dir: Option<PathBuf>,
+    /// Peer ids admitted to this node's network: when not empty, only they may connect, gossip
+    /// its topics or fetch its blocks (the node itself always is).
+    pub admit: Vec<String>,
 }
 
 impl Default for NodeConfig {
@@ -99,6 +113,11 @@ impl Default for NodeConfig {
             tables: false,
             advertise_api: None,
             member_ttl_s: 20,
+            tokens: None,
+            insecure_open_api: false,
+            metrics_open: false,
+            backup_dir: None,
+            admit: Vec::new(),
         }
     }
 }
@@ -141,6 +160,11 @@ impl NodeConfig {
         toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 
+    /// The directory backups go under.
+    pub fn backup_dir(&self) -> PathBuf {
+        self.backup_dir.clone().unwrap_or_else(|| self.data_dir.join("backups"))
+    }
+
     /// Checks ranges that the types do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |name, message: &str| Err(ConfigError::Invalid { name, message: message.to_string() });
@@ -179,6 +203,22 @@ impl NodeConfig {
                 "advertise_api",
                 &format!("the API listens on {}: say which address the other members reach it at", self.api),
             );
+        }
+        if self.tokens.is_none() && !self.api.ip().is_loopback() && !self.insecure_open_api {
+            return invalid(
+                "tokens",
+                &format!(
+                    "the API would listen on {} with no API tokens, so anyone who reaches that address could read, \
+                     write and administer this node: give a tokens file (--tokens, see `canopy token create`), \
+                     listen on 127.0.0.1, or say --insecure-open-api",
+                    self.api
+                ),
+            );
+        }
+        for peer in &self.admit {
+            if peer.parse::<canopy_transport::PeerId>().is_err() {
+                return invalid("admit", &format!("{peer:?} is not a peer id (as `canopy status` prints it)"));
+            }
         }
         for topic in &self.topics {
             canopy_crdt::validate_topic_name(topic)

@@ -61,7 +61,7 @@ pub(crate) fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) ->
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: written
 /// to a temporary file, synced, then renamed over. A `private` file is readable by its owner
 /// only (the node's identity key).
-fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write as _;
     let temporary = path.with_extension("tmp");
     let mut options = std::fs::OpenOptions::new();

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::metrics;
 
+pub mod guard;
 mod kv;
 mod tables;
 use crate::node::{Node, NodeError, NodeTopic};
@@ -158,6 +159,7 @@ pub fn router(node: Node) -> Router {
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::not_found("no such endpoint; the API lives under /v1") })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), guard::authorize))
         .with_state(node)
 }
 
@@ -674,28 +676,52 @@ const DOT_NODES_MAX: usize = 5000;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackupBody {
-    out: String,
+    /// The backup's name: a directory under the node's backup directory.
+    name: String,
 }
 
-/// A consistent copy of the node's database in `out/db` (a RocksDB checkpoint) with its
-/// subscriptions: a node started on `out` serves the same state (under its own new identity).
+/// Longest backup name.
+const BACKUP_NAME_BYTES_MAX: usize = 128;
+
+/// A backup's name, checked: one plain path component, so a backup lands under the backup
+/// directory and nowhere else.
+fn backup_name(name: &str) -> ApiResult<&str> {
+    let plain = !name.is_empty()
+        && name.len() <= BACKUP_NAME_BYTES_MAX
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !plain {
+        return Err(ApiError::bad_request(format!(
+            "backup name {name:?} is not a plain name: use 1 to {BACKUP_NAME_BYTES_MAX} characters from \
+             A-Z a-z 0-9 . _ - (not . or ..); the backup goes under the node's backup directory"
+        )));
+    }
+    Ok(name)
+}
+
+/// A consistent copy of the node's database in `<backup dir>/<name>/db` (a RocksDB checkpoint)
+/// with its subscriptions: a node started on that directory serves the same state (under its
+/// own new identity).
 async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: BackupBody =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed backup JSON: {e}")))?;
+    let body: BackupBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("malformed backup JSON (want {{\"name\": \"<backup name>\"}}): {e}"))
+    })?;
+    let out = node.inner().config.backup_dir().join(backup_name(&body.name)?);
     blocking(move || {
-        let out = std::path::PathBuf::from(&body.out);
         if out.join("db").exists() {
-            return Err(ApiError::bad_request(format!("{} already holds a database", out.display())));
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("backup {} exists already", body.name)));
         }
-        std::fs::create_dir_all(&out)
-            .map_err(|e| ApiError::bad_request(format!("cannot create {}: {e}", out.display())))?;
+        std::fs::create_dir_all(&out).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", out.display()))
+        })?;
         inspector(&node)?.checkpoint(&out.join("db")).map_err(storage_error)?;
         let subscriptions = node.inner().config.data_dir.join("subscriptions");
         if subscriptions.exists() {
             std::fs::copy(&subscriptions, out.join("subscriptions"))
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("copying subscriptions: {e}")))?;
         }
-        Ok(Json(json!({ "out": out.display().to_string() })))
+        Ok(Json(json!({ "name": body.name, "out": out.display().to_string() })))
     })
     .await
 }
@@ -724,12 +750,24 @@ async fn admin_import(
     let Path(topic) = path?;
     canopy_crdt::validate_topic_name(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let car = crate::car::Car::read(&body).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+    let importer = crate::car::Importer::Node(node.store().author());
+    let access = Access::of(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if car.topic().is_some() && !importer.speaks_for(access) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the file holds snapshots of {topic}, and only its owner {} may speak for its history: import it \
+                 on the owner's node, or let this node catch up from the owner",
+                access.owner().map(|owner| owner.to_string()).unwrap_or_default()
+            ),
+        ));
+    }
     blocking(move || {
         let handle = match node.topic(&topic) {
             Some(handle) => handle,
             None => node.subscribe(&topic)?,
         };
-        let report = crate::car::import(handle.crdt(), car, &mut |_, _| {})
+        let report = crate::car::import(handle.crdt(), car, importer, &mut |_, _| {})
             .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
         handle.announce();
         Ok(Json(json!(report)))

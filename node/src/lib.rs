@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod car;
 mod config;
 mod files;

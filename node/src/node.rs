@@ -22,6 +22,18 @@ mod topic;
 
 pub use topic::NodeTopic;
 
+/// The peers admitted to the node's network (itself among them), when it admits only some.
+fn admitted(config: &NodeConfig, me: &PeerId) -> Option<std::collections::HashSet<PeerId>> {
+    if config.admit.is_empty() {
+        return None;
+    }
+    // The configuration was validated: every entry parses.
+    let mut peers: std::collections::HashSet<PeerId> =
+        config.admit.iter().filter_map(|peer| peer.parse().ok()).collect();
+    peers.insert(*me);
+    Some(peers)
+}
+
 /// Events the sync actor takes; the queue holding them is bounded.
 const SYNC_QUEUE_DEPTH: usize = 8192;
 /// Events the sync actor handles before it checks the clock again.
@@ -59,6 +71,9 @@ pub enum NodeError {
     /// The network could not start.
     #[error("cannot start networking: {0}")]
     Transport(#[from] canopy_transport::TransportError),
+    /// The API tokens file is unusable.
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokensError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Closed,
@@ -115,6 +130,8 @@ pub(crate) struct NodeInner {
     pub tables: std::sync::OnceLock<Arc<crate::tables::Tables>>,
     /// What peers announced of each subscribed topic (kept once the node joined tables).
     pub announced: Mutex<HashMap<String, Announced>>,
+    /// The API tokens and member proofs.
+    pub guard: crate::auth::Guard,
 }
 
 /// The heads peers announced of one topic.
@@ -202,6 +219,7 @@ impl Node {
         std::fs::create_dir_all(&data_dir)
             .map_err(|e| NodeError::DataDir { path: data_dir.clone(), message: e.to_string() })?;
         let keypair = load_or_create_identity(&data_dir.join("identity.key"))?;
+        let guard = crate::auth::Guard::load(config.tokens.as_deref(), keypair.clone())?;
         let author = match author {
             Some(author) => author,
             None => identity_signer(&keypair, &data_dir.join("identity.key"))?,
@@ -240,7 +258,7 @@ impl Node {
             ..SyncConfig::default()
         };
         let transport_config = TransportConfig {
-            keypair,
+            keypair: keypair.clone(),
             listen: config.listen.clone(),
             peers: config.peers.clone(),
             mdns: config.mdns,
@@ -249,6 +267,7 @@ impl Node {
             request_bytes_max: 1 << 20,
             response_bytes_max: sync_config.message_bytes_max,
             request_timeout,
+            admit: admitted(&config, &keypair.public().to_peer_id()),
             ..TransportConfig::default()
         };
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
@@ -295,6 +314,7 @@ impl Node {
             transport_task: Mutex::new(None),
             tables: std::sync::OnceLock::new(),
             announced: Mutex::new(HashMap::new()),
+            guard,
         });
         let actor = {
             let inner = Arc::downgrade(&inner);
@@ -468,6 +488,13 @@ impl Node {
 
     pub(crate) fn from_inner(inner: Arc<NodeInner>) -> Node {
         Node { inner }
+    }
+
+    /// Reads the API tokens file again (on SIGHUP, say): tokens added to it are accepted from
+    /// now on and tokens removed are refused. Returns how many tokens are in force; on an error
+    /// the tokens in force before stay.
+    pub fn reload_tokens(&self) -> Result<usize, crate::auth::TokensError> {
+        self.inner.guard.reload()
     }
 
     /// Stops replication and networking and closes the store once the last handle is gone;

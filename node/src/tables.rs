@@ -3,6 +3,8 @@
 //!
 //! Three replicated topics carry the cluster's shared state, so it converges like any data:
 //! - [`MEMBERS_TOPIC`]: one entry per live node (key: its peer id, value: its API address), each
+//!   written only by that node (a keyed topic: every replica refuses a block writing another
+//!   author's entry), each
 //!   written with a lifetime and rewritten well before it runs out, so a node that stops or
 //!   dies drops out by itself;
 //! - [`TABLES_TOPIC`]: the catalog, one entry per table (its partition and replica counts);
@@ -31,7 +33,11 @@ pub(crate) mod route;
 pub use route::{Listing, Table, TableEntry, Written};
 
 /// The topic listing the cluster's live members.
-pub const MEMBERS_TOPIC: &str = "_canopy:members";
+pub const MEMBERS_TOPIC: &str = "keyed/_canopy:members";
+/// The members topic of earlier versions, open to any writer. A node still writes its entry
+/// there (never reads it), so members not yet upgraded keep routing to it during a rolling
+/// upgrade.
+pub const LEGACY_MEMBERS_TOPIC: &str = "_canopy:members";
 /// The topic holding the table catalog.
 pub const TABLES_TOPIC: &str = "_canopy:tables";
 /// Most partitions a table may have.
@@ -170,6 +176,8 @@ pub(crate) struct Tables {
     /// This node's member entry.
     pub(crate) me: Member,
     pub(crate) members_topic: NodeTopic,
+    /// [`LEGACY_MEMBERS_TOPIC`], written for members not yet upgraded.
+    legacy_members_topic: NodeTopic,
     pub(crate) tables_topic: NodeTopic,
     /// How long a member entry lives; it is rewritten every quarter of this.
     member_ttl: Duration,
@@ -289,7 +297,8 @@ impl Tables {
             joined_ms: self.me.joined_ms,
         };
         let value = serde_json::to_vec(&record).expect("a record serialises");
-        self.members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
+        self.members_topic.put_for(self.me.peer_id.clone().into_bytes(), value.clone(), self.member_ttl)?;
+        self.legacy_members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
         Ok(())
     }
 }
@@ -413,9 +422,25 @@ impl Node {
                 message: "a member entry must live at least 1 s".into(),
             }));
         }
+        let status = self.status();
+        if status.author != status.peer_id {
+            // The member entry is keyed by the peer id and must be signed by it.
+            return Err(NodeError::Config(crate::ConfigError::Invalid {
+                name: "tables",
+                message: format!(
+                    "a table member signs as its own identity, but this node signs as {}: start it without \
+                     another author to take part in tables",
+                    status.author
+                ),
+            }));
+        }
         let node = self.clone();
-        let (members_topic, tables_topic) = tokio::task::spawn_blocking(move || {
-            Ok::<_, NodeError>((node.subscribe(MEMBERS_TOPIC)?, node.subscribe(TABLES_TOPIC)?))
+        let (members_topic, legacy_members_topic, tables_topic) = tokio::task::spawn_blocking(move || {
+            Ok::<_, NodeError>((
+                node.subscribe(MEMBERS_TOPIC)?,
+                node.subscribe(LEGACY_MEMBERS_TOPIC)?,
+                node.subscribe(TABLES_TOPIC)?,
+            ))
         })
         .await
         .map_err(|_| NodeError::Closed)??;
@@ -432,6 +457,7 @@ impl Node {
                 joined_ms: self.expiry_of(Duration::ZERO),
             },
             members_topic,
+            legacy_members_topic,
             tables_topic,
             member_ttl,
             http,
@@ -503,6 +529,7 @@ impl Node {
         if let Some(tables) = self.inner().tables.get() {
             tables.stop.store(true, Ordering::Relaxed);
             let _ = tables.members_topic.delete(tables.me.peer_id.clone().into_bytes());
+            let _ = tables.legacy_members_topic.delete(tables.me.peer_id.clone().into_bytes());
         }
     }
 }

@@ -18,8 +18,24 @@ use serde_json::{Value, json};
 pub enum Target {
     /// A node's data directory (or the `db` directory inside it).
     Offline(PathBuf),
-    /// A running node's HTTP API, e.g. `http://127.0.0.1:7700`.
-    Online(String),
+    /// A running node's HTTP API.
+    Online(Remote),
+}
+
+/// A running node's HTTP API and the API token to call it with.
+#[derive(Clone, Debug)]
+pub struct Remote {
+    /// Its base URL, e.g. `http://127.0.0.1:7700`.
+    pub url: String,
+    /// The API token sent as `Authorization: Bearer`, for a node with tokens (admin role).
+    pub token: Option<String>,
+}
+
+impl Remote {
+    /// The API at `url`, called with no token.
+    pub fn open(url: impl Into<String>) -> Remote {
+        Remote { url: url.into(), token: None }
+    }
 }
 
 impl Target {
@@ -27,7 +43,7 @@ impl Target {
     pub fn label(&self) -> String {
         match self {
             Target::Offline(path) => path.display().to_string(),
-            Target::Online(url) => url.clone(),
+            Target::Online(remote) => remote.url.clone(),
         }
     }
 }
@@ -49,9 +65,18 @@ struct Api {
 }
 
 impl Api {
-    fn new(base: &str) -> anyhow::Result<Api> {
+    fn new(remote: &Remote) -> anyhow::Result<Api> {
+        let base = &remote.url;
         let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
-        let http = reqwest::blocking::Client::builder().timeout(None).build()?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &remote.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token holds characters a header cannot carry")?;
+            // Kept out of any debug output of the client.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers).build()?;
         Ok(Api { base: base.trim_end_matches('/').to_string(), http })
     }
 
@@ -100,8 +125,8 @@ pub fn status(target: &Target) -> anyhow::Result<Status> {
             let inspector = inspector(dir)?;
             Ok(Status { target: label, topics: inspector.topics()?, families: inspector.families()? })
         }
-        Target::Online(url) => {
-            let reply = Api::new(url)?.get("/v1/admin/status")?;
+        Target::Online(remote) => {
+            let reply = Api::new(remote)?.get("/v1/admin/status")?;
             Ok(Status {
                 target: label,
                 topics: serde_json::from_value(reply["topics"].clone())?,
@@ -115,7 +140,9 @@ pub fn status(target: &Target) -> anyhow::Result<Status> {
 pub fn topics(target: &Target) -> anyhow::Result<Vec<TopicStats>> {
     match target {
         Target::Offline(dir) => Ok(inspector(dir)?.topics()?),
-        Target::Online(url) => Ok(serde_json::from_value(Api::new(url)?.get("/v1/admin/topics")?["topics"].clone())?),
+        Target::Online(remote) => {
+            Ok(serde_json::from_value(Api::new(remote)?.get("/v1/admin/topics")?["topics"].clone())?)
+        }
     }
 }
 
@@ -140,8 +167,8 @@ pub fn heads(target: &Target, topic: &str) -> anyhow::Result<Option<Vec<HeadEntr
         Target::Offline(dir) => {
             Ok(inspector(dir)?.heads(topic)?.map(|heads| heads.into_iter().map(HeadEntry::from).collect()))
         }
-        Target::Online(url) => {
-            let api = Api::new(url)?;
+        Target::Online(remote) => {
+            let api = Api::new(remote)?;
             let url = format!("{}/v1/admin/topics/{}/heads", api.base, segment(topic));
             let response =
                 api.http.get(url).send().with_context(|| format!("cannot reach the node at {}", api.base))?;
@@ -227,8 +254,8 @@ pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
 fn has_block(target: &Target, topic: &str, cid: &str) -> anyhow::Result<bool> {
     match target {
         Target::Offline(dir) => Ok(inspector(dir)?.block(topic, &cid.parse()?)?.is_some()),
-        Target::Online(url) => {
-            let api = Api::new(url)?;
+        Target::Online(remote) => {
+            let api = Api::new(remote)?;
             let url = format!("{}/v1/admin/topics/{}/blocks/{cid}", api.base, segment(topic));
             let response = api.http.get(url).send()?;
             match response.status() {
@@ -250,9 +277,9 @@ pub fn verify(target: &Target, topics: &[String], progress: &dyn Progress) -> an
                 progress.advance(1, item);
             }
         })?,
-        Target::Online(url) => {
+        Target::Online(remote) => {
             progress.start("verifying", 0);
-            serde_json::from_value(Api::new(url)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?
+            serde_json::from_value(Api::new(remote)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?
         }
     };
     progress.finish();
@@ -263,8 +290,8 @@ pub fn verify(target: &Target, topics: &[String], progress: &dyn Progress) -> an
 pub fn dag_stat(target: &Target, topic: &str) -> anyhow::Result<DagStats> {
     match target {
         Target::Offline(dir) => inspector(dir)?.dag_stats(topic)?.with_context(|| format!("no topic {topic}")),
-        Target::Online(url) => {
-            Ok(serde_json::from_value(Api::new(url)?.get(&format!("/v1/admin/topics/{}/dag", segment(topic)))?)?)
+        Target::Online(remote) => {
+            Ok(serde_json::from_value(Api::new(remote)?.get(&format!("/v1/admin/topics/{}/dag", segment(topic)))?)?)
         }
     }
 }
@@ -276,8 +303,8 @@ pub fn dag_show(target: &Target, topic: &str, cid: &str) -> anyhow::Result<Block
             let parsed = cid.parse().with_context(|| format!("{cid:?} is not a CID"))?;
             inspector(dir)?.block(topic, &parsed)?.with_context(|| format!("topic {topic} has no block {cid}"))
         }
-        Target::Online(url) => Ok(serde_json::from_value(
-            Api::new(url)?.get(&format!("/v1/admin/topics/{}/blocks/{cid}", segment(topic)))?,
+        Target::Online(remote) => Ok(serde_json::from_value(
+            Api::new(remote)?.get(&format!("/v1/admin/topics/{}/blocks/{cid}", segment(topic)))?,
         )?),
     }
 }
@@ -289,8 +316,8 @@ pub fn dag_dot(target: &Target, topic: &str, from: Option<&str>, depth: usize) -
             let from = from.map(|text| text.parse().with_context(|| format!("{text:?} is not a CID"))).transpose()?;
             inspector(dir)?.dot(topic, from, depth, 5000)?.with_context(|| format!("no topic {topic}"))
         }
-        Target::Online(url) => {
-            let api = Api::new(url)?;
+        Target::Online(remote) => {
+            let api = Api::new(remote)?;
             let mut request = api
                 .http
                 .get(format!("{}/v1/admin/topics/{}/dot", api.base, segment(topic)))
@@ -311,8 +338,10 @@ pub fn dag_dot(target: &Target, topic: &str, from: Option<&str>, depth: usize) -
 
 /// A consistent copy of a node's data in `out`: `out/db` (a RocksDB checkpoint) and its
 /// subscriptions. A node started with `--data-dir out` serves the same state under a new
-/// identity (the identity key is not copied: two nodes must not share one).
-pub fn backup(target: &Target, out: &Path) -> anyhow::Result<()> {
+/// identity (the identity key is not copied: two nodes must not share one). A running node
+/// writes its backups only under its own backup directory: there `out` is the backup's name,
+/// and the answer is the directory it went to.
+pub fn backup(target: &Target, out: &Path) -> anyhow::Result<PathBuf> {
     match target {
         Target::Offline(dir) => {
             anyhow::ensure!(!out.join("db").exists(), "{} already holds a database", out.display());
@@ -323,12 +352,12 @@ pub fn backup(target: &Target, out: &Path) -> anyhow::Result<()> {
             if subscriptions.exists() {
                 std::fs::copy(&subscriptions, out.join("subscriptions"))?;
             }
-            Ok(())
+            Ok(out.to_path_buf())
         }
-        Target::Online(url) => {
-            let out = std::path::absolute(out)?;
-            Api::new(url)?.post("/v1/admin/backup", json!({ "out": out.display().to_string() }))?;
-            Ok(())
+        Target::Online(remote) => {
+            let name = out.to_str().context("a backup's name is UTF-8")?;
+            let reply = Api::new(remote)?.post("/v1/admin/backup", json!({ "name": name }))?;
+            Ok(PathBuf::from(reply["out"].as_str().unwrap_or_default()))
         }
     }
 }
@@ -358,8 +387,11 @@ pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repai
                 anyhow::anyhow!("cannot repair {topic} in {}: {text}", dir.display())
             }
         }),
-        Target::Online(url) => {
-            bail!("repair rewrites a topic's state, so the node must be stopped: stop {url} and give its --data-dir")
+        Target::Online(remote) => {
+            bail!(
+                "repair rewrites a topic's state, so the node must be stopped: stop {} and give its --data-dir",
+                remote.url
+            )
         }
     }
 }
@@ -380,9 +412,9 @@ pub fn export(target: &Target, topic: &str, out: &Path, progress: &dyn Progress)
             })?;
             exported.with_context(|| format!("no topic {topic} in {}", dir.display()))?
         }
-        Target::Online(url) => {
+        Target::Online(remote) => {
             progress.start("downloading", 0);
-            let api = Api::new(url)?;
+            let api = Api::new(remote)?;
             let response = api
                 .http
                 .get(format!("{}/v1/admin/topics/{}/export", api.base, segment(topic)))
@@ -423,16 +455,17 @@ pub fn import(target: &Target, file: &Path, topic: Option<&str>, progress: &dyn 
             let handle = store.topic(&name)?;
             progress.start("importing", car.len() as u64);
             let mut last = 0;
-            let report = canopy_node::car::import(&handle, car, &mut |done, _| {
+            let importer = canopy_node::car::Importer::Operator;
+            let report = canopy_node::car::import(&handle, car, importer, &mut |done, _| {
                 progress.advance(done - last, &name);
                 last = done;
             })?;
             progress.finish();
             Ok(report)
         }
-        Target::Online(url) => {
+        Target::Online(remote) => {
             progress.start("uploading", 0);
-            let api = Api::new(url)?;
+            let api = Api::new(remote)?;
             let request = api
                 .http
                 .post(format!("{}/v1/admin/topics/{}/import", api.base, segment(&name)))
@@ -511,8 +544,8 @@ pub fn compact(
                 out.push(done);
             }
         }
-        Target::Online(url) => {
-            let api = Api::new(url)?;
+        Target::Online(remote) => {
+            let api = Api::new(remote)?;
             let names = if topics.is_empty() {
                 let listed: Vec<TopicStats> = serde_json::from_value(api.get("/v1/admin/topics")?["topics"].clone())?;
                 listed.into_iter().map(|t| t.name).collect()

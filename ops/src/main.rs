@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use canopy_ops::{
-    CompactWhat, Progress, Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, export, import, repair,
-    status, topics, verify,
+    CompactWhat, Progress, Remote, Target, backup, compact, compare_heads, dag_dot, dag_show, dag_stat, export, import,
+    repair, status, topics, verify,
 };
 use clap::{Args, Parser, Subcommand};
 use comfy_table::Table;
@@ -32,6 +32,9 @@ struct Where {
     /// A running node's API, e.g. http://127.0.0.1:7700 (`heads` takes several).
     #[arg(long)]
     api: Vec<String>,
+    /// The API token for --api (role admin), for nodes started with --tokens.
+    #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -39,7 +42,8 @@ struct Where {
 
 impl Where {
     fn targets(&self) -> anyhow::Result<Vec<Target>> {
-        let mut targets: Vec<Target> = self.api.iter().cloned().map(Target::Online).collect();
+        let remote = |url: &String| Target::Online(Remote { url: url.clone(), token: self.token.clone() });
+        let mut targets: Vec<Target> = self.api.iter().map(remote).collect();
         if let Some(dir) = &self.data_dir {
             targets.push(Target::Offline(dir.clone()));
         }
@@ -108,7 +112,8 @@ enum Command {
     /// A consistent copy of the node's data (database checkpoint and subscriptions) in OUT; a
     /// node started with `--data-dir OUT` serves the same state.
     Backup {
-        /// Where the copy goes; must not hold a database yet.
+        /// Where the copy goes; must not hold a database yet. With --api, the backup's name: the
+        /// node writes it under its --backup-dir.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -434,7 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Backup { out, at } => {
             let target = at.target()?;
-            backup(&target, &out)?;
+            let out = backup(&target, &out)?;
             if at.json {
                 print_json(&serde_json::json!({ "out": out.display().to_string() }))?;
             } else {

@@ -311,8 +311,13 @@ fn heads_across_three_nodes_disagree_while_one_is_stopped_and_agree_after_it_rej
     assert!(compacted[0]["snapshot"].is_string());
     let stat = json(&ops(&["dag", "stat", "t", "--api", &api, "--json"]));
     assert_eq!(stat["blocks_pruned"], 2);
-    let copy = dir.path().join("online-copy");
-    assert!(ops(&["backup", "--out", copy.to_str().unwrap(), "--api", &api]).status.success());
+    // A running node writes a backup under its backup directory, by name only.
+    let outside = dir.path().join("online-copy");
+    assert_eq!(ops(&["backup", "--out", outside.to_str().unwrap(), "--api", &api]).status.code(), Some(2));
+    assert!(!outside.exists());
+    let backed_up = json(&ops(&["backup", "--out", "online-copy", "--api", &api, "--json"]));
+    let copy = nodes[1].data_dir.join("backups/online-copy");
+    assert_eq!(backed_up["out"].as_str().map(std::path::PathBuf::from), Some(copy.clone()));
     let restored = Store::open(copy.join("db"), StoreOptions::default()).unwrap();
     assert_eq!(restored.topic("t").unwrap().key_count(), 2);
     drop(restored);

@@ -20,6 +20,8 @@ use crate::{RequestServer, Shared, TransportConfig, TransportError, TransportEve
 const SERVING_MAX: usize = 64;
 /// QUIC error code sent when a peer's request is refused as invalid.
 const CODE_BAD_REQUEST: u32 = 1;
+/// QUIC error code sent to a peer this node does not admit.
+const CODE_NOT_ADMITTED: u32 = 3;
 
 #[derive(Clone)]
 pub(crate) struct Client {
@@ -63,6 +65,7 @@ pub(crate) fn start(
         peers: Arc::new(Mutex::new(HashMap::new())),
         per_peer_max: config.serving_per_peer_max.max(1),
         request_bytes_max: config.request_bytes_max,
+        admit: config.admit.clone().map(Arc::new),
     };
     tokio::spawn(accept(endpoint.clone(), server, limits));
     Ok(Client {
@@ -95,6 +98,8 @@ struct Serving {
     peers: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>>,
     per_peer_max: usize,
     request_bytes_max: usize,
+    /// The only peers served, when set.
+    admit: Option<Arc<std::collections::HashSet<PeerId>>>,
 }
 
 impl Serving {
@@ -123,6 +128,10 @@ async fn accept(endpoint: Endpoint, server: RequestServer, serving: Serving) {
                     return tracing::debug!(%error, "refused a block connection");
                 }
             };
+            if serving.admit.as_ref().is_some_and(|admit| !admit.contains(&peer)) {
+                connection.close(VarInt::from_u32(CODE_NOT_ADMITTED), b"not admitted");
+                return tracing::debug!(%peer, "refused a block connection from a peer not admitted");
+            }
             serve_connection(connection, peer, server, serving).await;
         });
     }

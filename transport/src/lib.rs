@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-pub use libp2p::identity::Keypair;
+pub use libp2p::identity::{Keypair, PublicKey};
 pub use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -68,6 +68,9 @@ pub struct TransportConfig {
     /// Beyond it a peer's subscriptions are ignored, so it must cover the most topics a node
     /// replicates (gossipsub's own default is 100).
     pub topics_per_peer_max: usize,
+    /// When set, the only peers admitted: libp2p connections from or to any other peer are
+    /// refused as they are established, and the block endpoint serves none of its requests.
+    pub admit: Option<std::collections::HashSet<PeerId>>,
 }
 
 impl Default for TransportConfig {
@@ -88,6 +91,7 @@ impl Default for TransportConfig {
             command_queue_depth: 4096,
             event_queue_depth: 8192,
             topics_per_peer_max: 1_000_000,
+            admit: None,
         }
     }
 }

@@ -12,7 +12,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, mdns, noise, quic, tcp, yamux,
+    Multiaddr, PeerId, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub, identify, mdns, noise,
+    quic, tcp, yamux,
 };
 use tokio::sync::mpsc;
 
@@ -42,7 +43,11 @@ const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    // First, so a refused connection is refused before any other behaviour records it.
+    // Admission and limits first, so a refused connection is refused before any other
+    // behaviour records it. Admission: when the node admits only listed peers, a connection
+    // with any other peer is denied as it is established (QUIC connections cannot be wrapped
+    // in a pre-shared key, so admission is by peer id).
+    admission: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
     // One connection per peer: gossipsub keeps per-peer state (subscriptions, its send queue)
     // that goes stale when a restarted peer's new connection overlaps the dead one; with one
     // connection the restarted peer is refused until the dead connection times out, then
@@ -121,6 +126,7 @@ pub(crate) fn start(
     let gossip_bytes_max = config.gossip_bytes_max;
     let topics_per_peer_max = config.topics_per_peer_max;
     let mdns_enabled = config.mdns;
+    let admit = config.admit.clone();
     let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -159,7 +165,16 @@ pub(crate) fn start(
             let limits = connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default().with_max_established_per_peer(Some(1)),
             );
-            Ok(Behaviour { limits, gossipsub, identify, mdns: Toggle::from(mdns) })
+            // A connection to or from a peer not admitted is closed as it is established,
+            // before any protocol runs on it.
+            let admission = admit.map(|peers| {
+                let mut allowed = allow_block_list::Behaviour::<allow_block_list::AllowedPeers>::default();
+                for peer in peers {
+                    allowed.allow_peer(peer);
+                }
+                allowed
+            });
+            Ok(Behaviour { admission: Toggle::from(admission), limits, gossipsub, identify, mdns: Toggle::from(mdns) })
         })
         .map_err(libp2p_error)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))

@@ -74,10 +74,10 @@ impl NodeTopic {
 
     /// Who may write the topic now besides anyone the rule admits: the owner and the writer
     /// list at this replica's heads for a topic with one, the owner for an owned topic, `None`
-    /// for an open topic (anyone).
+    /// for an open or keyed topic (anyone; in a keyed topic each only its own keys).
     pub fn writers(&self) -> Result<Option<Vec<AuthorId>>, TopicError> {
         Ok(match self.topic.access() {
-            Access::Open => None,
+            Access::Open | Access::Keyed => None,
             Access::Owned { owner } => Some(vec![owner]),
             Access::Writers { owner } => {
                 let mut writers = vec![owner];

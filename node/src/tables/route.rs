@@ -13,6 +13,7 @@ use super::{
     FORWARDED_HEADER, FORWARDED_LAST, Member, PROXIED_HEADER, TableDef, TableError, Tables, owners, partition_of,
     partition_topic,
 };
+use crate::auth::{MEMBER_PROOF_HEADER, ProvenRequest};
 use crate::node::NodeTopic;
 use crate::{Commit, Node};
 
@@ -377,7 +378,11 @@ impl Table {
                 Hop::There(owner) => (owner, (FORWARDED_HEADER, "1")),
                 Hop::Via(member) => (member, (PROXIED_HEADER, "1")),
             };
-            match request(http, &owner.api).header(header.0, header.1).send().await {
+            let sent = match self.proven(request(http, &owner.api).header(header.0, header.1)) {
+                Ok(request) => http.execute(request).await,
+                Err(error) => Err(error),
+            };
+            match sent {
                 Ok(response)
                     if response.status() == StatusCode::MISDIRECTED_REQUEST || response.status().is_server_error() =>
                 {
@@ -389,6 +394,28 @@ impl Table {
         }
         let reason = if tried.is_empty() { "no member holds it yet".to_string() } else { tried.join("; ") };
         Err(TableError::Unavailable { table: self.def.name.clone(), partition, reason })
+    }
+
+    /// The request with this member's proof: the receiver takes its forwarding headers, and
+    /// serves it without an API token, only because the proof shows a member sent it.
+    fn proven(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Request, reqwest::Error> {
+        let mut request = builder.build()?;
+        let url = request.url();
+        let path_and_query = match url.query() {
+            Some(query) => format!("{}?{query}", url.path()),
+            None => url.path().to_string(),
+        };
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let proven = ProvenRequest {
+            method: request.method().as_str(),
+            path_and_query: &path_and_query,
+            forwarding: [header(FORWARDED_HEADER), header(PROXIED_HEADER)],
+            body: request.body().and_then(reqwest::Body::as_bytes).unwrap_or_default(),
+        };
+        let proof = self.node.inner().guard.prove(&proven, crate::auth::now_ms());
+        let value = reqwest::header::HeaderValue::from_str(&proof).expect("a proof is plain ASCII");
+        request.headers_mut().insert(MEMBER_PROOF_HEADER, value);
+        Ok(request)
     }
 
     fn key_url(&self, api: &str, key: &str) -> String {

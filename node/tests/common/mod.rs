@@ -84,6 +84,12 @@ impl NodeProcess {
         }
     }
 
+    /// This node's client from now on sends `token` as `Authorization: Bearer`.
+    pub fn with_token(mut self, token: &str) -> NodeProcess {
+        self.http = client_with_token(Some(token));
+        self
+    }
+
     /// The multiaddr other nodes dial to reach this one.
     pub fn address(&self) -> String {
         format!("{}/p2p/{}", self.listen[0], self.peer_id)
@@ -142,6 +148,27 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// An HTTP client that sends `token` (when given) as `Authorization: Bearer`.
+pub fn client_with_token(token: Option<&str>) -> reqwest::blocking::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    }
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers).build().unwrap()
+}
+
+/// Creates a token in the tokens file `file` with `canopy token create` and returns its secret.
+pub fn create_token(file: &Path, name: &str, role: &str, prefixes: &[&str]) -> String {
+    let mut command = canopy();
+    command.args(["token", "create", "--name", name, "--role", role]).arg("--file").arg(file);
+    for prefix in prefixes {
+        command.args(["--prefix", prefix]);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
 /// Polls `condition` until it holds; panics with `what` after [`WAIT_MAX`].

@@ -25,8 +25,16 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Api> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &args.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the API token holds characters a header cannot carry")?;
+            // Kept out of any debug output of the client.
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(Api {
-            http: reqwest::blocking::Client::builder().timeout(None).build()?,
+            http: reqwest::blocking::Client::builder().timeout(None).default_headers(headers).build()?,
             base: args.url.trim_end_matches('/').to_string(),
             json: args.json,
             collection: "topics",

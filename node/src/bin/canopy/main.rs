@@ -153,12 +153,35 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Manage API tokens in a tokens file (what `canopy serve --tokens FILE` reads).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Work on topic T interactively (line editing, history), or run commands piped in, one per
     /// line; `help` lists the commands.
     Shell {
         topic: String,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token: its secret is printed once, and only its hash goes into FILE (created
+    /// readable by its owner alone). A running node takes it on SIGHUP.
+    Create {
+        /// The tokens file.
+        #[arg(long)]
+        file: PathBuf,
+        /// A name for the token (who holds it).
+        #[arg(long)]
+        name: String,
+        /// What it may do: read, write (and read) or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// Limit it to topics and tables whose names start with this (repeatable).
+        #[arg(long = "prefix")]
+        prefixes: Vec<String>,
     },
 }
 
@@ -220,6 +243,9 @@ struct ClientArgs {
     /// Print JSON instead of human output.
     #[arg(long)]
     json: bool,
+    /// The API token, for a node started with --tokens (sent as `Authorization: Bearer`).
+    #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -288,6 +314,24 @@ struct ServeArgs {
     /// Seconds this node stays a member after it stops refreshing its entry.
     #[arg(long, env = "CANOPY_MEMBER_TTL_S")]
     member_ttl_s: Option<u64>,
+    /// API tokens file (`canopy token create` writes it); every call then needs a token. Read
+    /// again on SIGHUP.
+    #[arg(long, env = "CANOPY_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// Serve the API without tokens on an address other than loopback (anyone reaching it may
+    /// read, write and administer the node).
+    #[arg(long, env = "CANOPY_INSECURE_OPEN_API")]
+    insecure_open_api: bool,
+    /// Serve /metrics without a token.
+    #[arg(long, env = "CANOPY_METRICS_OPEN")]
+    metrics_open: bool,
+    /// Directory the admin backup route writes under [default: <data dir>/backups].
+    #[arg(long, env = "CANOPY_BACKUP_DIR")]
+    backup_dir: Option<PathBuf>,
+    /// Peer id admitted to this node's network (repeatable); when any is given, only they may
+    /// connect, gossip and fetch blocks.
+    #[arg(long, env = "CANOPY_ADMIT", value_delimiter = ',')]
+    admit: Vec<String>,
 }
 
 impl ServeArgs {
@@ -346,6 +390,15 @@ impl ServeArgs {
         if let Some(seconds) = self.member_ttl_s {
             config.member_ttl_s = seconds;
         }
+        if let Some(path) = self.tokens {
+            config.tokens = Some(path);
+        }
+        config.insecure_open_api |= self.insecure_open_api;
+        config.metrics_open |= self.metrics_open;
+        if let Some(dir) = self.backup_dir {
+            config.backup_dir = Some(dir);
+        }
+        config.admit.extend(self.admit);
         config.validate()?;
         Ok(config)
     }
@@ -400,6 +453,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let server = tokio::spawn(canopy_node::http::serve(node.clone(), listener, async move {
             let _ = stop_rx.await;
         }));
+        tokio::spawn(reload_on_hangup(node.clone()));
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(());
@@ -408,6 +462,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the API tokens file again on each SIGHUP, so tokens are added and revoked without a
+/// restart.
+async fn reload_on_hangup(node: Node) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return tracing::warn!("cannot catch SIGHUP: the tokens file is read at start only");
+        };
+        while hangup.recv().await.is_some() {
+            match node.reload_tokens() {
+                Ok(count) => tracing::info!(count, "API tokens read again"),
+                Err(error) => tracing::error!(%error, "the tokens file is unusable; the tokens in force stay"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = node;
 }
 
 async fn shutdown_signal() {
@@ -431,6 +504,12 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Shell { topic, client } => return shell::run(&Api::new(&client)?, topic),
         Command::Table(command) => table::run(command)?,
         Command::Members { client } => table::members(&client)?,
+        Command::Token(TokenCommand::Create { file, name, role, prefixes }) => {
+            let role: canopy_node::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let (secret, entry) = canopy_node::auth::new_token(&name, role, prefixes);
+            canopy_node::auth::append_token(&file, entry)?;
+            say(format_args!("{secret}"));
+        }
         Command::Put { topic, key, value, ttl, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
             Api::new(&client)?.put(&topic, &key, body, ttl.as_deref())?;

@@ -1,0 +1,343 @@
+//! A cluster that trusts only its members and operators, tried against real `canopy serve`
+//! processes: API tokens and roles, the refusal to serve an open API beyond loopback, the
+//! cluster's own topics, confined backups, forwarding headers, imports and admission.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+
+use common::{NodeProcess, canopy, client_with_token, create_token, wait_until};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn status_of(response: reqwest::Result<reqwest::blocking::Response>) -> StatusCode {
+    response.expect("the node answers").status()
+}
+
+/// A node with a tokens file holding a read, a write, an admin and a prefix-limited token.
+struct Secured {
+    node: NodeProcess,
+    tokens: std::path::PathBuf,
+    read: String,
+    write: String,
+    admin: String,
+    alice: String,
+}
+
+fn secured(dir: &Path, extra: &[&str]) -> Secured {
+    let tokens = dir.join("tokens.toml");
+    let read = create_token(&tokens, "reader", "read", &[]);
+    let write = create_token(&tokens, "writer", "write", &[]);
+    let admin = create_token(&tokens, "operator", "admin", &[]);
+    let alice = create_token(&tokens, "alice", "write", &["alice."]);
+    let mut args = vec!["--tokens", tokens.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let node = NodeProcess::start_with(&dir.join("node"), &[], &["shared"], &args).with_token(&admin);
+    Secured { node, tokens, read, write, admin, alice }
+}
+
+#[test]
+fn api_tokens_gate_every_route_by_role_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let Secured { node, tokens, read, write, admin, alice } = secured(dir.path(), &[]);
+    let text = std::fs::read_to_string(&tokens).unwrap();
+    for secret in [&read, &write, &admin, &alice] {
+        assert!(secret.starts_with("canopy_") && !text.contains(secret.as_str()), "the file keeps only hashes");
+    }
+    let anonymous = client_with_token(None);
+    let as_read = client_with_token(Some(&read));
+    let as_write = client_with_token(Some(&write));
+    let as_alice = client_with_token(Some(&alice));
+    let url = |path: &str| node.url(path);
+
+    // No token: 401, except the probes.
+    assert_eq!(status_of(anonymous.get(url("/v1/topics")).send()), StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(anonymous.put(url("/v1/topics/shared/kv/k")).body("v").send()), StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(anonymous.get(url("/metrics")).send()), StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(anonymous.get(url("/livez")).send()), StatusCode::OK);
+    assert_eq!(status_of(anonymous.get(url("/readyz")).send()), StatusCode::OK);
+    let wrong = client_with_token(Some("canopy_not-a-token"));
+    assert_eq!(status_of(wrong.get(url("/v1/topics")).send()), StatusCode::UNAUTHORIZED);
+
+    // read: reads only.
+    assert_eq!(status_of(as_read.get(url("/v1/topics/shared/kv")).send()), StatusCode::OK);
+    assert_eq!(status_of(as_read.get(url("/metrics")).send()), StatusCode::OK);
+    let refused = as_read.put(url("/v1/topics/shared/kv/k")).body("v").send().unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let error: Value = refused.json().unwrap();
+    assert!(error["error"].as_str().unwrap().contains("role read"), "{error}");
+
+    // write: writes, but no operations.
+    assert_eq!(status_of(as_write.put(url("/v1/topics/shared/kv/k")).body("v").send()), StatusCode::OK);
+    assert_eq!(status_of(as_write.post(url("/v1/topics/shared/compact")).send()), StatusCode::FORBIDDEN);
+    assert_eq!(status_of(as_write.get(url("/v1/admin/status")).send()), StatusCode::FORBIDDEN);
+    // admin: everything.
+    assert_eq!(status_of(node.http.post(url("/v1/topics/shared/compact")).send()), StatusCode::OK);
+    assert_eq!(status_of(node.http.get(url("/v1/admin/status")).send()), StatusCode::OK);
+
+    // A token limited to a prefix reaches its own topics and nothing else.
+    assert_eq!(status_of(as_alice.put(url("/v1/topics/alice.notes")).send()), StatusCode::OK);
+    assert_eq!(status_of(as_alice.put(url("/v1/topics/alice.notes/kv/k")).body("v").send()), StatusCode::OK);
+    assert_eq!(status_of(as_alice.get(url("/v1/topics/shared/kv/k")).send()), StatusCode::FORBIDDEN);
+    assert_eq!(status_of(as_alice.get(url("/v1/topics")).send()), StatusCode::FORBIDDEN);
+    assert_eq!(status_of(as_alice.get(url("/v1/status")).send()), StatusCode::OK);
+
+    // The client takes --token (and CANOPY_TOKEN); without one it fails with the node's reason.
+    let get = |token: Option<&str>| {
+        let mut command = canopy();
+        command.args(["get", "shared", "k", "--api", &node.api]).env_remove("CANOPY_TOKEN");
+        if let Some(token) = token {
+            command.env("CANOPY_TOKEN", token);
+        }
+        command.output().unwrap()
+    };
+    let output = get(Some(&read));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "v");
+    let output = get(None);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("API token"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Revoked by editing the file and SIGHUP, without a restart.
+    let kept: String = std::fs::read_to_string(&tokens)
+        .unwrap()
+        .split("[[token]]")
+        .filter(|entry| !entry.contains("\"writer\""))
+        .collect::<Vec<_>>()
+        .join("[[token]]");
+    std::fs::write(&tokens, kept).unwrap();
+    let hangup = std::process::Command::new("kill").args(["-HUP", &node.child.id().to_string()]).status().unwrap();
+    assert!(hangup.success());
+    wait_until("the write token is refused", || {
+        status_of(as_write.get(url("/v1/topics/shared/kv/k")).send()) == StatusCode::UNAUTHORIZED
+    });
+    assert_eq!(status_of(as_read.get(url("/v1/topics/shared/kv/k")).send()), StatusCode::OK);
+}
+
+#[test]
+fn an_open_api_beyond_loopback_is_refused_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |extra: &[&str]| {
+        let mut command = canopy();
+        command
+            .args(["serve", "--api", "0.0.0.0:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("node"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let output = serve(&[]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tokens") && stderr.contains("--insecure-open-api"), "{stderr}");
+    // Said explicitly, it starts.
+    let mut child = serve(&["--insecure-open-api"]).spawn().unwrap();
+    let mut banner = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut banner).unwrap();
+    assert!(banner.starts_with("canopy "), "{banner}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_cluster_topics_take_no_writes_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_with(&dir.path().join("node"), &[], &[], &["--tables"]);
+    wait_until("the node is a member", || node.json("/v1/members")["members"].as_array().unwrap().len() == 1);
+    let fake = json!({ "api": "http://127.0.0.1:9/x#" }).to_string();
+    for path in [
+        "/v1/topics/keyed%2F_canopy:members/kv/zzz",
+        "/v1/topics/_canopy:members/kv/zzz",
+        "/v1/topics/_canopy%3Atables/kv/users",
+    ] {
+        let response = node.http.put(node.url(path)).body(fake.clone()).send().unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+        let error: Value = response.json().unwrap();
+        assert!(error["error"].as_str().unwrap().contains("cluster's own topics"), "{error}");
+    }
+    let batch = json!({ "ops": [{ "op": "put", "key": "zzz", "value": "e30=" }] });
+    let response = node.http.post(node.url("/v1/topics/keyed%2F_canopy:members/batch")).json(&batch).send().unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let members = node.json("/v1/members");
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+    // Reading them stays open to readers.
+    assert_eq!(status_of(node.http.get(node.url("/v1/topics/keyed%2F_canopy:members/kv")).send()), StatusCode::OK);
+}
+
+#[test]
+fn backups_go_under_the_backup_directory_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let node =
+        NodeProcess::start_with(&dir.path().join("node"), &[], &["t"], &["--backup-dir", backups.to_str().unwrap()]);
+    node.put("t", "k", "v");
+    let outside = dir.path().join("outside");
+    for body in [
+        json!({ "out": outside.to_str().unwrap() }),
+        json!({ "name": outside.to_str().unwrap() }),
+        json!({ "name": "../outside" }),
+        json!({ "name": ".." }),
+        json!({ "name": "" }),
+    ] {
+        let response = node.http.post(node.url("/v1/admin/backup")).json(&body).send().unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert!(!outside.exists());
+    let response = node.http.post(node.url("/v1/admin/backup")).json(&json!({ "name": "nightly" })).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(backups.join("nightly/db/CURRENT").exists());
+    let again = node.http.post(node.url("/v1/admin/backup")).json(&json!({ "name": "nightly" })).send().unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+}
+
+#[test]
+fn a_follower_refuses_an_owned_topics_snapshot_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let owner = NodeProcess::start(&dir.path().join("owner"), &[], &[]);
+    let created: Value = owner
+        .http
+        .post(owner.url("/v1/topics"))
+        .json(&json!({ "name": "log", "mode": "owned" }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    // An owned topic's name holds a `/`: as one path segment it is escaped.
+    let topic = created["topic"].as_str().unwrap().replace('/', "%2F");
+    for i in 0..20 {
+        owner.put(&topic, &format!("k{i}"), "v");
+    }
+    assert_eq!(status_of(owner.http.post(owner.url(&format!("/v1/topics/{topic}/compact"))).send()), StatusCode::OK);
+    let car = owner.http.get(owner.url(&format!("/v1/admin/topics/{topic}/export"))).send().unwrap().bytes().unwrap();
+
+    // Another node may not take the owner's history from a file: only the owner speaks for it.
+    let follower = NodeProcess::start(&dir.path().join("follower"), &[], &[]);
+    let path = format!("/v1/admin/topics/{topic}/import");
+    let response = follower.http.post(follower.url(&path)).body(car.clone()).send().unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let error: Value = response.json().unwrap();
+    assert!(error["error"].as_str().unwrap().contains("only its owner"), "{error}");
+    // The owner's own node takes its file back.
+    let response = owner.http.post(owner.url(&path)).body(car).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().unwrap());
+}
+
+#[test]
+fn only_admitted_peers_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let admitted = NodeProcess::start(&dir.path().join("admitted"), &[], &["t"]);
+    let node = NodeProcess::start_with(
+        &dir.path().join("node"),
+        &[admitted.address()],
+        &["t"],
+        &["--admit", &admitted.peer_id],
+    );
+    let stranger = NodeProcess::start(&dir.path().join("stranger"), &[node.address()], &["t"]);
+    node.put("t", "k", "v");
+    wait_until("the admitted peer replicates", || admitted.get("t", "k").as_deref() == Some("v"));
+    // The stranger dials the node all along; each connection is refused as it is established.
+    for _ in 0..3 {
+        node.put("t", "k", "again");
+        wait_until("the admitted peer replicates again", || admitted.get("t", "k").as_deref() == Some("again"));
+        node.put("t", "k", "v");
+        wait_until("the admitted peer replicates", || admitted.get("t", "k").as_deref() == Some("v"));
+    }
+    assert_eq!(node.json("/v1/status")["peers"], 1, "only the admitted peer is connected");
+    assert_eq!(stranger.json("/v1/status")["peers"], 0);
+    assert_eq!(stranger.get("t", "k"), None, "the stranger got nothing");
+}
+
+#[test]
+fn a_table_cluster_with_tokens_serves_through_every_member_and_ignores_forged_forwarding() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let admin = create_token(&tokens, "operator", "admin", &[]);
+    let write = create_token(&tokens, "app", "write", &["users"]);
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..3 {
+        let peers: Vec<String> = nodes.iter().take(1).map(NodeProcess::address).collect();
+        let extra = ["--tables", "--member-ttl-s", "3", "--tokens", tokens.to_str().unwrap()];
+        nodes.push(
+            NodeProcess::start_with(&dir.path().join(format!("node-{i}")), &peers, &[], &extra).with_token(&admin),
+        );
+    }
+    for node in &nodes {
+        wait_until("every member sees the others", || {
+            node.json("/v1/members")["members"].as_array().unwrap().len() == 3
+        });
+    }
+    let shape = json!({ "name": "users", "partitions": 8, "replicas": 1 });
+    assert_eq!(status_of(nodes[0].http.post(nodes[0].url("/v1/tables")).json(&shape).send()), StatusCode::CREATED);
+    for node in &nodes {
+        wait_until("every member knows the table", || {
+            status_of(node.http.get(node.url("/v1/tables/users")).send()) == StatusCode::OK
+        });
+    }
+    // The application's token writes and reads through any member; members forward to the
+    // partition's holder with their proof.
+    let app = client_with_token(Some(&write));
+    let mut forwarded = 0;
+    for i in 0..30 {
+        let node = &nodes[i % 3];
+        let response = app.put(node.url(&format!("/v1/tables/users/kv/user{i}"))).body(format!("v{i}")).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{}", response.text().unwrap());
+        let written: Value = response.json().unwrap();
+        forwarded += usize::from(written["node"] != node.peer_id.as_str());
+    }
+    assert!(forwarded > 0, "some writes went to another member");
+    for node in &nodes {
+        for i in 0..30 {
+            let response = app.get(node.url(&format!("/v1/tables/users/kv/user{i}"))).send().unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.text().unwrap(), format!("v{i}"));
+        }
+    }
+    assert_eq!(
+        status_of(client_with_token(None).get(nodes[0].url("/v1/tables/users/kv/user0")).send()),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A key whose only holder is another member, asked of nodes[0] with a hand-set forwarding
+    // header: the header counts for nothing, the request is routed as any client's, and
+    // nodes[0] takes no copy of the partition.
+    let held = |node: &NodeProcess| -> Vec<String> {
+        node.json("/v1/topics").as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap().to_string()).collect()
+    };
+    let (key, partition) = (0..200)
+        .map(|i| format!("stray{i}"))
+        .find_map(|key| {
+            let response = app.put(nodes[0].url(&format!("/v1/tables/users/kv/{key}"))).body("x").send().unwrap();
+            let written: Value = response.json().unwrap();
+            (written["node"] != nodes[0].peer_id.as_str()).then(|| (key, written["partition"].as_u64().unwrap()))
+        })
+        .expect("some key is held elsewhere");
+    let topic = format!("table:users:{partition}");
+    assert!(!held(&nodes[0]).contains(&topic));
+    for value in ["last", "1"] {
+        let response = app
+            .put(nodes[0].url(&format!("/v1/tables/users/kv/{key}")))
+            .header("canopy-forwarded", value)
+            .body("forged")
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let written: Value = response.json().unwrap();
+        assert_ne!(written["node"], nodes[0].peer_id.as_str(), "served by the holder, not here");
+    }
+    assert!(!held(&nodes[0]).contains(&topic), "a forged forwarding header took no copy of {topic}");
+    // A made-up member proof counts for nothing either: without a token it is refused.
+    let response = client_with_token(None)
+        .get(nodes[0].url(&format!("/v1/tables/users/kv/{key}")))
+        .header("canopy-forwarded", "last")
+        .header("canopy-member-proof", format!("{} 0 AAAAAAAAAAAAAAAAAAAAAA AAAA", nodes[1].peer_id))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
