@@ -2,11 +2,13 @@
 //! snapshot, and crashes (real processes killed with SIGKILL) during compaction and merge.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use canopy_crdt::snapshot::Manifest;
-use canopy_crdt::{Batch, Block, Cid, Store, StoreOptions, Topic};
+use canopy_crdt::{Batch, Block, Cid, Clock, Store, StoreOptions, Topic};
 
 /// The author these tests sign their hand-made blocks as.
 fn signer() -> canopy_crdt::Signer {
@@ -247,26 +249,52 @@ fn crash_child() {
     }
 }
 
-/// Starts the child in `mode`, waits until it is ready, lets it run, then kills it. Returns
-/// the lines it printed after "ready".
-fn crash(path: &std::path::Path, mode: &str, run: Duration) -> Vec<String> {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+/// Starts the child in `mode` with the failpoint `failpoint` (if any) armed, and waits until it
+/// is ready.
+fn spawn(
+    path: &std::path::Path,
+    mode: &str,
+    failpoint: Option<&str>,
+) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args(["--exact", "crash_child", "--ignored", "--nocapture"])
         .env("CANOPY_CRASH_DIR", path)
         .env("CANOPY_CRASH_MODE", mode)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .env_remove("CANOPY_FAILPOINT")
+        .stdout(Stdio::piped());
+    if let Some(failpoint) = failpoint {
+        command.env("CANOPY_FAILPOINT", failpoint);
+    }
+    let mut child = command.spawn().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("ready") {
         line.clear();
         assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "the child ended early");
     }
+    (child, stdout)
+}
+
+/// Starts the child in `mode`, waits until it is ready, lets it run, then kills it. Returns
+/// the lines it printed after "ready".
+fn crash(path: &std::path::Path, mode: &str, run: Duration) -> Vec<String> {
+    let (mut child, stdout) = spawn(path, mode, None);
     std::thread::sleep(run);
     child.kill().unwrap();
     child.wait().unwrap();
     std::io::BufRead::lines(stdout).map_while(Result::ok).collect()
+}
+
+/// Starts the child in `mode` and kills it when it stops at `failpoint`, which it must reach
+/// before it prints anything else.
+fn crash_at(path: &std::path::Path, mode: &str, failpoint: &str) {
+    let (mut child, mut stdout) = spawn(path, mode, Some(failpoint));
+    let mut line = String::new();
+    assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "the child ended early");
+    assert_eq!(line.trim_end(), format!("failpoint {failpoint}"), "the child went past the failpoint");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
@@ -315,6 +343,47 @@ fn a_crash_during_a_merge_is_finished_when_the_topic_loads() {
         }
     }
     assert!(merged > 0, "the child finished at least one merge");
+}
+
+#[test]
+fn a_crash_around_the_row_file_ingest_is_finished_when_the_topic_loads() {
+    // A fresh replica's merge ingests its rows as one file, then writes what goes with them (the
+    // key count, the expiry index). The child stops right before the ingest, or between the
+    // ingest and that write, and is killed there.
+    const LEASES: usize = 40;
+    const LEASE_END_MS: u64 = 4_102_444_800_000;
+    for failpoint in ["merge-before-row-ingest", "merge-after-row-ingest"] {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = {
+            let store = open(dir.path());
+            let source = store.topic("t").unwrap();
+            fill(&source, 3000);
+            let mut batch = Batch::new();
+            for i in 0..LEASES {
+                batch.put_until(format!("lease-{i:03}"), "held", LEASE_END_MS);
+            }
+            source.batch(batch).unwrap();
+            source.compact().unwrap();
+            (contents(&source), source.heads())
+        };
+        crash_at(dir.path(), "merge", failpoint);
+
+        let now = Arc::new(AtomicU64::new(Clock::system().now()));
+        let clock = {
+            let now = now.clone();
+            Clock::from_fn(move || now.load(Ordering::SeqCst))
+        };
+        let store = Store::open(dir.path().join("target"), StoreOptions { clock, ..options() }).unwrap();
+        let topic = store.topic("t").unwrap();
+        assert_eq!((contents(&topic), topic.heads()), expected, "killed at {failpoint}");
+        assert_eq!(topic.key_count(), expected.0.len() as u64, "killed at {failpoint}: the key count counts the rows");
+        // The expiring elements are indexed: they are collected once due, and leave the count.
+        now.store(LEASE_END_MS, Ordering::SeqCst);
+        let before = topic.key_count();
+        topic.collect_expired().unwrap();
+        assert_eq!(before - topic.key_count(), LEASES as u64, "killed at {failpoint}: the leases are collected");
+        assert_eq!(contents(&topic).len(), expected.0.len() - LEASES);
+    }
 }
 
 #[test]

@@ -17,6 +17,13 @@
 //! marker in `meta` names the merge and its step; a merge interrupted by a crash is finished
 //! when the topic loads. The row step can run twice: none of its writes changes what it reads
 //! (the index is untouched and tombstones are only removed in the last step).
+//!
+//! A replica with nothing yet gets its rows as one ingested file, and the key count and expiry
+//! index that go with them in the write after it. RocksDB cannot ingest into `kv` and write
+//! `meta` and `expiries` in one atomic step, so that merge's marker names an ingest step: a
+//! crash between the two writes is finished by counting and indexing the ingested rows (see
+//! `finish_ingest`), as the rerun row step alone would not (its rows change nothing, so it
+//! would count no key and leave the expiry index as it found it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -40,6 +47,12 @@ const CHUNKS_PER_READ: usize = 16;
 
 const STEP_ROWS: u8 = 1;
 const STEP_BLOCKS: u8 = 2;
+/// A fresh replica's row file may be ingested without the key count and expiry index that go
+/// with it.
+const STEP_INGEST: u8 = 3;
+
+/// Expiry index records rebuilt per write when a crash cut a row file's ingest short.
+const REBUILD_RECORDS_MAX: usize = 4096;
 
 /// What the check of a snapshot learnt, for the steps that follow.
 struct Checked {
@@ -98,10 +111,10 @@ pub(super) fn merge(context: &Context, state: &mut TopicState, manifest_cid: Cid
         Some(file) => file.add(chunk),
         None => Ok(()),
     })?;
-    write_marker(context, topic, manifest_cid, STEP_ROWS, &[])?;
+    write_marker(context, topic, manifest_cid, if rows.is_some() { STEP_INGEST } else { STEP_ROWS }, &[])?;
     match rows {
         Some(file) => {
-            file.ingest(context, state)?;
+            file.ingest(context, state, manifest_cid)?;
             merge_removes(context, state, &checked)?;
         }
         None => merge_rows(context, state, &checked)?,
@@ -115,6 +128,17 @@ pub(super) fn merge(context: &Context, state: &mut TopicState, manifest_cid: Cid
         blocks: checked.manifest.blocks,
         already_had: false,
     })
+}
+
+/// Stops the writer thread for good at `point` when the environment variable `CANOPY_FAILPOINT`
+/// names it, after saying so on stdout: crash tests kill the process there, between two writes.
+fn failpoint(point: &str) {
+    if std::env::var_os("CANOPY_FAILPOINT").is_some_and(|armed| armed == point) {
+        println!("failpoint {point}");
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// Finishes a merge a crash interrupted.
@@ -132,6 +156,10 @@ pub(super) fn resume(context: &Context, state: &mut TopicState) -> Result<(), Me
     let (&step, mut rest) = rest.split_first().ok_or_else(|| corrupt("step"))?;
     match step {
         STEP_ROWS => {
+            merge(context, state, manifest_cid)?;
+        }
+        STEP_INGEST => {
+            finish_ingest(context, state, manifest_cid)?;
             merge(context, state, manifest_cid)?;
         }
         STEP_BLOCKS => {
@@ -158,6 +186,42 @@ fn chunk_list(context: &Context, state: &TopicState, manifest_cid: Cid) -> Resul
     Ok(Manifest::decode(&manifest_cid, &bytes)?.chunks)
 }
 
+/// After a crash during a fresh replica's merge, between the row file's ingest and the write
+/// of what goes with the rows: the key count and the expiry index are rebuilt from the rows,
+/// in the write that moves the marker on to the row step (the expiry records before it may be
+/// written twice, which changes nothing). Without rows the file was not ingested, and the merge
+/// starts again as a fresh one.
+fn finish_ingest(context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<(), MergeError> {
+    let topic = state.shared.id;
+    let (mut rows, mut keys, mut records) = (0u64, 0u64, 0usize);
+    let mut batch = WriteBatch::default();
+    for item in prefix_scan(&context.db, context.cf(CF_KV), topic) {
+        let (key, value) = item?;
+        let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+        rows += 1;
+        keys += u64::from(!crate::counter::is_reserved(&key));
+        for element in row.elements() {
+            let Some(at) = element.expires else { continue };
+            // Elements that expired since the file was written are indexed too, to be collected.
+            crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &element.id, at);
+            state.expires_at(at);
+            records += 1;
+            if records == REBUILD_RECORDS_MAX {
+                context.write(std::mem::take(&mut batch))?;
+                records = 0;
+            }
+        }
+    }
+    if rows == 0 {
+        return Ok(());
+    }
+    batch.put_cf(context.cf(CF_META), key_count_key(topic), keys.to_be_bytes());
+    put_marker(context, &mut batch, topic, manifest_cid, STEP_ROWS, &[]);
+    context.write(batch)?;
+    state.key_count = keys;
+    Ok(())
+}
+
 fn write_marker(
     context: &Context,
     topic: canopy_dag::TopicId,
@@ -165,15 +229,26 @@ fn write_marker(
     step: u8,
     heads: &[Head],
 ) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::default();
+    put_marker(context, &mut batch, topic, manifest, step, heads);
+    context.write(batch)
+}
+
+fn put_marker(
+    context: &Context,
+    batch: &mut WriteBatch,
+    topic: canopy_dag::TopicId,
+    manifest: Cid,
+    step: u8,
+    heads: &[Head],
+) {
     let mut value = manifest.to_bytes();
     value.push(step);
     for head in heads {
         value.extend_from_slice(&head.cid.to_bytes());
         value.extend_from_slice(&head.height.to_be_bytes());
     }
-    let mut batch = WriteBatch::default();
     batch.put_cf(context.cf(CF_META), meta_key(META_MERGE, topic), value);
-    context.write(batch)
 }
 
 /// Reads and decodes chunks in parallel, in order.
@@ -344,17 +419,23 @@ impl RowFile {
         Ok(())
     }
 
-    /// Ingests the file into `kv` and records the key count.
-    fn ingest(mut self, context: &Context, state: &mut TopicState) -> Result<(), MergeError> {
+    /// Ingests the file into `kv`, then records the key count and indexes the expiring elements
+    /// in the write that moves the marker on from the ingest step to the row step.
+    fn ingest(mut self, context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<(), MergeError> {
         if let Some((key, row)) = self.current.take() {
             self.put(key, row)?;
         }
         if self.rows > 0 {
             self.writer.finish().map_err(StorageError::from)?;
+            // The ingest does not go through the log: the marker naming the ingest step must be
+            // on disk before the rows are, or a machine crash could keep the rows without it.
+            context.db.flush_wal(true).map_err(StorageError::from)?;
+            failpoint("merge-before-row-ingest");
             let mut options = IngestExternalFileOptions::default();
             options.set_move_files(true);
             let ingested = context.db.ingest_external_file_cf_opts(context.cf(CF_KV), &options, vec![&self.path]);
             ingested.map_err(StorageError::from)?;
+            failpoint("merge-after-row-ingest");
         }
         let _ = std::fs::remove_file(&self.path);
         let mut batch = WriteBatch::default();
@@ -363,6 +444,7 @@ impl RowFile {
             crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), self.topic, &key, &id, at);
             state.expires_at(at);
         }
+        put_marker(context, &mut batch, self.topic, manifest_cid, STEP_ROWS, &[]);
         context.write(batch)?;
         state.key_count = self.keys;
         for part in self.changes.take().unwrap_or_default().chunks(4096) {
