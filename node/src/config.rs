@@ -85,6 +85,13 @@ pub struct NodeConfig {
     /// Peer ids admitted to this node's network: when not empty, only they may connect, gossip
     /// its topics or fetch its blocks (the node itself always is).
     pub admit: Vec<String>,
+    /// The API's TLS certificate chain (PEM); with `tls_key`, the API speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The certificate authority (PEM) this node trusts for the other members' APIs, when
+    /// they speak HTTPS with certificates a private authority signed.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -118,6 +125,9 @@ impl Default for NodeConfig {
             metrics_open: false,
             backup_dir: None,
             admit: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -214,6 +224,9 @@ impl NodeConfig {
                     self.api
                 ),
             );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert", "give both tls_cert and tls_key (--tls-cert, --tls-key), or neither");
         }
         for peer in &self.admit {
             if peer.parse::<canopy_transport::PeerId>().is_err() {

@@ -172,6 +172,26 @@ pub async fn serve(
     axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
 }
 
+/// Serves the API over HTTPS with `tls` on `listener` until `shutdown` resolves; requests in
+/// flight then get 5 s to finish.
+pub async fn serve_tls(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    tls: axum_server::tls_rustls::RustlsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopping = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    });
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+        .handle(handle)
+        .serve(router(node).into_make_service())
+        .await
+}
+
 /// Binds the API address.
 pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address).await

@@ -19,6 +19,7 @@ pub mod http;
 mod metrics;
 mod node;
 pub mod tables;
+pub mod tls;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig};

@@ -444,9 +444,15 @@ impl Node {
         })
         .await
         .map_err(|_| NodeError::Closed)??;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
+        let mut http =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10));
+        if let Some(path) = &self.inner().config.tls_ca {
+            let authority = crate::tls::authority(path).map_err(|e| {
+                NodeError::Config(crate::ConfigError::Invalid { name: "tls_ca", message: e.to_string() })
+            })?;
+            http = http.add_root_certificate(authority);
+        }
+        let http = http
             .build()
             .map_err(|e| NodeError::Config(crate::ConfigError::Invalid { name: "tables", message: e.to_string() }))?;
         let tables = Arc::new(Tables {

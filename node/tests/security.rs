@@ -341,3 +341,93 @@ fn a_table_cluster_with_tokens_serves_through_every_member_and_ignores_forged_fo
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A certificate authority and a certificate it signed for 127.0.0.1 and localhost, as PEM
+/// files in `dir`: (authority, certificate, key).
+fn certificates(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "canopy test authority");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("api.pem"), dir.join("api.key"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn a_table_cluster_with_tokens_and_tls_works_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let tokens = dir.path().join("tokens.toml");
+    let admin = create_token(&tokens, "operator", "admin", &[]);
+    let pem = std::fs::read(&ca).unwrap();
+    let client = |token: &str| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        reqwest::blocking::Client::builder()
+            .default_headers(headers)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+            .build()
+            .unwrap()
+    };
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..3 {
+        let peers: Vec<String> = nodes.iter().take(1).map(NodeProcess::address).collect();
+        let extra = [
+            "--tables",
+            "--member-ttl-s",
+            "3",
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tls-ca",
+            ca.to_str().unwrap(),
+        ];
+        let node = NodeProcess::start_with(&dir.path().join(format!("node-{i}")), &peers, &[], &extra);
+        assert!(node.api.starts_with("https://"), "{}", node.api);
+        nodes.push(node.with_client(client(&admin)));
+    }
+    for node in &nodes {
+        wait_until("every member sees the others", || {
+            node.json("/v1/members")["members"].as_array().unwrap().len() == 3
+        });
+    }
+    // Plain HTTP reaches nothing, and neither does a client that does not trust the authority.
+    let plain = nodes[0].api.replace("https://", "http://");
+    assert!(client_with_token(Some(&admin)).get(format!("{plain}/v1/status")).send().is_err());
+    assert!(client_with_token(Some(&admin)).get(nodes[0].url("/v1/status")).send().is_err());
+
+    // The commands a newcomer runs, through the canopy client.
+    let canopy_at = |node: &NodeProcess, args: &[&str]| {
+        let output = canopy()
+            .args(args)
+            .args(["--api", &node.api, "--cacert", ca.to_str().unwrap(), "--token", &admin])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    canopy_at(&nodes[0], &["table", "create", "users", "--partitions", "8", "--replicas", "2"]);
+    for node in &nodes {
+        wait_until("every member knows the table", || {
+            status_of(node.http.get(node.url("/v1/tables/users")).send()) == StatusCode::OK
+        });
+    }
+    for i in 0..12 {
+        canopy_at(&nodes[i % 3], &["table", "put", "users", &format!("user{i}"), &format!("v{i}")]);
+    }
+    for node in &nodes {
+        for i in 0..12 {
+            assert_eq!(canopy_at(node, &["table", "get", "users", &format!("user{i}")]).trim(), format!("v{i}"));
+        }
+    }
+}

@@ -29,12 +29,14 @@ pub struct Remote {
     pub url: String,
     /// The API token sent as `Authorization: Bearer`, for a node with tokens (admin role).
     pub token: Option<String>,
+    /// A certificate authority (PEM file) to trust for an https:// API.
+    pub cacert: Option<PathBuf>,
 }
 
 impl Remote {
     /// The API at `url`, called with no token.
     pub fn open(url: impl Into<String>) -> Remote {
-        Remote { url: url.into(), token: None }
+        Remote { url: url.into(), token: None, cacert: None }
     }
 }
 
@@ -76,7 +78,11 @@ impl Api {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers).build()?;
+        let mut http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers);
+        if let Some(path) = &remote.cacert {
+            http = http.add_root_certificate(canopy_node::tls::authority(path)?);
+        }
+        let http = http.build()?;
         Ok(Api { base: base.trim_end_matches('/').to_string(), http })
     }
 

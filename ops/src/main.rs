@@ -35,6 +35,9 @@ struct Where {
     /// The API token for --api (role admin), for nodes started with --tokens.
     #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A certificate authority (PEM) to trust for an https:// API.
+    #[arg(long, env = "CANOPY_CACERT")]
+    cacert: Option<PathBuf>,
     /// Print one JSON document instead of tables.
     #[arg(long)]
     json: bool,
@@ -42,7 +45,9 @@ struct Where {
 
 impl Where {
     fn targets(&self) -> anyhow::Result<Vec<Target>> {
-        let remote = |url: &String| Target::Online(Remote { url: url.clone(), token: self.token.clone() });
+        let remote = |url: &String| {
+            Target::Online(Remote { url: url.clone(), token: self.token.clone(), cacert: self.cacert.clone() })
+        };
         let mut targets: Vec<Target> = self.api.iter().map(remote).collect();
         if let Some(dir) = &self.data_dir {
             targets.push(Target::Offline(dir.clone()));

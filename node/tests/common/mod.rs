@@ -84,6 +84,12 @@ impl NodeProcess {
         }
     }
 
+    /// This node's client from now on is `http`.
+    pub fn with_client(mut self, http: reqwest::blocking::Client) -> NodeProcess {
+        self.http = http;
+        self
+    }
+
     /// This node's client from now on sends `token` as `Authorization: Bearer`.
     pub fn with_token(mut self, token: &str) -> NodeProcess {
         self.http = client_with_token(Some(token));

@@ -33,8 +33,12 @@ impl Api {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
+        let mut http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers);
+        if let Some(path) = &args.cacert {
+            http = http.add_root_certificate(canopy_node::tls::authority(path)?);
+        }
         Ok(Api {
-            http: reqwest::blocking::Client::builder().timeout(None).default_headers(headers).build()?,
+            http: http.build()?,
             base: args.url.trim_end_matches('/').to_string(),
             json: args.json,
             collection: "topics",

@@ -246,6 +246,9 @@ struct ClientArgs {
     /// The API token, for a node started with --tokens (sent as `Authorization: Bearer`).
     #[arg(long, env = "CANOPY_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A certificate authority (PEM) to trust for an https:// API, beside none other.
+    #[arg(long, env = "CANOPY_CACERT")]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -332,6 +335,15 @@ struct ServeArgs {
     /// connect, gossip and fetch blocks.
     #[arg(long, env = "CANOPY_ADMIT", value_delimiter = ',')]
     admit: Vec<String>,
+    /// The API's TLS certificate chain (PEM): the API then speaks HTTPS only.
+    #[arg(long, env = "CANOPY_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CANOPY_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A certificate authority (PEM) to trust for the other members' HTTPS APIs.
+    #[arg(long, env = "CANOPY_TLS_CA")]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -399,6 +411,15 @@ impl ServeArgs {
             config.backup_dir = Some(dir);
         }
         config.admit.extend(self.admit);
+        if let Some(path) = self.tls_cert {
+            config.tls_cert = Some(path);
+        }
+        if let Some(path) = self.tls_key {
+            config.tls_key = Some(path);
+        }
+        if let Some(path) = self.tls_ca {
+            config.tls_ca = Some(path);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -435,8 +456,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot bind the HTTP API to {}", config.api))?;
         let api = listener.local_addr()?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(canopy_node::tls::server_config(cert, key).await?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if tls.is_none() && config.tokens.is_some() && !api.ip().is_loopback() {
+            tracing::warn!(%api, "API tokens cross the network in clear: give --tls-cert and --tls-key");
+        }
         let tables = config.tables.then(|| {
-            let url = config.advertise_api.clone().unwrap_or_else(|| format!("http://{api}"));
+            let url = config.advertise_api.clone().unwrap_or_else(|| format!("{scheme}://{api}"));
             (url, std::time::Duration::from_secs(config.member_ttl_s))
         });
         let node = Node::start(config).await?;
@@ -444,15 +473,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             node.join_tables(&url, member_ttl).await?;
         }
         let status = node.status();
-        say(format_args!("canopy {} peer_id={} api=http://{api}", status.version, status.peer_id));
+        say(format_args!("canopy {} peer_id={} api={scheme}://{api}", status.version, status.peer_id));
         for address in &status.listen {
             say(format_args!("listen {address}"));
         }
         tracing::info!(peer_id = %status.peer_id, %api, "node started");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(canopy_node::http::serve(node.clone(), listener, async move {
+        let stopped = async move {
             let _ = stop_rx.await;
-        }));
+        };
+        let server = match tls {
+            Some(tls) => tokio::spawn(canopy_node::http::serve_tls(node.clone(), listener, tls, stopped)),
+            None => tokio::spawn(canopy_node::http::serve(node.clone(), listener, stopped)),
+        };
         tokio::spawn(reload_on_hangup(node.clone()));
         shutdown_signal().await;
         tracing::info!("shutting down");
