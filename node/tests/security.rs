@@ -431,3 +431,64 @@ fn a_table_cluster_with_tokens_and_tls_works_end_to_end() {
         }
     }
 }
+
+fn metric(node: &NodeProcess, name: &str) -> u64 {
+    let text = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
+    line.unwrap_or_else(|| panic!("no {name} in /metrics")).rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProcess::start_with(&dir.path().join("a"), &[], &[], &["--tables", "--member-ttl-s", "3"]);
+    let second =
+        NodeProcess::start_with(&dir.path().join("b"), &[first.address()], &[], &["--tables", "--member-ttl-s", "3"]);
+    let nodes = [&first, &second];
+    for node in nodes {
+        wait_until("both are members", || node.json("/v1/members")["members"].as_array().unwrap().len() == 2);
+    }
+    // A libp2p peer of its own key announces a block that rewrites the second member's entry
+    // (pointing its API elsewhere) and adds a member that does not exist.
+    let topic = canopy_node::tables::MEMBERS_TOPIC;
+    let forger = canopy_crdt::Signer::from_secret([7; 32]);
+    let forged = json!({ "api": "http://127.0.0.1:9/x#", "addresses": [], "joined_ms": 0 }).to_string();
+    let delta = canopy_crdt::Delta {
+        adds: vec![
+            (second.peer_id.clone().into_bytes(), forged.clone().into_bytes()),
+            (b"zzz".to_vec(), forged.into_bytes()),
+        ],
+        removes: vec![],
+        ..Default::default()
+    };
+    let block = canopy_crdt::Block::build(topic, vec![], 1, delta.encode(), &forger).unwrap();
+    let wire =
+        canopy_crdt::sync::WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) };
+    let head = canopy_crdt::Head { cid: block.cid(), height: 1 };
+    let message = canopy_crdt::sync::Message::Heads { topic: topic.into(), heads: vec![head], blocks: vec![wire] };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rejected_before = metric(&first, "canopy_announcements_rejected_total");
+    let transport =
+        runtime.block_on(common::outside_peer(first.address(), std::sync::Arc::new(|_, _| Err("no".into()))));
+    transport.handle.subscribe(topic);
+    let heads_path = format!("/v1/topics/{}/heads", topic.replace('/', "%2F"));
+    wait_until("the first member refuses the forged announcement, or takes it", || {
+        transport.handle.publish(topic, message.encode());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        metric(&first, "canopy_announcements_rejected_total") > rejected_before
+            || first.json(&heads_path).to_string().contains(&block.cid().to_string())
+    });
+    // Both members keep the true entries, whatever the forger announced; neither applied its
+    // block (its heads never show it).
+    for node in nodes {
+        let members = node.json("/v1/members");
+        let members = members["members"].as_array().unwrap();
+        assert_eq!(members.len(), 2, "{members:?}");
+        assert!(members.iter().all(
+            |m| m["api"].as_str().unwrap().starts_with("http://127.0.0.1:") && m["api"] != "http://127.0.0.1:9/x#"
+        ));
+        let heads = node.json(&heads_path).to_string();
+        assert!(!heads.contains(&block.cid().to_string()), "{heads}");
+    }
+    runtime.block_on(transport.handle.shutdown());
+}
