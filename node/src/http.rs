@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::metrics;
 
+mod admin;
 pub mod guard;
 mod kv;
 mod tables;
@@ -143,16 +144,16 @@ pub fn router(node: Node) -> Router {
         .route("/v1/tables/{table}/kv", get(tables::list_keys))
         .route("/v1/tables/{table}/kv/{*key}", put(tables::put_key).get(tables::get_key).delete(tables::delete_key))
         .route("/v1/status", get(status))
-        .route("/v1/admin/status", get(admin_status))
-        .route("/v1/admin/topics", get(admin_topics))
-        .route("/v1/admin/topics/{topic}/heads", get(admin_heads))
-        .route("/v1/admin/verify", post(admin_verify))
-        .route("/v1/admin/topics/{topic}/dag", get(admin_dag))
-        .route("/v1/admin/topics/{topic}/blocks/{cid}", get(admin_block))
-        .route("/v1/admin/topics/{topic}/dot", get(admin_dot))
-        .route("/v1/admin/backup", post(admin_backup))
-        .route("/v1/admin/topics/{topic}/export", get(admin_export))
-        .route("/v1/admin/topics/{topic}/import", post(admin_import).layer(DefaultBodyLimit::max(CAR_IMPORT_BYTES_MAX)))
+        .route("/v1/admin/status", get(admin::admin_status))
+        .route("/v1/admin/topics", get(admin::admin_topics))
+        .route("/v1/admin/topics/{topic}/heads", get(admin::admin_heads))
+        .route("/v1/admin/verify", post(admin::admin_verify))
+        .route("/v1/admin/topics/{topic}/dag", get(admin::admin_dag))
+        .route("/v1/admin/topics/{topic}/blocks/{cid}", get(admin::admin_block))
+        .route("/v1/admin/topics/{topic}/dot", get(admin::admin_dot))
+        .route("/v1/admin/backup", post(admin::admin_backup))
+        .route("/v1/admin/topics/{topic}/export", get(admin::admin_export))
+        .route("/v1/admin/topics/{topic}/import", post(admin::admin_import))
         .route("/v1/peers", get(peers))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok" }))
@@ -560,240 +561,7 @@ impl Drop for Watchers {
     }
 }
 
-/// The node's storage as the operations tool shows it: RocksDB's figures per column family and
-/// every topic's figures.
-async fn admin_status(State(node): State<Node>) -> ApiResult<Json<Value>> {
-    blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let families = inspector.families().map_err(storage_error)?;
-        let topics = inspector.topics().map_err(storage_error)?;
-        let status = node.status();
-        Ok(Json(json!({ "peer_id": status.peer_id, "topics": topics, "families": families })))
-    })
-    .await
-}
-
-async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
-    blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        Ok(Json(json!({ "topics": inspector.topics().map_err(storage_error)? })))
-    })
-    .await
-}
-
-/// Heads of any topic in the store, subscribed or not.
-async fn admin_heads(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
-    let Path(topic) = path?;
-    blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let heads = inspector
-            .heads(&topic)
-            .map_err(storage_error)?
-            .ok_or_else(|| ApiError::not_found(format!("no topic {topic} in this node's store")))?;
-        let heads: Vec<Value> = heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
-        Ok(Json(json!({ "topic": topic, "heads": heads })))
-    })
-    .await
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    #[serde(default)]
-    topics: Vec<String>,
-}
-
-/// Verifies the node's store (see `canopy_crdt::inspect`); problems are in the answer, which is
-/// a 200 either way.
-async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: VerifyBody = if body.is_empty() {
-        VerifyBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed verify JSON: {e}")))?
-    };
-    blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let report = inspector.verify(&body.topics).map_err(storage_error)?;
-        Ok(Json(
-            serde_json::to_value(report)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        ))
-    })
-    .await
-}
-
-fn inspector(node: &Node) -> ApiResult<canopy_crdt::inspect::Inspector> {
-    node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn no_topic(topic: &str) -> ApiError {
-    ApiError::not_found(format!("no topic {topic} in this node's store"))
-}
-
-async fn admin_dag(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
-    let Path(topic) = path?;
-    blocking(move || {
-        let stats = inspector(&node)?.dag_stats(&topic).map_err(storage_error)?.ok_or_else(|| no_topic(&topic))?;
-        Ok(Json(json!(stats)))
-    })
-    .await
-}
-
-async fn admin_block(
-    State(node): State<Node>,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<Value>> {
-    let Path((topic, cid)) = path?;
-    let cid: canopy_crdt::Cid = cid.parse().map_err(|e| ApiError::bad_request(format!("{cid:?} is not a CID: {e}")))?;
-    blocking(move || {
-        let view = inspector(&node)?
-            .block(&topic, &cid)
-            .map_err(storage_error)?
-            .ok_or_else(|| ApiError::not_found(format!("topic {topic} has no block {cid}")))?;
-        Ok(Json(json!(view)))
-    })
-    .await
-}
-
-async fn admin_dot(
-    State(node): State<Node>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
-) -> ApiResult<Response> {
-    let Path(topic) = path?;
-    let query = parse_query(query.as_deref())?;
-    let from = match query.get("from") {
-        Some(text) => Some(
-            text.parse::<canopy_crdt::Cid>()
-                .map_err(|e| ApiError::bad_request(format!("from {text:?} is not a CID: {e}")))?,
-        ),
-        None => None,
-    };
-    let depth = match query.get("depth") {
-        Some(text) => {
-            text.parse::<usize>().map_err(|_| ApiError::bad_request(format!("depth {text:?} is not a number")))?
-        }
-        None => 16,
-    };
-    blocking(move || {
-        let dot = inspector(&node)?
-            .dot(&topic, from, depth.min(DOT_DEPTH_MAX), DOT_NODES_MAX)
-            .map_err(storage_error)?
-            .ok_or_else(|| no_topic(&topic))?;
-        Ok(([(axum::http::header::CONTENT_TYPE, "text/vnd.graphviz")], dot).into_response())
-    })
-    .await
-}
-
-/// Deepest and largest graph `/dot` draws.
-const DOT_DEPTH_MAX: usize = 1000;
-const DOT_NODES_MAX: usize = 5000;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupBody {
-    /// The backup's name: a directory under the node's backup directory.
-    name: String,
-}
-
-/// Longest backup name.
-const BACKUP_NAME_BYTES_MAX: usize = 128;
-
-/// A backup's name, checked: one plain path component, so a backup lands under the backup
-/// directory and nowhere else.
-fn backup_name(name: &str) -> ApiResult<&str> {
-    let plain = !name.is_empty()
-        && name.len() <= BACKUP_NAME_BYTES_MAX
-        && name != "."
-        && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if !plain {
-        return Err(ApiError::bad_request(format!(
-            "backup name {name:?} is not a plain name: use 1 to {BACKUP_NAME_BYTES_MAX} characters from \
-             A-Z a-z 0-9 . _ - (not . or ..); the backup goes under the node's backup directory"
-        )));
-    }
-    Ok(name)
-}
-
-/// A consistent copy of the node's database in `<backup dir>/<name>/db` (a RocksDB checkpoint)
-/// with its subscriptions: a node started on that directory serves the same state (under its
-/// own new identity).
-async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: BackupBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!("malformed backup JSON (want {{\"name\": \"<backup name>\"}}): {e}"))
-    })?;
-    let out = node.inner().config.backup_dir().join(backup_name(&body.name)?);
-    blocking(move || {
-        if out.join("db").exists() {
-            return Err(ApiError::new(StatusCode::CONFLICT, format!("backup {} exists already", body.name)));
-        }
-        std::fs::create_dir_all(&out).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", out.display()))
-        })?;
-        inspector(&node)?.checkpoint(&out.join("db")).map_err(storage_error)?;
-        let subscriptions = node.inner().config.data_dir.join("subscriptions");
-        if subscriptions.exists() {
-            std::fs::copy(&subscriptions, out.join("subscriptions"))
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("copying subscriptions: {e}")))?;
-        }
-        Ok(Json(json!({ "name": body.name, "out": out.display().to_string() })))
-    })
-    .await
-}
-
-/// Largest CAR file `/import` takes (it is read whole into memory).
-pub const CAR_IMPORT_BYTES_MAX: usize = 1 << 30;
-
-/// A topic of the store as a CARv1 file (see [`crate::car`]).
-async fn admin_export(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Response> {
-    let Path(topic) = path?;
-    blocking(move || {
-        let (car, _) = crate::car::export(&inspector(&node)?, &topic, &mut |_, _| {})
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?
-            .ok_or_else(|| no_topic(&topic))?;
-        Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car; version=1")], car).into_response())
-    })
-    .await
-}
-
-/// Imports a CARv1 file into a topic, subscribing it first if needed, and announces the heads.
-async fn admin_import(
-    State(node): State<Node>,
-    path: Result<Path<String>, PathRejection>,
-    body: Bytes,
-) -> ApiResult<Json<Value>> {
-    let Path(topic) = path?;
-    canopy_crdt::validate_topic_name(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let car = crate::car::Car::read(&body).map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-    let importer = crate::car::Importer::Node(node.store().author());
-    let access = Access::of(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if car.topic().is_some() && !importer.speaks_for(access) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "the file holds snapshots of {topic}, and only its owner {} may speak for its history: import it \
-                 on the owner's node, or let this node catch up from the owner",
-                access.owner().map(|owner| owner.to_string()).unwrap_or_default()
-            ),
-        ));
-    }
-    blocking(move || {
-        let handle = match node.topic(&topic) {
-            Some(handle) => handle,
-            None => node.subscribe(&topic)?,
-        };
-        let report = crate::car::import(handle.crdt(), car, importer, &mut |_, _| {})
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-        handle.announce();
-        Ok(Json(json!(report)))
-    })
-    .await
-}
+pub use admin::CAR_IMPORT_BYTES_MAX;
 
 fn storage_error(error: canopy_crdt::StorageError) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())

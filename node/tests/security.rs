@@ -224,6 +224,11 @@ fn a_follower_refuses_an_owned_topics_snapshot_from_a_file() {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let error: Value = response.json().unwrap();
     assert!(error["error"].as_str().unwrap().contains("only its owner"), "{error}");
+    // A file cut short is refused with the reason, whoever sends it.
+    let response = owner.http.post(owner.url(&path)).body(car[..car.len() / 2].to_vec()).send().unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().unwrap();
+    assert!(error["error"].as_str().unwrap().contains("cut short"), "{error}");
     // The owner's own node takes its file back.
     let response = owner.http.post(owner.url(&path)).body(car).send().unwrap();
     assert_eq!(response.status(), StatusCode::OK, "{}", response.text().unwrap());

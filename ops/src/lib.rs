@@ -405,64 +405,74 @@ pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repai
 pub use canopy_node::car::{Exported, Imported};
 
 /// Writes `topic` as a CARv1 file at `out` (see [`canopy_node::car`]): read from the data
-/// directory (read-only, so beside a running node too) or fetched from the node's API.
+/// directory (read-only, so beside a running node too) or fetched from the node's API, streamed
+/// to the file either way.
 pub fn export(target: &Target, topic: &str, out: &Path, progress: &dyn Progress) -> anyhow::Result<Exported> {
-    let (car, report) = match target {
+    let create = || std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()));
+    let report = match target {
         Target::Offline(dir) => {
-            let exported = canopy_node::car::export(&inspector(dir)?, topic, &mut |done, total| {
-                if done == 0 {
-                    progress.start("exporting", total);
-                } else {
-                    progress.advance(1, topic);
-                }
+            let inspector = inspector(dir)?;
+            anyhow::ensure!(inspector.export_roots(topic)?.is_some(), "no topic {topic} in {}", dir.display());
+            progress.start("exporting", 0);
+            let mut last = 0;
+            let file = std::io::BufWriter::new(create()?);
+            let exported = canopy_node::car::export(&inspector, topic, file, &mut |done| {
+                progress.advance(done - last, topic);
+                last = done;
             })?;
             exported.with_context(|| format!("no topic {topic} in {}", dir.display()))?
         }
         Target::Online(remote) => {
             progress.start("downloading", 0);
             let api = Api::new(remote)?;
-            let response = api
+            let mut response = api
                 .http
                 .get(format!("{}/v1/admin/topics/{}/export", api.base, segment(topic)))
                 .send()
                 .with_context(|| format!("cannot reach the node at {}", api.base))?;
             let status = response.status();
-            let body = response.bytes().context("the export was cut short")?.to_vec();
             if !status.is_success() {
-                let message: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let message: Value = response.json().unwrap_or_default();
                 bail!("{} answered {status}: {}", api.base, message["error"].as_str().unwrap_or("no message"));
             }
-            let car = canopy_node::car::Car::read(&body)?;
+            let mut file = std::io::BufWriter::new(create()?);
+            let bytes = response.copy_to(&mut file).context("the export was cut short")?;
+            std::io::Write::flush(&mut file)?;
+            // The file is read back once: it is whole, and its items are counted.
+            let mut car = canopy_node::car::CarReader::open(std::io::BufReader::new(std::fs::File::open(out)?))?;
             let roots = car.roots().iter().map(ToString::to_string).collect();
-            let report =
-                Exported { topic: topic.to_string(), roots, blocks: car.len() as u64, bytes: body.len() as u64 };
-            (body, report)
+            let mut blocks = 0;
+            while car.next_item()?.is_some() {
+                blocks += 1;
+            }
+            Exported { topic: topic.to_string(), roots, blocks, bytes }
         }
     };
     progress.finish();
-    std::fs::write(out, car).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(report)
 }
 
 /// Reads a CARv1 file into a topic (named by `topic`, or by the snapshots in the file): into a
 /// stopped node's data directory, or through a running node's API, which then announces it.
-/// Importing twice changes nothing the second time.
+/// The file is streamed either way. Importing twice changes nothing the second time.
 pub fn import(target: &Target, file: &Path, topic: Option<&str>, progress: &dyn Progress) -> anyhow::Result<Imported> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let car = canopy_node::car::Car::read(&bytes).with_context(|| format!("cannot import {}", file.display()))?;
-    let name = match (topic, car.topic()) {
-        (Some(name), _) => name.to_string(),
-        (None, Some(name)) => name,
-        (None, None) => bail!("the file names no topic: give --topic NAME"),
+    let open = || -> anyhow::Result<canopy_node::car::CarReader<std::io::BufReader<std::fs::File>>> {
+        let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+        canopy_node::car::CarReader::open(std::io::BufReader::new(input))
+            .with_context(|| format!("cannot import {}", file.display()))
+    };
+    let name = match topic {
+        Some(name) => name.to_string(),
+        None => open()?.snapshot_topic()?.context("the file names no topic: give --topic NAME")?,
     };
     match target {
         Target::Offline(dir) => {
             let store = open_store(dir)?;
             let handle = store.topic(&name)?;
-            progress.start("importing", car.len() as u64);
+            progress.start("importing", 0);
             let mut last = 0;
             let importer = canopy_node::car::Importer::Operator;
-            let report = canopy_node::car::import(&handle, car, importer, &mut |done, _| {
+            let report = canopy_node::car::import(&handle, open()?, importer, &mut |done| {
                 progress.advance(done - last, &name);
                 last = done;
             })?;
@@ -472,11 +482,13 @@ pub fn import(target: &Target, file: &Path, topic: Option<&str>, progress: &dyn 
         Target::Online(remote) => {
             progress.start("uploading", 0);
             let api = Api::new(remote)?;
+            let input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+            let length = input.metadata()?.len();
             let request = api
                 .http
                 .post(format!("{}/v1/admin/topics/{}/import", api.base, segment(&name)))
                 .header("content-type", "application/vnd.ipld.car")
-                .body(bytes);
+                .body(reqwest::blocking::Body::sized(input, length));
             let report = api.call(request)?;
             progress.finish();
             Ok(serde_json::from_value(report)?)
