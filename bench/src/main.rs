@@ -102,6 +102,10 @@ struct ReplicationArgs {
     /// The `canopy` binary for `--processes` [default: the one beside canopy-bench].
     #[arg(long)]
     canopy: Option<std::path::PathBuf>,
+    /// With --processes: every call carries an API token and each process admits only the
+    /// others (`canopy serve --tokens --admit`).
+    #[arg(long, requires = "processes")]
+    secure: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -396,6 +400,7 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
         compact: args.compact,
         deep: args.deep,
         processes: args.processes.then(|| args.canopy.unwrap_or_else(canopy_bench::processes::default_canopy)),
+        secure: args.secure,
     };
     let report = replication::run(&config)?;
     if args.json {

@@ -18,20 +18,81 @@ use crate::replication::{ReplicationConfig, ReplicationReport, catch_up_entry, r
 /// Operations per batch request when filling the catch-up topic over HTTP.
 const HTTP_BATCH_MAX: usize = 10_000;
 
+/// How the processes are secured with `--secure`: an API token every call carries, and each
+/// process admitting only the others.
+struct Secured {
+    /// The tokens file every process reads.
+    tokens: PathBuf,
+    /// The admin token the measurements call with.
+    token: String,
+    /// The peer ids of processes `a`, `b` and `c`, whose identity keys are written beforehand.
+    peers: Vec<String>,
+}
+
+impl Secured {
+    /// Writes a tokens file and the three processes' identity keys under `dir`.
+    fn prepare(canopy: &Path, dir: &Path) -> anyhow::Result<Secured> {
+        let tokens = dir.join("tokens.toml");
+        let output = Command::new(canopy)
+            .args(["token", "create", "--name", "bench", "--role", "admin", "--file"])
+            .arg(&tokens)
+            .output()?;
+        if !output.status.success() {
+            bail!("canopy token create failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        let token = String::from_utf8(output.stdout)?.trim().to_string();
+        let mut peers = Vec::new();
+        for name in ["a", "b", "c"] {
+            std::fs::create_dir_all(dir.join(name))?;
+            let keypair = canopy_transport::Keypair::generate_ed25519();
+            std::fs::write(dir.join(name).join("identity.key"), keypair.to_protobuf_encoding()?)?;
+            peers.push(keypair.public().to_peer_id().to_string());
+        }
+        Ok(Secured { tokens, token, peers })
+    }
+
+    /// The `canopy serve` arguments of every process.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--tokens".to_string(), self.tokens.display().to_string()];
+        for peer in &self.peers {
+            args.extend(["--admit".to_string(), peer.clone()]);
+        }
+        args
+    }
+}
+
 /// A running `canopy serve`, killed when dropped.
 struct Serve {
     child: Child,
     api: String,
     address: String,
     http: reqwest::blocking::Client,
+    /// The API token calls carry, when the processes are secured.
+    token: Option<String>,
+}
+
+/// An HTTP client that sends the secured processes' token, if any.
+fn client(secured: Option<&Secured>, timeout: Option<Duration>) -> anyhow::Result<reqwest::blocking::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secured) = secured {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {}", secured.token).parse()?);
+    }
+    Ok(reqwest::blocking::Client::builder().timeout(timeout).default_headers(headers).build()?)
 }
 
 impl Serve {
     /// Starts `canopy` on loopback with free ports, subscribed to `topics`, dialling `peers`.
-    fn start(canopy: &Path, data_dir: &Path, peers: &[String], topics: &[&str]) -> anyhow::Result<Serve> {
+    fn start(
+        canopy: &Path,
+        data_dir: &Path,
+        peers: &[String],
+        topics: &[&str],
+        secured: Option<&Secured>,
+    ) -> anyhow::Result<Serve> {
         let mut command = Command::new(canopy);
         command
             .arg("serve")
+            .args(secured.map(Secured::args).unwrap_or_default())
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--blocks", "127.0.0.1:0"])
@@ -69,8 +130,14 @@ impl Serve {
         let listen = listen.context("canopy serve printed no listen address")?;
         // Keep reading its stdout so the process never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build()?;
-        Ok(Serve { child, api, address: format!("{listen}/p2p/{peer_id}"), http })
+        let http = client(secured, Some(Duration::from_secs(60)))?;
+        Ok(Serve {
+            child,
+            api,
+            address: format!("{listen}/p2p/{peer_id}"),
+            http,
+            token: secured.map(|s| s.token.clone()),
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -116,8 +183,14 @@ impl Serve {
 
     /// The keys of `topic`'s changes, each with the moment its event was read, on a channel.
     fn watch(&self, topic: &str) -> anyhow::Result<mpsc::Receiver<(String, Instant)>> {
-        let client = reqwest::blocking::Client::builder().timeout(None).build()?;
-        let response = client.get(self.url(&format!("/v1/topics/{topic}/watch"))).send()?;
+        let mut request = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .build()?
+            .get(self.url(&format!("/v1/topics/{topic}/watch")));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send()?;
         if !response.status().is_success() {
             bail!("watch {topic}: {}", response.status());
         }
@@ -172,8 +245,10 @@ pub(crate) fn measure(canopy: &Path, dir: &Path, settings: &ReplicationConfig) -
             canopy.display()
         );
     }
-    let a = Serve::start(canopy, &dir.join("a"), &[], &["latency", "big"])?;
-    let b = Serve::start(canopy, &dir.join("b"), std::slice::from_ref(&a.address), &["latency"])?;
+    let secured = if settings.secure { Some(Secured::prepare(canopy, dir)?) } else { None };
+    let secured = secured.as_ref();
+    let a = Serve::start(canopy, &dir.join("a"), &[], &["latency", "big"], secured)?;
+    let b = Serve::start(canopy, &dir.join("b"), std::slice::from_ref(&a.address), &["latency"], secured)?;
     wait("the processes are connected", settings.timeout, || Ok(a.peers()? > 0 && b.peers()? > 0))?;
 
     let changes = b.watch("latency")?;
@@ -217,7 +292,7 @@ pub(crate) fn measure(canopy: &Path, dir: &Path, settings: &ReplicationConfig) -
     };
 
     let started = Instant::now();
-    let c = Serve::start(canopy, &dir.join("c"), std::slice::from_ref(&a.address), &["big"])?;
+    let c = Serve::start(canopy, &dir.join("c"), std::slice::from_ref(&a.address), &["big"], secured)?;
     let mut progress = Vec::new();
     let mut sampled: Option<Instant> = None;
     wait("the empty process caught up", settings.timeout, || {

@@ -32,6 +32,9 @@ pub struct ReplicationConfig {
     /// Run `canopy serve` processes from this binary and measure through their HTTP API
     /// instead of embedded nodes.
     pub processes: Option<PathBuf>,
+    /// With `processes`: every call carries an API token and each process admits only the
+    /// others (`--tokens`, `--admit`).
+    pub secure: bool,
 }
 
 /// Figures of a run.

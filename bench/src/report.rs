@@ -130,6 +130,7 @@ fn run_sizes(profile: &str, sizes: &Sizes, out: &Path, say: &dyn Fn(&str)) -> an
         compact,
         deep: false,
         processes: None,
+        secure: false,
     };
     let replication_command = |compact: bool| {
         format!(

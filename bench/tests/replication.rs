@@ -16,6 +16,7 @@ fn small_replication_runs_with_and_without_a_snapshot() {
             compact,
             deep: false,
             processes: None,
+            secure: false,
         };
         let report = run(&config).unwrap();
         assert_eq!(report.samples, 20);
@@ -34,7 +35,8 @@ fn canopy_binary() -> std::path::PathBuf {
 }
 
 #[test]
-fn replication_between_processes_catches_up_a_deep_history() {
+fn replication_between_secured_processes_catches_up_a_deep_history() {
+    // Secured: every call carries an API token and the processes admit only each other.
     let config = ReplicationConfig {
         samples: 10,
         catch_up_keys: 300,
@@ -44,6 +46,7 @@ fn replication_between_processes_catches_up_a_deep_history() {
         compact: false,
         deep: true,
         processes: Some(canopy_binary()),
+        secure: true,
     };
     let report = run(&config).unwrap();
     assert_eq!(report.mode, "processes");
