@@ -252,7 +252,7 @@ async fn subscribe(State(node): State<Node>, path: Result<Path<String>, PathReje
 struct CreateBody {
     /// The topic's name (for an owned topic, without the owner: the node's author is).
     name: String,
-    /// `open` or `owned`.
+    /// `open`, `owned`, `writers` or `keyed`.
     #[serde(default = "open_mode")]
     mode: String,
 }
@@ -264,7 +264,7 @@ fn open_mode() -> String {
 async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
     let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
-            "malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"|\"writers\"}}): {e}"
+            "malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"|\"writers\"|\"keyed\"}}): {e}"
         ))
     })?;
     let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;

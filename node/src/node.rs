@@ -167,7 +167,7 @@ pub struct TopicInfo {
     pub max_height: u64,
     /// Keys with a visible value.
     pub keys: u64,
-    /// Who may write it: `open` or `owned`.
+    /// Who may write it: `open`, `owned`, `writers` or `keyed`.
     pub mode: &'static str,
 }
 

@@ -497,3 +497,27 @@ fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
     }
     runtime.block_on(transport.handle.shutdown());
 }
+
+#[test]
+fn a_keyed_topic_takes_only_the_nodes_own_keys_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("node"), &[], &[]);
+    let created: Value = node
+        .http
+        .post(node.url("/v1/topics"))
+        .json(&json!({ "name": "registry", "mode": "keyed" }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(created["topic"], "keyed/registry");
+    assert_eq!(created["mode"], "keyed");
+    let me = node.json("/v1/status")["author"].as_str().unwrap().to_string();
+    let put = |key: &str| node.http.put(node.url(&format!("/v1/topics/keyed%2Fregistry/kv/{key}"))).body("x").send();
+    assert_eq!(status_of(put(&me)), StatusCode::OK);
+    assert_eq!(status_of(put(&format!("{me}%2Fservice-a"))), StatusCode::OK);
+    let refused = put("someone-else").unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let error: Value = refused.json().unwrap();
+    assert!(error["error"].as_str().unwrap().contains("keyed topic"), "{error}");
+}

@@ -192,8 +192,8 @@ enum TopicCommand {
     /// and this node grants and revokes its writers. Others subscribe to the full name.
     Create {
         name: String,
-        /// Who may write: `open` (anyone), `owned` (only this node) or `writers` (this node and
-        /// the writers it grants).
+        /// Who may write: `open` (anyone), `owned` (only this node), `writers` (this node and
+        /// the writers it grants) or `keyed` (anyone, each only the keys naming it).
         #[arg(long, default_value = "open")]
         mode: String,
         #[command(flatten)]
