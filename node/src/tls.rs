@@ -40,3 +40,36 @@ pub fn authority(path: &Path) -> Result<reqwest::Certificate, TlsError> {
     let pem = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     reqwest::Certificate::from_pem(&pem).map_err(|e| error(format!("not a PEM certificate: {e}")))
 }
+
+/// A failure to set up a client of the API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The API token cannot travel in a header.
+    #[error("the API token holds characters a header cannot carry")]
+    Token,
+    /// The certificate authority file is unusable.
+    #[error(transparent)]
+    Authority(#[from] TlsError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// A blocking client of a node's API that sends `token` (when given) as `Authorization:
+/// Bearer`, marked sensitive so no debug output shows it, and trusts the certificate authority
+/// in the PEM file `cacert` (when given) beside none other. Requests never time out.
+pub fn blocking_client(token: Option<&str>, cacert: Option<&Path>) -> Result<reqwest::blocking::Client, ClientError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| ClientError::Token)?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let mut http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers);
+    if let Some(path) = cacert {
+        http = http.add_root_certificate(authority(path)?);
+    }
+    Ok(http.build()?)
+}

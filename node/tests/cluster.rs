@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::net::UdpSocket;
 use std::time::Instant;
 
-use common::{NodeProcess, cluster, outside_peer, wait_until};
+use common::{NodeProcess, cluster, metric, outside_peer, wait_until};
 use serde_json::json;
 
 /// The author these tests sign their hand-made blocks as.
@@ -289,11 +289,6 @@ fn join_after_compaction(extra: &[&str]) {
 }
 
 /// The value of an unlabelled counter or histogram count in a node's `/metrics`.
-fn metric(node: &NodeProcess, name: &str) -> u64 {
-    let text = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
-    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
-    line.unwrap_or_else(|| panic!("no {name} in /metrics")).rsplit(' ').next().unwrap().parse().unwrap()
-}
 
 #[test]
 fn small_writes_reach_a_peer_inside_the_announcement_with_no_fetch() {

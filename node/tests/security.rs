@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::{NodeProcess, canopy, client_with_token, create_token, wait_until};
+use common::{NodeProcess, canopy, client_with_token, create_token, metric, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -201,14 +201,7 @@ fn backups_go_under_the_backup_directory_by_name() {
 fn a_follower_refuses_an_owned_topics_snapshot_from_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let owner = NodeProcess::start(&dir.path().join("owner"), &[], &[]);
-    let created: Value = owner
-        .http
-        .post(owner.url("/v1/topics"))
-        .json(&json!({ "name": "log", "mode": "owned" }))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let created = owner.create_topic("log", "owned");
     // An owned topic's name holds a `/`: as one path segment it is escaped.
     let topic = created["topic"].as_str().unwrap().replace('/', "%2F");
     for i in 0..20 {
@@ -437,12 +430,6 @@ fn a_table_cluster_with_tokens_and_tls_works_end_to_end() {
     }
 }
 
-fn metric(node: &NodeProcess, name: &str) -> u64 {
-    let text = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
-    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
-    line.unwrap_or_else(|| panic!("no {name} in /metrics")).rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
     let dir = tempfile::tempdir().unwrap();
@@ -502,14 +489,7 @@ fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
 fn a_keyed_topic_takes_only_the_nodes_own_keys_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let node = NodeProcess::start(&dir.path().join("node"), &[], &[]);
-    let created: Value = node
-        .http
-        .post(node.url("/v1/topics"))
-        .json(&json!({ "name": "registry", "mode": "keyed" }))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let created = node.create_topic("registry", "keyed");
     assert_eq!(created["topic"], "keyed/registry");
     assert_eq!(created["mode"], "keyed");
     let me = node.json("/v1/status")["author"].as_str().unwrap().to_string();

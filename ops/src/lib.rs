@@ -70,19 +70,7 @@ impl Api {
     fn new(remote: &Remote) -> anyhow::Result<Api> {
         let base = &remote.url;
         let base = if base.contains("://") { base.to_string() } else { format!("http://{base}") };
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &remote.token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the API token holds characters a header cannot carry")?;
-            // Kept out of any debug output of the client.
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let mut http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers);
-        if let Some(path) = &remote.cacert {
-            http = http.add_root_certificate(canopy_node::tls::authority(path)?);
-        }
-        let http = http.build()?;
+        let http = canopy_node::tls::blocking_client(remote.token.as_deref(), remote.cacert.as_deref())?;
         Ok(Api { base: base.trim_end_matches('/').to_string(), http })
     }
 

@@ -21,8 +21,7 @@ use crate::Node;
 /// every topic's figures.
 pub(super) async fn admin_status(State(node): State<Node>) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let inspector = inspector(&node)?;
         let families = inspector.families().map_err(storage_error)?;
         let topics = inspector.topics().map_err(storage_error)?;
         let status = node.status();
@@ -33,8 +32,7 @@ pub(super) async fn admin_status(State(node): State<Node>) -> ApiResult<Json<Val
 
 pub(super) async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
     blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let inspector = inspector(&node)?;
         Ok(Json(json!({ "topics": inspector.topics().map_err(storage_error)? })))
     })
     .await
@@ -47,8 +45,7 @@ pub(super) async fn admin_heads(
 ) -> ApiResult<Json<Value>> {
     let Path(topic) = path?;
     blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let inspector = inspector(&node)?;
         let heads = inspector
             .heads(&topic)
             .map_err(storage_error)?
@@ -75,8 +72,7 @@ pub(super) async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiRe
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed verify JSON: {e}")))?
     };
     blocking(move || {
-        let inspector =
-            node.store().inspector().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let inspector = inspector(&node)?;
         let report = inspector.verify(&body.topics).map_err(storage_error)?;
         Ok(Json(
             serde_json::to_value(report)

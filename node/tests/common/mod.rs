@@ -105,6 +105,14 @@ impl NodeProcess {
         format!("{}{path}", self.api)
     }
 
+    /// Creates topic `name` with `mode` and returns the node's answer (its full name, mode, owner).
+    pub fn create_topic(&self, name: &str, mode: &str) -> Value {
+        let body = serde_json::json!({ "name": name, "mode": mode });
+        let response = self.http.post(self.url("/v1/topics")).json(&body).send().unwrap();
+        assert!(response.status().is_success(), "create {name}: {}", response.status());
+        response.json().unwrap()
+    }
+
     /// Subscribes `topic`.
     pub fn subscribe(&self, topic: &str) {
         let response = self.http.put(self.url(&format!("/v1/topics/{topic}"))).send().unwrap();
@@ -175,6 +183,13 @@ pub fn create_token(file: &Path, name: &str, role: &str, prefixes: &[&str]) -> S
     let output = command.output().unwrap();
     assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+/// The value of the metric `name` on `node`.
+pub fn metric(node: &NodeProcess, name: &str) -> u64 {
+    let text = node.http.get(node.url("/metrics")).send().unwrap().text().unwrap();
+    let line = text.lines().find(|line| line.split(' ').next() == Some(name));
+    line.unwrap_or_else(|| panic!("no {name} in /metrics")).rsplit(' ').next().unwrap().parse().unwrap()
 }
 
 /// Polls `condition` until it holds; panics with `what` after [`WAIT_MAX`].

@@ -25,20 +25,8 @@ pub(crate) struct Api {
 
 impl Api {
     pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Api> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(token) = &args.token {
-            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-                .context("the API token holds characters a header cannot carry")?;
-            // Kept out of any debug output of the client.
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
-        let mut http = reqwest::blocking::Client::builder().timeout(None).default_headers(headers);
-        if let Some(path) = &args.cacert {
-            http = http.add_root_certificate(canopy_node::tls::authority(path)?);
-        }
         Ok(Api {
-            http: http.build()?,
+            http: canopy_node::tls::blocking_client(args.token.as_deref(), args.cacert.as_deref())?,
             base: args.url.trim_end_matches('/').to_string(),
             json: args.json,
             collection: "topics",
