@@ -111,6 +111,9 @@ pub struct SimReport {
     pub compactions: u64,
     /// Snapshots fetched from peers and merged by replicas running at the end.
     pub snapshots_merged: u64,
+    /// Snapshots replicas running at the end refused because the peer offering them may not
+    /// speak for the topic (hostile participants' lies among them).
+    pub snapshots_refused: u64,
     /// Whether a replica that started empty joined after every replica compacted everything.
     pub late_joiner: bool,
     /// Peak resident memory of the process once the replicas were quiet, before the check
@@ -135,7 +138,7 @@ impl fmt::Display for SimReport {
              list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} expiring={} expired={} \
              dropped={} duplicated={} \
              reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
-             late_joiner={} \
+             snapshots_refused={} late_joiner={} \
              messages={} rounds={} sim_ms={} diverged={}",
             self.seed,
             self.replicas,
@@ -161,6 +164,7 @@ impl fmt::Display for SimReport {
             c.crashes,
             self.compactions,
             self.snapshots_merged,
+            self.snapshots_refused,
             self.late_joiner,
             self.messages,
             self.rounds.map_or_else(|| "never".to_string(), |r| r.to_string()),
@@ -299,6 +303,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         deep: config.deep,
         compactions: cluster.compactions(),
         snapshots_merged: cluster.snapshots_merged(),
+        snapshots_refused: cluster.snapshots_refused(),
         late_joiner,
         quiet_peak_rss_bytes,
     })

@@ -9,8 +9,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use canopy_dag::{AuthorId, Block, BlockLimits, Cid, Signer, WalkLimits};
 use rand::rngs::StdRng;
@@ -152,6 +152,9 @@ pub struct Cluster {
     /// made, whatever the replicas pruned.
     archive: BTreeMap<String, BTreeMap<Cid, Block>>,
     compactions: u64,
+    /// The replicas' authors: the cluster members whose snapshots of open topics replicas
+    /// merge (hostile participants hold no replica's key, so theirs are refused).
+    speakers: Arc<RwLock<BTreeSet<AuthorId>>>,
 }
 
 impl Cluster {
@@ -214,6 +217,7 @@ impl Cluster {
             acknowledged: Vec::new(),
             archive: BTreeMap::new(),
             compactions: 0,
+            speakers: Arc::new(RwLock::new((0..replicas).map(|r| Cluster::replica_author(seed, r)).collect())),
         };
         for replica in 0..replicas {
             let node = cluster.open(replica)?;
@@ -234,10 +238,12 @@ impl Cluster {
         let store = Store::open(self.dir.join(format!("replica-{replica}")), options)?;
         let config = SyncConfig { seed: replica as u64 + 1, ..self.sync_config.clone() };
         // Participant `p` is known by replica p's key (hostile ones are numbered after the
-        // replicas, so none is replica 0, the owner of owned topics).
+        // replicas, so none is replica 0, the owner of owned topics, and none is a speaker).
         let seed = self.seed;
-        let mut sync =
-            Sync::new(store, config).with_peer_authors(move |peer| Some(Cluster::replica_author(seed, *peer)));
+        let speakers = self.speakers.clone();
+        let mut sync = Sync::new(store, config)
+            .with_peer_authors(move |peer| Some(Cluster::replica_author(seed, *peer)))
+            .with_snapshot_speakers(move |author| speakers.read().expect("never poisoned").contains(author));
         for topic in &self.topics {
             sync.subscribe(topic)?;
         }
@@ -249,7 +255,9 @@ impl Cluster {
         self.nodes.len()
     }
 
-    /// Adds `count` hostile participants; they start attacking at once.
+    /// Adds `count` hostile participants; they start attacking at once. Among their attacks are
+    /// snapshots that lie about real blocks: no hostile participant holds a replica's key, so
+    /// none is among the snapshot speakers and replicas refuse them.
     pub fn add_adversaries(&mut self, count: usize) {
         for _ in 0..count {
             let seed = self.rng.random();
@@ -452,11 +460,18 @@ impl Cluster {
         self.nodes.iter().flatten().map(|node| node.stats().snapshots_merged).sum()
     }
 
+    /// Snapshots the running replicas refused since they last started because the peer offering
+    /// them may not speak for the topic.
+    pub fn snapshots_refused(&self) -> u64 {
+        self.nodes.iter().flatten().map(|node| node.stats().snapshots_refused).sum()
+    }
+
     /// Adds a replica that starts empty (a late joiner), subscribed to every topic, in the
     /// group of replica 0. Call it while no message is in flight: hostile participants are
     /// numbered after the replicas.
     pub fn add_replica(&mut self) -> Result<usize, SimError> {
         let replica = self.nodes.len();
+        self.speakers.write().expect("never poisoned").insert(Cluster::replica_author(self.seed, replica));
         let node = self.open(replica)?;
         self.nodes.push(Some(node));
         let group = self.groups.first().copied().unwrap_or(0);

@@ -170,7 +170,9 @@ pub struct SyncStats {
     pub fetches_abandoned: u64,
     /// Snapshots fetched from peers and merged.
     pub snapshots_merged: u64,
-    /// Snapshots of owned topics not merged because the peer offering them is not the owner.
+    /// Snapshots not merged because the peer offering them may not speak for the topic: not
+    /// the owner of an owned topic or one with a writer list, not a snapshot speaker (see
+    /// [`Sync::with_snapshot_speakers`]) for one with no owner.
     pub snapshots_refused: u64,
     /// Snapshot parts received that failed their hash check or decoding.
     pub parts_rejected: u64,
@@ -223,10 +225,16 @@ pub struct Sync<P> {
     ahead_bytes: usize,
     /// The author a peer is, when its identity says (see [`Sync::with_peer_authors`]).
     peer_author: Option<PeerAuthor<P>>,
+    /// The authors whose snapshots of topics with no owner are merged, once set (see
+    /// [`Sync::with_snapshot_speakers`]); until then, every peer's.
+    speakers: Option<Speakers>,
 }
 
 /// Tells the author a peer's identity embeds.
 type PeerAuthor<P> = Box<dyn Fn(&P) -> Option<AuthorId> + Send>;
+
+/// Tells whether an author may speak for a topic with no owner through a snapshot.
+type Speakers = Box<dyn Fn(&AuthorId) -> bool + Send>;
 
 impl<P: Clone + Ord> Sync<P> {
     /// Sync over `store`; topics are added with [`Sync::subscribe`].
@@ -244,6 +252,7 @@ impl<P: Clone + Ord> Sync<P> {
             applying: Vec::new(),
             ahead_bytes: 0,
             peer_author: None,
+            speakers: None,
         }
     }
 
@@ -256,13 +265,32 @@ impl<P: Clone + Ord> Sync<P> {
         self
     }
 
-    /// Whether a snapshot of `topic` served by `peer` may be merged: any peer's for an open
-    /// topic, the owner's only for an owned one.
+    /// Tells sync which authors may speak through a snapshot for a topic with no owner (an open
+    /// or keyed one): the node's cluster members. A snapshot is not signed and its chunks
+    /// cannot be checked against blocks nobody holds any more, so a peer could offer one that
+    /// names an honest block as covered but leaves out its writes; a replica merging it would
+    /// never apply them. Once set, such a topic merges a snapshot only from a peer whose author
+    /// (see [`Sync::with_peer_authors`]) `speaks` admits; a peer whose author is unknown is
+    /// refused. The fetch offered the snapshot ends (`snapshots_refused`) and the heads are
+    /// fetched from another peer. Without this, every peer speaks for such a topic. Owned topics
+    /// and topics with a writer list take their owner's snapshots only, whatever this says.
+    pub fn with_snapshot_speakers(mut self, speaks: impl Fn(&AuthorId) -> bool + Send + 'static) -> Sync<P> {
+        self.speakers = Some(Box::new(speaks));
+        self
+    }
+
+    /// Whether a snapshot of `topic` served by `peer` may be merged: the owner's only for an
+    /// owned topic or one with a writer list; for a topic with no owner, a snapshot speaker's
+    /// once speakers are set, any peer's until then.
     fn trusts_snapshots(&self, topic: &str, peer: &P) -> bool {
-        let Some(owner) = self.topics.get(topic).and_then(|sync| sync.topic.access().owner()) else {
-            return true;
-        };
-        self.peer_author.as_ref().and_then(|author| author(peer)) == Some(owner)
+        let author = || self.peer_author.as_ref().and_then(|author| author(peer));
+        match self.topics.get(topic).and_then(|sync| sync.topic.access().owner()) {
+            Some(owner) => author() == Some(owner),
+            None => match &self.speakers {
+                Some(speaks) => author().is_some_and(|author| speaks(&author)),
+                None => true,
+            },
+        }
     }
 
     /// The store underneath.

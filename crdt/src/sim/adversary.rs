@@ -1,11 +1,15 @@
 //! The simulator's hostile participants: they announce heads that do not exist, stall and
-//! garble answers, and (the byzantine ones) forge and replay other authors' blocks.
+//! garble answers, offer well-made snapshots that lie about the blocks they cover, and (the
+//! byzantine ones) forge and replay other authors' blocks.
+
+use std::collections::BTreeMap;
 
 use canopy_dag::{Block, BlockLimits, Cid, Signer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::delta::Delta;
+use crate::delta::{Delta, Limits};
+use crate::snapshot::{ChunkWriter, SnapshotElement};
 use crate::sync::{Message, WireBlock};
 use crate::types::Head;
 
@@ -19,10 +23,25 @@ struct RawBlock {
     signature: serde_bytes::ByteBuf,
 }
 
+/// A snapshot a hostile participant made up about a real block it overheard: every part is well
+/// encoded and hashes to its CID, the manifest names the block as its head and covered at its
+/// true height, but the chunks leave out the block's writes or give them another height. Only
+/// who offers it tells it from an honest one.
+struct Lie {
+    topic: String,
+    /// The overheard block, as the manifest names it.
+    head: Head,
+    manifest: Cid,
+    /// The manifest's and the chunks' CIDs, whose bytes are in [`Adversary::parts`].
+    parts: Vec<Cid>,
+}
+
 /// A hostile participant. It is never a replica: it announces heads that do not exist and real
 /// heads it cannot serve, stalls requests, answers them with orphans above invented parents,
 /// with valid blocks nobody asked for (some tombstoning elements outside their causal past),
-/// with invented frontiers, garbage, tampered blocks and answers to requests never made.
+/// with invented frontiers, garbage, tampered blocks and answers to requests never made, and
+/// offers lying snapshots of real blocks (announcing those blocks, answering requests for them
+/// with the snapshots, and serving their parts).
 pub(super) struct Adversary {
     rng: StdRng,
     /// The adversary's own key: its blocks are well signed, by an author of its own.
@@ -40,10 +59,16 @@ pub(super) struct Adversary {
     /// Whether it also forges and replays other authors' blocks.
     byzantine: bool,
     pub(super) silent: bool,
+    /// Snapshots made up about overheard blocks, oldest first.
+    lies: Vec<Lie>,
+    /// The bytes of the lies' parts, by CID.
+    parts: BTreeMap<Cid, Vec<u8>>,
 }
 
 /// Real CIDs an adversary remembers.
 const ADVERSARY_LEARNED_MAX: usize = 256;
+/// Lying snapshots an adversary keeps: the newest, about blocks some replica may still lack.
+const LIES_MAX: usize = 8;
 
 impl Adversary {
     pub(super) fn new(seed: u64, topics: &[String], replicas: usize, byzantine: bool) -> Adversary {
@@ -60,6 +85,8 @@ impl Adversary {
             newest: std::collections::BTreeMap::new(),
             byzantine,
             silent: false,
+            lies: Vec::new(),
+            parts: BTreeMap::new(),
         }
     }
 
@@ -97,6 +124,59 @@ impl Adversary {
         } else {
             Block::build(topic, vec![], 1, delta.encode(), &self.signer).expect("a small block builds")
         }
+    }
+
+    /// Makes up a snapshot of `topic` at `block`, an overheard one: its manifest names `block`
+    /// as its head and only covered block, at its true height, and its chunk leaves out the
+    /// block's writes or, half the time, carries them (adds and removes) with the adds at
+    /// another height. Kept among the newest [`LIES_MAX`].
+    fn make_lie(&mut self, topic: &str, block: &Block) {
+        let Ok(delta) = Delta::decode(block.payload(), &Limits::PROTOCOL) else { return };
+        let (cid, height) = (block.cid(), block.height());
+        let other_height = match self.rng.random_range(1..=height + 16) {
+            same if same == height => height + 17,
+            other => other,
+        };
+        let carried = !delta.adds.is_empty() && self.rng.random_bool(0.5);
+        let mut parts = Vec::new();
+        let mut writer = ChunkWriter::new(|cid, bytes| parts.push((cid, bytes)));
+        if carried {
+            let expiries: BTreeMap<Vec<u8>, u64> = delta.expiries.iter().cloned().collect();
+            for (key, value) in delta.adds {
+                let expires = expiries.get(&key).copied();
+                writer.element(SnapshotElement { key, height: other_height, id: cid, value, expires });
+            }
+            let mut removes = delta.removes;
+            removes.sort_by(|a, b| (a.1.to_bytes(), &a.0).cmp(&(b.1.to_bytes(), &b.0)));
+            for (key, id) in removes {
+                writer.remove(id, key);
+            }
+        }
+        writer.block(cid, height);
+        let head = Head { cid, height };
+        let manifest = writer.finish(topic, vec![head]);
+        let (manifest_cid, manifest_bytes) = manifest.encode();
+        parts.push((manifest_cid, manifest_bytes));
+        let lie =
+            Lie { topic: topic.to_string(), head, manifest: manifest_cid, parts: parts.iter().map(|p| p.0).collect() };
+        self.parts.extend(parts);
+        self.lies.push(lie);
+        if self.lies.len() > LIES_MAX {
+            let old = self.lies.remove(0);
+            for part in old.parts {
+                // Two lies about one block may share parts.
+                if !self.lies.iter().any(|lie| lie.parts.contains(&part)) {
+                    self.parts.remove(&part);
+                }
+            }
+        }
+    }
+
+    /// The lie to offer for a request of `topic` wanting `want`: one about a wanted block, else
+    /// the newest about the topic.
+    fn lie_for(&self, topic: &str, want: &[Cid]) -> Option<Cid> {
+        let mine = || self.lies.iter().rev().filter(move |lie| lie.topic == topic);
+        mine().find(|lie| want.contains(&lie.head.cid)).or_else(|| mine().next()).map(|lie| lie.manifest)
     }
 
     fn wire(block: &Block) -> WireBlock {
@@ -160,6 +240,9 @@ impl Adversary {
                 }
                 for wire in blocks {
                     if let Ok(block) = Block::decode(&topic, wire.cid, &wire.bytes, &BlockLimits::PROTOCOL) {
+                        if self.rng.random_bool(0.25) {
+                            self.make_lie(&topic, &block);
+                        }
                         let newest = self.newest.entry(topic.clone()).or_insert_with(|| block.clone());
                         if block.height() > newest.height() {
                             *newest = block.clone();
@@ -176,7 +259,30 @@ impl Adversary {
                 }
                 return Vec::new();
             }
-            Message::Want { topic, id, .. } => (topic, id),
+            Message::Want { topic, id, want, .. } => {
+                // A lie that covers what was asked for, in place of blocks: it stands for blocks
+                // this participant pretends to have pruned.
+                if let Some(manifest) = self.lie_for(&topic, &want).filter(|_| self.rng.random_bool(0.5)) {
+                    let answer = Message::Blocks {
+                        topic,
+                        id,
+                        blocks: Vec::new(),
+                        more: false,
+                        frontier: Vec::new(),
+                        snapshots: vec![manifest],
+                    };
+                    return vec![(from, answer.encode())];
+                }
+                (topic, id)
+            }
+            Message::WantParts { topic, id, cids } if cids.iter().all(|cid| self.parts.contains_key(cid)) => {
+                // The parts of a lie, exactly as asked: they pass every check a part can get.
+                let parts = cids
+                    .iter()
+                    .map(|cid| WireBlock { cid: *cid, bytes: serde_bytes::ByteBuf::from(self.parts[cid].clone()) })
+                    .collect();
+                return vec![(from, Message::Parts { topic, id, parts }.encode())];
+            }
             Message::WantParts { topic, id, cids } => {
                 // Parts that do not hash to what was asked, or a made-up manifest.
                 let parts = cids
@@ -240,6 +346,12 @@ impl Adversary {
     pub(super) fn tick(&mut self) -> Vec<(Option<usize>, Vec<u8>)> {
         if self.silent || !self.rng.random_bool(0.3) {
             return Vec::new();
+        }
+        if !self.lies.is_empty() && self.rng.random_bool(0.3) {
+            // A real block a lie is about, announced so replicas that lack it ask for it here.
+            let lie = &self.lies[self.rng.random_range(0..self.lies.len())];
+            let message = Message::Heads { topic: lie.topic.clone(), heads: vec![lie.head], blocks: Vec::new() };
+            return vec![(None, message.encode())];
         }
         let topic = self.topic();
         let mut heads: Vec<Head> = (0..self.rng.random_range(1..8))

@@ -365,9 +365,8 @@ impl<P: Clone + Ord> Sync<P> {
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
         if blocks_were_empty && !snapshots.is_empty() {
             // The peer reached a pruned block it cannot tell whether this replica has. Holding
-            // it, this replica names it as had and asks again: no snapshot is needed (and in a
-            // topic whose snapshots only the owner's are taken, none could be had from this
-            // peer).
+            // it, this replica names it as had and asks again: no snapshot is needed (and from a
+            // peer that may not speak for the topic, none could be had).
             let lacked = sync.topic.unknown(frontier.clone(), want_max)?;
             let had: Vec<Cid> = frontier.iter().filter(|cid| !lacked.contains(cid)).copied().collect();
             if !had.is_empty() && fetch.learn_had(had, have_max) {
@@ -375,8 +374,9 @@ impl<P: Clone + Ord> Sync<P> {
                 return self.next_request(now_ms, from, topic);
             }
             if !snapshots_trusted {
-                // Snapshots are not signed: in an owned topic, only the owner's is taken. The
-                // heads are fetched from a peer that still holds the blocks, or from the owner.
+                // Snapshots are not signed: only a party the topic's rule lets speak for it is
+                // believed (the owner, or in a topic with none a snapshot speaker). The heads are
+                // fetched from a peer that still holds the blocks, or from one that may speak.
                 self.stats.snapshots_refused += 1;
                 return Ok(self.abandon(topic, &from));
             }
