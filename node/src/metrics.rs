@@ -124,7 +124,7 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
     counter(
         &mut registry,
         "snapshots_refused",
-        "Snapshots of owned topics offered by peers other than the owner, not merged",
+        "Snapshots offered by peers that may not speak for the topic (not its owner, not an admitted member), not merged",
         &counters.snapshots_refused,
     );
     counter(

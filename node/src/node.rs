@@ -104,7 +104,7 @@ pub(crate) struct Counters {
     pub answers_unrequested: AtomicU64,
     pub fetches_abandoned: AtomicU64,
     pub snapshots_merged: AtomicU64,
-    /// Snapshots of owned topics offered by peers other than the owner, not merged.
+    /// Snapshots offered by peers that may not speak for the topic, not merged.
     pub snapshots_refused: AtomicU64,
     pub parts_rejected: AtomicU64,
     pub events_dropped: AtomicU64,
@@ -319,8 +319,15 @@ impl Node {
         let actor = {
             let inner = Arc::downgrade(&inner);
             // A peer id embeds its ed25519 key, and the block transport authenticates it.
-            let sync = Sync::new(store.clone(), sync_config)
+            let mut sync = Sync::new(store.clone(), sync_config)
                 .with_peer_authors(|peer: &PeerId| AuthorId::from_peer_id(peer).ok());
+            // A node that admits only its cluster takes snapshots of open topics only from the
+            // admitted peers: they speak for a topic's history, strangers do not.
+            if let Some(admitted) = admitted(&config, &transport.peer_id()) {
+                let speakers: std::collections::HashSet<AuthorId> =
+                    admitted.iter().filter_map(|peer| AuthorId::from_peer_id(peer).ok()).collect();
+                sync = sync.with_snapshot_speakers(move |author| speakers.contains(author));
+            }
             let transport = transport.clone();
             std::thread::Builder::new()
                 .name("canopy-sync".into())
