@@ -209,6 +209,8 @@ fn a_follower_refuses_an_owned_topics_snapshot_from_a_file() {
     }
     assert_eq!(status_of(owner.http.post(owner.url(&format!("/v1/topics/{topic}/compact"))).send()), StatusCode::OK);
     let car = owner.http.get(owner.url(&format!("/v1/admin/topics/{topic}/export"))).send().unwrap().bytes().unwrap();
+    let missing = owner.http.get(owner.url("/v1/admin/topics/nothing-here/export")).send().unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND, "an export fails before it starts, with its reason");
 
     // Another node may not take the owner's history from a file: only the owner speaks for it.
     let follower = NodeProcess::start(&dir.path().join("follower"), &[], &[]);

@@ -215,7 +215,7 @@ const EXPORT_PIECES_QUEUED: usize = 16;
 /// A writer that hands what it is given to an answer's body, piece by piece, blocking while
 /// the body is [`EXPORT_PIECES_QUEUED`] pieces behind.
 struct BodyWriter {
-    pieces: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    pieces: tokio::sync::mpsc::Sender<Result<Bytes, ApiError>>,
     piece: Vec<u8>,
 }
 
@@ -257,27 +257,20 @@ pub(super) async fn admin_export(
             Ok(None) => ApiError::not_found(format!("no topic {name} in this node's store")),
             Err(error) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
         };
-        let _ = failed.blocking_send(Err(std::io::Error::other(outcome.message)));
+        let _ = failed.blocking_send(Err(outcome));
     });
     // The first piece decides the status: a topic that is missing or cannot be exported fails
     // before anything was written, so its error is the whole answer.
     let first = match queued.recv().await {
         Some(Ok(piece)) => piece,
-        Some(Err(error)) => {
-            let message = error.to_string();
-            let status = if message.starts_with("no topic") {
-                StatusCode::NOT_FOUND
-            } else if message.contains("no history") {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            return Err(ApiError::new(status, message));
-        }
+        Some(Err(error)) => return Err(error),
         None => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the export stopped")),
     };
-    let rest =
-        futures::stream::unfold(queued, |mut queued| async move { queued.recv().await.map(|piece| (piece, queued)) });
+    // A failure once the answer has begun can only cut it short: the client sees a damaged file.
+    let rest = futures::stream::unfold(queued, |mut queued| async move {
+        let piece = queued.recv().await?.map_err(|error| std::io::Error::other(error.message));
+        Some((piece, queued))
+    });
     let body = Body::from_stream(futures::stream::once(async move { Ok(first) }).chain(rest));
     Ok(([(header::CONTENT_TYPE, "application/vnd.ipld.car; version=1")], body).into_response())
 }
