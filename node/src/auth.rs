@@ -308,7 +308,12 @@ impl Guard {
             return Err("the proof's signature does not match the request".into());
         }
         let mut seen = self.seen.lock().expect("proofs lock");
-        seen.retain(|_, expires| *expires > now_ms);
+        // Expired proofs are swept only when the map is full, not on every request: a nonce
+        // seen again within its window is refused either way, and an expired one fails the time
+        // check above before it reaches the map.
+        if seen.len() >= PROOFS_REMEMBERED_MAX {
+            seen.retain(|_, expires| *expires > now_ms);
+        }
         if seen.len() >= PROOFS_REMEMBERED_MAX {
             return Err("too many proofs in the window to remember one more".into());
         }
