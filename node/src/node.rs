@@ -23,7 +23,7 @@ mod topic;
 pub use topic::NodeTopic;
 
 /// The peers admitted to the node's network (itself among them), when it admits only some.
-fn admitted(config: &NodeConfig, me: &PeerId) -> Option<std::collections::HashSet<PeerId>> {
+pub(crate) fn admitted(config: &NodeConfig, me: &PeerId) -> Option<std::collections::HashSet<PeerId>> {
     if config.admit.is_empty() {
         return None;
     }

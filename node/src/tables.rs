@@ -7,7 +7,11 @@
 //!   author's entry), each
 //!   written with a lifetime and rewritten well before it runs out, so a node that stops or
 //!   dies drops out by itself;
-//! - [`TABLES_TOPIC`]: the catalog, one entry per table (its partition and replica counts);
+//! - [`TABLES_TOPIC`]: the catalog, each table's shape (its partition and replica counts) as the
+//!   members that created it wrote it: a keyed topic again, so an entry `<peer id>/<table>` is
+//!   only ever written by that peer, and where entries disagree every node picks the same one
+//!   (the earliest created, then the smallest peer id), counting only admitted peers' entries
+//!   when the node admits only some;
 //! - one topic per partition, `table:<name>:<partition>`, an ordinary topic.
 //!
 //! A key belongs to the partition a jump consistent hash of its BLAKE3 digest picks; a partition
@@ -42,8 +46,13 @@ pub const MEMBERS_TOPIC: &str = "keyed/_canopy:members";
 /// there (never reads it), so members not yet upgraded keep routing to it during a rolling
 /// upgrade.
 pub const LEGACY_MEMBERS_TOPIC: &str = "_canopy:members";
-/// The topic holding the table catalog.
-pub const TABLES_TOPIC: &str = "_canopy:tables";
+/// The topic holding the table catalog: entry `<peer id>/<table>` is the table's shape as that
+/// member created it.
+pub const TABLES_TOPIC: &str = "keyed/_canopy:tables";
+/// The catalog of earlier versions, open to any writer, keyed by table name. A node adopts its
+/// tables into [`TABLES_TOPIC`] when it joins and writes the tables it creates there too (never
+/// reading it otherwise), so members not yet upgraded see them during a rolling upgrade.
+pub const LEGACY_TABLES_TOPIC: &str = "_canopy:tables";
 /// Most partitions a table may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 /// Most replicas of each partition.
@@ -87,12 +96,22 @@ pub struct TableDef {
     pub replicas: u32,
 }
 
-/// The catalog entry of a table: its shape, without the name (the entry's key).
+/// The legacy catalog entry of a table: its shape, without the name (the entry's key).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Shape {
     partitions: u32,
     replicas: u32,
+}
+
+/// A catalog entry: a table's shape as one member created it, and when (milliseconds since the
+/// Unix epoch by its clock; 0 for a table adopted from the legacy catalog).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogEntry {
+    partitions: u32,
+    replicas: u32,
+    created_ms: u64,
 }
 
 /// A live node of the cluster.
@@ -183,6 +202,12 @@ pub(crate) struct Tables {
     /// [`LEGACY_MEMBERS_TOPIC`], written for members not yet upgraded.
     legacy_members_topic: NodeTopic,
     pub(crate) tables_topic: NodeTopic,
+    /// [`LEGACY_TABLES_TOPIC`], adopted from at joining and written for members not yet upgraded.
+    legacy_tables_topic: NodeTopic,
+    /// The peers whose member and catalog entries count, when the node admits only some.
+    trusted: Option<std::collections::HashSet<String>>,
+    /// The catalog as last read, with the catalog heads it was read at.
+    catalog: std::sync::Mutex<(Vec<canopy_crdt::Cid>, Arc<Vec<TableDef>>)>,
     /// How long a member entry lives; it is rewritten every quarter of this.
     member_ttl: Duration,
     pub(crate) http: reqwest::Client,
@@ -211,6 +236,9 @@ impl Tables {
             .into_iter()
             .filter_map(|(key, value)| {
                 let peer_id = String::from_utf8(key).ok()?;
+                if !self.trusts(&peer_id) {
+                    return None;
+                }
                 let record: MemberRecord = serde_json::from_slice(&value).ok()?;
                 Some(Member { peer_id, api: record.api, addresses: record.addresses, joined_ms: record.joined_ms })
             })
@@ -271,26 +299,72 @@ impl Tables {
         }
     }
 
+    /// Whether the entries written by `peer_id` count: every peer's do when the node admits any
+    /// peer, only admitted peers' (this node among them) otherwise. Judged on the entry's key,
+    /// which the keyed topic guarantees names its author.
+    fn trusts(&self, peer_id: &str) -> bool {
+        self.trusted.as_ref().is_none_or(|trusted| trusted.contains(peer_id))
+    }
+
     /// Every table of the catalog, by name.
-    pub(crate) fn tables(&self) -> Result<Vec<TableDef>, TableError> {
+    pub(crate) fn tables(&self) -> Result<Arc<Vec<TableDef>>, TableError> {
+        let heads = sorted_heads(&self.tables_topic.heads());
+        {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            if catalog.0 == heads {
+                return Ok(catalog.1.clone());
+            }
+        }
         let page = self.tables_topic.query(b"", None, TABLES_MAX)?;
-        Ok(page
-            .entries
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let name = String::from_utf8(key).ok()?;
-                let shape: Shape = serde_json::from_slice(&value).ok()?;
-                Some(TableDef { name, partitions: shape.partitions, replicas: shape.replicas })
-            })
-            .collect())
+        let entries = page.entries.iter().filter_map(|(key, value)| {
+            let (author, name) = std::str::from_utf8(key).ok()?.split_once('/')?;
+            let entry: CatalogEntry = serde_json::from_slice(value).ok()?;
+            (self.trusts(author) && validate_table_name(name).is_ok()).then_some((author, name, entry))
+        });
+        let tables = Arc::new(decide_catalog(entries));
+        *self.catalog.lock().expect("catalog lock") = (heads, tables.clone());
+        Ok(tables)
     }
 
     pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
         validate_table_name(name)?;
-        let value = self.tables_topic.get(name.as_bytes())?.ok_or_else(|| TableError::NoSuchTable(name.into()))?;
-        let shape: Shape = serde_json::from_slice(&value)
-            .map_err(|e| TableError::Invalid(format!("the catalog entry of table {name} is unreadable: {e}")))?;
-        Ok(TableDef { name: name.into(), partitions: shape.partitions, replicas: shape.replicas })
+        let tables = self.tables()?;
+        let found = tables.binary_search_by(|def| def.name.as_str().cmp(name)).ok();
+        found.map(|at| tables[at].clone()).ok_or_else(|| TableError::NoSuchTable(name.into()))
+    }
+
+    /// Writes this node's catalog entry for `def`, and the legacy entry for members not yet
+    /// upgraded.
+    fn write_catalog_entry(&self, def: &TableDef, created_ms: u64) -> Result<(), TableError> {
+        let entry = CatalogEntry { partitions: def.partitions, replicas: def.replicas, created_ms };
+        let key = format!("{}/{}", self.me.peer_id, def.name);
+        self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+        let shape = Shape { partitions: def.partitions, replicas: def.replicas };
+        self.legacy_tables_topic.put(def.name.as_str(), serde_json::to_vec(&shape).expect("a shape serialises"))?;
+        Ok(())
+    }
+
+    /// Adopts the tables of the legacy catalog that the catalog lacks, as created at time 0 (so
+    /// they keep their shape however many members adopt them). Called once, when the node joins.
+    fn adopt_legacy_catalog(&self) -> Result<(), TableError> {
+        let known = self.tables()?;
+        let page = self.legacy_tables_topic.query(b"", None, TABLES_MAX)?;
+        for (key, value) in page.entries {
+            let Ok(name) = String::from_utf8(key) else { continue };
+            let Ok(shape) = serde_json::from_slice::<Shape>(&value) else { continue };
+            if validate_table_name(&name).is_err()
+                || !(1..=PARTITIONS_MAX).contains(&shape.partitions)
+                || !(1..=REPLICAS_MAX).contains(&shape.replicas)
+                || known.iter().any(|def| def.name == name)
+            {
+                continue;
+            }
+            tracing::info!(table = %name, "adopting a table of the legacy catalog");
+            let entry = CatalogEntry { partitions: shape.partitions, replicas: shape.replicas, created_ms: 0 };
+            let key = format!("{}/{name}", self.me.peer_id);
+            self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+        }
+        Ok(())
     }
 
     /// Writes this node's member entry with a fresh lifetime.
@@ -305,6 +379,31 @@ impl Tables {
         self.legacy_members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
         Ok(())
     }
+}
+
+/// The catalog the entries `(author, table, entry)` give, by name: for each table the shape of
+/// the earliest created entry (the smallest author breaking ties), so every node that holds the
+/// same entries decides the same way, whatever order they arrived in. Entries whose shape breaks
+/// the bounds are ignored.
+fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> Vec<TableDef> {
+    let mut chosen: std::collections::BTreeMap<&str, (u64, &str, TableDef)> = std::collections::BTreeMap::new();
+    for (author, name, entry) in entries {
+        if !(1..=PARTITIONS_MAX).contains(&entry.partitions) || !(1..=REPLICAS_MAX).contains(&entry.replicas) {
+            continue;
+        }
+        let candidate = (
+            entry.created_ms,
+            author,
+            TableDef { name: name.into(), partitions: entry.partitions, replicas: entry.replicas },
+        );
+        match chosen.get(name) {
+            Some((created_ms, first, _)) if (*created_ms, *first) <= (candidate.0, candidate.1) => {}
+            _ => {
+                chosen.insert(name, candidate);
+            }
+        }
+    }
+    chosen.into_values().map(|(_, _, def)| def).collect()
 }
 
 /// Checks a table name: 1 to 64 characters from A-Z a-z 0-9 . _ -.
@@ -353,15 +452,17 @@ impl Node {
             }));
         }
         let node = self.clone();
-        let (members_topic, legacy_members_topic, tables_topic) = tokio::task::spawn_blocking(move || {
-            Ok::<_, NodeError>((
-                node.subscribe(MEMBERS_TOPIC)?,
-                node.subscribe(LEGACY_MEMBERS_TOPIC)?,
-                node.subscribe(TABLES_TOPIC)?,
-            ))
-        })
-        .await
-        .map_err(|_| NodeError::Closed)??;
+        let (members_topic, legacy_members_topic, tables_topic, legacy_tables_topic) =
+            tokio::task::spawn_blocking(move || {
+                Ok::<_, NodeError>((
+                    node.subscribe(MEMBERS_TOPIC)?,
+                    node.subscribe(LEGACY_MEMBERS_TOPIC)?,
+                    node.subscribe(TABLES_TOPIC)?,
+                    node.subscribe(LEGACY_TABLES_TOPIC)?,
+                ))
+            })
+            .await
+            .map_err(|_| NodeError::Closed)??;
         let mut http =
             reqwest::Client::builder().connect_timeout(Duration::from_secs(1)).timeout(Duration::from_secs(10));
         if let Some(path) = &self.inner().config.tls_ca {
@@ -383,6 +484,10 @@ impl Node {
             members_topic,
             legacy_members_topic,
             tables_topic,
+            legacy_tables_topic,
+            trusted: crate::node::admitted(&self.inner().config, &self.inner().transport.peer_id())
+                .map(|peers| peers.iter().map(ToString::to_string).collect()),
+            catalog: std::sync::Mutex::new((Vec::new(), Arc::new(Vec::new()))),
             member_ttl,
             http,
             stop: AtomicBool::new(false),
@@ -394,10 +499,12 @@ impl Node {
         if self.inner().tables.set(tables.clone()).is_err() {
             return Ok(());
         }
-        tables.refresh().map_err(|e| match e {
+        let failed = |e| match e {
             TableError::Node(e) => e,
             other => NodeError::Config(crate::ConfigError::Invalid { name: "tables", message: other.to_string() }),
-        })?;
+        };
+        tables.refresh().map_err(failed)?;
+        tables.adopt_legacy_catalog().map_err(failed)?;
         tokio::spawn(keep_placement(Arc::downgrade(self.inner()), tables));
         Ok(())
     }
@@ -413,13 +520,13 @@ impl Node {
 
     /// The tables of the catalog.
     pub fn tables(&self) -> Result<Vec<TableDef>, TableError> {
-        self.tables_part()?.tables()
+        Ok(self.tables_part()?.tables()?.to_vec())
     }
 
     /// Creates table `name` with `partitions` partitions of `replicas` replicas each. Creating a
     /// table that exists with the same shape does nothing and returns `false`; with another shape
     /// it fails with [`TableError::Conflict`]. Two nodes creating the same table with different
-    /// shapes at once both succeed, and the catalog then settles on one of them everywhere.
+    /// shapes at once both succeed, and every node then takes the one created first.
     pub fn create_table(&self, name: &str, partitions: u32, replicas: u32) -> Result<(TableDef, bool), TableError> {
         let tables = self.tables_part()?;
         validate_table_name(name)?;
@@ -436,8 +543,7 @@ impl Node {
             Err(TableError::NoSuchTable(_)) => {}
             Err(error) => return Err(error),
         }
-        let shape = serde_json::to_vec(&Shape { partitions, replicas }).expect("a shape serialises");
-        tables.tables_topic.put(name, shape)?;
+        tables.write_catalog_entry(&wanted, self.expiry_of(Duration::ZERO))?;
         Ok((wanted, true))
     }
 
@@ -622,5 +728,28 @@ mod tests {
         }
         assert_eq!(partition_topic("users", 7), "table:users:7");
         assert!(canopy_crdt::validate_topic_name(&partition_topic(&"x".repeat(64), PARTITIONS_MAX - 1)).is_ok());
+    }
+
+    #[test]
+    fn the_catalog_takes_the_earliest_entry_of_each_table_in_any_order() {
+        let entry = |partitions, created_ms| CatalogEntry { partitions, replicas: 2, created_ms };
+        let shapes = |entries: Vec<(&'static str, &'static str, CatalogEntry)>| {
+            decide_catalog(entries.into_iter()).into_iter().map(|def| (def.name, def.partitions)).collect::<Vec<_>>()
+        };
+        let entries = || {
+            vec![
+                ("peer-b", "users", entry(8, 20)),
+                ("peer-a", "users", entry(4, 30)),
+                ("peer-c", "orders", entry(2, 5)),
+                ("peer-a", "orders", entry(3, 5)),
+                ("peer-a", "broken", entry(0, 1)),
+                ("peer-a", "broken", entry(PARTITIONS_MAX + 1, 0)),
+            ]
+        };
+        let expected = vec![("orders".to_string(), 3), ("users".to_string(), 8)];
+        assert_eq!(shapes(entries()), expected);
+        let mut reversed = entries();
+        reversed.reverse();
+        assert_eq!(shapes(reversed), expected);
     }
 }

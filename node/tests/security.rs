@@ -455,23 +455,11 @@ fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
         removes: vec![],
         ..Default::default()
     };
-    let block = canopy_crdt::Block::build(topic, vec![], 1, delta.encode(), &forger).unwrap();
-    let wire =
-        canopy_crdt::sync::WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) };
-    let head = canopy_crdt::Head { cid: block.cid(), height: 1 };
-    let message = canopy_crdt::sync::Message::Heads { topic: topic.into(), heads: vec![head], blocks: vec![wire] };
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let rejected_before = metric(&first, "canopy_announcements_rejected_total");
     let transport =
         runtime.block_on(common::outside_peer(first.address(), std::sync::Arc::new(|_, _| Err("no".into()))));
-    transport.handle.subscribe(topic);
+    let block = announce_until_judged(&transport, &first, topic, delta, &forger);
     let heads_path = format!("/v1/topics/{}/heads", topic.replace('/', "%2F"));
-    wait_until("the first member refuses the forged announcement, or takes it", || {
-        transport.handle.publish(topic, message.encode());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        metric(&first, "canopy_announcements_rejected_total") > rejected_before
-            || first.json(&heads_path).to_string().contains(&block.cid().to_string())
-    });
     // Both members keep the true entries, whatever the forger announced; neither applied its
     // block (its heads never show it).
     for node in nodes {
@@ -484,6 +472,90 @@ fn a_peer_writing_another_members_entry_is_refused_by_every_member() {
         let heads = node.json(&heads_path).to_string();
         assert!(!heads.contains(&block.cid().to_string()), "{heads}");
     }
+    runtime.block_on(transport.handle.shutdown());
+}
+
+/// Announces a root block of `delta` in `topic`, signed by `signer`, through `transport` until
+/// `node` has refused it or applied it; returns the block.
+fn announce_until_judged(
+    transport: &canopy_transport::Transport,
+    node: &NodeProcess,
+    topic: &str,
+    delta: canopy_crdt::Delta,
+    signer: &canopy_crdt::Signer,
+) -> canopy_crdt::Block {
+    let block = canopy_crdt::Block::build(topic, vec![], 1, delta.encode(), signer).unwrap();
+    let wire =
+        canopy_crdt::sync::WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) };
+    let head = canopy_crdt::Head { cid: block.cid(), height: 1 };
+    let message = canopy_crdt::sync::Message::Heads { topic: topic.into(), heads: vec![head], blocks: vec![wire] };
+    let rejected_before = metric(node, "canopy_announcements_rejected_total");
+    transport.handle.subscribe(topic);
+    let heads_path = format!("/v1/topics/{}/heads", topic.replace('/', "%2F"));
+    wait_until("the node refuses the announcement, or takes it", || {
+        transport.handle.publish(topic, message.encode());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        metric(node, "canopy_announcements_rejected_total") > rejected_before
+            || node.json(&heads_path).to_string().contains(&block.cid().to_string())
+    });
+    block
+}
+
+#[test]
+fn the_catalog_counts_only_the_entries_admitted_members_write_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    // A peer the node admits (its network identity and its signing key are one key), and a key
+    // the node does not admit, whose blocks that peer relays.
+    let member_secret = [9; 32];
+    let member = canopy_crdt::Signer::from_secret(member_secret);
+    let stranger = canopy_crdt::Signer::from_secret([7; 32]);
+    let member_id = member.author().to_string();
+    let node = NodeProcess::start_with(
+        &dir.path().join("node"),
+        &[],
+        &[],
+        &["--tables", "--member-ttl-s", "2", "--admit", &member_id],
+    );
+    let created =
+        node.http.post(node.url("/v1/tables")).json(&json!({"name": "users", "partitions": 8, "replicas": 1}));
+    assert_eq!(status_of(created.send()), StatusCode::CREATED);
+    let topic = canopy_node::tables::TABLES_TOPIC;
+    let heads_path = format!("/v1/topics/{}/heads", topic.replace('/', "%2F"));
+    let entry = |partitions: u32| json!({ "partitions": partitions, "replicas": 1, "created_ms": 0 }).to_string();
+    let write = |key: String, partitions| canopy_crdt::Delta {
+        adds: vec![(key.into_bytes(), entry(partitions).into_bytes())],
+        ..Default::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let keypair = canopy_transport::Keypair::ed25519_from_bytes(member_secret).unwrap();
+    assert_eq!(keypair.public().to_peer_id().to_string(), member_id);
+    let transport = runtime.block_on(common::outside_peer_as(
+        keypair,
+        node.address(),
+        std::sync::Arc::new(|_, _| Err("no".into())),
+    ));
+    let node_id = node.peer_id.clone();
+    // The admitted member rewriting the node's entry: refused, like any block writing another
+    // author's key of a keyed topic.
+    let forged = announce_until_judged(&transport, &node, topic, write(format!("{node_id}/users"), 1), &member);
+    // A stranger's entry of its own, claiming the table earlier with one partition: stored (it
+    // breaks no rule of the topic) but not counted, its author not being admitted.
+    let stranger_id = stranger.author().to_string();
+    let early = announce_until_judged(&transport, &node, topic, write(format!("{stranger_id}/users"), 1), &stranger);
+    // The admitted member's own entry counts.
+    let orders = announce_until_judged(&transport, &node, topic, write(format!("{member_id}/orders"), 3), &member);
+    let heads = node.json(&heads_path).to_string();
+    assert!(!heads.contains(&forged.cid().to_string()), "{heads}");
+    assert!(heads.contains(&early.cid().to_string()), "{heads}");
+    assert!(heads.contains(&orders.cid().to_string()), "{heads}");
+    let tables = node.json("/v1/tables");
+    let shapes: Vec<(String, u64)> = tables["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().to_string(), t["partitions"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(shapes, vec![("orders".to_string(), 3), ("users".to_string(), 8)], "{tables}");
     runtime.block_on(transport.handle.shutdown());
 }
 

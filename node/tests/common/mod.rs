@@ -218,7 +218,17 @@ pub fn cluster(dir: &Path, n: usize, topic: &str) -> Vec<NodeProcess> {
 /// A libp2p peer on loopback outside any node, dialling `target`: it accepts every gossip
 /// message and answers block requests with `server`. Tests make it misbehave.
 pub async fn outside_peer(target: String, server: canopy_transport::RequestServer) -> canopy_transport::Transport {
+    outside_peer_as(canopy_transport::Keypair::generate_ed25519(), target, server).await
+}
+
+/// [`outside_peer`] with the identity `keypair`.
+pub async fn outside_peer_as(
+    keypair: canopy_transport::Keypair,
+    target: String,
+    server: canopy_transport::RequestServer,
+) -> canopy_transport::Transport {
     let config = canopy_transport::TransportConfig {
+        keypair,
         listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
         peers: vec![target],
         blocks_listen: "127.0.0.1:0".parse().unwrap(),
