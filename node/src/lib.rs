@@ -22,6 +22,6 @@ pub mod tables;
 pub mod tls;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
-pub use config::{ConfigError, NodeConfig};
+pub use config::{ConfigError, NodeConfig, Overrides};
 pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};
 pub use tables::{Member, Table, TableDef, TableError};

@@ -424,21 +424,12 @@ impl Node {
     /// this node as a member reachable at `advertise_api` (the base URL of its HTTP API, which
     /// other nodes forward requests to), and from then on holds the partitions placed on it.
     /// `member_ttl` is how long the node stays a member after it stops refreshing its entry
-    /// (it refreshes every quarter of it).
+    /// (it refreshes every quarter of it), within the bounds of `NodeConfig::member_ttl_s`.
     pub async fn join_tables(&self, advertise_api: &str, member_ttl: Duration) -> Result<(), NodeError> {
         let url = advertise_api.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(NodeError::Config(crate::ConfigError::Invalid {
-                name: "advertise_api",
-                message: format!("{advertise_api:?} is not an http:// or https:// URL"),
-            }));
-        }
-        if member_ttl < Duration::from_secs(1) {
-            return Err(NodeError::Config(crate::ConfigError::Invalid {
-                name: "member_ttl_s",
-                message: "a member entry must live at least 1 s".into(),
-            }));
-        }
+        // The rules of the settings `canopy serve` passes here, so an embedder is held to them too.
+        crate::config::check("advertise_api", crate::config::http_url(advertise_api))?;
+        crate::config::check("member_ttl_s", crate::config::member_ttl_s(&member_ttl.as_secs()))?;
         let status = self.status();
         if status.author != status.peer_id {
             // The member entry is keyed by the peer id and must be signed by it.

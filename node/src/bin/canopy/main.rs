@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use canopy_node::{Node, NodeConfig};
+use canopy_node::{Node, NodeConfig, Overrides};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -256,170 +256,18 @@ struct ServeArgs {
     /// TOML file with any of the settings below.
     #[arg(long, env = "CANOPY_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory [default: ./canopy-data].
-    #[arg(long, env = "CANOPY_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// HTTP API address [default: 127.0.0.1:7700].
-    #[arg(long, env = "CANOPY_API")]
-    api: Option<std::net::SocketAddr>,
-    /// libp2p listen multiaddr (repeatable) [default: QUIC and TCP on random ports].
-    #[arg(long, env = "CANOPY_LISTEN", value_delimiter = ',')]
-    listen: Vec<String>,
-    /// UDP address of the QUIC block endpoint [default: 0.0.0.0:0].
-    #[arg(long, env = "CANOPY_BLOCKS")]
-    blocks: Option<std::net::SocketAddr>,
-    /// Peer multiaddr to connect to (repeatable).
-    #[arg(long = "peer", env = "CANOPY_PEERS", value_delimiter = ',')]
-    peers: Vec<String>,
-    /// Topic to subscribe at start (repeatable).
-    #[arg(long = "topic", env = "CANOPY_TOPICS", value_delimiter = ',')]
-    topics: Vec<String>,
-    /// Discover peers on the local network with mDNS.
-    #[arg(long, env = "CANOPY_MDNS")]
-    mdns: bool,
-    /// Sync the WAL on every commit (acknowledged writes survive power loss).
-    #[arg(long, env = "CANOPY_SYNC_WRITES")]
-    sync_writes: bool,
-    /// Seconds between re-announcements of heads.
-    #[arg(long, env = "CANOPY_REBROADCAST_INTERVAL_S")]
-    rebroadcast_interval_s: Option<u64>,
-    /// Largest value accepted, in bytes.
-    #[arg(long, env = "CANOPY_VALUE_BYTES_MAX")]
-    value_bytes_max: Option<usize>,
-    /// Most server-sent-event watchers open at once.
-    #[arg(long, env = "CANOPY_WATCHERS_MAX")]
-    watchers_max: Option<usize>,
-    /// Compact a topic automatically after this many new blocks (0: not by count).
-    #[arg(long, env = "CANOPY_COMPACT_AFTER_BLOCKS")]
-    compact_after_blocks: Option<u64>,
-    /// Compact a topic automatically after this many bytes of new blocks (0: not by size).
-    #[arg(long, env = "CANOPY_COMPACT_AFTER_BYTES")]
-    compact_after_bytes: Option<u64>,
-    /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
-    #[arg(long, env = "CANOPY_SNAPSHOT_RETAIN_S")]
-    snapshot_retain_s: Option<u64>,
-    /// Most bytes of a local commit's blocks carried inside its announcement (0: none; peers
-    /// then fetch every block).
-    #[arg(long, env = "CANOPY_INLINE_BYTES_MAX")]
-    inline_bytes_max: Option<usize>,
-    /// Most levels of a deep catch-up asked for ahead of their turn (0: one request at a time).
-    #[arg(long, env = "CANOPY_FETCH_AHEAD_MAX")]
-    fetch_ahead_max: Option<usize>,
-    /// Record every put and delete so `canopy history` lists a key's versions [default: true].
-    #[arg(long, env = "CANOPY_KEY_HISTORY")]
-    key_history: Option<bool>,
-    /// Take part in the cluster's sharded tables (`canopy table ...`).
-    #[arg(long, env = "CANOPY_TABLES")]
-    tables: bool,
-    /// Base URL the other members reach this node's API at [default: http://<api address>].
-    #[arg(long, env = "CANOPY_ADVERTISE_API")]
-    advertise_api: Option<String>,
-    /// Seconds this node stays a member after it stops refreshing its entry.
-    #[arg(long, env = "CANOPY_MEMBER_TTL_S")]
-    member_ttl_s: Option<u64>,
-    /// API tokens file (`canopy token create` writes it); every call then needs a token. Read
-    /// again on SIGHUP.
-    #[arg(long, env = "CANOPY_TOKENS")]
-    tokens: Option<PathBuf>,
-    /// Serve the API without tokens on an address other than loopback (anyone reaching it may
-    /// read, write and administer the node).
-    #[arg(long, env = "CANOPY_INSECURE_OPEN_API")]
-    insecure_open_api: bool,
-    /// Serve /metrics without a token.
-    #[arg(long, env = "CANOPY_METRICS_OPEN")]
-    metrics_open: bool,
-    /// Directory the admin backup route writes under [default: <data dir>/backups].
-    #[arg(long, env = "CANOPY_BACKUP_DIR")]
-    backup_dir: Option<PathBuf>,
-    /// Peer id admitted to this node's network (repeatable); when any is given, only they may
-    /// connect, gossip and fetch blocks.
-    #[arg(long, env = "CANOPY_ADMIT", value_delimiter = ',')]
-    admit: Vec<String>,
-    /// The API's TLS certificate chain (PEM): the API then speaks HTTPS only.
-    #[arg(long, env = "CANOPY_TLS_CERT", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "CANOPY_TLS_KEY", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// A certificate authority (PEM) to trust for the other members' HTTPS APIs.
-    #[arg(long, env = "CANOPY_TLS_CA")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Overrides,
 }
 
 impl ServeArgs {
+    /// The file's settings (or the defaults), with the flags and environment variables over them.
     fn config(self) -> anyhow::Result<NodeConfig> {
         let mut config = match &self.config {
             Some(path) => NodeConfig::from_file(path)?,
             None => NodeConfig::default(),
         };
-        if let Some(dir) = self.data_dir {
-            config.data_dir = dir;
-        }
-        if let Some(api) = self.api {
-            config.api = api;
-        }
-        if !self.listen.is_empty() {
-            config.listen = self.listen;
-        }
-        if let Some(blocks) = self.blocks {
-            config.blocks = blocks;
-        }
-        config.peers.extend(self.peers);
-        config.topics.extend(self.topics);
-        config.mdns |= self.mdns;
-        config.sync_writes |= self.sync_writes;
-        if let Some(interval) = self.rebroadcast_interval_s {
-            config.rebroadcast_interval_s = interval;
-        }
-        if let Some(max) = self.value_bytes_max {
-            config.value_bytes_max = max;
-        }
-        if let Some(max) = self.watchers_max {
-            config.watchers_max = max;
-        }
-        if let Some(blocks) = self.compact_after_blocks {
-            config.compact_after_blocks = blocks;
-        }
-        if let Some(bytes) = self.compact_after_bytes {
-            config.compact_after_bytes = bytes;
-        }
-        if let Some(seconds) = self.snapshot_retain_s {
-            config.snapshot_retain_s = seconds;
-        }
-        if let Some(bytes) = self.inline_bytes_max {
-            config.inline_bytes_max = bytes;
-        }
-        if let Some(levels) = self.fetch_ahead_max {
-            config.fetch_ahead_max = levels;
-        }
-        if let Some(on) = self.key_history {
-            config.key_history = on;
-        }
-        config.tables |= self.tables;
-        if let Some(url) = self.advertise_api {
-            config.advertise_api = Some(url);
-        }
-        if let Some(seconds) = self.member_ttl_s {
-            config.member_ttl_s = seconds;
-        }
-        if let Some(path) = self.tokens {
-            config.tokens = Some(path);
-        }
-        config.insecure_open_api |= self.insecure_open_api;
-        config.metrics_open |= self.metrics_open;
-        if let Some(dir) = self.backup_dir {
-            config.backup_dir = Some(dir);
-        }
-        config.admit.extend(self.admit);
-        if let Some(path) = self.tls_cert {
-            config.tls_cert = Some(path);
-        }
-        if let Some(path) = self.tls_key {
-            config.tls_key = Some(path);
-        }
-        if let Some(path) = self.tls_ca {
-            config.tls_ca = Some(path);
-        }
+        self.settings.apply(&mut config);
         config.validate()?;
         Ok(config)
     }
