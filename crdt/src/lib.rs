@@ -19,6 +19,7 @@ pub mod inspect;
 mod options;
 pub mod repair;
 mod row;
+mod row_change;
 mod schema;
 pub mod sim;
 pub mod snapshot;

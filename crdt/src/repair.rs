@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::{Element, Row};
+use crate::row_change::{Notice, RowChanges};
 use crate::schema::{
     CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC, column_families,
     decode_cids, key_count_key, meta_key, tombstone_key,
@@ -250,37 +251,30 @@ fn rebuild_rows(
     let keys: BTreeSet<&Vec<u8>> = rows.keys().chain(stored.keys()).collect();
     for key in keys {
         let rebuilt = rows.get(key).map(Row::encode);
-        // A stored row that differs only by elements expired since is right, and left alone.
+        // A stored row that differs only by elements expired since is right, and not reported.
         let unexpired = stored.get(key).and_then(|bytes| Row::decode(bytes).ok()).map(|mut row| {
             row.remove_expired(now);
             row
         });
         let unexpired = unexpired.filter(|row| !row.is_empty()).map(|row| row.encode());
-        if rebuilt.as_ref() != stored.get(key) {
-            if rebuilt != unexpired {
-                report.rows_fixed.push(String::from_utf8_lossy(key).into_owned());
-            }
-            match rebuilt {
-                Some(value) => batch.put_cf(cf(CF_KV), id.key(key), value),
-                None => batch.delete_cf(cf(CF_KV), id.key(key)),
-            }
+        if rebuilt.as_ref() != stored.get(key) && rebuilt != unexpired {
+            report.rows_fixed.push(String::from_utf8_lossy(key).into_owned());
         }
     }
-    let count = rows.keys().filter(|key| !crate::counter::is_reserved(key)).count() as u64;
+    // Every row is written again from nothing, with what follows from it: the key count and the
+    // expiry index (every element that expires is indexed again, so collection finds it).
     let before = db.get_cf(cf(CF_META), key_count_key(id))?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok());
     let before = before.map(u64::from_be_bytes).unwrap_or(0);
+    delete_range(batch, cf(CF_KV), id);
+    delete_range(batch, cf(CF_EXPIRIES), id);
+    let mut rows_changed = RowChanges::new(db, id, 0, now, false, false);
+    let empty = Row::default();
+    for (key, row) in &rows {
+        rows_changed.write(batch, key, &empty, row, Notice::ValueChanged(0));
+    }
+    let count = rows_changed.seal(batch).key_count;
     if before != count {
         report.key_count = Some((before, count));
-        batch.put_cf(cf(CF_META), key_count_key(id), count.to_be_bytes());
-    }
-    // Every element that expires is indexed again, so collection finds it.
-    delete_range(batch, cf(CF_EXPIRIES), id);
-    for (key, row) in &rows {
-        for element in row.elements() {
-            if let Some(at) = element.expires {
-                crate::expiry::record(batch, cf(CF_EXPIRIES), id, key, &element.id, at);
-            }
-        }
     }
     // Removes of elements whose block is not applied wait as tombstones, as on apply.
     delete_range(batch, cf(CF_TOMBSTONES), id);

@@ -99,18 +99,20 @@ impl Row {
     /// set when an expiry follows), CID, the expiry (8 bytes BE) if any, value length (4 bytes
     /// BE), value.
     pub fn encode(&self) -> Vec<u8> {
-        let size: usize = self.elements.iter().map(|e| 8 + 1 + 40 + 8 + 4 + e.value.len()).sum();
+        let size: usize = self.elements.iter().map(|e| 8 + 1 + e.id.encoded_len() + 8 + 4 + e.value.len()).sum();
         let mut out = Vec::with_capacity(size);
         for element in &self.elements {
-            encode_element(&mut out, element.height, &element.id.to_bytes(), &element.value, element.expires);
+            out.extend_from_slice(&element.height.to_be_bytes());
+            // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
+            let flag = if element.expires.is_some() { EXPIRES_FLAG } else { 0 };
+            out.push(element.id.encoded_len() as u8 | flag);
+            element.id.write_bytes(&mut out).expect("writing to a Vec cannot fail");
+            if let Some(at) = element.expires {
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+            out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
+            out.extend_from_slice(&element.value);
         }
-        out
-    }
-
-    /// The encoding of a row holding one element, from borrowed parts (`id` as CID bytes).
-    pub fn encode_single(height: Height, id: &[u8], value: &[u8], expires: Option<u64>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + 1 + id.len() + 8 + 4 + value.len());
-        encode_element(&mut out, height, id, value, expires);
         out
     }
 
@@ -134,18 +136,6 @@ impl Row {
         }
         Ok(Row { elements })
     }
-}
-
-fn encode_element(out: &mut Vec<u8>, height: Height, id: &[u8], value: &[u8], expires: Option<u64>) {
-    out.extend_from_slice(&height.to_be_bytes());
-    // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
-    out.push(id.len() as u8 | if expires.is_some() { EXPIRES_FLAG } else { 0 });
-    out.extend_from_slice(id);
-    if let Some(at) = expires {
-        out.extend_from_slice(&at.to_be_bytes());
-    }
-    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
-    out.extend_from_slice(value);
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
@@ -178,8 +168,6 @@ mod tests {
         assert_eq!(row.visible(49).unwrap().value, b"a");
         assert_eq!(row.visible(50).unwrap().value, b"zzz", "an expired element is passed over");
         let decoded = Row::decode(&row.encode()).unwrap();
-        let one = Element { height: 4, id: id(4), value: b"v".to_vec(), expires: Some(9) };
-        assert_eq!(Row::encode_single(4, &id(4).to_bytes(), b"v", Some(9)), Row::single(one).encode());
         assert_eq!(decoded, row);
         assert!(Row::decode(&row.encode()[..5]).is_err());
     }

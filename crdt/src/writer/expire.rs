@@ -11,8 +11,8 @@ use rocksdb::WriteBatch;
 use super::{Context, TopicState, read_rows};
 use crate::error::StorageError;
 use crate::expiry;
-use crate::schema::{CF_EXPIRIES, CF_KV, CF_META, key_count_key};
-use crate::types::Change;
+use crate::row_change::{Notice, RowChanges};
+use crate::schema::CF_EXPIRIES;
 
 /// Most index records one collection takes; the rest are taken in the rounds that follow.
 const COLLECT_RECORDS_MAX: usize = 4096;
@@ -59,49 +59,26 @@ pub(super) fn collect(context: &Context, state: &mut TopicState) -> Result<(), S
         keys.dedup();
         let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
         let rows = read_rows(context, &full_keys)?;
-        let kv = context.cf(CF_KV);
-        let watched = state.has_watchers();
+        let mut rows_changed =
+            RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
         let mut batch = WriteBatch::default();
-        let mut changes = Vec::new();
-        let mut key_count = state.key_count;
-        for ((key, full_key), mut row) in keys.iter().zip(&full_keys).zip(rows) {
-            let best = row.winner().map(|element| (element.id, element.height));
-            let expired = row.remove_expired(now);
-            if expired.is_empty() {
+        for (key, row) in keys.iter().zip(rows) {
+            let Some(best_height) = row.winner().map(|element| element.height) else { continue };
+            let mut after = row.clone();
+            if after.remove_expired(now).is_empty() {
                 continue;
             }
-            if context.key_history {
-                // An expired value is a version: recorded as a superseded one is.
-                let cf = context.cf(crate::schema::CF_HISTORY);
-                for element in &expired {
-                    crate::history::record(&mut batch, cf, topic, key, (element.height, &element.id), false);
-                }
-            }
-            if row.is_empty() {
-                batch.delete_cf(kv, full_key);
-                if !crate::counter::is_reserved(key) {
-                    key_count = key_count.saturating_sub(1);
-                }
-            } else {
-                batch.put_cf(kv, full_key, row.encode());
-            }
-            if let Some((id, height)) = best
-                && watched
-                && expired.iter().any(|element| element.id == id)
-            {
-                let value = row.visible(now).map(|element| element.value.clone());
-                changes.push(Change { key: key.to_vec(), value, height, expired: true });
-            }
+            rows_changed.write(&mut batch, key, &row, &after, Notice::Expired(best_height));
         }
         let index = context.cf(CF_EXPIRIES);
         for record in &due {
             batch.delete_cf(index, &record.record);
         }
-        batch.put_cf(context.cf(CF_META), key_count_key(topic), key_count.to_be_bytes());
+        let sealed = rows_changed.seal(&mut batch);
         context.write(batch)?;
-        state.key_count = key_count;
+        state.key_count = sealed.key_count;
         state.publish();
-        state.notify(changes);
+        state.notify(sealed.changes);
     }
     state.next_expiry = next;
     Ok(())

@@ -14,7 +14,8 @@ use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
-use crate::schema::{CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, key_count_key};
+use crate::row_change::{Notice, RowChanges};
+use crate::schema::CF_HEADS;
 use crate::types::{Change, Commit, Op};
 use crate::writers::Lists;
 
@@ -320,7 +321,14 @@ fn prepare_cuts(
     };
     let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
 
-    let watched = state.has_watchers();
+    let mut rows_changed = RowChanges::new(
+        &context.db,
+        topic,
+        state.key_count,
+        context.clock.now(),
+        context.key_history,
+        state.has_watchers(),
+    );
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
     for request in &requests {
@@ -330,7 +338,7 @@ fn prepare_cuts(
             continue;
         }
         if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
-            commit_cut(context, &mut commit, &mut rows, (&cut, lists.as_deref_mut()), watched, batch)
+            commit_cut(context, &mut commit, &mut rows, (&cut, lists.as_deref_mut()), &mut rows_changed, batch)
                 .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
             cut.clear();
             (cut_bytes, cut_ops) = (0, 0);
@@ -339,11 +347,12 @@ fn prepare_cuts(
         cut_bytes += bytes;
         cut_ops += ops;
     }
-    commit_cut(context, &mut commit, &mut rows, (&cut, lists), watched, batch)
+    commit_cut(context, &mut commit, &mut rows, (&cut, lists), &mut rows_changed, batch)
         .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
 
     write_heads(context, topic, &state.heads, &commit.heads, batch);
-    batch.put_cf(context.cf(CF_META), key_count_key(topic), commit.key_count.to_be_bytes());
+    let sealed = rows_changed.seal(batch);
+    (commit.key_count, commit.changes, commit.expires) = (sealed.key_count, sealed.changes, sealed.next_expiry);
     Ok(commit)
 }
 
@@ -354,7 +363,7 @@ fn commit_cut<'a>(
     commit: &mut TopicCommit,
     rows: &mut HashMap<&'a [u8], Row>,
     (cut, mut lists): (&[&'a WriteRequest], Option<&mut Lists>),
-    watched: bool,
+    rows_changed: &mut RowChanges,
     batch: &mut WriteBatch,
 ) -> Result<(), StorageError> {
     if cut.is_empty() {
@@ -422,52 +431,20 @@ fn commit_cut<'a>(
     let payload = (crate::delta::encode(&adds, &removes, &expiries), NO_CHANGE);
     let block = make_block(context, (topic, &commit.name), &mut commit.heads, payload, lists, batch)?;
     let height = block.height();
-    let id = block.cid().to_bytes();
-    let kv = context.cf(CF_KV);
-    let history = context.key_history.then(|| context.cf(CF_HISTORY));
-    let expiry_index = context.cf(CF_EXPIRIES);
-    let mut key_count = commit.key_count as i64;
     for (key, value, expires) in last {
         let row = rows.get_mut(key).expect("every key of the group was read");
         let was_live = row.visible(now).is_some();
-        // The key count counts rows that hold any element, as collection does.
-        let held = !row.is_empty();
-        if let Some(cf) = history {
-            // The elements this write supersedes leave the row: their versions are recorded,
-            // and so is a delete. The new value is in the row.
-            for element in row.elements() {
-                crate::history::record(batch, cf, topic, key, (element.height, &element.id), false);
-            }
-            if value.is_none() && was_live {
-                crate::history::record(batch, cf, topic, key, (height, &block.cid()), true);
-            }
-        }
-        match value {
-            Some(value) => {
-                key_count += i64::from(!held && !counter::is_reserved(key));
-                batch.put_cf(kv, topic.key(key), Row::encode_single(height, &id, &value, expires));
-                if let Some(at) = expires {
-                    crate::expiry::record(batch, expiry_index, topic, key, &block.cid(), at);
-                    commit.expires = Some(commit.expires.map_or(at, |next| next.min(at)));
-                }
-                *row = Row::single(Element { height, id: block.cid(), value: value.to_vec(), expires });
-                if watched {
-                    let change = Change { key: key.to_vec(), value: Some(value.to_vec()), height, expired: false };
-                    commit.changes.push(change);
-                }
-            }
+        let after = match value {
+            Some(value) => Row::single(Element { height, id: block.cid(), value: value.into_owned(), expires }),
             None if was_live => {
-                key_count -= i64::from(!counter::is_reserved(key));
-                batch.delete_cf(kv, topic.key(key));
-                *row = Row::default();
-                if watched {
-                    commit.changes.push(Change { key: key.to_vec(), value: None, height, expired: false });
-                }
+                rows_changed.version(batch, key, (height, &block.cid()), true);
+                Row::default()
             }
-            None => {}
-        }
+            None => continue,
+        };
+        rows_changed.write(batch, key, row, &after, Notice::Written(height));
+        *row = after;
     }
-    commit.key_count = key_count.max(0) as u64;
     commit.made.push(block.cid());
     let made = Commit { cid: block.cid(), height };
     for (request, deleted) in cut.iter().zip(deleted) {

@@ -35,12 +35,13 @@ use super::compact::{prefix_scan, remember};
 use super::{Context, TopicState, apply_ready, read_rows};
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
+use crate::row_change::{Notice, RowChanges};
 use crate::schema::{
-    CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE,
-    encode_cids, key_count_key, kv_file_options, meta_key, tombstone_key,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE, encode_cids,
+    kv_file_options, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest, SnapshotElement, SnapshotError};
-use crate::types::{Change, Head, MergeOutcome};
+use crate::types::{Head, MergeOutcome};
 
 /// Chunks read and decoded together.
 const CHUNKS_PER_READ: usize = 16;
@@ -193,32 +194,32 @@ fn chunk_list(context: &Context, state: &TopicState, manifest_cid: Cid) -> Resul
 /// starts again as a fresh one.
 fn finish_ingest(context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<(), MergeError> {
     let topic = state.shared.id;
-    let (mut rows, mut keys, mut records) = (0u64, 0u64, 0usize);
+    let mut rows_changed = RowChanges::new(&context.db, topic, 0, context.clock.now(), false, false);
+    let (mut rows, mut records) = (0u64, 0usize);
     let mut batch = WriteBatch::default();
+    let empty = Row::default();
     for item in prefix_scan(&context.db, context.cf(CF_KV), topic) {
         let (key, value) = item?;
         let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
         rows += 1;
-        keys += u64::from(!crate::counter::is_reserved(&key));
-        for element in row.elements() {
-            let Some(at) = element.expires else { continue };
-            // Elements that expired since the file was written are indexed too, to be collected.
-            crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &element.id, at);
-            state.expires_at(at);
-            records += 1;
-            if records == REBUILD_RECORDS_MAX {
-                context.write(std::mem::take(&mut batch))?;
-                records = 0;
-            }
+        // Elements that expired since the file was written are indexed too, to be collected.
+        rows_changed.derive(&mut batch, &key, &empty, &row);
+        records += row.elements().iter().filter(|element| element.expires.is_some()).count();
+        if records >= REBUILD_RECORDS_MAX {
+            context.write(std::mem::take(&mut batch))?;
+            records = 0;
         }
     }
     if rows == 0 {
         return Ok(());
     }
-    batch.put_cf(context.cf(CF_META), key_count_key(topic), keys.to_be_bytes());
+    let sealed = rows_changed.seal(&mut batch);
     put_marker(context, &mut batch, topic, manifest_cid, STEP_ROWS, &[]);
     context.write(batch)?;
-    state.key_count = keys;
+    state.key_count = sealed.key_count;
+    if let Some(at) = sealed.next_expiry {
+        state.expires_at(at);
+    }
     Ok(())
 }
 
@@ -355,43 +356,40 @@ fn check(
 }
 
 /// The rows of a topic that has none, written from a snapshot's elements (in key order) into
-/// an SST file, ingested in one step.
-struct RowFile {
+/// an SST file, ingested in one step; what follows from the rows waits in a batch written
+/// with the ingest's end.
+struct RowFile<'c> {
     path: std::path::PathBuf,
     writer: SstFileWriter<'static>,
-    topic: canopy_dag::TopicId,
     current: Option<(Vec<u8>, Row)>,
-    /// Rows written, and how many of them are keys (counter entries are not).
+    /// Rows written.
     rows: u64,
-    keys: u64,
-    changes: Option<Vec<Change>>,
-    /// Elements that expire, as `(key, id, expiry)`, to index; those expired already are left out.
-    expiring: Vec<(Vec<u8>, Cid, u64)>,
+    rows_changed: RowChanges<'c>,
+    /// What follows from the rows: the key count and the expiry index.
+    batch: WriteBatch,
     now: u64,
 }
 
 /// The options every row file is written with, the `kv` family's table format.
 static ROW_FILE_OPTIONS: std::sync::LazyLock<rocksdb::Options> = std::sync::LazyLock::new(kv_file_options);
 
-impl RowFile {
-    fn create(context: &Context, state: &TopicState) -> Result<RowFile, StorageError> {
+impl<'c> RowFile<'c> {
+    fn create(context: &'c Context, state: &TopicState) -> Result<RowFile<'c>, StorageError> {
         let topic = state.shared.id;
         let path = context.db.path().join(format!("merge-{}.sst", topic.0));
         let _ = std::fs::remove_file(&path);
         let writer = SstFileWriter::create(&ROW_FILE_OPTIONS);
         writer.open(&path)?;
-        let changes = state.has_watchers().then(Vec::new);
         let now = context.clock.now();
-        Ok(RowFile { path, writer, topic, current: None, rows: 0, keys: 0, changes, expiring: Vec::new(), now })
+        // No history: a fresh replica's rows replace no element.
+        let rows_changed = RowChanges::new(&context.db, topic, 0, now, false, state.has_watchers());
+        Ok(RowFile { path, writer, current: None, rows: 0, rows_changed, batch: WriteBatch::default(), now })
     }
 
     fn add(&mut self, chunk: Chunk) -> Result<(), MergeError> {
         for SnapshotElement { key, height, id, value, expires } in chunk.elements {
-            if let Some(at) = expires {
-                if at <= self.now {
-                    continue;
-                }
-                self.expiring.push((key.clone(), id, at));
+            if expires.is_some_and(|at| at <= self.now) {
+                continue;
             }
             let element = Element { height, id, value, expires };
             match &mut self.current {
@@ -408,19 +406,15 @@ impl RowFile {
     }
 
     fn put(&mut self, key: Vec<u8>, row: Row) -> Result<(), StorageError> {
-        self.writer.put(self.topic.key(&key), row.encode())?;
+        let height = row.winner().map_or(0, |winner| winner.height);
+        self.rows_changed.write_to_file(&mut self.writer, &mut self.batch, &key, &row, Notice::ValueChanged(height))?;
         self.rows += 1;
-        self.keys += u64::from(!crate::counter::is_reserved(&key));
-        if let Some(changes) = self.changes.as_mut()
-            && let Some(winner) = row.winner()
-        {
-            changes.push(Change { key, value: Some(winner.value.clone()), height: winner.height, expired: false });
-        }
         Ok(())
     }
 
-    /// Ingests the file into `kv`, then records the key count and indexes the expiring elements
-    /// in the write that moves the marker on from the ingest step to the row step.
+    /// Ingests the file into `kv`, then writes what follows from the rows (the key count and
+    /// the expiry index) in the write that moves the marker on from the ingest step to the row
+    /// step.
     fn ingest(mut self, context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<(), MergeError> {
         if let Some((key, row)) = self.current.take() {
             self.put(key, row)?;
@@ -438,23 +432,22 @@ impl RowFile {
             failpoint("merge-after-row-ingest");
         }
         let _ = std::fs::remove_file(&self.path);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(context.cf(CF_META), key_count_key(self.topic), self.keys.to_be_bytes());
-        for (key, id, at) in std::mem::take(&mut self.expiring) {
-            crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), self.topic, &key, &id, at);
+        let mut batch = std::mem::take(&mut self.batch);
+        let sealed = self.rows_changed.seal(&mut batch);
+        put_marker(context, &mut batch, state.shared.id, manifest_cid, STEP_ROWS, &[]);
+        context.write(batch)?;
+        state.key_count = sealed.key_count;
+        if let Some(at) = sealed.next_expiry {
             state.expires_at(at);
         }
-        put_marker(context, &mut batch, self.topic, manifest_cid, STEP_ROWS, &[]);
-        context.write(batch)?;
-        state.key_count = self.keys;
-        for part in self.changes.take().unwrap_or_default().chunks(4096) {
+        for part in sealed.changes.chunks(4096) {
             state.notify(part.to_vec());
         }
         Ok(())
     }
 }
 
-impl Drop for RowFile {
+impl Drop for RowFile<'_> {
     fn drop(&mut self) {
         // A file left by a check that failed; an ingested one was moved already.
         let _ = std::fs::remove_file(&self.path);
@@ -469,8 +462,9 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
     // Rows of this replica in key order, to find those holding a covered element the snapshot
     // no longer has. Only needed when some covered block was applied here.
     let mut own_rows = (!applied.is_empty()).then(|| prefix_scan(&context.db, context.cf(CF_KV), topic).peekable());
-    let mut key_count = state.key_count as i64;
     let now = context.clock.now();
+    let mut rows_changed =
+        RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
     for group in checked.manifest.chunks.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             if chunk.elements.is_empty() {
@@ -482,14 +476,13 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
             }
             let last = by_key.keys().next_back().cloned().expect("a chunk with elements");
             let mut batch = WriteBatch::default();
-            let mut changes = Vec::new();
             if let Some(rows) = own_rows.as_mut() {
                 while let Some(item) = rows.next_if(|item| item.as_ref().map_or(true, |(key, _)| *key <= last)) {
                     let (key, value) = item?;
                     if !by_key.contains_key(&key) {
                         let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
                         let merged = drop_covered(row.clone(), applied, &[]);
-                        write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+                        rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
                     }
                 }
             }
@@ -502,31 +495,26 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
                     if applied.contains(&element.id) || tombstoned.contains(&(element.id, key.clone())) {
                         continue;
                     }
-                    if let Some(at) = element.expires {
-                        if at <= now {
-                            continue;
-                        }
-                        crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &element.id, at);
-                        state.expires_at(at);
+                    if element.expires.is_some_and(|at| at <= now) {
+                        continue;
                     }
                     let SnapshotElement { height, id, value, expires, .. } = element;
                     merged.insert(Element { height, id, value, expires });
                 }
-                write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+                rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
             }
-            commit_rows(context, state, batch, changes, key_count)?;
+            commit_rows(context, state, batch, &mut rows_changed)?;
         }
     }
     if let Some(rows) = own_rows {
         let mut batch = WriteBatch::default();
-        let mut changes = Vec::new();
         for item in rows {
             let (key, value) = item?;
             let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
             let merged = drop_covered(row.clone(), applied, &[]);
-            write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+            rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
         }
-        commit_rows(context, state, batch, changes, key_count)?;
+        commit_rows(context, state, batch, &mut rows_changed)?;
     }
     merge_removes(context, state, checked)
 }
@@ -536,13 +524,19 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
 fn merge_removes(context: &Context, state: &mut TopicState, checked: &Checked) -> Result<(), MergeError> {
     let topic = state.shared.id;
     let top = checked.manifest.heads.iter().map(|h| h.height).max().unwrap_or(0);
-    let mut key_count = state.key_count as i64;
+    let mut rows_changed = RowChanges::new(
+        &context.db,
+        topic,
+        state.key_count,
+        context.clock.now(),
+        context.key_history,
+        state.has_watchers(),
+    );
     for group in checked.with_removes.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             let ids: Vec<Cid> = chunk.removes.iter().map(|(id, _)| *id).collect();
             let metas = context.blocks.metas(topic, &ids).map_err(StorageError::from)?;
             let mut batch = WriteBatch::default();
-            let mut changes = Vec::new();
             let mut on_rows: BTreeMap<Vec<u8>, Vec<Cid>> = BTreeMap::new();
             for ((id, key), meta) in chunk.removes.into_iter().zip(metas) {
                 if meta.is_some() {
@@ -557,27 +551,28 @@ fn merge_removes(context: &Context, state: &mut TopicState, checked: &Checked) -
                 for id in &ids {
                     merged.remove(id);
                 }
-                write_row(context, topic, &mut batch, &mut changes, &mut key_count, key, &row, merged, top);
+                rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
             }
-            commit_rows(context, state, batch, changes, key_count)?;
+            commit_rows(context, state, batch, &mut rows_changed)?;
         }
     }
     Ok(())
 }
 
-/// Writes a step's rows with the key count they leave, then tells the watchers.
+/// Writes a step's rows with what follows from them, then tells the watchers.
 fn commit_rows(
     context: &Context,
     state: &mut TopicState,
     mut batch: WriteBatch,
-    changes: Vec<Change>,
-    key_count: i64,
+    rows_changed: &mut RowChanges,
 ) -> Result<(), StorageError> {
-    let key_count = key_count.max(0) as u64;
-    batch.put_cf(context.cf(CF_META), key_count_key(state.shared.id), key_count.to_be_bytes());
+    let sealed = rows_changed.seal(&mut batch);
     context.write(batch)?;
-    state.key_count = key_count;
-    state.notify(changes);
+    state.key_count = sealed.key_count;
+    if let Some(at) = sealed.next_expiry {
+        state.expires_at(at);
+    }
+    state.notify(sealed.changes);
     Ok(())
 }
 
@@ -589,45 +584,6 @@ fn drop_covered(mut row: Row, applied: &HashSet<Cid>, kept: &[SnapshotElement]) 
         row.remove(&id);
     }
     row
-}
-
-/// Adds a changed row to `batch`, with the key count and the change for watchers.
-#[allow(clippy::too_many_arguments)]
-fn write_row(
-    context: &Context,
-    topic: canopy_dag::TopicId,
-    batch: &mut WriteBatch,
-    changes: &mut Vec<Change>,
-    key_count: &mut i64,
-    key: Vec<u8>,
-    before: &Row,
-    after: Row,
-    height: Height,
-) {
-    if &after == before {
-        return;
-    }
-    if context.key_history {
-        // Elements the merge drops are versions: recorded as a superseded one is.
-        for element in before.elements().iter().filter(|e| !after.contains(&e.id)) {
-            let cf = context.cf(crate::schema::CF_HISTORY);
-            crate::history::record(batch, cf, topic, &key, (element.height, &element.id), false);
-        }
-    }
-    let now = context.clock.now();
-    let (was, is) = (before.visible(now).map(|e| e.value.clone()), after.visible(now).map(|e| e.value.clone()));
-    if !crate::counter::is_reserved(&key) {
-        *key_count += i64::from(!after.is_empty()) - i64::from(!before.is_empty());
-    }
-    if after.is_empty() {
-        batch.delete_cf(context.cf(CF_KV), topic.key(&key));
-    } else {
-        batch.put_cf(context.cf(CF_KV), topic.key(&key), after.encode());
-    }
-    if was != is {
-        let height = after.visible(now).map_or(height, |e| e.height);
-        changes.push(Change { key, value: is, height, expired: false });
-    }
 }
 
 /// Which of the snapshot's elements (not applied here) a stored tombstone names.

@@ -15,8 +15,9 @@ use crate::counter;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
-use crate::schema::{CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, key_count_key};
-use crate::types::{Change, IngestOutcome};
+use crate::row_change::{Notice, RowChanges};
+use crate::schema::CF_HEADS;
+use crate::types::IngestOutcome;
 
 /// Takes in received blocks and applies everything whose ancestry is complete.
 pub(super) fn ingest(
@@ -120,9 +121,8 @@ pub(super) fn apply_ready(context: &Context, state: &mut TopicState, ready: Vec<
     Ok(total)
 }
 
-/// Rows of the keys a round touches, each with its visible value and whether it held any
-/// element (the key count counts rows) before the round.
-pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Option<Vec<u8>>, bool)>;
+/// Rows of the keys a round touches: each as the round changes it, and as it was before.
+pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Row)>;
 
 /// A received block's delta, decoded under the protocol's limits, whose counter entries are
 /// all its author's own.
@@ -138,7 +138,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     // so every replica decides alike); the fold below stays sequential and causal.
     let deltas: Vec<Result<Delta, DeltaError>> = order.par_iter().map(decode_checked).collect();
     let now = context.clock.now();
-    let mut rows = read_round_rows(context, topic, &deltas, now)?;
+    let mut rows = read_round_rows(context, topic, &deltas)?;
     if let Some(lists) = &mut state.lists {
         lists.trim();
     }
@@ -146,6 +146,8 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     let mut tombs = Tombstones::load(context, state, &order, &deltas, &rows, &round_blocks)?;
 
     let mut batch = WriteBatch::default();
+    let mut rows_changed =
+        RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
     let mut result = Applied::default();
     let mut heights: HashMap<Cid, Height> = HashMap::new();
     let mut bad: HashSet<Cid> = HashSet::new();
@@ -185,17 +187,15 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             lists.record(&mut batch, &context.db, block, &delta, past);
         }
         let height = block.height();
-        let history = context.key_history.then(|| context.cf(CF_HISTORY));
-        if let Some(cf) = history {
-            crate::history::record_deletes(&mut batch, cf, topic, &delta, (height, &cid));
-        }
+        rows_changed.deletes(&mut batch, &delta, (height, &cid));
         for (key, id) in &delta.removes {
-            let row = &mut rows.get_mut(key).expect("every key of the round was read").0;
-            if let Some(cf) = history
-                && let Some(element) = row.elements().iter().find(|element| element.id == *id)
+            let (row, before) = rows.get_mut(key).expect("every key of the round was read");
+            if let Some(element) = row.elements().iter().find(|element| element.id == *id)
+                && !before.contains(id)
             {
-                // A superseded version leaves the row: it is recorded.
-                crate::history::record(&mut batch, cf, topic, key, (element.height, id), false);
+                // An element this round added and removes is a version that never shows in
+                // the row written; those of the row before the round are recorded with it.
+                rows_changed.version(&mut batch, key, (element.height, id), false);
             }
             if !row.remove(id) && !heights.contains_key(id) && !tombs.applied_before.contains(id) {
                 // The element's block is not applied yet: the tombstone waits for it, so the
@@ -211,14 +211,8 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
             if !stored {
                 // Removed before it arrived, or expired before it arrived (as if collected at
                 // once): a version all the same.
-                if let Some(cf) = history {
-                    crate::history::record(&mut batch, cf, topic, &key, (height, &cid), false);
-                }
+                rows_changed.version(&mut batch, &key, (height, &cid), false);
                 continue;
-            }
-            if let Some(at) = expires {
-                crate::expiry::record(&mut batch, context.cf(CF_EXPIRIES), topic, &key, &cid, at);
-                state.expires_at(at);
             }
             let element = Element { height, id: cid, value, expires };
             rows.get_mut(&key).expect("every key of the round was read").0.insert(element);
@@ -233,23 +227,9 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
         result.applied += 1;
     }
 
-    let kv = context.cf(CF_KV);
-    let mut key_count = state.key_count as i64;
-    let mut changes = Vec::new();
     for (key, height) in changed_at {
-        let (row, before, held) = &rows[&key];
-        let after = row.visible(now).map(|e| e.value.clone());
-        if !counter::is_reserved(&key) {
-            key_count += i64::from(!row.is_empty()) - i64::from(*held);
-        }
-        if row.is_empty() {
-            batch.delete_cf(kv, topic.key(&key));
-        } else {
-            batch.put_cf(kv, topic.key(&key), row.encode());
-        }
-        if &after != before {
-            changes.push(Change { key, value: after, height, expired: false });
-        }
+        let (row, before) = &rows[&key];
+        rows_changed.write(&mut batch, &key, before, row, Notice::ValueChanged(height));
     }
     let heads_cf = context.cf(CF_HEADS);
     for (cid, _) in old_heads.iter().filter(|(cid, _)| !state.heads.contains_key(cid)) {
@@ -258,8 +238,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     for (cid, height) in state.heads.iter().filter(|(cid, _)| !old_heads.contains_key(cid)) {
         batch.put_cf(heads_cf, topic.key(&cid.to_bytes()), height.to_be_bytes());
     }
-    let key_count = key_count.max(0) as u64;
-    batch.put_cf(context.cf(CF_META), key_count_key(topic), key_count.to_be_bytes());
+    let sealed = rows_changed.seal(&mut batch);
     if let Err(error) = context.write(batch) {
         state.heads = old_heads;
         state.tombstones = old_tombstones;
@@ -269,11 +248,14 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
         }
         return Err(IngestError::Storage(error));
     }
-    state.key_count = key_count;
+    state.key_count = sealed.key_count;
+    if let Some(at) = sealed.next_expiry {
+        state.expires_at(at);
+    }
     let bytes: usize = order.iter().map(|block| block.bytes().len()).sum();
     state.grew(context, result.applied as u64, bytes as u64);
     state.publish();
-    state.notify(changes);
+    state.notify(sealed.changes);
     Ok(result)
 }
 
@@ -282,7 +264,6 @@ fn read_round_rows(
     context: &Context,
     topic: TopicId,
     deltas: &[Result<Delta, DeltaError>],
-    now: u64,
 ) -> Result<RoundRows, StorageError> {
     let mut keys: Vec<Vec<u8>> = deltas
         .iter()
@@ -294,15 +275,7 @@ fn read_round_rows(
     keys.dedup();
     let loaded = read_rows(context, &keys)?;
     let prefix_len = canopy_dag::TOPIC_ID_BYTES;
-    Ok(keys
-        .into_iter()
-        .zip(loaded)
-        .map(|(key, row)| {
-            let before = row.visible(now).map(|e| e.value.clone());
-            let held = !row.is_empty();
-            (key[prefix_len..].to_vec(), (row, before, held))
-        })
-        .collect())
+    Ok(keys.into_iter().zip(loaded).map(|(key, row)| (key[prefix_len..].to_vec(), (row.clone(), row))).collect())
 }
 
 /// Checks that a block's parents are applied and its height is 1 + their largest height.

@@ -1,0 +1,187 @@
+//! One way to change a key's row. Every path that changes rows (a local write, a received
+//! block, an expiry collection, a snapshot merge, the row file a fresh replica ingests, a
+//! repair) hands [`RowChanges::write`] the row before and the row after, and it writes what
+//! follows from the change into the round's `WriteBatch`:
+//! - the row itself (or, for a row file, into the file);
+//! - the topic's key count (rows that hold any element, counter entries not counted);
+//! - key history: each element that left the row is a version;
+//! - the expiry index: each element that entered the row with an expiry;
+//! - the watchers' change, by the rule of the path ([`Notice`]).
+//!
+//! Records derived from a row's content (today the expiry index and the key count) are written
+//! in one place, [`RowChanges::derive`], which is where an index of a value's fields belongs.
+
+use canopy_dag::{Cid, Height, TopicId};
+use rocksdb::{ColumnFamily, DB, SstFileWriter, WriteBatch};
+
+use crate::delta::Delta;
+use crate::error::StorageError;
+use crate::row::Row;
+use crate::schema::{CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
+use crate::types::Change;
+
+/// When watchers hear of a changed row, and the height their change carries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Notice {
+    /// A local write, which leaves at most its own element: for every put (even of the value
+    /// already visible), and for the delete of a live value.
+    Written(Height),
+    /// A received block: when the visible value differs.
+    ValueChanged(Height),
+    /// A merged snapshot: when the visible value differs, at the visible element's height (at
+    /// the given one, the snapshot's top, when none is left).
+    Merged(Height),
+    /// An expiry: when the best element ran out, with the value it leaves visible.
+    Expired(Height),
+}
+
+/// What a sequence of row changes adds up to, once its batch is written.
+pub(crate) struct Sealed {
+    /// The topic's key count after the changes.
+    pub key_count: u64,
+    /// The watchers' changes, in the order they were made.
+    pub changes: Vec<Change>,
+    /// The earliest expiry among the elements that entered rows.
+    pub next_expiry: Option<u64>,
+}
+
+/// The changes of one topic's rows over one or more batches, and what they add up to.
+pub(crate) struct RowChanges<'a> {
+    topic: TopicId,
+    now: u64,
+    kv: &'a ColumnFamily,
+    expiries: &'a ColumnFamily,
+    meta: &'a ColumnFamily,
+    /// Set when the node keeps key history.
+    history: Option<&'a ColumnFamily>,
+    watched: bool,
+    key_count: i64,
+    changes: Vec<Change>,
+    next_expiry: Option<u64>,
+}
+
+impl<'a> RowChanges<'a> {
+    /// Changes of `topic`'s rows, whose key count is `key_count` now, judged at `now` (which
+    /// elements are visible), recording history when `history`, and collecting watchers'
+    /// changes when `watched`.
+    pub fn new(db: &'a DB, topic: TopicId, key_count: u64, now: u64, history: bool, watched: bool) -> RowChanges<'a> {
+        let cf = |name: &str| db.cf_handle(name).expect("every canopy column family is opened with the database");
+        RowChanges {
+            topic,
+            now,
+            kv: cf(CF_KV),
+            expiries: cf(CF_EXPIRIES),
+            meta: cf(CF_META),
+            history: history.then(|| cf(CF_HISTORY)),
+            watched,
+            key_count: i64::try_from(key_count).unwrap_or(i64::MAX),
+            changes: Vec::new(),
+            next_expiry: None,
+        }
+    }
+
+    /// Writes `after` as `key`'s row in place of `before`, and everything that follows.
+    pub fn write(&mut self, batch: &mut WriteBatch, key: &[u8], before: &Row, after: &Row, notice: Notice) {
+        if before == after {
+            return;
+        }
+        self.left(batch, key, before, after);
+        if after.is_empty() {
+            batch.delete_cf(self.kv, self.topic.key(key));
+        } else {
+            batch.put_cf(self.kv, self.topic.key(key), after.encode());
+        }
+        self.derive(batch, key, before, after);
+        self.notice(key, before, after, notice);
+    }
+
+    /// Writes `row`, a key's first row, into a row file rather than the batch (which takes
+    /// what follows); keys must come in order.
+    pub fn write_to_file(
+        &mut self,
+        file: &mut SstFileWriter<'_>,
+        batch: &mut WriteBatch,
+        key: &[u8],
+        row: &Row,
+        notice: Notice,
+    ) -> Result<(), StorageError> {
+        file.put(self.topic.key(key), row.encode())?;
+        let before = Row::default();
+        self.derive(batch, key, &before, row);
+        self.notice(key, &before, row, notice);
+        Ok(())
+    }
+
+    /// Writes the records derived from `key`'s row changing from `before` to `after`, without
+    /// the row: the key count and the expiry index. (An index of values' fields goes here too.)
+    /// Called alone for a row already stored whose derived records are being rebuilt.
+    pub fn derive(&mut self, batch: &mut WriteBatch, key: &[u8], before: &Row, after: &Row) {
+        if !crate::counter::is_reserved(key) {
+            self.key_count += i64::from(!after.is_empty()) - i64::from(!before.is_empty());
+        }
+        for element in after.elements().iter().filter(|element| !before.contains(&element.id)) {
+            if let Some(at) = element.expires {
+                crate::expiry::record(batch, self.expiries, self.topic, key, &element.id, at);
+                self.next_expiry = Some(self.next_expiry.map_or(at, |next| next.min(at)));
+            }
+        }
+    }
+
+    /// Records a version of `key` that never reached (or never was) an element of its row: a
+    /// delete, or a value removed or expired before it arrived.
+    pub fn version(&mut self, batch: &mut WriteBatch, key: &[u8], (height, cid): (Height, &Cid), deleted: bool) {
+        if let Some(cf) = self.history {
+            crate::history::record(batch, cf, self.topic, key, (height, cid), deleted);
+        }
+    }
+
+    /// Records the deletes of a received block's delta as versions.
+    pub fn deletes(&mut self, batch: &mut WriteBatch, delta: &Delta, at: (Height, &Cid)) {
+        if let Some(cf) = self.history {
+            crate::history::record_deletes(batch, cf, self.topic, delta, at);
+        }
+    }
+
+    /// Writes the key count the changes so far leave, and hands over their watchers' changes
+    /// and earliest expiry; further changes go on from there.
+    pub fn seal(&mut self, batch: &mut WriteBatch) -> Sealed {
+        let key_count = self.key_count.max(0) as u64;
+        batch.put_cf(self.meta, key_count_key(self.topic), key_count.to_be_bytes());
+        Sealed { key_count, changes: std::mem::take(&mut self.changes), next_expiry: self.next_expiry.take() }
+    }
+
+    /// Each element that left the row is a version of the key.
+    fn left(&mut self, batch: &mut WriteBatch, key: &[u8], before: &Row, after: &Row) {
+        if let Some(cf) = self.history {
+            for element in before.elements().iter().filter(|element| !after.contains(&element.id)) {
+                crate::history::record(batch, cf, self.topic, key, (element.height, &element.id), false);
+            }
+        }
+    }
+
+    fn notice(&mut self, key: &[u8], before: &Row, after: &Row, notice: Notice) {
+        if !self.watched {
+            return;
+        }
+        let now = self.now;
+        let mut visible = after.visible(now);
+        let (heard, height, expired) = match notice {
+            Notice::Written(height) => {
+                visible = after.winner();
+                (visible.is_some() || before.visible(now).is_some(), height, false)
+            }
+            Notice::ValueChanged(height) => {
+                (before.visible(now).map(|e| &e.value) != visible.map(|e| &e.value), height, false)
+            }
+            Notice::Merged(top) => {
+                let height = visible.map_or(top, |e| e.height);
+                (before.visible(now).map(|e| &e.value) != visible.map(|e| &e.value), height, false)
+            }
+            Notice::Expired(height) => (before.winner().is_some_and(|best| !after.contains(&best.id)), height, true),
+        };
+        if heard {
+            let value = visible.map(|element| element.value.clone());
+            self.changes.push(Change { key: key.to_vec(), value, height, expired });
+        }
+    }
+}
