@@ -1,7 +1,7 @@
 //! Write access over real RocksDB: signed blocks, owned topics, refusals of local writes and of
 //! received blocks, and the sync replies to peers that send refused blocks.
 
-mod common;
+use crate::common;
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
 use canopy_crdt::{

@@ -2,7 +2,7 @@
 //! applied, naming the answer's top block as had. Two replicas over real RocksDB, messages
 //! passed by hand.
 
-mod common;
+use crate::common;
 
 use canopy_crdt::sync::{Message, Sync, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic, WalkLimits};

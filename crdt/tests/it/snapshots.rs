@@ -258,7 +258,7 @@ fn spawn(
 ) -> (Child, std::io::BufReader<std::process::ChildStdout>) {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", "crash_child", "--ignored", "--nocapture"])
+        .args(["--exact", "snapshots::crash_child", "--ignored", "--nocapture"])
         .env("CANOPY_CRASH_DIR", path)
         .env("CANOPY_CRASH_MODE", mode)
         .env_remove("CANOPY_FAILPOINT")
@@ -384,6 +384,57 @@ fn a_crash_around_the_row_file_ingest_is_finished_when_the_topic_loads() {
         assert_eq!(before - topic.key_count(), LEASES as u64, "killed at {failpoint}: the leases are collected");
         assert_eq!(contents(&topic).len(), expected.0.len() - LEASES);
     }
+}
+
+#[test]
+fn a_replica_bootstrapped_from_a_snapshot_holds_what_one_that_applied_the_blocks_holds() {
+    // The row file a fresh replica ingests goes with the same derived records (key count,
+    // expiry index) as rows written block by block.
+    const LEASES: usize = 40;
+    const LEASE_END_MS: u64 = 4_102_444_800_000;
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(Clock::system().now()));
+    let clock = {
+        let now = now.clone();
+        Clock::from_fn(move || now.load(Ordering::SeqCst))
+    };
+    let open_at = |name: &str| Store::open(dir.path().join(name), StoreOptions { clock: clock.clone(), ..options() });
+    let source_store = open_at("source").unwrap();
+    let source = source_store.topic("t").unwrap();
+    let mut commits = fill(&source, 2000);
+    let mut batch = Batch::new();
+    for i in 0..LEASES {
+        batch.put_until(format!("lease-{i:03}"), "held", LEASE_END_MS);
+        batch.add(format!("hits-{i:03}"), 2);
+    }
+    commits.push(source.batch(batch).unwrap().unwrap().cid);
+    let blocks: Vec<Block> = commits
+        .iter()
+        .map(|cid| Block::decode("t", *cid, &source.block(cid).unwrap().unwrap(), &Default::default()).unwrap())
+        .collect();
+    let snapshot = source.compact().unwrap().snapshot.unwrap();
+
+    let from_snapshot_store = open_at("from-snapshot").unwrap();
+    let from_snapshot = from_snapshot_store.topic("t").unwrap();
+    copy_snapshot(&source, &from_snapshot, snapshot);
+    assert!(!from_snapshot.merge_snapshot(snapshot).unwrap().already_had);
+    let from_blocks_store = open_at("from-blocks").unwrap();
+    let from_blocks = from_blocks_store.topic("t").unwrap();
+    assert_eq!(from_blocks.ingest(blocks).unwrap().applied, commits.len());
+
+    for replica in [&from_snapshot, &from_blocks] {
+        assert_eq!(contents(replica), contents(&source));
+        assert_eq!(replica.key_count(), source.key_count());
+    }
+    // Both indexed the expiring elements alike: collected once due, they leave the same count.
+    now.store(LEASE_END_MS, Ordering::SeqCst);
+    for replica in [&source, &from_snapshot, &from_blocks] {
+        let before = replica.key_count();
+        replica.collect_expired().unwrap();
+        assert_eq!(before - replica.key_count(), LEASES as u64);
+    }
+    assert_eq!(contents(&from_snapshot), contents(&from_blocks));
+    assert_eq!(from_snapshot.key_count(), from_blocks.key_count());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! its owner. A peer outside the speakers that offers a well-made snapshot lying about a block
 //! it covers is refused, and the replica converges with the honest ones.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

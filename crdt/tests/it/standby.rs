@@ -1,7 +1,7 @@
 //! Several peers announcing the same heads: one is asked, the others stand by and take over
 //! when its fetch ends before the heads are here. Real RocksDB, messages passed by hand.
 
-mod common;
+use crate::common;
 
 use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic};

@@ -2,7 +2,7 @@
 //! driven through the `canopy` client as a user types it, and a hostile peer whose forged posts
 //! no node applies.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

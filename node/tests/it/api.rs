@@ -1,6 +1,6 @@
 //! The HTTP API and the client commands against one real `canopy serve` process.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::process::Stdio;

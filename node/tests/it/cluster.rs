@@ -1,6 +1,6 @@
 //! Three and more real `canopy serve` processes on loopback.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::Write as _;

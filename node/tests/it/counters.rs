@@ -1,7 +1,7 @@
 //! Counters between real `canopy serve` processes: three nodes counting likes at once reach the
 //! exact total, through the client as a user types it and through the HTTP API.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 

@@ -2,7 +2,7 @@
 //! instance registers with a lifetime and renews it with a heartbeat; one that stops renewing
 //! disappears from every node, and watchers hear of it.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,7 +1,7 @@
 //! Key history between real `canopy serve` processes: the versions a key went through on two
 //! nodes, read over HTTP and with `canopy history`, before and after a compaction.
 
-mod common;
+use crate::common;
 
 use common::{NodeProcess, canopy, cluster, wait_until};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 //! processes: API tokens and roles, the refusal to serve an open API beyond loopback, the
 //! cluster's own topics, confined backups, forwarding headers, imports and admission.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;

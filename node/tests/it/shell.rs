@@ -1,7 +1,7 @@
 //! `canopy shell` against a real `canopy serve`: commands piped in one a line, and typed at a
 //! pseudo-terminal as a person would.
 
-mod common;
+use crate::common;
 
 use std::io::{Read as _, Write as _};
 use std::process::{Output, Stdio};

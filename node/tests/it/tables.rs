@@ -1,6 +1,6 @@
 //! Sharded tables across real `canopy serve --tables` processes on loopback.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,7 +1,7 @@
 //! gossipsub scoring over real QUIC on loopback: a peer whose announcements fail validation
 //! loses score (the application-specific score canopy sets), and the score decays back.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

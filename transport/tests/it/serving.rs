@@ -1,7 +1,7 @@
 //! The block endpoint over real QUIC on loopback: one peer asking a lot waits for its own turns
 //! and never takes another peer's, and every request ends in an answer or a failure event.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};

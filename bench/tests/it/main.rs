@@ -1,0 +1,5 @@
+//! The bench crate's integration tests, one binary: each module is one former test file.
+
+mod ingest;
+mod replication;
+mod sim;

@@ -1,0 +1,18 @@
+//! The crdt crate's integration tests, one binary: each module is one former test file.
+
+mod access;
+mod ahead;
+mod common;
+mod counters;
+mod decoders;
+mod expiry;
+mod history;
+mod inline;
+mod laws;
+mod pipeline;
+mod scenarios;
+mod snapshots;
+mod speakers;
+mod standby;
+mod store;
+mod writers;

@@ -1,0 +1,14 @@
+//! The node crate's integration tests, one binary: each module is one former test file.
+
+mod access;
+mod api;
+mod architecture;
+mod cluster;
+mod common;
+mod counters;
+mod embedded;
+mod expiry;
+mod history;
+mod security;
+mod shell;
+mod tables;

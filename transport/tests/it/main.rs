@@ -1,0 +1,5 @@
+//! The transport crate's integration tests, one binary: each module is one former test file.
+
+mod common;
+mod scoring;
+mod serving;
