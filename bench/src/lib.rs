@@ -1,7 +1,6 @@
 //! canopy's workloads, simulator driver and reports, behind the `canopy-bench` binary.
 
 pub mod ingest;
-pub mod processes;
 pub mod replication;
 pub mod report;
 pub mod scale;

@@ -399,7 +399,7 @@ fn run_replication(args: ReplicationArgs) -> anyhow::Result<ExitCode> {
         timeout: std::time::Duration::from_secs(args.timeout_s),
         compact: args.compact,
         deep: args.deep,
-        processes: args.processes.then(|| args.canopy.unwrap_or_else(canopy_bench::processes::default_canopy)),
+        processes: args.processes.then(|| args.canopy.unwrap_or_else(canopy_bench::replication::default_canopy)),
         secure: args.secure,
     };
     let report = replication::run(&config)?;

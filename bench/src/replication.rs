@@ -10,6 +10,10 @@ use anyhow::{Context as _, bail};
 use canopy_node::{Batch, Node, NodeConfig};
 use serde::Serialize;
 
+mod processes;
+
+pub use processes::default_canopy;
+
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct ReplicationConfig {
@@ -105,7 +109,7 @@ async fn wait(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool
 pub fn run(settings: &ReplicationConfig) -> anyhow::Result<ReplicationReport> {
     let dir = tempfile::tempdir()?;
     if let Some(canopy) = &settings.processes {
-        return crate::processes::measure(canopy, dir.path(), settings);
+        return processes::measure(canopy, dir.path(), settings);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(measure(dir.path(), settings))

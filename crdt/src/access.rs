@@ -16,6 +16,7 @@ use std::fmt;
 use canopy_dag::{AuthorId, Block};
 
 use crate::delta::{Delta, Limits};
+pub use crate::error::Refusal;
 use crate::error::TopicError;
 use crate::schema::TOPIC_NAME_BYTES_MAX;
 
@@ -207,48 +208,10 @@ impl Access {
     }
 }
 
-/// Why an author may not write a topic.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The topic is owned and the author is not its owner.
-    #[error("author {author} may not write this topic: it is owned by {owner}, and only its owner writes it")]
-    NotOwner {
-        /// Who tried to write.
-        author: AuthorId,
-        /// The topic's owner.
-        owner: AuthorId,
-    },
-    /// The author is not on the topic's writer list where the block was made.
-    #[error("author {author} may not write this topic: it is not on the writer list {owner} keeps")]
-    NotWriter {
-        /// Who tried to write.
-        author: AuthorId,
-        /// The topic's owner, who keeps the list.
-        owner: AuthorId,
-    },
-    /// Someone other than the owner tried to change the writer list.
-    #[error("author {author} may not change the writer list of this topic: only its owner {owner} does")]
-    NotListOwner {
-        /// Who tried to change the list.
-        author: AuthorId,
-        /// The topic's owner.
-        owner: AuthorId,
-    },
-    /// In a keyed topic, an author wrote a key that does not name it.
-    #[error(
-        "author {author} may not write key {key:?}: in a keyed topic each author writes only keys naming it \
-             (its peer id, alone or followed by /)"
-    )]
-    NotKeyOwner {
-        /// Who tried to write.
-        author: AuthorId,
-        /// The key.
-        key: String,
-    },
-    /// A topic without a writer list received a change of one.
-    #[error("this topic has no writer list: only topics created with mode writers have one")]
-    NoWriterList,
+/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`, after an owner's peer
+/// id and `/` for an owned topic (see [`crate::Access`]).
+pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
+    Access::of(name).map(|_| ())
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ use crate::inner::StoreInner;
 use crate::row::Row;
 use crate::schema::{CF_HEADS, CF_HISTORY, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS};
 use crate::snapshot::{ChunkWriter, SnapshotElement};
-use crate::types::{Compaction, TopicShared};
+use crate::shared::TopicShared;
+use crate::types::Compaction;
 use crate::writer::Command;
 use crate::writer::compact::{Records, compact_topic_range, parts_of, strip, topic_read_options};
 

@@ -1,3 +1,5 @@
+//! A block's payload: the delta (adds, removes, expiries, writer-list changes), its codec and limits.
+
 use canopy_dag::{AuthorId, Cid};
 use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};

@@ -1,3 +1,5 @@
+//! The engine's errors: storage, topics, writes, reads, ingest, compaction, merges, refusals.
+
 use canopy_dag::{BlockError, StoreError};
 
 /// A storage failure underneath an operation.
@@ -105,7 +107,7 @@ pub enum WriteError {
     },
     /// This store's author may not write the topic.
     #[error("write refused: {0}")]
-    Forbidden(#[from] crate::access::Refusal),
+    Forbidden(#[from] Refusal),
     /// The block could not be built.
     #[error("cannot build block: {0}")]
     Block(#[from] BlockError),
@@ -191,5 +193,64 @@ pub enum MergeError {
     Missing(usize),
     /// The snapshot is not valid for this topic; nothing was changed.
     #[error(transparent)]
-    Invalid(#[from] crate::snapshot::SnapshotError),
+    Invalid(#[from] SnapshotError),
+}
+
+/// Why an author may not write a topic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The topic is owned and the author is not its owner.
+    #[error("author {author} may not write this topic: it is owned by {owner}, and only its owner writes it")]
+    NotOwner {
+        /// Who tried to write.
+        author: canopy_dag::AuthorId,
+        /// The topic's owner.
+        owner: canopy_dag::AuthorId,
+    },
+    /// The author is not on the topic's writer list where the block was made.
+    #[error("author {author} may not write this topic: it is not on the writer list {owner} keeps")]
+    NotWriter {
+        /// Who tried to write.
+        author: canopy_dag::AuthorId,
+        /// The topic's owner, who keeps the list.
+        owner: canopy_dag::AuthorId,
+    },
+    /// Someone other than the owner tried to change the writer list.
+    #[error("author {author} may not change the writer list of this topic: only its owner {owner} does")]
+    NotListOwner {
+        /// Who tried to change the list.
+        author: canopy_dag::AuthorId,
+        /// The topic's owner.
+        owner: canopy_dag::AuthorId,
+    },
+    /// In a keyed topic, an author wrote a key that does not name it.
+    #[error(
+        "author {author} may not write key {key:?}: in a keyed topic each author writes only keys naming it \
+             (its peer id, alone or followed by /)"
+    )]
+    NotKeyOwner {
+        /// Who tried to write.
+        author: canopy_dag::AuthorId,
+        /// The key.
+        key: String,
+    },
+    /// A topic without a writer list received a change of one.
+    #[error("this topic has no writer list: only topics created with mode writers have one")]
+    NoWriterList,
+}
+
+/// Why snapshot bytes were refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// The bytes are not named by the CID they came under, or the CID has the wrong format.
+    #[error(transparent)]
+    Cid(#[from] canopy_dag::BlockError),
+    /// Not a snapshot part of the expected shape.
+    #[error("malformed snapshot part: {0}")]
+    Malformed(String),
+    /// Well-formed but breaks a rule of the format (order, limits, counts).
+    #[error("invalid snapshot: {0}")]
+    Invalid(String),
 }

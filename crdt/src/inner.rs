@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use rocksdb::DB;
 
 use crate::options::StoreOptions;
-use crate::types::TopicShared;
+use crate::shared::TopicShared;
 use crate::writer::Command;
 
 /// The writer threads are gone: the store is closing.

@@ -21,6 +21,7 @@ pub mod repair;
 mod row;
 mod row_change;
 mod schema;
+mod shared;
 pub mod sim;
 pub mod snapshot;
 mod store;
@@ -46,7 +47,8 @@ pub fn validate_blocks(topic: &str, items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Bl
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
 pub use options::StoreOptions;
-pub use schema::{TOPIC_NAME_BYTES_MAX, validate_topic_name};
+pub use access::validate_topic_name;
+pub use schema::TOPIC_NAME_BYTES_MAX;
 pub use store::Store;
 pub use topic::{Batch, Ingesting, Page, Topic};
 pub use types::{

@@ -5,7 +5,7 @@ use canopy_dag::{CF_BLOCKS, CF_INDEX};
 use canopy_dag::{Cid, TOPIC_ID_BYTES, TopicId};
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, SliceTransform};
 
-use crate::error::{StorageError, TopicError};
+use crate::error::StorageError;
 
 /// Received blocks waiting for their parents: `topic ++ cid` → block bytes.
 pub(crate) const CF_PENDING: &str = "pending";
@@ -95,12 +95,6 @@ pub(crate) fn topic_name_key(name: &str) -> Vec<u8> {
     let mut key = vec![META_TOPIC];
     key.extend_from_slice(name.as_bytes());
     key
-}
-
-/// Checks a topic name: 1 to 128 characters from `A-Z a-z 0-9 . _ : -`, after an owner's peer
-/// id and `/` for an owned topic (see [`crate::Access`]).
-pub fn validate_topic_name(name: &str) -> Result<(), TopicError> {
-    crate::access::Access::of(name).map(|_| ())
 }
 
 fn table_options(cache: &Cache) -> BlockBasedOptions {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::delta::{Limits, check_key, check_value};
-use crate::schema::validate_topic_name;
+use crate::access::validate_topic_name;
 use crate::types::Head;
 
 /// The format name every manifest carries.
@@ -24,20 +24,7 @@ pub const SNAPSHOT_FORMAT: &str = "canopy-snapshot/1";
 /// key, a value and a CID, so a chunk always fits [`BLOCK_BYTES_MAX`].
 pub const CHUNK_BYTES_TARGET: usize = 1 << 20;
 
-/// Why snapshot bytes were refused.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SnapshotError {
-    /// The bytes are not named by the CID they came under, or the CID has the wrong format.
-    #[error(transparent)]
-    Cid(#[from] BlockError),
-    /// Not a snapshot part of the expected shape.
-    #[error("malformed snapshot part: {0}")]
-    Malformed(String),
-    /// Well-formed but breaks a rule of the format (order, limits, counts).
-    #[error("invalid snapshot: {0}")]
-    Invalid(String),
-}
+pub use crate::error::SnapshotError;
 
 /// Sort key of a snapshot element: key ascending, then rank descending.
 type ElementOrder<'a> = (&'a [u8], std::cmp::Reverse<(Height, &'a [u8], &'a Cid)>);

@@ -1,3 +1,5 @@
+//! `Store`, a node's database: many topics in one RocksDB, their registry and writer threads.
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +19,8 @@ use crate::inspect::Inspector;
 use crate::options::StoreOptions;
 use crate::schema::{
     CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC, column_families,
-    validate_topic_name,
 };
+use crate::access::validate_topic_name;
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
 

@@ -1,3 +1,5 @@
+//! `Topic`, the handle to one topic of a store: reads, writes, watch, ingest and snapshots.
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -12,7 +14,8 @@ use crate::inner::StoreInner;
 use crate::row::Row;
 use crate::schema::{CF_KV, CF_SNAPSHOTS};
 use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
-use crate::types::{Sink, Snapshots, StorageCompaction, TopicShared};
+use crate::shared::TopicShared;
+use crate::types::{Sink, Snapshots, StorageCompaction};
 use crate::writer::{Command, Committed, WriteRequest, compact};
 use crate::{compaction, counter};
 

@@ -1,11 +1,9 @@
 //! The values the store, topic handles and writer threads pass around: heads, commits,
 //! operations, changes, outcomes, and the state a topic's handles share with its writer thread.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use canopy_dag::{Cid, Height, TopicId};
+use canopy_dag::{Cid, Height};
 use serde::{Deserialize, Serialize};
 
 /// A head of a topic: a block no other known block links to.
@@ -154,26 +152,6 @@ pub struct MergeOutcome {
 /// it returns false once it wants no more changes, and is then dropped.
 pub type Sink = Box<dyn FnMut(&Change) -> bool + Send>;
 
-/// What the writer thread and topic handles share about one topic.
-pub(crate) struct TopicShared {
-    pub id: TopicId,
-    pub name: String,
-    /// Who may write the topic, read from its name.
-    pub access: crate::access::Access,
-    pub heads: RwLock<Vec<Head>>,
-    pub key_count: AtomicU64,
-    pub pending_count: AtomicU64,
-    pub watchers: Mutex<Vec<Sink>>,
-    pub dropped: AtomicBool,
-    pub snapshots: RwLock<Snapshots>,
-    /// Held while the topic compacts: one compaction at a time.
-    pub compacting: Mutex<()>,
-    /// Whether the parts of the snapshots in `cover` are stored.
-    pub parts_held: AtomicBool,
-    /// When the held parts were made or last served, in wall-clock milliseconds.
-    pub parts_used_ms: AtomicU64,
-}
-
 /// The snapshots a topic knows, as its writer thread last published them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshots {
@@ -187,12 +165,6 @@ pub struct Snapshots {
 
 /// Most snapshot manifests a topic remembers as made or merged.
 pub const KNOWN_SNAPSHOTS_MAX: usize = 16;
-
-impl TopicShared {
-    pub fn max_height(&self) -> Height {
-        self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
-    }
-}
 
 /// Milliseconds since the Unix epoch, for the age of snapshot parts.
 pub(crate) fn wall_ms() -> u64 {

@@ -23,7 +23,8 @@ use crate::schema::{
     CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER,
     META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key, topic_name_key,
 };
-use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots, TopicShared};
+use crate::shared::TopicShared;
+use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots};
 use crate::writers::{Lists, WriterList};
 
 pub(crate) mod compact;

@@ -1,3 +1,5 @@
+//! A block: one signed DAG node, encoded as DAG-CBOR and named by the CIDv1 of its BLAKE3 hash.
+
 use cid::Cid;
 use multihash::Multihash;
 use serde::{Deserialize, Serialize};

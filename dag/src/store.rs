@@ -1,3 +1,5 @@
+//! The block store: applied blocks and their metadata in RocksDB, one key range per topic.
+
 use std::sync::Arc;
 
 use cid::Cid;

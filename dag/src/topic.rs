@@ -1,3 +1,5 @@
+//! The fixed-width id of a topic inside one database, which starts every storage key.
+
 use std::fmt;
 
 /// Width in bytes of the topic id that starts every storage key.

@@ -1,3 +1,5 @@
+//! Checking a batch of received blocks (hash, decoding, signature) in parallel.
+
 use cid::Cid;
 use rayon::prelude::*;
 

@@ -1,3 +1,5 @@
+//! Bounded walks of a topic's DAG: what a peer lacks below given heads, and ancestor samples.
+
 use std::collections::{BinaryHeap, HashMap};
 
 use cid::Cid;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use super::SyncConfig;
-use crate::schema::validate_topic_name;
+use crate::access::validate_topic_name;
 use crate::types::{Head, KNOWN_SNAPSHOTS_MAX};
 
 /// Most parts asked for, or sent, in one `WantParts` / `Parts`.

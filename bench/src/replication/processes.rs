@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
-use crate::replication::{ReplicationConfig, ReplicationReport, catch_up_entry, report};
+use super::{ReplicationConfig, ReplicationReport, catch_up_entry, report};
 
 /// Operations per batch request when filling the catch-up topic over HTTP.
 const HTTP_BATCH_MAX: usize = 10_000;

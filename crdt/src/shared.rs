@@ -1,0 +1,36 @@
+//! What a topic's handles and its writer thread share: its identity and access rule, and the
+//! state the writer thread publishes (heads, key count, snapshots) for readers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, RwLock};
+
+use canopy_dag::{Height, TopicId};
+
+use crate::types::{Head, Sink, Snapshots};
+
+/// What the writer thread and topic handles share about one topic.
+pub(crate) struct TopicShared {
+    pub id: TopicId,
+    pub name: String,
+    /// Who may write the topic, read from its name.
+    pub access: crate::access::Access,
+    pub heads: RwLock<Vec<Head>>,
+    pub key_count: AtomicU64,
+    pub pending_count: AtomicU64,
+    pub watchers: Mutex<Vec<Sink>>,
+    pub dropped: AtomicBool,
+    pub snapshots: RwLock<Snapshots>,
+    /// Held while the topic compacts: one compaction at a time.
+    pub compacting: Mutex<()>,
+    /// Whether the parts of the snapshots in `cover` are stored.
+    pub parts_held: AtomicBool,
+    /// When the held parts were made or last served, in wall-clock milliseconds.
+    pub parts_used_ms: AtomicU64,
+}
+
+impl TopicShared {
+    pub fn max_height(&self) -> Height {
+        self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
+    }
+}
+
