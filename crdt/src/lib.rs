@@ -29,7 +29,7 @@ pub mod sync;
 mod topic;
 mod types;
 mod writer;
-mod writers;
+mod writer_list;
 
 pub use access::{Access, Mode, Refusal};
 pub use canopy_dag::{
@@ -37,7 +37,7 @@ pub use canopy_dag::{
 };
 pub use expiry::Clock;
 pub use history::Version;
-pub use writers::WriterList;
+pub use writer_list::WriterList;
 
 /// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel
 /// under the protocol's limits.

@@ -1,6 +1,6 @@
 //! A deterministic in-process cluster: real stores, the real sync logic, a seeded network.
 //!
-//! Every replica has its own RocksDB under a caller-given directory and its own [`Sync`]. The
+//! Every replica has its own RocksDB under a caller-given directory and its own [`Replicator`]. The
 //! network carries encoded [`Message`]s with a random latency and can drop, duplicate, delay
 //! (reorder) and corrupt them, and split replicas into partitions. Time is simulated: the
 //! cluster jumps from one event (a delivery or a tick) to the next, so a run with the same seed
@@ -20,7 +20,7 @@ use crate::error::{OpenError, ReadError, TopicError, WriteError};
 use crate::expiry::Clock;
 use crate::options::StoreOptions;
 use crate::store::Store;
-use crate::sync::{Effect, Sync, SyncConfig};
+use crate::sync::{Effect, Replicator, SyncConfig};
 use crate::topic::{Batch, Topic};
 use crate::types::{Commit, Head};
 
@@ -130,7 +130,7 @@ pub struct Cluster {
     seed: u64,
     dir: PathBuf,
     topics: Vec<String>,
-    nodes: Vec<Option<Sync<usize>>>,
+    nodes: Vec<Option<Replicator<usize>>>,
     adversaries: Vec<Adversary>,
     store_options: StoreOptions,
     sync_config: SyncConfig,
@@ -227,7 +227,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn open(&self, replica: usize) -> Result<Sync<usize>, SimError> {
+    fn open(&self, replica: usize) -> Result<Replicator<usize>, SimError> {
         let origin = (self.seed ^ (replica as u64).rotate_left(32)).to_be_bytes();
         let wall = self.wall.clone();
         let options = StoreOptions {
@@ -242,7 +242,7 @@ impl Cluster {
         // replicas, so none is replica 0, the owner of owned topics, and none is a speaker).
         let seed = self.seed;
         let speakers = self.speakers.clone();
-        let mut sync = Sync::new(store, config)
+        let mut sync = Replicator::new(store, config)
             .with_peer_authors(move |peer| Some(Cluster::replica_author(seed, *peer)))
             .with_snapshot_speakers(move |author| speakers.read().expect("never poisoned").contains(author));
         for topic in &self.topics {
@@ -302,7 +302,7 @@ impl Cluster {
 
     /// Fetches still running on running replicas.
     pub fn fetches(&self) -> usize {
-        self.nodes.iter().flatten().map(Sync::fetches).sum()
+        self.nodes.iter().flatten().map(Replicator::fetches).sum()
     }
 
     /// True for a cluster without replicas.

@@ -139,7 +139,7 @@ impl Chunk {
             if !cid.is_empty() {
                 return Err(SnapshotError::Invalid("a record key longer than its CID".into()));
             }
-            crate::writers::check_record(kind, value).map_err(SnapshotError::Invalid)?;
+            crate::writer_list::check_record(kind, value).map_err(SnapshotError::Invalid)?;
         }
         for element in &chunk.elements {
             check_key(&element.key, &limits).map_err(SnapshotError::Invalid)?;

@@ -1,6 +1,6 @@
 //! Replication logic without I/O.
 //!
-//! [`Sync`] consumes events (a local commit, a message from a peer, the passing of time) and
+//! [`Replicator`] consumes events (a local commit, a message from a peer, the passing of time) and
 //! returns [`Effect`]s (publish to a topic's gossip channel, send to one peer). The node wires
 //! effects to libp2p and QUIC; the simulator wires them to a seeded, faulty network. Time is
 //! passed in as milliseconds, so runs are reproducible.
@@ -151,7 +151,7 @@ pub enum SyncError {
     Read(#[from] ReadError),
 }
 
-/// Counters of what a [`Sync`] has seen, for metrics and the simulator.
+/// Counters of what a [`Replicator`] has seen, for metrics and the simulator.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
     /// Blocks received that failed validation (hash, encoding, signature, height, delta).
@@ -172,7 +172,7 @@ pub struct SyncStats {
     pub snapshots_merged: u64,
     /// Snapshots not merged because the peer offering them may not speak for the topic: not
     /// the owner of an owned topic or one with a writer list, not a snapshot speaker (see
-    /// [`Sync::with_snapshot_speakers`]) for one with no owner.
+    /// [`Replicator::with_snapshot_speakers`]) for one with no owner.
     pub snapshots_refused: u64,
     /// Snapshot parts received that failed their hash check or decoding.
     pub parts_rejected: u64,
@@ -192,7 +192,7 @@ struct TopicSync<P> {
     standby: BTreeMap<P, Vec<Cid>>,
     /// Levels of fetches asked for ahead of their turn, by request id.
     ahead: BTreeMap<u64, Ahead<P>>,
-    /// When the heads are announced next, as scheduled in [`Sync::schedule`].
+    /// When the heads are announced next, as scheduled in [`Replicator::schedule`].
     due_ms: u64,
     /// Re-announcements since the heads last changed.
     quiet: u32,
@@ -208,7 +208,7 @@ struct TopicSync<P> {
 const REANNOUNCE_DEFER_MS: u64 = 50;
 
 /// The sync state machine of one replica, over all its subscribed topics.
-pub struct Sync<P> {
+pub struct Replicator<P> {
     store: Store,
     config: SyncConfig,
     topics: BTreeMap<String, TopicSync<P>>,
@@ -219,14 +219,14 @@ pub struct Sync<P> {
     jitter_state: u64,
     stats: SyncStats,
     /// Answers whose blocks the writer threads are still applying, by topic, peer of the fetch
-    /// and peer that served them: their outcome is collected by [`Sync::settle`].
+    /// and peer that served them: their outcome is collected by [`Replicator::settle`].
     applying: Vec<(String, P, P, Ingesting)>,
     /// Bytes of the answers asked ahead, held or on their way, over every topic.
     ahead_bytes: usize,
-    /// The author a peer is, when its identity says (see [`Sync::with_peer_authors`]).
+    /// The author a peer is, when its identity says (see [`Replicator::with_peer_authors`]).
     peer_author: Option<PeerAuthor<P>>,
     /// The authors whose snapshots of topics with no owner are merged, once set (see
-    /// [`Sync::with_snapshot_speakers`]); until then, every peer's.
+    /// [`Replicator::with_snapshot_speakers`]); until then, every peer's.
     speakers: Option<Speakers>,
 }
 
@@ -236,11 +236,11 @@ type PeerAuthor<P> = Box<dyn Fn(&P) -> Option<AuthorId> + Send>;
 /// Tells whether an author may speak for a topic with no owner through a snapshot.
 type Speakers = Box<dyn Fn(&AuthorId) -> bool + Send>;
 
-impl<P: Clone + Ord> Sync<P> {
-    /// Sync over `store`; topics are added with [`Sync::subscribe`].
-    pub fn new(store: Store, config: SyncConfig) -> Sync<P> {
+impl<P: Clone + Ord> Replicator<P> {
+    /// A replicator over `store`; topics are added with [`Replicator::subscribe`].
+    pub fn new(store: Store, config: SyncConfig) -> Replicator<P> {
         let jitter_state = config.seed | 1;
-        Sync {
+        Replicator {
             store,
             config,
             topics: BTreeMap::new(),
@@ -260,7 +260,7 @@ impl<P: Clone + Ord> Sync<P> {
     /// block transport authenticates it). Snapshots are not signed, so an owned topic merges a
     /// snapshot only from its owner; without this, owned topics merge none and catch up from
     /// blocks alone.
-    pub fn with_peer_authors(mut self, author: impl Fn(&P) -> Option<AuthorId> + Send + 'static) -> Sync<P> {
+    pub fn with_peer_authors(mut self, author: impl Fn(&P) -> Option<AuthorId> + Send + 'static) -> Replicator<P> {
         self.peer_author = Some(Box::new(author));
         self
     }
@@ -270,11 +270,11 @@ impl<P: Clone + Ord> Sync<P> {
     /// cannot be checked against blocks nobody holds any more, so a peer could offer one that
     /// names an honest block as covered but leaves out its writes; a replica merging it would
     /// never apply them. Once set, such a topic merges a snapshot only from a peer whose author
-    /// (see [`Sync::with_peer_authors`]) `speaks` admits; a peer whose author is unknown is
+    /// (see [`Replicator::with_peer_authors`]) `speaks` admits; a peer whose author is unknown is
     /// refused. The fetch offered the snapshot ends (`snapshots_refused`) and the heads are
     /// fetched from another peer. Without this, every peer speaks for such a topic. Owned topics
     /// and topics with a writer list take their owner's snapshots only, whatever this says.
-    pub fn with_snapshot_speakers(mut self, speaks: impl Fn(&AuthorId) -> bool + Send + 'static) -> Sync<P> {
+    pub fn with_snapshot_speakers(mut self, speaks: impl Fn(&AuthorId) -> bool + Send + 'static) -> Replicator<P> {
         self.speakers = Some(Box::new(speaks));
         self
     }

@@ -25,7 +25,7 @@ use crate::schema::{
 };
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots};
-use crate::writers::{Lists, WriterList};
+use crate::writer_list::{Lists, WriterList};
 
 pub(crate) mod compact;
 mod expire;

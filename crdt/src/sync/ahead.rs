@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use canopy_dag::{Block, Cid};
 
 use super::fetch::{first_unique, tops};
-use super::{Effect, Message, Sync, SyncError, TopicSync, WireBlock, validate};
+use super::{Effect, Message, Replicator, SyncError, TopicSync, WireBlock, validate};
 
 /// A level of a fetch asked for ahead of its turn.
 pub(super) struct Ahead<P> {
@@ -77,7 +77,7 @@ pub(super) fn forget_level<P: PartialEq>(
     ahead.remove(&id).map_or(0, |entry| entry.bytes)
 }
 
-impl<P: Clone + Ord> Sync<P> {
+impl<P: Clone + Ord> Replicator<P> {
     /// Asks for the levels just above the one the fetch from `peer` is getting, nearest first,
     /// as far as the bounds allow. The nearest goes to a peer standing by when there is one.
     pub(super) fn ask_ahead(&mut self, now_ms: u64, peer: &P, topic: &str) -> Vec<Effect<P>> {

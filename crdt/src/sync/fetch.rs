@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use canopy_dag::{Block, Cid};
 
-use super::{Effect, Message, Sync, SyncError, WireBlock, count_ingest, validate};
+use super::{Effect, Message, Replicator, SyncError, WireBlock, count_ingest, validate};
 use crate::error::{IngestError, MergeError};
 use crate::snapshot::{Manifest, validate_parts};
 use crate::types::{Head, IngestOutcome};
@@ -106,10 +106,10 @@ impl Fetch {
     }
 }
 
-impl<P: Clone + Ord> Sync<P> {
+impl<P: Clone + Ord> Replicator<P> {
     /// Waits until every answer whose blocks are being applied is taken in, and acts on the
     /// outcomes: counters, blocks learnt as had, fetches that stopped making progress, new heads
-    /// announced. [`Sync::handle`] and [`Sync::tick`] do this first; a caller that reads topics
+    /// announced. [`Replicator::handle`] and [`Replicator::tick`] do this first; a caller that reads topics
     /// right after handling an answer calls it to see the answer applied.
     pub fn settle(&mut self) -> Result<Vec<Effect<P>>, SyncError> {
         let mut effects = Vec::new();

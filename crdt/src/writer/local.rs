@@ -17,7 +17,7 @@ use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
 use crate::schema::CF_HEADS;
 use crate::types::{Change, Commit, Op};
-use crate::writers::Lists;
+use crate::writer_list::Lists;
 
 /// Upper bounds on the encoded size of one add, one remove and one link, and on everything
 /// else a block holds. Local deltas are cut by these estimates, so a block built from a cut

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig, WireBlock};
 use canopy_crdt::{
     Access, Block, Delta, Mode, OpenError, Signer, Store, StoreOptions, TopicError, WriteError, validate_blocks,
 };
@@ -103,7 +103,7 @@ fn topic_names_carry_a_valid_owner() {
 #[test]
 fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sync = Sync::new(store(&dir, "owner", &owner()), SyncConfig::default());
+    let mut sync = Replicator::new(store(&dir, "owner", &owner()), SyncConfig::default());
     let topic = sync.subscribe(&blog()).unwrap();
     let root = topic.put("post/1", "hello").unwrap();
 
@@ -194,7 +194,7 @@ fn an_owned_topic_merges_only_its_owners_snapshots() {
         _ => None,
     };
     let sync = |name: &str, signer: &Signer| {
-        let mut sync = Sync::new(store(&dir, name, signer), SyncConfig::default()).with_peer_authors(peers);
+        let mut sync = Replicator::new(store(&dir, name, signer), SyncConfig::default()).with_peer_authors(peers);
         let topic = sync.subscribe(&blog()).unwrap();
         (sync, topic)
     };
@@ -203,7 +203,7 @@ fn an_owned_topic_merges_only_its_owners_snapshots() {
         posts.put(format!("post/{i}"), "text").unwrap();
     }
     posts.compact().unwrap();
-    let announce = |sync: &mut Sync<u32>| match sync.announce(&blog()).pop() {
+    let announce = |sync: &mut Replicator<u32>| match sync.announce(&blog()).pop() {
         Some(Effect::Publish { message, .. }) => message,
         other => panic!("an announcement: {other:?}"),
     };

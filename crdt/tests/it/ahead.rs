@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic, WalkLimits};
 
 const KEYS: usize = 200;
@@ -21,19 +21,19 @@ fn config(ahead: usize) -> SyncConfig {
     }
 }
 
-fn replica(dir: &tempfile::TempDir, name: &str, ahead: usize) -> (Sync<u32>, Topic) {
+fn replica(dir: &tempfile::TempDir, name: &str, ahead: usize) -> (Replicator<u32>, Topic) {
     let options = StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() };
     let store = Store::open(dir.path().join(name), options).unwrap();
-    let mut sync = Sync::new(store, config(ahead));
+    let mut sync = Replicator::new(store, config(ahead));
     let topic = sync.subscribe("t").unwrap();
     (sync, topic)
 }
 
 /// A reader and the peers it may ask, each holding the same chain of `KEYS` single puts.
 struct Net {
-    reader: Sync<u32>,
+    reader: Replicator<u32>,
     copy: Topic,
-    servers: BTreeMap<u32, Sync<u32>>,
+    servers: BTreeMap<u32, Replicator<u32>>,
     written: Topic,
     penalized: Vec<u32>,
     _dir: tempfile::TempDir,
@@ -67,7 +67,7 @@ fn net(peers: u32, ahead: usize) -> Net {
 }
 
 /// Copies everything `source` holds of `written` into `other`.
-fn copy(source: &mut Sync<u32>, other: &mut Sync<u32>, written: &Topic) {
+fn copy(source: &mut Replicator<u32>, other: &mut Replicator<u32>, written: &Topic) {
     let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
     let mut requests = sends(other.handle(0, 1, heads).unwrap());
     while let Some((_, request)) = requests.pop() {

@@ -1,11 +1,11 @@
 //! Blocks carried inside announcements: applied with no request when their parents are here,
 //! fetched as usual otherwise. Two replicas over real RocksDB, messages passed by hand.
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic};
 
 struct Replica {
-    sync: Sync<u32>,
+    sync: Replicator<u32>,
     topic: Topic,
     _dir: tempfile::TempDir,
 }
@@ -13,7 +13,7 @@ struct Replica {
 fn replica(config: SyncConfig) -> Replica {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() }).unwrap();
-    let mut sync = Sync::new(store, config);
+    let mut sync = Replicator::new(store, config);
     let topic = sync.subscribe("t").unwrap();
     Replica { sync, topic, _dir: dir }
 }

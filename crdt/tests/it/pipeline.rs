@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use canopy_crdt::sync::{Message, Sync, SyncConfig};
+use canopy_crdt::sync::{Message, Replicator, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic, WalkLimits};
 use common::sends as sent;
 
@@ -15,8 +15,8 @@ fn store(dir: &tempfile::TempDir) -> Store {
 /// A replica holding a chain of `keys` single puts in topic `t`, and an empty one; answers
 /// carry at most 4 blocks and announcements none.
 struct Pair {
-    source: Sync<u32>,
-    reader: Sync<u32>,
+    source: Replicator<u32>,
+    reader: Replicator<u32>,
     written: Topic,
     caught: Topic,
     _dirs: [tempfile::TempDir; 2],
@@ -29,12 +29,12 @@ fn pair(keys: usize) -> Pair {
         ..SyncConfig::default()
     };
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut source: Sync<u32> = Sync::new(store(&dirs[0]), config.clone());
+    let mut source: Replicator<u32> = Replicator::new(store(&dirs[0]), config.clone());
     let written = source.subscribe("t").unwrap();
     for i in 0..keys {
         written.put(format!("k{i:02}"), format!("v{i}")).unwrap();
     }
-    let mut reader: Sync<u32> = Sync::new(store(&dirs[1]), config);
+    let mut reader: Replicator<u32> = Replicator::new(store(&dirs[1]), config);
     let caught = reader.subscribe("t").unwrap();
     Pair { source, reader, written, caught, _dirs: dirs }
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use canopy_crdt::sim::{Cluster, reference_state};
 use canopy_crdt::snapshot::{Chunk, ChunkWriter, Manifest, SnapshotElement};
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig, WireBlock};
 use canopy_crdt::{Access, AuthorId, Batch, Cid, Mode, Signer, Store, StoreOptions, Topic};
 use common::{sends, serve};
 
@@ -33,7 +33,7 @@ const CONTROL: u32 = 7;
 const TOPIC: &str = "t";
 
 /// A replica's sync and its handle of the topic.
-type Replica = (Sync<u32>, Topic);
+type Replica = (Replicator<u32>, Topic);
 
 fn signer(peer: u32) -> Signer {
     Signer::from_secret([peer as u8; 32])
@@ -58,7 +58,7 @@ fn replica(dir: &tempfile::TempDir, peer: u32, topic: &str, speakers: Option<&[u
     };
     let store = Store::open(dir.path().join(format!("replica-{peer}")), options).unwrap();
     let mut sync =
-        Sync::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() }).with_peer_authors(author_of);
+        Replicator::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() }).with_peer_authors(author_of);
     if let Some(speakers) = speakers {
         let authors: Vec<AuthorId> = speakers.iter().map(|peer| signer(*peer).author()).collect();
         sync = sync.with_snapshot_speakers(move |author| authors.contains(author));
@@ -68,7 +68,7 @@ fn replica(dir: &tempfile::TempDir, peer: u32, topic: &str, speakers: Option<&[u
 }
 
 /// `sync`'s announcement of `topic`'s heads.
-fn announcement(sync: &mut Sync<u32>, topic: &str) -> Message {
+fn announcement(sync: &mut Replicator<u32>, topic: &str) -> Message {
     match sync.announce(topic).pop() {
         Some(Effect::Publish { message, .. }) => message,
         other => panic!("an announcement: {other:?}"),
@@ -81,7 +81,7 @@ fn contents(topic: &Topic) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 /// `to` hears `from`'s heads from `peer` and fetches them from `from`.
-fn catch_up(from: &mut Sync<u32>, to: &mut Sync<u32>, peer: u32, topic: &str) {
+fn catch_up(from: &mut Replicator<u32>, to: &mut Replicator<u32>, peer: u32, topic: &str) {
     let effects = to.handle(0, peer, announcement(from, topic)).unwrap();
     serve(from, to, peer, effects);
 }
@@ -160,7 +160,7 @@ fn make_lie(honest: &Topic, snapshot: Cid, block: Cid, lie: Lie) -> LyingSnapsho
 /// Plays the requests among `effects` against the liar, which answers every want with its
 /// snapshot (as if it had pruned the blocks) and every request for parts with them, until
 /// `client` asks for nothing more.
-fn serve_lie(lie: &LyingSnapshot, client: &mut Sync<u32>, effects: Vec<Effect<u32>>) {
+fn serve_lie(lie: &LyingSnapshot, client: &mut Replicator<u32>, effects: Vec<Effect<u32>>) {
     let mut pending = sends(effects);
     while let Some(request) = pending.pop() {
         let answer = match request {

@@ -3,15 +3,15 @@
 
 use crate::common;
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig};
 use canopy_crdt::{Store, StoreOptions, Topic};
 use common::serve;
 
-fn replica(dir: &tempfile::TempDir, name: &str) -> (Sync<u32>, Topic) {
+fn replica(dir: &tempfile::TempDir, name: &str) -> (Replicator<u32>, Topic) {
     let options = StoreOptions { cache_bytes: 1 << 20, ..StoreOptions::default() };
     let store = Store::open(dir.path().join(name), options).unwrap();
     // No blocks inside announcements: every head is fetched.
-    let mut sync = Sync::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() });
+    let mut sync = Replicator::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() });
     let topic = sync.subscribe("t").unwrap();
     (sync, topic)
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use canopy_crdt::sync::{Effect, Message, Sync, SyncConfig, WireBlock};
+use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig, WireBlock};
 use canopy_crdt::{
     BLOCK_BYTES_MAX, Batch, Block, Change, Delta, LINKS_MAX, Limits, OpenError, Store, StoreOptions, Topic, TopicError,
     VALUE_BYTES_MAX, WalkLimits, WriteError,
@@ -371,7 +371,7 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     let wire = |bytes: Vec<u8>| vec![WireBlock { cid: block.cid(), bytes: ByteBuf::from(bytes) }];
 
     let dir = tempfile::tempdir().unwrap();
-    let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
+    let mut sync: Replicator<u32> = Replicator::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
     let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
     let (to, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
@@ -397,7 +397,7 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
 #[test]
 fn answers_nobody_asked_for_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
+    let mut sync: Replicator<u32> = Replicator::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
     let delta = Delta { adds: vec![(b"k".to_vec(), b"forged".to_vec())], removes: vec![], ..Default::default() };
     let block = Block::build("t", vec![], 1, delta.encode(), &signer()).unwrap();
@@ -426,7 +426,7 @@ fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
     let source = open(&source_dir).topic("t").unwrap();
     source.put("k", "v").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut sync: Sync<u32> = Sync::new(open(&dir), SyncConfig::default());
+    let mut sync: Replicator<u32> = Replicator::new(open(&dir), SyncConfig::default());
     sync.subscribe("t").unwrap();
     // Peer 1 announces a head that does not exist and never answers.
     let fake = Block::build("t", vec![], 1, b"nothing".to_vec(), &signer()).unwrap().cid();
@@ -452,7 +452,7 @@ fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
 fn re_announcements_are_spread_over_time_and_quiet_topics_back_off() {
     let dir = tempfile::tempdir().unwrap();
     let config = SyncConfig { rebroadcast_interval_ms: 1_000, announce_per_tick_max: 100, ..SyncConfig::default() };
-    let mut sync: Sync<u32> = Sync::new(open(&dir), config);
+    let mut sync: Replicator<u32> = Replicator::new(open(&dir), config);
     let topics = 1_500;
     for i in 0..topics {
         let topic = sync.subscribe(&format!("t{i}")).unwrap();

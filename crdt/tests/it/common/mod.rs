@@ -2,11 +2,11 @@
 
 #![allow(dead_code)]
 
-use canopy_crdt::sync::{Effect, Message, Sync};
+use canopy_crdt::sync::{Effect, Message, Replicator};
 
 /// Plays the requests among `effects` (made by `client`) against `server`, which `client`
 /// knows as peer `server_peer`, until `client` asks for nothing more; then settles `client`.
-pub fn serve(server: &mut Sync<u32>, client: &mut Sync<u32>, server_peer: u32, effects: Vec<Effect<u32>>) {
+pub fn serve(server: &mut Replicator<u32>, client: &mut Replicator<u32>, server_peer: u32, effects: Vec<Effect<u32>>) {
     let mut pending: Vec<Message> = sends(effects);
     while let Some(request) = pending.pop() {
         for answer in sends(server.handle(0, 99, request).unwrap()) {
