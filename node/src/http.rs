@@ -15,11 +15,10 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use canopy_crdt::{Access, AuthorId, Commit, CompactError, Mode, ReadError, TopicError, WriteError};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use canopy_crdt::{Access, AuthorId, CompactError, Mode, ReadError, TopicError, WriteError};
 
 use crate::metrics;
+use crate::wire::{self, BlockRef, ErrorBody};
 
 mod admin;
 pub mod guard;
@@ -30,7 +29,7 @@ use crate::node::{Node, NodeError, NodeTopic};
 /// Most entries one listing returns when the caller gives no `limit`.
 const LIST_LIMIT_DEFAULT: usize = 1000;
 
-/// An API error: a status and a message, sent as `{"error": "..."}`.
+/// An API error: a status and a message, sent as an [`ErrorBody`].
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -55,7 +54,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        (self.status, Json(ErrorBody { error: self.message })).into_response()
     }
 }
 
@@ -198,10 +197,6 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::bind(address).await
 }
 
-fn commit_json(commit: Commit) -> Value {
-    json!({ "cid": commit.cid.to_string(), "height": commit.height })
-}
-
 /// A subscribed topic. Reads and writes never subscribe on their own: a mistyped topic name
 /// gets a 404 instead of a new replicated topic.
 fn subscribed(node: &Node, topic: &str) -> ApiResult<NodeTopic> {
@@ -211,13 +206,6 @@ fn subscribed(node: &Node, topic: &str) -> ApiResult<NodeTopic> {
             "topic {topic} is not subscribed: subscribe it first (PUT /v1/topics/{topic}, or canopy subscribe {topic})"
         ))
     })
-}
-
-/// A key as JSON fields: `key` is its text when it is UTF-8 (null otherwise), `key_base64`
-/// always holds its exact bytes.
-fn key_json(key: &[u8]) -> (Value, Value) {
-    let text = std::str::from_utf8(key).map_or(Value::Null, |text| Value::String(text.to_string()));
-    (text, Value::String(BASE64.encode(key)))
 }
 
 /// A key given in a query either as text (`name`) or as base64 bytes (`name_base64`).
@@ -234,35 +222,30 @@ fn query_key(query: &HashMap<String, String>, name: &str) -> ApiResult<Option<Ve
     }
 }
 
-async fn list_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
-    Ok(Json(json!(node.topics())))
+async fn list_topics(State(node): State<Node>) -> ApiResult<Json<Vec<wire::TopicSummary>>> {
+    Ok(Json(node.topics().into_iter().map(topic_summary).collect()))
 }
 
-async fn subscribe(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+fn topic_summary(info: crate::TopicInfo) -> wire::TopicSummary {
+    let crate::TopicInfo { topic, heads, max_height, keys, mode } = info;
+    let heads = heads.into_iter().map(|head| BlockRef { cid: head.cid, height: head.height }).collect();
+    wire::TopicSummary { heads, keys, max_height, mode: mode.to_string(), topic }
+}
+
+async fn subscribe(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<wire::Subscription>> {
     let Path(topic) = path?;
     blocking(move || {
         node.subscribe(&topic)?;
-        Ok(Json(json!({ "topic": topic, "subscribed": true })))
+        Ok(Json(wire::Subscription { purged: None, subscribed: true, topic }))
     })
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    /// The topic's name (for an owned topic, without the owner: the node's author is).
-    name: String,
-    /// `open`, `owned`, `writers` or `keyed`.
-    #[serde(default = "open_mode")]
-    mode: String,
-}
-
-fn open_mode() -> String {
-    "open".into()
-}
-
-async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
+async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<wire::TopicAccess>> {
+    let body: wire::CreateTopic = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "malformed topic JSON (want {{\"name\": …, \"mode\": \"open\"|\"owned\"|\"writers\"|\"keyed\"}}): {e}"
         ))
@@ -270,21 +253,18 @@ async fn create_topic(State(node): State<Node>, body: Bytes) -> ApiResult<Json<V
     let mode: Mode = body.mode.parse().map_err(ApiError::bad_request)?;
     blocking(move || {
         let topic = node.create_topic(&body.name, mode)?;
-        Ok(Json(topic_access_json(&topic)?))
+        Ok(Json(topic_access(&topic)?))
     })
     .await
 }
 
-async fn access(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+async fn access(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<wire::TopicAccess>> {
     let Path(topic) = path?;
     let handle = subscribed(&node, &topic)?;
-    blocking(move || Ok(Json(topic_access_json(&handle)?))).await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GrantBody {
-    writer: String,
+    blocking(move || Ok(Json(topic_access(&handle)?))).await
 }
 
 /// `POST /v1/topics/{t}/writers` with `{"writer": "<peer id>"}`: the owner grants a writer.
@@ -292,16 +272,16 @@ async fn grant(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::WritersChange>> {
     let Path(topic) = path?;
-    let body: GrantBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: wire::Grant = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("malformed grant JSON (want {{\"writer\": \"<peer id>\"}}): {e}"))
     })?;
     let writer: AuthorId = body.writer.parse().map_err(|e| ApiError::bad_request(format!("writer: {e}")))?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
         let commit = handle.grant(writer)?;
-        Ok(Json(writers_change_json(&handle, writer, commit)?))
+        Ok(Json(writers_change(&handle, writer, commit)?))
     })
     .await
 }
@@ -310,50 +290,47 @@ async fn grant(
 async fn revoke(
     State(node): State<Node>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::WritersChange>> {
     let Path((topic, writer)) = path?;
     let writer: AuthorId = writer.parse().map_err(|e| ApiError::bad_request(format!("writer: {e}")))?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
         let commit = handle.revoke(writer)?;
-        Ok(Json(writers_change_json(&handle, writer, commit)?))
+        Ok(Json(writers_change(&handle, writer, commit)?))
     })
     .await
 }
 
-/// What a grant or revocation did: the block it made (`null`: the list already said so) and
+/// What a grant or revocation did: the block it made (`None`: the list already said so) and
 /// the topic's rule after it.
-fn writers_change_json(handle: &NodeTopic, writer: AuthorId, commit: Option<Commit>) -> ApiResult<Value> {
-    let mut value = topic_access_json(handle)?;
-    value["writer"] = json!(writer.to_string());
-    value["commit"] = commit.map_or(Value::Null, commit_json);
-    Ok(value)
+fn writers_change(
+    handle: &NodeTopic,
+    writer: AuthorId,
+    commit: Option<canopy_crdt::Commit>,
+) -> ApiResult<wire::WritersChange> {
+    Ok(wire::WritersChange::new(topic_access(handle)?, writer.to_string(), commit.map(BlockRef::from)))
 }
 
-fn topic_access_json(handle: &NodeTopic) -> ApiResult<Value> {
+fn topic_access(handle: &NodeTopic) -> ApiResult<wire::TopicAccess> {
     let writers = handle.writers().map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    Ok(access_json(handle.name(), handle.access(), writers))
+    Ok(access_reply(handle.name(), handle.access(), writers))
 }
 
-/// A topic's rule as the API shows it: its mode, owner, and who writes it (`null`: anyone).
-fn access_json(topic: &str, access: Access, writers: Option<Vec<AuthorId>>) -> Value {
-    let writers = match writers {
-        None => Value::Null,
-        Some(writers) => json!(writers.iter().map(ToString::to_string).collect::<Vec<_>>()),
-    };
-    json!({
-        "topic": topic,
-        "mode": access.mode().as_str(),
-        "owner": access.owner().map(|owner| owner.to_string()),
-        "writers": writers,
-    })
+/// A topic's rule as the API shows it: its mode, owner, and who writes it (`None`: anyone).
+fn access_reply(topic: &str, access: Access, writers: Option<Vec<AuthorId>>) -> wire::TopicAccess {
+    wire::TopicAccess {
+        mode: access.mode().as_str().to_string(),
+        owner: access.owner().map(|owner| owner.to_string()),
+        topic: topic.to_string(),
+        writers: writers.map(|writers| writers.iter().map(ToString::to_string).collect()),
+    }
 }
 
 async fn unsubscribe(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Subscription>> {
     let Path(topic) = path?;
     let query = parse_query(query.as_deref())?;
     let purge = match query.get("purge").map(String::as_str) {
@@ -367,7 +344,7 @@ async fn unsubscribe(
         if !removed {
             return Err(ApiError::not_found(format!("topic {topic} is not subscribed")));
         }
-        Ok(Json(json!({ "topic": topic, "subscribed": false, "purged": purge })))
+        Ok(Json(wire::Subscription { purged: Some(purge), subscribed: false, topic }))
     })
     .await
 }
@@ -390,22 +367,6 @@ impl ListQuery {
     }
 }
 
-/// A listing page as JSON: entries with `key`, `key_base64` and `value` (base64), then the
-/// cursor of the next page as `next` and `next_base64`.
-fn page_json(entries: impl Iterator<Item = (Vec<u8>, Vec<u8>)>, next: Option<Vec<u8>>) -> Json<Value> {
-    let entries: Vec<Value> = entries
-        .map(|(key, value)| {
-            let (key, key_base64) = key_json(&key);
-            json!({ "key": key, "key_base64": key_base64, "value": BASE64.encode(value) })
-        })
-        .collect();
-    let (next, next_base64) = match next {
-        Some(next) => key_json(&next),
-        None => (Value::Null, Value::Null),
-    };
-    Json(json!({ "entries": entries, "next": next, "next_base64": next_base64 }))
-}
-
 fn positive_limit(query: &HashMap<String, String>) -> ApiResult<usize> {
     match query.get("limit") {
         None => Ok(LIST_LIMIT_DEFAULT),
@@ -422,27 +383,10 @@ fn parse_query(query: Option<&str>) -> ApiResult<HashMap<String, String>> {
     serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))
 }
 
-async fn heads(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+async fn heads(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<wire::Heads>> {
     let Path(topic) = path?;
     let handle = subscribed(&node, &topic)?;
-    let heads: Vec<Value> =
-        handle.heads().into_iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
-    Ok(Json(json!({ "heads": heads })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompactBody {
-    /// Snapshot the topic and prune its covered history.
-    #[serde(default = "yes")]
-    dag: bool,
-    /// Compact the topic's RocksDB ranges to the last level.
-    #[serde(default = "yes")]
-    db: bool,
-}
-
-fn yes() -> bool {
-    true
+    Ok(Json(wire::Heads { heads: wire::heads(handle.heads()) }))
 }
 
 /// Compacts a topic: its DAG (snapshot and prune), its RocksDB ranges, or both (the default).
@@ -450,16 +394,16 @@ async fn compact(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Compaction>> {
     let Path(topic) = path?;
-    let body: CompactBody = if body.is_empty() {
-        CompactBody { dag: true, db: true }
+    let body: wire::Compact = if body.is_empty() {
+        wire::Compact { dag: true, db: true }
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed compact JSON: {e}")))?
     };
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        let mut reply = json!({ "snapshot": null, "heads": [], "keys": null, "blocks": null, "pruned_blocks": 0 });
+        let mut reply = wire::Compaction::default();
         // RocksDB first: it flushes the memtables, so the bytes before are all counted; the DAG
         // compaction then compacts the ranges it prunes.
         let mut bytes = (None, 0);
@@ -469,28 +413,29 @@ async fn compact(
         }
         if body.dag {
             let done = handle.compact()?;
-            let heads: Vec<Value> =
-                done.heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
-            reply["snapshot"] = json!(done.snapshot.map(|cid| cid.to_string()));
-            reply["heads"] = json!(heads);
-            reply["keys"] = json!(done.keys);
-            reply["blocks"] = json!(done.blocks);
-            reply["pruned_blocks"] = json!(done.pruned_blocks);
+            reply.snapshot = done.snapshot.map(|cid| cid.to_string());
+            reply.heads = wire::heads(done.heads);
+            reply.keys = Some(done.keys);
+            reply.blocks = Some(done.blocks);
+            reply.pruned_blocks = done.pruned_blocks;
             bytes = (Some(bytes.0.unwrap_or(done.bytes_before)), done.bytes_after);
         }
-        reply["bytes_before"] = json!(bytes.0.unwrap_or(0));
-        reply["bytes_after"] = json!(bytes.1);
+        reply.bytes_before = bytes.0.unwrap_or(0);
+        reply.bytes_after = bytes.1;
         Ok(Json(reply))
     })
     .await
 }
 
-async fn snapshots(State(node): State<Node>, path: Result<Path<String>, PathRejection>) -> ApiResult<Json<Value>> {
+async fn snapshots(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<wire::Snapshots>> {
     let Path(topic) = path?;
     let handle = subscribed(&node, &topic)?;
     let snapshots = handle.crdt().snapshots();
     let text = |cids: Vec<canopy_crdt::Cid>| cids.iter().map(ToString::to_string).collect::<Vec<_>>();
-    Ok(Json(json!({ "cover": text(snapshots.cover), "known": text(snapshots.known) })))
+    Ok(Json(wire::Snapshots { cover: text(snapshots.cover), known: text(snapshots.known) }))
 }
 
 async fn watch(
@@ -510,26 +455,25 @@ async fn watch(
         if let Some(counter) = change.counter() {
             return tx.try_send(Err((counter, change.height))).is_ok();
         }
-        let (key, key_base64) = key_json(&change.key);
-        let value = change.value.as_ref().map(|v| BASE64.encode(v));
-        let mut data = json!({ "key": key, "key_base64": key_base64, "value": value, "height": change.height });
-        if change.expired {
-            data["expired"] = json!(true);
-        }
-        tx.try_send(Ok(data.to_string())).is_ok()
+        let data = wire::KeyChange::new(&change.key, change.value.as_deref(), change.height, change.expired);
+        tx.try_send(Ok(event_text(&data))).is_ok()
     }));
     let stream = futures::stream::unfold((rx, watchers, handle), |(mut rx, watchers, handle)| async move {
         let data = match rx.recv().await? {
             Ok(data) => data,
             Err((counter, height)) => {
-                let (key, key_base64) = key_json(&counter);
                 let value = handle.counter(&counter).ok()?;
-                json!({ "counter": key, "key_base64": key_base64, "value": value, "height": height }).to_string()
+                event_text(&wire::CounterChange::new(&counter, value, height))
             }
         };
         Some((Ok(Event::default().data(data)), (rx, watchers, handle)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A watch event as the text of its `data:` field.
+fn event_text(event: &impl serde::Serialize) -> String {
+    serde_json::to_string(event).expect("a watch event serializes: its fields are strings and numbers")
 }
 
 /// Changes one watcher may fall behind before its stream ends.
@@ -567,12 +511,13 @@ fn storage_error(error: canopy_crdt::StorageError) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
 }
 
-async fn status(State(node): State<Node>) -> Json<Value> {
-    Json(json!(node.status()))
+async fn status(State(node): State<Node>) -> Json<wire::Status> {
+    let crate::Status { peer_id, author, version, listen, peers, topics } = node.status();
+    Json(wire::Status { author, listen, peer_id, peers, topics, version })
 }
 
-async fn peers(State(node): State<Node>) -> Json<Value> {
-    Json(json!(node.peers()))
+async fn peers(State(node): State<Node>) -> Json<Vec<wire::Peer>> {
+    Json(node.peers().into_iter().map(wire::Peer::from).collect())
 }
 
 async fn metrics_text(State(node): State<Node>) -> Response {

@@ -20,6 +20,7 @@ mod metrics;
 mod node;
 pub mod tables;
 pub mod tls;
+pub mod wire;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig, Overrides};

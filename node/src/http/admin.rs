@@ -11,29 +11,27 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, blocking, parse_query, storage_error};
 use crate::Node;
+use crate::wire::{self, BlockView, DagStats, Verification};
 
 /// The node's storage as the operations tool shows it: RocksDB's figures per column family and
 /// every topic's figures.
-pub(super) async fn admin_status(State(node): State<Node>) -> ApiResult<Json<Value>> {
+pub(super) async fn admin_status(State(node): State<Node>) -> ApiResult<Json<wire::AdminStatus>> {
     blocking(move || {
         let inspector = inspector(&node)?;
         let families = inspector.families().map_err(storage_error)?;
         let topics = inspector.topics().map_err(storage_error)?;
-        let status = node.status();
-        Ok(Json(json!({ "peer_id": status.peer_id, "topics": topics, "families": families })))
+        Ok(Json(wire::AdminStatus { families, peer_id: node.status().peer_id, topics }))
     })
     .await
 }
 
-pub(super) async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<Value>> {
+pub(super) async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<wire::AdminTopics>> {
     blocking(move || {
         let inspector = inspector(&node)?;
-        Ok(Json(json!({ "topics": inspector.topics().map_err(storage_error)? })))
+        Ok(Json(wire::AdminTopics { topics: inspector.topics().map_err(storage_error)? }))
     })
     .await
 }
@@ -42,7 +40,7 @@ pub(super) async fn admin_topics(State(node): State<Node>) -> ApiResult<Json<Val
 pub(super) async fn admin_heads(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::TopicHeads>> {
     let Path(topic) = path?;
     blocking(move || {
         let inspector = inspector(&node)?;
@@ -50,34 +48,22 @@ pub(super) async fn admin_heads(
             .heads(&topic)
             .map_err(storage_error)?
             .ok_or_else(|| ApiError::not_found(format!("no topic {topic} in this node's store")))?;
-        let heads: Vec<Value> = heads.iter().map(|h| json!({ "cid": h.cid.to_string(), "height": h.height })).collect();
-        Ok(Json(json!({ "topic": topic, "heads": heads })))
+        Ok(Json(wire::TopicHeads { heads: wire::heads(heads), topic }))
     })
     .await
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    #[serde(default)]
-    topics: Vec<String>,
-}
-
 /// Verifies the node's store (see `canopy_crdt::inspect`); problems are in the answer, which is
 /// a 200 either way.
-pub(super) async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: VerifyBody = if body.is_empty() {
-        VerifyBody::default()
+pub(super) async fn admin_verify(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Verification>> {
+    let body: wire::Verify = if body.is_empty() {
+        wire::Verify::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed verify JSON: {e}")))?
     };
     blocking(move || {
         let inspector = inspector(&node)?;
-        let report = inspector.verify(&body.topics).map_err(storage_error)?;
-        Ok(Json(
-            serde_json::to_value(report)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        ))
+        Ok(Json(inspector.verify(&body.topics).map_err(storage_error)?))
     })
     .await
 }
@@ -93,11 +79,11 @@ fn no_topic(topic: &str) -> ApiError {
 pub(super) async fn admin_dag(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<DagStats>> {
     let Path(topic) = path?;
     blocking(move || {
         let stats = inspector(&node)?.dag_stats(&topic).map_err(storage_error)?.ok_or_else(|| no_topic(&topic))?;
-        Ok(Json(json!(stats)))
+        Ok(Json(stats))
     })
     .await
 }
@@ -105,7 +91,7 @@ pub(super) async fn admin_dag(
 pub(super) async fn admin_block(
     State(node): State<Node>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<BlockView>> {
     let Path((topic, cid)) = path?;
     let cid: canopy_crdt::Cid = cid.parse().map_err(|e| ApiError::bad_request(format!("{cid:?} is not a CID: {e}")))?;
     blocking(move || {
@@ -113,7 +99,7 @@ pub(super) async fn admin_block(
             .block(&topic, &cid)
             .map_err(storage_error)?
             .ok_or_else(|| ApiError::not_found(format!("topic {topic} has no block {cid}")))?;
-        Ok(Json(json!(view)))
+        Ok(Json(view))
     })
     .await
 }
@@ -152,13 +138,6 @@ pub(super) async fn admin_dot(
 const DOT_DEPTH_MAX: usize = 1000;
 const DOT_NODES_MAX: usize = 5000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupBody {
-    /// The backup's name: a directory under the node's backup directory.
-    name: String,
-}
-
 /// Longest backup name.
 const BACKUP_NAME_BYTES_MAX: usize = 128;
 
@@ -182,8 +161,8 @@ fn backup_name(name: &str) -> ApiResult<&str> {
 /// A consistent copy of the node's database in `<backup dir>/<name>/db` (a RocksDB checkpoint)
 /// with its subscriptions: a node started on that directory serves the same state (under its
 /// own new identity).
-pub(super) async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<Value>> {
-    let body: BackupBody = serde_json::from_slice(&body).map_err(|e| {
+pub(super) async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiResult<Json<wire::BackedUp>> {
+    let body: wire::Backup = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!("malformed backup JSON (want {{\"name\": \"<backup name>\"}}): {e}"))
     })?;
     let out = node.inner().config.backup_dir().join(backup_name(&body.name)?);
@@ -200,7 +179,7 @@ pub(super) async fn admin_backup(State(node): State<Node>, body: Bytes) -> ApiRe
             std::fs::copy(&subscriptions, out.join("subscriptions"))
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("copying subscriptions: {e}")))?;
         }
-        Ok(Json(json!({ "name": body.name, "out": out.display().to_string() })))
+        Ok(Json(wire::BackedUp { name: body.name, out: out.display().to_string() }))
     })
     .await
 }
@@ -283,7 +262,7 @@ pub(super) async fn admin_import(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     body: Body,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<crate::car::Imported>> {
     let Path(topic) = path?;
     canopy_crdt::validate_topic_name(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let file = spool(&node, body).await?;
@@ -300,7 +279,7 @@ pub(super) async fn admin_import(
             ApiError::new(status, format!("{e:#}"))
         })?;
         handle.announce();
-        Ok(Json(json!(report)))
+        Ok(Json(report))
     })
     .await
 }

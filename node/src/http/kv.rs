@@ -9,13 +9,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use canopy_crdt::Batch;
-use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiResult, ListQuery, blocking, commit_json, page_json, parse_query, positive_limit, subscribed,
-};
+use super::{ApiError, ApiResult, ListQuery, blocking, parse_query, positive_limit, subscribed};
 use crate::node::{Node, NodeTopic};
+use crate::wire::{self, BatchOp, BlockRef};
 
 /// The path of a key: its topic and the key.
 type KeyPath = Result<Path<(String, String)>, PathRejection>;
@@ -35,18 +32,15 @@ pub(super) async fn put_key(
     path: KeyPath,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Put>> {
     let query = parse_query(query.as_deref())?;
     let expires = query.get("ttl").map(|text| parse_ttl(text)).transpose()?.map(|ttl| node.expiry_of(ttl));
     on_key(node, path, move |handle, _, key| {
-        Ok(Json(match expires {
-            None => commit_json(handle.put(key.into_bytes(), body.to_vec())?),
-            Some(expires) => {
-                let mut reply = commit_json(handle.put_until(key.into_bytes(), body.to_vec(), expires)?);
-                reply["expires_ms"] = json!(expires);
-                reply
-            }
-        }))
+        let commit = match expires {
+            None => handle.put(key.into_bytes(), body.to_vec())?,
+            Some(expires) => handle.put_until(key.into_bytes(), body.to_vec(), expires)?,
+        };
+        Ok(Json(wire::Put { cid: commit.cid.to_string(), expires_ms: expires, height: commit.height }))
     })
     .await
 }
@@ -76,64 +70,53 @@ pub(super) async fn get_key(State(node): State<Node>, path: KeyPath) -> ApiResul
     .await
 }
 
-pub(super) async fn delete_key(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<Value>> {
+pub(super) async fn delete_key(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<BlockRef>> {
     on_key(node, path, |handle, topic, key| match handle.delete(key.clone().into_bytes())? {
-        Some(commit) => Ok(Json(commit_json(commit))),
+        Some(commit) => Ok(Json(commit.into())),
         None => Err(ApiError::not_found(format!("key {key:?} has no value in topic {topic}"))),
     })
     .await
 }
 
-/// The body of an increment: `{"add": n}`; an empty body adds 1.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Increment {
-    add: i64,
-}
-
-pub(super) async fn increment(State(node): State<Node>, path: KeyPath, body: Bytes) -> ApiResult<Json<Value>> {
+/// Adds to a counter what the body says (`{"add": n}`), or 1 when the body is empty.
+pub(super) async fn increment(
+    State(node): State<Node>,
+    path: KeyPath,
+    body: Bytes,
+) -> ApiResult<Json<wire::Incremented>> {
     let add = if body.iter().all(u8::is_ascii_whitespace) {
         1
     } else {
-        serde_json::from_slice::<Increment>(&body)
+        serde_json::from_slice::<wire::Increment>(&body)
             .map_err(|e| ApiError::bad_request(format!("an increment is {{\"add\": <integer>}}: {e}")))?
             .add
     };
     on_key(node, path, move |handle, _, key| {
         let commit = handle.increment(key.as_bytes().to_vec(), add)?;
-        let mut reply = commit_json(commit);
-        reply["value"] = json!(handle.counter(key.as_bytes())?);
-        Ok(Json(reply))
+        let value = handle.counter(key.as_bytes())?;
+        Ok(Json(wire::Incremented { cid: commit.cid.to_string(), height: commit.height, value }))
     })
     .await
 }
 
-pub(super) async fn get_counter(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<Value>> {
-    on_key(node, path, |handle, _, key| Ok(Json(json!({ "key": key, "value": handle.counter(key.as_bytes())? })))).await
+pub(super) async fn get_counter(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<wire::Counter>> {
+    on_key(node, path, |handle, _, key| {
+        let value = handle.counter(key.as_bytes())?;
+        Ok(Json(wire::Counter { key, value }))
+    })
+    .await
 }
 
 pub(super) async fn key_history(
     State(node): State<Node>,
     path: KeyPath,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::History>> {
     let query = parse_query(query.as_deref())?;
     let limit = positive_limit(&query)?;
     on_key(node, path, move |handle, _, key| {
-        let versions: Vec<Value> = handle
-            .history(key.as_bytes(), limit)?
-            .into_iter()
-            .map(|version| {
-                json!({
-                    "value": version.value.as_ref().map(|value| BASE64.encode(value)),
-                    "deleted": version.deleted(),
-                    "height": version.height,
-                    "cid": version.cid.to_string(),
-                    "expires_ms": version.expires,
-                })
-            })
-            .collect();
-        Ok(Json(json!({ "key": key, "versions": versions })))
+        let versions = handle.history(key.as_bytes(), limit)?.into_iter().map(wire::KeyVersion::from).collect();
+        Ok(Json(wire::History { key, versions }))
     })
     .await
 }
@@ -142,44 +125,15 @@ pub(super) async fn list_keys(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Page>> {
     let Path(topic) = path?;
     let list = ListQuery::parse(&parse_query(query.as_deref())?)?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
         let page = handle.query(&list.prefix, list.after.as_deref(), list.limit)?;
-        Ok(page_json(page.entries.into_iter(), page.next))
+        Ok(Json(wire::Page::new(page.entries.into_iter(), page.next)))
     })
     .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    ops: Vec<BatchOp>,
-}
-
-/// One batch operation. The key is text (`key`) or any bytes in base64 (`key_base64`).
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum BatchOp {
-    Put {
-        key: Option<String>,
-        key_base64: Option<String>,
-        value: String,
-        /// A lifetime such as `30s`: the value expires then.
-        ttl: Option<String>,
-    },
-    Delete {
-        key: Option<String>,
-        key_base64: Option<String>,
-    },
-    /// An increment of the counter `key` by `add`.
-    Add {
-        key: Option<String>,
-        key_base64: Option<String>,
-        add: i64,
-    },
 }
 
 fn batch_key(index: usize, key: Option<String>, key_base64: Option<String>) -> ApiResult<Vec<u8>> {
@@ -196,9 +150,9 @@ pub(super) async fn batch(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Batched>> {
     let Path(topic) = path?;
-    let body: BatchBody =
+    let body: wire::Batch =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("malformed batch JSON: {e}")))?;
     let ops_max = node.inner().config.batch_ops_max;
     if body.ops.len() > ops_max {
@@ -231,10 +185,11 @@ pub(super) async fn batch(
     }
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
-        match handle.batch(batch)? {
-            Some(commit) => Ok(Json(commit_json(commit))),
-            None => Ok(Json(json!({ "cid": null, "height": null }))),
-        }
+        let commit = handle.batch(batch)?;
+        Ok(Json(wire::Batched {
+            cid: commit.map(|commit| commit.cid.to_string()),
+            height: commit.map(|commit| commit.height),
+        }))
     })
     .await
 }

@@ -6,13 +6,14 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, ListQuery, blocking, page_json, parse_query};
+use super::{ApiError, ApiResult, ListQuery, blocking, parse_query};
 use crate::Node;
 use crate::tables::route::local_written;
-use crate::tables::{FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableError, Written, partition_topic};
+use crate::tables::{
+    FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableDef, TableError, Written, partition_topic,
+};
+use crate::wire::{self, Page};
 
 impl From<TableError> for ApiError {
     fn from(error: TableError) -> ApiError {
@@ -32,33 +33,33 @@ impl From<TableError> for ApiError {
     }
 }
 
-pub(super) async fn members(State(node): State<Node>) -> ApiResult<Json<Value>> {
+pub(super) async fn members(State(node): State<Node>) -> ApiResult<Json<wire::Members>> {
     let members = blocking(move || Ok(node.members()?)).await?;
-    Ok(Json(json!({ "members": members })))
+    let members = members
+        .into_iter()
+        .map(|crate::Member { peer_id, api, addresses, joined_ms }| wire::Member { addresses, api, joined_ms, peer_id })
+        .collect();
+    Ok(Json(wire::Members { members }))
 }
 
-pub(super) async fn list_tables(State(node): State<Node>) -> ApiResult<Json<Value>> {
+pub(super) async fn list_tables(State(node): State<Node>) -> ApiResult<Json<wire::Tables>> {
     let tables = blocking(move || Ok(node.tables()?)).await?;
-    Ok(Json(json!({ "tables": tables })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    partitions: u32,
-    replicas: u32,
+    Ok(Json(wire::Tables { tables: tables.into_iter().map(table_def).collect() }))
 }
 
 pub(super) async fn create_table(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
-    let body: CreateBody = serde_json::from_slice(&body).map_err(|e| {
+    let body: wire::CreateTable = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "a table is {{\"name\": \"...\", \"partitions\": <1-4096>, \"replicas\": <1-16>}}: {e}"
         ))
     })?;
     let (def, created) = blocking(move || Ok(node.create_table(&body.name, body.partitions, body.replicas)?)).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(json!(def))).into_response())
+    Ok((status, Json(table_def(def))).into_response())
+}
+
+fn table_def(def: TableDef) -> wire::TableDef {
+    wire::TableDef { name: def.name, partitions: def.partitions, replicas: def.replicas }
 }
 
 async fn open_table(node: Node, name: String) -> ApiResult<Table> {
@@ -84,28 +85,26 @@ async fn routed_table(node: Node, name: String, headers: &HeaderMap) -> ApiResul
 pub(super) async fn show_table(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::TableShown>> {
     let Path(name) = path?;
     let table = open_table(node, name).await?;
     let shown = table.clone();
     let placement = blocking(move || Ok(shown.placement()?)).await?;
-    let partitions: Vec<Value> = placement
+    let placement = placement
         .into_iter()
         .enumerate()
         .map(|(partition, owners)| {
             let partition = partition as u32;
-            json!({
-                "partition": partition,
-                "topic": partition_topic(&table.def().name, partition),
-                "owners": owners.iter().map(|m| m.peer_id.clone()).collect::<Vec<_>>(),
-                "held_here": table.held(partition).is_some(),
-            })
+            wire::Placement {
+                held_here: table.held(partition).is_some(),
+                owners: owners.into_iter().map(|m| m.peer_id).collect(),
+                partition,
+                topic: partition_topic(&table.def().name, partition),
+            }
         })
         .collect();
-    let def = table.def();
-    Ok(Json(json!({
-        "name": def.name, "partitions": def.partitions, "replicas": def.replicas, "placement": partitions,
-    })))
+    let def = table.def().clone();
+    Ok(Json(wire::TableShown { name: def.name, partitions: def.partitions, placement, replicas: def.replicas }))
 }
 
 /// The path of a table key.
@@ -138,26 +137,22 @@ async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap)
     Ok(topic)
 }
 
-fn written_json(written: Written) -> Json<Value> {
-    Json(json!(written))
-}
-
 pub(super) async fn put_key(
     State(node): State<Node>,
     headers: HeaderMap,
     path: KeyPath,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
     let table = routed_table(node, name, &headers).await?;
     let me = table.me()?;
     if !forwarded(&headers) {
-        return Ok(written_json(table.put(&key, body.to_vec()).await?));
+        return Ok(Json(table.put(&key, body.to_vec()).await?));
     }
     let partition = table.partition_of(&key);
     let topic = held_or_misdirected(&table, partition, &headers).await?;
     let commit = blocking(move || Ok(topic.put(key.into_bytes(), body.to_vec())?)).await?;
-    Ok(written_json(local_written(partition, me, commit)))
+    Ok(Json(local_written(partition, me, commit)))
 }
 
 pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Response> {
@@ -176,7 +171,11 @@ pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: 
     }
 }
 
-pub(super) async fn delete_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Json<Value>> {
+pub(super) async fn delete_key(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: KeyPath,
+) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
     let table = routed_table(node, name, &headers).await?;
     let me = table.me()?;
@@ -190,7 +189,7 @@ pub(super) async fn delete_key(State(node): State<Node>, headers: HeaderMap, pat
         table.delete(&key).await?
     };
     match written {
-        Some(written) => Ok(written_json(written)),
+        Some(written) => Ok(Json(written)),
         None => Err(ApiError::not_found(format!("key {key:?} has no value in table {}", table.def().name))),
     }
 }
@@ -200,7 +199,7 @@ pub(super) async fn list_keys(
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page>> {
     let Path(name) = path?;
     let query = parse_query(query.as_deref())?;
     let ListQuery { prefix, after, limit } = ListQuery::parse(&query)?;
@@ -226,10 +225,10 @@ pub(super) async fn list_keys(
         (true, Some(partition)) => {
             let topic = held_or_misdirected(&table, partition, &headers).await?;
             let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
-            return Ok(page_json(page.entries.into_iter(), page.next));
+            return Ok(Json(Page::new(page.entries.into_iter(), page.next)));
         }
         (false, Some(partition)) => table.list_partition(partition, &prefix, after.as_deref(), limit).await?,
         (false, None) => table.list(&prefix, after.as_deref(), limit).await?,
     };
-    Ok(page_json(listing.entries.into_iter().map(|entry| (entry.key, entry.value)), listing.next))
+    Ok(Json(Page::new(listing.entries.into_iter().map(|entry| (entry.key, entry.value)), listing.next)))
 }

@@ -7,7 +7,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
-use serde::Deserialize;
 
 use super::{
     FORWARDED_HEADER, FORWARDED_LAST, Member, PROXIED_HEADER, TableDef, TableError, Tables, owners, partition_of,
@@ -15,7 +14,11 @@ use super::{
 };
 use crate::auth::{MEMBER_PROOF_HEADER, ProvenRequest};
 use crate::node::NodeTopic;
+use crate::wire::{ErrorBody, Page};
 use crate::{Commit, Node};
+
+/// A write applied to a table: the reply a holder sends, so its type is the API's.
+pub use crate::wire::Written;
 
 /// A table to read and write through: every call goes to the key's partition, on this node
 /// when it holds it, or else to the partition's holders in placement order.
@@ -26,19 +29,6 @@ pub struct Table {
     /// Routes by this node's own placement even just after it joined (a request another
     /// member handed over): a request is handed over at most once.
     direct: bool,
-}
-
-/// A write applied to a table.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Written {
-    /// The key's partition.
-    pub partition: u32,
-    /// The peer id of the node that applied it.
-    pub node: String,
-    /// The block the write made.
-    pub cid: String,
-    /// Its height.
-    pub height: u64,
 }
 
 /// One entry of a table listing.
@@ -78,27 +68,6 @@ enum Served {
     Here(NodeTopic),
     /// By a holder, whose answer this is.
     There(reqwest::Response),
-}
-
-/// A commit as a holder reports it.
-#[derive(Deserialize)]
-struct CommitReply {
-    cid: String,
-    height: u64,
-    node: Option<String>,
-}
-
-/// A listing as a holder reports it.
-#[derive(Deserialize)]
-struct ListReply {
-    entries: Vec<ListEntry>,
-    next_base64: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ListEntry {
-    key_base64: String,
-    value: String,
 }
 
 impl Table {
@@ -224,14 +193,16 @@ impl Table {
                 if !response.status().is_success() {
                     return Err(refusal(response).await);
                 }
-                let reply: ListReply = response.json().await.map_err(|e| self.unreadable(partition, e))?;
-                let decode = |text: &str| BASE64.decode(text).map_err(|e| self.unreadable(partition, e));
-                let mut entries = Vec::with_capacity(reply.entries.len());
-                for entry in reply.entries {
-                    entries.push(TableEntry { key: decode(&entry.key_base64)?, value: decode(&entry.value)? });
+                let page: Page = response.json().await.map_err(|e| self.unreadable(partition, e))?;
+                let unreadable = |e| self.unreadable(partition, e);
+                let mut entries = Vec::with_capacity(page.entries.len());
+                for entry in &page.entries {
+                    entries.push(TableEntry {
+                        key: entry.key_bytes().map_err(unreadable)?,
+                        value: entry.value_bytes().map_err(unreadable)?,
+                    });
                 }
-                let next = reply.next_base64.as_deref().map(decode).transpose()?;
-                Ok(Listing { entries, next })
+                Ok(Listing { entries, next: page.next_bytes().map_err(unreadable)? })
             }
         }
     }
@@ -241,8 +212,8 @@ impl Table {
         Ok(self.tables()?.me.peer_id.clone())
     }
 
-    fn tables(&self) -> Result<&Arc<Tables>, TableError> {
-        self.node.inner().tables.get().ok_or(TableError::NotEnabled)
+    fn tables(&self) -> Result<Arc<Tables>, TableError> {
+        self.node.part::<Tables>().ok_or(TableError::NotEnabled)
     }
 
     /// This node's copy of `partition` to serve a request from: the topic when the node holds
@@ -288,7 +259,7 @@ impl Table {
 
     /// Whether this node's copy `topic` of a partition has caught up with the other holders.
     pub fn caught_up(&self, topic: &NodeTopic) -> bool {
-        self.tables().is_ok_and(|tables| tables.caught_up(&self.node, topic))
+        self.tables().is_ok_and(|tables| tables.caught_up(topic))
     }
 
     /// The order in which `partition`'s copies are tried: its owners in placement order (this
@@ -338,7 +309,7 @@ impl Table {
                 if owner.peer_id != tables.me.peer_id {
                     hops.push(Hop::There(owner));
                 } else if let Some(topic) = table.local_copy(partition, false)? {
-                    if tables.caught_up(&table.node, &topic) {
+                    if tables.caught_up(&topic) {
                         hops.push(Hop::Here(topic));
                     } else {
                         behind = Some(topic);
@@ -363,7 +334,8 @@ impl Table {
         partition: u32,
         request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<Served, TableError> {
-        let http = &self.tables()?.http;
+        let tables = self.tables()?;
+        let http = &tables.http;
         let mut tried = Vec::new();
         let hops = self.hops(partition).await?;
         let count = hops.len();
@@ -426,8 +398,9 @@ impl Table {
         if !response.status().is_success() {
             return Err(refusal(response).await);
         }
-        let reply: CommitReply = response.json().await.map_err(|e| self.unreadable(partition, e))?;
-        Ok(Written { partition, node: reply.node.unwrap_or_default(), cid: reply.cid, height: reply.height })
+        let written: Written = response.json().await.map_err(|e| self.unreadable(partition, e))?;
+        // The partition is the key's, as this node places it.
+        Ok(Written { partition, ..written })
     }
 
     fn unreadable(&self, partition: u32, error: impl std::fmt::Display) -> TableError {
@@ -447,10 +420,8 @@ pub(crate) fn local_written(partition: u32, node: String, commit: Commit) -> Wri
 /// The refusal a holder answered with: its status and its error message.
 async fn refusal(response: reqwest::Response) -> TableError {
     let status = response.status().as_u16();
-    let message = match response.json::<serde_json::Value>().await {
-        Ok(body) => body["error"].as_str().unwrap_or("no message").to_string(),
-        Err(_) => format!("status {status}"),
-    };
+    let body = response.bytes().await.unwrap_or_default();
+    let message = ErrorBody::message_in(&body).unwrap_or_else(|| format!("status {status}"));
     TableError::Refused { status, message }
 }
 
