@@ -44,10 +44,10 @@ pub use writer_list::WriterList;
 pub fn validate_blocks(topic: &str, items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Block, canopy_dag::BlockError>> {
     canopy_dag::validate_batch(topic, items, &BlockLimits::PROTOCOL)
 }
+pub use access::validate_topic_name;
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
 pub use options::StoreOptions;
-pub use access::validate_topic_name;
 pub use schema::TOPIC_NAME_BYTES_MAX;
 pub use store::Store;
 pub use topic::{Batch, Ingesting, Page, Topic};

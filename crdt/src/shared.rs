@@ -33,4 +33,3 @@ impl TopicShared {
         self.heads.read().expect("heads lock").iter().map(|h| h.height).max().unwrap_or(0)
     }
 }
-

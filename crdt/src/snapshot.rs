@@ -14,8 +14,8 @@ use canopy_dag::{BLOCK_BYTES_MAX, BlockError, Cid, Height, check_cid, cid_of};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::delta::{Limits, check_key, check_value};
 use crate::access::validate_topic_name;
+use crate::delta::{Limits, check_key, check_value};
 use crate::types::Head;
 
 /// The format name every manifest carries.

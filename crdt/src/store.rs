@@ -10,6 +10,7 @@ use canopy_dag::{AuthorId, BlockStore, CF_INDEX, Signer, TopicId};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
+use crate::access::validate_topic_name;
 use crate::compactor;
 use crate::counter::ORIGIN_BYTES;
 use crate::delta::Limits;
@@ -20,7 +21,6 @@ use crate::options::StoreOptions;
 use crate::schema::{
     CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC, column_families,
 };
-use crate::access::validate_topic_name;
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
 

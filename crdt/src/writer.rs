@@ -432,6 +432,19 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    /// Changes of `state`'s rows judged at `now`, with this store's key history setting and the
+    /// topic's watchers.
+    fn row_changes(&self, state: &TopicState, now: u64) -> crate::row_change::RowChanges<'_> {
+        crate::row_change::RowChanges::new(
+            &self.db,
+            state.shared.id,
+            state.key_count,
+            now,
+            self.key_history,
+            state.has_watchers(),
+        )
+    }
+
     pub fn new(
         db: Arc<DB>,
         options: &StoreOptions,

@@ -11,7 +11,7 @@ use rocksdb::WriteBatch;
 use super::{Context, TopicState, read_rows};
 use crate::error::StorageError;
 use crate::expiry;
-use crate::row_change::{Notice, RowChanges};
+use crate::row_change::Notice;
 use crate::schema::CF_EXPIRIES;
 
 /// Most index records one collection takes; the rest are taken in the rounds that follow.
@@ -59,8 +59,7 @@ pub(super) fn collect(context: &Context, state: &mut TopicState) -> Result<(), S
         keys.dedup();
         let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
         let rows = read_rows(context, &full_keys)?;
-        let mut rows_changed =
-            RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
+        let mut rows_changed = context.row_changes(state, now);
         let mut batch = WriteBatch::default();
         for (key, row) in keys.iter().zip(rows) {
             let Some(best_height) = row.winner().map(|element| element.height) else { continue };

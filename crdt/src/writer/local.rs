@@ -321,14 +321,7 @@ fn prepare_cuts(
     };
     let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
 
-    let mut rows_changed = RowChanges::new(
-        &context.db,
-        topic,
-        state.key_count,
-        context.clock.now(),
-        context.key_history,
-        state.has_watchers(),
-    );
+    let mut rows_changed = context.row_changes(state, context.clock.now());
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
     for request in &requests {

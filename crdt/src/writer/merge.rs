@@ -463,8 +463,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
     // no longer has. Only needed when some covered block was applied here.
     let mut own_rows = (!applied.is_empty()).then(|| prefix_scan(&context.db, context.cf(CF_KV), topic).peekable());
     let now = context.clock.now();
-    let mut rows_changed =
-        RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
+    let mut rows_changed = context.row_changes(state, now);
     for group in checked.manifest.chunks.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             if chunk.elements.is_empty() {
@@ -524,14 +523,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
 fn merge_removes(context: &Context, state: &mut TopicState, checked: &Checked) -> Result<(), MergeError> {
     let topic = state.shared.id;
     let top = checked.manifest.heads.iter().map(|h| h.height).max().unwrap_or(0);
-    let mut rows_changed = RowChanges::new(
-        &context.db,
-        topic,
-        state.key_count,
-        context.clock.now(),
-        context.key_history,
-        state.has_watchers(),
-    );
+    let mut rows_changed = context.row_changes(state, context.clock.now());
     for group in checked.with_removes.chunks(CHUNKS_PER_READ) {
         for chunk in read_chunks(context, state, group)? {
             let ids: Vec<Cid> = chunk.removes.iter().map(|(id, _)| *id).collect();

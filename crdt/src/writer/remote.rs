@@ -15,7 +15,7 @@ use crate::counter;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
-use crate::row_change::{Notice, RowChanges};
+use crate::row_change::Notice;
 use crate::schema::CF_HEADS;
 use crate::types::IngestOutcome;
 
@@ -146,8 +146,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     let mut tombs = Tombstones::load(context, state, &order, &deltas, &rows, &round_blocks)?;
 
     let mut batch = WriteBatch::default();
-    let mut rows_changed =
-        RowChanges::new(&context.db, topic, state.key_count, now, context.key_history, state.has_watchers());
+    let mut rows_changed = context.row_changes(state, now);
     let mut result = Applied::default();
     let mut heights: HashMap<Cid, Height> = HashMap::new();
     let mut bad: HashSet<Cid> = HashSet::new();

@@ -57,8 +57,8 @@ fn replica(dir: &tempfile::TempDir, peer: u32, topic: &str, speakers: Option<&[u
         ..StoreOptions::default()
     };
     let store = Store::open(dir.path().join(format!("replica-{peer}")), options).unwrap();
-    let mut sync =
-        Replicator::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() }).with_peer_authors(author_of);
+    let mut sync = Replicator::new(store, SyncConfig { inline_bytes_max: 0, ..SyncConfig::default() })
+        .with_peer_authors(author_of);
     if let Some(speakers) = speakers {
         let authors: Vec<AuthorId> = speakers.iter().map(|peer| signer(*peer).author()).collect();
         sync = sync.with_snapshot_speakers(move |author| authors.contains(author));
