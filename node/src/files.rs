@@ -7,11 +7,18 @@ use std::path::{Path, PathBuf};
 use canopy_crdt::Signer;
 use canopy_transport::Keypair;
 
-use crate::node::NodeError;
+/// A file of the data directory that could not be read or written.
+#[derive(Debug)]
+pub(crate) struct FileError {
+    /// The file, or the directory.
+    pub path: PathBuf,
+    /// What failed.
+    pub message: String,
+}
 
 /// The identity key as a block signer.
-pub(crate) fn identity_signer(keypair: &Keypair, path: &Path) -> Result<Signer, NodeError> {
-    let ed25519 = keypair.clone().try_into_ed25519().map_err(|_| NodeError::DataDir {
+pub(crate) fn identity_signer(keypair: &Keypair, path: &Path) -> Result<Signer, FileError> {
+    let ed25519 = keypair.clone().try_into_ed25519().map_err(|_| FileError {
         path: path.to_path_buf(),
         message: "the identity key is not an ed25519 key, which blocks are signed with".into(),
     })?;
@@ -19,8 +26,8 @@ pub(crate) fn identity_signer(keypair: &Keypair, path: &Path) -> Result<Signer, 
     Ok(Signer::from_secret(secret))
 }
 
-pub(crate) fn load_or_create_identity(path: &Path) -> Result<Keypair, NodeError> {
-    let error = |message: String| NodeError::DataDir { path: path.to_path_buf(), message };
+pub(crate) fn load_or_create_identity(path: &Path) -> Result<Keypair, FileError> {
+    let error = |message: String| FileError { path: path.to_path_buf(), message };
     match std::fs::read(path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
             error(format!("identity key does not decode ({e}); restore it or remove it to get a new identity"))
@@ -39,7 +46,7 @@ fn subscriptions_path(data_dir: &Path) -> PathBuf {
     data_dir.join("subscriptions")
 }
 
-pub(crate) fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, NodeError> {
+pub(crate) fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, FileError> {
     match std::fs::read_to_string(subscriptions_path(data_dir)) {
         Ok(text) => Ok(text
             .lines()
@@ -48,14 +55,14 @@ pub(crate) fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, No
             .map(String::from)
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() }),
+        Err(e) => Err(FileError { path: data_dir.to_path_buf(), message: e.to_string() }),
     }
 }
 
-pub(crate) fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), NodeError> {
+pub(crate) fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), FileError> {
     let text: String = topics.iter().map(|t| format!("{t}\n")).collect();
     write_atomically(&subscriptions_path(data_dir), text.as_bytes(), false)
-        .map_err(|e| NodeError::DataDir { path: data_dir.to_path_buf(), message: e.to_string() })
+        .map_err(|e| FileError { path: data_dir.to_path_buf(), message: e.to_string() })
 }
 
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new file: written

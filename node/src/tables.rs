@@ -29,14 +29,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::{NodeInner, NodeTopic};
+use crate::node::{Heard, NodeInner, NodeTopic};
 use crate::{Node, NodeError};
 
 pub(crate) mod placement;
 pub(crate) mod route;
 
 pub(crate) use placement::{HANDOFF_WINDOW_LIFETIMES, before_recent_joins, placed_on};
-pub use placement::{owners, partition_of, partition_topic};
+pub use placement::{PartitionTopic, owners, partition_of, partition_topic};
 
 pub use route::{Listing, Table, TableEntry, Written};
 
@@ -223,11 +223,37 @@ pub(crate) struct Tables {
     /// Copies taken on for a request although not placed here: they count as caught up only once
     /// they hold heads another holder announced, never by waiting alone.
     pub(crate) strays: std::sync::Mutex<BTreeSet<String>>,
+    /// What peers announced of each subscribed topic.
+    announced: std::sync::Mutex<std::collections::HashMap<String, Announced>>,
     /// Copies handed off and not yet deleted: when, and their heads then.
     leaving: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<canopy_crdt::Cid>)>>,
 }
 
+/// The heads peers announced of one topic.
+#[derive(Default)]
+struct Announced {
+    /// The latest announcement's heads: a copy that holds them all has caught up with its peer.
+    last: Vec<canopy_crdt::Cid>,
+    /// Each peer's latest heads: a peer whose heads are this node's has everything it has.
+    by_peer: std::collections::HashMap<canopy_transport::PeerId, Vec<canopy_crdt::Cid>>,
+}
+
 impl Tables {
+    /// Notes what a peer announced, or forgets a topic no longer replicated.
+    fn hear(&self, heard: Heard<'_>) {
+        let mut announced = self.announced.lock().expect("announced lock");
+        match heard {
+            Heard::Heads { topic, from, heads } => {
+                let entry = announced.entry(topic.to_string()).or_default();
+                entry.by_peer.insert(from, heads.to_vec());
+                entry.last = heads.to_vec();
+            }
+            Heard::Unsubscribed(topic) => {
+                announced.remove(topic);
+            }
+        }
+    }
+
     /// Live members, by peer id.
     pub(crate) fn members(&self) -> Result<Vec<Member>, TableError> {
         let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
@@ -280,9 +306,8 @@ impl Tables {
     /// announced, or nobody announced any since the node took it on (or restarted) and
     /// [`CATCH_UP_GRACE`] has passed (not for a stray copy, which waits for an announcement).
     /// A copy still catching up is asked last.
-    pub(crate) fn caught_up(&self, node: &Node, topic: &NodeTopic) -> bool {
-        let announced =
-            node.inner().announced.lock().expect("announced lock").get(topic.name()).map(|a| a.last.clone());
+    pub(crate) fn caught_up(&self, topic: &NodeTopic) -> bool {
+        let announced = self.announced.lock().expect("announced lock").get(topic.name()).map(|a| a.last.clone());
         match announced {
             Some(heads) => {
                 let count = heads.len();
@@ -485,11 +510,24 @@ impl Node {
             joined: std::time::Instant::now(),
             taken: std::sync::Mutex::new(std::collections::HashMap::new()),
             leaving: std::sync::Mutex::new(std::collections::HashMap::new()),
+            announced: std::sync::Mutex::new(std::collections::HashMap::new()),
             strays: std::sync::Mutex::new(BTreeSet::new()),
         });
-        if self.inner().tables.set(tables.clone()).is_err() {
+        if self.attach(tables.clone()).is_err() {
             return Ok(());
         }
+        let hearing = Arc::downgrade(&tables);
+        self.listen(Arc::new(move |heard| {
+            if let Some(tables) = hearing.upgrade() {
+                tables.hear(heard);
+            }
+        }));
+        let leaving = Arc::downgrade(&tables);
+        self.on_shutdown(Box::new(move || {
+            if let Some(tables) = leaving.upgrade() {
+                tables.leave();
+            }
+        }));
         let failed = |e| match e {
             TableError::Node(e) => e,
             other => NodeError::Config(crate::ConfigError::Invalid { name: "tables", message: other.to_string() }),
@@ -500,8 +538,8 @@ impl Node {
         Ok(())
     }
 
-    fn tables_part(&self) -> Result<&Arc<Tables>, TableError> {
-        self.inner().tables.get().ok_or(TableError::NotEnabled)
+    fn tables_part(&self) -> Result<Arc<Tables>, TableError> {
+        self.part::<Tables>().ok_or(TableError::NotEnabled)
     }
 
     /// The cluster's live members.
@@ -543,15 +581,15 @@ impl Node {
         let def = self.tables_part()?.table(name)?;
         Ok(Table::new(self.clone(), def))
     }
+}
 
+impl Tables {
     /// Leaves the cluster's tables: the member entry is deleted, so the others place this node's
     /// partitions elsewhere at once rather than when the entry runs out.
-    pub(crate) fn leave_tables(&self) {
-        if let Some(tables) = self.inner().tables.get() {
-            tables.stop.store(true, Ordering::Relaxed);
-            let _ = tables.members_topic.delete(tables.me.peer_id.clone().into_bytes());
-            let _ = tables.legacy_members_topic.delete(tables.me.peer_id.clone().into_bytes());
-        }
+    fn leave(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.members_topic.delete(self.me.peer_id.clone().into_bytes());
+        let _ = self.legacy_members_topic.delete(self.me.peer_id.clone().into_bytes());
     }
 }
 
@@ -606,7 +644,7 @@ impl Tables {
             .lock()
             .expect("subscribed lock")
             .iter()
-            .filter(|t| t.starts_with("table:"))
+            .filter(|t| PartitionTopic::is_partition_topic(t))
             .cloned()
             .collect();
         let missing: Vec<&String> = placed.difference(&held).collect();
@@ -616,14 +654,14 @@ impl Tables {
         }
         self.strays.lock().expect("strays lock").retain(|topic| !placed.contains(topic));
         for topic in held.difference(&placed) {
-            let Some((table, partition)) = parse_partition_topic(topic) else { continue };
+            let Some(PartitionTopic { table, partition }) = PartitionTopic::parse(topic) else { continue };
             let Some(def) = tables.iter().find(|def| def.name == table) else { continue };
             let young =
                 self.taken.lock().expect("taken lock").get(topic).is_some_and(|t| t.elapsed() < HANDOFF_MIN_AGE);
             if partition >= def.partitions || young {
                 continue;
             }
-            let owners = owners(table, partition, def.replicas, members);
+            let owners = owners(&table, partition, def.replicas, members);
             if let Some(heads) = self.handed_off(node, topic, &owners) {
                 // Unsubscribed now, so no new request reaches the copy; deleted once quiet.
                 tracing::info!(%topic, "handing a partition off to its owners");
@@ -662,7 +700,7 @@ impl Tables {
     /// those heads (an empty copy needs no announcement).
     fn handed_off(&self, node: &Node, topic: &str, owners: &[Member]) -> Option<Vec<canopy_crdt::Cid>> {
         let ours = sorted_heads(&node.topic(topic)?.heads());
-        let announced = node.inner().announced.lock().expect("announced lock");
+        let announced = self.announced.lock().expect("announced lock");
         let by_peer = announced.get(topic).map(|a| &a.by_peer);
         let all = !owners.is_empty()
             && owners.iter().all(|owner| {
@@ -684,13 +722,6 @@ fn sorted_heads(heads: &[canopy_crdt::Head]) -> Vec<canopy_crdt::Cid> {
     let mut cids: Vec<canopy_crdt::Cid> = heads.iter().map(|head| head.cid).collect();
     cids.sort_unstable();
     cids
-}
-
-/// The table and partition a partition topic holds.
-fn parse_partition_topic(topic: &str) -> Option<(&str, u32)> {
-    let rest = topic.strip_prefix("table:")?;
-    let (table, partition) = rest.rsplit_once(':')?;
-    Some((table, partition.parse().ok()?))
 }
 
 /// Connects to the members this node is not connected to.
@@ -718,6 +749,12 @@ mod tests {
             assert!(validate_table_name(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(partition_topic("users", 7), "table:users:7");
+        let parsed = PartitionTopic::parse("table:a:b:12").unwrap();
+        assert_eq!((parsed.table.as_str(), parsed.partition), ("a:b", 12));
+        assert_eq!(parsed.to_string(), "table:a:b:12");
+        for not_one in ["users", "table:users", "table:users:x", "tables:users:1"] {
+            assert!(PartitionTopic::parse(not_one).is_none(), "{not_one}");
+        }
         assert!(canopy_crdt::validate_topic_name(&partition_topic(&"x".repeat(64), PARTITIONS_MAX - 1)).is_ok());
     }
 

@@ -9,7 +9,38 @@ use super::{Member, TableDef};
 
 /// The topic holding partition `partition` of table `table`.
 pub fn partition_topic(table: &str, partition: u32) -> String {
-    format!("table:{table}:{partition}")
+    PartitionTopic { table: table.to_string(), partition }.to_string()
+}
+
+/// A partition topic's name taken apart: `table:<table>:<partition>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionTopic {
+    /// The table.
+    pub table: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+/// The prefix of every partition topic's name.
+const PARTITION_TOPIC_PREFIX: &str = "table:";
+
+impl PartitionTopic {
+    /// The partition a topic holds, when `topic` names one.
+    pub fn parse(topic: &str) -> Option<PartitionTopic> {
+        let (table, partition) = topic.strip_prefix(PARTITION_TOPIC_PREFIX)?.rsplit_once(':')?;
+        Some(PartitionTopic { table: table.to_string(), partition: partition.parse().ok()? })
+    }
+
+    /// Whether `topic` is a partition topic's name.
+    pub fn is_partition_topic(topic: &str) -> bool {
+        PartitionTopic::parse(topic).is_some()
+    }
+}
+
+impl std::fmt::Display for PartitionTopic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{PARTITION_TOPIC_PREFIX}{}:{}", self.table, self.partition)
+    }
 }
 
 /// The partition of `key` in a table of `partitions` partitions: a jump consistent hash of the
