@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use canopy_crdt::sync::{Replicator, SyncConfig};
 use canopy_crdt::{AuthorId, Limits, Signer, Store, StoreOptions};
-use canopy_transport::{PeerId, Transport, TransportConfig};
+use canopy_transport::{Keypair, PeerId, Transport, TransportConfig};
 use crossbeam_channel::bounded;
 
 use super::counters::Counters;
@@ -51,52 +51,15 @@ impl Node {
             Some(author) => author,
             None => identity_signer(&keypair, &data_dir.join("identity.key"))?,
         };
-        let store_options = StoreOptions {
-            author: Some(author),
-            sync_writes: config.sync_writes,
-            limits: Limits {
-                key_bytes_max: config.key_bytes_max,
-                value_bytes_max: config.value_bytes_max,
-                // Batches from the library are bounded by the protocol alone; HTTP batches by
-                // `batch_ops_max`.
-                delta_ops_max: canopy_crdt::DELTA_OPS_MAX,
-            },
-            compact_after_blocks: config.compact_after_blocks,
-            compact_after_bytes: config.compact_after_bytes,
-            snapshot_retain_ms: (config.snapshot_retain_s > 0).then_some(config.snapshot_retain_s * 1000),
-            key_history: config.key_history,
-            ..StoreOptions::default()
-        };
+        let store_options = store_options(&config, author);
         let store = {
             let path = data_dir.join("db");
             tokio::task::spawn_blocking(move || Store::open(path, store_options))
                 .await
                 .map_err(|_| NodeError::Closed)??
         };
-        // The transport reports every failed or unanswered request; the sync timeout is only a
-        // backstop for reports lost to a full queue, so it runs a little longer.
-        let request_timeout = TransportConfig::default().request_timeout;
-        let sync_config = SyncConfig {
-            rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
-            request_timeout_ms: request_timeout.as_millis() as u64 + 1_000,
-            inline_bytes_max: config.inline_bytes_max,
-            fetch_ahead_max: config.fetch_ahead_max,
-            seed: rand_seed(),
-            ..SyncConfig::default()
-        };
-        let transport_config = TransportConfig {
-            keypair: keypair.clone(),
-            listen: config.listen.clone(),
-            peers: config.peers.clone(),
-            mdns: config.mdns,
-            blocks_listen: config.blocks,
-            gossip_bytes_max: 1 << 20,
-            request_bytes_max: 1 << 20,
-            response_bytes_max: sync_config.message_bytes_max,
-            request_timeout,
-            admit: admitted(&config, &keypair.public().to_peer_id()),
-            ..TransportConfig::default()
-        };
+        let sync_config = sync_config(&config);
+        let transport_config = transport_config(&config, &keypair, &sync_config);
         let subscribed = Arc::new(Mutex::new(BTreeSet::new()));
         let server = block_server(store.clone(), sync_config.clone(), subscribed.clone());
         let counters = Counters::default();
@@ -159,6 +122,59 @@ impl Node {
             .await
             .map_err(|_| NodeError::Closed)??;
         Ok(node)
+    }
+}
+
+/// The store's options: the node's limits (tighter than the protocol's only), compaction,
+/// key history, and the key it signs with.
+fn store_options(config: &NodeConfig, author: Signer) -> StoreOptions {
+    StoreOptions {
+        author: Some(author),
+        sync_writes: config.sync_writes,
+        limits: Limits {
+            key_bytes_max: config.key_bytes_max,
+            value_bytes_max: config.value_bytes_max,
+            // Batches from the library are bounded by the protocol alone; HTTP batches by
+            // `batch_ops_max`.
+            delta_ops_max: canopy_crdt::DELTA_OPS_MAX,
+        },
+        compact_after_blocks: config.compact_after_blocks,
+        compact_after_bytes: config.compact_after_bytes,
+        snapshot_retain_ms: (config.snapshot_retain_s > 0).then_some(config.snapshot_retain_s * 1000),
+        key_history: config.key_history,
+        ..StoreOptions::default()
+    }
+}
+
+/// The replicator's settings.
+fn sync_config(config: &NodeConfig) -> SyncConfig {
+    // The transport reports every failed or unanswered request; the replicator's timeout is
+    // only a backstop for reports lost to a full queue, so it runs a little longer.
+    let request_timeout = TransportConfig::default().request_timeout;
+    SyncConfig {
+        rebroadcast_interval_ms: config.rebroadcast_interval_s * 1000,
+        request_timeout_ms: request_timeout.as_millis() as u64 + 1_000,
+        inline_bytes_max: config.inline_bytes_max,
+        fetch_ahead_max: config.fetch_ahead_max,
+        seed: rand_seed(),
+        ..SyncConfig::default()
+    }
+}
+
+/// The transport's settings: the node's addresses and peers, message bounds that fit the
+/// replicator's, and the admitted peers.
+fn transport_config(config: &NodeConfig, keypair: &Keypair, sync_config: &SyncConfig) -> TransportConfig {
+    TransportConfig {
+        keypair: keypair.clone(),
+        listen: config.listen.clone(),
+        peers: config.peers.clone(),
+        mdns: config.mdns,
+        blocks_listen: config.blocks,
+        gossip_bytes_max: 1 << 20,
+        request_bytes_max: 1 << 20,
+        response_bytes_max: sync_config.message_bytes_max,
+        admit: admitted(config, &keypair.public().to_peer_id()),
+        ..TransportConfig::default()
     }
 }
 
