@@ -534,6 +534,7 @@ impl Node {
         };
         tables.refresh().map_err(failed)?;
         tables.adopt_legacy_catalog().map_err(failed)?;
+        tokio::spawn(keep_member_entry(tables.clone()));
         tokio::spawn(keep_placement(Arc::downgrade(self.inner()), tables));
         Ok(())
     }
@@ -593,11 +594,28 @@ impl Tables {
     }
 }
 
-/// Refreshes this node's member entry and subscribes the partitions placed on it, until the
-/// node stops.
+/// Rewrites this node's member entry every quarter of its lifetime, until the node stops. It
+/// runs apart from placement, so that slow placement work never lets the entry run out.
+async fn keep_member_entry(tables: Arc<Tables>) {
+    loop {
+        tokio::time::sleep(tables.member_ttl / 4).await;
+        if tables.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let refreshing = tables.clone();
+        match tokio::task::spawn_blocking(move || refreshing.refresh()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "rewriting this node's member entry"),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Connects to the members and subscribes the partitions placed on this node, until the node
+/// stops.
 async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
-    let refresh_every = tables.member_ttl / 4;
-    let mut last_refresh = tokio::time::Instant::now();
+    let meet_every = tables.member_ttl / 4;
+    let mut last_meet = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(PLACEMENT_INTERVAL).await;
         if tables.stop.load(Ordering::Relaxed) {
@@ -605,15 +623,12 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
         }
         let Some(inner) = node.upgrade() else { return };
         let node = Node::from_inner(inner);
-        let due = last_refresh.elapsed() >= refresh_every;
+        let meet_now = last_meet.elapsed() >= meet_every || !tables.settled();
         let work = {
             let tables = tables.clone();
             move || -> Result<(), TableError> {
                 let members = tables.members()?;
-                if due {
-                    tables.refresh()?;
-                }
-                if due || !tables.settled() {
+                if meet_now {
                     meet(&node, &members);
                 }
                 if tables.settled() {
@@ -623,7 +638,7 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
             }
         };
         match tokio::task::spawn_blocking(work).await {
-            Ok(Ok(())) if due => last_refresh = tokio::time::Instant::now(),
+            Ok(Ok(())) if meet_now => last_meet = tokio::time::Instant::now(),
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "keeping the tables' placement"),
             Err(_) => return,
