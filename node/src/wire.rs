@@ -223,6 +223,13 @@ pub struct Batched {
     pub height: Option<u64>,
 }
 
+impl Batched {
+    /// The block the batch made, if it made one.
+    pub fn commit(&self) -> Option<BlockRef> {
+        Some(BlockRef { cid: self.cid.clone()?, height: self.height? })
+    }
+}
+
 /// `POST /v1/topics/{t}/batch`: operations applied as one delta.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, Inspector, TopicStats, Verification};
-use canopy_crdt::{Head, Store, StoreOptions};
+use canopy_crdt::{Store, StoreOptions};
+use canopy_node::wire::{self, ErrorBody};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 /// Where an operation runs.
 #[derive(Clone, Debug)]
@@ -74,24 +75,30 @@ impl Api {
         Ok(Api { base: base.trim_end_matches('/').to_string(), http })
     }
 
-    fn call(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends `request` and reads the reply as a `T` of [`canopy_node::wire`].
+    fn call<T: DeserializeOwned>(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<T> {
         let response = request.send().with_context(|| format!("cannot reach the node at {}", self.base))?;
         let status = response.status();
-        let body: Value =
-            response.json().with_context(|| format!("{} answered something that is not JSON", self.base))?;
+        let body = response.bytes().with_context(|| format!("{} broke off its answer", self.base))?;
         if !status.is_success() {
-            bail!("{} answered {status}: {}", self.base, body["error"].as_str().unwrap_or("no message"));
+            bail!("{} answered {status}: {}", self.base, refusal(&body));
         }
-        Ok(body)
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{} answered something that is not the JSON expected", self.base))
     }
 
-    fn get(&self, path: &str) -> anyhow::Result<Value> {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call(self.http.get(format!("{}{path}", self.base)))
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.call(self.http.post(format!("{}{path}", self.base)).json(&body))
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        self.call(self.http.post(format!("{}{path}", self.base)).json(body))
     }
+}
+
+/// The message of a node's refusal.
+fn refusal(body: &[u8]) -> String {
+    ErrorBody::message_in(body).unwrap_or_else(|| "no message".to_string())
 }
 
 /// A topic name as one path segment of a URL.
@@ -120,12 +127,8 @@ pub fn status(target: &Target) -> anyhow::Result<Status> {
             Ok(Status { target: label, topics: inspector.topics()?, families: inspector.families()? })
         }
         Target::Online(remote) => {
-            let reply = Api::new(remote)?.get("/v1/admin/status")?;
-            Ok(Status {
-                target: label,
-                topics: serde_json::from_value(reply["topics"].clone())?,
-                families: serde_json::from_value(reply["families"].clone())?,
-            })
+            let reply: wire::AdminStatus = Api::new(remote)?.get("/v1/admin/status")?;
+            Ok(Status { target: label, topics: reply.topics, families: reply.families })
         }
     }
 }
@@ -134,33 +137,17 @@ pub fn status(target: &Target) -> anyhow::Result<Status> {
 pub fn topics(target: &Target) -> anyhow::Result<Vec<TopicStats>> {
     match target {
         Target::Offline(dir) => Ok(inspector(dir)?.topics()?),
-        Target::Online(remote) => {
-            Ok(serde_json::from_value(Api::new(remote)?.get("/v1/admin/topics")?["topics"].clone())?)
-        }
+        Target::Online(remote) => Ok(Api::new(remote)?.get::<wire::AdminTopics>("/v1/admin/topics")?.topics),
     }
 }
 
-/// A head as reports show it: its CID in text and its height.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct HeadEntry {
-    /// The head block's CID.
-    pub cid: String,
-    /// Its height.
-    pub height: u64,
-}
-
-impl From<Head> for HeadEntry {
-    fn from(head: Head) -> HeadEntry {
-        HeadEntry { cid: head.cid.to_string(), height: head.height }
-    }
-}
+/// A head as reports show it: its CID in text and its height, as the node's API shows it.
+pub type HeadEntry = wire::BlockRef;
 
 /// The heads of `topic` on one target; `None` when it has no such topic.
 pub fn heads(target: &Target, topic: &str) -> anyhow::Result<Option<Vec<HeadEntry>>> {
     match target {
-        Target::Offline(dir) => {
-            Ok(inspector(dir)?.heads(topic)?.map(|heads| heads.into_iter().map(HeadEntry::from).collect()))
-        }
+        Target::Offline(dir) => Ok(inspector(dir)?.heads(topic)?.map(wire::heads)),
         Target::Online(remote) => {
             let api = Api::new(remote)?;
             let url = format!("{}/v1/admin/topics/{}/heads", api.base, segment(topic));
@@ -168,10 +155,7 @@ pub fn heads(target: &Target, topic: &str) -> anyhow::Result<Option<Vec<HeadEntr
                 api.http.get(url).send().with_context(|| format!("cannot reach the node at {}", api.base))?;
             match response.status() {
                 reqwest::StatusCode::NOT_FOUND => Ok(None),
-                status if status.is_success() => {
-                    let reply: Value = response.json()?;
-                    Ok(Some(serde_json::from_value(reply["heads"].clone())?))
-                }
+                status if status.is_success() => Ok(Some(response.json::<wire::TopicHeads>()?.heads)),
                 status => bail!("{} answered {status}", api.base),
             }
         }
@@ -273,7 +257,7 @@ pub fn verify(target: &Target, topics: &[String], progress: &dyn Progress) -> an
         })?,
         Target::Online(remote) => {
             progress.start("verifying", 0);
-            serde_json::from_value(Api::new(remote)?.post("/v1/admin/verify", json!({ "topics": topics }))?)?
+            Api::new(remote)?.post("/v1/admin/verify", &wire::Verify { topics: topics.to_vec() })?
         }
     };
     progress.finish();
@@ -284,9 +268,7 @@ pub fn verify(target: &Target, topics: &[String], progress: &dyn Progress) -> an
 pub fn dag_stat(target: &Target, topic: &str) -> anyhow::Result<DagStats> {
     match target {
         Target::Offline(dir) => inspector(dir)?.dag_stats(topic)?.with_context(|| format!("no topic {topic}")),
-        Target::Online(remote) => {
-            Ok(serde_json::from_value(Api::new(remote)?.get(&format!("/v1/admin/topics/{}/dag", segment(topic)))?)?)
-        }
+        Target::Online(remote) => Api::new(remote)?.get(&format!("/v1/admin/topics/{}/dag", segment(topic))),
     }
 }
 
@@ -297,9 +279,7 @@ pub fn dag_show(target: &Target, topic: &str, cid: &str) -> anyhow::Result<Block
             let parsed = cid.parse().with_context(|| format!("{cid:?} is not a CID"))?;
             inspector(dir)?.block(topic, &parsed)?.with_context(|| format!("topic {topic} has no block {cid}"))
         }
-        Target::Online(remote) => Ok(serde_json::from_value(
-            Api::new(remote)?.get(&format!("/v1/admin/topics/{}/blocks/{cid}", segment(topic)))?,
-        )?),
+        Target::Online(remote) => Api::new(remote)?.get(&format!("/v1/admin/topics/{}/blocks/{cid}", segment(topic))),
     }
 }
 
@@ -350,8 +330,9 @@ pub fn backup(target: &Target, out: &Path) -> anyhow::Result<PathBuf> {
         }
         Target::Online(remote) => {
             let name = out.to_str().context("a backup's name is UTF-8")?;
-            let reply = Api::new(remote)?.post("/v1/admin/backup", json!({ "name": name }))?;
-            Ok(PathBuf::from(reply["out"].as_str().unwrap_or_default()))
+            let reply: wire::BackedUp =
+                Api::new(remote)?.post("/v1/admin/backup", &wire::Backup { name: name.into() })?;
+            Ok(PathBuf::from(reply.out))
         }
     }
 }
@@ -420,8 +401,8 @@ pub fn export(target: &Target, topic: &str, out: &Path, progress: &dyn Progress)
                 .with_context(|| format!("cannot reach the node at {}", api.base))?;
             let status = response.status();
             if !status.is_success() {
-                let message: Value = response.json().unwrap_or_default();
-                bail!("{} answered {status}: {}", api.base, message["error"].as_str().unwrap_or("no message"));
+                let body = response.bytes().unwrap_or_default();
+                bail!("{} answered {status}: {}", api.base, refusal(&body));
             }
             let mut file = std::io::BufWriter::new(create()?);
             let bytes = response.copy_to(&mut file).context("the export was cut short")?;
@@ -479,7 +460,7 @@ pub fn import(target: &Target, file: &Path, topic: Option<&str>, progress: &dyn 
                 .body(reqwest::blocking::Body::sized(input, length));
             let report = api.call(request)?;
             progress.finish();
-            Ok(serde_json::from_value(report)?)
+            Ok(report)
         }
     }
 }
@@ -553,25 +534,23 @@ pub fn compact(
         Target::Online(remote) => {
             let api = Api::new(remote)?;
             let names = if topics.is_empty() {
-                let listed: Vec<TopicStats> = serde_json::from_value(api.get("/v1/admin/topics")?["topics"].clone())?;
-                listed.into_iter().map(|t| t.name).collect()
+                let listed: wire::AdminTopics = api.get("/v1/admin/topics")?;
+                listed.topics.into_iter().map(|t| t.name).collect()
             } else {
                 topics.to_vec()
             };
             progress.start("compacting", names.len() as u64);
             for name in names {
-                let reply = api.post(
-                    &format!("/v1/topics/{}/compact", segment(&name)),
-                    json!({ "dag": what.dag, "db": what.db }),
-                )?;
+                let path = format!("/v1/topics/{}/compact", segment(&name));
+                let reply: wire::Compaction = api.post(&path, &wire::Compact { dag: what.dag, db: what.db })?;
                 progress.advance(1, &name);
                 out.push(Compacted {
                     topic: name,
-                    snapshot: reply["snapshot"].as_str().map(str::to_string),
-                    keys: reply["keys"].as_u64().unwrap_or(0),
-                    pruned_blocks: reply["pruned_blocks"].as_u64().unwrap_or(0),
-                    bytes_before: reply["bytes_before"].as_u64().unwrap_or(0),
-                    bytes_after: reply["bytes_after"].as_u64().unwrap_or(0),
+                    snapshot: reply.snapshot,
+                    keys: reply.keys.unwrap_or(0),
+                    pruned_blocks: reply.pruned_blocks,
+                    bytes_before: reply.bytes_before,
+                    bytes_after: reply.bytes_after,
                 });
             }
         }

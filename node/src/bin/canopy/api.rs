@@ -6,7 +6,8 @@ use std::io::Read as _;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Value, json};
+use canopy_node::wire::{self, BlockRef, ErrorBody, WatchEvent};
+use serde_json::json;
 
 use super::ClientArgs;
 
@@ -54,10 +55,13 @@ impl Api {
         if let Some(ttl) = ttl {
             request = request.query(&[("ttl", ttl)]);
         }
-        let reply = self.json(request)?;
-        print(self.json, &reply, |reply| match reply["expires_ms"].as_u64() {
-            Some(at) => format!("{} expires {}", commit_line(reply), time_text(at)),
-            None => commit_line(reply),
+        let reply: wire::Put = self.json(request)?;
+        print(self.json, &reply, |reply| {
+            let line = commit_line(Some(&BlockRef { cid: reply.cid.clone(), height: reply.height }));
+            match reply.expires_ms {
+                Some(at) => format!("{line} expires {}", time_text(at)),
+                None => line,
+            }
         });
         Ok(())
     }
@@ -80,40 +84,35 @@ impl Api {
     }
 
     pub(crate) fn delete(&self, topic: &str, key: &str) -> anyhow::Result<()> {
-        let reply = self.json(self.http.delete(self.topic_url(topic, "kv", Some(key))))?;
-        print(self.json, &reply, commit_line);
+        let reply: BlockRef = self.json(self.http.delete(self.topic_url(topic, "kv", Some(key))))?;
+        print(self.json, &reply, |reply| commit_line(Some(reply)));
         Ok(())
     }
 
     pub(crate) fn increment(&self, topic: &str, key: &str, n: i64) -> anyhow::Result<()> {
         let url = self.topic_url(topic, "counters", Some(key));
-        let reply = self.json(self.http.post(url).json(&json!({ "add": n })))?;
-        print(self.json, &reply, |reply| reply["value"].to_string());
+        let reply: wire::Incremented = self.json(self.http.post(url).json(&wire::Increment { add: n }))?;
+        print(self.json, &reply, |reply| reply.value.to_string());
         Ok(())
     }
 
     pub(crate) fn count(&self, topic: &str, key: &str) -> anyhow::Result<()> {
-        let reply = self.json(self.http.get(self.topic_url(topic, "counters", Some(key))))?;
-        print(self.json, &reply, |reply| reply["value"].to_string());
+        let reply: wire::Counter = self.json(self.http.get(self.topic_url(topic, "counters", Some(key))))?;
+        print(self.json, &reply, |reply| reply.value.to_string());
         Ok(())
     }
 
     pub(crate) fn history(&self, topic: &str, key: &str, limit: usize) -> anyhow::Result<()> {
         let url = self.topic_url(topic, "history", Some(key));
-        let reply = self.json(self.http.get(url).query(&[("limit", limit.to_string())]))?;
+        let reply: wire::History = self.json(self.http.get(url).query(&[("limit", limit.to_string())]))?;
         print(self.json, &reply, history_text);
         Ok(())
     }
 
     pub(crate) fn heads(&self, topic: &str) -> anyhow::Result<()> {
-        let reply = self.json(self.http.get(self.topic_url(topic, "heads", None)))?;
-        print(self.json, &reply, |value| {
-            let heads = value["heads"].as_array().cloned().unwrap_or_default();
-            heads
-                .iter()
-                .map(|h| format!("{}\theight {}", h["cid"].as_str().unwrap_or_default(), h["height"]))
-                .collect::<Vec<_>>()
-                .join("\n")
+        let reply: wire::Heads = self.json(self.http.get(self.topic_url(topic, "heads", None)))?;
+        print(self.json, &reply, |reply| {
+            reply.heads.iter().map(|h| format!("{}\theight {}", h.cid, h.height)).collect::<Vec<_>>().join("\n")
         });
         Ok(())
     }
@@ -141,20 +140,20 @@ impl Api {
             if let Some(after) = &after_base64 {
                 query.push(("after_base64", after.clone()));
             }
-            let page = self.json(self.http.get(self.topic_url(topic, "kv", None)).query(&query))?;
-            let entries = page["entries"].as_array().cloned().unwrap_or_default();
-            remaining = remaining.saturating_sub(entries.len());
-            for entry in entries {
+            let page: wire::Page = self.json(self.http.get(self.topic_url(topic, "kv", None)).query(&query))?;
+            remaining = remaining.saturating_sub(page.entries.len());
+            for entry in &page.entries {
                 if self.json {
-                    write!(out, "{}{entry}", if first { "" } else { "," })?;
+                    write!(out, "{}{}", if first { "" } else { "," }, json_text(entry))?;
                     first = false;
                 } else {
-                    let value = BASE64.decode(entry["value"].as_str().unwrap_or_default()).unwrap_or_default();
-                    writeln!(out, "{}\t{}", key_text(&entry), String::from_utf8_lossy(&value))?;
+                    let value = entry.value_bytes().unwrap_or_default();
+                    let key = key_text(entry.key.as_deref(), &entry.key_base64);
+                    writeln!(out, "{key}\t{}", String::from_utf8_lossy(&value))?;
                 }
             }
-            match page["next_base64"].as_str() {
-                Some(next) => after_base64 = Some(next.to_string()),
+            match page.next_base64 {
+                Some(next) => after_base64 = Some(next),
                 None => break,
             }
         }
@@ -177,8 +176,8 @@ impl Api {
             for line in std::io::BufReader::new(response).lines() {
                 let text = match line {
                     Ok(line) => match line.strip_prefix("data:") {
-                        Some(data) => serde_json::from_str::<Value>(data.trim())
-                            .map(|change| if json_output { change.to_string() } else { change_text(&change) })
+                        Some(data) => WatchEvent::parse(data.trim())
+                            .map(|change| if json_output { json_text(&change) } else { change_text(&change) })
                             .map_err(anyhow::Error::from),
                         None => continue,
                     },
@@ -211,8 +210,8 @@ impl Api {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = response.json().unwrap_or(Value::Null);
-        match body.get("error").and_then(Value::as_str) {
+        let body = response.bytes().unwrap_or_default();
+        match ErrorBody::message_in(&body) {
             Some(message) => bail!("{message} ({status})"),
             None => bail!("request failed with {status}"),
         }
@@ -226,7 +225,11 @@ impl Api {
         Api::check(response)
     }
 
-    pub(crate) fn json(&self, request: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends `request` and reads the reply as a `T` of [`canopy_node::wire`].
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::blocking::RequestBuilder,
+    ) -> anyhow::Result<T> {
         Ok(self.send(request)?.json()?)
     }
 }
@@ -248,9 +251,10 @@ pub(crate) fn say(line: std::fmt::Arguments) {
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
-pub(crate) fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
+/// Prints a reply: as JSON with `--json`, else as `human` tells.
+pub(crate) fn print<T: serde::Serialize>(json_output: bool, value: &T, human: impl FnOnce(&T) -> String) {
     if json_output {
-        say(format_args!("{value}"));
+        say(format_args!("{}", json_text(value)));
     } else {
         let text = human(value);
         if !text.is_empty() {
@@ -259,26 +263,35 @@ pub(crate) fn print(json_output: bool, value: &Value, human: impl FnOnce(&Value)
     }
 }
 
+/// A reply as one line of JSON, as the node sent it (the wire structs keep its key order).
+pub(crate) fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("a reply serializes: its fields are strings, numbers and lists")
+}
+
 /// A key from a listing or a change for people: its text, or its base64 bytes (marked) when it
 /// is not UTF-8.
-pub(crate) fn key_text(entry: &Value) -> String {
-    match entry["key"].as_str() {
+pub(crate) fn key_text(key: Option<&str>, key_base64: &str) -> String {
+    match key {
         Some(text) => text.to_string(),
-        None => format!("base64:{}", entry["key_base64"].as_str().unwrap_or_default()),
+        None => format!("base64:{key_base64}"),
     }
 }
 
 /// A change from the watch stream, for people.
-pub(crate) fn change_text(change: &Value) -> String {
-    if let Some(counter) = change.get("counter") {
-        let key = key_text(&json!({ "key": counter, "key_base64": change["key_base64"] }));
-        return format!("count {key} = {}", change["value"]);
-    }
-    let key = key_text(change);
-    let value = change["value"]
-        .as_str()
+pub(crate) fn change_text(change: &WatchEvent) -> String {
+    let change = match change {
+        WatchEvent::Counter(counter) => {
+            let key = key_text(counter.counter.as_deref(), &counter.key_base64);
+            return format!("count {key} = {}", counter.value);
+        }
+        WatchEvent::Key(change) => change,
+    };
+    let key = key_text(change.key.as_deref(), &change.key_base64);
+    let value = change
+        .value
+        .as_deref()
         .map(|value| String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned());
-    match (change["expired"].as_bool().unwrap_or(false), value) {
+    match (change.expired, value) {
         (false, Some(value)) => format!("put {key} = {value}"),
         (false, None) => format!("del {key}"),
         (true, Some(value)) => format!("expired {key}, now = {value}"),
@@ -293,17 +306,17 @@ pub(crate) fn time_text(ms: u64) -> String {
 }
 
 /// One line a version: height, block, and the value (or `(deleted)`).
-pub(crate) fn history_text(reply: &Value) -> String {
-    let versions = reply["versions"].as_array().cloned().unwrap_or_default();
-    versions
+pub(crate) fn history_text(reply: &wire::History) -> String {
+    reply
+        .versions
         .iter()
         .map(|version| {
-            let value = match version["value"].as_str() {
+            let value = match &version.value {
                 Some(value) => String::from_utf8_lossy(&BASE64.decode(value).unwrap_or_default()).into_owned(),
                 None => "(deleted)".into(),
             };
-            let line = format!("{}\t{}\t{value}", version["height"], version["cid"].as_str().unwrap_or_default());
-            match version["expires_ms"].as_u64() {
+            let line = format!("{}\t{}\t{value}", version.height, version.cid);
+            match version.expires_ms {
                 Some(at) => format!("{line}\t(expires {})", time_text(at)),
                 None => line,
             }
@@ -312,9 +325,10 @@ pub(crate) fn history_text(reply: &Value) -> String {
         .join("\n")
 }
 
-pub(crate) fn commit_line(value: &Value) -> String {
-    match value.get("cid").and_then(Value::as_str) {
-        Some(cid) => format!("{cid} height {}", value["height"]),
+/// The block a write made, for people; `None`: it changed nothing.
+pub(crate) fn commit_line(commit: Option<&BlockRef>) -> String {
+    match commit {
+        Some(commit) => format!("{} height {}", commit.cid, commit.height),
         None => "nothing changed".into(),
     }
 }

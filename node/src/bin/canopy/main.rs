@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use canopy_node::wire;
 use canopy_node::{Node, NodeConfig, Overrides};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod api;
 mod shell;
@@ -403,13 +404,14 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Ls { topic, list, client } => Api::new(&client)?.list(&topic, &list.prefix, list.after, list.limit)?,
         Command::Subscribe { topic, client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.put(api.url(&format!("/v1/topics/{}", encode_path(&topic)))))?;
+            let reply: wire::Subscription =
+                api.json(api.http.put(api.url(&format!("/v1/topics/{}", encode_path(&topic)))))?;
             print(client.json, &reply, |_| format!("subscribed {topic}"));
         }
         Command::Unsubscribe { topic, purge, client } => {
             let api = Api::new(&client)?;
             let url = api.url(&format!("/v1/topics/{}", encode_path(&topic)));
-            let reply = api.json(api.http.delete(url).query(&[("purge", purge.to_string())]))?;
+            let reply: wire::Subscription = api.json(api.http.delete(url).query(&[("purge", purge.to_string())]))?;
             print(client.json, &reply, |_| {
                 format!("unsubscribed {topic}{}", if purge { " and purged it" } else { "" })
             });
@@ -418,23 +420,24 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
             let api = Api::new(&client)?;
             let body = read_input(&file)?;
             let url = api.url(&format!("/v1/topics/{}/batch", encode_path(&topic)));
-            let reply = api.json(api.http.post(url).header("content-type", "application/json").body(body))?;
-            print(client.json, &reply, commit_line);
+            let reply: wire::Batched =
+                api.json(api.http.post(url).header("content-type", "application/json").body(body))?;
+            print(client.json, &reply, |reply| commit_line(reply.commit().as_ref()));
         }
         Command::Topics { client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url("/v1/topics")))?;
-            print(client.json, &reply, |value| {
-                let rows = value.as_array().cloned().unwrap_or_default();
-                rows.iter()
+            let reply: Vec<wire::TopicSummary> = api.json(api.http.get(api.url("/v1/topics")))?;
+            print(client.json, &reply, |topics| {
+                topics
+                    .iter()
                     .map(|t| {
                         format!(
                             "{}\t{}\tkeys={}\theads={}\tmax_height={}",
-                            t["topic"].as_str().unwrap_or_default(),
-                            t["mode"].as_str().unwrap_or_default(),
-                            t["keys"],
-                            t["heads"].as_array().map_or(0, Vec::len),
-                            t["max_height"]
+                            t.topic,
+                            t.mode,
+                            t.keys,
+                            t.heads.len(),
+                            t.max_height
                         )
                     })
                     .collect::<Vec<_>>()
@@ -444,52 +447,48 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Heads { topic, client } => Api::new(&client)?.heads(&topic)?,
         Command::Compact { topic, client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.post(api.url(&format!("/v1/topics/{}/compact", encode_path(&topic)))))?;
-            print(client.json, &reply, |value| {
+            let url = api.url(&format!("/v1/topics/{}/compact", encode_path(&topic)));
+            let reply: wire::Compaction = api.json(api.http.post(url))?;
+            // An empty body compacts the DAG too, so its figures are there.
+            let figure = |figure: Option<u64>| figure.map_or("null".to_string(), |n| n.to_string());
+            print(client.json, &reply, |reply| {
                 format!(
                     "snapshot {}\nkeys {}\nblocks {} ({} pruned now)\nbytes {} -> {}",
-                    value["snapshot"].as_str().unwrap_or("none: the topic has no history"),
-                    value["keys"],
-                    value["blocks"],
-                    value["pruned_blocks"],
-                    value["bytes_before"],
-                    value["bytes_after"]
+                    reply.snapshot.as_deref().unwrap_or("none: the topic has no history"),
+                    figure(reply.keys),
+                    figure(reply.blocks),
+                    reply.pruned_blocks,
+                    reply.bytes_before,
+                    reply.bytes_after
                 )
             });
         }
         Command::Watch { topic, client } => Api::new(&client)?.watch(&topic, &crossbeam_channel::never::<()>())?,
         Command::Id { client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url("/v1/status")))?;
-            print(client.json, &json!({ "author": reply["author"], "peer_id": reply["peer_id"] }), |s| {
-                s["author"].as_str().unwrap_or_default().to_string()
-            });
+            let reply: wire::Status = api.json(api.http.get(api.url("/v1/status")))?;
+            print(client.json, &json!({ "author": reply.author, "peer_id": reply.peer_id }), |_| reply.author.clone());
         }
         Command::Topic(TopicCommand::Create { name, mode, client }) => {
             let api = Api::new(&client)?;
-            let body = json!({ "name": name, "mode": mode });
-            let reply = api.json(api.http.post(api.url("/v1/topics")).json(&body))?;
-            print(client.json, &reply, |value| {
-                format!(
-                    "created {} topic {}",
-                    value["mode"].as_str().unwrap_or_default(),
-                    value["topic"].as_str().unwrap_or_default()
-                )
-            });
+            let body = wire::CreateTopic { mode, name };
+            let reply: wire::TopicAccess = api.json(api.http.post(api.url("/v1/topics")).json(&body))?;
+            print(client.json, &reply, |reply| format!("created {} topic {}", reply.mode, reply.topic));
         }
         Command::Topic(TopicCommand::Info { topic, client }) => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url(&format!("/v1/topics/{}/access", encode_path(&topic)))))?;
-            print(client.json, &reply, |value| {
-                let writers = match value["writers"].as_array() {
+            let url = api.url(&format!("/v1/topics/{}/access", encode_path(&topic)));
+            let reply: wire::TopicAccess = api.json(api.http.get(url))?;
+            print(client.json, &reply, |reply| {
+                let writers = match &reply.writers {
                     None => "anyone".to_string(),
-                    Some(writers) => writers.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
+                    Some(writers) => writers.join(", "),
                 };
                 format!(
                     "topic {}\nmode {}\nowner {}\nwriters {}",
-                    value["topic"].as_str().unwrap_or_default(),
-                    value["mode"].as_str().unwrap_or_default(),
-                    value["owner"].as_str().unwrap_or("none"),
+                    reply.topic,
+                    reply.mode,
+                    reply.owner.as_deref().unwrap_or("none"),
                     writers
                 )
             });
@@ -497,34 +496,27 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Topic(TopicCommand::Grant { topic, writer, client }) => {
             let api = Api::new(&client)?;
             let url = api.url(&format!("/v1/topics/{}/writers", encode_path(&topic)));
-            let reply = api.json(api.http.post(url).json(&json!({ "writer": writer })))?;
+            let reply: wire::WritersChange = api.json(api.http.post(url).json(&wire::Grant { writer }))?;
             print(client.json, &reply, |value| writers_change_text("granted", "already a writer", value));
         }
         Command::Topic(TopicCommand::Revoke { topic, writer, client }) => {
             let api = Api::new(&client)?;
             let url = api.url(&format!("/v1/topics/{}/writers/{}", encode_path(&topic), encode_path(&writer)));
-            let reply = api.json(api.http.delete(url))?;
+            let reply: wire::WritersChange = api.json(api.http.delete(url))?;
             print(client.json, &reply, |value| writers_change_text("revoked", "not a writer", value));
         }
         Command::Status { client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url("/v1/status")))?;
+            let reply: wire::Status = api.json(api.http.get(api.url("/v1/status")))?;
             print(client.json, &reply, |s| {
-                let listen: Vec<String> = s["listen"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|a| a.as_str().map(String::from))
-                    .collect();
                 format!(
                     "peer_id {}\nauthor {}\nversion {}\npeers {}\ntopics {}\nlisten {}",
-                    s["peer_id"].as_str().unwrap_or_default(),
-                    s["author"].as_str().unwrap_or_default(),
-                    s["version"].as_str().unwrap_or_default(),
-                    s["peers"],
-                    s["topics"],
-                    listen.join(" ")
+                    s.peer_id,
+                    s.author,
+                    s.version,
+                    s.peers,
+                    s.topics,
+                    s.listen.join(" ")
                 )
             });
         }
@@ -533,11 +525,10 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// How a grant or revocation reads: what it did to whom in which topic, and its block.
-fn writers_change_text(done: &str, unchanged: &str, value: &Value) -> String {
-    let writer = value["writer"].as_str().unwrap_or_default();
-    let topic = value["topic"].as_str().unwrap_or_default();
-    match value["commit"]["cid"].as_str() {
-        Some(cid) => format!("{done} {writer} in {topic} (block {cid})"),
+fn writers_change_text(done: &str, unchanged: &str, change: &wire::WritersChange) -> String {
+    let (writer, topic) = (&change.writer, &change.topic);
+    match &change.commit {
+        Some(commit) => format!("{done} {writer} in {topic} (block {})", commit.cid),
         None => format!("{writer} is {unchanged} in {topic}: nothing written"),
     }
 }

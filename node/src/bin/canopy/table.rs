@@ -1,7 +1,7 @@
 //! `canopy table ...` and `canopy members`: the cluster's sharded tables.
 
+use canopy_node::wire;
 use clap::Subcommand;
-use serde_json::{Value, json};
 
 use super::api::{Api, encode_path, print, read_input};
 use super::{ClientArgs, ListArgs};
@@ -66,34 +66,28 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
     match command {
         TableCommand::Create { name, partitions, replicas, client } => {
             let api = Api::new(&client)?;
-            let body = json!({ "name": name, "partitions": partitions, "replicas": replicas });
-            let reply = api.json(api.http.post(api.url("/v1/tables")).json(&body))?;
-            print(client.json, &reply, shape_line);
+            let body = wire::CreateTable { name, partitions, replicas };
+            let reply: wire::TableDef = api.json(api.http.post(api.url("/v1/tables")).json(&body))?;
+            print(client.json, &reply, table_line);
         }
         TableCommand::Ls { client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url("/v1/tables")))?;
-            print(client.json, &reply, |value| {
-                let tables = value["tables"].as_array().cloned().unwrap_or_default();
-                tables.iter().map(shape_line).collect::<Vec<_>>().join("\n")
-            });
+            let reply: wire::Tables = api.json(api.http.get(api.url("/v1/tables")))?;
+            print(client.json, &reply, |reply| reply.tables.iter().map(table_line).collect::<Vec<_>>().join("\n"));
         }
         TableCommand::Show { name, client } => {
             let api = Api::new(&client)?;
-            let reply = api.json(api.http.get(api.url(&format!("/v1/tables/{}", encode_path(&name)))))?;
-            print(client.json, &reply, |value| {
-                let mut lines = vec![shape_line(value)];
-                for partition in value["placement"].as_array().cloned().unwrap_or_default() {
-                    let owners: Vec<&str> = partition["owners"]
-                        .as_array()
-                        .map(|o| o.iter().filter_map(Value::as_str).collect())
-                        .unwrap_or_default();
+            let url = api.url(&format!("/v1/tables/{}", encode_path(&name)));
+            let reply: wire::TableShown = api.json(api.http.get(url))?;
+            print(client.json, &reply, |shown| {
+                let mut lines = vec![shape_line(&shown.name, shown.partitions, shown.replicas)];
+                for partition in &shown.placement {
                     lines.push(format!(
                         "{}\t{}\t{}{}",
-                        partition["partition"],
-                        partition["topic"].as_str().unwrap_or_default(),
-                        owners.join(","),
-                        if partition["held_here"].as_bool() == Some(true) { "\t(held here)" } else { "" }
+                        partition.partition,
+                        partition.topic,
+                        partition.owners.join(","),
+                        if partition.held_here { "\t(held here)" } else { "" }
                     ));
                 }
                 lines.join("\n")
@@ -102,13 +96,13 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
         TableCommand::Put { table, key, value, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
             let api = Api::new(&client)?.tables();
-            let reply = api.json(api.http.put(api.topic_url(&table, "kv", Some(&key))).body(body))?;
+            let reply: wire::Written = api.json(api.http.put(api.topic_url(&table, "kv", Some(&key))).body(body))?;
             print(client.json, &reply, written_line);
         }
         TableCommand::Get { table, key, client } => Api::new(&client)?.tables().get(&table, &key, false)?,
         TableCommand::Del { table, key, client } => {
             let api = Api::new(&client)?.tables();
-            let reply = api.json(api.http.delete(api.topic_url(&table, "kv", Some(&key))))?;
+            let reply: wire::Written = api.json(api.http.delete(api.topic_url(&table, "kv", Some(&key))))?;
             print(client.json, &reply, written_line);
         }
         TableCommand::List { table, list, client } => {
@@ -121,36 +115,22 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
 /// Prints the cluster's live members.
 pub(crate) fn members(client: &ClientArgs) -> anyhow::Result<()> {
     let api = Api::new(client)?;
-    let reply = api.json(api.http.get(api.url("/v1/members")))?;
-    print(client.json, &reply, |value| {
-        let members = value["members"].as_array().cloned().unwrap_or_default();
-        members
-            .iter()
-            .map(|m| {
-                format!("{}\t{}", m["peer_id"].as_str().unwrap_or_default(), m["api"].as_str().unwrap_or_default())
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+    let reply: wire::Members = api.json(api.http.get(api.url("/v1/members")))?;
+    print(client.json, &reply, |reply| {
+        reply.members.iter().map(|m| format!("{}\t{}", m.peer_id, m.api)).collect::<Vec<_>>().join("\n")
     });
     Ok(())
 }
 
-fn shape_line(table: &Value) -> String {
-    format!(
-        "{}\tpartitions={}\treplicas={}",
-        table["name"].as_str().unwrap_or_default(),
-        table["partitions"],
-        table["replicas"]
-    )
+fn shape_line(name: &str, partitions: u32, replicas: u32) -> String {
+    format!("{name}\tpartitions={partitions}\treplicas={replicas}")
+}
+
+fn table_line(table: &wire::TableDef) -> String {
+    shape_line(&table.name, table.partitions, table.replicas)
 }
 
 /// A table write for people: the block, its partition and the member that applied it.
-fn written_line(value: &Value) -> String {
-    format!(
-        "{} height {} partition {} on {}",
-        value["cid"].as_str().unwrap_or_default(),
-        value["height"],
-        value["partition"],
-        value["node"].as_str().unwrap_or_default()
-    )
+fn written_line(written: &wire::Written) -> String {
+    format!("{} height {} partition {} on {}", written.cid, written.height, written.partition, written.node)
 }
