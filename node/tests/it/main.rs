@@ -12,3 +12,4 @@ mod history;
 mod security;
 mod shell;
 mod tables;
+mod wire;

@@ -4,6 +4,7 @@ use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use canopy_node::wire;
 use common::{NodeProcess, canopy, wait_until};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -36,13 +37,13 @@ fn member_proof(member: &NodeProcess, method: &str, path: &str, forwarded: &str)
 }
 
 fn member_ids(node: &NodeProcess) -> BTreeSet<String> {
-    let members = node.json("/v1/members");
-    members["members"].as_array().unwrap().iter().map(|m| m["peer_id"].as_str().unwrap().to_string()).collect()
+    let members: wire::Members = node.http.get(node.url("/v1/members")).send().unwrap().json().unwrap();
+    members.members.into_iter().map(|member| member.peer_id).collect()
 }
 
 fn topics_held(node: &NodeProcess) -> BTreeSet<String> {
-    let topics = node.json("/v1/topics");
-    topics.as_array().unwrap().iter().map(|t| t["topic"].as_str().unwrap().to_string()).collect()
+    let topics: Vec<wire::TopicSummary> = node.http.get(node.url("/v1/topics")).send().unwrap().json().unwrap();
+    topics.into_iter().map(|topic| topic.topic).collect()
 }
 
 fn create(node: &NodeProcess, body: Value) -> (StatusCode, Value) {
