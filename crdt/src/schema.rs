@@ -7,7 +7,8 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, SliceTr
 
 use crate::error::StorageError;
 
-/// Received blocks waiting for their parents: `topic ++ cid` → block bytes.
+/// Unused: blocks waiting for their parents are held in memory. Opened (and emptied when a
+/// topic loads) so that data directories that still hold records there open.
 pub(crate) const CF_PENDING: &str = "pending";
 /// Current heads: `topic ++ cid` → height (8 bytes, big-endian).
 pub(crate) const CF_HEADS: &str = "heads";
@@ -24,7 +25,7 @@ pub(crate) const CF_TOMBSTONES: &str = "tombstones";
 pub(crate) const CF_SNAPSHOTS: &str = "snapshots";
 
 /// Writer lists of topics created with mode `writers`: `topic ++ 'c' ++ cid` → the block's
-/// clock, `topic ++ 'l' ++ cid` → a list change (see `writers.rs`). Never pruned.
+/// clock, `topic ++ 'l' ++ cid` → a list change (see `writer_list.rs`). Never pruned.
 pub(crate) const CF_WRITERS: &str = "writers";
 /// Which blocks put or deleted each key, newest first (see `history.rs`).
 pub(crate) const CF_HISTORY: &str = "history";

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{AuthorId, BlockStore, CF_INDEX, Signer, TopicId};
+use canopy_dag::{AuthorId, BlockStore, CF_INDEX, Cid, Signer, TopicId};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
@@ -197,9 +197,31 @@ impl Store {
             return Ok(false);
         };
         let (tx, rx) = bounded(1);
-        self.inner.send(shared.id, Command::Drop { topic: shared.id, reply: tx }).map_err(|_| TopicError::Closed)?;
+        let drop = Command::Drop { topic: shared.id, only_at: None, reply: tx };
+        self.inner.send(shared.id, drop).map_err(|_| TopicError::Closed)?;
         rx.recv().map_err(|_| TopicError::Closed)??;
         Ok(true)
+    }
+
+    /// Drops topic `name` with its data only if its heads are exactly `heads`, judged on its
+    /// writer thread, so atomically with respect to writes: a write acknowledged before the drop
+    /// changed the heads, and the topic stays; one submitted after it fails with
+    /// `TopicDropped`. Returns whether it was dropped.
+    pub fn drop_topic_at(&self, name: &str, heads: &[Cid]) -> Result<bool, TopicError> {
+        let _registry = self.inner.registry.lock().expect("registry lock");
+        let Some(shared) = self.inner.topics.read().expect("topics lock").get(name).cloned() else {
+            return Ok(false);
+        };
+        let mut only_at = heads.to_vec();
+        only_at.sort_unstable();
+        let (tx, rx) = bounded(1);
+        let drop = Command::Drop { topic: shared.id, only_at: Some(only_at), reply: tx };
+        self.inner.send(shared.id, drop).map_err(|_| TopicError::Closed)?;
+        let dropped = rx.recv().map_err(|_| TopicError::Closed)??;
+        if dropped {
+            self.inner.topics.write().expect("topics lock").remove(name);
+        }
+        Ok(dropped)
     }
 
     /// True once a storage failure has stopped writes.

@@ -66,8 +66,8 @@ pub struct SyncConfig {
     pub message_bytes_max: usize,
     /// Most fetches one topic runs at once, each from a different peer.
     pub fetches_per_topic_max: usize,
-    /// Most CIDs one fetch keeps on its stack of wants; past it the outermost wants are
-    /// dropped and learnt again from the next announcement.
+    /// Most CIDs one fetch keeps on its stack of wants; past it the fetch is abandoned, and
+    /// the heads are learnt again from the next announcement.
     pub fetch_cids_max: usize,
     /// Most levels of its stack of wants a climbing fetch asks for ahead of their turn, from
     /// its peer and from peers standing by with the same heads (0: none; one request in flight

@@ -57,7 +57,10 @@ pub(crate) enum Command {
     },
     Drop {
         topic: TopicId,
-        reply: Sender<Result<(), TopicError>>,
+        /// Drop only if the topic's heads are exactly these (sorted); the reply says whether it
+        /// was dropped.
+        only_at: Option<Vec<Cid>>,
+        reply: Sender<Result<bool, TopicError>>,
     },
     /// Hold the thread still while a compaction takes its RocksDB snapshot: reply with the
     /// heads and snapshots, then wait for `resume`.
@@ -653,10 +656,20 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
-        Command::Drop { topic, reply } => {
-            let result = match topics.remove(&topic) {
-                None => Ok(()),
-                Some(state) => drop_topic(context, &state),
+        Command::Drop { topic, only_at, reply } => {
+            let at_heads = |state: &TopicState| {
+                let mut heads: Vec<Cid> = state.heads.keys().copied().collect();
+                heads.sort_unstable();
+                only_at.as_ref().is_none_or(|only_at| *only_at == heads)
+            };
+            let result = match topics.get(&topic) {
+                None => Ok(true),
+                // A write acknowledged before this command changed the heads: the topic stays.
+                Some(state) if !at_heads(state) => Ok(false),
+                Some(_) => {
+                    let state = topics.remove(&topic).expect("the topic is there");
+                    drop_topic(context, &state).map(|()| true)
+                }
             };
             let _ = reply.send(result);
         }

@@ -89,8 +89,10 @@ pub(crate) struct NodeInner {
 
 /// What the node heard from its peers, told to the parts that follow it.
 pub(crate) enum Heard<'a> {
-    /// A peer announced `heads` of `topic`.
-    Heads { topic: &'a str, from: PeerId, heads: &'a [Cid] },
+    /// A peer announced `heads` of `topic`: itself when `first_hand`, else relayed by `from`.
+    Heads { topic: &'a str, from: PeerId, first_hand: bool, heads: &'a [Cid] },
+    /// The node's last connection with a peer closed.
+    Disconnected(PeerId),
     /// The node stopped replicating a topic: what was heard of it is stale.
     Unsubscribed(&'a str),
 }
@@ -111,7 +113,10 @@ impl NodeInner {
     fn tell(&self, heard: Heard<'_>) {
         for listener in self.listeners.read().expect("listeners lock").iter() {
             listener(match &heard {
-                Heard::Heads { topic, from, heads } => Heard::Heads { topic, from: *from, heads },
+                Heard::Heads { topic, from, first_hand, heads } => {
+                    Heard::Heads { topic, from: *from, first_hand: *first_hand, heads }
+                }
+                Heard::Disconnected(peer) => Heard::Disconnected(*peer),
                 Heard::Unsubscribed(topic) => Heard::Unsubscribed(topic),
             });
         }
@@ -233,6 +238,18 @@ impl Node {
             return Ok(self.inner.store.drop_topic(name)? || was);
         }
         Ok(was)
+    }
+
+    /// Deletes `name`, which must not be subscribed, if its heads are exactly `heads`: judged
+    /// on its writer thread, so a write acknowledged before the deletion keeps the topic, and
+    /// one made after it fails. Returns whether it was deleted.
+    pub(crate) fn purge_at(&self, name: &str, heads: &[Cid]) -> Result<bool, NodeError> {
+        // Held throughout, so the topic is not subscribed again meanwhile.
+        let subscribed = self.inner.subscribed.lock().expect("subscribed lock");
+        if subscribed.contains(name) {
+            return Ok(false);
+        }
+        Ok(self.inner.store.drop_topic_at(name, heads)?)
     }
 
     /// A subscribed topic.

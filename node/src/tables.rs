@@ -74,6 +74,13 @@ const MEMBERS_MAX: usize = 10_000;
 const TABLES_MAX: usize = 10_000;
 /// How often a node checks members and catalog for partitions placed on it.
 const PLACEMENT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a copy taken on waits, at least, before announcements can make it count as caught
+/// up: the gossip layer replays announcements up to a few of its heartbeats old to a new
+/// subscriber, and the holders' fresh announcement (sent as they see the subscription) must be
+/// among those heard.
+const ANNOUNCE_SETTLE: Duration = Duration::from_secs(2);
+/// Most heads remembered as announced for one topic; past it only the latest announcement's.
+const SEEN_HEADS_MAX: usize = 4096;
 /// How long a copy nobody has announced heads for waits before it counts as caught up: the
 /// other holders announce their heads as soon as they see this node join the partition's
 /// gossip, so silence this long means they hold nothing.
@@ -232,9 +239,11 @@ pub(crate) struct Tables {
 /// The heads peers announced of one topic.
 #[derive(Default)]
 struct Announced {
-    /// The latest announcement's heads: a copy that holds them all has caught up with its peer.
-    last: Vec<canopy_crdt::Cid>,
-    /// Each peer's latest heads: a peer whose heads are this node's has everything it has.
+    /// Every head announced since the copy was taken on (old announcements may arrive after
+    /// newer ones): a copy that holds them all has caught up with its peers.
+    seen: BTreeSet<canopy_crdt::Cid>,
+    /// Each connected peer's latest heads, as it announced them itself: a peer whose heads are
+    /// this node's has everything it has.
     by_peer: std::collections::HashMap<canopy_transport::PeerId, Vec<canopy_crdt::Cid>>,
 }
 
@@ -243,10 +252,22 @@ impl Tables {
     fn hear(&self, heard: Heard<'_>) {
         let mut announced = self.announced.lock().expect("announced lock");
         match heard {
-            Heard::Heads { topic, from, heads } => {
+            Heard::Heads { topic, from, first_hand, heads } => {
                 let entry = announced.entry(topic.to_string()).or_default();
-                entry.by_peer.insert(from, heads.to_vec());
-                entry.last = heads.to_vec();
+                // Only what a peer says of itself, over a live connection, is evidence of what it
+                // holds: a relayed announcement may be old.
+                if first_hand {
+                    entry.by_peer.insert(from, heads.to_vec());
+                }
+                if entry.seen.len() + heads.len() > SEEN_HEADS_MAX {
+                    entry.seen.clear();
+                }
+                entry.seen.extend(heads.iter().copied());
+            }
+            Heard::Disconnected(peer) => {
+                for entry in announced.values_mut() {
+                    entry.by_peer.remove(&peer);
+                }
             }
             Heard::Unsubscribed(topic) => {
                 announced.remove(topic);
@@ -291,34 +312,50 @@ impl Tables {
 
     /// Subscribes partition topics taken on now, noting when.
     pub(crate) fn take_on(&self, node: &Node, topics: &[&String]) -> Result<(), NodeError> {
+        {
+            // Only what is announced once a copy is taken on speaks of it: forgotten before the
+            // subscription, so that no announcement that follows it is lost.
+            let taken = self.taken.lock().expect("taken lock");
+            let mut announced = self.announced.lock().expect("announced lock");
+            for topic in topics.iter().filter(|topic| !taken.contains_key(**topic)) {
+                announced.remove(*topic);
+            }
+        }
         node.subscribe_all(topics)?;
         let now = std::time::Instant::now();
         let mut taken = self.taken.lock().expect("taken lock");
         let mut leaving = self.leaving.lock().expect("leaving lock");
+        let mut was_leaving = false;
         for topic in topics {
             taken.entry((*topic).clone()).or_insert(now);
-            leaving.remove(*topic);
+            was_leaving |= leaving.remove(*topic).is_some();
+        }
+        drop(leaving);
+        if was_leaving {
+            self.save_leaving(node);
         }
         Ok(())
     }
 
-    /// Whether this node's copy `topic` has caught up: it holds every head another holder last
-    /// announced, or nobody announced any since the node took it on (or restarted) and
-    /// [`CATCH_UP_GRACE`] has passed (not for a stray copy, which waits for an announcement).
+    /// Whether this node's copy `topic` has caught up: it was taken on [`ANNOUNCE_SETTLE`] ago
+    /// and holds every head announced since, or nobody announced any since the node took it on
+    /// (or restarted) and [`CATCH_UP_GRACE`] has passed (not for a stray copy, which waits for
+    /// an announcement).
     /// A copy still catching up is asked last.
     pub(crate) fn caught_up(&self, topic: &NodeTopic) -> bool {
-        let announced = self.announced.lock().expect("announced lock").get(topic.name()).map(|a| a.last.clone());
-        match announced {
+        let seen = self.announced.lock().expect("announced lock").get(topic.name()).map(|a| a.seen.clone());
+        let taken = self.taken.lock().expect("taken lock").get(topic.name()).copied().unwrap_or(self.joined);
+        match seen {
             Some(heads) => {
                 let count = heads.len();
-                topic.crdt().unknown(heads, count).is_ok_and(|unknown| unknown.is_empty())
+                taken.elapsed() >= ANNOUNCE_SETTLE
+                    && topic.crdt().unknown(heads.into_iter().collect(), count).is_ok_and(|unknown| unknown.is_empty())
             }
             None if self.strays.lock().expect("strays lock").contains(topic.name()) => false,
             None => {
                 // Silence means something only once the node has met every member (which it
                 // has by the time it settled), so the grace runs from then at the earliest.
                 let settled_at = self.joined + self.member_ttl / 2;
-                let taken = self.taken.lock().expect("taken lock").get(topic.name()).copied().unwrap_or(self.joined);
                 self.settled() && taken.max(settled_at).elapsed() >= CATCH_UP_GRACE
             }
         }
@@ -534,6 +571,7 @@ impl Node {
         };
         tables.refresh().map_err(failed)?;
         tables.adopt_legacy_catalog().map_err(failed)?;
+        tables.load_leaving(self);
         tokio::spawn(keep_member_entry(tables.clone()));
         tokio::spawn(keep_placement(Arc::downgrade(self.inner()), tables));
         Ok(())
@@ -584,7 +622,58 @@ impl Node {
     }
 }
 
+/// The file, in the data directory, listing the copies handed off and not yet deleted, with
+/// their heads then: a node that restarts deletes them in turn, rather than keep them for good.
+const HANDOFFS_FILE: &str = "handoffs.json";
+
 impl Tables {
+    /// Writes the copies handed off and not deleted yet to [`HANDOFFS_FILE`].
+    fn save_leaving(&self, node: &Node) {
+        let leaving: std::collections::BTreeMap<String, Vec<String>> = self
+            .leaving
+            .lock()
+            .expect("leaving lock")
+            .iter()
+            .map(|(topic, (_, heads))| (topic.clone(), heads.iter().map(ToString::to_string).collect()))
+            .collect();
+        let bytes = serde_json::to_vec(&leaving).expect("a map of strings serialises");
+        let path = node.inner().config.data_dir.join(HANDOFFS_FILE);
+        if let Err(error) = crate::files::write_atomically(&path, &bytes, false) {
+            tracing::warn!(%error, path = %path.display(), "saving the copies handed off");
+        }
+    }
+
+    /// Forgets a copy handed off once it is deleted.
+    fn forget_leaving(&self, node: &Node, topic: &str) {
+        self.leaving.lock().expect("leaving lock").remove(topic);
+        self.save_leaving(node);
+    }
+
+    /// Takes up the copies handed off before the node restarted: each is deleted once quiet, as
+    /// before, if it is still unsubscribed with the same heads. An unreadable file is set aside
+    /// with a warning (the copies then stay on disk, unsubscribed).
+    fn load_leaving(&self, node: &Node) {
+        let path = node.inner().config.data_dir.join(HANDOFFS_FILE);
+        let Ok(bytes) = std::fs::read(&path) else { return };
+        let listed: std::collections::BTreeMap<String, Vec<String>> = match serde_json::from_slice(&bytes) {
+            Ok(listed) => listed,
+            Err(error) => {
+                tracing::warn!(%error, path = %path.display(), "the list of copies handed off is unreadable");
+                return;
+            }
+        };
+        let mut leaving = self.leaving.lock().expect("leaving lock");
+        for (topic, heads) in listed {
+            let heads: Option<Vec<canopy_crdt::Cid>> = heads.iter().map(|cid| cid.parse().ok()).collect();
+            if let Some(heads) = heads
+                && PartitionTopic::is_partition_topic(&topic)
+                && node.topic(&topic).is_none()
+            {
+                leaving.insert(topic, (std::time::Instant::now(), heads));
+            }
+        }
+    }
+
     /// Leaves the cluster's tables: the member entry is deleted, so the others place this node's
     /// partitions elsewhere at once rather than when the entry runs out.
     fn leave(&self) {
@@ -682,6 +771,7 @@ impl Tables {
                 tracing::info!(%topic, "handing a partition off to its owners");
                 node.unsubscribe(topic, false)?;
                 self.leaving.lock().expect("leaving lock").insert(topic.clone(), (std::time::Instant::now(), heads));
+                self.save_leaving(node);
             }
         }
         let quiet: Vec<(String, Vec<canopy_crdt::Cid>)> = self
@@ -693,20 +783,17 @@ impl Tables {
             .map(|(topic, (_, heads))| (topic.clone(), heads.clone()))
             .collect();
         for (topic, heads) in quiet {
-            let now: Option<Vec<canopy_crdt::Cid>> =
-                node.store().existing_topic(&topic).map(|copy| sorted_heads(&copy.heads()));
-            if now.is_some_and(|now| now != heads) {
+            if node.purge_at(&topic, &heads)? || node.store().existing_topic(&topic).is_none() {
+                self.forget_leaving(node, &topic);
+                self.taken.lock().expect("taken lock").remove(&topic);
+                self.strays.lock().expect("strays lock").remove(&topic);
+                tracing::info!(%topic, "deleted a partition handed off");
+            } else if node.topic(&topic).is_none() {
                 // A request that held the copy wrote to it after the hand-off: replicate it
                 // again, and hand it off later.
                 tracing::warn!(%topic, "a partition handed off was written to since; keeping it");
                 self.take_on(node, &[&topic])?;
-                continue;
             }
-            node.unsubscribe(&topic, true)?;
-            self.leaving.lock().expect("leaving lock").remove(&topic);
-            self.taken.lock().expect("taken lock").remove(&topic);
-            self.strays.lock().expect("strays lock").remove(&topic);
-            tracing::info!(%topic, "deleted a partition handed off");
         }
         Ok(())
     }
@@ -715,11 +802,17 @@ impl Tables {
     /// those heads (an empty copy needs no announcement).
     fn handed_off(&self, node: &Node, topic: &str, owners: &[Member]) -> Option<Vec<canopy_crdt::Cid>> {
         let ours = sorted_heads(&node.topic(topic)?.heads());
+        // Evidence counts only from owners connected now (what a peer said before it went away
+        // is forgotten as it goes, and this also covers a disconnection not heard of).
+        let connected: BTreeSet<String> = node.peers().into_iter().map(|peer| peer.peer_id).collect();
         let announced = self.announced.lock().expect("announced lock");
         let by_peer = announced.get(topic).map(|a| &a.by_peer);
         let all = !owners.is_empty()
             && owners.iter().all(|owner| {
                 let Ok(peer) = owner.peer_id.parse::<canopy_transport::PeerId>() else { return false };
+                if !connected.contains(&owner.peer_id) {
+                    return false;
+                }
                 match by_peer.and_then(|by_peer| by_peer.get(&peer)) {
                     Some(theirs) => {
                         let mut theirs = theirs.clone();

@@ -126,6 +126,9 @@ pub enum TransportEvent {
         topic: String,
         /// The peer to ask for blocks: the signer when connected, else the forwarder.
         from: PeerId,
+        /// The signer sent the message itself over a live connection (it was not relayed):
+        /// first-hand evidence of what the signer holds.
+        first_hand: bool,
         /// The message.
         bytes: Vec<u8>,
     },
@@ -145,6 +148,11 @@ pub enum TransportEvent {
         to: PeerId,
         /// The tag the request was sent with.
         tag: u64,
+    },
+    /// The last connection with a peer closed: what it said before may be stale.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
     },
     /// A peer joined the gossip of a canopy topic.
     PeerSubscribed {

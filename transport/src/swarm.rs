@@ -341,6 +341,9 @@ fn handle_event(
         }
         SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
             shared.peers.write().expect("peers lock").remove(&peer_id);
+            if events.try_send(TransportEvent::PeerDisconnected { peer: peer_id }).is_err() {
+                tracing::debug!("event queue full; dropping a disconnection");
+            }
         }
         SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
             let port = info
@@ -401,7 +404,8 @@ fn handle_event(
                 Some(source) if swarm.is_connected(&source) => source,
                 _ => propagation_source,
             };
-            if events.try_send(TransportEvent::Gossip { topic, from, bytes: message.data }).is_err() {
+            let first_hand = message.source == Some(propagation_source);
+            if events.try_send(TransportEvent::Gossip { topic, from, first_hand, bytes: message.data }).is_err() {
                 tracing::debug!("event queue full; dropping an announcement");
             }
         }

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use canopy_crdt::sync::{Effect, Message, Replicator, SyncConfig, WireBlock};
 use canopy_crdt::{
-    BLOCK_BYTES_MAX, Batch, Block, Change, Delta, LINKS_MAX, Limits, OpenError, Store, StoreOptions, Topic, TopicError,
-    VALUE_BYTES_MAX, WalkLimits, WriteError,
+    BLOCK_BYTES_MAX, Batch, Block, Change, Cid, Delta, LINKS_MAX, Limits, OpenError, Store, StoreOptions, Topic,
+    TopicError, VALUE_BYTES_MAX, WalkLimits, WriteError,
 };
 use serde_bytes::ByteBuf;
 
@@ -529,4 +529,23 @@ fn a_received_block_waiting_for_a_block_made_here_is_applied_with_it() {
     assert_eq!(topic.pending_count(), 0, "the waiting block is released");
     assert_eq!(topic.heads(), twin.heads());
     assert_eq!(topic.get(b"k2").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn a_topic_is_dropped_at_given_heads_only_and_never_with_a_write_acknowledged_since() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let topic = store.topic("t").unwrap();
+    topic.put("a", "1").unwrap();
+    let seen: Vec<Cid> = topic.heads().iter().map(|head| head.cid).collect();
+    // A write acknowledged after the heads were taken: the drop refuses, and keeps it.
+    topic.put("b", "2").unwrap();
+    assert!(!store.drop_topic_at("t", &seen).unwrap());
+    assert_eq!(topic.get(b"b").unwrap(), Some(b"2".to_vec()));
+    // At the heads it holds now, it is dropped; a write through an old handle then fails.
+    let now: Vec<Cid> = topic.heads().iter().map(|head| head.cid).collect();
+    assert!(store.drop_topic_at("t", &now).unwrap());
+    assert!(matches!(topic.put("c", "3"), Err(WriteError::TopicDropped)));
+    assert!(store.existing_topic("t").is_none());
+    assert!(!store.drop_topic_at("t", &now).unwrap(), "nothing left to drop");
 }

@@ -186,12 +186,16 @@ async fn member_proof(node: &Node, request: Request) -> Result<(Option<canopy_tr
             })
             .await
             .unwrap_or(false);
-            if is_member {
-                Some(peer)
-            } else {
-                tracing::debug!(%peer, "a member proof from a peer that is not a member");
-                None
+            if !is_member {
+                // Signed by its key, but not a member as far as this node knows: most likely a
+                // member this node has not heard of yet (or one that just joined). The sender
+                // tries another holder.
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    format!("{peer} is not a member as far as this node knows yet: ask another member"),
+                ));
             }
+            Some(peer)
         }
         Err(reason) => {
             tracing::debug!(%reason, "a member proof that does not hold");

@@ -27,9 +27,22 @@ const IN_FLIGHT_FORGET: Duration = Duration::from_secs(60);
 pub(super) enum SyncEvent {
     Subscribe(String, Sender<Result<Topic, TopicError>>),
     Unsubscribe(String),
-    LocalCommit { topic: String, cid: Option<Cid>, at: Instant },
-    Message { from: PeerId, bytes: Vec<u8>, at: Instant },
-    RequestFailed { peer: PeerId, id: u64 },
+    LocalCommit {
+        topic: String,
+        cid: Option<Cid>,
+        at: Instant,
+    },
+    /// A peer's message; `first_hand` when its sender sent it itself (not relayed).
+    Message {
+        from: PeerId,
+        first_hand: bool,
+        bytes: Vec<u8>,
+        at: Instant,
+    },
+    RequestFailed {
+        peer: PeerId,
+        id: u64,
+    },
     PeerSubscribed(String),
     Stop,
 }
@@ -80,7 +93,7 @@ pub(super) fn run_sync(
                     cids.extend(cid);
                     times.push(at);
                 }
-                SyncEvent::Message { from, bytes, at } => {
+                SyncEvent::Message { from, first_hand, bytes, at } => {
                     let started = Instant::now();
                     if let Some(stages) = &stages {
                         stages.queue_wait.observe(started.duration_since(at).as_secs_f64());
@@ -99,7 +112,7 @@ pub(super) fn run_sync(
                         && inner.has_listeners()
                     {
                         let cids: Vec<Cid> = heads.iter().map(|head| head.cid).collect();
-                        inner.tell(Heard::Heads { topic, from, heads: &cids });
+                        inner.tell(Heard::Heads { topic, from, first_hand, heads: &cids });
                     }
                     // The histogram of this kind of message, known before the message is
                     // handed over.
@@ -174,8 +187,16 @@ fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight
 pub(super) async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {
     while let Some(event) = events.recv().await {
         let event = match event {
-            TransportEvent::Gossip { from, bytes, .. } | TransportEvent::Response { from, bytes, .. } => {
-                SyncEvent::Message { from, bytes, at: Instant::now() }
+            TransportEvent::Gossip { from, first_hand, bytes, .. } => {
+                SyncEvent::Message { from, first_hand, bytes, at: Instant::now() }
+            }
+            // An answer comes from the peer asked, over its own connection.
+            TransportEvent::Response { from, bytes, .. } => {
+                SyncEvent::Message { from, first_hand: true, bytes, at: Instant::now() }
+            }
+            TransportEvent::PeerDisconnected { peer } => {
+                inner.tell(Heard::Disconnected(peer));
+                continue;
             }
             TransportEvent::RequestFailed { to, tag } => SyncEvent::RequestFailed { peer: to, id: tag },
             TransportEvent::PeerSubscribed { topic, .. } => SyncEvent::PeerSubscribed(topic),
