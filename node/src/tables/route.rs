@@ -49,6 +49,9 @@ pub struct Listing {
     pub next: Option<Vec<u8>>,
 }
 
+/// Most partitions a listing asks at once.
+const LIST_FANOUT_MAX: usize = 16;
+
 /// Longest a request waits for a copy still catching up when no other copy is left to ask.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -150,19 +153,13 @@ impl Table {
     /// Keys starting with `prefix`, strictly after `after`, at most `limit`, in key order across
     /// every partition: each partition is asked for its first `limit` and the pages merged.
     pub async fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Listing, TableError> {
-        let pages = (0..self.def.partitions).map(|p| self.list_partition(p, prefix, after, limit));
-        let mut entries = Vec::new();
-        let mut more = false;
-        for page in futures::future::join_all(pages).await {
-            let page = page?;
-            more |= page.next.is_some();
-            entries.extend(page.entries);
-        }
-        entries.sort_by(|a, b| a.key.cmp(&b.key));
-        more |= entries.len() > limit;
-        entries.truncate(limit);
-        let next = if more { entries.last().map(|e| e.key.clone()) } else { None };
-        Ok(Listing { entries, next })
+        use futures::StreamExt as _;
+        let pages: Vec<Result<Listing, TableError>> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| self.list_partition(p, prefix, after, limit))
+            .buffered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        Ok(merge_pages(pages.into_iter().collect::<Result<Vec<_>, _>>()?, limit))
     }
 
     /// One partition's part of [`Table::list`].
@@ -412,6 +409,24 @@ impl Table {
     }
 }
 
+/// The page of a listing that partitions' pages (each in key order, from the same `after`) make,
+/// at most `limit` entries. A partition's page that stops short (it has a `next`) bounds what
+/// the listing may say: keys after its last one may be missing from it, so the listing ends
+/// there, and its `next` continues from there; no key is skipped however the pages were cut.
+fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
+    let horizon: Option<Vec<u8>> = pages.iter().filter_map(|page| page.next.clone()).min();
+    let mut entries: Vec<TableEntry> = pages
+        .into_iter()
+        .flat_map(|page| page.entries)
+        .filter(|entry| horizon.as_ref().is_none_or(|horizon| entry.key <= *horizon))
+        .collect();
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let more = horizon.is_some() || entries.len() > limit;
+    entries.truncate(limit);
+    let next = if more { entries.last().map(|entry| entry.key.clone()).or(horizon) } else { None };
+    Listing { entries, next }
+}
+
 /// A write this node applied.
 pub(crate) fn local_written(partition: u32, node: String, commit: Commit) -> Written {
     Written { partition, node, cid: commit.cid.to_string(), height: commit.height }
@@ -438,4 +453,71 @@ async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, TableError> + Send + 'static,
 ) -> Result<T, TableError> {
     tokio::task::spawn_blocking(work).await.map_err(|_| TableError::Node(crate::NodeError::Closed))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], next: bool) -> Listing {
+        let entries: Vec<TableEntry> =
+            keys.iter().map(|key| TableEntry { key: key.as_bytes().to_vec(), value: b"v".to_vec() }).collect();
+        let next = if next { entries.last().map(|entry| entry.key.clone()) } else { None };
+        Listing { entries, next }
+    }
+
+    fn keys(listing: &Listing) -> Vec<String> {
+        listing.entries.iter().map(|entry| String::from_utf8(entry.key.clone()).unwrap()).collect()
+    }
+
+    /// Pages a listing through `partitions` (each a sorted key list, cut at `cap` per page) with
+    /// `limit`, as a client following `next` does.
+    fn list_all(partitions: &[Vec<String>], cap: usize, limit: usize) -> Vec<String> {
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        loop {
+            let pages = partitions
+                .iter()
+                .map(|keys| {
+                    let rest: Vec<&str> = keys
+                        .iter()
+                        .filter(|key| after.as_ref().is_none_or(|after| key.as_str() > after.as_str()))
+                        .map(String::as_str)
+                        .collect();
+                    let take = rest.len().min(cap).min(limit);
+                    page(&rest[..take], rest.len() > take)
+                })
+                .collect();
+            let listing = merge_pages(pages, limit);
+            seen.extend(keys(&listing));
+            match listing.next {
+                Some(next) => after = Some(String::from_utf8(next).unwrap()),
+                None => return seen,
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_skips_no_key_whatever_the_limit_and_the_partitions_caps() {
+        // 600 keys over three partitions as tables place them; each partition answers at most
+        // 100 keys a page (as `query_limit_max` caps them), and callers ask for fewer and more.
+        let all: Vec<String> = (0..600).map(|i| format!("k{i:04}")).collect();
+        let partitions: Vec<Vec<String>> = (0..3)
+            .map(|p| all.iter().filter(|key| super::super::partition_of(key.as_bytes(), 3) == p).cloned().collect())
+            .collect();
+        for limit in [1, 7, 100, 150, 1000] {
+            assert_eq!(list_all(&partitions, 100, limit), all, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn a_page_that_stops_short_bounds_the_listing() {
+        let listing = merge_pages(vec![page(&["a", "c", "e"], true), page(&["b", "d", "f", "g"], false)], 10);
+        assert_eq!(keys(&listing), ["a", "b", "c", "d", "e"]);
+        assert_eq!(listing.next, Some(b"e".to_vec()));
+        let whole = merge_pages(vec![page(&["a", "c"], false), page(&["b"], false)], 10);
+        assert_eq!((keys(&whole), whole.next), (vec!["a".to_string(), "b".into(), "c".into()], None));
+        let cut = merge_pages(vec![page(&["a", "c"], false), page(&["b"], false)], 2);
+        assert_eq!((keys(&cut), cut.next), (vec!["a".to_string(), "b".into()], Some(b"b".to_vec())));
+    }
 }
