@@ -228,7 +228,10 @@ async fn list_topics(State(node): State<Node>) -> ApiResult<Json<Vec<wire::Topic
 
 fn topic_summary(info: crate::TopicInfo) -> wire::TopicSummary {
     let crate::TopicInfo { topic, heads, max_height, keys, mode } = info;
-    let heads = heads.into_iter().map(|head| BlockRef { cid: head.cid, height: head.height }).collect();
+    let heads = heads
+        .into_iter()
+        .filter_map(|head| Some(BlockRef { cid: head.cid.parse().ok()?, height: head.height }))
+        .collect();
     wire::TopicSummary { heads, keys, max_height, mode: mode.to_string(), topic }
 }
 

@@ -283,7 +283,8 @@ impl Tables {
             .into_iter()
             .filter_map(|(key, value)| {
                 let peer_id = String::from_utf8(key).ok()?;
-                if !self.trusts(&peer_id) {
+                // A keyed entry `<peer id>/...` is its author's, but no member entry.
+                if peer_id.parse::<canopy_transport::PeerId>().is_err() || !self.trusts(&peer_id) {
                     return None;
                 }
                 let record: MemberRecord = serde_json::from_slice(&value).ok()?;

@@ -5,7 +5,8 @@
 //! `serde_json::Value`s before, whose maps serialize their keys sorted, and keeping that order
 //! keeps the bytes on the wire as they were. Keys travel as text (`key`, `null` when not UTF-8)
 //! beside their exact bytes in base64 (`key_base64`); values travel in base64. CIDs and peer ids
-//! are strings.
+//! travel as their canonical text and are typed on both sides ([`WireCid`], [`WirePeerId`]): a
+//! reply naming a malformed one does not parse.
 //!
 //! The module names no other module of the crate (the table routing reads it, the HTTP server
 //! builds it): where the node has a type of the same shape (`tables::Member`, `Status`), the
@@ -16,6 +17,51 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 pub use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, TopicStats, Verification};
+
+/// Declares a typed id that travels as its canonical text.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub $inner);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(text: &str) -> Result<$name, String> {
+                text.parse().map($name).map_err(|e| format!("{text:?}: {e}"))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+text_id! {
+    /// A CID as the API carries it: its canonical text (CIDv1, base32).
+    WireCid(canopy_crdt::Cid)
+}
+
+text_id! {
+    /// A libp2p peer id as the API carries it: its base58 text.
+    WirePeerId(canopy_transport::PeerId)
+}
 
 /// The body of every error reply, with a 4xx or 5xx status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,21 +81,21 @@ impl ErrorBody {
 /// A block the API names: a head, or the block a write made.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct BlockRef {
-    /// Its CID in text.
-    pub cid: String,
+    /// Its CID.
+    pub cid: WireCid,
     /// Its height.
     pub height: u64,
 }
 
 impl From<canopy_crdt::Head> for BlockRef {
     fn from(head: canopy_crdt::Head) -> BlockRef {
-        BlockRef { cid: head.cid.to_string(), height: head.height }
+        BlockRef { cid: WireCid(head.cid), height: head.height }
     }
 }
 
 impl From<canopy_crdt::Commit> for BlockRef {
     fn from(commit: canopy_crdt::Commit) -> BlockRef {
-        BlockRef { cid: commit.cid.to_string(), height: commit.height }
+        BlockRef { cid: WireCid(commit.cid), height: commit.height }
     }
 }
 
@@ -206,7 +252,7 @@ impl WritersChange {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
     /// The block's CID.
-    pub cid: String,
+    pub cid: WireCid,
     /// When the value expires (ms since the Unix epoch), when it was given a `ttl`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
@@ -226,7 +272,7 @@ pub struct Batched {
 impl Batched {
     /// The block the batch made, if it made one.
     pub fn commit(&self) -> Option<BlockRef> {
-        Some(BlockRef { cid: self.cid.clone()?, height: self.height? })
+        Some(BlockRef { cid: self.cid.as_deref()?.parse().ok()?, height: self.height? })
     }
 }
 
@@ -521,11 +567,11 @@ impl CounterChange {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     /// The block the write made.
-    pub cid: String,
+    pub cid: WireCid,
     /// Its height.
     pub height: u64,
     /// The peer id of the node that applied it.
-    pub node: String,
+    pub node: WirePeerId,
     /// The key's partition.
     pub partition: u32,
 }
@@ -540,7 +586,7 @@ pub struct Member {
     /// When it joined, in milliseconds since the Unix epoch by its clock.
     pub joined_ms: u64,
     /// Its peer id.
-    pub peer_id: String,
+    pub peer_id: WirePeerId,
 }
 
 /// A table's name and shape: an entry of `GET /v1/tables`, and the reply to `POST /v1/tables`.
@@ -599,7 +645,7 @@ pub struct Placement {
     /// Whether the node that answered holds a copy.
     pub held_here: bool,
     /// The peer ids of its owners, best first.
-    pub owners: Vec<String>,
+    pub owners: Vec<WirePeerId>,
     /// The partition's number.
     pub partition: u32,
     /// The partition's topic.

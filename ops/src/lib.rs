@@ -211,7 +211,7 @@ pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
     let top = all.iter().map(|h| h.height).max().unwrap_or(0);
     for (node, target) in nodes.iter_mut().zip(targets) {
         let Some(mine) = node.heads.clone() else {
-            node.lacks = all.iter().map(|h| h.cid.clone()).collect();
+            node.lacks = all.iter().map(|h| h.cid.to_string()).collect();
             node.behind_by = top;
             continue;
         };
@@ -219,8 +219,8 @@ pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
         // applied are.
         node.lacks = all
             .iter()
-            .filter(|h| !mine.contains(h) && !has_block(target, topic, &h.cid).unwrap_or(false))
-            .map(|h| h.cid.clone())
+            .filter(|h| !mine.contains(h) && !has_block(target, topic, &h.cid.to_string()).unwrap_or(false))
+            .map(|h| h.cid.to_string())
             .collect();
         node.behind_by = top - mine.iter().map(|h| h.height).max().unwrap_or(0);
     }

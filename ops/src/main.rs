@@ -281,7 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let heads = match (&node.heads, &node.error) {
                         (Some(heads), _) => heads
                             .iter()
-                            .map(|h| format!("{} @{}", short(&h.cid), h.height))
+                            .map(|h| format!("{} @{}", short(&h.cid.to_string()), h.height))
                             .collect::<Vec<_>>()
                             .join("\n"),
                         (None, Some(error)) => format!("unreadable: {error}"),

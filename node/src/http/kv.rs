@@ -40,7 +40,7 @@ pub(super) async fn put_key(
             None => handle.put(key.into_bytes(), body.to_vec())?,
             Some(expires) => handle.put_until(key.into_bytes(), body.to_vec(), expires)?,
         };
-        Ok(Json(wire::Put { cid: commit.cid.to_string(), expires_ms: expires, height: commit.height }))
+        Ok(Json(wire::Put { cid: wire::WireCid(commit.cid), expires_ms: expires, height: commit.height }))
     })
     .await
 }

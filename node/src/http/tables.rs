@@ -37,7 +37,9 @@ pub(super) async fn members(State(node): State<Node>) -> ApiResult<Json<wire::Me
     let members = blocking(move || Ok(node.members()?)).await?;
     let members = members
         .into_iter()
-        .map(|crate::Member { peer_id, api, addresses, joined_ms }| wire::Member { addresses, api, joined_ms, peer_id })
+        .filter_map(|crate::Member { peer_id, api, addresses, joined_ms }| {
+            Some(wire::Member { addresses, api, joined_ms, peer_id: peer_id.parse().ok()? })
+        })
         .collect();
     Ok(Json(wire::Members { members }))
 }
@@ -97,7 +99,7 @@ pub(super) async fn show_table(
             let partition = partition as u32;
             wire::Placement {
                 held_here: table.held(partition).is_some(),
-                owners: owners.into_iter().map(|m| m.peer_id).collect(),
+                owners: owners.into_iter().filter_map(|m| m.peer_id.parse().ok()).collect(),
                 partition,
                 topic: partition_topic(&table.def().name, partition),
             }
@@ -145,7 +147,7 @@ pub(super) async fn put_key(
 ) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
     let table = routed_table(node, name, &headers).await?;
-    let me = table.me()?;
+    let me = table.me();
     if !forwarded(&headers) {
         return Ok(Json(table.put(&key, body.to_vec()).await?));
     }
@@ -178,7 +180,7 @@ pub(super) async fn delete_key(
 ) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
     let table = routed_table(node, name, &headers).await?;
-    let me = table.me()?;
+    let me = table.me();
     let written = if forwarded(&headers) {
         let partition = table.partition_of(&key);
         let topic = held_or_misdirected(&table, partition, &headers).await?;

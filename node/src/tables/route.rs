@@ -14,7 +14,7 @@ use super::{
 };
 use crate::auth::{MEMBER_PROOF_HEADER, ProvenRequest};
 use crate::node::NodeTopic;
-use crate::wire::{ErrorBody, Page};
+use crate::wire::{ErrorBody, Page, WireCid, WirePeerId};
 use crate::{Commit, Node};
 
 /// A write applied to a table: the reply a holder sends, so its type is the API's.
@@ -111,7 +111,7 @@ impl Table {
         let request = |http: &reqwest::Client, api: &str| http.put(self.key_url(api, key)).body(value.clone());
         match self.serve(partition, request).await? {
             Served::Here(topic) => {
-                let (key, me) = (key.as_bytes().to_vec(), self.me()?);
+                let (key, me) = (key.as_bytes().to_vec(), self.me());
                 let commit = blocking(move || Ok(topic.put(key, value)?)).await?;
                 Ok(local_written(partition, me, commit))
             }
@@ -141,7 +141,7 @@ impl Table {
         match self.serve(partition, |http, api| http.delete(self.key_url(api, key))).await? {
             Served::Here(topic) => {
                 let key = key.as_bytes().to_vec();
-                let me = self.me()?;
+                let me = self.me();
                 let commit = blocking(move || Ok(topic.delete(key)?)).await?;
                 Ok(commit.map(|commit| local_written(partition, me, commit)))
             }
@@ -205,8 +205,8 @@ impl Table {
     }
 
     /// This node's peer id.
-    pub(crate) fn me(&self) -> Result<String, TableError> {
-        Ok(self.tables()?.me.peer_id.clone())
+    pub(crate) fn me(&self) -> WirePeerId {
+        WirePeerId(self.node.inner().transport.peer_id())
     }
 
     fn tables(&self) -> Result<Arc<Tables>, TableError> {
@@ -428,8 +428,8 @@ fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
 }
 
 /// A write this node applied.
-pub(crate) fn local_written(partition: u32, node: String, commit: Commit) -> Written {
-    Written { partition, node, cid: commit.cid.to_string(), height: commit.height }
+pub(crate) fn local_written(partition: u32, node: WirePeerId, commit: Commit) -> Written {
+    Written { partition, node, cid: WireCid(commit.cid), height: commit.height }
 }
 
 /// The refusal a holder answered with: its status and its error message.

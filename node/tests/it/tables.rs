@@ -38,7 +38,7 @@ fn member_proof(member: &NodeProcess, method: &str, path: &str, forwarded: &str)
 
 fn member_ids(node: &NodeProcess) -> BTreeSet<String> {
     let members: wire::Members = node.http.get(node.url("/v1/members")).send().unwrap().json().unwrap();
-    members.members.into_iter().map(|member| member.peer_id).collect()
+    members.members.into_iter().map(|member| member.peer_id.to_string()).collect()
 }
 
 fn topics_held(node: &NodeProcess) -> BTreeSet<String> {

@@ -57,7 +57,7 @@ impl Api {
         }
         let reply: wire::Put = self.json(request)?;
         print(self.json, &reply, |reply| {
-            let line = commit_line(Some(&BlockRef { cid: reply.cid.clone(), height: reply.height }));
+            let line = commit_line(Some(&BlockRef { cid: reply.cid, height: reply.height }));
             match reply.expires_ms {
                 Some(at) => format!("{line} expires {}", time_text(at)),
                 None => line,

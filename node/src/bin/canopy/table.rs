@@ -86,7 +86,7 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
                         "{}\t{}\t{}{}",
                         partition.partition,
                         partition.topic,
-                        partition.owners.join(","),
+                        partition.owners.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
                         if partition.held_here { "\t(held here)" } else { "" }
                     ));
                 }
