@@ -515,7 +515,9 @@ fn storage_error(error: canopy_crdt::StorageError) -> ApiError {
 }
 
 async fn status(State(node): State<Node>) -> Json<wire::Status> {
-    let crate::Status { peer_id, author, version, listen, peers, topics } = node.status();
+    let crate::Status { version, listen, peers, topics, .. } = node.status();
+    let author = wire::WirePeerId(node.author().peer_id());
+    let peer_id = wire::WirePeerId(node.inner().transport.peer_id());
     Json(wire::Status { author, listen, peer_id, peers, topics, version })
 }
 

@@ -124,11 +124,11 @@ pub struct TopicHeads {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The author the node signs its blocks as (a peer id).
-    pub author: String,
+    pub author: WirePeerId,
     /// libp2p listen addresses and the block endpoint.
     pub listen: Vec<String>,
     /// The node's libp2p peer id.
-    pub peer_id: String,
+    pub peer_id: WirePeerId,
     /// Connected peers.
     pub peers: usize,
     /// Subscribed topics.
@@ -358,7 +358,7 @@ pub struct History {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyVersion {
     /// The block that wrote it.
-    pub cid: String,
+    pub cid: WireCid,
     /// Whether it is a delete.
     pub deleted: bool,
     /// When the value expires (ms since the Unix epoch), if it does.
@@ -372,7 +372,7 @@ pub struct KeyVersion {
 impl From<canopy_crdt::Version> for KeyVersion {
     fn from(version: canopy_crdt::Version) -> KeyVersion {
         KeyVersion {
-            cid: version.cid.to_string(),
+            cid: WireCid(version.cid),
             deleted: version.deleted(),
             expires_ms: version.expires,
             height: version.height,

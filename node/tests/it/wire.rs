@@ -68,8 +68,8 @@ fn topic_replies_keep_their_exact_json() {
     let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&status).unwrap();
     let keys: Vec<&str> = object.keys().map(String::as_str).collect();
     assert_eq!(keys, ["author", "listen", "peer_id", "peers", "topics", "version"]);
-    assert_eq!(reply.peer_id, node.peer_id);
-    assert_eq!(reply.author, node.peer_id);
+    assert_eq!(reply.peer_id.to_string(), node.peer_id);
+    assert_eq!(reply.author.to_string(), node.peer_id);
     assert_eq!(reply.topics, 1);
     assert!(status.starts_with(&format!(r#"{{"author":"{}","listen":["#, node.peer_id)), "{status}");
 }

@@ -467,7 +467,9 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Id { client } => {
             let api = Api::new(&client)?;
             let reply: wire::Status = api.json(api.http.get(api.url("/v1/status")))?;
-            print(client.json, &json!({ "author": reply.author, "peer_id": reply.peer_id }), |_| reply.author.clone());
+            print(client.json, &json!({ "author": reply.author, "peer_id": reply.peer_id }), |_| {
+                reply.author.to_string()
+            });
         }
         Command::Topic(TopicCommand::Create { name, mode, client }) => {
             let api = Api::new(&client)?;
