@@ -32,6 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::node::{Heard, NodeInner, NodeTopic};
 use crate::{Node, NodeError};
 
+mod catalog;
+mod handoff;
 pub(crate) mod placement;
 pub(crate) mod route;
 
@@ -101,24 +103,6 @@ pub struct TableDef {
     pub partitions: u32,
     /// Members holding each partition (fewer while the cluster has fewer members).
     pub replicas: u32,
-}
-
-/// The legacy catalog entry of a table: its shape, without the name (the entry's key).
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Shape {
-    partitions: u32,
-    replicas: u32,
-}
-
-/// A catalog entry: a table's shape as one member created it, and when (milliseconds since the
-/// Unix epoch by its clock; 0 for a table adopted from the legacy catalog).
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CatalogEntry {
-    partitions: u32,
-    replicas: u32,
-    created_ms: u64,
 }
 
 /// A live node of the cluster.
@@ -369,67 +353,6 @@ impl Tables {
         self.trusted.as_ref().is_none_or(|trusted| trusted.contains(peer_id))
     }
 
-    /// Every table of the catalog, by name.
-    pub(crate) fn tables(&self) -> Result<Arc<Vec<TableDef>>, TableError> {
-        let heads = sorted_heads(&self.tables_topic.heads());
-        {
-            let catalog = self.catalog.lock().expect("catalog lock");
-            if catalog.0 == heads {
-                return Ok(catalog.1.clone());
-            }
-        }
-        let page = self.tables_topic.query(b"", None, TABLES_MAX)?;
-        let entries = page.entries.iter().filter_map(|(key, value)| {
-            let (author, name) = std::str::from_utf8(key).ok()?.split_once('/')?;
-            let entry: CatalogEntry = serde_json::from_slice(value).ok()?;
-            (self.trusts(author) && validate_table_name(name).is_ok()).then_some((author, name, entry))
-        });
-        let tables = Arc::new(decide_catalog(entries));
-        *self.catalog.lock().expect("catalog lock") = (heads, tables.clone());
-        Ok(tables)
-    }
-
-    pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
-        validate_table_name(name)?;
-        let tables = self.tables()?;
-        let found = tables.binary_search_by(|def| def.name.as_str().cmp(name)).ok();
-        found.map(|at| tables[at].clone()).ok_or_else(|| TableError::NoSuchTable(name.into()))
-    }
-
-    /// Writes this node's catalog entry for `def`, and the legacy entry for members not yet
-    /// upgraded.
-    fn write_catalog_entry(&self, def: &TableDef, created_ms: u64) -> Result<(), TableError> {
-        let entry = CatalogEntry { partitions: def.partitions, replicas: def.replicas, created_ms };
-        let key = format!("{}/{}", self.me.peer_id, def.name);
-        self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
-        let shape = Shape { partitions: def.partitions, replicas: def.replicas };
-        self.legacy_tables_topic.put(def.name.as_str(), serde_json::to_vec(&shape).expect("a shape serialises"))?;
-        Ok(())
-    }
-
-    /// Adopts the tables of the legacy catalog that the catalog lacks, as created at time 0 (so
-    /// they keep their shape however many members adopt them). Called once, when the node joins.
-    fn adopt_legacy_catalog(&self) -> Result<(), TableError> {
-        let known = self.tables()?;
-        let page = self.legacy_tables_topic.query(b"", None, TABLES_MAX)?;
-        for (key, value) in page.entries {
-            let Ok(name) = String::from_utf8(key) else { continue };
-            let Ok(shape) = serde_json::from_slice::<Shape>(&value) else { continue };
-            if validate_table_name(&name).is_err()
-                || !(1..=PARTITIONS_MAX).contains(&shape.partitions)
-                || !(1..=REPLICAS_MAX).contains(&shape.replicas)
-                || known.iter().any(|def| def.name == name)
-            {
-                continue;
-            }
-            tracing::info!(table = %name, "adopting a table of the legacy catalog");
-            let entry = CatalogEntry { partitions: shape.partitions, replicas: shape.replicas, created_ms: 0 };
-            let key = format!("{}/{name}", self.me.peer_id);
-            self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
-        }
-        Ok(())
-    }
-
     /// Writes this node's member entry with a fresh lifetime.
     fn refresh(&self) -> Result<(), TableError> {
         let record = MemberRecord {
@@ -442,31 +365,6 @@ impl Tables {
         self.legacy_members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
         Ok(())
     }
-}
-
-/// The catalog the entries `(author, table, entry)` give, by name: for each table the shape of
-/// the earliest created entry (the smallest author breaking ties), so every node that holds the
-/// same entries decides the same way, whatever order they arrived in. Entries whose shape breaks
-/// the bounds are ignored.
-fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> Vec<TableDef> {
-    let mut chosen: std::collections::BTreeMap<&str, (u64, &str, TableDef)> = std::collections::BTreeMap::new();
-    for (author, name, entry) in entries {
-        if !(1..=PARTITIONS_MAX).contains(&entry.partitions) || !(1..=REPLICAS_MAX).contains(&entry.replicas) {
-            continue;
-        }
-        let candidate = (
-            entry.created_ms,
-            author,
-            TableDef { name: name.into(), partitions: entry.partitions, replicas: entry.replicas },
-        );
-        match chosen.get(name) {
-            Some((created_ms, first, _)) if (*created_ms, *first) <= (candidate.0, candidate.1) => {}
-            _ => {
-                chosen.insert(name, candidate);
-            }
-        }
-    }
-    chosen.into_values().map(|(_, _, def)| def).collect()
 }
 
 /// Checks a table name: 1 to 64 characters from A-Z a-z 0-9 . _ -.
@@ -623,58 +521,7 @@ impl Node {
     }
 }
 
-/// The file, in the data directory, listing the copies handed off and not yet deleted, with
-/// their heads then: a node that restarts deletes them in turn, rather than keep them for good.
-const HANDOFFS_FILE: &str = "handoffs.json";
-
 impl Tables {
-    /// Writes the copies handed off and not deleted yet to [`HANDOFFS_FILE`].
-    fn save_leaving(&self, node: &Node) {
-        let leaving: std::collections::BTreeMap<String, Vec<String>> = self
-            .leaving
-            .lock()
-            .expect("leaving lock")
-            .iter()
-            .map(|(topic, (_, heads))| (topic.clone(), heads.iter().map(ToString::to_string).collect()))
-            .collect();
-        let bytes = serde_json::to_vec(&leaving).expect("a map of strings serialises");
-        let path = node.inner().config.data_dir.join(HANDOFFS_FILE);
-        if let Err(error) = crate::files::write_atomically(&path, &bytes, false) {
-            tracing::warn!(%error, path = %path.display(), "saving the copies handed off");
-        }
-    }
-
-    /// Forgets a copy handed off once it is deleted.
-    fn forget_leaving(&self, node: &Node, topic: &str) {
-        self.leaving.lock().expect("leaving lock").remove(topic);
-        self.save_leaving(node);
-    }
-
-    /// Takes up the copies handed off before the node restarted: each is deleted once quiet, as
-    /// before, if it is still unsubscribed with the same heads. An unreadable file is set aside
-    /// with a warning (the copies then stay on disk, unsubscribed).
-    fn load_leaving(&self, node: &Node) {
-        let path = node.inner().config.data_dir.join(HANDOFFS_FILE);
-        let Ok(bytes) = std::fs::read(&path) else { return };
-        let listed: std::collections::BTreeMap<String, Vec<String>> = match serde_json::from_slice(&bytes) {
-            Ok(listed) => listed,
-            Err(error) => {
-                tracing::warn!(%error, path = %path.display(), "the list of copies handed off is unreadable");
-                return;
-            }
-        };
-        let mut leaving = self.leaving.lock().expect("leaving lock");
-        for (topic, heads) in listed {
-            let heads: Option<Vec<canopy_crdt::Cid>> = heads.iter().map(|cid| cid.parse().ok()).collect();
-            if let Some(heads) = heads
-                && PartitionTopic::is_partition_topic(&topic)
-                && node.topic(&topic).is_none()
-            {
-                leaving.insert(topic, (std::time::Instant::now(), heads));
-            }
-        }
-    }
-
     /// Leaves the cluster's tables: the member entry is deleted, so the others place this node's
     /// partitions elsewhere at once rather than when the entry runs out.
     fn leave(&self) {
@@ -736,97 +583,6 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
     }
 }
 
-impl Tables {
-    /// Takes on the partitions placed on this node that it does not hold, and hands off those
-    /// it holds that are placed elsewhere now: a copy is dropped once every owner of its
-    /// partition has announced exactly this copy's heads, so nothing written to it is lost.
-    fn place(&self, node: &Node, members: &[Member]) -> Result<(), TableError> {
-        let tables = self.tables()?;
-        let placed = placed_on(&self.me.peer_id, &tables, members);
-        let held: BTreeSet<String> = node
-            .inner()
-            .subscribed
-            .lock()
-            .expect("subscribed lock")
-            .iter()
-            .filter(|t| PartitionTopic::is_partition_topic(t))
-            .cloned()
-            .collect();
-        let missing: Vec<&String> = placed.difference(&held).collect();
-        if !missing.is_empty() {
-            tracing::info!(partitions = missing.len(), "holding partitions placed on this node");
-            self.take_on(node, &missing)?;
-        }
-        self.strays.lock().expect("strays lock").retain(|topic| !placed.contains(topic));
-        for topic in held.difference(&placed) {
-            let Some(PartitionTopic { table, partition }) = PartitionTopic::parse(topic) else { continue };
-            let Some(def) = tables.iter().find(|def| def.name == table) else { continue };
-            let young =
-                self.taken.lock().expect("taken lock").get(topic).is_some_and(|t| t.elapsed() < HANDOFF_MIN_AGE);
-            if partition >= def.partitions || young {
-                continue;
-            }
-            let owners = owners(&table, partition, def.replicas, members);
-            if let Some(heads) = self.handed_off(node, topic, &owners) {
-                // Unsubscribed now, so no new request reaches the copy; deleted once quiet.
-                tracing::info!(%topic, "handing a partition off to its owners");
-                node.unsubscribe(topic, false)?;
-                self.leaving.lock().expect("leaving lock").insert(topic.clone(), (std::time::Instant::now(), heads));
-                self.save_leaving(node);
-            }
-        }
-        let quiet: Vec<(String, Vec<canopy_crdt::Cid>)> = self
-            .leaving
-            .lock()
-            .expect("leaving lock")
-            .iter()
-            .filter(|(_, (since, _))| since.elapsed() >= HANDOFF_QUIET)
-            .map(|(topic, (_, heads))| (topic.clone(), heads.clone()))
-            .collect();
-        for (topic, heads) in quiet {
-            if node.purge_at(&topic, &heads)? || node.store().existing_topic(&topic).is_none() {
-                self.forget_leaving(node, &topic);
-                self.taken.lock().expect("taken lock").remove(&topic);
-                self.strays.lock().expect("strays lock").remove(&topic);
-                tracing::info!(%topic, "deleted a partition handed off");
-            } else if node.topic(&topic).is_none() {
-                // A request that held the copy wrote to it after the hand-off: replicate it
-                // again, and hand it off later.
-                tracing::warn!(%topic, "a partition handed off was written to since; keeping it");
-                self.take_on(node, &[&topic])?;
-            }
-        }
-        Ok(())
-    }
-
-    /// This node's copy of `topic`'s heads, when every one of `owners` has announced exactly
-    /// those heads (an empty copy needs no announcement).
-    fn handed_off(&self, node: &Node, topic: &str, owners: &[Member]) -> Option<Vec<canopy_crdt::Cid>> {
-        let ours = sorted_heads(&node.topic(topic)?.heads());
-        // Evidence counts only from owners connected now (what a peer said before it went away
-        // is forgotten as it goes, and this also covers a disconnection not heard of).
-        let connected: BTreeSet<String> = node.peers().into_iter().map(|peer| peer.peer_id).collect();
-        let announced = self.announced.lock().expect("announced lock");
-        let by_peer = announced.get(topic).map(|a| &a.by_peer);
-        let all = !owners.is_empty()
-            && owners.iter().all(|owner| {
-                let Ok(peer) = owner.peer_id.parse::<canopy_transport::PeerId>() else { return false };
-                if !connected.contains(&owner.peer_id) {
-                    return false;
-                }
-                match by_peer.and_then(|by_peer| by_peer.get(&peer)) {
-                    Some(theirs) => {
-                        let mut theirs = theirs.clone();
-                        theirs.sort_unstable();
-                        theirs == ours
-                    }
-                    None => ours.is_empty(),
-                }
-            });
-        all.then_some(ours)
-    }
-}
-
 fn sorted_heads(heads: &[canopy_crdt::Head]) -> Vec<canopy_crdt::Cid> {
     let mut cids: Vec<canopy_crdt::Cid> = heads.iter().map(|head| head.cid).collect();
     cids.sort_unstable();
@@ -865,28 +621,5 @@ mod tests {
             assert!(PartitionTopic::parse(not_one).is_none(), "{not_one}");
         }
         assert!(canopy_crdt::validate_topic_name(&partition_topic(&"x".repeat(64), PARTITIONS_MAX - 1)).is_ok());
-    }
-
-    #[test]
-    fn the_catalog_takes_the_earliest_entry_of_each_table_in_any_order() {
-        let entry = |partitions, created_ms| CatalogEntry { partitions, replicas: 2, created_ms };
-        let shapes = |entries: Vec<(&'static str, &'static str, CatalogEntry)>| {
-            decide_catalog(entries.into_iter()).into_iter().map(|def| (def.name, def.partitions)).collect::<Vec<_>>()
-        };
-        let entries = || {
-            vec![
-                ("peer-b", "users", entry(8, 20)),
-                ("peer-a", "users", entry(4, 30)),
-                ("peer-c", "orders", entry(2, 5)),
-                ("peer-a", "orders", entry(3, 5)),
-                ("peer-a", "broken", entry(0, 1)),
-                ("peer-a", "broken", entry(PARTITIONS_MAX + 1, 0)),
-            ]
-        };
-        let expected = vec![("orders".to_string(), 3), ("users".to_string(), 8)];
-        assert_eq!(shapes(entries()), expected);
-        let mut reversed = entries();
-        reversed.reverse();
-        assert_eq!(shapes(reversed), expected);
     }
 }

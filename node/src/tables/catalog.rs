@@ -1,0 +1,144 @@
+//! The table catalog: each member's entries for the tables it created, the shape every node
+//! takes from them, and the adoption of the earlier open catalog's tables.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    PARTITIONS_MAX, REPLICAS_MAX, TABLES_MAX, TableDef, TableError, Tables, sorted_heads, validate_table_name,
+};
+
+/// The legacy catalog entry of a table: its shape, without the name (the entry's key).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Shape {
+    partitions: u32,
+    replicas: u32,
+}
+
+/// A catalog entry: a table's shape as one member created it, and when (milliseconds since the
+/// Unix epoch by its clock; 0 for a table adopted from the legacy catalog).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogEntry {
+    partitions: u32,
+    replicas: u32,
+    created_ms: u64,
+}
+
+impl Tables {
+    /// Every table of the catalog, by name.
+    pub(crate) fn tables(&self) -> Result<Arc<Vec<TableDef>>, TableError> {
+        let heads = sorted_heads(&self.tables_topic.heads());
+        {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            if catalog.0 == heads {
+                return Ok(catalog.1.clone());
+            }
+        }
+        let page = self.tables_topic.query(b"", None, TABLES_MAX)?;
+        let entries = page.entries.iter().filter_map(|(key, value)| {
+            let (author, name) = std::str::from_utf8(key).ok()?.split_once('/')?;
+            let entry: CatalogEntry = serde_json::from_slice(value).ok()?;
+            (self.trusts(author) && validate_table_name(name).is_ok()).then_some((author, name, entry))
+        });
+        let tables = Arc::new(decide_catalog(entries));
+        *self.catalog.lock().expect("catalog lock") = (heads, tables.clone());
+        Ok(tables)
+    }
+
+    pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
+        validate_table_name(name)?;
+        let tables = self.tables()?;
+        let found = tables.binary_search_by(|def| def.name.as_str().cmp(name)).ok();
+        found.map(|at| tables[at].clone()).ok_or_else(|| TableError::NoSuchTable(name.into()))
+    }
+
+    /// Writes this node's catalog entry for `def`, and the legacy entry for members not yet
+    /// upgraded.
+    pub(super) fn write_catalog_entry(&self, def: &TableDef, created_ms: u64) -> Result<(), TableError> {
+        let entry = CatalogEntry { partitions: def.partitions, replicas: def.replicas, created_ms };
+        let key = format!("{}/{}", self.me.peer_id, def.name);
+        self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+        let shape = Shape { partitions: def.partitions, replicas: def.replicas };
+        self.legacy_tables_topic.put(def.name.as_str(), serde_json::to_vec(&shape).expect("a shape serialises"))?;
+        Ok(())
+    }
+
+    /// Adopts the tables of the legacy catalog that the catalog lacks, as created at time 0 (so
+    /// they keep their shape however many members adopt them). Called once, when the node joins.
+    pub(super) fn adopt_legacy_catalog(&self) -> Result<(), TableError> {
+        let known = self.tables()?;
+        let page = self.legacy_tables_topic.query(b"", None, TABLES_MAX)?;
+        for (key, value) in page.entries {
+            let Ok(name) = String::from_utf8(key) else { continue };
+            let Ok(shape) = serde_json::from_slice::<Shape>(&value) else { continue };
+            if validate_table_name(&name).is_err()
+                || !(1..=PARTITIONS_MAX).contains(&shape.partitions)
+                || !(1..=REPLICAS_MAX).contains(&shape.replicas)
+                || known.iter().any(|def| def.name == name)
+            {
+                continue;
+            }
+            tracing::info!(table = %name, "adopting a table of the legacy catalog");
+            let entry = CatalogEntry { partitions: shape.partitions, replicas: shape.replicas, created_ms: 0 };
+            let key = format!("{}/{name}", self.me.peer_id);
+            self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The catalog the entries `(author, table, entry)` give, by name: for each table the shape of
+/// the earliest created entry (the smallest author breaking ties), so every node that holds the
+/// same entries decides the same way, whatever order they arrived in. Entries whose shape breaks
+/// the bounds are ignored.
+fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> Vec<TableDef> {
+    let mut chosen: std::collections::BTreeMap<&str, (u64, &str, TableDef)> = std::collections::BTreeMap::new();
+    for (author, name, entry) in entries {
+        if !(1..=PARTITIONS_MAX).contains(&entry.partitions) || !(1..=REPLICAS_MAX).contains(&entry.replicas) {
+            continue;
+        }
+        let candidate = (
+            entry.created_ms,
+            author,
+            TableDef { name: name.into(), partitions: entry.partitions, replicas: entry.replicas },
+        );
+        match chosen.get(name) {
+            Some((created_ms, first, _)) if (*created_ms, *first) <= (candidate.0, candidate.1) => {}
+            _ => {
+                chosen.insert(name, candidate);
+            }
+        }
+    }
+    chosen.into_values().map(|(_, _, def)| def).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalog_takes_the_earliest_entry_of_each_table_in_any_order() {
+        let entry = |partitions, created_ms| CatalogEntry { partitions, replicas: 2, created_ms };
+        let shapes = |entries: Vec<(&'static str, &'static str, CatalogEntry)>| {
+            decide_catalog(entries.into_iter()).into_iter().map(|def| (def.name, def.partitions)).collect::<Vec<_>>()
+        };
+        let entries = || {
+            vec![
+                ("peer-b", "users", entry(8, 20)),
+                ("peer-a", "users", entry(4, 30)),
+                ("peer-c", "orders", entry(2, 5)),
+                ("peer-a", "orders", entry(3, 5)),
+                ("peer-a", "broken", entry(0, 1)),
+                ("peer-a", "broken", entry(PARTITIONS_MAX + 1, 0)),
+            ]
+        };
+        let expected = vec![("orders".to_string(), 3), ("users".to_string(), 8)];
+        assert_eq!(shapes(entries()), expected);
+        let mut reversed = entries();
+        reversed.reverse();
+        assert_eq!(shapes(reversed), expected);
+    }
+}
