@@ -332,9 +332,18 @@ impl Tables {
         let taken = self.taken.lock().expect("taken lock").get(topic.name()).copied().unwrap_or(self.joined);
         match seen {
             Some(heads) => {
+                if taken.elapsed() < ANNOUNCE_SETTLE {
+                    return false;
+                }
                 let count = heads.len();
-                taken.elapsed() >= ANNOUNCE_SETTLE
-                    && topic.crdt().unknown(heads.into_iter().collect(), count).is_ok_and(|unknown| unknown.is_empty())
+                let Ok(unknown) = topic.crdt().unknown(heads.iter().copied().collect(), count) else { return false };
+                // A head the copy holds stays held: it need not be checked again, so what is
+                // remembered stays as small as what the copy still lacks.
+                let unknown: BTreeSet<canopy_crdt::Cid> = unknown.into_iter().collect();
+                if let Some(entry) = self.announced.lock().expect("announced lock").get_mut(topic.name()) {
+                    entry.seen.retain(|cid| unknown.contains(cid) || !heads.contains(cid));
+                }
+                unknown.is_empty()
             }
             None if self.strays.lock().expect("strays lock").contains(topic.name()) => false,
             None => {
