@@ -424,6 +424,19 @@ impl NodeConfig {
                 &format!("the API listens on {}: say which address the other members reach it at", self.api),
             );
         }
+        if self.tables
+            && advertised_host_is_loopback(self.advertise_api.as_deref(), &self.api)
+            && let Some(peer) = self.peers.iter().find(|peer| peer_is_remote(peer))
+        {
+            return invalid(
+                "advertise_api",
+                &format!(
+                    "the other members would reach this node's API at its loopback address ({}), but its peer {peer} \
+                     is on another host: give the address they reach it at (--advertise-api http://host:port)",
+                    self.advertise_api.clone().unwrap_or_else(|| format!("http://{}", self.api))
+                ),
+            );
+        }
         if self.tokens.is_none() && !self.api.ip().is_loopback() && !self.insecure_open_api {
             return invalid(
                 "tokens",
@@ -439,6 +452,30 @@ impl NodeConfig {
             return invalid("tls_cert", "give both tls_cert and tls_key (--tls-cert, --tls-key), or neither");
         }
         Ok(())
+    }
+}
+
+/// Whether the API address other members are told (`advertise_api`, else the API's own
+/// address) is a loopback one.
+fn advertised_host_is_loopback(advertise_api: Option<&str>, api: &SocketAddr) -> bool {
+    let Some(url) = advertise_api else { return api.ip().is_loopback() };
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a peer's multiaddr (`/ip4/10.0.0.2/udp/4001/quic-v1`, `/dns4/db2.example/...`) names
+/// another host.
+fn peer_is_remote(peer: &str) -> bool {
+    let mut parts = peer.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ip4" | "ip6"), Some(ip)) => ip.parse::<std::net::IpAddr>().is_ok_and(|ip| !ip.is_loopback()),
+        (Some("dns" | "dns4" | "dns6" | "dnsaddr"), Some(name)) => !name.eq_ignore_ascii_case("localhost"),
+        _ => false,
     }
 }
 
@@ -564,5 +601,25 @@ mod tests {
         assert_eq!(value, "3");
         assert_eq!(layered(&[]).fetch_ahead_max, 3);
         assert_eq!(layered(&["--fetch-ahead-max", "5"]).fetch_ahead_max, 5);
+    }
+
+    #[test]
+    fn a_member_advertising_loopback_to_remote_peers_is_refused() {
+        let member = |advertise: Option<&str>, peer: &str| NodeConfig {
+            tables: true,
+            advertise_api: advertise.map(str::to_string),
+            peers: vec![peer.to_string()],
+            ..NodeConfig::default()
+        };
+        let remote = "/ip4/10.0.0.2/udp/4001/quic-v1";
+        let error = member(None, remote).validate().unwrap_err().to_string();
+        assert!(error.contains("advertise-api") && error.contains("127.0.0.1:7700"), "{error}");
+        assert!(member(Some("http://localhost:7700"), "/dns4/db2.example/udp/4001/quic-v1").validate().is_err());
+        assert!(member(Some("http://[::1]:7700"), remote).validate().is_err());
+        // Loopback peers, or an address the peers can reach, are fine.
+        assert!(member(None, "/ip4/127.0.0.1/udp/4001/quic-v1").validate().is_ok());
+        assert!(member(Some("http://10.0.0.1:7700"), remote).validate().is_ok());
+        // Without tables nothing is advertised.
+        assert!(NodeConfig { peers: vec![remote.into()], ..NodeConfig::default() }.validate().is_ok());
     }
 }
