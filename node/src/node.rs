@@ -88,6 +88,7 @@ pub(crate) struct NodeInner {
 }
 
 /// What the node heard from its peers, told to the parts that follow it.
+#[derive(Clone, Copy)]
 pub(crate) enum Heard<'a> {
     /// A peer announced `heads` of `topic`: itself when `first_hand`, else relayed by `from`.
     Heads { topic: &'a str, from: PeerId, first_hand: bool, heads: &'a [Cid] },
@@ -112,13 +113,7 @@ impl NodeInner {
 
     fn tell(&self, heard: Heard<'_>) {
         for listener in self.listeners.read().expect("listeners lock").iter() {
-            listener(match &heard {
-                Heard::Heads { topic, from, first_hand, heads } => {
-                    Heard::Heads { topic, from: *from, first_hand: *first_hand, heads }
-                }
-                Heard::Disconnected(peer) => Heard::Disconnected(*peer),
-                Heard::Unsubscribed(topic) => Heard::Unsubscribed(topic),
-            });
+            listener(heard);
         }
     }
 }

@@ -58,9 +58,7 @@ impl Tables {
     /// Writes this node's catalog entry for `def`, and the legacy entry for members not yet
     /// upgraded.
     pub(super) fn write_catalog_entry(&self, def: &TableDef, created_ms: u64) -> Result<(), TableError> {
-        let entry = CatalogEntry { partitions: def.partitions, replicas: def.replicas, created_ms };
-        let key = format!("{}/{}", self.me.peer_id, def.name);
-        self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+        self.put_own_entry(&def.name, CatalogEntry { partitions: def.partitions, replicas: def.replicas, created_ms })?;
         let shape = Shape { partitions: def.partitions, replicas: def.replicas };
         self.legacy_tables_topic.put(def.name.as_str(), serde_json::to_vec(&shape).expect("a shape serialises"))?;
         Ok(())
@@ -75,17 +73,24 @@ impl Tables {
             let Ok(name) = String::from_utf8(key) else { continue };
             let Ok(shape) = serde_json::from_slice::<Shape>(&value) else { continue };
             if validate_table_name(&name).is_err()
-                || !(1..=PARTITIONS_MAX).contains(&shape.partitions)
-                || !(1..=REPLICAS_MAX).contains(&shape.replicas)
+                || !in_bounds(shape.partitions, shape.replicas)
                 || known.iter().any(|def| def.name == name)
             {
                 continue;
             }
             tracing::info!(table = %name, "adopting a table of the legacy catalog");
-            let entry = CatalogEntry { partitions: shape.partitions, replicas: shape.replicas, created_ms: 0 };
-            let key = format!("{}/{name}", self.me.peer_id);
-            self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
+            self.put_own_entry(
+                &name,
+                CatalogEntry { partitions: shape.partitions, replicas: shape.replicas, created_ms: 0 },
+            )?;
         }
+        Ok(())
+    }
+
+    /// Writes this node's entry `<peer id>/<name>` of the catalog.
+    fn put_own_entry(&self, name: &str, entry: CatalogEntry) -> Result<(), TableError> {
+        let key = format!("{}/{name}", self.me.peer_id);
+        self.tables_topic.put(key, serde_json::to_vec(&entry).expect("an entry serialises"))?;
         Ok(())
     }
 }
@@ -97,7 +102,7 @@ impl Tables {
 fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> Vec<TableDef> {
     let mut chosen: std::collections::BTreeMap<&str, (u64, &str, TableDef)> = std::collections::BTreeMap::new();
     for (author, name, entry) in entries {
-        if !(1..=PARTITIONS_MAX).contains(&entry.partitions) || !(1..=REPLICAS_MAX).contains(&entry.replicas) {
+        if !in_bounds(entry.partitions, entry.replicas) {
             continue;
         }
         let candidate = (
@@ -113,6 +118,11 @@ fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEn
         }
     }
     chosen.into_values().map(|(_, _, def)| def).collect()
+}
+
+/// Whether a shape is within the bounds a table's shape must keep.
+fn in_bounds(partitions: u32, replicas: u32) -> bool {
+    (1..=PARTITIONS_MAX).contains(&partitions) && (1..=REPLICAS_MAX).contains(&replicas)
 }
 
 #[cfg(test)]

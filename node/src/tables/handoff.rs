@@ -84,6 +84,9 @@ impl Tables {
             self.take_on(node, &missing)?;
         }
         self.strays.lock().expect("strays lock").retain(|topic| !placed.contains(topic));
+        // Evidence counts only from owners connected now (what a peer said before it went away
+        // is forgotten as it goes, and this also covers a disconnection not heard of).
+        let connected: BTreeSet<String> = node.peers().into_iter().map(|peer| peer.peer_id).collect();
         for topic in held.difference(&placed) {
             let Some(PartitionTopic { table, partition }) = PartitionTopic::parse(topic) else { continue };
             let Some(def) = tables.iter().find(|def| def.name == table) else { continue };
@@ -93,7 +96,7 @@ impl Tables {
                 continue;
             }
             let owners = owners(&table, partition, def.replicas, members);
-            if let Some(heads) = self.handed_off(node, topic, &owners) {
+            if let Some(heads) = self.handed_off(node, topic, &owners, &connected) {
                 // Unsubscribed now, so no new request reaches the copy; deleted once quiet.
                 tracing::info!(%topic, "handing a partition off to its owners");
                 node.unsubscribe(topic, false)?;
@@ -125,13 +128,16 @@ impl Tables {
         Ok(())
     }
 
-    /// This node's copy of `topic`'s heads, when every one of `owners` has announced exactly
-    /// those heads (an empty copy needs no announcement).
-    fn handed_off(&self, node: &Node, topic: &str, owners: &[Member]) -> Option<Vec<canopy_crdt::Cid>> {
+    /// This node's copy of `topic`'s heads, when every one of `owners`, all `connected`, has
+    /// announced exactly those heads itself (an empty copy needs no announcement).
+    fn handed_off(
+        &self,
+        node: &Node,
+        topic: &str,
+        owners: &[Member],
+        connected: &BTreeSet<String>,
+    ) -> Option<Vec<canopy_crdt::Cid>> {
         let ours = sorted_heads(&node.topic(topic)?.heads());
-        // Evidence counts only from owners connected now (what a peer said before it went away
-        // is forgotten as it goes, and this also covers a disconnection not heard of).
-        let connected: BTreeSet<String> = node.peers().into_iter().map(|peer| peer.peer_id).collect();
         let announced = self.announced.lock().expect("announced lock");
         let by_peer = announced.get(topic).map(|a| &a.by_peer);
         let all = !owners.is_empty()
