@@ -5,6 +5,7 @@ pub mod replication;
 pub mod report;
 pub mod scale;
 pub mod sim;
+pub mod tables;
 pub mod topics;
 
 use hdrhistogram::Histogram;

@@ -8,6 +8,7 @@ use canopy_bench::ingest::{self, IngestConfig};
 use canopy_bench::replication::{self, ReplicationConfig};
 use canopy_bench::scale::{self, Event, ScaleConfig};
 use canopy_bench::sim::{self, SimConfig};
+use canopy_bench::tables::{self, TablesConfig, TablesReport};
 use canopy_bench::topics::{self, TopicsConfig};
 use canopy_crdt::sim::Faults;
 use clap::{Parser, Subcommand};
@@ -35,6 +36,10 @@ enum Command {
     /// Many topics on one node: creating them, memory per topic, writing to all, restarting;
     /// with `--nodes 2`, the time until a second node has converged on every topic.
     Topics(TopicsArgs),
+    /// Sharded tables over `canopy serve --tables` processes on loopback: routed batch ingest
+    /// beside the embedded engine's, single puts, forwarded gets, puts acknowledged by two
+    /// copies, and the time until the table is balanced again after one more member joins.
+    Tables(TablesArgs),
     /// Run a named set of workloads and write DIR/report.md (tables, SVG plots) and
     /// DIR/results.jsonl (every figure, with the command that measures it alone).
     Report(ReportArgs),
@@ -48,6 +53,53 @@ struct ReportArgs {
     /// Directory for report.md, its plots and results.jsonl.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct TablesArgs {
+    /// Members started before the table is created.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=tables::MEMBERS_MAX as u64))]
+    members: u64,
+    /// Copies of each partition.
+    #[arg(long, default_value_t = 2)]
+    replicas: u32,
+    /// Partitions of the table.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Keys of the routed batch ingest (32-byte keys, 100-byte values).
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: usize,
+    /// Keys per batch request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent client threads of the batch ingest and of the concurrent single puts.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Single puts, from one sequential client and again from --clients.
+    #[arg(long, default_value_t = 2000)]
+    singles: usize,
+    /// Samples of each latency: forwarded gets, and puts acknowledged by two copies.
+    #[arg(long, default_value_t = 2000)]
+    gets: usize,
+    /// Keys of the table when one more member joins [default: --keys, the ingested table
+    /// itself; another count runs the join on a cluster of its own; 0: no join].
+    #[arg(long)]
+    join_keys: Option<usize>,
+    /// Keys read back at the end, each through a random member.
+    #[arg(long, default_value_t = 1000)]
+    read_back: usize,
+    /// Seconds a member stays one without renewing its entry (`canopy serve --member-ttl-s`).
+    #[arg(long, default_value_t = 20)]
+    member_ttl_s: u64,
+    /// Seconds to wait for the cluster to be ready, and for the table to be balanced after the join.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+    /// The `canopy` binary the members run [default: the one beside canopy-bench].
+    #[arg(long)]
+    canopy: Option<PathBuf>,
+    /// Print one JSON line with every figure after the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -289,6 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replication(args) => run_replication(args),
         Command::Scale(args) => run_scale(args),
         Command::Topics(args) => run_topics(args),
+        Command::Tables(args) => run_tables(args),
         Command::Report(args) => {
             canopy_bench::report::run(args.profile, &args.out, &|phase| eprintln!("{phase}"))?;
             println!("wrote {}", args.out.join("report.md").display());
@@ -583,4 +636,65 @@ fn run_topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_tables(args: TablesArgs) -> anyhow::Result<ExitCode> {
+    let config = TablesConfig {
+        canopy: args.canopy.unwrap_or_else(canopy_bench::replication::default_canopy),
+        members: args.members as usize,
+        replicas: args.replicas,
+        partitions: args.partitions,
+        keys: args.keys,
+        batch: args.batch,
+        clients: args.clients,
+        singles: args.singles,
+        gets: args.gets,
+        join_keys: args.join_keys.unwrap_or(args.keys),
+        read_back: args.read_back,
+        member_ttl_s: args.member_ttl_s,
+        timeout: std::time::Duration::from_secs(args.timeout_s),
+    };
+    let report = tables::run(&config)?;
+    print_tables(&report);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(if report.failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints a tables report as a short table.
+fn print_tables(report: &TablesReport) {
+    let micros = |figure: Option<u64>| figure.map_or_else(|| "-".to_string(), |us| format!("{us} us"));
+    println!(
+        "members={} replicas={} partitions={} keys={} batch={} clients={}",
+        report.members, report.replicas, report.partitions, report.keys, report.batch, report.clients
+    );
+    println!(
+        "routed batches        {:>10.0} keys/s   (batch p50 {} us, p99 {} us)",
+        report.batch_keys_per_s, report.batch_p50_us, report.batch_p99_us
+    );
+    println!(
+        "embedded ingest       {:>10.0} keys/s   ratio routed/embedded {:.3}",
+        report.ingest_keys_per_s, report.ratio
+    );
+    println!(
+        "single puts           {:>10.0} puts/s   ({} clients: {:.0} puts/s)",
+        report.singles_per_s, report.clients, report.singles_concurrent_per_s
+    );
+    println!("forwarded get         p50 {:>10}   p99 {:>10}", micros(report.get_p50_us), micros(report.get_p99_us));
+    println!("put ack=2             p50 {:>10}   p99 {:>10}", micros(report.ack2_p50_us), micros(report.ack2_p99_us));
+    match (report.join_s, &report.join_pending) {
+        (Some(seconds), _) => println!("join, {} keys         balanced after {seconds:.2} s", report.join_keys),
+        (None, Some(pending)) => {
+            println!("join, {} keys         not balanced within the timeout: {pending}", report.join_keys)
+        }
+        (None, None) => println!("join                  not measured"),
+    }
+    println!(
+        "failures              {} of {} keys written, {} read back",
+        report.failures, report.written_keys, report.read_back
+    );
+    for example in &report.failure_examples {
+        println!("  {example}");
+    }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use canopy_node::{Batch, Node, NodeConfig};
 use serde::Serialize;
 
-mod processes;
+pub(crate) mod processes;
 
 pub use processes::default_canopy;
 

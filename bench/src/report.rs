@@ -5,7 +5,7 @@
 //! workload line in `results.jsonl` names the command that runs it alone.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,14 +14,16 @@ use serde_json::json;
 
 use crate::replication::{self, ReplicationConfig, ReplicationReport};
 use crate::scale::{self, ScaleConfig, ScaleReport};
+use crate::tables::{self, TablesConfig, TablesReport};
 use crate::topics::{self, TopicsConfig, TopicsReport};
 
 /// Which set of workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// A few minutes: 2M keys, 1,000 topics, 100k-key catch-up.
+    /// A few minutes: 2M keys, 1,000 topics, 100k-key catch-up, a 100k-key sharded table.
     Quick,
-    /// Hours: 100M keys (1 and 64 topics), 10,000 topics, 1M-key catch-up.
+    /// Hours: 100M keys (1 and 64 topics), 10,000 topics, 1M-key catch-up, a 1M-key sharded
+    /// table.
     Full,
 }
 
@@ -31,20 +33,36 @@ struct Sizes {
     topics: usize,
     samples: usize,
     catch_up_keys: usize,
+    /// Keys of the sharded table.
+    table_keys: usize,
+    /// Single puts, and samples of each latency, of the sharded table.
+    table_requests: usize,
+    /// `--member-ttl-s` of the sharded table's members.
+    member_ttl_s: u64,
 }
 
 impl Profile {
     fn sizes(self) -> Sizes {
         match self {
-            Profile::Quick => {
-                Sizes { scale_keys: 2_000_000, reads: 200_000, topics: 1_000, samples: 300, catch_up_keys: 100_000 }
-            }
+            Profile::Quick => Sizes {
+                scale_keys: 2_000_000,
+                reads: 200_000,
+                topics: 1_000,
+                samples: 300,
+                catch_up_keys: 100_000,
+                table_keys: 100_000,
+                table_requests: 1_000,
+                member_ttl_s: 20,
+            },
             Profile::Full => Sizes {
                 scale_keys: 100_000_000,
                 reads: 1_000_000,
                 topics: 10_000,
                 samples: 1_000,
                 catch_up_keys: 1_000_000,
+                table_keys: 1_000_000,
+                table_requests: 2_000,
+                member_ttl_s: 20,
             },
         }
     }
@@ -64,14 +82,16 @@ struct Results {
     topics: TopicsReport,
     from_blocks: ReplicationReport,
     from_snapshot: ReplicationReport,
+    tables: TablesReport,
 }
 
 /// Runs the profile's workloads, telling `say` what runs, and writes the report into `out`.
+/// The sharded tables run the `canopy` binary beside this one.
 pub fn run(profile: Profile, out: &Path, say: &dyn Fn(&str)) -> anyhow::Result<()> {
-    run_sizes(profile.name(), &profile.sizes(), out, say)
+    run_sizes(profile.name(), &profile.sizes(), &replication::default_canopy(), out, say)
 }
 
-fn run_sizes(profile: &str, sizes: &Sizes, out: &Path, say: &dyn Fn(&str)) -> anyhow::Result<()> {
+fn run_sizes(profile: &str, sizes: &Sizes, canopy: &Path, out: &Path, say: &dyn Fn(&str)) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut lines = Vec::new();
     let scale_config = |topics: usize, baseline: bool| ScaleConfig {
@@ -151,10 +171,34 @@ fn run_sizes(profile: &str, sizes: &Sizes, out: &Path, say: &dyn Fn(&str)) -> an
         "result": from_snapshot,
     }));
 
+    say(&format!("tables: {} keys into a sharded table over 3 members, then a fourth joining", sizes.table_keys));
+    let tables = tables::run(&table_config(sizes, canopy.to_path_buf()))?;
+    lines.push(json!({ "workload": "tables", "command": tables.command, "result": tables }));
+
     let jsonl: String = lines.iter().map(|line| format!("{line}\n")).collect();
     std::fs::write(out.join("results.jsonl"), jsonl)?;
-    let results = Results { scale_one, scale_many, topics, from_blocks, from_snapshot };
+    let results = Results { scale_one, scale_many, topics, from_blocks, from_snapshot, tables };
     write_report(profile, out, &results)
+}
+
+/// The sharded table's workload: 3 members, 16 partitions of 2 replicas, batches of 1000 from 2
+/// clients, and the join measured on the ingested table.
+fn table_config(sizes: &Sizes, canopy: PathBuf) -> TablesConfig {
+    TablesConfig {
+        canopy,
+        members: 3,
+        replicas: 2,
+        partitions: 16,
+        keys: sizes.table_keys,
+        batch: 1000,
+        clients: 2,
+        singles: sizes.table_requests,
+        gets: sizes.table_requests,
+        join_keys: sizes.table_keys,
+        read_back: sizes.table_requests,
+        member_ttl_s: sizes.member_ttl_s,
+        timeout: Duration::from_secs(1800),
+    }
 }
 
 /// Writes `report.md` and its plots from `results`.
@@ -259,8 +303,48 @@ fn write_report(profile: &str, out: &Path, results: &Results) -> anyhow::Result<
         snapshot.catch_up_keys_per_s,
         snapshot.compact_s.unwrap_or(0.0)
     )?;
-    writeln!(md, "![catch-up](catch-up.svg)")?;
+    writeln!(md, "![catch-up](catch-up.svg)\n")?;
+    write_tables(&mut md, &results.tables)?;
     std::fs::write(out.join("report.md"), md)?;
+    Ok(())
+}
+
+/// The "Sharded tables" section.
+fn write_tables(md: &mut String, tables: &TablesReport) -> anyhow::Result<()> {
+    let micros = |p50: Option<u64>, p99: Option<u64>| match (p50, p99) {
+        (Some(p50), Some(p99)) => format!("{p50} µs / {p99} µs"),
+        _ => "not measured".to_string(),
+    };
+    writeln!(
+        md,
+        "## Sharded tables\n\n{} `canopy serve --tables` processes on loopback; a table of {} partitions with {} \
+         replicas; {} keys of 32 B with 100 B values in batches of {}, each batch sent to a random member by {} \
+         client threads. The embedded engine writes as many keys in the same batches into one topic.\n",
+        tables.members, tables.partitions, tables.replicas, tables.keys, tables.batch, tables.clients
+    )?;
+    writeln!(md, "| figure | value |\n|---|---:|")?;
+    writeln!(
+        md,
+        "| routed batches | {:.0} keys/s (batch p50 {} µs, p99 {} µs) |",
+        tables.batch_keys_per_s, tables.batch_p50_us, tables.batch_p99_us
+    )?;
+    writeln!(md, "| embedded engine, one topic | {:.0} keys/s |", tables.ingest_keys_per_s)?;
+    writeln!(md, "| routed / embedded | {:.3} |", tables.ratio)?;
+    writeln!(md, "| single puts, 1 client | {:.0} puts/s |", tables.singles_per_s)?;
+    writeln!(md, "| single puts, {} clients | {:.0} puts/s |", tables.clients, tables.singles_concurrent_per_s)?;
+    writeln!(
+        md,
+        "| get through a member without a copy, p50 / p99 | {} |",
+        micros(tables.get_p50_us, tables.get_p99_us)
+    )?;
+    writeln!(md, "| put with `?ack=2`, p50 / p99 | {} |", micros(tables.ack2_p50_us, tables.ack2_p99_us))?;
+    let join = match (tables.join_s, &tables.join_pending) {
+        (Some(seconds), _) => format!("{seconds:.2} s"),
+        (None, Some(pending)) => format!("not within the timeout ({pending})"),
+        (None, None) => "not measured".to_string(),
+    };
+    writeln!(md, "| one more member joins a table of {} keys: balanced after | {join} |", tables.join_keys)?;
+    writeln!(md, "| failures among {} keys written | {} |", tables.written_keys, tables.failures)?;
     Ok(())
 }
 
@@ -430,8 +514,21 @@ mod tests {
     #[test]
     fn a_tiny_report_has_its_tables_plots_and_results() {
         let dir = tempfile::tempdir().unwrap();
-        let sizes = Sizes { scale_keys: 5_000, reads: 1_000, topics: 20, samples: 10, catch_up_keys: 2_000 };
-        run_sizes("tiny", &sizes, dir.path(), &|_| {}).unwrap();
+        let sizes = Sizes {
+            scale_keys: 5_000,
+            reads: 1_000,
+            topics: 20,
+            samples: 10,
+            catch_up_keys: 2_000,
+            table_keys: 1_000,
+            table_requests: 20,
+            member_ttl_s: 3,
+        };
+        // The unit tests run from target/<profile>/deps; cargo builds `canopy` one level up.
+        let exe = std::env::current_exe().unwrap();
+        let canopy = exe.parent().and_then(Path::parent).unwrap().join("canopy");
+        assert!(canopy.is_file(), "{} is missing: build it with cargo build -p canopy-node --bins", canopy.display());
+        run_sizes("tiny", &sizes, &canopy, dir.path(), &|_| {}).unwrap();
         let report = std::fs::read_to_string(dir.path().join("report.md")).unwrap();
         for plot in
             ["scale-1-topic.svg", "scale-64-topics.svg", "get-latency-cdf.svg", "write-to-visible.svg", "catch-up.svg"]
@@ -444,9 +541,12 @@ mod tests {
             );
         }
         assert!(report.contains("| canopy, 1 topic |") && report.contains("| bare RocksDB |"), "{report}");
+        assert!(report.contains("## Sharded tables") && report.contains("| routed batches |"), "{report}");
         let results = std::fs::read_to_string(dir.path().join("results.jsonl")).unwrap();
         let lines: Vec<serde_json::Value> = results.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 6);
+        assert_eq!(lines[5]["workload"], "tables");
+        assert_eq!(lines[5]["result"]["failures"], 0, "{}", lines[5]);
         assert_eq!(lines[0]["result"]["keys"], 5_000);
         assert!(lines[0]["command"].as_str().unwrap().starts_with("canopy-bench scale --keys 5000"));
     }

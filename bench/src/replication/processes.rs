@@ -20,7 +20,7 @@ const HTTP_BATCH_MAX: usize = 10_000;
 
 /// How the processes are secured with `--secure`: an API token every call carries, and each
 /// process admitting only the others.
-struct Secured {
+pub(crate) struct Secured {
     /// The tokens file every process reads.
     tokens: PathBuf,
     /// The admin token the measurements call with.
@@ -62,11 +62,16 @@ impl Secured {
 }
 
 /// A running `canopy serve`, killed when dropped.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    api: String,
-    address: String,
-    http: reqwest::blocking::Client,
+    /// The base URL of its HTTP API.
+    pub(crate) api: String,
+    /// Its libp2p address, `/p2p/<peer id>` included, for others to dial.
+    pub(crate) address: String,
+    /// Its peer id.
+    pub(crate) peer_id: String,
+    /// The client calls to it go through.
+    pub(crate) http: reqwest::blocking::Client,
     /// The API token calls carry, when the processes are secured.
     token: Option<String>,
 }
@@ -81,18 +86,21 @@ fn client(secured: Option<&Secured>, timeout: Option<Duration>) -> anyhow::Resul
 }
 
 impl Serve {
-    /// Starts `canopy` on loopback with free ports, subscribed to `topics`, dialling `peers`.
-    fn start(
+    /// Starts `canopy` on loopback with free ports, subscribed to `topics`, dialling `peers`,
+    /// with `extra` arguments to `canopy serve` (`--tables`, ...).
+    pub(crate) fn start(
         canopy: &Path,
         data_dir: &Path,
         peers: &[String],
         topics: &[&str],
         secured: Option<&Secured>,
+        extra: &[String],
     ) -> anyhow::Result<Serve> {
         let mut command = Command::new(canopy);
         command
             .arg("serve")
             .args(secured.map(Secured::args).unwrap_or_default())
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--blocks", "127.0.0.1:0"])
@@ -135,12 +143,14 @@ impl Serve {
             child,
             api,
             address: format!("{listen}/p2p/{peer_id}"),
+            peer_id,
             http,
             token: secured.map(|s| s.token.clone()),
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The URL of `path` on its API.
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }
 
@@ -247,8 +257,8 @@ pub(crate) fn measure(canopy: &Path, dir: &Path, settings: &ReplicationConfig) -
     }
     let secured = if settings.secure { Some(Secured::prepare(canopy, dir)?) } else { None };
     let secured = secured.as_ref();
-    let a = Serve::start(canopy, &dir.join("a"), &[], &["latency", "big"], secured)?;
-    let b = Serve::start(canopy, &dir.join("b"), std::slice::from_ref(&a.address), &["latency"], secured)?;
+    let a = Serve::start(canopy, &dir.join("a"), &[], &["latency", "big"], secured, &[])?;
+    let b = Serve::start(canopy, &dir.join("b"), std::slice::from_ref(&a.address), &["latency"], secured, &[])?;
     wait("the processes are connected", settings.timeout, || Ok(a.peers()? > 0 && b.peers()? > 0))?;
 
     let changes = b.watch("latency")?;
@@ -292,7 +302,7 @@ pub(crate) fn measure(canopy: &Path, dir: &Path, settings: &ReplicationConfig) -
     };
 
     let started = Instant::now();
-    let c = Serve::start(canopy, &dir.join("c"), std::slice::from_ref(&a.address), &["big"], secured)?;
+    let c = Serve::start(canopy, &dir.join("c"), std::slice::from_ref(&a.address), &["big"], secured, &[])?;
     let mut progress = Vec::new();
     let mut sampled: Option<Instant> = None;
     wait("the empty process caught up", settings.timeout, || {

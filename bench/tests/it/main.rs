@@ -3,3 +3,4 @@
 mod ingest;
 mod replication;
 mod sim;
+mod tables;
