@@ -181,8 +181,8 @@ fn run_sizes(profile: &str, sizes: &Sizes, canopy: &Path, out: &Path, say: &dyn 
     write_report(profile, out, &results)
 }
 
-/// The sharded table's workload: 3 members, 16 partitions of 2 replicas, batches of 1000 from 2
-/// clients, and the join measured on the ingested table.
+/// The sharded table's workload, `canopy-bench tables`' defaults: 3 members, 16 partitions of 2
+/// replicas, batches of 1000 from 3 clients, and the join measured on the ingested table.
 fn table_config(sizes: &Sizes, canopy: PathBuf) -> TablesConfig {
     TablesConfig {
         canopy,
@@ -191,7 +191,7 @@ fn table_config(sizes: &Sizes, canopy: PathBuf) -> TablesConfig {
         partitions: 16,
         keys: sizes.table_keys,
         batch: 1000,
-        clients: 2,
+        clients: 3,
         singles: sizes.table_requests,
         gets: sizes.table_requests,
         join_keys: sizes.table_keys,
@@ -330,7 +330,11 @@ fn write_tables(md: &mut String, tables: &TablesReport) -> anyhow::Result<()> {
     )?;
     writeln!(md, "| embedded engine, one topic | {:.0} keys/s |", tables.ingest_keys_per_s)?;
     writeln!(md, "| routed / embedded | {:.3} |", tables.ratio)?;
-    writeln!(md, "| single puts, 1 client | {:.0} puts/s |", tables.singles_per_s)?;
+    writeln!(
+        md,
+        "| single puts, 1 client | {:.0} puts/s (p50 {} µs, p99 {} µs) |",
+        tables.singles_per_s, tables.singles_p50_us, tables.singles_p99_us
+    )?;
     writeln!(md, "| single puts, {} clients | {:.0} puts/s |", tables.clients, tables.singles_concurrent_per_s)?;
     writeln!(
         md,

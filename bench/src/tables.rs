@@ -177,6 +177,10 @@ pub struct TablesReport {
     pub singles: usize,
     /// Single puts per second from one sequential client.
     pub singles_per_s: f64,
+    /// Median latency of those puts, microseconds.
+    pub singles_p50_us: u64,
+    /// 99th percentile of the same.
+    pub singles_p99_us: u64,
     /// Single puts per second from `clients` concurrent clients.
     pub singles_concurrent_per_s: f64,
     /// Samples of each latency.
@@ -328,6 +332,8 @@ pub fn run_with(
         ratio: batch_keys_per_s / engine.canopy.keys_per_s,
         singles: config.singles,
         singles_per_s: sequential.per_s(),
+        singles_p50_us: sequential.latencies.value_at_quantile(0.5),
+        singles_p99_us: sequential.latencies.value_at_quantile(0.99),
         singles_concurrent_per_s: concurrent.per_s(),
         gets: config.gets,
         get_p50_us: latency(&gets, 0.5),
