@@ -200,12 +200,20 @@ struct TopicSync<P> {
     announced: Vec<Head>,
     /// Whether the due re-announcement was put off once because the heads had changed since.
     deferred: bool,
+    /// When the heads were last announced because blocks carried in a peer's announcement
+    /// changed them.
+    echoed_ms: Option<u64>,
 }
 
 /// How long a re-announcement waits when the heads changed since the last announcement: the
 /// change is most likely a local commit whose own announcement, carrying its blocks, is on its
 /// way, and peers that got the heads first would fetch what the announcement brings them.
 const REANNOUNCE_DEFER_MS: u64 = 50;
+
+/// Least time between two announcements of a topic's heads made because blocks carried in peers'
+/// announcements changed them: a writer waiting for copies of its write learns within this
+/// that this replica holds it, however fast the writes come.
+pub const ECHO_INTERVAL_MS: u64 = 10;
 
 /// The sync state machine of one replica, over all its subscribed topics.
 pub struct Replicator<P> {
@@ -325,6 +333,7 @@ impl<P: Clone + Ord> Replicator<P> {
                 due_ms,
                 quiet: 0,
                 announced: Vec::new(),
+                echoed_ms: None,
                 deferred: false,
             },
         );

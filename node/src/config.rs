@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::causal::Ack;
+
 /// Most bytes of blocks an announcement may carry: with the heads, an announcement stays well
 /// under the gossip message bound (1 MiB).
 pub const INLINE_BYTES_MAX: usize = 512 << 10;
@@ -190,6 +192,19 @@ settings! {
     /// Most operations in one batch request.
     batch_ops_max: usize = 10_000;
         flag "batch-ops-max" set, env "CANOPY_BATCH_OPS_MAX", check between(1, COUNT_MAX);
+    /// Copies a write waits for before it is acknowledged when the request names no `ack`: a
+    /// number, or `all`. On a table they are the partition's owners that hold the write; on a
+    /// topic, this node and the peers whose announced heads include it.
+    write_ack: Ack = Ack::Copies(1);
+        flag "write-ack" set, env "CANOPY_WRITE_ACK";
+    /// Longest a write waits for its acknowledgements, in milliseconds: then it is answered 504,
+    /// saying how many copies hold it and carrying its causal token.
+    ack_timeout_ms: u64 = 5_000;
+        flag "ack-timeout-ms" set, env "CANOPY_ACK_TIMEOUT_MS", check between(1, 600_000);
+    /// Longest a read given a causal token waits for this node's copy to hold the token's
+    /// heads, in milliseconds, before it goes to another copy or is answered 503.
+    causal_wait_ms: u64 = 2_000;
+        flag "causal-wait-ms" set, env "CANOPY_CAUSAL_WAIT_MS", check at_most(60_000);
     /// Largest HTTP request body accepted, in bytes.
     body_bytes_max: usize = 64 << 20;
         flag "body-bytes-max" set, env "CANOPY_BODY_BYTES_MAX";
@@ -295,7 +310,7 @@ macro_rules! shown_as_displayed {
     };
 }
 
-shown_as_displayed!(u64, usize, SocketAddr);
+shown_as_displayed!(u64, usize, SocketAddr, Ack);
 
 impl ShownDefault for bool {
     fn shown(&self) -> Option<String> {

@@ -34,13 +34,15 @@ const LIST_LIMIT_DEFAULT: usize = 1000;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// A write applied but not acknowledged as asked: how many copies hold it, and its token.
+    unacknowledged: Option<(u32, String)>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         // Messages from other crates sometimes end in a period; API errors never do.
         let message: String = message.into();
-        ApiError { status, message: message.trim_end_matches('.').to_string() }
+        ApiError { status, message: message.trim_end_matches('.').to_string(), unacknowledged: None }
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
@@ -54,7 +56,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.message })).into_response()
+        let (acknowledged, causal_token) = match self.unacknowledged {
+            Some((acknowledged, token)) => (Some(acknowledged), Some(token)),
+            None => (None, None),
+        };
+        (self.status, Json(ErrorBody { acknowledged, causal_token, error: self.message })).into_response()
     }
 }
 
@@ -142,6 +148,8 @@ pub fn router(node: Node) -> Router {
         .route("/v1/tables/{table}", get(tables::show_table))
         .route("/v1/tables/{table}/kv", get(tables::list_keys))
         .route("/v1/tables/{table}/kv/{*key}", put(tables::put_key).get(tables::get_key).delete(tables::delete_key))
+        .route("/v1/tables/{table}/batch", post(tables::batch))
+        .route("/v1/tables/{table}/holds", get(tables::holds))
         .route("/v1/status", get(status))
         .route("/v1/admin/status", get(admin::admin_status))
         .route("/v1/admin/topics", get(admin::admin_topics))

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod car;
+pub mod causal;
 mod config;
 mod files;
 pub mod http;
@@ -24,5 +25,5 @@ pub mod wire;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig, Overrides};
-pub use node::{HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};
+pub use node::{AckWait, HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};
 pub use tables::{Member, Table, TableDef, TableError};

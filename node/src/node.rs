@@ -16,11 +16,13 @@ use crossbeam_channel::{Sender, bounded};
 use crate::config::{ConfigError, NodeConfig};
 use crate::files::write_subscriptions;
 
+mod acks;
 mod counters;
 mod replicator;
 mod start;
 mod topic;
 
+pub use acks::AckWait;
 pub(crate) use counters::Counters;
 use replicator::SyncEvent;
 pub(crate) use start::admitted;
@@ -85,13 +87,16 @@ pub(crate) struct NodeInner {
     on_shutdown: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
     /// The API tokens and member proofs.
     pub guard: crate::auth::Guard,
+    /// Topic writes waiting for peers' copies.
+    peer_acks: Arc<acks::PeerAcks>,
 }
 
 /// What the node heard from its peers, told to the parts that follow it.
 #[derive(Clone, Copy)]
 pub(crate) enum Heard<'a> {
-    /// A peer announced `heads` of `topic`: itself when `first_hand`, else relayed by `from`.
-    Heads { topic: &'a str, from: PeerId, first_hand: bool, heads: &'a [Cid] },
+    /// A peer announced `heads` of `topic`: itself when `first_hand`, else relayed by `from`;
+    /// `signer` signed the announcement, however it came.
+    Heads { topic: &'a str, from: PeerId, first_hand: bool, signer: Option<PeerId>, heads: &'a [Cid] },
     /// The node's last connection with a peer closed.
     Disconnected(PeerId),
     /// The node stopped replicating a topic: what was heard of it is stale.

@@ -40,7 +40,7 @@ pub(crate) mod route;
 pub(crate) use placement::{HANDOFF_WINDOW_LIFETIMES, before_recent_joins, placed_on};
 pub use placement::{PartitionTopic, owners, partition_of, partition_topic};
 
-pub use route::{Listing, Table, TableEntry, Written};
+pub use route::{Acked, Listing, Read, Table, TableEntry, Written};
 
 /// The topic listing the cluster's live members.
 pub const MEMBERS_TOPIC: &str = "keyed/_canopy:members";
@@ -155,6 +155,23 @@ pub enum TableError {
         /// What was tried.
         reason: String,
     },
+    /// A write was applied but fewer copies than asked held it in time.
+    #[error(
+        "the write to partition {partition} of table {table} was applied, but {acknowledged} of the {asked} copies \
+         asked for held it in time: read it back with causal={causal_token} rather than write it again"
+    )]
+    NotAcknowledged {
+        /// The table.
+        table: String,
+        /// The partition.
+        partition: u32,
+        /// The copies that held it.
+        acknowledged: u32,
+        /// The copies asked for.
+        asked: u32,
+        /// The write's causal token.
+        causal_token: String,
+    },
     /// A holder refused the request (bad key or value, too large, ...).
     #[error("{message}")]
     Refused {
@@ -169,6 +186,24 @@ pub enum TableError {
     /// A local subscription failed.
     #[error(transparent)]
     Node(#[from] NodeError),
+}
+
+impl TableError {
+    /// The HTTP status the API answers this failure with.
+    pub fn status(&self) -> u16 {
+        match self {
+            TableError::NotEnabled => 501,
+            TableError::Invalid(_) => 400,
+            TableError::Conflict(_) => 409,
+            TableError::NoSuchTable(_) => 404,
+            TableError::Unavailable { .. } => 503,
+            TableError::NotAcknowledged { .. } => 504,
+            TableError::Refused { status, .. } => *status,
+            TableError::Read(_) => 500,
+            TableError::Node(NodeError::Topic(canopy_crdt::TopicError::InvalidName { .. })) => 400,
+            TableError::Node(_) => 503,
+        }
+    }
 }
 
 impl From<canopy_crdt::WriteError> for TableError {
@@ -236,7 +271,7 @@ impl Tables {
     fn hear(&self, heard: Heard<'_>) {
         let mut announced = self.announced.lock().expect("announced lock");
         match heard {
-            Heard::Heads { topic, from, first_hand, heads } => {
+            Heard::Heads { topic, from, first_hand, heads, .. } => {
                 let entry = announced.entry(topic.to_string()).or_default();
                 // Only what a peer says of itself, over a live connection, is evidence of what it
                 // holds: a relayed announcement may be old.

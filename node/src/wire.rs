@@ -66,11 +66,24 @@ text_id! {
 /// The body of every error reply, with a 4xx or 5xx status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// On a write that was applied but not acknowledged by as many copies as asked (504): how
+    /// many hold it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<u32>,
+    /// On a write that was applied but not acknowledged as asked (504): its causal token, to
+    /// check with a causal read rather than retry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causal_token: Option<String>,
     /// What failed and what to do, without a trailing period.
     pub error: String,
 }
 
 impl ErrorBody {
+    /// The body of a refusal saying `error`.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody { acknowledged: None, causal_token: None, error: error.into() }
+    }
+
     /// The message of an error reply's body; `None` when the body is not an [`ErrorBody`] (a
     /// proxy's page, a cut-off body). Every client reads refusals through this.
     pub fn message_in(body: &[u8]) -> Option<String> {
@@ -251,6 +264,10 @@ impl WritersChange {
 /// `PUT /v1/topics/{t}/kv/{key}`: the block the put made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
+    /// The copies holding the write when it was acknowledged (this node's among them).
+    pub acknowledged: u32,
+    /// The heads that include the write: pass it as `causal` to read it back anywhere.
+    pub causal_token: String,
     /// The block's CID.
     pub cid: WireCid,
     /// When the value expires (ms since the Unix epoch), when it was given a `ttl`.
@@ -263,6 +280,10 @@ pub struct Put {
 /// `POST /v1/topics/{t}/batch`: the block the batch made, both `None` when it changed nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batched {
+    /// The copies holding the batch when it was acknowledged (this node's among them).
+    pub acknowledged: u32,
+    /// The heads that include the batch (the topic's heads when it changed nothing).
+    pub causal_token: String,
     /// The block's CID.
     pub cid: Option<String>,
     /// The block's height.
@@ -284,12 +305,45 @@ pub struct Batch {
     pub ops: Vec<BatchOp>,
 }
 
+impl Batch {
+    /// The request body of `batch`: keys and values in base64, lifetimes as expiry times.
+    pub fn of(batch: &canopy_crdt::Batch) -> Batch {
+        let key = |key: &[u8]| Some(BASE64.encode(key));
+        let ops = batch
+            .ops()
+            .iter()
+            .map(|op| match op {
+                canopy_crdt::Op::Put(k, value) => BatchOp::Put {
+                    expires_ms: None,
+                    key: None,
+                    key_base64: key(k),
+                    ttl: None,
+                    value: BASE64.encode(value),
+                },
+                canopy_crdt::Op::PutUntil(k, value, expires_ms) => BatchOp::Put {
+                    expires_ms: Some(*expires_ms),
+                    key: None,
+                    key_base64: key(k),
+                    ttl: None,
+                    value: BASE64.encode(value),
+                },
+                canopy_crdt::Op::Delete(k) => BatchOp::Delete { key: None, key_base64: key(k) },
+                canopy_crdt::Op::Add(k, add) => BatchOp::Add { add: *add, key: None, key_base64: key(k) },
+            })
+            .collect();
+        Batch { ops }
+    }
+}
+
 /// One batch operation. The key is text (`key`) or any bytes in base64 (`key_base64`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BatchOp {
     /// Set the key to `value` (base64).
     Put {
+        /// When the value expires, in milliseconds since the Unix epoch (instead of `ttl`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_ms: Option<u64>,
         /// The key as text.
         key: Option<String>,
         /// The key's bytes in base64.
@@ -328,6 +382,10 @@ pub struct Increment {
 /// `POST /v1/topics/{t}/counters/{key}`: the block the increment made and the counter's sum.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Incremented {
+    /// The copies holding the increment when it was acknowledged (this node's among them).
+    pub acknowledged: u32,
+    /// The heads that include the increment.
+    pub causal_token: String,
     /// The block's CID.
     pub cid: String,
     /// The block's height.
@@ -384,12 +442,66 @@ impl From<canopy_crdt::Version> for KeyVersion {
 /// A page of a listing (`GET /v1/topics/{t}/kv`, `GET /v1/tables/{t}/kv`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
+    /// The heads the listing read at, to pass as `causal` to the next read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causal_token: Option<String>,
     /// The entries, in key order.
     pub entries: Vec<Entry>,
+    /// A table's partitions no copy of which answered: the listing holds none of their keys
+    /// (status 206).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedPartition>,
     /// The key to list after for the next page as text (`None` when not UTF-8 or last page).
     pub next: Option<String>,
     /// The same key's bytes in base64; `None` on the last page.
     pub next_base64: Option<String>,
+}
+
+/// A partition of a table that a listing or a batch could not reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedPartition {
+    /// What went wrong.
+    pub error: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+/// `POST /v1/tables/{t}/batch`: each partition's outcome, in partition order (status 200 when
+/// every partition applied its operations, 207 when some did not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableBatched {
+    /// One outcome per partition the batch wrote to.
+    pub partitions: Vec<PartitionBatched>,
+}
+
+/// One partition's part of a table batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionBatched {
+    /// The owners holding it when acknowledged (also on a 504, where fewer than asked do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<u32>,
+    /// The heads that include it, when it was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causal_token: Option<String>,
+    /// The block it made, when it was applied and changed something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<WireCid>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The operations of the batch that fell in this partition.
+    pub ops: usize,
+    /// The partition.
+    pub partition: u32,
+    /// The HTTP status this partition's part would have had alone.
+    pub status: u16,
+}
+
+/// `GET /v1/tables/{t}/holds`: whether this node's copies hold every head a causal token names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holds {
+    /// They do.
+    pub holds: bool,
 }
 
 impl Page {
@@ -400,7 +512,7 @@ impl Page {
             Some(next) => (key_text(&next), Some(BASE64.encode(&next))),
             None => (None, None),
         };
-        Page { entries, next, next_base64 }
+        Page { causal_token: None, entries, failed: Vec::new(), next, next_base64 }
     }
 
     /// The bytes of the key to list after for the next page.
@@ -566,6 +678,10 @@ impl CounterChange {
 /// A table write: `PUT` and `DELETE /v1/tables/{t}/kv/{key}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
+    /// The partition's owners holding the write when it was acknowledged.
+    pub acknowledged: u32,
+    /// The heads that include the write: pass it as `causal` to read it back through any member.
+    pub causal_token: String,
     /// The block the write made.
     pub cid: WireCid,
     /// Its height.
@@ -719,7 +835,7 @@ mod tests {
 
     #[test]
     fn error_bodies_are_read_in_one_place() {
-        let body = serde_json::to_vec(&ErrorBody { error: "no such key".into() }).unwrap();
+        let body = serde_json::to_vec(&ErrorBody::new("no such key")).unwrap();
         assert_eq!(body, br#"{"error":"no such key"}"#);
         assert_eq!(ErrorBody::message_in(&body).as_deref(), Some("no such key"));
         assert_eq!(ErrorBody::message_in(b"<html>bad gateway</html>"), None);

@@ -129,6 +129,8 @@ pub enum TransportEvent {
         /// The signer sent the message itself over a live connection (it was not relayed):
         /// first-hand evidence of what the signer holds.
         first_hand: bool,
+        /// The peer that signed the message, however it came: what it says is that peer's.
+        signer: Option<PeerId>,
         /// The message.
         bytes: Vec<u8>,
     },

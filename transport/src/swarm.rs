@@ -405,7 +405,16 @@ fn handle_event(
                 _ => propagation_source,
             };
             let first_hand = message.source == Some(propagation_source);
-            if events.try_send(TransportEvent::Gossip { topic, from, first_hand, bytes: message.data }).is_err() {
+            if events
+                .try_send(TransportEvent::Gossip {
+                    topic,
+                    from,
+                    first_hand,
+                    signer: message.source,
+                    bytes: message.data,
+                })
+                .is_err()
+            {
                 tracing::debug!("event queue full; dropping an announcement");
             }
         }

@@ -142,10 +142,10 @@ impl<P: Clone + Ord> Replicator<P> {
         heads: Vec<Head>,
         blocks: Vec<WireBlock>,
     ) -> Result<Vec<Effect<P>>, SyncError> {
-        let (want_max, fetches_max) = (self.config.want_max, self.config.fetches_per_topic_max);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
         };
+        let mut echo = Vec::new();
         if !blocks.is_empty() {
             // Blocks that came with the announcement are taken like fetched ones: validated, then
             // applied once their parents are. Whatever they leave unknown is fetched below. An
@@ -160,12 +160,34 @@ impl<P: Clone + Ord> Replicator<P> {
                 return Ok(vec![Effect::Penalize { peer: from, reason }]);
             }
             if outcome.heads_changed {
-                // The announcement reaches the other peers through gossip; this replica's own
-                // heads go out at the next (now short) re-announcement.
-                self.reschedule(topic, true);
+                // The announcement reaches the other peers through gossip. This replica's own
+                // heads go out now, so that a writer waiting for copies of its write learns
+                // that this one holds it, at most once per `ECHO_INTERVAL_MS`; between two,
+                // at the next (now short) re-announcement.
+                if sync.echoed_ms.is_none_or(|at| now_ms >= at + super::ECHO_INTERVAL_MS) {
+                    sync.echoed_ms = Some(now_ms);
+                    echo = self.announce(topic);
+                } else {
+                    self.reschedule(topic, true);
+                }
             }
         }
-        let sync = self.topics.get_mut(topic).expect("checked above");
+        let mut effects = self.heads_heard(now_ms, from, topic, heads)?;
+        effects.splice(0..0, echo);
+        Ok(effects)
+    }
+
+    /// What an announcement of `heads` by `from` makes this replica do: fetch the heads it
+    /// lacks, or tell the peer its own heads soon when the peer lacks some.
+    fn heads_heard(
+        &mut self,
+        now_ms: u64,
+        from: P,
+        topic: &str,
+        heads: Vec<Head>,
+    ) -> Result<Vec<Effect<P>>, SyncError> {
+        let (want_max, fetches_max) = (self.config.want_max, self.config.fetches_per_topic_max);
+        let sync = self.topics.get_mut(topic).expect("checked by the caller");
         let unknown = sync.topic.unknown(heads.iter().map(|h| h.cid).collect(), want_max)?;
         if unknown.is_empty() {
             // The peer is behind or equal. If it lacks some of our heads, tell it soon (once per

@@ -84,7 +84,7 @@ pub fn need(method: &Method, path: &str, metrics_open: bool) -> Need {
         ["v1", "tables"] => role(Role::Admin, Scope::Node),
         ["v1", "tables", table, rest @ ..] => {
             let least = if reads { Role::Read } else { Role::Write };
-            Need::Role { role: least, scope: name(table), member: matches!(rest, ["kv", ..]) }
+            Need::Role { role: least, scope: name(table), member: matches!(rest, ["kv", ..] | ["batch"] | ["holds"]) }
         }
         ["v1", "admin", "topics", topic, "import"] if is_cluster_topic(topic) => Need::ClusterTopic(topic.to_string()),
         ["v1", "admin", ..] => role(Role::Admin, Scope::Node),

@@ -7,29 +7,26 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use std::collections::HashMap;
+
 use super::{ApiError, ApiResult, ListQuery, blocking, parse_query};
 use crate::Node;
-use crate::tables::route::local_written;
+use crate::causal::{CAUSAL_HEADER, CausalToken, Scope, wait_holds};
+use crate::tables::route::{CAUSAL_HOP_WAIT, Read, batch_outcome};
 use crate::tables::{
-    FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableDef, TableError, Written, partition_topic,
+    FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableDef, TableError, Written, partition_of,
+    partition_topic,
 };
 use crate::wire::{self, Page};
 
 impl From<TableError> for ApiError {
     fn from(error: TableError) -> ApiError {
-        let status = match &error {
-            TableError::NotEnabled => StatusCode::NOT_IMPLEMENTED,
-            TableError::Invalid(_) => StatusCode::BAD_REQUEST,
-            TableError::Conflict(_) => StatusCode::CONFLICT,
-            TableError::NoSuchTable(_) => StatusCode::NOT_FOUND,
-            TableError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            TableError::Refused { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-            TableError::Read(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            TableError::Node(error) => return ApiError::from_node(error),
-        };
-        ApiError::new(status, error.to_string())
+        let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut refusal = ApiError::new(status, error.to_string());
+        if let TableError::NotAcknowledged { acknowledged, causal_token, .. } = error {
+            refusal.unacknowledged = Some((acknowledged, causal_token));
+        }
+        refusal
     }
 }
 
@@ -117,11 +114,31 @@ fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED_HEADER)
 }
 
+/// The table `headers` and `query` address: routed by this node's own placement when another
+/// member handed the request over, writing at the query's `ack` level and reading at its
+/// `causal` token.
+async fn requested_table(
+    node: Node,
+    name: String,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> ApiResult<Table> {
+    let mut table = routed_table(node, name, headers).await?;
+    if let Some(text) = query.get("ack") {
+        table = table.with_ack(text.parse().map_err(ApiError::bad_request)?)?;
+    }
+    if let Some(text) = query.get("causal") {
+        table = table.after(text.parse::<CausalToken>().map_err(ApiError::bad_request)?);
+    }
+    Ok(table)
+}
+
 /// The partition topic a forwarded request is served from, or a 421 when this node has no copy
-/// of it (and it is not placed here), or a copy still catching up, while the sender has other
-/// holders to try: the sender then tries the partition's next holder. As the sender's last
-/// resort the node serves whatever it placed (taking the partition on if need be), once its
-/// copy caught up or after a bounded wait.
+/// of it (and it is not placed here), or a copy still catching up or not yet holding the
+/// request's causal token, while the sender has other holders to try: the sender then tries
+/// the partition's next holder. As the sender's last resort the node serves whatever it placed
+/// (taking the partition on if need be), once its copy caught up or after a bounded wait, and
+/// answers 503 when its copy does not hold the causal token by then.
 async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap) -> ApiResult<crate::NodeTopic> {
     let last = headers.get(FORWARDED_HEADER).is_some_and(|value| value == FORWARDED_LAST);
     let (copy, name) = (table.clone(), table.def().name.clone());
@@ -136,40 +153,73 @@ async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap)
     if last {
         table.wait_caught_up(&topic).await;
     }
+    let wanted = table.wanted(partition);
+    let wait = if last { table.causal_wait() } else { CAUSAL_HOP_WAIT };
+    if !wanted.is_empty() && !wait_holds(topic.crdt(), &wanted, wait).await {
+        let status = if last { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::MISDIRECTED_REQUEST };
+        return Err(ApiError::new(
+            status,
+            format!(
+                "this node's copy of partition {partition} of table {name} does not hold the causal token's heads yet"
+            ),
+        ));
+    }
     Ok(topic)
+}
+
+/// `reply` carrying `token` in its causal-token header.
+fn with_token(token: &CausalToken, reply: impl IntoResponse) -> Response {
+    let mut response = reply.into_response();
+    if let Ok(value) = header::HeaderValue::from_str(&token.to_string()) {
+        response.headers_mut().insert(CAUSAL_HEADER, value);
+    }
+    response
 }
 
 pub(super) async fn put_key(
     State(node): State<Node>,
     headers: HeaderMap,
     path: KeyPath,
+    RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
-    let table = routed_table(node, name, &headers).await?;
-    let me = table.me();
+    let query = parse_query(query.as_deref())?;
+    let table = requested_table(node, name, &headers, &query).await?;
     if !forwarded(&headers) {
         return Ok(Json(table.put(&key, body.to_vec()).await?));
     }
     let partition = table.partition_of(&key);
     let topic = held_or_misdirected(&table, partition, &headers).await?;
-    let commit = blocking(move || Ok(topic.put(key.into_bytes(), body.to_vec())?)).await?;
-    Ok(Json(local_written(partition, me, commit)))
+    let copy = topic.clone();
+    let commit = blocking(move || Ok(copy.put(key.into_bytes(), body.to_vec())?)).await?;
+    Ok(Json(table.written_here(partition, &topic, commit).await?))
 }
 
-pub(super) async fn get_key(State(node): State<Node>, headers: HeaderMap, path: KeyPath) -> ApiResult<Response> {
+pub(super) async fn get_key(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: KeyPath,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
     let Path((name, key)) = path?;
-    let table = routed_table(node, name, &headers).await?;
-    let value = if forwarded(&headers) {
-        let topic = held_or_misdirected(&table, table.partition_of(&key), &headers).await?;
-        let bytes = key.clone().into_bytes();
-        blocking(move || Ok(topic.get(&bytes)?)).await?
+    let query = parse_query(query.as_deref())?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    let read = if forwarded(&headers) {
+        let partition = table.partition_of(&key);
+        let topic = held_or_misdirected(&table, partition, &headers).await?;
+        let (bytes, copy) = (key.clone().into_bytes(), topic.clone());
+        let value = blocking(move || Ok(copy.get(&bytes)?)).await?;
+        Read { value, token: table.read_at(partition, &topic) }
     } else {
-        table.get(&key).await?
+        table.read(&key).await?
     };
-    match value {
-        Some(value) => Ok(([(header::CONTENT_TYPE, "application/octet-stream")], value).into_response()),
-        None => Err(ApiError::not_found(format!("key {key:?} not found in table {}", table.def().name))),
+    match read.value {
+        Some(value) => Ok(with_token(&read.token, ([(header::CONTENT_TYPE, "application/octet-stream")], value))),
+        None => Ok(with_token(
+            &read.token,
+            ApiError::not_found(format!("key {key:?} not found in table {}", table.def().name)),
+        )),
     }
 }
 
@@ -177,16 +227,19 @@ pub(super) async fn delete_key(
     State(node): State<Node>,
     headers: HeaderMap,
     path: KeyPath,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Written>> {
     let Path((name, key)) = path?;
-    let table = routed_table(node, name, &headers).await?;
-    let me = table.me();
+    let query = parse_query(query.as_deref())?;
+    let table = requested_table(node, name, &headers, &query).await?;
     let written = if forwarded(&headers) {
         let partition = table.partition_of(&key);
         let topic = held_or_misdirected(&table, partition, &headers).await?;
-        let bytes = key.clone().into_bytes();
-        let commit = blocking(move || Ok(topic.delete(bytes)?)).await?;
-        commit.map(|commit| local_written(partition, me, commit))
+        let (bytes, copy) = (key.clone().into_bytes(), topic.clone());
+        match blocking(move || Ok(copy.delete(bytes)?)).await? {
+            Some(commit) => Some(table.written_here(partition, &topic, commit).await?),
+            None => None,
+        }
     } else {
         table.delete(&key).await?
     };
@@ -196,41 +249,129 @@ pub(super) async fn delete_key(
     }
 }
 
-pub(super) async fn list_keys(
+/// `POST /v1/tables/{t}/batch`: the operations split by partition and written on each
+/// partition's owners; 200 when every partition applied its part, 207 when some did not. A
+/// member forwarding one partition's part names it (`partition`) and gets that part's outcome.
+pub(super) async fn batch(
     State(node): State<Node>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<Page>> {
+    body: Bytes,
+) -> ApiResult<Response> {
     let Path(name) = path?;
     let query = parse_query(query.as_deref())?;
-    let ListQuery { prefix, after, limit } = ListQuery::parse(&query)?;
-    let partition = match query.get("partition") {
-        None => None,
-        Some(text) => Some(
-            text.parse::<u32>()
-                .map_err(|_| ApiError::bad_request(format!("partition must be a partition number, not {text:?}")))?,
-        ),
+    let batch = super::kv::parse_batch(&node, &body)?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    if !forwarded(&headers) {
+        let partitions = table.batch(batch).await;
+        let status = if partitions.iter().all(|outcome| outcome.status == StatusCode::OK.as_u16()) {
+            StatusCode::OK
+        } else {
+            StatusCode::MULTI_STATUS
+        };
+        return Ok((status, Json(wire::TableBatched { partitions })).into_response());
+    }
+    let partition = partition_param(&table, &query)?
+        .ok_or_else(|| ApiError::bad_request("a forwarded batch names its partition"))?;
+    if batch.ops().iter().any(|op| partition_of(op.key(), table.def().partitions) != partition) {
+        return Err(ApiError::bad_request(format!("a forwarded batch for partition {partition} has keys of another")));
+    }
+    let topic = held_or_misdirected(&table, partition, &headers).await?;
+    let (ops, copy) = (batch.len(), topic.clone());
+    let applied = tokio::task::spawn_blocking(move || copy.batch(batch))
+        .await
+        .map_err(|_| TableError::Node(crate::NodeError::Closed))
+        .and_then(|applied| applied.map_err(TableError::from));
+    let acked = match applied {
+        Ok(commit) => table.acknowledge(partition, &topic, commit).await,
+        Err(error) => Err(error),
     };
-    let table = routed_table(node, name, &headers).await?;
-    if let Some(partition) = partition
-        && partition >= table.def().partitions
-    {
+    let outcome = batch_outcome(partition, ops, acked);
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok((status, Json(outcome)).into_response())
+}
+
+/// Longest a member may ask this node to wait for a causal token's heads, in milliseconds.
+const HOLDS_WAIT_MAX_MS: u64 = 60_000;
+
+/// `GET /v1/tables/{t}/holds?causal=<token>&wait_ms=<ms>`: whether this node's copies hold every
+/// partition's heads the token names, waiting at most `wait_ms` for them (a member asks this
+/// of the other owners to acknowledge a write).
+pub(super) async fn holds(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<wire::Holds>> {
+    let Path(name) = path?;
+    let query = parse_query(query.as_deref())?;
+    let token: CausalToken = query
+        .get("causal")
+        .ok_or_else(|| ApiError::bad_request("give the causal token to check: causal=<token>"))?
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let wait_ms = match query.get("wait_ms") {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("wait_ms must be milliseconds, not {text:?}")))?
+            .min(HOLDS_WAIT_MAX_MS),
+    };
+    let table = open_table(node, name).await?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    for scope in token.scopes() {
+        let Scope::Partition(partition) = scope else { continue };
+        let Some(topic) = table.held(partition) else { return Ok(Json(wire::Holds { holds: false })) };
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !wait_holds(topic.crdt(), &token.heads(scope), wait).await {
+            return Ok(Json(wire::Holds { holds: false }));
+        }
+    }
+    Ok(Json(wire::Holds { holds: true }))
+}
+
+/// The `partition` a query names, checked against the table's.
+fn partition_param(table: &Table, query: &HashMap<String, String>) -> ApiResult<Option<u32>> {
+    let Some(text) = query.get("partition") else { return Ok(None) };
+    let partition = text
+        .parse::<u32>()
+        .map_err(|_| ApiError::bad_request(format!("partition must be a partition number, not {text:?}")))?;
+    if partition >= table.def().partitions {
         return Err(ApiError::bad_request(format!(
             "table {} has partitions 0 to {}",
             table.def().name,
             table.def().partitions - 1
         )));
     }
+    Ok(Some(partition))
+}
+
+pub(super) async fn list_keys(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let Path(name) = path?;
+    let query = parse_query(query.as_deref())?;
+    let ListQuery { prefix, after, limit } = ListQuery::parse(&query)?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    let partition = partition_param(&table, &query)?;
     let listing = match (forwarded(&headers), partition) {
         (true, None) => return Err(ApiError::bad_request("a forwarded listing names its partition")),
         (true, Some(partition)) => {
             let topic = held_or_misdirected(&table, partition, &headers).await?;
-            let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
-            return Ok(Json(Page::new(page.entries.into_iter(), page.next)));
+            let copy = topic.clone();
+            let page = blocking(move || Ok(copy.query(&prefix, after.as_deref(), limit)?)).await?;
+            let token = table.read_at(partition, &topic);
+            let page = Page::new(page.entries.into_iter(), page.next);
+            return Ok(with_token(&token, Json(Page { causal_token: Some(token.to_string()), ..page })));
         }
         (false, Some(partition)) => table.list_partition(partition, &prefix, after.as_deref(), limit).await?,
         (false, None) => table.list(&prefix, after.as_deref(), limit).await?,
     };
-    Ok(Json(Page::new(listing.entries.into_iter().map(|entry| (entry.key, entry.value)), listing.next)))
+    let status = if listing.failed.is_empty() { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
+    let page = Page::new(listing.entries.into_iter().map(|entry| (entry.key, entry.value)), listing.next);
+    let page = Page { causal_token: Some(listing.token.to_string()), failed: listing.failed, ..page };
+    Ok(with_token(&listing.token, (status, Json(page))))
 }

@@ -75,6 +75,14 @@ counters! {
     parts_rejected: "snapshot_parts_rejected", "Snapshot parts refused: bad hash, bad content, or a snapshot that does not merge",
         from parts_rejected;
     events_dropped: "sync_events_dropped", "Sync events dropped because the queue was full";
+    /// Writes acknowledged with more than one copy asked for.
+    acks_met: "writes_acknowledged", "Writes that asked for more than one copy and were acknowledged by as many";
+    /// Writes answered 504: applied, but fewer copies than asked held them in time.
+    acks_missed: "writes_unacknowledged",
+        "Writes answered 504: applied, but fewer copies than asked held them within ack_timeout_ms";
+    /// Reads given a causal token whose copy did not hold it in time.
+    causal_missed: "causal_reads_unserved",
+        "Reads given a causal token that no copy holding the token's heads served in time";
 }
 
 /// Where replication spends its time, stage by stage, as histograms in seconds. Clones share

@@ -32,10 +32,12 @@ pub(super) enum SyncEvent {
         cid: Option<Cid>,
         at: Instant,
     },
-    /// A peer's message; `first_hand` when its sender sent it itself (not relayed).
+    /// A peer's message; `first_hand` when its sender sent it itself (not relayed), signed by
+    /// `signer` when known.
     Message {
         from: PeerId,
         first_hand: bool,
+        signer: Option<PeerId>,
         bytes: Vec<u8>,
         at: Instant,
     },
@@ -93,7 +95,7 @@ pub(super) fn run_sync(
                     cids.extend(cid);
                     times.push(at);
                 }
-                SyncEvent::Message { from, first_hand, bytes, at } => {
+                SyncEvent::Message { from, first_hand, signer, bytes, at } => {
                     let started = Instant::now();
                     if let Some(stages) = &stages {
                         stages.queue_wait.observe(started.duration_since(at).as_secs_f64());
@@ -112,7 +114,7 @@ pub(super) fn run_sync(
                         && inner.has_listeners()
                     {
                         let cids: Vec<Cid> = heads.iter().map(|head| head.cid).collect();
-                        inner.tell(Heard::Heads { topic, from, first_hand, heads: &cids });
+                        inner.tell(Heard::Heads { topic, from, first_hand, signer, heads: &cids });
                     }
                     // The histogram of this kind of message, known before the message is
                     // handed over.
@@ -187,12 +189,12 @@ fn dispatch(transport: &TransportHandle, effects: Vec<Effect<PeerId>>, in_flight
 pub(super) async fn forward_events(mut events: tokio::sync::mpsc::Receiver<TransportEvent>, inner: Arc<NodeInner>) {
     while let Some(event) = events.recv().await {
         let event = match event {
-            TransportEvent::Gossip { from, first_hand, bytes, .. } => {
-                SyncEvent::Message { from, first_hand, bytes, at: Instant::now() }
+            TransportEvent::Gossip { from, first_hand, signer, bytes, .. } => {
+                SyncEvent::Message { from, first_hand, signer, bytes, at: Instant::now() }
             }
             // An answer comes from the peer asked, over its own connection.
             TransportEvent::Response { from, bytes, .. } => {
-                SyncEvent::Message { from, first_hand: true, bytes, at: Instant::now() }
+                SyncEvent::Message { from, first_hand: true, signer: Some(from), bytes, at: Instant::now() }
             }
             TransportEvent::PeerDisconnected { peer } => {
                 inner.tell(Heard::Disconnected(peer));

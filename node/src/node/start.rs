@@ -68,6 +68,7 @@ impl Node {
             canopy_transport::start(transport_config, server, validator).await?;
 
         let (sync_events, sync_rx) = bounded(SYNC_QUEUE_DEPTH);
+        let peer_acks = Arc::new(super::acks::PeerAcks::default());
         let inner = Arc::new(NodeInner {
             config: config.clone(),
             store: store.clone(),
@@ -79,7 +80,8 @@ impl Node {
             actor: Mutex::new(None),
             transport_task: Mutex::new(None),
             parts: Mutex::new(Vec::new()),
-            listeners: std::sync::RwLock::new(Vec::new()),
+            listeners: std::sync::RwLock::new(vec![peer_acks.listener()]),
+            peer_acks,
             on_shutdown: Mutex::new(Vec::new()),
             guard,
         });

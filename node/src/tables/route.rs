@@ -13,9 +13,10 @@ use super::{
     partition_topic,
 };
 use crate::auth::{MEMBER_PROOF_HEADER, ProvenRequest};
+use crate::causal::{Ack, CAUSAL_HEADER, CausalToken, Scope, wait_holds};
 use crate::node::NodeTopic;
-use crate::wire::{ErrorBody, Page, WireCid, WirePeerId};
-use crate::{Commit, Node};
+use crate::wire::{self, ErrorBody, FailedPartition, Page, PartitionBatched, WireCid, WirePeerId};
+use crate::{Batch, Commit, Node};
 
 /// A write applied to a table: the reply a holder sends, so its type is the API's.
 pub use crate::wire::Written;
@@ -29,6 +30,30 @@ pub struct Table {
     /// Routes by this node's own placement even just after it joined (a request another
     /// member handed over): a request is handed over at most once.
     direct: bool,
+    /// The copies a write waits for; `None`: the node's `write_ack`, at most the replicas.
+    ack: Option<Ack>,
+    /// What a read's copy must hold: the causal token the caller read or wrote at.
+    after: CausalToken,
+}
+
+/// A value read from a table, with the causal token it was read at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Read {
+    /// The key's value, `None` when it has none.
+    pub value: Option<Vec<u8>>,
+    /// The token to pass to the next read ([`Table::after`]) so it sees at least this.
+    pub token: CausalToken,
+}
+
+/// What a write to one partition left: the copies holding it and its causal token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The block it made, `None` when it changed nothing.
+    pub commit: Option<Commit>,
+    /// The partition's owners holding it.
+    pub acknowledged: u32,
+    /// The heads that include it.
+    pub token: CausalToken,
 }
 
 /// One entry of a table listing.
@@ -47,6 +72,10 @@ pub struct Listing {
     pub entries: Vec<TableEntry>,
     /// The key to pass as `after` for the next page, when more entries remain.
     pub next: Option<Vec<u8>>,
+    /// Partitions no copy of which answered: none of their keys are in the page.
+    pub failed: Vec<FailedPartition>,
+    /// The causal token the page was read at.
+    pub token: CausalToken,
 }
 
 /// Most partitions a listing asks at once.
@@ -54,6 +83,11 @@ const LIST_FANOUT_MAX: usize = 16;
 
 /// Longest a request waits for a copy still catching up when no other copy is left to ask.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest a copy that is not a read's last resort waits to hold the read's causal token before
+/// the read moves to the next copy.
+pub(crate) const CAUSAL_HOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+/// Most partitions of one batch written at once.
+const BATCH_FANOUT_MAX: usize = 16;
 
 /// One copy of a partition a request may be served from.
 enum Hop {
@@ -75,7 +109,54 @@ enum Served {
 
 impl Table {
     pub(super) fn new(node: Node, def: TableDef) -> Table {
-        Table { node, def, direct: false }
+        Table { node, def, direct: false, ack: None, after: CausalToken::default() }
+    }
+
+    /// This table, its writes waiting for `ack` copies: a 400 ([`TableError::Invalid`]) when
+    /// that is more than the table's replicas.
+    pub fn with_ack(self, ack: Ack) -> Result<Table, TableError> {
+        if let Ack::Copies(copies) = ack
+            && copies > self.def.replicas
+        {
+            return Err(TableError::Invalid(format!(
+                "ack {copies} is more than the {} replicas of table {}",
+                self.def.replicas, self.def.name
+            )));
+        }
+        Ok(Table { ack: Some(ack), ..self })
+    }
+
+    /// This table, its reads served only by copies that hold what `token` names (a write's or
+    /// an earlier read's token): read-your-writes and monotonic reads through any member.
+    pub fn after(self, token: CausalToken) -> Table {
+        Table { after: token, ..self }
+    }
+
+    /// The copies a write waits for.
+    fn ack(&self) -> Ack {
+        self.ack.unwrap_or(match self.node.inner().config.write_ack {
+            Ack::Copies(copies) => Ack::Copies(copies.min(self.def.replicas)),
+            Ack::All => Ack::All,
+        })
+    }
+
+    /// The heads a read of `partition` waits for.
+    pub(crate) fn wanted(&self, partition: u32) -> Vec<canopy_crdt::Cid> {
+        self.after.heads(Scope::Partition(partition))
+    }
+
+    /// The query a read of `partition` carries to a holder: what the read waits for.
+    fn query(&self, partition: u32) -> Vec<(&'static str, String)> {
+        let wanted = self.wanted(partition);
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        vec![("causal", CausalToken::of(Scope::Partition(partition), wanted).to_string())]
+    }
+
+    /// The query a write carries to a holder: its ack level.
+    fn write_query(&self) -> Vec<(&'static str, String)> {
+        vec![("ack", self.ack().to_string())]
     }
 
     /// This table, routing by this node's own placement even while it has just joined: for a
@@ -105,15 +186,19 @@ impl Table {
         self.node.topic(&partition_topic(&self.def.name, partition))
     }
 
-    /// Sets `key` to `value` on the key's partition.
+    /// Sets `key` to `value` on the key's partition, once as many owners as the ack level asks
+    /// hold it.
     pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<Written, TableError> {
         let partition = self.partition_of(key);
-        let request = |http: &reqwest::Client, api: &str| http.put(self.key_url(api, key)).body(value.clone());
+        let query = self.write_query();
+        let request =
+            |http: &reqwest::Client, api: &str| http.put(self.key_url(api, key)).query(&query).body(value.clone());
         match self.serve(partition, request).await? {
             Served::Here(topic) => {
-                let (key, me) = (key.as_bytes().to_vec(), self.me());
-                let commit = blocking(move || Ok(topic.put(key, value)?)).await?;
-                Ok(local_written(partition, me, commit))
+                let key = key.as_bytes().to_vec();
+                let copy = topic.clone();
+                let commit = blocking(move || Ok(copy.put(key, value)?)).await?;
+                self.written_here(partition, &topic, commit).await
             }
             Served::There(response) => self.written(partition, response).await,
         }
@@ -121,45 +206,257 @@ impl Table {
 
     /// The value of `key`, `None` when it has none.
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, TableError> {
+        Ok(self.read(key).await?.value)
+    }
+
+    /// The value of `key` and the causal token it was read at, from a copy that holds what
+    /// [`Table::after`] names.
+    pub async fn read(&self, key: &str) -> Result<Read, TableError> {
         let partition = self.partition_of(key);
-        match self.serve(partition, |http, api| http.get(self.key_url(api, key))).await? {
+        let query = self.query(partition);
+        match self.serve(partition, |http, api| http.get(self.key_url(api, key)).query(&query)).await? {
             Served::Here(topic) => {
                 let key = key.as_bytes().to_vec();
-                blocking(move || Ok(topic.get(&key)?)).await
+                let copy = topic.clone();
+                let value = blocking(move || Ok(copy.get(&key)?)).await?;
+                Ok(Read { value, token: self.read_at(partition, &topic) })
             }
-            Served::There(response) => match response.status() {
-                StatusCode::NOT_FOUND => Ok(None),
-                status if status.is_success() => Ok(Some(body(response).await?)),
-                _ => Err(refusal(response).await),
-            },
+            Served::There(response) => {
+                let token = self.token_from(partition, &response);
+                match response.status() {
+                    StatusCode::NOT_FOUND => Ok(Read { value: None, token }),
+                    status if status.is_success() => Ok(Read { value: Some(body(response).await?), token }),
+                    _ => Err(refusal(response).await),
+                }
+            }
         }
     }
 
     /// Deletes `key`; `None` when it had no value.
     pub async fn delete(&self, key: &str) -> Result<Option<Written>, TableError> {
         let partition = self.partition_of(key);
-        match self.serve(partition, |http, api| http.delete(self.key_url(api, key))).await? {
+        let query = self.write_query();
+        match self.serve(partition, |http, api| http.delete(self.key_url(api, key)).query(&query)).await? {
             Served::Here(topic) => {
                 let key = key.as_bytes().to_vec();
-                let me = self.me();
-                let commit = blocking(move || Ok(topic.delete(key)?)).await?;
-                Ok(commit.map(|commit| local_written(partition, me, commit)))
+                let copy = topic.clone();
+                match blocking(move || Ok(copy.delete(key)?)).await? {
+                    Some(commit) => self.written_here(partition, &topic, commit).await.map(Some),
+                    None => Ok(None),
+                }
             }
             Served::There(response) if response.status() == StatusCode::NOT_FOUND => Ok(None),
             Served::There(response) => self.written(partition, response).await.map(Some),
         }
     }
 
+    /// Applies `batch`: its operations split by partition, each partition's part written on
+    /// its owners (several partitions at once) and acknowledged as [`Table::put`] is. One
+    /// outcome per partition the batch touches, in partition order; one failing leaves the
+    /// others applied.
+    pub async fn batch(&self, batch: Batch) -> Vec<PartitionBatched> {
+        use futures::StreamExt as _;
+        let mut parts: std::collections::BTreeMap<u32, Batch> = std::collections::BTreeMap::new();
+        for op in batch.ops() {
+            let part = parts.entry(partition_of(op.key(), self.def.partitions)).or_default();
+            push_op(part, op.clone());
+        }
+        let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(parts)
+            .map(|(partition, part)| self.batch_partition(partition, part))
+            .buffer_unordered(BATCH_FANOUT_MAX)
+            .collect()
+            .await;
+        outcomes.sort_by_key(|outcome| outcome.partition);
+        outcomes
+    }
+
+    /// One partition's part of [`Table::batch`].
+    async fn batch_partition(&self, partition: u32, part: Batch) -> PartitionBatched {
+        let ops = part.len();
+        let body = match serde_json::to_vec(&wire::Batch::of(&part)) {
+            Ok(body) => body,
+            Err(error) => return batch_outcome(partition, ops, Err(TableError::Invalid(error.to_string()))),
+        };
+        let mut query = self.write_query();
+        query.push(("partition", partition.to_string()));
+        let url = |api: &str| format!("{api}/v1/tables/{}/batch", self.def.name);
+        let request = |http: &reqwest::Client, api: &str| {
+            http.post(url(api))
+                .query(&query)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        match self.serve(partition, request).await {
+            Ok(Served::Here(topic)) => {
+                let copy = topic.clone();
+                let acked = match blocking(move || Ok(copy.batch(part)?)).await {
+                    Ok(commit) => self.acknowledge(partition, &topic, commit).await,
+                    Err(error) => Err(error),
+                };
+                batch_outcome(partition, ops, acked)
+            }
+            Ok(Served::There(response)) => {
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap_or_default();
+                // A holder answers with its partition's outcome; a member this node handed the
+                // request to (just after joining) routes it and answers with the whole batch's.
+                let routed = serde_json::from_slice::<wire::TableBatched>(&bytes)
+                    .ok()
+                    .and_then(|batched| batched.partitions.into_iter().find(|outcome| outcome.partition == partition));
+                match serde_json::from_slice::<PartitionBatched>(&bytes).ok().or(routed) {
+                    Some(outcome) => PartitionBatched { partition, ops, ..outcome },
+                    None => {
+                        let error = ErrorBody::message_in(&bytes).unwrap_or_else(|| format!("status {status}"));
+                        let refused = TableError::Refused { status, message: error };
+                        batch_outcome(partition, ops, Err(refused))
+                    }
+                }
+            }
+            Err(error) => batch_outcome(partition, ops, Err(error)),
+        }
+    }
+
+    /// A write this node applied to its copy `topic` of `partition`, once acknowledged.
+    pub(crate) async fn written_here(
+        &self,
+        partition: u32,
+        topic: &NodeTopic,
+        commit: Commit,
+    ) -> Result<Written, TableError> {
+        let acked = self.acknowledge(partition, topic, Some(commit)).await?;
+        Ok(Written {
+            acknowledged: acked.acknowledged,
+            causal_token: acked.token.to_string(),
+            cid: WireCid(commit.cid),
+            height: commit.height,
+            node: self.me(),
+            partition,
+        })
+    }
+
+    /// Waits until as many of `partition`'s owners as the ack level asks hold `commit` (this
+    /// node counting as one when it is an owner), asking the others whether they hold it; a
+    /// [`TableError::NotAcknowledged`] when they do not within the node's `ack_timeout_ms`.
+    pub(crate) async fn acknowledge(
+        &self,
+        partition: u32,
+        topic: &NodeTopic,
+        commit: Option<Commit>,
+    ) -> Result<Acked, TableError> {
+        use futures::StreamExt as _;
+        let token = {
+            let copy = topic.clone();
+            blocking(move || Ok(CausalToken::held_by(Scope::Partition(partition), copy.crdt()))).await?
+        };
+        let Some(block) = commit else { return Ok(Acked { commit, acknowledged: 0, token }) };
+        let tables = self.tables()?;
+        let owners = {
+            let table = self.clone();
+            blocking(move || table.placement_of(partition)).await?
+        };
+        let asked = self.ack().copies(owners.len());
+        let mut acknowledged = usize::from(owners.iter().any(|owner| owner.peer_id == tables.me.peer_id));
+        if acknowledged >= asked {
+            return Ok(Acked { commit, acknowledged: acknowledged as u32, token });
+        }
+        let timeout = std::time::Duration::from_millis(self.node.inner().config.ack_timeout_ms);
+        let question = CausalToken::of(Scope::Partition(partition), [block.cid]);
+        let others = owners.into_iter().filter(|owner| owner.peer_id != tables.me.peer_id);
+        let mut answers: futures::stream::FuturesUnordered<_> =
+            others.map(|owner| self.ask_holds(owner, &question, timeout)).collect();
+        let waited = tokio::time::timeout(timeout + CAUSAL_HOP_WAIT, async {
+            while let Some(holds) = answers.next().await {
+                acknowledged += usize::from(holds);
+                if acknowledged >= asked {
+                    return;
+                }
+            }
+        })
+        .await;
+        if waited.is_ok() && acknowledged >= asked {
+            self.node.inner().counters.acks_met.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Acked { commit, acknowledged: acknowledged as u32, token });
+        }
+        self.node.inner().counters.acks_missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(TableError::NotAcknowledged {
+            table: self.def.name.clone(),
+            partition,
+            acknowledged: acknowledged as u32,
+            asked: asked as u32,
+            causal_token: token.to_string(),
+        })
+    }
+
+    /// Whether `owner` holds what `question` names, waiting there at most `wait`.
+    async fn ask_holds(&self, owner: Member, question: &CausalToken, wait: std::time::Duration) -> bool {
+        let Ok(tables) = self.tables() else { return false };
+        let query = [("causal", question.to_string()), ("wait_ms", wait.as_millis().to_string())];
+        let url = format!("{}/v1/tables/{}/holds", owner.api, self.def.name);
+        let Ok(request) = self.proven(tables.http.get(url).query(&query)) else { return false };
+        match tables.http.execute(request).await {
+            Ok(response) if response.status().is_success() => {
+                response.json::<wire::Holds>().await.is_ok_and(|answer| answer.holds)
+            }
+            _ => false,
+        }
+    }
+
+    /// The owners of `partition` as this node places it now.
+    fn placement_of(&self, partition: u32) -> Result<Vec<Member>, TableError> {
+        let members = self.tables()?.members()?;
+        Ok(owners(&self.def.name, partition, self.def.replicas, &members))
+    }
+
+    /// The token a read of `partition` from this node's copy `topic` gives: the caller's, with
+    /// what the copy holds now (at least what the read saw) in the partition's place.
+    pub(crate) fn read_at(&self, partition: u32, topic: &NodeTopic) -> CausalToken {
+        let heads = topic.heads().into_iter().map(|head| head.cid);
+        self.after.clone().with(Scope::Partition(partition), heads)
+    }
+
+    /// The token a holder's answer for `partition` carries, merged into the caller's.
+    fn token_from(&self, partition: u32, response: &reqwest::Response) -> CausalToken {
+        let holder: Option<CausalToken> =
+            response.headers().get(CAUSAL_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
+        match holder {
+            Some(holder) => {
+                self.after.clone().with(Scope::Partition(partition), holder.heads(Scope::Partition(partition)))
+            }
+            None => self.after.clone(),
+        }
+    }
+
     /// Keys starting with `prefix`, strictly after `after`, at most `limit`, in key order across
     /// every partition: each partition is asked for its first `limit` and the pages merged.
+    /// A partition no copy of which answers is named in the listing's `failed` rather than
+    /// failing it, unless every partition fails.
     pub async fn list(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Listing, TableError> {
         use futures::StreamExt as _;
-        let pages: Vec<Result<Listing, TableError>> = futures::stream::iter(0..self.def.partitions)
-            .map(|p| self.list_partition(p, prefix, after, limit))
+        let pages: Vec<(u32, Result<Listing, TableError>)> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| async move { (p, self.list_partition(p, prefix, after, limit).await) })
             .buffered(LIST_FANOUT_MAX)
             .collect()
             .await;
-        Ok(merge_pages(pages.into_iter().collect::<Result<Vec<_>, _>>()?, limit))
+        let (mut answered, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
+        let mut token = self.after.clone();
+        for (partition, page) in pages {
+            match page {
+                Ok(page) => {
+                    token = token.with(Scope::Partition(partition), page.token.heads(Scope::Partition(partition)));
+                    answered.push(page);
+                }
+                Err(error) => {
+                    failed.push(FailedPartition { error: error.to_string(), partition });
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if answered.is_empty()
+            && let Some(error) = first_error
+        {
+            return Err(error);
+        }
+        Ok(Listing { failed, token, ..merge_pages(answered, limit) })
     }
 
     /// One partition's part of [`Table::list`].
@@ -178,18 +475,21 @@ impl Table {
         if let Some(after) = after {
             query.push(("after_base64".to_string(), BASE64.encode(after)));
         }
+        query.extend(self.query(partition).into_iter().map(|(name, value)| (name.to_string(), value)));
         let url = |api: &str| format!("{api}/v1/tables/{}/kv", self.def.name);
         match self.serve(partition, |http, api| http.get(url(api)).query(&query)).await? {
             Served::Here(topic) => {
                 let (prefix, after) = (prefix.to_vec(), after.map(<[u8]>::to_vec));
-                let page = blocking(move || Ok(topic.query(&prefix, after.as_deref(), limit)?)).await?;
+                let copy = topic.clone();
+                let page = blocking(move || Ok(copy.query(&prefix, after.as_deref(), limit)?)).await?;
                 let entries = page.entries.into_iter().map(|(key, value)| TableEntry { key, value }).collect();
-                Ok(Listing { entries, next: page.next })
+                Ok(Listing { entries, next: page.next, failed: Vec::new(), token: self.read_at(partition, &topic) })
             }
             Served::There(response) => {
                 if !response.status().is_success() {
                     return Err(refusal(response).await);
                 }
+                let token = self.token_from(partition, &response);
                 let page: Page = response.json().await.map_err(|e| self.unreadable(partition, e))?;
                 let unreadable = |e| self.unreadable(partition, e);
                 let mut entries = Vec::with_capacity(page.entries.len());
@@ -199,7 +499,7 @@ impl Table {
                         value: entry.value_bytes().map_err(unreadable)?,
                     });
                 }
-                Ok(Listing { entries, next: page.next_bytes().map_err(unreadable)? })
+                Ok(Listing { entries, next: page.next_bytes().map_err(unreadable)?, failed: Vec::new(), token })
             }
         }
     }
@@ -336,14 +636,21 @@ impl Table {
         let mut tried = Vec::new();
         let hops = self.hops(partition).await?;
         let count = hops.len();
+        let wanted = self.wanted(partition);
         for (index, hop) in hops.into_iter().enumerate() {
+            let last = index + 1 == count;
             let (owner, header) = match hop {
                 Hop::Here(topic) => {
                     self.wait_caught_up(&topic).await;
-                    return Ok(Served::Here(topic));
+                    let wait = if last { self.causal_wait() } else { CAUSAL_HOP_WAIT };
+                    if wanted.is_empty() || wait_holds(topic.crdt(), &wanted, wait).await {
+                        return Ok(Served::Here(topic));
+                    }
+                    tried.push("this node's copy does not hold the causal token's heads yet".to_string());
+                    continue;
                 }
                 // The last holder asked serves from its copy even while that copy catches up.
-                Hop::There(owner) if index + 1 == count => (owner, (FORWARDED_HEADER, FORWARDED_LAST)),
+                Hop::There(owner) if last => (owner, (FORWARDED_HEADER, FORWARDED_LAST)),
                 Hop::There(owner) => (owner, (FORWARDED_HEADER, "1")),
                 Hop::Via(member) => (member, (PROXIED_HEADER, "1")),
             };
@@ -352,6 +659,11 @@ impl Table {
                 Err(error) => Err(error),
             };
             match sent {
+                // A write the holder applied but could not get acknowledged as asked: trying
+                // the next holder would write it twice.
+                Ok(response) if response.status() == StatusCode::GATEWAY_TIMEOUT => {
+                    return Ok(Served::There(response));
+                }
                 Ok(response)
                     if response.status() == StatusCode::MISDIRECTED_REQUEST || response.status().is_server_error() =>
                 {
@@ -391,7 +703,28 @@ impl Table {
         format!("{api}/v1/tables/{}/kv/{}", self.def.name, utf8_percent_encode(key, NON_ALPHANUMERIC))
     }
 
+    /// Longest a read's last resort waits to hold the read's causal token.
+    pub(crate) fn causal_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.node.inner().config.causal_wait_ms)
+    }
+
     async fn written(&self, partition: u32, response: reqwest::Response) -> Result<Written, TableError> {
+        if response.status() == StatusCode::GATEWAY_TIMEOUT {
+            let bytes = response.bytes().await.unwrap_or_default();
+            if let Ok(ErrorBody { acknowledged: Some(acknowledged), causal_token: Some(causal_token), .. }) =
+                serde_json::from_slice::<ErrorBody>(&bytes)
+            {
+                return Err(TableError::NotAcknowledged {
+                    table: self.def.name.clone(),
+                    partition,
+                    acknowledged,
+                    asked: self.ack().copies(self.def.replicas as usize) as u32,
+                    causal_token,
+                });
+            }
+            let message = ErrorBody::message_in(&bytes).unwrap_or_else(|| "status 504".to_string());
+            return Err(TableError::Refused { status: 504, message });
+        }
         if !response.status().is_success() {
             return Err(refusal(response).await);
         }
@@ -424,12 +757,48 @@ fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
     let more = horizon.is_some() || entries.len() > limit;
     entries.truncate(limit);
     let next = if more { entries.last().map(|entry| entry.key.clone()).or(horizon) } else { None };
-    Listing { entries, next }
+    Listing { entries, next, ..Listing::default() }
 }
 
-/// A write this node applied.
-pub(crate) fn local_written(partition: u32, node: WirePeerId, commit: Commit) -> Written {
-    Written { partition, node, cid: WireCid(commit.cid), height: commit.height }
+/// Adds `op` to `batch`.
+fn push_op(batch: &mut Batch, op: canopy_crdt::Op) {
+    match op {
+        canopy_crdt::Op::Put(key, value) => batch.put(key, value),
+        canopy_crdt::Op::PutUntil(key, value, expires_ms) => batch.put_until(key, value, expires_ms),
+        canopy_crdt::Op::Delete(key) => batch.delete(key),
+        canopy_crdt::Op::Add(key, n) => batch.add(key, n),
+    };
+}
+
+/// The outcome of `ops` operations of a batch written to `partition`.
+pub(crate) fn batch_outcome(partition: u32, ops: usize, acked: Result<Acked, TableError>) -> PartitionBatched {
+    let outcome = PartitionBatched {
+        acknowledged: None,
+        causal_token: None,
+        cid: None,
+        error: None,
+        ops,
+        partition,
+        status: StatusCode::OK.as_u16(),
+    };
+    match acked {
+        Ok(acked) => PartitionBatched {
+            acknowledged: Some(acked.acknowledged),
+            causal_token: Some(acked.token.to_string()),
+            cid: acked.commit.map(|commit| WireCid(commit.cid)),
+            ..outcome
+        },
+        Err(TableError::NotAcknowledged { acknowledged, causal_token, .. }) => PartitionBatched {
+            acknowledged: Some(acknowledged),
+            causal_token: Some(causal_token.clone()),
+            error: Some(format!(
+                "applied, but only {acknowledged} copies held it in time: read it back with causal={causal_token}"
+            )),
+            status: StatusCode::GATEWAY_TIMEOUT.as_u16(),
+            ..outcome
+        },
+        Err(error) => PartitionBatched { error: Some(error.to_string()), status: error.status(), ..outcome },
+    }
 }
 
 /// The refusal a holder answered with: its status and its error message.
@@ -463,7 +832,7 @@ mod tests {
         let entries: Vec<TableEntry> =
             keys.iter().map(|key| TableEntry { key: key.as_bytes().to_vec(), value: b"v".to_vec() }).collect();
         let next = if next { entries.last().map(|entry| entry.key.clone()) } else { None };
-        Listing { entries, next }
+        Listing { entries, next, ..Listing::default() }
     }
 
     fn keys(listing: &Listing) -> Vec<String> {

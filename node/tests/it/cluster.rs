@@ -31,6 +31,64 @@ fn writes_on_each_node_reach_the_others() {
 }
 
 #[test]
+fn a_topic_write_waits_for_the_peers_its_ack_level_asks_and_a_causal_read_sees_it_anywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(dir.path(), 3, "t");
+    let put = |node: &NodeProcess, key: &str, ack: &str| {
+        let url = node.url(&format!("/v1/topics/t/kv/{key}"));
+        let response = node.http.put(url).query(&[("ack", ack)]).body(key.to_string()).send().unwrap();
+        (response.status(), response.json::<serde_json::Value>().unwrap())
+    };
+    // Acknowledged by all three: the others serve it at once, with no waiting.
+    for i in 0..20 {
+        let key = format!("acked-{i}");
+        let (status, written) = put(&nodes[i % 3], &key, "3");
+        assert_eq!(status, reqwest::StatusCode::OK, "{written}");
+        assert_eq!(written["acknowledged"], 3, "{written}");
+        for node in &nodes {
+            assert_eq!(node.get("t", &key).as_deref(), Some(key.as_str()), "{key} missing right after its ack");
+        }
+    }
+    let (status, body) = put(&nodes[0], "all", "all");
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+
+    // A causal read on another node waits until that node holds the write.
+    for i in 0..20 {
+        let key = format!("causal-{i}");
+        let (status, written) = put(&nodes[0], &key, "1");
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let token = written["causal_token"].as_str().unwrap();
+        let url = nodes[1 + i % 2].url(&format!("/v1/topics/t/kv/{key}"));
+        let response = nodes[1 + i % 2].http.get(url).query(&[("causal", token)]).send().unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        assert!(response.headers().contains_key(canopy_node::causal::CAUSAL_HEADER));
+        assert_eq!(response.text().unwrap(), key);
+    }
+    // A token naming writes this node never gets is answered 503 once the wait runs out.
+    nodes[0].subscribe("elsewhere");
+    let written = nodes[0].put("elsewhere", "k", "v");
+    let foreign = format!("t~{}", written["cid"].as_str().unwrap());
+    let url = nodes[1].url("/v1/topics/t/kv/causal-0");
+    let response = nodes[1].http.get(url).query(&[("causal", foreign.as_str())]).send().unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let bad =
+        nodes[1].http.get(nodes[1].url("/v1/topics/t/kv/causal-0")).query(&[("causal", "t~nope")]).send().unwrap();
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+
+    // With a peer gone, a write asking for all three copies is applied but answered 504 with
+    // the two that hold it and its token.
+    nodes[2].kill();
+    let (status, body) = put(&nodes[0], "short", "3");
+    assert_eq!(status, reqwest::StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["acknowledged"], 2, "{body}");
+    assert!(body["causal_token"].as_str().is_some_and(|token| token.starts_with("t~")));
+    assert_eq!(nodes[0].get("t", "short").as_deref(), Some("short"));
+    assert!(metric(&nodes[0], "canopy_writes_unacknowledged_total") >= 1);
+    // Of the twenty writes acknowledged by three copies, every third was written through it.
+    assert!(metric(&nodes[0], "canopy_writes_acknowledged_total") >= 6);
+}
+
+#[test]
 fn concurrent_writes_of_one_key_converge_to_one_value() {
     let dir = tempfile::tempdir().unwrap();
     let nodes = cluster(dir.path(), 3, "t");

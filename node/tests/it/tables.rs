@@ -343,3 +343,198 @@ fn a_member_joining_takes_partitions_on_without_hiding_keys() {
         assert_eq!(listed(node, 1000), keys);
     }
 }
+
+/// Creates table `users` of 8 partitions and 2 replicas through `nodes[0]` and waits until every
+/// member knows it.
+fn users_table(nodes: &[NodeProcess]) {
+    let (status, body) = create(&nodes[0], json!({ "name": "users", "partitions": 8, "replicas": 2 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for node in nodes {
+        wait_until("every member knows the table", || {
+            node.http.get(node.url("/v1/tables/users")).send().unwrap().status() == StatusCode::OK
+        });
+    }
+}
+
+/// `PUT` of `key` in table `users` through `node` with `query`: the status and the JSON reply.
+fn table_put(node: &NodeProcess, key: &str, query: &[(&str, &str)]) -> (StatusCode, Value) {
+    let url = node.url(&format!("/v1/tables/users/kv/{key}"));
+    let response = node.http.put(url).query(query).body(key.to_string()).send().unwrap();
+    (response.status(), response.json().unwrap())
+}
+
+/// The members of `nodes` that own `key`'s partition, as `nodes[0]` places it.
+fn owners_of(nodes: &[NodeProcess], key: &str) -> Vec<usize> {
+    let partition = canopy_node::tables::partition_of(key.as_bytes(), 8) as u64;
+    let owners = placement(&nodes[0])[&partition].clone();
+    (0..nodes.len()).filter(|&i| owners.contains(&nodes[i].peer_id)).collect()
+}
+
+#[test]
+fn a_write_waits_for_the_copies_its_ack_level_asks_and_says_when_they_do_not_hold_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    for node in &nodes {
+        let mine = placement(node).values().filter(|owners| owners.contains(&node.peer_id)).count();
+        wait_until("members hold their partitions", || {
+            topics_held(node).iter().filter(|t| t.starts_with("table:users:")).count() == mine
+        });
+    }
+
+    // ack=2 and ack=all: both owners hold the write when it is acknowledged, so each owner's
+    // copy serves it at once, and the reply's token reads it back through any member.
+    for i in 0..24 {
+        let key = format!("k-{i:02}");
+        let ack = if i % 2 == 0 { "2" } else { "all" };
+        let (status, written) = table_put(&nodes[i % 3], &key, &[("ack", ack)]);
+        assert_eq!(status, StatusCode::OK, "{written}");
+        assert_eq!(written["acknowledged"], 2, "{written}");
+        let token = written["causal_token"].as_str().unwrap().to_string();
+        assert!(token.starts_with(&format!("{}~", written["partition"])), "{token}");
+        for owner in owners_of(&nodes, &key) {
+            let topic = format!("table:users:{}", written["partition"]);
+            assert_eq!(nodes[owner].get(&topic, &key).as_deref(), Some(key.as_str()), "owner {owner} lacks {key}");
+        }
+        let reader = &nodes[(i + 1) % 3];
+        let url = reader.url(&format!("/v1/tables/users/kv/{key}"));
+        let response = reader.http.get(url).query(&[("causal", token.as_str())]).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let read_token = response.headers()[canopy_node::causal::CAUSAL_HEADER].to_str().unwrap().to_string();
+        assert!(!read_token.is_empty());
+        assert_eq!(response.text().unwrap(), key);
+    }
+    // An ack above the table's replicas is refused, and so is a malformed one.
+    for bad in ["3", "0", "most"] {
+        let (status, body) = table_put(&nodes[0], "k-bad", &[("ack", bad)]);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "ack={bad}: {body}");
+    }
+
+    // With an owner killed (and not yet dropped out of the members), a write asking for two
+    // copies is applied by the surviving owner and answered 504 with one copy and its token:
+    // the token then reads it back, so a client can check instead of writing again.
+    let key = (0..100).map(|i| format!("d-{i}")).find(|key| owners_of(&nodes, key).contains(&2)).unwrap();
+    let survivor = owners_of(&nodes, &key).into_iter().find(|&i| i != 2).unwrap();
+    nodes[2].kill();
+    let (status, body) = table_put(&nodes[survivor], &key, &[("ack", "2")]);
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["acknowledged"], 1, "{body}");
+    let token = body["causal_token"].as_str().expect("a 504 carries the write's causal token");
+    let url = nodes[survivor].url(&format!("/v1/tables/users/kv/{key}"));
+    let read = nodes[survivor].http.get(url).query(&[("causal", token)]).send().unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(read.text().unwrap(), key);
+    assert!(common::metric(&nodes[survivor], "canopy_writes_unacknowledged_total") >= 1);
+}
+
+#[test]
+fn a_table_batch_is_split_by_partition_and_names_each_partitions_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    let keys: Vec<String> = (0..300).map(|i| format!("b-{i:03}")).collect();
+    let ops: Vec<Value> = keys
+        .iter()
+        .map(|key| {
+            use base64::Engine as _;
+            json!({ "op": "put", "key": key, "value": base64::engine::general_purpose::STANDARD.encode(key) })
+        })
+        .collect();
+    let response =
+        nodes[1].http.post(nodes[1].url("/v1/tables/users/batch")).json(&json!({ "ops": ops })).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let reply: wire::TableBatched = response.json().unwrap();
+    assert_eq!(reply.partitions.len(), 8, "{reply:?}");
+    assert_eq!(reply.partitions.iter().map(|outcome| outcome.ops).sum::<usize>(), keys.len());
+    assert!(reply.partitions.iter().all(|o| o.status == 200 && o.causal_token.is_some()), "{reply:?}");
+    // The partitions' tokens together make the batch's: a listing given it, through any member
+    // and a moment after the table was created, is served by copies that hold the whole batch.
+    let token: Vec<&str> = reply.partitions.iter().filter_map(|o| o.causal_token.as_deref()).collect();
+    let token = token.join(".");
+    for node in &nodes {
+        let page: wire::Page = node
+            .http
+            .get(node.url("/v1/tables/users/kv"))
+            .query(&[("causal", token.as_str()), ("limit", "1000")])
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let listed: Vec<String> = page.entries.iter().map(|entry| entry.key.clone().unwrap()).collect();
+        assert_eq!(listed, keys);
+        assert_eq!(page.causal_token.unwrap().split('.').count(), 8);
+    }
+
+    // The same through `canopy table batch`, from a file.
+    let file = dir.path().join("batch.json");
+    std::fs::write(
+        &file,
+        json!({ "ops": [{ "op": "delete", "key": "b-000" }, { "op": "put", "key": "c", "value": "Yw==" }] })
+            .to_string(),
+    )
+    .unwrap();
+    let output = canopy()
+        .args(["table", "batch", "users"])
+        .arg(&file)
+        .args(["--api", &nodes[2].api, "--ack", "2"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("acknowledged by 2"));
+    assert_eq!(table_get(&nodes[0], "b-000"), None);
+    assert_eq!(table_get(&nodes[0], "c").as_deref(), Some("c"));
+
+    // With a member killed, the partitions it owns answer 504 at ack=2 while the others apply:
+    // 207, each partition named, and the command fails naming the partitions that did.
+    nodes[0].kill();
+    let response = nodes[1]
+        .http
+        .post(nodes[1].url("/v1/tables/users/batch"))
+        .query(&[("ack", "2")])
+        .json(&json!({ "ops": ops }))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::MULTI_STATUS);
+    let reply: wire::TableBatched = response.json().unwrap();
+    let failed: Vec<u32> = reply.partitions.iter().filter(|o| o.status != 200).map(|o| o.partition).collect();
+    let owned_by_killed: Vec<u32> = placement(&nodes[1])
+        .iter()
+        .filter(|(_, owners)| owners.contains(&nodes[0].peer_id))
+        .map(|(partition, _)| *partition as u32)
+        .collect();
+    assert_eq!(failed, owned_by_killed, "{reply:?}");
+    assert!(reply.partitions.iter().filter(|o| o.status == 504).all(|o| o.acknowledged == Some(1)));
+}
+
+#[test]
+fn a_listing_names_the_partitions_no_copy_of_which_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // The listing is asked right after two members are killed, well within the seconds their
+    // member entries live on.
+    let mut nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    let keys: Vec<String> = (0..80).map(|i| format!("l-{i:02}")).collect();
+    for key in &keys {
+        assert_eq!(table_put(&nodes[0], key, &[]).0, StatusCode::OK);
+    }
+    let owners = placement(&nodes[0]);
+    let survivor_id = nodes[0].peer_id.clone();
+    let lost: Vec<u64> = owners.iter().filter(|(_, o)| !o.contains(&survivor_id)).map(|(p, _)| *p).collect();
+    nodes[1].kill();
+    nodes[2].kill();
+    let response = nodes[0].http.get(nodes[0].url("/v1/tables/users/kv")).send().unwrap();
+    assert_eq!(response.status(), StatusCode::PARTIAL_CONTENT, "{:?}", response.text());
+    let page: wire::Page = response.json().unwrap();
+    let failed: Vec<u64> = page.failed.iter().map(|failure| u64::from(failure.partition)).collect();
+    assert_eq!(failed, lost);
+    let listed: Vec<String> = page.entries.iter().map(|entry| entry.key.clone().unwrap()).collect();
+    let expected: Vec<String> = keys
+        .iter()
+        .filter(|key| !lost.contains(&u64::from(canopy_node::tables::partition_of(key.as_bytes(), 8))))
+        .cloned()
+        .collect();
+    assert_eq!(listed, expected);
+    let output = canopy().args(["table", "list", "users", "--api", &nodes[0].api]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("partitions no copy of which answered"));
+}

@@ -34,7 +34,7 @@ fn topic_replies_keep_their_exact_json() {
     let put = put.text().unwrap();
     let cid = round_trip::<wire::Put>(&put).cid.to_string();
     assert!(cid.starts_with('b'), "a CID in base32: {cid}");
-    assert_eq!(put, format!(r#"{{"cid":"{cid}","height":1}}"#));
+    assert_eq!(put, format!(r#"{{"acknowledged":1,"causal_token":"t~{cid}","cid":"{cid}","height":1}}"#));
 
     let heads = text(&node, "/v1/topics/t/heads", StatusCode::OK);
     assert_eq!(heads, format!(r#"{{"heads":[{{"cid":"{cid}","height":1}}]}}"#));
@@ -42,10 +42,21 @@ fn topic_replies_keep_their_exact_json() {
 
     node.put("t", "b", "2");
     let page = text(&node, "/v1/topics/t/kv?limit=1", StatusCode::OK);
-    assert_eq!(page, r#"{"entries":[{"key":"a","key_base64":"YQ==","value":"MQ=="}],"next":"a","next_base64":"YQ=="}"#);
-    round_trip::<wire::Page>(&page);
+    let token = round_trip::<wire::Page>(&page).causal_token.unwrap();
+    assert!(token.starts_with("t~") && !token.contains(&cid), "the token of the heads after both writes: {token}");
+    assert_eq!(
+        page,
+        format!(
+            r#"{{"causal_token":"{token}","entries":[{{"key":"a","key_base64":"YQ==","value":"MQ=="}}],"next":"a","next_base64":"YQ=="}}"#
+        )
+    );
     let last = text(&node, "/v1/topics/t/kv?after=a", StatusCode::OK);
-    assert_eq!(last, r#"{"entries":[{"key":"b","key_base64":"Yg==","value":"Mg=="}],"next":null,"next_base64":null}"#);
+    assert_eq!(
+        last,
+        format!(
+            r#"{{"causal_token":"{token}","entries":[{{"key":"b","key_base64":"Yg==","value":"Mg=="}}],"next":null,"next_base64":null}}"#
+        )
+    );
 
     let missing = text(&node, "/v1/topics/t/kv/nope", StatusCode::NOT_FOUND);
     assert_eq!(missing, r#"{"error":"key \"nope\" not found in topic t"}"#);
@@ -112,7 +123,10 @@ fn table_replies_keep_their_exact_json() {
     let reply: wire::Written = round_trip(&written);
     assert_eq!(
         written,
-        format!(r#"{{"cid":"{}","height":1,"node":"{}","partition":{}}}"#, reply.cid, node.peer_id, reply.partition)
+        format!(
+            r#"{{"acknowledged":1,"causal_token":"{}~{}","cid":"{}","height":1,"node":"{}","partition":{}}}"#,
+            reply.partition, reply.cid, reply.cid, node.peer_id, reply.partition
+        )
     );
 
     let refused = node.http.post(node.url("/v1/tables")).body("{}").send().unwrap();

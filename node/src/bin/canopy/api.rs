@@ -131,6 +131,7 @@ impl Api {
         let mut after_base64 = after.map(|key| BASE64.encode(key));
         let mut remaining = limit.unwrap_or(usize::MAX);
         let mut first = true;
+        let mut failed = std::collections::BTreeSet::new();
         if self.json {
             write!(out, "[")?;
         }
@@ -142,6 +143,7 @@ impl Api {
             }
             let page: wire::Page = self.json(self.http.get(self.topic_url(topic, "kv", None)).query(&query))?;
             remaining = remaining.saturating_sub(page.entries.len());
+            failed.extend(page.failed.iter().map(|failure| (failure.partition, failure.error.clone())));
             for entry in &page.entries {
                 if self.json {
                     write!(out, "{}{}", if first { "" } else { "," }, json_text(entry))?;
@@ -161,6 +163,10 @@ impl Api {
             writeln!(out, "]")?;
         }
         out.flush()?;
+        if !failed.is_empty() {
+            let named: Vec<String> = failed.iter().map(|(partition, error)| format!("{partition}: {error}")).collect();
+            bail!("the listing lacks the keys of partitions no copy of which answered:\n{}", named.join("\n"));
+        }
         Ok(())
     }
 

@@ -1,5 +1,8 @@
 //! `canopy table ...` and `canopy members`: the cluster's sharded tables.
 
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use canopy_node::wire;
 use clap::Subcommand;
 
@@ -35,6 +38,10 @@ pub(crate) enum TableCommand {
         table: String,
         key: String,
         value: String,
+        /// Owners that must hold the write before it is acknowledged: a number or `all`
+        /// [default: the node's write_ack].
+        #[arg(long)]
+        ack: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -42,6 +49,9 @@ pub(crate) enum TableCommand {
     Get {
         table: String,
         key: String,
+        /// Read only from a copy holding this causal token (a write's or an earlier read's).
+        #[arg(long)]
+        causal: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -49,6 +59,21 @@ pub(crate) enum TableCommand {
     Del {
         table: String,
         key: String,
+        /// Owners that must hold the delete before it is acknowledged: a number or `all`.
+        #[arg(long)]
+        ack: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Apply a JSON batch `{"ops":[{"op":"put","key":..,"value":base64},...]}` from FILE (`-`
+    /// for standard input) to table T: split by partition, each partition's part applied on its
+    /// owners as one delta. Exits non-zero when any partition failed, naming it.
+    Batch {
+        table: String,
+        file: String,
+        /// Owners that must hold each partition's part before it is acknowledged.
+        #[arg(long)]
+        ack: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -93,17 +118,62 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
                 lines.join("\n")
             });
         }
-        TableCommand::Put { table, key, value, client } => {
+        TableCommand::Put { table, key, value, ack, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
             let api = Api::new(&client)?.tables();
-            let reply: wire::Written = api.json(api.http.put(api.topic_url(&table, "kv", Some(&key))).body(body))?;
+            let url = api.topic_url(&table, "kv", Some(&key));
+            let reply: wire::Written = api.json(api.http.put(url).query(&ack_query(ack)).body(body))?;
             print(client.json, &reply, written_line);
         }
-        TableCommand::Get { table, key, client } => Api::new(&client)?.tables().get(&table, &key, false)?,
-        TableCommand::Del { table, key, client } => {
+        TableCommand::Get { table, key, causal: None, client } => {
+            Api::new(&client)?.tables().get(&table, &key, false)?
+        }
+        TableCommand::Get { table, key, causal: Some(causal), client } => {
             let api = Api::new(&client)?.tables();
-            let reply: wire::Written = api.json(api.http.delete(api.topic_url(&table, "kv", Some(&key))))?;
+            let url = api.topic_url(&table, "kv", Some(&key));
+            let response = api.send(api.http.get(url).query(&[("causal", causal)]))?;
+            let token = response
+                .headers()
+                .get(canopy_node::causal::CAUSAL_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let value = response.bytes()?;
+            if client.json {
+                let reply = serde_json::json!({ "causal_token": token, "key": key, "value": BASE64.encode(&value) });
+                println!("{reply}");
+            } else {
+                println!("{}", String::from_utf8_lossy(&value));
+                eprintln!("causal token: {token}");
+            }
+        }
+        TableCommand::Del { table, key, ack, client } => {
+            let api = Api::new(&client)?.tables();
+            let url = api.topic_url(&table, "kv", Some(&key));
+            let reply: wire::Written = api.json(api.http.delete(url).query(&ack_query(ack)))?;
             print(client.json, &reply, written_line);
+        }
+        TableCommand::Batch { table, file, ack, client } => {
+            let api = Api::new(&client)?.tables();
+            let body = read_input(&file)?;
+            let url = api.topic_url(&table, "batch", None);
+            let request = api.http.post(url).query(&ack_query(ack)).header("content-type", "application/json");
+            let response =
+                request.body(body).send().with_context(|| format!("cannot reach the node at {}", api.base))?;
+            if response.status() != reqwest::StatusCode::MULTI_STATUS {
+                let reply: wire::TableBatched = Api::check(response)?.json()?;
+                print(client.json, &reply, batched_text);
+                return Ok(());
+            }
+            let reply: wire::TableBatched = response.json()?;
+            print(client.json, &reply, batched_text);
+            let failed: Vec<String> = reply
+                .partitions
+                .iter()
+                .filter(|outcome| outcome.status != 200)
+                .map(|outcome| outcome.partition.to_string())
+                .collect();
+            anyhow::bail!("partitions {} of table {table} failed; the others applied their part", failed.join(", "));
         }
         TableCommand::List { table, list, client } => {
             Api::new(&client)?.tables().list(&table, &list.prefix, list.after, list.limit)?
@@ -130,7 +200,36 @@ fn table_line(table: &wire::TableDef) -> String {
     shape_line(&table.name, table.partitions, table.replicas)
 }
 
-/// A table write for people: the block, its partition and the member that applied it.
+/// A table write for people: the block, its partition, the member that applied it, the owners
+/// holding it and its causal token.
 fn written_line(written: &wire::Written) -> String {
-    format!("{} height {} partition {} on {}", written.cid, written.height, written.partition, written.node)
+    format!(
+        "{} height {} partition {} on {} acknowledged by {}\ncausal token: {}",
+        written.cid, written.height, written.partition, written.node, written.acknowledged, written.causal_token
+    )
+}
+
+/// The query naming a write's ack level, when given.
+fn ack_query(ack: Option<String>) -> Vec<(&'static str, String)> {
+    ack.into_iter().map(|ack| ("ack", ack)).collect()
+}
+
+/// A table batch's outcome for people: one line per partition.
+fn batched_text(batched: &wire::TableBatched) -> String {
+    let lines: Vec<String> = batched
+        .partitions
+        .iter()
+        .map(|outcome| match &outcome.error {
+            None => format!(
+                "partition {}\t{} ops\tacknowledged by {}",
+                outcome.partition,
+                outcome.ops,
+                outcome.acknowledged.unwrap_or_default()
+            ),
+            Some(error) => {
+                format!("partition {}\t{} ops\tFAILED ({}): {error}", outcome.partition, outcome.ops, outcome.status)
+            }
+        })
+        .collect();
+    lines.join("\n")
 }
