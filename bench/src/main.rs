@@ -666,7 +666,6 @@ fn run_tables(args: TablesArgs) -> anyhow::Result<ExitCode> {
 
 /// Prints a tables report as a short table.
 fn print_tables(report: &TablesReport) {
-    let micros = |figure: Option<u64>| figure.map_or_else(|| "-".to_string(), |us| format!("{us} us"));
     println!(
         "members={} replicas={} partitions={} keys={} batch={} clients={}",
         report.members, report.replicas, report.partitions, report.keys, report.batch, report.clients
@@ -687,8 +686,14 @@ fn print_tables(report: &TablesReport) {
         report.clients,
         report.singles_concurrent_per_s
     );
-    println!("forwarded get         p50 {:>10}   p99 {:>10}", micros(report.get_p50_us), micros(report.get_p99_us));
-    println!("put ack=2             p50 {:>10}   p99 {:>10}", micros(report.ack2_p50_us), micros(report.ack2_p99_us));
+    match (report.get_p50_us, report.get_p99_us) {
+        (Some(p50), Some(p99)) => println!("forwarded get         p50 {p50:>7} us   p99 {p99:>7} us"),
+        _ => println!("forwarded get         not measured: every member holds every partition"),
+    }
+    match (report.ack2_p50_us, report.ack2_p99_us) {
+        (Some(p50), Some(p99)) => println!("put ack=2             p50 {p50:>7} us   p99 {p99:>7} us"),
+        _ => println!("put ack=2             not measured: fewer than two replicas or members"),
+    }
     match (report.join_s, &report.join_pending) {
         (Some(seconds), _) => {
             println!("join                  balanced after {seconds:.2} s ({} keys)", report.join_keys)

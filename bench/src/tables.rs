@@ -248,21 +248,7 @@ pub fn run_with(
     };
 
     // The embedded engine first, before any member runs, so they do not share the cores.
-    let engine = ingest::run(&IngestConfig {
-        keys: config.keys,
-        key_bytes: KEY_BYTES,
-        value_bytes: VALUE_BYTES,
-        batch: config.batch,
-        topics: 1,
-        writers: 1,
-        store_writer_threads: 2,
-        seed: 1,
-        dir: None,
-        rounds: 1,
-        compact: false,
-        compact_during: false,
-        key_history: true,
-    })?;
+    let ingest_keys_per_s = embedded_ingest(config)?;
 
     let mut cluster = Cluster::start(&config.canopy, config.members, config.member_ttl_s, config.timeout)?;
     cluster.create_table(TABLE, config.partitions, config.replicas)?;
@@ -306,13 +292,9 @@ pub fn run_with(
     drop(cluster);
 
     if config.join_keys != config.keys && config.join_keys > 0 {
-        let mut cluster = Cluster::start(&config.canopy, config.members, config.member_ttl_s, config.timeout)?;
-        cluster.create_table(JOIN_TABLE, config.partitions, config.replicas)?;
-        let range = 0..config.join_keys as u64;
-        let filled =
-            load::batch_ingest(cluster.members(), JOIN_TABLE, config.partitions, range, config.batch, config.clients)?;
+        let filled;
+        (join, filled) = join_on_own_cluster(config)?;
         failures.batch_keys += note(&filled);
-        join = measure_join(&mut cluster, JOIN_TABLE, config.join_keys, config.timeout)?;
     }
 
     let latency =
@@ -328,8 +310,8 @@ pub fn run_with(
         batch_keys_per_s,
         batch_p50_us: batches.latencies.value_at_quantile(0.5),
         batch_p99_us: batches.latencies.value_at_quantile(0.99),
-        ingest_keys_per_s: engine.canopy.keys_per_s,
-        ratio: batch_keys_per_s / engine.canopy.keys_per_s,
+        ingest_keys_per_s,
+        ratio: batch_keys_per_s / ingest_keys_per_s,
         singles: config.singles,
         singles_per_s: sequential.per_s(),
         singles_p50_us: sequential.latencies.value_at_quantile(0.5),
@@ -349,6 +331,39 @@ pub fn run_with(
         failures_by_phase: failures,
         failure_examples: examples,
     })
+}
+
+/// Keys per second of the embedded engine writing `keys` keys in batches of `batch` into one
+/// topic, as `canopy-bench ingest --keys K --batch B` measures it (its bare RocksDB side aside).
+fn embedded_ingest(config: &TablesConfig) -> anyhow::Result<f64> {
+    let report = ingest::run(&IngestConfig {
+        keys: config.keys,
+        key_bytes: KEY_BYTES,
+        value_bytes: VALUE_BYTES,
+        batch: config.batch,
+        topics: 1,
+        writers: 1,
+        store_writer_threads: 2,
+        seed: 1,
+        dir: None,
+        rounds: 1,
+        compact: false,
+        compact_during: false,
+        key_history: true,
+    })?;
+    Ok(report.canopy.keys_per_s)
+}
+
+/// Starts a cluster of its own, fills a table of `join_keys` keys, and measures one more
+/// member joining it; returns the join and the filling's requests.
+fn join_on_own_cluster(config: &TablesConfig) -> anyhow::Result<(Join, Phase)> {
+    let mut cluster = Cluster::start(&config.canopy, config.members, config.member_ttl_s, config.timeout)?;
+    cluster.create_table(JOIN_TABLE, config.partitions, config.replicas)?;
+    let range = 0..config.join_keys as u64;
+    let filled =
+        load::batch_ingest(cluster.members(), JOIN_TABLE, config.partitions, range, config.batch, config.clients)?;
+    let join = measure_join(&mut cluster, JOIN_TABLE, config.join_keys, config.timeout)?;
+    Ok((join, filled))
 }
 
 /// What a join measurement found.
