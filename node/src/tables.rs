@@ -35,6 +35,7 @@ use crate::{Node, NodeError};
 mod catalog;
 mod handoff;
 pub(crate) mod placement;
+mod rehome;
 pub(crate) mod route;
 
 pub(crate) use placement::{HANDOFF_WINDOW_LIFETIMES, before_recent_joins, placed_on};
@@ -220,6 +221,10 @@ impl From<canopy_crdt::WriteError> for TableError {
     }
 }
 
+/// The catalog as read at the catalog topic's heads: its tables, and the partition counts that
+/// lost to their shapes.
+type CatalogRead = (Vec<canopy_crdt::Cid>, Arc<Vec<TableDef>>, Arc<catalog::Superseded>);
+
 /// A node's part in the cluster's tables.
 pub(crate) struct Tables {
     /// This node's member entry.
@@ -233,7 +238,9 @@ pub(crate) struct Tables {
     /// The peers whose member and catalog entries count, when the node admits only some.
     trusted: Option<std::collections::HashSet<String>>,
     /// The catalog as last read, with the catalog heads it was read at.
-    catalog: std::sync::Mutex<(Vec<canopy_crdt::Cid>, Arc<Vec<TableDef>>)>,
+    catalog: std::sync::Mutex<CatalogRead>,
+    /// Where the move of keys written under superseded shapes stands.
+    rehoming: std::sync::Mutex<rehome::Rehoming>,
     /// How long a member entry lives; it is rewritten every quarter of this.
     member_ttl: Duration,
     pub(crate) http: reqwest::Client,
@@ -483,7 +490,8 @@ impl Node {
             legacy_tables_topic,
             trusted: crate::node::admitted(&self.inner().config, &self.inner().transport.peer_id())
                 .map(|peers| peers.iter().map(ToString::to_string).collect()),
-            catalog: std::sync::Mutex::new((Vec::new(), Arc::new(Vec::new()))),
+            catalog: std::sync::Mutex::new((Vec::new(), Arc::new(Vec::new()), Arc::default())),
+            rehoming: std::sync::Mutex::default(),
             member_ttl,
             http,
             stop: AtomicBool::new(false),
@@ -606,7 +614,7 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
         let node = Node::from_inner(inner);
         let meet_now = last_meet.elapsed() >= meet_every || !tables.settled();
         let work = {
-            let tables = tables.clone();
+            let (tables, node) = (tables.clone(), node.clone());
             move || -> Result<(), TableError> {
                 let members = tables.members()?;
                 if meet_now {
@@ -623,6 +631,11 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::warn!(%error, "keeping the tables' placement"),
             Err(_) => return,
+        }
+        if tables.settled()
+            && let Err(error) = tables.rehome(&node).await
+        {
+            tracing::warn!(%error, "moving keys written under a superseded table shape");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The table catalog: each member's entries for the tables it created, the shape every node
 //! takes from them, and the adoption of the earlier open catalog's tables.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -31,10 +32,21 @@ impl Tables {
     /// Every table of the catalog, by name.
     pub(crate) fn tables(&self) -> Result<Arc<Vec<TableDef>>, TableError> {
         let heads = sorted_heads(&self.tables_topic.heads());
+        Ok(self.catalog_at(heads)?.1)
+    }
+
+    /// For each table whose catalog entries disagree on its partitions, the partition counts
+    /// that lost: keys written under them lie in partitions the table's shape does not read.
+    pub(crate) fn superseded(&self) -> Result<Arc<Superseded>, TableError> {
+        Ok(self.catalog_at(sorted_heads(&self.tables_topic.heads()))?.2)
+    }
+
+    /// The catalog as the catalog topic's `heads` give it, read again only when they changed.
+    fn catalog_at(&self, heads: Vec<canopy_crdt::Cid>) -> Result<super::CatalogRead, TableError> {
         {
             let catalog = self.catalog.lock().expect("catalog lock");
             if catalog.0 == heads {
-                return Ok(catalog.1.clone());
+                return Ok(catalog.clone());
             }
         }
         let page = self.tables_topic.query(b"", None, TABLES_MAX)?;
@@ -43,9 +55,10 @@ impl Tables {
             let entry: CatalogEntry = serde_json::from_slice(value).ok()?;
             (self.trusts(author) && validate_table_name(name).is_ok()).then_some((author, name, entry))
         });
-        let tables = Arc::new(decide_catalog(entries));
-        *self.catalog.lock().expect("catalog lock") = (heads, tables.clone());
-        Ok(tables)
+        let (tables, superseded) = decide_catalog(entries);
+        let read = (heads, Arc::new(tables), Arc::new(superseded));
+        *self.catalog.lock().expect("catalog lock") = read.clone();
+        Ok(read)
     }
 
     pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
@@ -95,16 +108,22 @@ impl Tables {
     }
 }
 
+/// Per table, the partition counts of catalog entries that lost to the table's shape.
+pub(crate) type Superseded = BTreeMap<String, BTreeSet<u32>>;
+
 /// The catalog the entries `(author, table, entry)` give, by name: for each table the shape of
 /// the earliest created entry (the smallest author breaking ties), so every node that holds the
-/// same entries decides the same way, whatever order they arrived in. Entries whose shape breaks
-/// the bounds are ignored.
-fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> Vec<TableDef> {
-    let mut chosen: std::collections::BTreeMap<&str, (u64, &str, TableDef)> = std::collections::BTreeMap::new();
+/// same entries decides the same way, whatever order they arrived in; and the partition counts
+/// the other entries gave that differ from it. Entries whose shape breaks the bounds are
+/// ignored.
+fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEntry)>) -> (Vec<TableDef>, Superseded) {
+    let mut chosen: BTreeMap<&str, (u64, &str, TableDef)> = BTreeMap::new();
+    let mut counts: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
     for (author, name, entry) in entries {
         if !in_bounds(entry.partitions, entry.replicas) {
             continue;
         }
+        counts.entry(name).or_default().insert(entry.partitions);
         let candidate = (
             entry.created_ms,
             author,
@@ -117,7 +136,15 @@ fn decide_catalog<'a>(entries: impl Iterator<Item = (&'a str, &'a str, CatalogEn
             }
         }
     }
-    chosen.into_values().map(|(_, _, def)| def).collect()
+    let mut superseded = Superseded::new();
+    for (name, counts) in counts {
+        let kept = chosen[name].2.partitions;
+        let lost: BTreeSet<u32> = counts.into_iter().filter(|count| *count != kept).collect();
+        if !lost.is_empty() {
+            superseded.insert(name.to_string(), lost);
+        }
+    }
+    (chosen.into_values().map(|(_, _, def)| def).collect(), superseded)
 }
 
 /// Whether a shape is within the bounds a table's shape must keep.
@@ -133,7 +160,7 @@ mod tests {
     fn the_catalog_takes_the_earliest_entry_of_each_table_in_any_order() {
         let entry = |partitions, created_ms| CatalogEntry { partitions, replicas: 2, created_ms };
         let shapes = |entries: Vec<(&'static str, &'static str, CatalogEntry)>| {
-            decide_catalog(entries.into_iter()).into_iter().map(|def| (def.name, def.partitions)).collect::<Vec<_>>()
+            decide_catalog(entries.into_iter()).0.into_iter().map(|def| (def.name, def.partitions)).collect::<Vec<_>>()
         };
         let entries = || {
             vec![
@@ -150,5 +177,7 @@ mod tests {
         let mut reversed = entries();
         reversed.reverse();
         assert_eq!(shapes(reversed), expected);
+        let (_, superseded) = decide_catalog(entries().into_iter());
+        assert_eq!(superseded, Superseded::from([("users".to_string(), BTreeSet::from([4]))]));
     }
 }

@@ -538,3 +538,60 @@ fn a_listing_names_the_partitions_no_copy_of_which_answers() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("partitions no copy of which answered"));
 }
+
+#[test]
+fn keys_written_under_a_shape_the_catalog_did_not_keep_stay_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--tables", "--member-ttl-s", MEMBER_TTL_S];
+    // Two members that have not met each create `users`, with different partition counts, and
+    // both take writes (one key on both).
+    let first = NodeProcess::start_with(&dir.path().join("a"), &[], &[], &extra);
+    let (status, body) = create(&first, json!({ "name": "users", "partitions": 16, "replicas": 2 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut second = NodeProcess::start_with(&dir.path().join("b"), &[], &[], &extra);
+    let (status, body) = create(&second, json!({ "name": "users", "partitions": 5, "replicas": 2 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let put = |node: &NodeProcess, key: &str, value: &str| {
+        let response =
+            node.http.put(node.url(&format!("/v1/tables/users/kv/{key}"))).body(value.to_string()).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "put {key}: {}", response.text().unwrap());
+    };
+    let keys_a: Vec<String> = (0..60).map(|i| format!("a-{i:02}")).collect();
+    let keys_b: Vec<String> = (0..60).map(|i| format!("b-{i:02}")).collect();
+    for key in &keys_a {
+        put(&first, key, key);
+    }
+    for key in &keys_b {
+        put(&second, key, key);
+    }
+    put(&first, "both", "from-a");
+    put(&second, "both", "from-b");
+
+    // They meet: every node keeps the earlier shape, and every key is read through either.
+    second.kill();
+    let second = NodeProcess::start_with(&dir.path().join("b"), &[first.address()], &[], &extra);
+    let nodes = [first, second];
+    for node in &nodes {
+        wait_until("both members and one shape", || {
+            member_ids(node).len() == 2 && node.json("/v1/tables/users")["partitions"] == 16
+        });
+    }
+    for node in &nodes {
+        for key in keys_a.iter().chain(&keys_b) {
+            wait_until(&format!("{key} is reachable through {}", node.peer_id), || {
+                table_get(node, key).as_deref() == Some(key.as_str())
+            });
+        }
+    }
+    // The key written under both shapes keeps the value written under the shape kept.
+    for node in &nodes {
+        assert_eq!(table_get(node, "both").as_deref(), Some("from-a"));
+    }
+    let mut all: Vec<String> = keys_a.iter().chain(&keys_b).cloned().collect();
+    all.push("both".into());
+    all.sort();
+    for node in &nodes {
+        wait_until("the listing holds every key once", || listed(node, 1000) == all);
+    }
+}
