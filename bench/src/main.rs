@@ -710,4 +710,7 @@ fn print_tables(report: &TablesReport) {
     for example in &report.failure_examples {
         println!("  {example}");
     }
+    if report.failures > 0 {
+        println!("members in the order they started: {}", report.member_ids.join(", "));
+    }
 }

@@ -212,6 +212,10 @@ pub struct TablesReport {
     pub failures_by_phase: Failures,
     /// The first failures' messages.
     pub failure_examples: Vec<String>,
+    /// The measured cluster's members in the order they started (the newcomer of the join
+    /// last, when it joined this cluster), each as its API URL and peer id, to tell which
+    /// member a failure names.
+    pub member_ids: Vec<String>,
 }
 
 /// Key `index` of every run: 32 hex digits.
@@ -288,6 +292,7 @@ pub fn run_with(
     let read_back = load::read_back(cluster.members(), TABLE, written, config.read_back)?;
     failures.read_back = note(&read_back);
     let apis: Vec<String> = cluster.members().iter().map(|member| member.api.clone()).collect();
+    let member_ids = cluster.members().iter().map(|member| format!("{} {}", member.api, member.peer_id)).collect();
     inspect(&apis)?;
     drop(cluster);
 
@@ -330,6 +335,7 @@ pub fn run_with(
         failures: failures.total(),
         failures_by_phase: failures,
         failure_examples: examples,
+        member_ids,
     })
 }
 
