@@ -128,7 +128,16 @@ struct MemberRecord {
     addresses: Vec<String>,
     #[serde(default)]
     joined_ms: u64,
+    /// Counts the entry's rewrites: each is a heartbeat, which every node times by its own
+    /// clock.
+    #[serde(default)]
+    beat: u64,
 }
+
+/// How long a member entry lives once its member stops rewriting it. Liveness is judged from
+/// heartbeats, each node on its own clock; this lifetime only clears the entries of members
+/// long gone, so writers' clocks may disagree by up to a day.
+const MEMBER_ENTRY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// A failed table operation.
 #[derive(Debug, thiserror::Error)]
@@ -251,6 +260,13 @@ pub(crate) struct Tables {
     /// otherwise make a new node take every partition. (A request for a partition the node
     /// believes placed on it takes that one on at once.)
     joined: std::time::Instant,
+    /// This node's heartbeat count, written in its member entry.
+    beat: std::sync::atomic::AtomicU64,
+    /// Per member: the last heartbeat count read in its entry, and when (by this node's clock)
+    /// it was first read.
+    heartbeats: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    /// The API URLs found advertised by more than one live member, already reported.
+    shared_urls: std::sync::Mutex<BTreeSet<String>>,
     /// When this node took on each partition it took on since it joined.
     taken: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Copies taken on for a request although not placed here: they count as caught up only once
@@ -301,9 +317,11 @@ impl Tables {
         }
     }
 
-    /// Live members, by peer id.
+    /// Live members, by peer id: those whose heartbeat this node saw change within a member
+    /// lifetime, by its own clock (a member first seen counts as live for a lifetime from then).
     pub(crate) fn members(&self) -> Result<Vec<Member>, TableError> {
         let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
+        let mut heartbeats = self.heartbeats.lock().expect("heartbeats lock");
         let mut members: Vec<Member> = page
             .entries
             .into_iter()
@@ -314,9 +332,20 @@ impl Tables {
                     return None;
                 }
                 let record: MemberRecord = serde_json::from_slice(&value).ok()?;
-                Some(Member { peer_id, api: record.api, addresses: record.addresses, joined_ms: record.joined_ms })
+                let heard = heartbeats.entry(peer_id.clone()).or_insert((record.beat, std::time::Instant::now()));
+                if heard.0 != record.beat {
+                    *heard = (record.beat, std::time::Instant::now());
+                }
+                let live = peer_id == self.me.peer_id || heard.1.elapsed() < self.member_ttl;
+                live.then_some(Member {
+                    peer_id,
+                    api: record.api,
+                    addresses: record.addresses,
+                    joined_ms: record.joined_ms,
+                })
             })
             .collect();
+        drop(heartbeats);
         if !members.iter().any(|m| m.peer_id == self.me.peer_id) {
             // Before this node's own entry is written (or while it is being rewritten) it still
             // counts itself.
@@ -404,16 +433,39 @@ impl Tables {
         self.trusted.as_ref().is_none_or(|trusted| trusted.contains(peer_id))
     }
 
-    /// Writes this node's member entry with a fresh lifetime.
+    /// Reports, once each, API URLs that more than one live member advertises: requests
+    /// forwarded to one of those members reach another.
+    fn report_shared_urls(&self, members: &[Member]) {
+        let mut by_url: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+        for member in members {
+            by_url.entry(member.api.as_str()).or_default().push(member.peer_id.as_str());
+        }
+        let mut reported = self.shared_urls.lock().expect("shared urls lock");
+        for (url, peers) in by_url {
+            if peers.len() > 1 && reported.insert(url.to_string()) {
+                tracing::error!(
+                    %url,
+                    peers = %peers.join(", "),
+                    "members advertise the same API URL: give each its own --advertise-api, or requests meant for \
+                     one reach another"
+                );
+            }
+        }
+    }
+
+    /// Writes this node's member entry with its next heartbeat (the earlier members topic's
+    /// with a member lifetime, as members not yet upgraded judge liveness by it).
     fn refresh(&self) -> Result<(), TableError> {
         let record = MemberRecord {
             api: self.me.api.clone(),
             addresses: self.me.addresses.clone(),
             joined_ms: self.me.joined_ms,
+            beat: self.beat.fetch_add(1, Ordering::Relaxed) + 1,
         };
         let value = serde_json::to_vec(&record).expect("a record serialises");
-        self.members_topic.put_for(self.me.peer_id.clone().into_bytes(), value.clone(), self.member_ttl)?;
-        self.legacy_members_topic.put_for(self.me.peer_id.clone().into_bytes(), value, self.member_ttl)?;
+        let key = self.me.peer_id.clone().into_bytes();
+        self.members_topic.put_for(key.clone(), value.clone(), MEMBER_ENTRY_LIFETIME)?;
+        self.legacy_members_topic.put_for(key, value, self.member_ttl)?;
         Ok(())
     }
 }
@@ -496,6 +548,9 @@ impl Node {
             http,
             stop: AtomicBool::new(false),
             joined: std::time::Instant::now(),
+            beat: std::sync::atomic::AtomicU64::new(0),
+            heartbeats: std::sync::Mutex::default(),
+            shared_urls: std::sync::Mutex::default(),
             taken: std::sync::Mutex::new(std::collections::HashMap::new()),
             leaving: std::sync::Mutex::new(std::collections::HashMap::new()),
             announced: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -617,6 +672,7 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
             let (tables, node) = (tables.clone(), node.clone());
             move || -> Result<(), TableError> {
                 let members = tables.members()?;
+                tables.report_shared_urls(&members);
                 if meet_now {
                     meet(&node, &members);
                 }

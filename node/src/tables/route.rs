@@ -392,7 +392,8 @@ impl Table {
         let Ok(tables) = self.tables() else { return false };
         let query = [("causal", question.to_string()), ("wait_ms", wait.as_millis().to_string())];
         let url = format!("{}/v1/tables/{}/holds", owner.api, self.def.name);
-        let Ok(request) = self.proven(tables.http.get(url).query(&query)) else { return false };
+        let builder = tables.http.get(url).query(&query).timeout(wait + std::time::Duration::from_secs(1));
+        let Ok(request) = self.proven(builder) else { return false };
         match tables.http.execute(request).await {
             Ok(response) if response.status().is_success() => {
                 response.json::<wire::Holds>().await.is_ok_and(|answer| answer.holds)

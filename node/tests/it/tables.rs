@@ -595,3 +595,29 @@ fn keys_written_under_a_shape_the_catalog_did_not_keep_stay_reachable() {
         wait_until("the listing holds every key once", || listed(node, 1000) == all);
     }
 }
+
+#[test]
+fn a_member_whose_clock_runs_ahead_still_sees_the_others_and_places_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--tables", "--member-ttl-s", MEMBER_TTL_S];
+    let mut nodes = vec![NodeProcess::start_with(&dir.path().join("n0"), &[], &[], &extra)];
+    nodes.push(NodeProcess::start_with(&dir.path().join("n1"), &[nodes[0].address()], &[], &extra));
+    // An hour ahead: under a wall-clock lifetime, every other member's entry has run out for it.
+    nodes.push(NodeProcess::start_skewed(&dir.path().join("n2"), &[nodes[0].address()], &extra, "+1h"));
+    for node in &nodes {
+        wait_until("every member sees the others", || member_ids(node).len() == 3);
+    }
+    users_table(&nodes);
+    // Several member lifetimes later, every member still sees all three and places alike.
+    std::thread::sleep(std::time::Duration::from_secs(4 * MEMBER_TTL_S.parse::<u64>().unwrap()));
+    let owners = placement(&nodes[0]);
+    for node in &nodes {
+        assert_eq!(member_ids(node).len(), 3, "{} lost sight of a member", node.peer_id);
+        assert_eq!(placement(node), owners);
+    }
+    // A member that stops is dropped by every member's own clock, the skewed one's too.
+    nodes[1].kill();
+    for node in [&nodes[0], &nodes[2]] {
+        wait_until("the stopped member drops out", || member_ids(node).len() == 2);
+    }
+}

@@ -34,7 +34,28 @@ impl NodeProcess {
 
     /// Like [`NodeProcess::start`], with more `canopy serve` arguments.
     pub fn start_with(data_dir: &Path, peers: &[String], topics: &[&str], extra: &[&str]) -> NodeProcess {
+        NodeProcess::start_in(canopy(), data_dir, peers, topics, extra)
+    }
+
+    /// Like [`NodeProcess::start_with`], its wall clock `offset` (as `faketime` takes it, e.g.
+    /// `+1h`) away from the machine's, its monotonic clock left as it is.
+    pub fn start_skewed(data_dir: &Path, peers: &[String], extra: &[&str], offset: &str) -> NodeProcess {
+        let library = ["/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1", "/usr/lib/faketime/libfaketime.so.1"]
+            .into_iter()
+            .find(|path| Path::new(path).exists())
+            .expect("libfaketime installed (apt-get install faketime)");
         let mut command = canopy();
+        command.env("LD_PRELOAD", library).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        NodeProcess::start_in(command, data_dir, peers, &[], extra)
+    }
+
+    fn start_in(
+        mut command: Command,
+        data_dir: &Path,
+        peers: &[String],
+        topics: &[&str],
+        extra: &[&str],
+    ) -> NodeProcess {
         command.arg("serve").args(extra);
         command
             .arg("--data-dir")
