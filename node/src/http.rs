@@ -159,6 +159,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/admin/topics/{topic}/blocks/{cid}", get(admin::admin_block))
         .route("/v1/admin/topics/{topic}/dot", get(admin::admin_dot))
         .route("/v1/admin/backup", post(admin::admin_backup))
+        .route("/v1/admin/drain", post(tables::start_drain).get(tables::drain_status))
         .route("/v1/admin/topics/{topic}/export", get(admin::admin_export))
         .route("/v1/admin/topics/{topic}/import", post(admin::admin_import))
         .route("/v1/peers", get(peers))
@@ -534,7 +535,9 @@ async fn peers(State(node): State<Node>) -> Json<Vec<wire::Peer>> {
 }
 
 async fn metrics_text(State(node): State<Node>) -> Response {
-    match metrics::render(&node) {
+    // Rendering reads the store (key counts, copies' missing heads): off the async runtime.
+    let rendered = tokio::task::spawn_blocking(move || metrics::render(&node)).await.unwrap_or(Err(std::fmt::Error));
+    match rendered {
         Ok(text) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
             .into_response(),
         Err(error) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),

@@ -26,4 +26,4 @@ pub mod wire;
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig, Overrides};
 pub use node::{AckWait, HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo};
-pub use tables::{Member, Table, TableDef, TableError};
+pub use tables::{DrainStatus, Member, Table, TableDef, TableError};

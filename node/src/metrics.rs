@@ -40,6 +40,20 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         heads.get_or_create(&labels).set(topic.heads.len() as i64);
         height.get_or_create(&labels).set(topic.max_height as i64);
     }
+    if let Some(tables) = node.part::<crate::tables::Tables>() {
+        let missing = Family::<Vec<(String, String)>, Gauge>::default();
+        for topic in node.topics().iter().filter(|t| crate::tables::PartitionTopic::is_partition_topic(&t.topic)) {
+            if let Some(copy) = node.topic(&topic.topic) {
+                let labels = vec![("topic".to_string(), topic.topic.clone())];
+                missing.get_or_create(&labels).set(tables.missing_heads(&copy) as i64);
+            }
+        }
+        registry.register(
+            "table_partition_missing_heads",
+            "Heads the other holders of a table partition announced that this node's copy lacks (0: caught up)",
+            missing,
+        );
+    }
     registry.register("topic_keys", "Keys with a visible value, per topic", keys);
     registry.register("topic_heads", "Heads, per topic", heads);
     registry.register("topic_max_height", "Largest head height, per topic", height);

@@ -132,12 +132,33 @@ struct MemberRecord {
     /// clock.
     #[serde(default)]
     beat: u64,
+    /// The member is handing off every partition it holds, to stop: nothing is placed on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    draining: bool,
 }
 
 /// How long a member entry lives once its member stops rewriting it. Liveness is judged from
 /// heartbeats, each node on its own clock; this lifetime only clears the entries of members
 /// long gone, so writers' clocks may disagree by up to a day.
 const MEMBER_ENTRY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// How far a member's drain has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainStatus {
+    /// The member is draining.
+    pub draining: bool,
+    /// Partition copies it still holds (subscribed).
+    pub partitions_held: usize,
+    /// Copies handed off whose deletion is still to come.
+    pub awaiting_deletion: usize,
+}
+
+impl DrainStatus {
+    /// The member holds no partition any more: stopping it loses nothing.
+    pub fn done(&self) -> bool {
+        self.draining && self.partitions_held == 0
+    }
+}
 
 /// A failed table operation.
 #[derive(Debug, thiserror::Error)]
@@ -265,6 +286,10 @@ pub(crate) struct Tables {
     /// Per member: the last heartbeat count read in its entry, and when (by this node's clock)
     /// it was first read.
     heartbeats: std::sync::Mutex<std::collections::HashMap<String, (u64, std::time::Instant)>>,
+    /// Whether this node is draining: handing off every partition it holds, to stop.
+    draining: AtomicBool,
+    /// The live members that are draining, as last read.
+    draining_members: std::sync::Mutex<Vec<Member>>,
     /// The API URLs found advertised by more than one live member, already reported.
     shared_urls: std::sync::Mutex<BTreeSet<String>>,
     /// When this node took on each partition it took on since it joined.
@@ -319,9 +344,11 @@ impl Tables {
 
     /// Live members, by peer id: those whose heartbeat this node saw change within a member
     /// lifetime, by its own clock (a member first seen counts as live for a lifetime from then).
+    /// Draining members are left out: nothing is placed on them.
     pub(crate) fn members(&self) -> Result<Vec<Member>, TableError> {
         let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
         let mut heartbeats = self.heartbeats.lock().expect("heartbeats lock");
+        let mut draining = Vec::new();
         let mut members: Vec<Member> = page
             .entries
             .into_iter()
@@ -337,16 +364,18 @@ impl Tables {
                     *heard = (record.beat, std::time::Instant::now());
                 }
                 let live = peer_id == self.me.peer_id || heard.1.elapsed() < self.member_ttl;
-                live.then_some(Member {
-                    peer_id,
-                    api: record.api,
-                    addresses: record.addresses,
-                    joined_ms: record.joined_ms,
-                })
+                let member =
+                    Member { peer_id, api: record.api, addresses: record.addresses, joined_ms: record.joined_ms };
+                if live && (record.draining || (member.peer_id == self.me.peer_id && self.is_draining())) {
+                    draining.push(member);
+                    return None;
+                }
+                live.then_some(member)
             })
             .collect();
         drop(heartbeats);
-        if !members.iter().any(|m| m.peer_id == self.me.peer_id) {
+        *self.draining_members.lock().expect("draining lock") = draining;
+        if !self.is_draining() && !members.iter().any(|m| m.peer_id == self.me.peer_id) {
             // Before this node's own entry is written (or while it is being rewritten) it still
             // counts itself.
             members.push(self.me.clone());
@@ -355,10 +384,46 @@ impl Tables {
         Ok(members)
     }
 
-    /// The memberships before each join of the last [`HANDOFF_WINDOW_LIFETIMES`] lifetimes.
+    /// The memberships whose owners may still hold copies the current owners lack: `members`
+    /// with the draining members (which hold their copies until the owners have them), then the
+    /// memberships before each join of the last [`HANDOFF_WINDOW_LIFETIMES`] lifetimes.
     pub(crate) fn earlier_memberships(&self, node: &Node, members: &[Member]) -> Vec<Vec<Member>> {
         let window_ms = u64::try_from((self.member_ttl * HANDOFF_WINDOW_LIFETIMES).as_millis()).unwrap_or(u64::MAX);
-        before_recent_joins(members, node.expiry_of(Duration::ZERO).saturating_sub(window_ms))
+        let mut earlier = Vec::new();
+        let draining = self.draining_members.lock().expect("draining lock").clone();
+        if !draining.is_empty() {
+            let mut with_draining = members.to_vec();
+            with_draining.extend(draining);
+            with_draining.sort();
+            earlier.push(with_draining);
+        }
+        earlier.extend(before_recent_joins(members, node.expiry_of(Duration::ZERO).saturating_sub(window_ms)));
+        earlier
+    }
+
+    /// Whether this node is draining.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining this node: its entry says so, and every member places its partitions
+    /// elsewhere, so it hands each off once the new owners hold what it holds.
+    pub(crate) fn drain(&self) -> Result<(), TableError> {
+        self.draining.store(true, Ordering::Relaxed);
+        self.refresh()
+    }
+
+    /// The partition copies this node still holds, and those handed off awaiting deletion.
+    pub(crate) fn drain_progress(&self, node: &Node) -> (usize, usize) {
+        let held = node
+            .inner()
+            .subscribed
+            .lock()
+            .expect("subscribed lock")
+            .iter()
+            .filter(|topic| PartitionTopic::is_partition_topic(topic))
+            .count();
+        (held, self.leaving.lock().expect("leaving lock").len())
     }
 
     /// Whether this node has been a member long enough to have heard from every live member.
@@ -426,6 +491,17 @@ impl Tables {
         }
     }
 
+    /// How many heads the other holders of `topic` announced that this node's copy lacks (0 once
+    /// it has caught up with them).
+    pub(crate) fn missing_heads(&self, topic: &NodeTopic) -> usize {
+        let seen: Vec<canopy_crdt::Cid> = match self.announced.lock().expect("announced lock").get(topic.name()) {
+            Some(announced) => announced.seen.iter().copied().collect(),
+            None => return 0,
+        };
+        let count = seen.len();
+        topic.crdt().unknown(seen, count).map_or(0, |unknown| unknown.len())
+    }
+
     /// Whether the entries written by `peer_id` count: every peer's do when the node admits any
     /// peer, only admitted peers' (this node among them) otherwise. Judged on the entry's key,
     /// which the keyed topic guarantees names its author.
@@ -461,6 +537,7 @@ impl Tables {
             addresses: self.me.addresses.clone(),
             joined_ms: self.me.joined_ms,
             beat: self.beat.fetch_add(1, Ordering::Relaxed) + 1,
+            draining: self.is_draining(),
         };
         let value = serde_json::to_vec(&record).expect("a record serialises");
         let key = self.me.peer_id.clone().into_bytes();
@@ -551,6 +628,8 @@ impl Node {
             beat: std::sync::atomic::AtomicU64::new(0),
             heartbeats: std::sync::Mutex::default(),
             shared_urls: std::sync::Mutex::default(),
+            draining: AtomicBool::new(false),
+            draining_members: std::sync::Mutex::default(),
             taken: std::sync::Mutex::new(std::collections::HashMap::new()),
             leaving: std::sync::Mutex::new(std::collections::HashMap::new()),
             announced: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -590,6 +669,23 @@ impl Node {
     /// The cluster's live members.
     pub fn members(&self) -> Result<Vec<Member>, TableError> {
         self.tables_part()?.members()
+    }
+
+    /// Drains this member: it stops being placed any partition, so every member places its
+    /// partitions elsewhere, and it hands each off once the new owners hold all it holds. The
+    /// node keeps serving meanwhile; [`Node::drain_status`] says when it holds nothing and may
+    /// be stopped without losing a write.
+    pub fn drain(&self) -> Result<DrainStatus, TableError> {
+        let tables = self.tables_part()?;
+        tables.drain()?;
+        self.drain_status()
+    }
+
+    /// How far the drain of this member has come.
+    pub fn drain_status(&self) -> Result<DrainStatus, TableError> {
+        let tables = self.tables_part()?;
+        let (held, leaving) = tables.drain_progress(self);
+        Ok(DrainStatus { draining: tables.is_draining(), partitions_held: held, awaiting_deletion: leaving })
     }
 
     /// The tables of the catalog.

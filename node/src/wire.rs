@@ -692,6 +692,19 @@ pub struct Written {
     pub partition: u32,
 }
 
+/// `POST` and `GET /v1/admin/drain`: how far this member's drain has come.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// Copies handed off whose deletion is still to come.
+    pub awaiting_deletion: usize,
+    /// It holds no partition: stopping it now loses nothing.
+    pub done: bool,
+    /// It is draining.
+    pub draining: bool,
+    /// Partition copies it still holds.
+    pub partitions_held: usize,
+}
+
 /// A member of the cluster (nodes started with `--tables`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -155,6 +155,7 @@ async fn hold_causal(node: &Node, topic: &str, query: &HashMap<String, String>) 
     if crate::causal::wait_holds(handle.crdt(), &heads, wait).await {
         Ok(())
     } else {
+        node.inner().counters.causal_missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("this node's copy of topic {topic} does not hold the writes the causal token names yet: try again"),

@@ -41,6 +41,27 @@ pub(super) async fn members(State(node): State<Node>) -> ApiResult<Json<wire::Me
     Ok(Json(wire::Members { members }))
 }
 
+/// `POST /v1/admin/drain`: starts draining this member.
+pub(super) async fn start_drain(State(node): State<Node>) -> ApiResult<Json<wire::Drain>> {
+    let status = blocking(move || Ok(node.drain()?)).await?;
+    Ok(Json(drain_reply(status)))
+}
+
+/// `GET /v1/admin/drain`: how far this member's drain has come.
+pub(super) async fn drain_status(State(node): State<Node>) -> ApiResult<Json<wire::Drain>> {
+    let status = blocking(move || Ok(node.drain_status()?)).await?;
+    Ok(Json(drain_reply(status)))
+}
+
+fn drain_reply(status: crate::tables::DrainStatus) -> wire::Drain {
+    wire::Drain {
+        awaiting_deletion: status.awaiting_deletion,
+        done: status.done(),
+        draining: status.draining,
+        partitions_held: status.partitions_held,
+    }
+}
+
 pub(super) async fn list_tables(State(node): State<Node>) -> ApiResult<Json<wire::Tables>> {
     let tables = blocking(move || Ok(node.tables()?)).await?;
     Ok(Json(wire::Tables { tables: tables.into_iter().map(table_def).collect() }))
@@ -156,6 +177,9 @@ async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap)
     let wanted = table.wanted(partition);
     let wait = if last { table.causal_wait() } else { CAUSAL_HOP_WAIT };
     if !wanted.is_empty() && !wait_holds(topic.crdt(), &wanted, wait).await {
+        if last {
+            table.count_causal_missed();
+        }
         let status = if last { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::MISDIRECTED_REQUEST };
         return Err(ApiError::new(
             status,

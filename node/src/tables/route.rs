@@ -647,6 +647,9 @@ impl Table {
                     if wanted.is_empty() || wait_holds(topic.crdt(), &wanted, wait).await {
                         return Ok(Served::Here(topic));
                     }
+                    if last {
+                        self.count_causal_missed();
+                    }
                     tried.push("this node's copy does not hold the causal token's heads yet".to_string());
                     continue;
                 }
@@ -702,6 +705,11 @@ impl Table {
 
     fn key_url(&self, api: &str, key: &str) -> String {
         format!("{api}/v1/tables/{}/kv/{}", self.def.name, utf8_percent_encode(key, NON_ALPHANUMERIC))
+    }
+
+    /// Counts a read whose last copy did not hold its causal token in time.
+    pub(crate) fn count_causal_missed(&self) {
+        self.node.inner().counters.causal_missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Longest a read's last resort waits to hold the read's causal token.

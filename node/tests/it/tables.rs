@@ -621,3 +621,42 @@ fn a_member_whose_clock_runs_ahead_still_sees_the_others_and_places_alike() {
         wait_until("the stopped member drops out", || member_ids(node).len() == 2);
     }
 }
+
+#[test]
+fn a_drained_member_hands_every_partition_off_and_stopping_it_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = members(dir.path(), 3);
+    // One replica: each partition's only copy is on one member, so stopping a member that has
+    // not handed its copies off loses their keys.
+    let (status, body) = create(&nodes[0], json!({ "name": "users", "partitions": 8, "replicas": 1 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for node in &nodes {
+        wait_until("every member knows the table", || {
+            node.http.get(node.url("/v1/tables/users")).send().unwrap().status() == StatusCode::OK
+        });
+    }
+    let keys: Vec<String> = (0..120).map(|i| format!("k-{i:03}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(table_put(&nodes[i % 3], key, &[]).0, StatusCode::OK);
+    }
+    let held = |node: &NodeProcess| topics_held(node).iter().filter(|t| t.starts_with("table:users:")).count();
+    wait_until("the drained member holds some partitions", || held(&nodes[2]) > 0);
+
+    let output = canopy().args(["member", "drain", "--timeout-s", "110", "--api", &nodes[2].api]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("drained"));
+    // The copies that took the drained member's partitions on have caught up with it.
+    let text = nodes[0].http.get(nodes[0].url("/metrics")).send().unwrap().text().unwrap();
+    let lags: Vec<&str> =
+        text.lines().filter(|line| line.starts_with("canopy_table_partition_missing_heads{")).collect();
+    assert!(!lags.is_empty(), "no partition lag in /metrics");
+    assert!(lags.iter().all(|line| line.ends_with(" 0")), "{lags:?}");
+    assert_eq!(held(&nodes[2]), 0);
+    // The others no longer place anything on it, and hold every partition between them.
+    let owners = placement(&nodes[0]);
+    assert!(owners.values().all(|o| !o.contains(&nodes[2].peer_id)), "{owners:?}");
+    nodes[2].kill();
+    for node in &nodes[..2] {
+        assert_eq!(listed(node, 1000), keys);
+    }
+}

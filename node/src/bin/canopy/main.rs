@@ -154,6 +154,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Work on the member the client talks to.
+    #[command(subcommand)]
+    Member(table::MemberCommand),
     /// Manage API tokens in a tokens file (what `canopy serve --tokens FILE` reads).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -386,6 +389,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Shell { topic, client } => return shell::run(&Api::new(&client)?, topic),
         Command::Table(command) => table::run(command)?,
         Command::Members { client } => table::members(&client)?,
+        Command::Member(command) => table::member(command)?,
         Command::Token(TokenCommand::Create { file, name, role, prefixes }) => {
             let role: canopy_node::auth::Role = role.parse().map_err(anyhow::Error::msg)?;
             let (secret, entry) = canopy_node::auth::new_token(&name, role, prefixes);

@@ -182,6 +182,55 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub(crate) enum MemberCommand {
+    /// Drain the member: every partition it holds is placed elsewhere and handed off once the
+    /// new owners hold all it holds. Waits until it holds none; then stopping it loses nothing.
+    Drain {
+        /// Longest to wait, in seconds; the drain goes on after.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How often `canopy member drain` asks how far the drain has come.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(crate) fn member(command: MemberCommand) -> anyhow::Result<()> {
+    match command {
+        MemberCommand::Drain { timeout_s, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url("/v1/admin/drain");
+            let mut status: wire::Drain = api.json(api.http.post(&url))?;
+            let started = std::time::Instant::now();
+            let mut last_said = None;
+            while !status.done {
+                if started.elapsed().as_secs() >= timeout_s {
+                    anyhow::bail!(
+                        "the member still holds {} partitions after {timeout_s} s; it keeps draining (check again with canopy member drain)",
+                        status.partitions_held
+                    );
+                }
+                if !client.json && last_said != Some(status.partitions_held) {
+                    eprintln!("draining: {} partitions held", status.partitions_held);
+                    last_said = Some(status.partitions_held);
+                }
+                std::thread::sleep(DRAIN_POLL);
+                status = api.json(api.http.get(&url))?;
+            }
+            print(client.json, &status, |status| {
+                format!(
+                    "drained: the member holds no partition ({} copies handed off await deletion); stopping it loses nothing",
+                    status.awaiting_deletion
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Prints the cluster's live members.
 pub(crate) fn members(client: &ClientArgs) -> anyhow::Result<()> {
     let api = Api::new(client)?;
