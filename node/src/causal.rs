@@ -27,8 +27,11 @@ pub const TOKEN_HEADS_MAX: usize = 16;
 pub const TOKEN_BYTES_MAX: usize = 16 << 10;
 /// The HTTP header every read and write reply carries its causal token in.
 pub const CAUSAL_HEADER: &str = "canopy-causal-token";
-/// How often a copy waiting to hold a token's heads looks again.
-const HOLDS_POLL: Duration = Duration::from_millis(2);
+/// How soon a copy waiting to hold a token's heads looks again, at first; each look doubles it,
+/// up to [`HOLDS_POLL_MAX`]. A write usually reaches the other copies within a millisecond.
+const HOLDS_POLL_FIRST: Duration = Duration::from_micros(100);
+/// The longest a copy waiting to hold a token's heads goes between two looks.
+const HOLDS_POLL_MAX: Duration = Duration::from_millis(2);
 
 /// What a token's heads are heads of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -154,20 +157,26 @@ pub fn holds(topic: &Topic, heads: &[Cid]) -> bool {
     heads.iter().all(|cid| topic.contains(cid).unwrap_or(false))
 }
 
-/// Waits, at most `wait`, until `topic` holds every one of `heads`; whether it does.
+/// Waits, at most `wait`, until `topic` holds every one of `heads`; whether it does. It looks
+/// on a blocking thread, sooner than the async timer's millisecond allows.
 pub async fn wait_holds(topic: &Topic, heads: &[Cid], wait: Duration) -> bool {
-    let started = tokio::time::Instant::now();
-    loop {
-        let (copy, wanted) = (topic.clone(), heads.to_vec());
-        let held = tokio::task::spawn_blocking(move || holds(&copy, &wanted)).await.unwrap_or(false);
-        if held {
-            return true;
+    let (copy, wanted) = (topic.clone(), heads.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut pause = HOLDS_POLL_FIRST;
+        loop {
+            if holds(&copy, &wanted) {
+                return true;
+            }
+            if started.elapsed() >= wait {
+                return false;
+            }
+            std::thread::sleep(pause.min(wait.saturating_sub(started.elapsed())));
+            pause = (pause * 2).min(HOLDS_POLL_MAX);
         }
-        if started.elapsed() >= wait {
-            return false;
-        }
-        tokio::time::sleep(HOLDS_POLL).await;
-    }
+    })
+    .await
+    .unwrap_or(false)
 }
 
 /// How many copies a write waits for before it is acknowledged: a table's partition owners,

@@ -121,7 +121,7 @@ pub struct Member {
 }
 
 /// The member entry's value.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct MemberRecord {
     api: String,
     #[serde(default)]
@@ -135,6 +135,13 @@ struct MemberRecord {
     /// The member is handing off every partition it holds, to stop: nothing is placed on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     draining: bool,
+}
+
+/// A member entry as read from the members topic.
+struct MemberEntry {
+    peer_id: String,
+    peer: canopy_transport::PeerId,
+    record: MemberRecord,
 }
 
 /// How long a member entry lives once its member stops rewriting it. Liveness is judged from
@@ -290,6 +297,13 @@ pub(crate) struct Tables {
     draining: AtomicBool,
     /// The live members that are draining, as last read.
     draining_members: std::sync::Mutex<Vec<Member>>,
+    /// The members topic's entries as last read (peer id, parsed, and record), with the heads
+    /// they were read at: read again only when the heads change.
+    member_entries: std::sync::Mutex<(Vec<canopy_crdt::Cid>, Arc<Vec<MemberEntry>>)>,
+    /// When each peer last spoke to this node itself (an announcement over a live connection, on
+    /// any topic): as good a heartbeat as a rewritten entry, and one that a busy members topic
+    /// does not delay.
+    spoke: std::sync::Mutex<std::collections::HashMap<canopy_transport::PeerId, std::time::Instant>>,
     /// The API URLs found advertised by more than one live member, already reported.
     shared_urls: std::sync::Mutex<BTreeSet<String>>,
     /// When this node took on each partition it took on since it joined.
@@ -317,6 +331,12 @@ struct Announced {
 impl Tables {
     /// Notes what a peer announced, or forgets a topic no longer replicated.
     fn hear(&self, heard: Heard<'_>) {
+        if let Heard::Heads { from, first_hand: true, .. } = heard {
+            let mut spoke = self.spoke.lock().expect("spoke lock");
+            if spoke.len() < MEMBERS_MAX || spoke.contains_key(&from) {
+                spoke.insert(from, std::time::Instant::now());
+            }
+        }
         let mut announced = self.announced.lock().expect("announced lock");
         match heard {
             Heard::Heads { topic, from, first_hand, heads, .. } => {
@@ -342,38 +362,55 @@ impl Tables {
         }
     }
 
-    /// Live members, by peer id: those whose heartbeat this node saw change within a member
-    /// lifetime, by its own clock (a member first seen counts as live for a lifetime from then).
-    /// Draining members are left out: nothing is placed on them.
+    /// Live members, by peer id: those whose heartbeat this node saw change, or that spoke to
+    /// it themselves, within a member lifetime, by its own clock (a member first seen counts as
+    /// live for a lifetime from then). Draining members are left out: nothing is placed on them.
+    /// Reads no more than the in-memory heads while the members topic is unchanged, so it is
+    /// cheap on every request.
     pub(crate) fn members(&self) -> Result<Vec<Member>, TableError> {
-        let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
-        let mut heartbeats = self.heartbeats.lock().expect("heartbeats lock");
+        let entries = self.member_entries()?;
+        Ok(self.live_members(&entries))
+    }
+
+    /// [`Tables::members`] when the members topic has not changed since it was last read, with
+    /// no store read; `None` when it must be read again.
+    pub(crate) fn members_cached(&self) -> Option<Vec<Member>> {
+        let heads = sorted_heads(&self.members_topic.heads());
+        let entries = {
+            let cached = self.member_entries.lock().expect("member entries lock");
+            if cached.0 != heads || heads.is_empty() {
+                return None;
+            }
+            cached.1.clone()
+        };
+        Some(self.live_members(&entries))
+    }
+
+    /// The live members among `entries`, as [`Tables::members`] says.
+    fn live_members(&self, entries: &[MemberEntry]) -> Vec<Member> {
+        let spoke = self.spoke.lock().expect("spoke lock");
+        let heartbeats = self.heartbeats.lock().expect("heartbeats lock");
         let mut draining = Vec::new();
-        let mut members: Vec<Member> = page
-            .entries
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let peer_id = String::from_utf8(key).ok()?;
-                // A keyed entry `<peer id>/...` is its author's, but no member entry.
-                if peer_id.parse::<canopy_transport::PeerId>().is_err() || !self.trusts(&peer_id) {
-                    return None;
-                }
-                let record: MemberRecord = serde_json::from_slice(&value).ok()?;
-                let heard = heartbeats.entry(peer_id.clone()).or_insert((record.beat, std::time::Instant::now()));
-                if heard.0 != record.beat {
-                    *heard = (record.beat, std::time::Instant::now());
-                }
-                let live = peer_id == self.me.peer_id || heard.1.elapsed() < self.member_ttl;
-                let member =
-                    Member { peer_id, api: record.api, addresses: record.addresses, joined_ms: record.joined_ms };
-                if live && (record.draining || (member.peer_id == self.me.peer_id && self.is_draining())) {
-                    draining.push(member);
-                    return None;
-                }
-                live.then_some(member)
-            })
-            .collect();
-        drop(heartbeats);
+        let mut members: Vec<Member> = Vec::with_capacity(entries.len());
+        for MemberEntry { peer_id, peer, record } in entries {
+            let beat_lately = heartbeats.get(peer_id).is_some_and(|(_, at)| at.elapsed() < self.member_ttl);
+            let spoke_lately = spoke.get(peer).is_some_and(|at| at.elapsed() < self.member_ttl);
+            if !(*peer_id == self.me.peer_id || beat_lately || spoke_lately) {
+                continue;
+            }
+            let member = Member {
+                peer_id: peer_id.clone(),
+                api: record.api.clone(),
+                addresses: record.addresses.clone(),
+                joined_ms: record.joined_ms,
+            };
+            if record.draining || (*peer_id == self.me.peer_id && self.is_draining()) {
+                draining.push(member);
+            } else {
+                members.push(member);
+            }
+        }
+        drop((spoke, heartbeats));
         *self.draining_members.lock().expect("draining lock") = draining;
         if !self.is_draining() && !members.iter().any(|m| m.peer_id == self.me.peer_id) {
             // Before this node's own entry is written (or while it is being rewritten) it still
@@ -381,7 +418,46 @@ impl Tables {
             members.push(self.me.clone());
         }
         members.sort();
-        Ok(members)
+        members
+    }
+
+    /// The members topic's entries (trusted authors' only), read again when its heads changed;
+    /// each entry's heartbeat count is noted then, with the time it was first read.
+    fn member_entries(&self) -> Result<Arc<Vec<MemberEntry>>, TableError> {
+        let heads = sorted_heads(&self.members_topic.heads());
+        {
+            let cached = self.member_entries.lock().expect("member entries lock");
+            if cached.0 == heads && !heads.is_empty() {
+                return Ok(cached.1.clone());
+            }
+        }
+        let page = self.members_topic.query(b"", None, MEMBERS_MAX)?;
+        let entries: Vec<MemberEntry> = page
+            .entries
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let peer_id = String::from_utf8(key).ok()?;
+                // A keyed entry `<peer id>/...` is its author's, but no member entry.
+                let peer = peer_id.parse::<canopy_transport::PeerId>().ok()?;
+                if !self.trusts(&peer_id) {
+                    return None;
+                }
+                let record: MemberRecord = serde_json::from_slice(&value).ok()?;
+                Some(MemberEntry { peer_id, peer, record })
+            })
+            .collect();
+        let mut heartbeats = self.heartbeats.lock().expect("heartbeats lock");
+        for entry in &entries {
+            let heard =
+                heartbeats.entry(entry.peer_id.clone()).or_insert((entry.record.beat, std::time::Instant::now()));
+            if heard.0 != entry.record.beat {
+                *heard = (entry.record.beat, std::time::Instant::now());
+            }
+        }
+        drop(heartbeats);
+        let entries = Arc::new(entries);
+        *self.member_entries.lock().expect("member entries lock") = (heads, entries.clone());
+        Ok(entries)
     }
 
     /// The memberships whose owners may still hold copies the current owners lack: `members`
@@ -471,6 +547,10 @@ impl Tables {
                 if taken.elapsed() < ANNOUNCE_SETTLE {
                     return false;
                 }
+                if heads.is_empty() {
+                    // Every head announced is held already (pruned below): nothing to ask.
+                    return true;
+                }
                 let count = heads.len();
                 let Ok(unknown) = topic.crdt().unknown(heads.iter().copied().collect(), count) else { return false };
                 // A head the copy holds stays held: it need not be checked again, so what is
@@ -500,6 +580,18 @@ impl Tables {
         };
         let count = seen.len();
         topic.crdt().unknown(seen, count).map_or(0, |unknown| unknown.len())
+    }
+
+    /// [`Tables::caught_up`] from what is in memory alone: `None` when the store must be asked
+    /// whether the copy holds heads its peers announced.
+    pub(crate) fn caught_up_now(&self, topic: &NodeTopic) -> Option<bool> {
+        let pending = self.announced.lock().expect("announced lock").get(topic.name()).map(|a| a.seen.is_empty());
+        let taken = self.taken.lock().expect("taken lock").get(topic.name()).copied().unwrap_or(self.joined);
+        match pending {
+            Some(true) => Some(taken.elapsed() >= ANNOUNCE_SETTLE),
+            Some(false) => None,
+            None => Some(self.caught_up(topic)),
+        }
     }
 
     /// Whether the entries written by `peer_id` count: every peer's do when the node admits any
@@ -628,6 +720,8 @@ impl Node {
             beat: std::sync::atomic::AtomicU64::new(0),
             heartbeats: std::sync::Mutex::default(),
             shared_urls: std::sync::Mutex::default(),
+            spoke: std::sync::Mutex::default(),
+            member_entries: std::sync::Mutex::default(),
             draining: AtomicBool::new(false),
             draining_members: std::sync::Mutex::default(),
             taken: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -715,6 +809,20 @@ impl Node {
         }
         tables.write_catalog_entry(&wanted, self.expiry_of(Duration::ZERO))?;
         Ok((wanted, true))
+    }
+
+    /// [`Node::table`] when the catalog is in memory as last read (no store read); `None` when
+    /// it must be read again.
+    pub(crate) fn table_cached(&self, name: &str) -> Option<Result<Table, TableError>> {
+        let tables = self.part::<Tables>()?;
+        Some(tables.table_cached(name)?.map(|def| Table::new(self.clone(), def)))
+    }
+
+    /// Whether `peer` is a live member, when the members are in memory as last read; `None`
+    /// when they must be read again (or this node takes no part in tables).
+    pub(crate) fn is_member_cached(&self, peer: &str) -> Option<bool> {
+        let members = self.part::<Tables>()?.members_cached()?;
+        Some(members.iter().any(|member| member.peer_id == peer))
     }
 
     /// A table of the catalog, to read and write through.

@@ -181,11 +181,14 @@ async fn member_proof(node: &Node, request: Request) -> Result<(Option<canopy_tr
     let peer = match node.inner().guard.verify(&proof, &proven, now_ms) {
         Ok(peer) => {
             let checker = node.clone();
-            let is_member = tokio::task::spawn_blocking(move || {
-                checker.members().is_ok_and(|members| members.iter().any(|m| m.peer_id == peer.to_string()))
-            })
-            .await
-            .unwrap_or(false);
+            let is_member = match node.is_member_cached(&peer.to_string()) {
+                Some(is_member) => is_member,
+                None => tokio::task::spawn_blocking(move || {
+                    checker.members().is_ok_and(|members| members.iter().any(|m| m.peer_id == peer.to_string()))
+                })
+                .await
+                .unwrap_or(false),
+            };
             if !is_member {
                 // Signed by its key, but not a member as far as this node knows: most likely a
                 // member this node has not heard of yet (or one that just joined). The sender

@@ -83,6 +83,9 @@ fn table_def(def: TableDef) -> wire::TableDef {
 }
 
 async fn open_table(node: Node, name: String) -> ApiResult<Table> {
+    if let Some(table) = node.table_cached(&name) {
+        return Ok(table?);
+    }
     blocking(move || Ok(node.table(&name)?)).await
 }
 
@@ -163,8 +166,15 @@ async fn requested_table(
 async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap) -> ApiResult<crate::NodeTopic> {
     let last = headers.get(FORWARDED_HEADER).is_some_and(|value| value == FORWARDED_LAST);
     let (copy, name) = (table.clone(), table.def().name.clone());
-    let topic =
-        blocking(move || Ok(copy.local_copy(partition, last)?.filter(|topic| last || copy.caught_up(topic)))).await?;
+    // Most requests find a copy held and caught up with no store read.
+    let ready = table.held(partition).filter(|topic| last || table.caught_up_now(topic) == Some(true));
+    let topic = match ready {
+        Some(topic) => Some(topic),
+        None => {
+            blocking(move || Ok(copy.local_copy(partition, last)?.filter(|topic| last || copy.caught_up(topic))))
+                .await?
+        }
+    };
     let topic = topic.ok_or_else(|| {
         ApiError::new(
             StatusCode::MISDIRECTED_REQUEST,

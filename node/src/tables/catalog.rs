@@ -61,6 +61,21 @@ impl Tables {
         Ok(read)
     }
 
+    /// [`Tables::table`] when the catalog has not changed since it was last read, with no store
+    /// read; `None` when it must be read again.
+    pub(crate) fn table_cached(&self, name: &str) -> Option<Result<TableDef, TableError>> {
+        let heads = sorted_heads(&self.tables_topic.heads());
+        let tables = {
+            let catalog = self.catalog.lock().expect("catalog lock");
+            if catalog.0 != heads || heads.is_empty() {
+                return None;
+            }
+            catalog.1.clone()
+        };
+        let found = tables.binary_search_by(|def| def.name.as_str().cmp(name)).ok();
+        Some(found.map(|at| tables[at].clone()).ok_or_else(|| TableError::NoSuchTable(name.into())))
+    }
+
     pub(crate) fn table(&self, name: &str) -> Result<TableDef, TableError> {
         validate_table_name(name)?;
         let tables = self.tables()?;

@@ -344,15 +344,16 @@ impl Table {
         commit: Option<Commit>,
     ) -> Result<Acked, TableError> {
         use futures::StreamExt as _;
-        let token = {
-            let copy = topic.clone();
-            blocking(move || Ok(CausalToken::held_by(Scope::Partition(partition), copy.crdt()))).await?
-        };
+        // The heads are in memory: read after the write, they include it.
+        let token = CausalToken::held_by(Scope::Partition(partition), topic.crdt());
         let Some(block) = commit else { return Ok(Acked { commit, acknowledged: 0, token }) };
         let tables = self.tables()?;
-        let owners = {
-            let table = self.clone();
-            blocking(move || table.placement_of(partition)).await?
+        let owners = match tables.members_cached() {
+            Some(members) => owners(&self.def.name, partition, self.def.replicas, &members),
+            None => {
+                let table = self.clone();
+                blocking(move || table.placement_of(partition)).await?
+            }
         };
         let asked = self.ack().copies(owners.len());
         let mut acknowledged = usize::from(owners.iter().any(|owner| owner.peer_id == tables.me.peer_id));
@@ -545,6 +546,9 @@ impl Table {
     /// taken on a moment ago is usually a few round trips from complete, and the partition's
     /// earlier holder, which still has everything, may no longer be among its owners.
     pub async fn wait_caught_up(&self, topic: &NodeTopic) {
+        if self.tables().is_ok_and(|tables| tables.caught_up_now(topic) == Some(true)) {
+            return;
+        }
         let started = tokio::time::Instant::now();
         while started.elapsed() < CATCH_UP_WAIT {
             let (table, copy) = (self.clone(), topic.clone());
@@ -560,67 +564,96 @@ impl Table {
         self.tables().is_ok_and(|tables| tables.caught_up(topic))
     }
 
+    /// [`Table::caught_up`] from what is in memory alone: `None` when the store must be asked.
+    pub(crate) fn caught_up_now(&self, topic: &NodeTopic) -> Option<bool> {
+        self.tables().ok()?.caught_up_now(topic)
+    }
+
     /// The order in which `partition`'s copies are tried: its owners in placement order (this
     /// node among them when it is one), then this node's copy when it is still catching up or
     /// when the node holds one without being an owner (a partition placed elsewhere since).
     /// Every request for a key goes to its first owner while that one answers, so a client sees
     /// its own writes through any node.
     async fn hops(&self, partition: u32) -> Result<Vec<Hop>, TableError> {
+        // Most requests need no store read to be routed: the members and copies as last read.
+        if let Some(hops) = self.hops_with(partition, false)? {
+            return Ok(hops);
+        }
         let table = self.clone();
-        blocking(move || {
-            let tables = table.tables()?;
-            let members = tables.members()?;
-            if !tables.settled() && !table.direct {
-                // A node that joined a moment ago may not know every member yet, so it cannot
-                // trust its own placement: it hands the request to the other members it knows
-                // (each routes it by its own placement), and serves it itself only when it
-                // knows no other.
-                let others: Vec<Hop> = members
-                    .iter()
-                    .filter(|member| member.peer_id != tables.me.peer_id)
-                    .map(|member| Hop::Via(member.clone()))
-                    .collect();
-                if !others.is_empty() {
-                    return Ok(others);
+        blocking(move || Ok(table.hops_with(partition, true)?.unwrap_or_default())).await
+    }
+
+    /// [`Table::hops`], working from what is in memory alone unless `may_block`: `None` when
+    /// that is not enough (the members topic changed since last read, a copy placed here must
+    /// be taken on, or whether this node's copy caught up needs the store).
+    fn hops_with(&self, partition: u32, may_block: bool) -> Result<Option<Vec<Hop>>, TableError> {
+        let tables = self.tables()?;
+        let members = if may_block {
+            tables.members()?
+        } else {
+            match tables.members_cached() {
+                Some(members) => members,
+                None => return Ok(None),
+            }
+        };
+        if !tables.settled() && !self.direct {
+            // A node that joined a moment ago may not know every member yet, so it cannot
+            // trust its own placement: it hands the request to the other members it knows
+            // (each routes it by its own placement), and serves it itself only when it knows
+            // no other.
+            let others: Vec<Hop> = members
+                .iter()
+                .filter(|member| member.peer_id != tables.me.peer_id)
+                .map(|member| Hop::Via(member.clone()))
+                .collect();
+            if !others.is_empty() {
+                return Ok(Some(others));
+            }
+        }
+        let mut owners = owners(&self.def.name, partition, self.def.replicas, &members);
+        // After a member joins, the partition's earlier owners still hold caught-up copies while
+        // the new owner catches up: they are asked after the owners, and the first owner once
+        // more at the end, as the last resort.
+        let primary = owners.first().cloned();
+        let mut earlier_added = false;
+        for earlier in tables.earlier_memberships(&self.node, &members) {
+            for owner in super::owners(&self.def.name, partition, self.def.replicas, &earlier) {
+                if !owners.contains(&owner) {
+                    owners.push(owner);
+                    earlier_added = true;
                 }
             }
-            let mut owners = owners(&table.def.name, partition, table.def.replicas, &members);
-            // After a member joins, the partition's earlier owners still hold caught-up copies
-            // while the new owner catches up: they are asked after the owners, and the first
-            // owner once more at the end, as the last resort.
-            let primary = owners.first().cloned();
-            let mut earlier_added = false;
-            for earlier in tables.earlier_memberships(&table.node, &members) {
-                for owner in super::owners(&table.def.name, partition, table.def.replicas, &earlier) {
-                    if !owners.contains(&owner) {
-                        owners.push(owner);
-                        earlier_added = true;
-                    }
-                }
+        }
+        if let Some(primary) = primary.filter(|p| earlier_added && p.peer_id != tables.me.peer_id) {
+            owners.push(primary);
+        }
+        let mut hops = Vec::with_capacity(owners.len() + 1);
+        let mut behind = None;
+        for owner in owners {
+            if owner.peer_id != tables.me.peer_id {
+                hops.push(Hop::There(owner));
+                continue;
             }
-            if let Some(primary) = primary.filter(|p| earlier_added && p.peer_id != tables.me.peer_id) {
-                owners.push(primary);
+            let copy = match (self.held(partition), may_block) {
+                (Some(topic), _) => Some(topic),
+                (None, true) => self.local_copy(partition, false)?,
+                // Placed here but not held: taking it on subscribes, which blocks.
+                (None, false) if owners_include_me(&tables, &self.def, partition, &members) => return Ok(None),
+                (None, false) => None,
+            };
+            let Some(topic) = copy else { continue };
+            let caught_up = if may_block { Some(tables.caught_up(&topic)) } else { tables.caught_up_now(&topic) };
+            match caught_up {
+                Some(true) => hops.push(Hop::Here(topic)),
+                Some(false) => behind = Some(topic),
+                None => return Ok(None),
             }
-            let mut hops = Vec::with_capacity(owners.len() + 1);
-            let mut behind = None;
-            for owner in owners {
-                if owner.peer_id != tables.me.peer_id {
-                    hops.push(Hop::There(owner));
-                } else if let Some(topic) = table.local_copy(partition, false)? {
-                    if tables.caught_up(&topic) {
-                        hops.push(Hop::Here(topic));
-                    } else {
-                        behind = Some(topic);
-                    }
-                }
-            }
-            let here = hops.iter().any(|hop| matches!(hop, Hop::Here(_)));
-            if let Some(topic) = behind.or_else(|| table.held(partition).filter(|_| !here)) {
-                hops.push(Hop::Here(topic));
-            }
-            Ok(hops)
-        })
-        .await
+        }
+        let here = hops.iter().any(|hop| matches!(hop, Hop::Here(_)));
+        if let Some(topic) = behind.or_else(|| self.held(partition).filter(|_| !here)) {
+            hops.push(Hop::Here(topic));
+        }
+        Ok(Some(hops))
     }
 
     /// Serves a request for `partition` from the first copy that takes it: this node's, or a
@@ -767,6 +800,11 @@ fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
     entries.truncate(limit);
     let next = if more { entries.last().map(|entry| entry.key.clone()).or(horizon) } else { None };
     Listing { entries, next, ..Listing::default() }
+}
+
+/// Whether `partition` of `def` is placed on this node among `members`.
+fn owners_include_me(tables: &Tables, def: &TableDef, partition: u32, members: &[Member]) -> bool {
+    owners(&def.name, partition, def.replicas, members).iter().any(|owner| owner.peer_id == tables.me.peer_id)
 }
 
 /// Adds `op` to `batch`.
