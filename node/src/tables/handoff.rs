@@ -158,3 +158,54 @@ impl Tables {
         all.then_some(ours)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeConfig;
+    use crate::node::Heard;
+    use std::time::Duration;
+
+    /// A relayed announcement of a copy's exact heads must not hand the copy off: only what an
+    /// owner says of itself over a live connection shows what it holds (a relayed one may be
+    /// old, or another peer's words).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_an_owners_own_announcement_hands_a_copy_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig {
+            data_dir: dir.path().to_path_buf(),
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".into()],
+            blocks: "127.0.0.1:0".parse().unwrap(),
+            ..NodeConfig::default()
+        };
+        let node = Node::start(config).await.unwrap();
+        node.join_tables("http://127.0.0.1:9", Duration::from_secs(20)).await.unwrap();
+        let tables = node.part::<Tables>().unwrap();
+        let topic = "table:users:0";
+        let copy = node.subscribe(topic).unwrap();
+        copy.put("k", "v").unwrap();
+        let ours = sorted_heads(&copy.heads());
+        let owner_key = canopy_transport::Keypair::generate_ed25519();
+        let owner_peer = owner_key.public().to_peer_id();
+        let owner = Member {
+            peer_id: owner_peer.to_string(),
+            api: "http://127.0.0.1:10".into(),
+            addresses: vec![],
+            joined_ms: 0,
+        };
+        let connected: BTreeSet<String> = [owner.peer_id.clone()].into();
+
+        let relayed =
+            Heard::Heads { topic, from: owner_peer, first_hand: false, signer: Some(owner_peer), heads: &ours };
+        tables.hear(relayed);
+        assert_eq!(tables.handed_off(&node, topic, std::slice::from_ref(&owner), &connected), None);
+
+        let own = Heard::Heads { topic, from: owner_peer, first_hand: true, signer: Some(owner_peer), heads: &ours };
+        tables.hear(own);
+        assert_eq!(tables.handed_off(&node, topic, std::slice::from_ref(&owner), &connected), Some(ours.clone()));
+        // Once the owner is gone, what it said is forgotten.
+        tables.hear(Heard::Disconnected(owner_peer));
+        assert_eq!(tables.handed_off(&node, topic, std::slice::from_ref(&owner), &connected), None);
+        node.shutdown().await;
+    }
+}
