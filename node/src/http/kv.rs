@@ -243,10 +243,18 @@ pub(super) async fn increment(
     }))
 }
 
-pub(super) async fn get_counter(State(node): State<Node>, path: KeyPath) -> ApiResult<Json<wire::Counter>> {
+pub(super) async fn get_counter(
+    State(node): State<Node>,
+    path: KeyPath,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let query = parse_query(query.as_deref())?;
+    if let Ok(Path((topic, _))) = &path {
+        hold_causal(&node, topic, &query).await?;
+    }
     on_key(node, path, |handle, _, key| {
         let value = handle.counter(key.as_bytes())?;
-        Ok(Json(wire::Counter { key, value }))
+        Ok(with_token(&handle, Json(wire::Counter { key, value })))
     })
     .await
 }
@@ -255,12 +263,15 @@ pub(super) async fn key_history(
     State(node): State<Node>,
     path: KeyPath,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<wire::History>> {
+) -> ApiResult<Response> {
     let query = parse_query(query.as_deref())?;
     let limit = positive_limit(&query)?;
+    if let Ok(Path((topic, _))) = &path {
+        hold_causal(&node, topic, &query).await?;
+    }
     on_key(node, path, move |handle, _, key| {
         let versions = handle.history(key.as_bytes(), limit)?.into_iter().map(wire::KeyVersion::from).collect();
-        Ok(Json(wire::History { key, versions }))
+        Ok(with_token(&handle, Json(wire::History { key, versions })))
     })
     .await
 }

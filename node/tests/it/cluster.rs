@@ -64,6 +64,18 @@ fn a_topic_write_waits_for_the_peers_its_ack_level_asks_and_a_causal_read_sees_i
         assert!(response.headers().contains_key(canopy_node::causal::CAUSAL_HEADER));
         assert_eq!(response.text().unwrap(), key);
     }
+    // Counters and histories are read at a token too, and carry the one they were read at.
+    let url = nodes[0].url("/v1/topics/t/counters/hits");
+    let incremented: serde_json::Value = nodes[0].http.post(url).body("").send().unwrap().json().unwrap();
+    let token = incremented["causal_token"].as_str().unwrap();
+    for path in ["/v1/topics/t/counters/hits", "/v1/topics/t/history/causal-0"] {
+        let response = nodes[2].http.get(nodes[2].url(path)).query(&[("causal", token)]).send().unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::OK, "{path}");
+        assert!(response.headers().contains_key(canopy_node::causal::CAUSAL_HEADER), "{path}");
+        if path.contains("counters") {
+            assert_eq!(response.json::<serde_json::Value>().unwrap()["value"], 1);
+        }
+    }
     // A token naming writes this node never gets is answered 503 once the wait runs out.
     nodes[0].subscribe("elsewhere");
     let written = nodes[0].put("elsewhere", "k", "v");
