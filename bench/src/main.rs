@@ -40,9 +40,36 @@ enum Command {
     /// beside the embedded engine's, single puts, forwarded gets, puts acknowledged by two
     /// copies, and the time until the table is balanced again after one more member joins.
     Tables(TablesArgs),
+    /// A fault test of `canopy serve --tables` processes in network namespaces (root only): a
+    /// seeded nemesis partitions, drops, pauses, kills and skews members while clients write,
+    /// then every acknowledged write must be readable through every member within 120 s.
+    Faults(FaultsArgs),
     /// Run a named set of workloads and write DIR/report.md (tables, SVG plots) and
     /// DIR/results.jsonl (every figure, with the command that measures it alone).
     Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct FaultsArgs {
+    /// Seed of the nemesis's schedule and of the workload's choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Members, each a `canopy serve --tables` in a network namespace of its own.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=canopy_bench::faults::MEMBERS_MAX as u64))]
+    members: u64,
+    /// Seconds of workload under the nemesis.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    duration_s: u64,
+    /// The `canopy` binary the members run [default: the one beside canopy-bench].
+    #[arg(long)]
+    canopy: Option<PathBuf>,
+    /// Directory for every process's log (and the operations of a failing run) [default: a
+    /// temporary directory, kept only when a check fails].
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Print one JSON line with the report after the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -344,6 +371,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scale(args) => run_scale(args),
         Command::Topics(args) => run_topics(args),
         Command::Tables(args) => run_tables(args),
+        Command::Faults(args) => run_faults(args),
         Command::Report(args) => {
             canopy_bench::report::run(args.profile, &args.out, &|phase| eprintln!("{phase}"))?;
             println!("wrote {}", args.out.join("report.md").display());
@@ -390,6 +418,45 @@ fn run_sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         println!("seeds={} failed={failed}", last - args.seed + 1);
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn run_faults(args: FaultsArgs) -> anyhow::Result<ExitCode> {
+    use canopy_bench::faults::{self, FaultsConfig};
+    faults::stop_on_signals()?;
+    let config = FaultsConfig {
+        seed: args.seed,
+        members: args.members as usize,
+        duration_s: args.duration_s,
+        canopy: args.canopy.unwrap_or_else(canopy_bench::replication::default_canopy),
+        keep_logs: args.keep_logs,
+    };
+    let report = faults::run(&config)?;
+    println!("seed={} members={} duration_s={}", report.seed, report.members, report.duration_s);
+    println!("{:<18} {:>12} {:>8} {:>13}", "writes", "acknowledged", "failed", "indeterminate");
+    for (kind, outcomes) in &report.ops {
+        let kind = serde_json::to_value(kind)?.as_str().unwrap_or_default().to_string();
+        println!("{kind:<18} {:>12} {:>8} {:>13}", outcomes.acknowledged, outcomes.failed, outcomes.indeterminate);
+    }
+    for (reply, count) in &report.unacknowledged_replies {
+        println!("  {count:>6} unacknowledged: {reply}");
+    }
+    let faults: Vec<String> = report.faults.iter().map(|(kind, count)| format!("{kind}={count}")).collect();
+    println!("faults: {}", faults.join(" "));
+    match report.converge_s {
+        Some(seconds) => println!("converged {seconds:.1} s after the heal"),
+        None => println!("NOT converged within {:?} of the heal", faults::CONVERGE_TIMEOUT),
+    }
+    println!("lost (acknowledged at ack 2): {}  lost at ack 1: {}", report.lost, report.lost_ack1);
+    for line in report.crashed.iter().chain(&report.problems) {
+        println!("  {line}");
+    }
+    if let Some(logs) = &report.logs {
+        println!("logs: {}", logs.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn run_ingest(args: IngestArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,257 @@
+//! The checker of a fault run: after the heal, asks every member again until every
+//! acknowledged write is readable through it with its value and every counter is within its
+//! bounds, or the time to converge runs out; then says what was still wrong.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use canopy_node::wire;
+use serde::Serialize;
+
+use super::workload::{COUNTERS, Op, OpKind, Outcome, TABLE, TOPIC};
+
+/// Keys per page of a listing.
+const PAGE_KEYS: usize = 1000;
+
+/// Pages of one listing at most, far above what a run writes.
+const PAGES_MAX: usize = 1000;
+
+/// Acknowledged table keys also read one by one through each member, beside the listing.
+const POINT_READS: usize = 20;
+
+/// How long the checker waits between two rounds of asking.
+const ROUND_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Problems described at most, in a report, per kind.
+const EXAMPLES_MAX: usize = 10;
+
+/// What one round of checks found wrong; empty when converged.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Findings {
+    /// Writes acknowledged at ack 2 that some member cannot read: key, then the members.
+    pub lost: BTreeMap<String, Vec<usize>>,
+    /// Writes acknowledged at ack 1 that some member cannot read.
+    pub lost_ack1: BTreeMap<String, Vec<usize>>,
+    /// Keys read with another value than the one written, and where.
+    pub wrong_values: Vec<String>,
+    /// Keys readable that were never written, or whose write failed definitely (4xx).
+    pub phantoms: Vec<String>,
+    /// Counters outside `acknowledged..=acknowledged + indeterminate` on some member.
+    pub counters_out_of_bounds: Vec<String>,
+    /// Members that could not be asked, and why.
+    pub unreachable: Vec<String>,
+}
+
+impl Findings {
+    /// Whether nothing is wrong.
+    pub fn clean(&self) -> bool {
+        self.lost.is_empty()
+            && self.lost_ack1.is_empty()
+            && self.wrong_values.is_empty()
+            && self.phantoms.is_empty()
+            && self.counters_out_of_bounds.is_empty()
+            && self.unreachable.is_empty()
+    }
+}
+
+/// The writes the checker expects, from the recorded operations.
+struct Expected<'a> {
+    /// Every written table key's operation.
+    table: HashMap<&'a str, &'a Op>,
+    /// Every written topic key's operation.
+    topic: HashMap<&'a str, &'a Op>,
+    /// Per counter: increments acknowledged, and increments indeterminate.
+    counters: BTreeMap<String, (i128, i128)>,
+}
+
+impl<'a> Expected<'a> {
+    fn new(ops: &'a [Op]) -> Expected<'a> {
+        let mut expected = Expected { table: HashMap::new(), topic: HashMap::new(), counters: BTreeMap::new() };
+        for index in 0..COUNTERS {
+            expected.counters.insert(format!("c{index}"), (0, 0));
+        }
+        for op in ops {
+            match op.kind {
+                OpKind::CounterAck2 => {
+                    let bounds = expected.counters.entry(op.key.clone()).or_default();
+                    match op.outcome {
+                        Outcome::Acknowledged => bounds.0 += 1,
+                        Outcome::Indeterminate => bounds.1 += 1,
+                        Outcome::Failed => {}
+                    }
+                }
+                kind if kind.in_table() => {
+                    expected.table.insert(op.key.as_str(), op);
+                }
+                _ => {
+                    expected.topic.insert(op.key.as_str(), op);
+                }
+            }
+        }
+        expected
+    }
+}
+
+/// Checks rounds until clean or `timeout`; returns the seconds until clean (`None` if never)
+/// and the last round's findings.
+pub(crate) fn until_converged(
+    ops: &[Op],
+    apis: &[String],
+    http: &reqwest::blocking::Client,
+    timeout: Duration,
+    stop: &dyn Fn() -> bool,
+) -> (Option<f64>, Findings) {
+    let expected = Expected::new(ops);
+    let started = Instant::now();
+    loop {
+        let findings = round(&expected, apis, http);
+        if findings.clean() {
+            return (Some(started.elapsed().as_secs_f64()), findings);
+        }
+        if started.elapsed() >= timeout || stop() {
+            return (None, findings);
+        }
+        std::thread::sleep(ROUND_INTERVAL);
+    }
+}
+
+/// One round: every member's listings, counters and point reads against `expected`.
+fn round(expected: &Expected, apis: &[String], http: &reqwest::blocking::Client) -> Findings {
+    let mut findings = Findings::default();
+    for (member, api) in apis.iter().enumerate() {
+        let table = match listing(http, &format!("{api}/v1/tables/{TABLE}/kv")) {
+            Ok(table) => table,
+            Err(error) => {
+                findings.unreachable.push(format!("member {member}: table listing: {error:#}"));
+                continue;
+            }
+        };
+        compare(&mut findings, member, "table", &expected.table, &table);
+        let topic = match listing(http, &format!("{api}/v1/topics/{TOPIC}/kv")) {
+            Ok(topic) => topic,
+            Err(error) => {
+                findings.unreachable.push(format!("member {member}: topic listing: {error:#}"));
+                continue;
+            }
+        };
+        compare(&mut findings, member, "topic", &expected.topic, &topic);
+        for (counter, (acknowledged, indeterminate)) in &expected.counters {
+            match counter_value(http, &format!("{api}/v1/topics/{TOPIC}/counters/{counter}")) {
+                Ok(value) if (*acknowledged..=acknowledged + indeterminate).contains(&value) => {}
+                Ok(value) => findings.counters_out_of_bounds.push(format!(
+                    "member {member}: counter {counter} is {value}, outside {acknowledged}..={}",
+                    acknowledged + indeterminate
+                )),
+                Err(error) => findings.unreachable.push(format!("member {member}: counter {counter}: {error:#}")),
+            }
+        }
+        let mut acknowledged: Vec<&&Op> =
+            expected.table.values().filter(|op| op.outcome == Outcome::Acknowledged && op.kind.ack() >= 2).collect();
+        acknowledged.sort_by(|a, b| a.key.cmp(&b.key));
+        let stride = (acknowledged.len() / POINT_READS).max(1);
+        for op in acknowledged.iter().step_by(stride).take(POINT_READS) {
+            let url = format!("{api}/v1/tables/{TABLE}/kv/{}", op.key);
+            let read = http.get(url).send().map(|r| (r.status().as_u16(), r.text().unwrap_or_default()));
+            match read {
+                Ok((200, value)) if value == op.value => {}
+                Ok((200, value)) => {
+                    findings.wrong_values.push(format!("table key {} reads {value:?} through member {member}", op.key))
+                }
+                Ok(_) | Err(_) => findings.lost.entry(op.key.clone()).or_default().push(member),
+            }
+        }
+        for lost in findings.lost.values_mut().chain(findings.lost_ack1.values_mut()) {
+            lost.dedup();
+        }
+    }
+    findings
+}
+
+/// Adds to `findings` what `listed` (through `member`) lacks or holds wrongly of `expected`.
+fn compare(
+    findings: &mut Findings,
+    member: usize,
+    what: &str,
+    expected: &HashMap<&str, &Op>,
+    listed: &HashMap<String, Vec<u8>>,
+) {
+    for (key, op) in expected {
+        let value = listed.get(*key);
+        if let Some(value) = value
+            && value.as_slice() != op.value.as_bytes()
+        {
+            let shown = String::from_utf8_lossy(value);
+            findings.wrong_values.push(format!("{what} key {key} holds {shown:?} through member {member}"));
+        }
+        if value.is_none() && op.outcome == Outcome::Acknowledged {
+            let lost = if op.kind.ack() >= 2 { &mut findings.lost } else { &mut findings.lost_ack1 };
+            lost.entry(key.to_string()).or_default().push(member);
+        }
+        if value.is_some() && op.outcome == Outcome::Failed {
+            findings
+                .phantoms
+                .push(format!("{what} key {key}, refused with {}, is readable through member {member}", op.reply));
+        }
+    }
+    for key in listed.keys() {
+        if !expected.contains_key(key.as_str()) {
+            findings.phantoms.push(format!("{what} key {key}, never written, is readable through member {member}"));
+        }
+    }
+}
+
+/// Every entry of the listing at `url`, following its pages; an error when a page fails or
+/// leaves out partitions (206).
+fn listing(http: &reqwest::blocking::Client, url: &str) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    let mut entries = HashMap::new();
+    let mut after: Option<String> = None;
+    for _ in 0..PAGES_MAX {
+        let mut request = http.get(url).query(&[("limit", PAGE_KEYS.to_string())]);
+        if let Some(after) = &after {
+            request = request.query(&[("after", after)]);
+        }
+        let response = request.send()?;
+        let status = response.status();
+        if status != reqwest::StatusCode::OK {
+            let body = response.text().unwrap_or_default();
+            anyhow::bail!("{status} {}", body.chars().take(300).collect::<String>());
+        }
+        let page: wire::Page = response.json()?;
+        for entry in page.entries {
+            let key = entry.key.unwrap_or(entry.key_base64);
+            entries.insert(key, BASE64.decode(entry.value)?);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(entries),
+        }
+    }
+    anyhow::bail!("more than {PAGES_MAX} pages")
+}
+
+/// A counter's value at `url`.
+fn counter_value(http: &reqwest::blocking::Client, url: &str) -> anyhow::Result<i128> {
+    let response = http.get(url).send()?;
+    let status = response.status();
+    // A counter no increment reached yet is not there: its value is 0.
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(0);
+    }
+    if !status.is_success() {
+        anyhow::bail!("{status}");
+    }
+    let counter: wire::Counter = response.json()?;
+    Ok(counter.value)
+}
+
+/// At most [`EXAMPLES_MAX`] of `items`, with how many were left out.
+pub(crate) fn examples(items: impl ExactSizeIterator<Item = String>) -> Vec<String> {
+    let total = items.len();
+    let mut shown: Vec<String> = items.take(EXAMPLES_MAX).collect();
+    if total > EXAMPLES_MAX {
+        shown.push(format!("... and {} more", total - EXAMPLES_MAX));
+    }
+    shown
+}

@@ -1,0 +1,241 @@
+//! The workload of a fault run: client threads writing through random members, each write on a
+//! key of its own, every reply recorded as acknowledged, failed or indeterminate.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use canopy_node::tables::partition_of;
+use canopy_node::wire;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+
+/// The table every write of a table goes to.
+pub(crate) const TABLE: &str = "t";
+
+/// Partitions of [`TABLE`].
+pub(crate) const PARTITIONS: u32 = 16;
+
+/// Copies of each partition of [`TABLE`].
+pub(crate) const REPLICAS: u32 = 2;
+
+/// The topic every member subscribes, for topic puts and counters.
+pub(crate) const TOPIC: &str = "f";
+
+/// Counters incremented, `c0` to `c3`.
+pub(crate) const COUNTERS: usize = 4;
+
+/// Puts per table batch.
+const BATCH_KEYS: usize = 10;
+
+/// Longest a client waits for a reply: above the members' 5 s acknowledgement timeout, so a
+/// write that is merely under-acknowledged answers 504 rather than timing out.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a write is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// `PUT /v1/tables/t/kv/{key}?ack=2`.
+    TablePutAck2,
+    /// `PUT /v1/tables/t/kv/{key}?ack=1`.
+    TablePutAck1,
+    /// One key of `POST /v1/tables/t/batch?ack=2`.
+    TableBatchAck2,
+    /// `PUT /v1/topics/f/kv/{key}?ack=2`.
+    TopicPutAck2,
+    /// `POST /v1/topics/f/counters/{counter}?ack=2` adding 1.
+    CounterAck2,
+}
+
+impl OpKind {
+    /// The acknowledgement level it asks for.
+    pub(crate) fn ack(self) -> u32 {
+        if self == OpKind::TablePutAck1 { 1 } else { 2 }
+    }
+
+    /// Whether its key is in the table (else in the topic).
+    pub(crate) fn in_table(self) -> bool {
+        matches!(self, OpKind::TablePutAck2 | OpKind::TablePutAck1 | OpKind::TableBatchAck2)
+    }
+}
+
+/// How a write ended, as its client saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A 2xx: acknowledged at its level.
+    Acknowledged,
+    /// A 4xx other than 408: not applied.
+    Failed,
+    /// A timeout, a connection error, a 5xx (a 504 is applied but under-acknowledged): maybe
+    /// applied.
+    Indeterminate,
+}
+
+/// One recorded write.
+#[derive(Clone, Debug, Serialize)]
+pub struct Op {
+    /// What it is.
+    pub kind: OpKind,
+    /// Its key (the counter's, for an increment).
+    pub key: String,
+    /// Its value (empty for an increment).
+    pub value: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The member it was sent to.
+    pub member: usize,
+    /// Seconds into the workload it was sent.
+    pub sent_s: f64,
+    /// Seconds into the workload its reply (or error) came.
+    pub done_s: f64,
+    /// The reply's status, or the error.
+    pub reply: String,
+}
+
+/// The outcome of a reply's status.
+fn outcome_of(status: u16) -> Outcome {
+    match status {
+        200..=299 => Outcome::Acknowledged,
+        408 => Outcome::Indeterminate,
+        400..=499 => Outcome::Failed,
+        _ => Outcome::Indeterminate,
+    }
+}
+
+/// One client thread: writes through random `apis` until `deadline` or `stop`, its RNG and
+/// its keys taken from `seed` and `client`.
+pub(crate) fn client(
+    apis: &[String],
+    http: &reqwest::blocking::Client,
+    seed: u64,
+    client: usize,
+    started: Instant,
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Vec<Op> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut ops = Vec::new();
+    let mut sequence = 0u64;
+    while Instant::now() < deadline && !stop() {
+        sequence += 1;
+        let member = rng.random_range(0..apis.len());
+        let api = &apis[member];
+        let draw = rng.random_range(0..100);
+        let kind = match draw {
+            0..30 => OpKind::TablePutAck2,
+            30..40 => OpKind::TablePutAck1,
+            40..55 => OpKind::TableBatchAck2,
+            55..80 => OpKind::TopicPutAck2,
+            _ => OpKind::CounterAck2,
+        };
+        let sent_s = started.elapsed().as_secs_f64();
+        let key = format!("{client}-{sequence}");
+        let record = |kind, key: String, value: String, outcome, reply: String| Op {
+            kind,
+            key,
+            value,
+            outcome,
+            member,
+            sent_s,
+            done_s: started.elapsed().as_secs_f64(),
+            reply,
+        };
+        match kind {
+            OpKind::TableBatchAck2 => {
+                let keys: Vec<String> = (0..BATCH_KEYS).map(|j| format!("b{key}-{j}")).collect();
+                let ops_json: Vec<_> = keys
+                    .iter()
+                    .map(|k| json!({ "op": "put", "key": k, "value": BASE64.encode(value_of(k)) }))
+                    .collect();
+                let url = format!("{api}/v1/tables/{TABLE}/batch?ack=2");
+                let reply = http.post(url).json(&json!({ "ops": ops_json })).send();
+                for (k, outcome, reply) in batch_outcomes(&keys, reply) {
+                    let value = value_of(&k);
+                    ops.push(record(kind, k, value, outcome, reply));
+                }
+            }
+            OpKind::CounterAck2 => {
+                let counter = format!("c{}", rng.random_range(0..COUNTERS));
+                let url = format!("{api}/v1/topics/{TOPIC}/counters/{counter}?ack=2");
+                let (outcome, reply) = single(http.post(url).json(&json!({ "add": 1 })).send());
+                ops.push(record(kind, counter, String::new(), outcome, reply));
+            }
+            OpKind::TablePutAck2 | OpKind::TablePutAck1 | OpKind::TopicPutAck2 => {
+                let key = if kind.in_table() { format!("p{key}") } else { format!("k{key}") };
+                let value = value_of(&key);
+                let url = if kind.in_table() {
+                    format!("{api}/v1/tables/{TABLE}/kv/{key}?ack={}", kind.ack())
+                } else {
+                    format!("{api}/v1/topics/{TOPIC}/kv/{key}?ack=2")
+                };
+                let (outcome, reply) = single(http.put(url).body(value.clone()).send());
+                ops.push(record(kind, key, value, outcome, reply));
+            }
+        }
+    }
+    ops
+}
+
+/// The value written under `key`: unique to it, so a value under the wrong key shows.
+pub(crate) fn value_of(key: &str) -> String {
+    format!("value-of-{key}")
+}
+
+/// The outcome of a single write's reply.
+fn single(reply: reqwest::Result<reqwest::blocking::Response>) -> (Outcome, String) {
+    match reply {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.text().unwrap_or_default();
+            (outcome_of(status), format!("{status} {}", truncated(&body)))
+        }
+        Err(error) => (Outcome::Indeterminate, format!("{error}")),
+    }
+}
+
+/// Each key's outcome in a table batch's reply: the outcome of its partition's status when the
+/// reply lists partitions, else of the reply's own status.
+fn batch_outcomes(
+    keys: &[String],
+    reply: reqwest::Result<reqwest::blocking::Response>,
+) -> Vec<(String, Outcome, String)> {
+    let (status, body) = match reply {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.bytes().unwrap_or_default())
+        }
+        Err(error) => {
+            return keys.iter().map(|k| (k.clone(), Outcome::Indeterminate, error.to_string())).collect();
+        }
+    };
+    let batched: Option<wire::TableBatched> = serde_json::from_slice(&body).ok();
+    keys.iter()
+        .map(|key| {
+            let partition = partition_of(key.as_bytes(), PARTITIONS);
+            let outcome = batched.as_ref().and_then(|b| b.partitions.iter().find(|p| p.partition == partition));
+            match outcome {
+                Some(p) => {
+                    (key.clone(), outcome_of(p.status), format!("{status}, partition {partition}: {}", p.status))
+                }
+                // A 2xx that does not list the key's partition acknowledged nothing for it.
+                None if (200..300).contains(&status) => {
+                    (key.clone(), Outcome::Indeterminate, format!("{status} without partition {partition}"))
+                }
+                None => (
+                    key.clone(),
+                    outcome_of(status),
+                    format!("{status} {}", truncated(&String::from_utf8_lossy(&body))),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// At most the first 200 characters of `text`.
+fn truncated(text: &str) -> String {
+    text.chars().take(200).collect()
+}

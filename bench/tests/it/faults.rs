@@ -1,0 +1,43 @@
+//! A tiny fault run over real `canopy serve --tables` processes in network namespaces: three
+//! members, a seeded nemesis, and the checker's verdict. It needs root (and `ip`, `nft`), and
+//! says why it skips when it lacks them.
+
+use canopy_bench::faults::{self, FaultsConfig};
+
+/// The seed of the tiny run; its schedule kills one member and partitions another one way.
+const SEED: u64 = 1;
+
+/// The `canopy` binary cargo built beside this package's binary.
+fn canopy_binary() -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_canopy-bench")).with_file_name("canopy");
+    assert!(path.is_file(), "{} is missing: build it with cargo build -p canopy-node --bins", path.display());
+    path
+}
+
+#[test]
+fn a_tiny_fault_run_loses_no_acknowledged_write_and_keeps_counters_in_bounds() {
+    if let Some(refusal) = faults::refusal() {
+        eprintln!("skipped: {refusal}");
+        return;
+    }
+    let schedule = faults::schedule(SEED, 3, 20.0);
+    assert!(!schedule.is_empty(), "seed {SEED} schedules no fault");
+    assert_eq!(schedule, faults::schedule(SEED, 3, 20.0), "one seed gives one schedule");
+    let config = FaultsConfig { seed: SEED, members: 3, duration_s: 20, canopy: canopy_binary(), keep_logs: None };
+    let report = faults::run(&config).unwrap();
+    let acknowledged: u64 = report.ops.values().map(|outcomes| outcomes.acknowledged).sum();
+    assert!(acknowledged > 0, "no write was acknowledged: {report:?}");
+    assert_eq!(report.schedule, schedule, "the run injected another schedule than the seed's");
+    assert_eq!(
+        report.lost, 0,
+        "seed {SEED}: acknowledged writes lost: {:?} (logs: {:?})",
+        report.problems, report.logs
+    );
+    assert!(report.crashed.is_empty(), "seed {SEED}: {:?}", report.crashed);
+    assert!(
+        report.converge_s.is_some(),
+        "seed {SEED}: not converged, counters or values wrong: {:?} (logs: {:?})",
+        report.problems,
+        report.logs
+    );
+}
