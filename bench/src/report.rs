@@ -367,18 +367,20 @@ const CANOPY: RGBColor = RGBColor(31, 119, 180);
 const ROCKSDB: RGBColor = RGBColor(255, 127, 14);
 const OTHER: RGBColor = RGBColor(44, 160, 44);
 
-/// Keys/s, RSS and disk against time, canopy and (when measured) bare RocksDB.
+/// Keys/s, RSS and disk against the keys written so far, canopy and (when measured) bare
+/// RocksDB, and canopy's disk by column family, which explains its disk curve.
 fn plot_scale(path: &Path, title: &str, report: &ScaleReport) -> anyhow::Result<()> {
     let sides: Vec<(&str, RGBColor, &scale::Side)> = std::iter::once(("canopy", CANOPY, &report.canopy))
         .chain(report.rocksdb.as_ref().map(|side| ("bare RocksDB", ROCKSDB, side)))
         .collect();
-    let root = SVGBackend::new(path, (900, 900)).into_drawing_area();
+    let root = SVGBackend::new(path, (900, 1200)).into_drawing_area();
     root.fill(&WHITE)?;
-    let panels = root.split_evenly((3, 1));
-    let x_max = sides.iter().flat_map(|(_, _, s)| s.checkpoints.iter().map(|c| c.elapsed_s)).fold(1.0, f64::max);
+    let panels = root.split_evenly((4, 1));
+    let millions = |c: &scale::Checkpoint| c.keys as f64 / 1e6;
+    let x_max = sides.iter().flat_map(|(_, _, s)| s.checkpoints.iter().map(millions)).fold(1e-3, f64::max);
     type Figure = fn(&scale::Checkpoint) -> f64;
     let figures: [(&str, Figure); 3] = [
-        ("keys/s", |c| c.interval_keys_per_s),
+        ("thousand keys/s", |c| c.interval_keys_per_s / 1e3),
         ("RSS MiB", |c| c.rss_bytes as f64 / f64::from(1 << 20)),
         ("disk GiB", |c| c.disk_bytes as f64 / f64::from(1 << 30)),
     ];
@@ -390,9 +392,9 @@ fn plot_scale(path: &Path, title: &str, report: &ScaleReport) -> anyhow::Result<
             .x_label_area_size(35)
             .y_label_area_size(80)
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
-        chart.configure_mesh().x_desc("seconds").y_desc(label).draw()?;
+        chart.configure_mesh().x_desc("million keys written").y_desc(label).draw()?;
         for (name, color, side) in &sides {
-            let points: Vec<(f64, f64)> = side.checkpoints.iter().map(|c| (c.elapsed_s, figure(c))).collect();
+            let points: Vec<(f64, f64)> = side.checkpoints.iter().map(|c| (millions(c), figure(c))).collect();
             chart
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))?
                 .label(*name)
@@ -400,7 +402,68 @@ fn plot_scale(path: &Path, title: &str, report: &ScaleReport) -> anyhow::Result<
         }
         legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     }
+    plot_families(&panels[3], title, report, x_max)?;
     root.present()?;
+    Ok(())
+}
+
+/// Most column families drawn apart in the disk-by-family panel; the rest are summed.
+const FAMILIES_DRAWN_MAX: usize = 5;
+
+/// canopy's disk by column family (table files and blob files) and its blob garbage, against
+/// the keys written so far.
+fn plot_families(
+    panel: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    report: &ScaleReport,
+    x_max: f64,
+) -> anyhow::Result<()> {
+    let checkpoints = &report.canopy.checkpoints;
+    let gib = |bytes: u64| bytes as f64 / f64::from(1 << 30);
+    let family_bytes = |c: &scale::Checkpoint, name: &str| {
+        c.families.iter().filter(|f| f.name == name).map(|f| f.sst_bytes + f.blob_bytes).sum::<u64>()
+    };
+    // The largest families at the end are drawn each; the others are drawn as one line.
+    let mut names: Vec<String> =
+        checkpoints.last().map(|c| c.families.iter().map(|f| f.name.clone()).collect()).unwrap_or_default();
+    let last = checkpoints.last();
+    names.sort_by_key(|name| std::cmp::Reverse(last.map_or(0, |c| family_bytes(c, name))));
+    let (drawn, rest) = names.split_at(names.len().min(FAMILIES_DRAWN_MAX));
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = drawn
+        .iter()
+        .map(|name| {
+            let points = checkpoints.iter().map(|c| (c.keys as f64 / 1e6, gib(family_bytes(c, name)))).collect();
+            (name.clone(), points)
+        })
+        .collect();
+    if !rest.is_empty() {
+        let points = checkpoints
+            .iter()
+            .map(|c| (c.keys as f64 / 1e6, gib(rest.iter().map(|name| family_bytes(c, name)).sum())))
+            .collect();
+        series.push(("the others".to_string(), points));
+    }
+    let garbage = checkpoints
+        .iter()
+        .map(|c| (c.keys as f64 / 1e6, gib(c.families.iter().map(|f| f.blob_garbage_bytes).sum())))
+        .collect();
+    series.push(("blob garbage (all)".to_string(), garbage));
+    let y_max = series.iter().flat_map(|(_, points)| points.iter().map(|p| p.1)).fold(1e-9, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(panel)
+        .caption(format!("canopy's disk by column family, {title}"), ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    chart.configure_mesh().x_desc("million keys written").y_desc("GiB").draw()?;
+    for (index, (name, points)) in series.into_iter().enumerate() {
+        let color = Palette99::pick(index).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
     Ok(())
 }
 

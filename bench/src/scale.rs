@@ -75,6 +75,31 @@ pub struct Checkpoint {
     pub pending_compaction_bytes: u64,
     /// Seconds RocksDB has stalled writes so far.
     pub stall_s: f64,
+    /// Disk by column family, so the disk curve can be explained.
+    pub families: Vec<FamilyDisk>,
+}
+
+/// One column family's bytes on disk at a checkpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct FamilyDisk {
+    /// The column family.
+    pub name: String,
+    /// Bytes of its live table files.
+    pub sst_bytes: u64,
+    /// Bytes of its blob files, garbage included.
+    pub blob_bytes: u64,
+    /// Bytes of its blob files no live record refers to any more.
+    pub blob_garbage_bytes: u64,
+}
+
+/// What RocksDB says of a store at a checkpoint.
+struct RocksFigures {
+    /// Bytes compaction still has to rewrite.
+    pending_compaction_bytes: u64,
+    /// Seconds writes stalled so far.
+    stall_s: f64,
+    /// Disk by column family.
+    families: Vec<FamilyDisk>,
 }
 
 /// Latencies of one kind of read.
@@ -221,20 +246,30 @@ fn reset_peak_rss() {
 }
 
 /// RocksDB's pending compaction bytes over every column family, and its cumulative stall.
-fn rocks_figures(db: &rocksdb::DB, families: &[&str]) -> (u64, f64) {
-    let mut pending = 0;
-    for name in families {
+fn rocks_figures(db: &rocksdb::DB, families: &[&str]) -> RocksFigures {
+    let property = |name: &str, property: &str| -> u64 {
         let value = match name {
-            &"default" => db.property_int_value("rocksdb.estimate-pending-compaction-bytes"),
+            "default" => db.property_int_value(property),
             _ => match db.cf_handle(name) {
-                Some(cf) => db.property_int_value_cf(cf, "rocksdb.estimate-pending-compaction-bytes"),
+                Some(cf) => db.property_int_value_cf(cf, property),
                 None => Ok(None),
             },
         };
-        pending += value.ok().flatten().unwrap_or(0);
-    }
+        value.ok().flatten().unwrap_or(0)
+    };
+    let pending_compaction_bytes =
+        families.iter().map(|name| property(name, "rocksdb.estimate-pending-compaction-bytes")).sum();
+    let families = families
+        .iter()
+        .map(|name| FamilyDisk {
+            name: name.to_string(),
+            sst_bytes: property(name, "rocksdb.total-sst-files-size"),
+            blob_bytes: property(name, "rocksdb.total-blob-file-size"),
+            blob_garbage_bytes: property(name, "rocksdb.live-blob-file-garbage-size"),
+        })
+        .collect();
     let stats = db.property_value("rocksdb.dbstats").ok().flatten().unwrap_or_default();
-    (pending, cumulative_stall(&stats))
+    RocksFigures { pending_compaction_bytes, stall_s: cumulative_stall(&stats), families }
 }
 
 /// The seconds of "Cumulative stall: HH:MM:SS.sss H:M:S" in RocksDB's `dbstats`.
@@ -243,8 +278,6 @@ fn cumulative_stall(stats: &str) -> f64 {
     let Some(clock) = line.trim_start_matches("Cumulative stall:").split_whitespace().next() else { return 0.0 };
     clock.split(':').fold(0.0, |total, part| total * 60.0 + part.parse::<f64>().unwrap_or(0.0))
 }
-
-const CANOPY_FAMILIES: [&str; 8] = ["blocks", "index", "pending", "heads", "kv", "tombstones", "snapshots", "meta"];
 
 fn topic_name(index: usize) -> String {
     format!("scale-{index:05}")
@@ -261,7 +294,7 @@ fn ingest(
     side: &'static str,
     config: &ScaleConfig,
     dir: &Path,
-    figures: &(dyn Fn() -> (u64, f64) + Sync),
+    figures: &(dyn Fn() -> RocksFigures + Sync),
     write: &(dyn Fn(u64) + Sync),
     events: &(dyn Fn(Event) + Sync),
 ) -> (f64, Vec<Checkpoint>) {
@@ -281,7 +314,7 @@ fn ingest(
                 match crossings.recv_timeout(Duration::from_millis(100)) {
                     Ok((keys, elapsed_s)) => {
                         let (rss_bytes, peak_rss_bytes) = rss();
-                        let (pending_compaction_bytes, stall_s) = figures();
+                        let RocksFigures { pending_compaction_bytes, stall_s, families } = figures();
                         // Two writers crossing checkpoints at nearly the same time may report
                         // out of order: an interval runs from the checkpoint with the most keys
                         // below this one.
@@ -300,6 +333,7 @@ fn ingest(
                             disk_bytes: dir_bytes(dir),
                             pending_compaction_bytes,
                             stall_s,
+                            families,
                         };
                         events(Event::Checkpoint(&checkpoint));
                         checkpoints.push(checkpoint);
@@ -491,7 +525,7 @@ fn run_canopy(config: &ScaleConfig, dir: &Path, events: &(dyn Fn(Event) + Sync))
     let topics: Vec<Topic> = (0..config.topics).map(|t| store.topic(&topic_name(t))).collect::<Result<_, _>>()?;
     let (ingested, read_figures, scan_keys_per_s) = {
         let db = store.blocks().db();
-        let figures = || rocks_figures(db, &CANOPY_FAMILIES);
+        let figures = || rocks_figures(db, &canopy_crdt::FAMILIES);
         let write = |batch: u64| {
             let first = batch * config.batch as u64;
             let mut ops = Batch::new();

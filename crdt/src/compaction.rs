@@ -16,7 +16,7 @@ use crate::access::Mode;
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::row::Row;
-use crate::schema::{CF_HEADS, CF_HISTORY, CF_KV, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS};
+use crate::schema::{CF_HISTORY, CF_KV, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, TOPIC_FAMILIES};
 use crate::shared::TopicShared;
 use crate::snapshot::{ChunkWriter, SnapshotElement};
 use crate::types::Compaction;
@@ -183,10 +183,6 @@ pub(crate) fn compact_storage(store: &StoreInner, topic: TopicId) -> Result<(u64
     }
     Ok((before, topic_bytes(store, topic)))
 }
-
-/// The column families that hold a topic's records under its prefix.
-const TOPIC_FAMILIES: [&str; 9] =
-    [CF_BLOCKS, CF_INDEX, CF_KV, CF_HEADS, CF_TOMBSTONES, CF_SNAPSHOTS, CF_PENDING, CF_WRITERS, CF_HISTORY];
 
 /// Removes the parts of the `old` snapshots that no snapshot in `keep` also uses.
 fn remove_parts(store: &StoreInner, topic: TopicId, old: &[Cid], keep: &[Cid]) -> Result<(), StorageError> {

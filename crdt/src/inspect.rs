@@ -20,13 +20,10 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
     column_families, decode_cids, key_count_key, meta_key,
 };
 use crate::types::Head;
-
-/// Every column family, for figures and checksum scans.
-const FAMILIES: [&str; 8] = [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_META];
 
 /// Figures of one topic.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +61,9 @@ pub struct FamilyStats {
     pub live_sst_bytes: u64,
     /// Bytes of blob files.
     pub blob_bytes: u64,
+    /// Bytes of blob files that no live record refers to any more, awaiting collection.
+    #[serde(default)]
+    pub blob_garbage_bytes: u64,
     /// Bytes in memtables.
     pub memtable_bytes: u64,
     /// Keys, as RocksDB estimates them.
@@ -304,6 +304,7 @@ impl Inspector {
                 name: name.to_string(),
                 live_sst_bytes: int("rocksdb.live-sst-files-size")?,
                 blob_bytes: int("rocksdb.total-blob-file-size")?,
+                blob_garbage_bytes: int("rocksdb.live-blob-file-garbage-size")?,
                 memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
                 estimated_keys: int("rocksdb.estimate-num-keys")?,
                 pending_compaction_bytes: int("rocksdb.estimate-pending-compaction-bytes")?,

@@ -48,7 +48,7 @@ pub use access::validate_topic_name;
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
 pub use options::StoreOptions;
-pub use schema::TOPIC_NAME_BYTES_MAX;
+pub use schema::{FAMILIES, TOPIC_NAME_BYTES_MAX};
 pub use store::Store;
 pub use topic::{Batch, Ingesting, Page, Topic};
 pub use types::{

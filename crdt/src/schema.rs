@@ -127,12 +127,43 @@ pub(crate) fn kv_file_options() -> Options {
     topic_cf_options(&Cache::new_lru_cache(1 << 20))
 }
 
+/// The column families that hold topics' records under each topic's prefix.
+pub(crate) const TOPIC_FAMILIES: [&str; 10] = [
+    CF_BLOCKS,
+    CF_INDEX,
+    CF_PENDING,
+    CF_HEADS,
+    CF_KV,
+    CF_TOMBSTONES,
+    CF_SNAPSHOTS,
+    CF_WRITERS,
+    CF_HISTORY,
+    CF_EXPIRIES,
+];
+
+/// Every column family canopy opens (besides RocksDB's `default`, which it leaves empty): the
+/// topics' families and the meta family. Whatever lists, checks or measures families goes
+/// through this list, so none is left out.
+pub const FAMILIES: [&str; 11] = [
+    CF_BLOCKS,
+    CF_INDEX,
+    CF_PENDING,
+    CF_HEADS,
+    CF_KV,
+    CF_TOMBSTONES,
+    CF_SNAPSHOTS,
+    CF_WRITERS,
+    CF_HISTORY,
+    CF_EXPIRIES,
+    CF_META,
+];
+
 /// Blocks at least this large are kept in blob files.
 const BLOB_BYTES_MIN: u64 = 4096;
 
 /// Every column family canopy opens, with its options.
 pub(crate) fn column_families(cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
-    [CF_BLOCKS, CF_INDEX, CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES]
+    TOPIC_FAMILIES
         .into_iter()
         .map(|name| {
             let mut options = topic_cf_options(cache);
