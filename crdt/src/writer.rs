@@ -166,6 +166,9 @@ pub(crate) struct TopicState {
     /// Blocks and block bytes added since the last compaction (or since the topic loaded).
     grown_blocks: u64,
     grown_bytes: u64,
+    /// `grown_blocks` and `grown_bytes` when the running compaction froze the topic: the blocks
+    /// it covers.
+    grown_at_freeze: (u64, u64),
     /// An automatic compaction was asked for and has not happened yet.
     compaction_requested: bool,
     /// Approximate size of the latest snapshot, for the compaction policy.
@@ -257,6 +260,7 @@ impl TopicState {
             merging: merging.is_some(),
             grown_blocks: 0,
             grown_bytes: 0,
+            grown_at_freeze: (0, 0),
             compaction_requested: false,
             snapshot_bytes,
             lists,
@@ -593,11 +597,14 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
-        Command::Freeze { topic, reply, resume } => match topics.get(&topic) {
+        Command::Freeze { topic, reply, resume } => match topics.get_mut(&topic) {
             None => {
                 let _ = reply.send(Err(TopicError::Closed));
             }
             Some(state) => {
+                // The history the snapshot will cover: what grows after this counts toward the
+                // next compaction.
+                state.grown_at_freeze = (state.grown_blocks, state.grown_bytes);
                 let heads = state.heads.iter().map(|(cid, height)| Head { cid: *cid, height: *height }).collect();
                 if reply.send(Ok((heads, state.snapshots.clone()))).is_ok() {
                     // The caller takes its snapshot at once; a caller that died does not hold

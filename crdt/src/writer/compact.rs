@@ -35,8 +35,10 @@ pub(super) fn record(
     context.write(batch)?;
     state.snapshots.cover = cover;
     state.snapshots.known = known;
-    state.grown_blocks = 0;
-    state.grown_bytes = 0;
+    // Blocks applied while the compaction ran are not covered by it: they count toward the next.
+    let (blocks, bytes) = std::mem::take(&mut state.grown_at_freeze);
+    state.grown_blocks = state.grown_blocks.saturating_sub(blocks);
+    state.grown_bytes = state.grown_bytes.saturating_sub(bytes);
     state.compaction_requested = false;
     state.snapshot_bytes = snapshot_bytes(&context.db, topic, &state.snapshots.cover)?;
     state.shared.parts_held.store(true, Ordering::SeqCst);
