@@ -91,6 +91,9 @@ pub struct FaultsReport {
     pub lost_ack1: usize,
     /// Seconds from the heal until every check passed; `None` when they did not within 120 s.
     pub converge_s: Option<f64>,
+    /// Seconds from the last fault's heal to the end of the workload, when the final heal and
+    /// the checks begin (the whole workload when no fault was begun).
+    pub quiet_s: f64,
     /// Faults begun, by kind.
     pub faults: BTreeMap<FaultKind, u64>,
     /// Writes by kind and outcome (a batch counts once per key).
@@ -175,11 +178,29 @@ pub fn run(config: &FaultsConfig) -> anyhow::Result<FaultsReport> {
         None => dir.path().join("logs"),
     };
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let (shared, token) = prepare(&canopy, dir.path(), config.members)?;
+    match run_in(config, &canopy, tools, &faults, dir.path(), &logs) {
+        Ok(report) => Ok(report),
+        Err(error) => match keep(&logs, config, &[]) {
+            Ok(kept) => Err(error.context(format!("the fault run failed (logs kept in {})", kept.display()))),
+            Err(_) => Err(error),
+        },
+    }
+}
+
+/// Runs the fault test with `faults`, the members' data under `dir` and their logs in `logs`.
+fn run_in(
+    config: &FaultsConfig,
+    canopy: &Path,
+    tools: Tools,
+    faults: &[Fault],
+    dir: &Path,
+    logs: &Path,
+) -> anyhow::Result<FaultsReport> {
+    let (shared, token) = prepare(canopy, dir, config.members)?;
     let http = client(&token, workload::REQUEST_TIMEOUT)?;
     let network = Network::create(config.members, tools)?;
     let mut members: Vec<Member> = (0..config.members)
-        .map(|i| Member::new(i, dir.path().join(format!("member-{i}")), logs.join(format!("member-{i}.log"))))
+        .map(|i| Member::new(i, dir.join(format!("member-{i}")), logs.join(format!("member-{i}.log"))))
         .collect();
     let apis: Vec<String> = (0..config.members).map(|i| Member::api(&network, i)).collect();
     eprintln!("faults: members at {} (logs in {})", apis.join(" "), logs.display());
@@ -202,7 +223,7 @@ pub fn run(config: &FaultsConfig) -> anyhow::Result<FaultsReport> {
                 scope.spawn(move || workload::client(apis, http, config.seed, c, started, deadline, stop))
             })
             .collect();
-        let begun = nemesis::drive(&faults, &mut members, &network, &shared, &http, started, &stopped);
+        let begun = nemesis::drive(faults, &mut members, &network, &shared, &http, started, &stopped);
         if begun.is_err() {
             aborted.store(true, Ordering::SeqCst);
         }
@@ -228,11 +249,8 @@ pub fn run(config: &FaultsConfig) -> anyhow::Result<FaultsReport> {
     eprintln!("faults: healed; {} writes; checking every member (at most {CONVERGE_TIMEOUT:?})", ops.len());
     let (converge_s, findings) = check::until_converged(&ops, &apis, &http, CONVERGE_TIMEOUT, &stopped);
     let mut report = report(config, &ops, &begun, converge_s, &findings, crashed);
-    if !report.passed() || !findings.clean() {
-        let kept = keep(&logs, config, &ops)?;
-        report.logs = Some(kept);
-    } else if config.keep_logs.is_some() {
-        report.logs = Some(logs.clone());
+    if !report.passed() || !findings.clean() || config.keep_logs.is_some() {
+        report.logs = Some(keep(logs, config, &ops)?);
     }
     drop(members);
     drop(network);
@@ -427,6 +445,7 @@ fn report(
         lost: findings.lost.len(),
         lost_ack1: findings.lost_ack1.len(),
         converge_s,
+        quiet_s: config.duration_s as f64 - begun.last().map_or(0.0, |fault| fault.end_s),
         faults,
         ops: by_kind,
         unacknowledged_replies: replies,
@@ -440,18 +459,15 @@ fn report(
 /// What kind of reply `reply` (as a write recorded it) was: its status with the error's first
 /// words, or the client's error.
 fn reply_class(reply: &str) -> String {
-    /// Characters of a reply kept to tell kinds apart.
-    const CLASS_CHARS: usize = 60;
-    let class: String = reply.chars().take(CLASS_CHARS).collect();
     // A batch's reply names its partition, which does not tell kinds apart.
-    match class.split_once(", partition ") {
-        Some((status, rest)) => format!("{status}, partition {}", rest.split_once(": ").map_or(rest, |(_, s)| s)),
-        None => class,
+    match reply.split_once(", partition ") {
+        Some((status, rest)) => format!("batch {status}: {}", rest.split_once(": ").map_or(rest, |(_, s)| s)),
+        None => reply.to_string(),
     }
 }
 
-/// Keeps the logs of a failing run, with its operations beside them, where they survive the
-/// run: in `--keep-logs`, else in a directory of their own under the system's temporary one.
+/// Keeps the logs of a run, with its operations beside them (`ops.jsonl`), where they survive
+/// the run: in `--keep-logs`, else in a directory of their own under the system's temporary one.
 fn keep(logs: &Path, config: &FaultsConfig, ops: &[Op]) -> anyhow::Result<PathBuf> {
     let kept = match &config.keep_logs {
         Some(kept) => kept.clone(),

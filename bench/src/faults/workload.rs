@@ -190,10 +190,34 @@ fn single(reply: reqwest::Result<reqwest::blocking::Response>) -> (Outcome, Stri
     match reply {
         Ok(response) => {
             let status = response.status().as_u16();
-            let body = response.text().unwrap_or_default();
-            (outcome_of(status), format!("{status} {}", truncated(&body)))
+            let body = response.bytes().unwrap_or_default();
+            (outcome_of(status), described(status, &body))
         }
-        Err(error) => (Outcome::Indeterminate, format!("{error}")),
+        Err(error) => (Outcome::Indeterminate, failure(&error)),
+    }
+}
+
+/// A reply as a report shows it: its status, with the error's message, or for a 504 the
+/// copies that held the write.
+fn described(status: u16, body: &[u8]) -> String {
+    if (200..300).contains(&status) {
+        return status.to_string();
+    }
+    match serde_json::from_slice::<wire::ErrorBody>(body) {
+        Ok(error) if status == 504 => format!("504 acknowledged by {}", error.acknowledged.unwrap_or(0)),
+        Ok(error) => format!("{status} {}", truncated(&error.error)),
+        Err(_) => format!("{status} {}", truncated(&String::from_utf8_lossy(body))),
+    }
+}
+
+/// A request that got no reply, as a report shows it.
+fn failure(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "no reply: timeout".into()
+    } else if error.is_connect() {
+        "no reply: cannot connect".into()
+    } else {
+        "no reply: connection failed".into()
     }
 }
 
@@ -209,7 +233,7 @@ fn batch_outcomes(
             (status, response.bytes().unwrap_or_default())
         }
         Err(error) => {
-            return keys.iter().map(|k| (k.clone(), Outcome::Indeterminate, error.to_string())).collect();
+            return keys.iter().map(|k| (k.clone(), Outcome::Indeterminate, failure(&error))).collect();
         }
     };
     let batched: Option<wire::TableBatched> = serde_json::from_slice(&body).ok();
@@ -219,23 +243,24 @@ fn batch_outcomes(
             let outcome = batched.as_ref().and_then(|b| b.partitions.iter().find(|p| p.partition == partition));
             match outcome {
                 Some(p) => {
-                    (key.clone(), outcome_of(p.status), format!("{status}, partition {partition}: {}", p.status))
+                    let shown = match (&p.error, p.acknowledged) {
+                        (_, Some(copies)) if p.status == 504 => format!("504 acknowledged by {copies}"),
+                        (Some(error), _) => format!("{} {}", p.status, truncated(error)),
+                        (None, _) => p.status.to_string(),
+                    };
+                    (key.clone(), outcome_of(p.status), format!("{status}, partition {partition}: {shown}"))
                 }
                 // A 2xx that does not list the key's partition acknowledged nothing for it.
                 None if (200..300).contains(&status) => {
                     (key.clone(), Outcome::Indeterminate, format!("{status} without partition {partition}"))
                 }
-                None => (
-                    key.clone(),
-                    outcome_of(status),
-                    format!("{status} {}", truncated(&String::from_utf8_lossy(&body))),
-                ),
+                None => (key.clone(), outcome_of(status), described(status, &body)),
             }
         })
         .collect()
 }
 
-/// At most the first 200 characters of `text`.
+/// At most the first 100 characters of `text`.
 fn truncated(text: &str) -> String {
-    text.chars().take(200).collect()
+    text.chars().take(100).collect()
 }
