@@ -255,3 +255,49 @@ pub(crate) fn examples(items: impl ExactSizeIterator<Item = String>) -> Vec<Stri
     }
     shown
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded write of `key` with `outcome`.
+    fn op(kind: OpKind, key: &str, outcome: Outcome) -> Op {
+        let value = super::super::workload::value_of(key);
+        Op { kind, key: key.into(), value, outcome, member: 0, sent_s: 0.0, done_s: 0.0, reply: String::new() }
+    }
+
+    #[test]
+    fn a_listing_without_an_acknowledged_write_loses_it_and_a_foreign_value_shows() {
+        let ops = [
+            op(OpKind::TablePutAck2, "p0-1", Outcome::Acknowledged),
+            op(OpKind::TablePutAck1, "p0-2", Outcome::Acknowledged),
+            op(OpKind::TableBatchAck2, "b0-3-0", Outcome::Indeterminate),
+            op(OpKind::TablePutAck2, "p0-4", Outcome::Failed),
+            op(OpKind::TablePutAck2, "p0-5", Outcome::Acknowledged),
+        ];
+        let expected = Expected::new(&ops);
+        let mut listed = HashMap::new();
+        listed.insert("p0-4".to_string(), b"value-of-p0-4".to_vec());
+        listed.insert("p0-5".to_string(), b"value-of-p0-1".to_vec());
+        listed.insert("x".to_string(), b"?".to_vec());
+        let mut findings = Findings::default();
+        compare(&mut findings, 3, "table", &expected.table, &listed);
+        assert_eq!(findings.lost.into_iter().collect::<Vec<_>>(), [("p0-1".to_string(), vec![3])]);
+        assert_eq!(findings.lost_ack1.into_iter().collect::<Vec<_>>(), [("p0-2".to_string(), vec![3])]);
+        assert_eq!(findings.wrong_values.len(), 1, "{:?}", findings.wrong_values);
+        assert_eq!(findings.phantoms.len(), 2, "{:?}", findings.phantoms);
+    }
+
+    #[test]
+    fn counter_bounds_count_acknowledged_and_indeterminate_increments_apart() {
+        let ops = [
+            op(OpKind::CounterAck2, "c1", Outcome::Acknowledged),
+            op(OpKind::CounterAck2, "c1", Outcome::Acknowledged),
+            op(OpKind::CounterAck2, "c1", Outcome::Indeterminate),
+            op(OpKind::CounterAck2, "c1", Outcome::Failed),
+        ];
+        let expected = Expected::new(&ops);
+        assert_eq!(expected.counters["c1"], (2, 1));
+        assert_eq!(expected.counters["c0"], (0, 0));
+    }
+}

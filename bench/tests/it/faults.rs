@@ -41,3 +41,23 @@ fn a_tiny_fault_run_loses_no_acknowledged_write_and_keeps_counters_in_bounds() {
         report.logs
     );
 }
+
+#[test]
+fn a_schedule_is_the_seeds_own_and_faults_one_member_at_a_time() {
+    for seed in 0..200 {
+        let schedule = faults::schedule(seed, 5, 180.0);
+        assert_eq!(schedule, faults::schedule(seed, 5, 180.0), "seed {seed}: two schedules");
+        assert!(schedule.len() >= 10, "seed {seed}: only {} faults in 180 s", schedule.len());
+        for fault in &schedule {
+            assert!(fault.member < 5, "seed {seed}: {fault}");
+            assert!(fault.start_s < fault.end_s && fault.end_s <= 179.0, "seed {seed}: {fault}");
+        }
+        for pair in schedule.windows(2) {
+            assert!(pair[0].end_s < pair[1].start_s, "seed {seed}: {} overlaps {}", pair[0], pair[1]);
+        }
+    }
+    let kinds: std::collections::BTreeSet<_> =
+        (0..20).flat_map(|seed| faults::schedule(seed, 5, 180.0)).map(|fault| fault.kind).collect();
+    assert_eq!(kinds.len(), 6, "20 seeds drew only {kinds:?}");
+    assert_ne!(faults::schedule(1, 5, 180.0), faults::schedule(2, 5, 180.0));
+}
