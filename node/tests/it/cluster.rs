@@ -51,6 +51,10 @@ fn a_topic_write_waits_for_the_peers_its_ack_level_asks_and_a_causal_read_sees_i
     }
     let (status, body) = put(&nodes[0], "all", "all");
     assert_eq!(status, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    let output =
+        common::canopy().args(["put", "t", "cli", "v", "--ack", "3", "--api", &nodes[1].api]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("acknowledged by 3"));
 
     // A causal read on another node waits until that node holds the write.
     for i in 0..20 {

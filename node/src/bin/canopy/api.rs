@@ -50,18 +50,31 @@ impl Api {
         }
     }
 
-    pub(crate) fn put(&self, topic: &str, key: &str, value: Vec<u8>, ttl: Option<&str>) -> anyhow::Result<()> {
+    pub(crate) fn put(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<&str>,
+        ack: Option<u32>,
+    ) -> anyhow::Result<()> {
         let mut request = self.http.put(self.topic_url(topic, "kv", Some(key))).body(value);
         if let Some(ttl) = ttl {
             request = request.query(&[("ttl", ttl)]);
         }
+        if let Some(ack) = ack {
+            request = request.query(&[("ack", ack.to_string())]);
+        }
         let reply: wire::Put = self.json(request)?;
         print(self.json, &reply, |reply| {
-            let line = commit_line(Some(&BlockRef { cid: reply.cid, height: reply.height }));
-            match reply.expires_ms {
-                Some(at) => format!("{line} expires {}", time_text(at)),
-                None => line,
+            let mut line = commit_line(Some(&BlockRef { cid: reply.cid, height: reply.height }));
+            if let Some(at) = reply.expires_ms {
+                line = format!("{line} expires {}", time_text(at));
             }
+            if reply.acknowledged > 1 {
+                line = format!("{line} acknowledged by {}", reply.acknowledged);
+            }
+            line
         });
         Ok(())
     }

@@ -34,6 +34,10 @@ enum Command {
         /// The value expires after this long (`30s`, `500ms`, `5m`, `1h`): every node then hides it.
         #[arg(long)]
         ttl: Option<String>,
+        /// Copies that must hold the write before it is acknowledged (this node and peers)
+        /// [default: the node's write_ack].
+        #[arg(long)]
+        ack: Option<u32>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -396,9 +400,9 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
             canopy_node::auth::append_token(&file, entry)?;
             say(format_args!("{secret}"));
         }
-        Command::Put { topic, key, value, ttl, client } => {
+        Command::Put { topic, key, value, ttl, ack, client } => {
             let body = if value == "-" { read_input("-")? } else { value.into_bytes() };
-            Api::new(&client)?.put(&topic, &key, body, ttl.as_deref())?;
+            Api::new(&client)?.put(&topic, &key, body, ttl.as_deref(), ack)?;
         }
         Command::Get { topic, key, client } => Api::new(&client)?.get(&topic, &key, false)?,
         Command::Incr { topic, key, n, client } => Api::new(&client)?.increment(&topic, &key, n)?,

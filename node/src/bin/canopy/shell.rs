@@ -128,10 +128,10 @@ impl Shell<'_> {
             ("list" | "ls", [prefix]) => api.list(topic, prefix, None, None)?,
             ("get", [key]) => api.get(topic, key, true)?,
             ("put", [flag, ttl, key, value @ ..]) if flag == "--ttl" && !value.is_empty() => {
-                api.put(topic, key, value.join(" ").into_bytes(), Some(ttl.as_str()))?
+                api.put(topic, key, value.join(" ").into_bytes(), Some(ttl.as_str()), None)?
             }
             ("put", [key, value @ ..]) if !value.is_empty() && key != "--ttl" => {
-                api.put(topic, key, value.join(" ").into_bytes(), None)?
+                api.put(topic, key, value.join(" ").into_bytes(), None, None)?
             }
             ("del", [key]) => api.delete(topic, key)?,
             ("incr", [key]) => api.increment(topic, key, 1)?,
