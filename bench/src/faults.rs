@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use check::Findings;
 pub use nemesis::{Fault, FaultKind, schedule};
-pub use workload::{Op, OpKind, Outcome};
+pub use workload::{CausalRead, Op, OpKind, Outcome, ReadResult};
 
 use member::{Member, Shared};
 use net::{Network, Tools};
@@ -94,6 +94,11 @@ pub struct FaultsReport {
     /// Seconds from the last fault's heal to the end of the workload, when the final heal and
     /// the checks begin (the whole workload when no fault was begun).
     pub quiet_s: f64,
+    /// Reads of acknowledged puts with their causal token, through another random member, by
+    /// result.
+    pub causal_reads: BTreeMap<ReadResult, u64>,
+    /// Reads with a causal token that went back in time (another value, or none).
+    pub causal_violations: usize,
     /// Faults begun, by kind.
     pub faults: BTreeMap<FaultKind, u64>,
     /// Writes by kind and outcome (a batch counts once per key).
@@ -112,9 +117,9 @@ pub struct FaultsReport {
 
 impl FaultsReport {
     /// Whether the run passed: nothing lost, every check passed within the time to converge,
-    /// no member crashed.
+    /// no read with a causal token went back in time, no member crashed.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.converge_s.is_some() && self.crashed.is_empty()
+        self.lost == 0 && self.converge_s.is_some() && self.crashed.is_empty() && self.causal_violations == 0
     }
 }
 
@@ -216,7 +221,7 @@ fn run_in(
     // Set when the nemesis fails, so the clients stop too.
     let aborted = AtomicBool::new(false);
     let stop = || stopped() || aborted.load(Ordering::SeqCst);
-    let (ops, begun) = std::thread::scope(|scope| {
+    let (ops, reads, begun) = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..CLIENTS)
             .map(|c| {
                 let (apis, http, stop) = (&apis, &http, &stop);
@@ -227,8 +232,13 @@ fn run_in(
         if begun.is_err() {
             aborted.store(true, Ordering::SeqCst);
         }
-        let ops: Vec<Op> = clients.into_iter().flat_map(|c| c.join().unwrap_or_default()).collect();
-        (ops, begun)
+        let (mut ops, mut reads) = (Vec::new(), Vec::new());
+        for client in clients {
+            let (client_ops, client_reads) = client.join().unwrap_or_default();
+            ops.extend(client_ops);
+            reads.extend(client_reads);
+        }
+        (ops, reads, begun)
     });
     let begun = begun?;
     if stopped() {
@@ -248,7 +258,7 @@ fn run_in(
     }
     eprintln!("faults: healed; {} writes; checking every member (at most {CONVERGE_TIMEOUT:?})", ops.len());
     let (converge_s, findings) = check::until_converged(&ops, &apis, &http, CONVERGE_TIMEOUT, &stopped);
-    let mut report = report(config, &ops, &begun, converge_s, &findings, crashed);
+    let mut report = report(config, &ops, &reads, &begun, converge_s, &findings, crashed);
     if !report.passed() || !findings.clean() || config.keep_logs.is_some() {
         report.logs = Some(keep(logs, config, &ops)?);
     }
@@ -384,6 +394,7 @@ fn poll(what: &str, mut pending: impl FnMut() -> Option<String>) -> anyhow::Resu
 fn report(
     config: &FaultsConfig,
     ops: &[Op],
+    reads: &[CausalRead],
     begun: &[Fault],
     converge_s: Option<f64>,
     findings: &Findings,
@@ -435,6 +446,21 @@ fn report(
             .collect::<Vec<_>>()
             .into_iter(),
     ));
+    let violations: Vec<String> = reads
+        .iter()
+        .filter(|read| read.result == ReadResult::Violation)
+        .map(|read| {
+            format!(
+                "causal read of {} (put through member {}) through member {} at {:.1}s: {}",
+                read.key, read.written_through, read.member, read.sent_s, read.reply
+            )
+        })
+        .collect();
+    problems.extend(check::examples(violations.clone().into_iter()));
+    let mut causal_reads: BTreeMap<ReadResult, u64> = BTreeMap::new();
+    for read in reads {
+        *causal_reads.entry(read.result).or_default() += 1;
+    }
     for list in [&findings.wrong_values, &findings.phantoms, &findings.counters_out_of_bounds, &findings.unreachable] {
         problems.extend(check::examples(list.iter().cloned()));
     }
@@ -445,6 +471,8 @@ fn report(
         lost: findings.lost.len(),
         lost_ack1: findings.lost_ack1.len(),
         converge_s,
+        causal_reads,
+        causal_violations: violations.len(),
         quiet_s: config.duration_s as f64 - begun.last().map_or(0.0, |fault| fault.end_s),
         faults,
         ops: by_kind,

@@ -447,6 +447,15 @@ fn run_faults(args: FaultsArgs) -> anyhow::Result<ExitCode> {
         None => println!("NOT converged within {:?} of the heal", faults::CONVERGE_TIMEOUT),
     }
     println!("lost (acknowledged at ack 2): {}  lost at ack 1: {}", report.lost, report.lost_ack1);
+    let reads: Vec<String> = report
+        .causal_reads
+        .iter()
+        .map(|(result, count)| {
+            let result = serde_json::to_value(result).ok().and_then(|v| v.as_str().map(str::to_string));
+            format!("{}={count}", result.unwrap_or_default())
+        })
+        .collect();
+    println!("reads with a causal token: {}", reads.join(" "));
     for line in report.crashed.iter().chain(&report.problems) {
         println!("  {line}");
     }

@@ -30,6 +30,10 @@ pub(crate) const COUNTERS: usize = 4;
 /// Puts per table batch.
 const BATCH_KEYS: usize = 10;
 
+/// Percent of the acknowledged single puts read back at once, with their causal token, through
+/// another random member.
+const CAUSAL_READ_PERCENT: u32 = 30;
+
 /// Longest a client waits for a reply: above the members' 5 s acknowledgement timeout, so a
 /// write that is merely under-acknowledged answers 504 rather than timing out.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -96,6 +100,36 @@ pub struct Op {
     pub reply: String,
 }
 
+/// How a read with a causal token ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadResult {
+    /// The value written.
+    Served,
+    /// No value: a 503 (no copy got the token's heads in time), another refusal, or no reply.
+    Unavailable,
+    /// Another value, or none (404), at a token that includes the write: the read went back
+    /// in time.
+    Violation,
+}
+
+/// One read of an acknowledged put with the token its reply carried.
+#[derive(Clone, Debug, Serialize)]
+pub struct CausalRead {
+    /// The key read.
+    pub key: String,
+    /// The member the put went to.
+    pub written_through: usize,
+    /// The member the read went to.
+    pub member: usize,
+    /// Seconds into the workload it was sent.
+    pub sent_s: f64,
+    /// How it ended.
+    pub result: ReadResult,
+    /// The reply's status and body, or the error.
+    pub reply: String,
+}
+
 /// The outcome of a reply's status.
 fn outcome_of(status: u16) -> Outcome {
     match status {
@@ -116,9 +150,10 @@ pub(crate) fn client(
     started: Instant,
     deadline: Instant,
     stop: &dyn Fn() -> bool,
-) -> Vec<Op> {
+) -> (Vec<Op>, Vec<CausalRead>) {
     let mut rng = StdRng::seed_from_u64(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut ops = Vec::new();
+    let mut reads = Vec::new();
     let mut sequence = 0u64;
     while Instant::now() < deadline && !stop() {
         sequence += 1;
@@ -161,7 +196,7 @@ pub(crate) fn client(
             OpKind::CounterAck2 => {
                 let counter = format!("c{}", rng.random_range(0..COUNTERS));
                 let url = format!("{api}/v1/topics/{TOPIC}/counters/{counter}?ack=2");
-                let (outcome, reply) = single(http.post(url).json(&json!({ "add": 1 })).send());
+                let (outcome, reply, _) = single(http.post(url).json(&json!({ "add": 1 })).send());
                 ops.push(record(kind, counter, String::new(), outcome, reply));
             }
             OpKind::TablePutAck2 | OpKind::TablePutAck1 | OpKind::TopicPutAck2 => {
@@ -172,12 +207,58 @@ pub(crate) fn client(
                 } else {
                     format!("{api}/v1/topics/{TOPIC}/kv/{key}?ack=2")
                 };
-                let (outcome, reply) = single(http.put(url).body(value.clone()).send());
+                let (outcome, reply, token) = single(http.put(url).body(value.clone()).send());
+                if let Some(token) = token
+                    && rng.random_range(0..100) < CAUSAL_READ_PERCENT
+                {
+                    let reader = rng.random_range(0..apis.len());
+                    let read = causal_read(http, &apis[reader], kind, &key, &value, &token);
+                    let (result, read_reply) = read;
+                    let sent_s = started.elapsed().as_secs_f64();
+                    let key = key.clone();
+                    reads.push(CausalRead {
+                        key,
+                        written_through: member,
+                        member: reader,
+                        sent_s,
+                        result,
+                        reply: read_reply,
+                    });
+                }
                 ops.push(record(kind, key, value, outcome, reply));
             }
         }
     }
-    ops
+    (ops, reads)
+}
+
+/// Reads `key` through `api` at `token`, the token of its acknowledged put of `value`.
+fn causal_read(
+    http: &reqwest::blocking::Client,
+    api: &str,
+    kind: OpKind,
+    key: &str,
+    value: &str,
+    token: &str,
+) -> (ReadResult, String) {
+    let url = if kind.in_table() {
+        format!("{api}/v1/tables/{TABLE}/kv/{key}")
+    } else {
+        format!("{api}/v1/topics/{TOPIC}/kv/{key}")
+    };
+    match http.get(url).query(&[("causal", token)]).send() {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.bytes().unwrap_or_default();
+            match status {
+                200 if body.as_ref() == value.as_bytes() => (ReadResult::Served, "200".into()),
+                200 => (ReadResult::Violation, format!("200 {}", truncated(&String::from_utf8_lossy(&body)))),
+                404 => (ReadResult::Violation, described(status, &body)),
+                _ => (ReadResult::Unavailable, described(status, &body)),
+            }
+        }
+        Err(error) => (ReadResult::Unavailable, failure(&error)),
+    }
 }
 
 /// The value written under `key`: unique to it, so a value under the wrong key shows.
@@ -185,15 +266,20 @@ pub(crate) fn value_of(key: &str) -> String {
     format!("value-of-{key}")
 }
 
-/// The outcome of a single write's reply.
-fn single(reply: reqwest::Result<reqwest::blocking::Response>) -> (Outcome, String) {
+/// The outcome of a single write's reply, how a report shows the reply, and the causal token
+/// of an acknowledged write.
+fn single(reply: reqwest::Result<reqwest::blocking::Response>) -> (Outcome, String, Option<String>) {
     match reply {
         Ok(response) => {
             let status = response.status().as_u16();
             let body = response.bytes().unwrap_or_default();
-            (outcome_of(status), described(status, &body))
+            let token = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .filter(|_| (200..300).contains(&status))
+                .and_then(|reply| reply["causal_token"].as_str().map(str::to_string));
+            (outcome_of(status), described(status, &body), token)
         }
-        Err(error) => (Outcome::Indeterminate, failure(&error)),
+        Err(error) => (Outcome::Indeterminate, failure(&error), None),
     }
 }
 

@@ -34,6 +34,8 @@ fn a_tiny_fault_run_loses_no_acknowledged_write_and_keeps_counters_in_bounds() {
         report.problems, report.logs
     );
     assert!(report.crashed.is_empty(), "seed {SEED}: {:?}", report.crashed);
+    assert_eq!(report.causal_violations, 0, "seed {SEED}: reads went back in time: {:?}", report.problems);
+    assert!(!report.causal_reads.is_empty(), "seed {SEED}: no read with a causal token was made");
     assert!(
         report.converge_s.is_some(),
         "seed {SEED}: not converged, counters or values wrong: {:?} (logs: {:?})",
