@@ -28,6 +28,34 @@ use serde::{Deserialize, Serialize};
 pub const TOKEN_PREFIX: &str = "canopy_";
 /// The header carrying a member's proof on a request it forwards.
 pub const MEMBER_PROOF_HEADER: &str = "canopy-member-proof";
+/// Why a member proof does not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProofError {
+    /// Signed by the member it names, but dated `off_ms` from this node's clock, more than the
+    /// window allows: the two members' clocks disagree.
+    Clock {
+        /// The member whose proof it is.
+        peer: PeerId,
+        /// How far its date is from this node's clock.
+        off_ms: u64,
+    },
+    /// Malformed, a signature that does not match, or a proof seen before.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ProofError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProofError::Clock { peer, off_ms } => write!(
+                f,
+                "member {peer}'s proof is dated {off_ms} ms from this node's clock (at most {PROOF_WINDOW_MS}): \
+                 the members' clocks disagree; keep them in step (NTP)"
+            ),
+            ProofError::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
 /// How far a proof's timestamp may be from the receiver's clock, in milliseconds.
 const PROOF_WINDOW_MS: u64 = 30_000;
 /// Most proofs remembered against replay; a proof that would not fit is not accepted.
@@ -285,7 +313,32 @@ impl Guard {
     /// The member that made `header` for `request`, when the proof holds: its signature checks
     /// against the peer it names, its time is near, and it was not seen before. Whether that
     /// peer is a member is for the caller to check.
-    pub(crate) fn verify(&self, header: &str, request: &ProvenRequest<'_>, now_ms: u64) -> Result<PeerId, String> {
+    pub(crate) fn verify(&self, header: &str, request: &ProvenRequest<'_>, now_ms: u64) -> Result<PeerId, ProofError> {
+        let (peer, at, nonce) = self.check_signature(header, request).map_err(ProofError::Invalid)?;
+        // Judged once the signature holds: then the proof is the member's, and only its date is
+        // wrong, which says the two clocks disagree.
+        let off_ms = at.abs_diff(now_ms);
+        if off_ms > PROOF_WINDOW_MS {
+            return Err(ProofError::Clock { peer, off_ms });
+        }
+        let mut seen = self.seen.lock().expect("proofs lock");
+        // Expired proofs are swept only when the map is full, not on every request: a nonce
+        // seen again within its window is refused either way, and an expired one fails the time
+        // check above before it reaches the map.
+        if seen.len() >= PROOFS_REMEMBERED_MAX {
+            seen.retain(|_, expires| *expires > now_ms);
+        }
+        if seen.len() >= PROOFS_REMEMBERED_MAX {
+            return Err(ProofError::Invalid("too many proofs in the window to remember one more".into()));
+        }
+        if seen.insert(nonce, at + PROOF_WINDOW_MS + 1).is_some() {
+            return Err(ProofError::Invalid("the proof was used before".into()));
+        }
+        Ok(peer)
+    }
+
+    /// The peer, time and nonce of `header` when its signature over `request` holds.
+    fn check_signature(&self, header: &str, request: &ProvenRequest<'_>) -> Result<(PeerId, u64, [u8; 16]), String> {
         let mut parts = header.split(' ');
         let (Some(peer), Some(at), Some(nonce), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
@@ -294,9 +347,6 @@ impl Guard {
         };
         let peer: PeerId = peer.parse().map_err(|_| "the proof's peer id does not parse".to_string())?;
         let at: u64 = at.parse().map_err(|_| "the proof's time is not a number".to_string())?;
-        if at.abs_diff(now_ms) > PROOF_WINDOW_MS {
-            return Err(format!("the proof was made {} ms from now; at most {PROOF_WINDOW_MS}", at.abs_diff(now_ms)));
-        }
         let nonce: [u8; 16] = URL_SAFE_NO_PAD
             .decode(nonce)
             .ok()
@@ -307,20 +357,7 @@ impl Guard {
         if !key.verify(&request.message(at, &nonce), &signature) {
             return Err("the proof's signature does not match the request".into());
         }
-        let mut seen = self.seen.lock().expect("proofs lock");
-        // Expired proofs are swept only when the map is full, not on every request: a nonce
-        // seen again within its window is refused either way, and an expired one fails the time
-        // check above before it reaches the map.
-        if seen.len() >= PROOFS_REMEMBERED_MAX {
-            seen.retain(|_, expires| *expires > now_ms);
-        }
-        if seen.len() >= PROOFS_REMEMBERED_MAX {
-            return Err("too many proofs in the window to remember one more".into());
-        }
-        if seen.insert(nonce, at + PROOF_WINDOW_MS + 1).is_some() {
-            return Err("the proof was used before".into());
-        }
-        Ok(peer)
+        Ok((peer, at, nonce))
     }
 }
 
@@ -438,13 +475,18 @@ mod tests {
         assert_eq!(guard.verify(&header, &request(b"value", "/v1/tables/t/kv/k"), now + 5), Ok(me));
         // Replayed, it fails.
         assert!(
-            guard.verify(&header, &request(b"value", "/v1/tables/t/kv/k"), now + 6).unwrap_err().contains("before")
+            guard
+                .verify(&header, &request(b"value", "/v1/tables/t/kv/k"), now + 6)
+                .unwrap_err()
+                .to_string()
+                .contains("before")
         );
         // Another body, path, or a time out of the window fails.
         let header = guard.prove(&request(b"value", "/v1/tables/t/kv/k"), now);
         assert!(guard.verify(&header, &request(b"other", "/v1/tables/t/kv/k"), now).is_err());
         assert!(guard.verify(&header, &request(b"value", "/v1/tables/t/kv/j"), now).is_err());
-        assert!(guard.verify(&header, &request(b"value", "/v1/tables/t/kv/k"), now + PROOF_WINDOW_MS + 1).is_err());
+        let late = guard.verify(&header, &request(b"value", "/v1/tables/t/kv/k"), now + PROOF_WINDOW_MS + 1);
+        assert!(matches!(late, Err(ProofError::Clock { off_ms, .. }) if off_ms == PROOF_WINDOW_MS + 1), "{late:?}");
         // Another key signing in this member's name fails.
         let other = Guard::load(None, Keypair::generate_ed25519()).unwrap();
         let forged = other.prove(&request(b"value", "/v1/tables/t/kv/k"), now);

@@ -200,6 +200,12 @@ async fn member_proof(node: &Node, request: Request) -> Result<(Option<canopy_tr
             }
             Some(peer)
         }
+        Err(clock @ crate::auth::ProofError::Clock { .. }) => {
+            // The member's own proof, dated by a clock out of step with this one: the sender is
+            // told why, and tries another holder.
+            tracing::warn!(%clock, "refusing a member's forwarded request");
+            return Err(ApiError::new(StatusCode::MISDIRECTED_REQUEST, clock.to_string()));
+        }
         Err(reason) => {
             tracing::debug!(%reason, "a member proof that does not hold");
             None

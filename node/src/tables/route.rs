@@ -704,7 +704,12 @@ impl Table {
                 Ok(response)
                     if response.status() == StatusCode::MISDIRECTED_REQUEST || response.status().is_server_error() =>
                 {
-                    tried.push(format!("{} answered {}", owner.peer_id, response.status()));
+                    let status = response.status();
+                    let body = response.bytes().await.unwrap_or_default();
+                    match ErrorBody::message_in(&body) {
+                        Some(message) => tried.push(format!("{} answered {status}: {message}", owner.peer_id)),
+                        None => tried.push(format!("{} answered {status}", owner.peer_id)),
+                    }
                 }
                 Ok(response) => return Ok(Served::There(response)),
                 Err(error) => tried.push(format!("{} unreachable: {error}", owner.peer_id)),

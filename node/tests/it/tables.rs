@@ -615,6 +615,21 @@ fn a_member_whose_clock_runs_ahead_still_sees_the_others_and_places_alike() {
         assert_eq!(member_ids(node).len(), 3, "{} lost sight of a member", node.peer_id);
         assert_eq!(placement(node), owners);
     }
+    // Requests still flow around it: its copies refuse proofs dated by the others' clocks with
+    // a 421 saying why, and the next owner serves. What it forwards itself is refused by every
+    // other member, with a 503 that names the clocks.
+    for i in 0..40 {
+        let key = format!("skew-{i:02}");
+        let (status, body) = table_put(&nodes[i % 2], &key, &[]);
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+    }
+    let foreign = (0..100)
+        .map(|i| format!("far-{i}"))
+        .find(|key| !owners_of(&nodes, key).contains(&2))
+        .expect("a key the skewed member holds no copy of");
+    let (status, body) = table_put(&nodes[2], &foreign, &[]);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("clocks disagree"), "{body}");
     // A member that stops is dropped by every member's own clock, the skewed one's too.
     nodes[1].kill();
     for node in [&nodes[0], &nodes[2]] {
