@@ -89,6 +89,17 @@ async fn write_acked<T: Send + 'static>(
     Ok(TopicWritten { result, acknowledged, token })
 }
 
+/// The reply to a put or delete of one key that made `written`.
+fn put_reply(written: TopicWritten<Commit>, expires_ms: Option<u64>) -> wire::Put {
+    wire::Put {
+        acknowledged: written.acknowledged,
+        causal_token: written.token,
+        cid: wire::WireCid(written.result.cid),
+        expires_ms,
+        height: written.result.height,
+    }
+}
+
 pub(super) async fn put_key(
     State(node): State<Node>,
     path: KeyPath,
@@ -107,13 +118,7 @@ pub(super) async fn put_key(
         Ok((Some(commit), commit))
     })
     .await?;
-    Ok(Json(wire::Put {
-        acknowledged: written.acknowledged,
-        causal_token: written.token,
-        cid: wire::WireCid(written.result.cid),
-        expires_ms: expires,
-        height: written.result.height,
-    }))
+    Ok(Json(put_reply(written, expires)))
 }
 
 /// Longest lifetime a value may be given: a hundred years.
@@ -202,13 +207,7 @@ pub(super) async fn delete_key(
         Ok((Some(commit), commit))
     })
     .await?;
-    Ok(Json(wire::Put {
-        acknowledged: written.acknowledged,
-        causal_token: written.token,
-        cid: wire::WireCid(written.result.cid),
-        expires_ms: None,
-        height: written.result.height,
-    }))
+    Ok(Json(put_reply(written, None)))
 }
 
 /// Adds to a counter what the body says (`{"add": n}`), or 1 when the body is empty.

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use super::{ApiError, ApiResult, ListQuery, blocking, parse_query};
 use crate::Node;
 use crate::causal::{CAUSAL_HEADER, CausalToken, Scope, wait_holds};
-use crate::tables::route::{CAUSAL_HOP_WAIT, Read, batch_outcome};
+use crate::tables::route::{CAUSAL_HOP_WAIT, Read};
+use crate::tables::write::batch_outcome;
 use crate::tables::{
     FORWARDED_HEADER, FORWARDED_LAST, PROXIED_HEADER, Table, TableDef, TableError, Written, partition_of,
     partition_topic,

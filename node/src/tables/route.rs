@@ -12,11 +12,11 @@ use super::{
     FORWARDED_HEADER, FORWARDED_LAST, Member, PROXIED_HEADER, TableDef, TableError, Tables, owners, partition_of,
     partition_topic,
 };
+use crate::Node;
 use crate::auth::{MEMBER_PROOF_HEADER, ProvenRequest};
 use crate::causal::{Ack, CAUSAL_HEADER, CausalToken, Scope, wait_holds};
 use crate::node::NodeTopic;
-use crate::wire::{self, ErrorBody, FailedPartition, Page, PartitionBatched, WireCid, WirePeerId};
-use crate::{Batch, Commit, Node};
+use crate::wire::{ErrorBody, FailedPartition, Page, WirePeerId};
 
 /// A write applied to a table: the reply a holder sends, so its type is the API's.
 pub use crate::wire::Written;
@@ -25,8 +25,8 @@ pub use crate::wire::Written;
 /// when it holds it, or else to the partition's holders in placement order.
 #[derive(Clone)]
 pub struct Table {
-    node: Node,
-    def: TableDef,
+    pub(super) node: Node,
+    pub(super) def: TableDef,
     /// Routes by this node's own placement even just after it joined (a request another
     /// member handed over): a request is handed over at most once.
     direct: bool,
@@ -42,17 +42,6 @@ pub struct Read {
     /// The key's value, `None` when it has none.
     pub value: Option<Vec<u8>>,
     /// The token to pass to the next read ([`Table::after`]) so it sees at least this.
-    pub token: CausalToken,
-}
-
-/// What a write to one partition left: the copies holding it and its causal token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Acked {
-    /// The block it made, `None` when it changed nothing.
-    pub commit: Option<Commit>,
-    /// The partition's owners holding it.
-    pub acknowledged: u32,
-    /// The heads that include it.
     pub token: CausalToken,
 }
 
@@ -86,9 +75,6 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest a copy that is not a read's last resort waits to hold the read's causal token before
 /// the read moves to the next copy.
 pub(crate) const CAUSAL_HOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-/// Most partitions of one batch written at once.
-const BATCH_FANOUT_MAX: usize = 16;
-
 /// One copy of a partition a request may be served from.
 enum Hop {
     /// This node's copy.
@@ -100,7 +86,7 @@ enum Hop {
 }
 
 /// Where a request was served.
-enum Served {
+pub(super) enum Served {
     /// From this node's copy: the caller does the work.
     Here(NodeTopic),
     /// By a holder, whose answer this is.
@@ -133,7 +119,7 @@ impl Table {
     }
 
     /// The copies a write waits for.
-    fn ack(&self) -> Ack {
+    pub(super) fn ack(&self) -> Ack {
         self.ack.unwrap_or(match self.node.inner().config.write_ack {
             Ack::Copies(copies) => Ack::Copies(copies.min(self.def.replicas)),
             Ack::All => Ack::All,
@@ -146,7 +132,7 @@ impl Table {
     }
 
     /// The query a read of `partition` carries to a holder: what the read waits for.
-    fn query(&self, partition: u32) -> Vec<(&'static str, String)> {
+    pub(super) fn query(&self, partition: u32) -> Vec<(&'static str, String)> {
         let wanted = self.wanted(partition);
         if wanted.is_empty() {
             return Vec::new();
@@ -155,7 +141,7 @@ impl Table {
     }
 
     /// The query a write carries to a holder: its ack level.
-    fn write_query(&self) -> Vec<(&'static str, String)> {
+    pub(super) fn write_query(&self) -> Vec<(&'static str, String)> {
         vec![("ack", self.ack().to_string())]
     }
 
@@ -248,165 +234,6 @@ impl Table {
             Served::There(response) if response.status() == StatusCode::NOT_FOUND => Ok(None),
             Served::There(response) => self.written(partition, response).await.map(Some),
         }
-    }
-
-    /// Applies `batch`: its operations split by partition, each partition's part written on
-    /// its owners (several partitions at once) and acknowledged as [`Table::put`] is. One
-    /// outcome per partition the batch touches, in partition order; one failing leaves the
-    /// others applied.
-    pub async fn batch(&self, batch: Batch) -> Vec<PartitionBatched> {
-        use futures::StreamExt as _;
-        let mut parts: std::collections::BTreeMap<u32, Batch> = std::collections::BTreeMap::new();
-        for op in batch.ops() {
-            let part = parts.entry(partition_of(op.key(), self.def.partitions)).or_default();
-            push_op(part, op.clone());
-        }
-        let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(parts)
-            .map(|(partition, part)| self.batch_partition(partition, part))
-            .buffer_unordered(BATCH_FANOUT_MAX)
-            .collect()
-            .await;
-        outcomes.sort_by_key(|outcome| outcome.partition);
-        outcomes
-    }
-
-    /// One partition's part of [`Table::batch`].
-    async fn batch_partition(&self, partition: u32, part: Batch) -> PartitionBatched {
-        let ops = part.len();
-        let body = match serde_json::to_vec(&wire::Batch::of(&part)) {
-            Ok(body) => body,
-            Err(error) => return batch_outcome(partition, ops, Err(TableError::Invalid(error.to_string()))),
-        };
-        let mut query = self.write_query();
-        query.push(("partition", partition.to_string()));
-        let url = |api: &str| format!("{api}/v1/tables/{}/batch", self.def.name);
-        let request = |http: &reqwest::Client, api: &str| {
-            http.post(url(api))
-                .query(&query)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
-        };
-        match self.serve(partition, request).await {
-            Ok(Served::Here(topic)) => {
-                let copy = topic.clone();
-                let acked = match blocking(move || Ok(copy.batch(part)?)).await {
-                    Ok(commit) => self.acknowledge(partition, &topic, commit).await,
-                    Err(error) => Err(error),
-                };
-                batch_outcome(partition, ops, acked)
-            }
-            Ok(Served::There(response)) => {
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap_or_default();
-                // A holder answers with its partition's outcome; a member this node handed the
-                // request to (just after joining) routes it and answers with the whole batch's.
-                let routed = serde_json::from_slice::<wire::TableBatched>(&bytes)
-                    .ok()
-                    .and_then(|batched| batched.partitions.into_iter().find(|outcome| outcome.partition == partition));
-                match serde_json::from_slice::<PartitionBatched>(&bytes).ok().or(routed) {
-                    Some(outcome) => PartitionBatched { partition, ops, ..outcome },
-                    None => {
-                        let error = ErrorBody::message_in(&bytes).unwrap_or_else(|| format!("status {status}"));
-                        let refused = TableError::Refused { status, message: error };
-                        batch_outcome(partition, ops, Err(refused))
-                    }
-                }
-            }
-            Err(error) => batch_outcome(partition, ops, Err(error)),
-        }
-    }
-
-    /// A write this node applied to its copy `topic` of `partition`, once acknowledged.
-    pub(crate) async fn written_here(
-        &self,
-        partition: u32,
-        topic: &NodeTopic,
-        commit: Commit,
-    ) -> Result<Written, TableError> {
-        let acked = self.acknowledge(partition, topic, Some(commit)).await?;
-        Ok(Written {
-            acknowledged: acked.acknowledged,
-            causal_token: acked.token.to_string(),
-            cid: WireCid(commit.cid),
-            height: commit.height,
-            node: self.me(),
-            partition,
-        })
-    }
-
-    /// Waits until as many of `partition`'s owners as the ack level asks hold `commit` (this
-    /// node counting as one when it is an owner), asking the others whether they hold it; a
-    /// [`TableError::NotAcknowledged`] when they do not within the node's `ack_timeout_ms`.
-    pub(crate) async fn acknowledge(
-        &self,
-        partition: u32,
-        topic: &NodeTopic,
-        commit: Option<Commit>,
-    ) -> Result<Acked, TableError> {
-        use futures::StreamExt as _;
-        // The heads are in memory: read after the write, they include it.
-        let token = CausalToken::held_by(Scope::Partition(partition), topic.crdt());
-        let Some(block) = commit else { return Ok(Acked { commit, acknowledged: 0, token }) };
-        let tables = self.tables()?;
-        let owners = match tables.members_cached() {
-            Some(members) => owners(&self.def.name, partition, self.def.replicas, &members),
-            None => {
-                let table = self.clone();
-                blocking(move || table.placement_of(partition)).await?
-            }
-        };
-        let asked = self.ack().copies(owners.len());
-        let mut acknowledged = usize::from(owners.iter().any(|owner| owner.peer_id == tables.me.peer_id));
-        if acknowledged >= asked {
-            return Ok(Acked { commit, acknowledged: acknowledged as u32, token });
-        }
-        let timeout = std::time::Duration::from_millis(self.node.inner().config.ack_timeout_ms);
-        let question = CausalToken::of(Scope::Partition(partition), [block.cid]);
-        let others = owners.into_iter().filter(|owner| owner.peer_id != tables.me.peer_id);
-        let mut answers: futures::stream::FuturesUnordered<_> =
-            others.map(|owner| self.ask_holds(owner, &question, timeout)).collect();
-        let waited = tokio::time::timeout(timeout + CAUSAL_HOP_WAIT, async {
-            while let Some(holds) = answers.next().await {
-                acknowledged += usize::from(holds);
-                if acknowledged >= asked {
-                    return;
-                }
-            }
-        })
-        .await;
-        if waited.is_ok() && acknowledged >= asked {
-            self.node.inner().counters.acks_met.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(Acked { commit, acknowledged: acknowledged as u32, token });
-        }
-        self.node.inner().counters.acks_missed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(TableError::NotAcknowledged {
-            table: self.def.name.clone(),
-            partition,
-            acknowledged: acknowledged as u32,
-            asked: asked as u32,
-            causal_token: token.to_string(),
-        })
-    }
-
-    /// Whether `owner` holds what `question` names, waiting there at most `wait`.
-    async fn ask_holds(&self, owner: Member, question: &CausalToken, wait: std::time::Duration) -> bool {
-        let Ok(tables) = self.tables() else { return false };
-        let query = [("causal", question.to_string()), ("wait_ms", wait.as_millis().to_string())];
-        let url = format!("{}/v1/tables/{}/holds", owner.api, self.def.name);
-        let builder = tables.http.get(url).query(&query).timeout(wait + std::time::Duration::from_secs(1));
-        let Ok(request) = self.proven(builder) else { return false };
-        match tables.http.execute(request).await {
-            Ok(response) if response.status().is_success() => {
-                response.json::<wire::Holds>().await.is_ok_and(|answer| answer.holds)
-            }
-            _ => false,
-        }
-    }
-
-    /// The owners of `partition` as this node places it now.
-    fn placement_of(&self, partition: u32) -> Result<Vec<Member>, TableError> {
-        let members = self.tables()?.members()?;
-        Ok(owners(&self.def.name, partition, self.def.replicas, &members))
     }
 
     /// The token a read of `partition` from this node's copy `topic` gives: the caller's, with
@@ -511,7 +338,7 @@ impl Table {
         WirePeerId(self.node.inner().transport.peer_id())
     }
 
-    fn tables(&self) -> Result<Arc<Tables>, TableError> {
+    pub(super) fn tables(&self) -> Result<Arc<Tables>, TableError> {
         self.node.part::<Tables>().ok_or(TableError::NotEnabled)
     }
 
@@ -660,7 +487,7 @@ impl Table {
     /// holder's over HTTP (`request` builds it for the holder's API URL). A holder that answers
     /// 421 (it holds no copy, or one still catching up), fails with a 5xx or cannot be reached
     /// is passed over.
-    async fn serve(
+    pub(super) async fn serve(
         &self,
         partition: u32,
         request: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
@@ -721,7 +548,7 @@ impl Table {
 
     /// The request with this member's proof: the receiver takes its forwarding headers, and
     /// serves it without an API token, only because the proof shows a member sent it.
-    fn proven(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Request, reqwest::Error> {
+    pub(super) fn proven(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Request, reqwest::Error> {
         let mut request = builder.build()?;
         let url = request.url();
         let path_and_query = match url.query() {
@@ -812,47 +639,6 @@ fn owners_include_me(tables: &Tables, def: &TableDef, partition: u32, members: &
     owners(&def.name, partition, def.replicas, members).iter().any(|owner| owner.peer_id == tables.me.peer_id)
 }
 
-/// Adds `op` to `batch`.
-fn push_op(batch: &mut Batch, op: canopy_crdt::Op) {
-    match op {
-        canopy_crdt::Op::Put(key, value) => batch.put(key, value),
-        canopy_crdt::Op::PutUntil(key, value, expires_ms) => batch.put_until(key, value, expires_ms),
-        canopy_crdt::Op::Delete(key) => batch.delete(key),
-        canopy_crdt::Op::Add(key, n) => batch.add(key, n),
-    };
-}
-
-/// The outcome of `ops` operations of a batch written to `partition`.
-pub(crate) fn batch_outcome(partition: u32, ops: usize, acked: Result<Acked, TableError>) -> PartitionBatched {
-    let outcome = PartitionBatched {
-        acknowledged: None,
-        causal_token: None,
-        cid: None,
-        error: None,
-        ops,
-        partition,
-        status: StatusCode::OK.as_u16(),
-    };
-    match acked {
-        Ok(acked) => PartitionBatched {
-            acknowledged: Some(acked.acknowledged),
-            causal_token: Some(acked.token.to_string()),
-            cid: acked.commit.map(|commit| WireCid(commit.cid)),
-            ..outcome
-        },
-        Err(TableError::NotAcknowledged { acknowledged, causal_token, .. }) => PartitionBatched {
-            acknowledged: Some(acknowledged),
-            causal_token: Some(causal_token.clone()),
-            error: Some(format!(
-                "applied, but only {acknowledged} copies held it in time: read it back with causal={causal_token}"
-            )),
-            status: StatusCode::GATEWAY_TIMEOUT.as_u16(),
-            ..outcome
-        },
-        Err(error) => PartitionBatched { error: Some(error.to_string()), status: error.status(), ..outcome },
-    }
-}
-
 /// The refusal a holder answered with: its status and its error message.
 async fn refusal(response: reqwest::Response) -> TableError {
     let status = response.status().as_u16();
@@ -870,7 +656,7 @@ async fn body(response: reqwest::Response) -> Result<Vec<u8>, TableError> {
 }
 
 /// Runs blocking store work off the async runtime.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, TableError> + Send + 'static,
 ) -> Result<T, TableError> {
     tokio::task::spawn_blocking(work).await.map_err(|_| TableError::Node(crate::NodeError::Closed))?
