@@ -144,19 +144,15 @@ pub(crate) const TOPIC_FAMILIES: [&str; 10] = [
 /// Every column family canopy opens (besides RocksDB's `default`, which it leaves empty): the
 /// topics' families and the meta family. Whatever lists, checks or measures families goes
 /// through this list, so none is left out.
-pub const FAMILIES: [&str; 11] = [
-    CF_BLOCKS,
-    CF_INDEX,
-    CF_PENDING,
-    CF_HEADS,
-    CF_KV,
-    CF_TOMBSTONES,
-    CF_SNAPSHOTS,
-    CF_WRITERS,
-    CF_HISTORY,
-    CF_EXPIRIES,
-    CF_META,
-];
+pub const FAMILIES: [&str; TOPIC_FAMILIES.len() + 1] = {
+    let mut all = [CF_META; TOPIC_FAMILIES.len() + 1];
+    let mut at = 0;
+    while at < TOPIC_FAMILIES.len() {
+        all[at] = TOPIC_FAMILIES[at];
+        at += 1;
+    }
+    all
+};
 
 /// Blocks at least this large are kept in blob files.
 const BLOB_BYTES_MIN: u64 = 4096;

@@ -561,7 +561,7 @@ fn keys_written_under_a_shape_the_catalog_did_not_keep_stay_reachable() {
     let first = NodeProcess::start_with(&dir.path().join("a"), &[], &[], &extra);
     let (status, body) = create(&first, json!({ "name": "users", "partitions": 16, "replicas": 2 }));
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // Started after the first created its table, the second creates its own later.
     let mut second = NodeProcess::start_with(&dir.path().join("b"), &[], &[], &extra);
     let (status, body) = create(&second, json!({ "name": "users", "partitions": 5, "replicas": 2 }));
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -621,12 +621,16 @@ fn a_member_whose_clock_runs_ahead_still_sees_the_others_and_places_alike() {
         wait_until("every member sees the others", || member_ids(node).len() == 3);
     }
     users_table(&nodes);
-    // Several member lifetimes later, every member still sees all three and places alike.
-    std::thread::sleep(std::time::Duration::from_secs(4 * MEMBER_TTL_S.parse::<u64>().unwrap()));
+    // Throughout several member lifetimes, every member sees all three and places alike.
+    let lifetimes = std::time::Duration::from_secs(4 * MEMBER_TTL_S.parse::<u64>().unwrap());
+    let watched = std::time::Instant::now();
     let owners = placement(&nodes[0]);
-    for node in &nodes {
-        assert_eq!(member_ids(node).len(), 3, "{} lost sight of a member", node.peer_id);
-        assert_eq!(placement(node), owners);
+    while watched.elapsed() < lifetimes {
+        for node in &nodes {
+            assert_eq!(member_ids(node).len(), 3, "{} lost sight of a member", node.peer_id);
+            assert_eq!(placement(node), owners);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
     // Requests still flow around it: its copies refuse proofs dated by the others' clocks with
     // a 421 saying why, and the next owner serves. What it forwards itself is refused by every
