@@ -14,8 +14,9 @@
 //! costs about twice what the claim's 128-bit `zᵢ·Rᵢ` term costs. A deep history written by one
 //! node is the case that matters, and there each block is a claim.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::iter::once;
+use std::sync::{LazyLock, Mutex};
 
 use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
@@ -34,9 +35,68 @@ pub(crate) struct Claim {
     pub signature: [u8; SIGNATURE_BYTES],
 }
 
-/// Which of `claims` hold. A batch that holds settles all its claims at once; a failing batch is
-/// halved until the bad claims are found.
+/// Which of `claims` hold. A claim found to hold before (a block checked by the gossip validator
+/// and then again by the replicator, or fetched twice) is not checked again; the others are
+/// checked in batches as [`verify_unremembered`] does, and those that hold are remembered.
 pub(crate) fn verify_all(claims: &[Claim]) -> Vec<bool> {
+    let fingerprints: Vec<[u8; 32]> = claims.iter().map(Claim::fingerprint).collect();
+    let known: Vec<bool> = {
+        let held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fingerprints.iter().map(|fingerprint| held.set.contains(fingerprint)).collect()
+    };
+    let unknown: Vec<&Claim> =
+        claims.iter().zip(&known).filter(|(_, known)| !**known).map(|(claim, _)| claim).collect();
+    let mut verdicts = verify_unremembered(&unknown).into_iter();
+    let holds: Vec<bool> =
+        known.iter().map(|&known| known || verdicts.next().expect("one verdict per claim")).collect();
+    let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for ((fingerprint, known), holds) in fingerprints.into_iter().zip(known).zip(&holds) {
+        if *holds && !known {
+            held.remember(fingerprint);
+        }
+    }
+    holds
+}
+
+/// Claims found to hold, most recent [`HELD_MAX`], by fingerprint. A claim's verdict depends on
+/// its key, digest and signature alone, so one that held holds wherever it comes from again.
+static HELD: LazyLock<Mutex<Held>> = LazyLock::new(Mutex::default);
+
+/// Claims remembered: a few announcements' worth of blocks, about 1 MiB.
+const HELD_MAX: usize = 16_384;
+
+/// The claims [`HELD`] remembers.
+#[derive(Default)]
+struct Held {
+    set: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Held {
+    fn remember(&mut self, fingerprint: [u8; 32]) {
+        if self.set.insert(fingerprint) {
+            self.order.push_back(fingerprint);
+        }
+        while self.order.len() > HELD_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+}
+
+impl Claim {
+    /// What identifies the claim: a digest of its key, digest and signature.
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(self.key.as_bytes()).update(&self.digest).update(&self.signature);
+        *hasher.finalize().as_bytes()
+    }
+}
+
+/// Which of `claims` hold, each checked. A batch that holds settles all its claims at once; a
+/// failing batch is halved until the bad claims are found.
+fn verify_unremembered(claims: &[&Claim]) -> Vec<bool> {
     if claims.is_empty() {
         return Vec::new();
     }
@@ -47,13 +107,13 @@ pub(crate) fn verify_all(claims: &[Claim]) -> Vec<bool> {
         return vec![false];
     }
     let (left, right) = claims.split_at(claims.len() / 2);
-    let mut holds = verify_all(left);
-    holds.extend(verify_all(right));
+    let mut holds = verify_unremembered(left);
+    holds.extend(verify_unremembered(right));
     holds
 }
 
 /// Whether every claim of `claims` holds (a false verdict only says that one of them fails).
-fn batch_holds(claims: &[Claim]) -> bool {
+fn batch_holds(claims: &[&Claim]) -> bool {
     let mut rng = rand::rng();
     let mut b_coefficient = Scalar::ZERO;
     let mut scalars = Vec::with_capacity(claims.len() + 2);
@@ -123,6 +183,37 @@ mod tests {
             let signature = ed25519_dalek::Signature::from_bytes(&one.signature);
             assert!(one.key.verify_strict(&one.digest, &signature).is_ok());
         }
+    }
+
+    #[test]
+    fn a_claim_that_held_is_remembered_and_its_forged_twins_still_fail() {
+        let (a, b) = (key(), key());
+        let honest = claim(&a, [7; 32]);
+        let remembered = |claim: &Claim| HELD.lock().unwrap().set.contains(&claim.fingerprint());
+        assert!(!remembered(&honest));
+        assert_eq!(verify_all(std::slice::from_ref(&honest)), vec![true]);
+        assert!(remembered(&honest));
+        let mut other_message = claim(&a, [7; 32]);
+        other_message.digest[0] ^= 1;
+        let mut other_author = claim(&a, [7; 32]);
+        other_author.key = b.verifying_key();
+        let mut other_signature = claim(&a, [7; 32]);
+        other_signature.signature[40] ^= 1;
+        let twins = [other_message, claim(&a, [7; 32]), other_author, other_signature];
+        assert_eq!(verify_all(&twins), vec![false, true, false, false]);
+        assert!(twins.iter().filter(|claim| remembered(claim)).count() == 1, "a failing claim is never remembered");
+    }
+
+    #[test]
+    fn the_memory_of_held_claims_keeps_the_most_recent() {
+        let mut held = Held::default();
+        let fingerprint = |i: u32| *blake3::hash(&i.to_le_bytes()).as_bytes();
+        for i in 0..(HELD_MAX as u32 + 10) {
+            held.remember(fingerprint(i));
+            held.remember(fingerprint(i));
+        }
+        assert_eq!((held.set.len(), held.order.len()), (HELD_MAX, HELD_MAX));
+        assert!(!held.set.contains(&fingerprint(9)) && held.set.contains(&fingerprint(10)));
     }
 
     #[test]

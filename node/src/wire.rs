@@ -16,7 +16,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+mod batch;
 mod tables;
+pub use batch::*;
 pub use tables::*;
 
 pub use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, TopicStats, Verification};

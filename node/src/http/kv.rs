@@ -6,7 +6,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use std::collections::HashMap;
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -304,12 +304,22 @@ fn batch_key(index: usize, key: Option<String>, key_base64: Option<String>) -> A
 }
 
 /// The operations of a batch request body, refused with a 400 naming the first bad one.
-pub(super) fn parse_batch(node: &Node, body: &[u8]) -> ApiResult<Batch> {
+pub(super) fn parse_batch(node: &Node, headers: &HeaderMap, body: &[u8]) -> ApiResult<Batch> {
+    let ops_max = node.inner().config.batch_ops_max;
+    let too_many = |ops: usize| ApiError::bad_request(format!("{ops} ops exceed batch_ops_max {ops_max}"));
+    let media = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if media.split(';').next().is_some_and(|media| media.trim().eq_ignore_ascii_case(wire::CBOR_BATCH)) {
+        let body =
+            wire::CborBatch::decode(body).map_err(|e| ApiError::bad_request(format!("malformed batch CBOR: {e}")))?;
+        if body.ops.len() > ops_max {
+            return Err(too_many(body.ops.len()));
+        }
+        return body.into_batch().map_err(ApiError::bad_request);
+    }
     let body: wire::Batch =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("malformed batch JSON: {e}")))?;
-    let ops_max = node.inner().config.batch_ops_max;
     if body.ops.len() > ops_max {
-        return Err(ApiError::bad_request(format!("{} ops exceed batch_ops_max {ops_max}", body.ops.len())));
+        return Err(too_many(body.ops.len()));
     }
     let mut batch = Batch::new();
     for (index, op) in body.ops.into_iter().enumerate() {
@@ -345,13 +355,14 @@ pub(super) fn parse_batch(node: &Node, body: &[u8]) -> ApiResult<Batch> {
 
 pub(super) async fn batch(
     State(node): State<Node>,
+    headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> ApiResult<Json<wire::Batched>> {
     let Path(topic) = path?;
     let copies = topic_copies(&node, &parse_query(query.as_deref())?)?;
-    let batch = parse_batch(&node, &body)?;
+    let batch = parse_batch(&node, &headers, &body)?;
     let written = write_acked(node, topic, copies, move |handle| {
         let commit = handle.batch(batch)?;
         Ok((commit, commit))

@@ -296,7 +296,7 @@ pub(super) async fn batch(
 ) -> ApiResult<Response> {
     let Path(name) = path?;
     let query = parse_query(query.as_deref())?;
-    let batch = super::kv::parse_batch(&node, &body)?;
+    let batch = super::kv::parse_batch(&node, &headers, &body)?;
     let table = requested_table(node, name, &headers, &query).await?;
     if !forwarded(&headers) {
         let partitions = table.batch(batch).await;

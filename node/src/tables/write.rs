@@ -49,18 +49,12 @@ impl Table {
     /// One partition's part of [`Table::batch`].
     async fn batch_partition(&self, partition: u32, part: Batch) -> PartitionBatched {
         let ops = part.len();
-        let body = match serde_json::to_vec(&wire::Batch::of(&part)) {
-            Ok(body) => body,
-            Err(error) => return batch_outcome(partition, ops, Err(TableError::Invalid(error.to_string()))),
-        };
+        let body = wire::CborBatch::of(&part).encode();
         let mut query = self.write_query();
         query.push(("partition", partition.to_string()));
         let url = |api: &str| format!("{api}/v1/tables/{}/batch", self.def.name);
         let request = |http: &reqwest::Client, api: &str| {
-            http.post(url(api))
-                .query(&query)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone())
+            http.post(url(api)).query(&query).header(reqwest::header::CONTENT_TYPE, wire::CBOR_BATCH).body(body.clone())
         };
         match self.serve(partition, request).await {
             Ok(Served::Here(topic)) => {

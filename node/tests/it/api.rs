@@ -337,3 +337,36 @@ fn the_identity_survives_a_restart_and_only_its_owner_can_read_it() {
     let second = NodeProcess::start(&data_dir, &[], &[]);
     assert_eq!(second.peer_id, peer_id);
 }
+
+#[test]
+fn a_batch_in_cbor_is_applied_like_its_json_and_a_malformed_one_changes_nothing() {
+    use canopy_node::wire::{CBOR_BATCH, CborBatch};
+    let (_dir, node) = node();
+    node.subscribe("c");
+    let mut batch = canopy_node::Batch::new();
+    batch.put(b"a".to_vec(), vec![0, 255]);
+    batch.add(b"hits".to_vec(), 5);
+    batch.put(b"b".to_vec(), b"2".to_vec());
+    batch.delete(b"b".to_vec());
+    let post = |body: Vec<u8>| {
+        node.http
+            .post(node.url("/v1/topics/c/batch"))
+            .header(reqwest::header::CONTENT_TYPE, CBOR_BATCH)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let reply: Value = post(CborBatch::of(&batch).encode()).json().unwrap();
+    assert!(reply["cid"].is_string(), "{reply}");
+    let value = node.http.get(node.url("/v1/topics/c/kv/a")).send().unwrap().bytes().unwrap();
+    assert_eq!(value.as_ref(), [0, 255]);
+    assert_eq!(node.json("/v1/topics/c/counters/hits")["value"], 5);
+    assert_eq!(node.get("c", "b"), None, "the last operation on a key wins within a batch");
+    let mut wrong = CborBatch::of(&batch);
+    wrong.ops[0].add = Some(1);
+    for body in [b"\xa1\x63ops\x01".to_vec(), b"{\"ops\":[]}".to_vec(), wrong.encode()] {
+        let (status, message) = error_of(post(body));
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    }
+    assert_eq!(node.json("/v1/topics/c/counters/hits")["value"], 5, "no refused batch was applied");
+}
