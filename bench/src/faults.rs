@@ -257,7 +257,9 @@ fn run_in(
         nemesis::heal(&mut members, &network, &shared, &http)?;
     }
     eprintln!("faults: healed; {} writes; checking every member (at most {CONVERGE_TIMEOUT:?})", ops.len());
-    let (converge_s, findings) = check::until_converged(&ops, &apis, &http, CONVERGE_TIMEOUT, &stopped);
+    let ops_binary = canopy.with_file_name("canopy-ops");
+    let heads = check::Heads { ops: &ops_binary, token: &token };
+    let (converge_s, findings) = check::until_converged(&ops, &apis, &http, &heads, CONVERGE_TIMEOUT, &stopped);
     let mut report = report(config, &ops, &reads, &begun, converge_s, &findings, crashed);
     if !report.passed() || !findings.clean() || config.keep_logs.is_some() {
         report.logs = Some(keep(logs, config, &ops)?);
@@ -461,7 +463,13 @@ fn report(
     for read in reads {
         *causal_reads.entry(read.result).or_default() += 1;
     }
-    for list in [&findings.wrong_values, &findings.phantoms, &findings.counters_out_of_bounds, &findings.unreachable] {
+    for list in [
+        &findings.wrong_values,
+        &findings.phantoms,
+        &findings.counters_out_of_bounds,
+        &findings.diverged,
+        &findings.unreachable,
+    ] {
         problems.extend(check::examples(list.iter().cloned()));
     }
     FaultsReport {
@@ -473,7 +481,7 @@ fn report(
         converge_s,
         causal_reads,
         causal_violations: violations.len(),
-        quiet_s: config.duration_s as f64 - begun.last().map_or(0.0, |fault| fault.end_s),
+        quiet_s: config.duration_s as f64 - begun.iter().map(|fault| fault.end_s).fold(0.0, f64::max),
         faults,
         ops: by_kind,
         unacknowledged_replies: replies,

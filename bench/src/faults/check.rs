@@ -1,6 +1,7 @@
 //! The checker of a fault run: after the heal, asks every member again until every
-//! acknowledged write is readable through it with its value and every counter is within its
-//! bounds, or the time to converge runs out; then says what was still wrong.
+//! acknowledged write is readable through it with its value, every counter is within its
+//! bounds, and the members agree on every shared key and on their membership, or the time to
+//! converge runs out; then says what was still wrong.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ pub struct Findings {
     pub phantoms: Vec<String>,
     /// Counters outside `acknowledged..=acknowledged + indeterminate` on some member.
     pub counters_out_of_bounds: Vec<String>,
+    /// Shared keys the members do not agree on (two values, or a value and none), and
+    /// disagreements on who the members are.
+    pub diverged: Vec<String>,
     /// Members that could not be asked, and why.
     pub unreachable: Vec<String>,
 }
@@ -52,6 +56,7 @@ impl Findings {
             && self.wrong_values.is_empty()
             && self.phantoms.is_empty()
             && self.counters_out_of_bounds.is_empty()
+            && self.diverged.is_empty()
             && self.unreachable.is_empty()
     }
 }
@@ -64,11 +69,21 @@ struct Expected<'a> {
     topic: HashMap<&'a str, &'a Op>,
     /// Per counter: increments acknowledged, and increments indeterminate.
     counters: BTreeMap<String, (i128, i128)>,
+    /// Every value written to each shared table key.
+    shared_table: HashMap<&'a str, Vec<&'a str>>,
+    /// Every value written to each shared topic key.
+    shared_topic: HashMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Expected<'a> {
     fn new(ops: &'a [Op]) -> Expected<'a> {
-        let mut expected = Expected { table: HashMap::new(), topic: HashMap::new(), counters: BTreeMap::new() };
+        let mut expected = Expected {
+            table: HashMap::new(),
+            topic: HashMap::new(),
+            counters: BTreeMap::new(),
+            shared_table: HashMap::new(),
+            shared_topic: HashMap::new(),
+        };
         for index in 0..COUNTERS {
             expected.counters.insert(format!("c{index}"), (0, 0));
         }
@@ -80,6 +95,13 @@ impl<'a> Expected<'a> {
                         Outcome::Acknowledged => bounds.0 += 1,
                         Outcome::Indeterminate => bounds.1 += 1,
                         Outcome::Failed => {}
+                    }
+                }
+                kind if kind.shared() => {
+                    let shared = if kind.in_table() { &mut expected.shared_table } else { &mut expected.shared_topic };
+                    let values = shared.entry(op.key.as_str()).or_default();
+                    if !op.value.is_empty() {
+                        values.push(op.value.as_str());
                     }
                 }
                 kind if kind.in_table() => {
@@ -94,19 +116,32 @@ impl<'a> Expected<'a> {
     }
 }
 
+/// How the checker asks `canopy-ops heads` whether copies of a topic agree.
+pub(crate) struct Heads<'a> {
+    /// The `canopy-ops` binary.
+    pub(crate) ops: &'a std::path::Path,
+    /// The admin token it calls the members with.
+    pub(crate) token: &'a str,
+}
+
 /// Checks rounds until clean or `timeout`; returns the seconds until clean (`None` if never)
-/// and the last round's findings.
+/// and the last round's findings. A round whose reads are clean also asks `canopy-ops heads`
+/// whether every member has the topic's heads and each partition's owners have its heads.
 pub(crate) fn until_converged(
     ops: &[Op],
     apis: &[String],
     http: &reqwest::blocking::Client,
+    heads: &Heads,
     timeout: Duration,
     stop: &dyn Fn() -> bool,
 ) -> (Option<f64>, Findings) {
     let expected = Expected::new(ops);
     let started = Instant::now();
     loop {
-        let findings = round(&expected, apis, http);
+        let mut findings = round(&expected, apis, http);
+        if findings.clean() {
+            findings.diverged.extend(heads_disagree(heads, apis, http));
+        }
         if findings.clean() {
             return (Some(started.elapsed().as_secs_f64()), findings);
         }
@@ -120,6 +155,9 @@ pub(crate) fn until_converged(
 /// One round: every member's listings, counters and point reads against `expected`.
 fn round(expected: &Expected, apis: &[String], http: &reqwest::blocking::Client) -> Findings {
     let mut findings = Findings::default();
+    // Each shared key's value through each member, `None` where it has none.
+    let mut shared: BTreeMap<String, Vec<Option<Vec<u8>>>> = BTreeMap::new();
+    let mut memberships: Vec<Vec<String>> = Vec::new();
     for (member, api) in apis.iter().enumerate() {
         let table = match listing(http, &format!("{api}/v1/tables/{TABLE}/kv")) {
             Ok(table) => table,
@@ -128,6 +166,8 @@ fn round(expected: &Expected, apis: &[String], http: &reqwest::blocking::Client)
                 continue;
             }
         };
+        let mut table = table;
+        split_shared(&mut shared, member, "table", &expected.shared_table, &mut table, &mut findings);
         compare(&mut findings, member, "table", &expected.table, &table);
         let topic = match listing(http, &format!("{api}/v1/topics/{TOPIC}/kv")) {
             Ok(topic) => topic,
@@ -136,7 +176,13 @@ fn round(expected: &Expected, apis: &[String], http: &reqwest::blocking::Client)
                 continue;
             }
         };
+        let mut topic = topic;
+        split_shared(&mut shared, member, "topic", &expected.shared_topic, &mut topic, &mut findings);
         compare(&mut findings, member, "topic", &expected.topic, &topic);
+        match membership(http, api) {
+            Ok(members) => memberships.push(members),
+            Err(error) => findings.unreachable.push(format!("member {member}: membership: {error:#}")),
+        }
         for (counter, (acknowledged, indeterminate)) in &expected.counters {
             match counter_value(http, &format!("{api}/v1/topics/{TOPIC}/counters/{counter}")) {
                 Ok(value) if (*acknowledged..=acknowledged + indeterminate).contains(&value) => {}
@@ -166,7 +212,109 @@ fn round(expected: &Expected, apis: &[String], http: &reqwest::blocking::Client)
             lost.dedup();
         }
     }
+    if findings.unreachable.is_empty() {
+        findings.diverged.extend(disagreements(&shared, &memberships));
+    }
     findings
+}
+
+/// Moves the shared keys out of `listed` (through `member`) into `shared`, noting a value that
+/// was never written to its key.
+fn split_shared(
+    shared: &mut BTreeMap<String, Vec<Option<Vec<u8>>>>,
+    member: usize,
+    what: &str,
+    written: &HashMap<&str, Vec<&str>>,
+    listed: &mut HashMap<String, Vec<u8>>,
+    findings: &mut Findings,
+) {
+    for (key, values) in written {
+        let value = listed.remove(*key);
+        if let Some(value) = &value
+            && !values.iter().any(|written| written.as_bytes() == value.as_slice())
+        {
+            let shown = String::from_utf8_lossy(value);
+            findings
+                .wrong_values
+                .push(format!("{what} key {key} holds {shown:?}, never written, through member {member}"));
+        }
+        let seen = shared.entry(format!("{what} key {key}")).or_default();
+        seen.resize(member, None);
+        seen.push(value);
+    }
+}
+
+/// Where the members disagree: shared keys with different values through different members,
+/// and members listing different memberships.
+fn disagreements(shared: &BTreeMap<String, Vec<Option<Vec<u8>>>>, memberships: &[Vec<String>]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (key, values) in shared {
+        if values.iter().any(|value| value != &values[0]) {
+            let shown: Vec<String> = values
+                .iter()
+                .map(|v| v.as_deref().map_or("none".into(), |v| String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            found.push(format!("{key} differs between members: {}", shown.join(" | ")));
+        }
+    }
+    if memberships.iter().any(|members| members != &memberships[0]) {
+        found.push(format!("the members list different memberships: {memberships:?}"));
+    }
+    found
+}
+
+/// The topics whose copies `canopy-ops heads` finds differing: the topic across every member,
+/// each partition across the owners member 0 places it on.
+fn heads_disagree(heads: &Heads, apis: &[String], http: &reqwest::blocking::Client) -> Vec<String> {
+    let mut checks: Vec<(String, Vec<String>)> = vec![(TOPIC.to_string(), apis.to_vec())];
+    let shown = http
+        .get(format!("{}/v1/tables/{TABLE}", apis[0]))
+        .send()
+        .and_then(|response| response.json::<wire::TableShown>());
+    let members = http.get(format!("{}/v1/members", apis[0])).send().and_then(|r| r.json::<wire::Members>());
+    let (shown, members) = match (shown, members) {
+        (Ok(shown), Ok(members)) => (shown, members),
+        (Err(error), _) | (_, Err(error)) => return vec![format!("member 0: the table's placement: {error}")],
+    };
+    for placement in shown.placement {
+        let owners: Vec<String> = placement
+            .owners
+            .iter()
+            .filter_map(|owner| members.members.iter().find(|m| &m.peer_id == owner).map(|m| m.api.clone()))
+            .collect();
+        checks.push((placement.topic, owners));
+    }
+    let mut found = Vec::new();
+    for (topic, apis) in checks {
+        let mut command = std::process::Command::new(heads.ops);
+        command.args(["heads", &topic, "--token", heads.token]);
+        for api in &apis {
+            command.args(["--api", api]);
+        }
+        match command.output() {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => found.push(format!(
+                "canopy-ops heads {topic} over {apis:?}: {}{}",
+                String::from_utf8_lossy(&output.stdout).trim(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )),
+            Err(error) => found.push(format!("cannot run {}: {error}", heads.ops.display())),
+        }
+    }
+    found
+}
+
+/// The peer ids of the members `api` lists, in order.
+fn membership(http: &reqwest::blocking::Client, api: &str) -> anyhow::Result<Vec<String>> {
+    let response = http.get(format!("{api}/v1/members")).send()?;
+    let status = response.status();
+    if !status.is_success() {
+        anyhow::bail!("{status}");
+    }
+    let members: wire::Members = response.json()?;
+    let mut ids: Vec<String> = members.members.into_iter().map(|member| member.peer_id.to_string()).collect();
+    ids.sort();
+    Ok(ids)
 }
 
 /// Adds to `findings` what `listed` (through `member`) lacks or holds wrongly of `expected`.
@@ -299,5 +447,31 @@ mod tests {
         let expected = Expected::new(&ops);
         assert_eq!(expected.counters["c1"], (2, 1));
         assert_eq!(expected.counters["c0"], (0, 0));
+    }
+
+    #[test]
+    fn shared_keys_must_agree_across_members_and_hold_only_written_values() {
+        let written: HashMap<&str, Vec<&str>> = HashMap::from([("o1", vec!["o1=0-1", "o1=1-4"]), ("o2", vec![])]);
+        let mut shared = BTreeMap::new();
+        let mut findings = Findings::default();
+        let listings = [
+            HashMap::from([("o1".to_string(), b"o1=1-4".to_vec()), ("p0-1".to_string(), b"x".to_vec())]),
+            HashMap::from([("o1".to_string(), b"o1=1-4".to_vec())]),
+        ];
+        for (member, listed) in listings.iter().enumerate() {
+            let mut listed = listed.clone();
+            split_shared(&mut shared, member, "table", &written, &mut listed, &mut findings);
+            assert!(!listed.contains_key("o1"), "a shared key is not compared as a key of its own");
+        }
+        let memberships = vec![vec!["a".to_string(), "b".to_string()]; 2];
+        assert!(disagreements(&shared, &memberships).is_empty());
+        assert!(findings.wrong_values.is_empty());
+
+        let mut listed = HashMap::from([("o2".to_string(), b"o1=0-1".to_vec())]);
+        split_shared(&mut shared, 2, "table", &written, &mut listed, &mut findings);
+        assert_eq!(findings.wrong_values.len(), 1, "o2 holds a value written to o1");
+        let found = disagreements(&shared, &[memberships[0].clone(), vec!["a".to_string()]]);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found.iter().any(|f| f.starts_with("table key o1 differs")), "{found:?}");
     }
 }

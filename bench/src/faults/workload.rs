@@ -1,5 +1,7 @@
-//! The workload of a fault run: client threads writing through random members, each write on a
-//! key of its own, every reply recorded as acknowledged, failed or indeterminate.
+//! The workload of a fault run: client threads writing through random members, every reply
+//! recorded as acknowledged, failed or indeterminate. Most writes are on a key of their own, so
+//! each can be found again; overwrites and deletes share a few keys, on which the members must
+//! end up agreeing.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,9 @@ pub(crate) const TOPIC: &str = "f";
 /// Counters incremented, `c0` to `c3`.
 pub(crate) const COUNTERS: usize = 4;
 
+/// Keys shared by overwrites and deletes, in the table (`o0`...) and in the topic (`s0`...).
+pub(crate) const SHARED_KEYS: usize = 8;
+
 /// Puts per table batch.
 const BATCH_KEYS: usize = 10;
 
@@ -52,6 +57,14 @@ pub enum OpKind {
     TopicPutAck2,
     /// `POST /v1/topics/f/counters/{counter}?ack=2` adding 1.
     CounterAck2,
+    /// `PUT /v1/tables/t/kv/o{n}?ack=2`, a key other writes share.
+    TableOverwrite,
+    /// `DELETE /v1/tables/t/kv/o{n}?ack=2`.
+    TableDelete,
+    /// `PUT /v1/topics/f/kv/s{n}?ack=2`, a key other writes share.
+    TopicOverwrite,
+    /// `DELETE /v1/topics/f/kv/s{n}?ack=2`.
+    TopicDelete,
 }
 
 impl OpKind {
@@ -62,7 +75,19 @@ impl OpKind {
 
     /// Whether its key is in the table (else in the topic).
     pub(crate) fn in_table(self) -> bool {
-        matches!(self, OpKind::TablePutAck2 | OpKind::TablePutAck1 | OpKind::TableBatchAck2)
+        matches!(
+            self,
+            OpKind::TablePutAck2
+                | OpKind::TablePutAck1
+                | OpKind::TableBatchAck2
+                | OpKind::TableOverwrite
+                | OpKind::TableDelete
+        )
+    }
+
+    /// Whether its key is one other writes share (else the key is its own).
+    pub(crate) fn shared(self) -> bool {
+        matches!(self, OpKind::TableOverwrite | OpKind::TableDelete | OpKind::TopicOverwrite | OpKind::TopicDelete)
     }
 }
 
@@ -161,11 +186,15 @@ pub(crate) fn client(
         let api = &apis[member];
         let draw = rng.random_range(0..100);
         let kind = match draw {
-            0..30 => OpKind::TablePutAck2,
-            30..40 => OpKind::TablePutAck1,
-            40..55 => OpKind::TableBatchAck2,
-            55..80 => OpKind::TopicPutAck2,
-            _ => OpKind::CounterAck2,
+            0..25 => OpKind::TablePutAck2,
+            25..33 => OpKind::TablePutAck1,
+            33..45 => OpKind::TableBatchAck2,
+            45..65 => OpKind::TopicPutAck2,
+            65..80 => OpKind::CounterAck2,
+            80..88 => OpKind::TableOverwrite,
+            88..92 => OpKind::TableDelete,
+            92..97 => OpKind::TopicOverwrite,
+            _ => OpKind::TopicDelete,
         };
         let sent_s = started.elapsed().as_secs_f64();
         let key = format!("{client}-{sequence}");
@@ -198,6 +227,22 @@ pub(crate) fn client(
                 let url = format!("{api}/v1/topics/{TOPIC}/counters/{counter}?ack=2");
                 let (outcome, reply, _) = single(http.post(url).json(&json!({ "add": 1 })).send());
                 ops.push(record(kind, counter, String::new(), outcome, reply));
+            }
+            OpKind::TableOverwrite | OpKind::TableDelete | OpKind::TopicOverwrite | OpKind::TopicDelete => {
+                let n = rng.random_range(0..SHARED_KEYS);
+                let (path, shared) =
+                    if kind.in_table() { (format!("tables/{TABLE}"), "o") } else { (format!("topics/{TOPIC}"), "s") };
+                let key = format!("{shared}{n}");
+                let url = format!("{api}/v1/{path}/kv/{key}?ack=2");
+                let (value, reply) = match kind {
+                    OpKind::TableOverwrite | OpKind::TopicOverwrite => {
+                        let value = format!("{key}={client}-{sequence}");
+                        (value.clone(), http.put(url).body(value).send())
+                    }
+                    _ => (String::new(), http.delete(url).send()),
+                };
+                let (outcome, reply, _) = single(reply);
+                ops.push(record(kind, key, value, outcome, reply));
             }
             OpKind::TablePutAck2 | OpKind::TablePutAck1 | OpKind::TopicPutAck2 => {
                 let key = if kind.in_table() { format!("p{key}") } else { format!("k{key}") };
