@@ -193,10 +193,14 @@ impl Access {
     }
 
     /// Whether the rule lets `author` write `key`: in a keyed topic, only a key naming the
-    /// author (its peer id, alone or followed by `/`); in any other, every key.
+    /// author (its peer id, alone or followed by `/`), a document's field by its document's key;
+    /// in any other, every key.
     pub fn admits_key(&self, author: &AuthorId, key: &[u8]) -> Result<(), Refusal> {
         if *self != Access::Keyed {
             return Ok(());
+        }
+        if let Some((document, _)) = crate::doc::parse_entry(key) {
+            return self.admits_key(author, &document);
         }
         let id = author.to_string();
         let named = key.strip_prefix(id.as_bytes()).is_some_and(|rest| rest.is_empty() || rest[0] == b'/');

@@ -65,21 +65,17 @@ pub fn entry_key(key: &[u8], author: &AuthorId, origin: &[u8; ORIGIN_BYTES]) -> 
     out
 }
 
-/// A counter entry's parts: the counter's key and the contributor's author.
-pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, AuthorId)> {
-    let rest = entry.strip_prefix(&NAMESPACE[..])?;
+/// The key [`escape_key`] wrote at the start of `bytes`, and the bytes its encoding took.
+pub(crate) fn unescape_key(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     let mut key = Vec::new();
     let mut at = 0;
     loop {
-        match (rest.get(at)?, rest.get(at + 1)) {
+        match (bytes.get(at)?, bytes.get(at + 1)) {
             (0x00, Some(0xff)) => {
                 key.push(0x00);
                 at += 2;
             }
-            (0x00, Some(0x01)) => {
-                at += 2;
-                break;
-            }
+            (0x00, Some(0x01)) => return Some((key, at + 2)),
             (0x00, _) => return None,
             (&byte, _) => {
                 key.push(byte);
@@ -87,6 +83,12 @@ pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, AuthorId)> {
             }
         }
     }
+}
+
+/// A counter entry's parts: the counter's key and the contributor's author.
+pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, AuthorId)> {
+    let rest = entry.strip_prefix(&NAMESPACE[..])?;
+    let (key, at) = unescape_key(rest)?;
     let contributor = &rest[at..];
     if contributor.len() != CONTRIBUTOR_BYTES {
         return None;
@@ -105,24 +107,32 @@ pub fn encode_total(total: i64) -> [u8; 8] {
     total.to_be_bytes()
 }
 
-/// Checks the reserved keys a received delta touches: only counter entries, well formed,
-/// each the block author's own.
+/// Checks the reserved keys a received delta touches: only counter entries, well formed, each
+/// the block author's own, and document entries, well formed (see [`crate::doc`]).
 pub fn check_delta(delta: &Delta, author: &AuthorId) -> Result<(), DeltaError> {
     let own = |key: &[u8]| -> Result<(), DeltaError> {
         match parse_entry(key) {
             Some((_, entry_author)) if entry_author == *author => Ok(()),
             Some(_) => Err(DeltaError::Invalid("a counter entry of another author".into())),
-            None => Err(DeltaError::Invalid("a reserved key that is no counter entry".into())),
+            None => Err(DeltaError::Invalid("a reserved key that is no counter or document entry".into())),
         }
     };
     for (key, value) in delta.adds.iter().filter(|(key, _)| is_reserved(key)) {
+        if crate::doc::is_entry(key) {
+            crate::doc::check_entry(key, Some(value))?;
+            continue;
+        }
         own(key)?;
         if decode_total(value).is_none() {
             return Err(DeltaError::Invalid("a counter total that is not 8 bytes".into()));
         }
     }
     for (key, _) in delta.removes.iter().filter(|(key, _)| is_reserved(key)) {
-        own(key)?;
+        if crate::doc::is_entry(key) {
+            crate::doc::check_entry(key, None)?;
+        } else {
+            own(key)?;
+        }
     }
     Ok(())
 }

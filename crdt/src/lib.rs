@@ -11,6 +11,7 @@ mod compaction;
 mod compactor;
 pub mod counter;
 mod delta;
+pub mod doc;
 mod error;
 mod expiry;
 mod history;
@@ -27,6 +28,7 @@ pub mod snapshot;
 mod store;
 pub mod sync;
 mod topic;
+mod topic_docs;
 mod types;
 mod writer;
 mod writer_list;
@@ -51,6 +53,7 @@ pub use options::StoreOptions;
 pub use schema::{FAMILIES, TOPIC_NAME_BYTES_MAX};
 pub use store::Store;
 pub use topic::{Batch, Ingesting, Page, Topic};
+pub use topic_docs::{DocPage, DocWrite, Fields};
 pub use types::{
     Change, Commit, Compaction, Head, IngestOutcome, KNOWN_SNAPSHOTS_MAX, MergeOutcome, Op, Sink, Snapshots,
     StorageCompaction,

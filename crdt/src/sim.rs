@@ -28,7 +28,7 @@ mod adversary;
 mod reference;
 
 use adversary::Adversary;
-pub use reference::{reference_counters, reference_refused, reference_state, reference_state_at};
+pub use reference::{reference_counters, reference_docs, reference_refused, reference_state, reference_state_at};
 
 /// Probabilities of network faults, each per delivered message.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -400,6 +400,19 @@ impl Cluster {
     pub fn increment(&mut self, replica: usize, topic: &str, key: &[u8], n: i64) -> Result<Commit, SimError> {
         let commit = self.topic(replica, topic)?.increment(key, n)?;
         self.committed(replica, topic, Some(commit));
+        Ok(commit)
+    }
+
+    /// Writes a document on one replica and announces the new heads.
+    pub fn doc_write(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        key: &[u8],
+        write: crate::DocWrite,
+    ) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.doc_write(key, write, None)?;
+        self.committed(replica, topic, commit);
         Ok(commit)
     }
 

@@ -92,8 +92,8 @@ pub struct Page {
 /// Handle to one replicated topic. Cheap to clone; all clones see the same topic.
 #[derive(Clone)]
 pub struct Topic {
-    store: Arc<StoreInner>,
-    shared: Arc<TopicShared>,
+    pub(crate) store: Arc<StoreInner>,
+    pub(crate) shared: Arc<TopicShared>,
 }
 
 impl Topic {
@@ -246,6 +246,13 @@ impl Topic {
                 Op::Delete(_) => {}
             }
         }
+        self.submit(ops)
+    }
+
+    /// Writes `ops`, whose keys and values are checked, once the topic's access rule admits
+    /// this store's author and every key.
+    pub(crate) fn submit(&self, ops: Vec<Op>) -> Result<Committed, WriteError> {
+        let author = self.store.signer.author();
         self.shared.access.admits(&author)?;
         for op in &ops {
             self.shared.access.admits_key(&author, op.key())?;

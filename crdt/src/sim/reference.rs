@@ -82,6 +82,19 @@ pub fn reference_counters(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, i1
     counters
 }
 
+/// The documents a set of blocks gives, under DESIGN's document rule: per document, each field
+/// whose entry has a live element under the rules of [`reference_state`], with the winner's
+/// JSON text; a document without such a field does not exist.
+pub fn reference_docs(blocks: &BTreeMap<Cid, Block>) -> BTreeMap<Vec<u8>, BTreeMap<String, Vec<u8>>> {
+    let mut docs: BTreeMap<Vec<u8>, BTreeMap<String, Vec<u8>>> = BTreeMap::new();
+    for (entry, value) in reference_entries(blocks, 0) {
+        if let Some((key, field)) = crate::doc::parse_entry(&entry) {
+            docs.entry(key).or_default().insert(field, value);
+        }
+    }
+    docs
+}
+
 fn reference_entries(blocks: &BTreeMap<Cid, Block>, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut added: BTreeMap<Vec<u8>, Vec<RankedElement>> = BTreeMap::new();
     let mut removed: BTreeSet<(Vec<u8>, Cid)> = BTreeSet::new();

@@ -5,6 +5,7 @@ mod ahead;
 mod common;
 mod counters;
 mod decoders;
+mod docs;
 mod expiry;
 mod history;
 mod inline;

@@ -1,0 +1,193 @@
+//! Documents: fields merge on their own on every replica, a delete racing a patch ends by the
+//! documented rule, received entries are checked, and under every fault the replicas end at the
+//! documents the reference model gives.
+
+use std::collections::BTreeMap;
+
+use canopy_crdt::sim::{Cluster, Faults, reference_docs};
+use canopy_crdt::{Block, Delta, DocWrite, Signer};
+use proptest::prelude::*;
+
+const STEPS_MAX: u64 = 200_000;
+
+fn cluster(replicas: usize, seed: u64) -> (tempfile::TempDir, Cluster) {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(dir.path(), replicas, &["t".to_string()], seed).unwrap();
+    (dir, cluster)
+}
+
+fn fields(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    pairs.iter().map(|(name, json)| (name.to_string(), json.as_bytes().to_vec())).collect()
+}
+
+fn patch(set: &[(&str, &str)], remove: &[&str]) -> DocWrite {
+    DocWrite::Patch { set: fields(set), remove: remove.iter().map(|name| name.to_string()).collect() }
+}
+
+/// Replica `replica`'s document `key` as field name → JSON text.
+fn doc(cluster: &Cluster, replica: usize, key: &[u8]) -> Option<BTreeMap<String, String>> {
+    let fields = cluster.topic(replica, "t").unwrap().doc(key).unwrap()?;
+    Some(fields.into_iter().map(|(name, json)| (name, String::from_utf8(json).unwrap())).collect())
+}
+
+fn expected(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+    Some(pairs.iter().map(|(name, json)| (name.to_string(), json.to_string())).collect())
+}
+
+#[test]
+fn concurrent_patches_of_different_fields_all_survive() {
+    let (_dir, mut cluster) = cluster(3, 1);
+    cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("env", "\"dev\""), ("port", "80")]))).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    cluster.doc_write(0, "t", b"svc", patch(&[("env", "\"prod\"")], &[])).unwrap();
+    cluster.doc_write(1, "t", b"svc", patch(&[("port", "443")], &[])).unwrap();
+    cluster.doc_write(2, "t", b"svc", patch(&[("owner", "{\"team\":\"core\"}")], &[])).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    let all = expected(&[("env", "\"prod\""), ("owner", "{\"team\":\"core\"}"), ("port", "443")]);
+    for replica in 0..3 {
+        assert_eq!(doc(&cluster, replica, b"svc"), all, "replica {replica}");
+    }
+    // A patch that removes a field, and concurrent writes of one field: one winner everywhere.
+    cluster.doc_write(0, "t", b"svc", patch(&[("port", "8080")], &["owner"])).unwrap();
+    cluster.doc_write(1, "t", b"svc", patch(&[("port", "9090")], &[])).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    let winner = doc(&cluster, 0, b"svc").unwrap();
+    assert!(!winner.contains_key("owner"));
+    assert!(["8080", "9090"].contains(&winner["port"].as_str()), "{winner:?}");
+    for replica in 1..3 {
+        assert_eq!(doc(&cluster, replica, b"svc").as_ref(), Some(&winner));
+    }
+}
+
+#[test]
+fn a_delete_racing_a_patch_leaves_the_fields_the_patch_wrote() {
+    let (_dir, mut cluster) = cluster(2, 2);
+    cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("env", "\"dev\""), ("port", "80")]))).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    cluster.doc_write(0, "t", b"svc", DocWrite::Delete).unwrap();
+    cluster.doc_write(1, "t", b"svc", patch(&[("port", "443"), ("zone", "\"b\"")], &[])).unwrap();
+    assert_eq!(doc(&cluster, 0, b"svc"), None);
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    // The delete removed what it saw (env, port 80); the patch's fields were not seen by it.
+    let rule = expected(&[("port", "443"), ("zone", "\"b\"")]);
+    for replica in 0..2 {
+        assert_eq!(doc(&cluster, replica, b"svc"), rule, "replica {replica}");
+    }
+    assert_eq!(reference_docs(&cluster.all_blocks("t").unwrap())[&b"svc".to_vec()].len(), 2);
+    // A delete that saw everything removes the document everywhere.
+    cluster.doc_write(1, "t", b"svc", DocWrite::Delete).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    assert_eq!((doc(&cluster, 0, b"svc"), doc(&cluster, 1, b"svc")), (None, None));
+}
+
+#[test]
+fn a_put_replaces_the_document_and_documents_keep_apart_from_keys() {
+    let (_dir, mut cluster) = cluster(1, 3);
+    cluster.put(0, "t", b"svc", b"a plain value").unwrap();
+    cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("a", "1"), ("b", "2")]))).unwrap();
+    cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("b", "3"), ("c", "null")]))).unwrap();
+    assert_eq!(doc(&cluster, 0, b"svc"), expected(&[("b", "3"), ("c", "null")]));
+    for key in ["a\0b", "a", "b", "ab"] {
+        cluster.doc_write(0, "t", key.as_bytes(), DocWrite::Put(fields(&[("k", "1")]))).unwrap();
+    }
+    let topic = cluster.topic(0, "t").unwrap();
+    assert_eq!(topic.get(b"svc").unwrap().as_deref(), Some(&b"a plain value"[..]));
+    assert_eq!(topic.key_count(), 1);
+    let page = topic.query(b"", None, 100).unwrap();
+    assert_eq!(page.entries.len(), 1, "listings of keys leave documents out");
+    // Documents list in key order, a page at a time.
+    let mut listed = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = topic.docs(after.as_deref(), 2).unwrap();
+        assert!(page.docs.len() <= 2);
+        listed.extend(page.docs.iter().map(|(key, _)| String::from_utf8(key.clone()).unwrap()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ["a", "a\0b", "ab", "b", "svc"]);
+    let refused = topic.doc_write(b"svc", DocWrite::Put(fields(&[("x", "{not json")])), None);
+    assert!(refused.is_err());
+    assert_eq!(doc(&cluster, 0, b"svc"), expected(&[("b", "3"), ("c", "null")]), "a refused write changes nothing");
+}
+
+#[test]
+fn received_document_entries_must_be_well_formed_json() {
+    let (_dir, mut cluster) = cluster(1, 4);
+    let honest = cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("a", "1")]))).unwrap().unwrap();
+    let topic = cluster.topic(0, "t").unwrap();
+    let peer = Signer::from_secret([3; 32]);
+    let mut not_json = Delta::default();
+    not_json.adds.push((canopy_crdt::doc::entry_key(b"svc", "b"), b"{oops".to_vec()));
+    let mut malformed = Delta::default();
+    malformed.adds.push((vec![0x00, b'd', b's'], b"1".to_vec()));
+    for delta in [not_json, malformed] {
+        let block = Block::build("t", vec![honest.cid], 2, delta.encode(), &peer).unwrap();
+        assert_eq!(topic.ingest(vec![block]).unwrap().applied, 0);
+    }
+    let mut good = Delta::default();
+    good.adds.push((canopy_crdt::doc::entry_key(b"svc", "b"), b"[true]".to_vec()));
+    let block = Block::build("t", vec![honest.cid], 2, good.encode(), &peer).unwrap();
+    assert_eq!(topic.ingest(vec![block]).unwrap().applied, 1);
+    assert_eq!(doc(&cluster, 0, b"svc"), expected(&[("a", "1"), ("b", "[true]")]));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 10, ..ProptestConfig::default() })]
+
+    /// Random puts, patches and deletes of a few documents on random replicas under drops,
+    /// duplicates, reordering, corruption, partitions, crashes and compactions: every replica
+    /// ends at the documents the reference model gives for the blocks written.
+    #[test]
+    fn under_every_fault_documents_end_as_the_reference_gives(
+        seed in 0u64..1_000,
+        ops in proptest::collection::vec((0usize..3, 0u8..3, 0u8..4, 0u8..4, any::<bool>(), 0u8..20), 1..40),
+    ) {
+        let (_dir, mut cluster) = cluster(3, seed);
+        cluster.set_faults(Faults { drop: 0.1, dup: 0.1, reorder: 0.2, corrupt: 0.05 });
+        for (step, (replica, key, kind, field, compact, event)) in ops.into_iter().enumerate() {
+            match event {
+                0 => cluster.random_partition(),
+                1 => cluster.heal(),
+                2 if cluster.is_up(replica) => cluster.crash(replica),
+                3 => cluster.restart(replica).unwrap(),
+                _ => {}
+            }
+            if !cluster.is_up(replica) {
+                continue;
+            }
+            let key = format!("d{key}");
+            let name = format!("f{field}");
+            let value = step.to_string();
+            let write = match kind {
+                0 => DocWrite::Put(fields(&[(&name, &value), ("f0", "0")])),
+                1 => patch(&[(&name, &value)], &[]),
+                2 => patch(&[], &[&name]),
+                _ => DocWrite::Delete,
+            };
+            cluster.doc_write(replica, "t", key.as_bytes(), write).unwrap();
+            if compact {
+                cluster.compact(replica, "t").unwrap();
+            }
+            cluster.run_for(10).unwrap();
+        }
+        cluster.set_faults(Faults::default());
+        cluster.heal();
+        for replica in 0..3 {
+            cluster.restart(replica).unwrap();
+        }
+        cluster.run_until_quiet(STEPS_MAX).unwrap();
+        let reference = reference_docs(&cluster.all_blocks("t").unwrap());
+        for key in 0..3 {
+            let key = format!("d{key}");
+            let want: Option<BTreeMap<String, String>> = reference.get(key.as_bytes()).map(|fields| {
+                fields.iter().map(|(name, json)| (name.clone(), String::from_utf8(json.clone()).unwrap())).collect()
+            });
+            for replica in 0..3 {
+                prop_assert_eq!(&doc(&cluster, replica, key.as_bytes()), &want, "replica {} document {}", replica, key);
+            }
+        }
+    }
+}
