@@ -790,3 +790,12 @@ fn print_tables(report: &TablesReport) {
         println!("members in the order they started: {}", report.member_ids.join(", "));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

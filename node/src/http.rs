@@ -21,6 +21,7 @@ use crate::metrics;
 use crate::wire::{self, BlockRef, ErrorBody};
 
 mod admin;
+mod docs;
 pub mod guard;
 mod kv;
 mod tables;
@@ -139,6 +140,11 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/counters/{*key}", post(kv::increment).get(kv::get_counter))
         .route("/v1/topics/{topic}/history/{*key}", get(kv::key_history))
         .route("/v1/topics/{topic}/batch", post(kv::batch))
+        .route("/v1/topics/{topic}/docs", get(docs::list_docs))
+        .route(
+            "/v1/topics/{topic}/docs/{*key}",
+            put(docs::put_doc).patch(docs::patch_doc).get(docs::get_doc).delete(docs::delete_doc),
+        )
         .route("/v1/topics/{topic}/heads", get(heads))
         .route("/v1/topics/{topic}/compact", post(compact))
         .route("/v1/topics/{topic}/snapshots", get(snapshots))

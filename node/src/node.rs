@@ -18,12 +18,14 @@ use crate::files::write_subscriptions;
 
 mod acks;
 mod counters;
+mod docs;
 mod replicator;
 mod start;
 mod topic;
 
 pub use acks::AckWait;
 pub(crate) use counters::Counters;
+pub use docs::{Document, DocumentPage, merge_patch};
 use replicator::SyncEvent;
 pub(crate) use start::admitted;
 pub use topic::NodeTopic;

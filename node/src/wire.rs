@@ -17,8 +17,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 mod batch;
+mod docs;
 mod tables;
 pub use batch::*;
+pub use docs::*;
 pub use tables::*;
 
 pub use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, TopicStats, Verification};

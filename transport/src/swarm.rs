@@ -40,6 +40,12 @@ const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
 /// declared dead. A peer killed without closing its connections is noticed this fast.
 const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(1);
 const QUIC_IDLE_TIMEOUT_MS: u32 = 5_000;
+/// How long a connection no protocol keeps alive stays open. Gossipsub keeps a connection alive
+/// while the peer is in one of its meshes; a connection whose gossipsub gave up (after a few
+/// failed or replaced streams, which faults and restarts cause, it stops exchanging gossip on
+/// that connection for good and says nothing) is kept by nothing, so it closes this soon after
+/// and the peer is dialled again on a fresh connection.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
@@ -177,7 +183,7 @@ pub(crate) fn start(
             Ok(Behaviour { admission: Toggle::from(admission), limits, gossipsub, identify, mdns: Toggle::from(mdns) })
         })
         .map_err(libp2p_error)?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     for address in &config.listen {
         swarm.listen_on(parse(address)?).map_err(libp2p_error)?;

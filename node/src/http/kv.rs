@@ -34,7 +34,7 @@ async fn on_key<T: Send + 'static>(
 /// The copies a topic write asks for: the query's `ack`, else the node's `write_ack` (`all`,
 /// which names a table's owners, counts as one on a topic). A topic has no fixed set of
 /// copies, so `ack=all` is refused.
-fn topic_copies(node: &Node, query: &HashMap<String, String>) -> ApiResult<u32> {
+pub(super) fn topic_copies(node: &Node, query: &HashMap<String, String>) -> ApiResult<u32> {
     match query.get("ack").map(|text| text.parse::<Ack>()).transpose().map_err(ApiError::bad_request)? {
         Some(Ack::Copies(copies)) => Ok(copies),
         Some(Ack::All) => Err(ApiError::bad_request(
@@ -49,15 +49,15 @@ fn topic_copies(node: &Node, query: &HashMap<String, String>) -> ApiResult<u32> 
 
 /// What an acknowledged topic write left: the write's own result, the copies holding it and its
 /// causal token.
-struct TopicWritten<T> {
-    result: T,
-    acknowledged: u32,
-    token: String,
+pub(super) struct TopicWritten<T> {
+    pub(super) result: T,
+    pub(super) acknowledged: u32,
+    pub(super) token: String,
 }
 
 /// Applies `write` to `topic` (on the blocking pool), then waits until `copies` replicas hold
 /// its block: a 504 carrying how many did and the write's causal token when they do not in time.
-async fn write_acked<T: Send + 'static>(
+pub(super) async fn write_acked<T: Send + 'static>(
     node: Node,
     topic: String,
     copies: u32,
@@ -126,7 +126,7 @@ const TTL_MAX: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 
 
 /// A lifetime as people write it (`30s`, `500ms`, `5m`, `1h 30m`; a bare number is seconds),
 /// positive and at most [`TTL_MAX`].
-fn parse_ttl(text: &str) -> ApiResult<std::time::Duration> {
+pub(super) fn parse_ttl(text: &str) -> ApiResult<std::time::Duration> {
     let parsed = match text.trim().parse::<u64>() {
         Ok(seconds) => Ok(std::time::Duration::from_secs(seconds)),
         Err(_) => humantime::parse_duration(text.trim()),
@@ -139,13 +139,13 @@ fn parse_ttl(text: &str) -> ApiResult<std::time::Duration> {
 }
 
 /// The causal token of what `topic` holds now.
-fn topic_token(topic: &NodeTopic) -> CausalToken {
+pub(super) fn topic_token(topic: &NodeTopic) -> CausalToken {
     CausalToken::held_by(Scope::Topic, topic.crdt())
 }
 
 /// Waits until the topic `path` names holds what the query's `causal` token names in it, at
 /// most the node's `causal_wait_ms`: a 503 when it does not by then.
-async fn hold_causal(node: &Node, topic: &str, query: &HashMap<String, String>) -> ApiResult<()> {
+pub(super) async fn hold_causal(node: &Node, topic: &str, query: &HashMap<String, String>) -> ApiResult<()> {
     let Some(text) = query.get("causal") else { return Ok(()) };
     let token: CausalToken = text.parse().map_err(ApiError::bad_request)?;
     let heads = token.heads(Scope::Topic);
@@ -169,7 +169,7 @@ async fn hold_causal(node: &Node, topic: &str, query: &HashMap<String, String>) 
 }
 
 /// `reply` with the causal token of what `topic` holds now, read after the reply was made.
-fn with_token(topic: &NodeTopic, reply: impl IntoResponse) -> Response {
+pub(super) fn with_token(topic: &NodeTopic, reply: impl IntoResponse) -> Response {
     let token = topic_token(topic).to_string();
     let mut response = reply.into_response();
     if let Ok(value) = header::HeaderValue::from_str(&token) {

@@ -22,7 +22,7 @@ pub struct NodeTopic {
 }
 
 impl NodeTopic {
-    fn committed(&self, commit: Option<Commit>) -> Option<Commit> {
+    pub(super) fn committed(&self, commit: Option<Commit>) -> Option<Commit> {
         if let Some(commit) = commit {
             self.node.counters.writes.fetch_add(1, Ordering::Relaxed);
             let event = SyncEvent::LocalCommit {

@@ -6,6 +6,7 @@ mod architecture;
 mod cluster;
 mod common;
 mod counters;
+mod docs;
 mod embedded;
 mod expiry;
 mod history;

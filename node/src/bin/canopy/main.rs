@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 mod api;
+mod doc;
 mod shell;
 mod table;
 
@@ -153,6 +154,10 @@ enum Command {
     /// (nodes started with --tables); any member serves any key.
     #[command(subcommand)]
     Table(table::TableCommand),
+    /// Documents: JSON objects under keys of a topic, whose top-level fields merge on their own
+    /// across nodes.
+    #[command(subcommand)]
+    Doc(doc::DocCommand),
     /// List the cluster's live members (nodes started with --tables).
     Members {
         #[command(flatten)]
@@ -392,6 +397,7 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve(_) => unreachable!("handled by serve"),
         Command::Shell { topic, client } => return shell::run(&Api::new(&client)?, topic),
         Command::Table(command) => table::run(command)?,
+        Command::Doc(command) => doc::run(command)?,
         Command::Members { client } => table::members(&client)?,
         Command::Member(command) => table::member(command)?,
         Command::Token(TokenCommand::Create { file, name, role, prefixes }) => {
@@ -540,5 +546,14 @@ fn writers_change_text(done: &str, unchanged: &str, change: &wire::WritersChange
     match &change.commit {
         Some(commit) => format!("{done} {writer} in {topic} (block {})", commit.cid),
         None => format!("{writer} is {unchanged} in {topic}: nothing written"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

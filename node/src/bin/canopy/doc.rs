@@ -1,0 +1,147 @@
+//! `canopy doc ...`: documents, JSON objects whose top-level fields merge on their own.
+
+use canopy_node::wire;
+use clap::Subcommand;
+
+use super::ClientArgs;
+use super::api::{Api, encode_path, print, read_input};
+
+#[derive(Subcommand)]
+pub(crate) enum DocCommand {
+    /// Make JSON (an object; `-` reads it from standard input) the document KEY of topic T.
+    Put {
+        topic: String,
+        key: String,
+        #[arg(value_name = "JSON")]
+        body: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Apply JSON, a merge patch (RFC 7396: `null` removes a field), to the document KEY of
+    /// topic T; fields it does not name are left as they are.
+    Patch {
+        topic: String,
+        key: String,
+        #[arg(value_name = "JSON")]
+        body: String,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Print the document KEY of topic T as JSON.
+    Get {
+        topic: String,
+        key: String,
+        /// Read only once this node holds this causal token (a write's or an earlier read's).
+        #[arg(long)]
+        causal: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete the document KEY of topic T.
+    Del {
+        topic: String,
+        key: String,
+        /// Copies that must hold the delete before it is acknowledged [default: the node's write_ack].
+        #[arg(long)]
+        ack: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the documents of topic T, one JSON line each (`{"key": ..., "doc": ...}`).
+    Ls {
+        topic: String,
+        /// Most documents printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How a put or a patch is written.
+#[derive(clap::Args)]
+pub(crate) struct WriteArgs {
+    /// The fields written expire after this long (`30s`, `5m`, `1h`).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// Copies that must hold the write before it is acknowledged [default: the node's write_ack].
+    #[arg(long)]
+    ack: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub(crate) fn run(command: DocCommand) -> anyhow::Result<()> {
+    match command {
+        DocCommand::Put { topic, key, body, write } => send(&topic, &key, &body, write, reqwest::Method::PUT),
+        DocCommand::Patch { topic, key, body, write } => send(&topic, &key, &body, write, reqwest::Method::PATCH),
+        DocCommand::Get { topic, key, causal, client } => {
+            let api = Api::new(&client)?;
+            let query: Vec<(&str, String)> = causal.into_iter().map(|causal| ("causal", causal)).collect();
+            let doc: serde_json::Value = api.json(api.http.get(doc_url(&api, &topic, &key)).query(&query))?;
+            println!("{}", if client.json { doc.to_string() } else { serde_json::to_string_pretty(&doc)? });
+            Ok(())
+        }
+        DocCommand::Del { topic, key, ack, client } => {
+            let api = Api::new(&client)?;
+            let query: Vec<(&str, String)> = ack.into_iter().map(|ack| ("ack", ack)).collect();
+            let reply: wire::DocWritten = api.json(api.http.delete(doc_url(&api, &topic, &key)).query(&query))?;
+            print(client.json, &reply, written_line);
+            Ok(())
+        }
+        DocCommand::Ls { topic, limit, client } => {
+            let api = Api::new(&client)?;
+            let url = api.url(&format!("/v1/topics/{}/docs", encode_path(&topic)));
+            let mut after: Option<String> = None;
+            let mut printed = 0;
+            while printed < limit {
+                let mut query = vec![("limit", (limit - printed).min(1000).to_string())];
+                if let Some(after) = &after {
+                    query.push(("after_base64", after.clone()));
+                }
+                let page: wire::DocPage = api.json(api.http.get(&url).query(&query))?;
+                for entry in &page.docs {
+                    let key = entry.key.clone().unwrap_or_else(|| format!("base64:{}", entry.key_base64));
+                    println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
+                }
+                printed += page.docs.len();
+                match page.next_base64 {
+                    Some(next) if !page.docs.is_empty() => after = Some(next),
+                    _ => break,
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Sends the put or patch `json` of the document `key` of `topic`.
+fn send(topic: &str, key: &str, json: &str, write: WriteArgs, method: reqwest::Method) -> anyhow::Result<()> {
+    let body = if json == "-" { read_input("-")? } else { json.as_bytes().to_vec() };
+    let api = Api::new(&write.client)?;
+    let mut query: Vec<(&str, String)> = write.ack.into_iter().map(|ack| ("ack", ack)).collect();
+    query.extend(write.ttl.map(|ttl| ("ttl", ttl)));
+    let request = api
+        .http
+        .request(method, doc_url(&api, topic, key))
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    let reply: wire::DocWritten = api.json(request)?;
+    print(write.client.json, &reply, written_line);
+    Ok(())
+}
+
+/// The URL of the document `key` of `topic`.
+fn doc_url(api: &Api, topic: &str, key: &str) -> String {
+    api.url(&format!("/v1/topics/{}/docs/{}", encode_path(topic), encode_path(key)))
+}
+
+/// A document write's outcome for people.
+fn written_line(written: &wire::DocWritten) -> String {
+    let block = match (&written.cid, written.height) {
+        (Some(cid), Some(height)) => format!("{cid} height {height}"),
+        _ => "unchanged".to_string(),
+    };
+    format!("{block} acknowledged by {}\ncausal token: {}", written.acknowledged, written.causal_token)
+}

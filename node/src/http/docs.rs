@@ -1,0 +1,146 @@
+//! The documents' routes: `/v1/topics/{t}/docs/{key}` (put, patch, get, delete) and the
+//! listing `/v1/topics/{t}/docs`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::{IntoResponse, Response};
+
+use super::kv::{hold_causal, parse_ttl, topic_copies, topic_token, with_token, write_acked};
+use super::{ApiError, ApiResult, ListQuery, blocking, parse_query, subscribed};
+use crate::node::{Document, Node, NodeTopic};
+use crate::wire;
+
+/// The path of a document: its topic and key.
+type DocPath = Result<Path<(String, String)>, PathRejection>;
+
+/// The body of a put or a patch: a JSON object.
+fn object(body: &[u8], what: &str) -> ApiResult<Document> {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(doc)) => Ok(doc),
+        Ok(other) => Err(ApiError::bad_request(format!("{what} is a JSON object, not {}", kind(&other)))),
+        Err(e) => Err(ApiError::bad_request(format!("{what} is not JSON: {e}"))),
+    }
+}
+
+/// The name of `value`'s JSON type.
+fn kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// What a document write does to its document.
+enum Change {
+    Put(Document),
+    Patch(Document),
+    Delete,
+}
+
+/// Applies `change` to the document `path` names, acknowledged as the query's `ack` asks,
+/// its fields expiring after the query's `ttl`.
+async fn write(node: Node, path: DocPath, query: Option<String>, change: Change) -> ApiResult<Json<wire::DocWritten>> {
+    let Path((topic, key)) = path?;
+    let query = parse_query(query.as_deref())?;
+    let expires = query.get("ttl").map(|text| parse_ttl(text)).transpose()?.map(|ttl| node.expiry_of(ttl));
+    if expires.is_some() && matches!(change, Change::Delete) {
+        return Err(ApiError::bad_request("a delete takes no ttl"));
+    }
+    let copies = topic_copies(&node, &query)?;
+    let name = topic.clone();
+    let written = write_acked(node, topic, copies, move |handle: &NodeTopic| {
+        let commit = match &change {
+            Change::Put(doc) => handle.doc_put(key.as_bytes(), doc, expires)?,
+            Change::Patch(patch) => handle.doc_patch(key.as_bytes(), patch, expires)?,
+            Change::Delete => {
+                let commit = handle.doc_delete(key.as_bytes())?;
+                Some(commit.ok_or_else(|| ApiError::not_found(format!("document {key:?} not found in topic {name}")))?)
+            }
+        };
+        Ok((commit, commit))
+    })
+    .await?;
+    Ok(Json(wire::DocWritten {
+        acknowledged: written.acknowledged,
+        causal_token: written.token,
+        cid: written.result.map(|commit| commit.cid.to_string()),
+        expires_ms: expires,
+        height: written.result.map(|commit| commit.height),
+    }))
+}
+
+/// `PUT /v1/topics/{t}/docs/{key}`: the body becomes the document.
+pub(super) async fn put_doc(
+    State(node): State<Node>,
+    path: DocPath,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Json<wire::DocWritten>> {
+    let doc = object(&body, "a document")?;
+    write(node, path, query, Change::Put(doc)).await
+}
+
+/// `PATCH /v1/topics/{t}/docs/{key}`: the body, a JSON Merge Patch, is applied to the document.
+pub(super) async fn patch_doc(
+    State(node): State<Node>,
+    path: DocPath,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Json<wire::DocWritten>> {
+    let patch = object(&body, "a merge patch")?;
+    write(node, path, query, Change::Patch(patch)).await
+}
+
+/// `DELETE /v1/topics/{t}/docs/{key}`.
+pub(super) async fn delete_doc(
+    State(node): State<Node>,
+    path: DocPath,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<wire::DocWritten>> {
+    write(node, path, query, Change::Delete).await
+}
+
+/// `GET /v1/topics/{t}/docs/{key}`: the document as a JSON object.
+pub(super) async fn get_doc(State(node): State<Node>, path: DocPath, RawQuery(query): RawQuery) -> ApiResult<Response> {
+    let Path((topic, key)) = path?;
+    let query = parse_query(query.as_deref())?;
+    hold_causal(&node, &topic, &query).await?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        Ok(match handle.doc(key.as_bytes())? {
+            Some(doc) => with_token(&handle, Json(doc)),
+            None => with_token(
+                &handle,
+                ApiError::not_found(format!("document {key:?} not found in topic {topic}")).into_response(),
+            ),
+        })
+    })
+    .await
+}
+
+/// `GET /v1/topics/{t}/docs`: documents in key order, a page at a time (`after`, `limit`).
+pub(super) async fn list_docs(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<wire::DocPage>> {
+    let Path(topic) = path?;
+    let query = parse_query(query.as_deref())?;
+    let list = ListQuery::parse(&query)?;
+    if !list.prefix.is_empty() {
+        return Err(ApiError::bad_request("documents are listed whole: prefix applies to keys (/kv) only"));
+    }
+    hold_causal(&node, &topic, &query).await?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let page = handle.docs(list.after.as_deref(), list.limit)?;
+        Ok(Json(wire::DocPage::new(page.docs, page.next, topic_token(&handle).to_string())))
+    })
+    .await
+}

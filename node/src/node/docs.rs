@@ -1,0 +1,155 @@
+//! Documents on a subscribed topic: JSON objects whose top-level fields merge on their own
+//! across nodes (see `canopy_crdt::doc`). A patch is a JSON Merge Patch (RFC 7396): a `null`
+//! removes a field, an object merges into the field's object as this node holds it, anything
+//! else replaces the field.
+
+use canopy_crdt::{DocWrite, Fields, ReadError, WriteError};
+use serde_json::{Map, Value};
+
+use super::NodeTopic;
+use crate::Commit;
+
+/// A document: a JSON object.
+pub type Document = Map<String, Value>;
+
+/// A page of documents, in key order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DocumentPage {
+    /// Each document's key and content.
+    pub docs: Vec<(Vec<u8>, Document)>,
+    /// The key to pass as `after` for the next page, when more documents remain.
+    pub next: Option<Vec<u8>>,
+}
+
+impl NodeTopic {
+    /// The document `key`; `None` when it has no field.
+    pub fn doc(&self, key: &[u8]) -> Result<Option<Document>, ReadError> {
+        self.topic.doc(key)?.map(|fields| document(key, fields)).transpose()
+    }
+
+    /// Documents in key order, strictly after `after` when given, at most `limit`.
+    pub fn docs(&self, after: Option<&[u8]>, limit: usize) -> Result<DocumentPage, ReadError> {
+        let page = self.topic.docs(after, limit)?;
+        let docs = page
+            .docs
+            .into_iter()
+            .map(|(key, fields)| Ok((key.clone(), document(&key, fields)?)))
+            .collect::<Result<_, ReadError>>()?;
+        Ok(DocumentPage { docs, next: page.next })
+    }
+
+    /// Makes `doc` the document `key`: its fields set, every other field this node holds
+    /// removed (a field another node writes concurrently survives). With `expires_ms`, the
+    /// fields expire then. `None` when the document already was `doc`.
+    pub fn doc_put(&self, key: &[u8], doc: &Document, expires_ms: Option<u64>) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.doc_write(key, DocWrite::Put(fields_of(doc)), expires_ms)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Applies the merge patch `patch` to the document `key` (creating it when it has no
+    /// field). Fields the patch does not name are left as they are, on every node.
+    pub fn doc_patch(
+        &self,
+        key: &[u8],
+        patch: &Document,
+        expires_ms: Option<u64>,
+    ) -> Result<Option<Commit>, WriteError> {
+        let current = self.doc(key).map_err(|error| match error {
+            ReadError::Storage(error) => WriteError::Storage(error),
+            other => WriteError::Storage(canopy_crdt::StorageError::Corrupt(other.to_string())),
+        })?;
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        for (name, change) in patch {
+            match change {
+                Value::Null => remove.push(name.clone()),
+                Value::Object(_) => {
+                    let mut field = current.as_ref().and_then(|doc| doc.get(name)).cloned().unwrap_or(Value::Null);
+                    merge_patch(&mut field, change);
+                    set.push((name.clone(), encode(&field)));
+                }
+                value => set.push((name.clone(), encode(value))),
+            }
+        }
+        let commit = self.topic.doc_write(key, DocWrite::Patch { set, remove }, expires_ms)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Deletes the document `key`: every field this node holds is removed (a field another
+    /// node writes concurrently survives, and the document with it). `None` when it had none.
+    pub fn doc_delete(&self, key: &[u8]) -> Result<Option<Commit>, WriteError> {
+        let commit = self.topic.doc_write(key, DocWrite::Delete, None)?;
+        Ok(self.committed(commit))
+    }
+}
+
+/// The fields of `doc`, each value as JSON text.
+fn fields_of(doc: &Document) -> Fields {
+    doc.iter().map(|(name, value)| (name.clone(), encode(value))).collect()
+}
+
+/// `value` as JSON text.
+fn encode(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a JSON value always encodes")
+}
+
+/// The document whose fields are `fields`.
+fn document(key: &[u8], fields: Fields) -> Result<Document, ReadError> {
+    fields
+        .into_iter()
+        .map(|(name, json)| {
+            let value = serde_json::from_slice(&json).map_err(|e| {
+                ReadError::Storage(canopy_crdt::StorageError::Corrupt(format!(
+                    "field {name:?} of document {:?} is not JSON: {e}",
+                    String::from_utf8_lossy(key)
+                )))
+            })?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// Applies the merge patch `patch` to `target` as RFC 7396 defines it.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(members) = target else { unreachable!("made an object above") };
+    for (name, change) in patch {
+        if change.is_null() {
+            members.remove(name);
+        } else {
+            merge_patch(members.entry(name.clone()).or_insert(Value::Null), change);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        // Cases from the RFC's appendix.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
+            (json!(["a", "b"]), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+        ];
+        for (mut target, patch, result) in cases {
+            merge_patch(&mut target, &patch);
+            assert_eq!(target, result, "patch {patch}");
+        }
+    }
+}

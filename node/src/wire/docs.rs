@@ -1,0 +1,66 @@
+//! The documents' routes (`/v1/topics/{t}/docs`): what a write answers and a listing's page.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use super::key_text;
+
+/// `PUT`, `PATCH` or `DELETE /v1/topics/{t}/docs/{key}`: the block the write made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocWritten {
+    /// The copies holding the write when it was acknowledged (this node's among them).
+    pub acknowledged: u32,
+    /// The heads that include the write.
+    pub causal_token: String,
+    /// The block's CID; `None` when the write changed nothing.
+    pub cid: Option<String>,
+    /// When the fields written expire (ms since the Unix epoch), if they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// The block's height; `None` when the write changed nothing.
+    pub height: Option<u64>,
+}
+
+/// `GET /v1/topics/{t}/docs`: a page of documents, in key order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocPage {
+    /// The heads the listing read at, to pass as `causal` to the next read.
+    pub causal_token: String,
+    /// The documents.
+    pub docs: Vec<DocEntry>,
+    /// The key to list after for the next page as text (`None` when not UTF-8 or last page).
+    pub next: Option<String>,
+    /// The same key's bytes in base64; `None` on the last page.
+    pub next_base64: Option<String>,
+}
+
+/// One document of a listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocEntry {
+    /// The key as text; `None` when not UTF-8.
+    pub key: Option<String>,
+    /// The key's bytes in base64.
+    pub key_base64: String,
+    /// The document.
+    pub doc: serde_json::Map<String, serde_json::Value>,
+}
+
+impl DocPage {
+    /// The page of `docs` whose next page starts after `next`, read at `causal_token`.
+    pub fn new(
+        docs: Vec<(Vec<u8>, serde_json::Map<String, serde_json::Value>)>,
+        next: Option<Vec<u8>>,
+        causal_token: String,
+    ) -> DocPage {
+        let docs = docs
+            .into_iter()
+            .map(|(key, doc)| DocEntry { key: key_text(&key), key_base64: BASE64.encode(&key), doc })
+            .collect();
+        let (next, next_base64) = match next {
+            Some(next) => (key_text(&next), Some(BASE64.encode(&next))),
+            None => (None, None),
+        };
+        DocPage { causal_token, docs, next, next_base64 }
+    }
+}

@@ -1,0 +1,120 @@
+//! Documents across real nodes: concurrent patches of different fields all survive, a delete
+//! racing a patch ends by the documented rule on every node, and bad input is refused whole.
+
+use crate::common::{self, NodeProcess, canopy, wait_until};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn doc(node: &NodeProcess, key: &str) -> Option<Value> {
+    let response = node.http.get(node.url(&format!("/v1/topics/reg/docs/{key}"))).send().unwrap();
+    match response.status() {
+        StatusCode::OK => Some(response.json().unwrap()),
+        StatusCode::NOT_FOUND => None,
+        status => panic!("GET document {key}: {status}"),
+    }
+}
+
+fn patch(node: &NodeProcess, key: &str, body: Value) -> Value {
+    let response = node.http.patch(node.url(&format!("/v1/topics/reg/docs/{key}"))).json(&body).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().unwrap()
+}
+
+#[test]
+fn concurrent_patches_of_different_fields_end_whole_on_every_node_and_a_racing_delete_keeps_the_patch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = common::cluster(dir.path(), 3, "reg");
+    let put = nodes[0]
+        .http
+        .put(nodes[0].url("/v1/topics/reg/docs/svc"))
+        .json(&json!({ "env": "dev", "port": 80, "tags": { "tier": "web" } }))
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    for node in &nodes {
+        wait_until("every node holds the document", || doc(node, "svc").is_some());
+    }
+    // Each node patches a field of its own at the same moment.
+    let patches = [json!({ "env": "prod" }), json!({ "port": 443 }), json!({ "tags": { "zone": "b" } })];
+    std::thread::scope(|scope| {
+        for (node, body) in nodes.iter().zip(patches) {
+            scope.spawn(move || patch(node, "svc", body));
+        }
+    });
+    let whole = json!({ "env": "prod", "port": 443, "tags": { "tier": "web", "zone": "b" } });
+    for node in &nodes {
+        wait_until("every node holds every patched field", || doc(node, "svc").as_ref() == Some(&whole));
+    }
+
+    // A delete on node 0 races a patch on node 2, which is cut off: neither sees the other.
+    let cut_dir = nodes[2].data_dir.clone();
+    nodes[2].kill();
+    let alone = NodeProcess::start(&cut_dir, &[], &["reg"]);
+    let deleted = nodes[0].http.delete(nodes[0].url("/v1/topics/reg/docs/svc")).send().unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    patch(&alone, "svc", json!({ "port": 8443, "owner": "core" }));
+    assert_eq!(doc(&nodes[0], "svc"), None);
+    drop(alone);
+    nodes[2] = NodeProcess::start(&cut_dir, &[nodes[0].address()], &["reg"]);
+    // The rule: a delete removes the fields it saw; fields written concurrently survive.
+    let rule = json!({ "owner": "core", "port": 8443 });
+    for node in &nodes {
+        wait_until("every node ends by the delete-and-patch rule", || doc(node, "svc").as_ref() == Some(&rule));
+    }
+    let heads: Vec<Value> = nodes.iter().map(|node| node.heads("reg")).collect();
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+}
+
+#[test]
+fn documents_are_json_objects_listed_in_key_order_and_bad_input_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("node"), &[], &["reg"]);
+    let http = &node.http;
+    for (key, body) in [("b", json!({ "n": 2 })), ("a", json!({ "n": 1 })), ("c/d", json!({ "n": 3 }))] {
+        let response = http.put(node.url(&format!("/v1/topics/reg/docs/{key}"))).json(&body).send().unwrap();
+        let reply: Value = response.json().unwrap();
+        assert!(reply["cid"].is_string() && reply["causal_token"].is_string(), "{reply}");
+    }
+    // An empty document is no document: putting one where there is none makes no block.
+    let empty: Value = http.put(node.url("/v1/topics/reg/docs/e")).json(&json!({})).send().unwrap().json().unwrap();
+    assert!(empty["cid"].is_null(), "{empty}");
+    assert_eq!(doc(&node, "e"), None);
+    let page: Value = http.get(node.url("/v1/topics/reg/docs?limit=2")).send().unwrap().json().unwrap();
+    let keys: Vec<&str> = page["docs"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["a", "b"]);
+    assert_eq!(page["docs"][1]["doc"], json!({ "n": 2 }));
+    let next = page["next"].as_str().unwrap();
+    let rest: Value =
+        http.get(node.url("/v1/topics/reg/docs")).query(&[("after", next)]).send().unwrap().json().unwrap();
+    assert_eq!(rest["docs"][0]["key"], "c/d");
+    assert!(rest["next"].is_null());
+    // Documents and keys stay apart.
+    assert!(node.json("/v1/topics/reg/kv")["entries"].as_array().unwrap().is_empty());
+    for body in ["[1, 2]", "\"text\"", "{not json", ""] {
+        for method in [reqwest::Method::PUT, reqwest::Method::PATCH] {
+            let response = http.request(method.clone(), node.url("/v1/topics/reg/docs/a")).body(body).send().unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{method} {body:?}");
+            let error: Value = response.json().unwrap();
+            assert!(error["error"].as_str().unwrap().contains("JSON"), "{error}");
+        }
+    }
+    let missing = http.delete(node.url("/v1/topics/reg/docs/nope")).send().unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(doc(&node, "a"), Some(json!({ "n": 1 })), "nothing refused was applied");
+
+    // The CLI: put, patch (a null removes a field), get as JSON, list, delete.
+    let run = |args: &[&str]| {
+        let output = canopy().args(args).args(["--api", &node.api]).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    run(&["doc", "put", "reg", "svc", r#"{"env":"dev","port":80}"#]);
+    run(&["doc", "patch", "reg", "svc", r#"{"port":null,"zone":"b"}"#]);
+    let shown: Value = serde_json::from_str(&run(&["doc", "get", "reg", "svc"])).unwrap();
+    assert_eq!(shown, json!({ "env": "dev", "zone": "b" }));
+    let listed = run(&["doc", "ls", "reg"]);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    run(&["doc", "del", "reg", "svc"]);
+    assert_eq!(doc(&node, "svc"), None);
+}
