@@ -87,6 +87,12 @@ impl Change {
     pub fn counter(&self) -> Option<Vec<u8>> {
         crate::counter::parse_entry(&self.key).map(|(key, _)| key)
     }
+
+    /// The document this change is about, with the field, when it is a change of a document's
+    /// field (its value is then the field's JSON text: read the document for all of it).
+    pub fn doc(&self) -> Option<(Vec<u8>, String)> {
+        crate::doc::parse_entry(&self.key)
+    }
 }
 
 /// What happened to a batch of received blocks.

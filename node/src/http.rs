@@ -468,25 +468,44 @@ async fn watch(
     // No thread waits on a watcher.
     // A counter's change carries one contributor's total; the stream reports the counter's sum,
     // read when the event goes out (never on the writer thread).
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, (Vec<u8>, u64)>>(WATCH_QUEUE_DEPTH);
+    // A document's change is one field's: the stream reports the whole document, read when the
+    // event goes out.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Watched>(WATCH_QUEUE_DEPTH);
     handle.watch_with(Box::new(move |change| {
         if let Some(counter) = change.counter() {
-            return tx.try_send(Err((counter, change.height))).is_ok();
+            return tx.try_send(Watched::Counter(counter, change.height)).is_ok();
+        }
+        if let Some((doc, _)) = change.doc() {
+            return tx.try_send(Watched::Doc(doc, change.height)).is_ok();
         }
         let data = wire::KeyChange::new(&change.key, change.value.as_deref(), change.height, change.expired);
-        tx.try_send(Ok(event_text(&data))).is_ok()
+        tx.try_send(Watched::Ready(event_text(&data))).is_ok()
     }));
     let stream = futures::stream::unfold((rx, watchers, handle), |(mut rx, watchers, handle)| async move {
         let data = match rx.recv().await? {
-            Ok(data) => data,
-            Err((counter, height)) => {
+            Watched::Ready(data) => data,
+            Watched::Counter(counter, height) => {
                 let value = handle.counter(&counter).ok()?;
                 event_text(&wire::CounterChange::new(&counter, value, height))
+            }
+            Watched::Doc(doc, height) => {
+                let value = handle.doc(&doc).ok()?;
+                event_text(&wire::DocChange::new(&doc, value, height))
             }
         };
         Some((Ok(Event::default().data(data)), (rx, watchers, handle)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A change on its way to a watch stream.
+enum Watched {
+    /// A key's change, its event's text ready.
+    Ready(String),
+    /// A counter's change at a height: the event reads the counter's sum.
+    Counter(Vec<u8>, u64),
+    /// A document's change at a height: the event reads the document.
+    Doc(Vec<u8>, u64),
 }
 
 /// A watch event as the text of its `data:` field.

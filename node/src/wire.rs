@@ -560,11 +560,13 @@ pub struct Snapshots {
 }
 
 /// One event of `GET /v1/topics/{t}/watch` (server-sent events, one JSON object per `data:`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum WatchEvent {
     /// A counter changed.
     Counter(CounterChange),
+    /// A document changed.
+    Doc(DocChange),
     /// A key changed.
     Key(KeyChange),
 }
@@ -578,12 +580,17 @@ impl WatchEvent {
         struct Probe {
             #[serde(default, deserialize_with = "present")]
             counter: bool,
+            #[serde(default, deserialize_with = "present")]
+            doc: bool,
         }
         fn present<'de, D: serde::Deserializer<'de>>(field: D) -> Result<bool, D::Error> {
             serde::de::IgnoredAny::deserialize(field).map(|_| true)
         }
-        if serde_json::from_str::<Probe>(data)?.counter {
+        let probe = serde_json::from_str::<Probe>(data)?;
+        if probe.counter {
             serde_json::from_str(data).map(WatchEvent::Counter)
+        } else if probe.doc {
+            serde_json::from_str(data).map(WatchEvent::Doc)
         } else {
             serde_json::from_str(data).map(WatchEvent::Key)
         }

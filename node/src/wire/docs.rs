@@ -64,3 +64,24 @@ impl DocPage {
         DocPage { causal_token, docs, next, next_base64 }
     }
 }
+
+/// A document's change in a watch stream: the document as it stands when the event goes out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DocChange {
+    /// The document's key as text; `None` when not UTF-8. Always present: it tells this event
+    /// from a key's or a counter's.
+    pub doc: Option<String>,
+    /// The block that made the change.
+    pub height: u64,
+    /// The key's bytes in base64.
+    pub key_base64: String,
+    /// The document when the event went out; `None` once it has no field.
+    pub value: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl DocChange {
+    /// The document `key` reading `value` after the change at `height`.
+    pub fn new(key: &[u8], value: Option<serde_json::Map<String, serde_json::Value>>, height: u64) -> DocChange {
+        DocChange { doc: key_text(key), height, key_base64: BASE64.encode(key), value }
+    }
+}

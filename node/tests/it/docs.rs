@@ -103,6 +103,19 @@ fn documents_are_json_objects_listed_in_key_order_and_bad_input_changes_nothing(
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(doc(&node, "a"), Some(json!({ "n": 1 })), "nothing refused was applied");
 
+    // A watcher hears a document's change as the whole document, then its deletion.
+    let watch = http.get(node.url("/v1/topics/reg/watch")).send().unwrap();
+    http.patch(node.url("/v1/topics/reg/docs/w")).json(&json!({ "a": 1, "b": [true] })).send().unwrap();
+    http.delete(node.url("/v1/topics/reg/docs/w")).send().unwrap();
+    let mut events = std::io::BufRead::lines(std::io::BufReader::new(watch))
+        .map(|line| line.unwrap())
+        .filter_map(|line| line.strip_prefix("data:").map(|data| serde_json::from_str::<Value>(data.trim()).unwrap()));
+    let first = events.next().unwrap();
+    assert_eq!(first["doc"], "w", "{first}");
+    assert!(first["value"] == json!({ "a": 1, "b": [true] }) || first["value"].is_null(), "{first}");
+    let deleted = events.find(|event| event["value"].is_null()).unwrap();
+    assert_eq!(deleted["doc"], "w");
+
     // The CLI: put, patch (a null removes a field), get as JSON, list, delete.
     let run = |args: &[&str]| {
         let output = canopy().args(args).args(["--api", &node.api]).output().unwrap();

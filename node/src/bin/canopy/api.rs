@@ -303,6 +303,13 @@ pub(crate) fn change_text(change: &WatchEvent) -> String {
             let key = key_text(counter.counter.as_deref(), &counter.key_base64);
             return format!("count {key} = {}", counter.value);
         }
+        WatchEvent::Doc(change) => {
+            let key = key_text(change.doc.as_deref(), &change.key_base64);
+            return match &change.value {
+                Some(doc) => format!("doc {key} = {}", serde_json::Value::Object(doc.clone())),
+                None => format!("doc {key} deleted"),
+            };
+        }
         WatchEvent::Key(change) => change,
     };
     let key = key_text(change.key.as_deref(), &change.key_base64);
