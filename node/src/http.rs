@@ -24,6 +24,7 @@ mod admin;
 mod docs;
 pub mod guard;
 mod kv;
+mod messages;
 mod tables;
 use crate::node::{Node, NodeError, NodeTopic};
 
@@ -105,6 +106,9 @@ impl ApiError {
     fn from_node(error: &NodeError) -> ApiError {
         let status = match error {
             NodeError::Topic(TopicError::InvalidName { .. }) => StatusCode::BAD_REQUEST,
+            NodeError::NotSubscribed(_) => StatusCode::NOT_FOUND,
+            NodeError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            NodeError::MessageRate { .. } => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())
@@ -141,6 +145,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/history/{*key}", get(kv::key_history))
         .route("/v1/topics/{topic}/batch", post(kv::batch))
         .route("/v1/topics/{topic}/docs", get(docs::list_docs))
+        .route("/v1/topics/{topic}/messages", post(messages::publish).get(messages::stream))
         .route(
             "/v1/topics/{topic}/docs/{*key}",
             put(docs::put_doc).patch(docs::patch_doc).get(docs::get_doc).delete(docs::delete_doc),

@@ -25,5 +25,8 @@ pub mod wire;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig, Overrides};
-pub use node::{AckWait, Document, DocumentPage, HeadInfo, Node, NodeError, NodeTopic, Status, TopicInfo, merge_patch};
+pub use node::{
+    AckWait, Document, DocumentPage, HeadInfo, MessageListener, Node, NodeError, NodeTopic, Published, Status,
+    TopicInfo, TopicMessage, merge_patch,
+};
 pub use tables::{DrainStatus, Member, Table, TableDef, TableError};

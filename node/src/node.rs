@@ -19,6 +19,7 @@ use crate::files::write_subscriptions;
 mod acks;
 mod counters;
 mod docs;
+mod messages;
 mod replicator;
 mod start;
 mod topic;
@@ -26,6 +27,7 @@ mod topic;
 pub use acks::AckWait;
 pub(crate) use counters::Counters;
 pub use docs::{Document, DocumentPage, merge_patch};
+pub use messages::{MessageListener, Published, TopicMessage};
 use replicator::SyncEvent;
 pub(crate) use start::admitted;
 pub use topic::NodeTopic;
@@ -63,6 +65,23 @@ pub enum NodeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Closed,
+    /// The topic is not subscribed on this node.
+    #[error("topic {0} is not subscribed on this node: subscribe it first")]
+    NotSubscribed(String),
+    /// A message is larger than a message may be.
+    #[error("a message of {bytes} bytes exceeds the {max} a message may hold")]
+    MessageTooLarge {
+        /// Its size.
+        bytes: usize,
+        /// The most a message may hold.
+        max: usize,
+    },
+    /// This node published messages faster than any publisher may.
+    #[error("messages are published faster than {per_s} a second: slow down")]
+    MessageRate {
+        /// The rate every node holds a publisher to.
+        per_s: f64,
+    },
 }
 
 impl From<crate::files::FileError> for NodeError {
@@ -91,6 +110,8 @@ pub(crate) struct NodeInner {
     pub guard: crate::auth::Guard,
     /// Topic writes waiting for peers' copies.
     peer_acks: Arc<acks::PeerAcks>,
+    /// Listeners to topics' ephemeral messages.
+    pub(crate) messages: messages::Messages,
 }
 
 /// What the node heard from its peers, told to the parts that follow it.

@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 
 mod batch;
 mod docs;
+mod messages;
 mod tables;
 pub use batch::*;
 pub use docs::*;
+pub use messages::*;
 pub use tables::*;
 
 pub use canopy_crdt::inspect::{BlockView, DagStats, FamilyStats, TopicStats, Verification};

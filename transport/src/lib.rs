@@ -30,6 +30,13 @@ pub type GossipValidator = Arc<dyn Fn(&str, &[u8]) -> bool + Send + Sync>;
 /// Prefix of the gossipsub topic that carries a canopy topic's heads.
 pub const GOSSIP_TOPIC_PREFIX: &str = "canopy/heads/";
 
+/// Prefix of the gossipsub topic that carries a canopy topic's ephemeral messages.
+pub const MESSAGES_TOPIC_PREFIX: &str = "canopy/messages/";
+
+/// Largest ephemeral message, in bytes: a larger one is refused where it is published and
+/// rejected where it arrives.
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
 /// Settings of the transport.
 #[derive(Clone)]
 pub struct TransportConfig {
@@ -155,6 +162,15 @@ pub enum TransportEvent {
     PeerDisconnected {
         /// The peer.
         peer: PeerId,
+    },
+    /// An ephemeral message published on a canopy topic's messages (signed by its publisher).
+    Message {
+        /// canopy topic name.
+        topic: String,
+        /// The peer that published it.
+        signer: PeerId,
+        /// The message.
+        bytes: Vec<u8>,
     },
     /// A peer joined the gossip of a canopy topic.
     PeerSubscribed {
@@ -284,6 +300,25 @@ impl TransportHandle {
         self.command(swarm::Command::Publish(topic.to_string(), bytes));
     }
 
+    /// Joins the messages of a canopy topic: messages published on it arrive as
+    /// [`TransportEvent::Message`].
+    pub fn subscribe_messages(&self, topic: &str) {
+        self.command(swarm::Command::SubscribeMessages(topic.to_string()));
+    }
+
+    /// Leaves the messages of a canopy topic.
+    pub fn unsubscribe_messages(&self, topic: &str) {
+        self.command(swarm::Command::UnsubscribeMessages(topic.to_string()));
+    }
+
+    /// Publishes an ephemeral message on a canopy topic's messages; resolves to whether some
+    /// peer listening to them was sent it.
+    pub async fn publish_message(&self, topic: &str, bytes: Vec<u8>) -> bool {
+        let (reply, sent) = tokio::sync::oneshot::channel();
+        self.command(swarm::Command::PublishMessage(topic.to_string(), bytes, reply));
+        sent.await.unwrap_or(false)
+    }
+
     /// Sends a block request to `to`; the answer arrives as [`TransportEvent::Response`] with
     /// the same `tag`, or a [`TransportEvent::RequestFailed`] says it never will.
     pub fn request(&self, to: PeerId, tag: u64, bytes: Vec<u8>) {
@@ -319,4 +354,9 @@ impl TransportHandle {
 /// The gossipsub topic name of a canopy topic.
 pub fn gossip_topic(topic: &str) -> String {
     format!("{GOSSIP_TOPIC_PREFIX}{topic}")
+}
+
+/// The gossipsub topic carrying a canopy topic's ephemeral messages.
+pub fn messages_topic(topic: &str) -> String {
+    format!("{MESSAGES_TOPIC_PREFIX}{topic}")
 }

@@ -18,7 +18,8 @@ use libp2p::{
 use tokio::sync::mpsc;
 
 use crate::{
-    GOSSIP_TOPIC_PREFIX, GossipValidator, Shared, TransportConfig, TransportError, TransportEvent, gossip_topic,
+    GOSSIP_TOPIC_PREFIX, GossipValidator, MESSAGE_BYTES_MAX, MESSAGES_TOPIC_PREFIX, Shared, TransportConfig,
+    TransportError, TransportEvent, gossip_topic, messages_topic,
 };
 
 /// What the agent string says after the version: the UDP port of the block endpoint.
@@ -28,6 +29,10 @@ pub(crate) enum Command {
     Subscribe(String),
     Unsubscribe(String),
     Publish(String, Vec<u8>),
+    SubscribeMessages(String),
+    UnsubscribeMessages(String),
+    /// Publish a message; the sender learns whether a peer was sent it.
+    PublishMessage(String, Vec<u8>, tokio::sync::oneshot::Sender<bool>),
     Disconnect(PeerId),
     /// Connect to a peer at these addresses (only when its id is the larger one).
     Connect(PeerId, Vec<Multiaddr>),
@@ -293,6 +298,25 @@ fn handle_command(swarm: &mut Swarm<Behaviour>, command: Command) {
                 Err(error) => tracing::debug!(%topic, %error, "gossip publish failed"),
             }
         }
+        Command::SubscribeMessages(topic) => {
+            if let Err(error) = gossipsub.subscribe(&gossipsub::IdentTopic::new(messages_topic(&topic))) {
+                tracing::warn!(%topic, %error, "cannot subscribe a topic's messages");
+            }
+        }
+        Command::UnsubscribeMessages(topic) => {
+            gossipsub.unsubscribe(&gossipsub::IdentTopic::new(messages_topic(&topic)));
+        }
+        Command::PublishMessage(topic, bytes, reply) => {
+            let sent = match gossipsub.publish(gossipsub::IdentTopic::new(messages_topic(&topic)), bytes) {
+                Ok(_) => true,
+                Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => false,
+                Err(error) => {
+                    tracing::debug!(%topic, %error, "message publish failed");
+                    false
+                }
+            };
+            let _ = reply.send(sent);
+        }
         Command::Disconnect(peer) => {
             let _ = swarm.disconnect_peer_id(peer);
         }
@@ -391,6 +415,26 @@ fn handle_event(
             message_id,
             message,
         })) => {
+            if let Some(topic) = message.topic.as_str().strip_prefix(MESSAGES_TOPIC_PREFIX) {
+                // An ephemeral message: signed (strict validation), bounded, passed on as it is.
+                let signer = message.source.filter(|_| message.data.len() <= MESSAGE_BYTES_MAX);
+                let acceptance = match signer {
+                    Some(_) => gossipsub::MessageAcceptance::Accept,
+                    None => gossipsub::MessageAcceptance::Reject,
+                };
+                let gossipsub = &mut swarm.behaviour_mut().gossipsub;
+                gossipsub.report_message_validation_result(&message_id, &propagation_source, acceptance);
+                match signer {
+                    Some(signer) => {
+                        let event = TransportEvent::Message { topic: topic.to_string(), signer, bytes: message.data };
+                        if events.try_send(event).is_err() {
+                            tracing::debug!("event queue full; dropping a message");
+                        }
+                    }
+                    None => invalid.record(swarm, propagation_source),
+                }
+                return;
+            }
             let topic = message.topic.as_str().strip_prefix(GOSSIP_TOPIC_PREFIX).map(str::to_string);
             let valid = topic.as_deref().is_some_and(|topic| validator(topic, &message.data));
             let acceptance =

@@ -83,6 +83,9 @@ counters! {
     /// Reads given a causal token whose copy did not hold it in time.
     causal_missed: "causal_reads_unserved",
         "Reads given a causal token that no copy holding the token's heads served in time";
+    /// Ephemeral messages received and not delivered.
+    messages_dropped: "messages_dropped",
+        "Ephemeral messages received and dropped: their publisher was over its rate or may not write the topic";
 }
 
 /// Where replication spends its time, stage by stage, as histograms in seconds. Clones share

@@ -202,12 +202,35 @@ pub(super) async fn forward_events(mut events: tokio::sync::mpsc::Receiver<Trans
             }
             TransportEvent::RequestFailed { to, tag } => SyncEvent::RequestFailed { peer: to, id: tag },
             TransportEvent::PeerSubscribed { topic, .. } => SyncEvent::PeerSubscribed(topic),
+            TransportEvent::Message { topic, signer, bytes } => {
+                let delivered = may_publish(&inner, &topic, signer) && inner.messages.deliver(&topic, signer, bytes);
+                if !delivered {
+                    inner.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            }
             _ => continue,
         };
         if inner.sync_events.try_send(event).is_err() {
             // Dropped work is redone: heads are re-announced and requests retried.
             inner.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Whether `signer` may publish messages on `topic` here: the topic is subscribed and its rule
+/// lets the signer write it (anyone, in an open or keyed topic).
+fn may_publish(inner: &NodeInner, topic: &str, signer: PeerId) -> bool {
+    let Some(handle) = inner.store.existing_topic(topic) else { return false };
+    if !inner.subscribed.lock().expect("subscribed lock").contains(topic) {
+        return false;
+    }
+    let Ok(author) = canopy_crdt::AuthorId::from_peer_id(&signer) else { return false };
+    match handle.access() {
+        canopy_crdt::Access::Writers { owner } if owner != author => {
+            handle.writers().is_ok_and(|writers| writers.contains(&author))
+        }
+        access => access.admits(&author).is_ok(),
     }
 }
 

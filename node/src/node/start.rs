@@ -84,6 +84,7 @@ impl Node {
             peer_acks,
             on_shutdown: Mutex::new(Vec::new()),
             guard,
+            messages: super::messages::Messages::default(),
         });
         let actor = {
             let inner = Arc::downgrade(&inner);

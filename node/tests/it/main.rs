@@ -10,6 +10,7 @@ mod docs;
 mod embedded;
 mod expiry;
 mod history;
+mod messages;
 mod security;
 mod shell;
 mod tables;

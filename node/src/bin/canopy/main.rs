@@ -137,6 +137,24 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Publish MESSAGE (`-` reads it from standard input) to the nodes listening to topic T's
+    /// messages: delivered once to each listener, never stored nor replayed.
+    Publish {
+        topic: String,
+        message: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print the messages published on topic T from now on, one a line (not `subscribe`, which
+    /// starts replicating a topic).
+    Messages {
+        topic: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the node's identity and addresses.
     Status {
         #[command(flatten)]
@@ -478,6 +496,38 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
             });
         }
         Command::Watch { topic, client } => Api::new(&client)?.watch(&topic, &crossbeam_channel::never::<()>())?,
+        Command::Publish { topic, message, client } => {
+            let body = if message == "-" { read_input("-")? } else { message.into_bytes() };
+            let api = Api::new(&client)?;
+            let reply: wire::Published = api.json(api.http.post(api.topic_url(&topic, "messages", None)).body(body))?;
+            print(client.json, &reply, |reply| {
+                let peers = if reply.sent { "sent to the listening nodes" } else { "no other node listens" };
+                format!("published: {peers}; {} listener(s) here", reply.local_listeners)
+            });
+        }
+        Command::Messages { topic, count, client } => {
+            use std::io::BufRead as _;
+            let api = Api::new(&client)?;
+            let response = api.send(api.http.get(api.topic_url(&topic, "messages", None)))?;
+            let mut printed = 0;
+            for line in std::io::BufReader::new(response).lines() {
+                let Some(data) = line?.strip_prefix("data:").map(|data| data.trim().to_string()) else { continue };
+                let event: wire::MessageEvent = serde_json::from_str(&data)?;
+                if client.json {
+                    println!("{data}");
+                } else {
+                    if let Some(missed) = event.missed {
+                        eprintln!("({missed} messages missed: this listener fell behind)");
+                    }
+                    let text = event.data.unwrap_or_else(|| format!("base64:{}", event.data_base64));
+                    println!("{}: {text}", event.from);
+                }
+                printed += 1;
+                if count.is_some_and(|count| printed >= count) {
+                    break;
+                }
+            }
+        }
         Command::Id { client } => {
             let api = Api::new(&client)?;
             let reply: wire::Status = api.json(api.http.get(api.url("/v1/status")))?;
