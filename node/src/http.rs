@@ -461,11 +461,22 @@ async fn snapshots(
     Ok(Json(wire::Snapshots { cover: text(snapshots.cover), known: text(snapshots.known) }))
 }
 
+/// `GET /v1/topics/{t}/watch`: every change of the topic's keys, counters and documents; with
+/// conditions (`where`, repeated, as a documents' query takes them) only documents' changes:
+/// a document meeting them after its change, and `value: null` once one that met them no
+/// longer does (or is deleted).
 async fn watch(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>> {
     let Path(topic) = path?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let conditions: Vec<&str> = pairs.iter().filter(|(name, _)| name == "where").map(|(_, v)| v.as_str()).collect();
+    let filter = (!conditions.is_empty())
+        .then(|| crate::node::filter::Filter::parse(conditions).map_err(ApiError::bad_request))
+        .transpose()?;
     let handle = subscribed(&node, &topic)?;
     let watchers = Watchers::enter(&node)?;
     // The writer thread pushes each change straight into this channel without blocking; a
@@ -486,19 +497,43 @@ async fn watch(
         let data = wire::KeyChange::new(&change.key, change.value.as_deref(), change.height, change.expired);
         tx.try_send(Watched::Ready(event_text(&data))).is_ok()
     }));
-    let stream = futures::stream::unfold((rx, watchers, handle), |(mut rx, watchers, handle)| async move {
-        let data = match rx.recv().await? {
-            Watched::Ready(data) => data,
-            Watched::Counter(counter, height) => {
-                let value = handle.counter(&counter).ok()?;
-                event_text(&wire::CounterChange::new(&counter, value, height))
-            }
-            Watched::Doc(doc, height) => {
-                let value = handle.doc(&doc).ok()?;
-                event_text(&wire::DocChange::new(&doc, value, height))
+    // The documents meeting the conditions now, read once the watcher is in place, so one that
+    // stops meeting them is reported.
+    let mut meeting = std::collections::HashSet::new();
+    if let Some(filter) = &filter {
+        let (handle, filter) = (handle.clone(), filter.clone());
+        let found = blocking(move || {
+            handle.find(&filter, None, None, usize::MAX).map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .await?;
+        meeting.extend(found.docs.into_iter().map(|(key, _)| key));
+    }
+    let state = (rx, watchers, handle, filter, meeting);
+    let stream = futures::stream::unfold(state, |(mut rx, watchers, handle, filter, mut meeting)| async move {
+        let data = loop {
+            match rx.recv().await? {
+                Watched::Ready(_) | Watched::Counter(..) if filter.is_some() => continue,
+                Watched::Ready(data) => break data,
+                Watched::Counter(counter, height) => {
+                    let value = handle.counter(&counter).ok()?;
+                    break event_text(&wire::CounterChange::new(&counter, value, height));
+                }
+                Watched::Doc(doc, height) => {
+                    let value = handle.doc(&doc).ok()?;
+                    if let Some(filter) = &filter {
+                        let meets = value.as_ref().is_some_and(|value| filter.matches(value));
+                        let met = if meets { !meeting.insert(doc.clone()) } else { meeting.remove(&doc) };
+                        if !meets && !met {
+                            continue;
+                        }
+                        let value = if meets { value } else { None };
+                        break event_text(&wire::DocChange::new(&doc, value, height));
+                    }
+                    break event_text(&wire::DocChange::new(&doc, value, height));
+                }
             }
         };
-        Some((Ok(Event::default().data(data)), (rx, watchers, handle)))
+        Some((Ok(Event::default().data(data)), (rx, watchers, handle, filter, meeting)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

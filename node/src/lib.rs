@@ -25,8 +25,9 @@ pub mod wire;
 
 pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
 pub use config::{ConfigError, NodeConfig, Overrides};
+pub use node::filter::{Condition, Filter};
 pub use node::{
-    AckWait, Document, DocumentPage, HeadInfo, MessageListener, Node, NodeError, NodeTopic, Published, Status,
-    TopicInfo, TopicMessage, merge_patch,
+    AckWait, Document, DocumentPage, FindError, FoundPage, HeadInfo, MessageListener, Node, NodeError, NodeTopic,
+    Order, Published, SORT_DOCS_MAX, Status, TopicInfo, TopicMessage, merge_patch,
 };
 pub use tables::{DrainStatus, Member, Table, TableDef, TableError};

@@ -19,6 +19,7 @@ use crate::files::write_subscriptions;
 mod acks;
 mod counters;
 mod docs;
+pub mod filter;
 mod messages;
 mod replicator;
 mod start;
@@ -26,7 +27,7 @@ mod topic;
 
 pub use acks::AckWait;
 pub(crate) use counters::Counters;
-pub use docs::{Document, DocumentPage, merge_patch};
+pub use docs::{Document, DocumentPage, FindError, FoundPage, Order, SORT_DOCS_MAX, merge_patch};
 pub use messages::{MessageListener, Published, TopicMessage};
 use replicator::SyncEvent;
 pub(crate) use start::admitted;

@@ -9,11 +9,25 @@ use axum::response::{IntoResponse, Response};
 
 use super::kv::{hold_causal, parse_ttl, topic_copies, topic_token, with_token, write_acked};
 use super::{ApiError, ApiResult, ListQuery, blocking, parse_query, subscribed};
-use crate::node::{Document, Node, NodeTopic};
+use crate::node::filter::Filter;
+use crate::node::{Document, FindError, Node, NodeTopic, Order};
 use crate::wire;
 
 /// The path of a document: its topic and key.
 type DocPath = Result<Path<(String, String)>, PathRejection>;
+
+/// The order `text` names: a field's path, descending when it starts with `-`.
+fn parse_order(text: &str) -> ApiResult<Order> {
+    let (descending, path) = match text.strip_prefix('-') {
+        Some(path) => (true, path),
+        None => (false, text),
+    };
+    let path: Vec<String> = path.split('.').map(str::to_string).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request(format!("order {text:?} names no field: write order=PATH or order=-PATH")));
+    }
+    Ok(Order { path, descending })
+}
 
 /// The body of a put or a patch: a JSON object.
 fn object(body: &[u8], what: &str) -> ApiResult<Document> {
@@ -124,14 +138,40 @@ pub(super) async fn get_doc(State(node): State<Node>, path: DocPath, RawQuery(qu
     .await
 }
 
-/// `GET /v1/topics/{t}/docs`: documents in key order, a page at a time (`after`, `limit`).
+/// `GET /v1/topics/{t}/docs`: documents in key order, a page at a time (`after`, `limit`); with
+/// conditions (`where`, repeated) and an order (`order=PATH` or `order=-PATH`), those meeting
+/// every condition.
 pub(super) async fn list_docs(
     State(node): State<Node>,
     path: Result<Path<String>, PathRejection>,
-    RawQuery(query): RawQuery,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<wire::DocPage>> {
     let Path(topic) = path?;
-    let query = parse_query(query.as_deref())?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let conditions: Vec<&str> = pairs.iter().filter(|(name, _)| name == "where").map(|(_, v)| v.as_str()).collect();
+    let order = pairs.iter().find(|(name, _)| name == "order").map(|(_, v)| parse_order(v)).transpose()?;
+    if !conditions.is_empty() || order.is_some() {
+        let filter = Filter::parse(conditions).map_err(ApiError::bad_request)?;
+        let query = parse_query(raw.as_deref())?;
+        let limit = super::positive_limit(&query)?;
+        hold_causal(&node, &topic, &query).await?;
+        return blocking(move || {
+            let handle = subscribed(&node, &topic)?;
+            let found = handle.find(&filter, order.as_ref(), query.get("after").map(String::as_str), limit).map_err(
+                |error| match error {
+                    FindError::Read(error) => ApiError::from(error),
+                    other => ApiError::bad_request(other.to_string()),
+                },
+            )?;
+            let mut page = wire::DocPage::new(found.docs, None, topic_token(&handle).to_string());
+            page.next = found.next;
+            page.scanned = Some(found.scanned);
+            Ok(Json(page))
+        })
+        .await;
+    }
+    let query = parse_query(raw.as_deref())?;
     let list = ListQuery::parse(&query)?;
     if !list.prefix.is_empty() {
         return Err(ApiError::bad_request("documents are listed whole: prefix applies to keys (/kv) only"));

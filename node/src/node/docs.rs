@@ -83,6 +83,126 @@ impl NodeTopic {
     }
 }
 
+/// A page of the documents a query found.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FoundPage {
+    /// Each document's key and content, in key order or the query's order.
+    pub docs: Vec<(Vec<u8>, Document)>,
+    /// What to pass as `after` for the next page, when more may remain.
+    pub next: Option<String>,
+    /// Documents read to answer (every document of the topic up to the page's end: no index
+    /// serves queries yet).
+    pub scanned: u64,
+}
+
+/// How a query orders what it finds: a field's path, descending or not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Order {
+    /// The field's path, outermost first.
+    pub path: Vec<String>,
+    /// Largest first.
+    pub descending: bool,
+}
+
+/// Documents an ordered query without an index may sort in memory.
+pub const SORT_DOCS_MAX: usize = 100_000;
+
+/// Documents read per page while scanning.
+const SCAN_PAGE: usize = 1_000;
+
+impl NodeTopic {
+    /// The documents meeting `filter`, `limit` at most, after `after` (a page's `next`): in key
+    /// order, or by `order` (documents without the field last, ties by key).
+    pub fn find(
+        &self,
+        filter: &super::filter::Filter,
+        order: Option<&Order>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<FoundPage, FindError> {
+        let mut found = FoundPage::default();
+        let mut cursor: Option<Vec<u8>> = match (order, after) {
+            (None, Some(after)) => Some(after.as_bytes().to_vec()),
+            _ => None,
+        };
+        let mut matched: Vec<(Vec<u8>, Document)> = Vec::new();
+        loop {
+            let page = self.docs(cursor.as_deref(), SCAN_PAGE)?;
+            for (key, doc) in page.docs {
+                found.scanned += 1;
+                if !filter.matches(&doc) {
+                    continue;
+                }
+                if order.is_none() && matched.len() == limit {
+                    found.next = matched.last().map(|(key, _)| String::from_utf8_lossy(key).into_owned());
+                    found.docs = matched;
+                    return Ok(found);
+                }
+                matched.push((key, doc));
+                if order.is_some() && matched.len() > SORT_DOCS_MAX {
+                    return Err(FindError::TooManyToSort);
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        if let Some(order) = order {
+            let sort_key = |doc: &Document| super::filter::field(doc, &order.path).cloned();
+            matched.sort_by(|(a_key, a), (b_key, b)| {
+                let by_field = match (sort_key(a), sort_key(b)) {
+                    (Some(a), Some(b)) => {
+                        let ordering =
+                            super::filter::compare(&a, &b).unwrap_or_else(|| type_rank(&a).cmp(&type_rank(&b)));
+                        if order.descending { ordering.reverse() } else { ordering }
+                    }
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                };
+                by_field.then_with(|| a_key.cmp(b_key))
+            });
+            let start = match after {
+                Some(after) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
+                None => 0,
+            };
+            let end = start.saturating_add(limit).min(matched.len());
+            found.next = (end < matched.len()).then(|| end.to_string());
+            matched = matched.into_iter().skip(start).take(end.saturating_sub(start)).collect();
+        }
+        found.docs = matched;
+        Ok(found)
+    }
+}
+
+/// Why a query found nothing to answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// Reading the documents failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// An ordered query matched more documents than may be sorted without an index.
+    #[error("the query matches more than {SORT_DOCS_MAX} documents, too many to order without an index: narrow it")]
+    TooManyToSort,
+    /// `after` is not a page's `next` of an ordered query.
+    #[error("after must be the next of the query's previous page")]
+    Cursor,
+}
+
+/// The order of JSON types in an ordered query's results: null, booleans, numbers, strings,
+/// arrays, objects.
+fn type_rank(value: &Value) -> u8 {
+    match value {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Number(_) => 2,
+        Value::String(_) => 3,
+        Value::Array(_) => 4,
+        Value::Object(_) => 5,
+    }
+}
+
 /// The fields of `doc`, each value as JSON text.
 fn fields_of(doc: &Document) -> Fields {
     doc.iter().map(|(name, value)| (name.clone(), encode(value))).collect()

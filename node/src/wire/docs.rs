@@ -29,6 +29,10 @@ pub struct DocPage {
     pub causal_token: String,
     /// The documents.
     pub docs: Vec<DocEntry>,
+    /// For a query (`where`, `order`): documents read to answer it (no index serves queries
+    /// yet, so every document up to the page's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanned: Option<u64>,
     /// The key to list after for the next page as text (`None` when not UTF-8 or last page).
     pub next: Option<String>,
     /// The same key's bytes in base64; `None` on the last page.
@@ -61,7 +65,7 @@ impl DocPage {
             Some(next) => (key_text(&next), Some(BASE64.encode(&next))),
             None => (None, None),
         };
-        DocPage { causal_token, docs, next, next_base64 }
+        DocPage { causal_token, docs, scanned: None, next, next_base64 }
     }
 }
 

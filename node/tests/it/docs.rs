@@ -131,3 +131,77 @@ fn documents_are_json_objects_listed_in_key_order_and_bad_input_changes_nothing(
     run(&["doc", "del", "reg", "svc"]);
     assert_eq!(doc(&node, "svc"), None);
 }
+
+#[test]
+fn queries_find_documents_by_their_fields_and_a_filtered_watch_follows_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("node"), &[], &["reg"]);
+    let http = &node.http;
+    let services = [
+        ("api-1", json!({ "env": "prod", "port": 443, "meta": { "region": "eu-west" } })),
+        ("api-2", json!({ "env": "prod", "port": 80, "meta": { "region": "us-east" } })),
+        ("db-1", json!({ "env": "prod", "port": 5432 })),
+        ("db-2", json!({ "env": "dev", "port": 5432 })),
+        ("web-1", json!({ "env": "staging", "port": "8080" })),
+        ("web-2", json!({ "env": "dev" })),
+    ];
+    for (key, doc) in &services {
+        let response = http.put(node.url(&format!("/v1/topics/reg/docs/{key}"))).json(doc).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let find = |query: &[(&str, &str)]| -> Value {
+        let response = http.get(node.url("/v1/topics/reg/docs")).query(query).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{query:?}");
+        response.json().unwrap()
+    };
+    let keys = |page: &Value| -> Vec<String> {
+        page["docs"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap().to_string()).collect()
+    };
+    let prod = find(&[("where", "env=prod")]);
+    assert_eq!(keys(&prod), ["api-1", "api-2", "db-1"]);
+    assert_eq!(prod["scanned"], 6, "no index: every document is read");
+    assert_eq!(keys(&find(&[("where", "env=prod"), ("where", "port>=443")])), ["api-1", "db-1"]);
+    assert_eq!(keys(&find(&[("where", "env=dev|staging")])), ["db-2", "web-1", "web-2"]);
+    assert_eq!(keys(&find(&[("where", "meta.region^=eu")])), ["api-1"]);
+    assert_eq!(keys(&find(&[("where", "port<1000")])), ["api-1", "api-2"], "a string is no number");
+    // Ordered by a field, largest first, a page at a time: the reverse of numbers before strings,
+    // ties by key, and documents without the field last.
+    let first = find(&[("where", "port!=0"), ("order", "-port"), ("limit", "3")]);
+    assert_eq!(keys(&first), ["web-1", "db-1", "db-2"]);
+    let next = first["next"].as_str().unwrap().to_string();
+    let rest = find(&[("where", "port!=0"), ("order", "-port"), ("limit", "3"), ("after", &next)]);
+    assert_eq!(keys(&rest), ["api-1", "api-2", "web-2"]);
+    assert!(rest["next"].is_null());
+    for bad in ["env", "port^=8", "=x"] {
+        let response = http.get(node.url("/v1/topics/reg/docs")).query(&[("where", bad)]).send().unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    let output = canopy().args(["doc", "find", "reg", "env=prod", "port<=443", "--api", &node.api]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let found: Vec<Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(found.iter().map(|f| f["key"].as_str().unwrap()).collect::<Vec<_>>(), ["api-1", "api-2"]);
+
+    // A watch with conditions follows the documents meeting them: one entering, one leaving,
+    // and nothing for a change outside them.
+    let watch = http.get(node.url("/v1/topics/reg/watch")).query(&[("where", "env=prod")]).send().unwrap();
+    let patch = |key: &str, body: Value| {
+        let response = http.patch(node.url(&format!("/v1/topics/reg/docs/{key}"))).json(&body).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    };
+    node.put("reg", "plain", "a key's change is not a document's");
+    patch("db-2", json!({ "env": "prod" }));
+    patch("api-2", json!({ "env": "dev" }));
+    patch("web-2", json!({ "port": 9 }));
+    patch("db-1", json!({ "port": 5433 }));
+    let events: Vec<Value> = std::io::BufRead::lines(std::io::BufReader::new(watch))
+        .map(|line| line.unwrap())
+        .filter_map(|line| line.strip_prefix("data:").map(|data| serde_json::from_str::<Value>(data.trim()).unwrap()))
+        .take(3)
+        .collect();
+    assert_eq!(events[0]["doc"], "db-2");
+    assert_eq!(events[0]["value"]["env"], "prod");
+    assert_eq!((&events[1]["doc"], &events[1]["value"]), (&json!("api-2"), &Value::Null), "{events:?}");
+    assert_eq!(events[2]["doc"], "db-1", "{events:?}");
+    assert_eq!(events[2]["value"]["port"], 5433);
+}

@@ -47,6 +47,25 @@ pub(crate) enum DocCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the documents of topic T meeting every CONDITION (`env=prod`, `port>=80`,
+    /// `name^=api-`, `env=prod|staging`, `meta.region!=eu`), one JSON line each.
+    Find {
+        topic: String,
+        #[arg(value_name = "CONDITION", required = true)]
+        conditions: Vec<String>,
+        /// Order by this field (`-FIELD`: largest first) rather than by key.
+        #[arg(long, allow_hyphen_values = true)]
+        order: Option<String>,
+        /// Most documents printed.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Then follow the documents meeting the conditions: print each one's change as it
+        /// happens (`"doc": null` once one no longer meets them or is deleted).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List the documents of topic T, one JSON line each (`{"key": ..., "doc": ...}`).
     Ls {
         topic: String,
@@ -87,6 +106,42 @@ pub(crate) fn run(command: DocCommand) -> anyhow::Result<()> {
             let query: Vec<(&str, String)> = ack.into_iter().map(|ack| ("ack", ack)).collect();
             let reply: wire::DocWritten = api.json(api.http.delete(doc_url(&api, &topic, &key)).query(&query))?;
             print(client.json, &reply, written_line);
+            Ok(())
+        }
+        DocCommand::Find { topic, conditions, order, limit, follow, client } => {
+            let api = Api::new(&client)?;
+            let mut query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
+            query.extend(order.map(|order| ("order", order)));
+            let url = api.url(&format!("/v1/topics/{}/docs", encode_path(&topic)));
+            let mut printed = 0;
+            let mut after: Option<String> = None;
+            while printed < limit {
+                let mut page_query = query.clone();
+                page_query.push(("limit", (limit - printed).min(1000).to_string()));
+                page_query.extend(after.clone().map(|after| ("after", after)));
+                let page: wire::DocPage = api.json(api.http.get(&url).query(&page_query))?;
+                for entry in &page.docs {
+                    let key = entry.key.clone().unwrap_or_else(|| format!("base64:{}", entry.key_base64));
+                    println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
+                }
+                printed += page.docs.len();
+                match page.next {
+                    Some(next) if !page.docs.is_empty() => after = Some(next),
+                    _ => break,
+                }
+            }
+            if follow {
+                use std::io::BufRead as _;
+                let watch = api.url(&format!("/v1/topics/{}/watch", encode_path(&topic)));
+                let conditions: Vec<(&str, String)> = conditions.into_iter().map(|c| ("where", c)).collect();
+                let response = api.send(api.http.get(watch).query(&conditions))?;
+                for line in std::io::BufReader::new(response).lines() {
+                    let Some(data) = line?.strip_prefix("data:").map(str::to_string) else { continue };
+                    let change: wire::DocChange = serde_json::from_str(data.trim())?;
+                    let key = change.doc.clone().unwrap_or_else(|| format!("base64:{}", change.key_base64));
+                    println!("{}", serde_json::json!({ "key": key, "doc": change.value }));
+                }
+            }
             Ok(())
         }
         DocCommand::Ls { topic, limit, client } => {
