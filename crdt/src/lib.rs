@@ -19,6 +19,7 @@ mod inner;
 pub mod inspect;
 mod options;
 pub mod repair;
+mod reserved;
 mod row;
 mod row_change;
 mod schema;

@@ -11,7 +11,6 @@ use rocksdb::WriteBatch;
 use super::tombstones::Tombstones;
 use super::{Context, TopicState, read_rows};
 use crate::access::Refusal;
-use crate::counter;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
@@ -128,7 +127,7 @@ pub(super) type RoundRows = BTreeMap<Vec<u8>, (Row, Row)>;
 /// all its author's own.
 fn decode_checked(block: &Block) -> Result<Delta, DeltaError> {
     let delta = Delta::decode(block.payload(), &Limits::PROTOCOL)?;
-    counter::check_delta(&delta, &block.author())?;
+    crate::reserved::check_delta(&delta, &block.author())?;
     Ok(delta)
 }
 
