@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use canopy_crdt::sim::{
-    Cluster, FaultCounts, Faults, SimError, reference_counters, reference_refused, reference_state, reference_state_at,
+    Cluster, FaultCounts, Faults, SimError, reference_counters, reference_docs, reference_refused, reference_state,
+    reference_state_at,
 };
-use canopy_crdt::{Access, Batch, Mode, Op, WriteError};
+use canopy_crdt::{Access, Batch, DocWrite, Mode, Op, WriteError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -103,6 +104,8 @@ pub struct SimReport {
     pub increments: u64,
     /// Acknowledged puts of values that expire.
     pub expiring: u64,
+    /// Acknowledged writes of documents (puts, patches and deletes).
+    pub docs: u64,
     /// Keys whose visible value at the end differs from what it would be had nothing expired.
     pub expired: u64,
     /// Length of the chain caught up before the workload.
@@ -135,7 +138,7 @@ impl fmt::Display for SimReport {
         write!(
             f,
             "seed={} replicas={} topics={} ops={} adversaries={} byzantine={} refused_writes={} blocks_refused={} \
-             list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} expiring={} expired={} \
+             list_changes={} byzantine_admitted={} deep={} acknowledged={} increments={} expiring={} expired={} docs={} \
              dropped={} duplicated={} \
              reordered={} corrupted={} partitioned={} partitions={} crashes={} compactions={} snapshots_merged={} \
              snapshots_refused={} late_joiner={} \
@@ -155,6 +158,7 @@ impl fmt::Display for SimReport {
             self.increments,
             self.expiring,
             self.expired,
+            self.docs,
             c.dropped,
             c.duplicated,
             c.reordered,
@@ -293,6 +297,7 @@ pub fn run(config: &SimConfig) -> Result<SimReport, SimError> {
         acknowledged: cluster.acknowledged().len(),
         increments: counted.increments,
         expiring: counted.expiring,
+        docs: counted.docs,
         expired,
         adversaries: config.adversaries,
         byzantine: config.byzantine,
@@ -392,6 +397,7 @@ fn change_writers(cluster: &mut Cluster, rng: &mut StdRng, config: &SimConfig, t
 struct Counted {
     increments: u64,
     expiring: u64,
+    docs: u64,
     sums: BTreeMap<(String, Vec<u8>), i128>,
 }
 
@@ -422,6 +428,7 @@ fn workload_step(
     match write(cluster, rng, replica, topic) {
         Ok(written) if admitted => {
             counted.expiring += u64::from(written.expiring);
+            counted.docs += u64::from(written.doc);
             for (key, n) in written.increments {
                 counted.increments += 1;
                 *counted.sums.entry((topic.clone(), key)).or_default() += i128::from(n);
@@ -440,12 +447,15 @@ struct WriteMade {
     increments: Vec<(Vec<u8>, i64)>,
     /// Whether it put a value that expires.
     expiring: bool,
+    /// Whether it wrote a document.
+    doc: bool,
 }
 
 /// One random write.
 fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -> Result<WriteMade, SimError> {
     let mut increments = Vec::new();
     let mut expiring = false;
+    let mut doc = false;
     match rng.random_range(0..100) {
         0..=9 => {
             let (key, n) = (counter_key(rng), rng.random_range(-5..=20));
@@ -463,9 +473,23 @@ fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -
             cluster.put_for(replica, topic, (&key, &value), ttl_ms)?;
             expiring = true;
         }
-        60..=79 => {
+        60..=71 => {
             let key = key(rng);
             cluster.delete(replica, topic, &key)?;
+        }
+        72..=79 => {
+            // A few documents of a few fields, so replicas patch and delete them concurrently.
+            let key = format!("doc/{}", rng.random_range(0..4)).into_bytes();
+            let field = |rng: &mut StdRng| format!("f{}", rng.random_range(0..4));
+            let json = |rng: &mut StdRng| rng.random_range(0..1000).to_string().into_bytes();
+            let change = match rng.random_range(0..8) {
+                0..=1 => DocWrite::Put(vec![(field(rng), json(rng)), (field(rng), json(rng))]),
+                2..=5 => DocWrite::Patch { set: vec![(field(rng), json(rng))], remove: Vec::new() },
+                6 => DocWrite::Patch { set: Vec::new(), remove: vec![field(rng)] },
+                _ => DocWrite::Delete,
+            };
+            cluster.doc_write(replica, topic, &key, change)?;
+            doc = true;
         }
         _ => {
             let mut batch = Batch::new();
@@ -485,7 +509,7 @@ fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -
             increments = adds;
         }
     }
-    Ok(WriteMade { increments, expiring })
+    Ok(WriteMade { increments, expiring, doc })
 }
 
 /// A counter of the workload: few, so replicas increment the same ones concurrently.
@@ -524,6 +548,18 @@ fn count_divergence(cluster: &Cluster, topics: &[String], counted: &Counted) -> 
             for (key, sum) in &counters {
                 diverged += u64::from(handle.counter(key)? != *sum);
             }
+        }
+        // Documents end as the documents' rule gives for the blocks, on every replica.
+        let docs = reference_docs(&blocks);
+        for replica in 0..cluster.len() {
+            let held: BTreeMap<Vec<u8>, BTreeMap<String, Vec<u8>>> = cluster
+                .topic(replica, topic)?
+                .docs(None, usize::MAX)?
+                .docs
+                .into_iter()
+                .map(|(key, fields)| (key, fields.into_iter().collect()))
+                .collect();
+            diverged += u64::from(held != docs);
         }
         let heads = cluster.topic(0, topic)?.heads();
         for replica in 0..cluster.len() {
