@@ -1,5 +1,6 @@
 //! canopy's workloads, simulator driver and reports, behind the `canopy-bench` binary.
 
+pub mod docs;
 pub mod faults;
 pub mod ingest;
 pub mod replication;

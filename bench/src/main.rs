@@ -40,6 +40,9 @@ enum Command {
     /// beside the embedded engine's, single puts, forwarded gets, puts acknowledged by two
     /// copies, and the time until the table is balanced again after one more member joins.
     Tables(TablesArgs),
+    /// Documents beside plain values of the same size on the embedded engine: ingest rates in
+    /// one run, and queries finding about 100 documents by a field.
+    Docs(DocsArgs),
     /// A fault test of `canopy serve --tables` processes in network namespaces (root only): a
     /// seeded nemesis partitions, drops, pauses, kills and skews members while clients write,
     /// then every acknowledged write must be readable through every member within 120 s.
@@ -80,6 +83,28 @@ struct ReportArgs {
     /// Directory for report.md, its plots and results.jsonl.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct DocsArgs {
+    /// Documents written, and plain values.
+    #[arg(long, default_value_t = 1_000_000)]
+    docs: usize,
+    /// Fields of each document (`group`, `n`, and strings).
+    #[arg(long, default_value_t = 10)]
+    fields: usize,
+    /// Documents (and values) per block.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Queries timed.
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    /// Seed of the documents' contents.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON line with every figure after the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -371,6 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Scale(args) => run_scale(args),
         Command::Topics(args) => run_topics(args),
         Command::Tables(args) => run_tables(args),
+        Command::Docs(args) => run_docs(args),
         Command::Faults(args) => run_faults(args),
         Command::Report(args) => {
             canopy_bench::report::run(args.profile, &args.out, &|phase| eprintln!("{phase}"))?;
@@ -712,6 +738,30 @@ fn run_topics(args: TopicsArgs) -> anyhow::Result<ExitCode> {
             "second node converged on every topic in {seconds:.2} s ({rate:.0} topics/s); peers {:?}, subscribed {:?}",
             report.peers, report.subscribed
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_docs(args: DocsArgs) -> anyhow::Result<ExitCode> {
+    let config = canopy_bench::docs::DocsConfig {
+        docs: args.docs,
+        fields: args.fields,
+        batch: args.batch,
+        queries: args.queries,
+        seed: args.seed,
+    };
+    let report = canopy_bench::docs::run(&config)?;
+    println!("docs={} fields={} batch={} doc_bytes={}", report.docs, report.fields, report.batch, report.doc_bytes);
+    println!(
+        "documents       {:>10.0} docs/s   plain values of the same size {:>10.0} keys/s   ratio {:.3}",
+        report.doc_keys_per_s, report.value_keys_per_s, report.ratio
+    );
+    println!(
+        "query (no index) p50 {} us, p99 {} us: {} found, {} documents read",
+        report.unindexed_query_p50_us, report.unindexed_query_p99_us, report.query_hits, report.unindexed_query_scanned
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -64,6 +64,36 @@ impl Topic {
         write: DocWrite,
         expires_ms: Option<u64>,
     ) -> Result<Option<Commit>, WriteError> {
+        self.doc_batch(vec![(key.to_vec(), write)], expires_ms)
+    }
+
+    /// Applies every write of `writes`, in order, as one block (atomically, as a batch is); each
+    /// write sees its document as it stood before the batch.
+    /// `None` when they change nothing.
+    pub fn doc_batch(
+        &self,
+        writes: Vec<(Vec<u8>, DocWrite)>,
+        expires_ms: Option<u64>,
+    ) -> Result<Option<Commit>, WriteError> {
+        let limits = &self.store.options.limits;
+        let mut ops = Vec::new();
+        for (key, write) in writes {
+            self.doc_ops(&key, write, expires_ms, &mut ops)?;
+            if ops.len() > limits.delta_ops_max {
+                return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
+            }
+        }
+        Ok(self.submit(ops)?.commit)
+    }
+
+    /// Adds to `ops` the operations on the entries of the document `key` that `write` makes.
+    fn doc_ops(
+        &self,
+        key: &[u8],
+        write: DocWrite,
+        expires_ms: Option<u64>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), WriteError> {
         let limits = &self.store.options.limits;
         check_key(key, limits).map_err(WriteError::InvalidKey)?;
         let held = || -> Result<Vec<String>, WriteError> {
@@ -81,7 +111,6 @@ impl Topic {
             DocWrite::Patch { set, remove } => (set, remove),
             DocWrite::Delete => (Vec::new(), held()?),
         };
-        let mut ops = Vec::with_capacity(set.len() + remove.len());
         for (field, value) in set {
             let entry = entry(key, &field, limits)?;
             check_value(&value, limits).map_err(WriteError::InvalidValue)?;
@@ -94,10 +123,7 @@ impl Topic {
         for field in remove {
             ops.push(Op::Delete(entry(key, &field, limits)?));
         }
-        if ops.len() > limits.delta_ops_max {
-            return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
-        }
-        Ok(self.submit(ops)?.commit)
+        Ok(())
     }
 
     /// The documents whose entries start with `prefix`, from the entry `from` on (leaving out
