@@ -160,3 +160,38 @@ fn a_person_types_at_a_terminal_with_line_editing() {
     let history = std::fs::read_to_string(dir.path().join(".canopy_history")).unwrap();
     assert!(history.contains("put todo buy milk"), "the line history is kept: {history}");
 }
+
+#[test]
+fn a_piped_script_writes_finds_and_deletes_documents_and_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(dir.path(), &[], &["reg"]);
+    let script = "\
+doc put api '{\"env\": \"prod\", \"port\": 80}'
+doc put db '{\"env\": \"dev\", \"port\": 5432}'
+doc patch api '{\"port\": 443, \"zone\": \"b\"}'
+doc get api
+doc find env=prod port>=443
+doc find env=dev
+doc del db
+doc ls
+doc frobnicate
+publish nobody listens
+";
+    let output = piped(&node, "reg", script);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].starts_with("error: line 9:") && stderr.contains("doc find CONDITION"), "{stderr}");
+    let json_lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|line| line.starts_with("{\"doc\""))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let keys: Vec<&str> = json_lines.iter().map(|found| found["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["api", "db", "api"], "find prod, find dev, ls after the delete: {stdout}");
+    assert_eq!(json_lines[0]["doc"], serde_json::json!({ "env": "prod", "port": 443, "zone": "b" }));
+    assert!(stdout.contains("\"zone\": \"b\""), "get prints the document: {stdout}");
+    assert!(stdout.contains("published: no other node listens"), "{stdout}");
+}

@@ -92,104 +92,136 @@ pub(crate) struct WriteArgs {
 
 pub(crate) fn run(command: DocCommand) -> anyhow::Result<()> {
     match command {
-        DocCommand::Put { topic, key, body, write } => send(&topic, &key, &body, write, reqwest::Method::PUT),
-        DocCommand::Patch { topic, key, body, write } => send(&topic, &key, &body, write, reqwest::Method::PATCH),
-        DocCommand::Get { topic, key, causal, client } => {
-            let api = Api::new(&client)?;
-            let query: Vec<(&str, String)> = causal.into_iter().map(|causal| ("causal", causal)).collect();
-            let doc: serde_json::Value = api.json(api.http.get(doc_url(&api, &topic, &key)).query(&query))?;
-            println!("{}", if client.json { doc.to_string() } else { serde_json::to_string_pretty(&doc)? });
-            Ok(())
+        DocCommand::Put { topic, key, body, write } => {
+            let body = if body == "-" { read_input("-")? } else { body.into_bytes() };
+            Api::new(&write.client)?.doc_write(&topic, &key, body, reqwest::Method::PUT, write.ack, write.ttl)
         }
-        DocCommand::Del { topic, key, ack, client } => {
-            let api = Api::new(&client)?;
-            let query: Vec<(&str, String)> = ack.into_iter().map(|ack| ("ack", ack)).collect();
-            let reply: wire::DocWritten = api.json(api.http.delete(doc_url(&api, &topic, &key)).query(&query))?;
-            print(client.json, &reply, written_line);
-            Ok(())
+        DocCommand::Patch { topic, key, body, write } => {
+            let body = if body == "-" { read_input("-")? } else { body.into_bytes() };
+            Api::new(&write.client)?.doc_write(&topic, &key, body, reqwest::Method::PATCH, write.ack, write.ttl)
         }
+        DocCommand::Get { topic, key, causal, client } => Api::new(&client)?.doc_get(&topic, &key, causal),
+        DocCommand::Del { topic, key, ack, client } => Api::new(&client)?.doc_delete(&topic, &key, ack),
         DocCommand::Find { topic, conditions, order, limit, follow, client } => {
             let api = Api::new(&client)?;
             let mut query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
             query.extend(order.map(|order| ("order", order)));
-            let url = api.url(&format!("/v1/topics/{}/docs", encode_path(&topic)));
-            let mut printed = 0;
-            let mut after: Option<String> = None;
-            while printed < limit {
-                let mut page_query = query.clone();
-                page_query.push(("limit", (limit - printed).min(1000).to_string()));
-                page_query.extend(after.clone().map(|after| ("after", after)));
-                let page: wire::DocPage = api.json(api.http.get(&url).query(&page_query))?;
-                for entry in &page.docs {
-                    let key = entry.key.clone().unwrap_or_else(|| format!("base64:{}", entry.key_base64));
-                    println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
-                }
-                printed += page.docs.len();
-                match page.next {
-                    Some(next) if !page.docs.is_empty() => after = Some(next),
-                    _ => break,
-                }
-            }
+            api.doc_pages(&topic, &query, limit, Cursor::Next)?;
             if follow {
-                use std::io::BufRead as _;
-                let watch = api.url(&format!("/v1/topics/{}/watch", encode_path(&topic)));
-                let conditions: Vec<(&str, String)> = conditions.into_iter().map(|c| ("where", c)).collect();
-                let response = api.send(api.http.get(watch).query(&conditions))?;
-                for line in std::io::BufReader::new(response).lines() {
-                    let Some(data) = line?.strip_prefix("data:").map(str::to_string) else { continue };
-                    let change: wire::DocChange = serde_json::from_str(data.trim())?;
-                    let key = change.doc.clone().unwrap_or_else(|| format!("base64:{}", change.key_base64));
-                    println!("{}", serde_json::json!({ "key": key, "doc": change.value }));
-                }
+                api.doc_follow(&topic, &conditions)?;
             }
             Ok(())
         }
-        DocCommand::Ls { topic, limit, client } => {
-            let api = Api::new(&client)?;
-            let url = api.url(&format!("/v1/topics/{}/docs", encode_path(&topic)));
-            let mut after: Option<String> = None;
-            let mut printed = 0;
-            while printed < limit {
-                let mut query = vec![("limit", (limit - printed).min(1000).to_string())];
-                if let Some(after) = &after {
-                    query.push(("after_base64", after.clone()));
-                }
-                let page: wire::DocPage = api.json(api.http.get(&url).query(&query))?;
-                for entry in &page.docs {
-                    let key = entry.key.clone().unwrap_or_else(|| format!("base64:{}", entry.key_base64));
-                    println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
-                }
-                printed += page.docs.len();
-                match page.next_base64 {
-                    Some(next) if !page.docs.is_empty() => after = Some(next),
-                    _ => break,
-                }
-            }
-            Ok(())
-        }
+        DocCommand::Ls { topic, limit, client } => Api::new(&client)?.doc_pages(&topic, &[], limit, Cursor::NextBase64),
     }
 }
 
-/// Sends the put or patch `json` of the document `key` of `topic`.
-fn send(topic: &str, key: &str, json: &str, write: WriteArgs, method: reqwest::Method) -> anyhow::Result<()> {
-    let body = if json == "-" { read_input("-")? } else { json.as_bytes().to_vec() };
-    let api = Api::new(&write.client)?;
-    let mut query: Vec<(&str, String)> = write.ack.into_iter().map(|ack| ("ack", ack)).collect();
-    query.extend(write.ttl.map(|ttl| ("ttl", ttl)));
-    let request = api
-        .http
-        .request(method, doc_url(&api, topic, key))
-        .query(&query)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    let reply: wire::DocWritten = api.json(request)?;
-    print(write.client.json, &reply, written_line);
-    Ok(())
+/// Which field of a page says where the next one starts.
+#[derive(Clone, Copy)]
+pub(crate) enum Cursor {
+    /// `next`, passed back as `after` (a query's pages).
+    Next,
+    /// `next_base64`, passed back as `after_base64` (a listing's pages).
+    NextBase64,
 }
 
-/// The URL of the document `key` of `topic`.
-fn doc_url(api: &Api, topic: &str, key: &str) -> String {
-    api.url(&format!("/v1/topics/{}/docs/{}", encode_path(topic), encode_path(key)))
+impl Api {
+    /// Prints the document `key` of `topic`: pretty JSON, or one line with --json.
+    pub(crate) fn doc_get(&self, topic: &str, key: &str, causal: Option<String>) -> anyhow::Result<()> {
+        let query: Vec<(&str, String)> = causal.into_iter().map(|causal| ("causal", causal)).collect();
+        let doc: serde_json::Value = self.json(self.http.get(self.doc_url(topic, key)).query(&query))?;
+        println!("{}", if self.json { doc.to_string() } else { serde_json::to_string_pretty(&doc)? });
+        Ok(())
+    }
+
+    /// Puts (`PUT`) or patches (`PATCH`) the document `key` of `topic` with `body`.
+    pub(crate) fn doc_write(
+        &self,
+        topic: &str,
+        key: &str,
+        body: Vec<u8>,
+        method: reqwest::Method,
+        ack: Option<String>,
+        ttl: Option<String>,
+    ) -> anyhow::Result<()> {
+        let mut query: Vec<(&str, String)> = ack.into_iter().map(|ack| ("ack", ack)).collect();
+        query.extend(ttl.map(|ttl| ("ttl", ttl)));
+        let request = self
+            .http
+            .request(method, self.doc_url(topic, key))
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let reply: wire::DocWritten = self.json(request)?;
+        print(self.json, &reply, written_line);
+        Ok(())
+    }
+
+    /// Deletes the document `key` of `topic`.
+    pub(crate) fn doc_delete(&self, topic: &str, key: &str, ack: Option<String>) -> anyhow::Result<()> {
+        let query: Vec<(&str, String)> = ack.into_iter().map(|ack| ("ack", ack)).collect();
+        let reply: wire::DocWritten = self.json(self.http.delete(self.doc_url(topic, key)).query(&query))?;
+        print(self.json, &reply, written_line);
+        Ok(())
+    }
+
+    /// Prints `topic`'s documents the `query` names, at most `limit`, one JSON line each,
+    /// following the pages by `cursor`.
+    pub(crate) fn doc_pages(
+        &self,
+        topic: &str,
+        query: &[(&str, String)],
+        limit: usize,
+        cursor: Cursor,
+    ) -> anyhow::Result<()> {
+        let url = self.url(&format!("/v1/topics/{}/docs", encode_path(topic)));
+        let mut printed = 0;
+        let mut after: Option<String> = None;
+        while printed < limit {
+            let mut page_query = query.to_vec();
+            page_query.push(("limit", (limit - printed).min(1000).to_string()));
+            let name = match cursor {
+                Cursor::Next => "after",
+                Cursor::NextBase64 => "after_base64",
+            };
+            page_query.extend(after.clone().map(|after| (name, after)));
+            let page: wire::DocPage = self.json(self.http.get(&url).query(&page_query))?;
+            for entry in &page.docs {
+                let key = entry.key.clone().unwrap_or_else(|| format!("base64:{}", entry.key_base64));
+                println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
+            }
+            printed += page.docs.len();
+            let next = match cursor {
+                Cursor::Next => page.next,
+                Cursor::NextBase64 => page.next_base64,
+            };
+            match next {
+                Some(next) if !page.docs.is_empty() => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Prints each change of `topic`'s documents meeting `conditions` as it happens.
+    pub(crate) fn doc_follow(&self, topic: &str, conditions: &[String]) -> anyhow::Result<()> {
+        use std::io::BufRead as _;
+        let watch = self.url(&format!("/v1/topics/{}/watch", encode_path(topic)));
+        let conditions: Vec<(&str, &String)> = conditions.iter().map(|c| ("where", c)).collect();
+        let response = self.send(self.http.get(watch).query(&conditions))?;
+        for line in std::io::BufReader::new(response).lines() {
+            let Some(data) = line?.strip_prefix("data:").map(str::to_string) else { continue };
+            let change: wire::DocChange = serde_json::from_str(data.trim())?;
+            let key = change.doc.clone().unwrap_or_else(|| format!("base64:{}", change.key_base64));
+            println!("{}", serde_json::json!({ "key": key, "doc": change.value }));
+        }
+        Ok(())
+    }
+
+    /// The URL of the document `key` of `topic`.
+    fn doc_url(&self, topic: &str, key: &str) -> String {
+        self.url(&format!("/v1/topics/{}/docs/{}", encode_path(topic), encode_path(key)))
+    }
 }
 
 /// A document write's outcome for people.

@@ -24,6 +24,13 @@ count KEY                 the value of the counter KEY
 history KEY [N]           the last N (default 100) versions of KEY, newest first
 watch [SECONDS]           print changes for SECONDS, or until Enter is pressed
 heads                     the topic's heads
+doc get KEY               the document KEY as JSON
+doc put KEY JSON          make JSON (an object; quote it: '{\"a\":1}') the document KEY
+doc patch KEY JSON        apply a merge patch to the document KEY (null removes a field)
+doc del KEY               delete the document KEY
+doc find CONDITION...     documents meeting every condition (env=prod, port>=80, name^=api)
+doc ls                    every document, in key order
+publish MESSAGE...        publish a message to those listening to the topic's messages
 use TOPIC                 work on TOPIC from now on
 help                      this list
 exit                      leave (also: quit, Ctrl-D)";
@@ -140,6 +147,13 @@ impl Shell<'_> {
             ("history", [key]) => api.history(topic, key, HISTORY_DEFAULT)?,
             ("history", [key, n]) => api.history(topic, key, number(n, "N")?)?,
             ("heads", []) => api.heads(topic)?,
+            ("doc", [sub, rest @ ..]) => self.doc(sub, rest)?,
+            ("publish", message) if !message.is_empty() => {
+                let url = api.topic_url(topic, "messages", None);
+                let reply: canopy_node::wire::Published = api.json(api.http.post(url).body(message.join(" ")))?;
+                let peers = if reply.sent { "sent to the listening nodes" } else { "no other node listens" };
+                say(format_args!("published: {peers}"));
+            }
             ("watch", []) => self.watch_until_enter()?,
             ("watch", [seconds]) => {
                 let seconds: f64 = number(seconds, "SECONDS")?;
@@ -156,12 +170,34 @@ impl Shell<'_> {
             }
             (
                 "exit" | "quit" | "list" | "ls" | "get" | "put" | "del" | "incr" | "count" | "history" | "heads"
-                | "watch" | "use",
+                | "watch" | "use" | "doc" | "publish",
                 _,
             ) => bail!("usage: {}", usage(command)),
             (other, _) => bail!("unknown command {other:?}: type help for the commands"),
         }
         Ok(Flow::Continue)
+    }
+
+    /// `doc SUB ARGS...`: the documents' commands.
+    fn doc(&self, sub: &str, args: &[String]) -> anyhow::Result<()> {
+        let (api, topic) = (self.api, self.topic.as_str());
+        match (sub, args) {
+            ("get", [key]) => api.doc_get(topic, key, None),
+            ("put" | "patch", [key, json @ ..]) if !json.is_empty() => {
+                let method = if sub == "put" { reqwest::Method::PUT } else { reqwest::Method::PATCH };
+                api.doc_write(topic, key, json.join(" ").into_bytes(), method, None, None)
+            }
+            ("del", [key]) => api.doc_delete(topic, key, None),
+            ("find", conditions) if !conditions.is_empty() => {
+                let query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
+                api.doc_pages(topic, &query, usize::MAX, super::doc::Cursor::Next)
+            }
+            ("ls", []) => api.doc_pages(topic, &[], usize::MAX, super::doc::Cursor::NextBase64),
+            _ => {
+                let lines: Vec<&str> = HELP.lines().filter(|line| line.starts_with("doc ")).collect();
+                bail!("usage:\n{}", lines.join("\n"))
+            }
+        }
     }
 
     /// Prints changes until Enter is pressed; from a pipe there is no one to press it.
