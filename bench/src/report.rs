@@ -191,6 +191,7 @@ fn table_config(sizes: &Sizes, canopy: PathBuf) -> TablesConfig {
         partitions: 16,
         keys: sizes.table_keys,
         batch: 1000,
+        cbor: true,
         clients: 3,
         singles: sizes.table_requests,
         gets: sizes.table_requests,

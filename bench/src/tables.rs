@@ -65,6 +65,8 @@ pub struct TablesConfig {
     pub keys: usize,
     /// Keys per batch request.
     pub batch: usize,
+    /// The batch requests' body: DAG-CBOR rather than JSON.
+    pub cbor: bool,
     /// Concurrent client threads of the batch ingest and the concurrent single puts.
     pub clients: usize,
     /// Single puts, once from one sequential client and once from `clients`.
@@ -106,13 +108,14 @@ impl TablesConfig {
     /// The command that runs this configuration alone.
     pub fn command(&self) -> String {
         format!(
-            "canopy-bench tables --members {} --replicas {} --partitions {} --keys {} --batch {} --clients {} \
-             --singles {} --gets {} --join-keys {} --read-back {} --member-ttl-s {}",
+            "canopy-bench tables --members {} --replicas {} --partitions {} --keys {} --batch {} --body {} \
+             --clients {} --singles {} --gets {} --join-keys {} --read-back {} --member-ttl-s {}",
             self.members,
             self.replicas,
             self.partitions,
             self.keys,
             self.batch,
+            if self.cbor { "cbor" } else { "json" },
             self.clients,
             self.singles,
             self.gets,
@@ -160,6 +163,8 @@ pub struct TablesReport {
     pub keys: usize,
     /// Keys per batch request.
     pub batch: usize,
+    /// The batch requests' body: `cbor` or `json`.
+    pub body: String,
     /// Concurrent client threads.
     pub clients: usize,
     /// Keys per second of the routed batch ingest.
@@ -258,8 +263,14 @@ pub fn run_with(
     cluster.create_table(TABLE, config.partitions, config.replicas)?;
     load::warm_up(cluster.members(), TABLE, config.partitions)?;
     let keys = config.keys as u64;
-    let batches =
-        load::batch_ingest(cluster.members(), TABLE, config.partitions, 0..keys, config.batch, config.clients)?;
+    let batches = load::batch_ingest(
+        cluster.members(),
+        TABLE,
+        config.partitions,
+        0..keys,
+        (config.batch, config.cbor),
+        config.clients,
+    )?;
     failures.batch_keys = note(&batches);
     let batch_keys_per_s = keys as f64 / batches.seconds;
 
@@ -311,6 +322,7 @@ pub fn run_with(
         partitions: config.partitions,
         keys: config.keys,
         batch: config.batch,
+        body: if config.cbor { "cbor" } else { "json" }.to_string(),
         clients: config.clients,
         batch_keys_per_s,
         batch_p50_us: batches.latencies.value_at_quantile(0.5),
@@ -366,8 +378,14 @@ fn join_on_own_cluster(config: &TablesConfig) -> anyhow::Result<(Join, Phase)> {
     let mut cluster = Cluster::start(&config.canopy, config.members, config.member_ttl_s, config.timeout)?;
     cluster.create_table(JOIN_TABLE, config.partitions, config.replicas)?;
     let range = 0..config.join_keys as u64;
-    let filled =
-        load::batch_ingest(cluster.members(), JOIN_TABLE, config.partitions, range, config.batch, config.clients)?;
+    let filled = load::batch_ingest(
+        cluster.members(),
+        JOIN_TABLE,
+        config.partitions,
+        range,
+        (config.batch, config.cbor),
+        config.clients,
+    )?;
     let join = measure_join(&mut cluster, JOIN_TABLE, config.join_keys, config.timeout)?;
     Ok((join, filled))
 }

@@ -151,14 +151,15 @@ fn applied(outcome: &wire::PartitionBatched) -> bool {
     outcome.error.is_none() && (200..300).contains(&outcome.status)
 }
 
-/// Writes keys `keys` into `table` in batches of `batch` (`POST /v1/tables/{t}/batch`), each
-/// to a random member, from `clients` threads. A key fails when its partition did not apply it.
+/// Writes keys `keys` into `table` in batches of `batch` (`POST /v1/tables/{t}/batch`, in
+/// DAG-CBOR when `cbor`, else JSON), each to a random member, from `clients` threads. A key
+/// fails when its partition did not apply it.
 pub(crate) fn batch_ingest(
     members: &[Serve],
     table: &str,
     partitions: u32,
     keys: Range<u64>,
-    batch: usize,
+    (batch, cbor): (usize, bool),
     clients: usize,
 ) -> anyhow::Result<Phase> {
     let batch = batch.max(1) as u64;
@@ -168,21 +169,27 @@ pub(crate) fn batch_ingest(
         let first = keys.start + n * batch;
         let indexes = first..(first + batch).min(keys.end);
         let mut per_partition: BTreeMap<u32, u64> = BTreeMap::new();
-        let ops = indexes
-            .map(|index| {
-                let key = key_of(index);
-                *per_partition.entry(partition_of(key.as_bytes(), partitions)).or_default() += 1;
-                BatchPut { op: "put", key, value: BASE64.encode(value_of(index)) }
-            })
-            .collect();
+        let mut binary = canopy_node::Batch::new();
+        let mut ops = Vec::new();
+        for index in indexes {
+            let key = key_of(index);
+            *per_partition.entry(partition_of(key.as_bytes(), partitions)).or_default() += 1;
+            if cbor {
+                binary.put(key.into_bytes(), value_of(index));
+            } else {
+                ops.push(BatchPut { op: "put", key, value: BASE64.encode(value_of(index)) });
+            }
+        }
         let sent = per_partition.values().sum();
         let member = any_member(members, rng);
-        let response = member
-            .http
-            .post(member.url(&path))
-            .json(&Batch { ops })
-            .send()
-            .map_err(|error| Failed::new(sent, format!("batch {n} through {}: {error}", member.api)))?;
+        let request = member.http.post(member.url(&path));
+        let request = if cbor {
+            request.header(reqwest::header::CONTENT_TYPE, wire::CBOR_BATCH).body(wire::CborBatch::of(&binary).encode())
+        } else {
+            request.json(&Batch { ops })
+        };
+        let response =
+            request.send().map_err(|error| Failed::new(sent, format!("batch {n} through {}: {error}", member.api)))?;
         let status = response.status().as_u16();
         if status != 200 && status != 207 {
             return Err(Failed::new(sent, format!("batch {n} through {}: {}", member.api, refusal(response))));
