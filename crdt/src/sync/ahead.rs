@@ -227,12 +227,14 @@ impl<P: Clone + Ord> Replicator<P> {
                     let entry = sync.ahead.remove(&id).expect("found above");
                     self.ahead_bytes = self.ahead_bytes.saturating_sub(entry.bytes);
                     let (blocks, complete) = entry.answer.expect("answered");
-                    fetch.last_tops = tops(&blocks);
+                    let last_tops = tops(&blocks);
+                    // Handed to the writer before the level is let go (see `on_blocks`).
+                    let ingesting = sync.topic.ingest_submit(blocks)?;
+                    fetch.last_tops = last_tops;
                     if complete {
                         fetch.levels.pop();
                     }
                     self.stats.levels_ahead += 1;
-                    let ingesting = sync.topic.ingest_submit(blocks)?;
                     self.applying.push((topic.to_string(), peer.clone(), entry.server, ingesting));
                     if !complete {
                         break;

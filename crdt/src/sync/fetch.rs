@@ -198,6 +198,11 @@ impl<P: Clone + Ord> Replicator<P> {
             }
             return Ok(Vec::new());
         }
+        if sync.fetches.get(&from).is_some_and(|fetch| fetch.levels.is_empty()) {
+            // A fetch with no level left has nothing more to get (its last answer is still being
+            // applied): these heads start a fetch of their own.
+            sync.fetches.remove(&from);
+        }
         if let Some(fetch) = sync.fetches.get_mut(&from) {
             // Asked for once the fetch climbs back to its outermost level.
             let outer = &mut fetch.levels[0];
@@ -370,12 +375,15 @@ impl<P: Clone + Ord> Replicator<P> {
             // the tops of these blocks as had, and let the writer thread apply them while the
             // request travels and the peer walks. The outcome is settled before the next
             // message is handled.
+            let last_tops = tops(&valid);
+            // Handed to the writer before the level is let go, so a store that refuses it
+            // (stopped, out of disk) leaves the fetch as it was rather than without a level.
+            let ingesting = sync.topic.ingest_submit(valid)?;
             if level_done {
                 fetch.levels.pop();
             }
             fetch.climbing = true;
-            fetch.last_tops = tops(&valid);
-            let ingesting = sync.topic.ingest_submit(valid)?;
+            fetch.last_tops = last_tops;
             self.applying.push((topic.to_string(), from.clone(), from.clone(), ingesting));
             return self.climb(now_ms, from, topic);
         }
