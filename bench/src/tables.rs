@@ -25,6 +25,9 @@ use load::{Phase, Placement};
 /// Bytes of every key: the hex text of 16 bytes, so keys travel in URL paths unescaped.
 pub const KEY_BYTES: usize = 32;
 
+/// Longest wait for the members to finish compacting before latencies are timed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Bytes of every value, as `canopy-bench ingest` writes them.
 pub const VALUE_BYTES: usize = 100;
 
@@ -195,6 +198,8 @@ pub struct TablesReport {
     pub get_p50_us: Option<u64>,
     /// 99th percentile of the same.
     pub get_p99_us: Option<u64>,
+    /// Whether the members had finished compacting when the latencies were timed.
+    pub latencies_idle: bool,
     /// Median latency of a put acknowledged by two copies, microseconds; `None` with fewer
     /// than two replicas.
     pub ack2_p50_us: Option<u64>,
@@ -280,6 +285,11 @@ pub fn run_with(
     failures.singles = note(&sequential) + note(&concurrent);
     let mut written = keys + 2 * singles;
 
+    // Latencies are an idle cluster's: the members first finish compacting what the load left.
+    let idle = cluster.wait_idle(IDLE_TIMEOUT);
+    if let Err(busy) = &idle {
+        eprintln!("tables: timing gets on a cluster still compacting: {busy}");
+    }
     let placement = Placement::of(cluster.members(), TABLE, config.partitions)?;
     let gets = load::forwarded_gets(cluster.members(), TABLE, &placement, keys, config.gets)?;
     if let Some(gets) = &gets {
@@ -337,6 +347,7 @@ pub fn run_with(
         gets: config.gets,
         get_p50_us: latency(&gets, 0.5),
         get_p99_us: latency(&gets, 0.99),
+        latencies_idle: idle.is_ok(),
         ack2_p50_us: latency(&acknowledged, 0.5),
         ack2_p99_us: latency(&acknowledged, 0.99),
         join_keys: join.keys,

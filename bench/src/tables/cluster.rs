@@ -91,6 +91,23 @@ impl Cluster {
         poll(timeout, || self.unbalanced(table))
     }
 
+    /// Waits, at most `timeout`, until no member's RocksDB has compaction work pending (after a
+    /// bulk load the members compact for a while, and a latency measured meanwhile is not an
+    /// idle cluster's); on a timeout, says which member still had some.
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> Result<(), String> {
+        poll(timeout, || {
+            self.members.iter().find_map(|member| {
+                let status = get::<wire::AdminStatus>(member, "/v1/admin/status");
+                let pending: u64 = match status {
+                    Ok(Some(status)) => status.families.iter().map(|family| family.pending_compaction_bytes).sum(),
+                    Ok(None) => return Some(format!("{} has no admin status", member.api)),
+                    Err(error) => return Some(format!("{}: {error:#}", member.api)),
+                };
+                (pending > 0).then(|| format!("{} has {pending} bytes to compact", member.api))
+            })
+        })
+    }
+
     /// What keeps `table` from being balanced, or `None` when it is: every member lists every
     /// running member, places the partitions alike, and holds exactly those placed on it.
     pub(crate) fn unbalanced(&self, table: &str) -> Option<String> {

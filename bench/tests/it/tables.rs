@@ -56,6 +56,7 @@ fn a_small_tables_run_writes_every_key_and_balances_after_a_join() {
     assert_eq!(sampled, SAMPLE);
     assert_eq!(report.failures, 0, "{:?}: {:?}", report.failures_by_phase, report.failure_examples);
     assert_eq!(report.written_keys, 2_000 + 2 * 50 + 50);
+    assert!(report.latencies_idle, "the members never reported their compactions done");
     assert_eq!(report.join_keys, 2_150);
     assert!(report.join_s.is_some(), "the table was not balanced after the join: {:?}", report.join_pending);
     assert!(report.get_p50_us.is_some() && report.ack2_p50_us.is_some(), "{report:?}");
