@@ -109,6 +109,7 @@ impl ApiError {
             NodeError::NotSubscribed(_) => StatusCode::NOT_FOUND,
             NodeError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             NodeError::MessageRate { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::MessageForbidden(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, error.to_string())

@@ -77,6 +77,9 @@ pub enum NodeError {
         /// The most a message may hold.
         max: usize,
     },
+    /// This node may not write the topic, so may not publish on it.
+    #[error("this node may not write topic {0}, so may not publish messages on it")]
+    MessageForbidden(String),
     /// This node published messages faster than any publisher may.
     #[error("messages are published faster than {per_s} a second: slow down")]
     MessageRate {

@@ -124,6 +124,9 @@ impl Node {
         }
         let inner = self.inner();
         let me = inner.transport.peer_id();
+        if !super::replicator::may_publish(inner, topic, me) {
+            return Err(NodeError::MessageForbidden(topic.to_string()));
+        }
         if !inner.messages.allow(me) {
             return Err(NodeError::MessageRate { per_s: RATE_PER_S });
         }

@@ -220,7 +220,7 @@ pub(super) async fn forward_events(mut events: tokio::sync::mpsc::Receiver<Trans
 
 /// Whether `signer` may publish messages on `topic` here: the topic is subscribed and its rule
 /// lets the signer write it (anyone, in an open or keyed topic).
-fn may_publish(inner: &NodeInner, topic: &str, signer: PeerId) -> bool {
+pub(super) fn may_publish(inner: &NodeInner, topic: &str, signer: PeerId) -> bool {
     let Some(handle) = inner.store.existing_topic(topic) else { return false };
     if !inner.subscribed.lock().expect("subscribed lock").contains(topic) {
         return false;

@@ -101,6 +101,13 @@ fn messages_reach_every_listener_once_and_are_neither_stored_nor_replayed() {
     let (status, reply) = refused.expect("a publisher is held to a rate");
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{reply}");
     assert!(reply["error"].as_str().unwrap().contains("slow down"), "{reply}");
+
+    // In an owned topic only the owner publishes.
+    let owned = nodes[0].create_topic("notices", "owned")["topic"].as_str().unwrap().replace('/', "%2F");
+    nodes[2].subscribe(&owned);
+    let (status, reply) = publish(&nodes[2], &owned, "not mine to say");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert_eq!(publish(&nodes[0], &owned, "the owner's").0, StatusCode::ACCEPTED);
 }
 
 #[test]
