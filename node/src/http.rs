@@ -25,6 +25,7 @@ mod docs;
 pub mod guard;
 mod kv;
 mod messages;
+mod table_docs;
 mod tables;
 use crate::node::{Node, NodeError, NodeTopic};
 
@@ -161,6 +162,13 @@ pub fn router(node: Node) -> Router {
         .route("/v1/tables/{table}/kv", get(tables::list_keys))
         .route("/v1/tables/{table}/kv/{*key}", put(tables::put_key).get(tables::get_key).delete(tables::delete_key))
         .route("/v1/tables/{table}/batch", post(tables::batch))
+        .route(
+            "/v1/tables/{table}/docs/{*key}",
+            put(table_docs::put_doc)
+                .patch(table_docs::patch_doc)
+                .get(table_docs::get_doc)
+                .delete(table_docs::delete_doc),
+        )
         .route("/v1/tables/{table}/holds", get(tables::holds))
         .route("/v1/status", get(status))
         .route("/v1/admin/status", get(admin::admin_status))

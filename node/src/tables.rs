@@ -33,6 +33,7 @@ use crate::node::{Heard, NodeInner, NodeTopic};
 use crate::{Node, NodeError};
 
 mod catalog;
+mod docs;
 mod handoff;
 mod members;
 use members::{MemberEntry, keep_member_entry, meet};
@@ -44,6 +45,7 @@ pub(crate) mod write;
 pub(crate) use placement::{HANDOFF_WINDOW_LIFETIMES, before_recent_joins, placed_on};
 pub use placement::{PartitionTopic, owners, partition_of, partition_topic};
 
+pub use docs::DocChange;
 pub use members::DrainStatus;
 pub use route::{Listing, Read, Table, TableEntry, Written};
 pub use write::Acked;

@@ -30,7 +30,7 @@ fn parse_order(text: &str) -> ApiResult<Order> {
 }
 
 /// The body of a put or a patch: a JSON object.
-fn object(body: &[u8], what: &str) -> ApiResult<Document> {
+pub(super) fn object(body: &[u8], what: &str) -> ApiResult<Document> {
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Object(doc)) => Ok(doc),
         Ok(other) => Err(ApiError::bad_request(format!("{what} is a JSON object, not {}", kind(&other)))),

@@ -84,7 +84,11 @@ pub fn need(method: &Method, path: &str, metrics_open: bool) -> Need {
         ["v1", "tables"] => role(Role::Admin, Scope::Node),
         ["v1", "tables", table, rest @ ..] => {
             let least = if reads { Role::Read } else { Role::Write };
-            Need::Role { role: least, scope: name(table), member: matches!(rest, ["kv", ..] | ["batch"] | ["holds"]) }
+            Need::Role {
+                role: least,
+                scope: name(table),
+                member: matches!(rest, ["kv", ..] | ["docs", ..] | ["batch"] | ["holds"]),
+            }
         }
         ["v1", "admin", "topics", topic, "import"] if is_cluster_topic(topic) => Need::ClusterTopic(topic.to_string()),
         ["v1", "admin", ..] => role(Role::Admin, Scope::Node),
@@ -273,6 +277,7 @@ mod tests {
             (Method::POST, "/v1/tables", role(Role::Admin, Scope::Node)),
             (Method::GET, "/v1/tables/t", role(Role::Read, name("t"))),
             (Method::PUT, "/v1/tables/t/kv/k", Need::Role { role: Role::Write, scope: name("t"), member: true }),
+            (Method::PATCH, "/v1/tables/t/docs/k", Need::Role { role: Role::Write, scope: name("t"), member: true }),
             (Method::GET, "/v1/tables/t/kv", Need::Role { role: Role::Read, scope: name("t"), member: true }),
             (Method::POST, "/v1/tables/t/batch", Need::Role { role: Role::Write, scope: name("t"), member: true }),
             (Method::GET, "/v1/tables/t/holds", Need::Role { role: Role::Read, scope: name("t"), member: true }),

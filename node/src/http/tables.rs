@@ -132,17 +132,17 @@ pub(super) async fn show_table(
 }
 
 /// The path of a table key.
-type KeyPath = Result<Path<(String, String)>, PathRejection>;
+pub(super) type KeyPath = Result<Path<(String, String)>, PathRejection>;
 
 /// Whether another node sent this request on a caller's behalf.
-fn forwarded(headers: &HeaderMap) -> bool {
+pub(super) fn forwarded(headers: &HeaderMap) -> bool {
     headers.contains_key(FORWARDED_HEADER)
 }
 
 /// The table `headers` and `query` address: routed by this node's own placement when another
 /// member handed the request over, writing at the query's `ack` level and reading at its
 /// `causal` token.
-async fn requested_table(
+pub(super) async fn requested_table(
     node: Node,
     name: String,
     headers: &HeaderMap,
@@ -164,7 +164,11 @@ async fn requested_table(
 /// the partition's next holder. As the sender's last resort the node serves whatever it placed
 /// (taking the partition on if need be), once its copy caught up or after a bounded wait, and
 /// answers 503 when its copy does not hold the causal token by then.
-async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap) -> ApiResult<crate::NodeTopic> {
+pub(super) async fn held_or_misdirected(
+    table: &Table,
+    partition: u32,
+    headers: &HeaderMap,
+) -> ApiResult<crate::NodeTopic> {
     let last = headers.get(FORWARDED_HEADER).is_some_and(|value| value == FORWARDED_LAST);
     let (copy, name) = (table.clone(), table.def().name.clone());
     // Most requests find a copy held and caught up with no store read.
@@ -203,7 +207,7 @@ async fn held_or_misdirected(table: &Table, partition: u32, headers: &HeaderMap)
 }
 
 /// `reply` carrying `token` in its causal-token header.
-fn with_token(token: &CausalToken, reply: impl IntoResponse) -> Response {
+pub(super) fn with_token(token: &CausalToken, reply: impl IntoResponse) -> Response {
     let mut response = reply.into_response();
     if let Ok(value) = header::HeaderValue::from_str(&token.to_string()) {
         response.headers_mut().insert(CAUSAL_HEADER, value);

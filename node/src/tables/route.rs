@@ -244,7 +244,7 @@ impl Table {
     }
 
     /// The token a holder's answer for `partition` carries, merged into the caller's.
-    fn token_from(&self, partition: u32, response: &reqwest::Response) -> CausalToken {
+    pub(super) fn token_from(&self, partition: u32, response: &reqwest::Response) -> CausalToken {
         let holder: Option<CausalToken> =
             response.headers().get(CAUSAL_HEADER).and_then(|value| value.to_str().ok()?.parse().ok());
         match holder {
@@ -583,6 +583,18 @@ impl Table {
     }
 
     async fn written(&self, partition: u32, response: reqwest::Response) -> Result<Written, TableError> {
+        let written: Written = self.write_reply(partition, response).await?;
+        // The partition is the key's, as this node places it.
+        Ok(Written { partition, ..written })
+    }
+
+    /// A holder's reply to a write of `partition` it applied: a 504 as the write it was
+    /// (applied, under-acknowledged), another refusal as what it says.
+    pub(super) async fn write_reply<T: serde::de::DeserializeOwned>(
+        &self,
+        partition: u32,
+        response: reqwest::Response,
+    ) -> Result<T, TableError> {
         if response.status() == StatusCode::GATEWAY_TIMEOUT {
             let bytes = response.bytes().await.unwrap_or_default();
             if let Ok(ErrorBody { acknowledged: Some(acknowledged), causal_token: Some(causal_token), .. }) =
@@ -602,9 +614,7 @@ impl Table {
         if !response.status().is_success() {
             return Err(refusal(response).await);
         }
-        let written: Written = response.json().await.map_err(|e| self.unreadable(partition, e))?;
-        // The partition is the key's, as this node places it.
-        Ok(Written { partition, ..written })
+        response.json().await.map_err(|e| self.unreadable(partition, e))
     }
 
     fn unreadable(&self, partition: u32, error: impl std::fmt::Display) -> TableError {
@@ -640,7 +650,7 @@ fn owners_include_me(tables: &Tables, def: &TableDef, partition: u32, members: &
 }
 
 /// The refusal a holder answered with: its status and its error message.
-async fn refusal(response: reqwest::Response) -> TableError {
+pub(super) async fn refusal(response: reqwest::Response) -> TableError {
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap_or_default();
     let message = ErrorBody::message_in(&body).unwrap_or_else(|| format!("status {status}"));

@@ -698,3 +698,36 @@ fn a_drained_member_hands_every_partition_off_and_stopping_it_loses_nothing() {
         assert_eq!(listed(node, 1000), keys);
     }
 }
+
+#[test]
+fn a_tables_documents_are_written_and_read_through_any_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    let url = |node: &NodeProcess, key: &str| node.url(&format!("/v1/tables/users/docs/{key}"));
+    // Keys owned by each member and by none of some, so some writes are forwarded.
+    for i in 0..6 {
+        let key = format!("svc-{i}");
+        let put = nodes[i % 3].http.put(url(&nodes[i % 3], &key)).query(&[("ack", "2")]);
+        let reply: Value = put.json(&json!({ "env": "dev", "port": i })).send().unwrap().json().unwrap();
+        assert_eq!(reply["acknowledged"], 2, "{reply}");
+        let patch = nodes[(i + 1) % 3].http.patch(url(&nodes[(i + 1) % 3], &key));
+        let reply: Value = patch.json(&json!({ "env": "prod", "zone": "b" })).send().unwrap().json().unwrap();
+        let token = reply["causal_token"].as_str().unwrap().to_string();
+        let reader = &nodes[(i + 2) % 3];
+        let response = reader.http.get(url(reader, &key)).query(&[("causal", &token)]).send().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{key}");
+        assert!(response.headers().contains_key("canopy-causal-token"));
+        let doc: Value = response.json().unwrap();
+        assert_eq!(doc, json!({ "env": "prod", "port": i, "zone": "b" }), "{key}");
+    }
+    let deleted = nodes[0].http.delete(url(&nodes[0], "svc-4")).send().unwrap();
+    assert_eq!(deleted.status(), StatusCode::OK);
+    for node in &nodes {
+        let status = node.http.get(url(node, "svc-4")).send().unwrap().status();
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(node.http.delete(url(node, "never")).send().unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    let bad = nodes[1].http.put(url(&nodes[1], "svc-1")).body("[1]").send().unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
