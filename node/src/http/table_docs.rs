@@ -4,16 +4,18 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::docs::object;
-use super::tables::{KeyPath, forwarded, held_or_misdirected, requested_table, with_token};
-use super::{ApiError, ApiResult, blocking, parse_query};
+use super::tables::{KeyPath, forwarded, held_or_misdirected, partition_param, requested_table, with_token};
+use super::{ApiError, ApiResult, blocking, parse_query, positive_limit};
 use crate::Node;
+use crate::node::filter::Filter;
 use crate::tables::DocChange;
-use crate::wire::DocWritten;
+use crate::wire::{DocPage, DocWritten};
 
 /// Applies `change` to the document the path names, on the key's owners.
 async fn write(
@@ -97,4 +99,67 @@ pub(super) async fn get_doc(
             ApiError::not_found(format!("document {key:?} not found in table {}", table.def().name)).into_response(),
         ),
     })
+}
+
+/// `GET /v1/tables/{t}/docs?where=...`: the table's documents meeting every condition, over every
+/// partition, in key order (`after`, `limit`); a page missing partitions that did not answer is
+/// a 206 naming them. A member forwarding one partition's part names it (`partition`).
+pub(super) async fn find_docs(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let Path(name) = path?;
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+    let conditions: Vec<String> = pairs.iter().filter(|(n, _)| n == "where").map(|(_, v)| v.clone()).collect();
+    let filter = Filter::parse(conditions.iter().map(String::as_str)).map_err(ApiError::bad_request)?;
+    if pairs.iter().any(|(n, _)| n == "order") {
+        return Err(ApiError::bad_request("a table's documents come in key order: order is for a topic's documents"));
+    }
+    let query = parse_query(raw.as_deref())?;
+    let limit = positive_limit(&query)?;
+    let after = query.get("after").cloned();
+    let table = requested_table(node, name, &headers, &query).await?;
+    let partition = partition_param(&table, &query)?;
+    if forwarded(&headers) {
+        let partition = partition.ok_or_else(|| ApiError::bad_request("a forwarded query names its partition"))?;
+        let topic = held_or_misdirected(&table, partition, &headers).await?;
+        let copy = topic.clone();
+        let found = blocking(move || {
+            copy.find(&filter, None, after.as_deref(), limit).map_err(|e| ApiError::bad_request(e.to_string()))
+        })
+        .await?;
+        let token = table.read_at(partition, &topic);
+        let mut page = DocPage::new(found.docs, None, token.to_string());
+        page.next = found.next;
+        page.scanned = Some(found.scanned);
+        return Ok(with_token(&token, Json(page)));
+    }
+    let found = match partition {
+        Some(partition) => {
+            let (listing, scanned) =
+                table.find_docs_in(partition, &conditions, after.as_deref().map(str::as_bytes), limit).await?;
+            let docs = listing
+                .entries
+                .into_iter()
+                .map(|entry| {
+                    Ok((
+                        entry.key,
+                        serde_json::from_slice(&entry.value)
+                            .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?,
+                    ))
+                })
+                .collect::<ApiResult<_>>()?;
+            crate::tables::FoundDocs { docs, next: listing.next, failed: Vec::new(), token: listing.token, scanned }
+        }
+        None => table.find_docs(&conditions, after.as_deref().map(str::as_bytes), limit).await?,
+    };
+    let status = if found.failed.is_empty() { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
+    let mut page = DocPage::new(found.docs, None, found.token.to_string());
+    page.next = found.next.map(|next| String::from_utf8_lossy(&next).into_owned());
+    page.scanned = Some(found.scanned);
+    page.failed = found.failed;
+    Ok(with_token(&found.token, (status, Json(page))))
 }

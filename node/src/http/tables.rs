@@ -370,7 +370,7 @@ pub(super) async fn holds(
 }
 
 /// The `partition` a query names, checked against the table's.
-fn partition_param(table: &Table, query: &HashMap<String, String>) -> ApiResult<Option<u32>> {
+pub(super) fn partition_param(table: &Table, query: &HashMap<String, String>) -> ApiResult<Option<u32>> {
     let Some(text) = query.get("partition") else { return Ok(None) };
     let partition = text
         .parse::<u32>()

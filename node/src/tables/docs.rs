@@ -4,11 +4,31 @@
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 
-use super::route::{Served, blocking, refusal};
-use super::{Table, TableError};
-use crate::causal::CausalToken;
+use super::route::{LIST_FANOUT_MAX, Served, blocking, merge_pages, refusal};
+use super::{Listing, Table, TableEntry, TableError};
+use crate::causal::{CausalToken, Scope};
+use crate::node::filter::Filter;
 use crate::node::{Document, NodeTopic};
-use crate::wire::DocWritten;
+use crate::wire::{DocPage, DocWritten, FailedPartition};
+
+/// One partition's documents a query found (as JSON text), and the documents it read.
+pub type PartitionFound = (Listing, u64);
+
+/// What a query over a table's documents found: the documents in key order, where the next
+/// page starts, the partitions that did not answer, and the documents read.
+#[derive(Clone, Debug, Default)]
+pub struct FoundDocs {
+    /// Each document's key and content, in key order.
+    pub docs: Vec<(Vec<u8>, Document)>,
+    /// The key to pass as `after` for the next page, when more may remain.
+    pub next: Option<Vec<u8>>,
+    /// Partitions no copy of which answered: none of their documents are in the page.
+    pub failed: Vec<FailedPartition>,
+    /// The causal token the page was read at.
+    pub token: CausalToken,
+    /// Documents read to answer, over every partition.
+    pub scanned: u64,
+}
 
 /// What a document write does to its document.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +123,113 @@ impl Table {
                     _ => Err(refusal(response).await),
                 }
             }
+        }
+    }
+
+    /// The documents meeting `conditions` (each as [`Filter`] reads it) over every partition,
+    /// in key order, after `after`, at most `limit`: each partition is asked (a few at once)
+    /// and the pages merged.
+    pub async fn find_docs(
+        &self,
+        conditions: &[String],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<FoundDocs, TableError> {
+        use futures::StreamExt as _;
+        let pages: Vec<(u32, Result<PartitionFound, TableError>)> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| async move { (p, self.find_docs_in(p, conditions, after, limit).await) })
+            .buffered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        let (mut answered, mut failed, mut first_error, mut scanned) = (Vec::new(), Vec::new(), None, 0);
+        let mut token = self.after.clone();
+        for (partition, page) in pages {
+            match page {
+                Ok((page, read)) => {
+                    token = token.with(Scope::Partition(partition), page.token.heads(Scope::Partition(partition)));
+                    scanned += read;
+                    answered.push(page);
+                }
+                Err(error) => {
+                    failed.push(FailedPartition { error: error.to_string(), partition });
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if answered.is_empty()
+            && let Some(error) = first_error
+        {
+            return Err(error);
+        }
+        let merged = merge_pages(answered, limit);
+        let docs = merged
+            .entries
+            .into_iter()
+            .map(|entry| Ok((entry.key, serde_json::from_slice(&entry.value).map_err(|e| self.unreadable_doc(e))?)))
+            .collect::<Result<_, TableError>>()?;
+        Ok(FoundDocs { docs, next: merged.next, failed, token, scanned })
+    }
+
+    /// One partition's part of [`Table::find_docs`]: its page (documents as JSON text) and the
+    /// documents read.
+    pub async fn find_docs_in(
+        &self,
+        partition: u32,
+        conditions: &[String],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<PartitionFound, TableError> {
+        let mut query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
+        query.push(("partition", partition.to_string()));
+        query.push(("limit", limit.to_string()));
+        query.extend(after.map(|after| ("after", String::from_utf8_lossy(after).into_owned())));
+        query.extend(self.query(partition));
+        let url = |api: &str| format!("{api}/v1/tables/{}/docs", self.def.name);
+        match self.serve(partition, |http, api| http.get(url(api)).query(&query)).await? {
+            Served::Here(topic) => {
+                let filter = Filter::parse(conditions.iter().map(String::as_str))
+                    .map_err(|message| TableError::Refused { status: 400, message })?;
+                let after = after.map(|after| String::from_utf8_lossy(after).into_owned());
+                let copy = topic.clone();
+                let found = blocking(move || {
+                    copy.find(&filter, None, after.as_deref(), limit)
+                        .map_err(|e| TableError::Refused { status: 400, message: e.to_string() })
+                })
+                .await?;
+                let entries = found
+                    .docs
+                    .into_iter()
+                    .map(|(key, doc)| TableEntry { key, value: serde_json::to_vec(&doc).unwrap_or_default() })
+                    .collect();
+                let next = found.next.map(String::into_bytes);
+                let listing = Listing { entries, next, failed: Vec::new(), token: self.read_at(partition, &topic) };
+                Ok((listing, found.scanned))
+            }
+            Served::There(response) => {
+                if !response.status().is_success() {
+                    return Err(refusal(response).await);
+                }
+                let token = self.token_from(partition, &response);
+                let page: DocPage = response.json().await.map_err(|e| self.unreadable_doc(e))?;
+                let entries = page
+                    .docs
+                    .into_iter()
+                    .map(|entry| TableEntry {
+                        key: entry.key.unwrap_or_default().into_bytes(),
+                        value: serde_json::to_vec(&entry.doc).unwrap_or_default(),
+                    })
+                    .collect();
+                let next = page.next.map(String::into_bytes);
+                Ok((Listing { entries, next, failed: Vec::new(), token }, page.scanned.unwrap_or_default()))
+            }
+        }
+    }
+
+    fn unreadable_doc(&self, error: impl std::fmt::Display) -> TableError {
+        TableError::Unavailable {
+            table: self.def.name.clone(),
+            partition: 0,
+            reason: format!("a holder's documents are unreadable: {error}"),
         }
     }
 

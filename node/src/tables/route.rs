@@ -33,7 +33,7 @@ pub struct Table {
     /// The copies a write waits for; `None`: the node's `write_ack`, at most the replicas.
     ack: Option<Ack>,
     /// What a read's copy must hold: the causal token the caller read or wrote at.
-    after: CausalToken,
+    pub(super) after: CausalToken,
 }
 
 /// A value read from a table, with the causal token it was read at.
@@ -68,7 +68,7 @@ pub struct Listing {
 }
 
 /// Most partitions a listing asks at once.
-const LIST_FANOUT_MAX: usize = 16;
+pub(super) const LIST_FANOUT_MAX: usize = 16;
 
 /// Longest a request waits for a copy still catching up when no other copy is left to ask.
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -630,7 +630,7 @@ impl Table {
 /// at most `limit` entries. A partition's page that stops short (it has a `next`) bounds what
 /// the listing may say: keys after its last one may be missing from it, so the listing ends
 /// there, and its `next` continues from there; no key is skipped however the pages were cut.
-fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
+pub(super) fn merge_pages(pages: Vec<Listing>, limit: usize) -> Listing {
     let horizon: Option<Vec<u8>> = pages.iter().filter_map(|page| page.next.clone()).min();
     let mut entries: Vec<TableEntry> = pages
         .into_iter()

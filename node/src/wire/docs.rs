@@ -29,6 +29,10 @@ pub struct DocPage {
     pub causal_token: String,
     /// The documents.
     pub docs: Vec<DocEntry>,
+    /// A table's partitions no copy of which answered: none of their documents are in the
+    /// page (status 206).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<super::FailedPartition>,
     /// For a query (`where`, `order`): documents read to answer it (no index serves queries
     /// yet, so every document up to the page's end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,7 +69,7 @@ impl DocPage {
             Some(next) => (key_text(&next), Some(BASE64.encode(&next))),
             None => (None, None),
         };
-        DocPage { causal_token, docs, scanned: None, next, next_base64 }
+        DocPage { causal_token, docs, failed: Vec::new(), scanned: None, next, next_base64 }
     }
 }
 

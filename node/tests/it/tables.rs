@@ -730,4 +730,25 @@ fn a_tables_documents_are_written_and_read_through_any_member() {
     }
     let bad = nodes[1].http.put(url(&nodes[1], "svc-1")).body("[1]").send().unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    // A query fans out over the partitions and pages through the merge in key order.
+    let patched = nodes[2].http.patch(url(&nodes[2], "svc-5")).query(&[("ack", "2")]).json(&json!({ "env": "dev" }));
+    assert_eq!(patched.send().unwrap().status(), StatusCode::OK);
+    for node in &nodes {
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut query = vec![("where", "env=prod".to_string()), ("limit", "2".to_string())];
+            query.extend(after.clone().map(|after| ("after", after)));
+            let page: Value =
+                node.http.get(node.url("/v1/tables/users/docs")).query(&query).send().unwrap().json().unwrap();
+            assert!(page["docs"].as_array().unwrap().len() <= 2, "{page}");
+            keys.extend(page["docs"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap().to_string()));
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(keys, ["svc-0", "svc-1", "svc-2", "svc-3"], "through {}", node.api);
+    }
 }
