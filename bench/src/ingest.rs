@@ -330,9 +330,13 @@ pub fn run(config: &IngestConfig) -> anyhow::Result<IngestReport> {
 /// Compacts every column family of the store, as parts released leave their space behind.
 pub(crate) fn compact_ranges(store: &Store) {
     let db = store.blocks().db();
-    for name in ["blocks", "index", "kv", "heads", "tombstones", "snapshots", "meta"] {
+    // Files already at the last level are compacted too: records deleted while a snapshot was
+    // served stayed in them.
+    let mut options = rocksdb::CompactOptions::default();
+    options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    for name in ["blocks", "index", "kv", "heads", "tombstones", "snapshots", "history", "meta"] {
         if let Some(cf) = db.cf_handle(name) {
-            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
         }
     }
 }

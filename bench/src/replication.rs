@@ -71,6 +71,10 @@ pub struct ReplicationReport {
     pub latencies: Vec<(u64, u64)>,
     /// The empty node's progress: (seconds since it started, keys it held).
     pub catch_up_progress: Vec<(f64, u64)>,
+    /// Bytes of the serving node's data directory when the empty node started (embedded runs).
+    pub source_disk_bytes_before: Option<u64>,
+    /// The most they reached while the empty node caught up, sampled every 200 ms.
+    pub source_disk_bytes_peak: Option<u64>,
 }
 
 fn config(dir: &Path, name: &str, peers: Vec<String>, topics: &[&str]) -> NodeConfig {
@@ -122,6 +126,7 @@ pub(crate) fn report(
     catch_up_s: f64,
     catch_up_progress: Vec<(f64, u64)>,
     compact_s: Option<f64>,
+    source_disk: Option<(u64, u64)>,
 ) -> ReplicationReport {
     ReplicationReport {
         samples: settings.samples,
@@ -137,6 +142,8 @@ pub(crate) fn report(
         compact_s,
         latencies: histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
         catch_up_progress,
+        source_disk_bytes_before: source_disk.map(|(before, _)| before),
+        source_disk_bytes_peak: source_disk.map(|(_, peak)| peak),
     }
 }
 
@@ -200,16 +207,24 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     } else {
         None
     };
+    let source_dir = dir.join("a");
+    let source_before = crate::ingest::dir_bytes(&source_dir);
+    let mut source_peak = source_before;
     let started = Instant::now();
     let c = Node::start(config(dir, "c", vec![address(&a)?], &["big"])).await?;
     let target = c.subscribe("big")?;
     let mut catch_up_progress = vec![(started.elapsed().as_secs_f64(), target.key_count())];
     let mut sampled = Instant::now();
+    let mut disk_sampled = Instant::now();
     wait("the empty node caught up", settings.timeout, || {
         let held = target.key_count();
         if sampled.elapsed() >= Duration::from_millis(20) || held as usize == keys {
             sampled = Instant::now();
             catch_up_progress.push((started.elapsed().as_secs_f64(), held));
+        }
+        if disk_sampled.elapsed() >= Duration::from_millis(200) {
+            disk_sampled = Instant::now();
+            source_peak = source_peak.max(crate::ingest::dir_bytes(&source_dir));
         }
         held as usize == keys
     })
@@ -219,5 +234,5 @@ async fn measure(dir: &Path, settings: &ReplicationConfig) -> anyhow::Result<Rep
     for node in [a, b, c] {
         node.shutdown().await;
     }
-    Ok(report(settings, &histogram, catch_up, catch_up_progress, compact_s))
+    Ok(report(settings, &histogram, catch_up, catch_up_progress, compact_s, Some((source_before, source_peak))))
 }

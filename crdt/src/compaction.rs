@@ -1,129 +1,132 @@
-//! Compaction: write a snapshot of a topic at its current heads, then prune what it covers.
+//! Compaction: prune a topic's history below its heads, and make the snapshot that stands for
+//! it when a peer needs one.
 //!
-//! The compaction runs on the caller's thread, beside the writer threads: the topic's writer
-//! thread is held still only while RocksDB takes a snapshot of the database, so the state read
-//! afterwards is exactly the state at the heads of that instant, and writes go on meanwhile.
-//! Rows are never touched: compaction only adds snapshot parts and then drops covered block
-//! payloads, so a crash at any point leaves the topic readable and correct, and the next
-//! compaction starts again (parts left by an interrupted one are removed when the topic loads).
-//! What the topic's writer thread does for a compaction is in `writer/compact.rs`.
+//! Both run on the caller's thread, beside the writer threads: the topic's writer thread is held
+//! still only while RocksDB takes a snapshot of the database, so what is read afterwards is
+//! exactly the state at the heads of that instant, and writes go on meanwhile. Rows are never
+//! touched. A pruning first records its heads (the topic's *frontier*), then drops the payloads
+//! of the blocks below them; its work is the history it prunes, not the state. A snapshot is
+//! cut from a view of the rows by a thread that then keeps the view to make chunks again when
+//! they are asked for ([`crate::serving`]): only its manifest is stored. A crash at any point
+//! leaves the topic readable and correct; the next compaction starts again.
+//! What a topic's writer thread does for a compaction is in `writer/compact.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use canopy_dag::{BlockMeta, CF_BLOCKS, CF_INDEX, Cid, TopicId};
-use crossbeam_channel::bounded;
-use rocksdb::{DB, Direction, IteratorMode, SnapshotWithThreadMode, WriteBatch, WriteOptions};
+use crossbeam_channel::{Sender, bounded};
+use rocksdb::{DB, SnapshotWithThreadMode, WriteBatch};
 
 use crate::access::Mode;
 use crate::error::{CompactError, StorageError, TopicError};
 use crate::inner::StoreInner;
-use crate::row::Row;
-use crate::schema::{CF_HISTORY, CF_KV, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, TOPIC_FAMILIES};
+use crate::schema::scan_from;
+use crate::schema::{CF_HISTORY, CF_SNAPSHOTS, TOPIC_FAMILIES};
+use crate::schema::{Records, compact_topic_range};
+use crate::serving::{Serving, Source};
 use crate::shared::TopicShared;
-use crate::snapshot::{ChunkWriter, SnapshotElement};
-use crate::types::Compaction;
+use crate::types::{Compaction, Head, Snapshots, wall_ms};
 use crate::writer::Command;
-use crate::writer::compact::{Records, compact_topic_range, parts_of, strip, topic_read_options};
+use crate::writer::compact::parts_of;
 
-/// Snapshot parts written per RocksDB write.
-const PARTS_PER_WRITE: usize = 8;
 /// Blocks pruned per RocksDB write.
 const PRUNES_PER_WRITE: usize = 4096;
 
-/// Compacts one topic: snapshot at the current heads, prune the covered blocks, drop the parts
-/// of the snapshots the new one replaces, and compact the topic's RocksDB ranges.
+/// Compacts one topic: prunes every block below the current heads, then makes a snapshot of
+/// the heads after that, which this replica serves.
 pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compaction, CompactError> {
-    if let crate::access::Access::Writers { owner } = shared.access
-        && owner != store.signer.author()
-    {
-        return Err(CompactError::NotListOwner { owner });
-    }
+    may_compact(store, shared)?;
     let _one_at_a_time = shared.compacting.lock().expect("compaction lock");
+    let bytes_before = topic_bytes(store, shared.id);
+    let mut outcome = prune_locked(store, shared)?;
+    outcome.bytes_before = bytes_before;
+    if outcome.heads.is_empty() {
+        outcome.bytes_after = bytes_before;
+        return Ok(outcome);
+    }
+    let Some(serving) = snapshot_locked(store, shared)? else {
+        outcome.bytes_after = topic_bytes(store, shared.id);
+        return Ok(outcome);
+    };
+    outcome.heads = serving.manifest.heads.clone();
+    outcome.snapshot = Some(serving.manifest_cid);
+    outcome.keys = serving.manifest.keys;
+    outcome.blocks = serving.manifest.blocks;
+    outcome.bytes_after = topic_bytes(store, shared.id);
+    Ok(outcome)
+}
+
+/// Prunes every block below the topic's current heads, making no snapshot: what the policy
+/// does as history grows. A peer that later lacks pruned blocks gets a snapshot made then.
+pub(crate) fn prune(store: &StoreInner, shared: &TopicShared) -> Result<Compaction, CompactError> {
+    may_compact(store, shared)?;
+    let _one_at_a_time = shared.compacting.lock().expect("compaction lock");
+    let bytes_before = topic_bytes(store, shared.id);
+    let mut outcome = prune_locked(store, shared)?;
+    outcome.bytes_before = bytes_before;
+    outcome.bytes_after = topic_bytes(store, shared.id);
+    Ok(outcome)
+}
+
+/// Makes a snapshot of the topic's current heads for peers that lack pruned blocks, unless the
+/// one it serves already stands for all of them. Prunes nothing.
+pub(crate) fn serve_snapshot(store: &StoreInner, shared: &TopicShared) -> Result<(), CompactError> {
+    may_compact(store, shared)?;
+    let _one_at_a_time = shared.compacting.lock().expect("compaction lock");
+    if !serves_cover(shared) {
+        snapshot_locked(store, shared)?;
+    }
+    Ok(())
+}
+
+/// Whether the snapshot this replica serves is the whole cover of its pruned blocks.
+pub(crate) fn serves_cover(shared: &TopicShared) -> bool {
+    let snapshots = shared.snapshots.read().expect("snapshots lock");
+    let serving = shared.serving.lock().expect("serving lock");
+    snapshots.frontier.is_empty() && serving.as_ref().is_some_and(|serving| snapshots.cover == [serving.manifest_cid])
+}
+
+fn may_compact(store: &StoreInner, shared: &TopicShared) -> Result<(), CompactError> {
+    match shared.access {
+        // Nobody takes a writer's snapshot: only the list's owner compacts.
+        crate::access::Access::Writers { owner } if owner != store.signer.author() => {
+            Err(CompactError::NotListOwner { owner })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Holds the topic's writer thread still: returns the heads and snapshots of the instant, and
+/// the sender that lets it go on (sent to or dropped once the caller took its view).
+fn freeze(store: &StoreInner, shared: &TopicShared) -> Result<(Vec<Head>, Snapshots, Sender<()>), CompactError> {
     let topic = shared.id;
-    let bytes_before = topic_bytes(store, topic);
     let (reply, frozen) = bounded(1);
     let (resume, resume_rx) = bounded(1);
     store.send(topic, Command::Freeze { topic, reply, resume: resume_rx }).map_err(|_| TopicError::Closed)?;
     let (heads, snapshots) = frozen.recv().map_err(|_| TopicError::Closed)??;
-    let view = store.db.snapshot();
-    let _ = resume.send(());
+    Ok((heads, snapshots, resume))
+}
 
-    let mut outcome =
-        Compaction { heads: heads.clone(), bytes_before, bytes_after: bytes_before, ..Compaction::default() };
+fn prune_locked(store: &StoreInner, shared: &TopicShared) -> Result<Compaction, CompactError> {
+    let topic = shared.id;
+    let db = &store.db;
+    let (heads, snapshots, resume) = freeze(store, shared)?;
+    let view = db.snapshot();
+    let _ = resume.send(());
+    let mut outcome = Compaction { heads: heads.clone(), ..Compaction::default() };
     if heads.is_empty() {
         return Ok(outcome);
     }
-    let db = &store.db;
-    // Parts bypass the log: they would queue local writes behind megabytes of log writes.
-    // They are flushed to table files before the snapshot is recorded, so a recorded snapshot's
-    // parts are always on disk, and an interrupted compaction's are removed at the next load.
-    let mut unlogged = WriteOptions::default();
-    unlogged.disable_wal(true);
-    let mut parts = WriteBatch::default();
-    let mut queued = 0usize;
-    let mut failed: Option<rocksdb::Error> = None;
-    let mut writer = ChunkWriter::new(|cid: Cid, bytes: Vec<u8>| {
-        parts.put_cf(store.cf(CF_SNAPSHOTS), topic.key(&cid.to_bytes()), bytes);
-        queued += 1;
-        if queued >= PARTS_PER_WRITE {
-            queued = 0;
-            if let Err(error) = db.write_opt(std::mem::take(&mut parts), &unlogged) {
-                failed.get_or_insert(error);
-            }
-        }
-    });
-    // An element expired by now is left out, as if collected: replicas that merge the snapshot
-    // drop it too. So two snapshots of the same heads differ when an element expired between
-    // them; each is the state of the heads at its own time.
-    let now = store.options.clock.now();
-    for item in scan(&view, store.cf(CF_KV), topic) {
-        let (key, value) = item?;
-        let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
-        for element in row.elements().iter().filter(|element| !element.expired(now)) {
-            writer.element(SnapshotElement {
-                key: key.clone(),
-                height: element.height,
-                id: element.id,
-                value: element.value.clone(),
-                expires: element.expires,
-            });
-        }
-    }
-    for item in scan(&view, store.cf(CF_TOMBSTONES), topic) {
-        let (key, _) = item?;
-        let mut rest = key.as_slice();
-        let id = Cid::read_bytes(&mut rest).map_err(|e| StorageError::Corrupt(format!("tombstone key: {e}")))?;
-        writer.remove(id, rest.to_vec());
-    }
-    for item in scan(&view, store.cf(CF_INDEX), topic) {
-        let (key, value) = item?;
-        let (cid, meta) = index_record(&key, &value)?;
-        writer.block(cid, meta.height);
-    }
-    if shared.access.mode() == Mode::Writers {
-        // The clocks and list changes of every covered block: a replica bootstrapped from the
-        // snapshot judges later blocks by the same writer lists.
-        for item in scan(&view, store.cf(CF_WRITERS), topic) {
-            let (key, value) = item?;
-            writer.writer_record(key, value);
-        }
-    }
-    let manifest = writer.finish(&shared.name, heads);
-    let (manifest_cid, manifest_bytes) = manifest.encode();
-    parts.put_cf(store.cf(CF_SNAPSHOTS), topic.key(&manifest_cid.to_bytes()), manifest_bytes);
-    if let Some(error) = failed {
-        return Err(StorageError::Rocks(error).into());
-    }
-    db.write_opt(parts, &unlogged).map_err(StorageError::from)?;
-    db.flush_cf(store.cf(CF_SNAPSHOTS)).map_err(StorageError::from)?;
-    outcome.snapshot = Some(manifest_cid);
-    outcome.keys = manifest.keys;
-    outcome.blocks = manifest.blocks;
-
+    // The heads stand for what is pruned before anything is: a crash in between leaves blocks
+    // that are covered but still held.
     let (reply, recorded) = bounded(1);
-    let command = Command::Covered { topic, manifest: manifest_cid, frozen_cover: snapshots.cover.clone(), reply };
+    let heads_cids = heads.iter().map(|head| head.cid).collect();
+    let command = Command::Pruning { topic, heads: heads_cids, frozen_cover: snapshots.cover.clone(), reply };
     store.send(topic, command).map_err(|_| TopicError::Closed)?;
     let replaced = recorded.recv().map_err(|_| TopicError::Closed)??;
 
-    // Prune: every block the snapshot covers keeps its height in the index and loses its bytes.
+    // Every block the view holds keeps its height in the index and loses its bytes.
     let mut batch = WriteBatch::default();
     let mut in_batch = 0;
     for item in scan(&view, store.cf(CF_INDEX), topic) {
@@ -136,7 +139,7 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
         outcome.pruned_blocks += 1;
         in_batch += 1;
         if in_batch >= PRUNES_PER_WRITE {
-            if shared.dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            if shared.dropped.load(Ordering::SeqCst) {
                 return Err(TopicError::Closed.into());
             }
             db.write(std::mem::take(&mut batch)).map_err(StorageError::from)?;
@@ -144,7 +147,7 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
         }
     }
     // The history records of the pruned blocks go with them: what the view holds is exactly
-    // what the snapshot covers.
+    // what is pruned.
     let prefix = topic.prefix();
     for item in scan(&view, store.cf(CF_HISTORY), topic) {
         let (key, _) = item?;
@@ -157,13 +160,43 @@ pub(crate) fn compact(store: &StoreInner, shared: &TopicShared) -> Result<Compac
     }
     db.write(batch).map_err(StorageError::from)?;
     drop(view);
-    remove_parts(store, topic, &replaced, &[manifest_cid])?;
-    // Rows are not changed by a compaction: only the ranges that lost records are compacted.
+    remove_parts(store, topic, &replaced, &[])?;
+    // Rows are not changed: only the ranges that lost records are compacted.
     for cf in [CF_BLOCKS, CF_INDEX, CF_SNAPSHOTS, CF_HISTORY] {
         compact_topic_range(db, store.cf(cf), topic);
     }
-    outcome.bytes_after = topic_bytes(store, topic);
     Ok(outcome)
+}
+
+/// Makes the snapshot of the current heads, stores its manifest, serves it and records it as
+/// the cover. `None` for a topic with no history.
+fn snapshot_locked(store: &StoreInner, shared: &TopicShared) -> Result<Option<Arc<Serving>>, CompactError> {
+    let topic = shared.id;
+    let (heads, snapshots, resume) = freeze(store, shared)?;
+    if heads.is_empty() {
+        return Ok(None);
+    }
+    // The view is taken while the writer thread stands at `heads`: the snapshot is of them.
+    // Elements expired by now are left out, as if collected: replicas that merge the snapshot
+    // drop them too. Two snapshots of the same heads differ when an element expired between
+    // them; each is the state of the heads at its own time.
+    let now = store.options.clock.now();
+    let writers = shared.access.mode() == Mode::Writers;
+    let source = Source { topic, name: shared.name.clone(), now, writers };
+    let serving = Arc::new(Serving::start(store.db.clone(), source, move || {
+        let _ = resume.send(());
+    })?);
+    let manifest_key = topic.key(&serving.manifest_cid.to_bytes());
+    store.db.put_cf(store.cf(CF_SNAPSHOTS), manifest_key, &serving.manifest_bytes).map_err(StorageError::from)?;
+    *shared.serving.lock().expect("serving lock") = Some(serving.clone());
+    shared.parts_used_ms.store(wall_ms(), Ordering::SeqCst);
+    let (reply, recorded) = bounded(1);
+    let command =
+        Command::Covered { topic, manifest: serving.manifest_cid, frozen_cover: snapshots.cover.clone(), reply };
+    store.send(topic, command).map_err(|_| TopicError::Closed)?;
+    let replaced = recorded.recv().map_err(|_| TopicError::Closed)??;
+    remove_parts(store, topic, &replaced, &[serving.manifest_cid])?;
+    Ok(Some(serving))
 }
 
 /// Compacts every RocksDB range of one topic down to the last level, memtables flushed first,
@@ -219,7 +252,5 @@ fn index_record(key: &[u8], value: &[u8]) -> Result<(Cid, BlockMeta), StorageErr
 
 /// A topic's records in one column family as seen by `view`, keys without the topic prefix.
 fn scan<'a>(view: &'a SnapshotWithThreadMode<'a, DB>, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
-    let prefix = topic.prefix();
-    let iter = view.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&prefix, Direction::Forward));
-    Box::new(strip(iter, prefix))
+    scan_from(view, cf, topic, &[])
 }

@@ -12,6 +12,9 @@ pub enum StorageError {
     /// A stored record does not decode; the data directory is damaged.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+    /// A part of the store needed for the request is not running (a snapshot's thread).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for StorageError {

@@ -32,7 +32,7 @@ pub(crate) struct StoreInner {
     pub threads: Mutex<Vec<JoinHandle<()>>>,
     pub poisoned: Arc<AtomicBool>,
     /// Requests for the compaction thread, by topic name.
-    pub compactions: Sender<String>,
+    pub compactions: Sender<(String, crate::types::Work)>,
     /// Receivers of [`crate::Store::closed`] see this sender go. It is the last field, dropped
     /// after the database (the writer threads' handles are released first, in `drop`).
     pub closed_rx: Receiver<()>,
@@ -40,10 +40,10 @@ pub(crate) struct StoreInner {
 }
 
 impl StoreInner {
-    /// Asks the compaction thread to compact `name` soon; a full queue drops the request (the
-    /// topic asks again as it grows).
-    pub fn request_compaction(&self, name: &str) {
-        let _ = self.compactions.try_send(name.to_string());
+    /// Asks the compaction thread for `work` on `name` soon; a full queue drops the request
+    /// (the topic asks again as it grows, a peer as it waits).
+    pub fn request(&self, name: &str, work: crate::types::Work) {
+        let _ = self.compactions.try_send((name.to_string(), work));
     }
 
     pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -23,6 +23,7 @@ use crate::schema::{
     CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
     column_families, decode_cids, key_count_key, meta_key,
 };
+use crate::serving::{Serving, Source};
 use crate::types::Head;
 
 /// Figures of one topic.
@@ -96,8 +97,10 @@ pub struct Verification {
     pub rows: u64,
     /// Records read by the checksum scan.
     pub records: u64,
-    /// Topics whose rows were compared with the state recomputed from their blocks and cover
-    /// snapshot (the others have compacted history whose snapshot parts are released).
+    /// Topics whose rows were compared with the state recomputed from their blocks (and the
+    /// stored parts of their cover snapshots). A topic with pruned history is not: its rows
+    /// are the only copy of what that history held (a snapshot is made from them), checked by
+    /// the checksum scan.
     pub recomputed: usize,
     /// What is wrong, one entry per problem.
     pub problems: Vec<Problem>,
@@ -151,6 +154,15 @@ pub struct BlockView {
     pub removes: Vec<(String, String)>,
     /// Why the payload does not decode, if it does not.
     pub error: Option<String>,
+}
+
+/// What [`Inspector::export`] hands on, in order: the roots once, then parts and blocks.
+#[derive(Debug)]
+pub enum Exported {
+    /// The export's roots: a snapshot's manifest when the history is pruned, then the heads.
+    Roots(Vec<Cid>),
+    /// A snapshot part or a block, with its CID.
+    Part(Cid, Vec<u8>),
 }
 
 /// Read-only access to a canopy database.
@@ -426,61 +438,60 @@ impl Inspector {
         Ok(Some(out))
     }
 
-    /// What an export of `name` starts from: the cover snapshots' manifests (when its history is
-    /// compacted) and its heads. `None` when there is no such topic.
-    pub fn export_roots(&self, name: &str) -> Result<Option<Vec<Cid>>, StorageError> {
-        let Some(id) = self.id_of(name)? else { return Ok(None) };
-        let mut roots = match self.db.get_cf(self.cf(CF_META), meta_key(META_COVER, id))? {
-            Some(bytes) => decode_cids(&bytes)?,
-            None => Vec::new(),
-        };
-        roots.extend(self.heads_of(id)?.into_iter().map(|h| h.cid));
-        Ok(Some(roots))
-    }
-
-    /// Hands every part of `name`'s data to `sink`, in an order that imports: the cover
-    /// snapshots' parts (manifest first), then every stored block, parents before children.
-    /// Fails when a cover snapshot's parts were released (compact first).
+    /// Hands `name`'s data to `sink` in an order that imports (`None` when there is no such
+    /// topic): first the roots, then, when its history is pruned, the parts of a snapshot of
+    /// the topic made now (manifest first; the snapshot's manifest is the first root), then
+    /// every stored block, parents before children. The other roots are the heads.
     pub fn export(
         &self,
         name: &str,
-        sink: &mut dyn FnMut(Cid, Vec<u8>) -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        let id = self.id_of(name)?.ok_or_else(|| StorageError::Corrupt(format!("no topic {name}")))?;
-        if let Some(bytes) = self.db.get_cf(self.cf(CF_META), meta_key(META_COVER, id))? {
-            for manifest_cid in decode_cids(&bytes)? {
-                let part = |cid: &Cid| -> Result<Vec<u8>, StorageError> {
-                    self.db.get_cf(self.cf(CF_SNAPSHOTS), id.key(&cid.to_bytes()))?.ok_or_else(|| {
-                        StorageError::Corrupt(format!(
-                            "snapshot part {cid} was released; compact the topic again, then export"
-                        ))
-                    })
-                };
-                let manifest_bytes = part(&manifest_cid)?;
-                let manifest = crate::snapshot::Manifest::decode(&manifest_cid, &manifest_bytes)
-                    .map_err(|e| StorageError::Corrupt(format!("stored manifest: {e}")))?;
-                sink(manifest_cid, manifest_bytes)?;
-                for chunk in &manifest.chunks {
-                    sink(*chunk, part(chunk)?)?;
-                }
-            }
-        }
+        sink: &mut dyn FnMut(Exported) -> Result<(), StorageError>,
+    ) -> Result<Option<()>, StorageError> {
+        let Some(id) = self.id_of(name)? else { return Ok(None) };
         let mut order: Vec<(Height, Cid)> = Vec::new();
+        let mut pruned = false;
         for item in self.blocks.iter_index(id) {
             let (cid, meta) = item?;
-            if !meta.pruned {
+            if meta.pruned {
+                pruned = true;
+            } else {
                 order.push((meta.height, cid));
             }
         }
         order.sort_unstable();
+        let snapshot = if pruned {
+            let writers =
+                crate::access::Access::of(name).is_ok_and(|access| access.mode() == crate::access::Mode::Writers);
+            let source = Source { topic: id, name: name.to_string(), now: crate::types::wall_ms(), writers };
+            Some(Serving::start(self.db.clone(), source, || {})?)
+        } else {
+            None
+        };
+        // The heads as the snapshot's view holds them when there is one, else as stored.
+        let heads = match &snapshot {
+            Some(snapshot) => snapshot.manifest.heads.clone(),
+            None => self.heads_of(id)?,
+        };
+        let mut roots: Vec<Cid> = snapshot.iter().map(|snapshot| snapshot.manifest_cid).collect();
+        roots.extend(heads.iter().map(|head| head.cid));
+        sink(Exported::Roots(roots))?;
+        if let Some(snapshot) = &snapshot {
+            sink(Exported::Part(snapshot.manifest_cid, snapshot.manifest_bytes.clone()))?;
+            for chunk in &snapshot.manifest.chunks {
+                let bytes = snapshot
+                    .chunk(chunk)?
+                    .ok_or_else(|| StorageError::Corrupt(format!("chunk {chunk} of the export's snapshot")))?;
+                sink(Exported::Part(*chunk, bytes))?;
+            }
+        }
         for (_, cid) in order {
             let bytes = self
                 .blocks
                 .get(id, &cid)?
                 .ok_or_else(|| StorageError::Corrupt(format!("block {cid} has no payload")))?;
-            sink(cid, bytes)?;
+            sink(Exported::Part(cid, bytes))?;
         }
-        Ok(())
+        Ok(Some(()))
     }
 
     /// Writes a consistent copy of the database to `out` (a RocksDB checkpoint: table files
@@ -652,9 +663,9 @@ impl Inspector {
         if counted != keys as u64 {
             report.problems.push(problem(name, "key count", &format!("{counted} counted, {keys} keys")));
         }
-        // The state the blocks and the cover snapshot give. Blocks that fail their check are
-        // left out, and the mismatches they cause say so. A compacted topic whose snapshot parts
-        // are released cannot be recomputed here; `recomputed` does not count it.
+        // The state the blocks (and the cover snapshots' stored parts) give. Blocks that fail
+        // their check are left out, and the mismatches they cause say so. A topic with pruned
+        // history and no stored parts cannot be recomputed here; `recomputed` does not count it.
         let now = crate::types::wall_ms();
         let Ok((added, removes)) = crate::repair::expected_state(&self.db, id, &index, &blocks, now) else {
             return Ok(());
@@ -749,5 +760,5 @@ type Records<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageErr
 
 /// A topic's records in one column family, keys without the topic prefix.
 fn scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
-    crate::writer::compact::prefix_scan(db, cf, topic)
+    crate::schema::prefix_scan(db, cf, topic)
 }

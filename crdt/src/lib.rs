@@ -23,6 +23,7 @@ mod reserved;
 mod row;
 mod row_change;
 mod schema;
+mod serving;
 mod shared;
 pub mod sim;
 pub mod snapshot;

@@ -36,16 +36,20 @@ pub struct StoreOptions {
     /// Key, value and batch limits of local writes; at most the protocol's limits
     /// ([`Limits::PROTOCOL`]), which received blocks are always checked against.
     pub limits: Limits,
-    /// A topic is compacted automatically once this many blocks were added since its last
-    /// compaction (0: never by count).
+    /// A topic's history is pruned automatically once this many blocks were added since its
+    /// last pruning (0: never by count). Pruning makes no snapshot: its work is the history
+    /// it prunes, so the unpruned history stays within this budget at any size.
     pub compact_after_blocks: u64,
-    /// A topic is compacted automatically once this many bytes of blocks were added since its
-    /// last compaction, and at least half the size of its last snapshot, so compaction work
-    /// stays proportional to writes (0: never by size).
+    /// A topic's history is pruned automatically once this many bytes of blocks were added
+    /// since its last pruning (0: never by size).
     pub compact_after_bytes: u64,
-    /// Snapshot parts nobody fetched for this long are released (`None`: kept until the next
-    /// compaction replaces them). A peer that needs a released snapshot gets a new one.
+    /// A served snapshot nobody fetched from for this long is let go, with the view of the rows
+    /// it holds (`None`: kept until a newer one replaces it). A peer that needs one later gets
+    /// a new one.
     pub snapshot_retain_ms: Option<u64>,
+    /// Make a snapshot a peer needs on the thread that answers it, rather than on the store's
+    /// compaction thread: the simulator's replicas do, so a run is the same every time.
+    pub snapshots_inline: bool,
     /// The key this store signs its blocks with. `None`: a key kept in the database, made when
     /// the database is created (a node passes its identity key).
     pub author: Option<Signer>,
@@ -79,6 +83,7 @@ impl Default for StoreOptions {
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,
             snapshot_retain_ms: Some(10 * 60 * 1000),
+            snapshots_inline: false,
             author: None,
             origin: None,
             key_history: true,

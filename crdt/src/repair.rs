@@ -17,12 +17,12 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
+use crate::schema::prefix_scan;
 use crate::schema::{
     CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC, column_families,
     decode_cids, key_count_key, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest};
-use crate::writer::compact::prefix_scan;
 
 /// What a repair changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

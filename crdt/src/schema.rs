@@ -3,7 +3,10 @@
 
 use canopy_dag::{CF_BLOCKS, CF_INDEX};
 use canopy_dag::{Cid, TOPIC_ID_BYTES, TopicId};
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, SliceTransform};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    SliceTransform, SnapshotWithThreadMode,
+};
 
 use crate::error::StorageError;
 
@@ -47,6 +50,8 @@ pub(crate) const META_COVER: u8 = b's';
 pub(crate) const META_KNOWN: u8 = b'k';
 /// `g ++ topic` → the snapshot merge in progress, resumed when the topic loads.
 pub(crate) const META_MERGE: u8 = b'g';
+/// `p ++ topic` → the heads of prunings no snapshot covers yet ([`crate::Snapshots::frontier`]).
+pub(crate) const META_FRONTIER: u8 = b'p';
 pub(crate) const META_TOPIC: u8 = b't';
 const META_KEY_COUNT: u8 = b'c';
 
@@ -179,4 +184,56 @@ pub(crate) fn column_families(cache: &Cache) -> Vec<ColumnFamilyDescriptor> {
         })
         .chain(std::iter::once(ColumnFamilyDescriptor::new(CF_META, Options::default())))
         .collect()
+}
+
+/// Compacts one topic's range of a column family, beside RocksDB's own compactions rather than
+/// holding them off (an exclusive manual compaction would let flushed files pile up and slow
+/// the writes going on meanwhile).
+pub(crate) fn compact_topic_range(db: &DB, cf: &rocksdb::ColumnFamily, topic: TopicId) {
+    let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
+    let mut options = rocksdb::CompactOptions::default();
+    options.set_exclusive_manual_compaction(false);
+    db.compact_range_cf_opt(cf, Some(&topic.prefix()[..]), Some(&end[..]), &options);
+}
+
+/// Reads options bounded to one topic's range.
+pub(crate) fn topic_read_options(topic: TopicId) -> ReadOptions {
+    let mut options = ReadOptions::default();
+    options.set_prefix_same_as_start(true);
+    if let Some(end) = topic.range_end() {
+        options.set_iterate_upper_bound(end.to_vec());
+    }
+    options
+}
+
+pub(crate) type Records<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>;
+
+/// A topic's records in one column family, keys without the topic prefix.
+pub(crate) fn prefix_scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
+    let prefix = topic.prefix();
+    let iter = db.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&prefix, Direction::Forward));
+    Box::new(strip(iter, prefix))
+}
+
+pub(crate) fn strip<'a>(
+    iter: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
+    prefix: [u8; TOPIC_ID_BYTES],
+) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a {
+    iter.take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix))).map(|item| {
+        let (key, value) = item?;
+        Ok((key[TOPIC_ID_BYTES..].to_vec(), value.into_vec()))
+    })
+}
+
+/// A topic's records in one column family as `view` holds them, from `from` on (a key without
+/// the topic prefix), keys without the prefix.
+pub(crate) fn scan_from<'a>(
+    view: &'a SnapshotWithThreadMode<'a, DB>,
+    cf: &rocksdb::ColumnFamily,
+    topic: TopicId,
+    from: &[u8],
+) -> Records<'a> {
+    let start = topic.key(from);
+    let iter = view.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&start, Direction::Forward));
+    Box::new(strip(iter, topic.prefix()))
 }

@@ -2,10 +2,11 @@
 //! state the writer thread publishes (heads, key count, snapshots) for readers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use canopy_dag::{Height, TopicId};
 
+use crate::serving::Serving;
 use crate::types::{Head, Sink, Snapshots};
 
 /// What the writer thread and topic handles share about one topic.
@@ -22,9 +23,9 @@ pub(crate) struct TopicShared {
     pub snapshots: RwLock<Snapshots>,
     /// Held while the topic compacts: one compaction at a time.
     pub compacting: Mutex<()>,
-    /// Whether the parts of the snapshots in `cover` are stored.
-    pub parts_held: AtomicBool,
-    /// When the held parts were made or last served, in wall-clock milliseconds.
+    /// The snapshot this replica serves, made from a view of its rows, if any.
+    pub serving: Mutex<Option<Arc<Serving>>>,
+    /// When the served snapshot was made or last served, in wall-clock milliseconds.
     pub parts_used_ms: AtomicU64,
 }
 

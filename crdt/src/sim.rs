@@ -174,6 +174,7 @@ impl Cluster {
             compact_after_blocks: 0,
             compact_after_bytes: 0,
             snapshot_retain_ms: None,
+            snapshots_inline: true,
             ..StoreOptions::default()
         };
         let sync_config = SyncConfig {
@@ -450,12 +451,15 @@ impl Cluster {
         self.dispatch(replica, effects);
     }
 
-    /// Compacts `topic` on one replica: a snapshot at its heads, the covered blocks pruned. The
-    /// blocks it prunes are kept aside for the reference model.
+    /// Compacts `topic` on one replica: every other time its history is pruned and a snapshot
+    /// made, else only pruned (a peer that needs a snapshot then gets one made). The blocks it
+    /// prunes are kept aside for the reference model.
     pub fn compact(&mut self, replica: usize, topic: &str) -> Result<(), SimError> {
         let blocks = self.replica_blocks(replica, topic)?;
         self.archive.entry(topic.to_string()).or_default().extend(blocks);
-        match self.topic(replica, topic)?.compact() {
+        let handle = self.topic(replica, topic)?;
+        let done = if self.compactions.is_multiple_of(2) { handle.compact() } else { handle.prune() };
+        match done {
             Ok(_) => self.compactions += 1,
             // Only the owner compacts a topic with a writer list.
             Err(crate::error::CompactError::NotListOwner { .. }) => {}

@@ -443,8 +443,9 @@ impl<P: Clone + Ord> Replicator<P> {
         match message {
             Message::Heads { topic, heads, blocks } => self.on_heads(now_ms, from, &topic, heads, blocks),
             request @ (Message::Want { .. } | Message::WantParts { .. }) => self.on_request(from, request),
-            Message::Blocks { topic, id, blocks, more, frontier, snapshots } => {
-                self.on_blocks(now_ms, from, &topic, id, blocks, more, frontier, snapshots)
+            Message::Blocks { topic, id, blocks, more, frontier, snapshots, snapshot_pending } => {
+                let answer = fetch::Answer { blocks, more, frontier, snapshots, snapshot_pending };
+                self.on_blocks(now_ms, from, &topic, id, answer)
             }
             Message::Parts { topic, id, parts } => self.on_parts(now_ms, from, &topic, id, parts),
         }

@@ -16,7 +16,7 @@ use crate::schema::{CF_KV, CF_SNAPSHOTS};
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
 use crate::types::{Sink, Snapshots, StorageCompaction};
-use crate::writer::{Command, Committed, WriteRequest, compact};
+use crate::writer::{Command, Committed, WriteRequest};
 use crate::{compaction, counter};
 
 /// Operations applied as one atomic delta; the last operation on a key wins (increments of a
@@ -455,11 +455,20 @@ impl Topic {
         self.shared.snapshots.read().expect("snapshots lock").clone()
     }
 
-    /// The stored bytes of a snapshot part (manifest or chunk) of this topic.
+    /// The bytes of a snapshot part (manifest or chunk) of this topic: stored, or made from the
+    /// view of the snapshot this replica serves.
     pub fn snapshot_part(&self, cid: &Cid) -> Result<Option<Vec<u8>>, ReadError> {
-        self.shared.parts_used_ms.store(crate::types::wall_ms(), Ordering::SeqCst);
         let key = self.shared.id.key(&cid.to_bytes());
-        Ok(self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)?)
+        if let Some(bytes) = self.store.db.get_cf(self.store.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)? {
+            return Ok(Some(bytes));
+        }
+        let serving = self.shared.serving.lock().expect("serving lock").clone();
+        let Some(serving) = serving else { return Ok(None) };
+        self.shared.parts_used_ms.store(crate::types::wall_ms(), Ordering::SeqCst);
+        if *cid == serving.manifest_cid {
+            return Ok(Some(serving.manifest_bytes.clone()));
+        }
+        Ok(serving.chunk(cid)?)
     }
 
     /// A stored snapshot manifest of this topic, decoded (serving it is not counted as use of
@@ -474,21 +483,22 @@ impl Topic {
         Ok(Some(manifest))
     }
 
-    /// Whether the parts of the snapshots that cover the pruned blocks are stored; when they
-    /// were released, a peer that needs them gets a new snapshot (see
-    /// [`Topic::request_compaction`]).
+    /// Whether this replica serves a snapshot that covers every block it pruned; when it does
+    /// not, a peer that needs one gets one made (see [`Topic::request_snapshot`]).
     pub fn snapshot_parts_held(&self) -> bool {
-        self.shared.parts_held.load(Ordering::SeqCst)
+        compaction::serves_cover(&self.shared)
     }
 
-    /// Milliseconds since the held snapshot parts were made or last served, given the wall
-    /// clock `now_ms`; `None` when none are held.
+    /// Milliseconds since the served snapshot was made or last served, given the wall clock
+    /// `now_ms`; `None` when none is served.
     pub fn snapshot_parts_idle_ms(&self, now_ms: u64) -> Option<u64> {
-        self.snapshot_parts_held().then(|| now_ms.saturating_sub(self.shared.parts_used_ms.load(Ordering::SeqCst)))
+        let serving = self.shared.serving.lock().expect("serving lock").is_some();
+        serving.then(|| now_ms.saturating_sub(self.shared.parts_used_ms.load(Ordering::SeqCst)))
     }
 
-    /// Deletes the chunks of the snapshots that cover the pruned blocks. The state and the
-    /// pruning stay; a peer lacking pruned blocks later gets a new snapshot.
+    /// Stops serving the topic's snapshot (its view of the rows is let go) and deletes any
+    /// stored chunks. The state and the pruning stay; a peer lacking pruned blocks later gets a
+    /// new snapshot.
     pub fn release_snapshot_parts(&self) -> Result<(), TopicError> {
         let (reply, result) = bounded(1);
         let command = Command::Release { topic: self.shared.id, reply };
@@ -496,14 +506,34 @@ impl Topic {
         result.recv().map_err(|_| TopicError::Closed)??;
         // The parts' space comes back when their range is compacted; what is left there is
         // small (manifests).
-        compact::compact_topic_range(&self.store.db, self.store.cf(CF_SNAPSHOTS), self.shared.id);
+        crate::schema::compact_topic_range(&self.store.db, self.store.cf(CF_SNAPSHOTS), self.shared.id);
         Ok(())
     }
 
-    /// Asks the store's compaction thread to compact this topic soon (for example because a
-    /// peer needs a snapshot and none is held). Returns at once.
-    pub fn request_compaction(&self) {
-        self.store.request_compaction(&self.shared.name);
+    /// Asks the store's compaction thread for a snapshot of this topic to serve, because a peer
+    /// lacks blocks this replica pruned and the snapshot it serves (if any) does not cover them.
+    /// Returns at once; with `StoreOptions::snapshots_inline` the snapshot is made before.
+    pub fn request_snapshot(&self) {
+        if self.store.options.snapshots_inline {
+            if let Err(error) = self.serve_snapshot() {
+                tracing::warn!(topic = %self.shared.name, %error, "making a snapshot to serve failed");
+            }
+        } else {
+            self.store.request(&self.shared.name, crate::types::Work::Snapshot);
+        }
+    }
+
+    /// Makes a snapshot of the current heads for peers that lack pruned blocks, unless the one
+    /// this replica serves covers them all; prunes nothing. Runs on the calling thread.
+    pub fn serve_snapshot(&self) -> Result<(), CompactError> {
+        compaction::serve_snapshot(&self.store, &self.shared)
+    }
+
+    /// Prunes the payloads of every block below the current heads, making no snapshot (a peer
+    /// that needs one later gets one made then): what the policy runs as history grows. Runs on
+    /// the calling thread; writes go on meanwhile.
+    pub fn prune(&self) -> Result<Compaction, CompactError> {
+        compaction::prune(&self.store, &self.shared)
     }
 
     /// Stores snapshot parts received from a peer, to merge once all are here. Each must

@@ -164,6 +164,10 @@ pub struct Snapshots {
     /// Manifests of the snapshots that cover every pruned block; a peer lacking pruned blocks
     /// is sent these.
     pub cover: Vec<Cid>,
+    /// Heads of prunings not yet covered by a snapshot: every pruned block is below these or
+    /// the cover's heads. A peer naming all of them as had holds every pruned block; one that
+    /// lacks some waits while this replica makes a snapshot.
+    pub frontier: Vec<Cid>,
     /// Manifests this replica made or merged, newest last (at most [`KNOWN_SNAPSHOTS_MAX`]), for
     /// operators; sync learns what a peer holds from the heads it names as had.
     pub known: Vec<Cid>,
@@ -175,4 +179,13 @@ pub const KNOWN_SNAPSHOTS_MAX: usize = 16;
 /// Milliseconds since the Unix epoch, for the age of snapshot parts.
 pub(crate) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the compaction thread is asked to do for a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// Its history grew past the policy's thresholds: prune it.
+    Prune,
+    /// A peer lacks blocks it pruned: make a snapshot to serve, unless one served covers them.
+    Snapshot,
 }

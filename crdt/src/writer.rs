@@ -21,7 +21,7 @@ use crate::options::StoreOptions;
 use crate::row::Row;
 use crate::schema::{
     CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER,
-    META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key, topic_name_key,
+    META_FRONTIER, META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key, topic_name_key,
 };
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots};
@@ -69,10 +69,19 @@ pub(crate) enum Command {
         reply: Sender<Result<(Vec<Head>, Snapshots), TopicError>>,
         resume: Receiver<()>,
     },
-    /// A compaction wrote snapshot `manifest`, taken when the cover set was `frozen_cover`.
+    /// A snapshot `manifest` was made, of the heads at a freeze when the cover set was
+    /// `frozen_cover`. The reply names the manifests it replaces.
     Covered {
         topic: TopicId,
         manifest: Cid,
+        frozen_cover: Vec<Cid>,
+        reply: Sender<Result<Vec<Cid>, TopicError>>,
+    },
+    /// A pruning of everything below `heads` (the heads at a freeze when the cover set was
+    /// `frozen_cover`) is about to start. The reply names the manifests it replaces.
+    Pruning {
+        topic: TopicId,
+        heads: Vec<Cid>,
         frozen_cover: Vec<Cid>,
         reply: Sender<Result<Vec<Cid>, TopicError>>,
     },
@@ -99,7 +108,8 @@ pub(crate) enum Command {
         topic: TopicId,
         reply: Sender<Result<(), TopicError>>,
     },
-    /// Delete the chunks of the snapshots in the topic's cover, keeping their manifests.
+    /// Stop serving the topic's snapshot and delete the stored chunks of the snapshots in its
+    /// cover, keeping their manifests.
     Release {
         topic: TopicId,
         reply: Sender<Result<(), TopicError>>,
@@ -171,8 +181,6 @@ pub(crate) struct TopicState {
     grown_at_freeze: (u64, u64),
     /// An automatic compaction was asked for and has not happened yet.
     compaction_requested: bool,
-    /// Approximate size of the latest snapshot, for the compaction policy.
-    snapshot_bytes: u64,
     /// The writer list's changes and clocks, for a topic created with mode `writers`.
     lists: Option<Lists>,
     /// When the earliest stored element of the topic that expires does.
@@ -211,10 +219,10 @@ impl TopicState {
         }
         let snapshots = Snapshots {
             cover: read_cids(db, meta_key(META_COVER, id))?,
+            frontier: read_cids(db, meta_key(META_FRONTIER, id))?,
             known: read_cids(db, meta_key(META_KNOWN, id))?,
         };
         let merging = db.get_cf(cf(CF_META), meta_key(META_MERGE, id))?;
-        let snapshot_bytes = compact::snapshot_bytes(db, id, &snapshots.cover)?;
         if merging.is_none() {
             compact::remove_orphan_parts(db, id, &snapshots.cover)?;
         }
@@ -241,7 +249,7 @@ impl TopicState {
             dropped: AtomicBool::new(false),
             snapshots: RwLock::new(snapshots.clone()),
             compacting: Mutex::new(()),
-            parts_held: AtomicBool::new(!snapshots.cover.is_empty()),
+            serving: Mutex::new(None),
             parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
         });
         Ok(TopicState {
@@ -262,7 +270,6 @@ impl TopicState {
             grown_bytes: 0,
             grown_at_freeze: (0, 0),
             compaction_requested: false,
-            snapshot_bytes,
             lists,
             next_expiry,
         })
@@ -372,16 +379,14 @@ impl TopicState {
         self.grown_bytes += bytes;
         let by_count = context.compact_after_blocks > 0 && self.grown_blocks >= context.compact_after_blocks;
         let by_size = context.compact_after_bytes > 0 && self.grown_bytes >= context.compact_after_bytes;
-        // A compaction rewrites the whole snapshot: wait for history worth half of it.
-        let worth_it = self.grown_bytes >= self.snapshot_bytes / 2;
         // A topic with a writer list is compacted by its owner alone.
         let compacts = match self.shared.access {
             Access::Writers { owner } => owner == context.signer.author(),
             _ => true,
         };
-        if (by_count || by_size) && worth_it && compacts && !self.compaction_requested {
+        if (by_count || by_size) && compacts && !self.compaction_requested {
             self.compaction_requested = true;
-            let _ = context.compactions.try_send(self.shared.name.clone());
+            let _ = context.compactions.try_send((self.shared.name.clone(), crate::types::Work::Prune));
         }
     }
 
@@ -432,7 +437,7 @@ pub(crate) struct Context {
     key_history: bool,
     /// The wall clock expiring elements are judged by.
     clock: crate::expiry::Clock,
-    compactions: Sender<String>,
+    compactions: Sender<(String, crate::types::Work)>,
     poisoned: Arc<AtomicBool>,
     /// Signs local blocks.
     signer: Signer,
@@ -456,7 +461,7 @@ impl Context {
         db: Arc<DB>,
         options: &StoreOptions,
         signer: Signer,
-        compactions: Sender<String>,
+        compactions: Sender<(String, crate::types::Work)>,
         poisoned: Arc<AtomicBool>,
     ) -> Context {
         Context {
@@ -620,6 +625,13 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             };
             let _ = reply.send(result);
         }
+        Command::Pruning { topic, heads, frozen_cover, reply } => {
+            let result = match topics.get_mut(&topic) {
+                None => Err(TopicError::Closed),
+                Some(state) => compact::record_pruning(context, state, heads, &frozen_cover),
+            };
+            let _ = reply.send(result);
+        }
         Command::Merge { topic, manifest, reply } => {
             let result = match topics.get_mut(&topic) {
                 None => Err(MergeError::Topic(TopicError::Closed)),
@@ -701,12 +713,13 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
         delete_topic_range(&mut batch, context.cf(cf), id);
     }
     batch.delete_cf(context.cf(CF_META), key_count_key(id));
-    for kind in [META_COVER, META_KNOWN, META_MERGE] {
+    for kind in [META_COVER, META_FRONTIER, META_KNOWN, META_MERGE] {
         batch.delete_cf(context.cf(CF_META), meta_key(kind, id));
     }
     batch.delete_cf(context.cf(CF_META), topic_name_key(&state.shared.name));
     context.write(batch)?;
     state.shared.watchers.lock().expect("watchers lock").clear();
+    state.shared.serving.lock().expect("serving lock").take();
     Ok(())
 }
 

@@ -88,26 +88,42 @@ impl<W: Write + Unpin> tokio::io::AsyncWrite for Blocking<W> {
 }
 
 /// Writes `topic` as a CARv1 file to `out`, item by item; `None` when the store has no such
-/// topic. `progress` is called with the items written so far.
+/// topic. A compacted topic's file starts with a snapshot made as it is written. `progress` is
+/// called with the items written so far.
 pub fn export<W: Write + Unpin + Send>(
     inspector: &Inspector,
     topic: &str,
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> anyhow::Result<Option<Exported>> {
-    let Some(roots) = inspector.export_roots(topic)? else {
-        return Ok(None);
-    };
-    anyhow::ensure!(!roots.is_empty(), "topic {topic} has no history to export");
-    let mut writer = CarWriter::new(&roots, out);
+    let mut out = Some(out);
+    let mut writer: Option<CarWriter<W>> = None;
+    let mut roots = Vec::new();
     let mut written = 0u64;
-    inspector.export(topic, &mut |cid, bytes| {
-        writer.write(cid, bytes).map_err(|e| canopy_crdt::StorageError::Corrupt(format!("writing the file: {e:#}")))?;
-        written += 1;
-        progress(written);
+    let failed = |e: anyhow::Error| canopy_crdt::StorageError::Corrupt(format!("writing the file: {e:#}"));
+    let found = inspector.export(topic, &mut |item| {
+        match item {
+            canopy_crdt::inspect::Exported::Roots(cids) => {
+                if cids.is_empty() {
+                    return Err(canopy_crdt::StorageError::Corrupt(format!("topic {topic} has no history to export")));
+                }
+                let out = out.take().expect("the roots come once");
+                writer = Some(CarWriter::new(&cids, out));
+                roots = cids;
+            }
+            canopy_crdt::inspect::Exported::Part(cid, bytes) => {
+                let writer = writer.as_mut().expect("the roots come first");
+                writer.write(cid, bytes).map_err(failed)?;
+                written += 1;
+                progress(written);
+            }
+        }
         Ok(())
     })?;
-    let bytes = writer.finish()?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    let bytes = writer.expect("the roots came").finish()?;
     Ok(Some(Exported {
         topic: topic.to_string(),
         roots: roots.iter().map(ToString::to_string).collect(),

@@ -381,7 +381,7 @@ pub fn export(target: &Target, topic: &str, out: &Path, progress: &dyn Progress)
     let report = match target {
         Target::Offline(dir) => {
             let inspector = inspector(dir)?;
-            anyhow::ensure!(inspector.export_roots(topic)?.is_some(), "no topic {topic} in {}", dir.display());
+            anyhow::ensure!(inspector.heads(topic)?.is_some(), "no topic {topic} in {}", dir.display());
             progress.start("exporting", 0);
             let mut last = 0;
             let file = std::io::BufWriter::new(create()?);

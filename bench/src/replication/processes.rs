@@ -314,5 +314,5 @@ pub(crate) fn measure(canopy: &Path, dir: &Path, settings: &ReplicationConfig) -
         Ok(held as usize == keys)
     })?;
     let catch_up = started.elapsed().as_secs_f64();
-    Ok(report(settings, &histogram, catch_up, progress, compact_s))
+    Ok(report(settings, &histogram, catch_up, progress, compact_s, None))
 }

@@ -270,6 +270,7 @@ impl Adversary {
                         more: false,
                         frontier: Vec::new(),
                         snapshots: vec![manifest],
+                        snapshot_pending: false,
                     };
                     return vec![(from, answer.encode())];
                 }
@@ -304,6 +305,7 @@ impl Adversary {
             more: false,
             frontier,
             snapshots: Vec::new(),
+            snapshot_pending: false,
         };
         if self.byzantine && !self.overheard.is_empty() && self.rng.random_bool(0.5) {
             let blocks = (0..self.rng.random_range(1..4)).filter_map(|_| self.forgery(&topic)).collect();
@@ -317,6 +319,8 @@ impl Adversary {
                 more: false,
                 frontier: Vec::new(),
                 snapshots: (0..2).map(|_| self.fake_cid()).collect(),
+                // A snapshot said to be on its way that never comes.
+                snapshot_pending: self.rng.random_bool(0.5),
             },
             0 => return Vec::new(),
             1 => {
@@ -395,6 +399,7 @@ impl Adversary {
                 more: false,
                 frontier: Vec::new(),
                 snapshots: Vec::new(),
+                snapshot_pending: false,
             };
             out.push((Some(to), unasked.encode()));
         }

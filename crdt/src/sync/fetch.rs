@@ -29,6 +29,15 @@ const SNAPSHOT_RETRY_MS: u64 = 500;
 const SNAPSHOT_WAITS_MAX: u32 = 120;
 
 /// One catch-up from one peer.
+/// An answer to a `Want`, as `Message::Blocks` carries it.
+pub(super) struct Answer {
+    pub blocks: Vec<WireBlock>,
+    pub more: bool,
+    pub frontier: Vec<Cid>,
+    pub snapshots: Vec<Cid>,
+    pub snapshot_pending: bool,
+}
+
 pub(super) struct Fetch {
     /// Tells this fetch from earlier and later ones from the same peer.
     pub(super) serial: u64,
@@ -329,18 +338,18 @@ impl<P: Clone + Ord> Replicator<P> {
         Some(Effect::Send { to: peer, message })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_blocks(
         &mut self,
         now_ms: u64,
         from: P,
         topic: &str,
         id: u64,
-        blocks: Vec<WireBlock>,
-        more: bool,
-        frontier: Vec<Cid>,
-        snapshots: Vec<Cid>,
+        answer: Answer,
     ) -> Result<Vec<Effect<P>>, SyncError> {
+        let Answer { blocks, more, frontier, snapshots, snapshot_pending } = answer;
+        // Blocks the peer could not give: pruned ones, standing for by snapshots (sent, or
+        // being made).
+        let pruned = !snapshots.is_empty() || snapshot_pending;
         let (want_max, have_max, cids_max) = (self.config.want_max, self.config.have_max, self.config.fetch_cids_max);
         let snapshots_trusted = self.trusts_snapshots(topic, &from);
         let Some(sync) = self.topics.get_mut(topic) else {
@@ -348,7 +357,7 @@ impl<P: Clone + Ord> Replicator<P> {
         };
         if sync.ahead.get(&id).is_some_and(|entry| entry.server == from) {
             // An answer naming a frontier or snapshots holds no blocks of the level.
-            let blocks = if frontier.is_empty() && snapshots.is_empty() { blocks } else { Vec::new() };
+            let blocks = if frontier.is_empty() && !pruned { blocks } else { Vec::new() };
             return self.on_ahead(now_ms, from, topic, id, blocks, more);
         }
         if sync.fetches.get(&from).is_none_or(|fetch| fetch.id != id) {
@@ -369,7 +378,7 @@ impl<P: Clone + Ord> Replicator<P> {
             let got: HashSet<Cid> = valid.iter().map(Block::cid).collect();
             fetch.levels.last().is_some_and(|level| level.iter().all(|cid| got.contains(cid)))
         };
-        let pipelined = (more || level_done) && frontier.is_empty() && snapshots.is_empty();
+        let pipelined = (more || level_done) && frontier.is_empty() && !pruned;
         if !valid.is_empty() && pipelined && fetch.snapshot.is_none() {
             // Ask for what comes next now (more above these blocks, or the next level), naming
             // the tops of these blocks as had, and let the writer thread apply them while the
@@ -393,7 +402,7 @@ impl<P: Clone + Ord> Replicator<P> {
         }
 
         let fetch = sync.fetches.get_mut(&from).expect("checked above");
-        if blocks_were_empty && !snapshots.is_empty() {
+        if blocks_were_empty && pruned {
             // The peer reached a pruned block it cannot tell whether this replica has. Holding
             // it, this replica names it as had and asks again: no snapshot is needed (and from a
             // peer that may not speak for the topic, none could be had).
@@ -409,6 +418,15 @@ impl<P: Clone + Ord> Replicator<P> {
                 // fetched from a peer that still holds the blocks, or from one that may speak.
                 self.stats.snapshots_refused += 1;
                 return Ok(self.abandon(topic, &from));
+            }
+            if snapshot_pending {
+                // The peer is making the snapshot: ask again shortly.
+                fetch.snapshot_waits += 1;
+                if fetch.snapshot_waits > SNAPSHOT_WAITS_MAX {
+                    return Ok(self.abandon(topic, &from));
+                }
+                fetch.retry_ms = Some(now_ms + SNAPSHOT_RETRY_MS);
+                return Ok(Vec::new());
             }
             // The peer pruned blocks this replica lacks: get the snapshots that cover them (or,
             // for those whose heads this replica holds, learn those heads to name as had).

@@ -68,6 +68,10 @@ pub enum Message {
         /// that cover them, to fetch and merge first. `blocks` is empty then.
         #[serde(default)]
         snapshots: Vec<Cid>,
+        /// The requester lacks blocks the peer pruned, and the peer is making the snapshot
+        /// that covers them: ask again shortly. `snapshots` is empty then.
+        #[serde(default)]
+        snapshot_pending: bool,
     },
     /// "Send me these snapshot parts (manifests or chunks)."
     WantParts {

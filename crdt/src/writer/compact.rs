@@ -1,60 +1,99 @@
-//! What a topic's writer thread does for compactions: record a finished snapshot as the
-//! topic's cover, release parts, and remove parts nobody uses; plus the scans and range
-//! compactions the compaction (`crate::compaction`) and merge share.
+//! What a topic's writer thread does for compactions: record a snapshot or a pruning as what
+//! stands for the pruned blocks, release the served snapshot, and remove parts nobody uses;
+//! plus the scans and range compactions the compaction (`crate::compaction`) and merge share.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 
-use canopy_dag::{Cid, TOPIC_ID_BYTES, TopicId};
-use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
+use canopy_dag::{Cid, TopicId};
+use rocksdb::{DB, WriteBatch};
 
 use super::{Context, TopicState};
 use crate::error::{StorageError, TopicError};
-use crate::schema::{CF_META, CF_SNAPSHOTS, META_COVER, META_KNOWN, encode_cids, meta_key};
-use crate::snapshot::{CHUNK_BYTES_TARGET, Manifest};
-use crate::types::{KNOWN_SNAPSHOTS_MAX, wall_ms};
+use crate::schema::{CF_META, CF_SNAPSHOTS, META_COVER, META_FRONTIER, META_KNOWN, encode_cids, meta_key, prefix_scan};
+use crate::snapshot::Manifest;
+use crate::types::KNOWN_SNAPSHOTS_MAX;
 
-/// Records a finished snapshot on the writer thread: it becomes the cover of every pruned
-/// block, together with the snapshots merged since the compaction froze the topic (the new one
-/// does not cover those). Returns the manifests it replaces.
+/// Records a snapshot made of the heads at a freeze: it becomes the cover of every pruned block
+/// (those heads are above every block pruned before the freeze, and above the frontier, which
+/// cannot change between: prunings and snapshots take the topic's compaction lock), together
+/// with the snapshots merged since the freeze (the new one does not cover those). Returns the
+/// manifests it replaces.
 pub(super) fn record(
     context: &Context,
     state: &mut TopicState,
     manifest: Cid,
     frozen_cover: &[Cid],
 ) -> Result<Vec<Cid>, TopicError> {
-    let topic = state.shared.id;
     let mut cover = vec![manifest];
-    cover.extend(state.snapshots.cover.iter().filter(|cid| !frozen_cover.contains(cid) && **cid != manifest));
-    let replaced: Vec<Cid> = state.snapshots.cover.iter().filter(|cid| !cover.contains(cid)).copied().collect();
+    cover.extend(merged_since(state, frozen_cover).filter(|cid| *cid != manifest));
     let mut known = state.snapshots.known.clone();
     remember(&mut known, manifest);
-    let mut batch = WriteBatch::default();
-    batch.put_cf(context.cf(CF_META), meta_key(META_COVER, topic), encode_cids(&cover));
-    batch.put_cf(context.cf(CF_META), meta_key(META_KNOWN, topic), encode_cids(&known));
-    context.write(batch)?;
-    state.snapshots.cover = cover;
-    state.snapshots.known = known;
-    // Blocks applied while the compaction ran are not covered by it: they count toward the next.
-    let (blocks, bytes) = std::mem::take(&mut state.grown_at_freeze);
-    state.grown_blocks = state.grown_blocks.saturating_sub(blocks);
-    state.grown_bytes = state.grown_bytes.saturating_sub(bytes);
-    state.compaction_requested = false;
-    state.snapshot_bytes = snapshot_bytes(&context.db, topic, &state.snapshots.cover)?;
-    state.shared.parts_held.store(true, Ordering::SeqCst);
-    state.shared.parts_used_ms.store(wall_ms(), Ordering::SeqCst);
+    let replaced = write_cover(context, state, cover, Vec::new(), known)?;
     state.publish();
     Ok(replaced)
 }
 
-/// Deletes the chunks of the topic's cover snapshots (their manifests stay, small, so peers
-/// still learn what covers the pruned blocks); a peer that needs them gets a new snapshot.
-pub(super) fn release(context: &Context, state: &mut TopicState) -> Result<(), TopicError> {
+/// Records, before a pruning of everything below `heads` (the heads at a freeze) starts, that
+/// those heads now stand for the pruned blocks, beside the snapshots merged since the freeze.
+/// Returns the manifests they replace.
+pub(super) fn record_pruning(
+    context: &Context,
+    state: &mut TopicState,
+    heads: Vec<Cid>,
+    frozen_cover: &[Cid],
+) -> Result<Vec<Cid>, TopicError> {
+    let cover: Vec<Cid> = merged_since(state, frozen_cover).collect();
+    let known = state.snapshots.known.clone();
+    let replaced = write_cover(context, state, cover, heads, known)?;
+    // Blocks applied while the pruning ran are not below its heads: they count toward the next.
+    let (blocks, bytes) = std::mem::take(&mut state.grown_at_freeze);
+    state.grown_blocks = state.grown_blocks.saturating_sub(blocks);
+    state.grown_bytes = state.grown_bytes.saturating_sub(bytes);
+    state.compaction_requested = false;
+    state.publish();
+    Ok(replaced)
+}
+
+/// The cover's snapshots merged since a freeze that saw `frozen_cover`.
+fn merged_since<'a>(state: &'a TopicState, frozen_cover: &'a [Cid]) -> impl Iterator<Item = Cid> + 'a {
+    state.snapshots.cover.iter().filter(|cid| !frozen_cover.contains(cid)).copied()
+}
+
+/// Writes a new cover and frontier; returns the manifests that left the cover.
+fn write_cover(
+    context: &Context,
+    state: &mut TopicState,
+    cover: Vec<Cid>,
+    frontier: Vec<Cid>,
+    known: Vec<Cid>,
+) -> Result<Vec<Cid>, TopicError> {
     let topic = state.shared.id;
+    let replaced: Vec<Cid> = state.snapshots.cover.iter().filter(|cid| !cover.contains(cid)).copied().collect();
     let mut batch = WriteBatch::default();
-    for manifest in &state.snapshots.cover {
+    batch.put_cf(context.cf(CF_META), meta_key(META_COVER, topic), encode_cids(&cover));
+    batch.put_cf(context.cf(CF_META), meta_key(META_FRONTIER, topic), encode_cids(&frontier));
+    batch.put_cf(context.cf(CF_META), meta_key(META_KNOWN, topic), encode_cids(&known));
+    context.write(batch)?;
+    state.snapshots.cover = cover;
+    state.snapshots.frontier = frontier;
+    state.snapshots.known = known;
+    Ok(replaced)
+}
+
+/// Stops serving the topic's snapshot and deletes the stored chunks of the cover's snapshots
+/// (merged ones; their manifests stay, small). A peer that needs a snapshot gets a new one.
+pub(super) fn release(context: &Context, state: &mut TopicState) -> Result<(), TopicError> {
+    state.shared.serving.lock().expect("serving lock").take();
+    delete_chunks(context, state.shared.id, &state.snapshots.cover)?;
+    Ok(())
+}
+
+/// Deletes the stored chunks of the snapshots `manifests`, keeping the manifests.
+pub(super) fn delete_chunks(context: &Context, topic: TopicId, manifests: &[Cid]) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::default();
+    for manifest in manifests {
         let key = topic.key(&manifest.to_bytes());
-        let Some(bytes) = context.db.get_cf(context.cf(CF_SNAPSHOTS), key).map_err(StorageError::from)? else {
+        let Some(bytes) = context.db.get_cf(context.cf(CF_SNAPSHOTS), key)? else {
             continue;
         };
         let manifest =
@@ -64,22 +103,7 @@ pub(super) fn release(context: &Context, state: &mut TopicState) -> Result<(), T
         }
     }
     context.write(batch)?;
-    state.shared.parts_held.store(false, Ordering::SeqCst);
     Ok(())
-}
-
-/// Approximate bytes of the snapshots `cover`: a chunk holds about [`CHUNK_BYTES_TARGET`].
-pub(crate) fn snapshot_bytes(db: &DB, topic: TopicId, cover: &[Cid]) -> Result<u64, StorageError> {
-    let cf = db.cf_handle(CF_SNAPSHOTS).expect("every canopy column family is opened with the database");
-    let mut bytes = 0;
-    for cid in cover {
-        if let Some(stored) = db.get_cf(cf, topic.key(&cid.to_bytes()))? {
-            let manifest =
-                Manifest::decode(cid, &stored).map_err(|e| StorageError::Corrupt(format!("stored manifest: {e}")))?;
-            bytes += manifest.chunks.len() as u64 * CHUNK_BYTES_TARGET as u64;
-        }
-    }
-    Ok(bytes)
 }
 
 /// Adds `manifest` to a list of known snapshots, newest last, keeping the newest
@@ -122,43 +146,4 @@ pub(crate) fn parts_of(db: &DB, topic: TopicId, manifests: &[Cid]) -> Result<Has
         }
     }
     Ok(parts)
-}
-
-/// Compacts one topic's range of a column family, beside RocksDB's own compactions rather than
-/// holding them off (an exclusive manual compaction would let flushed files pile up and slow
-/// the writes going on meanwhile).
-pub(crate) fn compact_topic_range(db: &DB, cf: &rocksdb::ColumnFamily, topic: TopicId) {
-    let end = topic.range_end().map_or_else(|| vec![0xff; 64], |end| end.to_vec());
-    let mut options = rocksdb::CompactOptions::default();
-    options.set_exclusive_manual_compaction(false);
-    db.compact_range_cf_opt(cf, Some(&topic.prefix()[..]), Some(&end[..]), &options);
-}
-
-/// Reads options bounded to one topic's range.
-pub(crate) fn topic_read_options(topic: TopicId) -> ReadOptions {
-    let mut options = ReadOptions::default();
-    options.set_prefix_same_as_start(true);
-    if let Some(end) = topic.range_end() {
-        options.set_iterate_upper_bound(end.to_vec());
-    }
-    options
-}
-
-pub(crate) type Records<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a>;
-
-/// A topic's records in one column family, keys without the topic prefix.
-pub(crate) fn prefix_scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId) -> Records<'a> {
-    let prefix = topic.prefix();
-    let iter = db.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&prefix, Direction::Forward));
-    Box::new(strip(iter, prefix))
-}
-
-pub(crate) fn strip<'a>(
-    iter: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
-    prefix: [u8; TOPIC_ID_BYTES],
-) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a {
-    iter.take_while(move |item| item.as_ref().map_or(true, |(key, _)| key.starts_with(&prefix))).map(|item| {
-        let (key, value) = item?;
-        Ok((key[TOPIC_ID_BYTES..].to_vec(), value.into_vec()))
-    })
 }

@@ -31,11 +31,12 @@ use canopy_dag::{Cid, Height};
 use rayon::prelude::*;
 use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 
-use super::compact::{prefix_scan, remember};
+use super::compact::remember;
 use super::{Context, TopicState, apply_ready, read_rows};
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
+use crate::schema::prefix_scan;
 use crate::schema::{
     CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER, META_KNOWN, META_MERGE, encode_cids,
     kv_file_options, meta_key, tombstone_key,
@@ -693,8 +694,9 @@ fn record_blocks(
     state.tombstones = state.tombstones.saturating_sub(covered_tombstones);
     state.tombstones = count_tombstones(context, state)?;
     state.merging = false;
-    state.shared.parts_held.store(true, std::sync::atomic::Ordering::SeqCst);
-    state.shared.parts_used_ms.store(crate::types::wall_ms(), std::sync::atomic::Ordering::SeqCst);
+    // The merged rows hold the state now: the staged chunks go (this replica serves a snapshot
+    // of its own when a peer needs one), the manifest stays as the cover.
+    super::compact::delete_chunks(context, topic, &[manifest_cid]).map_err(MergeError::Storage)?;
     // Received blocks that waited for a covered block may apply now; covered ones are done.
     let ready = state.recheck_pending(context)?;
     apply_ready(context, state, ready).map_err(|e| match e {

@@ -140,6 +140,7 @@ fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
         more: false,
         frontier: Vec::new(),
         snapshots: Vec::new(),
+        snapshot_pending: false,
     };
     let mut effects = sync.handle_bytes(0, 9u32, &answer.encode()).unwrap();
     effects.extend(sync.settle().unwrap());

@@ -34,6 +34,7 @@ fn sample_messages() -> Vec<Vec<u8>> {
             more: false,
             frontier: vec![block.links()[0]],
             snapshots: vec![block.cid()],
+            snapshot_pending: true,
         }
         .encode(),
         Message::WantParts { topic: "t".into(), id: 8, cids: vec![block.cid()] }.encode(),

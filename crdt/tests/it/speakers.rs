@@ -171,6 +171,7 @@ fn serve_lie(lie: &LyingSnapshot, client: &mut Replicator<u32>, effects: Vec<Eff
                 more: false,
                 frontier: Vec::new(),
                 snapshots: vec![lie.manifest],
+                snapshot_pending: false,
             },
             Message::WantParts { topic, id, cids } => {
                 let parts = cids

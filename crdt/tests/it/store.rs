@@ -357,7 +357,15 @@ fn sent_want(effects: &[Effect<u32>]) -> (u32, u64) {
 }
 
 fn answer(id: u64, blocks: Vec<WireBlock>) -> Message {
-    Message::Blocks { topic: "t".into(), id, blocks, more: false, frontier: vec![], snapshots: vec![] }
+    Message::Blocks {
+        topic: "t".into(),
+        id,
+        blocks,
+        more: false,
+        frontier: vec![],
+        snapshots: vec![],
+        snapshot_pending: false,
+    }
 }
 
 #[test]

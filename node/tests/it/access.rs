@@ -199,6 +199,7 @@ fn a_hostile_peer_forging_posts_is_refused_and_the_node_keeps_serving() {
                         more: false,
                         frontier: Vec::new(),
                         snapshots: Vec::new(),
+                        snapshot_pending: false,
                     }
                     .encode()),
                     _ => Err("no".to_string()),
