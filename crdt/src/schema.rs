@@ -234,6 +234,15 @@ pub(crate) fn scan_from<'a>(
     from: &[u8],
 ) -> Records<'a> {
     let start = topic.key(from);
-    let iter = view.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&start, Direction::Forward));
+    // A long scan of one topic's range: bounded above, so no prefix filter is consulted, and
+    // its data blocks stay out of the block cache, where they would push out the index and
+    // filter blocks every write and read needs.
+    let mut options = ReadOptions::default();
+    options.set_total_order_seek(true);
+    options.fill_cache(false);
+    if let Some(end) = topic.range_end() {
+        options.set_iterate_upper_bound(end.to_vec());
+    }
+    let iter = view.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward));
     Box::new(strip(iter, topic.prefix()))
 }

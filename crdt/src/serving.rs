@@ -26,6 +26,8 @@ use crate::types::Head;
 
 /// Chunk requests that may wait for a serving thread.
 const REQUESTS_QUEUED_MAX: usize = 64;
+/// Most threads making one served snapshot's chunks.
+const WORKERS_MAX: usize = 4;
 
 /// What a snapshot is taken of: a topic, at the heads the view holds.
 #[derive(Clone, Debug)]
@@ -60,7 +62,7 @@ impl Drop for Serving {
     }
 }
 
-type ChunkRequest = (usize, Sender<Result<Vec<u8>, StorageError>>);
+type ChunkRequest = (usize, Sender<Result<(Cid, Vec<u8>), StorageError>>);
 
 impl Serving {
     /// Starts a thread that takes a view of `db`, calls `taken` once the view is taken (so the
@@ -84,9 +86,26 @@ impl Serving {
                     return;
                 }
             };
-            for (index, reply) in requests_rx {
-                let _ = reply.send(rebuild(&db, &view, &source, &starts[index]));
-            }
+            // Chunks are made on a few threads sharing the view, so one fetch's requests in
+            // flight are made at once.
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, WORKERS_MAX));
+            std::thread::scope(|scope| {
+                for _ in 0..workers {
+                    let requests = requests_rx.clone();
+                    let (db, view, source, starts) = (&db, &view, &source, &starts);
+                    let worker =
+                        std::thread::Builder::new().name("canopy-snapshot".into()).spawn_scoped(scope, move || {
+                            for (index, reply) in requests {
+                                let _ = reply.send(rebuild(db, view, source, &starts[index]));
+                            }
+                        });
+                    if worker.is_err() {
+                        // Fewer workers serve as well, only slower; none at all ends the
+                        // snapshot, and a peer asking is told it is not held.
+                        tracing::warn!("a thread making snapshot chunks could not start");
+                    }
+                }
+            });
         });
         let spawned = spawned.map_err(|e| StorageError::Unavailable(format!("snapshot thread: {e}")));
         // The view is taken (or the thread failed) once the sender is gone.
@@ -113,8 +132,8 @@ impl Serving {
         if requests.send((index, reply)).is_err() {
             return Ok(None);
         }
-        let bytes = answer.recv().map_err(|_| StorageError::Unavailable("the snapshot thread stopped".into()))??;
-        let made = canopy_dag::cid_of(&bytes);
+        let (made, bytes) =
+            answer.recv().map_err(|_| StorageError::Unavailable("the snapshot thread stopped".into()))??;
         if made != *cid {
             return Err(StorageError::Corrupt(format!("chunk {cid} of a served snapshot was made again as {made}")));
         }
@@ -190,16 +209,16 @@ fn cut(
     Ok((writer.finish(&source.name, heads), starts))
 }
 
-/// Makes the chunk that starts at `start` again.
+/// Makes the chunk that starts at `start` again: its CID and bytes.
 fn rebuild(
     db: &DB,
     view: &SnapshotWithThreadMode<'_, DB>,
     source: &Source,
     start: &Position,
-) -> Result<Vec<u8>, StorageError> {
+) -> Result<(Cid, Vec<u8>), StorageError> {
     let made = RefCell::new(None);
-    let mut writer = ChunkWriter::new(|_, bytes| {
-        made.borrow_mut().get_or_insert(bytes);
+    let mut writer = ChunkWriter::new(|cid, bytes| {
+        made.borrow_mut().get_or_insert((cid, bytes));
     });
     feed(db, view, source, start, &mut |_, _, _, item| {
         add(&mut writer, item);

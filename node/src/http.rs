@@ -468,7 +468,11 @@ async fn snapshots(
     let handle = subscribed(&node, &topic)?;
     let snapshots = handle.crdt().snapshots();
     let text = |cids: Vec<canopy_crdt::Cid>| cids.iter().map(ToString::to_string).collect::<Vec<_>>();
-    Ok(Json(wire::Snapshots { cover: text(snapshots.cover), known: text(snapshots.known) }))
+    Ok(Json(wire::Snapshots {
+        cover: text(snapshots.cover),
+        frontier: text(snapshots.frontier),
+        known: text(snapshots.known),
+    }))
 }
 
 /// `GET /v1/topics/{t}/watch`: every change of the topic's keys, counters and documents; with

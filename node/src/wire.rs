@@ -557,6 +557,10 @@ pub struct Compaction {
 pub struct Snapshots {
     /// The snapshots that cover its pruned blocks.
     pub cover: Vec<String>,
+    /// The heads of prunings no snapshot covers yet: with the cover's heads, every pruned block
+    /// is below them.
+    #[serde(default)]
+    pub frontier: Vec<String>,
     /// Snapshots it knows of.
     pub known: Vec<String>,
 }

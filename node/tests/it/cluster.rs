@@ -308,6 +308,33 @@ fn a_node_joining_after_the_snapshot_parts_were_released_gets_a_new_snapshot() {
     join_after_compaction(&["--snapshot-retain-s", "2"]);
 }
 
+#[test]
+fn a_node_joining_after_automatic_pruning_gets_a_snapshot_made_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = NodeProcess::start_with(&dir.path().join("node-0"), &[], &["t"], &["--compact-after-blocks", "5"]);
+    for batch in 0..12 {
+        let ops: Vec<_> = (0..100)
+            .map(|i| json!({ "op": "put", "key": format!("key-{batch:02}-{i:03}"), "value": base64_of(&format!("v{i}")) }))
+            .collect();
+        let response = first.http.post(first.url("/v1/topics/t/batch")).json(&json!({ "ops": ops })).send();
+        assert!(response.unwrap().status().is_success());
+    }
+    // The policy prunes without making a snapshot: the pruned heads are the frontier.
+    let frontier = |node: &NodeProcess| node.json("/v1/topics/t/snapshots")["frontier"].as_array().unwrap().len();
+    wait_until("the history is pruned", || frontier(&first) > 0);
+    assert_eq!(first.json("/v1/topics/t/snapshots")["cover"].as_array().unwrap().len(), 0);
+
+    // A node that needs the pruned blocks gets a snapshot the first node makes for it.
+    let late = NodeProcess::start(&dir.path().join("late"), &[first.address()], &["t"]);
+    wait_until("the late node holds every key", || late.key_count("t") == 1200);
+    assert_eq!(late.get("t", "key-11-099").as_deref(), Some("v99"));
+    wait_until("the late node has the same heads", || late.heads("t") == first.heads("t"));
+    let snapshots = first.json("/v1/topics/t/snapshots");
+    assert_eq!(snapshots["cover"].as_array().unwrap().len(), 1, "{snapshots}");
+    assert_eq!(frontier(&first), 0, "the snapshot covers what was pruned: {snapshots}");
+    assert!(metric(&late, "canopy_snapshots_merged_total") >= 1);
+}
+
 /// Two nodes write, both compact, one writes again; a third node started empty gets every
 /// key. With `extra` settings that release parts, the join waits until they are released.
 fn join_after_compaction(extra: &[&str]) {
