@@ -466,3 +466,58 @@ fn a_remove_naming_a_foreign_cid_survives_a_snapshot() {
     assert_eq!(fresh.heads(), source.heads());
     assert_eq!(contents(&fresh), contents(&source));
 }
+
+#[test]
+fn every_chunk_of_a_large_snapshot_is_made_again_from_the_rows_and_merges_to_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir.path().join("a")).topic("t").unwrap();
+    let b = open(&dir.path().join("b")).topic("t").unwrap();
+    // Two replicas write every key at once: each row ends with two concurrent elements of about
+    // 1.5 KiB, so a chunk holds an odd number of elements and some rows are cut in two.
+    let mut written = (Vec::new(), Vec::new());
+    for start in (0..1500).step_by(100) {
+        for (topic, side, commits) in [(&a, "a", &mut written.0), (&b, "b", &mut written.1)] {
+            let mut batch = Batch::new();
+            for i in start..start + 100 {
+                batch.put(format!("key-{i:05}"), format!("{side}-{i:05}-{}", "x".repeat(1500)));
+            }
+            commits.push(topic.batch(batch).unwrap().unwrap().cid);
+        }
+    }
+    let blocks = |from: &Topic, cids: &[Cid]| -> Vec<Block> {
+        cids.iter()
+            .map(|cid| Block::decode("t", *cid, &from.block(cid).unwrap().unwrap(), &Default::default()).unwrap())
+            .collect()
+    };
+    a.ingest(blocks(&b, &written.1)).unwrap();
+    b.ingest(blocks(&a, &written.0)).unwrap();
+    assert_eq!(a.heads(), b.heads());
+
+    let snapshot = a.compact().unwrap().snapshot.unwrap();
+    let manifest = Manifest::decode(&snapshot, &a.snapshot_part(&snapshot).unwrap().unwrap()).unwrap();
+    assert_eq!((manifest.keys, manifest.elements), (1500, 3000));
+    assert!(manifest.chunks.len() >= 4, "{} chunks", manifest.chunks.len());
+    // Each chunk is made again from where it starts, in any order, and hashes to its CID.
+    let mut chunks = BTreeMap::new();
+    for cid in manifest.chunks.iter().rev() {
+        let bytes = a.snapshot_part(cid).unwrap().expect("every chunk of the served snapshot is made");
+        chunks.insert(*cid, canopy_crdt::snapshot::Chunk::decode(cid, &bytes).unwrap());
+    }
+    let ordered: Vec<_> = manifest.chunks.iter().map(|cid| &chunks[cid]).collect();
+    let cut_rows = ordered
+        .windows(2)
+        .filter(|pair| {
+            let (last, first) = (pair[0].elements.last(), pair[1].elements.first());
+            last.zip(first).is_some_and(|(last, first)| last.key == first.key)
+        })
+        .count();
+    assert!(cut_rows > 0, "a row is cut between two chunks");
+    // The other replica, at the same heads, makes the same snapshot.
+    assert_eq!(b.compact().unwrap().snapshot, Some(snapshot));
+    // A fresh replica merges it and holds the same state.
+    let fresh = open(&dir.path().join("fresh")).topic("t").unwrap();
+    copy_snapshot(&a, &fresh, snapshot);
+    fresh.merge_snapshot(snapshot).unwrap();
+    assert_eq!(contents(&fresh), contents(&a));
+    assert_eq!(fresh.heads(), a.heads());
+}
