@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use canopy_dag::{BlockMeta, CF_BLOCKS, CF_INDEX, Cid, TopicId};
+use canopy_dag::{CF_BLOCKS, CF_INDEX, Cid, TopicId};
 use crossbeam_channel::{Sender, bounded};
 use rocksdb::{DB, SnapshotWithThreadMode, WriteBatch};
 
@@ -126,26 +126,31 @@ fn prune_locked(store: &StoreInner, shared: &TopicShared) -> Result<Compaction, 
     store.send(topic, command).map_err(|_| TopicError::Closed)?;
     let replaced = recorded.recv().map_err(|_| TopicError::Closed)??;
 
-    // Every block the view holds keeps its height in the index and loses its bytes.
+    // Every block whose payload the view holds keeps its height in the index and loses its
+    // bytes. The payloads are exactly the blocks not pruned yet, so the work is the history
+    // since the last pruning, however long the pruned history is.
     let mut batch = WriteBatch::default();
     let mut in_batch = 0;
-    for item in scan(&view, store.cf(CF_INDEX), topic) {
-        let (key, value) = item?;
-        let (cid, meta) = index_record(&key, &value)?;
-        if meta.pruned {
+    let mut cids = Vec::with_capacity(PRUNES_PER_WRITE);
+    let mut records = scan(&view, store.cf(CF_BLOCKS), topic).peekable();
+    while let Some(item) = records.next() {
+        let (key, _) = item?;
+        cids.push(Cid::try_from(key.as_slice()).map_err(|e| StorageError::Corrupt(format!("block key: {e}")))?);
+        if cids.len() < PRUNES_PER_WRITE && records.peek().is_some() {
             continue;
         }
-        store.blocks.put_pruned(&mut batch, topic, &cid, meta.height);
-        outcome.pruned_blocks += 1;
-        in_batch += 1;
-        if in_batch >= PRUNES_PER_WRITE {
-            if shared.dropped.load(Ordering::SeqCst) {
-                return Err(TopicError::Closed.into());
-            }
-            db.write(std::mem::take(&mut batch)).map_err(StorageError::from)?;
-            in_batch = 0;
+        if shared.dropped.load(Ordering::SeqCst) {
+            return Err(TopicError::Closed.into());
         }
+        let metas = store.blocks.metas(topic, &cids).map_err(StorageError::from)?;
+        for (cid, meta) in cids.drain(..).zip(metas) {
+            let meta = meta.ok_or_else(|| StorageError::Corrupt(format!("block {cid} has no index record")))?;
+            store.blocks.put_pruned(&mut batch, topic, &cid, meta.height);
+            outcome.pruned_blocks += 1;
+        }
+        db.write(std::mem::take(&mut batch)).map_err(StorageError::from)?;
     }
+    drop(records);
     // The history records of the pruned blocks go with them: what the view holds is exactly
     // what is pruned.
     let prefix = topic.prefix();
@@ -242,12 +247,6 @@ fn topic_bytes(store: &StoreInner, topic: TopicId) -> u64 {
         total += store.db.get_approximate_sizes_cf(store.cf(cf), &[range]).first().copied().unwrap_or(0);
     }
     total
-}
-
-fn index_record(key: &[u8], value: &[u8]) -> Result<(Cid, BlockMeta), StorageError> {
-    let cid = Cid::try_from(key).map_err(|e| StorageError::Corrupt(format!("index key: {e}")))?;
-    let meta = BlockMeta::decode(value).map_err(|e| StorageError::Corrupt(format!("index record: {e}")))?;
-    Ok((cid, meta))
 }
 
 /// A topic's records in one column family as seen by `view`, keys without the topic prefix.
