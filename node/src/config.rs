@@ -211,13 +211,14 @@ settings! {
     /// Most server-sent-event watchers open at once; more are refused with 503.
     watchers_max: usize = 1024;
         flag "watchers-max" set, env "CANOPY_WATCHERS_MAX", check between(1, COUNT_MAX);
-    /// Compact a topic automatically after this many new blocks (0: not by count).
+    /// Prune a topic's history automatically after this many new blocks (0: not by count).
     compact_after_blocks: u64 = 10_000;
         flag "compact-after-blocks" set, env "CANOPY_COMPACT_AFTER_BLOCKS";
-    /// Compact a topic automatically after this many bytes of new blocks (0: not by size).
+    /// Prune a topic's history automatically after this many bytes of new blocks (0: not by size).
     compact_after_bytes: u64 = 256 << 20;
         flag "compact-after-bytes" set, env "CANOPY_COMPACT_AFTER_BYTES";
-    /// Release snapshot parts nobody fetched for this many seconds (0: keep them).
+    /// Let go of a served snapshot (and the view of the rows it holds) nobody fetched from for
+    /// this many seconds (0: keep it until a newer one replaces it).
     snapshot_retain_s: u64 = 600;
         flag "snapshot-retain-s" set, env "CANOPY_SNAPSHOT_RETAIN_S";
     /// Most bytes of a local commit's blocks carried inside its announcement, so peers that

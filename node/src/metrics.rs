@@ -22,7 +22,7 @@ pub fn render(node: &Node) -> Result<String, std::fmt::Error> {
         .count();
     registry.register(
         "snapshot_parts_held",
-        "Topics whose snapshot parts are stored, ready for peers that lack pruned blocks",
+        "Topics serving a snapshot that covers every block they pruned, ready for peers that lack them",
         ConstGauge::new(held as i64),
     );
     registry.register("peers", "Connected peers", ConstGauge::new(node.peers().len() as i64));
