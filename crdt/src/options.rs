@@ -43,6 +43,11 @@ pub struct StoreOptions {
     /// A topic's history is pruned automatically once this many bytes of blocks were added
     /// since its last pruning (0: never by size).
     pub compact_after_bytes: u64,
+    /// Most bytes of blocks added and not yet pruned over all the store's topics: past it, a
+    /// topic that grows is pruned once it added at least a 64th of this (and 1 MiB), so many
+    /// topics that each stay below `compact_after_bytes` are still pruned (0: no store-wide
+    /// budget).
+    pub unpruned_bytes_max: u64,
     /// A served snapshot nobody fetched from for this long is let go, with the view of the rows
     /// it holds (`None`: kept until a newer one replaces it). A peer that needs one later gets
     /// a new one.
@@ -82,6 +87,7 @@ impl Default for StoreOptions {
             limits: Limits::default(),
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,
+            unpruned_bytes_max: 512 << 20,
             snapshot_retain_ms: Some(10 * 60 * 1000),
             snapshots_inline: false,
             author: None,

@@ -124,6 +124,8 @@ impl Store {
             closed_rx,
             _closed_tx: closed_tx,
         });
+        // Shared by the writer threads: the store-wide count of block bytes not yet pruned.
+        let unpruned_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for index in 0..inner.options.writer_threads {
             let (tx, rx) = bounded(inner.options.queue_depth);
             let context = writer::Context::new(
@@ -132,6 +134,7 @@ impl Store {
                 inner.signer.clone(),
                 inner.compactions.clone(),
                 inner.poisoned.clone(),
+                unpruned_bytes.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("canopy-writer-{index}"))

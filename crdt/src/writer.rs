@@ -377,14 +377,19 @@ impl TopicState {
     fn grew(&mut self, context: &Context, blocks: u64, bytes: u64) {
         self.grown_blocks += blocks;
         self.grown_bytes += bytes;
+        let unpruned = context.unpruned_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         let by_count = context.compact_after_blocks > 0 && self.grown_blocks >= context.compact_after_blocks;
         let by_size = context.compact_after_bytes > 0 && self.grown_bytes >= context.compact_after_bytes;
+        // Many topics each below the thresholds: the store's budget prunes those that grew.
+        let share = (context.unpruned_bytes_max / 64).max(1 << 20);
+        let by_store =
+            context.unpruned_bytes_max > 0 && unpruned >= context.unpruned_bytes_max && self.grown_bytes >= share;
         // A topic with a writer list is compacted by its owner alone.
         let compacts = match self.shared.access {
             Access::Writers { owner } => owner == context.signer.author(),
             _ => true,
         };
-        if (by_count || by_size) && compacts && !self.compaction_requested {
+        if (by_count || by_size || by_store) && compacts && !self.compaction_requested {
             self.compaction_requested = true;
             let _ = context.compactions.try_send((self.shared.name.clone(), crate::types::Work::Prune));
         }
@@ -433,6 +438,10 @@ pub(crate) struct Context {
     tombstones_max: u64,
     compact_after_blocks: u64,
     compact_after_bytes: u64,
+    /// Bytes of blocks added and not yet pruned over every topic of the store, shared by its
+    /// writer threads, and the budget for them (`StoreOptions::unpruned_bytes_max`).
+    unpruned_bytes: Arc<AtomicU64>,
+    unpruned_bytes_max: u64,
     /// Whether blocks record the keys they put and delete (`StoreOptions::key_history`).
     key_history: bool,
     /// The wall clock expiring elements are judged by.
@@ -463,6 +472,7 @@ impl Context {
         signer: Signer,
         compactions: Sender<(String, crate::types::Work)>,
         poisoned: Arc<AtomicBool>,
+        unpruned_bytes: Arc<AtomicU64>,
     ) -> Context {
         Context {
             signer,
@@ -477,11 +487,20 @@ impl Context {
             tombstones_max: options.tombstones_max,
             compact_after_blocks: options.compact_after_blocks,
             compact_after_bytes: options.compact_after_bytes,
+            unpruned_bytes,
+            unpruned_bytes_max: options.unpruned_bytes_max,
             key_history: options.key_history,
             clock: options.clock.clone(),
             compactions,
             poisoned,
         }
+    }
+
+    /// Takes `bytes` pruned (or dropped) blocks off the store's count of unpruned bytes.
+    fn forget_unpruned(&self, bytes: u64) {
+        let _ = self
+            .unpruned_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| Some(held.saturating_sub(bytes)));
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -706,6 +725,7 @@ fn unknown(context: &Context, state: &TopicState, cids: Vec<Cid>, max: usize) ->
 
 fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     state.shared.dropped.store(true, Ordering::SeqCst);
+    context.forget_unpruned(state.grown_bytes);
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);

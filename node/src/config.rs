@@ -217,6 +217,10 @@ settings! {
     /// Prune a topic's history automatically after this many bytes of new blocks (0: not by size).
     compact_after_bytes: u64 = 256 << 20;
         flag "compact-after-bytes" set, env "CANOPY_COMPACT_AFTER_BYTES";
+    /// Most bytes of new blocks not yet pruned over all topics; past it, topics that grew are
+    /// pruned though each stays below the other thresholds (0: no store-wide budget).
+    unpruned_bytes_max: u64 = 512 << 20;
+        flag "unpruned-bytes-max" set, env "CANOPY_UNPRUNED_BYTES_MAX";
     /// Let go of a served snapshot (and the view of the rows it holds) nobody fetched from for
     /// this many seconds (0: keep it until a newer one replaces it).
     snapshot_retain_s: u64 = 600;

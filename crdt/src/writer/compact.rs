@@ -48,7 +48,9 @@ pub(super) fn record_pruning(
     // Blocks applied while the pruning ran are not below its heads: they count toward the next.
     let (blocks, bytes) = std::mem::take(&mut state.grown_at_freeze);
     state.grown_blocks = state.grown_blocks.saturating_sub(blocks);
-    state.grown_bytes = state.grown_bytes.saturating_sub(bytes);
+    let pruned = bytes.min(state.grown_bytes);
+    state.grown_bytes -= pruned;
+    context.forget_unpruned(pruned);
     state.compaction_requested = false;
     state.publish();
     Ok(replaced)

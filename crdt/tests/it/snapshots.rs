@@ -521,3 +521,28 @@ fn every_chunk_of_a_large_snapshot_is_made_again_from_the_rows_and_merges_to_the
     assert_eq!(contents(&fresh), contents(&a));
     assert_eq!(fresh.heads(), a.heads());
 }
+
+#[test]
+fn topics_each_below_the_thresholds_are_pruned_once_the_store_holds_its_budget_of_unpruned_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each topic alone stays far below 64 MiB; together they pass the store's 8 MiB, and a
+    // topic is pruned once it added a 64th of that (at least 1 MiB).
+    let options = StoreOptions { compact_after_bytes: 64 << 20, unpruned_bytes_max: 8 << 20, ..options() };
+    let store = Store::open(dir.path(), options).unwrap();
+    let topics: Vec<Topic> = (0..8).map(|i| store.topic(&format!("t{i}")).unwrap()).collect();
+    let value = "v".repeat(1200);
+    for round in 0..15 {
+        for topic in &topics {
+            let mut batch = Batch::new();
+            for i in 0..100 {
+                batch.put(format!("key-{round:02}-{i:03}"), value.clone());
+            }
+            topic.batch(batch).unwrap();
+        }
+    }
+    let pruned = || topics.iter().filter(|topic| !topic.snapshots().frontier.is_empty()).count();
+    wait_until("most topics are pruned", || pruned() >= 4);
+    for topic in &topics {
+        assert_eq!(topic.key_count(), 1500, "pruning keeps every value");
+    }
+}

@@ -143,6 +143,7 @@ fn store_options(config: &NodeConfig, author: Signer) -> StoreOptions {
         },
         compact_after_blocks: config.compact_after_blocks,
         compact_after_bytes: config.compact_after_bytes,
+        unpruned_bytes_max: config.unpruned_bytes_max,
         snapshot_retain_ms: (config.snapshot_retain_s > 0).then_some(config.snapshot_retain_s * 1000),
         key_history: config.key_history,
         ..StoreOptions::default()
