@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 
 use super::route::{LIST_FANOUT_MAX, Served, blocking, merge_pages, refusal};
 use super::{Listing, Table, TableEntry, TableError};
-use crate::causal::{CausalToken, Scope};
+use crate::causal::CausalToken;
 use crate::node::filter::Filter;
 use crate::node::{Document, NodeTopic};
 use crate::wire::{DocPage, DocWritten, FailedPartition};
@@ -141,26 +141,18 @@ impl Table {
             .buffered(LIST_FANOUT_MAX)
             .collect()
             .await;
-        let (mut answered, mut failed, mut first_error, mut scanned) = (Vec::new(), Vec::new(), None, 0);
-        let mut token = self.after.clone();
-        for (partition, page) in pages {
-            match page {
-                Ok((page, read)) => {
-                    token = token.with(Scope::Partition(partition), page.token.heads(Scope::Partition(partition)));
+        let mut scanned = 0;
+        let pages = pages
+            .into_iter()
+            .map(|(partition, page)| {
+                let page = page.map(|(page, read)| {
                     scanned += read;
-                    answered.push(page);
-                }
-                Err(error) => {
-                    failed.push(FailedPartition { error: error.to_string(), partition });
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        if answered.is_empty()
-            && let Some(error) = first_error
-        {
-            return Err(error);
-        }
+                    page
+                });
+                (partition, page)
+            })
+            .collect();
+        let (answered, failed, token) = self.gather(pages)?;
         let merged = merge_pages(answered, limit);
         let docs = merged
             .entries

@@ -266,6 +266,17 @@ impl Table {
             .buffered(LIST_FANOUT_MAX)
             .collect()
             .await;
+        let (answered, failed, token) = self.gather(pages)?;
+        Ok(Listing { failed, token, ..merge_pages(answered, limit) })
+    }
+
+    /// Sorts the answers of a fan-out over partitions: the pages that came, the partitions
+    /// that failed (each with its error), and the token the pages read at merged into the
+    /// caller's. The first error when no partition answered.
+    pub(super) fn gather(
+        &self,
+        pages: Vec<(u32, Result<Listing, TableError>)>,
+    ) -> Result<(Vec<Listing>, Vec<FailedPartition>, CausalToken), TableError> {
         let (mut answered, mut failed, mut first_error) = (Vec::new(), Vec::new(), None);
         let mut token = self.after.clone();
         for (partition, page) in pages {
@@ -280,12 +291,10 @@ impl Table {
                 }
             }
         }
-        if answered.is_empty()
-            && let Some(error) = first_error
-        {
-            return Err(error);
+        match first_error {
+            Some(error) if answered.is_empty() => Err(error),
+            _ => Ok((answered, failed, token)),
         }
-        Ok(Listing { failed, token, ..merge_pages(answered, limit) })
     }
 
     /// One partition's part of [`Table::list`].
