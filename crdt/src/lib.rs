@@ -15,6 +15,7 @@ pub mod doc;
 mod error;
 mod expiry;
 mod history;
+pub mod index;
 mod inner;
 pub mod inspect;
 mod options;
@@ -31,6 +32,7 @@ mod store;
 pub mod sync;
 mod topic;
 mod topic_docs;
+mod topic_index;
 mod types;
 mod writer;
 mod writer_list;
@@ -51,11 +53,13 @@ pub fn validate_blocks(topic: &str, items: Vec<(Cid, Vec<u8>)>) -> Vec<Result<Bl
 pub use access::validate_topic_name;
 pub use delta::{DELTA_OPS_MAX, Delta, DeltaError, KEY_BYTES_MAX, Limits, VALUE_BYTES_MAX};
 pub use error::{CompactError, IngestError, MergeError, OpenError, ReadError, StorageError, TopicError, WriteError};
+pub use index::{IndexDef, IndexKind, IndexStatus};
 pub use options::StoreOptions;
 pub use schema::{FAMILIES, TOPIC_NAME_BYTES_MAX};
 pub use store::Store;
 pub use topic::{Batch, Ingesting, Page, Topic};
 pub use topic_docs::{DocPage, DocWrite, Fields};
+pub use topic_index::{IndexRecord, IndexScan};
 pub use types::{
     Change, Commit, Compaction, Head, IngestOutcome, KNOWN_SNAPSHOTS_MAX, MergeOutcome, Op, Sink, Snapshots,
     StorageCompaction,

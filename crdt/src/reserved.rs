@@ -1,5 +1,6 @@
 //! The reserved keys of a topic (those starting with the byte 0x00): counter entries
-//! ([`crate::counter`]) and document entries ([`crate::doc`]), and the check every received
+//! ([`crate::counter`]), document entries ([`crate::doc`]) and index declarations
+//! ([`crate::index`]), and the check every received
 //! delta's reserved keys pass.
 
 use canopy_dag::AuthorId;
@@ -21,6 +22,10 @@ pub fn check_delta(delta: &Delta, author: &AuthorId) -> Result<(), DeltaError> {
             crate::doc::check_entry(key, Some(value))?;
             continue;
         }
+        if crate::index::is_declaration(key) {
+            crate::index::check_entry(key, Some(value))?;
+            continue;
+        }
         own(key)?;
         if crate::counter::decode_total(value).is_none() {
             return Err(DeltaError::Invalid("a counter total that is not 8 bytes".into()));
@@ -29,6 +34,8 @@ pub fn check_delta(delta: &Delta, author: &AuthorId) -> Result<(), DeltaError> {
     for (key, _) in delta.removes.iter().filter(|(key, _)| crate::counter::is_reserved(key)) {
         if crate::doc::is_entry(key) {
             crate::doc::check_entry(key, None)?;
+        } else if crate::index::is_declaration(key) {
+            crate::index::check_entry(key, None)?;
         } else {
             own(key)?;
         }

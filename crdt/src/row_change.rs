@@ -8,16 +8,17 @@
 //! - the expiry index: each element that entered the row with an expiry;
 //! - the watchers' change, by the rule of the path ([`Notice`]).
 //!
-//! Records derived from a row's content (today the expiry index and the key count) are written
-//! in one place, [`RowChanges::derive`], which is where an index of a value's fields belongs.
+//! Records derived from a row's content (the expiry index, the key count and the records of
+//! documents' indexes) are written in one place, [`RowChanges::derive`].
 
 use canopy_dag::{Cid, Height, TopicId};
 use rocksdb::{ColumnFamily, DB, SstFileWriter, WriteBatch};
 
 use crate::delta::Delta;
 use crate::error::StorageError;
+use crate::index::Indexes;
 use crate::row::Row;
-use crate::schema::{CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
+use crate::schema::{CF_DOC_INDEX, CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::Change;
 
 /// When watchers hear of a changed row, and the height their change carries.
@@ -51,7 +52,10 @@ pub(crate) struct RowChanges<'a> {
     now: u64,
     kv: &'a ColumnFamily,
     expiries: &'a ColumnFamily,
+    doc_index: &'a ColumnFamily,
     meta: &'a ColumnFamily,
+    /// The documents' indexes kept up to date, when the writer thread maintains any.
+    indexes: Option<Indexes>,
     /// Set when the node keeps key history.
     history: Option<&'a ColumnFamily>,
     watched: bool,
@@ -71,13 +75,21 @@ impl<'a> RowChanges<'a> {
             now,
             kv: cf(CF_KV),
             expiries: cf(CF_EXPIRIES),
+            doc_index: cf(CF_DOC_INDEX),
             meta: cf(CF_META),
+            indexes: None,
             history: history.then(|| cf(CF_HISTORY)),
             watched,
             key_count: i64::try_from(key_count).unwrap_or(i64::MAX),
             changes: Vec::new(),
             next_expiry: None,
         }
+    }
+
+    /// Keeps the records of `indexes` up to date too, and tells them when a declaration changes.
+    pub fn with_indexes(mut self, indexes: &Indexes) -> RowChanges<'a> {
+        self.indexes = Some(indexes.clone());
+        self
     }
 
     /// Writes `after` as `key`'s row in place of `before`, and everything that follows.
@@ -113,9 +125,32 @@ impl<'a> RowChanges<'a> {
     }
 
     /// Writes the records derived from `key`'s row changing from `before` to `after`, without
-    /// the row: the key count and the expiry index. (An index of values' fields goes here too.)
+    /// the row: the key count, the expiry index and the documents' index records.
     /// Called alone for a row already stored whose derived records are being rebuilt.
     pub fn derive(&mut self, batch: &mut WriteBatch, key: &[u8], before: &Row, after: &Row) {
+        if let Some(indexes) = &self.indexes {
+            if crate::index::is_declaration(key) {
+                indexes.declarations_changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            } else if let Some((doc, field)) = (!indexes.maintained.is_empty() && crate::doc::is_entry(key))
+                .then(|| crate::doc::parse_entry(key))
+                .flatten()
+            {
+                for index in indexes.maintained.iter().filter(|index| index.def.path[0] == field) {
+                    let old = index.def.row_values(before);
+                    let new = index.def.row_values(after);
+                    for value in old.difference(&new) {
+                        batch.delete_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, &doc));
+                    }
+                    for value in new.difference(&old) {
+                        batch.put_cf(
+                            self.doc_index,
+                            crate::index::record_key(self.topic, &index.name, value, &doc),
+                            [],
+                        );
+                    }
+                }
+            }
+        }
         if !crate::counter::is_reserved(key) {
             self.key_count += i64::from(!after.is_empty()) - i64::from(!before.is_empty());
         }

@@ -34,6 +34,8 @@ pub(crate) const CF_WRITERS: &str = "writers";
 pub(crate) const CF_HISTORY: &str = "history";
 /// Stored elements that expire, by expiry time (see `expiry.rs`).
 pub(crate) const CF_EXPIRIES: &str = "expiries";
+/// Records of documents' indexed field values (see `index.rs`).
+pub(crate) const CF_DOC_INDEX: &str = "doc_index";
 
 pub(crate) const META_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 /// The format of the data directory, a big-endian u32 ([`FORMAT`]); absent before format 2.
@@ -52,6 +54,8 @@ pub(crate) const META_KNOWN: u8 = b'k';
 pub(crate) const META_MERGE: u8 = b'g';
 /// `p ++ topic` → the heads of prunings no snapshot covers yet ([`crate::Snapshots::frontier`]).
 pub(crate) const META_FRONTIER: u8 = b'p';
+/// `x ++ topic ++ index name` → the state of an index this replica maintains (see `index.rs`).
+pub(crate) const META_INDEX: u8 = b'x';
 pub(crate) const META_TOPIC: u8 = b't';
 const META_KEY_COUNT: u8 = b'c';
 
@@ -133,7 +137,7 @@ pub(crate) fn kv_file_options() -> Options {
 }
 
 /// The column families that hold topics' records under each topic's prefix.
-pub(crate) const TOPIC_FAMILIES: [&str; 10] = [
+pub(crate) const TOPIC_FAMILIES: [&str; 11] = [
     CF_BLOCKS,
     CF_INDEX,
     CF_PENDING,
@@ -144,6 +148,7 @@ pub(crate) const TOPIC_FAMILIES: [&str; 10] = [
     CF_WRITERS,
     CF_HISTORY,
     CF_EXPIRIES,
+    CF_DOC_INDEX,
 ];
 
 /// Every column family canopy opens (besides RocksDB's `default`, which it leaves empty): the
@@ -213,6 +218,14 @@ pub(crate) fn prefix_scan<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: Top
     let prefix = topic.prefix();
     let iter = db.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&prefix, Direction::Forward));
     Box::new(strip(iter, prefix))
+}
+
+/// A topic's records in one column family of the database, from the key `from` (without the
+/// topic prefix) on, keys without the topic prefix.
+pub(crate) fn db_scan_from<'a>(db: &'a DB, cf: &rocksdb::ColumnFamily, topic: TopicId, from: &[u8]) -> Records<'a> {
+    let start = topic.key(from);
+    let iter = db.iterator_cf_opt(cf, topic_read_options(topic), IteratorMode::From(&start, Direction::Forward));
+    Box::new(strip(iter, topic.prefix()))
 }
 
 pub(crate) fn strip<'a>(

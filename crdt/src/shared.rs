@@ -27,6 +27,8 @@ pub(crate) struct TopicShared {
     pub serving: Mutex<Option<Arc<Serving>>>,
     /// When the served snapshot was made or last served, in wall-clock milliseconds.
     pub parts_used_ms: AtomicU64,
+    /// The documents' indexes the writer thread maintains, as it last published them.
+    pub indexes: RwLock<Arc<Vec<crate::index::IndexStatus>>>,
 }
 
 impl TopicShared {

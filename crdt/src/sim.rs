@@ -417,6 +417,26 @@ impl Cluster {
         Ok(commit)
     }
 
+    /// Declares a documents' index on one replica and announces it.
+    pub fn declare_index(
+        &mut self,
+        replica: usize,
+        topic: &str,
+        name: &str,
+        def: &crate::IndexDef,
+    ) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.declare_index(name, def)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
+    /// Drops a documents' index on one replica and announces it.
+    pub fn drop_index(&mut self, replica: usize, topic: &str, name: &str) -> Result<Option<Commit>, SimError> {
+        let commit = self.topic(replica, topic)?.drop_index(name)?;
+        self.committed(replica, topic, commit);
+        Ok(commit)
+    }
+
     /// Applies a batch on one replica and announces the new heads.
     pub fn batch(&mut self, replica: usize, topic: &str, batch: Batch) -> Result<Option<Commit>, SimError> {
         let commit = self.topic(replica, topic)?.batch(batch)?;

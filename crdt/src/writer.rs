@@ -20,8 +20,9 @@ use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError
 use crate::options::StoreOptions;
 use crate::row::Row;
 use crate::schema::{
-    CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES, CF_WRITERS, META_COVER,
-    META_FRONTIER, META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key, topic_name_key,
+    CF_DOC_INDEX, CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES,
+    CF_WRITERS, META_COVER, META_FRONTIER, META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key,
+    topic_name_key,
 };
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots};
@@ -29,6 +30,7 @@ use crate::writer_list::{Lists, WriterList};
 
 pub(crate) mod compact;
 mod expire;
+mod indexing;
 mod local;
 mod merge;
 mod remote;
@@ -185,6 +187,8 @@ pub(crate) struct TopicState {
     lists: Option<Lists>,
     /// When the earliest stored element of the topic that expires does.
     next_expiry: Option<u64>,
+    /// The documents' indexes this replica maintains.
+    indexes: crate::index::Indexes,
 }
 
 impl TopicState {
@@ -238,6 +242,7 @@ impl TopicState {
             _ => None,
         };
         let next_expiry = crate::expiry::first(db, id)?;
+        let indexes = indexing::load(db, id)?;
         let shared = Arc::new(TopicShared {
             id,
             name: name.to_string(),
@@ -251,6 +256,7 @@ impl TopicState {
             compacting: Mutex::new(()),
             serving: Mutex::new(None),
             parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
+            indexes: RwLock::new(Arc::new(indexes.maintained.iter().map(|index| index.status()).collect())),
         });
         Ok(TopicState {
             shared,
@@ -272,6 +278,7 @@ impl TopicState {
             compaction_requested: false,
             lists,
             next_expiry,
+            indexes,
         })
     }
 
@@ -464,6 +471,7 @@ impl Context {
             self.key_history,
             state.has_watchers(),
         )
+        .with_indexes(&state.indexes)
     }
 
     pub fn new(
@@ -542,47 +550,68 @@ fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, id: To
 /// the elements that fall due.
 pub(crate) fn run(context: Context, commands: Receiver<Command>) {
     let mut topics: HashMap<TopicId, TopicState> = HashMap::new();
+    // Whether an index is being built: the thread then builds while no command waits.
+    let mut building = false;
     loop {
-        let first = match expire::wait(&context, &topics) {
-            None => match commands.recv() {
-                Ok(command) => command,
-                Err(_) => return,
-            },
-            Some(wait) => match commands.recv_timeout(wait) {
-                Ok(command) => command,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    expire::collect_due(&context, &mut topics);
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-            },
-        };
-        let mut ops = first.ops();
-        let mut bytes = first.bytes();
-        let mut round = vec![first];
-        while ops < context.group_ops_max && bytes < context.group_bytes_max {
+        let first = if building {
             match commands.try_recv() {
-                Ok(command) => {
-                    ops += command.ops();
-                    bytes += command.bytes();
-                    round.push(command);
-                }
-                Err(_) => break,
+                Ok(command) => Some(command),
+                Err(crossbeam_channel::TryRecvError::Empty) => None,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
             }
-        }
-        let mut group = Vec::new();
-        for command in round {
-            match command {
-                Command::Write(request) => group.push(request),
-                other => {
-                    commit_local(&context, &mut topics, std::mem::take(&mut group));
-                    handle(&context, &mut topics, other);
-                }
+        } else {
+            match expire::wait(&context, &topics) {
+                None => match commands.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => return,
+                },
+                Some(wait) => match commands.recv_timeout(wait) {
+                    Ok(command) => Some(command),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                },
             }
+        };
+        if let Some(first) = first {
+            handle_round(&context, &mut topics, &commands, first);
         }
-        commit_local(&context, &mut topics, group);
         expire::collect_due(&context, &mut topics);
+        building = indexing::work(&context, &mut topics);
     }
+}
+
+/// Handles `first` and the commands queued behind it, up to a group's limits: writes are
+/// committed together, the other commands in their order between them.
+fn handle_round(
+    context: &Context,
+    topics: &mut HashMap<TopicId, TopicState>,
+    commands: &Receiver<Command>,
+    first: Command,
+) {
+    let mut ops = first.ops();
+    let mut bytes = first.bytes();
+    let mut round = vec![first];
+    while ops < context.group_ops_max && bytes < context.group_bytes_max {
+        match commands.try_recv() {
+            Ok(command) => {
+                ops += command.ops();
+                bytes += command.bytes();
+                round.push(command);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut group = Vec::new();
+    for command in round {
+        match command {
+            Command::Write(request) => group.push(request),
+            other => {
+                commit_local(context, topics, std::mem::take(&mut group));
+                handle(context, topics, other);
+            }
+        }
+    }
+    commit_local(context, topics, group);
 }
 
 fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command: Command) {
@@ -655,7 +684,13 @@ fn handle(context: &Context, topics: &mut HashMap<TopicId, TopicState>, command:
             let result = match topics.get_mut(&topic) {
                 None => Err(MergeError::Topic(TopicError::Closed)),
                 Some(_) if context.is_poisoned() => Err(MergeError::Topic(TopicError::Poisoned)),
-                Some(state) => merge::merge(context, state, manifest),
+                Some(state) => {
+                    let merged = merge::merge(context, state, manifest);
+                    // A merge may write rows without index upkeep (a fresh replica's row file):
+                    // every index is built again from the merged rows.
+                    indexing::rebuild(context, state);
+                    merged
+                }
             };
             let _ = reply.send(result);
         }
@@ -729,9 +764,12 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
     context.blocks.delete_topic(&mut batch, id);
-    for cf in [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES] {
+    for cf in
+        [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES, CF_DOC_INDEX]
+    {
         delete_topic_range(&mut batch, context.cf(cf), id);
     }
+    indexing::delete_states(context, &mut batch, id)?;
     batch.delete_cf(context.cf(CF_META), key_count_key(id));
     for kind in [META_COVER, META_FRONTIER, META_KNOWN, META_MERGE] {
         batch.delete_cf(context.cf(CF_META), meta_key(kind, id));

@@ -8,6 +8,7 @@ mod decoders;
 mod docs;
 mod expiry;
 mod history;
+mod indexes;
 mod inline;
 mod laws;
 mod pipeline;
