@@ -23,7 +23,9 @@ pub mod tables;
 pub mod tls;
 pub mod wire;
 
-pub use canopy_crdt::{Access, AuthorId, Batch, Change, Commit, Head, Mode, Page, Signer, Version};
+pub use canopy_crdt::{
+    Access, AuthorId, Batch, Change, Commit, Head, IndexDef, IndexKind, IndexStatus, Mode, Page, Signer, Version,
+};
 pub use config::{ConfigError, NodeConfig, Overrides};
 pub use node::filter::{Condition, Filter};
 pub use node::{

@@ -21,6 +21,7 @@ mod counters;
 mod docs;
 pub mod filter;
 mod messages;
+mod query;
 mod replicator;
 mod start;
 mod topic;

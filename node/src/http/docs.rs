@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::kv::{hold_causal, parse_ttl, topic_copies, topic_token, with_token, write_acked};
 use super::{ApiError, ApiResult, ListQuery, blocking, parse_query, subscribed};
+use crate::IndexDef;
 use crate::node::filter::Filter;
 use crate::node::{Document, FindError, Node, NodeTopic, Order};
 use crate::wire;
@@ -167,6 +168,7 @@ pub(super) async fn list_docs(
             let mut page = wire::DocPage::new(found.docs, None, topic_token(&handle).to_string());
             page.next = found.next;
             page.scanned = Some(found.scanned);
+            page.index = found.index;
             Ok(Json(page))
         })
         .await;
@@ -183,4 +185,61 @@ pub(super) async fn list_docs(
         Ok(Json(wire::DocPage::new(page.docs, page.next, topic_token(&handle).to_string())))
     })
     .await
+}
+
+/// `GET /v1/topics/{t}/indexes`: the documents' indexes this node holds, with their progress.
+pub(super) async fn list_indexes(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Vec<wire::IndexEntry>>> {
+    let Path(topic) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        Ok(Json(handle.indexes().into_iter().map(wire::IndexEntry::from).collect()))
+    })
+    .await
+}
+
+/// `PUT /v1/topics/{t}/indexes/{name}`: declares the index on every node of the topic; the
+/// body is `{"path": "a.b", "type": "string" | "number" | "bool"}`.
+pub(super) async fn put_index(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Bytes,
+) -> ApiResult<Json<wire::IndexChanged>> {
+    let Path((topic, name)) = path?;
+    let body: wire::IndexBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(r#"an index is {{"path": "a.b", "type": "string" | "number" | "bool"}}: {e}"#))
+    })?;
+    let def = IndexDef::new(&body.path, body.kind).map_err(ApiError::bad_request)?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        let commit = handle.declare_index(&name, &def)?;
+        Ok(Json(index_changed(&handle, commit)))
+    })
+    .await
+}
+
+/// `DELETE /v1/topics/{t}/indexes/{name}`: drops the index on every node.
+pub(super) async fn delete_index(
+    State(node): State<Node>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<wire::IndexChanged>> {
+    let Path((topic, name)) = path?;
+    blocking(move || {
+        let handle = subscribed(&node, &topic)?;
+        match handle.drop_index(&name)? {
+            Some(commit) => Ok(Json(index_changed(&handle, Some(commit)))),
+            None => Err(ApiError::not_found(format!("no index {name:?} is declared on topic {topic}"))),
+        }
+    })
+    .await
+}
+
+fn index_changed(handle: &NodeTopic, commit: Option<crate::Commit>) -> wire::IndexChanged {
+    wire::IndexChanged {
+        causal_token: topic_token(handle).to_string(),
+        cid: commit.map(|commit| commit.cid.to_string()),
+        height: commit.map(|commit| commit.height),
+    }
 }

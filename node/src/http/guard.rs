@@ -76,7 +76,7 @@ pub fn need(method: &Method, path: &str, metrics_open: bool) -> Need {
                 // Subscribing to a cluster topic only replicates it.
                 [] if method == Method::PUT => role(Role::Write, name(topic)),
                 _ if cluster => Need::ClusterTopic(topic.to_string()),
-                [] | ["compact"] => role(Role::Admin, name(topic)),
+                [] | ["compact"] | ["indexes", ..] => role(Role::Admin, name(topic)),
                 _ => role(Role::Write, name(topic)),
             }
         }

@@ -90,9 +90,11 @@ pub struct FoundPage {
     pub docs: Vec<(Vec<u8>, Document)>,
     /// What to pass as `after` for the next page, when more may remain.
     pub next: Option<String>,
-    /// Documents read to answer (every document of the topic up to the page's end: no index
-    /// serves queries yet).
+    /// Documents read to answer: those an index named, or every document up to the page's
+    /// end when no index served the query.
     pub scanned: u64,
+    /// The index that served the query, if one did.
+    pub index: Option<String>,
 }
 
 /// How a query orders what it finds: a field's path, descending or not.
@@ -120,6 +122,11 @@ impl NodeTopic {
         after: Option<&str>,
         limit: usize,
     ) -> Result<FoundPage, FindError> {
+        if let Some(plan) = super::query::plan(&self.topic.indexes(), filter)
+            && let Some(found) = self.find_indexed(&plan, filter, order, after, limit)?
+        {
+            return Ok(found);
+        }
         let mut found = FoundPage::default();
         let mut cursor: Option<Vec<u8>> = match (order, after) {
             (None, Some(after)) => Some(after.as_bytes().to_vec()),
@@ -149,31 +156,43 @@ impl NodeTopic {
             }
         }
         if let Some(order) = order {
-            let sort_key = |doc: &Document| super::filter::field(doc, &order.path).cloned();
-            matched.sort_by(|(a_key, a), (b_key, b)| {
-                let by_field = match (sort_key(a), sort_key(b)) {
-                    (Some(a), Some(b)) => {
-                        let ordering =
-                            super::filter::compare(&a, &b).unwrap_or_else(|| type_rank(&a).cmp(&type_rank(&b)));
-                        if order.descending { ordering.reverse() } else { ordering }
-                    }
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                };
-                by_field.then_with(|| a_key.cmp(b_key))
-            });
-            let start = match after {
-                Some(after) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
-                None => 0,
-            };
-            let end = start.saturating_add(limit).min(matched.len());
-            found.next = (end < matched.len()).then(|| end.to_string());
-            matched = matched.into_iter().skip(start).take(end.saturating_sub(start)).collect();
+            let page = sorted_page(matched, order, after, limit)?;
+            return Ok(FoundPage { docs: page.docs, next: page.next, ..found });
         }
         found.docs = matched;
         Ok(found)
     }
+}
+
+/// The page after `after` (an offset, as a previous page's `next`) of `matched` sorted by
+/// `order`: documents without the field last, ties by key.
+pub(super) fn sorted_page(
+    mut matched: Vec<(Vec<u8>, Document)>,
+    order: &Order,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<FoundPage, FindError> {
+    let sort_key = |doc: &Document| super::filter::field(doc, &order.path).cloned();
+    matched.sort_by(|(a_key, a), (b_key, b)| {
+        let by_field = match (sort_key(a), sort_key(b)) {
+            (Some(a), Some(b)) => {
+                let ordering = super::filter::compare(&a, &b).unwrap_or_else(|| type_rank(&a).cmp(&type_rank(&b)));
+                if order.descending { ordering.reverse() } else { ordering }
+            }
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        };
+        by_field.then_with(|| a_key.cmp(b_key))
+    });
+    let start = match after {
+        Some(after) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
+        None => 0,
+    };
+    let end = start.saturating_add(limit).min(matched.len());
+    let next = (end < matched.len()).then(|| end.to_string());
+    let docs = matched.into_iter().skip(start).take(end.saturating_sub(start)).collect();
+    Ok(FoundPage { docs, next, ..FoundPage::default() })
 }
 
 /// Why a query found nothing to answer with.

@@ -33,10 +33,13 @@ pub struct DocPage {
     /// page (status 206).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<super::FailedPartition>,
-    /// For a query (`where`, `order`): documents read to answer it (no index serves queries
-    /// yet, so every document up to the page's end).
+    /// For a query (`where`, `order`): documents read to answer it (those an index named, or
+    /// every document up to the page's end when no index served it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanned: Option<u64>,
+    /// For a query: the index that served it; absent when it scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
     /// The key to list after for the next page as text (`None` when not UTF-8 or last page).
     pub next: Option<String>,
     /// The same key's bytes in base64; `None` on the last page.
@@ -69,7 +72,7 @@ impl DocPage {
             Some(next) => (key_text(&next), Some(BASE64.encode(&next))),
             None => (None, None),
         };
-        DocPage { causal_token, docs, failed: Vec::new(), scanned: None, next, next_base64 }
+        DocPage { causal_token, docs, failed: Vec::new(), scanned: None, index: None, next, next_base64 }
     }
 }
 
@@ -92,4 +95,54 @@ impl DocChange {
     pub fn new(key: &[u8], value: Option<serde_json::Map<String, serde_json::Value>>, height: u64) -> DocChange {
         DocChange { doc: key_text(key), height, key_base64: BASE64.encode(key), value }
     }
+}
+
+/// `PUT /v1/topics/{t}/indexes/{name}`: what the index holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexBody {
+    /// The field's path, a dot between parts (`meta.region`).
+    pub path: String,
+    /// The type of the values indexed: `string`, `number` or `bool`.
+    #[serde(rename = "type")]
+    pub kind: canopy_crdt::IndexKind,
+}
+
+/// `GET /v1/topics/{t}/indexes`: one index as this node holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// The index's name.
+    pub name: String,
+    /// The field's path.
+    pub path: String,
+    /// The type of the values indexed.
+    #[serde(rename = "type")]
+    pub kind: canopy_crdt::IndexKind,
+    /// Whether it is built (it serves queries only then).
+    pub ready: bool,
+    /// Document field entries its build has read so far.
+    pub scanned: u64,
+}
+
+impl From<canopy_crdt::IndexStatus> for IndexEntry {
+    fn from(status: canopy_crdt::IndexStatus) -> IndexEntry {
+        IndexEntry {
+            name: status.name,
+            path: status.def.path_text(),
+            kind: status.def.kind,
+            ready: status.ready,
+            scanned: status.scanned,
+        }
+    }
+}
+
+/// `PUT` or `DELETE /v1/topics/{t}/indexes/{name}`: the block that declared or dropped it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexChanged {
+    /// The heads that include the change.
+    pub causal_token: String,
+    /// The block's CID; `None` when the index was declared so already.
+    pub cid: Option<String>,
+    /// The block's height; `None` when nothing changed.
+    pub height: Option<u64>,
 }

@@ -205,3 +205,103 @@ fn queries_find_documents_by_their_fields_and_a_filtered_watch_follows_them() {
     assert_eq!(events[2]["doc"], "db-1", "{events:?}");
     assert_eq!(events[2]["value"]["port"], 5433);
 }
+
+fn indexes(node: &NodeProcess) -> Vec<Value> {
+    node.json("/v1/topics/reg/indexes").as_array().unwrap().clone()
+}
+
+fn find(node: &NodeProcess, query: &str) -> Value {
+    let response = node.http.get(node.url(&format!("/v1/topics/reg/docs?{query}"))).send().unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{query}");
+    response.json().unwrap()
+}
+
+fn keys(page: &Value) -> Vec<String> {
+    page["docs"].as_array().unwrap().iter().map(|entry| entry["key"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn an_index_declared_through_one_node_serves_queries_on_every_node_until_it_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::cluster(dir.path(), 2, "reg");
+    let envs = ["dev", "prod", "test"];
+    for i in 0..60 {
+        let body = json!({ "env": envs[i % 3], "n": i, "meta": { "region": format!("r{}", i % 4) } });
+        let put =
+            nodes[0].http.put(nodes[0].url(&format!("/v1/topics/reg/docs/svc-{i:02}"))).json(&body).send().unwrap();
+        assert_eq!(put.status(), StatusCode::OK);
+    }
+    // Declared through either node, with the CLI or over HTTP.
+    let created =
+        canopy().args(["doc", "index", "create", "reg", "by_env", "env", "--api", &nodes[1].api]).output().unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let by_n = json!({ "path": "n", "type": "number" });
+    let put = nodes[0].http.put(nodes[0].url("/v1/topics/reg/indexes/by_n")).json(&by_n).send().unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    for node in &nodes {
+        wait_until("every node built both indexes", || {
+            let held = indexes(node);
+            held.len() == 2 && held.iter().all(|index| index["ready"] == json!(true))
+        });
+        wait_until("every node holds every document", || {
+            find(node, "where=n>=0&limit=100")["docs"].as_array().unwrap().len() == 60
+        });
+    }
+    let prod: Vec<String> = (0..60).filter(|i| i % 3 == 1).map(|i| format!("svc-{i:02}")).collect();
+    for node in &nodes {
+        let page = find(node, "where=env=prod");
+        assert_eq!(keys(&page), prod);
+        assert_eq!((page["index"].as_str(), page["scanned"].as_u64()), (Some("by_env"), Some(20)), "{page}");
+        // Bounds on one field combine, and the index gives the order.
+        let page = find(node, "where=n>=10&where=n<20&where=env!=dev&order=-n");
+        let expected: Vec<String> = (10..20).rev().filter(|i| i % 3 != 0).map(|i| format!("svc-{i:02}")).collect();
+        assert_eq!(keys(&page), expected);
+        assert_eq!((page["index"].as_str(), page["scanned"].as_u64()), (Some("by_n"), Some(10)), "{page}");
+        // Pages of an indexed query, in key order.
+        let mut paged = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = find(node, &format!("where=env=prod&limit=7{after}"));
+            paged.extend(keys(&page));
+            match page["next"].as_str() {
+                Some(next) => after = format!("&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(paged, prod);
+        // A field no index holds is scanned, and the answer says so.
+        let page = find(node, "where=meta.region=r1");
+        assert_eq!(page["docs"].as_array().unwrap().len(), 15);
+        assert_eq!((page.get("index"), page["scanned"].as_u64()), (None, Some(60)), "{page}");
+    }
+    let found = canopy().args(["doc", "find", "reg", "env=prod", "--api", &nodes[0].api]).output().unwrap();
+    assert!(found.status.success());
+    assert_eq!(String::from_utf8_lossy(&found.stdout).lines().count(), 20);
+    let said = String::from_utf8_lossy(&found.stderr);
+    assert!(said.contains("20 found, 20 documents read through index by_env"), "{said}");
+
+    // Bad declarations change nothing.
+    for (name, body) in [
+        ("by_x", json!({ "path": "x", "type": "date" })),
+        ("by x", json!({ "path": "x", "type": "string" })),
+        ("by_x", json!({ "path": "a..b", "type": "string" })),
+    ] {
+        let response =
+            nodes[0].http.put(nodes[0].url(&format!("/v1/topics/reg/indexes/{name}"))).json(&body).send().unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{name} {body}");
+    }
+    let missing = nodes[0].http.delete(nodes[0].url("/v1/topics/reg/indexes/by_nothing")).send().unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // Dropped through one node, gone on both: the same query scans.
+    let dropped = canopy().args(["doc", "index", "drop", "reg", "by_env", "--api", &nodes[0].api]).output().unwrap();
+    assert!(dropped.status.success(), "{}", String::from_utf8_lossy(&dropped.stderr));
+    for node in &nodes {
+        wait_until("every node dropped the index", || indexes(node).len() == 1);
+        let page = find(node, "where=env=prod");
+        assert_eq!(keys(&page), prod);
+        assert_eq!((page.get("index"), page["scanned"].as_u64()), (None, Some(60)), "{page}");
+    }
+    let listed = canopy().args(["doc", "index", "ls", "reg", "--api", &nodes[1].api]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "by_n\tn\tnumber\tbuilt");
+}

@@ -66,12 +66,49 @@ pub(crate) enum DocCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Declare, drop and list the indexes of topic T's documents.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
     /// List the documents of topic T, one JSON line each (`{"key": ..., "doc": ...}`).
     Ls {
         topic: String,
         /// Most documents printed.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `canopy doc index ...`.
+#[derive(clap::Subcommand)]
+pub(crate) enum IndexCommand {
+    /// Declare the index NAME of topic T on the documents' field PATH (a dot goes into a nested
+    /// object: `meta.region`), on every node of the topic; each builds it from its documents,
+    /// then queries on the field read it instead of every document.
+    Create {
+        topic: String,
+        name: String,
+        path: String,
+        /// The type of the values indexed; a field of another type is not in the index.
+        #[arg(long = "type", default_value = "string", value_parser = ["string", "number", "bool"])]
+        kind: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drop the index NAME of topic T on every node.
+    Drop {
+        topic: String,
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List topic T's indexes on this node: name, path, type, and whether built (with the
+    /// document entries read so far while building).
+    Ls {
+        topic: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -106,14 +143,63 @@ pub(crate) fn run(command: DocCommand) -> anyhow::Result<()> {
             let api = Api::new(&client)?;
             let mut query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
             query.extend(order.map(|order| ("order", order)));
-            api.doc_pages(&topic, &query, limit, Cursor::Next)?;
+            let (printed, scanned, index) = api.doc_pages(&topic, &query, limit, Cursor::Next)?;
+            let how = match index {
+                Some(index) => format!("through index {index}"),
+                None => "scanning: no built index serves these conditions".to_string(),
+            };
+            eprintln!("{printed} found, {scanned} documents read {how}");
             if follow {
                 api.doc_follow(&topic, &conditions)?;
             }
             Ok(())
         }
-        DocCommand::Ls { topic, limit, client } => Api::new(&client)?.doc_pages(&topic, &[], limit, Cursor::NextBase64),
+        DocCommand::Ls { topic, limit, client } => {
+            Api::new(&client)?.doc_pages(&topic, &[], limit, Cursor::NextBase64).map(|_| ())
+        }
+        DocCommand::Index { command } => index(command),
     }
+}
+
+fn index(command: IndexCommand) -> anyhow::Result<()> {
+    let indexes = |api: &Api, topic: &str| api.url(&format!("/v1/topics/{}/indexes", encode_path(topic)));
+    let one = |api: &Api, topic: &str, name: &str| format!("{}/{}", indexes(api, topic), encode_path(name));
+    let changed = |reply: &wire::IndexChanged| match (&reply.cid, reply.height) {
+        (Some(cid), Some(height)) => format!("{cid} height {height}\ncausal token: {}", reply.causal_token),
+        _ => "unchanged: declared so already".to_string(),
+    };
+    match command {
+        IndexCommand::Create { topic, name, path, kind, client } => {
+            let api = Api::new(&client)?;
+            let body = serde_json::json!({ "path": path, "type": kind });
+            let reply: wire::IndexChanged = api.json(api.http.put(one(&api, &topic, &name)).json(&body))?;
+            print(api.json, &reply, changed);
+        }
+        IndexCommand::Drop { topic, name, client } => {
+            let api = Api::new(&client)?;
+            let reply: wire::IndexChanged = api.json(api.http.delete(one(&api, &topic, &name)))?;
+            print(api.json, &reply, changed);
+        }
+        IndexCommand::Ls { topic, client } => {
+            let api = Api::new(&client)?;
+            let list: Vec<wire::IndexEntry> = api.json(api.http.get(indexes(&api, &topic)))?;
+            print(api.json, &list, |list: &Vec<wire::IndexEntry>| {
+                let lines: Vec<String> = list
+                    .iter()
+                    .map(|index| {
+                        let state = match index.ready {
+                            true => "built".to_string(),
+                            false => format!("building: {} entries read", index.scanned),
+                        };
+                        let kind = serde_json::to_value(index.kind).unwrap_or_default();
+                        format!("{}\t{}\t{}\t{state}", index.name, index.path, kind.as_str().unwrap_or_default())
+                    })
+                    .collect();
+                if lines.is_empty() { "no index".to_string() } else { lines.join("\n") }
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Which field of a page says where the next one starts.
@@ -166,16 +252,18 @@ impl Api {
     }
 
     /// Prints `topic`'s documents the `query` names, at most `limit`, one JSON line each,
-    /// following the pages by `cursor`.
+    /// following the pages by `cursor`. Returns how many it printed, how many documents the
+    /// node read for them, and the index that served the query, if one did.
     pub(crate) fn doc_pages(
         &self,
         topic: &str,
         query: &[(&str, String)],
         limit: usize,
         cursor: Cursor,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<(usize, u64, Option<String>)> {
         let url = self.url(&format!("/v1/topics/{}/docs", encode_path(topic)));
         let mut printed = 0;
+        let (mut scanned, mut index) = (0, None);
         let mut after: Option<String> = None;
         while printed < limit {
             let mut page_query = query.to_vec();
@@ -191,6 +279,8 @@ impl Api {
                 println!("{}", serde_json::json!({ "key": key, "doc": entry.doc }));
             }
             printed += page.docs.len();
+            scanned += page.scanned.unwrap_or_default();
+            index = index.or(page.index);
             let next = match cursor {
                 Cursor::Next => page.next,
                 Cursor::NextBase64 => page.next_base64,
@@ -200,7 +290,7 @@ impl Api {
                 _ => break,
             }
         }
-        Ok(())
+        Ok((printed, scanned, index))
     }
 
     /// Prints each change of `topic`'s documents meeting `conditions` as it happens.

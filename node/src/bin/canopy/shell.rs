@@ -190,9 +190,12 @@ impl Shell<'_> {
             ("del", [key]) => api.doc_delete(topic, key, None),
             ("find", conditions) if !conditions.is_empty() => {
                 let query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
-                api.doc_pages(topic, &query, usize::MAX, super::doc::Cursor::Next)
+                let (found, scanned, index) = api.doc_pages(topic, &query, usize::MAX, super::doc::Cursor::Next)?;
+                let how = index.map_or_else(|| "scanning".to_string(), |index| format!("through index {index}"));
+                say(format_args!("{found} found, {scanned} documents read {how}"));
+                Ok(())
             }
-            ("ls", []) => api.doc_pages(topic, &[], usize::MAX, super::doc::Cursor::NextBase64),
+            ("ls", []) => api.doc_pages(topic, &[], usize::MAX, super::doc::Cursor::NextBase64).map(|_| ()),
             _ => {
                 let lines: Vec<&str> = HELP.lines().filter(|line| line.starts_with("doc ")).collect();
                 bail!("usage:\n{}", lines.join("\n"))

@@ -1,0 +1,268 @@
+//! Queries served by a documents' index: which index a query can use, and reading the
+//! documents its records name.
+//!
+//! A query uses a built index whose path one of its conditions names with `=` (every value of
+//! the index's type), `^=` (a string index) or the comparisons (bounds on one path combine),
+//! preferring `=`, then `^=`, then ranges. The records give the candidate documents; each is
+//! read and checked against every condition, so the answer is the one a scan gives. When the
+//! query is ordered by the index's path, the records' order is the answer's; otherwise the
+//! candidates are taken in key order. A query whose candidates number more than
+//! [`SORT_DOCS_MAX`] scans instead.
+
+use std::ops::Bound;
+
+use canopy_crdt::{IndexDef, IndexKind, IndexScan, IndexStatus, WriteError};
+use serde_json::Value;
+
+use super::NodeTopic;
+use super::docs::{FindError, FoundPage, Order, SORT_DOCS_MAX};
+use super::filter::{Condition, Filter, Op};
+
+/// A range of an index's encoded values.
+type Range = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The ranges of one index a query reads.
+#[derive(Debug)]
+pub(super) struct Plan {
+    name: String,
+    def: IndexDef,
+    /// Ranges of encoded values, ascending and apart.
+    ranges: Vec<Range>,
+}
+
+/// The smallest encoding greater than every encoding starting with `prefix`; `None` when
+/// there is none (`prefix` is all `ff`).
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut out = prefix.to_vec();
+    while let Some(last) = out.pop() {
+        if last < 0xff {
+            out.push(last + 1);
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The ranges of `def` that `condition` reads, and how selective it is (higher is better);
+/// `None` when the index cannot serve it.
+fn ranges_of(def: &IndexDef, condition: &Condition) -> Option<(u8, Vec<Range>)> {
+    if condition.path != def.path {
+        return None;
+    }
+    let encode = |value: &Value| def.encode_value(value);
+    match condition.op {
+        Op::Eq => {
+            let mut values = condition.values.iter().map(encode).collect::<Option<Vec<_>>>()?;
+            values.sort();
+            values.dedup();
+            Some((3, values.into_iter().map(|v| (Bound::Included(v.clone()), Bound::Included(v))).collect()))
+        }
+        Op::Prefix if def.kind == IndexKind::String => {
+            let prefix = def.encode_prefix(condition.values[0].as_str()?)?;
+            let upper = successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+            Some((2, vec![(Bound::Included(prefix), upper)]))
+        }
+        Op::Lt => Some((1, vec![(Bound::Unbounded, Bound::Excluded(encode(&condition.values[0])?))])),
+        Op::Le => Some((1, vec![(Bound::Unbounded, Bound::Included(encode(&condition.values[0])?))])),
+        Op::Gt => Some((1, vec![(Bound::Excluded(encode(&condition.values[0])?), Bound::Unbounded)])),
+        Op::Ge => Some((1, vec![(Bound::Included(encode(&condition.values[0])?), Bound::Unbounded)])),
+        _ => None,
+    }
+}
+
+/// The tighter of two lower bounds.
+fn max_lower(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x > y || (x == y && matches!(a, Bound::Excluded(_))) { a } else { b }
+        }
+    }
+}
+
+/// The tighter of two upper bounds.
+fn min_upper(a: Bound<Vec<u8>>, b: Bound<Vec<u8>>) -> Bound<Vec<u8>> {
+    match (&a, &b) {
+        (Bound::Unbounded, _) => b,
+        (_, Bound::Unbounded) => a,
+        (Bound::Included(x) | Bound::Excluded(x), Bound::Included(y) | Bound::Excluded(y)) => {
+            if x < y || (x == y && matches!(a, Bound::Excluded(_))) { a } else { b }
+        }
+    }
+}
+
+/// The index plan for `filter` among `indexes`, if a built one serves a condition.
+pub(super) fn plan(indexes: &[IndexStatus], filter: &Filter) -> Option<Plan> {
+    let mut best: Option<(u8, Plan)> = None;
+    for index in indexes.iter().filter(|index| index.ready) {
+        let mut score = 0;
+        let mut ranges: Option<Vec<Range>> = None;
+        let (mut lower, mut upper, mut bounded) = (Bound::Unbounded, Bound::Unbounded, false);
+        for condition in &filter.conditions {
+            let Some((rank, found)) = ranges_of(&index.def, condition) else { continue };
+            if rank == 1 {
+                let (l, u) = found.into_iter().next().expect("a comparison gives one range");
+                lower = max_lower(lower, l);
+                upper = min_upper(upper, u);
+                bounded = true;
+            } else if rank > score {
+                score = rank;
+                ranges = Some(found);
+            }
+        }
+        let (score, ranges) = match ranges {
+            Some(ranges) => (score, ranges),
+            None if bounded => (1, vec![(lower, upper)]),
+            None => continue,
+        };
+        if best.as_ref().is_none_or(|(held, _)| score > *held) {
+            best = Some((score, Plan { name: index.name.clone(), def: index.def.clone(), ranges }));
+        }
+    }
+    best.map(|(_, plan)| plan)
+}
+
+impl NodeTopic {
+    /// The documents' indexes this node maintains for the topic, with their build's progress.
+    pub fn indexes(&self) -> Vec<IndexStatus> {
+        self.topic.indexes()
+    }
+
+    /// Declares the index `name` on the documents' field `path` holding values of `kind`, on
+    /// every node of the topic; each builds it from its documents. `None` when it was declared
+    /// so already.
+    pub fn declare_index(&self, name: &str, def: &IndexDef) -> Result<Option<crate::Commit>, WriteError> {
+        let commit = self.topic.declare_index(name, def)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Drops the index `name` on every node. `None` when no such index is declared here.
+    pub fn drop_index(&self, name: &str) -> Result<Option<crate::Commit>, WriteError> {
+        let commit = self.topic.drop_index(name)?;
+        Ok(self.committed(commit))
+    }
+
+    /// Answers a query through `plan`'s index; `None` when it names too many candidates, so
+    /// the caller scans.
+    pub(super) fn find_indexed(
+        &self,
+        plan: &Plan,
+        filter: &Filter,
+        order: Option<&Order>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<FoundPage>, FindError> {
+        let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (lower, upper) in &plan.ranges {
+            let scan = IndexScan { lower: as_ref(lower), upper: as_ref(upper), after: None };
+            let room = SORT_DOCS_MAX + 1 - candidates.len();
+            // The index was dropped since the plan was made: scan instead.
+            let Some(records) = self.topic.index_records(&plan.name, &scan, room)? else { return Ok(None) };
+            candidates.extend(records.into_iter().map(|record| (record.value, record.doc)));
+            if candidates.len() > SORT_DOCS_MAX {
+                return Ok(None);
+            }
+        }
+        let by_index = order.is_some_and(|order| order.path == plan.def.path);
+        if let Some(order) = order.filter(|_| !by_index) {
+            // Ordered by another field: the matching candidates are sorted as a scan's are.
+            let mut keys: Vec<Vec<u8>> = candidates.into_iter().map(|(_, doc)| doc).collect();
+            keys.sort();
+            keys.dedup();
+            let mut matched = Vec::new();
+            let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
+            for key in keys {
+                found.scanned += 1;
+                if let Some(doc) = self.doc(&key)?
+                    && filter.matches(&doc)
+                {
+                    matched.push((key, doc));
+                }
+            }
+            let page = super::docs::sorted_page(matched, order, after, limit)?;
+            return Ok(Some(FoundPage { docs: page.docs, next: page.next, ..found }));
+        }
+        let start = match (by_index, after) {
+            (true, Some(after)) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
+            _ => 0,
+        };
+        if by_index {
+            let descending = order.is_some_and(|order| order.descending);
+            candidates.sort_by(|(a_value, a_doc), (b_value, b_doc)| {
+                let by_value = if descending { b_value.cmp(a_value) } else { a_value.cmp(b_value) };
+                by_value.then_with(|| a_doc.cmp(b_doc))
+            });
+            let mut seen = std::collections::HashSet::new();
+            candidates.retain(|(_, doc)| seen.insert(doc.clone()));
+        } else {
+            candidates.sort_by(|a, b| a.1.cmp(&b.1));
+            candidates.dedup_by(|a, b| a.1 == b.1);
+            if let Some(after) = after {
+                candidates.retain(|(_, doc)| doc.as_slice() > after.as_bytes());
+            }
+        }
+        let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
+        let mut matches = 0;
+        for (_, key) in candidates {
+            found.scanned += 1;
+            let Some(doc) = self.doc(&key)? else { continue };
+            if !filter.matches(&doc) {
+                continue;
+            }
+            matches += 1;
+            if by_index && matches <= start {
+                continue;
+            }
+            if found.docs.len() == limit {
+                found.next = Some(match by_index {
+                    true => (start + limit).to_string(),
+                    false => String::from_utf8_lossy(&found.docs.last().expect("a full page").0).into_owned(),
+                });
+                break;
+            }
+            found.docs.push((key, doc));
+        }
+        Ok(Some(found))
+    }
+}
+
+fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match bound {
+        Bound::Included(value) => Bound::Included(value),
+        Bound::Excluded(value) => Bound::Excluded(value),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, path: &str, kind: IndexKind, ready: bool) -> IndexStatus {
+        IndexStatus { name: name.into(), def: IndexDef::new(path, kind).unwrap(), ready, scanned: 0 }
+    }
+
+    #[test]
+    fn a_query_uses_the_most_selective_built_index() {
+        let indexes = [
+            status("by_env", "env", IndexKind::String, true),
+            status("by_n", "n", IndexKind::Number, true),
+            status("by_zone", "zone", IndexKind::String, false),
+        ];
+        let plan_of = |conditions: &[&str]| plan(&indexes, &Filter::parse(conditions.iter().copied()).unwrap());
+        assert_eq!(plan_of(&["n>3", "env=prod"]).unwrap().name, "by_env");
+        assert_eq!(plan_of(&["n>3", "n<=9"]).unwrap().ranges.len(), 1);
+        let range = &plan_of(&["n>3", "n<=9", "n>5"]).unwrap().ranges[0];
+        let def = &indexes[1].def;
+        assert_eq!(range.0, Bound::Excluded(def.encode_value(&serde_json::json!(5)).unwrap()));
+        assert_eq!(range.1, Bound::Included(def.encode_value(&serde_json::json!(9)).unwrap()));
+        assert_eq!(plan_of(&["env=prod|dev"]).unwrap().ranges.len(), 2);
+        assert!(plan_of(&["zone=a"]).is_none(), "an index still building serves nothing");
+        assert!(plan_of(&["env!=prod"]).is_none());
+        assert!(plan_of(&["n=\"3\""]).is_none(), "a value of another type");
+        assert_eq!(plan_of(&["env^=pr"]).unwrap().name, "by_env");
+        assert_eq!(successor(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(successor(&[0xff]), None);
+    }
+}
