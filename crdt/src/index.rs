@@ -279,6 +279,32 @@ impl Maintained {
     }
 }
 
+/// The `meta` key of the state of the index `name` of `topic`.
+pub(crate) fn state_key(topic: TopicId, name: &str) -> Vec<u8> {
+    let mut key = crate::schema::meta_key(crate::schema::META_INDEX, topic);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The indexes of `topic` this replica maintains, as `meta` records them, with their keys.
+pub(crate) fn load_states(
+    db: &rocksdb::DB,
+    topic: TopicId,
+) -> Result<Vec<(Vec<u8>, Maintained)>, crate::error::StorageError> {
+    use crate::error::StorageError;
+    let meta = db.cf_handle(crate::schema::CF_META).expect("every canopy column family is opened with the database");
+    let prefix = crate::schema::meta_key(crate::schema::META_INDEX, topic);
+    let mut states = Vec::new();
+    for item in db.prefix_iterator_cf(meta, &prefix) {
+        let (key, value) = item?;
+        let Some(name) = key.strip_prefix(&prefix[..]) else { break };
+        let name = std::str::from_utf8(name).map_err(|_| StorageError::Corrupt("an index name".into()))?;
+        let state = Maintained::decode(name, &value).map_err(StorageError::Corrupt)?;
+        states.push((key.to_vec(), state));
+    }
+    Ok(states)
+}
+
 /// The indexes of one topic its writer thread maintains, and whether they need its attention.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Indexes {

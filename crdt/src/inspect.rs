@@ -20,8 +20,8 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
-    column_families, decode_cids, key_count_key, meta_key,
+    CF_DOC_INDEX, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE,
+    META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
 };
 use crate::serving::{Serving, Source};
 use crate::types::Head;
@@ -663,6 +663,7 @@ impl Inspector {
         if counted != keys as u64 {
             report.problems.push(problem(name, "key count", &format!("{counted} counted, {keys} keys")));
         }
+        self.verify_indexes(name, id, &rows, report)?;
         // The state the blocks (and the cover snapshots' stored parts) give. Blocks that fail
         // their check are left out, and the mismatches they cause say so. A topic with pruned
         // history and no stored parts cannot be recomputed here; `recomputed` does not count it.
@@ -692,6 +693,58 @@ impl Inspector {
                         stored.len(),
                         computed.len(),
                         stored.intersection(&computed).count()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks each built index of the topic against its rows: a record for every value a
+    /// document's field holds, and no other.
+    fn verify_indexes(
+        &self,
+        name: &str,
+        id: TopicId,
+        rows: &BTreeMap<Vec<u8>, Row>,
+        report: &mut Verification,
+    ) -> Result<(), StorageError> {
+        for (_, index) in crate::index::load_states(&self.db, id)? {
+            if index.cursor.is_some() {
+                continue;
+            }
+            let mut expected: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+            for (key, row) in rows.range(crate::doc::namespace().to_vec()..) {
+                if !crate::doc::is_entry(key) {
+                    break;
+                }
+                let Some((doc, field)) = crate::doc::parse_entry(key) else { continue };
+                if field == index.def.path[0] {
+                    expected.extend(index.def.row_values(row).into_iter().map(|value| (value, doc.clone())));
+                }
+            }
+            let prefix = &crate::index::records_prefix(id, &index.name)[canopy_dag::TOPIC_ID_BYTES..];
+            let mut held: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+            for item in crate::schema::db_scan_from(&self.db, self.cf(CF_DOC_INDEX), id, prefix) {
+                let (key, _) = item?;
+                let Some(rest) = key.strip_prefix(prefix) else { break };
+                match crate::index::split_record(&index.def, rest) {
+                    Some((value, doc)) => {
+                        held.insert((value.to_vec(), doc.to_vec()));
+                    }
+                    None => report.problems.push(problem(name, &index.name, "an index record does not decode")),
+                }
+            }
+            if held != expected {
+                report.problems.push(problem(
+                    name,
+                    &format!("index {}", index.name),
+                    &format!(
+                        "{} records, the documents give {} ({} missing, {} extra)",
+                        held.len(),
+                        expected.len(),
+                        expected.difference(&held).count(),
+                        held.difference(&expected).count()
                     ),
                 ));
             }

@@ -19,8 +19,8 @@ use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
 use crate::schema::prefix_scan;
 use crate::schema::{
-    CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC, column_families,
-    decode_cids, key_count_key, meta_key, tombstone_key,
+    CF_DOC_INDEX, CF_EXPIRIES, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, META_COVER, META_TOPIC,
+    column_families, decode_cids, key_count_key, meta_key, tombstone_key,
 };
 use crate::snapshot::{Chunk, Manifest};
 
@@ -267,6 +267,11 @@ fn rebuild_rows(
     let before = before.map(u64::from_be_bytes).unwrap_or(0);
     delete_range(batch, cf(CF_KV), id);
     delete_range(batch, cf(CF_EXPIRIES), id);
+    // The documents' indexes are built again from the rebuilt rows when the topic next loads.
+    delete_range(batch, cf(CF_DOC_INDEX), id);
+    for (key, _) in crate::index::load_states(db, id)? {
+        batch.delete_cf(cf(CF_META), key);
+    }
     let mut rows_changed = RowChanges::new(db, id, 0, now, false, false);
     let empty = Row::default();
     for (key, row) in &rows {

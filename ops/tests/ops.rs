@@ -464,3 +464,50 @@ fn export_and_import_through_running_nodes() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no topic nope"));
 }
+
+/// Opens the store in `dir`, lets it build its declared indexes, and closes it.
+fn build_indexes(dir: &Path) {
+    let store = Store::open(dir.join("db"), StoreOptions::default()).unwrap();
+    let topic = store.topic("docs").unwrap();
+    wait_until("the indexes are built", || !topic.indexes().is_empty() && topic.indexes().iter().all(|i| i.ready));
+}
+
+#[test]
+fn verify_checks_documents_indexes_against_the_rows_and_repair_has_them_built_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().to_str().unwrap();
+    {
+        let store = Store::open(dir.path().join("db"), StoreOptions::default()).unwrap();
+        let topic = store.topic("docs").unwrap();
+        let def = canopy_crdt::IndexDef::new("env", canopy_crdt::IndexKind::String).unwrap();
+        topic.declare_index("by_env", &def).unwrap();
+        for i in 0..50 {
+            let fields = vec![("env".to_string(), format!("\"e{}\"", i % 5).into_bytes())];
+            topic.doc_write(format!("d{i:02}").as_bytes(), canopy_crdt::DocWrite::Put(fields), None).unwrap();
+        }
+    }
+    build_indexes(dir.path());
+    let report = json(&ops(&["verify", "--data-dir", text, "--json"]));
+    assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
+
+    // One record lost: verify says which index and how many.
+    {
+        let db = raw(dir.path());
+        let records = db.cf_handle("doc_index").unwrap();
+        let (key, _) = db.iterator_cf(records, rocksdb::IteratorMode::Start).next().unwrap().unwrap();
+        db.delete_cf(records, key).unwrap();
+    }
+    let output = ops(&["verify", "--data-dir", text, "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report = json(&output);
+    let problems = report["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["subject"] == "index by_env" && p["what"].as_str().unwrap().contains("1 missing")),
+        "{report}"
+    );
+    // Repair drops the records; the store builds the index again when it next opens.
+    assert!(ops(&["repair", "docs", "--data-dir", text]).status.success());
+    build_indexes(dir.path());
+    let report = json(&ops(&["verify", "--data-dir", text, "--json"]));
+    assert!(report["problems"].as_array().unwrap().is_empty(), "{report}");
+}

@@ -11,31 +11,17 @@ use rocksdb::{DB, WriteBatch};
 
 use super::{Context, TopicState};
 use crate::error::StorageError;
-use crate::index::{IndexDef, Indexes, Maintained};
+use crate::index::{IndexDef, Indexes, Maintained, state_key};
 use crate::row::Row;
-use crate::schema::{CF_DOC_INDEX, CF_KV, CF_META, META_INDEX, db_scan_from, meta_key};
+use crate::schema::{CF_DOC_INDEX, CF_KV, CF_META, db_scan_from};
 
 /// Document field entries one build step reads.
 const BUILD_STEP_ENTRIES: usize = 4_096;
 
-/// The `meta` key of the state of the index `name` of `topic`.
-fn state_key(topic: TopicId, name: &str) -> Vec<u8> {
-    let mut key = meta_key(META_INDEX, topic);
-    key.extend_from_slice(name.as_bytes());
-    key
-}
-
 /// The indexes of `topic` this replica maintains, as `meta` records them.
 pub(super) fn load(db: &DB, topic: TopicId) -> Result<Indexes, StorageError> {
-    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
-    let prefix = meta_key(META_INDEX, topic);
-    let mut maintained = Vec::new();
-    for item in db.prefix_iterator_cf(meta, &prefix) {
-        let (key, value) = item?;
-        let Some(name) = key.strip_prefix(&prefix[..]) else { break };
-        let name = std::str::from_utf8(name).map_err(|_| StorageError::Corrupt("an index name".into()))?;
-        maintained.push(Maintained::decode(name, &value).map_err(StorageError::Corrupt)?);
-    }
+    let maintained: Vec<Maintained> =
+        crate::index::load_states(db, topic)?.into_iter().map(|(_, state)| state).collect();
     let indexes = Indexes { maintained: maintained.into(), ..Indexes::default() };
     // A declaration may have changed without the state following (a crash between the two, a
     // snapshot merged without index upkeep): the thread reconciles once it takes the topic.
@@ -211,12 +197,7 @@ pub(super) fn rebuild(context: &Context, state: &mut TopicState) {
 /// Deletes the state of every index of `topic` (when it is dropped; its records go with the
 /// topic's range).
 pub(super) fn delete_states(context: &Context, batch: &mut WriteBatch, topic: TopicId) -> Result<(), StorageError> {
-    let prefix = meta_key(META_INDEX, topic);
-    for item in context.db.prefix_iterator_cf(context.cf(CF_META), &prefix) {
-        let (key, _) = item?;
-        if !key.starts_with(&prefix) {
-            break;
-        }
+    for (key, _) in crate::index::load_states(&context.db, topic)? {
         batch.delete_cf(context.cf(CF_META), key);
     }
     Ok(())
