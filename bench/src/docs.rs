@@ -1,13 +1,15 @@
 //! `canopy-bench docs`: documents beside plain values on the embedded engine. One run writes
 //! `docs` documents of `fields` fields into one topic, in batches of `batch` documents a block,
-//! and as many plain values of the same size (each document's JSON text) into another, then
-//! times queries that find about 100 documents by a field. No index serves queries yet, so a
-//! query reads every document: the report says so (`indexed_query_p99_us` is absent).
+//! with two indexes declared (on `n`, a number, and `f2`, a string) and kept as they are
+//! written, and as many plain values of the same size (each document's JSON text) into another
+//! topic. It then times queries that find about 100 documents by `group` while no index holds
+//! that field (each reads every document), declares an index on `group` and times its build
+//! from the existing documents, and times the same queries through it.
 
 use std::time::Instant;
 
-use canopy_crdt::{Batch, DocWrite, Store, StoreOptions};
-use canopy_node::Filter;
+use canopy_crdt::{Batch, DocWrite, IndexDef, IndexKind, Store, StoreOptions, Topic};
+use canopy_node::{Filter, find_documents};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -22,8 +24,10 @@ pub struct DocsConfig {
     pub fields: usize,
     /// Documents (and values) per block.
     pub batch: usize,
-    /// Queries timed.
+    /// Queries timed through the index.
     pub queries: usize,
+    /// Queries timed with no index on the field (each reads every document).
+    pub unindexed_queries: usize,
     /// Seed of the documents' contents.
     pub seed: u64,
 }
@@ -47,13 +51,25 @@ pub struct DocsReport {
     pub value_keys_per_s: f64,
     /// `doc_keys_per_s` over `value_keys_per_s`.
     pub ratio: f64,
+    /// Indexes kept while the documents were written.
+    pub indexes_during_ingest: usize,
     /// Documents each timed query found (about).
     pub query_hits: usize,
-    /// Queries timed.
+    /// Queries timed through the index.
     pub queries: usize,
-    /// An equality query through no index: median microseconds.
+    /// Seconds to build the index on `group` from the documents already written.
+    pub index_build_s: f64,
+    /// An equality query through the index on `group`: median microseconds.
+    pub indexed_query_p50_us: u64,
+    /// An equality query through the index: 99th percentile.
+    pub indexed_query_p99_us: u64,
+    /// Documents each indexed query read.
+    pub indexed_query_scanned: u64,
+    /// Queries timed with no index on the field.
+    pub unindexed_queries: usize,
+    /// The same query through no index: median microseconds.
     pub unindexed_query_p50_us: u64,
-    /// An equality query through no index: 99th percentile.
+    /// The same query through no index: 99th percentile.
     pub unindexed_query_p99_us: u64,
     /// Documents each unindexed query read.
     pub unindexed_query_scanned: u64,
@@ -88,10 +104,10 @@ fn json_text(fields: &[(String, Vec<u8>)]) -> Vec<u8> {
 /// Runs the documents benchmark in a temporary directory.
 pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     anyhow::ensure!(
-        config.docs > 0 && config.batch > 0 && config.queries > 0,
-        "docs, batch and queries must be positive"
+        config.docs > 0 && config.batch > 0 && config.queries > 0 && config.unindexed_queries > 0,
+        "docs, batch and both query counts must be positive"
     );
-    anyhow::ensure!(config.fields >= 2, "a document has at least 2 fields (group and n)");
+    anyhow::ensure!(config.fields >= 3, "a document has at least 3 fields (group, n and f2)");
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), StoreOptions::default())?;
     let (docs_topic, values_topic) = (store.topic("docs")?, store.topic("values")?);
@@ -111,6 +127,12 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     }
     let value_keys_per_s = config.docs as f64 / started.elapsed().as_secs_f64();
 
+    let kept = [("by_n", "n", IndexKind::Number), ("by_f2", "f2", IndexKind::String)];
+    for (name, path, kind) in kept {
+        let def = IndexDef::new(path, kind).map_err(anyhow::Error::msg)?;
+        docs_topic.declare_index(name, &def)?;
+    }
+    wait_built(&docs_topic)?;
     let started = Instant::now();
     for (chunk, fields) in contents.chunks(config.batch).enumerate() {
         let writes = fields
@@ -123,21 +145,16 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     let doc_keys_per_s = config.docs as f64 / started.elapsed().as_secs_f64();
     drop(contents);
 
-    let mut histogram = Histogram::<u64>::new(3)?;
-    let (mut hits, mut scanned) = (0, 0);
-    for query in 0..config.queries {
-        let filter =
-            Filter::parse([format!("group=g{}", (query * 7919) % groups).as_str()]).map_err(anyhow::Error::msg)?;
-        let started = Instant::now();
-        let (found, read) = find(&docs_topic, &filter)?;
-        histogram.record(started.elapsed().as_micros() as u64)?;
-        hits = found;
-        scanned = read;
-    }
+    let unindexed = time_queries(&docs_topic, config.unindexed_queries, groups, None)?;
+    let started = Instant::now();
+    docs_topic.declare_index("by_group", &IndexDef::new("group", IndexKind::String).map_err(anyhow::Error::msg)?)?;
+    wait_built(&docs_topic)?;
+    let index_build_s = started.elapsed().as_secs_f64();
+    let indexed = time_queries(&docs_topic, config.queries, groups, Some("by_group"))?;
     Ok(DocsReport {
         command: format!(
-            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --seed {}",
-            config.docs, config.fields, config.batch, config.queries, config.seed
+            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --unindexed-queries {} --seed {}",
+            config.docs, config.fields, config.batch, config.queries, config.unindexed_queries, config.seed
         ),
         docs: config.docs,
         fields: config.fields,
@@ -146,37 +163,56 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         doc_keys_per_s,
         value_keys_per_s,
         ratio: doc_keys_per_s / value_keys_per_s,
-        query_hits: hits,
+        indexes_during_ingest: kept.len(),
+        query_hits: indexed.hits,
         queries: config.queries,
-        unindexed_query_p50_us: histogram.value_at_quantile(0.5),
-        unindexed_query_p99_us: histogram.value_at_quantile(0.99),
-        unindexed_query_scanned: scanned,
+        index_build_s,
+        indexed_query_p50_us: indexed.latencies.value_at_quantile(0.5),
+        indexed_query_p99_us: indexed.latencies.value_at_quantile(0.99),
+        indexed_query_scanned: indexed.scanned,
+        unindexed_queries: config.unindexed_queries,
+        unindexed_query_p50_us: unindexed.latencies.value_at_quantile(0.5),
+        unindexed_query_p99_us: unindexed.latencies.value_at_quantile(0.99),
+        unindexed_query_scanned: unindexed.scanned,
     })
+}
+
+/// Waits until every index of `topic` is built.
+fn wait_built(topic: &Topic) -> anyhow::Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(3_600);
+    while !topic.indexes().iter().all(|index| index.ready) {
+        anyhow::ensure!(Instant::now() < deadline, "the indexes were not built within an hour");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// What a series of queries measured.
+struct Timed {
+    latencies: Histogram<u64>,
+    /// Documents the last query found, and read.
+    hits: usize,
+    scanned: u64,
+}
+
+/// Times `queries` equality queries on `group`, each answered by `index` (or by a scan when
+/// `None`; the run checks which served it).
+fn time_queries(topic: &Topic, queries: usize, groups: usize, index: Option<&str>) -> anyhow::Result<Timed> {
+    let mut timed = Timed { latencies: Histogram::<u64>::new(3)?, hits: 0, scanned: 0 };
+    for query in 0..queries {
+        let filter =
+            Filter::parse([format!("group=g{}", (query * 7919) % groups).as_str()]).map_err(anyhow::Error::msg)?;
+        let started = Instant::now();
+        let found = find_documents(topic, &filter, None, None, usize::MAX)?;
+        timed.latencies.record(started.elapsed().as_micros() as u64)?;
+        anyhow::ensure!(found.index.as_deref() == index, "the query was served by {:?}, not {index:?}", found.index);
+        timed.hits = found.docs.len();
+        timed.scanned = found.scanned;
+    }
+    Ok(timed)
 }
 
 /// Key `index`, the same for a document and its plain twin.
 fn key(index: usize) -> Vec<u8> {
     format!("svc/{index:09}").into_bytes()
-}
-
-/// The documents of `topic` meeting `filter`, and the documents read, as a query without an
-/// index finds them.
-fn find(topic: &canopy_crdt::Topic, filter: &Filter) -> anyhow::Result<(usize, u64)> {
-    let (mut found, mut read) = (0, 0);
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = topic.docs(after.as_deref(), 1000)?;
-        for (_, fields) in &page.docs {
-            read += 1;
-            let doc: serde_json::Map<String, serde_json::Value> = fields
-                .iter()
-                .map(|(name, json)| Ok((name.clone(), serde_json::from_slice(json)?)))
-                .collect::<Result<_, serde_json::Error>>()?;
-            found += usize::from(filter.matches(&doc));
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok((found, read)),
-        }
-    }
 }

@@ -129,6 +129,12 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
                 state.publish();
             }
         }
+        // A declared or dropped index shows in the topic's indexes once the writer hears back.
+        if state.indexes.declarations_changed.load(std::sync::atomic::Ordering::Relaxed)
+            && let Err(error) = super::indexing::reconcile(context, state)
+        {
+            tracing::warn!(topic = %state.shared.name, %error, "reconciling the topic's indexes failed");
+        }
         for (reply, committed) in commit.replies {
             let _ = reply.send(Ok(committed));
         }

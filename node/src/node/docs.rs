@@ -3,7 +3,7 @@
 //! removes a field, an object merges into the field's object as this node holds it, anything
 //! else replaces the field.
 
-use canopy_crdt::{DocWrite, Fields, ReadError, WriteError};
+use canopy_crdt::{DocWrite, Fields, ReadError, Topic, WriteError};
 use serde_json::{Map, Value};
 
 use super::NodeTopic;
@@ -21,21 +21,31 @@ pub struct DocumentPage {
     pub next: Option<Vec<u8>>,
 }
 
+/// The document `key` of `topic`; `None` when it has no field.
+pub(super) fn doc_of(topic: &Topic, key: &[u8]) -> Result<Option<Document>, ReadError> {
+    topic.doc(key)?.map(|fields| document(key, fields)).transpose()
+}
+
+/// `topic`'s documents in key order, strictly after `after` when given, at most `limit`.
+fn docs_of(topic: &Topic, after: Option<&[u8]>, limit: usize) -> Result<DocumentPage, ReadError> {
+    let page = topic.docs(after, limit)?;
+    let docs = page
+        .docs
+        .into_iter()
+        .map(|(key, fields)| Ok((key.clone(), document(&key, fields)?)))
+        .collect::<Result<_, ReadError>>()?;
+    Ok(DocumentPage { docs, next: page.next })
+}
+
 impl NodeTopic {
     /// The document `key`; `None` when it has no field.
     pub fn doc(&self, key: &[u8]) -> Result<Option<Document>, ReadError> {
-        self.topic.doc(key)?.map(|fields| document(key, fields)).transpose()
+        doc_of(&self.topic, key)
     }
 
     /// Documents in key order, strictly after `after` when given, at most `limit`.
     pub fn docs(&self, after: Option<&[u8]>, limit: usize) -> Result<DocumentPage, ReadError> {
-        let page = self.topic.docs(after, limit)?;
-        let docs = page
-            .docs
-            .into_iter()
-            .map(|(key, fields)| Ok((key.clone(), document(&key, fields)?)))
-            .collect::<Result<_, ReadError>>()?;
-        Ok(DocumentPage { docs, next: page.next })
+        docs_of(&self.topic, after, limit)
     }
 
     /// Makes `doc` the document `key`: its fields set, every other field this node holds
@@ -114,7 +124,8 @@ const SCAN_PAGE: usize = 1_000;
 
 impl NodeTopic {
     /// The documents meeting `filter`, `limit` at most, after `after` (a page's `next`): in key
-    /// order, or by `order` (documents without the field last, ties by key).
+    /// order, or by `order` (documents without the field last, ties by key). A built index
+    /// serves the query when one can (see [`find_documents`]).
     pub fn find(
         &self,
         filter: &super::filter::Filter,
@@ -122,46 +133,58 @@ impl NodeTopic {
         after: Option<&str>,
         limit: usize,
     ) -> Result<FoundPage, FindError> {
-        if let Some(plan) = super::query::plan(&self.topic.indexes(), filter)
-            && let Some(found) = self.find_indexed(&plan, filter, order, after, limit)?
-        {
-            return Ok(found);
-        }
-        let mut found = FoundPage::default();
-        let mut cursor: Option<Vec<u8>> = match (order, after) {
-            (None, Some(after)) => Some(after.as_bytes().to_vec()),
-            _ => None,
-        };
-        let mut matched: Vec<(Vec<u8>, Document)> = Vec::new();
-        loop {
-            let page = self.docs(cursor.as_deref(), SCAN_PAGE)?;
-            for (key, doc) in page.docs {
-                found.scanned += 1;
-                if !filter.matches(&doc) {
-                    continue;
-                }
-                if order.is_none() && matched.len() == limit {
-                    found.next = matched.last().map(|(key, _)| String::from_utf8_lossy(key).into_owned());
-                    found.docs = matched;
-                    return Ok(found);
-                }
-                matched.push((key, doc));
-                if order.is_some() && matched.len() > SORT_DOCS_MAX {
-                    return Err(FindError::TooManyToSort);
-                }
-            }
-            match page.next {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        if let Some(order) = order {
-            let page = sorted_page(matched, order, after, limit)?;
-            return Ok(FoundPage { docs: page.docs, next: page.next, ..found });
-        }
-        found.docs = matched;
-        Ok(found)
+        find_documents(&self.topic, filter, order, after, limit)
     }
+}
+
+/// The documents of `topic` meeting `filter`, as [`NodeTopic::find`] finds them: a program that
+/// embeds the engine without a node queries its topics with this.
+pub fn find_documents(
+    topic: &Topic,
+    filter: &super::filter::Filter,
+    order: Option<&Order>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<FoundPage, FindError> {
+    if let Some(plan) = super::query::plan(&topic.indexes(), filter)
+        && let Some(found) = super::query::find_indexed(topic, &plan, filter, order, after, limit)?
+    {
+        return Ok(found);
+    }
+    let mut found = FoundPage::default();
+    let mut cursor: Option<Vec<u8>> = match (order, after) {
+        (None, Some(after)) => Some(after.as_bytes().to_vec()),
+        _ => None,
+    };
+    let mut matched: Vec<(Vec<u8>, Document)> = Vec::new();
+    loop {
+        let page = docs_of(topic, cursor.as_deref(), SCAN_PAGE)?;
+        for (key, doc) in page.docs {
+            found.scanned += 1;
+            if !filter.matches(&doc) {
+                continue;
+            }
+            if order.is_none() && matched.len() == limit {
+                found.next = matched.last().map(|(key, _)| String::from_utf8_lossy(key).into_owned());
+                found.docs = matched;
+                return Ok(found);
+            }
+            matched.push((key, doc));
+            if order.is_some() && matched.len() > SORT_DOCS_MAX {
+                return Err(FindError::TooManyToSort);
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    if let Some(order) = order {
+        let page = sorted_page(matched, order, after, limit)?;
+        return Ok(FoundPage { docs: page.docs, next: page.next, ..found });
+    }
+    found.docs = matched;
+    Ok(found)
 }
 
 /// The page after `after` (an offset, as a previous page's `next`) of `matched` sorted by

@@ -11,7 +11,7 @@
 
 use std::ops::Bound;
 
-use canopy_crdt::{IndexDef, IndexKind, IndexScan, IndexStatus, WriteError};
+use canopy_crdt::{IndexDef, IndexKind, IndexScan, IndexStatus, Topic, WriteError};
 use serde_json::Value;
 
 use super::NodeTopic;
@@ -142,89 +142,89 @@ impl NodeTopic {
         let commit = self.topic.drop_index(name)?;
         Ok(self.committed(commit))
     }
+}
 
-    /// Answers a query through `plan`'s index; `None` when it names too many candidates, so
-    /// the caller scans.
-    pub(super) fn find_indexed(
-        &self,
-        plan: &Plan,
-        filter: &Filter,
-        order: Option<&Order>,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Option<FoundPage>, FindError> {
-        let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for (lower, upper) in &plan.ranges {
-            let scan = IndexScan { lower: as_ref(lower), upper: as_ref(upper), after: None };
-            let room = SORT_DOCS_MAX + 1 - candidates.len();
-            // The index was dropped since the plan was made: scan instead.
-            let Some(records) = self.topic.index_records(&plan.name, &scan, room)? else { return Ok(None) };
-            candidates.extend(records.into_iter().map(|record| (record.value, record.doc)));
-            if candidates.len() > SORT_DOCS_MAX {
-                return Ok(None);
-            }
+/// Answers a query of `topic` through `plan`'s index; `None` when it names too many
+/// candidates, so the caller scans.
+pub(super) fn find_indexed(
+    topic: &Topic,
+    plan: &Plan,
+    filter: &Filter,
+    order: Option<&Order>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Option<FoundPage>, FindError> {
+    let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for (lower, upper) in &plan.ranges {
+        let scan = IndexScan { lower: as_ref(lower), upper: as_ref(upper), after: None };
+        let room = SORT_DOCS_MAX + 1 - candidates.len();
+        // The index was dropped since the plan was made: scan instead.
+        let Some(records) = topic.index_records(&plan.name, &scan, room)? else { return Ok(None) };
+        candidates.extend(records.into_iter().map(|record| (record.value, record.doc)));
+        if candidates.len() > SORT_DOCS_MAX {
+            return Ok(None);
         }
-        let by_index = order.is_some_and(|order| order.path == plan.def.path);
-        if let Some(order) = order.filter(|_| !by_index) {
-            // Ordered by another field: the matching candidates are sorted as a scan's are.
-            let mut keys: Vec<Vec<u8>> = candidates.into_iter().map(|(_, doc)| doc).collect();
-            keys.sort();
-            keys.dedup();
-            let mut matched = Vec::new();
-            let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
-            for key in keys {
-                found.scanned += 1;
-                if let Some(doc) = self.doc(&key)?
-                    && filter.matches(&doc)
-                {
-                    matched.push((key, doc));
-                }
-            }
-            let page = super::docs::sorted_page(matched, order, after, limit)?;
-            return Ok(Some(FoundPage { docs: page.docs, next: page.next, ..found }));
-        }
-        let start = match (by_index, after) {
-            (true, Some(after)) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
-            _ => 0,
-        };
-        if by_index {
-            let descending = order.is_some_and(|order| order.descending);
-            candidates.sort_by(|(a_value, a_doc), (b_value, b_doc)| {
-                let by_value = if descending { b_value.cmp(a_value) } else { a_value.cmp(b_value) };
-                by_value.then_with(|| a_doc.cmp(b_doc))
-            });
-            let mut seen = std::collections::HashSet::new();
-            candidates.retain(|(_, doc)| seen.insert(doc.clone()));
-        } else {
-            candidates.sort_by(|a, b| a.1.cmp(&b.1));
-            candidates.dedup_by(|a, b| a.1 == b.1);
-            if let Some(after) = after {
-                candidates.retain(|(_, doc)| doc.as_slice() > after.as_bytes());
-            }
-        }
-        let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
-        let mut matches = 0;
-        for (_, key) in candidates {
-            found.scanned += 1;
-            let Some(doc) = self.doc(&key)? else { continue };
-            if !filter.matches(&doc) {
-                continue;
-            }
-            matches += 1;
-            if by_index && matches <= start {
-                continue;
-            }
-            if found.docs.len() == limit {
-                found.next = Some(match by_index {
-                    true => (start + limit).to_string(),
-                    false => String::from_utf8_lossy(&found.docs.last().expect("a full page").0).into_owned(),
-                });
-                break;
-            }
-            found.docs.push((key, doc));
-        }
-        Ok(Some(found))
     }
+    let by_index = order.is_some_and(|order| order.path == plan.def.path);
+    if let Some(order) = order.filter(|_| !by_index) {
+        // Ordered by another field: the matching candidates are sorted as a scan's are.
+        let mut keys: Vec<Vec<u8>> = candidates.into_iter().map(|(_, doc)| doc).collect();
+        keys.sort();
+        keys.dedup();
+        let mut matched = Vec::new();
+        let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
+        for key in keys {
+            found.scanned += 1;
+            if let Some(doc) = super::docs::doc_of(topic, &key)?
+                && filter.matches(&doc)
+            {
+                matched.push((key, doc));
+            }
+        }
+        let page = super::docs::sorted_page(matched, order, after, limit)?;
+        return Ok(Some(FoundPage { docs: page.docs, next: page.next, ..found }));
+    }
+    let start = match (by_index, after) {
+        (true, Some(after)) => after.parse::<usize>().map_err(|_| FindError::Cursor)?,
+        _ => 0,
+    };
+    if by_index {
+        let descending = order.is_some_and(|order| order.descending);
+        candidates.sort_by(|(a_value, a_doc), (b_value, b_doc)| {
+            let by_value = if descending { b_value.cmp(a_value) } else { a_value.cmp(b_value) };
+            by_value.then_with(|| a_doc.cmp(b_doc))
+        });
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|(_, doc)| seen.insert(doc.clone()));
+    } else {
+        candidates.sort_by(|a, b| a.1.cmp(&b.1));
+        candidates.dedup_by(|a, b| a.1 == b.1);
+        if let Some(after) = after {
+            candidates.retain(|(_, doc)| doc.as_slice() > after.as_bytes());
+        }
+    }
+    let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
+    let mut matches = 0;
+    for (_, key) in candidates {
+        found.scanned += 1;
+        let Some(doc) = super::docs::doc_of(topic, &key)? else { continue };
+        if !filter.matches(&doc) {
+            continue;
+        }
+        matches += 1;
+        if by_index && matches <= start {
+            continue;
+        }
+        if found.docs.len() == limit {
+            found.next = Some(match by_index {
+                true => (start + limit).to_string(),
+                false => String::from_utf8_lossy(&found.docs.last().expect("a full page").0).into_owned(),
+            });
+            break;
+        }
+        found.docs.push((key, doc));
+    }
+    Ok(Some(found))
 }
 
 fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
