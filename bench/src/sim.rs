@@ -7,7 +7,7 @@ use canopy_crdt::sim::{
     Cluster, FaultCounts, Faults, SimError, reference_counters, reference_docs, reference_refused, reference_state,
     reference_state_at,
 };
-use canopy_crdt::{Access, Batch, DocWrite, Mode, Op, WriteError};
+use canopy_crdt::{Access, Batch, DocWrite, IndexDef, IndexKind, Mode, Op, WriteError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -489,6 +489,17 @@ fn write(cluster: &mut Cluster, rng: &mut StdRng, replica: usize, topic: &str) -
                 _ => DocWrite::Delete,
             };
             cluster.doc_write(replica, topic, &key, change)?;
+            // Now and then an index on a field is declared or dropped, on any replica.
+            match rng.random_range(0..40) {
+                0 => {
+                    let def = IndexDef::new("f0", IndexKind::Number).expect("a valid path");
+                    cluster.declare_index(replica, topic, "by_f0", &def)?;
+                }
+                1 => {
+                    cluster.drop_index(replica, topic, "by_f0")?;
+                }
+                _ => {}
+            }
             doc = true;
         }
         _ => {
@@ -560,6 +571,14 @@ fn count_divergence(cluster: &Cluster, topics: &[String], counted: &Counted) -> 
                 .map(|(key, fields)| (key, fields.into_iter().collect()))
                 .collect();
             diverged += u64::from(held != docs);
+            // Every index this replica built holds exactly what its documents give.
+            let handle = cluster.topic(replica, topic)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !handle.indexes().iter().all(|index| index.ready) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            diverged += handle.check_indexes()?.len() as u64;
+            diverged += u64::from(!handle.indexes().iter().all(|index| index.ready));
         }
         let heads = cluster.topic(0, topic)?.heads();
         for replica in 0..cluster.len() {

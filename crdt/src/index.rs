@@ -305,6 +305,47 @@ pub(crate) fn load_states(
     Ok(states)
 }
 
+/// How the records of `index` of `topic` differ from those the document entries `entries`
+/// (each field entry with its row, in key order) give; `None` when they are the same.
+pub(crate) fn compare<'r>(
+    db: &rocksdb::DB,
+    topic: TopicId,
+    index: &Maintained,
+    entries: impl Iterator<Item = (&'r Vec<u8>, &'r Row)>,
+) -> Result<Option<String>, crate::error::StorageError> {
+    let mut expected: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+    for (key, row) in entries {
+        let Some((doc, field)) = crate::doc::parse_entry(key) else { continue };
+        if field == index.def.path[0] {
+            expected.extend(index.def.row_values(row).into_iter().map(|value| (value, doc.clone())));
+        }
+    }
+    let prefix = &records_prefix(topic, &index.name)[canopy_dag::TOPIC_ID_BYTES..];
+    let cf = db.cf_handle(crate::schema::CF_DOC_INDEX).expect("every canopy column family is opened with the database");
+    let mut held: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
+    let mut undecodable = 0;
+    for item in crate::schema::db_scan_from(db, cf, topic, prefix) {
+        let (key, _) = item?;
+        let Some(rest) = key.strip_prefix(prefix) else { break };
+        match split_record(&index.def, rest) {
+            Some((value, doc)) => {
+                held.insert((value.to_vec(), doc.to_vec()));
+            }
+            None => undecodable += 1,
+        }
+    }
+    if held == expected && undecodable == 0 {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "{} records, the documents give {} ({} missing, {} extra, {undecodable} that do not decode)",
+        held.len(),
+        expected.len(),
+        expected.difference(&held).count(),
+        held.difference(&expected).count()
+    )))
+}
+
 /// The indexes of one topic its writer thread maintains, and whether they need its attention.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Indexes {

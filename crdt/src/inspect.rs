@@ -20,8 +20,8 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::Row;
 use crate::schema::{
-    CF_DOC_INDEX, CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE,
-    META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, META_COVER, META_KNOWN, META_MERGE, META_TOPIC,
+    column_families, decode_cids, key_count_key, meta_key,
 };
 use crate::serving::{Serving, Source};
 use crate::types::Head;
@@ -713,40 +713,10 @@ impl Inspector {
             if index.cursor.is_some() {
                 continue;
             }
-            let mut expected: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
-            for (key, row) in rows.range(crate::doc::namespace().to_vec()..) {
-                if !crate::doc::is_entry(key) {
-                    break;
-                }
-                let Some((doc, field)) = crate::doc::parse_entry(key) else { continue };
-                if field == index.def.path[0] {
-                    expected.extend(index.def.row_values(row).into_iter().map(|value| (value, doc.clone())));
-                }
-            }
-            let prefix = &crate::index::records_prefix(id, &index.name)[canopy_dag::TOPIC_ID_BYTES..];
-            let mut held: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
-            for item in crate::schema::db_scan_from(&self.db, self.cf(CF_DOC_INDEX), id, prefix) {
-                let (key, _) = item?;
-                let Some(rest) = key.strip_prefix(prefix) else { break };
-                match crate::index::split_record(&index.def, rest) {
-                    Some((value, doc)) => {
-                        held.insert((value.to_vec(), doc.to_vec()));
-                    }
-                    None => report.problems.push(problem(name, &index.name, "an index record does not decode")),
-                }
-            }
-            if held != expected {
-                report.problems.push(problem(
-                    name,
-                    &format!("index {}", index.name),
-                    &format!(
-                        "{} records, the documents give {} ({} missing, {} extra)",
-                        held.len(),
-                        expected.len(),
-                        expected.difference(&held).count(),
-                        held.difference(&expected).count()
-                    ),
-                ));
+            let entries =
+                rows.range(crate::doc::namespace().to_vec()..).take_while(|(key, _)| crate::doc::is_entry(key));
+            if let Some(difference) = crate::index::compare(&self.db, id, &index, entries)? {
+                report.problems.push(problem(name, &format!("index {}", index.name), &difference));
             }
         }
         Ok(())

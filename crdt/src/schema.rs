@@ -114,6 +114,15 @@ fn table_options(cache: &Cache) -> BlockBasedOptions {
     table.set_whole_key_filtering(true);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Index and filter blocks are cut into partitions of a few KiB under a small top level kept
+    // in the cache: a lookup or seek then brings in one partition of each, not a whole file's
+    // index (up to a megabyte, decompressed and checksummed again each time data blocks have
+    // pushed it out of the cache).
+    table.set_index_type(rocksdb::BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
     table
 }
 

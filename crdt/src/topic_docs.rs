@@ -77,8 +77,11 @@ impl Topic {
     ) -> Result<Option<Commit>, WriteError> {
         let limits = &self.store.options.limits;
         let mut ops = Vec::new();
+        // One iterator reads the fields every put and delete of the batch removes: making one
+        // per document costs more than the reads themselves.
+        let mut fields = Held::new(self);
         for (key, write) in writes {
-            self.doc_ops(&key, write, expires_ms, &mut ops)?;
+            self.doc_ops(&key, write, expires_ms, &mut fields, &mut ops)?;
             if ops.len() > limits.delta_ops_max {
                 return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
             }
@@ -92,24 +95,19 @@ impl Topic {
         key: &[u8],
         write: DocWrite,
         expires_ms: Option<u64>,
+        fields: &mut Held<'_>,
         ops: &mut Vec<Op>,
     ) -> Result<(), WriteError> {
         let limits = &self.store.options.limits;
         check_key(key, limits).map_err(WriteError::InvalidKey)?;
-        let held = || -> Result<Vec<String>, WriteError> {
-            let ReadError::Storage(error) = match self.doc(key) {
-                Ok(fields) => return Ok(fields.unwrap_or_default().into_iter().map(|(name, _)| name).collect()),
-                Err(error) => error,
-            };
-            Err(WriteError::Storage(error))
-        };
         let (set, remove) = match write {
             DocWrite::Put(set) => {
-                let remove = held()?.into_iter().filter(|name| !set.iter().any(|(field, _)| field == name)).collect();
+                let held = fields.of(key)?;
+                let remove = held.into_iter().filter(|name| !set.iter().any(|(field, _)| field == name)).collect();
                 (set, remove)
             }
             DocWrite::Patch { set, remove } => (set, remove),
-            DocWrite::Delete => (Vec::new(), held()?),
+            DocWrite::Delete => (Vec::new(), fields.of(key)?),
         };
         for (field, value) in set {
             let entry = entry(key, &field, limits)?;
@@ -192,4 +190,47 @@ fn entry(key: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<Vec<u
     let entry = doc::entry_key(key, field);
     check_key(&entry, limits).map_err(|e| WriteError::InvalidKey(format!("field {field:?} of the document: {e}")))?;
     Ok(entry)
+}
+
+/// Reads the names of documents' visible fields through one iterator, made when first needed.
+struct Held<'t> {
+    topic: &'t Topic,
+    iter: Option<rocksdb::DBRawIteratorWithThreadMode<'t, rocksdb::DB>>,
+}
+
+impl<'t> Held<'t> {
+    fn new(topic: &'t Topic) -> Held<'t> {
+        Held { topic, iter: None }
+    }
+
+    /// The names of the visible fields of the document `key`.
+    fn of(&mut self, key: &[u8]) -> Result<Vec<String>, WriteError> {
+        let topic = self.topic;
+        let iter = self.iter.get_or_insert_with(|| {
+            let mut options = ReadOptions::default();
+            options.set_prefix_same_as_start(true);
+            if let Some(end) = topic.shared.id.range_end() {
+                options.set_iterate_upper_bound(end.to_vec());
+            }
+            topic.store.db.raw_iterator_cf_opt(topic.store.cf(CF_KV), options)
+        });
+        let prefix = topic.shared.id.key(&doc::entries_prefix(key));
+        let now = topic.store.options.clock.now();
+        let mut names = Vec::new();
+        iter.seek(&prefix);
+        while iter.valid() {
+            let (Some(entry), Some(value)) = (iter.key(), iter.value()) else { break };
+            if !entry.starts_with(&prefix) {
+                break;
+            }
+            let corrupt = |what: String| StorageError::Corrupt(format!("document entry {entry:?}: {what}"));
+            let field = std::str::from_utf8(&entry[prefix.len()..]).map_err(|e| corrupt(e.to_string()))?;
+            if Row::decode(value).map_err(corrupt)?.visible(now).is_some() {
+                names.push(field.to_string());
+            }
+            iter.next();
+        }
+        iter.status().map_err(StorageError::from)?;
+        Ok(names)
+    }
 }

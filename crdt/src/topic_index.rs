@@ -5,9 +5,11 @@ use std::ops::Bound;
 
 use rocksdb::{Direction, IteratorMode};
 
-use crate::error::{ReadError, WriteError};
+use crate::doc::namespace as documents_namespace;
+use crate::error::{ReadError, StorageError, WriteError};
 use crate::index::{self, IndexDef, IndexStatus};
-use crate::schema::{CF_DOC_INDEX, topic_read_options};
+use crate::row::Row;
+use crate::schema::{CF_DOC_INDEX, CF_KV, db_scan_from, topic_read_options};
 use crate::topic::Topic;
 use crate::types::{Commit, Op};
 
@@ -46,7 +48,18 @@ impl Topic {
     /// when it was declared so already.
     pub fn declare_index(&self, name: &str, def: &IndexDef) -> Result<Option<Commit>, WriteError> {
         index::check_name(name).map_err(WriteError::InvalidKey)?;
-        Ok(self.submit(vec![Op::Put(index::declaration_key(name), def.encode())])?.commit)
+        let key = index::declaration_key(name);
+        let held =
+            self.store.db.get_pinned_cf(self.store.cf(CF_KV), self.shared.id.key(&key)).map_err(StorageError::from)?;
+        if let Some(row) = held {
+            let row = Row::decode(&row).map_err(|e| StorageError::Corrupt(format!("an index declaration: {e}")))?;
+            if row.len() == 1
+                && row.winner().is_some_and(|element| IndexDef::decode(&element.value).as_ref() == Ok(def))
+            {
+                return Ok(None);
+            }
+        }
+        Ok(self.submit(vec![Op::Put(key, def.encode())])?.commit)
     }
 
     /// Drops the index `name` on every replica. `None` when no such index was declared here.
@@ -54,6 +67,32 @@ impl Topic {
         index::check_name(name).map_err(WriteError::InvalidKey)?;
         let committed = self.submit(vec![Op::Delete(index::declaration_key(name))])?;
         Ok(committed.commit.filter(|_| committed.deleted))
+    }
+
+    /// Checks every built index against the documents' rows: for each index whose records
+    /// differ from those the rows give, its name and how. A scan of every document entry, for
+    /// checks and tests.
+    pub fn check_indexes(&self) -> Result<Vec<(String, String)>, ReadError> {
+        let mut rows = Vec::new();
+        for item in db_scan_from(&self.store.db, self.store.cf(CF_KV), self.shared.id, documents_namespace()) {
+            let (key, value) = item?;
+            if !crate::doc::is_entry(&key) {
+                break;
+            }
+            let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+            rows.push((key, row));
+        }
+        let mut found = Vec::new();
+        for (_, index) in index::load_states(&self.store.db, self.shared.id)? {
+            if index.cursor.is_some() {
+                continue;
+            }
+            let entries = rows.iter().map(|(key, row)| (key, row));
+            if let Some(difference) = index::compare(&self.store.db, self.shared.id, &index, entries)? {
+                found.push((index.name, difference));
+            }
+        }
+        Ok(found)
     }
 
     /// The records of the index `name` that `scan` selects, in order, at most `limit`; `None`
@@ -87,7 +126,7 @@ impl Topic {
             let (key, _) = item?;
             let Some(rest) = key.strip_prefix(&prefix[..]) else { break };
             let (value, doc) = index::split_record(&status.def, rest)
-                .ok_or_else(|| crate::StorageError::Corrupt(format!("a record of index {name:?}")))?;
+                .ok_or_else(|| StorageError::Corrupt(format!("a record of index {name:?}")))?;
             if scan.after.is_some_and(|after| after == (value, doc)) {
                 continue;
             }

@@ -208,10 +208,7 @@ pub(super) async fn put_index(
     body: Bytes,
 ) -> ApiResult<Json<wire::IndexChanged>> {
     let Path((topic, name)) = path?;
-    let body: wire::IndexBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(r#"an index is {{"path": "a.b", "type": "string" | "number" | "bool"}}: {e}"#))
-    })?;
-    let def = IndexDef::new(&body.path, body.kind).map_err(ApiError::bad_request)?;
+    let def = index_def(&name, &body)?;
     blocking(move || {
         let handle = subscribed(&node, &topic)?;
         let commit = handle.declare_index(&name, &def)?;
@@ -242,4 +239,13 @@ fn index_changed(handle: &NodeTopic, commit: Option<crate::Commit>) -> wire::Ind
         cid: commit.map(|commit| commit.cid.to_string()),
         height: commit.map(|commit| commit.height),
     }
+}
+
+/// The index an index route's body declares, its name checked.
+pub(super) fn index_def(name: &str, body: &[u8]) -> ApiResult<IndexDef> {
+    canopy_crdt::index::check_name(name).map_err(ApiError::bad_request)?;
+    let body: wire::IndexBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(r#"an index is {{"path": "a.b", "type": "string" | "number" | "bool"}}: {e}"#))
+    })?;
+    IndexDef::new(&body.path, body.kind).map_err(ApiError::bad_request)
 }

@@ -83,11 +83,15 @@ pub fn need(method: &Method, path: &str, metrics_open: bool) -> Need {
         ["v1", "tables"] if reads => role(Role::Read, Scope::Node),
         ["v1", "tables"] => role(Role::Admin, Scope::Node),
         ["v1", "tables", table, rest @ ..] => {
-            let least = if reads { Role::Read } else { Role::Write };
+            let least = match rest {
+                _ if reads => Role::Read,
+                ["indexes", ..] => Role::Admin,
+                _ => Role::Write,
+            };
             Need::Role {
                 role: least,
                 scope: name(table),
-                member: matches!(rest, ["kv", ..] | ["docs", ..] | ["batch"] | ["holds"]),
+                member: matches!(rest, ["kv", ..] | ["docs", ..] | ["batch"] | ["holds"] | ["indexes", ..]),
             }
         }
         ["v1", "admin", "topics", topic, "import"] if is_cluster_topic(topic) => Need::ClusterTopic(topic.to_string()),

@@ -12,10 +12,13 @@ use axum::response::{IntoResponse, Response};
 use super::docs::object;
 use super::tables::{KeyPath, forwarded, held_or_misdirected, partition_param, requested_table, with_token};
 use super::{ApiError, ApiResult, blocking, parse_query, positive_limit};
+use crate::IndexDef;
 use crate::Node;
 use crate::node::filter::Filter;
 use crate::tables::DocChange;
-use crate::wire::{DocPage, DocWritten};
+use crate::wire::{
+    DocPage, DocWritten, FailedPartition, IndexChanged, IndexEntry, TableIndex, TableIndexChanged, TableIndexes,
+};
 
 /// Applies `change` to the document the path names, on the key's owners.
 async fn write(
@@ -162,4 +165,133 @@ pub(super) async fn find_docs(
     page.scanned = Some(found.scanned);
     page.failed = found.failed;
     Ok(with_token(&found.token, (status, Json(page))))
+}
+
+/// The path of a table's index: the table and the index's name.
+type IndexPath = Result<Path<(String, String)>, PathRejection>;
+
+/// `PUT /v1/tables/{t}/indexes/{name}`: declares the index on every partition's topic (body
+/// as for a topic's index); 207 names the partitions no holder of which took it.
+pub(super) async fn put_index(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: IndexPath,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let Path((name, index)) = path?;
+    let def = super::docs::index_def(&index, &body)?;
+    change_index(node, headers, (name, index), query, Some(def)).await
+}
+
+/// `DELETE /v1/tables/{t}/indexes/{name}`: drops the index on every partition's topic.
+pub(super) async fn delete_index(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: IndexPath,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let Path((name, index)) = path?;
+    canopy_crdt::index::check_name(&index).map_err(ApiError::bad_request)?;
+    change_index(node, headers, (name, index), query, None).await
+}
+
+/// Declares (`Some`) or drops the index on the table's partitions; a member forwarding one
+/// partition's part names it, and the holder changes its copy's topic.
+async fn change_index(
+    node: Node,
+    headers: HeaderMap,
+    (name, index): (String, String),
+    query: Option<String>,
+    def: Option<IndexDef>,
+) -> ApiResult<Response> {
+    let query = parse_query(query.as_deref())?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    let partition = partition_param(&table, &query)?;
+    if forwarded(&headers) {
+        let partition =
+            partition.ok_or_else(|| ApiError::bad_request("a forwarded index change names its partition"))?;
+        let topic = held_or_misdirected(&table, partition, &headers).await?;
+        let (copy, dropping) = (topic.clone(), def.is_none());
+        let commit = blocking(move || {
+            Ok(match &def {
+                Some(def) => copy.declare_index(&index, def)?,
+                None => copy.drop_index(&index)?,
+            })
+        })
+        .await?;
+        if dropping && commit.is_none() {
+            return Err(ApiError::not_found("no such index on this partition"));
+        }
+        let changed = IndexChanged {
+            causal_token: table.read_at(partition, &topic).to_string(),
+            cid: commit.map(|commit| commit.cid.to_string()),
+            height: commit.map(|commit| commit.height),
+        };
+        return Ok(Json(changed).into_response());
+    }
+    let fanout = match partition {
+        Some(partition) => {
+            let mut fanout = crate::tables::IndexFanout::default();
+            match table.change_index_in(partition, &index, def.as_ref()).await {
+                Ok(true) => fanout.changed.push(partition),
+                Ok(false) => fanout.unchanged.push(partition),
+                Err(error) => fanout.failed.push(FailedPartition { error: error.to_string(), partition }),
+            }
+            fanout
+        }
+        None => table.change_index(&index, def.as_ref()).await,
+    };
+    if def.is_none() && fanout.changed.is_empty() && fanout.failed.is_empty() {
+        return Err(ApiError::not_found(format!("no index {index:?} is declared on table {}", table.def().name)));
+    }
+    let status = if fanout.failed.is_empty() { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+    let reply = TableIndexChanged { changed: fanout.changed, unchanged: fanout.unchanged, failed: fanout.failed };
+    Ok((status, Json(reply)).into_response())
+}
+
+/// `GET /v1/tables/{t}/indexes`: each index the partitions hold, with how many hold it and how
+/// many hold it built; 206 names partitions no holder of which answered.
+pub(super) async fn list_indexes(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let Path(name) = path?;
+    let query = parse_query(query.as_deref())?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    let partition = partition_param(&table, &query)?;
+    let (held, failed) = if forwarded(&headers) {
+        let partition = partition.ok_or_else(|| ApiError::bad_request("a forwarded listing names its partition"))?;
+        let topic = held_or_misdirected(&table, partition, &headers).await?;
+        (vec![(partition, topic.indexes().into_iter().map(IndexEntry::from).collect())], Vec::new())
+    } else {
+        match partition {
+            Some(partition) => match table.indexes_in(partition).await {
+                Ok(indexes) => (vec![(partition, indexes)], Vec::new()),
+                Err(error) => (Vec::new(), vec![FailedPartition { error: error.to_string(), partition }]),
+            },
+            None => table.indexes().await,
+        }
+    };
+    let mut indexes: Vec<TableIndex> = Vec::new();
+    for (_, entries) in held {
+        for entry in entries {
+            let built = u32::from(entry.ready);
+            match indexes.iter_mut().find(|index| index.entry.name == entry.name) {
+                Some(index) => {
+                    index.held_by += 1;
+                    index.built_by += built;
+                    index.entry.scanned += entry.scanned;
+                    index.entry.ready &= entry.ready;
+                }
+                None => indexes.push(TableIndex { entry, held_by: 1, built_by: built }),
+            }
+        }
+    }
+    indexes.sort_by(|a, b| a.entry.name.cmp(&b.entry.name));
+    let partitions = table.def().partitions;
+    let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
+    Ok((status, Json(TableIndexes { indexes, partitions, failed })).into_response())
 }

@@ -6,10 +6,11 @@ use reqwest::StatusCode;
 
 use super::route::{LIST_FANOUT_MAX, Served, blocking, merge_pages, refusal};
 use super::{Listing, Table, TableEntry, TableError};
+use crate::IndexDef;
 use crate::causal::CausalToken;
 use crate::node::filter::Filter;
 use crate::node::{Document, NodeTopic};
-use crate::wire::{DocPage, DocWritten, FailedPartition};
+use crate::wire::{DocPage, DocWritten, FailedPartition, IndexBody, IndexChanged, IndexEntry};
 
 /// One partition's documents a query found (as JSON text), and the documents it read.
 pub type PartitionFound = (Listing, u64);
@@ -227,5 +228,114 @@ impl Table {
 
     fn doc_url(&self, api: &str, key: &str) -> String {
         format!("{api}/v1/tables/{}/docs/{}", self.def.name, utf8_percent_encode(key, NON_ALPHANUMERIC))
+    }
+}
+
+/// What declaring or dropping an index on a whole table did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexFanout {
+    /// Partitions whose topic the change was written to.
+    pub changed: Vec<u32>,
+    /// Partitions whose topic was so already (declared alike, or holding no such index).
+    pub unchanged: Vec<u32>,
+    /// Partitions no holder of which took the change: declare or drop again to reach them.
+    pub failed: Vec<FailedPartition>,
+}
+
+/// Each index one partition's copy holds.
+pub type PartitionIndexes = Vec<IndexEntry>;
+
+impl Table {
+    /// Declares the index `name` (`Some`) or drops it (`None`) on the topic of every
+    /// partition, through one of its holders each (a few partitions at once). Each partition's
+    /// holders then build it from their copies, so queries over the table read it.
+    pub async fn change_index(&self, name: &str, def: Option<&IndexDef>) -> IndexFanout {
+        use futures::StreamExt as _;
+        let outcomes: Vec<(u32, Result<bool, TableError>)> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| async move { (p, self.change_index_in(p, name, def).await) })
+            .buffered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        let mut fanout = IndexFanout::default();
+        for (partition, outcome) in outcomes {
+            match outcome {
+                Ok(true) => fanout.changed.push(partition),
+                Ok(false) => fanout.unchanged.push(partition),
+                Err(error) => fanout.failed.push(FailedPartition { error: error.to_string(), partition }),
+            }
+        }
+        fanout
+    }
+
+    /// [`Table::change_index`] on one partition: whether its topic changed.
+    pub async fn change_index_in(
+        &self,
+        partition: u32,
+        name: &str,
+        def: Option<&IndexDef>,
+    ) -> Result<bool, TableError> {
+        let url = |api: &str| {
+            format!("{api}/v1/tables/{}/indexes/{}", self.def.name, utf8_percent_encode(name, NON_ALPHANUMERIC))
+        };
+        let body = def.map(|def| IndexBody { path: def.path_text(), kind: def.kind });
+        let request = |http: &reqwest::Client, api: &str| {
+            let query = [("partition", partition.to_string())];
+            match &body {
+                Some(body) => http.put(url(api)).query(&query).json(body),
+                None => http.delete(url(api)).query(&query),
+            }
+        };
+        match self.serve(partition, request).await? {
+            Served::Here(topic) => {
+                let (name, def) = (name.to_string(), def.cloned());
+                blocking(move || {
+                    let commit = match &def {
+                        Some(def) => topic.declare_index(&name, def)?,
+                        None => topic.drop_index(&name)?,
+                    };
+                    Ok(commit.is_some())
+                })
+                .await
+            }
+            Served::There(response) if response.status() == StatusCode::NOT_FOUND && def.is_none() => Ok(false),
+            Served::There(response) if response.status().is_success() => {
+                let changed: IndexChanged = response.json().await.map_err(|e| self.unreadable_doc(e))?;
+                Ok(changed.cid.is_some())
+            }
+            Served::There(response) => Err(refusal(response).await),
+        }
+    }
+
+    /// The indexes each partition's copy holds (a few partitions at once), and the partitions
+    /// no holder of which answered.
+    pub async fn indexes(&self) -> (Vec<(u32, PartitionIndexes)>, Vec<FailedPartition>) {
+        use futures::StreamExt as _;
+        let outcomes: Vec<(u32, Result<PartitionIndexes, TableError>)> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| async move { (p, self.indexes_in(p).await) })
+            .buffered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        let (mut held, mut failed) = (Vec::new(), Vec::new());
+        for (partition, outcome) in outcomes {
+            match outcome {
+                Ok(indexes) => held.push((partition, indexes)),
+                Err(error) => failed.push(FailedPartition { error: error.to_string(), partition }),
+            }
+        }
+        (held, failed)
+    }
+
+    /// The indexes a copy of `partition` holds.
+    pub async fn indexes_in(&self, partition: u32) -> Result<PartitionIndexes, TableError> {
+        let url = |api: &str| format!("{api}/v1/tables/{}/indexes", self.def.name);
+        let query = [("partition", partition.to_string())];
+        match self.serve(partition, |http, api| http.get(url(api)).query(&query)).await? {
+            Served::Here(topic) => Ok(topic.indexes().into_iter().map(IndexEntry::from).collect()),
+            Served::There(response) if response.status().is_success() => {
+                let listed: crate::wire::TableIndexes = response.json().await.map_err(|e| self.unreadable_doc(e))?;
+                Ok(listed.indexes.into_iter().map(|index| index.entry).collect())
+            }
+            Served::There(response) => Err(refusal(response).await),
+        }
     }
 }

@@ -146,3 +146,40 @@ pub struct IndexChanged {
     /// The block's height; `None` when nothing changed.
     pub height: Option<u64>,
 }
+
+/// `GET /v1/tables/{t}/indexes`: the indexes the table's partitions hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIndexes {
+    /// Each index a partition holds, with how many partitions hold it built.
+    pub indexes: Vec<TableIndex>,
+    /// Partitions of the table.
+    pub partitions: u32,
+    /// Partitions no holder of which answered (status 206).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<super::FailedPartition>,
+}
+
+/// One index of a table (or, forwarded for one partition, of that partition's copy).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIndex {
+    /// The index as one partition holds it (`scanned` summed over the partitions).
+    #[serde(flatten)]
+    pub entry: IndexEntry,
+    /// Partitions whose copy holds it.
+    pub held_by: u32,
+    /// Partitions whose copy holds it built.
+    pub built_by: u32,
+}
+
+/// `PUT` or `DELETE /v1/tables/{t}/indexes/{name}`: what the change did on each partition
+/// (status 207 when some partition did not take it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableIndexChanged {
+    /// Partitions whose topic took the change.
+    pub changed: Vec<u32>,
+    /// Partitions whose topic was so already.
+    pub unchanged: Vec<u32>,
+    /// Partitions no holder of which took it: send the change again to reach them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<super::FailedPartition>,
+}

@@ -752,3 +752,66 @@ fn a_tables_documents_are_written_and_read_through_any_member() {
         assert_eq!(keys, ["svc-0", "svc-1", "svc-2", "svc-3"], "through {}", node.api);
     }
 }
+
+#[test]
+fn an_index_declared_on_a_table_is_built_on_every_partition_and_serves_its_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    let envs = ["dev", "prod", "test"];
+    for i in 0..60 {
+        let node = &nodes[i % 3];
+        let put = node.http.put(node.url(&format!("/v1/tables/users/docs/svc-{i:02}"))).query(&[("ack", "2")]);
+        let reply = put.json(&json!({ "env": envs[i % 3], "n": i })).send().unwrap();
+        assert_eq!(reply.status(), StatusCode::OK);
+    }
+    let query = |node: &NodeProcess| -> Value {
+        let page = node.http.get(node.url("/v1/tables/users/docs")).query(&[("where", "env=prod"), ("limit", "100")]);
+        page.send().unwrap().json().unwrap()
+    };
+    let prod: Vec<String> = (0..60).filter(|i| i % 3 == 1).map(|i| format!("svc-{i:02}")).collect();
+    let keys = |page: &Value| -> Vec<String> {
+        page["docs"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(query(&nodes[0])["scanned"], 60, "no index: every document is read");
+
+    // Declared through one member: every partition's topic gets it, through its holders.
+    let declared = nodes[1]
+        .http
+        .put(nodes[1].url("/v1/tables/users/indexes/by_env"))
+        .json(&json!({ "path": "env", "type": "string" }));
+    let declared = declared.send().unwrap();
+    assert_eq!(declared.status(), StatusCode::OK);
+    let reply: Value = declared.json().unwrap();
+    assert_eq!(reply["changed"].as_array().unwrap().len(), 8, "{reply}");
+    for node in &nodes {
+        wait_until("every partition holds the index built", || {
+            let listed: Value = node.http.get(node.url("/v1/tables/users/indexes")).send().unwrap().json().unwrap();
+            listed["indexes"][0]["name"] == "by_env" && listed["indexes"][0]["built_by"] == 8
+        });
+        wait_until("the query reads only what the index names", || query(node)["scanned"] == 20);
+        assert_eq!(keys(&query(node)), prod);
+    }
+    // Declared again, nothing changes; a bad declaration is refused whole.
+    let again = nodes[2]
+        .http
+        .put(nodes[2].url("/v1/tables/users/indexes/by_env"))
+        .json(&json!({ "path": "env", "type": "string" }));
+    let again: Value = again.send().unwrap().json().unwrap();
+    assert_eq!((again["changed"].as_array().unwrap().len(), again["unchanged"].as_array().unwrap().len()), (0, 8));
+    let bad = nodes[0]
+        .http
+        .put(nodes[0].url("/v1/tables/users/indexes/by_env"))
+        .json(&json!({ "path": "env", "type": "date" }));
+    assert_eq!(bad.send().unwrap().status(), StatusCode::BAD_REQUEST);
+
+    // Dropped through another member: gone from every partition.
+    let dropped = nodes[0].http.delete(nodes[0].url("/v1/tables/users/indexes/by_env")).send().unwrap();
+    assert_eq!(dropped.status(), StatusCode::OK);
+    for node in &nodes {
+        wait_until("the query scans again", || query(node)["scanned"] == 60);
+        assert_eq!(keys(&query(node)), prod);
+    }
+    let missing = nodes[1].http.delete(nodes[1].url("/v1/tables/users/indexes/by_env")).send().unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+}
