@@ -46,6 +46,19 @@ impl Topic {
         Ok(page.docs.pop().map(|(_, fields)| fields))
     }
 
+    /// The visible fields of each document of `keys`, in their order (`None` for one with no
+    /// field), read through one iterator: cheaper than [`Topic::doc`] for each, above all when
+    /// the keys come in order.
+    pub fn docs_of(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Fields>>, ReadError> {
+        let mut held = Held::new(self);
+        keys.iter()
+            .map(|key| {
+                let fields = held.fields(key)?;
+                Ok((!fields.is_empty()).then_some(fields))
+            })
+            .collect()
+    }
+
     /// Documents in key order, strictly after `after` when given, at most `limit` of them
     /// (capped by `query_limit_max`).
     pub fn docs(&self, after: Option<&[u8]>, limit: usize) -> Result<DocPage, ReadError> {
@@ -192,7 +205,7 @@ fn entry(key: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<Vec<u
     Ok(entry)
 }
 
-/// Reads the names of documents' visible fields through one iterator, made when first needed.
+/// Reads documents' visible fields through one iterator, made when first needed.
 struct Held<'t> {
     topic: &'t Topic,
     iter: Option<rocksdb::DBRawIteratorWithThreadMode<'t, rocksdb::DB>>,
@@ -205,6 +218,12 @@ impl<'t> Held<'t> {
 
     /// The names of the visible fields of the document `key`.
     fn of(&mut self, key: &[u8]) -> Result<Vec<String>, WriteError> {
+        let fields = self.fields(key).map_err(|ReadError::Storage(error)| WriteError::Storage(error))?;
+        Ok(fields.into_iter().map(|(name, _)| name).collect())
+    }
+
+    /// The visible fields of the document `key`, in name order.
+    fn fields(&mut self, key: &[u8]) -> Result<Fields, ReadError> {
         let topic = self.topic;
         let iter = self.iter.get_or_insert_with(|| {
             let mut options = ReadOptions::default();
@@ -216,7 +235,7 @@ impl<'t> Held<'t> {
         });
         let prefix = topic.shared.id.key(&doc::entries_prefix(key));
         let now = topic.store.options.clock.now();
-        let mut names = Vec::new();
+        let mut fields = Vec::new();
         iter.seek(&prefix);
         while iter.valid() {
             let (Some(entry), Some(value)) = (iter.key(), iter.value()) else { break };
@@ -225,12 +244,12 @@ impl<'t> Held<'t> {
             }
             let corrupt = |what: String| StorageError::Corrupt(format!("document entry {entry:?}: {what}"));
             let field = std::str::from_utf8(&entry[prefix.len()..]).map_err(|e| corrupt(e.to_string()))?;
-            if Row::decode(value).map_err(corrupt)?.visible(now).is_some() {
-                names.push(field.to_string());
+            if let Some(visible) = Row::decode(value).map_err(corrupt)?.visible(now) {
+                fields.push((field.to_string(), visible.value.clone()));
             }
             iter.next();
         }
         iter.status().map_err(StorageError::from)?;
-        Ok(names)
+        Ok(fields)
     }
 }

@@ -256,7 +256,7 @@ fn encode(value: &Value) -> Vec<u8> {
 }
 
 /// The document whose fields are `fields`.
-fn document(key: &[u8], fields: Fields) -> Result<Document, ReadError> {
+pub(super) fn document(key: &[u8], fields: Fields) -> Result<Document, ReadError> {
     fields
         .into_iter()
         .map(|(name, json)| {

@@ -15,7 +15,7 @@ use canopy_crdt::{IndexDef, IndexKind, IndexScan, IndexStatus, Topic, WriteError
 use serde_json::Value;
 
 use super::NodeTopic;
-use super::docs::{FindError, FoundPage, Order, SORT_DOCS_MAX};
+use super::docs::{Document, FindError, FoundPage, Order, SORT_DOCS_MAX};
 use super::filter::{Condition, Filter, Op};
 
 /// A range of an index's encoded values.
@@ -173,12 +173,11 @@ pub(super) fn find_indexed(
         keys.dedup();
         let mut matched = Vec::new();
         let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
-        for key in keys {
-            found.scanned += 1;
-            if let Some(doc) = super::docs::doc_of(topic, &key)?
-                && filter.matches(&doc)
-            {
-                matched.push((key, doc));
+        for chunk in keys.chunks(FETCH_DOCS) {
+            for (key, doc) in read(topic, chunk, &mut found.scanned)? {
+                if filter.matches(&doc) {
+                    matched.push((key, doc));
+                }
             }
         }
         let page = super::docs::sorted_page(matched, order, after, limit)?;
@@ -205,26 +204,43 @@ pub(super) fn find_indexed(
     }
     let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
     let mut matches = 0;
-    for (_, key) in candidates {
-        found.scanned += 1;
-        let Some(doc) = super::docs::doc_of(topic, &key)? else { continue };
-        if !filter.matches(&doc) {
-            continue;
+    let keys: Vec<Vec<u8>> = candidates.into_iter().map(|(_, key)| key).collect();
+    'pages: for chunk in keys.chunks(FETCH_DOCS) {
+        for (key, doc) in read(topic, chunk, &mut found.scanned)? {
+            if !filter.matches(&doc) {
+                continue;
+            }
+            matches += 1;
+            if by_index && matches <= start {
+                continue;
+            }
+            if found.docs.len() == limit {
+                found.next = Some(match by_index {
+                    true => (start + limit).to_string(),
+                    false => String::from_utf8_lossy(&found.docs.last().expect("a full page").0).into_owned(),
+                });
+                break 'pages;
+            }
+            found.docs.push((key, doc));
         }
-        matches += 1;
-        if by_index && matches <= start {
-            continue;
-        }
-        if found.docs.len() == limit {
-            found.next = Some(match by_index {
-                true => (start + limit).to_string(),
-                false => String::from_utf8_lossy(&found.docs.last().expect("a full page").0).into_owned(),
-            });
-            break;
-        }
-        found.docs.push((key, doc));
     }
     Ok(Some(found))
+}
+
+/// Candidates read at once: one iterator serves them all.
+const FETCH_DOCS: usize = 128;
+
+/// The documents of `keys` that have fields, read through one iterator, counting every key
+/// read in `scanned`.
+fn read(topic: &Topic, keys: &[Vec<u8>], scanned: &mut u64) -> Result<Vec<(Vec<u8>, Document)>, FindError> {
+    *scanned += keys.len() as u64;
+    let mut docs = Vec::with_capacity(keys.len());
+    for (key, fields) in keys.iter().zip(topic.docs_of(keys)?) {
+        if let Some(fields) = fields {
+            docs.push((key.clone(), super::docs::document(key, fields)?));
+        }
+    }
+    Ok(docs)
 }
 
 fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
