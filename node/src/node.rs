@@ -28,6 +28,7 @@ mod topic;
 
 pub use acks::AckWait;
 pub(crate) use counters::Counters;
+pub(crate) use docs::sorted_page;
 pub use docs::{Document, DocumentPage, FindError, FoundPage, Order, SORT_DOCS_MAX, find_documents, merge_patch};
 pub use messages::{MessageListener, Published, TopicMessage};
 use replicator::SyncEvent;

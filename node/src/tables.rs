@@ -45,6 +45,7 @@ pub(crate) mod write;
 pub(crate) use placement::{HANDOFF_WINDOW_LIFETIMES, before_recent_joins, placed_on};
 pub use placement::{PartitionTopic, owners, partition_of, partition_topic};
 
+pub(crate) use docs::parse_order;
 pub use docs::{DocChange, FoundDocs, IndexFanout, PartitionIndexes};
 pub use members::DrainStatus;
 pub use route::{Listing, Read, Table, TableEntry, Written};

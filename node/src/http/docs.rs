@@ -18,16 +18,8 @@ use crate::wire;
 type DocPath = Result<Path<(String, String)>, PathRejection>;
 
 /// The order `text` names: a field's path, descending when it starts with `-`.
-fn parse_order(text: &str) -> ApiResult<Order> {
-    let (descending, path) = match text.strip_prefix('-') {
-        Some(path) => (true, path),
-        None => (false, text),
-    };
-    let path: Vec<String> = path.split('.').map(str::to_string).collect();
-    if path.iter().any(String::is_empty) {
-        return Err(ApiError::bad_request(format!("order {text:?} names no field: write order=PATH or order=-PATH")));
-    }
-    Ok(Order { path, descending })
+pub(super) fn parse_order(text: &str) -> ApiResult<Order> {
+    crate::tables::parse_order(text).map_err(ApiError::bad_request)
 }
 
 /// The body of a put or a patch: a JSON object.

@@ -105,8 +105,9 @@ pub(super) async fn get_doc(
 }
 
 /// `GET /v1/tables/{t}/docs?where=...`: the table's documents meeting every condition, over every
-/// partition, in key order (`after`, `limit`); a page missing partitions that did not answer is
-/// a 206 naming them. A member forwarding one partition's part names it (`partition`).
+/// partition, in key order or by `order` (`after`, `limit`); a page missing partitions that did
+/// not answer is a 206 naming them. A member forwarding one partition's part names it
+/// (`partition`).
 pub(super) async fn find_docs(
     State(node): State<Node>,
     headers: HeaderMap,
@@ -118,9 +119,8 @@ pub(super) async fn find_docs(
         .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
     let conditions: Vec<String> = pairs.iter().filter(|(n, _)| n == "where").map(|(_, v)| v.clone()).collect();
     let filter = Filter::parse(conditions.iter().map(String::as_str)).map_err(ApiError::bad_request)?;
-    if pairs.iter().any(|(n, _)| n == "order") {
-        return Err(ApiError::bad_request("a table's documents come in key order: order is for a topic's documents"));
-    }
+    let order_text = pairs.iter().find(|(n, _)| n == "order").map(|(_, v)| v.clone());
+    let order = order_text.as_deref().map(super::docs::parse_order).transpose()?;
     let query = parse_query(raw.as_deref())?;
     let limit = positive_limit(&query)?;
     let after = query.get("after").cloned();
@@ -131,7 +131,8 @@ pub(super) async fn find_docs(
         let topic = held_or_misdirected(&table, partition, &headers).await?;
         let copy = topic.clone();
         let found = blocking(move || {
-            copy.find(&filter, None, after.as_deref(), limit).map_err(|e| ApiError::bad_request(e.to_string()))
+            copy.find(&filter, order.as_ref(), after.as_deref(), limit)
+                .map_err(|e| ApiError::bad_request(e.to_string()))
         })
         .await?;
         let token = table.read_at(partition, &topic);
@@ -140,10 +141,12 @@ pub(super) async fn find_docs(
         page.scanned = Some(found.scanned);
         return Ok(with_token(&token, Json(page)));
     }
-    let found = match partition {
-        Some(partition) => {
-            let (listing, scanned) =
-                table.find_docs_in(partition, &conditions, after.as_deref().map(str::as_bytes), limit).await?;
+    let found = match (partition, &order) {
+        (None, Some(order)) => table.find_docs_ordered(&conditions, order, after.as_deref(), limit).await?,
+        (Some(partition), _) => {
+            let (listing, scanned) = table
+                .find_docs_in(partition, &conditions, order_text.as_deref(), after.as_deref().map(str::as_bytes), limit)
+                .await?;
             let docs = listing
                 .entries
                 .into_iter()
@@ -157,7 +160,7 @@ pub(super) async fn find_docs(
                 .collect::<ApiResult<_>>()?;
             crate::tables::FoundDocs { docs, next: listing.next, failed: Vec::new(), token: listing.token, scanned }
         }
-        None => table.find_docs(&conditions, after.as_deref().map(str::as_bytes), limit).await?,
+        (None, None) => table.find_docs(&conditions, after.as_deref().map(str::as_bytes), limit).await?,
     };
     let status = if found.failed.is_empty() { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
     let mut page = DocPage::new(found.docs, None, found.token.to_string());

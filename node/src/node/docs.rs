@@ -189,7 +189,7 @@ pub fn find_documents(
 
 /// The page after `after` (an offset, as a previous page's `next`) of `matched` sorted by
 /// `order`: documents without the field last, ties by key.
-pub(super) fn sorted_page(
+pub(crate) fn sorted_page(
     mut matched: Vec<(Vec<u8>, Document)>,
     order: &Order,
     after: Option<&str>,

@@ -9,7 +9,7 @@ use super::{Listing, Table, TableEntry, TableError};
 use crate::IndexDef;
 use crate::causal::CausalToken;
 use crate::node::filter::Filter;
-use crate::node::{Document, NodeTopic};
+use crate::node::{Document, NodeTopic, Order, SORT_DOCS_MAX, sorted_page};
 use crate::wire::{DocPage, DocWritten, FailedPartition, IndexBody, IndexChanged, IndexEntry};
 
 /// One partition's documents a query found (as JSON text), and the documents it read.
@@ -138,7 +138,7 @@ impl Table {
     ) -> Result<FoundDocs, TableError> {
         use futures::StreamExt as _;
         let pages: Vec<(u32, Result<PartitionFound, TableError>)> = futures::stream::iter(0..self.def.partitions)
-            .map(|p| async move { (p, self.find_docs_in(p, conditions, after, limit).await) })
+            .map(|p| async move { (p, self.find_docs_in(p, conditions, None, after, limit).await) })
             .buffered(LIST_FANOUT_MAX)
             .collect()
             .await;
@@ -163,16 +163,75 @@ impl Table {
         Ok(FoundDocs { docs, next: merged.next, failed, token, scanned })
     }
 
-    /// One partition's part of [`Table::find_docs`]: its page (documents as JSON text) and the
-    /// documents read.
+    /// The documents meeting `conditions` over every partition, ordered by `order` (as a
+    /// topic's ordered query orders them), the page after `after` (a previous page's `next`, an
+    /// offset), at most `limit`: each partition answers its first `after + limit` in that
+    /// order, a few partitions at once, and the merge keeps the page's part.
+    pub async fn find_docs_ordered(
+        &self,
+        conditions: &[String],
+        order: &Order,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<FoundDocs, TableError> {
+        use futures::StreamExt as _;
+        let refused = |message: String| TableError::Refused { status: 400, message };
+        let start = match after {
+            Some(after) => after
+                .parse::<usize>()
+                .map_err(|_| refused("after must be the next of the query's previous page".into()))?,
+            None => 0,
+        };
+        let wanted = start.saturating_add(limit);
+        if wanted > SORT_DOCS_MAX {
+            return Err(refused(format!(
+                "an ordered query over a table pages through its first {SORT_DOCS_MAX} documents"
+            )));
+        }
+        let order_text = format!("{}{}", if order.descending { "-" } else { "" }, order.path.join("."));
+        let pages: Vec<(u32, Result<PartitionFound, TableError>)> = futures::stream::iter(0..self.def.partitions)
+            .map(|p| {
+                let order_text = order_text.as_str();
+                async move { (p, self.find_docs_in(p, conditions, Some(order_text), None, wanted).await) }
+            })
+            .buffered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        let mut scanned = 0;
+        let pages = pages
+            .into_iter()
+            .map(|(partition, page)| {
+                (
+                    partition,
+                    page.map(|(page, read)| {
+                        scanned += read;
+                        page
+                    }),
+                )
+            })
+            .collect();
+        let (answered, failed, token) = self.gather(pages)?;
+        let mut docs = Vec::new();
+        for entry in answered.into_iter().flat_map(|page| page.entries) {
+            let doc: Document = serde_json::from_slice(&entry.value).map_err(|e| self.unreadable_doc(e))?;
+            docs.push((entry.key, doc));
+        }
+        let page = sorted_page(docs, order, after, limit).map_err(|e| refused(e.to_string()))?;
+        Ok(FoundDocs { docs: page.docs, next: page.next.map(String::into_bytes), failed, token, scanned })
+    }
+
+    /// One partition's part of [`Table::find_docs`] (or, with `order`, of
+    /// [`Table::find_docs_ordered`]): its page (documents as JSON text) and the documents read.
     pub async fn find_docs_in(
         &self,
         partition: u32,
         conditions: &[String],
+        order: Option<&str>,
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<PartitionFound, TableError> {
         let mut query: Vec<(&str, String)> = conditions.iter().map(|c| ("where", c.clone())).collect();
+        query.extend(order.map(|order| ("order", order.to_string())));
         query.push(("partition", partition.to_string()));
         query.push(("limit", limit.to_string()));
         query.extend(after.map(|after| ("after", String::from_utf8_lossy(after).into_owned())));
@@ -183,9 +242,13 @@ impl Table {
                 let filter = Filter::parse(conditions.iter().map(String::as_str))
                     .map_err(|message| TableError::Refused { status: 400, message })?;
                 let after = after.map(|after| String::from_utf8_lossy(after).into_owned());
+                let order = order
+                    .map(parse_order)
+                    .transpose()
+                    .map_err(|message| TableError::Refused { status: 400, message })?;
                 let copy = topic.clone();
                 let found = blocking(move || {
-                    copy.find(&filter, None, after.as_deref(), limit)
+                    copy.find(&filter, order.as_ref(), after.as_deref(), limit)
                         .map_err(|e| TableError::Refused { status: 400, message: e.to_string() })
                 })
                 .await?;
@@ -338,4 +401,17 @@ impl Table {
             Served::There(response) => Err(refusal(response).await),
         }
     }
+}
+
+/// The order `text` names: a field's path, descending when it starts with `-`.
+pub(crate) fn parse_order(text: &str) -> Result<Order, String> {
+    let (descending, path) = match text.strip_prefix('-') {
+        Some(path) => (true, path),
+        None => (false, text),
+    };
+    let path: Vec<String> = path.split('.').map(str::to_string).collect();
+    if path.iter().any(String::is_empty) {
+        return Err(format!("order {text:?} names no field: write order=PATH or order=-PATH"));
+    }
+    Ok(Order { path, descending })
 }

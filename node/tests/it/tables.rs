@@ -792,6 +792,17 @@ fn an_index_declared_on_a_table_is_built_on_every_partition_and_serves_its_queri
         wait_until("the query reads only what the index names", || query(node)["scanned"] == 20);
         assert_eq!(keys(&query(node)), prod);
     }
+    // Ordered by a field over every partition, a page at a time.
+    let ordered = |node: &NodeProcess, after: Option<&str>| -> Value {
+        let mut query = vec![("where", "env=prod"), ("order", "-n"), ("limit", "5")];
+        query.extend(after.map(|after| ("after", after)));
+        node.http.get(node.url("/v1/tables/users/docs")).query(&query).send().unwrap().json().unwrap()
+    };
+    let first = ordered(&nodes[2], None);
+    assert_eq!(keys(&first), ["svc-58", "svc-55", "svc-52", "svc-49", "svc-46"], "{first}");
+    let second = ordered(&nodes[0], first["next"].as_str());
+    assert_eq!(keys(&second), ["svc-43", "svc-40", "svc-37", "svc-34", "svc-31"], "{second}");
+
     // Declared again, nothing changes; a bad declaration is refused whole.
     let again = nodes[2]
         .http
