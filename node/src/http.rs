@@ -146,7 +146,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/topics/{topic}/counters/{*key}", post(kv::increment).get(kv::get_counter))
         .route("/v1/topics/{topic}/history/{*key}", get(kv::key_history))
         .route("/v1/topics/{topic}/batch", post(kv::batch))
-        .route("/v1/topics/{topic}/docs", get(docs::list_docs))
+        .route("/v1/topics/{topic}/docs", get(docs::list_docs).post(docs::batch_docs))
         .route("/v1/topics/{topic}/indexes", get(docs::list_indexes))
         .route("/v1/topics/{topic}/indexes/{name}", put(docs::put_index).delete(docs::delete_index))
         .route("/v1/topics/{topic}/messages", post(messages::publish).get(messages::stream))

@@ -29,7 +29,7 @@ pub use canopy_crdt::{
 pub use config::{ConfigError, NodeConfig, Overrides};
 pub use node::filter::{Condition, Filter};
 pub use node::{
-    AckWait, Document, DocumentPage, FindError, FoundPage, HeadInfo, MessageListener, Node, NodeError, NodeTopic,
-    Order, Published, SORT_DOCS_MAX, Status, TopicInfo, TopicMessage, find_documents, merge_patch,
+    AckWait, DocBatchOp, Document, DocumentPage, FindError, FoundPage, HeadInfo, MessageListener, Node, NodeError,
+    NodeTopic, Order, Published, SORT_DOCS_MAX, Status, TopicInfo, TopicMessage, find_documents, merge_patch,
 };
 pub use tables::{DrainStatus, Member, Table, TableDef, TableError};

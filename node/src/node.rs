@@ -29,7 +29,9 @@ mod topic;
 pub use acks::AckWait;
 pub(crate) use counters::Counters;
 pub(crate) use docs::sorted_page;
-pub use docs::{Document, DocumentPage, FindError, FoundPage, Order, SORT_DOCS_MAX, find_documents, merge_patch};
+pub use docs::{
+    DocBatchOp, Document, DocumentPage, FindError, FoundPage, Order, SORT_DOCS_MAX, find_documents, merge_patch,
+};
 pub use messages::{MessageListener, Published, TopicMessage};
 use replicator::SyncEvent;
 pub(crate) use start::admitted;

@@ -11,7 +11,7 @@ use super::kv::{hold_causal, parse_ttl, topic_copies, topic_token, with_token, w
 use super::{ApiError, ApiResult, ListQuery, blocking, parse_query, subscribed};
 use crate::IndexDef;
 use crate::node::filter::Filter;
-use crate::node::{Document, FindError, Node, NodeTopic, Order};
+use crate::node::{DocBatchOp, Document, FindError, Node, NodeTopic, Order};
 use crate::wire;
 
 /// The path of a document: its topic and key.
@@ -240,4 +240,77 @@ pub(super) fn index_def(name: &str, body: &[u8]) -> ApiResult<IndexDef> {
         ApiError::bad_request(format!(r#"an index is {{"path": "a.b", "type": "string" | "number" | "bool"}}: {e}"#))
     })?;
     IndexDef::new(&body.path, body.kind).map_err(ApiError::bad_request)
+}
+
+/// One change of `POST /v1/topics/{t}/docs`: the document `key` put, patched or deleted.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchChange {
+    key: String,
+    #[serde(default)]
+    put: Option<serde_json::Value>,
+    #[serde(default)]
+    patch: Option<serde_json::Value>,
+    #[serde(default)]
+    delete: Option<bool>,
+}
+
+/// `POST /v1/topics/{t}/docs`: a JSON array of changes, `{"key": K, "put": {...}}`,
+/// `{"key": K, "patch": {...}}` or `{"key": K, "delete": true}`, applied as one block, each
+/// seeing its document as this node held it before the batch; acknowledged (`ack`) and
+/// expiring (`ttl`) as a single write.
+pub(super) async fn batch_docs(
+    State(node): State<Node>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Json<wire::DocWritten>> {
+    let Path(topic) = path?;
+    let query = parse_query(query.as_deref())?;
+    let expires = query.get("ttl").map(|text| parse_ttl(text)).transpose()?.map(|ttl| node.expiry_of(ttl));
+    let changes: Vec<BatchChange> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            r#"a document batch is a JSON array of {{"key": K, "put": {{...}}}}, {{"key": K, "patch": {{...}}}} or {{"key": K, "delete": true}}: {e}"#
+        ))
+    })?;
+    let ops_max = node.inner().config.batch_ops_max;
+    if changes.len() > ops_max {
+        return Err(ApiError::bad_request(format!("{} changes exceed batch_ops_max {ops_max}", changes.len())));
+    }
+    let mut ops = Vec::with_capacity(changes.len());
+    for (index, change) in changes.into_iter().enumerate() {
+        let op = match (change.put, change.patch, change.delete) {
+            (Some(doc), None, None) => DocBatchOp::Put(as_object(doc, index, "put")?),
+            (None, Some(patch), None) => DocBatchOp::Patch(as_object(patch, index, "patch")?),
+            (None, None, Some(true)) => DocBatchOp::Delete,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "change {index} ({:?}): give exactly one of put, patch or \"delete\": true",
+                    change.key
+                )));
+            }
+        };
+        ops.push((change.key.into_bytes(), op));
+    }
+    let copies = topic_copies(&node, &query)?;
+    let written = write_acked(node, topic, copies, move |handle: &NodeTopic| {
+        let commit = handle.doc_batch(&ops, expires)?;
+        Ok((commit, commit))
+    })
+    .await?;
+    Ok(Json(wire::DocWritten {
+        acknowledged: written.acknowledged,
+        causal_token: written.token,
+        cid: written.result.map(|commit| commit.cid.to_string()),
+        expires_ms: expires,
+        height: written.result.map(|commit| commit.height),
+    }))
+}
+
+/// The object a batch change `index` gives as its `what`.
+fn as_object(value: serde_json::Value, index: usize, what: &str) -> ApiResult<Document> {
+    match value {
+        serde_json::Value::Object(doc) => Ok(doc),
+        other => Err(ApiError::bad_request(format!("change {index}: {what} is a JSON object, not {}", kind(&other)))),
+    }
 }

@@ -64,6 +64,13 @@ impl NodeTopic {
         patch: &Document,
         expires_ms: Option<u64>,
     ) -> Result<Option<Commit>, WriteError> {
+        let write = self.patch_write(key, patch)?;
+        let commit = self.topic.doc_write(key, write, expires_ms)?;
+        Ok(self.committed(commit))
+    }
+
+    /// The fields `patch` sets and removes in the document `key` as this node holds it.
+    fn patch_write(&self, key: &[u8], patch: &Document) -> Result<DocWrite, WriteError> {
         let current = self.doc(key).map_err(|error| match error {
             ReadError::Storage(error) => WriteError::Storage(error),
             other => WriteError::Storage(canopy_crdt::StorageError::Corrupt(other.to_string())),
@@ -81,7 +88,29 @@ impl NodeTopic {
                 value => set.push((name.clone(), encode(value))),
             }
         }
-        let commit = self.topic.doc_write(key, DocWrite::Patch { set, remove }, expires_ms)?;
+        Ok(DocWrite::Patch { set, remove })
+    }
+
+    /// Applies every change of `changes` as one block, atomically: puts, merge patches and
+    /// deletes, each seeing its document as this node held it before the batch. With
+    /// `expires_ms`, the fields written expire then. `None` when nothing changed.
+    pub fn doc_batch(
+        &self,
+        changes: &[(Vec<u8>, DocBatchOp)],
+        expires_ms: Option<u64>,
+    ) -> Result<Option<Commit>, WriteError> {
+        let writes = changes
+            .iter()
+            .map(|(key, change)| {
+                let write = match change {
+                    DocBatchOp::Put(doc) => DocWrite::Put(fields_of(doc)),
+                    DocBatchOp::Patch(patch) => self.patch_write(key, patch)?,
+                    DocBatchOp::Delete => DocWrite::Delete,
+                };
+                Ok((key.clone(), write))
+            })
+            .collect::<Result<Vec<_>, WriteError>>()?;
+        let commit = self.topic.doc_batch(writes, expires_ms)?;
         Ok(self.committed(commit))
     }
 
@@ -91,6 +120,17 @@ impl NodeTopic {
         let commit = self.topic.doc_write(key, DocWrite::Delete, None)?;
         Ok(self.committed(commit))
     }
+}
+
+/// One change of a document batch ([`NodeTopic::doc_batch`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DocBatchOp {
+    /// The document becomes this one.
+    Put(Document),
+    /// This merge patch is applied to it.
+    Patch(Document),
+    /// It is deleted.
+    Delete,
 }
 
 /// A page of the documents a query found.

@@ -305,3 +305,43 @@ fn an_index_declared_through_one_node_serves_queries_on_every_node_until_it_is_d
     let listed = canopy().args(["doc", "index", "ls", "reg", "--api", &nodes[1].api]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "by_n\tn\tnumber\tbuilt");
 }
+
+#[test]
+fn a_document_batch_is_one_block_and_bad_input_refuses_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&dir.path().join("node"), &[], &["reg"]);
+    let post = |body: Value| node.http.post(node.url("/v1/topics/reg/docs")).json(&body).send().unwrap();
+    let first = post(json!([
+        { "key": "a", "put": { "env": "dev", "tags": { "tier": "web" } } },
+        { "key": "b", "put": { "env": "prod" } },
+        { "key": "c", "put": { "env": "test" } },
+    ]));
+    assert_eq!(first.status(), StatusCode::OK);
+    let heads_before = node.heads("reg");
+    let reply: Value = post(json!([
+        { "key": "a", "patch": { "tags": { "zone": "b" }, "env": null } },
+        { "key": "b", "delete": true },
+        { "key": "d", "put": { "env": "new" } },
+    ]))
+    .json()
+    .unwrap();
+    assert!(reply["cid"].is_string(), "{reply}");
+    assert_eq!(
+        reply["height"].as_u64(),
+        heads_before["heads"][0]["height"].as_u64().map(|h| h + 1),
+        "one block: {reply}"
+    );
+    assert_eq!(doc(&node, "a"), Some(json!({ "tags": { "tier": "web", "zone": "b" } })));
+    assert_eq!(doc(&node, "b"), None);
+    assert_eq!(doc(&node, "d"), Some(json!({ "env": "new" })));
+    // A bad change anywhere refuses the whole batch.
+    for bad in [
+        json!([{ "key": "c", "put": { "env": "changed" } }, { "key": "e", "put": [1] }]),
+        json!([{ "key": "c", "put": { "env": "changed" } }, { "key": "e", "put": {}, "delete": true }]),
+        json!([{ "key": "c", "put": { "env": "changed" } }, { "key": "e" }]),
+        json!({ "key": "c" }),
+    ] {
+        assert_eq!(post(bad.clone()).status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(doc(&node, "c"), Some(json!({ "env": "test" })));
+}
