@@ -60,9 +60,14 @@ fn table_get(node: &NodeProcess, key: &str) -> Option<String> {
     }
 }
 
-/// Partition → its owners' peer ids, as `node` places them.
+/// Partition → its owners' peer ids of table `users`, as `node` places them.
 fn placement(node: &NodeProcess) -> BTreeMap<u64, Vec<String>> {
-    let shown = node.json("/v1/tables/users");
+    placement_of(node, "users")
+}
+
+/// Partition → its owners' peer ids of `table`, as `node` places them.
+fn placement_of(node: &NodeProcess, table: &str) -> BTreeMap<u64, Vec<String>> {
+    let shown = node.json(&format!("/v1/tables/{table}"));
     shown["placement"]
         .as_array()
         .unwrap()
@@ -640,11 +645,26 @@ fn a_member_whose_clock_runs_ahead_still_sees_the_others_and_places_alike() {
         let (status, body) = table_put(&nodes[i % 2], &key, &[]);
         assert_eq!(status, StatusCode::OK, "{key}: {body}");
     }
-    let foreign = (0..100)
+    // A table of 64 partitions, so the skewed member surely lacks a copy of some (of `users`'
+    // 8 it holds every one about once in 25 runs).
+    let (status, body) = create(&nodes[0], json!({ "name": "wide", "partitions": 64, "replicas": 2 }));
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for node in &nodes {
+        wait_until("every member knows the table", || {
+            node.http.get(node.url("/v1/tables/wide")).send().unwrap().status() == StatusCode::OK
+        });
+    }
+    let wide = placement_of(&nodes[0], "wide");
+    let foreign = (0..1000)
         .map(|i| format!("far-{i}"))
-        .find(|key| !owners_of(&nodes, key).contains(&2))
+        .find(|key| {
+            let partition = canopy_node::tables::partition_of(key.as_bytes(), 64) as u64;
+            !wide[&partition].contains(&nodes[2].peer_id)
+        })
         .expect("a key the skewed member holds no copy of");
-    let (status, body) = table_put(&nodes[2], &foreign, &[]);
+    let url = nodes[2].url(&format!("/v1/tables/wide/kv/{foreign}"));
+    let response = nodes[2].http.put(url).body("v").send().unwrap();
+    let (status, body): (StatusCode, Value) = (response.status(), response.json().unwrap());
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"].as_str().unwrap().contains("clocks disagree"), "{body}");
     // A member that stops is dropped by every member's own clock, the skewed one's too.
