@@ -168,10 +168,12 @@ fn a_piped_script_writes_finds_and_deletes_documents_and_publishes() {
     let script = "\
 doc put api '{\"env\": \"prod\", \"port\": 80}'
 doc put db '{\"env\": \"dev\", \"port\": 5432}'
+doc index create by_env env
 doc patch api '{\"port\": 443, \"zone\": \"b\"}'
 doc get api
 doc find env=prod port>=443
 doc find env=dev
+doc index ls
 doc del db
 doc ls
 doc frobnicate
@@ -183,7 +185,7 @@ publish nobody listens
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|line| line.starts_with("error:")).collect();
     assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].starts_with("error: line 9:") && stderr.contains("doc find CONDITION"), "{stderr}");
+    assert!(errors[0].starts_with("error: line 11:") && stderr.contains("doc find CONDITION"), "{stderr}");
     let json_lines: Vec<serde_json::Value> = stdout
         .lines()
         .filter(|line| line.starts_with("{\"doc\""))
@@ -194,4 +196,6 @@ publish nobody listens
     assert_eq!(json_lines[0]["doc"], serde_json::json!({ "env": "prod", "port": 443, "zone": "b" }));
     assert!(stdout.contains("\"zone\": \"b\""), "get prints the document: {stdout}");
     assert!(stdout.contains("published: no other node listens"), "{stdout}");
+    assert!(stdout.contains("by_env\tenv\tstring\t"), "index ls lists the declared index: {stdout}");
+    assert_eq!(stdout.matches(" found, ").count(), 2, "each find says what it read: {stdout}");
 }

@@ -162,44 +162,52 @@ pub(crate) fn run(command: DocCommand) -> anyhow::Result<()> {
 }
 
 fn index(command: IndexCommand) -> anyhow::Result<()> {
-    let indexes = |api: &Api, topic: &str| api.url(&format!("/v1/topics/{}/indexes", encode_path(topic)));
-    let one = |api: &Api, topic: &str, name: &str| format!("{}/{}", indexes(api, topic), encode_path(name));
-    let changed = |reply: &wire::IndexChanged| match (&reply.cid, reply.height) {
-        (Some(cid), Some(height)) => format!("{cid} height {height}\ncausal token: {}", reply.causal_token),
-        _ => "unchanged: declared so already".to_string(),
-    };
     match command {
         IndexCommand::Create { topic, name, path, kind, client } => {
-            let api = Api::new(&client)?;
-            let body = serde_json::json!({ "path": path, "type": kind });
-            let reply: wire::IndexChanged = api.json(api.http.put(one(&api, &topic, &name)).json(&body))?;
-            print(api.json, &reply, changed);
+            Api::new(&client)?.index_change(&topic, &name, Some((&path, &kind)))
         }
-        IndexCommand::Drop { topic, name, client } => {
-            let api = Api::new(&client)?;
-            let reply: wire::IndexChanged = api.json(api.http.delete(one(&api, &topic, &name)))?;
-            print(api.json, &reply, changed);
-        }
-        IndexCommand::Ls { topic, client } => {
-            let api = Api::new(&client)?;
-            let list: Vec<wire::IndexEntry> = api.json(api.http.get(indexes(&api, &topic)))?;
-            print(api.json, &list, |list: &Vec<wire::IndexEntry>| {
-                let lines: Vec<String> = list
-                    .iter()
-                    .map(|index| {
-                        let state = match index.ready {
-                            true => "built".to_string(),
-                            false => format!("building: {} entries read", index.scanned),
-                        };
-                        let kind = serde_json::to_value(index.kind).unwrap_or_default();
-                        format!("{}\t{}\t{}\t{state}", index.name, index.path, kind.as_str().unwrap_or_default())
-                    })
-                    .collect();
-                if lines.is_empty() { "no index".to_string() } else { lines.join("\n") }
-            });
-        }
+        IndexCommand::Drop { topic, name, client } => Api::new(&client)?.index_change(&topic, &name, None),
+        IndexCommand::Ls { topic, client } => Api::new(&client)?.index_list(&topic),
     }
-    Ok(())
+}
+
+impl Api {
+    /// Declares the index `name` of `topic` on the field `path` of type `kind` (`Some`), or
+    /// drops it, and prints the block that did.
+    pub(crate) fn index_change(&self, topic: &str, name: &str, declare: Option<(&str, &str)>) -> anyhow::Result<()> {
+        let url = self.url(&format!("/v1/topics/{}/indexes/{}", encode_path(topic), encode_path(name)));
+        let request = match declare {
+            Some((path, kind)) => self.http.put(url).json(&serde_json::json!({ "path": path, "type": kind })),
+            None => self.http.delete(url),
+        };
+        let reply: wire::IndexChanged = self.json(request)?;
+        print(self.json, &reply, |reply: &wire::IndexChanged| match (&reply.cid, reply.height) {
+            (Some(cid), Some(height)) => format!("{cid} height {height}\ncausal token: {}", reply.causal_token),
+            _ => "unchanged: declared so already".to_string(),
+        });
+        Ok(())
+    }
+
+    /// Prints `topic`'s indexes: name, path, type, and whether built.
+    pub(crate) fn index_list(&self, topic: &str) -> anyhow::Result<()> {
+        let url = self.url(&format!("/v1/topics/{}/indexes", encode_path(topic)));
+        let list: Vec<wire::IndexEntry> = self.json(self.http.get(url))?;
+        print(self.json, &list, |list: &Vec<wire::IndexEntry>| {
+            let lines: Vec<String> = list
+                .iter()
+                .map(|index| {
+                    let state = match index.ready {
+                        true => "built".to_string(),
+                        false => format!("building: {} entries read", index.scanned),
+                    };
+                    let kind = serde_json::to_value(index.kind).unwrap_or_default();
+                    format!("{}\t{}\t{}\t{state}", index.name, index.path, kind.as_str().unwrap_or_default())
+                })
+                .collect();
+            if lines.is_empty() { "no index".to_string() } else { lines.join("\n") }
+        });
+        Ok(())
+    }
 }
 
 /// Which field of a page says where the next one starts.

@@ -30,6 +30,9 @@ doc patch KEY JSON        apply a merge patch to the document KEY (null removes 
 doc del KEY               delete the document KEY
 doc find CONDITION...     documents meeting every condition (env=prod, port>=80, name^=api)
 doc ls                    every document, in key order
+doc index create NAME PATH [string|number|bool]  declare an index on a field, on every node
+doc index drop NAME       drop an index on every node
+doc index ls              the topic's indexes, and whether each is built
 publish MESSAGE...        publish a message to those listening to the topic's messages
 use TOPIC                 work on TOPIC from now on
 help                      this list
@@ -196,6 +199,18 @@ impl Shell<'_> {
                 Ok(())
             }
             ("ls", []) => api.doc_pages(topic, &[], usize::MAX, super::doc::Cursor::NextBase64).map(|_| ()),
+            ("index", [verb, rest @ ..]) => match (verb.as_str(), rest) {
+                ("create", [name, path]) => api.index_change(topic, name, Some((path, "string"))),
+                ("create", [name, path, kind]) if ["string", "number", "bool"].contains(&kind.as_str()) => {
+                    api.index_change(topic, name, Some((path, kind)))
+                }
+                ("drop", [name]) => api.index_change(topic, name, None),
+                ("ls", []) => api.index_list(topic),
+                _ => {
+                    let lines: Vec<&str> = HELP.lines().filter(|line| line.starts_with("doc index")).collect();
+                    bail!("usage:\n{}", lines.join("\n"))
+                }
+            },
             _ => {
                 let lines: Vec<&str> = HELP.lines().filter(|line| line.starts_with("doc ")).collect();
                 bail!("usage:\n{}", lines.join("\n"))
