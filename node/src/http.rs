@@ -164,7 +164,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/tables/{table}/kv", get(tables::list_keys))
         .route("/v1/tables/{table}/kv/{*key}", put(tables::put_key).get(tables::get_key).delete(tables::delete_key))
         .route("/v1/tables/{table}/batch", post(tables::batch))
-        .route("/v1/tables/{table}/docs", get(table_docs::find_docs))
+        .route("/v1/tables/{table}/docs", get(table_docs::find_docs).post(table_docs::batch_docs))
         .route("/v1/tables/{table}/indexes", get(table_docs::list_indexes))
         .route("/v1/tables/{table}/indexes/{name}", put(table_docs::put_index).delete(table_docs::delete_index))
         .route(

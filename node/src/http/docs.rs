@@ -268,7 +268,26 @@ pub(super) async fn batch_docs(
     let Path(topic) = path?;
     let query = parse_query(query.as_deref())?;
     let expires = query.get("ttl").map(|text| parse_ttl(text)).transpose()?.map(|ttl| node.expiry_of(ttl));
-    let changes: Vec<BatchChange> = serde_json::from_slice(&body).map_err(|e| {
+    let ops = parse_doc_batch(&node, &body)?;
+    let copies = topic_copies(&node, &query)?;
+    let written = write_acked(node, topic, copies, move |handle: &NodeTopic| {
+        let commit = handle.doc_batch(&ops, expires)?;
+        Ok((commit, commit))
+    })
+    .await?;
+    Ok(Json(wire::DocWritten {
+        acknowledged: written.acknowledged,
+        causal_token: written.token,
+        cid: written.result.map(|commit| commit.cid.to_string()),
+        expires_ms: expires,
+        height: written.result.map(|commit| commit.height),
+    }))
+}
+
+/// The changes of a document batch's body, checked: a JSON array of `{"key": K, "put": {...}}`,
+/// `{"key": K, "patch": {...}}` or `{"key": K, "delete": true}`, at most `batch_ops_max`.
+pub(super) fn parse_doc_batch(node: &Node, body: &[u8]) -> ApiResult<Vec<(Vec<u8>, DocBatchOp)>> {
+    let changes: Vec<BatchChange> = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             r#"a document batch is a JSON array of {{"key": K, "put": {{...}}}}, {{"key": K, "patch": {{...}}}} or {{"key": K, "delete": true}}: {e}"#
         ))
@@ -292,19 +311,7 @@ pub(super) async fn batch_docs(
         };
         ops.push((change.key.into_bytes(), op));
     }
-    let copies = topic_copies(&node, &query)?;
-    let written = write_acked(node, topic, copies, move |handle: &NodeTopic| {
-        let commit = handle.doc_batch(&ops, expires)?;
-        Ok((commit, commit))
-    })
-    .await?;
-    Ok(Json(wire::DocWritten {
-        acknowledged: written.acknowledged,
-        causal_token: written.token,
-        cid: written.result.map(|commit| commit.cid.to_string()),
-        expires_ms: expires,
-        height: written.result.map(|commit| commit.height),
-    }))
+    Ok(ops)
 }
 
 /// The object a batch change `index` gives as its `what`.

@@ -17,7 +17,8 @@ use crate::Node;
 use crate::node::filter::Filter;
 use crate::tables::DocChange;
 use crate::wire::{
-    DocPage, DocWritten, FailedPartition, IndexChanged, IndexEntry, TableIndex, TableIndexChanged, TableIndexes,
+    DocPage, DocWritten, FailedPartition, IndexChanged, IndexEntry, TableBatched, TableIndex, TableIndexChanged,
+    TableIndexes,
 };
 
 /// Applies `change` to the document the path names, on the key's owners.
@@ -297,4 +298,39 @@ pub(super) async fn list_indexes(
     let partitions = table.def().partitions;
     let status = if failed.is_empty() { StatusCode::OK } else { StatusCode::PARTIAL_CONTENT };
     Ok((status, Json(TableIndexes { indexes, partitions, failed })).into_response())
+}
+
+/// `POST /v1/tables/{t}/docs`: a document batch (as a topic's) split by partition, each part
+/// one block on its owners; one outcome per partition (207 when some did not apply). A member
+/// forwarding one partition's part names it, and the holder applies it to its copy.
+pub(super) async fn batch_docs(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let Path(name) = path?;
+    let query = parse_query(query.as_deref())?;
+    let changes = super::docs::parse_doc_batch(&node, &body)?;
+    let table = requested_table(node, name, &headers, &query).await?;
+    if !forwarded(&headers) {
+        let partitions = table.doc_batch(changes).await;
+        let status = match partitions.iter().all(|outcome| outcome.status == StatusCode::OK.as_u16()) {
+            true => StatusCode::OK,
+            false => StatusCode::MULTI_STATUS,
+        };
+        return Ok((status, Json(TableBatched { partitions })).into_response());
+    }
+    let partition = partition_param(&table, &query)?
+        .ok_or_else(|| ApiError::bad_request("a forwarded batch names its partition"))?;
+    if changes.iter().any(|(key, _)| crate::tables::partition_of(key, table.def().partitions) != partition) {
+        return Err(ApiError::bad_request(format!("a forwarded batch for partition {partition} has keys of another")));
+    }
+    let topic = held_or_misdirected(&table, partition, &headers).await?;
+    let ops = changes.len();
+    let acked = table.doc_batch_here(partition, &topic, changes).await;
+    let outcome = crate::tables::write::batch_outcome(partition, ops, acked);
+    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    Ok((status, Json(outcome)).into_response())
 }

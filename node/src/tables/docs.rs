@@ -4,13 +4,15 @@
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 
+use super::partition_of;
 use super::route::{LIST_FANOUT_MAX, Served, blocking, merge_pages, refusal};
+use super::write::{Acked, batch_outcome, part_answered};
 use super::{Listing, Table, TableEntry, TableError};
 use crate::IndexDef;
 use crate::causal::CausalToken;
 use crate::node::filter::Filter;
-use crate::node::{Document, NodeTopic, Order, SORT_DOCS_MAX, sorted_page};
-use crate::wire::{DocPage, DocWritten, FailedPartition, IndexBody, IndexChanged, IndexEntry};
+use crate::node::{DocBatchOp, Document, NodeTopic, Order, SORT_DOCS_MAX, sorted_page};
+use crate::wire::{DocPage, DocWritten, FailedPartition, IndexBody, IndexChanged, IndexEntry, PartitionBatched};
 
 /// One partition's documents a query found (as JSON text), and the documents it read.
 pub type PartitionFound = (Listing, u64);
@@ -414,4 +416,72 @@ pub(crate) fn parse_order(text: &str) -> Result<Order, String> {
         return Err(format!("order {text:?} names no field: write order=PATH or order=-PATH"));
     }
     Ok(Order { path, descending })
+}
+
+/// The body of a document batch holding `changes` (keys as UTF-8 text).
+fn doc_batch_body(changes: &[(Vec<u8>, DocBatchOp)]) -> serde_json::Value {
+    let entries = changes
+        .iter()
+        .map(|(key, change)| {
+            let key = String::from_utf8_lossy(key);
+            match change {
+                DocBatchOp::Put(doc) => serde_json::json!({ "key": key, "put": doc }),
+                DocBatchOp::Patch(patch) => serde_json::json!({ "key": key, "patch": patch }),
+                DocBatchOp::Delete => serde_json::json!({ "key": key, "delete": true }),
+            }
+        })
+        .collect();
+    serde_json::Value::Array(entries)
+}
+
+impl Table {
+    /// Applies `changes` (document puts, merge patches and deletes): split by partition, each
+    /// partition's part written on its owners as one block (several partitions at once) and
+    /// acknowledged as [`Table::put`] is. One outcome per partition the batch touches, in
+    /// partition order; one failing leaves the others applied.
+    pub async fn doc_batch(&self, changes: Vec<(Vec<u8>, DocBatchOp)>) -> Vec<PartitionBatched> {
+        use futures::StreamExt as _;
+        let mut parts: std::collections::BTreeMap<u32, Vec<(Vec<u8>, DocBatchOp)>> = std::collections::BTreeMap::new();
+        for (key, change) in changes {
+            parts.entry(partition_of(&key, self.def.partitions)).or_default().push((key, change));
+        }
+        let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(parts)
+            .map(|(partition, part)| self.doc_batch_partition(partition, part))
+            .buffer_unordered(LIST_FANOUT_MAX)
+            .collect()
+            .await;
+        outcomes.sort_by_key(|outcome| outcome.partition);
+        outcomes
+    }
+
+    /// One partition's part of [`Table::doc_batch`].
+    async fn doc_batch_partition(&self, partition: u32, part: Vec<(Vec<u8>, DocBatchOp)>) -> PartitionBatched {
+        let ops = part.len();
+        let body = doc_batch_body(&part);
+        let mut query = self.write_query();
+        query.push(("partition", partition.to_string()));
+        let url = |api: &str| format!("{api}/v1/tables/{}/docs", self.def.name);
+        let request = |http: &reqwest::Client, api: &str| http.post(url(api)).query(&query).json(&body);
+        match self.serve(partition, request).await {
+            Ok(Served::Here(topic)) => {
+                let acked = self.doc_batch_here(partition, &topic, part).await;
+                batch_outcome(partition, ops, acked)
+            }
+            Ok(Served::There(response)) => part_answered(partition, ops, response).await,
+            Err(error) => batch_outcome(partition, ops, Err(error)),
+        }
+    }
+
+    /// Applies `part` to this node's copy `topic` of `partition` and waits for its
+    /// acknowledgement.
+    pub(crate) async fn doc_batch_here(
+        &self,
+        partition: u32,
+        topic: &NodeTopic,
+        part: Vec<(Vec<u8>, DocBatchOp)>,
+    ) -> Result<Acked, TableError> {
+        let copy = topic.clone();
+        let commit = blocking(move || Ok(copy.doc_batch(&part, None)?)).await?;
+        self.acknowledge(partition, topic, commit).await
+    }
 }

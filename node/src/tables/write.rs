@@ -65,23 +65,7 @@ impl Table {
                 };
                 batch_outcome(partition, ops, acked)
             }
-            Ok(Served::There(response)) => {
-                let status = response.status().as_u16();
-                let bytes = response.bytes().await.unwrap_or_default();
-                // A holder answers with its partition's outcome; a member this node handed the
-                // request to (just after joining) routes it and answers with the whole batch's.
-                let routed = serde_json::from_slice::<wire::TableBatched>(&bytes)
-                    .ok()
-                    .and_then(|batched| batched.partitions.into_iter().find(|outcome| outcome.partition == partition));
-                match serde_json::from_slice::<PartitionBatched>(&bytes).ok().or(routed) {
-                    Some(outcome) => PartitionBatched { partition, ops, ..outcome },
-                    None => {
-                        let error = ErrorBody::message_in(&bytes).unwrap_or_else(|| format!("status {status}"));
-                        let refused = TableError::Refused { status, message: error };
-                        batch_outcome(partition, ops, Err(refused))
-                    }
-                }
-            }
+            Ok(Served::There(response)) => part_answered(partition, ops, response).await,
             Err(error) => batch_outcome(partition, ops, Err(error)),
         }
     }
@@ -218,5 +202,23 @@ pub(crate) fn batch_outcome(partition: u32, ops: usize, acked: Result<Acked, Tab
             ..outcome
         },
         Err(error) => PartitionBatched { error: Some(error.to_string()), status: error.status(), ..outcome },
+    }
+}
+
+/// The outcome of `partition`'s part of a batch (of `ops` operations) that another member
+/// answered: a holder answers with its partition's outcome; a member this node handed the
+/// request to (just after joining) routes it and answers with the whole batch's.
+pub(crate) async fn part_answered(partition: u32, ops: usize, response: reqwest::Response) -> PartitionBatched {
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap_or_default();
+    let routed = serde_json::from_slice::<wire::TableBatched>(&bytes)
+        .ok()
+        .and_then(|batched| batched.partitions.into_iter().find(|outcome| outcome.partition == partition));
+    match serde_json::from_slice::<PartitionBatched>(&bytes).ok().or(routed) {
+        Some(outcome) => PartitionBatched { partition, ops, ..outcome },
+        None => {
+            let error = ErrorBody::message_in(&bytes).unwrap_or_else(|| format!("status {status}"));
+            batch_outcome(partition, ops, Err(TableError::Refused { status, message: error }))
+        }
     }
 }

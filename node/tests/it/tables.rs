@@ -846,3 +846,39 @@ fn an_index_declared_on_a_table_is_built_on_every_partition_and_serves_its_queri
     let missing = nodes[1].http.delete(nodes[1].url("/v1/tables/users/indexes/by_env")).send().unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
+
+#[test]
+fn a_tables_document_batch_is_split_by_partition_and_applied_on_the_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = members(dir.path(), 3);
+    users_table(&nodes);
+    let post = |node: &NodeProcess, body: Value| {
+        node.http.post(node.url("/v1/tables/users/docs")).query(&[("ack", "2")]).json(&body).send().unwrap()
+    };
+    let puts: Vec<Value> =
+        (0..12).map(|i| json!({ "key": format!("d-{i:02}"), "put": { "n": i, "env": "dev" } })).collect();
+    let first = post(&nodes[0], Value::Array(puts));
+    assert_eq!(first.status(), StatusCode::OK);
+    let reply: Value = first.json().unwrap();
+    let parts = reply["partitions"].as_array().unwrap();
+    assert!(parts.len() > 1, "{reply}");
+    assert_eq!(parts.iter().map(|p| p["ops"].as_u64().unwrap()).sum::<u64>(), 12);
+    assert!(parts.iter().all(|p| p["status"] == 200 && p["acknowledged"] == 2), "{reply}");
+    let changes = json!([
+        { "key": "d-00", "patch": { "env": "prod" } },
+        { "key": "d-01", "delete": true },
+        { "key": "d-02", "put": { "n": 2 } },
+    ]);
+    assert_eq!(post(&nodes[1], changes).status(), StatusCode::OK);
+    let url = |node: &NodeProcess, key: &str| node.url(&format!("/v1/tables/users/docs/{key}"));
+    for node in &nodes {
+        let get = |key: &str| node.http.get(url(node, key)).send().unwrap();
+        assert_eq!(get("d-00").json::<Value>().unwrap(), json!({ "n": 0, "env": "prod" }));
+        assert_eq!(get("d-01").status(), StatusCode::NOT_FOUND);
+        assert_eq!(get("d-02").json::<Value>().unwrap(), json!({ "n": 2 }));
+        assert_eq!(get("d-11").json::<Value>().unwrap(), json!({ "n": 11, "env": "dev" }));
+    }
+    let bad = post(&nodes[2], json!([{ "key": "d-03", "patch": { "env": "x" } }, { "key": "d-04", "put": 7 }]));
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(nodes[0].http.get(url(&nodes[0], "d-03")).send().unwrap().json::<Value>().unwrap()["env"], "dev");
+}
