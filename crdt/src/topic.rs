@@ -63,6 +63,11 @@ impl Batch {
         &self.ops
     }
 
+    /// The operations, in the order they were added, taken out of the batch.
+    pub fn into_ops(self) -> Vec<Op> {
+        self.ops
+    }
+
     /// Number of operations.
     pub fn len(&self) -> usize {
         self.ops.len()

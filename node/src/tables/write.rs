@@ -32,13 +32,12 @@ impl Table {
     /// others applied.
     pub async fn batch(&self, batch: Batch) -> Vec<PartitionBatched> {
         use futures::StreamExt as _;
-        let mut parts: std::collections::BTreeMap<u32, Batch> = std::collections::BTreeMap::new();
-        for op in batch.ops() {
-            let part = parts.entry(partition_of(op.key(), self.def.partitions)).or_default();
-            push_op(part, op.clone());
+        let mut parts: std::collections::BTreeMap<u32, Vec<canopy_crdt::Op>> = std::collections::BTreeMap::new();
+        for op in batch.into_ops() {
+            parts.entry(partition_of(op.key(), self.def.partitions)).or_default().push(op);
         }
         let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(parts)
-            .map(|(partition, part)| self.batch_partition(partition, part))
+            .map(|(partition, part)| self.batch_partition(partition, Batch::from(part)))
             .buffer_unordered(BATCH_FANOUT_MAX)
             .collect()
             .await;
@@ -162,16 +161,6 @@ impl Table {
         let members = self.tables()?.members()?;
         Ok(owners(&self.def.name, partition, self.def.replicas, &members))
     }
-}
-
-/// Adds `op` to `batch`.
-fn push_op(batch: &mut Batch, op: canopy_crdt::Op) {
-    match op {
-        canopy_crdt::Op::Put(key, value) => batch.put(key, value),
-        canopy_crdt::Op::PutUntil(key, value, expires_ms) => batch.put_until(key, value, expires_ms),
-        canopy_crdt::Op::Delete(key) => batch.delete(key),
-        canopy_crdt::Op::Add(key, n) => batch.add(key, n),
-    };
 }
 
 /// The outcome of `ops` operations of a batch written to `partition`.
