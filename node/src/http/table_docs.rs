@@ -10,15 +10,17 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::docs::object;
-use super::tables::{KeyPath, forwarded, held_or_misdirected, partition_param, requested_table, with_token};
+use super::tables::{
+    KeyPath, batched_reply, forwarded, forwarded_partition, held_or_misdirected, part_reply, partition_param,
+    requested_table, with_token,
+};
 use super::{ApiError, ApiResult, blocking, parse_query, positive_limit};
 use crate::IndexDef;
 use crate::Node;
 use crate::node::filter::Filter;
 use crate::tables::DocChange;
 use crate::wire::{
-    DocPage, DocWritten, FailedPartition, IndexChanged, IndexEntry, TableBatched, TableIndex, TableIndexChanged,
-    TableIndexes,
+    DocPage, DocWritten, FailedPartition, IndexChanged, IndexEntry, TableIndex, TableIndexChanged, TableIndexes,
 };
 
 /// Applies `change` to the document the path names, on the key's owners.
@@ -315,22 +317,11 @@ pub(super) async fn batch_docs(
     let changes = super::docs::parse_doc_batch(&node, &body)?;
     let table = requested_table(node, name, &headers, &query).await?;
     if !forwarded(&headers) {
-        let partitions = table.doc_batch(changes).await;
-        let status = match partitions.iter().all(|outcome| outcome.status == StatusCode::OK.as_u16()) {
-            true => StatusCode::OK,
-            false => StatusCode::MULTI_STATUS,
-        };
-        return Ok((status, Json(TableBatched { partitions })).into_response());
+        return Ok(batched_reply(table.doc_batch(changes).await));
     }
-    let partition = partition_param(&table, &query)?
-        .ok_or_else(|| ApiError::bad_request("a forwarded batch names its partition"))?;
-    if changes.iter().any(|(key, _)| crate::tables::partition_of(key, table.def().partitions) != partition) {
-        return Err(ApiError::bad_request(format!("a forwarded batch for partition {partition} has keys of another")));
-    }
+    let partition = forwarded_partition(&table, &query, changes.iter().map(|(key, _)| key.as_slice()))?;
     let topic = held_or_misdirected(&table, partition, &headers).await?;
     let ops = changes.len();
     let acked = table.doc_batch_here(partition, &topic, changes).await;
-    let outcome = crate::tables::write::batch_outcome(partition, ops, acked);
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Ok((status, Json(outcome)).into_response())
+    Ok(part_reply(crate::tables::write::batch_outcome(partition, ops, acked)))
 }

@@ -303,19 +303,9 @@ pub(super) async fn batch(
     let batch = super::kv::parse_batch(&node, &headers, &body)?;
     let table = requested_table(node, name, &headers, &query).await?;
     if !forwarded(&headers) {
-        let partitions = table.batch(batch).await;
-        let status = if partitions.iter().all(|outcome| outcome.status == StatusCode::OK.as_u16()) {
-            StatusCode::OK
-        } else {
-            StatusCode::MULTI_STATUS
-        };
-        return Ok((status, Json(wire::TableBatched { partitions })).into_response());
+        return Ok(batched_reply(table.batch(batch).await));
     }
-    let partition = partition_param(&table, &query)?
-        .ok_or_else(|| ApiError::bad_request("a forwarded batch names its partition"))?;
-    if batch.ops().iter().any(|op| partition_of(op.key(), table.def().partitions) != partition) {
-        return Err(ApiError::bad_request(format!("a forwarded batch for partition {partition} has keys of another")));
-    }
+    let partition = forwarded_partition(&table, &query, batch.ops().iter().map(|op| op.key()))?;
     let topic = held_or_misdirected(&table, partition, &headers).await?;
     let (ops, copy) = (batch.len(), topic.clone());
     let applied = tokio::task::spawn_blocking(move || copy.batch(batch))
@@ -326,9 +316,37 @@ pub(super) async fn batch(
         Ok(commit) => table.acknowledge(partition, &topic, commit).await,
         Err(error) => Err(error),
     };
-    let outcome = batch_outcome(partition, ops, acked);
+    Ok(part_reply(batch_outcome(partition, ops, acked)))
+}
+
+/// The reply to a client's table batch: 200 when every partition applied its part, 207 when
+/// some did not.
+pub(super) fn batched_reply(partitions: Vec<wire::PartitionBatched>) -> Response {
+    let status = match partitions.iter().all(|outcome| outcome.status == StatusCode::OK.as_u16()) {
+        true => StatusCode::OK,
+        false => StatusCode::MULTI_STATUS,
+    };
+    (status, Json(wire::TableBatched { partitions })).into_response()
+}
+
+/// The partition a member's forwarded batch part names, checked to hold every key of the part.
+pub(super) fn forwarded_partition<'k>(
+    table: &Table,
+    query: &HashMap<String, String>,
+    mut keys: impl Iterator<Item = &'k [u8]>,
+) -> ApiResult<u32> {
+    let partition =
+        partition_param(table, query)?.ok_or_else(|| ApiError::bad_request("a forwarded batch names its partition"))?;
+    if keys.any(|key| partition_of(key, table.def().partitions) != partition) {
+        return Err(ApiError::bad_request(format!("a forwarded batch for partition {partition} has keys of another")));
+    }
+    Ok(partition)
+}
+
+/// The reply to a forwarded batch part: its outcome, with the status it would have had alone.
+pub(super) fn part_reply(outcome: wire::PartitionBatched) -> Response {
     let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    Ok((status, Json(outcome)).into_response())
+    (status, Json(outcome)).into_response()
 }
 
 /// Longest a member may ask this node to wait for a causal token's heads, in milliseconds.

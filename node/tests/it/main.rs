@@ -13,5 +13,6 @@ mod history;
 mod messages;
 mod security;
 mod shell;
+mod table_docs;
 mod tables;
 mod wire;
