@@ -73,13 +73,7 @@ async fn write(node: Node, path: DocPath, query: Option<String>, change: Change)
         Ok((commit, commit))
     })
     .await?;
-    Ok(Json(wire::DocWritten {
-        acknowledged: written.acknowledged,
-        causal_token: written.token,
-        cid: written.result.map(|commit| commit.cid.to_string()),
-        expires_ms: expires,
-        height: written.result.map(|commit| commit.height),
-    }))
+    Ok(Json(doc_written(written, expires)))
 }
 
 /// `PUT /v1/topics/{t}/docs/{key}`: the body becomes the document.
@@ -275,13 +269,7 @@ pub(super) async fn batch_docs(
         Ok((commit, commit))
     })
     .await?;
-    Ok(Json(wire::DocWritten {
-        acknowledged: written.acknowledged,
-        causal_token: written.token,
-        cid: written.result.map(|commit| commit.cid.to_string()),
-        expires_ms: expires,
-        height: written.result.map(|commit| commit.height),
-    }))
+    Ok(Json(doc_written(written, expires)))
 }
 
 /// The changes of a document batch's body, checked: a JSON array of `{"key": K, "put": {...}}`,
@@ -319,5 +307,17 @@ fn as_object(value: serde_json::Value, index: usize, what: &str) -> ApiResult<Do
     match value {
         serde_json::Value::Object(doc) => Ok(doc),
         other => Err(ApiError::bad_request(format!("change {index}: {what} is a JSON object, not {}", kind(&other)))),
+    }
+}
+
+/// The reply to a document write on a topic: the copies holding it, its causal token, and the
+/// block it made (none when it changed nothing).
+fn doc_written(written: super::kv::TopicWritten<Option<crate::Commit>>, expires: Option<u64>) -> wire::DocWritten {
+    wire::DocWritten {
+        acknowledged: written.acknowledged,
+        causal_token: written.token,
+        cid: written.result.map(|commit| commit.cid.to_string()),
+        expires_ms: expires,
+        height: written.result.map(|commit| commit.height),
     }
 }
