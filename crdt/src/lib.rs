@@ -43,6 +43,7 @@ pub use canopy_dag::{
 };
 pub use expiry::Clock;
 pub use history::Version;
+pub use writer::keys::KeyFilterState;
 pub use writer_list::WriterList;
 
 /// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel

@@ -20,6 +20,7 @@ use crate::index::Indexes;
 use crate::row::Row;
 use crate::schema::{CF_DOC_INDEX, CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::Change;
+use crate::writer::keys::{KeyFilter, hash as key_hash};
 
 /// When watchers hear of a changed row, and the height their change carries.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +60,8 @@ pub(crate) struct RowChanges<'a> {
     /// Set when the node keeps key history.
     history: Option<&'a ColumnFamily>,
     watched: bool,
+    /// The topic's key filter, and the keys of rows made since it last heard.
+    keys: Option<(KeyFilter, Vec<u64>)>,
     key_count: i64,
     changes: Vec<Change>,
     next_expiry: Option<u64>,
@@ -80,6 +83,7 @@ impl<'a> RowChanges<'a> {
             indexes: None,
             history: history.then(|| cf(CF_HISTORY)),
             watched,
+            keys: None,
             key_count: i64::try_from(key_count).unwrap_or(i64::MAX),
             changes: Vec::new(),
             next_expiry: None,
@@ -89,6 +93,12 @@ impl<'a> RowChanges<'a> {
     /// Keeps the records of `indexes` up to date too, and tells them when a declaration changes.
     pub fn with_indexes(mut self, indexes: &Indexes) -> RowChanges<'a> {
         self.indexes = Some(indexes.clone());
+        self
+    }
+
+    /// Adds the key of each row made to `keys`.
+    pub fn with_key_filter(mut self, keys: &KeyFilter) -> RowChanges<'a> {
+        self.keys = Some((keys.clone(), Vec::new()));
         self
     }
 
@@ -102,6 +112,11 @@ impl<'a> RowChanges<'a> {
             batch.delete_cf(self.kv, self.topic.key(key));
         } else {
             batch.put_cf(self.kv, self.topic.key(key), after.encode());
+            if before.is_empty()
+                && let Some((_, made)) = &mut self.keys
+            {
+                made.push(key_hash(key));
+            }
         }
         self.derive(batch, key, before, after);
         self.notice(key, before, after, notice);
@@ -118,6 +133,9 @@ impl<'a> RowChanges<'a> {
         notice: Notice,
     ) -> Result<(), StorageError> {
         file.put(self.topic.key(key), row.encode())?;
+        if let Some((_, made)) = &mut self.keys {
+            made.push(key_hash(key));
+        }
         let before = Row::default();
         self.derive(batch, key, &before, row);
         self.notice(key, &before, row, notice);
@@ -180,9 +198,18 @@ impl<'a> RowChanges<'a> {
     /// Writes the key count the changes so far leave, and hands over their watchers' changes
     /// and earliest expiry; further changes go on from there.
     pub fn seal(&mut self, batch: &mut WriteBatch) -> Sealed {
+        self.tell_key_filter();
         let key_count = self.key_count.max(0) as u64;
         batch.put_cf(self.meta, key_count_key(self.topic), key_count.to_be_bytes());
         Sealed { key_count, changes: std::mem::take(&mut self.changes), next_expiry: self.next_expiry.take() }
+    }
+
+    /// Adds the keys of the rows made so far to the topic's key filter.
+    fn tell_key_filter(&mut self) {
+        if let Some((filter, made)) = &mut self.keys {
+            filter.insert(made);
+            made.clear();
+        }
     }
 
     /// Each element that left the row is a version of the key.
@@ -218,5 +245,13 @@ impl<'a> RowChanges<'a> {
             let value = visible.map(|element| element.value.clone());
             self.changes.push(Change { key: key.to_vec(), value, height, expired });
         }
+    }
+}
+
+impl Drop for RowChanges<'_> {
+    /// A key in the filter that never got its row only costs a read; a row whose key is not in
+    /// the filter would be overwritten blind, so changes dropped unsealed still tell it.
+    fn drop(&mut self) {
+        self.tell_key_filter();
     }
 }

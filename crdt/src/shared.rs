@@ -29,6 +29,9 @@ pub(crate) struct TopicShared {
     pub parts_used_ms: AtomicU64,
     /// The documents' indexes the writer thread maintains, as it last published them.
     pub indexes: RwLock<Arc<Vec<crate::index::IndexStatus>>>,
+    /// Which keys the topic may hold, kept by the writer thread so that writes of new keys
+    /// skip reading their rows.
+    pub keys: crate::writer::keys::KeyFilter,
 }
 
 impl TopicShared {

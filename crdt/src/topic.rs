@@ -366,6 +366,12 @@ impl Topic {
         self.shared.key_count.load(Ordering::SeqCst)
     }
 
+    /// The filter of keys the topic may hold, which lets writes of new keys skip reading
+    /// their rows.
+    pub fn key_filter(&self) -> crate::KeyFilterState {
+        self.shared.keys.state()
+    }
+
     /// Received blocks waiting for their parents.
     pub fn pending_count(&self) -> u64 {
         self.shared.pending_count.load(Ordering::SeqCst)

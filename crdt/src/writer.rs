@@ -31,6 +31,7 @@ use crate::writer_list::{Lists, WriterList};
 pub(crate) mod compact;
 mod expire;
 mod indexing;
+pub(crate) mod keys;
 mod local;
 mod merge;
 mod remote;
@@ -257,6 +258,7 @@ impl TopicState {
             serving: Mutex::new(None),
             parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
             indexes: RwLock::new(Arc::new(indexes.maintained.iter().map(|index| index.status()).collect())),
+            keys: keys::KeyFilter::default(),
         });
         Ok(TopicState {
             shared,
@@ -472,6 +474,7 @@ impl Context {
             state.has_watchers(),
         )
         .with_indexes(&state.indexes)
+        .with_key_filter(&state.shared.keys)
     }
 
     pub fn new(
@@ -577,6 +580,7 @@ pub(crate) fn run(context: Context, commands: Receiver<Command>) {
         }
         expire::collect_due(&context, &mut topics);
         building = indexing::work(&context, &mut topics);
+        building |= build_key_filters(&context, &topics);
     }
 }
 
@@ -781,8 +785,35 @@ fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Reads the rows of `keys` (topic-prefixed) in one batched lookup.
-fn read_rows(context: &Context, keys: &[Vec<u8>]) -> Result<Vec<Row>, StorageError> {
+/// Takes a step of each key filter being built. Returns whether any still builds.
+fn build_key_filters(context: &Context, topics: &HashMap<TopicId, TopicState>) -> bool {
+    let mut building = false;
+    for state in topics.values().filter(|state| state.shared.keys.is_building()) {
+        match state.shared.keys.build_step(&context.db, state.shared.id) {
+            Ok(more) => building |= more,
+            // The filter stays unbuilt, so writes read every row; the next write tries again.
+            Err(error) => {
+                tracing::warn!(topic = %state.shared.name, %error, "building the key filter failed");
+            }
+        }
+    }
+    building
+}
+
+/// Reads the rows of `keys` (topic-prefixed, in order) of `state`'s topic in one batched
+/// lookup, but for keys its key filter says the topic never held, which have no row.
+fn read_topic_rows(context: &Context, state: &TopicState, keys: &[Vec<u8>]) -> Result<Vec<Row>, StorageError> {
+    let prefix = canopy_dag::TOPIC_ID_BYTES;
+    let Some(held) = state.shared.keys.may_hold(keys.iter().map(|key| &key[prefix..]), state.key_count) else {
+        return read_rows(context, keys);
+    };
+    let asked: Vec<&Vec<u8>> = keys.iter().zip(&held).filter(|(_, held)| **held).map(|(key, _)| key).collect();
+    let mut found = read_rows(context, &asked)?.into_iter();
+    Ok(held.into_iter().map(|held| if held { found.next().unwrap_or_default() } else { Row::default() }).collect())
+}
+
+/// Reads the rows of `keys` (topic-prefixed, in order) in one batched lookup.
+fn read_rows<K: AsRef<[u8]>>(context: &Context, keys: &[K]) -> Result<Vec<Row>, StorageError> {
     let values = context.db.batched_multi_get_cf(context.cf(CF_KV), keys, true);
     values
         .into_iter()

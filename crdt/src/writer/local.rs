@@ -8,7 +8,7 @@ use canopy_dag::{AuthorId, BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, Topic
 use crossbeam_channel::Sender;
 use rocksdb::WriteBatch;
 
-use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_rows};
+use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_topic_rows};
 use crate::access::Refusal;
 use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
@@ -321,7 +321,7 @@ fn prepare_cuts(
     keys.sort_unstable();
     keys.dedup();
     let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
-    let loaded = match read_rows(context, &full_keys) {
+    let loaded = match read_topic_rows(context, state, &full_keys) {
         Ok(rows) => rows,
         Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
     };

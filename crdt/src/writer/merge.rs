@@ -69,6 +69,8 @@ struct Checked {
 /// Merges the staged snapshot `manifest_cid` into the topic.
 pub(super) fn merge(context: &Context, state: &mut TopicState, manifest_cid: Cid) -> Result<MergeOutcome, MergeError> {
     let topic = state.shared.id;
+    // The merge writes rows apart from the key filter: the next write builds it anew.
+    state.shared.keys.reset();
     let Some(bytes) =
         context.db.get_cf(context.cf(CF_SNAPSHOTS), topic.key(&manifest_cid.to_bytes())).map_err(StorageError::from)?
     else {

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use rocksdb::WriteBatch;
 
 use super::tombstones::Tombstones;
-use super::{Context, TopicState, read_rows};
+use super::{Context, TopicState, read_topic_rows};
 use crate::access::Refusal;
 use crate::delta::{Delta, DeltaError, Limits};
 use crate::error::{IngestError, StorageError};
@@ -137,7 +137,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     // so every replica decides alike); the fold below stays sequential and causal.
     let deltas: Vec<Result<Delta, DeltaError>> = order.par_iter().map(decode_checked).collect();
     let now = context.clock.now();
-    let mut rows = read_round_rows(context, topic, &deltas)?;
+    let mut rows = read_round_rows(context, state, &deltas)?;
     if let Some(lists) = &mut state.lists {
         lists.trim();
     }
@@ -260,9 +260,10 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
 /// Reads every row a round's deltas touch, in one batched lookup.
 fn read_round_rows(
     context: &Context,
-    topic: TopicId,
+    state: &TopicState,
     deltas: &[Result<Delta, DeltaError>],
 ) -> Result<RoundRows, StorageError> {
+    let topic = state.shared.id;
     let mut keys: Vec<Vec<u8>> = deltas
         .iter()
         .flatten()
@@ -271,7 +272,7 @@ fn read_round_rows(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let loaded = read_rows(context, &keys)?;
+    let loaded = read_topic_rows(context, state, &keys)?;
     let prefix_len = canopy_dag::TOPIC_ID_BYTES;
     Ok(keys.into_iter().zip(loaded).map(|(key, row)| (key[prefix_len..].to_vec(), (row.clone(), row))).collect())
 }

@@ -10,6 +10,7 @@ mod expiry;
 mod history;
 mod indexes;
 mod inline;
+mod keys;
 mod laws;
 mod pipeline;
 mod scenarios;
