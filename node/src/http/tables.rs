@@ -290,7 +290,9 @@ pub(super) async fn delete_key(
 
 /// `POST /v1/tables/{t}/batch`: the operations split by partition and written on each
 /// partition's owners; 200 when every partition applied its part, 207 when some did not. A
-/// member forwarding one partition's part names it (`partition`) and gets that part's outcome.
+/// member forwarding one partition's part names it (`partition`) and gets that part's outcome;
+/// one forwarding the parts of several that this node serves first names them all
+/// (`partitions`, comma-separated) and gets an outcome for each.
 pub(super) async fn batch(
     State(node): State<Node>,
     headers: HeaderMap,
@@ -305,9 +307,63 @@ pub(super) async fn batch(
     if !forwarded(&headers) {
         return Ok(batched_reply(table.batch(batch).await));
     }
+    if let Some(named) = query.get("partitions") {
+        return Ok(batched_reply(forwarded_parts(&table, named, batch, &headers).await?));
+    }
     let partition = forwarded_partition(&table, &query, batch.ops().iter().map(|op| op.key()))?;
-    let topic = held_or_misdirected(&table, partition, &headers).await?;
-    let (ops, copy) = (batch.len(), topic.clone());
+    Ok(part_reply(write_part(&table, partition, batch, &headers).await))
+}
+
+/// The parts of a forwarded batch, each of one of the partitions `named`, written at once.
+async fn forwarded_parts(
+    table: &Table,
+    named: &str,
+    batch: canopy_crdt::Batch,
+    headers: &HeaderMap,
+) -> ApiResult<Vec<wire::PartitionBatched>> {
+    let partitions = table.def().partitions;
+    let mut parts: std::collections::BTreeMap<u32, Vec<canopy_crdt::Op>> = std::collections::BTreeMap::new();
+    for text in named.split(',') {
+        let partition: u32 =
+            text.parse().map_err(|_| ApiError::bad_request(format!("partitions: {text:?} is not a partition")))?;
+        if partition >= partitions {
+            return Err(ApiError::bad_request(format!("table has {partitions} partitions, not {}", partition + 1)));
+        }
+        parts.insert(partition, Vec::new());
+    }
+    for op in batch.into_ops() {
+        let partition = partition_of(op.key(), partitions);
+        let Some(part) = parts.get_mut(&partition) else {
+            return Err(ApiError::bad_request(format!(
+                "a forwarded batch for partitions {named} has a key of partition {partition}"
+            )));
+        };
+        part.push(op);
+    }
+    let written = parts
+        .into_iter()
+        .filter(|(_, ops)| !ops.is_empty())
+        .map(|(partition, ops)| write_part(table, partition, canopy_crdt::Batch::from(ops), headers));
+    Ok(futures::future::join_all(written).await)
+}
+
+/// One partition's part of a forwarded batch, written on this node's copy and acknowledged;
+/// a 421 when this node holds no copy that may serve it.
+async fn write_part(
+    table: &Table,
+    partition: u32,
+    batch: canopy_crdt::Batch,
+    headers: &HeaderMap,
+) -> wire::PartitionBatched {
+    let ops = batch.len();
+    let topic = match held_or_misdirected(table, partition, headers).await {
+        Ok(topic) => topic,
+        Err(error) => {
+            let refused = TableError::Refused { status: error.status.as_u16(), message: error.message };
+            return batch_outcome(partition, ops, Err(refused));
+        }
+    };
+    let copy = topic.clone();
     let applied = tokio::task::spawn_blocking(move || copy.batch(batch))
         .await
         .map_err(|_| TableError::Node(crate::NodeError::Closed))
@@ -316,7 +372,7 @@ pub(super) async fn batch(
         Ok(commit) => table.acknowledge(partition, &topic, commit).await,
         Err(error) => Err(error),
     };
-    Ok(part_reply(batch_outcome(partition, ops, acked)))
+    batch_outcome(partition, ops, acked)
 }
 
 /// The reply to a client's table batch: 200 when every partition applied its part, 207 when

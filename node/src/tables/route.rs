@@ -76,7 +76,7 @@ const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// the read moves to the next copy.
 pub(crate) const CAUSAL_HOP_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// One copy of a partition a request may be served from.
-enum Hop {
+pub(super) enum Hop {
     /// This node's copy.
     Here(NodeTopic),
     /// A holder's copy.
@@ -422,7 +422,7 @@ impl Table {
     /// [`Table::hops`], working from what is in memory alone unless `may_block`: `None` when
     /// that is not enough (the members topic changed since last read, a copy placed here must
     /// be taken on, or whether this node's copy caught up needs the store).
-    fn hops_with(&self, partition: u32, may_block: bool) -> Result<Option<Vec<Hop>>, TableError> {
+    pub(super) fn hops_with(&self, partition: u32, may_block: bool) -> Result<Option<Vec<Hop>>, TableError> {
         let tables = self.tables()?;
         let members = if may_block {
             tables.members()?

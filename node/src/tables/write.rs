@@ -2,17 +2,23 @@
 //! owners, and the acknowledgement a write waits for (the other owners asked whether they hold
 //! its block).
 
+use std::collections::BTreeMap;
+
 use reqwest::StatusCode;
 
-use super::route::{CAUSAL_HOP_WAIT, Served, blocking};
-use super::{Member, Table, TableError, Written, owners, partition_of};
+use super::route::{CAUSAL_HOP_WAIT, Hop, Served, blocking};
+use super::{FORWARDED_HEADER, Member, Table, TableError, Written, owners, partition_of};
 use crate::causal::{CausalToken, Scope};
 use crate::node::NodeTopic;
 use crate::wire::{self, ErrorBody, PartitionBatched, WireCid};
 use crate::{Batch, Commit};
 
-/// Most partitions of one batch written at once.
+/// Most partitions (or members, for the parts sent to one member together) of one batch
+/// written at once.
 const BATCH_FANOUT_MAX: usize = 16;
+
+/// A batch's operations by partition.
+type Parts = BTreeMap<u32, Vec<canopy_crdt::Op>>;
 
 /// What a write to one partition left: the copies holding it and its causal token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,18 +36,101 @@ impl Table {
     /// its owners (several partitions at once) and acknowledged as [`Table::put`] is. One
     /// outcome per partition the batch touches, in partition order; one failing leaves the
     /// others applied.
+    ///
+    /// The parts whose first holder is another member go to it in one request; a part it
+    /// cannot serve (it holds no caught-up copy, or failed) goes on alone through the
+    /// partition's other holders, as does every part when the request fails.
     pub async fn batch(&self, batch: Batch) -> Vec<PartitionBatched> {
+        use futures::FutureExt as _;
         use futures::StreamExt as _;
-        let mut parts: std::collections::BTreeMap<u32, Vec<canopy_crdt::Op>> = std::collections::BTreeMap::new();
+        let mut parts: BTreeMap<u32, Vec<canopy_crdt::Op>> = BTreeMap::new();
         for op in batch.into_ops() {
             parts.entry(partition_of(op.key(), self.def.partitions)).or_default().push(op);
         }
-        let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(parts)
+        let mut at_member: BTreeMap<String, (Member, Parts)> = BTreeMap::new();
+        let mut alone = Vec::new();
+        for (partition, part) in parts {
+            match self.first_holder(partition) {
+                Some(member) => {
+                    let entry = at_member.entry(member.api.clone()).or_insert_with(|| (member, BTreeMap::new()));
+                    entry.1.insert(partition, part);
+                }
+                None => alone.push((partition, part)),
+            }
+        }
+        let mut writes: Vec<futures::future::BoxFuture<'_, Vec<PartitionBatched>>> = Vec::new();
+        for (member, parts) in at_member.into_values() {
+            writes.push(self.batch_at(member, parts).boxed());
+        }
+        for (partition, part) in alone {
+            writes.push(async move { vec![self.batch_partition(partition, Batch::from(part)).await] }.boxed());
+        }
+        let mut outcomes: Vec<PartitionBatched> = futures::stream::iter(writes)
+            .buffer_unordered(BATCH_FANOUT_MAX)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+        outcomes.sort_by_key(|outcome| outcome.partition);
+        outcomes
+    }
+
+    /// The other member that serves `partition` first, as this node routes it from memory, when
+    /// the write waits for no causal token.
+    fn first_holder(&self, partition: u32) -> Option<Member> {
+        if !self.wanted(partition).is_empty() {
+            return None;
+        }
+        match self.hops_with(partition, false).ok()??.into_iter().next()? {
+            Hop::There(member) => Some(member),
+            Hop::Here(_) | Hop::Via(_) => None,
+        }
+    }
+
+    /// The parts of [`Table::batch`] whose first holder is `member`, sent to it in one request.
+    async fn batch_at(&self, member: Member, parts: Parts) -> Vec<PartitionBatched> {
+        use futures::StreamExt as _;
+        let named: Vec<String> = parts.keys().map(u32::to_string).collect();
+        let ops: Vec<canopy_crdt::Op> = parts.into_values().flatten().collect();
+        let batch = Batch::from(ops);
+        let answered = match self.tables() {
+            Ok(tables) => {
+                let mut query = self.write_query();
+                query.push(("partitions", named.join(",")));
+                let builder = tables
+                    .http
+                    .post(format!("{}/v1/tables/{}/batch", member.api, self.def.name))
+                    .query(&query)
+                    .header(reqwest::header::CONTENT_TYPE, wire::CBOR_BATCH)
+                    .header(FORWARDED_HEADER, "1")
+                    .body(wire::CborBatch::of(&batch).encode());
+                match self.proven(builder) {
+                    Ok(request) => tables.http.execute(request).await.ok(),
+                    Err(_) => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let mut outcomes = match answered {
+            Some(response) if matches!(response.status(), StatusCode::OK | StatusCode::MULTI_STATUS) => {
+                response.json::<wire::TableBatched>().await.map(|batched| batched.partitions).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        // What the member did not apply goes on alone through the other holders.
+        outcomes.retain(|outcome| !passes_on(outcome.status));
+        let mut rest: BTreeMap<u32, Vec<canopy_crdt::Op>> = BTreeMap::new();
+        for op in batch.into_ops() {
+            let partition = partition_of(op.key(), self.def.partitions);
+            if !outcomes.iter().any(|outcome| outcome.partition == partition) {
+                rest.entry(partition).or_default().push(op);
+            }
+        }
+        let retried: Vec<PartitionBatched> = futures::stream::iter(rest)
             .map(|(partition, part)| self.batch_partition(partition, Batch::from(part)))
             .buffer_unordered(BATCH_FANOUT_MAX)
             .collect()
             .await;
-        outcomes.sort_by_key(|outcome| outcome.partition);
+        outcomes.extend(retried);
         outcomes
     }
 
@@ -161,6 +250,13 @@ impl Table {
         let members = self.tables()?.members()?;
         Ok(owners(&self.def.name, partition, self.def.replicas, &members))
     }
+}
+
+/// Whether a part answered with `status` goes on to the partition's next holder, as a request
+/// for one partition does: the holder had no caught-up copy or failed before applying it.
+fn passes_on(status: u16) -> bool {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    status == StatusCode::MISDIRECTED_REQUEST || (status.is_server_error() && status != StatusCode::GATEWAY_TIMEOUT)
 }
 
 /// The outcome of `ops` operations of a batch written to `partition`.
