@@ -41,6 +41,14 @@ pub fn entry_key(key: &[u8], field: &str) -> Vec<u8> {
     out
 }
 
+/// The prefix [`entries_prefix`] makes for the document `entry` is a field of, when `entry`
+/// is an entry of the documents' namespace.
+pub(crate) fn document_prefix(entry: &[u8]) -> Option<&[u8]> {
+    let rest = entry.strip_prefix(&NAMESPACE[..])?;
+    let (_, used) = unescape_key(rest)?;
+    Some(&entry[..NAMESPACE.len() + used])
+}
+
 /// Whether `entry` lies in the documents' namespace.
 pub fn is_entry(entry: &[u8]) -> bool {
     entry.starts_with(&NAMESPACE)
@@ -84,6 +92,7 @@ mod tests {
             assert!(is_entry(&entry) && crate::counter::is_reserved(&entry));
             assert!(entry.starts_with(&entries_prefix(key)));
             assert_eq!(parse_entry(&entry), Some((key.to_vec(), field.to_string())));
+            assert_eq!(document_prefix(&entry), Some(&entries_prefix(key)[..]));
         }
         // No document's fields fall under another document's prefix.
         assert!(!entry_key(b"ab", "x").starts_with(&entries_prefix(b"a")));

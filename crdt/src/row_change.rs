@@ -112,10 +112,8 @@ impl<'a> RowChanges<'a> {
             batch.delete_cf(self.kv, self.topic.key(key));
         } else {
             batch.put_cf(self.kv, self.topic.key(key), after.encode());
-            if before.is_empty()
-                && let Some((_, made)) = &mut self.keys
-            {
-                made.push(key_hash(key));
+            if before.is_empty() {
+                self.made(key);
             }
         }
         self.derive(batch, key, before, after);
@@ -133,9 +131,7 @@ impl<'a> RowChanges<'a> {
         notice: Notice,
     ) -> Result<(), StorageError> {
         file.put(self.topic.key(key), row.encode())?;
-        if let Some((_, made)) = &mut self.keys {
-            made.push(key_hash(key));
-        }
+        self.made(key);
         let before = Row::default();
         self.derive(batch, key, &before, row);
         self.notice(key, &before, row, notice);
@@ -202,6 +198,18 @@ impl<'a> RowChanges<'a> {
         let key_count = self.key_count.max(0) as u64;
         batch.put_cf(self.meta, key_count_key(self.topic), key_count.to_be_bytes());
         Sealed { key_count, changes: std::mem::take(&mut self.changes), next_expiry: self.next_expiry.take() }
+    }
+
+    /// Records that `key` got a row, for the key filter: the key, and for a document's field
+    /// the document's entries prefix too, so a put of a document the topic never held skips
+    /// the read of its fields.
+    fn made(&mut self, key: &[u8]) {
+        if let Some((_, made)) = &mut self.keys {
+            made.push(key_hash(key));
+            if let Some(document) = crate::doc::document_prefix(key) {
+                made.push(key_hash(document));
+            }
+        }
     }
 
     /// Adds the keys of the rows made so far to the topic's key filter.

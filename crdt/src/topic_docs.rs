@@ -225,6 +225,14 @@ impl<'t> Held<'t> {
     /// The visible fields of the document `key`, in name order.
     fn fields(&mut self, key: &[u8]) -> Result<Fields, ReadError> {
         let topic = self.topic;
+        // A document the topic never held has no field to read. A field row is in the filter
+        // before it is written, so a document put racing this read is no worse off than one
+        // arriving just after it.
+        let entries = doc::entries_prefix(key);
+        let expected = topic.shared.key_count.load(std::sync::atomic::Ordering::Relaxed);
+        if topic.shared.keys.may_hold([&entries[..]], expected).is_some_and(|held| !held[0]) {
+            return Ok(Vec::new());
+        }
         let iter = self.iter.get_or_insert_with(|| {
             let mut options = ReadOptions::default();
             options.set_prefix_same_as_start(true);
@@ -233,7 +241,7 @@ impl<'t> Held<'t> {
             }
             topic.store.db.raw_iterator_cf_opt(topic.store.cf(CF_KV), options)
         });
-        let prefix = topic.shared.id.key(&doc::entries_prefix(key));
+        let prefix = topic.shared.id.key(&entries);
         let now = topic.store.options.clock.now();
         let mut fields = Vec::new();
         iter.seek(&prefix);

@@ -6,7 +6,12 @@
 //! with the store, so a bulk load of new keys slows as the store fills. A topic's key filter
 //! answers "never held" for most new keys from memory instead.
 //!
-//! What makes a "never held" answer true: the filter holds every key that has a row.
+//! A document's fields are rows of their own (`doc.rs`); the filter also holds the entries
+//! prefix of every document one of whose fields has a row, so a put of a new document skips
+//! the read of the fields it would replace.
+//!
+//! What makes a "never held" answer true: the filter holds every key that has a row (and each
+//! such document's prefix).
 //! - It is made empty when the topic's writer thread first writes to the topic (a load of the
 //!   topic leaves it idle), and from then on every row that [`RowChanges`] creates adds its key
 //!   (rows change only on the writer thread, and only through `RowChanges`).
@@ -27,7 +32,7 @@
 //! [`RowChanges`]: crate::row_change::RowChanges
 
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use canopy_dag::TopicId;
 use fastbloom::BloomFilter;
@@ -63,7 +68,7 @@ pub struct KeyFilterState {
 /// A topic's key filter; clones share it.
 #[derive(Clone, Default)]
 pub(crate) struct KeyFilter {
-    inner: Arc<Mutex<Filter>>,
+    inner: Arc<RwLock<Filter>>,
 }
 
 #[derive(Default)]
@@ -95,8 +100,12 @@ pub(crate) fn hash(key: &[u8]) -> u64 {
 }
 
 impl KeyFilter {
-    fn lock(&self) -> MutexGuard<'_, Filter> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> RwLockWriteGuard<'_, Filter> {
+        self.inner.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Filter> {
+        self.inner.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Adds the keys of `hashes` (from [`hash`]).
@@ -113,24 +122,29 @@ impl KeyFilter {
     /// For each of `keys` (without the topic prefix), whether the topic may hold it; `None`
     /// while the filter is not built, which starts a build sized for `expected` keys.
     pub fn may_hold<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>, expected: u64) -> Option<Vec<bool>> {
-        let mut filter = self.lock();
-        match filter.status {
-            Status::Ready => Some(keys.into_iter().map(|key| filter.may_hold(hash(key))).collect()),
-            Status::Building { .. } => None,
-            Status::Idle => {
-                let expected = usize::try_from(expected).unwrap_or(usize::MAX);
-                if filter.stages.is_empty() {
-                    filter.stages.push(Stage::new(expected.saturating_add(expected / 4).max(FIRST_CAPACITY)));
-                }
-                filter.status = Status::Building { cursor: None };
-                None
+        {
+            let filter = self.read();
+            match filter.status {
+                Status::Ready => return Some(keys.into_iter().map(|key| filter.may_hold(hash(key))).collect()),
+                Status::Building { .. } => return None,
+                Status::Idle => {}
             }
         }
+        let mut filter = self.lock();
+        if matches!(filter.status, Status::Idle) {
+            let expected = usize::try_from(expected).unwrap_or(usize::MAX);
+            // The build adds about `expected` keys: room for them in one filter.
+            if filter.stages.last().is_none_or(|stage| stage.capacity - stage.count < expected) {
+                filter.stages.push(Stage::new(expected.saturating_add(expected / 4).max(FIRST_CAPACITY)));
+            }
+            filter.status = Status::Building { cursor: None };
+        }
+        None
     }
 
     /// Whether a build is under way.
     pub fn is_building(&self) -> bool {
-        matches!(self.lock().status, Status::Building { .. })
+        matches!(self.read().status, Status::Building { .. })
     }
 
     /// Forgets every key: the filter is idle again, built anew when next consulted.
@@ -140,7 +154,7 @@ impl KeyFilter {
 
     /// What the filter holds now.
     pub fn state(&self) -> KeyFilterState {
-        let filter = self.lock();
+        let filter = self.read();
         KeyFilterState {
             ready: matches!(filter.status, Status::Ready),
             building: matches!(filter.status, Status::Building { .. }),
@@ -152,7 +166,7 @@ impl KeyFilter {
     /// Adds up to [`BUILD_STEP_KEYS`] more of `topic`'s rows; the filter is ready once a step
     /// reaches the end of them. Returns whether the build goes on.
     pub fn build_step(&self, db: &DB, topic: TopicId) -> Result<bool, StorageError> {
-        let from = match &self.lock().status {
+        let from = match &self.read().status {
             Status::Building { cursor } => cursor.clone(),
             _ => return Ok(false),
         };
@@ -166,7 +180,7 @@ impl KeyFilter {
         }
         let prefix = topic.prefix();
         let mut hashes = Vec::with_capacity(BUILD_STEP_KEYS);
-        let mut last = None;
+        let (mut read, mut last) = (0, None);
         while let Some(key) = iter.key() {
             if !key.starts_with(&prefix) {
                 break;
@@ -174,7 +188,11 @@ impl KeyFilter {
             let key = &key[prefix.len()..];
             if from.as_deref() != Some(key) {
                 hashes.push(hash(key));
-                if hashes.len() == BUILD_STEP_KEYS {
+                if let Some(document) = crate::doc::document_prefix(key) {
+                    hashes.push(hash(document));
+                }
+                read += 1;
+                if read == BUILD_STEP_KEYS {
                     last = Some(key.to_vec());
                     break;
                 }
@@ -238,7 +256,7 @@ mod tests {
         filter.lock().status = Status::Ready;
         let hashes: Vec<u64> = (0..200_000).map(|i| hash(&key(i))).collect();
         filter.insert(&hashes);
-        assert!(filter.lock().stages.len() >= 3, "200k keys fill more than one stage");
+        assert!(filter.read().stages.len() >= 3, "200k keys fill more than one stage");
         let keys: Vec<Vec<u8>> = (0..200_000).map(key).collect();
         let held = filter.may_hold(keys.iter().map(Vec::as_slice), 0).expect("ready");
         assert!(held.iter().all(|held| *held), "no inserted key is ever reported absent");

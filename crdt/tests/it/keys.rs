@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use canopy_crdt::snapshot::Manifest;
-use canopy_crdt::{Batch, Block, Store, StoreOptions, Topic, WalkLimits};
+use canopy_crdt::{Batch, Block, DocWrite, Store, StoreOptions, Topic, WalkLimits};
 
 fn options() -> StoreOptions {
     StoreOptions {
@@ -127,4 +127,33 @@ fn rows_from_received_blocks_and_snapshot_merges_are_read_before_they_are_writte
     merged.put("key-000001", "building").unwrap();
     wait_ready(&merged);
     overwrite_and_delete(&merged, n);
+}
+
+#[test]
+fn a_document_put_over_a_held_document_removes_the_fields_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let field = |name: &str, value: &str| (name.to_string(), format!("\"{value}\"").into_bytes());
+    let n = 2_000;
+    let doc_key = |i: usize| format!("doc-{i:05}").into_bytes();
+    {
+        let topic = Store::open(dir.path(), options()).unwrap().topic("t").unwrap();
+        let writes = (0..n).map(|i| (doc_key(i), DocWrite::Put(vec![field("a", "1"), field("b", "2")]))).collect();
+        topic.doc_batch(writes, None).unwrap();
+        wait_ready(&topic);
+        // Documents the topic never held are written without reading; those it holds are read.
+        let writes = (0..2 * n).map(|i| (doc_key(i), DocWrite::Put(vec![field("a", "3")]))).collect();
+        topic.doc_batch(writes, None).unwrap();
+        let all: Vec<Vec<u8>> = (0..2 * n).map(doc_key).collect();
+        assert!(topic.docs_of(&all).unwrap().iter().all(|fields| fields.as_deref() == Some(&[field("a", "3")][..])));
+    }
+    // Reopened, the filter is built from the field rows, documents' prefixes included.
+    let topic = Store::open(dir.path(), options()).unwrap().topic("t").unwrap();
+    topic.doc_write(b"new", DocWrite::Put(vec![field("c", "4")]), None).unwrap();
+    wait_ready(&topic);
+    let writes = (0..2 * n).map(|i| (doc_key(i), DocWrite::Put(vec![field("b", "5")]))).collect();
+    topic.doc_batch(writes, None).unwrap();
+    let all: Vec<Vec<u8>> = (0..2 * n).map(doc_key).collect();
+    for (i, fields) in topic.docs_of(&all).unwrap().into_iter().enumerate() {
+        assert_eq!(fields, Some(vec![field("b", "5")]), "document {i}");
+    }
 }

@@ -80,7 +80,8 @@ struct FaultsArgs {
 
 #[derive(clap::Args)]
 struct ReportArgs {
-    /// quick: a few minutes on a 2-core machine; full: 100M keys and 10,000 topics (hours).
+    /// quick: a few minutes on a 2-core machine; full: 100M keys and 10,000 topics (hours);
+    /// scale: 100M keys in 1 and in 64 topics beside bare RocksDB, against their bounds.
     #[arg(long, value_enum, default_value_t = canopy_bench::report::Profile::Quick)]
     profile: canopy_bench::report::Profile,
     /// Directory for report.md, its plots and results.jsonl.
