@@ -47,6 +47,14 @@ pub(crate) struct Sealed {
     pub next_expiry: Option<u64>,
 }
 
+/// The rows a [`RowChanges`] made that its topic's key filter has not heard of yet.
+struct Made {
+    filter: KeyFilter,
+    hashes: Vec<u64>,
+    /// The prefix of the document the last field row made belongs to.
+    last_document: Option<u64>,
+}
+
 /// The changes of one topic's rows over one or more batches, and what they add up to.
 pub(crate) struct RowChanges<'a> {
     topic: TopicId,
@@ -60,8 +68,8 @@ pub(crate) struct RowChanges<'a> {
     /// Set when the node keeps key history.
     history: Option<&'a ColumnFamily>,
     watched: bool,
-    /// The topic's key filter, and the keys of rows made since it last heard.
-    keys: Option<(KeyFilter, Vec<u64>)>,
+    /// The topic's key filter and the rows made since it last heard.
+    keys: Option<Made>,
     key_count: i64,
     changes: Vec<Change>,
     next_expiry: Option<u64>,
@@ -98,7 +106,7 @@ impl<'a> RowChanges<'a> {
 
     /// Adds the key of each row made to `keys`.
     pub fn with_key_filter(mut self, keys: &KeyFilter) -> RowChanges<'a> {
-        self.keys = Some((keys.clone(), Vec::new()));
+        self.keys = Some(Made { filter: keys.clone(), hashes: Vec::new(), last_document: None });
         self
     }
 
@@ -204,19 +212,23 @@ impl<'a> RowChanges<'a> {
     /// the document's entries prefix too, so a put of a document the topic never held skips
     /// the read of its fields.
     fn made(&mut self, key: &[u8]) {
-        if let Some((_, made)) = &mut self.keys {
-            made.push(key_hash(key));
-            if let Some(document) = crate::doc::document_prefix(key) {
-                made.push(key_hash(document));
+        if let Some(made) = &mut self.keys {
+            made.hashes.push(key_hash(key));
+            // A document's fields come one after another: its prefix is added once.
+            if let Some(document) = crate::doc::document_prefix(key).map(key_hash)
+                && made.last_document != Some(document)
+            {
+                made.hashes.push(document);
+                made.last_document = Some(document);
             }
         }
     }
 
     /// Adds the keys of the rows made so far to the topic's key filter.
     fn tell_key_filter(&mut self) {
-        if let Some((filter, made)) = &mut self.keys {
-            filter.insert(made);
-            made.clear();
+        if let Some(made) = &mut self.keys {
+            made.filter.insert(&made.hashes);
+            made.hashes.clear();
         }
     }
 

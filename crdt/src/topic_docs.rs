@@ -50,7 +50,7 @@ impl Topic {
     /// field), read through one iterator: cheaper than [`Topic::doc`] for each, above all when
     /// the keys come in order.
     pub fn docs_of(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Fields>>, ReadError> {
-        let mut held = Held::new(self);
+        let mut held = Held::new(self, false);
         keys.iter()
             .map(|key| {
                 let fields = held.fields(key)?;
@@ -92,7 +92,7 @@ impl Topic {
         let mut ops = Vec::new();
         // One iterator reads the fields every put and delete of the batch removes: making one
         // per document costs more than the reads themselves.
-        let mut fields = Held::new(self);
+        let mut fields = Held::new(self, true);
         for (key, write) in writes {
             self.doc_ops(&key, write, expires_ms, &mut fields, &mut ops)?;
             if ops.len() > limits.delta_ops_max {
@@ -209,11 +209,14 @@ fn entry(key: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<Vec<u
 struct Held<'t> {
     topic: &'t Topic,
     iter: Option<rocksdb::DBRawIteratorWithThreadMode<'t, rocksdb::DB>>,
+    /// Reading for a write, which starts the topic's key filter's build if it is idle (a
+    /// read only consults a built one).
+    writing: bool,
 }
 
 impl<'t> Held<'t> {
-    fn new(topic: &'t Topic) -> Held<'t> {
-        Held { topic, iter: None }
+    fn new(topic: &'t Topic, writing: bool) -> Held<'t> {
+        Held { topic, iter: None, writing }
     }
 
     /// The names of the visible fields of the document `key`.
@@ -229,8 +232,14 @@ impl<'t> Held<'t> {
         // before it is written, so a document put racing this read is no worse off than one
         // arriving just after it.
         let entries = doc::entries_prefix(key);
-        let expected = topic.shared.key_count.load(std::sync::atomic::Ordering::Relaxed);
-        if topic.shared.keys.may_hold([&entries[..]], expected).is_some_and(|held| !held[0]) {
+        let held = match self.writing {
+            true => {
+                let expected = topic.shared.key_count.load(std::sync::atomic::Ordering::Relaxed);
+                topic.shared.keys.may_hold([&entries[..]], expected)
+            }
+            false => topic.shared.keys.may_hold_if_ready([&entries[..]]),
+        };
+        if held.is_some_and(|held| !held[0]) {
             return Ok(Vec::new());
         }
         let iter = self.iter.get_or_insert_with(|| {

@@ -12,9 +12,11 @@
 //!
 //! What makes a "never held" answer true: the filter holds every key that has a row (and each
 //! such document's prefix).
-//! - It is made empty when the topic's writer thread first writes to the topic (a load of the
-//!   topic leaves it idle), and from then on every row that [`RowChanges`] creates adds its key
-//!   (rows change only on the writer thread, and only through `RowChanges`).
+//! - Every row that [`RowChanges`] creates adds its key, whatever the filter's state (rows
+//!   change only on the writer thread, and only through `RowChanges`).
+//! - It is idle when the topic loads; the first write (a local write or a received block, or a
+//!   document put reading the fields it replaces) starts its build. Reads only consult a built
+//!   filter, so a topic only read costs no memory for it.
 //! - The rows that existed before are added by a scan of the topic's rows, on the writer
 //!   thread between rounds, [`BUILD_STEP_KEYS`] keys per step. A key created behind the scan's
 //!   cursor was added by its write; one ahead of it is met by the scan.
@@ -142,6 +144,13 @@ impl KeyFilter {
         None
     }
 
+    /// [`KeyFilter::may_hold`] for a read, which starts no build: `None` unless the filter is
+    /// built.
+    pub fn may_hold_if_ready<'k>(&self, keys: impl IntoIterator<Item = &'k [u8]>) -> Option<Vec<bool>> {
+        let filter = self.read();
+        matches!(filter.status, Status::Ready).then(|| keys.into_iter().map(|key| filter.may_hold(hash(key))).collect())
+    }
+
     /// Whether a build is under way.
     pub fn is_building(&self) -> bool {
         matches!(self.read().status, Status::Building { .. })
@@ -180,7 +189,7 @@ impl KeyFilter {
         }
         let prefix = topic.prefix();
         let mut hashes = Vec::with_capacity(BUILD_STEP_KEYS);
-        let (mut read, mut last) = (0, None);
+        let (mut read, mut last, mut last_document) = (0, None, None);
         while let Some(key) = iter.key() {
             if !key.starts_with(&prefix) {
                 break;
@@ -188,8 +197,12 @@ impl KeyFilter {
             let key = &key[prefix.len()..];
             if from.as_deref() != Some(key) {
                 hashes.push(hash(key));
-                if let Some(document) = crate::doc::document_prefix(key) {
-                    hashes.push(hash(document));
+                // A document's fields come one after another: its prefix is added once.
+                if let Some(document) = crate::doc::document_prefix(key).map(hash)
+                    && last_document != Some(document)
+                {
+                    hashes.push(document);
+                    last_document = Some(document);
                 }
                 read += 1;
                 if read == BUILD_STEP_KEYS {
