@@ -18,6 +18,7 @@ mod history;
 pub mod index;
 mod inner;
 pub mod inspect;
+mod key_filter;
 mod options;
 pub mod repair;
 mod reserved;
@@ -43,7 +44,7 @@ pub use canopy_dag::{
 };
 pub use expiry::Clock;
 pub use history::Version;
-pub use writer::keys::KeyFilterState;
+pub use key_filter::KeyFilterState;
 pub use writer_list::WriterList;
 
 /// Hash-checks, decodes and verifies the signatures of received blocks of `topic` in parallel

@@ -17,10 +17,10 @@ use rocksdb::{ColumnFamily, DB, SstFileWriter, WriteBatch};
 use crate::delta::Delta;
 use crate::error::StorageError;
 use crate::index::Indexes;
+use crate::key_filter::{KeyFilter, hash as key_hash};
 use crate::row::Row;
 use crate::schema::{CF_DOC_INDEX, CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::Change;
-use crate::writer::keys::{KeyFilter, hash as key_hash};
 
 /// When watchers hear of a changed row, and the height their change carries.
 #[derive(Clone, Copy, Debug)]

@@ -31,7 +31,7 @@ pub(crate) struct TopicShared {
     pub indexes: RwLock<Arc<Vec<crate::index::IndexStatus>>>,
     /// Which keys the topic may hold, kept by the writer thread so that writes of new keys
     /// skip reading their rows.
-    pub keys: crate::writer::keys::KeyFilter,
+    pub keys: crate::key_filter::KeyFilter,
 }
 
 impl TopicShared {

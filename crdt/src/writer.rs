@@ -31,7 +31,6 @@ use crate::writer_list::{Lists, WriterList};
 pub(crate) mod compact;
 mod expire;
 mod indexing;
-pub(crate) mod keys;
 mod local;
 mod merge;
 mod remote;
@@ -258,7 +257,7 @@ impl TopicState {
             serving: Mutex::new(None),
             parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
             indexes: RwLock::new(Arc::new(indexes.maintained.iter().map(|index| index.status()).collect())),
-            keys: keys::KeyFilter::default(),
+            keys: crate::key_filter::KeyFilter::default(),
         });
         Ok(TopicState {
             shared,

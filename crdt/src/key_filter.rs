@@ -51,7 +51,7 @@ const FIRST_CAPACITY: usize = 16_384;
 /// Each further filter holds this many times the previous one's capacity.
 const GROWTH: usize = 4;
 /// Keys a build step adds from the topic's rows.
-pub(super) const BUILD_STEP_KEYS: usize = 32_768;
+pub(crate) const BUILD_STEP_KEYS: usize = 32_768;
 
 /// What a topic's key filter holds, for operators.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
