@@ -11,14 +11,9 @@ use std::time::Duration;
 use canopy_crdt::snapshot::Manifest;
 use canopy_crdt::{Batch, Block, DocWrite, Store, StoreOptions, Topic, WalkLimits};
 
+/// Compaction only when a test asks for it.
 fn options() -> StoreOptions {
-    StoreOptions {
-        cache_bytes: 1 << 20,
-        compact_after_blocks: 0,
-        compact_after_bytes: 0,
-        snapshot_retain_ms: None,
-        ..StoreOptions::default()
-    }
+    super::common::manual_compaction()
 }
 
 fn key(i: usize) -> String {

@@ -17,13 +17,7 @@ fn signer() -> canopy_crdt::Signer {
 
 /// Compaction only when a test asks for it.
 fn options() -> StoreOptions {
-    StoreOptions {
-        cache_bytes: 1 << 20,
-        compact_after_blocks: 0,
-        compact_after_bytes: 0,
-        snapshot_retain_ms: None,
-        ..StoreOptions::default()
-    }
+    super::common::manual_compaction()
 }
 
 /// Waits up to a minute for `condition`.

@@ -26,3 +26,14 @@ pub fn sends(effects: Vec<Effect<u32>>) -> Vec<Message> {
         })
         .collect()
 }
+
+/// Store settings under which topics compact only when a test asks.
+pub fn manual_compaction() -> canopy_crdt::StoreOptions {
+    canopy_crdt::StoreOptions {
+        cache_bytes: 1 << 20,
+        compact_after_blocks: 0,
+        compact_after_bytes: 0,
+        snapshot_retain_ms: None,
+        ..canopy_crdt::StoreOptions::default()
+    }
+}
