@@ -6,12 +6,13 @@
 //! with the store, so a bulk load of new keys slows as the store fills. A topic's key filter
 //! answers "never held" for most new keys from memory instead.
 //!
-//! A document's fields are rows of their own (`doc.rs`); the filter also holds the entries
-//! prefix of every document one of whose fields has a row, so a put of a new document skips
-//! the read of the fields it would replace.
+//! A document's fields are rows of their own (`doc.rs`); for them the filter holds the
+//! document's entries prefix instead of each field, so a put of a new document skips the read
+//! of the fields it would replace at the cost of one probe, and a document costs the filter
+//! one entry however many fields it has. A field of a document the topic holds is read.
 //!
-//! What makes a "never held" answer true: the filter holds every key that has a row (and each
-//! such document's prefix).
+//! What makes a "never held" answer true: the filter holds every key that has a row (for a
+//! document's field, the document's prefix).
 //! - Every row that [`RowChanges`] creates adds its key, whatever the filter's state (rows
 //!   change only on the writer thread, and only through `RowChanges`).
 //! - It is idle when the topic loads; the first write (a local write or a received block, or a
@@ -96,9 +97,11 @@ struct Stage {
     count: usize,
 }
 
-/// What a key's filter entries derive from.
+/// What a key's filter entry derives from: the key, or for a document's field the document's
+/// entries prefix, which all its fields share.
 pub(crate) fn hash(key: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    let entry = crate::doc::document_prefix(key).unwrap_or(key);
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(entry)
 }
 
 impl KeyFilter {
@@ -189,20 +192,17 @@ impl KeyFilter {
         }
         let prefix = topic.prefix();
         let mut hashes = Vec::with_capacity(BUILD_STEP_KEYS);
-        let (mut read, mut last, mut last_document) = (0, None, None);
+        let (mut read, mut last) = (0, None);
         while let Some(key) = iter.key() {
             if !key.starts_with(&prefix) {
                 break;
             }
             let key = &key[prefix.len()..];
             if from.as_deref() != Some(key) {
-                hashes.push(hash(key));
-                // A document's fields come one after another: its prefix is added once.
-                if let Some(document) = crate::doc::document_prefix(key).map(hash)
-                    && last_document != Some(document)
-                {
-                    hashes.push(document);
-                    last_document = Some(document);
+                // A document's fields come one after another: its entry is added once.
+                let entry = hash(key);
+                if hashes.last() != Some(&entry) {
+                    hashes.push(entry);
                 }
                 read += 1;
                 if read == BUILD_STEP_KEYS {

@@ -51,8 +51,6 @@ pub(crate) struct Sealed {
 struct Made {
     filter: KeyFilter,
     hashes: Vec<u64>,
-    /// The prefix of the document the last field row made belongs to.
-    last_document: Option<u64>,
 }
 
 /// The changes of one topic's rows over one or more batches, and what they add up to.
@@ -106,7 +104,7 @@ impl<'a> RowChanges<'a> {
 
     /// Adds the key of each row made to `keys`.
     pub fn with_key_filter(mut self, keys: &KeyFilter) -> RowChanges<'a> {
-        self.keys = Some(Made { filter: keys.clone(), hashes: Vec::new(), last_document: None });
+        self.keys = Some(Made { filter: keys.clone(), hashes: Vec::new() });
         self
     }
 
@@ -208,18 +206,14 @@ impl<'a> RowChanges<'a> {
         Sealed { key_count, changes: std::mem::take(&mut self.changes), next_expiry: self.next_expiry.take() }
     }
 
-    /// Records that `key` got a row, for the key filter: the key, and for a document's field
-    /// the document's entries prefix too, so a put of a document the topic never held skips
-    /// the read of its fields.
+    /// Records that `key` got a row, for the key filter (which holds a document's field as the
+    /// document's entries prefix).
     fn made(&mut self, key: &[u8]) {
         if let Some(made) = &mut self.keys {
-            made.hashes.push(key_hash(key));
-            // A document's fields come one after another: its prefix is added once.
-            if let Some(document) = crate::doc::document_prefix(key).map(key_hash)
-                && made.last_document != Some(document)
-            {
-                made.hashes.push(document);
-                made.last_document = Some(document);
+            // A document's fields come one after another: its entry is added once.
+            let entry = key_hash(key);
+            if made.hashes.last() != Some(&entry) {
+                made.hashes.push(entry);
             }
         }
     }

@@ -141,7 +141,7 @@ fn a_document_put_over_a_held_document_removes_the_fields_it_leaves_out() {
         let all: Vec<Vec<u8>> = (0..2 * n).map(doc_key).collect();
         assert!(topic.docs_of(&all).unwrap().iter().all(|fields| fields.as_deref() == Some(&[field("a", "3")][..])));
     }
-    // Reopened, the filter is built from the field rows, documents' prefixes included.
+    // Reopened, the filter is built from the field rows: each document as its prefix.
     let topic = Store::open(dir.path(), options()).unwrap().topic("t").unwrap();
     topic.doc_write(b"new", DocWrite::Put(vec![field("c", "4")]), None).unwrap();
     wait_ready(&topic);
