@@ -83,11 +83,15 @@ impl Store {
         // taking most of them. With 3 compactions beside one writer on 2 cores, compactions
         // took 58% of the CPU at 24M keys and set the write rate; with one, the rate rose by
         // a third and RocksDB's own limits (pending bytes, level-0 files) still bound the
-        // compaction debt a long load builds.
+        // compaction debt a long load builds. A compaction splits into one subcompaction per
+        // core, so a large level-0 compaction (and a manual one) takes a core the writers leave
+        // idle: at 20M keys in 64 topics, 325k keys/s against 281k with no stalls, and the
+        // compaction at the end in 43 s against 64 s.
         let cores = std::thread::available_parallelism().map_or(2, usize::from).max(2);
         let cores = i32::try_from(cores).unwrap_or(i32::MAX);
         db_options.increase_parallelism(cores);
         db_options.set_max_background_jobs(cores);
+        db_options.set_max_subcompactions(u32::try_from(cores).unwrap_or(2));
         db_options.set_bytes_per_sync(1 << 20);
         // Column families with small writes (heads, meta) rarely fill a memtable, and a log
         // file is kept until every family's part of it is flushed: without a bound, logs pile
