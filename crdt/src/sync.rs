@@ -372,8 +372,16 @@ impl<P: Clone + Ord> Replicator<P> {
 
     /// Announces `topic`'s heads after local commits (`commits`, in the order they were made),
     /// carrying the commits' blocks as far as they fit `inline_bytes_max`, so peers that hold
-    /// their parents apply them with no request.
+    /// their parents apply them with no request, and announce their heads at once in return.
     pub fn announce_commits(&mut self, topic: &str, commits: &[Cid]) -> Vec<Effect<P>> {
+        self.announce_commits_awaited(topic, commits, true)
+    }
+
+    /// [`Replicator::announce_commits`], saying whether a writer waits for copies of the
+    /// commits: when none does, the peers they reach need not announce their heads in return
+    /// (they do at their next re-announcement), which saves a signed message per peer per
+    /// commit under a steady load of writes.
+    pub fn announce_commits_awaited(&mut self, topic: &str, commits: &[Cid], awaited: bool) -> Vec<Effect<P>> {
         self.reschedule(topic, true);
         let Some(sync) = self.topics.get_mut(topic) else {
             return Vec::new();
@@ -383,8 +391,9 @@ impl<P: Clone + Ord> Replicator<P> {
         let Some(mut effect) = heads_effect(&sync.topic, self.config.heads_max) else {
             return Vec::new();
         };
-        if let Effect::Publish { message: Message::Heads { blocks, .. }, .. } = &mut effect {
+        if let Effect::Publish { message: Message::Heads { blocks, unawaited, .. }, .. } = &mut effect {
             *blocks = inline_blocks(&sync.topic, commits, self.config.inline_bytes_max);
+            *unawaited = !awaited && !blocks.is_empty();
         }
         vec![effect]
     }
@@ -441,7 +450,9 @@ impl<P: Clone + Ord> Replicator<P> {
 
     fn handle_settled(&mut self, now_ms: u64, from: P, message: Message) -> Result<Vec<Effect<P>>, SyncError> {
         match message {
-            Message::Heads { topic, heads, blocks } => self.on_heads(now_ms, from, &topic, heads, blocks),
+            Message::Heads { topic, heads, blocks, unawaited } => {
+                self.on_heads(now_ms, from, &topic, heads, (blocks, unawaited))
+            }
             request @ (Message::Want { .. } | Message::WantParts { .. }) => self.on_request(from, request),
             Message::Blocks { topic, id, blocks, more, frontier, snapshots, snapshot_pending } => {
                 let answer = fetch::Answer { blocks, more, frontier, snapshots, snapshot_pending };
@@ -612,6 +623,6 @@ fn heads_effect<P>(topic: &Topic, heads_max: usize) -> Option<Effect<P>> {
     }
     Some(Effect::Publish {
         topic: topic.name().to_string(),
-        message: Message::Heads { topic: topic.name().to_string(), heads, blocks: Vec::new() },
+        message: Message::Heads { topic: topic.name().to_string(), heads, blocks: Vec::new(), unawaited: false },
     })
 }

@@ -232,7 +232,7 @@ impl Adversary {
             return Vec::new();
         };
         let (topic, id) = match message {
-            Message::Heads { topic, heads, blocks } => {
+            Message::Heads { topic, heads, blocks, .. } => {
                 for head in heads {
                     if self.learned.len() < ADVERSARY_LEARNED_MAX {
                         self.learned.push(head.cid);
@@ -354,7 +354,12 @@ impl Adversary {
         if !self.lies.is_empty() && self.rng.random_bool(0.3) {
             // A real block a lie is about, announced so replicas that lack it ask for it here.
             let lie = &self.lies[self.rng.random_range(0..self.lies.len())];
-            let message = Message::Heads { topic: lie.topic.clone(), heads: vec![lie.head], blocks: Vec::new() };
+            let message = Message::Heads {
+                topic: lie.topic.clone(),
+                heads: vec![lie.head],
+                blocks: Vec::new(),
+                unawaited: false,
+            };
             return vec![(None, message.encode())];
         }
         let topic = self.topic();
@@ -387,7 +392,7 @@ impl Adversary {
                 }
             }
         }
-        let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads, blocks }.encode())];
+        let mut out = vec![(None, Message::Heads { topic: topic.clone(), heads, blocks, unawaited: false }.encode())];
         if self.rng.random_bool(0.3) {
             let to = self.rng.random_range(0..self.replicas);
             let orphan = self.rng.random_bool(0.5);

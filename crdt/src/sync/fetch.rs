@@ -149,7 +149,7 @@ impl<P: Clone + Ord> Replicator<P> {
         from: P,
         topic: &str,
         heads: Vec<Head>,
-        blocks: Vec<WireBlock>,
+        (blocks, unawaited): (Vec<WireBlock>, bool),
     ) -> Result<Vec<Effect<P>>, SyncError> {
         let Some(sync) = self.topics.get_mut(topic) else {
             return Ok(Vec::new());
@@ -172,8 +172,8 @@ impl<P: Clone + Ord> Replicator<P> {
                 // The announcement reaches the other peers through gossip. This replica's own
                 // heads go out now, so that a writer waiting for copies of its write learns
                 // that this one holds it, at most once per `ECHO_INTERVAL_MS`; between two,
-                // at the next (now short) re-announcement.
-                if sync.echoed_ms.is_none_or(|at| now_ms >= at + super::ECHO_INTERVAL_MS) {
+                // and when no writer waits, at the next (now short) re-announcement.
+                if !unawaited && sync.echoed_ms.is_none_or(|at| now_ms >= at + super::ECHO_INTERVAL_MS) {
                     sync.echoed_ms = Some(now_ms);
                     echo = self.announce(topic);
                 } else {

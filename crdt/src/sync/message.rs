@@ -38,6 +38,11 @@ pub enum Message {
         /// them without asking. Empty in re-announcements.
         #[serde(default)]
         blocks: Vec<WireBlock>,
+        /// No writer waits for copies of `blocks`: a receiver they change need not announce its
+        /// own heads at once, only at its next re-announcement. Absent (false) in announcements
+        /// of earlier versions, whose receivers answer every announcement that changes them.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unawaited: bool,
     },
     /// "Send me the lowest blocks below `want` that are not below `have`."
     Want {

@@ -110,14 +110,15 @@ fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
     // An announcement carrying a forged post: dropped, and its sender penalised.
     let forged = post(&blog(), &follower(), vec![root.cid], root.height + 1, "post/1");
     let heads = vec![canopy_crdt::Head { cid: forged.cid(), height: forged.height() }];
-    let announcement = Message::Heads { topic: blog(), heads: heads.clone(), blocks: vec![wire(&forged)] };
+    let announcement =
+        Message::Heads { topic: blog(), heads: heads.clone(), blocks: vec![wire(&forged)], unawaited: false };
     let effects = sync.handle_bytes(0, 7u32, &announcement.encode()).unwrap();
     assert!(matches!(&effects[..], [Effect::Penalize { peer: 7, .. }]), "{effects:?}");
     assert_eq!(sync.stats().blocks_refused, 1);
     assert_eq!(topic.get(b"post/1").unwrap().as_deref(), Some(&b"hello"[..]));
 
     // Announced again without the block: the head is known to be refused, nothing is fetched.
-    let bare = Message::Heads { topic: blog(), heads, blocks: Vec::new() };
+    let bare = Message::Heads { topic: blog(), heads, blocks: Vec::new(), unawaited: false };
     let effects = sync.handle_bytes(0, 8u32, &bare.encode()).unwrap();
     assert!(effects.is_empty(), "{effects:?}");
 
@@ -127,6 +128,7 @@ fn peers_sending_refused_blocks_are_penalised_and_nothing_is_applied() {
         topic: blog(),
         heads: vec![canopy_crdt::Head { cid: other.cid(), height: other.height() }],
         blocks: Vec::new(),
+        unawaited: false,
     };
     let effects = sync.handle_bytes(0, 9u32, &announced.encode()).unwrap();
     let id = match &effects[..] {

@@ -68,7 +68,7 @@ fn net(peers: u32, ahead: usize) -> Net {
 
 /// Copies everything `source` holds of `written` into `other`.
 fn copy(source: &mut Replicator<u32>, other: &mut Replicator<u32>, written: &Topic) {
-    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new(), unawaited: false };
     let mut requests = sends(other.handle(0, 1, heads).unwrap());
     while let Some((_, request)) = requests.pop() {
         for (_, answer) in sends(source.handle(0, 99, request).unwrap()) {
@@ -81,7 +81,8 @@ fn copy(source: &mut Replicator<u32>, other: &mut Replicator<u32>, written: &Top
 impl Net {
     /// The reader hears `peer` announce the heads; returns the requests it sends.
     fn hear(&mut self, peer: u32) -> Vec<(u32, Message)> {
-        let heads = Message::Heads { topic: "t".into(), heads: self.written.heads(), blocks: Vec::new() };
+        let heads =
+            Message::Heads { topic: "t".into(), heads: self.written.heads(), blocks: Vec::new(), unawaited: false };
         let effects = self.reader.handle(0, peer, heads).unwrap();
         self.take(effects)
     }

@@ -24,8 +24,13 @@ fn sample_block() -> Block {
 fn sample_messages() -> Vec<Vec<u8>> {
     let block = sample_block();
     vec![
-        Message::Heads { topic: "t".into(), heads: vec![Head { cid: block.cid(), height: 2 }], blocks: Vec::new() }
-            .encode(),
+        Message::Heads {
+            topic: "t".into(),
+            heads: vec![Head { cid: block.cid(), height: 2 }],
+            blocks: Vec::new(),
+            unawaited: false,
+        }
+        .encode(),
         Message::Want { topic: "t".into(), id: 7, want: vec![block.cid()], have: vec![block.links()[0]] }.encode(),
         Message::Blocks {
             topic: "t".into(),
@@ -119,9 +124,11 @@ fn messages_over_the_bounds_are_refused() {
     let config = SyncConfig { heads_max: 1, ..SyncConfig::default() };
     let block = sample_block();
     let head = Head { cid: block.cid(), height: 2 };
-    let message = Message::Heads { topic: "t".into(), heads: vec![head, head], blocks: Vec::new() }.encode();
+    let message =
+        Message::Heads { topic: "t".into(), heads: vec![head, head], blocks: Vec::new(), unawaited: false }.encode();
     assert!(Message::decode(&message, &config).is_err());
-    let bad_topic = Message::Heads { topic: "no spaces".into(), heads: vec![], blocks: Vec::new() }.encode();
+    let bad_topic =
+        Message::Heads { topic: "no spaces".into(), heads: vec![], blocks: Vec::new(), unawaited: false }.encode();
     assert!(Message::decode(&bad_topic, &SyncConfig::default()).is_err());
     let narrow = SyncConfig { want_max: 0, ..SyncConfig::default() };
     assert!(Message::decode(&sample_messages()[2], &narrow).is_err(), "a frontier is bounded like a want");

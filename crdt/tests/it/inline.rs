@@ -133,9 +133,9 @@ fn a_corrupt_inline_block_is_refused_and_fetched_instead() {
     let commit = writer.topic.put("k", "v").unwrap();
     let mut message = announcement(writer.sync.announce_commits("t", &[commit.cid]));
     let plain = match &mut message {
-        Message::Heads { topic, heads, blocks } => {
+        Message::Heads { topic, heads, blocks, .. } => {
             *blocks[0].bytes.last_mut().unwrap() ^= 0x55;
-            Message::Heads { topic: topic.clone(), heads: heads.clone(), blocks: Vec::new() }
+            Message::Heads { topic: topic.clone(), heads: heads.clone(), blocks: Vec::new(), unawaited: false }
         }
         _ => unreachable!("announcements only"),
     };
@@ -174,5 +174,29 @@ fn a_re_announcement_waits_briefly_for_the_announcement_of_a_fresh_commit() {
     match message {
         Message::Heads { heads, .. } => assert_eq!(heads, writer.topic.heads()),
         _ => unreachable!("announcements only"),
+    }
+}
+
+#[test]
+fn a_receiver_announces_its_heads_at_once_only_when_a_writer_waits_for_copies() {
+    let mut writer = replica(SyncConfig::default());
+    let mut reader = replica(SyncConfig::default());
+    let published = |effects: &[Effect<u32>]| effects.iter().filter(|e| matches!(e, Effect::Publish { .. })).count();
+
+    let first = writer.topic.put("k", "v").unwrap();
+    let message = announcement(writer.sync.announce_commits_awaited("t", &[first.cid], false));
+    let effects = reader.sync.handle_bytes(0, 1, &message.encode()).unwrap();
+    assert_eq!(reader.topic.heads(), writer.topic.heads(), "the carried block is applied all the same");
+    assert_eq!(published(&effects), 0, "no writer waits, so nothing goes out at once: {effects:?}");
+
+    let second = writer.topic.put("k", "w").unwrap();
+    let message = announcement(writer.sync.announce_commits_awaited("t", &[second.cid], true));
+    // An awaited announcement encodes as announcements always have, so earlier versions read it.
+    assert!(!String::from_utf8_lossy(&message.encode()).contains("unawaited"));
+    let effects = reader.sync.handle_bytes(100, 1, &message.encode()).unwrap();
+    assert_eq!(reader.topic.heads(), writer.topic.heads());
+    match &effects[..] {
+        [Effect::Publish { message: Message::Heads { heads, .. }, .. }] => assert_eq!(heads, &reader.topic.heads()),
+        other => panic!("a writer waits, so the reader's heads go out at once: {other:?}"),
     }
 }

@@ -42,7 +42,7 @@ fn pair(keys: usize) -> Pair {
 #[test]
 fn the_next_request_leaves_before_the_answer_is_applied_and_names_its_top_as_had() {
     let Pair { mut source, mut reader, written, caught, .. } = pair(30);
-    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new(), unawaited: false };
     let mut requests = sent(reader.handle(0, 1, heads).unwrap());
     let mut round_trips = 0;
     while let Some(request) = requests.pop() {
@@ -71,7 +71,7 @@ fn the_next_request_leaves_before_the_answer_is_applied_and_names_its_top_as_had
 #[test]
 fn a_tampered_block_in_an_answer_ends_the_fetch_and_the_next_announcement_completes_it() {
     let Pair { mut source, mut reader, written, caught, .. } = pair(10);
-    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new(), unawaited: false };
     let mut requests = sent(reader.handle(0, 1, heads).unwrap());
     let mut first = true;
     while let Some(request) = requests.pop() {
@@ -89,7 +89,7 @@ fn a_tampered_block_in_an_answer_ends_the_fetch_and_the_next_announcement_comple
     assert_eq!(reader.fetches(), 0, "the peer that sent it is not asked again");
     assert_ne!(caught.heads(), written.heads());
     // Another peer announces the heads: the catch-up completes from there.
-    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: written.heads(), blocks: Vec::new(), unawaited: false };
     let mut requests = sent(reader.handle(0, 3, heads).unwrap());
     while let Some(request) = requests.pop() {
         let answer = sent(source.handle(0, 2, request).unwrap()).pop().expect("an answer");

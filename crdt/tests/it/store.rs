@@ -381,7 +381,7 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     let dir = tempfile::tempdir().unwrap();
     let mut sync: Replicator<u32> = Replicator::new(open(&dir), SyncConfig::default());
     let topic = sync.subscribe("t").unwrap();
-    let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new(), unawaited: false };
     let (to, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
     assert_eq!(to, 1);
     // Blocks travel intact: a tampered one was sent so. Its sender is penalised and its fetch
@@ -392,7 +392,7 @@ fn tampered_blocks_from_a_peer_are_refused_and_the_replica_carries_on() {
     assert!(topic.heads().is_empty());
     assert_eq!(sync.fetches(), 0);
     assert!(sync.handle_bytes(0, 1, b"\xff\x00garbage").is_err());
-    let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
+    let heads = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new(), unawaited: false };
     let (_, retry) = sent_want(&sync.handle(0, 2, heads).unwrap());
     let mut effects = sync.handle(0, 2, answer(retry, wire(block.bytes().to_vec()))).unwrap();
     // The answer completes the fetch; its blocks are applied once settled.
@@ -419,6 +419,7 @@ fn answers_nobody_asked_for_are_dropped() {
         topic: "t".into(),
         heads: vec![canopy_crdt::Head { cid: block.cid(), height: 1 }],
         blocks: Vec::new(),
+        unawaited: false,
     };
     let (_, id) = sent_want(&sync.handle(0, 1, heads).unwrap());
     sync.handle(0, 2, answer(id, blocks.clone())).unwrap();
@@ -442,11 +443,12 @@ fn a_peer_that_never_answers_holds_up_only_its_own_fetch() {
         topic: "t".into(),
         heads: vec![canopy_crdt::Head { cid: fake, height: 9 }],
         blocks: Vec::new(),
+        unawaited: false,
     };
     let (to, stalled) = sent_want(&sync.handle(0, 1, fake_heads.clone()).unwrap());
     assert_eq!(to, 1);
     // Peer 2's real heads are fetched at once, not after peer 1's timeout.
-    let real = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new() };
+    let real = Message::Heads { topic: "t".into(), heads: source.heads(), blocks: Vec::new(), unawaited: false };
     let (to, _) = sent_want(&sync.handle(1, 2, real).unwrap());
     assert_eq!(to, 2);
     // A failed request frees its fetch: the next announcement starts a new one.

@@ -1,7 +1,9 @@
 //! Acknowledgement of topic writes by peers: a write asking for `n` copies is acknowledged once
-//! `n - 1` peers have announced (signed) heads that include it. A replica announces its
-//! heads as soon as blocks carried in a peer's announcement change them (at most every
-//! [`canopy_crdt::sync::ECHO_INTERVAL_MS`]), so a writer hears within a round trip.
+//! `n - 1` peers have announced (signed) heads that include it. A write's announcement says
+//! whether a write waits (a waiting write registers before it is made, so its commit's
+//! announcement sees it); a replica that such an announcement's blocks change announces its
+//! heads at once (at most every [`canopy_crdt::sync::ECHO_INTERVAL_MS`]), so a writer hears
+//! within a round trip. When no write waits, peers announce at their next re-announcement.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,12 @@ impl PeerAcks {
                 let _ = sender.send((signer, heads.to_vec()));
             }
         })
+    }
+
+    /// Whether a write waits for peers' copies of its commit to `topic`: its announcement then
+    /// asks the peers it changes to announce their heads at once.
+    pub(crate) fn awaited(&self, topic: &str) -> bool {
+        self.waiting.lock().expect("acks lock").contains_key(topic)
     }
 
     fn watch(&self, topic: &str) -> broadcast::Receiver<Announcement> {

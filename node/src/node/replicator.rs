@@ -149,7 +149,8 @@ pub(super) fn run_sync(
             }
         }
         for (topic, (cids, times)) in commits {
-            dispatch(&transport, sync.announce_commits(&topic, &cids), &mut in_flight);
+            let awaited = inner.upgrade().is_none_or(|inner| inner.peer_acks.awaited(&topic));
+            dispatch(&transport, sync.announce_commits_awaited(&topic, &cids, awaited), &mut in_flight);
             if let Some(stages) = &stages {
                 for at in times {
                     stages.commit_to_publish.observe(at.elapsed().as_secs_f64());

@@ -213,10 +213,10 @@ fn a_hostile_peer_forging_posts_is_refused_and_the_node_keeps_serving() {
                 let message = if round.is_multiple_of(2) {
                     let inline = forged(&topic, &signer, &head, &format!("post/{round}"));
                     let heads = vec![Head { cid: inline.cid(), height: inline.height() }];
-                    Message::Heads { topic: topic.clone(), heads, blocks: vec![wire(&inline)] }
+                    Message::Heads { topic: topic.clone(), heads, blocks: vec![wire(&inline)], unawaited: false }
                 } else {
                     let heads = vec![Head { cid: served.cid(), height: served.height() }];
-                    Message::Heads { topic: topic.clone(), heads, blocks: Vec::new() }
+                    Message::Heads { topic: topic.clone(), heads, blocks: Vec::new(), unawaited: false }
                 };
                 transport.handle.publish(&topic, message.encode());
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -227,7 +227,12 @@ fn a_peer_announcing_heads_it_never_serves_does_not_stall_a_topic() {
                 let fake =
                     canopy_crdt::Block::build("t", vec![], 1, round.to_be_bytes().to_vec(), &signer()).unwrap().cid();
                 let heads = vec![canopy_crdt::Head { cid: fake, height: round }];
-                let message = canopy_crdt::sync::Message::Heads { topic: "t".into(), heads, blocks: Vec::new() };
+                let message = canopy_crdt::sync::Message::Heads {
+                    topic: "t".into(),
+                    heads,
+                    blocks: Vec::new(),
+                    unawaited: false,
+                };
                 transport.handle.publish("t", message.encode());
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }

@@ -488,7 +488,12 @@ fn announce_until_judged(
     let wire =
         canopy_crdt::sync::WireBlock { cid: block.cid(), bytes: serde_bytes::ByteBuf::from(block.bytes().to_vec()) };
     let head = canopy_crdt::Head { cid: block.cid(), height: 1 };
-    let message = canopy_crdt::sync::Message::Heads { topic: topic.into(), heads: vec![head], blocks: vec![wire] };
+    let message = canopy_crdt::sync::Message::Heads {
+        topic: topic.into(),
+        heads: vec![head],
+        blocks: vec![wire],
+        unawaited: false,
+    };
     let rejected_before = metric(node, "canopy_announcements_rejected_total");
     transport.handle.subscribe(topic);
     let heads_path = format!("/v1/topics/{}/heads", topic.replace('/', "%2F"));
