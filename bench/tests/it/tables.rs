@@ -61,6 +61,11 @@ fn a_small_tables_run_writes_every_key_and_balances_after_a_join() {
     assert!(report.join_s.is_some(), "the table was not balanced after the join: {:?}", report.join_pending);
     assert!(report.get_p50_us.is_some() && report.ack2_p50_us.is_some(), "{report:?}");
     assert!(report.batch_keys_per_s > 0.0 && report.ingest_keys_per_s > 0.0 && report.ratio > 0.0);
+    // The embedded figure is the middle one of its runs.
+    let mut runs = report.ingest_runs_keys_per_s.clone();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(runs.len(), 3);
+    assert_eq!(runs[1], report.ingest_keys_per_s);
     assert!(report.command.starts_with("canopy-bench tables --members 3 --replicas 2 --partitions 16 --keys 2000"));
 }
 

@@ -158,9 +158,12 @@ fn print_tables(report: &TablesReport) {
         "routed batches        {:>10.0} keys/s   (batch p50 {} us, p99 {} us)",
         report.batch_keys_per_s, report.batch_p50_us, report.batch_p99_us
     );
+    let runs: Vec<String> = report.ingest_runs_keys_per_s.iter().map(|run| format!("{run:.0}")).collect();
     println!(
-        "embedded ingest       {:>10.0} keys/s   ratio routed/embedded {:.3}",
-        report.ingest_keys_per_s, report.ratio
+        "embedded ingest       {:>10.0} keys/s   ratio routed/embedded {:.3}   (median of {})",
+        report.ingest_keys_per_s,
+        report.ratio,
+        runs.join(", ")
     );
     println!(
         "single puts           {:>10.0} puts/s   (p50 {} us, p99 {} us; {} clients: {:.0} puts/s)",
