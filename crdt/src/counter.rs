@@ -63,24 +63,33 @@ pub fn entry_key(key: &[u8], author: &AuthorId, origin: &[u8; ORIGIN_BYTES]) -> 
     out
 }
 
-/// The key [`escape_key`] wrote at the start of `bytes`, and the bytes its encoding took.
-pub(crate) fn unescape_key(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut key = Vec::new();
+/// The bytes the key [`escape_key`] wrote at the start of `bytes` takes, its terminator
+/// included; `None` when `bytes` does not start with one.
+pub(crate) fn escaped_len(bytes: &[u8]) -> Option<usize> {
     let mut at = 0;
     loop {
         match (bytes.get(at)?, bytes.get(at + 1)) {
-            (0x00, Some(0xff)) => {
-                key.push(0x00);
-                at += 2;
-            }
-            (0x00, Some(0x01)) => return Some((key, at + 2)),
+            (0x00, Some(0xff)) => at += 2,
+            (0x00, Some(0x01)) => return Some(at + TERMINATOR.len()),
             (0x00, _) => return None,
-            (&byte, _) => {
-                key.push(byte);
-                at += 1;
-            }
+            _ => at += 1,
         }
     }
+}
+
+/// The key [`escape_key`] wrote at the start of `bytes`, and the bytes its encoding took.
+pub(crate) fn unescape_key(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let used = escaped_len(bytes)?;
+    let mut escaped = bytes[..used - TERMINATOR.len()].iter();
+    let mut key = Vec::with_capacity(used - TERMINATOR.len());
+    while let Some(&byte) = escaped.next() {
+        key.push(byte);
+        if byte == 0x00 {
+            // The 0xff that follows an escaped zero.
+            escaped.next();
+        }
+    }
+    Some((key, used))
 }
 
 /// A counter entry's parts: the counter's key and the contributor's author.

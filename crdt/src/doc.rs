@@ -12,7 +12,7 @@
 //! Received blocks are checked: an entry in the namespace must be well formed, name its field in
 //! UTF-8 and hold JSON text.
 
-use crate::counter::{RESERVED, escape_key, unescape_key};
+use crate::counter::{RESERVED, escape_key, escaped_len, unescape_key};
 use crate::delta::DeltaError;
 
 /// The namespace document entries live in.
@@ -45,7 +45,7 @@ pub fn entry_key(key: &[u8], field: &str) -> Vec<u8> {
 /// is an entry of the documents' namespace.
 pub(crate) fn document_prefix(entry: &[u8]) -> Option<&[u8]> {
     let rest = entry.strip_prefix(&NAMESPACE[..])?;
-    let (_, used) = unescape_key(rest)?;
+    let used = escaped_len(rest)?;
     Some(&entry[..NAMESPACE.len() + used])
 }
 

@@ -27,7 +27,7 @@ use canopy_dag::TopicId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::counter::{RESERVED, escape_key, unescape_key};
+use crate::counter::{RESERVED, escape_key, escaped_len};
 use crate::delta::DeltaError;
 use crate::row::Row;
 
@@ -132,7 +132,7 @@ impl IndexDef {
     /// How many bytes of `bytes` (a record's key after the index's prefix) its value takes.
     fn value_len(&self, bytes: &[u8]) -> Option<usize> {
         match self.kind {
-            IndexKind::String => unescape_key(bytes).map(|(_, used)| used),
+            IndexKind::String => escaped_len(bytes),
             IndexKind::Number => (bytes.len() >= 8).then_some(8),
             IndexKind::Bool => (!bytes.is_empty()).then_some(1),
         }
