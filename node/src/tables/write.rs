@@ -2,7 +2,7 @@
 //! owners, and the acknowledgement a write waits for (the other owners asked whether they hold
 //! its block).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use reqwest::StatusCode;
 
@@ -89,7 +89,8 @@ impl Table {
     /// The parts of [`Table::batch`] whose first holder is `member`, sent to it in one request.
     async fn batch_at(&self, member: Member, parts: Parts) -> Vec<PartitionBatched> {
         use futures::StreamExt as _;
-        let named: Vec<String> = parts.keys().map(u32::to_string).collect();
+        let asked: Vec<u32> = parts.keys().copied().collect();
+        let named: Vec<String> = asked.iter().map(u32::to_string).collect();
         let ops: Vec<canopy_crdt::Op> = parts.into_values().flatten().collect();
         let batch = Batch::from(ops);
         let answered = match self.tables() {
@@ -118,11 +119,14 @@ impl Table {
         };
         // What the member did not apply goes on alone through the other holders.
         outcomes.retain(|outcome| !passes_on(outcome.status));
+        let applied: BTreeSet<u32> = outcomes.iter().map(|outcome| outcome.partition).collect();
         let mut rest: BTreeMap<u32, Vec<canopy_crdt::Op>> = BTreeMap::new();
-        for op in batch.into_ops() {
-            let partition = partition_of(op.key(), self.def.partitions);
-            if !outcomes.iter().any(|outcome| outcome.partition == partition) {
-                rest.entry(partition).or_default().push(op);
+        if !asked.iter().all(|partition| applied.contains(partition)) {
+            for op in batch.into_ops() {
+                let partition = partition_of(op.key(), self.def.partitions);
+                if !applied.contains(&partition) {
+                    rest.entry(partition).or_default().push(op);
+                }
             }
         }
         let retried: Vec<PartitionBatched> = futures::stream::iter(rest)
