@@ -645,13 +645,20 @@ impl Inspector {
         let mut rows: BTreeMap<Vec<u8>, Row> = BTreeMap::new();
         for item in scan(&self.db, self.cf(CF_KV), id) {
             let (key, value) = item?;
-            report.rows += 1;
-            match Row::decode(&value) {
-                Ok(row) if row.is_empty() => report.problems.push(problem(name, &key_text(&key), "empty row stored")),
-                Ok(row) => {
-                    rows.insert(key, row);
+            // A document's record holds the rows of its fields (see `doc_row.rs`).
+            match crate::doc_row::expand(key.clone(), &value) {
+                Ok(found) => {
+                    for (key, row) in found {
+                        report.rows += 1;
+                        if row.is_empty() {
+                            report.problems.push(problem(name, &key_text(&key), "empty row stored"));
+                        } else {
+                            rows.insert(key, row);
+                        }
+                    }
                 }
                 Err(error) => {
+                    report.rows += 1;
                     report.problems.push(problem(name, &key_text(&key), &format!("row does not decode: {error}")))
                 }
             }

@@ -12,6 +12,7 @@ mod compactor;
 pub mod counter;
 mod delta;
 pub mod doc;
+mod doc_row;
 mod error;
 mod expiry;
 mod history;

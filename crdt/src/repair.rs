@@ -245,7 +245,15 @@ fn rebuild_rows(
     let mut stored: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     for item in prefix_scan(db, cf(CF_KV), id) {
         let (key, value) = item?;
-        stored.insert(key, value);
+        // A document's record holds its fields' rows; one that does not decode is replaced.
+        match crate::doc_row::expand(key.clone(), &value) {
+            Ok(found) if crate::doc_row::split(&key).is_some() => {
+                stored.extend(found.into_iter().map(|(key, row)| (key, row.encode())));
+            }
+            _ => {
+                stored.insert(key, value);
+            }
+        }
     }
     let now = crate::types::wall_ms();
     let keys: BTreeSet<&Vec<u8>> = rows.keys().chain(stored.keys()).collect();

@@ -15,6 +15,7 @@ use canopy_dag::{Cid, Height, TopicId};
 use rocksdb::{ColumnFamily, DB, SstFileWriter, WriteBatch};
 
 use crate::delta::Delta;
+use crate::doc_row::{self, DocRow, Documents};
 use crate::error::StorageError;
 use crate::index::Indexes;
 use crate::key_filter::{KeyFilter, hash as key_hash};
@@ -71,6 +72,13 @@ pub(crate) struct RowChanges<'a> {
     key_count: i64,
     changes: Vec<Change>,
     next_expiry: Option<u64>,
+    /// The document whose changed fields are gathered into one operand (see `doc_row.rs`).
+    document: Option<(Vec<u8>, DocRow)>,
+    /// The document whose fields a row file gathers into one record.
+    file_document: Option<(Vec<u8>, DocRow)>,
+    /// Documents whose stored fields are known (read by this round): their changes are
+    /// written whole, as a put, not as a merge.
+    documents: Documents,
 }
 
 impl<'a> RowChanges<'a> {
@@ -93,6 +101,9 @@ impl<'a> RowChanges<'a> {
             key_count: i64::try_from(key_count).unwrap_or(i64::MAX),
             changes: Vec::new(),
             next_expiry: None,
+            document: None,
+            file_document: None,
+            documents: Documents::new(),
         }
     }
 
@@ -114,13 +125,19 @@ impl<'a> RowChanges<'a> {
             return;
         }
         self.left(batch, key, before, after);
-        if after.is_empty() {
+        if let Some((document, field)) = doc_row::split(key) {
+            if self.document.as_ref().is_none_or(|(gathered, _)| gathered != document) {
+                self.merge_document(batch);
+                self.document = Some((document.to_vec(), DocRow::default()));
+            }
+            self.document.as_mut().expect("set above").1.set(field, after.clone());
+        } else if after.is_empty() {
             batch.delete_cf(self.kv, self.topic.key(key));
         } else {
             batch.put_cf(self.kv, self.topic.key(key), after.encode());
-            if before.is_empty() {
-                self.made(key);
-            }
+        }
+        if before.is_empty() && !after.is_empty() {
+            self.made(key);
         }
         self.derive(batch, key, before, after);
         self.notice(key, before, after, notice);
@@ -136,7 +153,19 @@ impl<'a> RowChanges<'a> {
         row: &Row,
         notice: Notice,
     ) -> Result<(), StorageError> {
-        file.put(self.topic.key(key), row.encode())?;
+        match doc_row::split(key) {
+            Some((document, field)) => {
+                if self.file_document.as_ref().is_none_or(|(gathered, _)| gathered != document) {
+                    self.finish_file(file)?;
+                    self.file_document = Some((document.to_vec(), DocRow::default()));
+                }
+                self.file_document.as_mut().expect("set above").1.set(field, row.clone());
+            }
+            None => {
+                self.finish_file(file)?;
+                file.put(self.topic.key(key), row.encode())?;
+            }
+        }
         self.made(key);
         let before = Row::default();
         self.derive(batch, key, &before, row);
@@ -197,9 +226,42 @@ impl<'a> RowChanges<'a> {
         }
     }
 
+    /// Writes into the row file the document record whose fields it gathers; called once
+    /// every row was handed to [`RowChanges::write_to_file`].
+    pub fn finish_file(&mut self, file: &mut SstFileWriter<'_>) -> Result<(), StorageError> {
+        if let Some((document, fields)) = self.file_document.take() {
+            file.put(self.topic.key(&document), fields.encode())?;
+        }
+        Ok(())
+    }
+
+    /// Makes the stored fields of `documents` known: a change of one of them is written whole.
+    pub fn know_documents(&mut self, documents: Documents) {
+        self.documents.extend(documents);
+    }
+
+    /// Writes the changed fields of the document gathered so far: the whole record when its
+    /// stored fields are known, else a merge of the changes.
+    fn merge_document(&mut self, batch: &mut WriteBatch) {
+        let Some((document, changes)) = self.document.take() else { return };
+        let key = self.topic.key(&document);
+        match self.documents.get_mut(&document) {
+            Some(stored) => {
+                stored.apply(changes);
+                match stored.is_empty() {
+                    true => batch.delete_cf(self.kv, key),
+                    false => batch.put_cf(self.kv, key, stored.encode()),
+                }
+            }
+            None => batch.merge_cf(self.kv, key, changes.encode()),
+        }
+    }
+
     /// Writes the key count the changes so far leave, and hands over their watchers' changes
-    /// and earliest expiry; further changes go on from there.
+    /// and earliest expiry; further changes go on from there. Every batch rows were written
+    /// into is sealed before it is written: it takes the last document's changed fields.
     pub fn seal(&mut self, batch: &mut WriteBatch) -> Sealed {
+        self.merge_document(batch);
         self.tell_key_filter();
         let key_count = self.key_count.max(0) as u64;
         batch.put_cf(self.meta, key_count_key(self.topic), key_count.to_be_bytes());

@@ -44,8 +44,9 @@ pub(crate) const META_FORMAT: &[u8] = b"format";
 pub(crate) const META_AUTHOR_SECRET: &[u8] = b"author_secret";
 /// Meta key of the store's origin, the id counters know its increments by.
 pub(crate) const META_ORIGIN: &[u8] = b"origin";
-/// The data directory format this version reads and writes: 2 since blocks are signed.
-pub(crate) const FORMAT: u32 = 2;
+/// The data directory format this version reads and writes: 2 since blocks are signed, 3
+/// since a document's fields are one record (a directory of format 2 is rewritten at open).
+pub(crate) const FORMAT: u32 = 3;
 /// `s ++ topic` → the manifests of the snapshots that cover the topic's pruned blocks.
 pub(crate) const META_COVER: u8 = b's';
 /// `k ++ topic` → the manifests this replica made or merged, newest last.
@@ -158,6 +159,10 @@ fn topic_cf_options(cache: &Cache, family: &str) -> Options {
     if reads == Reads::Points {
         options.set_memtable_prefix_bloom_ratio(0.1);
         options.set_memtable_whole_key_filtering(true);
+    }
+    if family == CF_KV {
+        // A document's fields are one record, changed by merges (see `doc_row.rs`).
+        options.set_merge_operator("canopy.document.v1", crate::doc_row::full_merge, crate::doc_row::partial_merge);
     }
     options.set_block_based_table_factory(&table_options(cache, reads));
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);

@@ -19,7 +19,6 @@ use crossbeam_channel::{Sender, bounded};
 use rocksdb::{DB, SnapshotWithThreadMode};
 
 use crate::error::StorageError;
-use crate::row::Row;
 use crate::schema::{CF_HEADS, CF_KV, CF_TOMBSTONES, CF_WRITERS, scan_from};
 use crate::snapshot::{ChunkWriter, Manifest, SnapshotElement};
 use crate::types::Head;
@@ -246,9 +245,10 @@ fn feed(
     let topic = source.topic;
     let start = |list: List| if list == from.list { from.key.as_slice() } else { &[] };
     if from.list <= List::Elements {
-        for record in scan_from(view, cf(CF_KV), topic, start(List::Elements)) {
-            let (key, value) = record?;
-            let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+        let from_key = start(List::Elements);
+        let records = scan_from(view, cf(CF_KV), topic, crate::doc_row::seek_key(from_key));
+        for record in crate::doc_row::rows(records, from_key) {
+            let (key, row) = record?;
             let skip = if from.list == List::Elements && key == from.key { from.skip } else { 0 };
             let live = row.elements().iter().filter(|element| !element.expired(source.now));
             for (index, element) in live.enumerate().skip(skip) {

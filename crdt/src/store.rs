@@ -19,7 +19,8 @@ use crate::inner::StoreInner;
 use crate::inspect::Inspector;
 use crate::options::StoreOptions;
 use crate::schema::{
-    CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC, column_families,
+    CF_KV, CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC,
+    column_families,
 };
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
@@ -306,7 +307,16 @@ fn check_format(db: &DB) -> Result<(), OpenError> {
     match db.get_cf(meta, META_FORMAT)? {
         Some(bytes) => {
             let found = decode_u32(&bytes)?;
-            if found != FORMAT {
+            if found == FORMAT - 1 {
+                // Format 2 kept a record per document field (see `doc_row.rs`).
+                let documents = crate::doc_row::migrate(
+                    db,
+                    db.cf_handle(CF_KV).expect("every canopy column family is opened with the database"),
+                )
+                .map_err(OpenError::Storage)?;
+                tracing::info!(documents, "rewrote each document as one record (data directory format {FORMAT})");
+                db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
+            } else if found != FORMAT {
                 return Err(OpenError::Format { found, expected: FORMAT });
             }
         }

@@ -4,8 +4,8 @@ use rocksdb::ReadOptions;
 
 use crate::delta::{check_key, check_value};
 use crate::doc::{self, FIELD_BYTES_MAX};
+use crate::doc_row::DocRow;
 use crate::error::{ReadError, StorageError, WriteError};
-use crate::row::Row;
 use crate::schema::CF_KV;
 use crate::topic::Topic;
 use crate::types::{Commit, Op};
@@ -42,8 +42,8 @@ pub struct DocPage {
 impl Topic {
     /// The document `key`'s visible fields; `None` when it has none.
     pub fn doc(&self, key: &[u8]) -> Result<Option<Fields>, ReadError> {
-        let mut page = self.scan_docs(&doc::entries_prefix(key), None, 1)?;
-        Ok(page.docs.pop().map(|(_, fields)| fields))
+        let fields = Held::new(self, false).fields(key)?;
+        Ok((!fields.is_empty()).then_some(fields))
     }
 
     /// The visible fields of each document of `keys`, in their order (`None` for one with no
@@ -137,8 +137,8 @@ impl Topic {
         Ok(())
     }
 
-    /// The documents whose entries start with `prefix`, from the entry `from` on (leaving out
-    /// the document `from` begins), at most `limit` with visible fields.
+    /// The documents whose records start with `prefix`, from the record `from` on (leaving out
+    /// the document `from` is), at most `limit` with visible fields.
     fn scan_docs(&self, prefix: &[u8], from: Option<&[u8]>, limit: usize) -> Result<DocPage, ReadError> {
         let topic = self.shared.id;
         let mut options = ReadOptions::default();
@@ -148,49 +148,31 @@ impl Topic {
         }
         let mut iter = self.store.db.raw_iterator_cf_opt(self.store.cf(CF_KV), options);
         iter.seek(topic.key(from.unwrap_or(prefix)));
-        let skipped = from.map(|from| doc::parse_entry(from).map(|(key, _)| key).unwrap_or_default());
         let now = self.store.options.clock.now();
         let mut page = DocPage::default();
-        let mut current: Option<(Vec<u8>, Fields)> = None;
         while iter.valid() {
-            let (Some(entry), Some(value)) = (iter.key(), iter.value()) else { break };
-            let entry = &entry[canopy_dag::TOPIC_ID_BYTES..];
-            if !entry.starts_with(prefix) {
+            let (Some(record), Some(value)) = (iter.key(), iter.value()) else { break };
+            let record = &record[canopy_dag::TOPIC_ID_BYTES..];
+            if !record.starts_with(prefix) {
                 break;
             }
-            let corrupt = |what: String| StorageError::Corrupt(format!("document entry {entry:?}: {what}"));
-            let (key, field) = doc::parse_entry(entry).ok_or_else(|| corrupt("malformed".into()))?;
-            if skipped.as_ref() == Some(&key) {
+            if from == Some(record) {
                 iter.next();
                 continue;
             }
-            if current.as_ref().is_some_and(|(current, _)| *current != key) {
-                let (done, fields) = current.take().expect("a current document");
+            let corrupt = |what: String| StorageError::Corrupt(format!("document record {record:?}: {what}"));
+            let (key, _) = doc::parse_entry(record).ok_or_else(|| corrupt("malformed".into()))?;
+            let fields = visible_fields(value, now).map_err(corrupt)?;
+            if !fields.is_empty() {
                 if page.docs.len() == limit {
                     page.next = page.docs.last().map(|(key, _)| key.clone());
                     return Ok(page);
                 }
-                if !fields.is_empty() {
-                    page.docs.push((done, fields));
-                }
-            }
-            let row = Row::decode(value).map_err(|e| corrupt(e.to_string()))?;
-            let fields = &mut current.get_or_insert_with(|| (key, Vec::new())).1;
-            if let Some(visible) = row.visible(now) {
-                fields.push((field, visible.value.clone()));
+                page.docs.push((key, fields));
             }
             iter.next();
         }
         iter.status()?;
-        if let Some((key, fields)) = current
-            && !fields.is_empty()
-        {
-            if page.docs.len() == limit {
-                page.next = page.docs.last().map(|(key, _)| key.clone());
-            } else {
-                page.docs.push((key, fields));
-            }
-        }
         Ok(page)
     }
 }
@@ -205,18 +187,28 @@ fn entry(key: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<Vec<u
     Ok(entry)
 }
 
-/// Reads documents' visible fields through one iterator, made when first needed.
+/// The visible fields, in name order, of the document record `value`.
+fn visible_fields(value: &[u8], now: u64) -> Result<Fields, String> {
+    let mut fields = Vec::new();
+    for (field, row) in DocRow::decode(value)?.into_fields() {
+        if let Some(visible) = row.visible(now) {
+            let field = String::from_utf8(field).map_err(|e| format!("a field name: {e}"))?;
+            fields.push((field, visible.value.clone()));
+        }
+    }
+    Ok(fields)
+}
+
+/// Reads documents' visible fields for a write (which consults the topic's key filter, and
+/// starts its build when idle) or for a read (which consults a built filter only).
 struct Held<'t> {
     topic: &'t Topic,
-    iter: Option<rocksdb::DBRawIteratorWithThreadMode<'t, rocksdb::DB>>,
-    /// Reading for a write, which starts the topic's key filter's build if it is idle (a
-    /// read only consults a built one).
     writing: bool,
 }
 
 impl<'t> Held<'t> {
     fn new(topic: &'t Topic, writing: bool) -> Held<'t> {
-        Held { topic, iter: None, writing }
+        Held { topic, writing }
     }
 
     /// The names of the visible fields of the document `key`.
@@ -242,31 +234,12 @@ impl<'t> Held<'t> {
         if held.is_some_and(|held| !held[0]) {
             return Ok(Vec::new());
         }
-        let iter = self.iter.get_or_insert_with(|| {
-            let mut options = ReadOptions::default();
-            options.set_prefix_same_as_start(true);
-            if let Some(end) = topic.shared.id.range_end() {
-                options.set_iterate_upper_bound(end.to_vec());
-            }
-            topic.store.db.raw_iterator_cf_opt(topic.store.cf(CF_KV), options)
-        });
-        let prefix = topic.shared.id.key(&entries);
+        let record = topic.shared.id.key(&entries);
+        let Some(value) = topic.store.db.get_pinned_cf(topic.store.cf(CF_KV), record)? else {
+            return Ok(Vec::new());
+        };
         let now = topic.store.options.clock.now();
-        let mut fields = Vec::new();
-        iter.seek(&prefix);
-        while iter.valid() {
-            let (Some(entry), Some(value)) = (iter.key(), iter.value()) else { break };
-            if !entry.starts_with(&prefix) {
-                break;
-            }
-            let corrupt = |what: String| StorageError::Corrupt(format!("document entry {entry:?}: {what}"));
-            let field = std::str::from_utf8(&entry[prefix.len()..]).map_err(|e| corrupt(e.to_string()))?;
-            if let Some(visible) = Row::decode(value).map_err(corrupt)?.visible(now) {
-                fields.push((field.to_string(), visible.value.clone()));
-            }
-            iter.next();
-        }
-        iter.status().map_err(StorageError::from)?;
-        Ok(fields)
+        visible_fields(&value, now)
+            .map_err(|what| StorageError::Corrupt(format!("document record of {key:?}: {what}")).into())
     }
 }

@@ -74,12 +74,12 @@ impl Topic {
     /// checks and tests.
     pub fn check_indexes(&self) -> Result<Vec<(String, String)>, ReadError> {
         let mut rows = Vec::new();
-        for item in db_scan_from(&self.store.db, self.store.cf(CF_KV), self.shared.id, documents_namespace()) {
-            let (key, value) = item?;
+        let records = db_scan_from(&self.store.db, self.store.cf(CF_KV), self.shared.id, documents_namespace());
+        for item in crate::doc_row::rows(records, documents_namespace()) {
+            let (key, row) = item?;
             if !crate::doc::is_entry(&key) {
                 break;
             }
-            let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
             rows.push((key, row));
         }
         let mut found = Vec::new();

@@ -108,8 +108,9 @@ pub(super) fn build_step(context: &Context, state: &mut TopicState) -> Result<()
         let from = if cursor.is_empty() { crate::doc::namespace().to_vec() } else { cursor.clone() };
         let mut last = None;
         let mut read = 0;
-        for item in db_scan_from(&context.db, context.cf(CF_KV), topic, &from) {
-            let (key, value) = item?;
+        let records = db_scan_from(&context.db, context.cf(CF_KV), topic, crate::doc_row::seek_key(&from));
+        for item in crate::doc_row::rows(records, &from) {
+            let (key, row) = item?;
             if !crate::doc::is_entry(&key) {
                 break;
             }
@@ -120,7 +121,6 @@ pub(super) fn build_step(context: &Context, state: &mut TopicState) -> Result<()
             if let Some((doc, field)) = crate::doc::parse_entry(&key)
                 && field == index.def.path[0]
             {
-                let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
                 for encoded in index.def.row_values(&row) {
                     batch.put_cf(
                         context.cf(CF_DOC_INDEX),

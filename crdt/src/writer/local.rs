@@ -321,13 +321,14 @@ fn prepare_cuts(
     keys.sort_unstable();
     keys.dedup();
     let full_keys: Vec<Vec<u8>> = keys.iter().map(|key| topic.key(key)).collect();
-    let loaded = match read_topic_rows(context, state, &full_keys) {
-        Ok(rows) => rows,
+    let (loaded, documents) = match read_topic_rows(context, state, &full_keys) {
+        Ok(read) => read,
         Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
     };
     let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
 
     let mut rows_changed = context.row_changes(state, context.clock.now());
+    rows_changed.know_documents(documents);
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
     for request in &requests {

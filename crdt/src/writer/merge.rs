@@ -33,6 +33,7 @@ use rocksdb::{IngestExternalFileOptions, SstFileWriter, WriteBatch};
 
 use super::compact::remember;
 use super::{Context, TopicState, apply_ready, read_rows};
+use crate::doc_row;
 use crate::error::{MergeError, StorageError};
 use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
@@ -201,9 +202,8 @@ fn finish_ingest(context: &Context, state: &mut TopicState, manifest_cid: Cid) -
     let (mut rows, mut records) = (0u64, 0usize);
     let mut batch = WriteBatch::default();
     let empty = Row::default();
-    for item in prefix_scan(&context.db, context.cf(CF_KV), topic) {
-        let (key, value) = item?;
-        let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+    for item in doc_row::rows(prefix_scan(&context.db, context.cf(CF_KV), topic), &[]) {
+        let (key, row) = item?;
         rows += 1;
         // Elements that expired since the file was written are indexed too, to be collected.
         rows_changed.derive(&mut batch, &key, &empty, &row);
@@ -422,6 +422,7 @@ impl<'c> RowFile<'c> {
         if let Some((key, row)) = self.current.take() {
             self.put(key, row)?;
         }
+        self.rows_changed.finish_file(&mut self.writer)?;
         if self.rows > 0 {
             self.writer.finish().map_err(StorageError::from)?;
             // The ingest does not go through the log: the marker naming the ingest step must be
@@ -464,7 +465,8 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
     let top = checked.manifest.heads.iter().map(|h| h.height).max().unwrap_or(0);
     // Rows of this replica in key order, to find those holding a covered element the snapshot
     // no longer has. Only needed when some covered block was applied here.
-    let mut own_rows = (!applied.is_empty()).then(|| prefix_scan(&context.db, context.cf(CF_KV), topic).peekable());
+    let mut own_rows = (!applied.is_empty())
+        .then(|| doc_row::rows(prefix_scan(&context.db, context.cf(CF_KV), topic), &[]).peekable());
     let now = context.clock.now();
     let mut rows_changed = context.row_changes(state, now);
     for group in checked.manifest.chunks.chunks(CHUNKS_PER_READ) {
@@ -480,9 +482,8 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
             let mut batch = WriteBatch::default();
             if let Some(rows) = own_rows.as_mut() {
                 while let Some(item) = rows.next_if(|item| item.as_ref().map_or(true, |(key, _)| *key <= last)) {
-                    let (key, value) = item?;
+                    let (key, row) = item?;
                     if !by_key.contains_key(&key) {
-                        let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
                         let merged = drop_covered(row.clone(), applied, &[]);
                         rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
                     }
@@ -511,8 +512,7 @@ fn merge_rows(context: &Context, state: &mut TopicState, checked: &Checked) -> R
     if let Some(rows) = own_rows {
         let mut batch = WriteBatch::default();
         for item in rows {
-            let (key, value) = item?;
-            let row = Row::decode(&value).map_err(|e| StorageError::Corrupt(format!("row: {e}")))?;
+            let (key, row) = item?;
             let merged = drop_covered(row.clone(), applied, &[]);
             rows_changed.write(&mut batch, &key, &row, &merged, Notice::Merged(top));
         }

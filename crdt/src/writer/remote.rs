@@ -12,6 +12,7 @@ use super::tombstones::Tombstones;
 use super::{Context, TopicState, read_topic_rows};
 use crate::access::Refusal;
 use crate::delta::{Delta, DeltaError, Limits};
+use crate::doc_row::Documents;
 use crate::error::{IngestError, StorageError};
 use crate::row::{Element, Row};
 use crate::row_change::Notice;
@@ -137,7 +138,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
     // so every replica decides alike); the fold below stays sequential and causal.
     let deltas: Vec<Result<Delta, DeltaError>> = order.par_iter().map(decode_checked).collect();
     let now = context.clock.now();
-    let mut rows = read_round_rows(context, state, &deltas)?;
+    let (mut rows, documents) = read_round_rows(context, state, &deltas)?;
     if let Some(lists) = &mut state.lists {
         lists.trim();
     }
@@ -146,6 +147,7 @@ fn apply_round(context: &Context, state: &mut TopicState, order: Vec<Block>) -> 
 
     let mut batch = WriteBatch::default();
     let mut rows_changed = context.row_changes(state, now);
+    rows_changed.know_documents(documents);
     let mut result = Applied::default();
     let mut heights: HashMap<Cid, Height> = HashMap::new();
     let mut bad: HashSet<Cid> = HashSet::new();
@@ -262,7 +264,7 @@ fn read_round_rows(
     context: &Context,
     state: &TopicState,
     deltas: &[Result<Delta, DeltaError>],
-) -> Result<RoundRows, StorageError> {
+) -> Result<(RoundRows, Documents), StorageError> {
     let topic = state.shared.id;
     let mut keys: Vec<Vec<u8>> = deltas
         .iter()
@@ -272,9 +274,11 @@ fn read_round_rows(
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let loaded = read_topic_rows(context, state, &keys)?;
+    let (loaded, documents) = read_topic_rows(context, state, &keys)?;
     let prefix_len = canopy_dag::TOPIC_ID_BYTES;
-    Ok(keys.into_iter().zip(loaded).map(|(key, row)| (key[prefix_len..].to_vec(), (row.clone(), row))).collect())
+    let rows =
+        keys.into_iter().zip(loaded).map(|(key, row)| (key[prefix_len..].to_vec(), (row.clone(), row))).collect();
+    Ok((rows, documents))
 }
 
 /// Checks that a block's parents are applied and its height is 1 + their largest height.

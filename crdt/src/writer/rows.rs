@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use canopy_dag::TopicId;
 
 use super::{Context, TopicState};
+use crate::doc_row::{self, DocRow, Documents};
 use crate::error::StorageError;
 use crate::row::Row;
 use crate::schema::CF_KV;
@@ -26,29 +27,89 @@ pub(super) fn build_key_filters(context: &Context, topics: &HashMap<TopicId, Top
 }
 
 /// Reads the rows of `keys` (topic-prefixed, in order) of `state`'s topic in one batched
-/// lookup, but for keys its key filter says the topic never held, which have no row.
+/// lookup, but for keys its key filter says the topic never held, which have no row; and the
+/// documents whose fields it read.
 pub(super) fn read_topic_rows(
     context: &Context,
     state: &TopicState,
     keys: &[Vec<u8>],
-) -> Result<Vec<Row>, StorageError> {
+) -> Result<(Vec<Row>, Documents), StorageError> {
     let prefix = canopy_dag::TOPIC_ID_BYTES;
     let Some(held) = state.shared.keys.may_hold(keys.iter().map(|key| &key[prefix..]), state.key_count) else {
-        return read_rows(context, keys);
+        return read_rows_and_documents(context, keys);
     };
     let asked: Vec<&Vec<u8>> = keys.iter().zip(&held).filter(|(_, held)| **held).map(|(key, _)| key).collect();
-    let mut found = read_rows(context, &asked)?.into_iter();
-    Ok(held.into_iter().map(|held| if held { found.next().unwrap_or_default() } else { Row::default() }).collect())
+    let (found, mut documents) = read_rows_and_documents(context, &asked)?;
+    let mut found = found.into_iter();
+    let rows = keys
+        .iter()
+        .zip(held)
+        .map(|(key, held)| match held {
+            true => found.next().unwrap_or_default(),
+            false => {
+                // The filter holds a document as its record: one it never held has none.
+                if let Some((document, _)) = doc_row::split(&key[prefix..])
+                    && !documents.contains_key(document)
+                {
+                    documents.insert(document.to_vec(), DocRow::default());
+                }
+                Row::default()
+            }
+        })
+        .collect();
+    Ok((rows, documents))
 }
 
-/// Reads the rows of `keys` (topic-prefixed, in order) in one batched lookup.
+/// Reads the rows of `keys` (topic-prefixed, in order) in one batched lookup; the fields of
+/// one document, which come one after another, in one read of its record.
 pub(super) fn read_rows<K: AsRef<[u8]>>(context: &Context, keys: &[K]) -> Result<Vec<Row>, StorageError> {
-    let values = context.db.batched_multi_get_cf(context.cf(CF_KV), keys, true);
-    values
-        .into_iter()
-        .map(|value| match value? {
-            None => Ok(Row::default()),
-            Some(bytes) => Row::decode(&bytes).map_err(|e| StorageError::Corrupt(format!("row: {e}"))),
+    Ok(read_rows_and_documents(context, keys)?.0)
+}
+
+/// [`read_rows`], and the documents whose fields it read.
+fn read_rows_and_documents<K: AsRef<[u8]>>(
+    context: &Context,
+    keys: &[K],
+) -> Result<(Vec<Row>, Documents), StorageError> {
+    let prefix = canopy_dag::TOPIC_ID_BYTES;
+    let mut records: Vec<&[u8]> = Vec::with_capacity(keys.len());
+    // The record each key reads, as an index into `records`.
+    let mut read: Vec<usize> = Vec::with_capacity(keys.len());
+    for key in keys {
+        let key = key.as_ref();
+        let record = match doc_row::split(&key[prefix..]) {
+            Some((document, _)) => &key[..prefix + document.len()],
+            None => key,
+        };
+        if records.last() != Some(&record) {
+            records.push(record);
+        }
+        read.push(records.len() - 1);
+    }
+    let values = context.db.batched_multi_get_cf(context.cf(CF_KV), &records, true);
+    let values = values.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let mut documents = Documents::new();
+    for (record, value) in records.iter().zip(&values) {
+        let document = &record[prefix..];
+        if doc_row::split(document).is_some() {
+            let fields = match value {
+                Some(value) => DocRow::decode(value)
+                    .map_err(|e| StorageError::Corrupt(format!("document record {document:?}: {e}")))?,
+                None => DocRow::default(),
+            };
+            documents.insert(document.to_vec(), fields);
+        }
+    }
+    let rows = keys
+        .iter()
+        .zip(read)
+        .map(|(key, at)| {
+            let key = &key.as_ref()[prefix..];
+            match doc_row::split(key) {
+                Some((document, field)) => Ok(documents.get(document).map(|doc| doc.field(field)).unwrap_or_default()),
+                None => doc_row::row_of(key, values[at].as_deref()),
+            }
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((rows, documents))
 }

@@ -191,3 +191,72 @@ proptest! {
         }
     }
 }
+
+/// Rewrites, with plain RocksDB, each document record of `path` but those of `keep` as the
+/// record per field format 2 kept, and marks the directory format 2.
+fn write_format_2(path: &std::path::Path, keep: &[u8]) {
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, families).unwrap();
+    let kv = db.cf_handle("kv").unwrap();
+    let records: Vec<_> = db.iterator_cf(kv, rocksdb::IteratorMode::Start).map(Result::unwrap).collect();
+    let mut rewritten = 0;
+    for (key, value) in records {
+        if !key[4..].starts_with(canopy_crdt::doc::namespace()) || key[4..] == canopy_crdt::doc::entries_prefix(keep) {
+            continue;
+        }
+        // A record: version 1, then per field its name's length (2 bytes), name, row's length
+        // (4 bytes) and row.
+        assert_eq!(value[0], 1);
+        let mut rest = &value[1..];
+        db.delete_cf(kv, &key).unwrap();
+        while !rest.is_empty() {
+            let name_len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            let name = &rest[2..2 + name_len];
+            rest = &rest[2 + name_len..];
+            let row_len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            db.put_cf(kv, [&key[..], name].concat(), &rest[4..4 + row_len]).unwrap();
+            rest = &rest[4 + row_len..];
+        }
+        rewritten += 1;
+    }
+    assert_eq!(rewritten, 2);
+    db.put_cf(db.cf_handle("meta").unwrap(), b"format", 2u32.to_be_bytes()).unwrap();
+}
+
+#[test]
+fn a_directory_keeping_a_record_per_field_is_rewritten_at_open_and_reads_the_same() {
+    use canopy_crdt::{IndexDef, IndexKind, Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let topic = store.topic("t").unwrap();
+    topic.declare_index("by_env", &IndexDef::new("env", IndexKind::String).unwrap()).unwrap();
+    topic.doc_write(b"a", DocWrite::Put(fields(&[("env", "\"prod\""), ("port", "80"), ("x", "1")])), None).unwrap();
+    topic.doc_write(b"a", patch(&[("port", "81")], &["x"]), None).unwrap();
+    topic.doc_write(b"b", DocWrite::Put(fields(&[("env", "\"dev\""), ("", "true")])), None).unwrap();
+    topic.doc_write(b"c", DocWrite::Put(fields(&[("env", "\"prod\"")])), None).unwrap();
+    topic.put("plain", "v").unwrap();
+    let before = topic.docs(None, 100).unwrap();
+    assert_eq!(before.docs.len(), 3);
+    // Merges resolved into whole records, which plain RocksDB reads.
+    topic.compact_storage().unwrap();
+    drop(topic);
+    let closed = store.closed();
+    drop(store);
+    let _ = closed.recv();
+
+    // `c` stays a record, as a migration cut short by a crash leaves a document.
+    write_format_2(&path, b"c");
+    let store = Store::open(&path, StoreOptions::default()).unwrap();
+    let topic = store.topic("t").unwrap();
+    assert_eq!(topic.docs(None, 100).unwrap(), before);
+    assert_eq!(topic.doc(b"b").unwrap(), Some(fields(&[("", "true"), ("env", "\"dev\"")])));
+    assert_eq!(topic.get(b"plain").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(topic.check_indexes().unwrap(), vec![]);
+    // Written on after the rewrite, a patch changes one field and leaves the others.
+    topic.doc_write(b"a", patch(&[("env", "\"dev\"")], &[]), None).unwrap();
+    assert_eq!(topic.doc(b"a").unwrap(), Some(fields(&[("env", "\"dev\""), ("port", "81")])));
+    assert_eq!(topic.check_indexes().unwrap(), vec![]);
+    let report = store.inspector().unwrap().verify(&[]).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+}

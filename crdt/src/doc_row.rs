@@ -1,0 +1,314 @@
+//! A document's fields in one `kv` record.
+//!
+//! Each field of a document is an entry of its own for every rule ([`crate::doc`]): deltas,
+//! snapshots, merging, history and indexes see one row per field. Stored, the rows of one
+//! document's fields are one record, under the document's entries prefix (which no other key
+//! starts with), holding each field's row by name. A record per field cost a document of ten
+//! fields ten memtable insertions and ten copies of the topic, namespace and document key.
+//!
+//! Writes are RocksDB merges: a write hands over the rows of the fields it changed (an empty
+//! row removes the field) as an operand, and the `kv` family's merge operator applies the
+//! operands in order to the stored fields. A write reads no more of a document than the
+//! fields it changes, as with a record per field, and the fields it leaves alone stay as they
+//! are even when another write changed them since it read.
+//!
+//! Encoding of a record and of an operand alike: a version byte (1), then per field, in name
+//! order, the name's length (2 bytes BE), the name, the row's length (4 bytes BE) and the row
+//! ([`Row::encode`]); an operand's empty row removes its field, a record holds none.
+
+use std::collections::BTreeMap;
+
+use canopy_dag::TOPIC_ID_BYTES;
+use rocksdb::{DB, MergeOperands, WriteBatch};
+
+use crate::error::StorageError;
+use crate::row::Row;
+
+const VERSION: u8 = 1;
+
+/// The stored fields of documents, by record key (without the topic prefix); an absent
+/// document's are empty. A write that knows them puts a changed document whole.
+pub(crate) type Documents = std::collections::HashMap<Vec<u8>, DocRow>;
+
+/// Rows of a document's fields by name: a stored record, or the changes an operand makes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DocRow {
+    fields: BTreeMap<Vec<u8>, Row>,
+}
+
+impl DocRow {
+    /// The row of `field`: empty when the document has no such field.
+    pub fn field(&self, field: &[u8]) -> Row {
+        self.fields.get(field).cloned().unwrap_or_default()
+    }
+
+    /// Sets the row of `field`; an empty row removes it (and says so, in an operand).
+    pub fn set(&mut self, field: &[u8], row: Row) {
+        self.fields.insert(field.to_vec(), row);
+    }
+
+    /// Applies the changes of `operand`.
+    pub fn apply(&mut self, operand: DocRow) {
+        for (field, row) in operand.fields {
+            match row.is_empty() {
+                true => self.fields.remove(&field),
+                false => self.fields.insert(field, row),
+            };
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields with a row, in name order.
+    pub fn into_fields(self) -> impl Iterator<Item = (Vec<u8>, Row)> {
+        self.fields.into_iter().filter(|(_, row)| !row.is_empty())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        for (field, row) in &self.fields {
+            let row = row.encode();
+            out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            out.extend_from_slice(field);
+            out.extend_from_slice(&(row.len() as u32).to_be_bytes());
+            out.extend_from_slice(&row);
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DocRow, String> {
+        let Some((&VERSION, mut rest)) = bytes.split_first() else {
+            return Err("a document record of an unknown version".into());
+        };
+        let mut fields = BTreeMap::new();
+        while !rest.is_empty() {
+            let name_len = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("took 2 bytes"));
+            let field = take(&mut rest, usize::from(name_len))?.to_vec();
+            let row_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+            let row = Row::decode(take(&mut rest, row_len as usize)?)?;
+            if fields.last_key_value().is_some_and(|(last, _)| *last >= field) {
+                return Err("document fields out of order".into());
+            }
+            fields.insert(field, row);
+        }
+        Ok(DocRow { fields })
+    }
+}
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if bytes.len() < n {
+        return Err(format!("document record truncated: wanted {n} bytes, {} left", bytes.len()));
+    }
+    let (head, tail) = bytes.split_at(n);
+    *bytes = tail;
+    Ok(head)
+}
+
+/// The `kv` merge operator's full merge: the stored fields (if any) with every operand
+/// applied. `None` (RocksDB then reports corruption) when a record or operand is undecodable.
+pub(crate) fn full_merge(_key: &[u8], stored: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut doc = match stored {
+        Some(bytes) => DocRow::decode(bytes).ok()?,
+        None => DocRow::default(),
+    };
+    for operand in operands {
+        doc.apply(DocRow::decode(operand).ok()?);
+    }
+    Some(doc.encode())
+}
+
+/// The partial merge: operands folded into one, removals kept (they apply to fields stored
+/// below them).
+pub(crate) fn partial_merge(_key: &[u8], _stored: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut doc = DocRow::default();
+    for operand in operands {
+        doc.fields.extend(DocRow::decode(operand).ok()?.fields);
+    }
+    Some(doc.encode())
+}
+
+/// Where the logical row `key` (without the topic prefix) is stored: the document's record
+/// and the field's name for a document entry, `None` for a key stored as its own record.
+pub(crate) fn split(key: &[u8]) -> Option<(&[u8], &[u8])> {
+    let document = crate::doc::document_prefix(key)?;
+    Some((document, &key[document.len()..]))
+}
+
+/// The record a scan from the logical key `from` starts at: a document entry's document.
+pub(crate) fn seek_key(from: &[u8]) -> &[u8] {
+    split(from).map_or(from, |(document, _)| document)
+}
+
+/// Decodes a record of `kv` (key without the topic prefix) into the logical rows it holds:
+/// itself, or a document's fields, each under its entry's key.
+pub(crate) fn expand(key: Vec<u8>, value: &[u8]) -> Result<Vec<(Vec<u8>, Row)>, StorageError> {
+    if split(&key).is_none() {
+        let row = Row::decode(value).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}")))?;
+        return Ok(vec![(key, row)]);
+    }
+    let doc = DocRow::decode(value).map_err(|e| StorageError::Corrupt(format!("document record {key:?}: {e}")))?;
+    Ok(doc.into_fields().map(|(field, row)| ([key.as_slice(), &field].concat(), row)).collect())
+}
+
+/// A topic's logical rows, in key order, from the scan `records` of `kv` (started at
+/// [`seek_key`] of `from`), leaving out those before `from`.
+pub(crate) fn rows<'a>(
+    records: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + 'a,
+    from: &[u8],
+) -> impl Iterator<Item = Result<(Vec<u8>, Row), StorageError>> + 'a {
+    let from = from.to_vec();
+    records
+        .flat_map(|record| match record.and_then(|(key, value)| expand(key, &value)) {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(error) => vec![Err(error)],
+        })
+        .filter(move |row| row.as_ref().map_or(true, |(key, _)| *key >= from))
+}
+
+/// The logical row `field` of the stored record `value` of a document, or of a key's own.
+pub(crate) fn row_of(key: &[u8], value: Option<&[u8]>) -> Result<Row, StorageError> {
+    let Some(value) = value else { return Ok(Row::default()) };
+    match split(key) {
+        Some((document, field)) => DocRow::decode(value)
+            .map(|doc| doc.field(field))
+            .map_err(|e| StorageError::Corrupt(format!("document record {document:?}: {e}"))),
+        None => Row::decode(value).map_err(|e| StorageError::Corrupt(format!("row of key {key:?}: {e}"))),
+    }
+}
+
+/// Rewrites the documents of a directory of format 2, which kept a record per field, as a
+/// record per document; returns how many documents it rewrote. Each document is rewritten in
+/// one write (its field records deleted, its record put), so a crash leaves every document
+/// whole in one layout or the other, and running it again finishes the rest: a record already
+/// rewritten is read as one (its first byte is the version, where a row begins with a height
+/// below 2^56).
+pub(crate) fn migrate(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<u64, StorageError> {
+    let mut iter = db.raw_iterator_cf(kv);
+    iter.seek_to_first();
+    let mut gathered: Option<(Vec<u8>, DocRow)> = None;
+    let mut batch = WriteBatch::default();
+    let mut documents = 0;
+    let corrupt = |key: &[u8], what: String| StorageError::Corrupt(format!("document entry {key:?}: {what}"));
+    while let Some(key) = iter.key() {
+        let Some((topic, rest)) = key.split_at_checked(TOPIC_ID_BYTES) else {
+            iter.next();
+            continue;
+        };
+        if rest < crate::doc::namespace() {
+            iter.seek([topic, crate::doc::namespace()].concat());
+            continue;
+        }
+        let Some((document, field)) = split(rest) else {
+            if rest.starts_with(crate::doc::namespace()) {
+                // Not a document's entry: `canopy-ops verify` reports it.
+                iter.next();
+                continue;
+            }
+            // Past this topic's documents: on to the next topic.
+            let id = u32::from_be_bytes(topic.try_into().expect("a topic id"));
+            match id.checked_add(1) {
+                Some(next) => iter.seek(next.to_be_bytes()),
+                None => break,
+            }
+            continue;
+        };
+        let record = [topic, document].concat();
+        if gathered.as_ref().is_none_or(|(held, _)| *held != record) {
+            if let Some((done, fields)) = gathered.take() {
+                batch.put_cf(kv, done, fields.encode());
+                documents += 1;
+                if batch.len() >= MIGRATE_BATCH_RECORDS {
+                    db.write(std::mem::take(&mut batch))?;
+                }
+            }
+            gathered = Some((record.clone(), DocRow::default()));
+        }
+        let value = iter.value().expect("a valid iterator has a value");
+        let fields = &mut gathered.as_mut().expect("set above").1;
+        if field.is_empty() && value.first() == Some(&VERSION) {
+            fields.fields.extend(DocRow::decode(value).map_err(|e| corrupt(key, e))?.fields);
+        } else {
+            fields.set(field, Row::decode(value).map_err(|e| corrupt(key, e))?);
+            batch.delete_cf(kv, key);
+        }
+        iter.next();
+    }
+    iter.status()?;
+    if let Some((done, fields)) = gathered.take() {
+        batch.put_cf(kv, done, fields.encode());
+        documents += 1;
+    }
+    db.write(batch)?;
+    Ok(documents)
+}
+
+/// Records a migration's write holds at most before it is written, at a document's end.
+const MIGRATE_BATCH_RECORDS: usize = 10_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::row::Element;
+    use canopy_dag::{Block, Cid};
+
+    fn id(n: u8) -> Cid {
+        Block::build("t", vec![], 1, vec![n], &canopy_dag::Signer::from_secret([1; 32])).unwrap().cid()
+    }
+
+    fn row(n: u8, value: &[u8]) -> Row {
+        Row::single(Element { height: u64::from(n), id: id(n), value: value.to_vec(), expires: None })
+    }
+
+    #[test]
+    fn records_round_trip_and_operands_apply_in_order() {
+        let mut doc = DocRow::default();
+        doc.set(b"a", row(1, b"1"));
+        doc.set(b"b", row(2, b"2"));
+        assert_eq!(DocRow::decode(&doc.encode()).unwrap(), doc);
+        assert!(DocRow::decode(&doc.encode()[..7]).is_err());
+        assert!(DocRow::decode(&[2]).is_err(), "an unknown version is refused");
+
+        let mut change = DocRow::default();
+        change.set(b"a", Row::default());
+        change.set(b"c", row(3, b"3"));
+        let mut later = DocRow::default();
+        later.set(b"c", row(4, b"4"));
+        doc.apply(change.clone());
+        doc.apply(later.clone());
+        assert_eq!(doc.field(b"a"), Row::default(), "an empty row removes the field");
+        assert_eq!(doc.field(b"b"), row(2, b"2"), "a field no operand names stays");
+        assert_eq!(doc.field(b"c"), row(4, b"4"), "the later operand wins");
+        assert_eq!(doc.clone().into_fields().count(), 2);
+
+        // Folding the operands first and applying the fold changes nothing.
+        let mut folded = DocRow::default();
+        folded.fields.extend(change.fields);
+        folded.fields.extend(later.fields);
+        let mut base = DocRow::default();
+        base.set(b"a", row(1, b"1"));
+        base.set(b"b", row(2, b"2"));
+        base.apply(folded);
+        assert_eq!(base, doc);
+    }
+
+    #[test]
+    fn entries_map_to_their_documents_record() {
+        let entry = crate::doc::entry_key(b"svc", "env");
+        let (document, field) = split(&entry).unwrap();
+        assert_eq!(document, crate::doc::entries_prefix(b"svc"));
+        assert_eq!(field, b"env");
+        assert_eq!(seek_key(&entry), document);
+        assert_eq!(split(b"plain"), None);
+        assert_eq!(seek_key(b"plain"), b"plain");
+
+        let mut doc = DocRow::default();
+        doc.set(b"env", row(1, b"\"prod\""));
+        doc.set(b"gone", Row::default());
+        let rows = expand(document.to_vec(), &doc.encode()).unwrap();
+        assert_eq!(rows, vec![(entry.clone(), row(1, b"\"prod\""))]);
+        assert_eq!(row_of(&entry, Some(&doc.encode())).unwrap(), row(1, b"\"prod\""));
+        assert!(row_of(&entry, Some(b"junk")).is_err());
+    }
+}
