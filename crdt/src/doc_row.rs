@@ -12,23 +12,33 @@
 //! fields it changes, as with a record per field, and the fields it leaves alone stay as they
 //! are even when another write changed them since it read.
 //!
-//! Encoding of a record and of an operand alike: a version byte (1), then per field, in name
-//! order, the name's length (2 bytes BE), the name, the row's length (4 bytes BE) and the row
-//! ([`Row::encode`]); an operand's empty row removes its field, a record holds none.
+//! Encoding of a record and of an operand alike (integers big-endian): a version byte (1); the
+//! number of headers (4 bytes), each a distinct `(height, element id, expiry)` of the elements,
+//! encoded as a row encodes them (height, CID length with the expiry flag, CID, expiry if any);
+//! then per field, in name order, the name's length (2 bytes), the name, the number of its
+//! elements (4 bytes), and per element, best first, its header's place (4 bytes), its value's
+//! length (4 bytes) and its value. The fields one block wrote share one header, so a document
+//! of ten fields carries one CID where ten rows carried ten. An operand's field with no element
+//! removes the field; a record holds none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use canopy_dag::TOPIC_ID_BYTES;
 use rocksdb::{DB, MergeOperands, WriteBatch};
 
 use crate::error::StorageError;
-use crate::row::Row;
+use canopy_dag::{Cid, Height};
+
+use crate::row::{EXPIRES_FLAG, Element, Row};
 
 const VERSION: u8 = 1;
 
+/// Distinct headers an encoding finds by a scan; beyond, by a map.
+const HEADERS_SCANNED_MAX: usize = 16;
+
 /// The stored fields of documents, by record key (without the topic prefix); an absent
 /// document's are empty. A write that knows them puts a changed document whole.
-pub(crate) type Documents = std::collections::HashMap<Vec<u8>, DocRow>;
+pub(crate) type Documents = HashMap<Vec<u8>, DocRow>;
 
 /// Rows of a document's fields by name: a stored record, or the changes an operand makes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,13 +77,53 @@ impl DocRow {
     }
 
     pub fn encode(&self) -> Vec<u8> {
+        // The fields a block wrote share its height, id and expiry: each distinct one is
+        // written once, and an element names it by its place.
+        let mut headers: Vec<(Height, &Cid, Option<u64>)> = Vec::new();
+        // Looked up by a scan while they are few (a document is mostly written by one block),
+        // by a map once they are many.
+        let mut placed: HashMap<(Height, &Cid, Option<u64>), usize> = HashMap::new();
+        let mut places: Vec<u32> = Vec::new();
+        for element in self.fields.values().flat_map(Row::elements) {
+            let header = (element.height, &element.id, element.expires);
+            let found = match headers.len() > HEADERS_SCANNED_MAX {
+                true => placed.get(&header).copied(),
+                false => headers.iter().position(|held| *held == header),
+            };
+            let place = found.unwrap_or_else(|| {
+                headers.push(header);
+                if headers.len() > HEADERS_SCANNED_MAX {
+                    if placed.is_empty() {
+                        placed.extend(headers.iter().enumerate().map(|(place, header)| (*header, place)));
+                    } else {
+                        placed.insert(header, headers.len() - 1);
+                    }
+                }
+                headers.len() - 1
+            });
+            places.push(place as u32);
+        }
         let mut out = vec![VERSION];
+        out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        for (height, id, expires) in &headers {
+            out.extend_from_slice(&height.to_be_bytes());
+            // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
+            out.push(id.encoded_len() as u8 | if expires.is_some() { EXPIRES_FLAG } else { 0 });
+            id.write_bytes(&mut out).expect("writing to a Vec cannot fail");
+            if let Some(at) = expires {
+                out.extend_from_slice(&at.to_be_bytes());
+            }
+        }
+        let mut places = places.into_iter();
         for (field, row) in &self.fields {
-            let row = row.encode();
             out.extend_from_slice(&(field.len() as u16).to_be_bytes());
             out.extend_from_slice(field);
             out.extend_from_slice(&(row.len() as u32).to_be_bytes());
-            out.extend_from_slice(&row);
+            for element in row.elements() {
+                out.extend_from_slice(&places.next().expect("a place per element").to_be_bytes());
+                out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
+                out.extend_from_slice(&element.value);
+            }
         }
         out
     }
@@ -82,12 +132,36 @@ impl DocRow {
         let Some((&VERSION, mut rest)) = bytes.split_first() else {
             return Err("a document record of an unknown version".into());
         };
+        let count = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+        // Each header takes at least 9 bytes: a count beyond the bytes left is corrupt.
+        let mut headers = Vec::with_capacity((count as usize).min(rest.len() / 9));
+        for _ in 0..count {
+            let height = u64::from_be_bytes(take(&mut rest, 8)?.try_into().expect("took 8 bytes"));
+            let id_len = take(&mut rest, 1)?[0];
+            let id = Cid::try_from(take(&mut rest, usize::from(id_len & !EXPIRES_FLAG))?)
+                .map_err(|e| format!("element id: {e}"))?;
+            let expires = match id_len & EXPIRES_FLAG {
+                0 => None,
+                _ => Some(u64::from_be_bytes(take(&mut rest, 8)?.try_into().expect("took 8 bytes"))),
+            };
+            headers.push((height, id, expires));
+        }
         let mut fields = BTreeMap::new();
         while !rest.is_empty() {
             let name_len = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("took 2 bytes"));
             let field = take(&mut rest, usize::from(name_len))?.to_vec();
-            let row_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
-            let row = Row::decode(take(&mut rest, row_len as usize)?)?;
+            let elements = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+            let mut row = Row::default();
+            for _ in 0..elements {
+                let place = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+                let &(height, id, expires) = headers.get(place as usize).ok_or("an element names no header")?;
+                let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+                let value = take(&mut rest, value_len as usize)?.to_vec();
+                if row.contains(&id) {
+                    return Err("a field holds one element twice".into());
+                }
+                row.insert(Element { height, id, value, expires });
+            }
             if fields.last_key_value().is_some_and(|(last, _)| *last >= field) {
                 return Err("document fields out of order".into());
             }
@@ -291,6 +365,33 @@ mod tests {
         base.set(b"b", row(2, b"2"));
         base.apply(folded);
         assert_eq!(base, doc);
+    }
+
+    #[test]
+    fn the_fields_one_block_wrote_carry_its_cid_once() {
+        let mut doc = DocRow::default();
+        for field in 0..10u8 {
+            doc.set(&[b'f', field], row(7, &[field]));
+        }
+        let mut two = row(8, b"late");
+        two.insert(Element { height: 9, id: id(9), value: b"x".to_vec(), expires: Some(1234) });
+        doc.set(b"g", two);
+        let bytes = doc.encode();
+        let cid = id(7).to_bytes();
+        assert_eq!(bytes.windows(cid.len()).filter(|window| *window == &cid[..]).count(), 1);
+        assert_eq!(DocRow::decode(&bytes).unwrap(), doc);
+
+        // Many distinct headers (past the scanned ones) round-trip as well.
+        let mut wide = DocRow::default();
+        for field in 0..40u8 {
+            wide.set(&[field], row(field, b"v"));
+        }
+        assert_eq!(DocRow::decode(&wide.encode()).unwrap(), wide);
+        let mut bad = wide.encode();
+        // The last element: its header's place, its value's length (4 bytes) and its value (1 byte).
+        let at = bad.len() - 9;
+        bad[at..at + 4].copy_from_slice(&1000u32.to_be_bytes());
+        assert!(DocRow::decode(&bad).is_err(), "an element naming no header is refused");
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub(crate) struct Element {
 }
 
 /// The flag, in the CID-length byte of an encoded element, that an expiry time follows the CID.
-const EXPIRES_FLAG: u8 = 0x80;
+pub(crate) const EXPIRES_FLAG: u8 = 0x80;
 
 impl Element {
     /// Whether the element is expired at `now` (milliseconds since the Unix epoch).

@@ -180,22 +180,26 @@ impl<'a> RowChanges<'a> {
         if let Some(indexes) = &self.indexes {
             if crate::index::is_declaration(key) {
                 indexes.declarations_changed.store(true, std::sync::atomic::Ordering::Relaxed);
-            } else if let Some((doc, field)) = (!indexes.maintained.is_empty() && crate::doc::is_entry(key))
-                .then(|| crate::doc::parse_entry(key))
-                .flatten()
+            } else if let Some((document, field)) =
+                (!indexes.maintained.is_empty()).then(|| doc_row::split(key)).flatten()
             {
-                for index in indexes.maintained.iter().filter(|index| index.def.path[0] == field) {
+                // The document's key is unescaped only for a field some index holds.
+                let mut doc: Option<Vec<u8>> = None;
+                for index in indexes.maintained.iter().filter(|index| index.def.path[0].as_bytes() == field) {
+                    let doc = match &doc {
+                        Some(doc) => doc,
+                        None => match crate::doc::parse_entry(document) {
+                            Some((parsed, _)) => doc.insert(parsed),
+                            None => break,
+                        },
+                    };
                     let old = index.def.row_values(before);
                     let new = index.def.row_values(after);
                     for value in old.difference(&new) {
-                        batch.delete_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, &doc));
+                        batch.delete_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, doc));
                     }
                     for value in new.difference(&old) {
-                        batch.put_cf(
-                            self.doc_index,
-                            crate::index::record_key(self.topic, &index.name, value, &doc),
-                            [],
-                        );
+                        batch.put_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, doc), []);
                     }
                 }
             }
