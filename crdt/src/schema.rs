@@ -8,7 +8,7 @@ use rocksdb::{
     SliceTransform, SnapshotWithThreadMode,
 };
 
-use crate::error::StorageError;
+use crate::error::{OpenError, StorageError};
 
 /// Unused: blocks waiting for their parents are held in memory. Opened (and emptied when a
 /// topic loads) so that data directories that still hold records there open.
@@ -298,4 +298,39 @@ pub(crate) fn scan_from<'a>(
     }
     let iter = view.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward));
     Box::new(strip(iter, topic.prefix()))
+}
+
+/// Refuses a data directory of another format, rewrites one of the format before this one;
+/// marks a new one with this version's.
+pub(crate) fn check_format(db: &DB) -> Result<(), OpenError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    match db.get_cf(meta, META_FORMAT)? {
+        Some(bytes) => {
+            let found = u32::from_be_bytes(
+                bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("bad format record in meta".into()))?,
+            );
+            if found == FORMAT - 1 {
+                // Format 2 kept a record per document field (see `doc_row.rs`).
+                let documents = crate::doc_row::migrate(
+                    db,
+                    db.cf_handle(CF_KV).expect("every canopy column family is opened with the database"),
+                )
+                .map_err(OpenError::Storage)?;
+                tracing::info!(documents, "rewrote each document as one record (data directory format {FORMAT})");
+                db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
+            } else if found != FORMAT {
+                return Err(OpenError::Format { found, expected: FORMAT });
+            }
+        }
+        None => {
+            // A directory without a format record is new, or was written before blocks were
+            // signed (format 1): it then holds applied blocks, whose index records say so.
+            let index = db.cf_handle(CF_INDEX).expect("every canopy column family is opened with the database");
+            if db.iterator_cf(index, rocksdb::IteratorMode::Start).next().transpose()?.is_some() {
+                return Err(OpenError::Format { found: 1, expected: FORMAT });
+            }
+            db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
+        }
+    }
+    Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use canopy_dag::{AuthorId, BlockStore, CF_INDEX, Cid, Signer, TopicId};
+use canopy_dag::{AuthorId, BlockStore, Cid, Signer, TopicId};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rocksdb::{Cache, DB, Options};
 
@@ -18,10 +18,7 @@ use crate::error::{OpenError, StorageError, TopicError};
 use crate::inner::StoreInner;
 use crate::inspect::Inspector;
 use crate::options::StoreOptions;
-use crate::schema::{
-    CF_KV, CF_META, FORMAT, META_AUTHOR_SECRET, META_FORMAT, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC,
-    column_families,
-};
+use crate::schema::{CF_META, META_AUTHOR_SECRET, META_NEXT_TOPIC_ID, META_ORIGIN, META_TOPIC, column_families};
 use crate::topic::Topic;
 use crate::writer::{self, Command, TopicState};
 
@@ -110,7 +107,7 @@ impl Store {
                 }
             }
         }
-        check_format(&db)?;
+        crate::schema::check_format(&db)?;
         let signer = match &options.author {
             Some(signer) => signer.clone(),
             None => stored_signer(&db)?,
@@ -299,38 +296,6 @@ impl Store {
         db.write(batch)?;
         Ok(TopicId(next))
     }
-}
-
-/// Refuses a data directory of another format; marks a new one with this version's.
-fn check_format(db: &DB) -> Result<(), OpenError> {
-    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
-    match db.get_cf(meta, META_FORMAT)? {
-        Some(bytes) => {
-            let found = decode_u32(&bytes)?;
-            if found == FORMAT - 1 {
-                // Format 2 kept a record per document field (see `doc_row.rs`).
-                let documents = crate::doc_row::migrate(
-                    db,
-                    db.cf_handle(CF_KV).expect("every canopy column family is opened with the database"),
-                )
-                .map_err(OpenError::Storage)?;
-                tracing::info!(documents, "rewrote each document as one record (data directory format {FORMAT})");
-                db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
-            } else if found != FORMAT {
-                return Err(OpenError::Format { found, expected: FORMAT });
-            }
-        }
-        None => {
-            // A directory without a format record is new, or was written before blocks were
-            // signed (format 1): it then holds applied blocks, whose index records say so.
-            let index = db.cf_handle(CF_INDEX).expect("every canopy column family is opened with the database");
-            if db.iterator_cf(index, rocksdb::IteratorMode::Start).next().transpose()?.is_some() {
-                return Err(OpenError::Format { found: 1, expected: FORMAT });
-            }
-            db.put_cf(meta, META_FORMAT, FORMAT.to_be_bytes())?;
-        }
-    }
-    Ok(())
 }
 
 /// The store's own signing key, made and kept in the database the first time.

@@ -265,6 +265,11 @@ fn a_directory_keeping_a_record_per_field_is_rewritten_at_open_and_reads_the_sam
 
     // `c` stays a record, as a migration cut short by a crash leaves a document.
     write_format_2(&path, b"c");
+    // Read-only, the inspector cannot rewrite it, and says what to do.
+    match canopy_crdt::inspect::Inspector::open(&path) {
+        Err(error) => assert!(error.to_string().contains("start the node on it once"), "{error}"),
+        Ok(_) => panic!("an inspector must refuse a directory of format 2"),
+    }
     let store = Store::open(&path, StoreOptions::default()).unwrap();
     let topic = store.topic("t").unwrap();
     assert_eq!(topic.docs(None, 100).unwrap(), before);
