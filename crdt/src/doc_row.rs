@@ -23,13 +23,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use canopy_dag::TOPIC_ID_BYTES;
+use canopy_dag::{Cid, Height, TOPIC_ID_BYTES};
 use rocksdb::{DB, MergeOperands, WriteBatch};
 
 use crate::error::StorageError;
-use canopy_dag::{Cid, Height};
 
-use crate::row::{EXPIRES_FLAG, Element, Row};
+use crate::row::{Element, Row, read_header, take, write_header};
 
 const VERSION: u8 = 1;
 
@@ -106,13 +105,7 @@ impl DocRow {
         let mut out = vec![VERSION];
         out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
         for (height, id, expires) in &headers {
-            out.extend_from_slice(&height.to_be_bytes());
-            // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
-            out.push(id.encoded_len() as u8 | if expires.is_some() { EXPIRES_FLAG } else { 0 });
-            id.write_bytes(&mut out).expect("writing to a Vec cannot fail");
-            if let Some(at) = expires {
-                out.extend_from_slice(&at.to_be_bytes());
-            }
+            write_header(&mut out, *height, id, *expires);
         }
         let mut places = places.into_iter();
         for (field, row) in &self.fields {
@@ -136,15 +129,7 @@ impl DocRow {
         // Each header takes at least 9 bytes: a count beyond the bytes left is corrupt.
         let mut headers = Vec::with_capacity((count as usize).min(rest.len() / 9));
         for _ in 0..count {
-            let height = u64::from_be_bytes(take(&mut rest, 8)?.try_into().expect("took 8 bytes"));
-            let id_len = take(&mut rest, 1)?[0];
-            let id = Cid::try_from(take(&mut rest, usize::from(id_len & !EXPIRES_FLAG))?)
-                .map_err(|e| format!("element id: {e}"))?;
-            let expires = match id_len & EXPIRES_FLAG {
-                0 => None,
-                _ => Some(u64::from_be_bytes(take(&mut rest, 8)?.try_into().expect("took 8 bytes"))),
-            };
-            headers.push((height, id, expires));
+            headers.push(read_header(&mut rest)?);
         }
         let mut fields = BTreeMap::new();
         while !rest.is_empty() {
@@ -169,15 +154,6 @@ impl DocRow {
         }
         Ok(DocRow { fields })
     }
-}
-
-fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
-    if bytes.len() < n {
-        return Err(format!("document record truncated: wanted {n} bytes, {} left", bytes.len()));
-    }
-    let (head, tail) = bytes.split_at(n);
-    *bytes = tail;
-    Ok(head)
 }
 
 /// The `kv` merge operator's full merge: the stored fields (if any) with every operand

@@ -20,8 +20,8 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, FORMAT, META_COVER, META_FORMAT, META_KNOWN,
-    META_MERGE, META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, FORMAT, META_COVER, META_KNOWN, META_MERGE,
+    META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
 };
 use crate::serving::{Serving, Source};
 use crate::types::Head;
@@ -194,15 +194,11 @@ impl Inspector {
             )));
         }
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, families, false)?;
-        let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
-        let format = db.get_cf(meta, META_FORMAT)?.and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok());
-        if let Some(found) = format.map(u32::from_be_bytes).filter(|found| *found < FORMAT) {
-            // Read-only, the rewrite a node makes at open (documents' records) cannot be made.
-            return Err(OpenError::InvalidOptions(format!(
-                "{} was written by an older canopy (data directory format {found}): start the node on it once \
-                 (or run repair, which rewrites it), then inspect it",
-                path.display()
-            )));
+        // Read-only, the rewrite a node makes at open (documents' records) cannot be made.
+        if let Some(found) = crate::schema::stored_format(&db)?.filter(|found| *found < FORMAT) {
+            let why = format!("was written by an older canopy (data directory format {found})");
+            let what = "start the node on it once (or run repair, which rewrites it), then inspect it";
+            return Err(OpenError::InvalidOptions(format!("{} {why}: {what}", path.display())));
         }
         Inspector::over(Arc::new(db))
     }

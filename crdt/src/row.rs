@@ -13,7 +13,7 @@ pub(crate) struct Element {
 }
 
 /// The flag, in the CID-length byte of an encoded element, that an expiry time follows the CID.
-pub(crate) const EXPIRES_FLAG: u8 = 0x80;
+const EXPIRES_FLAG: u8 = 0x80;
 
 impl Element {
     /// Whether the element is expired at `now` (milliseconds since the Unix epoch).
@@ -102,14 +102,7 @@ impl Row {
         let size: usize = self.elements.iter().map(|e| 8 + 1 + e.id.encoded_len() + 8 + 4 + e.value.len()).sum();
         let mut out = Vec::with_capacity(size);
         for element in &self.elements {
-            out.extend_from_slice(&element.height.to_be_bytes());
-            // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
-            let flag = if element.expires.is_some() { EXPIRES_FLAG } else { 0 };
-            out.push(element.id.encoded_len() as u8 | flag);
-            element.id.write_bytes(&mut out).expect("writing to a Vec cannot fail");
-            if let Some(at) = element.expires {
-                out.extend_from_slice(&at.to_be_bytes());
-            }
+            write_header(&mut out, element.height, &element.id, element.expires);
             out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
             out.extend_from_slice(&element.value);
         }
@@ -119,14 +112,7 @@ impl Row {
     pub fn decode(mut bytes: &[u8]) -> Result<Row, String> {
         let mut elements = Vec::new();
         while !bytes.is_empty() {
-            let height = u64::from_be_bytes(take(&mut bytes, 8)?.try_into().expect("took 8 bytes"));
-            let id_len = take(&mut bytes, 1)?[0];
-            let id = Cid::try_from(take(&mut bytes, usize::from(id_len & !EXPIRES_FLAG))?)
-                .map_err(|e| format!("element id: {e}"))?;
-            let expires = match id_len & EXPIRES_FLAG {
-                0 => None,
-                _ => Some(u64::from_be_bytes(take(&mut bytes, 8)?.try_into().expect("took 8 bytes"))),
-            };
+            let (height, id, expires) = read_header(&mut bytes)?;
             let value_len = u32::from_be_bytes(take(&mut bytes, 4)?.try_into().expect("took 4 bytes")) as usize;
             let value = take(&mut bytes, value_len)?.to_vec();
             elements.push(Element { height, id, value, expires });
@@ -138,9 +124,36 @@ impl Row {
     }
 }
 
-fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+/// Writes an element's height (8 bytes BE), CID length (1 byte, with [`EXPIRES_FLAG`] set when
+/// an expiry follows), CID and expiry (8 bytes BE) if any: how a row, and a document's record
+/// (`doc_row.rs`), begin each element.
+pub(crate) fn write_header(out: &mut Vec<u8>, height: Height, id: &Cid, expires: Option<u64>) {
+    out.extend_from_slice(&height.to_be_bytes());
+    // A CID is far shorter than 128 bytes, so the length leaves the top bit for the flag.
+    out.push(id.encoded_len() as u8 | if expires.is_some() { EXPIRES_FLAG } else { 0 });
+    id.write_bytes(&mut *out).expect("writing to a Vec cannot fail");
+    if let Some(at) = expires {
+        out.extend_from_slice(&at.to_be_bytes());
+    }
+}
+
+/// Reads what [`write_header`] wrote.
+pub(crate) fn read_header(bytes: &mut &[u8]) -> Result<(Height, Cid, Option<u64>), String> {
+    let height = u64::from_be_bytes(take(bytes, 8)?.try_into().expect("took 8 bytes"));
+    let id_len = take(bytes, 1)?[0];
+    let id =
+        Cid::try_from(take(bytes, usize::from(id_len & !EXPIRES_FLAG))?).map_err(|e| format!("element id: {e}"))?;
+    let expires = match id_len & EXPIRES_FLAG {
+        0 => None,
+        _ => Some(u64::from_be_bytes(take(bytes, 8)?.try_into().expect("took 8 bytes"))),
+    };
+    Ok((height, id, expires))
+}
+
+/// The next `n` bytes of `bytes`, taken off it.
+pub(crate) fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     if bytes.len() < n {
-        return Err(format!("row truncated: wanted {n} bytes, {} left", bytes.len()));
+        return Err(format!("record truncated: wanted {n} bytes, {} left", bytes.len()));
     }
     let (head, tail) = bytes.split_at(n);
     *bytes = tail;

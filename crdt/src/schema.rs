@@ -304,11 +304,8 @@ pub(crate) fn scan_from<'a>(
 /// marks a new one with this version's.
 pub(crate) fn check_format(db: &DB) -> Result<(), OpenError> {
     let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
-    match db.get_cf(meta, META_FORMAT)? {
-        Some(bytes) => {
-            let found = u32::from_be_bytes(
-                bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("bad format record in meta".into()))?,
-            );
+    match stored_format(db)? {
+        Some(found) => {
             if found == FORMAT - 1 {
                 // Format 2 kept a record per document field (see `doc_row.rs`).
                 let documents = crate::doc_row::migrate(
@@ -333,4 +330,12 @@ pub(crate) fn check_format(db: &DB) -> Result<(), OpenError> {
         }
     }
     Ok(())
+}
+
+/// The data directory format recorded in `db`, if any.
+pub(crate) fn stored_format(db: &DB) -> Result<Option<u32>, StorageError> {
+    let meta = db.cf_handle(CF_META).expect("every canopy column family is opened with the database");
+    let Some(bytes) = db.get_cf(meta, META_FORMAT)? else { return Ok(None) };
+    let bytes = bytes.as_slice().try_into().map_err(|_| StorageError::Corrupt("bad format record in meta".into()))?;
+    Ok(Some(u32::from_be_bytes(bytes)))
 }
