@@ -73,43 +73,45 @@ fn read_rows_and_documents<K: AsRef<[u8]>>(
 ) -> Result<(Vec<Row>, Documents), StorageError> {
     let prefix = canopy_dag::TOPIC_ID_BYTES;
     let mut records: Vec<&[u8]> = Vec::with_capacity(keys.len());
-    // The record each key reads, as an index into `records`.
-    let mut read: Vec<usize> = Vec::with_capacity(keys.len());
+    // The record each key reads, as an index into `records`, and for a document's field where
+    // the field's name starts.
+    let mut read: Vec<(usize, Option<usize>)> = Vec::with_capacity(keys.len());
     for key in keys {
         let key = key.as_ref();
-        let record = match doc_row::split(&key[prefix..]) {
-            Some((document, _)) => &key[..prefix + document.len()],
-            None => key,
+        let (record, field) = match doc_row::split(&key[prefix..]) {
+            Some((document, _)) => (&key[..prefix + document.len()], Some(prefix + document.len())),
+            None => (key, None),
         };
         if records.last() != Some(&record) {
             records.push(record);
         }
-        read.push(records.len() - 1);
+        read.push((records.len() - 1, field));
     }
     let values = context.db.batched_multi_get_cf(context.cf(CF_KV), &records, true);
     let values = values.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let mut documents = Documents::new();
-    for (record, value) in records.iter().zip(&values) {
-        let document = &record[prefix..];
-        if doc_row::split(document).is_some() {
-            let fields = match value {
+    // Each document's record decoded once, by the first of its fields read.
+    let mut stored: Vec<Option<DocRow>> = vec![None; records.len()];
+    let mut rows = Vec::with_capacity(keys.len());
+    for (key, (at, field)) in keys.iter().zip(read) {
+        let key = key.as_ref();
+        let Some(field) = field else {
+            rows.push(doc_row::row_of(&key[prefix..], values[at].as_deref())?);
+            continue;
+        };
+        let document = match &mut stored[at] {
+            Some(document) => document,
+            slot => slot.insert(match &values[at] {
                 Some(value) => DocRow::decode(value)
-                    .map_err(|e| StorageError::Corrupt(format!("document record {document:?}: {e}")))?,
+                    .map_err(|e| StorageError::Corrupt(format!("document record {:?}: {e}", &records[at][prefix..])))?,
                 None => DocRow::default(),
-            };
-            documents.insert(document.to_vec(), fields);
-        }
+            }),
+        };
+        rows.push(document.field(&key[field..]));
     }
-    let rows = keys
+    let documents: Documents = records
         .iter()
-        .zip(read)
-        .map(|(key, at)| {
-            let key = &key.as_ref()[prefix..];
-            match doc_row::split(key) {
-                Some((document, field)) => Ok(documents.get(document).map(|doc| doc.field(field)).unwrap_or_default()),
-                None => doc_row::row_of(key, values[at].as_deref()),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .zip(stored)
+        .filter_map(|(record, document)| Some((record[prefix..].to_vec(), document?)))
+        .collect();
     Ok((rows, documents))
 }
