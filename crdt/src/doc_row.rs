@@ -56,6 +56,56 @@ impl DocRow {
         self.fields.insert(field.to_vec(), row);
     }
 
+    /// The row of `field`, when the document has it.
+    pub fn get(&self, field: &[u8]) -> Option<&Row> {
+        self.fields.get(field)
+    }
+
+    /// The names of the fields, in order.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.fields.keys().map(Vec::as_slice)
+    }
+
+    /// Sets the row of `field` in a stored record (where an empty row has no place).
+    pub fn insert(&mut self, field: Vec<u8>, row: Row) {
+        self.fields.insert(field, row);
+    }
+
+    /// Removes `field` from a stored record.
+    pub fn remove(&mut self, field: &[u8]) {
+        self.fields.remove(field);
+    }
+
+    /// Elements of every field.
+    pub fn elements(&self) -> usize {
+        self.fields.values().map(Row::len).sum()
+    }
+
+    /// The fields whose rows differ between `self` and `after`, in name order, with each row
+    /// (`None` where the field is absent).
+    pub fn changes_to<'s>(&'s self, after: &'s DocRow) -> Vec<(&'s [u8], Option<&'s Row>, Option<&'s Row>)> {
+        let (mut old, mut new) = (self.fields.iter().peekable(), after.fields.iter().peekable());
+        let mut changed = Vec::new();
+        loop {
+            let (field, before, after) = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some((a, _)), Some((b, _))) if a == b => {
+                    let ((field, before), (_, after)) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                    (field, Some(before), Some(after))
+                }
+                (Some((a, _)), Some((b, _))) if a > b => {
+                    new.next().map(|(field, row)| (field, None, Some(row))).expect("peeked")
+                }
+                (Some(_), _) => old.next().map(|(field, row)| (field, Some(row), None)).expect("peeked"),
+                (None, Some(_)) => new.next().map(|(field, row)| (field, None, Some(row))).expect("peeked"),
+            };
+            if before != after {
+                changed.push((field.as_slice(), before, after));
+            }
+        }
+        changed
+    }
+
     /// Applies the changes of `operand`.
     pub fn apply(&mut self, operand: DocRow) {
         for (field, row) in operand.fields {

@@ -143,6 +143,45 @@ impl<'a> RowChanges<'a> {
         self.notice(key, before, after, notice);
     }
 
+    /// Writes the record of the document whose entries start with `document`: `after` in
+    /// place of `before` (the fields it holds), whole, and for each field whose row changed
+    /// what [`RowChanges::write`] writes for a key.
+    pub fn write_document(
+        &mut self,
+        batch: &mut WriteBatch,
+        document: &[u8],
+        before: &DocRow,
+        after: &DocRow,
+        notice: Notice,
+    ) {
+        let changed = before.changes_to(after);
+        if changed.is_empty() {
+            return;
+        }
+        self.merge_document(batch);
+        let empty = Row::default();
+        let mut entry = document.to_vec();
+        for (field, old, new) in changed {
+            entry.truncate(document.len());
+            entry.extend_from_slice(field);
+            let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+            self.left(batch, &entry, old, new);
+            self.derive(batch, &entry, old, new);
+            self.notice(&entry, old, new, notice);
+        }
+        let key = self.topic.key(document);
+        match after.is_empty() {
+            true => batch.delete_cf(self.kv, key),
+            false => batch.put_cf(self.kv, key, after.encode()),
+        }
+        if before.is_empty() && !after.is_empty() {
+            self.made(document);
+        }
+        if let Some(known) = self.documents.get_mut(document) {
+            known.clone_from(after);
+        }
+    }
+
     /// Writes `row`, a key's first row, into a row file rather than the batch (which takes
     /// what follows); keys must come in order.
     pub fn write_to_file(

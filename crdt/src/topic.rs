@@ -16,7 +16,7 @@ use crate::schema::{CF_KV, CF_SNAPSHOTS};
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Compaction, Head, IngestOutcome, MergeOutcome, Op};
 use crate::types::{Sink, Snapshots, StorageCompaction};
-use crate::writer::{Command, Committed, WriteRequest};
+use crate::writer::{Command, Committed, DocChange, WriteRequest};
 use crate::{compaction, counter};
 
 /// Operations applied as one atomic delta; the last operation on a key wins (increments of a
@@ -257,16 +257,22 @@ impl Topic {
     /// Writes `ops`, whose keys and values are checked, once the topic's access rule admits
     /// this store's author and every key.
     pub(crate) fn submit(&self, ops: Vec<Op>) -> Result<Committed, WriteError> {
+        self.submit_request(ops, Vec::new())
+    }
+
+    /// Writes `ops` and the changes to documents `docs`, all checked, once the topic's access
+    /// rule admits this store's author and every key.
+    pub(crate) fn submit_request(&self, ops: Vec<Op>, docs: Vec<DocChange>) -> Result<Committed, WriteError> {
         let author = self.store.signer.author();
         self.shared.access.admits(&author)?;
-        for op in &ops {
-            self.shared.access.admits_key(&author, op.key())?;
+        for key in ops.iter().map(Op::key).chain(docs.iter().map(|change| change.prefix.as_slice())) {
+            self.shared.access.admits_key(&author, key)?;
         }
         if self.store.poisoned.load(Ordering::SeqCst) {
             return Err(WriteError::Poisoned);
         }
         let (reply, result) = bounded(1);
-        let request = WriteRequest { topic: self.shared.id, ops, reply };
+        let request = WriteRequest { topic: self.shared.id, ops, docs, reply };
         self.store.send(self.shared.id, Command::Write(request)).map_err(|_| WriteError::Closed)?;
         result.recv().map_err(|_| WriteError::Closed)?
     }

@@ -8,7 +8,8 @@ use crate::doc_row::DocRow;
 use crate::error::{ReadError, StorageError, WriteError};
 use crate::schema::CF_KV;
 use crate::topic::Topic;
-use crate::types::{Commit, Op};
+use crate::types::Commit;
+use crate::writer::DocChange;
 
 /// A document's fields: each name with its value's JSON text, in name order.
 pub type Fields = Vec<(String, Vec<u8>)>;
@@ -42,7 +43,7 @@ pub struct DocPage {
 impl Topic {
     /// The document `key`'s visible fields; `None` when it has none.
     pub fn doc(&self, key: &[u8]) -> Result<Option<Fields>, ReadError> {
-        let fields = Held::new(self, false).fields(key)?;
+        let fields = Held::new(self).fields(key)?;
         Ok((!fields.is_empty()).then_some(fields))
     }
 
@@ -50,7 +51,7 @@ impl Topic {
     /// field), read through one iterator: cheaper than [`Topic::doc`] for each, above all when
     /// the keys come in order.
     pub fn docs_of(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Fields>>, ReadError> {
-        let mut held = Held::new(self, false);
+        let mut held = Held::new(self);
         keys.iter()
             .map(|key| {
                 let fields = held.fields(key)?;
@@ -80,61 +81,53 @@ impl Topic {
         self.doc_batch(vec![(key.to_vec(), write)], expires_ms)
     }
 
-    /// Applies every write of `writes`, in order, as one block (atomically, as a batch is); each
-    /// write sees its document as it stood before the batch.
-    /// `None` when they change nothing.
+    /// Applies every write of `writes`, in order, as one block (atomically, as a batch is): a
+    /// write of a document the batch wrote before sees it as that write left it. `None` when
+    /// they change nothing.
     pub fn doc_batch(
         &self,
         writes: Vec<(Vec<u8>, DocWrite)>,
         expires_ms: Option<u64>,
     ) -> Result<Option<Commit>, WriteError> {
-        let limits = &self.store.options.limits;
-        let mut ops = Vec::new();
-        // One iterator reads the fields every put and delete of the batch removes: making one
-        // per document costs more than the reads themselves.
-        let mut fields = Held::new(self, true);
+        let max = self.store.options.limits.delta_ops_max;
+        let mut changes = Vec::with_capacity(writes.len());
+        let mut ops = 0;
         for (key, write) in writes {
-            self.doc_ops(&key, write, expires_ms, &mut fields, &mut ops)?;
-            if ops.len() > limits.delta_ops_max {
-                return Err(WriteError::TooManyOps { ops: ops.len(), max: limits.delta_ops_max });
+            let change = self.doc_change(&key, write, expires_ms)?;
+            ops += change.fields();
+            if ops > max {
+                return Err(WriteError::TooManyOps { ops, max });
             }
+            changes.push(change);
         }
-        Ok(self.submit(ops)?.commit)
+        Ok(self.submit_request(Vec::new(), changes)?.commit)
     }
 
-    /// Adds to `ops` the operations on the entries of the document `key` that `write` makes.
-    fn doc_ops(
-        &self,
-        key: &[u8],
-        write: DocWrite,
-        expires_ms: Option<u64>,
-        fields: &mut Held<'_>,
-        ops: &mut Vec<Op>,
-    ) -> Result<(), WriteError> {
+    /// The change `write` makes to the document `key`, checked. Which fields a put or a delete
+    /// removes is decided by the writer, from the fields the document holds when it commits.
+    fn doc_change(&self, key: &[u8], write: DocWrite, expires_ms: Option<u64>) -> Result<DocChange, WriteError> {
         let limits = &self.store.options.limits;
         check_key(key, limits).map_err(WriteError::InvalidKey)?;
-        let (set, remove) = match write {
-            DocWrite::Put(set) => {
-                let held = fields.of(key)?;
-                let remove = held.into_iter().filter(|name| !set.iter().any(|(field, _)| field == name)).collect();
-                (set, remove)
-            }
-            DocWrite::Patch { set, remove } => (set, remove),
-            DocWrite::Delete => (Vec::new(), fields.of(key)?),
+        let prefix = doc::entries_prefix(key);
+        let (replace, set, remove) = match write {
+            DocWrite::Put(set) => (true, set, Vec::new()),
+            DocWrite::Patch { set, remove } => (false, set, remove),
+            DocWrite::Delete => (true, Vec::new(), Vec::new()),
         };
-        for (field, value) in set {
-            let entry = entry(key, &field, limits)?;
-            check_value(&value, limits).map_err(WriteError::InvalidValue)?;
-            doc::check_value(&value).map_err(|e| WriteError::InvalidValue(format!("field {field:?}: {e}")))?;
-            ops.push(match expires_ms {
-                Some(expires_ms) => Op::PutUntil(entry, value, expires_ms),
-                None => Op::Put(entry, value),
-            });
-        }
-        for field in remove {
-            ops.push(Op::Delete(entry(key, &field, limits)?));
-        }
-        Ok(())
+        let set = set
+            .into_iter()
+            .map(|(field, value)| {
+                check_field(&prefix, &field, limits)?;
+                check_value(&value, limits).map_err(WriteError::InvalidValue)?;
+                doc::check_value(&value).map_err(|e| WriteError::InvalidValue(format!("field {field:?}: {e}")))?;
+                Ok((field.into_bytes(), value))
+            })
+            .collect::<Result<_, WriteError>>()?;
+        let remove = remove
+            .into_iter()
+            .map(|field| check_field(&prefix, &field, limits).map(|()| field.into_bytes()))
+            .collect::<Result<_, WriteError>>()?;
+        Ok(DocChange { prefix, replace, set, remove, expires: expires_ms })
     }
 
     /// The documents whose records start with `prefix`, from the record `from` on (leaving out
@@ -177,14 +170,20 @@ impl Topic {
     }
 }
 
-/// The entry of `field` of the document `key`, checked.
-fn entry(key: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<Vec<u8>, WriteError> {
+/// Checks `field`, a field of the document whose entries start with `prefix`: its name's
+/// length and its entry's.
+fn check_field(prefix: &[u8], field: &str, limits: &crate::delta::Limits) -> Result<(), WriteError> {
     if field.len() > FIELD_BYTES_MAX {
         return Err(WriteError::InvalidKey(format!("field names are at most {FIELD_BYTES_MAX} bytes")));
     }
-    let entry = doc::entry_key(key, field);
-    check_key(&entry, limits).map_err(|e| WriteError::InvalidKey(format!("field {field:?} of the document: {e}")))?;
-    Ok(entry)
+    let entry = prefix.len() + field.len();
+    if entry > limits.key_bytes_max {
+        let max = limits.key_bytes_max;
+        return Err(WriteError::InvalidKey(format!(
+            "field {field:?} of the document: its entry of {entry} bytes exceeds key_bytes_max {max}"
+        )));
+    }
+    Ok(())
 }
 
 /// The visible fields, in name order, of the document record `value`.
@@ -199,22 +198,15 @@ fn visible_fields(value: &[u8], now: u64) -> Result<Fields, String> {
     Ok(fields)
 }
 
-/// Reads documents' visible fields for a write (which consults the topic's key filter, and
-/// starts its build when idle) or for a read (which consults a built filter only).
+/// Reads documents' visible fields, skipping those the topic's key filter (once built) says it
+/// never held.
 struct Held<'t> {
     topic: &'t Topic,
-    writing: bool,
 }
 
 impl<'t> Held<'t> {
-    fn new(topic: &'t Topic, writing: bool) -> Held<'t> {
-        Held { topic, writing }
-    }
-
-    /// The names of the visible fields of the document `key`.
-    fn of(&mut self, key: &[u8]) -> Result<Vec<String>, WriteError> {
-        let fields = self.fields(key).map_err(|ReadError::Storage(error)| WriteError::Storage(error))?;
-        Ok(fields.into_iter().map(|(name, _)| name).collect())
+    fn new(topic: &'t Topic) -> Held<'t> {
+        Held { topic }
     }
 
     /// The visible fields of the document `key`, in name order.
@@ -224,13 +216,7 @@ impl<'t> Held<'t> {
         // before it is written, so a document put racing this read is no worse off than one
         // arriving just after it.
         let entries = doc::entries_prefix(key);
-        let held = match self.writing {
-            true => {
-                let expected = topic.shared.key_count.load(std::sync::atomic::Ordering::Relaxed);
-                topic.shared.keys.may_hold([&entries[..]], expected)
-            }
-            false => topic.shared.keys.may_hold_if_ready([&entries[..]]),
-        };
+        let held = topic.shared.keys.may_hold_if_ready([&entries[..]]);
         if held.is_some_and(|held| !held[0]) {
             return Ok(Vec::new());
         }

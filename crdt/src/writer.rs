@@ -28,6 +28,7 @@ use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapsh
 use crate::writer_list::{Lists, WriterList};
 
 pub(crate) mod compact;
+mod documents;
 mod expire;
 mod indexing;
 mod local;
@@ -36,6 +37,7 @@ mod remote;
 mod rows;
 mod tombstones;
 
+pub(crate) use documents::DocChange;
 use local::commit_local;
 use remote::{RoundRows, apply_ready, ingest};
 use rows::{build_key_filters, read_rows, read_topic_rows};
@@ -122,7 +124,7 @@ pub(crate) enum Command {
 impl Command {
     fn ops(&self) -> usize {
         match self {
-            Command::Write(request) => request.ops.len(),
+            Command::Write(request) => request.ops.len() + request.docs.iter().map(DocChange::fields).sum::<usize>(),
             Command::Ingest { blocks, .. } => blocks.len(),
             _ => 1,
         }
@@ -130,9 +132,7 @@ impl Command {
 
     fn bytes(&self) -> usize {
         match self {
-            Command::Write(request) => {
-                request.ops.iter().map(|op| op.key().len() + op.value().map_or(0, <[u8]>::len)).sum()
-            }
+            Command::Write(request) => request.bytes(),
             Command::Ingest { blocks, .. } => blocks.iter().map(|b| b.bytes().len()).sum(),
             _ => 0,
         }
@@ -142,7 +142,17 @@ impl Command {
 pub(crate) struct WriteRequest {
     pub topic: TopicId,
     pub ops: Vec<Op>,
+    /// Changes to documents, each whole (see `documents.rs`).
+    pub docs: Vec<DocChange>,
     pub reply: Sender<Result<Committed, WriteError>>,
+}
+
+impl WriteRequest {
+    /// Bytes of keys and values the request hands over.
+    fn bytes(&self) -> usize {
+        let ops: usize = self.ops.iter().map(|op| op.key().len() + op.value().map_or(0, <[u8]>::len)).sum();
+        ops + self.docs.iter().map(DocChange::bytes).sum::<usize>()
+    }
 }
 
 /// Reply to one write request.

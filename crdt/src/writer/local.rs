@@ -8,10 +8,12 @@ use canopy_dag::{AuthorId, BLOCK_BYTES_MAX, Block, Cid, Height, LINKS_MAX, Topic
 use crossbeam_channel::Sender;
 use rocksdb::WriteBatch;
 
+use super::documents::{self, Plan};
 use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_topic_rows};
 use crate::access::Refusal;
 use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
+use crate::doc_row::Documents;
 use crate::error::{StorageError, WriteError};
 use crate::row::{Element, Row};
 use crate::row_change::{Notice, RowChanges};
@@ -69,8 +71,7 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
     let mut by_topic: BTreeMap<TopicId, Vec<WriteRequest>> = BTreeMap::new();
     let mut bytes_by_topic: HashMap<TopicId, u64> = HashMap::new();
     for request in group {
-        let bytes: usize = request.ops.iter().map(|op| op.key().len() + op.value().map_or(0, <[u8]>::len)).sum();
-        *bytes_by_topic.entry(request.topic).or_default() += bytes as u64;
+        *bytes_by_topic.entry(request.topic).or_default() += request.bytes() as u64;
         by_topic.entry(request.topic).or_default().push(request);
     }
     let mut batch = WriteBatch::default();
@@ -142,10 +143,33 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
 }
 
 /// The estimated delta bytes and operations one request adds to a cut, given the rows its keys
-/// had when the group started (a row only shrinks to one element within a group).
-fn request_cost(request: &WriteRequest, rows: &HashMap<&[u8], Row>) -> (usize, usize) {
+/// had when the group started (a row only shrinks to one element within a group), the
+/// documents it changes as the group found them, and the fields earlier requests of the group
+/// set in each (`sets`, which the request's own are added to).
+fn request_cost<'a>(
+    request: &'a WriteRequest,
+    rows: &HashMap<&[u8], Row>,
+    documents: &Documents,
+    sets: &mut HashMap<&'a [u8], usize>,
+) -> (usize, usize) {
     let mut bytes = 0;
     let mut ops = 0;
+    for change in &request.docs {
+        let stored = documents.get(&change.prefix);
+        let earlier = sets.entry(change.prefix.as_slice()).or_default();
+        let (found, set_since) = (documents::removes_bound(change, stored), *earlier);
+        *earlier += change.set.len();
+        // Tombstones of stored elements name a stored field; those of fields set since, any.
+        let longest = stored.and_then(|doc| doc.names().map(<[u8]>::len).max()).unwrap_or(0);
+        bytes += found * (change.prefix.len() + longest + REMOVE_BYTES_OVERHEAD);
+        bytes += set_since * (change.prefix.len() + crate::doc::FIELD_BYTES_MAX + REMOVE_BYTES_OVERHEAD);
+        ops += found + set_since;
+        for (name, value) in &change.set {
+            bytes += change.prefix.len() + name.len() + value.len() + ADD_BYTES_OVERHEAD;
+            bytes += if change.expires.is_some() { change.prefix.len() + name.len() + ADD_BYTES_OVERHEAD } else { 0 };
+            ops += 1;
+        }
+    }
     for op in &request.ops {
         let key = op.key();
         let removes = rows.get(key).map_or(0, Row::len).max(1);
@@ -326,19 +350,33 @@ fn prepare_cuts(
         Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
     };
     let mut rows: HashMap<&[u8], Row> = keys.into_iter().zip(loaded).collect();
+    // The documents changed whole, each record read once.
+    let mut prefixes: Vec<&[u8]> = requests.iter().flat_map(|r| r.docs.iter().map(|c| c.prefix.as_slice())).collect();
+    prefixes.sort_unstable();
+    prefixes.dedup();
+    let mut changed_documents = Documents::new();
+    if !prefixes.is_empty() {
+        let full_keys: Vec<Vec<u8>> = prefixes.iter().map(|prefix| topic.key(prefix)).collect();
+        match read_topic_rows(context, state, &full_keys) {
+            Ok((_, read)) => changed_documents = read,
+            Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
+        }
+    }
+    let mut sets = HashMap::new();
 
     let mut rows_changed = context.row_changes(state, context.clock.now());
     rows_changed.know_documents(documents);
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
     for request in &requests {
-        let (bytes, ops) = request_cost(request, &rows);
+        let (bytes, ops) = request_cost(request, &rows, &changed_documents, &mut sets);
         if bytes > DELTA_BYTES_MAX || ops > DELTA_OPS_MAX {
             let _ = request.reply.send(Err(WriteError::TooLarge { bytes, max: DELTA_BYTES_MAX }));
             continue;
         }
         if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
-            commit_cut(context, &mut commit, &mut rows, (&cut, lists.as_deref_mut()), &mut rows_changed, batch)
+            let state = (&mut rows, &mut changed_documents);
+            commit_cut(context, &mut commit, state, (&cut, lists.as_deref_mut()), &mut rows_changed, batch)
                 .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
             cut.clear();
             (cut_bytes, cut_ops) = (0, 0);
@@ -347,7 +385,7 @@ fn prepare_cuts(
         cut_bytes += bytes;
         cut_ops += ops;
     }
-    commit_cut(context, &mut commit, &mut rows, (&cut, lists), &mut rows_changed, batch)
+    commit_cut(context, &mut commit, (&mut rows, &mut changed_documents), (&cut, lists), &mut rows_changed, batch)
         .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
 
     write_heads(context, topic, &state.heads, &commit.heads, batch);
@@ -361,7 +399,7 @@ fn prepare_cuts(
 fn commit_cut<'a>(
     context: &Context,
     commit: &mut TopicCommit,
-    rows: &mut HashMap<&'a [u8], Row>,
+    (rows, documents): (&mut HashMap<&'a [u8], Row>, &mut Documents),
     (cut, mut lists): (&[&'a WriteRequest], Option<&mut Lists>),
     rows_changed: &mut RowChanges,
     batch: &mut WriteBatch,
@@ -412,6 +450,18 @@ fn commit_cut<'a>(
             }
         }
     }
+    let plan = Plan::new(cut, documents, now);
+    let (doc_adds, doc_removes, doc_expiries) = plan.delta();
+    if !doc_adds.is_empty() || !doc_removes.is_empty() {
+        let sort = !adds.is_empty();
+        adds.extend(doc_adds);
+        removes.extend(doc_removes);
+        expiries.extend(doc_expiries);
+        if sort {
+            adds.sort_by(|a, b| a.0.cmp(b.0));
+            expiries.sort_by(|a, b| a.0.cmp(b.0));
+        }
+    }
     if adds.is_empty() && removes.is_empty() {
         for (request, deleted) in cut.iter().zip(deleted) {
             commit.replies.push((request.reply.clone(), Committed { commit: None, deleted }));
@@ -445,6 +495,7 @@ fn commit_cut<'a>(
         rows_changed.write(batch, key, row, &after, Notice::Written(height));
         *row = after;
     }
+    plan.apply((height, block.cid()), documents, rows_changed, batch, now);
     commit.made.push(block.cid());
     let made = Commit { cid: block.cid(), height };
     for (request, deleted) in cut.iter().zip(deleted) {

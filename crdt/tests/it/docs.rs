@@ -283,3 +283,89 @@ fn a_directory_keeping_a_record_per_field_is_rewritten_at_open_and_reads_the_sam
     let report = store.inspector().unwrap().verify(&[]).unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
 }
+
+#[test]
+fn writes_of_one_document_apply_in_order_within_a_batch_and_across_concurrent_writers() {
+    use canopy_crdt::{IndexDef, IndexKind, Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let topic = store.topic("t").unwrap();
+    topic.declare_index("by_env", &IndexDef::new("env", IndexKind::String).unwrap()).unwrap();
+    topic.doc_write(b"a", DocWrite::Put(fields(&[("env", "\"prod\""), ("x", "1")])), None).unwrap();
+    // A patch, then a put: the put removes what the patch set, as every field it leaves out.
+    let writes = vec![
+        (b"a".to_vec(), patch(&[("y", "2")], &[])),
+        (b"a".to_vec(), DocWrite::Put(fields(&[("env", "\"dev\"")]))),
+        (b"b".to_vec(), DocWrite::Put(fields(&[("env", "\"prod\""), ("z", "3")]))),
+        (b"b".to_vec(), patch(&[("w", "4"), ("z", "5")], &["env"])),
+        (b"c".to_vec(), DocWrite::Delete),
+        (b"c".to_vec(), patch(&[("env", "\"qa\"")], &[])),
+    ];
+    topic.doc_batch(writes, None).unwrap();
+    assert_eq!(topic.doc(b"a").unwrap(), Some(fields(&[("env", "\"dev\"")])));
+    assert_eq!(topic.doc(b"b").unwrap(), Some(fields(&[("w", "4"), ("z", "5")])));
+    assert_eq!(topic.doc(b"c").unwrap(), Some(fields(&[("env", "\"qa\"")])));
+    // A field set and removed by one patch is removed; a delete of nothing writes no block.
+    topic.doc_write(b"c", patch(&[("v", "1")], &["v"]), None).unwrap();
+    assert_eq!(topic.doc(b"c").unwrap(), Some(fields(&[("env", "\"qa\"")])));
+    assert_eq!(topic.doc_write(b"none", DocWrite::Delete, None).unwrap(), None);
+
+    // Writers racing on a few documents: group commits fold several requests on one document,
+    // and cut them into several blocks. Whatever the interleaving, the index agrees with the
+    // documents, and a last put by one writer alone decides each document.
+    std::thread::scope(|scope| {
+        for writer in 0..4 {
+            let topic = &topic;
+            scope.spawn(move || {
+                for round in 0..200 {
+                    let key = format!("d{}", round % 5).into_bytes();
+                    let value = format!("\"w{writer}r{round}\"");
+                    let write = match round % 3 {
+                        0 => DocWrite::Put(fields(&[("env", &value), ("big", &format!("\"{}\"", "x".repeat(9000)))])),
+                        1 => patch(&[("env", &value)], &["big"]),
+                        _ => DocWrite::Delete,
+                    };
+                    topic.doc_write(&key, write, None).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(topic.check_indexes().unwrap(), vec![]);
+    for key in 0..5 {
+        let key = format!("d{key}").into_bytes();
+        topic.doc_write(&key, DocWrite::Put(fields(&[("env", "\"last\"")])), None).unwrap();
+        assert_eq!(topic.doc(&key).unwrap(), Some(fields(&[("env", "\"last\"")])));
+    }
+    assert_eq!(topic.check_indexes().unwrap(), vec![]);
+    let report = store.inspector().unwrap().verify(&[]).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+}
+
+#[test]
+fn racing_writers_of_large_documents_are_cut_into_blocks_that_every_peer_accepts() {
+    use canopy_crdt::{Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let topic = store.topic("t").unwrap();
+    let big = format!("\"{}\"", "x".repeat(600_000));
+    // Six writers' requests of 6 MB each: a group of three no longer fits one block.
+    std::thread::scope(|scope| {
+        for writer in 0..6 {
+            let (topic, big) = (&topic, &big);
+            scope.spawn(move || {
+                for round in 0..16 {
+                    let key = format!("d{}", (writer + round) % 3).into_bytes();
+                    let write = match round % 2 {
+                        0 => DocWrite::Put(
+                            (0..10).map(|field| (format!("f{field}"), big.clone().into_bytes())).collect(),
+                        ),
+                        _ => patch(&[("f0", "0")], &["f1", "f2"]),
+                    };
+                    topic.doc_write(&key, write, None).unwrap();
+                }
+            });
+        }
+    });
+    let report = store.inspector().unwrap().verify(&[]).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+}

@@ -1,0 +1,218 @@
+//! Local writes of documents. A document's change reaches the writer whole: the writer reads
+//! the document's record once, folds the changes a group makes to it in order, and from the
+//! result makes the delta's entries of its fields (adds of the fields set, tombstones of the
+//! elements they supersede) and, once the block is made, the record and what follows from it.
+//! On the wire and in every replica's rules a field is still an entry of its own
+//! ([`crate::doc`]); only the local write stops handling it as a separate key.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use canopy_dag::{Cid, Height};
+use rocksdb::WriteBatch;
+
+use super::WriteRequest;
+use crate::doc_row::{DocRow, Documents};
+use crate::row::{Element, Row};
+use crate::row_change::{Notice, RowChanges};
+
+/// A change to one document, as a local write hands it to the writer.
+#[derive(Clone, Debug)]
+pub(crate) struct DocChange {
+    /// The document's entries prefix ([`crate::doc::entries_prefix`]).
+    pub prefix: Vec<u8>,
+    /// Whether every field the document holds and `set` leaves out is removed (a put, or a
+    /// delete when `set` is empty); else only the fields of `remove` are (a patch).
+    pub replace: bool,
+    /// Fields set, with their JSON text.
+    pub set: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Fields removed.
+    pub remove: Vec<Vec<u8>>,
+    /// When the fields set expire (milliseconds since the Unix epoch).
+    pub expires: Option<u64>,
+}
+
+impl DocChange {
+    /// Fields the change names: each is an operation of the delta, or two.
+    pub fn fields(&self) -> usize {
+        self.set.len() + self.remove.len()
+    }
+
+    /// Bytes of keys and values the change hands over.
+    pub fn bytes(&self) -> usize {
+        let set: usize = self.set.iter().map(|(name, value)| self.prefix.len() + name.len() + value.len()).sum();
+        set + self.remove.iter().map(|name| self.prefix.len() + name.len()).sum::<usize>()
+    }
+}
+
+/// What a field becomes: a value (with its expiry), or removed.
+type Outcome<'a> = Option<(&'a [u8], Option<u64>)>;
+
+/// The changes of one cut to one document, folded in submission order.
+struct Folded<'a> {
+    prefix: &'a [u8],
+    /// Whether a put or delete among them removes every field the others leave out.
+    replace: bool,
+    /// Each field named, in name order, with what the last change naming it made of it.
+    fields: Vec<(&'a [u8], Outcome<'a>)>,
+}
+
+/// One field a cut changes: its name, its entry's place in `Plan::entries`, and what it
+/// becomes.
+struct FieldPlan<'a> {
+    name: Cow<'a, [u8]>,
+    entry: (usize, usize),
+    outcome: Outcome<'a>,
+}
+
+/// The changes a cut makes to documents, ready to become a delta's entries and, once its block
+/// is made, the documents' records.
+pub(super) struct Plan<'a> {
+    /// Every entry key the delta names, one after another.
+    entries: Vec<u8>,
+    docs: Vec<(&'a [u8], Vec<FieldPlan<'a>>)>,
+    /// Tombstones, as `(entry, element id)`.
+    removes: Vec<((usize, usize), Cid)>,
+}
+
+impl<'a> Plan<'a> {
+    /// Folds the document changes of `cut` and plans them over the documents as they stand
+    /// (`documents`, read by the group), judging at `now` which elements are expired.
+    pub fn new(cut: &[&'a WriteRequest], documents: &Documents, now: u64) -> Plan<'a> {
+        let mut plan = Plan { entries: Vec::new(), docs: Vec::new(), removes: Vec::new() };
+        for folded in fold(cut) {
+            let empty = DocRow::default();
+            let stored = documents.get(folded.prefix).unwrap_or(&empty);
+            let mut named: Vec<(Cow<'a, [u8]>, Outcome<'a>)> =
+                folded.fields.into_iter().map(|(name, outcome)| (Cow::Borrowed(name), outcome)).collect();
+            if folded.replace {
+                // A put removes the stored fields it leaves out.
+                let left_out: Vec<(Cow<'a, [u8]>, Outcome<'a>)> = stored
+                    .names()
+                    .filter(|name| named.binary_search_by(|(held, _)| (**held).cmp(name)).is_err())
+                    .map(|name| (Cow::Owned(name.to_vec()), None))
+                    .collect();
+                if !left_out.is_empty() {
+                    named.extend(left_out);
+                    named.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+            }
+            let mut fields: Vec<FieldPlan<'a>> = Vec::with_capacity(named.len());
+            for (name, outcome) in named {
+                let start = plan.entries.len();
+                plan.entries.extend_from_slice(folded.prefix);
+                plan.entries.extend_from_slice(&name);
+                let entry = (start, plan.entries.len());
+                if let Some(row) = stored.get(&name) {
+                    plan.removes.extend(row.elements().iter().filter(|e| !e.expired(now)).map(|e| (entry, e.id)));
+                }
+                fields.push(FieldPlan { name, entry, outcome });
+            }
+            plan.docs.push((folded.prefix, fields));
+        }
+        plan
+    }
+
+    /// The delta's adds, tombstones and expiries of the planned fields, in key order.
+    #[allow(clippy::type_complexity)]
+    pub fn delta(&self) -> (Vec<(&[u8], &[u8])>, Vec<(&[u8], Cid)>, Vec<(&[u8], u64)>) {
+        let entry = |(start, end): (usize, usize)| &self.entries[start..end];
+        let mut adds = Vec::new();
+        let mut expiries = Vec::new();
+        for field in self.docs.iter().flat_map(|(_, fields)| fields) {
+            if let Some((value, expires)) = field.outcome {
+                adds.push((entry(field.entry), value));
+                if let Some(at) = expires {
+                    expiries.push((entry(field.entry), at));
+                }
+            }
+        }
+        let removes = self.removes.iter().map(|(at, id)| (entry(*at), *id)).collect();
+        (adds, removes, expiries)
+    }
+
+    /// Writes the planned documents as block `(height, id)` leaves them, into `documents` and
+    /// through `rows_changed` into `batch`.
+    pub fn apply(
+        self,
+        (height, id): (Height, Cid),
+        documents: &mut Documents,
+        rows_changed: &mut RowChanges,
+        batch: &mut WriteBatch,
+        now: u64,
+    ) {
+        for (prefix, fields) in self.docs {
+            let before = documents.remove(prefix).unwrap_or_default();
+            let mut after = before.clone();
+            for field in fields {
+                match field.outcome {
+                    Some((value, expires)) => {
+                        let element = Element { height, id, value: value.to_vec(), expires };
+                        after.insert(field.name.into_owned(), Row::single(element));
+                    }
+                    // A field with nothing live is left to its expiry's collection, as a key is.
+                    None if before.get(&field.name).is_some_and(|row| row.visible(now).is_some()) => {
+                        let entry = &self.entries[field.entry.0..field.entry.1];
+                        rows_changed.version(batch, entry, (height, &id), true);
+                        after.remove(&field.name);
+                    }
+                    None => {}
+                }
+            }
+            rows_changed.write_document(batch, prefix, &before, &after, Notice::Written(height));
+            documents.insert(prefix.to_vec(), after);
+        }
+    }
+}
+
+/// The document changes of `cut`, folded per document, in key order.
+fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
+    let mut by_doc: HashMap<&'a [u8], Vec<(usize, &'a DocChange)>> = HashMap::new();
+    for (at, change) in cut.iter().flat_map(|request| &request.docs).enumerate() {
+        by_doc.entry(change.prefix.as_slice()).or_default().push((at, change));
+    }
+    let mut folded: Vec<Folded<'a>> = by_doc
+        .into_iter()
+        .map(|(prefix, changes)| {
+            // Only the changes from the last put or delete on count, and it removes the rest.
+            let from = changes.iter().rposition(|(_, change)| change.replace).unwrap_or(0);
+            let replace = changes[from].1.replace;
+            let mut fields: Vec<(usize, &'a [u8], Outcome<'a>)> = Vec::new();
+            for (at, change) in &changes[from..] {
+                let set = change
+                    .set
+                    .iter()
+                    .map(|(name, value)| (*at, name.as_slice(), Some((value.as_slice(), change.expires))));
+                fields.extend(set);
+                fields.extend(change.remove.iter().map(|name| (*at, name.as_slice(), None)));
+            }
+            // By name, the last change naming a field deciding it.
+            fields.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
+            let mut last: Vec<(&'a [u8], Outcome<'a>)> = Vec::with_capacity(fields.len());
+            for (_, name, outcome) in fields {
+                match last.last_mut() {
+                    Some(previous) if previous.0 == name => previous.1 = outcome,
+                    _ => last.push((name, outcome)),
+                }
+            }
+            Folded { prefix, replace, fields: last }
+        })
+        .collect();
+    folded.sort_unstable_by(|a, b| a.prefix.cmp(b.prefix));
+    folded
+}
+
+/// An upper bound on the tombstones `change` adds to a delta for the elements stored when the
+/// group began: those of the fields it names (all the document's, for a put). A field set by
+/// an earlier change of the group holds one element since, which the caller counts.
+pub(super) fn removes_bound(change: &DocChange, stored: Option<&DocRow>) -> usize {
+    let Some(stored) = stored else { return 0 };
+    let held = |name: &[u8]| stored.get(name).map_or(0, Row::len);
+    match change.replace {
+        true => stored.elements(),
+        false => {
+            change.set.iter().map(|(name, _)| held(name)).sum::<usize>()
+                + change.remove.iter().map(|name| held(name)).sum::<usize>()
+        }
+    }
+}
