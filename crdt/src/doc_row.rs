@@ -66,44 +66,23 @@ impl DocRow {
         self.fields.keys().map(Vec::as_slice)
     }
 
-    /// Sets the row of `field` in a stored record (where an empty row has no place).
-    pub fn insert(&mut self, field: Vec<u8>, row: Row) {
-        self.fields.insert(field, row);
+    /// Sets the row of `field` in a stored record (where an empty row has no place); returns
+    /// the row it had.
+    pub fn replace(&mut self, field: &[u8], row: Row) -> Option<Row> {
+        match self.fields.get_mut(field) {
+            Some(held) => Some(std::mem::replace(held, row)),
+            None => self.fields.insert(field.to_vec(), row),
+        }
     }
 
-    /// Removes `field` from a stored record.
-    pub fn remove(&mut self, field: &[u8]) {
-        self.fields.remove(field);
+    /// Removes `field` from a stored record; returns the row it had.
+    pub fn remove(&mut self, field: &[u8]) -> Option<Row> {
+        self.fields.remove(field)
     }
 
     /// Elements of every field.
     pub fn elements(&self) -> usize {
         self.fields.values().map(Row::len).sum()
-    }
-
-    /// The fields whose rows differ between `self` and `after`, in name order, with each row
-    /// (`None` where the field is absent).
-    pub fn changes_to<'s>(&'s self, after: &'s DocRow) -> Vec<(&'s [u8], Option<&'s Row>, Option<&'s Row>)> {
-        let (mut old, mut new) = (self.fields.iter().peekable(), after.fields.iter().peekable());
-        let mut changed = Vec::new();
-        loop {
-            let (field, before, after) = match (old.peek(), new.peek()) {
-                (None, None) => break,
-                (Some((a, _)), Some((b, _))) if a == b => {
-                    let ((field, before), (_, after)) = (old.next().expect("peeked"), new.next().expect("peeked"));
-                    (field, Some(before), Some(after))
-                }
-                (Some((a, _)), Some((b, _))) if a > b => {
-                    new.next().map(|(field, row)| (field, None, Some(row))).expect("peeked")
-                }
-                (Some(_), _) => old.next().map(|(field, row)| (field, Some(row), None)).expect("peeked"),
-                (None, Some(_)) => new.next().map(|(field, row)| (field, None, Some(row))).expect("peeked"),
-            };
-            if before != after {
-                changed.push((field.as_slice(), before, after));
-            }
-        }
-        changed
     }
 
     /// Applies the changes of `operand`.
@@ -152,7 +131,15 @@ impl DocRow {
             });
             places.push(place as u32);
         }
-        let mut out = vec![VERSION];
+        // A header takes at most 64 bytes (height, CID, expiry); a field 6 and an element 8
+        // besides their bytes.
+        let bytes: usize = self
+            .fields
+            .iter()
+            .map(|(field, row)| 6 + field.len() + row.elements().iter().map(|e| 8 + e.value.len()).sum::<usize>())
+            .sum();
+        let mut out = Vec::with_capacity(5 + 64 * headers.len() + bytes);
+        out.push(VERSION);
         out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
         for (height, id, expires) in &headers {
             write_header(&mut out, *height, id, *expires);

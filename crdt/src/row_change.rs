@@ -79,6 +79,9 @@ pub(crate) struct RowChanges<'a> {
     /// Documents whose stored fields are known (read by this round): their changes are
     /// written whole, as a put, not as a merge.
     documents: Documents,
+    /// Index records put (`true`) or deleted since the last seal, which writes them in key
+    /// order: inserted in order, a memtable finds each next one's place from the last's.
+    index_records: Vec<(Vec<u8>, bool)>,
 }
 
 impl<'a> RowChanges<'a> {
@@ -104,6 +107,7 @@ impl<'a> RowChanges<'a> {
             document: None,
             file_document: None,
             documents: Documents::new(),
+            index_records: Vec::new(),
         }
     }
 
@@ -143,38 +147,35 @@ impl<'a> RowChanges<'a> {
         self.notice(key, before, after, notice);
     }
 
-    /// Writes the record of the document whose entries start with `document`: `after` in
-    /// place of `before` (the fields it holds), whole, and for each field whose row changed
-    /// what [`RowChanges::write`] writes for a key.
+    /// Writes the record of the document whose entries start with `document` (`was_empty`:
+    /// it held no field before), whole, as `after`; `changed` names the entry of each field
+    /// whose row changed with the row it had, and for each is written what
+    /// [`RowChanges::write`] writes for a key.
     pub fn write_document(
         &mut self,
         batch: &mut WriteBatch,
-        document: &[u8],
-        before: &DocRow,
+        (document, was_empty): (&[u8], bool),
         after: &DocRow,
+        changed: &[(&[u8], Option<Row>)],
         notice: Notice,
     ) {
-        let changed = before.changes_to(after);
         if changed.is_empty() {
             return;
         }
         self.merge_document(batch);
         let empty = Row::default();
-        let mut entry = document.to_vec();
-        for (field, old, new) in changed {
-            entry.truncate(document.len());
-            entry.extend_from_slice(field);
-            let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
-            self.left(batch, &entry, old, new);
-            self.derive(batch, &entry, old, new);
-            self.notice(&entry, old, new, notice);
+        for (entry, old) in changed {
+            let (old, new) = (old.as_ref().unwrap_or(&empty), after.get(&entry[document.len()..]).unwrap_or(&empty));
+            self.left(batch, entry, old, new);
+            self.derive(batch, entry, old, new);
+            self.notice(entry, old, new, notice);
         }
         let key = self.topic.key(document);
         match after.is_empty() {
             true => batch.delete_cf(self.kv, key),
             false => batch.put_cf(self.kv, key, after.encode()),
         }
-        if before.is_empty() && !after.is_empty() {
+        if was_empty && !after.is_empty() {
             self.made(document);
         }
         if let Some(known) = self.documents.get_mut(document) {
@@ -235,10 +236,10 @@ impl<'a> RowChanges<'a> {
                     let old = index.def.row_values(before);
                     let new = index.def.row_values(after);
                     for value in old.difference(&new) {
-                        batch.delete_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, doc));
+                        self.index_records.push((crate::index::record_key(self.topic, &index.name, value, doc), false));
                     }
                     for value in new.difference(&old) {
-                        batch.put_cf(self.doc_index, crate::index::record_key(self.topic, &index.name, value, doc), []);
+                        self.index_records.push((crate::index::record_key(self.topic, &index.name, value, doc), true));
                     }
                 }
             }
@@ -302,9 +303,18 @@ impl<'a> RowChanges<'a> {
 
     /// Writes the key count the changes so far leave, and hands over their watchers' changes
     /// and earliest expiry; further changes go on from there. Every batch rows were written
-    /// into is sealed before it is written: it takes the last document's changed fields.
+    /// into is sealed before it is written: it takes the last document's changed fields and
+    /// the index records.
     pub fn seal(&mut self, batch: &mut WriteBatch) -> Sealed {
         self.merge_document(batch);
+        // A stable sort: of two changes to one record, the later stays last.
+        self.index_records.sort_by(|a, b| a.0.cmp(&b.0));
+        for (record, put) in self.index_records.drain(..) {
+            match put {
+                true => batch.put_cf(self.doc_index, record, []),
+                false => batch.delete_cf(self.doc_index, record),
+            }
+        }
         self.tell_key_filter();
         let key_count = self.key_count.max(0) as u64;
         batch.put_cf(self.meta, key_count_key(self.topic), key_count.to_be_bytes());

@@ -142,25 +142,29 @@ impl<'a> Plan<'a> {
         now: u64,
     ) {
         for (prefix, fields) in self.docs {
-            let before = documents.remove(prefix).unwrap_or_default();
-            let mut after = before.clone();
-            for field in fields {
+            let doc = match documents.get_mut(prefix) {
+                Some(doc) => doc,
+                None => documents.entry(prefix.to_vec()).or_default(),
+            };
+            let was_empty = doc.is_empty();
+            // Each changed field's entry with the row it had.
+            let mut changed: Vec<(&[u8], Option<Row>)> = Vec::with_capacity(fields.len());
+            for field in &fields {
+                let entry = &self.entries[field.entry.0..field.entry.1];
                 match field.outcome {
                     Some((value, expires)) => {
                         let element = Element { height, id, value: value.to_vec(), expires };
-                        after.insert(field.name.into_owned(), Row::single(element));
+                        changed.push((entry, doc.replace(&field.name, Row::single(element))));
                     }
                     // A field with nothing live is left to its expiry's collection, as a key is.
-                    None if before.get(&field.name).is_some_and(|row| row.visible(now).is_some()) => {
-                        let entry = &self.entries[field.entry.0..field.entry.1];
+                    None if doc.get(&field.name).is_some_and(|row| row.visible(now).is_some()) => {
                         rows_changed.version(batch, entry, (height, &id), true);
-                        after.remove(&field.name);
+                        changed.push((entry, doc.remove(&field.name)));
                     }
                     None => {}
                 }
             }
-            rows_changed.write_document(batch, prefix, &before, &after, Notice::Written(height));
-            documents.insert(prefix.to_vec(), after);
+            rows_changed.write_document(batch, (prefix, was_empty), doc, &changed, Notice::Written(height));
         }
     }
 }
