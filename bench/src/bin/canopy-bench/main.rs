@@ -16,6 +16,11 @@ mod table_runs;
 
 use table_runs::{DocsArgs, TablesArgs};
 
+/// canopy's binaries allocate with mimalloc: the writer thread frees what callers allocated,
+/// which glibc's allocator made a quarter of its time (see ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "canopy-bench", version, about = "canopy's workloads, simulator and reports")]
 struct Cli {
