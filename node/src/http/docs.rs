@@ -250,8 +250,8 @@ struct BatchChange {
 }
 
 /// `POST /v1/topics/{t}/docs`: a JSON array of changes, `{"key": K, "put": {...}}`,
-/// `{"key": K, "patch": {...}}` or `{"key": K, "delete": true}`, applied as one block, each
-/// seeing its document as this node held it before the batch; acknowledged (`ack`) and
+/// `{"key": K, "patch": {...}}` or `{"key": K, "delete": true}`, applied as one block, in
+/// order (a change sees its document as the earlier ones left it); acknowledged (`ack`) and
 /// expiring (`ttl`) as a single write.
 pub(super) async fn batch_docs(
     State(node): State<Node>,

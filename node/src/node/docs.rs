@@ -92,7 +92,7 @@ impl NodeTopic {
     }
 
     /// Applies every change of `changes` as one block, atomically: puts, merge patches and
-    /// deletes, each seeing its document as this node held it before the batch. With
+    /// deletes, in order (a change sees its document as the earlier ones left it). With
     /// `expires_ms`, the fields written expire then. `None` when nothing changed.
     pub fn doc_batch(
         &self,
