@@ -12,14 +12,16 @@
 //! fields it changes, as with a record per field, and the fields it leaves alone stay as they
 //! are even when another write changed them since it read.
 //!
-//! Encoding of a record and of an operand alike (integers big-endian): a version byte (1); the
-//! number of headers (4 bytes), each a distinct `(height, element id, expiry)` of the elements,
-//! encoded as a row encodes them (height, CID length with the expiry flag, CID, expiry if any);
-//! then per field, in name order, the name's length (2 bytes), the name, the number of its
-//! elements (4 bytes), and per element, best first, its header's place (4 bytes), its value's
-//! length (4 bytes) and its value. The fields one block wrote share one header, so a document
-//! of ten fields carries one CID where ten rows carried ten. An operand's field with no element
-//! removes the field; a record holds none.
+//! Encoding of a record and of an operand alike: a version byte (2); the number of headers,
+//! each a distinct `(height, element id, expiry)` of the elements, encoded as a row encodes
+//! them (height, CID length with the expiry flag, CID, expiry if any); then per field, in name
+//! order, the name's length, the name, the number of its elements, and per element, best first,
+//! its header's place, its value's length and its value. Counts, lengths and places are
+//! unsigned varints (one byte below 128), so a field of a short value costs its name and value
+//! and four bytes. The fields one block wrote share one header, so a document of ten fields
+//! carries one CID where ten rows carried ten. An operand's field with no element removes the
+//! field; a record holds none. Version 1, still read, wrote counts, lengths and places
+//! big-endian in 4 bytes (a name's length in 2).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,7 +32,9 @@ use crate::error::StorageError;
 
 use crate::row::{Element, Row, read_header, take, write_header};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The first encoding: fixed-width big-endian integers.
+const VERSION_FIXED: u8 = 1;
 
 /// Distinct headers an encoding finds by a scan; beyond, by a map.
 const HEADERS_SCANNED_MAX: usize = 16;
@@ -131,27 +135,27 @@ impl DocRow {
             });
             places.push(place as u32);
         }
-        // A header takes at most 64 bytes (height, CID, expiry); a field 6 and an element 8
-        // besides their bytes.
+        // A header takes at most 64 bytes (height, CID, expiry); a field's and an element's
+        // varints at most 10 each besides their bytes.
         let bytes: usize = self
             .fields
             .iter()
-            .map(|(field, row)| 6 + field.len() + row.elements().iter().map(|e| 8 + e.value.len()).sum::<usize>())
+            .map(|(field, row)| 20 + field.len() + row.elements().iter().map(|e| 20 + e.value.len()).sum::<usize>())
             .sum();
-        let mut out = Vec::with_capacity(5 + 64 * headers.len() + bytes);
+        let mut out = Vec::with_capacity(11 + 64 * headers.len() + bytes);
         out.push(VERSION);
-        out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+        put_varint(&mut out, headers.len());
         for (height, id, expires) in &headers {
             write_header(&mut out, *height, id, *expires);
         }
         let mut places = places.into_iter();
         for (field, row) in &self.fields {
-            out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            put_varint(&mut out, field.len());
             out.extend_from_slice(field);
-            out.extend_from_slice(&(row.len() as u32).to_be_bytes());
+            put_varint(&mut out, row.len());
             for element in row.elements() {
-                out.extend_from_slice(&places.next().expect("a place per element").to_be_bytes());
-                out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
+                put_varint(&mut out, places.next().expect("a place per element") as usize);
+                put_varint(&mut out, element.value.len());
                 out.extend_from_slice(&element.value);
             }
         }
@@ -159,26 +163,28 @@ impl DocRow {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DocRow, String> {
-        let Some((&VERSION, mut rest)) = bytes.split_first() else {
-            return Err("a document record of an unknown version".into());
+        let (int, mut rest): (IntReader, &[u8]) = match bytes.split_first() {
+            Some((&VERSION, rest)) => (|rest, _| take_varint(rest), rest),
+            Some((&VERSION_FIXED, rest)) => (take_fixed, rest),
+            _ => return Err("a document record of an unknown version".into()),
         };
-        let count = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+        let count = int(&mut rest, 4)?;
         // Each header takes at least 9 bytes: a count beyond the bytes left is corrupt.
-        let mut headers = Vec::with_capacity((count as usize).min(rest.len() / 9));
+        let mut headers = Vec::with_capacity(count.min(rest.len() / 9));
         for _ in 0..count {
             headers.push(read_header(&mut rest)?);
         }
         let mut fields = BTreeMap::new();
         while !rest.is_empty() {
-            let name_len = u16::from_be_bytes(take(&mut rest, 2)?.try_into().expect("took 2 bytes"));
-            let field = take(&mut rest, usize::from(name_len))?.to_vec();
-            let elements = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
+            let name_len = int(&mut rest, 2)?;
+            let field = take(&mut rest, name_len)?.to_vec();
+            let elements = int(&mut rest, 4)?;
             let mut row = Row::default();
             for _ in 0..elements {
-                let place = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
-                let &(height, id, expires) = headers.get(place as usize).ok_or("an element names no header")?;
-                let value_len = u32::from_be_bytes(take(&mut rest, 4)?.try_into().expect("took 4 bytes"));
-                let value = take(&mut rest, value_len as usize)?.to_vec();
+                let place = int(&mut rest, 4)?;
+                let &(height, id, expires) = headers.get(place).ok_or("an element names no header")?;
+                let value_len = int(&mut rest, 4)?;
+                let value = take(&mut rest, value_len)?.to_vec();
                 if row.contains(&id) {
                     return Err("a field holds one element twice".into());
                 }
@@ -191,6 +197,26 @@ impl DocRow {
         }
         Ok(DocRow { fields })
     }
+}
+
+/// Reads an integer of a record: a varint, or (version 1) big-endian in the given width.
+type IntReader = fn(&mut &[u8], usize) -> Result<usize, String>;
+
+/// Appends `n` as an unsigned varint.
+fn put_varint(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(unsigned_varint::encode::usize(n, &mut unsigned_varint::encode::usize_buffer()));
+}
+
+/// Takes an unsigned varint off `bytes`.
+fn take_varint(bytes: &mut &[u8]) -> Result<usize, String> {
+    let (n, rest) = unsigned_varint::decode::usize(bytes).map_err(|e| format!("a document record's integer: {e}"))?;
+    *bytes = rest;
+    Ok(n)
+}
+
+/// Takes a big-endian integer of `width` bytes (2 or 4) off `bytes`.
+fn take_fixed(bytes: &mut &[u8], width: usize) -> Result<usize, String> {
+    Ok(take(bytes, width)?.iter().fold(0usize, |n, byte| n << 8 | usize::from(*byte)))
 }
 
 /// The `kv` merge operator's full merge: the stored fields (if any) with every operand
@@ -314,7 +340,7 @@ pub(crate) fn migrate(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<u64, Storag
         }
         let value = iter.value().expect("a valid iterator has a value");
         let fields = &mut gathered.as_mut().expect("set above").1;
-        if field.is_empty() && value.first() == Some(&VERSION) {
+        if field.is_empty() && matches!(value.first(), Some(&(VERSION | VERSION_FIXED))) {
             fields.fields.extend(DocRow::decode(value).map_err(|e| corrupt(key, e))?.fields);
         } else {
             fields.set(field, Row::decode(value).map_err(|e| corrupt(key, e))?);
@@ -355,7 +381,8 @@ mod tests {
         doc.set(b"b", row(2, b"2"));
         assert_eq!(DocRow::decode(&doc.encode()).unwrap(), doc);
         assert!(DocRow::decode(&doc.encode()[..7]).is_err());
-        assert!(DocRow::decode(&[2]).is_err(), "an unknown version is refused");
+        assert!(DocRow::decode(&[3]).is_err(), "an unknown version is refused");
+        assert!(DocRow::decode(&[VERSION, 0x80]).is_err(), "a varint cut short is refused");
 
         let mut change = DocRow::default();
         change.set(b"a", Row::default());
@@ -378,6 +405,45 @@ mod tests {
         base.set(b"b", row(2, b"2"));
         base.apply(folded);
         assert_eq!(base, doc);
+    }
+
+    /// `doc` as the first encoding wrote it: integers big-endian, a header per element.
+    fn encode_fixed(doc: &DocRow) -> Vec<u8> {
+        let elements: Vec<&Element> = doc.fields.values().flat_map(Row::elements).collect();
+        let mut out = vec![VERSION_FIXED];
+        out.extend_from_slice(&(elements.len() as u32).to_be_bytes());
+        for element in &elements {
+            write_header(&mut out, element.height, &element.id, element.expires);
+        }
+        let mut place = 0u32;
+        for (field, row) in &doc.fields {
+            out.extend_from_slice(&(field.len() as u16).to_be_bytes());
+            out.extend_from_slice(field);
+            out.extend_from_slice(&(row.len() as u32).to_be_bytes());
+            for element in row.elements() {
+                out.extend_from_slice(&place.to_be_bytes());
+                out.extend_from_slice(&(element.value.len() as u32).to_be_bytes());
+                out.extend_from_slice(&element.value);
+                place += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn records_of_the_first_encoding_read_the_same_and_are_larger() {
+        let mut doc = DocRow::default();
+        for field in 0..10u8 {
+            doc.set(&[b'f', field], row(7, &[b'v'; 12]));
+        }
+        let mut two = row(8, &vec![b'x'; 300]);
+        two.insert(Element { height: 9, id: id(9), value: b"y".to_vec(), expires: Some(1234) });
+        doc.set(&[b'n'; 200], two);
+        let fixed = encode_fixed(&doc);
+        assert_eq!(DocRow::decode(&fixed).unwrap(), doc);
+        let compact = doc.encode();
+        assert_eq!(DocRow::decode(&compact).unwrap(), doc);
+        assert!(compact.len() + 150 < fixed.len(), "{} against {} bytes", compact.len(), fixed.len());
     }
 
     #[test]

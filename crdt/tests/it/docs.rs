@@ -204,19 +204,24 @@ fn write_format_2(path: &std::path::Path, keep: &[u8]) {
         if !key[4..].starts_with(canopy_crdt::doc::namespace()) || key[4..] == canopy_crdt::doc::entries_prefix(keep) {
             continue;
         }
-        // A record (see `doc_row.rs`): version 1, the headers (each as a row's element begins),
-        // then per field its name and its elements, each naming its header; a row per field is
-        // its elements, each its header, value length and value.
-        assert_eq!(value[0], 1);
+        // A record (see `doc_row.rs`): version 2, the headers (each as a row's element begins),
+        // then per field its name and its elements, each naming its header, with varint counts,
+        // lengths and places; a row per field is its elements, each its header, value length
+        // (4 bytes) and value.
+        assert_eq!(value[0], 2);
         let mut rest = &value[1..];
         let take = |rest: &mut &[u8], n: usize| {
             let (head, tail) = rest.split_at(n);
             *rest = tail;
             head.to_vec()
         };
-        let be32 = |bytes: Vec<u8>| u32::from_be_bytes(bytes.try_into().unwrap()) as usize;
+        let varint = |rest: &mut &[u8]| {
+            let (n, tail) = unsigned_varint::decode::usize(rest).unwrap();
+            *rest = tail;
+            n
+        };
         let mut headers = Vec::new();
-        for _ in 0..be32(take(&mut rest, 4)) {
+        for _ in 0..varint(&mut rest) {
             let mut header = take(&mut rest, 9);
             let flagged = header[8] & 0x80 != 0;
             header.extend(take(&mut rest, usize::from(header[8] & 0x7f) + if flagged { 8 } else { 0 }));
@@ -224,14 +229,14 @@ fn write_format_2(path: &std::path::Path, keep: &[u8]) {
         }
         db.delete_cf(kv, &key).unwrap();
         while !rest.is_empty() {
-            let name_len = usize::from(u16::from_be_bytes(take(&mut rest, 2).try_into().unwrap()));
+            let name_len = varint(&mut rest);
             let name = take(&mut rest, name_len);
             let mut row = Vec::new();
-            for _ in 0..be32(take(&mut rest, 4)) {
-                row.extend(&headers[be32(take(&mut rest, 4))]);
-                let value_len = take(&mut rest, 4);
-                row.extend(&value_len);
-                row.extend(take(&mut rest, be32(value_len)));
+            for _ in 0..varint(&mut rest) {
+                row.extend(&headers[varint(&mut rest)]);
+                let value_len = varint(&mut rest);
+                row.extend((value_len as u32).to_be_bytes());
+                row.extend(take(&mut rest, value_len));
             }
             db.put_cf(kv, [&key[..], &name].concat(), row).unwrap();
         }
