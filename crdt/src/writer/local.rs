@@ -21,11 +21,13 @@ use crate::schema::CF_HEADS;
 use crate::types::{Change, Commit, Op};
 use crate::writer_list::Lists;
 
-/// Upper bounds on the encoded size of one add, one remove and one link, and on everything
-/// else a block holds. Local deltas are cut by these estimates, so a block built from a cut
+/// Upper bounds on the encoded size of one add, one remove, one expiry and one link, and on
+/// everything else a block holds. Local deltas are cut by these estimates, so a block built from a cut
 /// never exceeds [`BLOCK_BYTES_MAX`].
 const ADD_BYTES_OVERHEAD: usize = 12;
 const REMOVE_BYTES_OVERHEAD: usize = 50;
+/// An expiry names its add's key again, with the time.
+const EXPIRY_BYTES_OVERHEAD: usize = 16;
 const LINK_BYTES: usize = 42;
 const BLOCK_BYTES_OVERHEAD: usize = 96;
 /// Most bytes of delta one local block carries: whatever its links, it stays within the block
@@ -166,7 +168,8 @@ fn request_cost<'a>(
         ops += found + set_since;
         for (name, value) in &change.set {
             bytes += change.prefix.len() + name.len() + value.len() + ADD_BYTES_OVERHEAD;
-            bytes += if change.expires.is_some() { change.prefix.len() + name.len() + ADD_BYTES_OVERHEAD } else { 0 };
+            bytes +=
+                if change.expires.is_some() { change.prefix.len() + name.len() + EXPIRY_BYTES_OVERHEAD } else { 0 };
             ops += 1;
         }
     }
@@ -177,6 +180,9 @@ fn request_cost<'a>(
         ops += removes;
         if let Some(value) = op.value_bytes() {
             bytes += key.len() + value + ADD_BYTES_OVERHEAD;
+            if matches!(op, Op::PutUntil(..)) {
+                bytes += key.len() + EXPIRY_BYTES_OVERHEAD;
+            }
             ops += 1;
         }
     }

@@ -559,3 +559,34 @@ fn a_topic_is_dropped_at_given_heads_only_and_never_with_a_write_acknowledged_si
     assert!(store.existing_topic("t").is_none());
     assert!(!store.drop_topic_at("t", &now).unwrap(), "nothing left to drop");
 }
+
+#[test]
+fn expiring_overwrites_of_long_keys_are_sized_with_their_expiries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let topic = store.topic("t").unwrap();
+    let key = |i: usize| format!("{i:04}{}", "k".repeat(4000)).into_bytes();
+    let mut batch = Batch::new();
+    for i in 0..2000 {
+        batch.put(key(i), "v");
+    }
+    topic.batch(batch).unwrap();
+    // Each overwrite tombstones the old element and names its key in the delta's expiries as
+    // well as in its add: 2000 of them need more than one block, so the batch is refused.
+    let mut batch = Batch::new();
+    for i in 0..2000 {
+        batch.put_until(key(i), "w", u64::MAX);
+    }
+    match topic.batch(batch) {
+        Err(WriteError::TooLarge { .. }) => {}
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    // Half as many fit one block.
+    let mut batch = Batch::new();
+    for i in 0..1000 {
+        batch.put_until(key(i), "w", u64::MAX);
+    }
+    topic.batch(batch).unwrap();
+    assert_eq!(topic.get(&key(0)).unwrap().as_deref(), Some(&b"w"[..]));
+    assert_eq!(topic.get(&key(1999)).unwrap().as_deref(), Some(&b"v"[..]));
+}
