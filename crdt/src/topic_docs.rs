@@ -43,18 +43,17 @@ pub struct DocPage {
 impl Topic {
     /// The document `key`'s visible fields; `None` when it has none.
     pub fn doc(&self, key: &[u8]) -> Result<Option<Fields>, ReadError> {
-        let fields = Held::new(self).fields(key)?;
+        let fields = self.doc_fields(key)?;
         Ok((!fields.is_empty()).then_some(fields))
     }
 
     /// The visible fields of each document of `keys`, in their order (`None` for one with no
-    /// field), read through one iterator: cheaper than [`Topic::doc`] for each, above all when
-    /// the keys come in order.
+    /// field): a read of each document's record, but for those the key filter says the topic
+    /// never held.
     pub fn docs_of(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Fields>>, ReadError> {
-        let mut held = Held::new(self);
         keys.iter()
             .map(|key| {
-                let fields = held.fields(key)?;
+                let fields = self.doc_fields(key)?;
                 Ok((!fields.is_empty()).then_some(fields))
             })
             .collect()
@@ -130,6 +129,25 @@ impl Topic {
         Ok(DocChange { prefix, replace, set, remove, expires: expires_ms })
     }
 
+    /// The visible fields of the document `key`, in name order; none, without a read, when the
+    /// topic's key filter (once built) says it never held the document.
+    fn doc_fields(&self, key: &[u8]) -> Result<Fields, ReadError> {
+        // A field row is in the filter before it is written, so a document put racing this
+        // read is no worse off than one arriving just after it.
+        let entries = doc::entries_prefix(key);
+        let held = self.shared.keys.may_hold_if_ready([&entries[..]]);
+        if held.is_some_and(|held| !held[0]) {
+            return Ok(Vec::new());
+        }
+        let record = self.shared.id.key(&entries);
+        let Some(value) = self.store.db.get_pinned_cf(self.store.cf(CF_KV), record)? else {
+            return Ok(Vec::new());
+        };
+        let now = self.store.options.clock.now();
+        visible_fields(&value, now)
+            .map_err(|what| StorageError::Corrupt(format!("document record of {key:?}: {what}")).into())
+    }
+
     /// The documents whose records start with `prefix`, from the record `from` on (leaving out
     /// the document `from` is), at most `limit` with visible fields.
     fn scan_docs(&self, prefix: &[u8], from: Option<&[u8]>, limit: usize) -> Result<DocPage, ReadError> {
@@ -196,36 +214,4 @@ fn visible_fields(value: &[u8], now: u64) -> Result<Fields, String> {
         }
     }
     Ok(fields)
-}
-
-/// Reads documents' visible fields, skipping those the topic's key filter (once built) says it
-/// never held.
-struct Held<'t> {
-    topic: &'t Topic,
-}
-
-impl<'t> Held<'t> {
-    fn new(topic: &'t Topic) -> Held<'t> {
-        Held { topic }
-    }
-
-    /// The visible fields of the document `key`, in name order.
-    fn fields(&mut self, key: &[u8]) -> Result<Fields, ReadError> {
-        let topic = self.topic;
-        // A document the topic never held has no field to read. A field row is in the filter
-        // before it is written, so a document put racing this read is no worse off than one
-        // arriving just after it.
-        let entries = doc::entries_prefix(key);
-        let held = topic.shared.keys.may_hold_if_ready([&entries[..]]);
-        if held.is_some_and(|held| !held[0]) {
-            return Ok(Vec::new());
-        }
-        let record = topic.shared.id.key(&entries);
-        let Some(value) = topic.store.db.get_pinned_cf(topic.store.cf(CF_KV), record)? else {
-            return Ok(Vec::new());
-        };
-        let now = topic.store.options.clock.now();
-        visible_fields(&value, now)
-            .map_err(|what| StorageError::Corrupt(format!("document record of {key:?}: {what}")).into())
-    }
 }
