@@ -20,8 +20,8 @@ use crate::delta::{Delta, Limits};
 use crate::error::{OpenError, StorageError};
 use crate::row::Row;
 use crate::schema::{
-    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, FORMAT, META_COVER, META_KNOWN, META_MERGE,
-    META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
+    CF_HEADS, CF_KV, CF_META, CF_SNAPSHOTS, CF_TOMBSTONES, FAMILIES, FORMAT_READ_AS_IS, META_COVER, META_KNOWN,
+    META_MERGE, META_TOPIC, column_families, decode_cids, key_count_key, meta_key,
 };
 use crate::serving::{Serving, Source};
 use crate::types::Head;
@@ -182,7 +182,7 @@ impl Inspector {
         // A directory an older canopy wrote may lack families added since; read-only, they
         // cannot be made here.
         let present = DB::list_cf(&Options::default(), path)?;
-        let families = column_families(&cache);
+        let families = column_families(&cache, crate::StoreOptions::default().row_memtable_bytes);
         let missing: Vec<&str> =
             families.iter().map(|family| family.name()).filter(|name| !present.iter().any(|p| p == name)).collect();
         if !missing.is_empty() {
@@ -195,7 +195,7 @@ impl Inspector {
         }
         let db = DB::open_cf_descriptors_read_only(&Options::default(), path, families, false)?;
         // Read-only, the rewrite a node makes at open (documents' records) cannot be made.
-        if let Some(found) = crate::schema::stored_format(&db)?.filter(|found| *found < FORMAT) {
+        if let Some(found) = crate::schema::stored_format(&db)?.filter(|found| *found < FORMAT_READ_AS_IS) {
             let why = format!("was written by an older canopy (data directory format {found})");
             let what = "start the node on it once (or run repair, which rewrites it), then inspect it";
             return Err(OpenError::InvalidOptions(format!("{} {why}: {what}", path.display())));

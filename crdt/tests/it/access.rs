@@ -179,7 +179,7 @@ fn a_data_directory_of_another_format_is_refused_with_a_clear_error() {
         db.delete_cf(db.cf_handle("meta").unwrap(), b"format").unwrap();
     }
     match Store::open(&path, StoreOptions::default()) {
-        Err(error @ OpenError::Format { found: 1, expected: 3 }) => {
+        Err(error @ OpenError::Format { found: 1, expected: 4 }) => {
             assert!(error.to_string().contains("new data directory"), "the error says what to do: {error}")
         }
         other => panic!("format 1 must be refused: {:?}", other.err()),

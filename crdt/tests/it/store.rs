@@ -590,3 +590,93 @@ fn expiring_overwrites_of_long_keys_are_sized_with_their_expiries() {
     assert_eq!(topic.get(&key(0)).unwrap().as_deref(), Some(&b"w"[..]));
     assert_eq!(topic.get(&key(1999)).unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// Rewrites, with plain RocksDB, every row of `path` in the first row encoding (per element its
+/// height, 8 bytes BE; the CID's length, top bit set when an expiry follows; the CID; the expiry,
+/// 8 bytes BE; the value's length, 4 bytes BE; the value) and marks the directory format 3.
+/// Returns how many rows it rewrote.
+fn write_format_3(path: &std::path::Path) -> usize {
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
+    let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, families).unwrap();
+    let kv = db.cf_handle("kv").unwrap();
+    let rows: Vec<_> = db.iterator_cf(kv, rocksdb::IteratorMode::Start).map(Result::unwrap).collect();
+    let varint = |rest: &mut &[u8]| {
+        let (n, tail) = unsigned_varint::decode::u64(rest).unwrap();
+        *rest = tail;
+        n
+    };
+    let mut rewritten = 0;
+    for (key, value) in rows {
+        if key[4..].starts_with(canopy_crdt::doc::namespace()) {
+            continue;
+        }
+        // The compact encoding: 0x80, then per element flags (0x80: an expiry follows), the
+        // height, the block's 32-byte digest, the expiry, the value's length (varints), the value.
+        assert_eq!(value[0], 0x80, "a row written in the compact encoding");
+        let mut rest = &value[1..];
+        let mut first = Vec::new();
+        while !rest.is_empty() {
+            let flags = rest[0];
+            rest = &rest[1..];
+            assert_eq!(flags & 0x7f, 0, "every element id is a block's CID");
+            first.extend(varint(&mut rest).to_be_bytes());
+            first.push(36 | (flags & 0x80));
+            first.extend([0x01, 0x71, 0x1e, 0x20]);
+            first.extend(&rest[..32]);
+            rest = &rest[32..];
+            if flags & 0x80 != 0 {
+                first.extend(varint(&mut rest).to_be_bytes());
+            }
+            let len = varint(&mut rest) as usize;
+            first.extend((len as u32).to_be_bytes());
+            first.extend(&rest[..len]);
+            rest = &rest[len..];
+        }
+        db.put_cf(kv, &key, first).unwrap();
+        rewritten += 1;
+    }
+    db.put_cf(db.cf_handle("meta").unwrap(), b"format", 3u32.to_be_bytes()).unwrap();
+    rewritten
+}
+
+#[test]
+fn rows_of_format_3_are_read_as_they_are_and_rewritten_by_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let far = 4_000_000_000_000;
+    {
+        let store = open(&dir);
+        let topic = store.topic("t").unwrap();
+        let mut batch = Batch::new();
+        for n in 0..50 {
+            batch.put(format!("k{n}"), vec![n as u8; 100]);
+        }
+        batch.put_until("lasting", "until far", far);
+        topic.batch(batch).unwrap();
+        topic.put("k0", "second").unwrap();
+        topic.delete("k1").unwrap();
+    }
+    assert_eq!(write_format_3(dir.path()), 50, "49 keys and the expiring one");
+    let store = open(&dir);
+    let topic = store.topic("t").unwrap();
+    assert_eq!(topic.get(b"k0").unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(topic.get(b"k1").unwrap(), None);
+    assert_eq!(topic.get(b"k7").unwrap(), Some(vec![7; 100]));
+    assert_eq!(topic.get(b"lasting").unwrap().as_deref(), Some(&b"until far"[..]));
+    assert_eq!(topic.key_count(), 50);
+    // An overwrite reads the row of the first encoding to remove its element, and writes the
+    // compact one.
+    topic.put("k7", "third").unwrap();
+    let report = store.inspector().unwrap().verify(&[]).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    drop((topic, store));
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), dir.path()).unwrap();
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), dir.path(), families, false).unwrap();
+    let format = db.get_cf(db.cf_handle("meta").unwrap(), b"format").unwrap().unwrap();
+    assert_eq!(format, 4u32.to_be_bytes(), "the directory is marked with this version's format");
+    let kv = db.cf_handle("kv").unwrap();
+    let first_bytes = db
+        .iterator_cf(kv, rocksdb::IteratorMode::Start)
+        .map(Result::unwrap)
+        .filter(|(key, value)| key.ends_with(b"k7") && value[0] == 0x80);
+    assert_eq!(first_bytes.count(), 1, "the rewritten row is compact");
+}
