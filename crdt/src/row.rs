@@ -317,6 +317,20 @@ mod tests {
         assert_eq!(Row::decode(&row.encode()).unwrap(), row);
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a damaged disk holds, reading them as a row gives a row or an error.
+        #[test]
+        fn any_bytes_read_as_a_row_or_an_error(compact: bool, bytes: Vec<u8>) {
+            let bytes = match compact {
+                true => [vec![COMPACT], bytes].concat(),
+                false => bytes,
+            };
+            if let Ok(row) = Row::decode(&bytes) {
+                proptest::prop_assert_eq!(Row::decode(&row.encode()), Ok(row));
+            }
+        }
+    }
+
     #[test]
     fn damaged_compact_rows_are_refused() {
         let row = Row::single(Element { height: 300, id: id(1), value: b"value".to_vec(), expires: Some(9) });
