@@ -182,7 +182,7 @@ impl Inspector {
         // A directory an older canopy wrote may lack families added since; read-only, they
         // cannot be made here.
         let present = DB::list_cf(&Options::default(), path)?;
-        let families = column_families(&cache, crate::StoreOptions::default().row_memtable_bytes);
+        let families = column_families(&cache, crate::options::ROW_MEMTABLE_BYTES);
         let missing: Vec<&str> =
             families.iter().map(|family| family.name()).filter(|name| !present.iter().any(|p| p == name)).collect();
         if !missing.is_empty() {

@@ -4,6 +4,10 @@ use canopy_dag::Signer;
 
 use crate::delta::Limits;
 
+/// The default size of the memtable of rows ([`StoreOptions::row_memtable_bytes`]), which the
+/// offline tools open a store with too.
+pub(crate) const ROW_MEMTABLE_BYTES: usize = 256 << 20;
+
 /// Settings of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -89,7 +93,7 @@ impl Default for StoreOptions {
             watch_queue_depth: 4096,
             query_limit_max: 10_000,
             cache_bytes: 64 << 20,
-            row_memtable_bytes: 256 << 20,
+            row_memtable_bytes: ROW_MEMTABLE_BYTES,
             limits: Limits::default(),
             compact_after_blocks: 10_000,
             compact_after_bytes: 256 << 20,

@@ -174,6 +174,8 @@ fn topic_cf_options(cache: &Cache, family: &str) -> Options {
     // they are not compressed: compressing them took 8% of a bulk load's CPU (flushes and
     // compactions of 30M keys in 64 topics), CPU the writes and the compactions of the deeper
     // levels, which hold nearly all the data, then share. The bottom level gets the strongest.
+    // (The single type stays set for whatever reads it rather than the levels' list.)
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     {
         use rocksdb::DBCompressionType::{Lz4, None as Plain};
         options.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
