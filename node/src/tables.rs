@@ -154,6 +154,14 @@ pub enum TableError {
         /// What was tried.
         reason: String,
     },
+    /// No partition of a listing or query over the whole table answered.
+    #[error("no partition of table {table} answered: {}", failures_text(.failures))]
+    NoneAnswered {
+        /// The table.
+        table: String,
+        /// Each partition asked, with what went wrong.
+        failures: Vec<(u32, String)>,
+    },
     /// A write was applied but fewer copies than asked held it in time.
     #[error(
         "the write to partition {partition} of table {table} was applied, but {acknowledged} of the {asked} copies \
@@ -195,7 +203,7 @@ impl TableError {
             TableError::Invalid(_) => 400,
             TableError::Conflict(_) => 409,
             TableError::NoSuchTable(_) => 404,
-            TableError::Unavailable { .. } => 503,
+            TableError::Unavailable { .. } | TableError::NoneAnswered { .. } => 503,
             TableError::NotAcknowledged { .. } => 504,
             TableError::Refused { status, .. } => *status,
             TableError::Read(_) => 500,
@@ -203,6 +211,13 @@ impl TableError {
             TableError::Node(_) => 503,
         }
     }
+}
+
+/// Each partition's failure, in the order asked.
+fn failures_text(failures: &[(u32, String)]) -> String {
+    let each: Vec<String> =
+        failures.iter().map(|(partition, error)| format!("[partition {partition}] {error}")).collect();
+    each.join("; ")
 }
 
 impl From<canopy_crdt::WriteError> for TableError {
@@ -635,6 +650,19 @@ fn sorted_heads(heads: &[canopy_crdt::Head]) -> Vec<canopy_crdt::Cid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fan_out_no_partition_answered_names_each_partition() {
+        let error = TableError::NoneAnswered {
+            table: "users".into(),
+            failures: vec![(0, "a unreachable".into()), (3, "b answered 503".into())],
+        };
+        assert_eq!(error.status(), 503);
+        assert_eq!(
+            error.to_string(),
+            "no partition of table users answered: [partition 0] a unreachable; [partition 3] b answered 503"
+        );
+    }
 
     #[test]
     fn table_names_are_checked() {

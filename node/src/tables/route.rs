@@ -272,7 +272,8 @@ impl Table {
 
     /// Sorts the answers of a fan-out over partitions: the pages that came, the partitions
     /// that failed (each with its error), and the token the pages read at merged into the
-    /// caller's. The first error when no partition answered.
+    /// caller's. When no partition answered: its error if only one was asked, else every
+    /// partition's.
     pub(super) fn gather(
         &self,
         pages: Vec<(u32, Result<Listing, TableError>)>,
@@ -292,7 +293,11 @@ impl Table {
             }
         }
         match first_error {
-            Some(error) if answered.is_empty() => Err(error),
+            Some(error) if answered.is_empty() && failed.len() == 1 => Err(error),
+            Some(_) if answered.is_empty() => Err(TableError::NoneAnswered {
+                table: self.def.name.clone(),
+                failures: failed.into_iter().map(|failure| (failure.partition, failure.error)).collect(),
+            }),
             _ => Ok((answered, failed, token)),
         }
     }
