@@ -249,6 +249,21 @@ pub(crate) fn split(key: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((document, &key[document.len()..]))
 }
 
+/// The `kv` family's compaction filter: removes a document's record left with no field. The
+/// writes that know a document's fields delete its record when they remove the last one, but
+/// those that only hand over removals (an expiry's collection, a snapshot's merge, a repair)
+/// merge them, and the merge leaves an empty record, which reads as no document. RocksDB puts
+/// a deletion where a removed record was, so no older version of it shows again.
+pub(crate) fn drop_empty(_level: u32, key: &[u8], value: &[u8]) -> rocksdb::CompactionDecision {
+    let record = key.get(TOPIC_ID_BYTES..).and_then(split).is_some_and(|(_, field)| field.is_empty());
+    // An empty record is its version and a zero count; any field brings a header of more than
+    // 16 bytes, so a record that long is not decoded to be kept.
+    match record && value.len() < 16 && DocRow::decode(value).is_ok_and(|doc| doc.is_empty()) {
+        true => rocksdb::CompactionDecision::Remove,
+        false => rocksdb::CompactionDecision::Keep,
+    }
+}
+
 /// The record a scan from the logical key `from` starts at: a document entry's document.
 pub(crate) fn seek_key(from: &[u8]) -> &[u8] {
     split(from).map_or(from, |(document, _)| document)

@@ -168,6 +168,7 @@ fn topic_cf_options(cache: &Cache, family: &str) -> Options {
     if family == CF_KV {
         // A document's fields are one record, changed by merges (see `doc_row.rs`).
         options.set_merge_operator("canopy.document.v1", crate::doc_row::full_merge, crate::doc_row::partial_merge);
+        options.set_compaction_filter("canopy.empty-documents", crate::doc_row::drop_empty);
     }
     options.set_block_based_table_factory(&table_options(cache, reads));
     // Level 0 and the level it is compacted into are rewritten soon after they are written, so

@@ -374,3 +374,49 @@ fn racing_writers_of_large_documents_are_cut_into_blocks_that_every_peer_accepts
     let report = store.inspector().unwrap().verify(&[]).unwrap();
     assert!(report.problems.is_empty(), "{report:?}");
 }
+
+/// Records of `kv` under the document namespace in the store at `path` (closed), read with
+/// plain RocksDB.
+fn document_records(path: &std::path::Path) -> usize {
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), path, families, false).unwrap();
+    let kv = db.cf_handle("kv").unwrap();
+    let records = db.iterator_cf(kv, rocksdb::IteratorMode::Start).map(Result::unwrap);
+    records.filter(|(key, _)| key[4..].starts_with(canopy_crdt::doc::namespace())).count()
+}
+
+#[test]
+fn a_document_whose_fields_all_expired_leaves_no_record_once_compacted() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // In the past, so `verify`, which judges expiry by the system clock, sees what the store's
+    // clock does.
+    const START_MS: u64 = 1_700_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicU64::new(START_MS));
+    {
+        let clock = now.clone();
+        let clock = canopy_crdt::Clock::from_fn(move || clock.load(Ordering::SeqCst));
+        let store = canopy_crdt::Store::open(
+            dir.path(),
+            canopy_crdt::StoreOptions { clock, ..canopy_crdt::StoreOptions::default() },
+        )
+        .unwrap();
+        let topic = store.topic("registry").unwrap();
+        let writes = vec![
+            (b"svc/a".to_vec(), DocWrite::Put(fields(&[("addr", "\"10.0.0.1\""), ("env", "\"prod\"")]))),
+            (b"svc/b".to_vec(), DocWrite::Put(fields(&[("addr", "\"10.0.0.2\"")]))),
+        ];
+        topic.doc_batch(writes, Some(START_MS + 30_000)).unwrap();
+        topic.doc_batch(vec![(b"svc/c".to_vec(), DocWrite::Put(fields(&[("addr", "\"10.0.0.3\"")])))], None).unwrap();
+        now.store(START_MS + 30_000, Ordering::SeqCst);
+        topic.collect_expired().unwrap();
+        assert_eq!(topic.doc(b"svc/a").unwrap(), None);
+        topic.compact_storage().unwrap();
+        assert_eq!(topic.doc(b"svc/a").unwrap(), None);
+        assert!(topic.doc(b"svc/c").unwrap().is_some());
+        let report = store.inspector().unwrap().verify(&[]).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+    assert_eq!(document_records(dir.path()), 1, "the expired documents' records are gone, svc/c's stays");
+}
