@@ -30,7 +30,13 @@ pub struct DocsConfig {
     pub unindexed_queries: usize,
     /// Seed of the documents' contents.
     pub seed: u64,
+    /// Indexes kept while the documents are written, of the two [`KEPT`] declares.
+    pub kept_indexes: usize,
 }
+
+/// The indexes a run keeps while it writes: on `n` (a number, whose values arrive in order)
+/// and on `f2` (a string, whose values arrive in no order).
+const KEPT: [(&str, &str, IndexKind); 2] = [("by_n", "n", IndexKind::Number), ("by_f2", "f2", IndexKind::String)];
 
 /// What a documents run measured.
 #[derive(Clone, Debug, Serialize)]
@@ -135,8 +141,9 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     // and compactions the values' load left would otherwise be paid during the documents'.
     wait_idle(&store)?;
 
-    let kept = [("by_n", "n", IndexKind::Number), ("by_f2", "f2", IndexKind::String)];
-    for (name, path, kind) in kept {
+    anyhow::ensure!(config.kept_indexes <= KEPT.len(), "at most {} indexes are kept while writing", KEPT.len());
+    let kept = &KEPT[..config.kept_indexes];
+    for &(name, path, kind) in kept {
         let def = IndexDef::new(path, kind).map_err(anyhow::Error::msg)?;
         docs_topic.declare_index(name, &def)?;
     }
@@ -165,8 +172,8 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     let indexed = time_queries(&docs_topic, config.queries, groups, Some("by_group"))?;
     Ok(DocsReport {
         command: format!(
-            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --unindexed-queries {} --seed {}",
-            config.docs, config.fields, config.batch, config.queries, config.unindexed_queries, config.seed
+            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --unindexed-queries {} --seed {} --kept-indexes {}",
+            config.docs, config.fields, config.batch, config.queries, config.unindexed_queries, config.seed, config.kept_indexes
         ),
         docs: config.docs,
         fields: config.fields,

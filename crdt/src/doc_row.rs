@@ -23,7 +23,7 @@
 //! field; a record holds none. Version 1, still read, wrote counts, lengths and places
 //! big-endian in 4 bytes (a name's length in 2).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use canopy_dag::{Cid, Height, TOPIC_ID_BYTES};
 use rocksdb::{DB, MergeOperands, WriteBatch};
@@ -44,58 +44,84 @@ const HEADERS_SCANNED_MAX: usize = 16;
 pub(crate) type Documents = HashMap<Vec<u8>, DocRow>;
 
 /// Rows of a document's fields by name: a stored record, or the changes an operand makes.
+/// Held as a vector sorted by name: a document has few fields, mostly written in name order,
+/// and one allocation holds them all where a tree took one per node.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct DocRow {
-    fields: BTreeMap<Vec<u8>, Row>,
+    fields: Vec<(Vec<u8>, Row)>,
 }
 
 impl DocRow {
+    /// Where `field` is held, or where it would go.
+    fn find(&self, field: &[u8]) -> Result<usize, usize> {
+        // Fields are mostly set in name order: the last place is tried first.
+        match self.fields.last() {
+            Some((last, _)) if last.as_slice() < field => Err(self.fields.len()),
+            _ => self.fields.binary_search_by(|(held, _)| held.as_slice().cmp(field)),
+        }
+    }
+
     /// The row of `field`: empty when the document has no such field.
     pub fn field(&self, field: &[u8]) -> Row {
-        self.fields.get(field).cloned().unwrap_or_default()
+        self.get(field).cloned().unwrap_or_default()
     }
 
     /// Sets the row of `field`; an empty row removes it (and says so, in an operand).
     pub fn set(&mut self, field: &[u8], row: Row) {
-        self.fields.insert(field.to_vec(), row);
+        self.replace(field, row);
     }
 
     /// The row of `field`, when the document has it.
     pub fn get(&self, field: &[u8]) -> Option<&Row> {
-        self.fields.get(field)
+        self.find(field).ok().map(|at| &self.fields[at].1)
     }
 
     /// The names of the fields, in order.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.fields.keys().map(Vec::as_slice)
+        self.fields.iter().map(|(name, _)| name.as_slice())
     }
 
     /// Sets the row of `field` in a stored record (where an empty row has no place); returns
     /// the row it had.
     pub fn replace(&mut self, field: &[u8], row: Row) -> Option<Row> {
-        match self.fields.get_mut(field) {
-            Some(held) => Some(std::mem::replace(held, row)),
-            None => self.fields.insert(field.to_vec(), row),
+        match self.find(field) {
+            Ok(at) => Some(std::mem::replace(&mut self.fields[at].1, row)),
+            Err(at) => {
+                self.fields.insert(at, (field.to_vec(), row));
+                None
+            }
         }
     }
 
     /// Removes `field` from a stored record; returns the row it had.
     pub fn remove(&mut self, field: &[u8]) -> Option<Row> {
-        self.fields.remove(field)
+        self.find(field).ok().map(|at| self.fields.remove(at).1)
     }
 
     /// Elements of every field.
     pub fn elements(&self) -> usize {
-        self.fields.values().map(Row::len).sum()
+        self.fields.iter().map(|(_, row)| row.len()).sum()
     }
 
     /// Applies the changes of `operand`.
     pub fn apply(&mut self, operand: DocRow) {
         for (field, row) in operand.fields {
             match row.is_empty() {
-                true => self.fields.remove(&field),
-                false => self.fields.insert(field, row),
-            };
+                true => {
+                    self.remove(&field);
+                }
+                false => {
+                    self.replace(&field, row);
+                }
+            }
+        }
+    }
+
+    /// Folds the later operand `later` into this one: each field it names takes its row,
+    /// removals included.
+    pub fn fold(&mut self, later: DocRow) {
+        for (field, row) in later.fields {
+            self.replace(&field, row);
         }
     }
 
@@ -116,7 +142,7 @@ impl DocRow {
         // by a map once they are many.
         let mut placed: HashMap<(Height, &Cid, Option<u64>), usize> = HashMap::new();
         let mut places: Vec<u32> = Vec::new();
-        for element in self.fields.values().flat_map(Row::elements) {
+        for element in self.fields.iter().flat_map(|(_, row)| row.elements()) {
             let header = (element.height, &element.id, element.expires);
             let found = match headers.len() > HEADERS_SCANNED_MAX {
                 true => placed.get(&header).copied(),
@@ -174,7 +200,7 @@ impl DocRow {
         for _ in 0..count {
             headers.push(read_header(&mut rest)?);
         }
-        let mut fields = BTreeMap::new();
+        let mut fields: Vec<(Vec<u8>, Row)> = Vec::new();
         while !rest.is_empty() {
             let name_len = int(&mut rest, 2)?;
             let field = take(&mut rest, name_len)?.to_vec();
@@ -190,13 +216,35 @@ impl DocRow {
                 }
                 row.insert(Element { height, id, value, expires });
             }
-            if fields.last_key_value().is_some_and(|(last, _)| *last >= field) {
+            if fields.last().is_some_and(|(last, _)| *last >= field) {
                 return Err("document fields out of order".into());
             }
-            fields.insert(field, row);
+            fields.push((field, row));
         }
         Ok(DocRow { fields })
     }
+}
+
+/// The record of a document that holds only `fields` (each a name and a value, in name order,
+/// names unique), all written by block `(height, id)` with one expiry: the bytes
+/// [`DocRow::encode`] gives for it, made without a row per field.
+pub(crate) fn encode_fresh(fields: &[(&[u8], &[u8])], (height, id): (Height, &Cid), expires: Option<u64>) -> Vec<u8> {
+    let bytes: usize = fields.iter().map(|(name, value)| 20 + name.len() + value.len()).sum();
+    let mut out = Vec::with_capacity(75 + bytes);
+    out.push(VERSION);
+    put_varint(&mut out, usize::from(!fields.is_empty()));
+    if !fields.is_empty() {
+        write_header(&mut out, height, id, expires);
+    }
+    for (name, value) in fields {
+        put_varint(&mut out, name.len());
+        out.extend_from_slice(name);
+        // One element, of the one header.
+        out.extend_from_slice(&[1, 0]);
+        put_varint(&mut out, value.len());
+        out.extend_from_slice(value);
+    }
+    out
 }
 
 /// Reads an integer of a record: a varint, or (version 1) big-endian in the given width.
@@ -237,7 +285,7 @@ pub(crate) fn full_merge(_key: &[u8], stored: Option<&[u8]>, operands: &MergeOpe
 pub(crate) fn partial_merge(_key: &[u8], _stored: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
     let mut doc = DocRow::default();
     for operand in operands {
-        doc.fields.extend(DocRow::decode(operand).ok()?.fields);
+        doc.fold(DocRow::decode(operand).ok()?);
     }
     Some(doc.encode())
 }
@@ -356,7 +404,7 @@ pub(crate) fn migrate(db: &DB, kv: &rocksdb::ColumnFamily) -> Result<u64, Storag
         let value = iter.value().expect("a valid iterator has a value");
         let fields = &mut gathered.as_mut().expect("set above").1;
         if field.is_empty() && matches!(value.first(), Some(&(VERSION | VERSION_FIXED))) {
-            fields.fields.extend(DocRow::decode(value).map_err(|e| corrupt(key, e))?.fields);
+            fields.fold(DocRow::decode(value).map_err(|e| corrupt(key, e))?);
         } else {
             fields.set(field, Row::decode(value).map_err(|e| corrupt(key, e))?);
             batch.delete_cf(kv, key);
@@ -390,6 +438,37 @@ mod tests {
     }
 
     #[test]
+    fn a_fresh_record_is_the_bytes_its_rows_encode_to() {
+        let long = vec![b'x'; 300];
+        let fields: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"b", &long), (b"c", b"\"three\"")];
+        for expires in [None, Some(1_700_000_000_000)] {
+            let mut doc = DocRow::default();
+            // Set out of name order: the record does not depend on it.
+            for (name, value) in fields.iter().rev() {
+                doc.set(name, Row::single(Element { height: 7, id: id(7), value: value.to_vec(), expires }));
+            }
+            assert_eq!(encode_fresh(&fields, (7, &id(7)), expires), doc.encode(), "expires {expires:?}");
+            assert_eq!(DocRow::decode(&encode_fresh(&fields, (7, &id(7)), expires)).unwrap(), doc);
+        }
+        assert_eq!(encode_fresh(&[], (7, &id(7)), None), DocRow::default().encode());
+    }
+
+    #[test]
+    fn fields_set_in_any_order_are_held_in_name_order() {
+        let mut doc = DocRow::default();
+        for name in [&b"m"[..], b"c", b"x", b"a", b"c"] {
+            doc.set(name, row(1, name));
+        }
+        assert_eq!(doc.names().collect::<Vec<_>>(), [&b"a"[..], b"c", b"m", b"x"]);
+        assert_eq!(doc.remove(b"m"), Some(row(1, b"m")));
+        assert_eq!(doc.remove(b"m"), None);
+        assert_eq!(doc.replace(b"b", row(2, b"b")), None);
+        assert_eq!(doc.replace(b"b", row(3, b"b")), Some(row(2, b"b")));
+        assert_eq!(doc.names().collect::<Vec<_>>(), [&b"a"[..], b"b", b"c", b"x"]);
+        assert_eq!(DocRow::decode(&doc.encode()).unwrap(), doc);
+    }
+
+    #[test]
     fn records_round_trip_and_operands_apply_in_order() {
         let mut doc = DocRow::default();
         doc.set(b"a", row(1, b"1"));
@@ -413,8 +492,8 @@ mod tests {
 
         // Folding the operands first and applying the fold changes nothing.
         let mut folded = DocRow::default();
-        folded.fields.extend(change.fields);
-        folded.fields.extend(later.fields);
+        folded.fold(change);
+        folded.fold(later);
         let mut base = DocRow::default();
         base.set(b"a", row(1, b"1"));
         base.set(b"b", row(2, b"2"));
@@ -424,7 +503,7 @@ mod tests {
 
     /// `doc` as the first encoding wrote it: integers big-endian, a header per element.
     fn encode_fixed(doc: &DocRow) -> Vec<u8> {
-        let elements: Vec<&Element> = doc.fields.values().flat_map(Row::elements).collect();
+        let elements: Vec<&Element> = doc.fields.iter().flat_map(|(_, row)| row.elements()).collect();
         let mut out = vec![VERSION_FIXED];
         out.extend_from_slice(&(elements.len() as u32).to_be_bytes());
         for element in &elements {

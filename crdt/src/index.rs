@@ -142,13 +142,29 @@ impl IndexDef {
     pub(crate) fn row_values(&self, row: &Row) -> BTreeSet<Vec<u8>> {
         let mut values = BTreeSet::new();
         for element in row.elements() {
-            let Ok(field) = serde_json::from_slice::<Value>(&element.value) else { continue };
-            let nested = self.path[1..].iter().try_fold(&field, |value, name| value.as_object()?.get(name));
-            if let Some(encoded) = nested.and_then(|value| self.encode_value(value)) {
+            if let Some(encoded) = self.json_value(&element.value) {
                 values.insert(encoded);
             }
         }
         values
+    }
+
+    /// The encoded value a field's JSON text gives, if the path leads to a value of the
+    /// index's type.
+    fn json_value(&self, json: &[u8]) -> Option<Vec<u8>> {
+        if self.path.len() == 1 {
+            // The field's own value, read as the index's type with no tree built: what the
+            // tree would give, as a JSON text of another type is refused either way.
+            let value = match self.kind {
+                IndexKind::String => Value::String(serde_json::from_slice::<std::borrow::Cow<str>>(json).ok()?.into()),
+                IndexKind::Number => Value::Number(serde_json::from_slice(json).ok()?),
+                IndexKind::Bool => Value::Bool(serde_json::from_slice(json).ok()?),
+            };
+            return self.encode_value(&value);
+        }
+        let field = serde_json::from_slice::<Value>(json).ok()?;
+        let nested = self.path[1..].iter().try_fold(&field, |value, name| value.as_object()?.get(name))?;
+        self.encode_value(nested)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::doc_row::{self, DocRow, Documents};
 use crate::error::StorageError;
 use crate::index::Indexes;
 use crate::key_filter::{KeyFilter, hash as key_hash};
-use crate::row::Row;
+use crate::row::{Element, Row};
 use crate::schema::{CF_DOC_INDEX, CF_EXPIRIES, CF_HISTORY, CF_KV, CF_META, key_count_key};
 use crate::types::Change;
 
@@ -183,6 +183,49 @@ impl<'a> RowChanges<'a> {
         }
     }
 
+    /// Writes the record of a document this replica holds no field of and that no other
+    /// change of the round names, made by block `(height, id)` from `fields` (each its entry,
+    /// its name and its value, in name order) expiring at `expires`: what
+    /// [`RowChanges::write_document`] writes, with the record encoded straight from the values
+    /// and a field's row made only for an index, an expiry or a watcher that needs it.
+    pub fn write_fresh_document(
+        &mut self,
+        batch: &mut WriteBatch,
+        document: &[u8],
+        fields: &[(&[u8], &[u8], &[u8])],
+        (height, id): (Height, &Cid),
+        expires: Option<u64>,
+        notice: Notice,
+    ) {
+        if fields.is_empty() {
+            return;
+        }
+        self.merge_document(batch);
+        let empty = Row::default();
+        for &(entry, name, value) in fields {
+            let derived = expires.is_some()
+                || self.indexes.as_ref().is_some_and(|indexes| {
+                    crate::index::is_declaration(entry)
+                        || indexes.maintained.iter().any(|index| index.def.path[0].as_bytes() == name)
+                });
+            if derived || self.watched {
+                let element = Element { height, id: *id, value: value.to_vec(), expires };
+                let row = Row::single(element);
+                self.derive(batch, entry, &empty, &row);
+                self.notice(entry, &empty, &row, notice);
+            } else if !crate::counter::is_reserved(entry) {
+                self.key_count += 1;
+            }
+        }
+        let record: Vec<(&[u8], &[u8])> = fields.iter().map(|&(_, name, value)| (name, value)).collect();
+        let record = doc_row::encode_fresh(&record, (height, id), expires);
+        if let Some(known) = self.documents.get_mut(document) {
+            *known = DocRow::decode(&record).expect("a record just encoded decodes");
+        }
+        batch.put_cf(self.kv, self.topic.key(document), record);
+        self.made(document);
+    }
+
     /// Writes `row`, a key's first row, into a row file rather than the batch (which takes
     /// what follows); keys must come in order.
     pub fn write_to_file(
@@ -282,6 +325,11 @@ impl<'a> RowChanges<'a> {
     /// Makes the stored fields of `documents` known: a change of one of them is written whole.
     pub fn know_documents(&mut self, documents: Documents) {
         self.documents.extend(documents);
+    }
+
+    /// The stored fields of the documents made known, as the changes left them.
+    pub fn take_documents(&mut self) -> Documents {
+        std::mem::take(&mut self.documents)
     }
 
     /// Writes the changed fields of the document gathered so far: the whole record when its

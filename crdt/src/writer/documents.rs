@@ -70,7 +70,10 @@ struct FieldPlan<'a> {
 pub(super) struct Plan<'a> {
     /// Every entry key the delta names, one after another.
     entries: Vec<u8>,
-    docs: Vec<(&'a [u8], Vec<FieldPlan<'a>>)>,
+    /// Each document's entries prefix, its fields, and whether it is fresh: the replica holds
+    /// no field of it and no other change of the round names it, so its record is written
+    /// straight from the values set.
+    docs: Vec<(&'a [u8], Vec<FieldPlan<'a>>, bool)>,
     /// Tombstones, as `(entry, element id)`.
     removes: Vec<((usize, usize), Cid)>,
 }
@@ -78,11 +81,13 @@ pub(super) struct Plan<'a> {
 impl<'a> Plan<'a> {
     /// Folds the document changes of `cut` and plans them over the documents as they stand
     /// (`documents`, read by the group), judging at `now` which elements are expired.
-    pub fn new(cut: &[&'a WriteRequest], documents: &Documents, now: u64) -> Plan<'a> {
+    /// `repeated` names, in order, the documents more than one change of the round names.
+    pub fn new(cut: &[&'a WriteRequest], documents: &Documents, now: u64, repeated: &[&[u8]]) -> Plan<'a> {
         let mut plan = Plan { entries: Vec::new(), docs: Vec::new(), removes: Vec::new() };
         for folded in fold(cut) {
             let empty = DocRow::default();
             let stored = documents.get(folded.prefix).unwrap_or(&empty);
+            let fresh = stored.is_empty() && repeated.binary_search(&folded.prefix).is_err();
             let mut named: Vec<(Cow<'a, [u8]>, Outcome<'a>)> =
                 folded.fields.into_iter().map(|(name, outcome)| (Cow::Borrowed(name), outcome)).collect();
             if folded.replace {
@@ -108,7 +113,7 @@ impl<'a> Plan<'a> {
                 }
                 fields.push(FieldPlan { name, entry, outcome });
             }
-            plan.docs.push((folded.prefix, fields));
+            plan.docs.push((folded.prefix, fields, fresh));
         }
         plan
     }
@@ -119,7 +124,7 @@ impl<'a> Plan<'a> {
         let entry = |(start, end): (usize, usize)| &self.entries[start..end];
         let mut adds = Vec::new();
         let mut expiries = Vec::new();
-        for field in self.docs.iter().flat_map(|(_, fields)| fields) {
+        for field in self.docs.iter().flat_map(|(_, fields, _)| fields) {
             if let Some((value, expires)) = field.outcome {
                 adds.push((entry(field.entry), value));
                 if let Some(at) = expires {
@@ -141,7 +146,21 @@ impl<'a> Plan<'a> {
         batch: &mut WriteBatch,
         now: u64,
     ) {
-        for (prefix, fields) in self.docs {
+        for (prefix, fields, fresh) in self.docs {
+            if fresh {
+                // Every field set is new and none is removed (there is nothing to remove); one
+                // change made them all, so they share its expiry.
+                let set: Vec<(&[u8], &[u8], &[u8])> = fields
+                    .iter()
+                    .filter_map(|field| {
+                        let (value, _) = field.outcome?;
+                        Some((&self.entries[field.entry.0..field.entry.1], &*field.name, value))
+                    })
+                    .collect();
+                let expires = fields.iter().find_map(|field| field.outcome).and_then(|(_, expires)| expires);
+                rows_changed.write_fresh_document(batch, prefix, &set, (height, &id), expires, Notice::Written(height));
+                continue;
+            }
             let doc = match documents.get_mut(prefix) {
                 Some(doc) => doc,
                 None => documents.entry(prefix.to_vec()).or_default(),

@@ -62,6 +62,10 @@ struct TopicCommit {
     made: Vec<Cid>,
     /// The earliest expiry among the elements written.
     expires: Option<u64>,
+    /// What the commit no longer needs once its batch is written (the requests, the rows and
+    /// documents it read and made): freed after the writers hear back, so a caller waiting on
+    /// the reply does not wait for the frees too.
+    spent: Vec<Box<dyn std::any::Any>>,
 }
 
 /// Commits queued local writes: as few deltas per topic as the block limits allow, one
@@ -330,6 +334,7 @@ fn prepare_cuts(
         changes: Vec::new(),
         made: Vec::new(),
         expires: None,
+        spent: Vec::new(),
     };
     if let Some(lists) = lists.as_deref_mut() {
         // A writer not on the list at the heads it would build on is refused here, as every
@@ -359,6 +364,8 @@ fn prepare_cuts(
     // The documents changed whole, each record read once.
     let mut prefixes: Vec<&[u8]> = requests.iter().flat_map(|r| r.docs.iter().map(|c| c.prefix.as_slice())).collect();
     prefixes.sort_unstable();
+    let mut repeated: Vec<&[u8]> = prefixes.windows(2).filter(|pair| pair[0] == pair[1]).map(|pair| pair[0]).collect();
+    repeated.dedup();
     prefixes.dedup();
     let mut changed_documents = Documents::new();
     if !prefixes.is_empty() {
@@ -381,8 +388,8 @@ fn prepare_cuts(
             continue;
         }
         if cut_bytes + bytes > DELTA_BYTES_MAX || cut_ops + ops > DELTA_OPS_MAX {
-            let state = (&mut rows, &mut changed_documents);
-            commit_cut(context, &mut commit, state, (&cut, lists.as_deref_mut()), &mut rows_changed, batch)
+            let read = (&mut rows, &mut changed_documents, repeated.as_slice());
+            commit_cut(context, &mut commit, read, (&cut, lists.as_deref_mut()), &mut rows_changed, batch)
                 .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
             cut.clear();
             (cut_bytes, cut_ops) = (0, 0);
@@ -391,12 +398,16 @@ fn prepare_cuts(
         cut_bytes += bytes;
         cut_ops += ops;
     }
-    commit_cut(context, &mut commit, (&mut rows, &mut changed_documents), (&cut, lists), &mut rows_changed, batch)
+    let read = (&mut rows, &mut changed_documents, repeated.as_slice());
+    commit_cut(context, &mut commit, read, (&cut, lists), &mut rows_changed, batch)
         .map_err(|e| (requests.iter().map(|r| r.reply.clone()).collect(), e))?;
 
     write_heads(context, topic, &state.heads, &commit.heads, batch);
     let sealed = rows_changed.seal(batch);
     (commit.key_count, commit.changes, commit.expires) = (sealed.key_count, sealed.changes, sealed.next_expiry);
+    let rows: Vec<Row> = rows.into_values().collect();
+    commit.spent = vec![Box::new(rows), Box::new(changed_documents), Box::new(rows_changed.take_documents())];
+    commit.spent.push(Box::new(requests));
     Ok(commit)
 }
 
@@ -405,7 +416,7 @@ fn prepare_cuts(
 fn commit_cut<'a>(
     context: &Context,
     commit: &mut TopicCommit,
-    (rows, documents): (&mut HashMap<&'a [u8], Row>, &mut Documents),
+    (rows, documents, repeated): (&mut HashMap<&'a [u8], Row>, &mut Documents, &[&[u8]]),
     (cut, mut lists): (&[&'a WriteRequest], Option<&mut Lists>),
     rows_changed: &mut RowChanges,
     batch: &mut WriteBatch,
@@ -456,7 +467,7 @@ fn commit_cut<'a>(
             }
         }
     }
-    let plan = Plan::new(cut, documents, now);
+    let plan = Plan::new(cut, documents, now, repeated);
     let (doc_adds, doc_removes, doc_expiries) = plan.delta();
     if !doc_adds.is_empty() || !doc_removes.is_empty() {
         let sort = !adds.is_empty();

@@ -25,6 +25,10 @@ pub(crate) struct DocsArgs {
     /// Seed of the documents' contents.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Indexes kept while the documents are written: 0, 1 (on `n`, a number) or 2 (and on
+    /// `f2`, a string whose values arrive in no order).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=2))]
+    kept_indexes: u64,
     /// Print one JSON line with every figure after the table.
     #[arg(long)]
     json: bool,
@@ -100,6 +104,7 @@ pub(crate) fn run_docs(args: DocsArgs) -> anyhow::Result<ExitCode> {
         queries: args.queries,
         unindexed_queries: args.unindexed_queries,
         seed: args.seed,
+        kept_indexes: args.kept_indexes as usize,
     };
     let report = canopy_bench::docs::run(&config)?;
     println!("docs={} fields={} batch={} doc_bytes={}", report.docs, report.fields, report.batch, report.doc_bytes);
