@@ -336,8 +336,12 @@ pub(crate) fn compare<'r>(
             expected.extend(index.def.row_values(row).into_iter().map(|value| (value, doc.clone())));
         }
     }
-    let prefix = &records_prefix(topic, &index.name)[canopy_dag::TOPIC_ID_BYTES..];
+    let full_prefix = records_prefix(topic, &index.name);
+    let prefix = &full_prefix[canopy_dag::TOPIC_ID_BYTES..];
     let cf = db.cf_handle(crate::schema::CF_DOC_INDEX).expect("every canopy column family is opened with the database");
+    // The journal's entries not applied yet (read first: one applied meanwhile is then read
+    // twice, which changes nothing) count as if they were.
+    let pending = crate::index_journal::pending(db, topic)?;
     let mut held: BTreeSet<(Vec<u8>, Vec<u8>)> = BTreeSet::new();
     let mut undecodable = 0;
     for item in crate::schema::db_scan_from(db, cf, topic, prefix) {
@@ -349,6 +353,17 @@ pub(crate) fn compare<'r>(
             }
             None => undecodable += 1,
         }
+    }
+    for (key, put) in pending.iter().flatten() {
+        let Some(rest) = key.strip_prefix(&full_prefix[..]) else { continue };
+        match split_record(&index.def, rest) {
+            Some((value, doc)) if *put => held.insert((value.to_vec(), doc.to_vec())),
+            Some((value, doc)) => held.remove(&(value.to_vec(), doc.to_vec())),
+            None => {
+                undecodable += 1;
+                false
+            }
+        };
     }
     if held == expected && undecodable == 0 {
         return Ok(None);

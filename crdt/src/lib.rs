@@ -17,6 +17,7 @@ mod error;
 mod expiry;
 mod history;
 pub mod index;
+mod index_journal;
 mod inner;
 pub mod inspect;
 mod key_filter;

@@ -11,6 +11,8 @@
 //! Records derived from a row's content (the expiry index, the key count and the records of
 //! documents' indexes) are written in one place, [`RowChanges::derive`].
 
+use std::sync::Arc;
+
 use canopy_dag::{Cid, Height, TopicId};
 use rocksdb::{ColumnFamily, DB, SstFileWriter, WriteBatch};
 
@@ -82,6 +84,8 @@ pub(crate) struct RowChanges<'a> {
     /// Index records put (`true`) or deleted since the last seal, which writes them in key
     /// order: inserted in order, a memtable finds each next one's place from the last's.
     index_records: Vec<(Vec<u8>, bool)>,
+    /// Where the index records go as a journal entry, when a journal thread puts them in place.
+    journal: Option<(&'a crate::index_journal::Staged, Arc<crate::index_journal::Marks>)>,
 }
 
 impl<'a> RowChanges<'a> {
@@ -108,7 +112,19 @@ impl<'a> RowChanges<'a> {
             file_document: None,
             documents: Documents::new(),
             index_records: Vec::new(),
+            journal: None,
         }
+    }
+
+    /// Writes the index records as an entry of the topic's journal (whose marks are `marks`),
+    /// staged in `staged` until the batch is written, rather than in place.
+    pub fn with_journal(
+        mut self,
+        staged: &'a crate::index_journal::Staged,
+        marks: &Arc<crate::index_journal::Marks>,
+    ) -> RowChanges<'a> {
+        self.journal = Some((staged, marks.clone()));
+        self
     }
 
     /// Keeps the records of `indexes` up to date too, and tells them when a declaration changes.
@@ -357,10 +373,18 @@ impl<'a> RowChanges<'a> {
         self.merge_document(batch);
         // A stable sort: of two changes to one record, the later stays last.
         self.index_records.sort_by(|a, b| a.0.cmp(&b.0));
-        for (record, put) in self.index_records.drain(..) {
-            match put {
-                true => batch.put_cf(self.doc_index, record, []),
-                false => batch.delete_cf(self.doc_index, record),
+        match &self.journal {
+            Some((staged, marks)) if !self.index_records.is_empty() => {
+                let records = std::mem::take(&mut self.index_records);
+                staged.journal(batch, self.doc_index, self.topic, marks, records);
+            }
+            _ => {
+                for (record, put) in self.index_records.drain(..) {
+                    match put {
+                        true => batch.put_cf(self.doc_index, record, []),
+                        false => batch.delete_cf(self.doc_index, record),
+                    }
+                }
             }
         }
         self.tell_key_filter();

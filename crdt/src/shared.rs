@@ -32,6 +32,8 @@ pub(crate) struct TopicShared {
     /// Which keys the topic may hold, kept by the writer thread so that writes of new keys
     /// skip reading their rows.
     pub keys: crate::key_filter::KeyFilter,
+    /// How far the topic's index journal is written and applied (see `index_journal.rs`).
+    pub journal: Arc<crate::index_journal::Marks>,
 }
 
 impl TopicShared {

@@ -47,6 +47,10 @@ impl Drop for Compactor {
     }
 }
 
+/// Index journal entries written and not yet taken by the journal thread, at most: a writer
+/// thread that gets this far ahead waits for it.
+const JOURNAL_ENTRIES_QUEUED: usize = 256;
+
 /// Log bytes past which the families holding the oldest log are flushed.
 const WAL_BYTES_MAX: u64 = 256 << 20;
 
@@ -108,6 +112,11 @@ impl Store {
             }
         }
         crate::schema::check_format(&db)?;
+        // Index records a crash left in the journal are put in place before anything reads them.
+        let recovered = crate::index_journal::recover(&db)?;
+        if recovered > 0 {
+            tracing::info!(entries = recovered, "applied the documents' index journal a crash left");
+        }
         let signer = match &options.author {
             Some(signer) => signer.clone(),
             None => stored_signer(&db)?,
@@ -136,6 +145,7 @@ impl Store {
         });
         // Shared by the writer threads: the store-wide count of block bytes not yet pruned.
         let unpruned_bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (journal, journal_entries) = bounded(JOURNAL_ENTRIES_QUEUED);
         for index in 0..inner.options.writer_threads {
             let (tx, rx) = bounded(inner.options.queue_depth);
             let context = writer::Context::new(
@@ -145,6 +155,7 @@ impl Store {
                 inner.compactions.clone(),
                 inner.poisoned.clone(),
                 unpruned_bytes.clone(),
+                journal.clone(),
             );
             let handle = std::thread::Builder::new()
                 .name(format!("canopy-writer-{index}"))
@@ -153,6 +164,15 @@ impl Store {
             inner.writers.lock().expect("writers lock").push(tx);
             inner.threads.lock().expect("threads lock").push(handle);
         }
+        // The journal thread stops once every writer thread is gone (with the last sender), so
+        // it is joined after them.
+        drop(journal);
+        let (db, poisoned) = (inner.db.clone(), inner.poisoned.clone());
+        let handle = std::thread::Builder::new()
+            .name("canopy-indexes".into())
+            .spawn(move || crate::index_journal::run(db, journal_entries, poisoned))
+            .map_err(OpenError::Thread)?;
+        inner.threads.lock().expect("threads lock").push(handle);
         let (stop, stopped) = bounded(0);
         let policy = inner.clone();
         let thread = std::thread::Builder::new()

@@ -106,6 +106,8 @@ impl Topic {
         let Some(status) = self.indexes().into_iter().find(|index| index.name == name && index.ready) else {
             return Ok(None);
         };
+        // The records then hold every change of the rows written before this read.
+        self.shared.journal.settle();
         let prefix = index::records_prefix(self.shared.id, name);
         let mut start = prefix.clone();
         match (scan.after, scan.lower) {

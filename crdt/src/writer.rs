@@ -269,6 +269,7 @@ impl TopicState {
             parts_used_ms: AtomicU64::new(crate::types::wall_ms()),
             indexes: RwLock::new(Arc::new(indexes.maintained.iter().map(|index| index.status()).collect())),
             keys: crate::key_filter::KeyFilter::default(),
+            journal: Arc::default(),
         });
         Ok(TopicState {
             shared,
@@ -469,6 +470,10 @@ pub(crate) struct Context {
     poisoned: Arc<AtomicBool>,
     /// Signs local blocks.
     signer: Signer,
+    /// Index journal entries of the batch being made, and the journal thread they go to once
+    /// it is written.
+    staged: crate::index_journal::Staged,
+    journal: Sender<crate::index_journal::Entry>,
 }
 
 impl Context {
@@ -485,6 +490,7 @@ impl Context {
         )
         .with_indexes(&state.indexes)
         .with_key_filter(&state.shared.keys)
+        .with_journal(&self.staged, &state.shared.journal)
     }
 
     pub fn new(
@@ -494,6 +500,7 @@ impl Context {
         compactions: Sender<(String, crate::types::Work)>,
         poisoned: Arc<AtomicBool>,
         unpruned_bytes: Arc<AtomicU64>,
+        journal: Sender<crate::index_journal::Entry>,
     ) -> Context {
         Context {
             signer,
@@ -514,6 +521,8 @@ impl Context {
             clock: options.clock.clone(),
             compactions,
             poisoned,
+            staged: crate::index_journal::Staged::default(),
+            journal,
         }
     }
 
@@ -531,12 +540,19 @@ impl Context {
     fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
         options.set_sync(self.sync_writes);
-        self.db.write_opt(batch, &options).map_err(|error| {
-            // After a failed write the WAL and memtable may disagree with what callers were
-            // told; refuse further writes until the store is reopened.
-            self.poisoned.store(true, Ordering::SeqCst);
-            StorageError::Rocks(error)
-        })
+        match self.db.write_opt(batch, &options) {
+            Ok(()) => {
+                self.staged.release(&self.journal);
+                Ok(())
+            }
+            Err(error) => {
+                self.staged.discard();
+                // After a failed write the WAL and memtable may disagree with what callers
+                // were told; refuse further writes until the store is reopened.
+                self.poisoned.store(true, Ordering::SeqCst);
+                Err(StorageError::Rocks(error))
+            }
+        }
     }
 
     fn is_poisoned(&self) -> bool {
@@ -566,6 +582,8 @@ pub(crate) fn run(context: Context, commands: Receiver<Command>) {
     // Whether an index is being built: the thread then builds while no command waits.
     let mut building = false;
     loop {
+        // Entries staged for a batch that was never written are not the journal's.
+        context.staged.discard();
         let first = if building {
             match commands.try_recv() {
                 Ok(command) => Some(command),
@@ -774,6 +792,8 @@ fn unknown(context: &Context, state: &TopicState, cids: Vec<Cid>, max: usize) ->
 
 fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     state.shared.dropped.store(true, Ordering::SeqCst);
+    // No journal entry of the topic may put a record back after its range is deleted.
+    state.shared.journal.settle();
     context.forget_unpruned(state.grown_bytes);
     let id = state.shared.id;
     let mut batch = WriteBatch::default();

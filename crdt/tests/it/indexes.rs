@@ -162,3 +162,99 @@ fn a_replica_bootstrapped_from_a_snapshot_builds_the_declared_indexes() {
 fn patch(field: &str, value: Value) -> DocWrite {
     DocWrite::Patch { set: vec![(field.to_string(), serde_json::to_vec(&value).unwrap())], remove: Vec::new() }
 }
+
+/// The `doc_index` family of the closed store at `path`, opened with plain RocksDB.
+fn open_plain(path: &std::path::Path) -> rocksdb::DB {
+    let families = rocksdb::DB::list_cf(&rocksdb::Options::default(), path).unwrap();
+    rocksdb::DB::open_cf(&rocksdb::Options::default(), path, families).unwrap()
+}
+
+/// Every `doc_index` key, journal entries (a zero byte after the topic's prefix) apart.
+fn index_keys(db: &rocksdb::DB) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let cf = db.cf_handle("doc_index").unwrap();
+    let keys = db.iterator_cf(cf, rocksdb::IteratorMode::Start).map(|item| item.unwrap().0.to_vec());
+    keys.partition(|key| key[4] != 0)
+}
+
+/// A journal entry's value: per record its flag (1 put, 0 delete), its key's length, its key.
+fn journal_entry(records: &[(&[u8], bool)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, put) in records {
+        out.push(u8::from(*put));
+        assert!(key.len() < 128, "a one-byte length");
+        out.push(key.len() as u8);
+        out.extend_from_slice(key);
+    }
+    out
+}
+
+#[test]
+fn index_records_a_crash_left_in_the_journal_are_put_in_place_when_the_store_opens() {
+    use canopy_crdt::{Store, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let by_env = IndexDef::new("env", IndexKind::String).unwrap();
+    let expected_records = {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let topic = store.topic("t").unwrap();
+        topic.declare_index("by_env", &by_env).unwrap();
+        wait_built(&topic, &["by_env"]);
+        let writes: Vec<(Vec<u8>, DocWrite)> =
+            (0..300u64).map(|i| (format!("svc-{i:04}").into_bytes(), document(i, envs(i)))).collect();
+        for chunk in writes.chunks(50) {
+            topic.doc_batch(chunk.to_vec(), None).unwrap();
+        }
+        topic.doc_write(b"svc-0000", patch("env", json!("qa")), None).unwrap();
+        // Read right after the writes, the index holds every one of them.
+        let held = records(&topic, "by_env");
+        assert_eq!(held, expected(&topic, &by_env));
+        assert_eq!(held.len(), 300);
+        drop(topic);
+        let closed = store.closed();
+        drop(store);
+        let _ = closed.recv();
+        held
+    };
+
+    // What a crash leaves between a batch and the journal thread's write: the batch's entries,
+    // their records not in place. Here 40 records are taken out and put back by one entry; a
+    // record deleted by a second entry is put again by a third, which must be applied last.
+    let removed = {
+        let db = open_plain(&path);
+        let (records, journal) = index_keys(&db);
+        assert!(journal.is_empty(), "a store closed cleanly leaves no journal entry");
+        assert_eq!(records.len(), 300);
+        let cf = db.cf_handle("doc_index").unwrap();
+        let topic = records[0][..4].to_vec();
+        let entry = |number: u64| [topic.as_slice(), &[0], &number.to_be_bytes()].concat();
+        let taken = &records[100..140];
+        for key in taken {
+            db.delete_cf(cf, key).unwrap();
+        }
+        let puts: Vec<(&[u8], bool)> = taken.iter().map(|key| (key.as_slice(), true)).collect();
+        db.put_cf(cf, entry(7), journal_entry(&puts)).unwrap();
+        db.put_cf(cf, entry(8), journal_entry(&[(records[5].as_slice(), false)])).unwrap();
+        db.put_cf(cf, entry(9), journal_entry(&[(records[5].as_slice(), true)])).unwrap();
+        taken.len()
+    };
+    assert_eq!(index_keys(&open_plain(&path)).0.len(), 300 - removed);
+
+    // Read-only, verification counts the entries as the records they will be.
+    let report = canopy_crdt::inspect::Inspector::open(&path).unwrap().verify(&[]).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // Opened, the store puts them in place before anything reads.
+    {
+        let store = Store::open(&path, StoreOptions::default()).unwrap();
+        let topic = store.topic("t").unwrap();
+        wait_built(&topic, &["by_env"]);
+        assert_eq!(records(&topic, "by_env"), expected_records);
+        assert_eq!(topic.check_indexes().unwrap(), vec![]);
+        drop(topic);
+        let closed = store.closed();
+        drop(store);
+        let _ = closed.recv();
+    }
+    let (records, journal) = index_keys(&open_plain(&path));
+    assert_eq!((records.len(), journal.len()), (300, 0), "the records are in place and the entries gone");
+}
