@@ -345,3 +345,93 @@ fn a_document_batch_is_one_block_and_bad_input_refuses_it_whole() {
     }
     assert_eq!(doc(&node, "c"), Some(json!({ "env": "test" })));
 }
+
+/// Every document key a query finds, page after page.
+fn find_all(node: &NodeProcess, query: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = find(node, &format!("{query}&limit=1000{after}"));
+        found.extend(keys(&page));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => return found,
+        }
+    }
+}
+
+#[test]
+fn documents_acknowledged_before_a_kill_are_found_through_their_index_after_the_restart() {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    let mut node = NodeProcess::start(&data_dir, &[], &["reg"]);
+    let by_env = json!({ "path": "env", "type": "string" });
+    let put = node.http.put(node.url("/v1/topics/reg/indexes/by_env")).json(&by_env).send().unwrap();
+    assert_eq!(put.status(), StatusCode::OK);
+    wait_until("the index is built", || indexes(&node).iter().all(|index| index["ready"] == json!(true)));
+    // Four clients write batches of documents until the node is killed; a batch whose reply
+    // came back is acknowledged, and its documents must be found after the restart.
+    let acknowledged: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for client in 0..4 {
+            let (node, acknowledged, stop) = (&node, &acknowledged, &stop);
+            scope.spawn(move || {
+                let http = common::client_with_token(None);
+                for batch in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let docs: Vec<(String, String)> = (0..50)
+                        .map(|i| (format!("c{client}-{batch:05}-{i:02}"), format!("e{}", (batch * 50 + i) % 7)))
+                        .collect();
+                    let body: Vec<Value> = docs
+                        .iter()
+                        .map(|(key, env)| json!({ "key": key, "put": { "env": env, "n": batch, "pad": "x".repeat(60) } }))
+                        .collect();
+                    match http.post(node.url("/v1/topics/reg/docs")).json(&body).send() {
+                        Ok(reply) if reply.status() == StatusCode::OK => {
+                            acknowledged.lock().unwrap().extend(docs);
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+        wait_until("a few thousand documents are acknowledged", || acknowledged.lock().unwrap().len() >= 4000);
+        // SIGKILL while the clients write on.
+        let killed = std::process::Command::new("kill").args(["-9", &node.child.id().to_string()]).status().unwrap();
+        assert!(killed.success());
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    node.kill();
+    let acknowledged = acknowledged.into_inner().unwrap();
+    let node = NodeProcess::start(&data_dir, &[], &[]);
+    for env in 0..7 {
+        let env = format!("e{env}");
+        let found: BTreeSet<String> = find_all(&node, &format!("where=env={env}")).into_iter().collect();
+        let lost: Vec<&String> = acknowledged
+            .iter()
+            .filter(|(key, held)| *held == env && !found.contains(key))
+            .map(|(key, _)| key)
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "{} acknowledged documents of env {env} not found: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(5)]
+        );
+    }
+    // The index and the documents agree, whatever the kill cut short.
+    let report: Value = node
+        .http
+        .post(node.url("/v1/admin/verify"))
+        .json(&json!({ "topics": ["reg"] }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(report["problems"], json!([]), "{report}");
+}
