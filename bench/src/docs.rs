@@ -32,6 +32,8 @@ pub struct DocsConfig {
     pub seed: u64,
     /// Indexes kept while the documents are written, of the two [`KEPT`] declares.
     pub kept_indexes: usize,
+    /// Threads submitting batches at once, for the documents and the values alike.
+    pub writers: usize,
 }
 
 /// The indexes a run keeps while it writes: on `n` (a number, whose values arrive in order)
@@ -59,6 +61,8 @@ pub struct DocsReport {
     pub ratio: f64,
     /// Indexes kept while the documents were written.
     pub indexes_during_ingest: usize,
+    /// Threads that submitted batches at once.
+    pub writers: usize,
     /// Documents each timed query found (about).
     pub query_hits: usize,
     /// Queries timed through the index.
@@ -132,11 +136,8 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         }
         batches.push(batch);
     }
-    let started = Instant::now();
-    for batch in batches {
-        values_topic.batch(batch)?;
-    }
-    let value_keys_per_s = config.docs as f64 / started.elapsed().as_secs_f64();
+    let seconds = submit(batches, config.writers, |batch| values_topic.batch(batch).map(|_| ()).map_err(Into::into))?;
+    let value_keys_per_s = config.docs as f64 / seconds;
     // The documents start, as the values did, with empty memtables and no compaction owed:
     // the flushes and compactions the values' load left (most of its rows are still in the
     // memtable when it ends) would otherwise be paid during the documents'.
@@ -157,11 +158,8 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         }
         writes.last_mut().expect("pushed above").push((key(index), DocWrite::Put(fields)));
     }
-    let started = Instant::now();
-    for writes in writes {
-        docs_topic.doc_batch(writes, None)?;
-    }
-    let doc_keys_per_s = config.docs as f64 / started.elapsed().as_secs_f64();
+    let seconds = submit(writes, config.writers, |writes| docs_topic.doc_batch(writes, None).map(|_| ()).map_err(Into::into))?;
+    let doc_keys_per_s = config.docs as f64 / seconds;
 
     // Latencies are an idle store's: RocksDB first finishes the compactions the load left.
     wait_idle(&store)?;
@@ -174,14 +172,15 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
     let indexed = time_queries(&docs_topic, config.queries, groups, Some("by_group"))?;
     Ok(DocsReport {
         command: format!(
-            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --unindexed-queries {} --seed {} --kept-indexes {}",
+            "canopy-bench docs --docs {} --fields {} --batch {} --queries {} --unindexed-queries {} --seed {} --kept-indexes {} --writers {}",
             config.docs,
             config.fields,
             config.batch,
             config.queries,
             config.unindexed_queries,
             config.seed,
-            config.kept_indexes
+            config.kept_indexes,
+            config.writers
         ),
         docs: config.docs,
         fields: config.fields,
@@ -191,6 +190,7 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         value_keys_per_s,
         ratio: doc_keys_per_s / value_keys_per_s,
         indexes_during_ingest: kept.len(),
+        writers: config.writers,
         query_hits: indexed.hits,
         queries: config.queries,
         index_build_s,
@@ -202,6 +202,32 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         unindexed_query_p99_us: unindexed.latencies.value_at_quantile(0.99),
         unindexed_query_scanned: unindexed.scanned,
     })
+}
+
+/// Submits every one of `batches` with `write`, from `writers` threads taking the next batch
+/// in turn; returns the seconds it took.
+fn submit<T: Send>(
+    batches: Vec<T>,
+    writers: usize,
+    write: impl Fn(T) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<f64> {
+    let queue = std::sync::Mutex::new(batches.into_iter());
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..writers.max(1))
+            .map(|_| {
+                scope.spawn(|| loop {
+                    let next = queue.lock().expect("batches lock").next();
+                    match next {
+                        Some(batch) => write(batch)?,
+                        None => return Ok::<(), anyhow::Error>(()),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|handle| handle.join().expect("a submitting thread"))
+    })?;
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Waits (at most ten minutes) until RocksDB has no compaction pending.

@@ -29,6 +29,9 @@ pub(crate) struct DocsArgs {
     /// `f2`, a string whose values arrive in no order).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=2))]
     kept_indexes: u64,
+    /// Threads submitting batches at once, for the documents and the values alike.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+    writers: u64,
     /// Print one JSON line with every figure after the table.
     #[arg(long)]
     json: bool,
@@ -105,6 +108,7 @@ pub(crate) fn run_docs(args: DocsArgs) -> anyhow::Result<ExitCode> {
         unindexed_queries: args.unindexed_queries,
         seed: args.seed,
         kept_indexes: args.kept_indexes as usize,
+        writers: args.writers as usize,
     };
     let report = canopy_bench::docs::run(&config)?;
     println!("docs={} fields={} batch={} doc_bytes={}", report.docs, report.fields, report.batch, report.doc_bytes);
@@ -112,7 +116,7 @@ pub(crate) fn run_docs(args: DocsArgs) -> anyhow::Result<ExitCode> {
         "documents       {:>10.0} docs/s   plain values of the same size {:>10.0} keys/s   ratio {:.3}",
         report.doc_keys_per_s, report.value_keys_per_s, report.ratio
     );
-    println!("  ({} indexes kept while writing)", report.indexes_during_ingest);
+    println!("  ({} indexes kept while writing, {} submitting threads)", report.indexes_during_ingest, report.writers);
     println!(
         "query (no index)     p50 {:>9} us  p99 {:>9} us: {} found, {} documents read",
         report.unindexed_query_p50_us, report.unindexed_query_p99_us, report.query_hits, report.unindexed_query_scanned
