@@ -158,7 +158,8 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         }
         writes.last_mut().expect("pushed above").push((key(index), DocWrite::Put(fields)));
     }
-    let seconds = submit(writes, config.writers, |writes| docs_topic.doc_batch(writes, None).map(|_| ()).map_err(Into::into))?;
+    let seconds =
+        submit(writes, config.writers, |writes| docs_topic.doc_batch(writes, None).map(|_| ()).map_err(Into::into))?;
     let doc_keys_per_s = config.docs as f64 / seconds;
 
     // Latencies are an idle store's: RocksDB first finishes the compactions the load left.
@@ -216,11 +217,13 @@ fn submit<T: Send>(
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..writers.max(1))
             .map(|_| {
-                scope.spawn(|| loop {
-                    let next = queue.lock().expect("batches lock").next();
-                    match next {
-                        Some(batch) => write(batch)?,
-                        None => return Ok::<(), anyhow::Error>(()),
+                scope.spawn(|| {
+                    loop {
+                        let next = queue.lock().expect("batches lock").next();
+                        match next {
+                            Some(batch) => write(batch)?,
+                            None => return Ok::<(), anyhow::Error>(()),
+                        }
                     }
                 })
             })

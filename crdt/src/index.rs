@@ -151,7 +151,7 @@ impl IndexDef {
 
     /// The encoded value a field's JSON text gives, if the path leads to a value of the
     /// index's type.
-    fn json_value(&self, json: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn json_value(&self, json: &[u8]) -> Option<Vec<u8>> {
         if self.path.len() == 1 {
             // The field's own value, read as the index's type with no tree built: what the
             // tree would give, as a JSON text of another type is refused either way.
@@ -223,7 +223,10 @@ pub(crate) fn records_prefix(topic: TopicId, name: &str) -> Vec<u8> {
 
 /// The record of `doc` holding the encoded `value` in the index `name` of `topic`.
 pub(crate) fn record_key(topic: TopicId, name: &str, value: &[u8], doc: &[u8]) -> Vec<u8> {
-    let mut out = records_prefix(topic, name);
+    // Sized once: the prefix, the name and its terminator, the value and the document.
+    let mut out = Vec::with_capacity(canopy_dag::TOPIC_ID_BYTES + name.len() + 2 + value.len() + doc.len());
+    out.extend_from_slice(&topic.prefix());
+    escape_key(&mut out, name.as_bytes());
     out.extend_from_slice(value);
     out.extend_from_slice(doc);
     out

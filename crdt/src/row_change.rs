@@ -218,19 +218,31 @@ impl<'a> RowChanges<'a> {
         }
         self.merge_document(batch);
         let empty = Row::default();
+        // The document's key, unescaped once for all its indexed fields.
+        let mut doc: Option<Vec<u8>> = None;
         for &(entry, name, value) in fields {
-            let derived = expires.is_some()
-                || self.indexes.as_ref().is_some_and(|indexes| {
-                    crate::index::is_declaration(entry)
-                        || indexes.maintained.iter().any(|index| index.def.path[0].as_bytes() == name)
-                });
-            if derived || self.watched {
+            if expires.is_some() || self.watched || crate::index::is_declaration(entry) {
                 let element = Element { height, id: *id, value: value.to_vec(), expires };
                 let row = Row::single(element);
                 self.derive(batch, entry, &empty, &row);
                 self.notice(entry, &empty, &row, notice);
-            } else if !crate::counter::is_reserved(entry) {
+                continue;
+            }
+            // What `derive` writes for a field that had no row and gets one element.
+            if !crate::counter::is_reserved(entry) {
                 self.key_count += 1;
+            }
+            let Some(indexes) = &self.indexes else { continue };
+            for index in indexes.maintained.iter().filter(|index| index.def.path[0].as_bytes() == name) {
+                let Some(encoded) = index.def.json_value(value) else { continue };
+                let doc = match &doc {
+                    Some(doc) => doc,
+                    None => match crate::doc::parse_entry(document) {
+                        Some((parsed, _)) => doc.insert(parsed),
+                        None => break,
+                    },
+                };
+                self.index_records.push((crate::index::record_key(self.topic, &index.name, &encoded, doc), true));
             }
         }
         let record: Vec<(&[u8], &[u8])> = fields.iter().map(|&(_, name, value)| (name, value)).collect();

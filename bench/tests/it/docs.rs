@@ -4,8 +4,16 @@ use canopy_bench::docs::{self, DocsConfig};
 
 #[test]
 fn a_tiny_documents_run_writes_both_kinds_and_finds_a_group_by_scanning_then_through_an_index() {
-    let config =
-        DocsConfig { docs: 300, fields: 6, batch: 50, queries: 3, unindexed_queries: 2, seed: 4, kept_indexes: 2, writers: 2 };
+    let config = DocsConfig {
+        docs: 300,
+        fields: 6,
+        batch: 50,
+        queries: 3,
+        unindexed_queries: 2,
+        seed: 4,
+        kept_indexes: 2,
+        writers: 2,
+    };
     let report = docs::run(&config).unwrap();
     assert!(report.doc_keys_per_s > 0.0 && report.value_keys_per_s > 0.0, "{report:?}");
     assert_eq!(report.query_hits, 100, "each group is 100 documents: {report:?}");

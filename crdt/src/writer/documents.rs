@@ -6,7 +6,6 @@
 //! ([`crate::doc`]); only the local write stops handling it as a separate key.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use canopy_dag::{Cid, Height};
 use rocksdb::WriteBatch;
@@ -190,13 +189,13 @@ impl<'a> Plan<'a> {
 
 /// The document changes of `cut`, folded per document, in key order.
 fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
-    let mut by_doc: HashMap<&'a [u8], Vec<(usize, &'a DocChange)>> = HashMap::new();
-    for (at, change) in cut.iter().flat_map(|request| &request.docs).enumerate() {
-        by_doc.entry(change.prefix.as_slice()).or_default().push((at, change));
-    }
-    let mut folded: Vec<Folded<'a>> = by_doc
-        .into_iter()
-        .map(|(prefix, changes)| {
+    let mut changes: Vec<(usize, &'a DocChange)> = cut.iter().flat_map(|request| &request.docs).enumerate().collect();
+    // By document, each one's changes in submission order.
+    changes.sort_unstable_by(|a, b| a.1.prefix.cmp(&b.1.prefix).then(a.0.cmp(&b.0)));
+    changes
+        .chunk_by(|a, b| a.1.prefix == b.1.prefix)
+        .map(|changes| {
+            let prefix = changes[0].1.prefix.as_slice();
             // Only the changes from the last put or delete on count, and it removes the rest.
             let from = changes.iter().rposition(|(_, change)| change.replace).unwrap_or(0);
             let replace = changes[from].1.replace;
@@ -220,9 +219,7 @@ fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
             }
             Folded { prefix, replace, fields: last }
         })
-        .collect();
-    folded.sort_unstable_by(|a, b| a.prefix.cmp(b.prefix));
-    folded
+        .collect()
 }
 
 /// An upper bound on the tombstones `change` adds to a delta for the elements stored when the
