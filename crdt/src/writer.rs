@@ -19,9 +19,8 @@ use rocksdb::{DB, WriteBatch, WriteOptions};
 use crate::error::{IngestError, MergeError, StorageError, TopicError, WriteError};
 use crate::options::StoreOptions;
 use crate::schema::{
-    CF_DOC_INDEX, CF_EXPIRIES, CF_HEADS, CF_HISTORY, CF_KV, CF_META, CF_PENDING, CF_SNAPSHOTS, CF_TOMBSTONES,
-    CF_WRITERS, META_COVER, META_FRONTIER, META_KNOWN, META_MERGE, decode_cids, key_count_key, meta_key,
-    topic_name_key,
+    CF_HEADS, CF_META, CF_PENDING, CF_TOMBSTONES, META_COVER, META_FRONTIER, META_KNOWN, META_MERGE, decode_cids,
+    key_count_key, meta_key,
 };
 use crate::shared::TopicShared;
 use crate::types::{Change, Commit, Head, IngestOutcome, MergeOutcome, Op, Snapshots};
@@ -36,11 +35,13 @@ mod merge;
 mod remote;
 mod rows;
 mod tombstones;
+mod topic_drop;
 
 pub(crate) use documents::DocChange;
 use local::commit_local;
 use remote::{RoundRows, apply_ready, ingest};
 use rows::{build_key_filters, read_rows, read_topic_rows};
+use topic_drop::{delete_topic_range, drop_topic};
 
 /// Most CIDs remembered as rejected per topic, so bad blocks are not fetched again and again.
 const REJECTED_REMEMBERED_MAX: usize = 65_536;
@@ -568,13 +569,6 @@ fn read_cids(db: &DB, key: Vec<u8>) -> Result<Vec<Cid>, StorageError> {
     }
 }
 
-fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, id: TopicId) {
-    match id.range_end() {
-        Some(end) => batch.delete_range_cf(cf, id.prefix(), end),
-        None => batch.delete_range_cf(cf, &id.prefix()[..], &[0xff; 64][..]),
-    }
-}
-
 /// The writer thread's loop; ends when every sender is gone. Between commands it collects
 /// the elements that fall due.
 pub(crate) fn run(context: Context, commands: Receiver<Command>) {
@@ -788,29 +782,4 @@ fn unknown(context: &Context, state: &TopicState, cids: Vec<Cid>, max: usize) ->
     let candidates: Vec<Cid> = candidates.into_iter().collect();
     let metas = context.blocks.metas(state.shared.id, &candidates).map_err(StorageError::from)?;
     Ok(candidates.into_iter().zip(metas).filter(|(_, meta)| meta.is_none()).map(|(cid, _)| cid).take(max).collect())
-}
-
-fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
-    state.shared.dropped.store(true, Ordering::SeqCst);
-    // No journal entry of the topic may put a record back after its range is deleted.
-    state.shared.journal.settle();
-    context.forget_unpruned(state.grown_bytes);
-    let id = state.shared.id;
-    let mut batch = WriteBatch::default();
-    context.blocks.delete_topic(&mut batch, id);
-    for cf in
-        [CF_PENDING, CF_HEADS, CF_KV, CF_TOMBSTONES, CF_SNAPSHOTS, CF_WRITERS, CF_HISTORY, CF_EXPIRIES, CF_DOC_INDEX]
-    {
-        delete_topic_range(&mut batch, context.cf(cf), id);
-    }
-    indexing::delete_states(context, &mut batch, id)?;
-    batch.delete_cf(context.cf(CF_META), key_count_key(id));
-    for kind in [META_COVER, META_FRONTIER, META_KNOWN, META_MERGE] {
-        batch.delete_cf(context.cf(CF_META), meta_key(kind, id));
-    }
-    batch.delete_cf(context.cf(CF_META), topic_name_key(&state.shared.name));
-    context.write(batch)?;
-    state.shared.watchers.lock().expect("watchers lock").clear();
-    state.shared.serving.lock().expect("serving lock").take();
-    Ok(())
 }
