@@ -258,17 +258,7 @@ fn an_index_declared_through_one_node_serves_queries_on_every_node_until_it_is_d
         assert_eq!(keys(&page), expected);
         assert_eq!((page["index"].as_str(), page["scanned"].as_u64()), (Some("by_n"), Some(10)), "{page}");
         // Pages of an indexed query, in key order.
-        let mut paged = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = find(node, &format!("where=env=prod&limit=7{after}"));
-            paged.extend(keys(&page));
-            match page["next"].as_str() {
-                Some(next) => after = format!("&after={next}"),
-                None => break,
-            }
-        }
-        assert_eq!(paged, prod);
+        assert_eq!(find_all(node, "where=env=prod", 7), prod);
         // A field no index holds is scanned, and the answer says so.
         let page = find(node, "where=meta.region=r1");
         assert_eq!(page["docs"].as_array().unwrap().len(), 15);
@@ -346,12 +336,12 @@ fn a_document_batch_is_one_block_and_bad_input_refuses_it_whole() {
     assert_eq!(doc(&node, "c"), Some(json!({ "env": "test" })));
 }
 
-/// Every document key a query finds, page after page.
-fn find_all(node: &NodeProcess, query: &str) -> Vec<String> {
+/// Every document key a query finds, page after page of at most `limit`.
+fn find_all(node: &NodeProcess, query: &str, limit: usize) -> Vec<String> {
     let mut found = Vec::new();
     let mut after = String::new();
     loop {
-        let page = find(node, &format!("{query}&limit=1000{after}"));
+        let page = find(node, &format!("{query}&limit={limit}{after}"));
         found.extend(keys(&page));
         match page["next"].as_str() {
             Some(next) => after = format!("&after={next}"),
@@ -411,7 +401,7 @@ fn documents_acknowledged_before_a_kill_are_found_through_their_index_after_the_
     let node = NodeProcess::start(&data_dir, &[], &[]);
     for env in 0..7 {
         let env = format!("e{env}");
-        let found: BTreeSet<String> = find_all(&node, &format!("where=env={env}")).into_iter().collect();
+        let found: BTreeSet<String> = find_all(&node, &format!("where=env={env}"), 1000).into_iter().collect();
         let lost: Vec<&String> = acknowledged
             .iter()
             .filter(|(key, held)| *held == env && !found.contains(key))
