@@ -9,7 +9,10 @@
 //! - the watchers' change, by the rule of the path ([`Notice`]).
 //!
 //! Records derived from a row's content (the expiry index, the key count and the records of
-//! documents' indexes) are written in one place, [`RowChanges::derive`].
+//! documents' indexes) are written in one place, [`RowChanges::derive`]; a fresh document's
+//! fields, which get no row, have the same records made from their values
+//! ([`RowChanges::write_fresh_document`]). Index records are written as an entry of the
+//! topic's index journal when the writer thread keeps one (see `index_journal.rs`).
 
 use std::sync::Arc;
 
@@ -202,8 +205,8 @@ impl<'a> RowChanges<'a> {
     /// Writes the record of a document this replica holds no field of and that no other
     /// change of the round names, made by block `(height, id)` from `fields` (each its entry,
     /// its name and its value, in name order) expiring at `expires`: what
-    /// [`RowChanges::write_document`] writes, with the record encoded straight from the values
-    /// and a field's row made only for an index, an expiry or a watcher that needs it.
+    /// [`RowChanges::write_document`] writes, with the record and the index records made
+    /// straight from the values, and a field's row made only for an expiry or a watcher.
     pub fn write_fresh_document(
         &mut self,
         batch: &mut WriteBatch,
