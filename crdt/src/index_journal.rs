@@ -85,9 +85,13 @@ pub(crate) struct Entry {
     pub records: Records,
 }
 
-/// The entries of a writer thread's batch, staged until it is written.
+/// The entries of a writer thread's batch, staged until it is written, then held until the
+/// writer sends them.
 #[derive(Default)]
-pub(crate) struct Staged(Mutex<Vec<Entry>>);
+pub(crate) struct Staged {
+    staged: Mutex<Vec<Entry>>,
+    released: Mutex<Vec<Entry>>,
+}
 
 impl Staged {
     /// Adds to `batch` the journal entry of `records`, for `topic` whose marks are `marks`, and
@@ -103,15 +107,25 @@ impl Staged {
         let number = marks.next_entry();
         let key = entry_key(topic, number);
         batch.put_cf(doc_index, &key, encode(&records));
-        self.0.lock().expect("staged lock").push(Entry { marks: marks.clone(), number, key, records });
+        self.staged.lock().expect("staged lock").push(Entry { marks: marks.clone(), number, key, records });
     }
 
-    /// The staged entries, their batch written: each is marked written (a read that starts now
-    /// waits for it) and handed to the journal thread.
-    pub fn release(&self, journal: &crossbeam_channel::Sender<Entry>) {
-        let entries = std::mem::take(&mut *self.0.lock().expect("staged lock"));
-        for entry in entries {
+    /// The staged entries, their batch written: each is marked written, so a read that starts
+    /// now waits for it, and held for [`Staged::send`].
+    pub fn release(&self) {
+        let entries = std::mem::take(&mut *self.staged.lock().expect("staged lock"));
+        for entry in &entries {
             entry.marks.written(entry.number);
+        }
+        self.released.lock().expect("staged lock").extend(entries);
+    }
+
+    /// Hands the released entries to the journal thread. The writer thread sends them once its
+    /// callers have heard back (the thread it wakes would otherwise take the core a caller's
+    /// next batch waits for), and before it waits for anything.
+    pub fn send(&self, journal: &crossbeam_channel::Sender<Entry>) {
+        let entries = std::mem::take(&mut *self.released.lock().expect("staged lock"));
+        for entry in entries {
             if let Err(unsent) = journal.send(entry) {
                 // The journal thread is gone only as the store closes: the entry stays in the
                 // database and is applied when it opens again. Nothing waits for it then.
@@ -123,7 +137,7 @@ impl Staged {
 
     /// Drops the staged entries: their batch was not written.
     pub fn discard(&self) {
-        self.0.lock().expect("staged lock").clear();
+        self.staged.lock().expect("staged lock").clear();
     }
 }
 

@@ -543,7 +543,7 @@ impl Context {
         options.set_sync(self.sync_writes);
         match self.db.write_opt(batch, &options) {
             Ok(()) => {
-                self.staged.release(&self.journal);
+                self.staged.release();
                 Ok(())
             }
             Err(error) => {
@@ -554,6 +554,18 @@ impl Context {
                 Err(StorageError::Rocks(error))
             }
         }
+    }
+
+    /// Hands the index journal entries of the batches written to the journal thread.
+    fn send_journal(&self) {
+        self.staged.send(&self.journal);
+    }
+
+    /// Waits until the topic's index records hold every change written so far, this thread's
+    /// included: it writes records itself next.
+    fn settle(&self, shared: &TopicShared) {
+        self.send_journal();
+        shared.journal.settle();
     }
 
     fn is_poisoned(&self) -> bool {
@@ -576,8 +588,10 @@ pub(crate) fn run(context: Context, commands: Receiver<Command>) {
     // Whether an index is being built: the thread then builds while no command waits.
     let mut building = false;
     loop {
-        // Entries staged for a batch that was never written are not the journal's.
+        // Entries staged for a batch that was never written are not the journal's; those of
+        // the batches written go before the thread waits.
         context.staged.discard();
+        context.send_journal();
         let first = if building {
             match commands.try_recv() {
                 Ok(command) => Some(command),

@@ -52,7 +52,7 @@ fn declared(context: &Context, topic: TopicId) -> Result<BTreeMap<String, IndexD
 pub(super) fn reconcile(context: &Context, state: &mut TopicState) -> Result<(), StorageError> {
     state.indexes.declarations_changed.store(false, Ordering::Relaxed);
     // A dropped index's records are deleted here: no journal entry may put one back after.
-    state.shared.journal.settle();
+    context.settle(&state.shared);
     let topic = state.shared.id;
     let declared = declared(context, topic)?;
     let held: HashMap<&str, &Maintained> = state.indexes.maintained.iter().map(|m| (m.name.as_str(), m)).collect();
@@ -103,7 +103,7 @@ fn set(state: &mut TopicState, maintained: Vec<Maintained>) {
 /// Builds each index still building over up to [`BUILD_STEP_ENTRIES`] more document entries.
 pub(super) fn build_step(context: &Context, state: &mut TopicState) -> Result<(), StorageError> {
     // Records are written in place here: the journal's entries go first.
-    state.shared.journal.settle();
+    context.settle(&state.shared);
     let topic = state.shared.id;
     let mut maintained: Vec<Maintained> = state.indexes.maintained.to_vec();
     let mut batch = WriteBatch::default();
@@ -178,7 +178,7 @@ pub(super) fn work(context: &Context, topics: &mut HashMap<TopicId, TopicState>)
 
 /// Starts building every index of the topic again from its rows.
 pub(super) fn rebuild(context: &Context, state: &mut TopicState) {
-    state.shared.journal.settle();
+    context.settle(&state.shared);
     let topic = state.shared.id;
     let mut batch = WriteBatch::default();
     let mut maintained = Vec::new();

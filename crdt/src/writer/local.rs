@@ -146,6 +146,7 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
             let _ = reply.send(Ok(committed));
         }
     }
+    context.send_journal();
 }
 
 /// The estimated delta bytes and operations one request adds to a cut, given the rows its keys

@@ -25,7 +25,7 @@ pub(super) fn delete_topic_range(batch: &mut WriteBatch, cf: &rocksdb::ColumnFam
 pub(super) fn drop_topic(context: &Context, state: &TopicState) -> Result<(), TopicError> {
     state.shared.dropped.store(true, Ordering::SeqCst);
     // No journal entry of the topic may put a record back after its range is deleted.
-    state.shared.journal.settle();
+    context.settle(&state.shared);
     context.forget_unpruned(state.grown_bytes);
     let id = state.shared.id;
     let mut batch = WriteBatch::default();
