@@ -106,13 +106,10 @@ impl DocRow {
     /// Applies the changes of `operand`.
     pub fn apply(&mut self, operand: DocRow) {
         for (field, row) in operand.fields {
-            match row.is_empty() {
-                true => {
-                    self.remove(&field);
-                }
-                false => {
-                    self.replace(&field, row);
-                }
+            if row.is_empty() {
+                self.remove(&field);
+            } else {
+                self.replace(&field, row);
             }
         }
     }

@@ -216,17 +216,21 @@ pub(crate) fn check_entry(key: &[u8], value: Option<&[u8]>) -> Result<(), DeltaE
 
 /// The prefix of every record of the index `name` of `topic`.
 pub(crate) fn records_prefix(topic: TopicId, name: &str) -> Vec<u8> {
-    let mut out = topic.prefix().to_vec();
+    records_prefix_with_room(topic, name, 0)
+}
+
+/// [`records_prefix`] in a vector with room for `more` bytes after it.
+fn records_prefix_with_room(topic: TopicId, name: &str, more: usize) -> Vec<u8> {
+    // The name's terminator takes two bytes.
+    let mut out = Vec::with_capacity(canopy_dag::TOPIC_ID_BYTES + name.len() + 2 + more);
+    out.extend_from_slice(&topic.prefix());
     escape_key(&mut out, name.as_bytes());
     out
 }
 
 /// The record of `doc` holding the encoded `value` in the index `name` of `topic`.
 pub(crate) fn record_key(topic: TopicId, name: &str, value: &[u8], doc: &[u8]) -> Vec<u8> {
-    // Sized once: the prefix, the name and its terminator, the value and the document.
-    let mut out = Vec::with_capacity(canopy_dag::TOPIC_ID_BYTES + name.len() + 2 + value.len() + doc.len());
-    out.extend_from_slice(&topic.prefix());
-    escape_key(&mut out, name.as_bytes());
+    let mut out = records_prefix_with_room(topic, name, value.len() + doc.len());
     out.extend_from_slice(value);
     out.extend_from_slice(doc);
     out

@@ -179,8 +179,8 @@ fn decode(mut bytes: &[u8]) -> Result<Records, String> {
     Ok(records)
 }
 
-/// Adds to `batch` what `records` put and delete.
-fn apply(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: &Records) {
+/// Adds to `batch` what `records` put and delete, in their order.
+fn apply<'r>(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: impl IntoIterator<Item = (&'r [u8], bool)>) {
     for (key, put) in records {
         match put {
             true => batch.put_cf(cf, key, []),
@@ -210,12 +210,7 @@ pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBoo
         // Stable: of two changes to one record, the later stays last.
         records.sort_by(|a, b| a.0.cmp(b.0));
         let mut batch = WriteBatch::default();
-        for (key, put) in records {
-            match put {
-                true => batch.put_cf(cf, key, []),
-                false => batch.delete_cf(cf, key),
-            }
-        }
+        apply(&mut batch, cf, records);
         for entry in &taken {
             batch.delete_cf(cf, &entry.key);
         }
@@ -255,7 +250,7 @@ pub(crate) fn recover(db: &DB) -> Result<u64, StorageError> {
         }
         let value = iter.value().expect("a valid iterator has a value");
         let records = decode(value).map_err(|e| StorageError::Corrupt(format!("index journal entry {key:?}: {e}")))?;
-        apply(&mut batch, cf, &records);
+        apply(&mut batch, cf, records.iter().map(|(key, put)| (key.as_slice(), *put)));
         batch.delete_cf(cf, key);
         applied += 1;
         iter.next();

@@ -472,7 +472,7 @@ pub(crate) struct Context {
     /// Signs local blocks.
     signer: Signer,
     /// Index journal entries of the batch being made, and the journal thread they go to once
-    /// it is written.
+    /// it is written and its callers have heard back.
     staged: crate::index_journal::Staged,
     journal: Sender<crate::index_journal::Entry>,
 }
