@@ -67,7 +67,30 @@ pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, String)> {
 
 /// Why `value`, a field's value, is refused: it must be JSON text.
 pub fn check_value(value: &[u8]) -> Result<(), String> {
+    // Most fields are short strings and integers, which need no parser.
+    if plain_string(value).is_some() || is_plain_integer(value) {
+        return Ok(());
+    }
     serde_json::from_slice::<serde::de::IgnoredAny>(value).map(|_| ()).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// The text of the JSON string `json` when it holds only printable ASCII and no escape: its
+/// bytes between the quotes are then the string itself.
+pub(crate) fn plain_string(json: &[u8]) -> Option<&str> {
+    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let plain = inner.iter().all(|&byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\');
+    plain.then(|| std::str::from_utf8(inner).ok()).flatten()
+}
+
+/// Whether `json` is a JSON integer: an optional minus, then `0` or digits not starting with
+/// `0`.
+fn is_plain_integer(json: &[u8]) -> bool {
+    let digits = json.strip_prefix(b"-").unwrap_or(json);
+    match digits {
+        [b'0'] => true,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    }
 }
 
 /// Checks a document entry a received delta adds (with its value) or removes.
@@ -84,6 +107,45 @@ pub(crate) fn check_entry(entry: &[u8], value: Option<&[u8]>) -> Result<(), Delt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_that_need_no_parser_are_judged_as_the_parser_judges_them() {
+        let texts: [&[u8]; 22] = [
+            b"\"plain\"",
+            b"\"\"",
+            b"\"with space ~\"",
+            b"\"esc\\\"aped\"",
+            b"\"caf\xc3\xa9\"",
+            b"\"tab\there\"",
+            b"\"open",
+            b"\"",
+            b"0",
+            b"-0",
+            b"42",
+            b"-17",
+            b"007",
+            b"-",
+            b"1.5",
+            b"1e3",
+            b"true",
+            b"null",
+            b"{\"a\":1}",
+            b"\"a\" ",
+            b"",
+            b"\"bad\xff\"",
+        ];
+        for text in texts {
+            let parsed = serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok();
+            assert_eq!(check_value(text).is_ok(), parsed, "{:?}", String::from_utf8_lossy(text));
+            if let Some(plain) = plain_string(text) {
+                assert_eq!(serde_json::from_slice::<String>(text).unwrap(), plain);
+            }
+            if is_plain_integer(text) {
+                assert!(serde_json::from_slice::<serde_json::Number>(text).is_ok());
+            }
+        }
+        assert_eq!(plain_string(b"\"esc\\\"aped\""), None, "escapes go to the parser");
+    }
 
     #[test]
     fn entries_round_trip_and_stay_under_their_documents_prefix() {

@@ -106,11 +106,7 @@ impl IndexDef {
     /// The ordered encoding of `value` when it is of the index's type.
     pub fn encode_value(&self, value: &Value) -> Option<Vec<u8>> {
         match (self.kind, value) {
-            (IndexKind::String, Value::String(text)) => {
-                let mut out = Vec::with_capacity(text.len() + 2);
-                escape_key(&mut out, text.as_bytes());
-                Some(out)
-            }
+            (IndexKind::String, Value::String(text)) => Some(encode_string(text)),
             (IndexKind::Number, Value::Number(number)) => {
                 let bits = number.as_f64()?.to_bits();
                 // Negative numbers order by their inverted bits, the others above them.
@@ -156,7 +152,12 @@ impl IndexDef {
             // The field's own value, read as the index's type with no tree built: what the
             // tree would give, as a JSON text of another type is refused either way.
             let value = match self.kind {
-                IndexKind::String => Value::String(serde_json::from_slice::<std::borrow::Cow<str>>(json).ok()?.into()),
+                IndexKind::String => {
+                    if let Some(text) = crate::doc::plain_string(json) {
+                        return Some(encode_string(text));
+                    }
+                    Value::String(serde_json::from_slice::<std::borrow::Cow<str>>(json).ok()?.into())
+                }
                 IndexKind::Number => Value::Number(serde_json::from_slice(json).ok()?),
                 IndexKind::Bool => Value::Bool(serde_json::from_slice(json).ok()?),
             };
@@ -166,6 +167,14 @@ impl IndexDef {
         let nested = self.path[1..].iter().try_fold(&field, |value, name| value.as_object()?.get(name))?;
         self.encode_value(nested)
     }
+}
+
+/// A string value's encoding: escaped, so that strings order as their bytes do and none is
+/// a prefix of another's encoding.
+fn encode_string(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    escape_key(&mut out, text.as_bytes());
+    out
 }
 
 /// The entry that declares the index `name`.

@@ -19,11 +19,12 @@
 //! Entries a crash left are applied when the store opens, before any thread starts
 //! ([`recover`]); read-only tools see them through [`pending`].
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use canopy_dag::{TOPIC_ID_BYTES, TopicId};
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use rocksdb::{DB, WriteBatch, WriteOptions};
 
 use crate::error::StorageError;
@@ -33,8 +34,18 @@ use crate::schema::CF_DOC_INDEX;
 /// with its escaped name, whose first byte is a letter, a digit, `_` or `-`.
 const JOURNAL: u8 = 0x00;
 
-/// Entries the journal thread takes into one write at most.
-const ENTRIES_PER_WRITE_MAX: usize = 64;
+/// Records past which the journal thread writes the entries it holds. A memtable insertion
+/// walks the skip list from where the previous one went, so records put in key order cost
+/// less the closer together they fall: the more of a load's records one write sorts, the
+/// cheaper each.
+const RECORDS_PER_WRITE: usize = 65_536;
+
+/// Longest the journal thread holds an entry while more keep coming.
+const HELD_MAX: Duration = Duration::from_millis(100);
+
+/// How long the journal thread waits for the next entry while it holds some: a pause this
+/// long ends the group, and a reader waiting for the records is noticed this soon.
+const PAUSE: Duration = Duration::from_millis(1);
 
 /// Index records a batch puts (`true`) or deletes, in the order they apply.
 pub(crate) type Records = Vec<(Vec<u8>, bool)>;
@@ -47,6 +58,9 @@ pub(crate) struct Marks {
     /// `(written, applied)`: the last entry written with its batch, and the last applied.
     state: Mutex<(u64, u64)>,
     applied: Condvar,
+    /// Threads waiting in [`Marks::settle`]: the journal thread writes what it holds of the
+    /// topic without waiting for more.
+    waiting: AtomicUsize,
 }
 
 impl Marks {
@@ -71,9 +85,18 @@ impl Marks {
     pub fn settle(&self) {
         let mut state = self.state.lock().expect("journal marks lock");
         let written = state.0;
+        if state.1 >= written {
+            return;
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         while state.1 < written {
             state = self.applied.wait(state).expect("journal marks lock");
         }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn awaited(&self) -> bool {
+        self.waiting.load(Ordering::SeqCst) > 0
     }
 }
 
@@ -190,20 +213,78 @@ fn apply<'r>(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: impl I
 }
 
 /// The journal thread: applies entries as they come, several to a write (their records in key
-/// order, each record's changes in entry order), until every writer thread is gone. A failed
-/// write poisons the store, as a failed write of the writer threads does; the entries stay,
-/// to be applied when it opens again.
+/// order, each record's changes in entry order), until every writer thread is gone. While
+/// entries keep coming it holds them, up to [`RECORDS_PER_WRITE`] records or [`HELD_MAX`],
+/// unless a reader waits for one of their topics. A failed write poisons the store, as a
+/// failed write of the writer threads does; the entries stay, to be applied when it opens
+/// again.
 pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBool>) {
     let cf = db.cf_handle(CF_DOC_INDEX).expect("every canopy column family is opened with the database");
     let mut options = WriteOptions::default();
     // The entries are in the log already: a crash that loses this write leaves them in place.
     options.disable_wal(true);
-    while let Ok(first) = entries.recv() {
-        let mut taken = vec![first];
-        while taken.len() < ENTRIES_PER_WRITE_MAX
-            && let Ok(entry) = entries.try_recv()
-        {
-            taken.push(entry);
+    let mut held = Held::default();
+    loop {
+        let next = match held.entries.is_empty() {
+            true => entries.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            false => entries.recv_timeout(PAUSE),
+        };
+        let paused = match next {
+            Ok(entry) => {
+                held.push(entry);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Disconnected) => {
+                held.write(&db, cf, &options, &poisoned);
+                return;
+            }
+        };
+        if paused || held.records >= RECORDS_PER_WRITE || held.since.elapsed() >= HELD_MAX || held.awaited() {
+            held.write(&db, cf, &options, &poisoned);
+        }
+    }
+}
+
+/// The entries the journal thread holds.
+struct Held {
+    entries: Vec<Entry>,
+    records: usize,
+    /// When the first of them came.
+    since: Instant,
+    /// The marks of their topics, each once.
+    topics: Vec<Arc<Marks>>,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Held { entries: Vec::new(), records: 0, since: Instant::now(), topics: Vec::new() }
+    }
+}
+
+impl Held {
+    fn push(&mut self, entry: Entry) {
+        if self.entries.is_empty() {
+            self.since = Instant::now();
+        }
+        if !self.topics.iter().any(|marks| Arc::ptr_eq(marks, &entry.marks)) {
+            self.topics.push(entry.marks.clone());
+        }
+        self.records += entry.records.len();
+        self.entries.push(entry);
+    }
+
+    fn awaited(&self) -> bool {
+        self.topics.iter().any(|marks| marks.awaited())
+    }
+
+    /// Puts the held entries' records in place and deletes the entries, in one write.
+    fn write(&mut self, db: &DB, cf: &rocksdb::ColumnFamily, options: &WriteOptions, poisoned: &AtomicBool) {
+        let taken = std::mem::take(&mut self.entries);
+        self.records = 0;
+        self.topics.clear();
+        if taken.is_empty() {
+            return;
         }
         let mut records: Vec<(&[u8], bool)> =
             taken.iter().flat_map(|entry| entry.records.iter().map(|(key, put)| (key.as_slice(), *put))).collect();
@@ -215,7 +296,7 @@ pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBoo
             batch.delete_cf(cf, &entry.key);
         }
         if !poisoned.load(Ordering::SeqCst)
-            && let Err(error) = db.write_opt(batch, &options)
+            && let Err(error) = db.write_opt(batch, options)
         {
             tracing::error!(%error, "writing documents' index records failed; the store refuses writes until reopened");
             poisoned.store(true, Ordering::SeqCst);
