@@ -113,14 +113,25 @@ pub(super) async fn show_table(
     let Path(name) = path?;
     let table = open_table(node, name).await?;
     let shown = table.clone();
-    let placement = blocking(move || Ok(shown.placement()?)).await?;
+    let placement = blocking(move || {
+        let placement = shown.placement()?;
+        // Whether each copy held here has caught up reads the store: done here too.
+        let caught_up: Vec<bool> = (0..placement.len() as u32)
+            .map(|partition| shown.held(partition).is_some_and(|topic| shown.caught_up(&topic)))
+            .collect();
+        Ok((placement, caught_up))
+    })
+    .await?;
     let placement = placement
+        .0
         .into_iter()
+        .zip(placement.1)
         .enumerate()
-        .map(|(partition, owners)| {
+        .map(|(partition, (owners, caught_up))| {
             let partition = partition as u32;
             wire::Placement {
                 held_here: table.held(partition).is_some(),
+                caught_up_here: caught_up,
                 owners: owners.into_iter().filter_map(|m| m.peer_id.parse().ok()).collect(),
                 partition,
                 topic: partition_topic(&table.def().name, partition),

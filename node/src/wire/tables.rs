@@ -150,6 +150,10 @@ pub struct TableShown {
 pub struct Placement {
     /// Whether the node that answered holds a copy.
     pub held_here: bool,
+    /// Whether that copy has caught up with the other holders, so it serves requests: a copy
+    /// still catching up passes them on to the next owner.
+    #[serde(default)]
+    pub caught_up_here: bool,
     /// The peer ids of its owners, best first.
     pub owners: Vec<WirePeerId>,
     /// The partition's number.

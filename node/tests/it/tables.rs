@@ -147,6 +147,15 @@ fn a_table_spreads_over_its_members_and_any_member_serves_any_key() {
         assert_eq!(list.len(), 2);
         assert_ne!(list[0], list[1]);
     }
+    // A copy still catching up passes requests on to the next owner: until each has caught up,
+    // a write may land on a partition's second owner and a read right after it, the first
+    // owner having caught up meanwhile, be served by the first.
+    for node in &nodes {
+        wait_until("every copy held has caught up", || {
+            let shown = node.json("/v1/tables/users");
+            shown["placement"].as_array().unwrap().iter().all(|p| p["held_here"] == p["caught_up_here"])
+        });
+    }
 
     // Writes through any member land on the key's partition, on one of its owners.
     let mut partition_of = BTreeMap::new();

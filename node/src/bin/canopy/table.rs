@@ -112,7 +112,11 @@ pub(crate) fn run(command: TableCommand) -> anyhow::Result<()> {
                         partition.partition,
                         partition.topic,
                         partition.owners.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-                        if partition.held_here { "\t(held here)" } else { "" }
+                        match (partition.held_here, partition.caught_up_here) {
+                            (true, true) => "\t(held here)",
+                            (true, false) => "\t(held here, catching up)",
+                            (false, _) => "",
+                        }
                     ));
                 }
                 lines.join("\n")
