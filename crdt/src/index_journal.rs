@@ -43,9 +43,11 @@ const RECORDS_PER_WRITE: usize = 65_536;
 /// Longest the journal thread holds an entry while more keep coming.
 const HELD_MAX: Duration = Duration::from_millis(100);
 
-/// How long the journal thread waits for the next entry while it holds some: a pause this
-/// long ends the group, and a reader waiting for the records is noticed this soon.
-const PAUSE: Duration = Duration::from_millis(1);
+/// A pause in the entries this long ends the group the journal thread holds.
+const PAUSE: Duration = Duration::from_millis(20);
+
+/// How often the journal thread, holding entries, looks for a reader waiting for them.
+const POLL: Duration = Duration::from_millis(1);
 
 /// Index records a batch puts (`true`) or deletes, in the order they apply.
 pub(crate) type Records = Vec<(Vec<u8>, bool)>;
@@ -214,8 +216,8 @@ fn apply<'r>(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: impl I
 
 /// The journal thread: applies entries as they come, several to a write (their records in key
 /// order, each record's changes in entry order), until every writer thread is gone. While
-/// entries keep coming it holds them, up to [`RECORDS_PER_WRITE`] records or [`HELD_MAX`],
-/// unless a reader waits for one of their topics. A failed write poisons the store, as a
+/// entries keep coming (none [`PAUSE`] apart) it holds them, up to [`RECORDS_PER_WRITE`]
+/// records or [`HELD_MAX`], unless a reader waits for one of their topics. A failed write poisons the store, as a
 /// failed write of the writer threads does; the entries stay, to be applied when it opens
 /// again.
 pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBool>) {
@@ -227,14 +229,14 @@ pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBoo
     loop {
         let next = match held.entries.is_empty() {
             true => entries.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            false => entries.recv_timeout(PAUSE),
+            false => entries.recv_timeout(POLL),
         };
         let paused = match next {
             Ok(entry) => {
                 held.push(entry);
                 false
             }
-            Err(RecvTimeoutError::Timeout) => true,
+            Err(RecvTimeoutError::Timeout) => held.last.elapsed() >= PAUSE,
             Err(RecvTimeoutError::Disconnected) => {
                 held.write(&db, cf, &options, &poisoned);
                 return;
@@ -250,22 +252,25 @@ pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBoo
 struct Held {
     entries: Vec<Entry>,
     records: usize,
-    /// When the first of them came.
+    /// When the first of them came, and the last.
     since: Instant,
+    last: Instant,
     /// The marks of their topics, each once.
     topics: Vec<Arc<Marks>>,
 }
 
 impl Default for Held {
     fn default() -> Self {
-        Held { entries: Vec::new(), records: 0, since: Instant::now(), topics: Vec::new() }
+        let now = Instant::now();
+        Held { entries: Vec::new(), records: 0, since: now, last: now, topics: Vec::new() }
     }
 }
 
 impl Held {
     fn push(&mut self, entry: Entry) {
+        self.last = Instant::now();
         if self.entries.is_empty() {
-            self.since = Instant::now();
+            self.since = self.last;
         }
         if !self.topics.iter().any(|marks| Arc::ptr_eq(marks, &entry.marks)) {
             self.topics.push(entry.marks.clone());
