@@ -386,14 +386,16 @@ impl<'a> RowChanges<'a> {
     /// the index records.
     pub fn seal(&mut self, batch: &mut WriteBatch) -> Sealed {
         self.merge_document(batch);
-        // A stable sort: of two changes to one record, the later stays last.
-        self.index_records.sort_by(|a, b| a.0.cmp(&b.0));
         match &self.journal {
+            // In the order they were made: the journal thread sorts the records it writes.
             Some((staged, marks)) if !self.index_records.is_empty() => {
                 let records = std::mem::take(&mut self.index_records);
                 staged.journal(batch, self.doc_index, self.topic, marks, records);
             }
             _ => {
+                // Sorted, so each memtable insertion starts from the one before. A stable
+                // sort: of two changes to one record, the later stays last.
+                self.index_records.sort_by(|a, b| a.0.cmp(&b.0));
                 for (record, put) in self.index_records.drain(..) {
                     match put {
                         true => batch.put_cf(self.doc_index, record, []),
