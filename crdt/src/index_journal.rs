@@ -40,6 +40,10 @@ const JOURNAL: u8 = 0x00;
 /// cheaper each.
 const RECORDS_PER_WRITE: usize = 65_536;
 
+/// Entries past which the journal thread writes what it holds: it looks through their topics
+/// for a waiting reader after each entry it takes.
+const ENTRIES_PER_WRITE_MAX: usize = 256;
+
 /// Longest the journal thread holds an entry while more keep coming.
 const HELD_MAX: Duration = Duration::from_millis(100);
 
@@ -217,9 +221,9 @@ fn apply<'r>(batch: &mut WriteBatch, cf: &rocksdb::ColumnFamily, records: impl I
 /// The journal thread: applies entries as they come, several to a write (their records in key
 /// order, each record's changes in entry order), until every writer thread is gone. While
 /// entries keep coming (none [`PAUSE`] apart) it holds them, up to [`RECORDS_PER_WRITE`]
-/// records or [`HELD_MAX`], unless a reader waits for one of their topics. A failed write poisons the store, as a
-/// failed write of the writer threads does; the entries stay, to be applied when it opens
-/// again.
+/// records, [`ENTRIES_PER_WRITE_MAX`] entries or [`HELD_MAX`], unless a reader waits for one
+/// of their topics. A failed write poisons the store, as a failed write of the writer threads
+/// does; the entries stay, to be applied when it opens again.
 pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBool>) {
     let cf = db.cf_handle(CF_DOC_INDEX).expect("every canopy column family is opened with the database");
     let mut options = WriteOptions::default();
@@ -242,7 +246,8 @@ pub(crate) fn run(db: Arc<DB>, entries: Receiver<Entry>, poisoned: Arc<AtomicBoo
                 return;
             }
         };
-        if paused || held.records >= RECORDS_PER_WRITE || held.since.elapsed() >= HELD_MAX || held.awaited() {
+        let full = held.records >= RECORDS_PER_WRITE || held.entries.len() >= ENTRIES_PER_WRITE_MAX;
+        if paused || full || held.since.elapsed() >= HELD_MAX || held.awaited() {
             held.write(&db, cf, &options, &poisoned);
         }
     }
