@@ -258,3 +258,63 @@ fn index_records_a_crash_left_in_the_journal_are_put_in_place_when_the_store_ope
     let (records, journal) = index_keys(&open_plain(&path));
     assert_eq!((records.len(), journal.len()), (300, 0), "the records are in place and the entries gone");
 }
+
+#[test]
+fn a_write_is_found_through_its_index_at_once_while_a_load_keeps_the_journal_busy() {
+    use canopy_crdt::{Store, StoreOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let by_env = IndexDef::new("env", IndexKind::String).unwrap();
+    let (busy, quiet) = (store.topic("busy").unwrap(), store.topic("quiet").unwrap());
+    for topic in [&busy, &quiet] {
+        topic.declare_index("by_env", &by_env).unwrap();
+        wait_built(topic, &["by_env"]);
+    }
+    let found = |topic: &Topic, env: &str| -> Vec<Vec<u8>> {
+        let value = by_env.encode_value(&json!(env)).unwrap();
+        let scan = IndexScan { lower: Bound::Included(&value), upper: Bound::Included(&value), after: None };
+        let records = topic.index_records("by_env", &scan, 10).unwrap().expect("a built index");
+        records.into_iter().map(|record| record.doc).collect()
+    };
+    let loading = AtomicBool::new(true);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    std::thread::scope(|scope| {
+        // A load of one topic: its journal entries keep coming, so the journal thread holds them.
+        let loader = scope.spawn(|| {
+            let mut batches = 0u64;
+            while loading.load(Ordering::SeqCst) {
+                let writes: Vec<(Vec<u8>, DocWrite)> = (0..50)
+                    .map(|i| {
+                        let n = batches * 50 + i;
+                        (format!("load-{n:07}").into_bytes(), document(n, envs(n)))
+                    })
+                    .collect();
+                busy.doc_batch(writes, None).unwrap();
+                batches += 1;
+            }
+            batches
+        });
+        // The load stops however the checks below end.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::SeqCst);
+            }
+        }
+        let stop = Stop(&loading);
+        // Meanwhile each write, to either topic, is found through the index as soon as its
+        // caller hears back.
+        for i in 0..60u64 {
+            let topic = if i % 2 == 0 { &quiet } else { &busy };
+            let (key, env) = (format!("own-{i:03}"), format!("own-env-{i}"));
+            topic.doc_write(key.as_bytes(), document(i, &env), None).unwrap();
+            assert_eq!(found(topic, &env), vec![key.into_bytes()], "write {i}");
+            assert!(Instant::now() < deadline, "reads through the index stopped being answered");
+        }
+        drop(stop);
+        assert!(loader.join().unwrap() > 0);
+    });
+    let held = records(&busy, "by_env");
+    assert_eq!(held, expected(&busy, &by_env));
+}
