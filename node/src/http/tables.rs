@@ -113,25 +113,28 @@ pub(super) async fn show_table(
     let Path(name) = path?;
     let table = open_table(node, name).await?;
     let shown = table.clone();
-    let placement = blocking(move || {
+    // Each partition's owners, and whether a copy is held here and has caught up (which may
+    // read the store).
+    let (placement, copies) = blocking(move || {
         let placement = shown.placement()?;
-        // Whether each copy held here has caught up reads the store: done here too.
-        let caught_up: Vec<bool> = (0..placement.len() as u32)
-            .map(|partition| shown.held(partition).is_some_and(|topic| shown.caught_up(&topic)))
+        let copies: Vec<(bool, bool)> = (0..placement.len() as u32)
+            .map(|partition| match shown.held(partition) {
+                Some(topic) => (true, shown.caught_up(&topic)),
+                None => (false, false),
+            })
             .collect();
-        Ok((placement, caught_up))
+        Ok((placement, copies))
     })
     .await?;
     let placement = placement
-        .0
         .into_iter()
-        .zip(placement.1)
+        .zip(copies)
         .enumerate()
-        .map(|(partition, (owners, caught_up))| {
+        .map(|(partition, (owners, (held_here, caught_up_here)))| {
             let partition = partition as u32;
             wire::Placement {
-                held_here: table.held(partition).is_some(),
-                caught_up_here: caught_up,
+                held_here,
+                caught_up_here,
                 owners: owners.into_iter().filter_map(|m| m.peer_id.parse().ok()).collect(),
                 partition,
                 topic: partition_topic(&table.def().name, partition),
