@@ -15,6 +15,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::threads::ThreadCpu;
+
 /// What a documents run does.
 #[derive(Clone, Debug)]
 pub struct DocsConfig {
@@ -83,6 +85,10 @@ pub struct DocsReport {
     pub unindexed_query_p99_us: u64,
     /// Documents each unindexed query read.
     pub unindexed_query_scanned: u64,
+    /// CPU seconds the document load used, by group of threads (on Linux).
+    pub doc_cpu: Option<ThreadCpu>,
+    /// CPU seconds the plain values' load used, by group of threads (on Linux).
+    pub value_cpu: Option<ThreadCpu>,
 }
 
 /// Values one query's field takes: about 100 documents share each.
@@ -136,8 +142,10 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         }
         batches.push(batch);
     }
+    let before = ThreadCpu::now();
     let seconds = submit(batches, config.writers, |batch| values_topic.batch(batch).map(|_| ()).map_err(Into::into))?;
     let value_keys_per_s = config.docs as f64 / seconds;
+    let value_cpu = ThreadCpu::now().zip(before).map(|(after, before)| after.since(before));
     // The documents start, as the values did, with empty memtables and no compaction owed:
     // the flushes and compactions the values' load left (most of its rows are still in the
     // memtable when it ends) would otherwise be paid during the documents'.
@@ -158,9 +166,11 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         }
         writes.last_mut().expect("pushed above").push((key(index), DocWrite::Put(fields)));
     }
+    let before = ThreadCpu::now();
     let seconds =
         submit(writes, config.writers, |writes| docs_topic.doc_batch(writes, None).map(|_| ()).map_err(Into::into))?;
     let doc_keys_per_s = config.docs as f64 / seconds;
+    let doc_cpu = ThreadCpu::now().zip(before).map(|(after, before)| after.since(before));
 
     // Latencies are an idle store's: RocksDB first finishes the compactions the load left.
     wait_idle(&store)?;
@@ -202,6 +212,8 @@ pub fn run(config: &DocsConfig) -> anyhow::Result<DocsReport> {
         unindexed_query_p50_us: unindexed.latencies.value_at_quantile(0.5),
         unindexed_query_p99_us: unindexed.latencies.value_at_quantile(0.99),
         unindexed_query_scanned: unindexed.scanned,
+        doc_cpu,
+        value_cpu,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod report;
 pub mod scale;
 pub mod sim;
 pub mod tables;
+pub mod threads;
 pub mod topics;
 
 use hdrhistogram::Histogram;

@@ -117,6 +117,14 @@ pub(crate) fn run_docs(args: DocsArgs) -> anyhow::Result<ExitCode> {
         report.doc_keys_per_s, report.value_keys_per_s, report.ratio
     );
     println!("  ({} indexes kept while writing, {} submitting threads)", report.indexes_during_ingest, report.writers);
+    for (what, cpu) in [("document", report.doc_cpu), ("value", report.value_cpu)] {
+        if let Some(cpu) = cpu {
+            let [writer, journal, rocksdb, other] = cpu.per_item_us(report.docs);
+            println!(
+                "  CPU per {what:<8}: writer {writer:.2} us, index journal {journal:.2} us, RocksDB background {rocksdb:.2} us, other threads {other:.2} us"
+            );
+        }
+    }
     println!(
         "query (no index)     p50 {:>9} us  p99 {:>9} us: {} found, {} documents read",
         report.unindexed_query_p50_us, report.unindexed_query_p99_us, report.query_hits, report.unindexed_query_scanned
