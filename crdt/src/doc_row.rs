@@ -225,12 +225,17 @@ impl DocRow {
 /// The record of a document that holds only `fields` (each a name and a value, in name order,
 /// names unique), all written by block `(height, id)` with one expiry: the bytes
 /// [`DocRow::encode`] gives for it, made without a row per field.
-pub(crate) fn encode_fresh(fields: &[(&[u8], &[u8])], (height, id): (Height, &Cid), expires: Option<u64>) -> Vec<u8> {
-    let bytes: usize = fields.iter().map(|(name, value)| 20 + name.len() + value.len()).sum();
+pub(crate) fn encode_fresh<'f>(
+    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
+    (height, id): (Height, &Cid),
+    expires: Option<u64>,
+) -> Vec<u8> {
+    let bytes: usize = fields.clone().map(|(name, value)| 20 + name.len() + value.len()).sum();
+    let any = fields.clone().next().is_some();
     let mut out = Vec::with_capacity(75 + bytes);
     out.push(VERSION);
-    put_varint(&mut out, usize::from(!fields.is_empty()));
-    if !fields.is_empty() {
+    put_varint(&mut out, usize::from(any));
+    if any {
         write_header(&mut out, height, id, expires);
     }
     for (name, value) in fields {
@@ -444,10 +449,10 @@ mod tests {
             for (name, value) in fields.iter().rev() {
                 doc.set(name, Row::single(Element { height: 7, id: id(7), value: value.to_vec(), expires }));
             }
-            assert_eq!(encode_fresh(&fields, (7, &id(7)), expires), doc.encode(), "expires {expires:?}");
-            assert_eq!(DocRow::decode(&encode_fresh(&fields, (7, &id(7)), expires)).unwrap(), doc);
+            assert_eq!(encode_fresh(fields.iter().copied(), (7, &id(7)), expires), doc.encode(), "expires {expires:?}");
+            assert_eq!(DocRow::decode(&encode_fresh(fields.iter().copied(), (7, &id(7)), expires)).unwrap(), doc);
         }
-        assert_eq!(encode_fresh(&[], (7, &id(7)), None), DocRow::default().encode());
+        assert_eq!(encode_fresh(std::iter::empty(), (7, &id(7)), None), DocRow::default().encode());
     }
 
     #[test]

@@ -207,23 +207,23 @@ impl<'a> RowChanges<'a> {
     /// its name and its value, in name order) expiring at `expires`: what
     /// [`RowChanges::write_document`] writes, with the record and the index records made
     /// straight from the values, and a field's row made only for an expiry or a watcher.
-    pub fn write_fresh_document(
+    pub fn write_fresh_document<'f>(
         &mut self,
         batch: &mut WriteBatch,
         document: &[u8],
-        fields: &[(&[u8], &[u8], &[u8])],
+        fields: impl Iterator<Item = (&'f [u8], &'f [u8], &'f [u8])> + Clone,
         (height, id): (Height, &Cid),
         expires: Option<u64>,
         notice: Notice,
     ) {
-        if fields.is_empty() {
+        if fields.clone().next().is_none() {
             return;
         }
         self.merge_document(batch);
         let empty = Row::default();
         // The document's key, unescaped once for all its indexed fields.
         let mut doc: Option<Vec<u8>> = None;
-        for &(entry, name, value) in fields {
+        for (entry, name, value) in fields.clone() {
             if expires.is_some() || self.watched || crate::index::is_declaration(entry) {
                 let element = Element { height, id: *id, value: value.to_vec(), expires };
                 let row = Row::single(element);
@@ -248,8 +248,7 @@ impl<'a> RowChanges<'a> {
                 self.index_records.push((crate::index::record_key(self.topic, &index.name, &encoded, doc), true));
             }
         }
-        let record: Vec<(&[u8], &[u8])> = fields.iter().map(|&(_, name, value)| (name, value)).collect();
-        let record = doc_row::encode_fresh(&record, (height, id), expires);
+        let record = doc_row::encode_fresh(fields.map(|(_, name, value)| (name, value)), (height, id), expires);
         if let Some(known) = self.documents.get_mut(document) {
             *known = DocRow::decode(&record).expect("a record just encoded decodes");
         }

@@ -53,7 +53,7 @@ struct Folded<'a> {
     /// Whether a put or delete among them removes every field the others leave out.
     replace: bool,
     /// Each field named, in name order, with what the last change naming it made of it.
-    fields: Vec<(&'a [u8], Outcome<'a>)>,
+    fields: Vec<(Cow<'a, [u8]>, Outcome<'a>)>,
 }
 
 /// One field a cut changes: its name, its entry's place in `Plan::entries`, and what it
@@ -69,10 +69,12 @@ struct FieldPlan<'a> {
 pub(super) struct Plan<'a> {
     /// Every entry key the delta names, one after another.
     entries: Vec<u8>,
-    /// Each document's entries prefix, its fields, and whether it is fresh: the replica holds
-    /// no field of it and no other change of the round names it, so its record is written
-    /// straight from the values set.
-    docs: Vec<(&'a [u8], Vec<FieldPlan<'a>>, bool)>,
+    /// Each document's entries prefix, its fields' place in `fields`, and whether it is fresh:
+    /// the replica holds no field of it and no other change of the round names it, so its
+    /// record is written straight from the values set.
+    docs: Vec<(&'a [u8], std::ops::Range<usize>, bool)>,
+    /// The fields of every document, one document's after another's.
+    fields: Vec<FieldPlan<'a>>,
     /// Tombstones, as `(entry, element id)`.
     removes: Vec<((usize, usize), Cid)>,
 }
@@ -82,13 +84,12 @@ impl<'a> Plan<'a> {
     /// (`documents`, read by the group), judging at `now` which elements are expired.
     /// `repeated` names, in order, the documents more than one change of the round names.
     pub fn new(cut: &[&'a WriteRequest], documents: &Documents, now: u64, repeated: &[&[u8]]) -> Plan<'a> {
-        let mut plan = Plan { entries: Vec::new(), docs: Vec::new(), removes: Vec::new() };
+        let mut plan = Plan { entries: Vec::new(), docs: Vec::new(), fields: Vec::new(), removes: Vec::new() };
+        let empty = DocRow::default();
         for folded in fold(cut) {
-            let empty = DocRow::default();
             let stored = documents.get(folded.prefix).unwrap_or(&empty);
             let fresh = stored.is_empty() && repeated.binary_search(&folded.prefix).is_err();
-            let mut named: Vec<(Cow<'a, [u8]>, Outcome<'a>)> =
-                folded.fields.into_iter().map(|(name, outcome)| (Cow::Borrowed(name), outcome)).collect();
+            let mut named = folded.fields;
             if folded.replace {
                 // A put removes the stored fields it leaves out.
                 let left_out: Vec<(Cow<'a, [u8]>, Outcome<'a>)> = stored
@@ -101,7 +102,7 @@ impl<'a> Plan<'a> {
                     named.sort_by(|a, b| a.0.cmp(&b.0));
                 }
             }
-            let mut fields: Vec<FieldPlan<'a>> = Vec::with_capacity(named.len());
+            let first = plan.fields.len();
             for (name, outcome) in named {
                 let start = plan.entries.len();
                 plan.entries.extend_from_slice(folded.prefix);
@@ -110,9 +111,9 @@ impl<'a> Plan<'a> {
                 if let Some(row) = stored.get(&name) {
                     plan.removes.extend(row.elements().iter().filter(|e| !e.expired(now)).map(|e| (entry, e.id)));
                 }
-                fields.push(FieldPlan { name, entry, outcome });
+                plan.fields.push(FieldPlan { name, entry, outcome });
             }
-            plan.docs.push((folded.prefix, fields, fresh));
+            plan.docs.push((folded.prefix, first..plan.fields.len(), fresh));
         }
         plan
     }
@@ -123,7 +124,7 @@ impl<'a> Plan<'a> {
         let entry = |(start, end): (usize, usize)| &self.entries[start..end];
         let mut adds = Vec::new();
         let mut expiries = Vec::new();
-        for field in self.docs.iter().flat_map(|(_, fields, _)| fields) {
+        for field in &self.fields {
             if let Some((value, expires)) = field.outcome {
                 adds.push((entry(field.entry), value));
                 if let Some(at) = expires {
@@ -146,18 +147,17 @@ impl<'a> Plan<'a> {
         now: u64,
     ) {
         for (prefix, fields, fresh) in self.docs {
+            let fields = &self.fields[fields];
             if fresh {
                 // Every field set is new and none is removed (there is nothing to remove); one
                 // change made them all, so they share its expiry.
-                let set: Vec<(&[u8], &[u8], &[u8])> = fields
-                    .iter()
-                    .filter_map(|field| {
-                        let (value, _) = field.outcome?;
-                        Some((&self.entries[field.entry.0..field.entry.1], &*field.name, value))
-                    })
-                    .collect();
+                let entries = &self.entries;
+                let set = fields.iter().filter_map(|field| {
+                    let (value, _) = field.outcome?;
+                    Some((&entries[field.entry.0..field.entry.1], &*field.name, value))
+                });
                 let expires = fields.iter().find_map(|field| field.outcome).and_then(|(_, expires)| expires);
-                rows_changed.write_fresh_document(batch, prefix, &set, (height, &id), expires, Notice::Written(height));
+                rows_changed.write_fresh_document(batch, prefix, set, (height, &id), expires, Notice::Written(height));
                 continue;
             }
             let doc = match documents.get_mut(prefix) {
@@ -167,7 +167,7 @@ impl<'a> Plan<'a> {
             let was_empty = doc.is_empty();
             // Each changed field's entry with the row it had.
             let mut changed: Vec<(&[u8], Option<Row>)> = Vec::with_capacity(fields.len());
-            for field in &fields {
+            for field in fields {
                 let entry = &self.entries[field.entry.0..field.entry.1];
                 match field.outcome {
                     Some((value, expires)) => {
@@ -196,6 +196,15 @@ fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
         .chunk_by(|a, b| a.1.prefix == b.1.prefix)
         .map(|changes| {
             let prefix = changes[0].1.prefix.as_slice();
+            if let [(_, change)] = changes
+                && change.remove.is_empty()
+                && change.set.windows(2).all(|pair| pair[0].0 < pair[1].0)
+            {
+                // One change setting fields in name order, each once (what a load writes).
+                let outcome = |value: &'a Vec<u8>| Some((value.as_slice(), change.expires));
+                let fields = change.set.iter().map(|(name, value)| (Cow::Borrowed(name.as_slice()), outcome(value)));
+                return Folded { prefix, replace: change.replace, fields: fields.collect() };
+            }
             // Only the changes from the last put or delete on count, and it removes the rest.
             let from = changes.iter().rposition(|(_, change)| change.replace).unwrap_or(0);
             let replace = changes[from].1.replace;
@@ -210,11 +219,11 @@ fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
             }
             // By name, the last change naming a field deciding it.
             fields.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(&b.0)));
-            let mut last: Vec<(&'a [u8], Outcome<'a>)> = Vec::with_capacity(fields.len());
+            let mut last: Vec<(Cow<'a, [u8]>, Outcome<'a>)> = Vec::with_capacity(fields.len());
             for (_, name, outcome) in fields {
                 match last.last_mut() {
-                    Some(previous) if previous.0 == name => previous.1 = outcome,
-                    _ => last.push((name, outcome)),
+                    Some(previous) if *previous.0 == *name => previous.1 = outcome,
+                    _ => last.push((Cow::Borrowed(name), outcome)),
                 }
             }
             Folded { prefix, replace, fields: last }
