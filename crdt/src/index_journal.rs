@@ -40,8 +40,8 @@ const JOURNAL: u8 = 0x00;
 /// cheaper each.
 const RECORDS_PER_WRITE: usize = 65_536;
 
-/// Entries past which the journal thread writes what it holds: it looks through their topics
-/// for a waiting reader after each entry it takes.
+/// Entries past which the journal thread writes what it holds: it looks through them for a
+/// waiting reader after each entry it takes.
 const ENTRIES_PER_WRITE_MAX: usize = 256;
 
 /// Longest the journal thread holds an entry while more keep coming.
@@ -260,14 +260,12 @@ struct Held {
     /// When the first of them came, and the last.
     since: Instant,
     last: Instant,
-    /// The marks of their topics, each once.
-    topics: Vec<Arc<Marks>>,
 }
 
 impl Default for Held {
     fn default() -> Self {
         let now = Instant::now();
-        Held { entries: Vec::new(), records: 0, since: now, last: now, topics: Vec::new() }
+        Held { entries: Vec::new(), records: 0, since: now, last: now }
     }
 }
 
@@ -277,22 +275,18 @@ impl Held {
         if self.entries.is_empty() {
             self.since = self.last;
         }
-        if !self.topics.iter().any(|marks| Arc::ptr_eq(marks, &entry.marks)) {
-            self.topics.push(entry.marks.clone());
-        }
         self.records += entry.records.len();
         self.entries.push(entry);
     }
 
     fn awaited(&self) -> bool {
-        self.topics.iter().any(|marks| marks.awaited())
+        self.entries.iter().any(|entry| entry.marks.awaited())
     }
 
     /// Puts the held entries' records in place and deletes the entries, in one write.
     fn write(&mut self, db: &DB, cf: &rocksdb::ColumnFamily, options: &WriteOptions, poisoned: &AtomicBool) {
         let taken = std::mem::take(&mut self.entries);
         self.records = 0;
-        self.topics.clear();
         if taken.is_empty() {
             return;
         }
