@@ -245,13 +245,13 @@ fn submit<T: Send>(
     Ok(started.elapsed().as_secs_f64())
 }
 
-/// Waits (at most ten minutes) until RocksDB has no compaction pending.
+/// Waits (at most ten minutes) until RocksDB owes no compaction and runs no flush or compaction.
 fn wait_idle(store: &Store) -> anyhow::Result<()> {
     let inspector = store.inspector()?;
     let deadline = Instant::now() + std::time::Duration::from_secs(600);
     while Instant::now() < deadline {
         let pending: u64 = inspector.families()?.iter().map(|family| family.pending_compaction_bytes).sum();
-        if pending == 0 {
+        if pending == 0 && store.background_jobs()? == 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -277,6 +277,16 @@ impl Store {
         Inspector::over(self.inner.db.clone())
     }
 
+    /// RocksDB's flushes and compactions running now (all families): a load measured after
+    /// the store is idle waits for this to be 0 as well as for no compaction to be owed.
+    pub fn background_jobs(&self) -> Result<u64, StorageError> {
+        let mut jobs = 0;
+        for property in ["rocksdb.num-running-flushes", "rocksdb.num-running-compactions"] {
+            jobs += self.inner.db.property_int_value(property)?.unwrap_or(0);
+        }
+        Ok(jobs)
+    }
+
     /// The block store, for DAG walks and exports.
     pub fn blocks(&self) -> &BlockStore {
         &self.inner.blocks
