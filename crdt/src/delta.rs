@@ -1,8 +1,9 @@
 //! A block's payload: the delta (adds, removes, expiries, writer-list changes), its codec and limits.
 
+use canopy_dag::cbor::Encoder;
 use canopy_dag::{AuthorId, Cid};
 use serde::{Deserialize, Serialize};
-use serde_bytes::{ByteBuf, Bytes};
+use serde_bytes::ByteBuf;
 
 /// Longest key any replica accepts in a received delta. Protocol constants like this one are
 /// the same on every node: a node's own settings may only be tighter, so it never makes a block
@@ -99,43 +100,65 @@ struct WireDelta {
     expiries: Vec<(ByteBuf, u64)>,
 }
 
-/// The wire form borrowed from the caller's data, so encoding copies each byte once. It
-/// serializes exactly as [`WireDelta`].
-#[derive(Serialize)]
-struct WireDeltaRef<'a> {
-    adds: Vec<(&'a Bytes, &'a Bytes)>,
-    removes: Vec<(&'a Bytes, Cid)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    grants: Vec<&'a Bytes>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    revokes: Vec<(&'a Bytes, Cid)>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    expiries: Vec<(&'a Bytes, u64)>,
+/// Writes a delta's DAG-CBOR from borrowed parts, each already in canonical order: the map
+/// [`WireDelta`] serializes to (its keys shorter first, then bytewise; the last three only
+/// when not empty), with each key and value copied once, into a buffer sized beforehand.
+#[allow(clippy::type_complexity)]
+fn write<'a>(
+    adds: &[(&'a [u8], &'a [u8])],
+    grants: &[&'a [u8]],
+    removes: &[(&'a [u8], Cid)],
+    revokes: &[(&'a [u8], Cid)],
+    expiries: &[(&'a [u8], u64)],
+) -> Vec<u8> {
+    // A byte string's header takes at most 9 bytes; a CID is under 48 with its tag.
+    let capacity = adds.iter().map(|(key, value)| key.len() + value.len() + 19).sum::<usize>()
+        + grants.iter().map(|author| author.len() + 9).sum::<usize>()
+        + removes.iter().chain(revokes).map(|(key, _)| key.len() + 58).sum::<usize>()
+        + expiries.iter().map(|(key, _)| key.len() + 19).sum::<usize>()
+        + 64;
+    let mut out = Encoder::new(Vec::with_capacity(capacity));
+    let optional = [grants.len(), revokes.len(), expiries.len()].iter().filter(|len| **len > 0).count();
+    out.map(2 + optional).text("adds").array(adds.len());
+    for (key, value) in adds {
+        out.array(2).bytes(key).bytes(value);
+    }
+    if !grants.is_empty() {
+        out.text("grants").array(grants.len());
+        for author in grants {
+            out.bytes(author);
+        }
+    }
+    let by_id = |out: &mut Encoder<Vec<u8>>, list: &[(&[u8], Cid)]| {
+        out.array(list.len());
+        for (key, id) in list {
+            out.array(2).bytes(key).cid(id);
+        }
+    };
+    by_id(out.text("removes"), removes);
+    if !revokes.is_empty() {
+        by_id(out.text("revokes"), revokes);
+    }
+    if !expiries.is_empty() {
+        out.text("expiries").array(expiries.len());
+        for (key, at) in expiries {
+            out.array(2).bytes(key).u64(*at);
+        }
+    }
+    out.into_inner()
 }
 
 /// Encodes a delta from borrowed parts, which must already be normalized: adds sorted with one
 /// per key, removes sorted and unique, expiries sorted by key and each the key of an add.
 pub(crate) fn encode(adds: &[(&[u8], &[u8])], removes: &[(&[u8], Cid)], expiries: &[(&[u8], u64)]) -> Vec<u8> {
-    let wire = WireDeltaRef {
-        adds: adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
-        removes: removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
-        grants: Vec::new(),
-        revokes: Vec::new(),
-        expiries: expiries.iter().map(|(k, at)| (Bytes::new(k), *at)).collect(),
-    };
-    serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+    write(adds, &[], removes, &[], expiries)
 }
 
 /// Encodes a delta that only changes a writer list; both lists must be sorted and unique.
 pub(crate) fn encode_list_change(grants: &[AuthorId], revokes: &[(AuthorId, Cid)]) -> Vec<u8> {
-    let wire = WireDeltaRef {
-        adds: Vec::new(),
-        removes: Vec::new(),
-        grants: grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
-        revokes: revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
-        expiries: Vec::new(),
-    };
-    serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+    let grants: Vec<&[u8]> = grants.iter().map(|author| author.as_bytes().as_slice()).collect();
+    let revokes: Vec<(&[u8], Cid)> = revokes.iter().map(|(author, id)| (author.as_bytes().as_slice(), *id)).collect();
+    write(&[], &grants, &[], &revokes, &[])
 }
 
 impl Delta {
@@ -167,14 +190,13 @@ impl Delta {
 
     /// The DAG-CBOR encoding of the delta.
     pub fn encode(&self) -> Vec<u8> {
-        let wire = WireDeltaRef {
-            adds: self.adds.iter().map(|(k, v)| (Bytes::new(k), Bytes::new(v))).collect(),
-            removes: self.removes.iter().map(|(k, id)| (Bytes::new(k), *id)).collect(),
-            grants: self.grants.iter().map(|author| Bytes::new(author.as_bytes())).collect(),
-            revokes: self.revokes.iter().map(|(author, id)| (Bytes::new(author.as_bytes()), *id)).collect(),
-            expiries: self.expiries.iter().map(|(k, at)| (Bytes::new(k), *at)).collect(),
-        };
-        serde_ipld_dagcbor::to_vec(&wire).expect("encoding a delta into memory cannot fail")
+        let adds: Vec<(&[u8], &[u8])> = self.adds.iter().map(|(key, value)| (&key[..], &value[..])).collect();
+        let grants: Vec<&[u8]> = self.grants.iter().map(|author| author.as_bytes().as_slice()).collect();
+        let removes: Vec<(&[u8], Cid)> = self.removes.iter().map(|(key, id)| (&key[..], *id)).collect();
+        let revokes: Vec<(&[u8], Cid)> =
+            self.revokes.iter().map(|(author, id)| (author.as_bytes().as_slice(), *id)).collect();
+        let expiries: Vec<(&[u8], u64)> = self.expiries.iter().map(|(key, at)| (&key[..], *at)).collect();
+        write(&adds, &grants, &removes, &revokes, &expiries)
     }
 
     /// When the element this delta adds to `key` expires, if it does.
@@ -277,6 +299,32 @@ mod tests {
         };
         let borrowed = encode(&[(b"a", &[0, 1, 2]), (b"b", &[])], &[(b"a", id)], &[(b"b", 1_700_000_000_000)]);
         assert_eq!(borrowed, serde_ipld_dagcbor::to_vec(&owned).unwrap());
+    }
+
+    #[test]
+    fn every_delta_is_encoded_as_serde_encodes_its_wire_form() {
+        let signer = |n: u8| canopy_dag::Signer::from_secret([n; 32]);
+        let ids: Vec<Cid> =
+            (1..4u8).map(|n| Block::build("t", vec![], 1, vec![n], &signer(n)).unwrap().cid()).collect();
+        let authors: Vec<AuthorId> = (1..4u8).map(|n| signer(n).author()).collect();
+        for size in [0usize, 1, 23, 24, 300] {
+            let key = |n: usize| format!("{n:0>width$}", width = size.max(3)).into_bytes();
+            let delta = Delta {
+                adds: (0..size).map(|n| (key(n), vec![n as u8; size])).collect(),
+                removes: (0..size.min(40)).map(|n| (key(n), ids[n % ids.len()])).collect(),
+                grants: authors[..size.min(authors.len())].to_vec(),
+                revokes: (0..size.min(2)).map(|n| (authors[n], ids[n])).collect(),
+                expiries: (0..size).step_by(2).map(|n| (key(n), (n as u64) << 40)).collect(),
+            };
+            let wire = WireDelta {
+                adds: delta.adds.iter().map(|(k, v)| (ByteBuf::from(k.clone()), ByteBuf::from(v.clone()))).collect(),
+                removes: delta.removes.iter().map(|(k, id)| (ByteBuf::from(k.clone()), *id)).collect(),
+                grants: delta.grants.iter().map(|author| ByteBuf::from(author.as_bytes().to_vec())).collect(),
+                revokes: delta.revokes.iter().map(|(a, id)| (ByteBuf::from(a.as_bytes().to_vec()), *id)).collect(),
+                expiries: delta.expiries.iter().map(|(k, at)| (ByteBuf::from(k.clone()), *at)).collect(),
+            };
+            assert_eq!(delta.encode(), serde_ipld_dagcbor::to_vec(&wire).unwrap(), "{size} of each");
+        }
     }
 
     #[test]

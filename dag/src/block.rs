@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::{ByteBuf, Bytes};
 
 use crate::author::{AUTHOR_BYTES, AuthorId, SIGNATURE_BYTES, Signer, signing_hasher, verifying_key};
+use crate::cbor::{Encoder, Sink};
 use crate::verify::{Claim, verify_all};
 
 /// Multicodec code of DAG-CBOR, the encoding of every block.
@@ -112,10 +113,24 @@ struct Unsigned<'a> {
 
 impl Unsigned<'_> {
     /// Encoded straight into the hasher: the payload is not copied again.
-    fn digest(&self, topic: &str) -> Result<[u8; 32], BlockError> {
-        let mut hasher = signing_hasher(topic);
-        serde_ipld_dagcbor::to_writer(&mut hasher, self).map_err(|e| BlockError::Malformed(e.to_string()))?;
-        Ok(*hasher.finalize().as_bytes())
+    fn digest(&self, topic: &str) -> [u8; 32] {
+        let mut encoder = Encoder::new(signing_hasher(topic));
+        self.write(&mut encoder, None);
+        *encoder.into_inner().finalize().as_bytes()
+    }
+
+    /// Writes the block's encoding: what serde gives for [`Unsigned`], or with `signature` for
+    /// [`WireBlock`], without copying the payload into a map buffer first.
+    fn write<S: Sink>(&self, encoder: &mut Encoder<S>, signature: Option<&[u8]>) {
+        encoder.map(4 + usize::from(signature.is_some())).text("links").array(self.links.len());
+        for link in self.links {
+            encoder.cid(link);
+        }
+        encoder.text("author").bytes(self.author).text("height").u64(self.height);
+        encoder.text("payload").bytes(self.payload);
+        if let Some(signature) = signature {
+            encoder.text("signature").bytes(signature);
+        }
     }
 }
 
@@ -158,20 +173,17 @@ impl Block {
         let author = signer.author();
         let unsigned =
             Unsigned { links: &links, author: Bytes::new(author.as_bytes()), height, payload: Bytes::new(&payload) };
-        let signature = signer.sign(&unsigned.digest(topic)?);
-        let wire = WireBlock {
-            links,
-            author: ByteBuf::from(author.as_bytes().to_vec()),
-            height,
-            payload: ByteBuf::from(payload),
-            signature: ByteBuf::from(signature.to_vec()),
-        };
-        let bytes = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
+        let signature = signer.sign(&unsigned.digest(topic));
+        // Room for the payload, the links, the author, the signature and the map's keys.
+        let capacity = payload.len() + links.len() * 48 + AUTHOR_BYTES + SIGNATURE_BYTES + 64;
+        let mut encoder = Encoder::new(Vec::with_capacity(capacity));
+        unsigned.write(&mut encoder, Some(&signature));
+        let bytes = encoder.into_inner();
         if bytes.len() > BLOCK_BYTES_MAX {
             return Err(BlockError::TooLarge { bytes: bytes.len(), max: BLOCK_BYTES_MAX });
         }
         let cid = cid_of(&bytes);
-        Ok(Block { cid, height, links: wire.links, payload: wire.payload.into_vec(), author, bytes })
+        Ok(Block { cid, height, links, payload, author, bytes })
     }
 
     /// Decodes and validates received bytes of `topic` named by `cid`.
@@ -201,8 +213,15 @@ impl Block {
         }
         let wire: WireBlock =
             serde_ipld_dagcbor::from_slice(bytes).map_err(|e| BlockError::Malformed(e.to_string()))?;
-        let reencoded = serde_ipld_dagcbor::to_vec(&wire).map_err(|e| BlockError::Malformed(e.to_string()))?;
-        if reencoded != bytes {
+        let unsigned = Unsigned {
+            links: &wire.links,
+            author: Bytes::new(&wire.author),
+            height: wire.height,
+            payload: Bytes::new(&wire.payload),
+        };
+        let mut reencoded = Encoder::new(Vec::with_capacity(bytes.len()));
+        unsigned.write(&mut reencoded, Some(&wire.signature));
+        if reencoded.into_inner() != bytes {
             return Err(BlockError::NotCanonical);
         }
         if wire.links.len() > limits.links_max {
@@ -234,7 +253,7 @@ impl Block {
             height: wire.height,
             payload: Bytes::new(&wire.payload),
         };
-        let claim = Claim { key, digest: unsigned.digest(topic)?, signature };
+        let claim = Claim { key, digest: unsigned.digest(topic), signature };
         let block = Block {
             cid,
             height: wire.height,
@@ -360,7 +379,26 @@ mod tests {
             payload: Bytes::new(&wire.payload),
         };
         let bytes = serde_ipld_dagcbor::to_vec(&unsigned).unwrap();
-        assert_eq!(unsigned.digest(TOPIC).unwrap(), crate::author::signing_digest(TOPIC, &bytes));
+        assert_eq!(unsigned.digest(TOPIC), crate::author::signing_digest(TOPIC, &bytes));
+    }
+
+    #[test]
+    fn a_built_block_is_encoded_as_serde_encodes_its_fields() {
+        let parents: Vec<Cid> = (0..3u8).map(|n| cid_of(&[n])).collect();
+        for links in [0, 1, 3] {
+            for payload in [0, 23, 24, 255, 256, 70_000] {
+                let height = if links == 0 { 1 } else { 2 };
+                let block = build(parents[..links].to_vec(), height, vec![9; payload]).unwrap();
+                let wire = WireBlock {
+                    links: block.links().to_vec(),
+                    author: ByteBuf::from(block.author().as_bytes().to_vec()),
+                    height,
+                    payload: ByteBuf::from(block.payload().to_vec()),
+                    signature: wire(&block).signature,
+                };
+                assert_eq!(block.bytes(), encode(&wire).1, "{links} links, {payload} bytes of payload");
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 mod author;
 mod block;
+pub mod cbor;
 mod store;
 mod topic;
 mod validate;
