@@ -223,20 +223,17 @@ impl DocRow {
 }
 
 /// The record of a document that holds only `fields` (each a name and a value, in name order,
-/// names unique), all written by block `(height, id)` with one expiry: the bytes
-/// [`DocRow::encode`] gives for it, made without a row per field.
-pub(crate) fn encode_fresh<'f>(
-    fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone,
-    (height, id): (Height, &Cid),
-    expires: Option<u64>,
-) -> Vec<u8> {
+/// names unique), all of one element header (`header`, as [`write_header`] writes it: the
+/// fields one block wrote with one expiry): the bytes [`DocRow::encode`] gives for it, made
+/// without a row per field.
+pub(crate) fn encode_fresh<'f>(fields: impl Iterator<Item = (&'f [u8], &'f [u8])> + Clone, header: &[u8]) -> Vec<u8> {
     let bytes: usize = fields.clone().map(|(name, value)| 20 + name.len() + value.len()).sum();
     let any = fields.clone().next().is_some();
-    let mut out = Vec::with_capacity(75 + bytes);
+    let mut out = Vec::with_capacity(3 + header.len() + bytes);
     out.push(VERSION);
     put_varint(&mut out, usize::from(any));
     if any {
-        write_header(&mut out, height, id, expires);
+        out.extend_from_slice(header);
     }
     for (name, value) in fields {
         put_varint(&mut out, name.len());
@@ -254,7 +251,11 @@ type IntReader = fn(&mut &[u8], usize) -> Result<usize, String>;
 
 /// Appends `n` as an unsigned varint.
 fn put_varint(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(unsigned_varint::encode::usize(n, &mut unsigned_varint::encode::usize_buffer()));
+    match u8::try_from(n) {
+        // One byte, as the encoder would write it, without going through its buffer.
+        Ok(small) if small < 0x80 => out.push(small),
+        _ => out.extend_from_slice(unsigned_varint::encode::usize(n, &mut unsigned_varint::encode::usize_buffer())),
+    }
 }
 
 /// Takes an unsigned varint off `bytes`.
@@ -440,6 +441,16 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_is_written_as_the_varint_encoder_writes_it() {
+        for n in [0, 1, 0x7f, 0x80, 0xff, 0x100, 300, 1 << 20, usize::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, n);
+            assert_eq!(out, unsigned_varint::encode::usize(n, &mut unsigned_varint::encode::usize_buffer()), "{n}");
+            assert_eq!(take_varint(&mut &out[..]), Ok(n));
+        }
+    }
+
+    #[test]
     fn a_fresh_record_is_the_bytes_its_rows_encode_to() {
         let long = vec![b'x'; 300];
         let fields: [(&[u8], &[u8]); 3] = [(b"a", b"1"), (b"b", &long), (b"c", b"\"three\"")];
@@ -449,10 +460,12 @@ mod tests {
             for (name, value) in fields.iter().rev() {
                 doc.set(name, Row::single(Element { height: 7, id: id(7), value: value.to_vec(), expires }));
             }
-            assert_eq!(encode_fresh(fields.iter().copied(), (7, &id(7)), expires), doc.encode(), "expires {expires:?}");
-            assert_eq!(DocRow::decode(&encode_fresh(fields.iter().copied(), (7, &id(7)), expires)).unwrap(), doc);
+            let mut header = Vec::new();
+            write_header(&mut header, 7, &id(7), expires);
+            assert_eq!(encode_fresh(fields.iter().copied(), &header), doc.encode(), "expires {expires:?}");
+            assert_eq!(DocRow::decode(&encode_fresh(fields.iter().copied(), &header)).unwrap(), doc);
         }
-        assert_eq!(encode_fresh(std::iter::empty(), (7, &id(7)), None), DocRow::default().encode());
+        assert_eq!(encode_fresh(std::iter::empty(), &[]), DocRow::default().encode());
     }
 
     #[test]

@@ -205,7 +205,11 @@ fn block_cid(digest: &[u8]) -> Result<Cid, String> {
 }
 
 fn put_varint(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(unsigned_varint::encode::u64(n, &mut unsigned_varint::encode::u64_buffer()));
+    match u8::try_from(n) {
+        // One byte, as the encoder would write it, without going through its buffer.
+        Ok(small) if small < 0x80 => out.push(small),
+        _ => out.extend_from_slice(unsigned_varint::encode::u64(n, &mut unsigned_varint::encode::u64_buffer())),
+    }
 }
 
 fn take_varint(bytes: &mut &[u8]) -> Result<u64, String> {

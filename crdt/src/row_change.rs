@@ -89,7 +89,13 @@ pub(crate) struct RowChanges<'a> {
     index_records: Vec<(Vec<u8>, bool)>,
     /// Where the index records go as a journal entry, when a journal thread puts them in place.
     journal: Option<(&'a crate::index_journal::Staged, Arc<crate::index_journal::Marks>)>,
+    /// The element header of the fresh documents written last, encoded: the documents of one
+    /// block share it.
+    fresh_header: Option<(Header, Vec<u8>)>,
 }
+
+/// An element header: the height and id of the block that wrote the element, and its expiry.
+type Header = (Height, Cid, Option<u64>);
 
 impl<'a> RowChanges<'a> {
     /// Changes of `topic`'s rows, whose key count is `key_count` now, judged at `now` (which
@@ -116,6 +122,7 @@ impl<'a> RowChanges<'a> {
             documents: Documents::new(),
             index_records: Vec::new(),
             journal: None,
+            fresh_header: None,
         }
     }
 
@@ -248,7 +255,16 @@ impl<'a> RowChanges<'a> {
                 self.index_records.push((crate::index::record_key(self.topic, &index.name, &encoded, doc), true));
             }
         }
-        let record = doc_row::encode_fresh(fields.map(|(_, name, value)| (name, value)), (height, id), expires);
+        let header = (height, *id, expires);
+        let header = match &mut self.fresh_header {
+            Some((made, bytes)) if *made == header => bytes,
+            slot => {
+                let mut bytes = Vec::new();
+                crate::row::write_header(&mut bytes, height, id, expires);
+                &slot.insert((header, bytes)).1
+            }
+        };
+        let record = doc_row::encode_fresh(fields.map(|(_, name, value)| (name, value)), header);
         if let Some(known) = self.documents.get_mut(document) {
             *known = DocRow::decode(&record).expect("a record just encoded decodes");
         }

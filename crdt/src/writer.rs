@@ -40,7 +40,7 @@ mod topic_drop;
 pub(crate) use documents::DocChange;
 use local::commit_local;
 use remote::{RoundRows, apply_ready, ingest};
-use rows::{build_key_filters, read_rows, read_topic_rows};
+use rows::{build_key_filters, read_rows, read_topic_documents, read_topic_rows};
 use topic_drop::{delete_topic_range, drop_topic};
 
 /// Most CIDs remembered as rejected per topic, so bad blocks are not fetched again and again.

@@ -53,7 +53,28 @@ struct Folded<'a> {
     /// Whether a put or delete among them removes every field the others leave out.
     replace: bool,
     /// Each field named, in name order, with what the last change naming it made of it.
-    fields: Vec<(Cow<'a, [u8]>, Outcome<'a>)>,
+    fields: FoldedFields<'a>,
+}
+
+/// The fields a document's folded changes name.
+enum FoldedFields<'a> {
+    /// One change setting fields in name order, each once, none removed (what a load writes),
+    /// all expiring at the given time: its fields as they came.
+    Set(&'a [(Vec<u8>, Vec<u8>)], Option<u64>),
+    /// Each field named with its outcome, in name order.
+    Named(Vec<(Cow<'a, [u8]>, Outcome<'a>)>),
+}
+
+impl<'a> FoldedFields<'a> {
+    fn into_named(self) -> Vec<(Cow<'a, [u8]>, Outcome<'a>)> {
+        match self {
+            FoldedFields::Set(set, expires) => set
+                .iter()
+                .map(|(name, value)| (Cow::Borrowed(name.as_slice()), Some((value.as_slice(), expires))))
+                .collect(),
+            FoldedFields::Named(named) => named,
+        }
+    }
 }
 
 /// One field a cut changes: its name, its entry's place in `Plan::entries`, and what it
@@ -84,12 +105,36 @@ impl<'a> Plan<'a> {
     /// (`documents`, read by the group), judging at `now` which elements are expired.
     /// `repeated` names, in order, the documents more than one change of the round names.
     pub fn new(cut: &[&'a WriteRequest], documents: &Documents, now: u64, repeated: &[&[u8]]) -> Plan<'a> {
-        let mut plan = Plan { entries: Vec::new(), docs: Vec::new(), fields: Vec::new(), removes: Vec::new() };
+        let changes = || cut.iter().flat_map(|request| &request.docs);
+        let named: usize = changes().map(DocChange::fields).sum();
+        let entry_bytes: usize = changes()
+            .map(|change| {
+                let names = change.set.iter().map(|(name, _)| name).chain(&change.remove);
+                names.map(|name| change.prefix.len() + name.len()).sum::<usize>()
+            })
+            .sum();
+        let mut plan = Plan {
+            entries: Vec::with_capacity(entry_bytes),
+            docs: Vec::with_capacity(changes().count()),
+            fields: Vec::with_capacity(named),
+            removes: Vec::new(),
+        };
         let empty = DocRow::default();
         for folded in fold(cut) {
             let stored = documents.get(folded.prefix).unwrap_or(&empty);
             let fresh = stored.is_empty() && repeated.binary_search(&folded.prefix).is_err();
-            let mut named = folded.fields;
+            let first = plan.fields.len();
+            if let (FoldedFields::Set(set, expires), true) = (&folded.fields, stored.is_empty()) {
+                // Nothing stored to remove or supersede: each field set becomes an add.
+                for (name, value) in *set {
+                    let entry = plan.entry(folded.prefix, name);
+                    let outcome = Some((value.as_slice(), *expires));
+                    plan.fields.push(FieldPlan { name: Cow::Borrowed(name.as_slice()), entry, outcome });
+                }
+                plan.docs.push((folded.prefix, first..plan.fields.len(), fresh));
+                continue;
+            }
+            let mut named = folded.fields.into_named();
             if folded.replace {
                 // A put removes the stored fields it leaves out.
                 let left_out: Vec<(Cow<'a, [u8]>, Outcome<'a>)> = stored
@@ -102,12 +147,8 @@ impl<'a> Plan<'a> {
                     named.sort_by(|a, b| a.0.cmp(&b.0));
                 }
             }
-            let first = plan.fields.len();
             for (name, outcome) in named {
-                let start = plan.entries.len();
-                plan.entries.extend_from_slice(folded.prefix);
-                plan.entries.extend_from_slice(&name);
-                let entry = (start, plan.entries.len());
+                let entry = plan.entry(folded.prefix, &name);
                 if let Some(row) = stored.get(&name) {
                     plan.removes.extend(row.elements().iter().filter(|e| !e.expired(now)).map(|e| (entry, e.id)));
                 }
@@ -116,6 +157,14 @@ impl<'a> Plan<'a> {
             plan.docs.push((folded.prefix, first..plan.fields.len(), fresh));
         }
         plan
+    }
+
+    /// Appends the entry key of field `name` of the document `prefix` to `entries`; its place.
+    fn entry(&mut self, prefix: &[u8], name: &[u8]) -> (usize, usize) {
+        let start = self.entries.len();
+        self.entries.extend_from_slice(prefix);
+        self.entries.extend_from_slice(name);
+        (start, self.entries.len())
     }
 
     /// The delta's adds, tombstones and expiries of the planned fields, in key order.
@@ -200,10 +249,11 @@ fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
                 && change.remove.is_empty()
                 && change.set.windows(2).all(|pair| pair[0].0 < pair[1].0)
             {
-                // One change setting fields in name order, each once (what a load writes).
-                let outcome = |value: &'a Vec<u8>| Some((value.as_slice(), change.expires));
-                let fields = change.set.iter().map(|(name, value)| (Cow::Borrowed(name.as_slice()), outcome(value)));
-                return Folded { prefix, replace: change.replace, fields: fields.collect() };
+                return Folded {
+                    prefix,
+                    replace: change.replace,
+                    fields: FoldedFields::Set(&change.set, change.expires),
+                };
             }
             // Only the changes from the last put or delete on count, and it removes the rest.
             let from = changes.iter().rposition(|(_, change)| change.replace).unwrap_or(0);
@@ -226,7 +276,7 @@ fn fold<'a>(cut: &[&'a WriteRequest]) -> Vec<Folded<'a>> {
                     _ => last.push((Cow::Borrowed(name), outcome)),
                 }
             }
-            Folded { prefix, replace, fields: last }
+            Folded { prefix, replace, fields: FoldedFields::Named(last) }
         })
         .collect()
 }

@@ -9,7 +9,7 @@ use crossbeam_channel::Sender;
 use rocksdb::WriteBatch;
 
 use super::documents::{self, Plan};
-use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_topic_rows};
+use super::{Committed, Context, TopicState, WriteRequest, apply_ready, read_topic_documents, read_topic_rows};
 use crate::access::Refusal;
 use crate::counter;
 use crate::delta::DELTA_OPS_MAX;
@@ -371,8 +371,8 @@ fn prepare_cuts(
     let mut changed_documents = Documents::new();
     if !prefixes.is_empty() {
         let full_keys: Vec<Vec<u8>> = prefixes.iter().map(|prefix| topic.key(prefix)).collect();
-        match read_topic_rows(context, state, &full_keys) {
-            Ok((_, read)) => changed_documents = read,
+        match read_topic_documents(context, state, &full_keys) {
+            Ok(read) => changed_documents = read,
             Err(error) => return Err((requests.iter().map(|r| r.reply.clone()).collect(), error)),
         }
     }

@@ -60,6 +60,22 @@ pub(super) fn read_topic_rows(
     Ok((rows, documents))
 }
 
+/// The stored documents of `prefixes` (topic-prefixed entries prefixes, in order) of `state`'s
+/// topic, read in one batched lookup but for those its key filter says the topic never held;
+/// a document missing from the result holds no field.
+pub(super) fn read_topic_documents(
+    context: &Context,
+    state: &TopicState,
+    prefixes: &[Vec<u8>],
+) -> Result<Documents, StorageError> {
+    let prefix = canopy_dag::TOPIC_ID_BYTES;
+    let Some(held) = state.shared.keys.may_hold(prefixes.iter().map(|key| &key[prefix..]), state.key_count) else {
+        return Ok(read_rows_and_documents(context, prefixes)?.1);
+    };
+    let asked: Vec<&Vec<u8>> = prefixes.iter().zip(&held).filter(|(_, held)| **held).map(|(key, _)| key).collect();
+    Ok(read_rows_and_documents(context, &asked)?.1)
+}
+
 /// Reads the rows of `keys` (topic-prefixed, in order) in one batched lookup; the fields of
 /// one document, which come one after another, in one read of its record.
 pub(super) fn read_rows<K: AsRef<[u8]>>(context: &Context, keys: &[K]) -> Result<Vec<Row>, StorageError> {
