@@ -46,11 +46,16 @@ pub fn entries_prefix(key: &[u8]) -> Vec<u8> {
 /// the order of keys is kept: a 0x00 is written 0x00 0xff, and 0x00 0x01 ends the key.
 pub(crate) fn escape_key(out: &mut Vec<u8>, key: &[u8]) {
     out.reserve(key.len() + TERMINATOR.len());
-    for &byte in key {
-        out.push(byte);
-        if byte == 0x00 {
-            out.push(0xff);
+    if key.contains(&0x00) {
+        for &byte in key {
+            out.push(byte);
+            if byte == 0x00 {
+                out.push(0xff);
+            }
         }
+    } else {
+        // Nothing to escape: most keys.
+        out.extend_from_slice(key);
     }
     out.extend_from_slice(&TERMINATOR);
 }
@@ -80,7 +85,12 @@ pub(crate) fn escaped_len(bytes: &[u8]) -> Option<usize> {
 /// The key [`escape_key`] wrote at the start of `bytes`, and the bytes its encoding took.
 pub(crate) fn unescape_key(bytes: &[u8]) -> Option<(Vec<u8>, usize)> {
     let used = escaped_len(bytes)?;
-    let mut escaped = bytes[..used - TERMINATOR.len()].iter();
+    let body = &bytes[..used - TERMINATOR.len()];
+    if !body.contains(&0x00) {
+        // Nothing escaped: most keys.
+        return Some((body.to_vec(), used));
+    }
+    let mut escaped = body.iter();
     let mut key = Vec::with_capacity(used - TERMINATOR.len());
     while let Some(&byte) = escaped.next() {
         key.push(byte);

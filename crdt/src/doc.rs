@@ -68,7 +68,7 @@ pub fn parse_entry(entry: &[u8]) -> Option<(Vec<u8>, String)> {
 /// Why `value`, a field's value, is refused: it must be JSON text.
 pub fn check_value(value: &[u8]) -> Result<(), String> {
     // Most fields are short strings and integers, which need no parser.
-    if plain_string(value).is_some() || is_plain_integer(value) {
+    if is_plain_string(value) || is_plain_integer(value) {
         return Ok(());
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(value).map(|_| ()).map_err(|e| format!("not JSON: {e}"))
@@ -77,9 +77,13 @@ pub fn check_value(value: &[u8]) -> Result<(), String> {
 /// The text of the JSON string `json` when it holds only printable ASCII and no escape: its
 /// bytes between the quotes are then the string itself.
 pub(crate) fn plain_string(json: &[u8]) -> Option<&str> {
-    let inner = json.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    let plain = inner.iter().all(|&byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\');
-    plain.then(|| std::str::from_utf8(inner).ok()).flatten()
+    is_plain_string(json).then(|| std::str::from_utf8(&json[1..json.len() - 1]).ok()).flatten()
+}
+
+/// Whether `json` is a JSON string of printable ASCII with no escape (see [`plain_string`]).
+fn is_plain_string(json: &[u8]) -> bool {
+    let Some(inner) = json.strip_prefix(b"\"").and_then(|rest| rest.strip_suffix(b"\"")) else { return false };
+    inner.iter().all(|&byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\')
 }
 
 /// Whether `json` is a JSON integer: an optional minus, then `0` or digits not starting with

@@ -113,7 +113,7 @@ impl Topic {
             DocWrite::Patch { set, remove } => (false, set, remove),
             DocWrite::Delete => (true, Vec::new(), Vec::new()),
         };
-        let set = set
+        let mut set = set
             .into_iter()
             .map(|(field, value)| {
                 check_field(&prefix, &field, limits)?;
@@ -121,7 +121,17 @@ impl Topic {
                 doc::check_value(&value).map_err(|e| WriteError::InvalidValue(format!("field {field:?}: {e}")))?;
                 Ok((field.into_bytes(), value))
             })
-            .collect::<Result<_, WriteError>>()?;
+            .collect::<Result<Vec<_>, WriteError>>()?;
+        // In name order, a field named twice taking its last value: what the writer folds
+        // without sorting (on its thread, which every caller's writes wait for).
+        set.sort_by(|a, b| a.0.cmp(&b.0));
+        set.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(&mut later.1, &mut kept.1);
+            }
+            same
+        });
         let remove = remove
             .into_iter()
             .map(|field| check_field(&prefix, &field, limits).map(|()| field.into_bytes()))

@@ -23,7 +23,8 @@ pub(crate) struct DocChange {
     /// Whether every field the document holds and `set` leaves out is removed (a put, or a
     /// delete when `set` is empty); else only the fields of `remove` are (a patch).
     pub replace: bool,
-    /// Fields set, with their JSON text.
+    /// Fields set, with their JSON text; in name order, each once, as `Topic::doc_write`
+    /// hands them over (the writer checks before it relies on it).
     pub set: Vec<(Vec<u8>, Vec<u8>)>,
     /// Fields removed.
     pub remove: Vec<Vec<u8>>,

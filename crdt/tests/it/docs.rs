@@ -35,6 +35,19 @@ fn expected(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
 }
 
 #[test]
+fn a_field_named_twice_in_one_write_takes_its_last_value_in_any_order() {
+    let (_dir, mut cluster) = cluster(2, 3);
+    let put = fields(&[("port", "1"), ("env", "\"dev\""), ("port", "2"), ("a", "true")]);
+    cluster.doc_write(0, "t", b"svc", DocWrite::Put(put)).unwrap();
+    cluster.doc_write(0, "t", b"svc", patch(&[("z", "1"), ("env", "\"x\""), ("env", "\"prod\"")], &[])).unwrap();
+    cluster.run_until_quiet(STEPS_MAX).unwrap();
+    let all = expected(&[("a", "true"), ("env", "\"prod\""), ("port", "2"), ("z", "1")]);
+    for replica in 0..2 {
+        assert_eq!(doc(&cluster, replica, b"svc"), all, "replica {replica}");
+    }
+}
+
+#[test]
 fn concurrent_patches_of_different_fields_all_survive() {
     let (_dir, mut cluster) = cluster(3, 1);
     cluster.doc_write(0, "t", b"svc", DocWrite::Put(fields(&[("env", "\"dev\""), ("port", "80")]))).unwrap();
