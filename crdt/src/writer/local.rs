@@ -151,21 +151,28 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
 
 /// The estimated delta bytes and operations one request adds to a cut, given the rows its keys
 /// had when the group started (a row only shrinks to one element within a group), the
-/// documents it changes as the group found them, and the fields earlier requests of the group
-/// set in each (`sets`, which the request's own are added to).
+/// documents it changes as the group found them (and those more than one change of the group
+/// names, `repeated`), and the fields earlier requests of the group set in each of those
+/// (`sets`, which the request's own are added to).
 fn request_cost<'a>(
     request: &'a WriteRequest,
     rows: &HashMap<&[u8], Row>,
-    documents: &Documents,
+    (documents, repeated): (&Documents, &[&[u8]]),
     sets: &mut HashMap<&'a [u8], usize>,
 ) -> (usize, usize) {
     let mut bytes = 0;
     let mut ops = 0;
     for change in &request.docs {
         let stored = documents.get(&change.prefix);
-        let earlier = sets.entry(change.prefix.as_slice()).or_default();
-        let (found, set_since) = (documents::removes_bound(change, stored), *earlier);
-        *earlier += change.set.len();
+        // Only a document more than one change of the group names can have fields set since.
+        let set_since = match repeated.binary_search(&change.prefix.as_slice()) {
+            Ok(_) => {
+                let earlier = sets.entry(change.prefix.as_slice()).or_default();
+                std::mem::replace(earlier, *earlier + change.set.len())
+            }
+            Err(_) => 0,
+        };
+        let found = documents::removes_bound(change, stored);
         // Tombstones of stored elements name a stored field; those of fields set since, any.
         let longest = stored.and_then(|doc| doc.names().map(<[u8]>::len).max()).unwrap_or(0);
         bytes += found * (change.prefix.len() + longest + REMOVE_BYTES_OVERHEAD);
@@ -383,7 +390,7 @@ fn prepare_cuts(
     let mut cut: Vec<&WriteRequest> = Vec::new();
     let (mut cut_bytes, mut cut_ops) = (0, 0);
     for request in &requests {
-        let (bytes, ops) = request_cost(request, &rows, &changed_documents, &mut sets);
+        let (bytes, ops) = request_cost(request, &rows, (&changed_documents, &repeated), &mut sets);
         if bytes > DELTA_BYTES_MAX || ops > DELTA_OPS_MAX {
             let _ = request.reply.send(Err(WriteError::TooLarge { bytes, max: DELTA_BYTES_MAX }));
             continue;
