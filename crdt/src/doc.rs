@@ -86,6 +86,14 @@ fn is_plain_string(json: &[u8]) -> bool {
     inner.iter().all(|&byte| (b' '..=b'~').contains(&byte) && byte != b'"' && byte != b'\\')
 }
 
+/// The value of `json` when it is a JSON integer with no sign that fits 64 bits.
+pub(crate) fn plain_unsigned(json: &[u8]) -> Option<u64> {
+    if !is_plain_integer(json) || json.first() == Some(&b'-') {
+        return None;
+    }
+    std::str::from_utf8(json).ok()?.parse().ok()
+}
+
 /// Whether `json` is a JSON integer: an optional minus, then `0` or digits not starting with
 /// `0`.
 fn is_plain_integer(json: &[u8]) -> bool {

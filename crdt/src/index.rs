@@ -107,12 +107,7 @@ impl IndexDef {
     pub fn encode_value(&self, value: &Value) -> Option<Vec<u8>> {
         match (self.kind, value) {
             (IndexKind::String, Value::String(text)) => Some(encode_string(text)),
-            (IndexKind::Number, Value::Number(number)) => {
-                let bits = number.as_f64()?.to_bits();
-                // Negative numbers order by their inverted bits, the others above them.
-                let ordered = if bits >> 63 == 1 { !bits } else { bits | 1 << 63 };
-                Some(ordered.to_be_bytes().to_vec())
-            }
+            (IndexKind::Number, Value::Number(number)) => Some(encode_number(number.as_f64()?)),
             (IndexKind::Bool, Value::Bool(flag)) => Some(vec![u8::from(*flag)]),
             _ => None,
         }
@@ -158,7 +153,13 @@ impl IndexDef {
                     }
                     Value::String(serde_json::from_slice::<std::borrow::Cow<str>>(json).ok()?.into())
                 }
-                IndexKind::Number => Value::Number(serde_json::from_slice(json).ok()?),
+                IndexKind::Number => {
+                    if let Some(n) = crate::doc::plain_unsigned(json) {
+                        // What the parser's number gives: an integer, as a float.
+                        return Some(encode_number(n as f64));
+                    }
+                    Value::Number(serde_json::from_slice(json).ok()?)
+                }
                 IndexKind::Bool => Value::Bool(serde_json::from_slice(json).ok()?),
             };
             return self.encode_value(&value);
@@ -167,6 +168,14 @@ impl IndexDef {
         let nested = self.path[1..].iter().try_fold(&field, |value, name| value.as_object()?.get(name))?;
         self.encode_value(nested)
     }
+}
+
+/// A number's encoding: eight bytes that order as the numbers do (negative numbers by their
+/// inverted bits, the others above them).
+fn encode_number(number: f64) -> Vec<u8> {
+    let bits = number.to_bits();
+    let ordered = if bits >> 63 == 1 { !bits } else { bits | 1 << 63 };
+    ordered.to_be_bytes().to_vec()
 }
 
 /// A string value's encoding: escaped, so that strings order as their bytes do and none is
@@ -438,6 +447,38 @@ mod tests {
 
         let flags = IndexDef::new("b", IndexKind::Bool).unwrap();
         assert!(flags.encode_value(&json!(false)) < flags.encode_value(&json!(true)));
+    }
+
+    #[test]
+    fn a_field_read_without_the_parser_gives_what_the_parser_gives() {
+        let numbers = IndexDef::new("n", IndexKind::Number).unwrap();
+        let strings = IndexDef::new("s", IndexKind::String).unwrap();
+        let texts = [
+            "0",
+            "7",
+            "-0",
+            "-12",
+            "123456789",
+            "9007199254740993",
+            "18446744073709551615",
+            "18446744073709551616",
+            "012",
+            "1.5",
+            "1e3",
+            "\"x\"",
+            "\"a b~\"",
+            "\"\\u0041\"",
+            "\"\"",
+            "true",
+            "\"",
+        ];
+        for text in texts {
+            let parsed = serde_json::from_str::<Value>(text).ok();
+            for def in [&numbers, &strings] {
+                let expected = parsed.as_ref().and_then(|value| def.encode_value(value));
+                assert_eq!(def.json_value(text.as_bytes()), expected, "{text} as {:?}", def.kind);
+            }
+        }
     }
 
     #[test]
