@@ -103,7 +103,6 @@ struct WireDelta {
 /// Writes a delta's DAG-CBOR from borrowed parts, each already in canonical order: the map
 /// [`WireDelta`] serializes to (its keys shorter first, then bytewise; the last three only
 /// when not empty), with each key and value copied once, into a buffer sized beforehand.
-#[allow(clippy::type_complexity)]
 fn write<'a>(
     adds: &[(&'a [u8], &'a [u8])],
     grants: &[&'a [u8]],
