@@ -40,6 +40,11 @@ const JOURNAL: u8 = 0x00;
 /// cheaper each.
 const RECORDS_PER_WRITE: usize = 65_536;
 
+/// Records one write of the journal thread puts in place: RocksDB applies the store's writes
+/// one after another, so a writer thread's write waits for at most these (about a
+/// millisecond's inserts).
+const RECORDS_PER_CHUNK: usize = 2_048;
+
 /// Entries past which the journal thread writes what it holds: it looks through them for a
 /// waiting reader after each entry it takes.
 const ENTRIES_PER_WRITE_MAX: usize = 256;
@@ -294,16 +299,29 @@ impl Held {
             taken.iter().flat_map(|entry| entry.records.iter().map(|(key, put)| (key.as_slice(), *put))).collect();
         // Stable: of two changes to one record, the later stays last.
         records.sort_by(|a, b| a.0.cmp(b.0));
-        let mut batch = WriteBatch::default();
-        apply(&mut batch, cf, records);
-        for entry in &taken {
-            batch.delete_cf(cf, &entry.key);
-        }
-        if !poisoned.load(Ordering::SeqCst)
-            && let Err(error) = db.write_opt(batch, options)
-        {
-            tracing::error!(%error, "writing documents' index records failed; the store refuses writes until reopened");
-            poisoned.store(true, Ordering::SeqCst);
+        // In writes of `RECORDS_PER_CHUNK`, one after another in key order (each insertion
+        // still starts from where the last one went), the last deleting the entries: every
+        // write of the store waits for the one RocksDB is applying, and one of all the records
+        // held kept the writer threads waiting milliseconds. A crash between them leaves the
+        // entries, whose records are then applied again, in order, which ends the same.
+        let mut chunks = records.chunks(RECORDS_PER_CHUNK).peekable();
+        while !poisoned.load(Ordering::SeqCst) {
+            let mut batch = WriteBatch::default();
+            apply(&mut batch, cf, chunks.next().into_iter().flatten().copied());
+            if chunks.peek().is_none() {
+                for entry in &taken {
+                    batch.delete_cf(cf, &entry.key);
+                }
+            }
+            if let Err(error) = db.write_opt(batch, options) {
+                tracing::error!(%error, "writing documents' index records failed; the store refuses writes until reopened");
+                poisoned.store(true, Ordering::SeqCst);
+            }
+            if chunks.peek().is_none() {
+                break;
+            }
+            // A writer thread or its caller woken meanwhile on this core runs first.
+            std::thread::yield_now();
         }
         for entry in taken {
             entry.marks.applied(entry.number);
@@ -380,6 +398,42 @@ mod tests {
         }
         assert!(decode(&[2, 4, 0, 0, 0, 0]).is_err(), "an unknown flag");
         assert!(decode(&[1, 2, 0, 0]).is_err(), "a key shorter than a topic's prefix");
+    }
+
+    #[test]
+    fn held_entries_larger_than_a_write_end_as_applying_them_in_order_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = DB::open_cf(&options, dir.path(), [CF_DOC_INDEX]).unwrap();
+        let cf = db.cf_handle(CF_DOC_INDEX).unwrap();
+        let topic = TopicId(7);
+        let record = |n: u32| topic.key(&[b"i".as_slice(), &n.to_be_bytes()].concat());
+        let marks = Arc::new(Marks::default());
+        // More records than one write takes, a record changed by several entries.
+        let changes: [Vec<(u32, bool)>; 3] = [
+            (0..3_000).map(|n| (n, true)).collect(),
+            (0..1_500).map(|n| (n, false)).chain((3_000..6_000).map(|n| (n, true))).collect(),
+            (0..100).map(|n| (n, true)).collect(),
+        ];
+        let mut held = Held::default();
+        for change in changes {
+            let number = marks.next_entry();
+            let key = entry_key(topic, number);
+            let records: Records = change.into_iter().map(|(n, put)| (record(n), put)).collect();
+            db.put_cf(cf, &key, encode(&records)).unwrap();
+            marks.written(number);
+            held.push(Entry { marks: marks.clone(), number, key, records });
+        }
+        assert!(held.records > RECORDS_PER_CHUNK * 3);
+        held.write(&db, cf, &WriteOptions::default(), &AtomicBool::new(false));
+        marks.settle();
+        let stored: Vec<Vec<u8>> =
+            db.iterator_cf(cf, rocksdb::IteratorMode::Start).map(|item| item.unwrap().0.to_vec()).collect();
+        let expected: Vec<Vec<u8>> = (0..100).chain(1_500..6_000).map(record).collect();
+        assert_eq!(stored.len(), expected.len(), "every entry deleted, each record as its last change left it");
+        assert!(stored == expected);
     }
 
     #[test]
