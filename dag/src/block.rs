@@ -247,12 +247,6 @@ impl Block {
         let author = AuthorId::from_verified(author_bytes);
         let signature: [u8; SIGNATURE_BYTES] =
             wire.signature.as_slice().try_into().map_err(|_| BlockError::BadSignature(cid))?;
-        let unsigned = Unsigned {
-            links: &wire.links,
-            author: Bytes::new(author.as_bytes()),
-            height: wire.height,
-            payload: Bytes::new(&wire.payload),
-        };
         let claim = Claim { key, digest: unsigned.digest(topic), signature };
         let block = Block {
             cid,
