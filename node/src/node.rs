@@ -402,20 +402,33 @@ impl Node {
         for hook in hooks {
             hook();
         }
+        // A part may hold handles on the node (a table's topics do): dropped here, it cannot keep
+        // the node, and so the store, alive past the wait below.
+        let parts = std::mem::take(&mut *self.inner.parts.lock().expect("parts lock"));
+        drop(parts);
         let closed = self.inner.store.closed();
         let _ = self.inner.sync_events.send(SyncEvent::Stop);
         if let Some(task) = self.inner.transport_task.lock().expect("task lock").take() {
             task.abort();
         }
         self.inner.transport.shutdown().await;
+        tracing::debug!("shutdown: transport stopped");
         let actor = self.inner.actor.lock().expect("actor lock").take();
         if let Some(actor) = actor {
             let _ = tokio::task::spawn_blocking(move || actor.join()).await;
         }
+        tracing::debug!("shutdown: replicator stopped");
         // The block server's last tasks release their store handles as their connections
         // close: wait for the database to close, so the directory can be opened again at once.
         // Handles the program still holds keep it open; the wait is bounded.
         drop(self);
-        let _ = tokio::task::spawn_blocking(move || closed.recv_timeout(SHUTDOWN_CLOSE_WAIT)).await;
+        let waited = tokio::task::spawn_blocking(move || closed.recv_timeout(SHUTDOWN_CLOSE_WAIT)).await;
+        tracing::debug!("shutdown: store closed or given up");
+        if let Ok(Err(crossbeam_channel::RecvTimeoutError::Timeout)) = waited {
+            tracing::warn!(
+                waited_s = SHUTDOWN_CLOSE_WAIT.as_secs(),
+                "the store is still open: handles on the node outlive its shutdown"
+            );
+        }
     }
 }

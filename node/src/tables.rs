@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -257,7 +257,8 @@ pub(crate) struct Tables {
     /// How long a member entry lives; it is rewritten every quarter of this.
     member_ttl: Duration,
     pub(crate) http: reqwest::Client,
-    stop: AtomicBool,
+    /// Set once the node stops: the background tasks end at once, their handles released.
+    stop: tokio::sync::watch::Sender<bool>,
     /// When this node joined. For half a member lifetime after it, the node may not have heard
     /// from every live member yet (each rewrites its entry every quarter of a lifetime), so the
     /// placement task takes no partition on: a catalog that arrives before the members would
@@ -507,7 +508,7 @@ impl Node {
             rehoming: std::sync::Mutex::default(),
             member_ttl,
             http,
-            stop: AtomicBool::new(false),
+            stop: tokio::sync::watch::Sender::new(false),
             joined: std::time::Instant::now(),
             beat: std::sync::atomic::AtomicU64::new(0),
             heartbeats: std::sync::Mutex::default(),
@@ -605,9 +606,9 @@ impl Node {
 async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
     let meet_every = tables.member_ttl / 4;
     let mut last_meet = tokio::time::Instant::now();
+    let mut stopped = tables.stop.subscribe();
     loop {
-        tokio::time::sleep(PLACEMENT_INTERVAL).await;
-        if tables.stop.load(Ordering::Relaxed) {
+        if until_stopped(&mut stopped, PLACEMENT_INTERVAL).await {
             return;
         }
         let Some(inner) = node.upgrade() else { return };
@@ -639,6 +640,16 @@ async fn keep_placement(node: std::sync::Weak<NodeInner>, tables: Arc<Tables>) {
             tracing::warn!(%error, "moving keys written under a superseded table shape");
         }
     }
+}
+
+/// Sleeps `period`; true when the node stopped first (or had stopped).
+async fn until_stopped(stopped: &mut tokio::sync::watch::Receiver<bool>, period: Duration) -> bool {
+    // `wait_for` fails only once the sender is gone, which stops the node as well.
+    let stopped_first = tokio::select! {
+        _ = tokio::time::sleep(period) => false,
+        _ = stopped.wait_for(|stop| *stop) => true,
+    };
+    stopped_first || *stopped.borrow()
 }
 
 fn sorted_heads(heads: &[canopy_crdt::Head]) -> Vec<canopy_crdt::Cid> {

@@ -277,7 +277,7 @@ impl Tables {
     /// Leaves the cluster's tables: the member entry is deleted, so the others place this node's
     /// partitions elsewhere at once rather than when the entry runs out.
     pub(super) fn leave(&self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.send_replace(true);
         let _ = self.members_topic.delete(self.me.peer_id.clone().into_bytes());
         let _ = self.legacy_members_topic.delete(self.me.peer_id.clone().into_bytes());
     }
@@ -286,9 +286,9 @@ impl Tables {
 /// Rewrites this node's member entry every quarter of its lifetime, until the node stops. It
 /// runs apart from placement, so that slow placement work never lets the entry run out.
 pub(super) async fn keep_member_entry(tables: Arc<Tables>) {
+    let mut stopped = tables.stop.subscribe();
     loop {
-        tokio::time::sleep(tables.member_ttl / 4).await;
-        if tables.stop.load(Ordering::Relaxed) {
+        if super::until_stopped(&mut stopped, tables.member_ttl / 4).await {
             return;
         }
         let refreshing = tables.clone();

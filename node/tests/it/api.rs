@@ -339,6 +339,24 @@ fn the_identity_survives_a_restart_and_only_its_owner_can_read_it() {
 }
 
 #[test]
+fn sigterm_stops_the_node_with_its_store_closed_and_its_writes_kept() {
+    for extra in [&[][..], &["--tables"][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let (data_dir, log) = (dir.path().join("node"), dir.path().join("node.log"));
+        let mut node = NodeProcess::start_logged(&data_dir, &["t"], extra, &log);
+        node.put("t", "kept", "yes");
+        let status = node.terminate();
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{extra:?}: exit {status}, log:\n{log}");
+        assert!(log.contains("shutting down"), "{extra:?}: {log}");
+        // The store closes before the process ends, not when its wait gives up.
+        assert!(!log.contains("still open") && !log.contains("ERROR"), "{extra:?}: {log}");
+        let again = NodeProcess::start(&data_dir, &[], &["t"]);
+        assert_eq!(again.get("t", "kept").as_deref(), Some("yes"), "{extra:?}");
+    }
+}
+
+#[test]
 fn a_batch_in_cbor_is_applied_like_its_json_and_a_malformed_one_changes_nothing() {
     use canopy_node::wire::{CBOR_BATCH, CborBatch};
     let (_dir, node) = node();

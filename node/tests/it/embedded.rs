@@ -1,5 +1,5 @@
-//! The node as a library: a node that served a peer is shut down and started again on the same
-//! directory at once, in the same process.
+//! The node as a library: a node that served a peer, or took part in the tables, is shut down and
+//! started again on the same directory at once, in the same process.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,4 +49,20 @@ async fn a_node_that_served_a_peer_starts_again_on_its_directory_right_after_shu
     let node = Node::start(config(&dir.path().join("a"), vec![])).await.unwrap();
     assert_eq!(node.subscribe("t").unwrap().key_count(), 150);
     node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_the_tables_starts_again_on_its_directory_right_after_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..2 {
+        let node = Node::start(config(dir.path(), vec![])).await.unwrap();
+        // Its tables' part holds topics of the node and tasks of its own: none of them may keep
+        // the store open once the node is shut down.
+        node.join_tables("http://127.0.0.1:9", Duration::from_secs(20)).await.unwrap();
+        if round == 0 {
+            node.create_table("users", 4, 1).unwrap();
+        }
+        assert_eq!(node.tables().unwrap().len(), 1, "round {round}");
+        node.shutdown().await;
+    }
 }

@@ -370,11 +370,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(tls) => tokio::spawn(canopy_node::http::serve_tls(node.clone(), listener, tls, stopped)),
             None => tokio::spawn(canopy_node::http::serve(node.clone(), listener, stopped)),
         };
-        tokio::spawn(reload_on_hangup(node.clone()));
+        let hangups = tokio::spawn(reload_on_hangup(node.clone()));
         shutdown_signal().await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(());
         let _ = server.await;
+        tracing::debug!("shutdown: HTTP API stopped");
+        // Its handle on the node would keep the store open through the shutdown's wait.
+        hangups.abort();
+        let _ = hangups.await;
         node.shutdown().await;
         anyhow::Ok(())
     })?;

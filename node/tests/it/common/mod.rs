@@ -34,7 +34,15 @@ impl NodeProcess {
 
     /// Like [`NodeProcess::start`], with more `canopy serve` arguments.
     pub fn start_with(data_dir: &Path, peers: &[String], topics: &[&str], extra: &[&str]) -> NodeProcess {
-        NodeProcess::start_in(canopy(), data_dir, peers, topics, extra)
+        NodeProcess::start_in(canopy(), data_dir, peers, topics, extra, Stdio::inherit())
+    }
+
+    /// Like [`NodeProcess::start_with`], its log (at `info`) written to `log`.
+    pub fn start_logged(data_dir: &Path, topics: &[&str], extra: &[&str], log: &Path) -> NodeProcess {
+        let mut command = canopy();
+        command.env("RUST_LOG", "info");
+        let file = std::fs::File::create(log).expect("a log file");
+        NodeProcess::start_in(command, data_dir, &[], topics, extra, Stdio::from(file))
     }
 
     /// Like [`NodeProcess::start_with`], its wall clock `offset` (as `faketime` takes it, e.g.
@@ -46,7 +54,7 @@ impl NodeProcess {
             .expect("libfaketime installed (apt-get install faketime)");
         let mut command = canopy();
         command.env("LD_PRELOAD", library).env("FAKETIME", offset).env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-        NodeProcess::start_in(command, data_dir, peers, &[], extra)
+        NodeProcess::start_in(command, data_dir, peers, &[], extra, Stdio::inherit())
     }
 
     fn start_in(
@@ -55,6 +63,7 @@ impl NodeProcess {
         peers: &[String],
         topics: &[&str],
         extra: &[&str],
+        stderr: Stdio,
     ) -> NodeProcess {
         command.arg("serve").args(extra);
         command
@@ -62,9 +71,11 @@ impl NodeProcess {
             .arg(data_dir)
             .args(["--api", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1", "--blocks", "127.0.0.1:0"])
             .args(["--rebroadcast-interval-s", "1"])
-            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
+        if command.get_envs().all(|(name, _)| name != "RUST_LOG") {
+            command.env("RUST_LOG", "warn");
+        }
         for peer in peers {
             command.arg("--peer").arg(peer);
         }
@@ -170,6 +181,21 @@ impl NodeProcess {
 
     pub fn heads(&self, topic: &str) -> Value {
         self.json(&format!("/v1/topics/{topic}/heads"))
+    }
+
+    /// Stops the process as an operator does (SIGTERM) and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM sent to {pid}");
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("the process's status") {
+                return status;
+            }
+            assert!(started.elapsed() < WAIT_MAX, "canopy serve still running {WAIT_MAX:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills the process at once (SIGKILL).
