@@ -46,17 +46,33 @@ fn subscriptions_path(data_dir: &Path) -> PathBuf {
     data_dir.join("subscriptions")
 }
 
+/// The topics the node subscribed, one name a line. A line that is no topic name is skipped
+/// with a warning naming it; a file that is not text is refused, naming the file.
 pub(crate) fn read_subscriptions(data_dir: &Path) -> Result<BTreeSet<String>, FileError> {
-    match std::fs::read_to_string(subscriptions_path(data_dir)) {
-        Ok(text) => Ok(text
-            .lines()
-            .map(str::trim)
-            .filter(|line| canopy_crdt::validate_topic_name(line).is_ok())
-            .map(String::from)
-            .collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(FileError { path: data_dir.to_path_buf(), message: e.to_string() }),
+    let path = subscriptions_path(data_dir);
+    let text = match std::fs::read(&path) {
+        Ok(bytes) => String::from_utf8(bytes).map_err(|e| FileError {
+            path: path.clone(),
+            message: format!(
+                "the subscribed topics' file is not text ({e}); restore it, or remove it and subscribe the topics again"
+            ),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(FileError { path, message: e.to_string() }),
+    };
+    let mut topics = BTreeSet::new();
+    for (number, line) in text.lines().enumerate().map(|(index, line)| (index + 1, line.trim())) {
+        match canopy_crdt::validate_topic_name(line) {
+            Ok(()) => {
+                topics.insert(line.to_string());
+            }
+            Err(_) if line.is_empty() => {}
+            Err(error) => {
+                tracing::warn!(file = %path.display(), line = number, %error, "skipping a line that names no topic")
+            }
+        }
     }
+    Ok(topics)
 }
 
 pub(crate) fn write_subscriptions(data_dir: &Path, topics: &BTreeSet<String>) -> Result<(), FileError> {

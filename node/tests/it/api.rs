@@ -3,6 +3,7 @@
 use crate::common;
 
 use std::io::{BufRead, BufReader, Write as _};
+use std::path::Path;
 use std::process::Stdio;
 
 use base64::Engine as _;
@@ -319,6 +320,45 @@ fn serve_refuses_bad_configuration_clearly() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("invalid"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn serve_refuses_unreadable_files_of_its_directory_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |data_dir: &Path| {
+        let output = canopy()
+            .args([
+                "serve",
+                "--api",
+                "127.0.0.1:0",
+                "--blocks",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for (file, says) in [("identity.key", "remove it to get a new identity"), ("subscriptions", "is not text")] {
+        let data_dir = dir.path().join(file);
+        std::fs::create_dir_all(&data_dir).unwrap();
+        std::fs::write(data_dir.join(file), b"\xff\xfe not a key \x00").unwrap();
+        let err = serve(&data_dir);
+        assert!(err.contains(&format!("{}", data_dir.join(file).display())) && err.contains(says), "{file}: {err}");
+    }
+    // A line naming no topic is skipped, with a warning; the other subscriptions stand.
+    let data_dir = dir.path().join("lines");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("subscriptions"), "kept\nnot a topic\n\n").unwrap();
+    let log = dir.path().join("lines.log");
+    let node = NodeProcess::start_logged(&data_dir, &[], &[], &log);
+    node.put("kept", "k", "v");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("skipping a line that names no topic") && log.contains("line=2"), "{log}");
 }
 
 #[test]
