@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use canopy_crdt::{Access, AuthorId, CompactError, Mode, ReadError, TopicError, WriteError};
+use futures::StreamExt as _;
 
 use crate::metrics;
 use crate::wire::{self, BlockRef, ErrorBody};
@@ -197,17 +198,42 @@ pub fn router(node: Node) -> Router {
         .with_state(node)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// How long requests in flight get to finish once the API's shutdown begins; change and message
+/// streams end at once (`Node::end_streams`).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the API on `listener` until `shutdown` resolves; requests in flight then get
+/// [`SHUTDOWN_GRACE`] to finish, and change and message streams end at once.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).await
+    let (begun, began) = tokio::sync::oneshot::channel();
+    let streams = node.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.end_streams();
+        let _ = begun.send(());
+    };
+    let server = axum::serve(listener, router(node)).with_graceful_shutdown(shutdown).into_future();
+    let grace = async move {
+        match began.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = server => served,
+        () = grace => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "requests still in flight when the API's shutdown grace ran out");
+            Ok(())
+        }
+    }
 }
 
 /// Serves the API over HTTPS with `tls` on `listener` until `shutdown` resolves; requests in
-/// flight then get 5 s to finish.
+/// flight then get [`SHUTDOWN_GRACE`] to finish.
 pub async fn serve_tls(
     node: Node,
     listener: tokio::net::TcpListener,
@@ -215,10 +241,11 @@ pub async fn serve_tls(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
-    let stopping = handle.clone();
+    let (stopping, streams) = (handle.clone(), node.clone());
     tokio::spawn(async move {
         shutdown.await;
-        stopping.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+        streams.end_streams();
+        stopping.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     axum_server::from_tcp_rustls(listener.into_std()?, tls)?
         .handle(handle)
@@ -553,7 +580,7 @@ async fn watch(
         };
         Some((Ok(Event::default().data(data)), (rx, watchers, handle, filter, meeting)))
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(node.streams_ended())).keep_alive(KeepAlive::default()))
 }
 
 /// A change on its way to a watch stream.

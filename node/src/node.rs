@@ -120,6 +120,8 @@ pub(crate) struct NodeInner {
     peer_acks: Arc<acks::PeerAcks>,
     /// Listeners to topics' ephemeral messages.
     pub(crate) messages: messages::Messages,
+    /// Set once the node stops: open change and message streams end.
+    streams_end: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the node heard from its peers, told to the parts that follow it.
@@ -394,10 +396,27 @@ impl Node {
         self.inner.on_shutdown.lock().expect("shutdown hooks lock").push(hook);
     }
 
+    /// Ends every change and message stream the node's API has open (their clients see the
+    /// stream end), so that an HTTP server's graceful shutdown need not wait for them. Shutting
+    /// the node down does it too.
+    pub fn end_streams(&self) {
+        self.inner.streams_end.send_replace(true);
+    }
+
+    /// Resolves once [`Node::end_streams`] has been called.
+    pub(crate) fn streams_ended(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        let mut ended = self.inner.streams_end.subscribe();
+        async move {
+            // Fails only once the node is gone, which ends its streams as well.
+            let _ = ended.wait_for(|ended| *ended).await;
+        }
+    }
+
     /// Stops replication and networking and closes the store once the last handle is gone;
     /// returns once it is closed (waiting at most 5 s for handles the program still holds), so
     /// a node can be started on the same directory right after.
     pub async fn shutdown(self) {
+        self.end_streams();
         let hooks = std::mem::take(&mut *self.inner.on_shutdown.lock().expect("shutdown hooks lock"));
         for hook in hooks {
             hook();

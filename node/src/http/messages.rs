@@ -9,6 +9,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::StreamExt as _;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{ApiResult, Watchers, event_text, subscribed};
@@ -53,5 +54,5 @@ pub(super) async fn stream(
                 }
             }
         });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream.take_until(node.streams_ended())).keep_alive(KeepAlive::default()))
 }

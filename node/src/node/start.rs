@@ -85,6 +85,7 @@ impl Node {
             on_shutdown: Mutex::new(Vec::new()),
             guard,
             messages: super::messages::Messages::default(),
+            streams_end: tokio::sync::watch::Sender::new(false),
         });
         let actor = {
             let inner = Arc::downgrade(&inner);
