@@ -33,6 +33,9 @@ pub enum OpenError {
     /// The database could not be opened or read.
     #[error("cannot open the data directory: {0}")]
     Storage(#[from] StorageError),
+    /// Another process has the data directory open (RocksDB's lock on it is held).
+    #[error("the data directory is in use by another process ({0}): stop it first, or use another directory")]
+    InUse(String),
     /// An option is out of range.
     #[error("invalid store option: {0}")]
     InvalidOptions(String),
@@ -55,6 +58,10 @@ pub enum OpenError {
 
 impl From<rocksdb::Error> for OpenError {
     fn from(error: rocksdb::Error) -> Self {
+        // RocksDB locks a directory it opens for writing; a second opener fails on the lock.
+        if error.kind() == rocksdb::ErrorKind::IOError && error.as_ref().contains("lock file") {
+            return OpenError::InUse(error.into_string());
+        }
         OpenError::Storage(StorageError::Rocks(error))
     }
 }

@@ -49,7 +49,7 @@ pub fn repair(path: impl AsRef<Path>, topic: &str) -> Result<Repair, RepairError
     options.create_missing_column_families(true);
     let db =
         DB::open_cf_descriptors(&options, path.as_ref(), column_families(&cache, crate::options::ROW_MEMTABLE_BYTES))
-            .map_err(|e| RepairError::Open(OpenError::Storage(StorageError::Rocks(e))))?;
+            .map_err(|e| RepairError::Open(OpenError::from(e)))?;
     // A directory of an older format is rewritten first, as a node opening it would.
     crate::schema::check_format(&db).map_err(RepairError::Open)?;
     let blocks = BlockStore::new(std::sync::Arc::new(db)).map_err(StorageError::from)?;

@@ -201,7 +201,7 @@ pub fn compare_heads(targets: &[Target], topic: &str) -> HeadsReport {
                     (Some(heads), None)
                 }
                 Ok(None) => (None, Some(format!("no topic {topic}"))),
-                Err(error) => (None, Some(format!("{error:#}"))),
+                Err(error) => (None, Some(canopy_node::error_text(error.as_ref()))),
             };
             NodeHeads { target: target.label(), heads, lacks: Vec::new(), behind_by: 0, error }
         })

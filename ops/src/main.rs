@@ -178,7 +178,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("canopy-ops: {error:#}");
+            eprintln!("canopy-ops: {}", canopy_node::error_text(error.as_ref()));
             ExitCode::from(2)
         }
     }

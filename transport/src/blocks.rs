@@ -59,7 +59,8 @@ pub(crate) fn start(
     let crypto = QuicServerConfig::try_from(tls).map_err(blocks_error)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(transport.clone());
-    let endpoint = Endpoint::server(server_config, config.blocks_listen).map_err(blocks_error)?;
+    let endpoint = Endpoint::server(server_config, config.blocks_listen)
+        .map_err(|e| blocks_error(format!("cannot listen on {} ({e})", config.blocks_listen)))?;
     let limits = Serving {
         all: Arc::new(Semaphore::new(SERVING_MAX)),
         peers: Arc::new(Mutex::new(HashMap::new())),

@@ -362,6 +362,23 @@ fn serve_refuses_unreadable_files_of_its_directory_naming_them() {
 }
 
 #[test]
+fn serve_on_a_directory_in_use_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let _running = NodeProcess::start(dir.path(), &[], &[]);
+    let output = canopy()
+        .args(["serve", "--api", "127.0.0.1:0", "--blocks", "127.0.0.1:0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(err.matches("in use by another process").count(), 1, "{err}");
+    // Each cause is said once, though every layer's message names the one below it.
+    assert_eq!(err.matches("LOCK").count(), 1, "{err}");
+}
+
+#[test]
 fn the_identity_survives_a_restart_and_only_its_owner_can_read_it() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("node");

@@ -320,7 +320,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("canopy-bench: {error:#}");
+            eprintln!("canopy-bench: {}", canopy_node::error_text(error.as_ref()));
             ExitCode::from(2)
         }
     }

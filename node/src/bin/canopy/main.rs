@@ -318,7 +318,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("canopy: {error:#}");
+            eprintln!("canopy: {}", canopy_node::error_text(error.as_ref()));
             ExitCode::from(2)
         }
     }

@@ -89,7 +89,7 @@ impl Shell<'_> {
                     match self.execute(&line) {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Exit) => break,
-                        Err(error) => eprintln!("error: {error:#}"),
+                        Err(error) => eprintln!("error: {}", canopy_node::error_text(error.as_ref())),
                     }
                 }
                 Err(ReadlineError::Interrupted) => continue,
@@ -115,7 +115,7 @@ impl Shell<'_> {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Exit) => break,
                 Err(error) => {
-                    eprintln!("error: line {number}: {error:#}");
+                    eprintln!("error: line {number}: {}", canopy_node::error_text(error.as_ref()));
                     failed = true;
                 }
             }
