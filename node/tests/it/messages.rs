@@ -146,4 +146,29 @@ fn the_cli_publishes_and_prints_messages() {
     let output = listener.wait_with_output().unwrap();
     let printed = String::from_utf8(output.stdout).unwrap();
     assert_eq!(printed.trim(), format!("{}: hello there", nodes[0].peer_id), "{printed}");
+    assert!(output.status.success());
+
+    // A listener whose node stops is told so, and fails.
+    let mut nodes = nodes;
+    let listener = canopy()
+        .args(["messages", "chat", "--api", &nodes[1].api])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its stream is open once its node counts it among the topic's listeners.
+    let started = Instant::now();
+    loop {
+        let reply: serde_json::Value =
+            nodes[1].http.post(nodes[1].url("/v1/topics/chat/messages")).body("ping").send().unwrap().json().unwrap();
+        if reply["local_listeners"].as_u64() == Some(1) {
+            break;
+        }
+        assert!(started.elapsed() < common::WAIT_MAX, "the listener never joined: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    nodes[1].terminate();
+    let output = listener.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("closed the messages stream"));
 }

@@ -533,9 +533,10 @@ fn client(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 printed += 1;
                 if count.is_some_and(|count| printed >= count) {
-                    break;
+                    return Ok(ExitCode::SUCCESS);
                 }
             }
+            anyhow::bail!("the node closed the messages stream");
         }
         Command::Id { client } => {
             let api = Api::new(&client)?;
