@@ -339,13 +339,11 @@ pub fn backup(target: &Target, out: &Path) -> anyhow::Result<PathBuf> {
 
 /// Opens a stopped node's store for writing; a running node's is refused with a hint.
 fn open_store(dir: &Path) -> anyhow::Result<Store> {
-    Store::open(database(dir), StoreOptions::default()).map_err(|error| {
-        let text = error.to_string();
-        if text.contains("lock") {
-            anyhow::anyhow!("{} is in use by a running node; go through it with --api URL ({text})", dir.display())
-        } else {
-            anyhow::anyhow!("cannot open {}: {text}", dir.display())
+    Store::open(database(dir), StoreOptions::default()).map_err(|error| match error {
+        canopy_crdt::OpenError::InUse(lock) => {
+            anyhow::anyhow!("{} is in use by a running node ({lock}); go through it with --api URL", dir.display())
         }
+        other => anyhow::anyhow!("cannot open {}: {other}", dir.display()),
     })
 }
 
@@ -354,13 +352,11 @@ fn open_store(dir: &Path) -> anyhow::Result<Store> {
 /// the blocks and the cover snapshot.
 pub fn repair(target: &Target, topic: &str) -> anyhow::Result<canopy_crdt::repair::Repair> {
     match target {
-        Target::Offline(dir) => canopy_crdt::repair::repair(database(dir), topic).map_err(|error| {
-            let text = error.to_string();
-            if text.contains("lock") {
-                anyhow::anyhow!("{} is in use by a running node: stop it, then repair ({text})", dir.display())
-            } else {
-                anyhow::anyhow!("cannot repair {topic} in {}: {text}", dir.display())
+        Target::Offline(dir) => canopy_crdt::repair::repair(database(dir), topic).map_err(|error| match error {
+            canopy_crdt::repair::RepairError::Open(canopy_crdt::OpenError::InUse(lock)) => {
+                anyhow::anyhow!("{} is in use by a running node ({lock}): stop it, then repair", dir.display())
             }
+            other => anyhow::anyhow!("cannot repair {topic} in {}: {other}", dir.display()),
         }),
         Target::Online(remote) => {
             bail!(
