@@ -107,8 +107,11 @@ enum Command {
     /// Read a CARv1 file into a topic (of a stopped node's data directory, or of a running
     /// node, which then announces it): snapshots merged, blocks checked and applied.
     Import {
+        /// The CARv1 file, as `export` writes it.
         file: PathBuf,
-        /// The topic to import into [default: the topic its snapshot names].
+        /// The topic to import into [default: the topic its snapshot names]. Blocks are signed
+        /// for the topic they were written in: imported into a topic of another name, they
+        /// are refused.
         #[arg(long)]
         topic: Option<String>,
         #[command(flatten)]
