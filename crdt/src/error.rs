@@ -3,7 +3,7 @@
 use canopy_dag::{BlockError, StoreError};
 
 /// A storage failure underneath an operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// RocksDB failed.

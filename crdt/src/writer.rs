@@ -550,7 +550,9 @@ impl Context {
                 self.staged.discard();
                 // After a failed write the WAL and memtable may disagree with what callers
                 // were told; refuse further writes until the store is reopened.
-                self.poisoned.store(true, Ordering::SeqCst);
+                if !self.poisoned.swap(true, Ordering::SeqCst) {
+                    tracing::error!(%error, "a write to the store failed; it refuses writes until it is reopened");
+                }
                 Err(StorageError::Rocks(error))
             }
         }

@@ -98,9 +98,8 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
         match prepare_local(context, state, requests, &mut batch) {
             Ok(commit) => commits.push(commit),
             Err((replies, error)) => {
-                let message = error.to_string();
                 for reply in replies {
-                    let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
+                    let _ = reply.send(Err(WriteError::Storage(error.clone())));
                 }
             }
         }
@@ -108,10 +107,9 @@ pub(super) fn commit_local(context: &Context, topics: &mut HashMap<TopicId, Topi
     if commits.iter().any(|c| !c.made.is_empty())
         && let Err(error) = context.write(batch)
     {
-        let message = error.to_string();
         for commit in commits {
             for (reply, _) in commit.replies {
-                let _ = reply.send(Err(WriteError::Storage(StorageError::Corrupt(message.clone()))));
+                let _ = reply.send(Err(WriteError::Storage(error.clone())));
             }
         }
         return;

@@ -13,6 +13,7 @@ mod history;
 mod messages;
 mod security;
 mod shell;
+mod storage;
 mod table_docs;
 mod tables;
 mod wire;
