@@ -548,8 +548,7 @@ impl Context {
             }
             Err(error) => {
                 self.staged.discard();
-                // After a failed write the WAL and memtable may disagree with what callers
-                // were told; refuse further writes until the store is reopened.
+                // WAL and memtable may disagree with the callers now: no writes until reopened.
                 if !self.poisoned.swap(true, Ordering::SeqCst) {
                     tracing::error!(%error, "a write to the store failed; it refuses writes until it is reopened");
                 }
