@@ -6,8 +6,9 @@
 //! preferring `=`, then `^=`, then ranges. The records give the candidate documents; each is
 //! read and checked against every condition, so the answer is the one a scan gives. When the
 //! query is ordered by the index's path, the records' order is the answer's; otherwise the
-//! candidates are taken in key order. A query whose candidates number more than
-//! [`SORT_DOCS_MAX`] scans instead.
+//! candidates are taken in key order. A query in key order by one value with `=` reads that
+//! value's records (in key order already) a chunk at a time, only as far as its page needs;
+//! any other whose candidates number more than [`SORT_DOCS_MAX`] scans instead.
 
 use std::ops::Bound;
 
@@ -154,6 +155,12 @@ pub(super) fn find_indexed(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Option<FoundPage>, FindError> {
+    if order.is_none()
+        && let [(Bound::Included(value), Bound::Included(same))] = plan.ranges.as_slice()
+        && value == same
+    {
+        return find_equal(topic, plan, value, filter, after, limit);
+    }
     let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (lower, upper) in &plan.ranges {
         let scan = IndexScan { lower: as_ref(lower), upper: as_ref(upper), after: None };
@@ -227,6 +234,43 @@ pub(super) fn find_indexed(
     Ok(Some(found))
 }
 
+/// Answers a query in key order through the records of one `value`, which are in key order
+/// themselves: read a chunk at a time, only as far as the page needs, with no bound on how
+/// many documents hold the value. `None` when the index went away meanwhile.
+fn find_equal(
+    topic: &Topic,
+    plan: &Plan,
+    value: &[u8],
+    filter: &Filter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Option<FoundPage>, FindError> {
+    let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
+    // Records of `value` after the cursor's key (a key no record has is a place between two).
+    let mut resume: Option<Vec<u8>> = after.map(|after| after.as_bytes().to_vec());
+    loop {
+        let bound = Bound::Included(value);
+        let scan = IndexScan { lower: bound, upper: bound, after: resume.as_deref().map(|doc| (value, doc)) };
+        let Some(records) = topic.index_records(&plan.name, &scan, FETCH_DOCS)? else { return Ok(None) };
+        let keys: Vec<Vec<u8>> = records.into_iter().map(|record| record.doc).collect();
+        for (key, doc) in read(topic, &keys, &mut found.scanned)? {
+            if !filter.matches(&doc) {
+                continue;
+            }
+            if found.docs.len() == limit {
+                let last = &found.docs.last().expect("a full page").0;
+                found.next = Some(String::from_utf8_lossy(last).into_owned());
+                return Ok(Some(found));
+            }
+            found.docs.push((key, doc));
+        }
+        if keys.len() < FETCH_DOCS {
+            return Ok(Some(found));
+        }
+        resume = keys.into_iter().next_back();
+    }
+}
+
 /// Candidates read at once: one iterator serves them all.
 const FETCH_DOCS: usize = 128;
 
@@ -280,5 +324,61 @@ mod tests {
         assert_eq!(plan_of(&["env^=pr"]).unwrap().name, "by_env");
         assert_eq!(successor(&[1, 0xff, 0xff]), Some(vec![2]));
         assert_eq!(successor(&[0xff]), None);
+    }
+}
+
+#[cfg(test)]
+mod equal_tests {
+    use canopy_crdt::{DocWrite, Store, StoreOptions};
+
+    use super::*;
+
+    #[test]
+    fn a_value_more_documents_hold_than_a_sort_takes_is_still_found_through_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let topic = store.topic("t").unwrap();
+        topic.declare_index("by_env", &IndexDef::new("env", IndexKind::String).unwrap()).unwrap();
+        let started = std::time::Instant::now();
+        while !topic.indexes().iter().all(|index| index.ready) {
+            assert!(started.elapsed().as_secs() < 60, "the index on an empty topic is built");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Every document holds `prod` but one in a thousand, which holds `dev`.
+        let documents = SORT_DOCS_MAX + 2_000;
+        for batch in (0..documents).collect::<Vec<_>>().chunks(2_000) {
+            let writes = batch
+                .iter()
+                .map(|i| {
+                    let env = if i % 1_000 == 7 { "dev" } else { "prod" };
+                    (
+                        format!("d{i:06}").into_bytes(),
+                        DocWrite::Put(vec![("env".into(), format!("{env:?}").into_bytes())]),
+                    )
+                })
+                .collect();
+            topic.doc_batch(writes, None).unwrap();
+        }
+        let filter = Filter::parse(["env=prod"]).unwrap();
+        let first = super::super::find_documents(&topic, &filter, None, None, 3).unwrap();
+        assert_eq!(first.index.as_deref(), Some("by_env"), "{first:?}");
+        let keys = |page: &FoundPage| {
+            page.docs.iter().map(|(key, _)| String::from_utf8_lossy(key).into_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&first), ["d000000", "d000001", "d000002"]);
+        assert!(first.scanned <= FETCH_DOCS as u64, "{}", first.scanned);
+        // The next page starts after the cursor, across the dev document at d000007.
+        let second = super::super::find_documents(&topic, &filter, None, first.next.as_deref(), 5).unwrap();
+        assert_eq!(keys(&second), ["d000003", "d000004", "d000005", "d000006", "d000008"]);
+        // The last page, from a cursor that is no record of the value (a dev document's key).
+        let last = super::super::find_documents(&topic, &filter, None, Some("d101007"), 10).unwrap();
+        let expected: Vec<String> = (101_008..102_000).map(|i| format!("d{i:06}")).take(10).collect();
+        assert_eq!(keys(&last), expected);
+        let tail = super::super::find_documents(&topic, &filter, None, Some("d101990"), 10).unwrap();
+        assert_eq!(keys(&tail).len(), 9);
+        assert_eq!(tail.next, None);
+        let dev =
+            super::super::find_documents(&topic, &Filter::parse(["env=dev"]).unwrap(), None, None, 1_000).unwrap();
+        assert_eq!(dev.docs.len(), documents / 1_000);
     }
 }
