@@ -6,10 +6,11 @@
 //! preferring `=`, then `^=`, then ranges. The records give the candidate documents; each is
 //! read and checked against every condition, so the answer is the one a scan gives. When the
 //! query is ordered by the index's path, the records' order is the answer's; otherwise the
-//! candidates are taken in key order. A query in key order by one value with `=` reads that
-//! value's records (in key order already) a chunk at a time, only as far as its page needs;
-//! any other whose candidates number more than [`SORT_DOCS_MAX`] scans instead.
+//! candidates are taken in key order. A query in key order by `=` (one value or several) merges
+//! the values' records (each value's in key order already) a chunk at a time, only as far as
+//! its page needs; any other whose candidates number more than [`SORT_DOCS_MAX`] scans instead.
 
+use std::collections::VecDeque;
 use std::ops::Bound;
 
 use canopy_crdt::{IndexDef, IndexKind, IndexScan, IndexStatus, Topic, WriteError};
@@ -155,11 +156,18 @@ pub(super) fn find_indexed(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Option<FoundPage>, FindError> {
+    let values: Option<Vec<&[u8]>> = plan
+        .ranges
+        .iter()
+        .map(|range| match range {
+            (Bound::Included(value), Bound::Included(same)) if value == same => Some(value.as_slice()),
+            _ => None,
+        })
+        .collect();
     if order.is_none()
-        && let [(Bound::Included(value), Bound::Included(same))] = plan.ranges.as_slice()
-        && value == same
+        && let Some(values) = values
     {
-        return find_equal(topic, plan, value, filter, after, limit);
+        return find_equal(topic, plan, &values, filter, after, limit);
     }
     let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     for (lower, upper) in &plan.ranges {
@@ -234,25 +242,42 @@ pub(super) fn find_indexed(
     Ok(Some(found))
 }
 
-/// Answers a query in key order through the records of one `value`, which are in key order
-/// themselves: read a chunk at a time, only as far as the page needs, with no bound on how
-/// many documents hold the value. `None` when the index went away meanwhile.
+/// Answers a query in key order through the records of `values`, each value's records in key
+/// order themselves: merged a chunk at a time, only as far as the page needs, with no bound on
+/// how many documents hold the values. `None` when the index went away meanwhile.
 fn find_equal(
     topic: &Topic,
     plan: &Plan,
-    value: &[u8],
+    values: &[&[u8]],
     filter: &Filter,
     after: Option<&str>,
     limit: usize,
 ) -> Result<Option<FoundPage>, FindError> {
     let mut found = FoundPage { index: Some(plan.name.clone()), ..FoundPage::default() };
-    // Records of `value` after the cursor's key (a key no record has is a place between two).
-    let mut resume: Option<Vec<u8>> = after.map(|after| after.as_bytes().to_vec());
+    let resume = after.map(|after| after.as_bytes().to_vec());
+    let mut streams: Vec<ValueRecords<'_>> = values
+        .iter()
+        .map(|value| ValueRecords { value, held: VecDeque::new(), resume: resume.clone(), done: false })
+        .collect();
+    // A document holding two of the values (a field with concurrent writes) is taken once.
+    let mut taken: Option<Vec<u8>> = None;
     loop {
-        let bound = Bound::Included(value);
-        let scan = IndexScan { lower: bound, upper: bound, after: resume.as_deref().map(|doc| (value, doc)) };
-        let Some(records) = topic.index_records(&plan.name, &scan, FETCH_DOCS)? else { return Ok(None) };
-        let keys: Vec<Vec<u8>> = records.into_iter().map(|record| record.doc).collect();
+        let mut keys = Vec::with_capacity(FETCH_DOCS);
+        while keys.len() < FETCH_DOCS {
+            for stream in &mut streams {
+                if !stream.fill(topic, &plan.name)? {
+                    return Ok(None);
+                }
+            }
+            let least = (0..streams.len())
+                .filter(|&at| !streams[at].held.is_empty())
+                .min_by(|&a, &b| streams[a].held.front().cmp(&streams[b].held.front()));
+            let Some(key) = least.and_then(|at| streams[at].held.pop_front()) else { break };
+            if taken.as_ref() != Some(&key) {
+                taken = Some(key.clone());
+                keys.push(key);
+            }
+        }
         for (key, doc) in read(topic, &keys, &mut found.scanned)? {
             if !filter.matches(&doc) {
                 continue;
@@ -267,7 +292,33 @@ fn find_equal(
         if keys.len() < FETCH_DOCS {
             return Ok(Some(found));
         }
-        resume = keys.into_iter().next_back();
+    }
+}
+
+/// One value's index records, read a chunk at a time after a cursor, in key order.
+struct ValueRecords<'v> {
+    value: &'v [u8],
+    /// Document keys read and not yet taken.
+    held: VecDeque<Vec<u8>>,
+    /// The last key read (or the query's cursor: a key no record has is a place between two).
+    resume: Option<Vec<u8>>,
+    /// Whether every record of the value has been read.
+    done: bool,
+}
+
+impl ValueRecords<'_> {
+    /// Reads the next chunk when every key read is taken; false when the index is gone.
+    fn fill(&mut self, topic: &Topic, name: &str) -> Result<bool, FindError> {
+        if !self.held.is_empty() || self.done {
+            return Ok(true);
+        }
+        let bound = Bound::Included(self.value);
+        let scan = IndexScan { lower: bound, upper: bound, after: self.resume.as_deref().map(|doc| (self.value, doc)) };
+        let Some(records) = topic.index_records(name, &scan, FETCH_DOCS)? else { return Ok(false) };
+        self.done = records.len() < FETCH_DOCS;
+        self.held.extend(records.into_iter().map(|record| record.doc));
+        self.resume = self.held.back().cloned();
+        Ok(true)
     }
 }
 
@@ -380,5 +431,48 @@ mod equal_tests {
         let dev =
             super::super::find_documents(&topic, &Filter::parse(["env=dev"]).unwrap(), None, None, 1_000).unwrap();
         assert_eq!(dev.docs.len(), documents / 1_000);
+        // Several values: their records merged in key order, a page at a time.
+        let either = Filter::parse(["env=dev|prod|none"]).unwrap();
+        let mut after: Option<String> = None;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let page = super::super::find_documents(&topic, &either, None, after.as_deref(), 4).unwrap();
+            assert_eq!(page.index.as_deref(), Some("by_env"));
+            seen.extend(keys(&page));
+            after = page.next;
+        }
+        let expected: Vec<String> = (0..12).map(|i| format!("d{i:06}")).collect();
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn a_document_holding_two_of_the_values_is_found_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = canopy_crdt::sim::Cluster::new(dir.path(), 2, &["t".to_string()], 5).unwrap();
+        let def = IndexDef::new("env", IndexKind::String).unwrap();
+        cluster.declare_index(0, "t", "by_env", &def).unwrap();
+        cluster.run_until_quiet(100_000).unwrap();
+        // Concurrent writes of one field: both values stay live, each with an index record.
+        let put = |env: &str| DocWrite::Put(vec![("env".into(), format!("{env:?}").into_bytes())]);
+        cluster.doc_write(0, "t", b"k", put("prod")).unwrap();
+        cluster.doc_write(1, "t", b"k", put("dev")).unwrap();
+        cluster.doc_write(0, "t", b"j", put("prod")).unwrap();
+        cluster.run_until_quiet(100_000).unwrap();
+        let topic = cluster.topic(0, "t").unwrap();
+        let started = std::time::Instant::now();
+        while !topic.indexes().iter().all(|index| index.ready) {
+            assert!(started.elapsed().as_secs() < 60, "the index is built");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let records = |value: &str| {
+            let encoded = def.encode_value(&Value::String(value.into())).unwrap();
+            let bound = Bound::Included(encoded.as_slice());
+            let scan = IndexScan { lower: bound, upper: bound, after: None };
+            topic.index_records("by_env", &scan, 10).unwrap().unwrap().len()
+        };
+        assert_eq!((records("prod"), records("dev")), (2, 1), "k holds both values");
+        let found = super::super::find_documents(&topic, &Filter::parse(["env=dev|prod"]).unwrap(), None, None, 10);
+        let keys: Vec<Vec<u8>> = found.unwrap().docs.into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, [b"j".to_vec(), b"k".to_vec()]);
     }
 }
