@@ -384,17 +384,21 @@ mod equal_tests {
 
     use super::*;
 
+    fn wait_built(topic: &Topic) {
+        let started = std::time::Instant::now();
+        while !topic.indexes().iter().all(|index| index.ready) {
+            assert!(started.elapsed().as_secs() < 60, "the topic's indexes are built");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_value_more_documents_hold_than_a_sort_takes_is_still_found_through_its_index() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
         let topic = store.topic("t").unwrap();
         topic.declare_index("by_env", &IndexDef::new("env", IndexKind::String).unwrap()).unwrap();
-        let started = std::time::Instant::now();
-        while !topic.indexes().iter().all(|index| index.ready) {
-            assert!(started.elapsed().as_secs() < 60, "the index on an empty topic is built");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_built(&topic);
         // Every document holds `prod` but one in a thousand, which holds `dev`.
         let documents = SORT_DOCS_MAX + 2_000;
         for batch in (0..documents).collect::<Vec<_>>().chunks(2_000) {
@@ -459,11 +463,7 @@ mod equal_tests {
         cluster.doc_write(0, "t", b"j", put("prod")).unwrap();
         cluster.run_until_quiet(100_000).unwrap();
         let topic = cluster.topic(0, "t").unwrap();
-        let started = std::time::Instant::now();
-        while !topic.indexes().iter().all(|index| index.ready) {
-            assert!(started.elapsed().as_secs() < 60, "the index is built");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_built(&topic);
         let records = |value: &str| {
             let encoded = def.encode_value(&Value::String(value.into())).unwrap();
             let bound = Bound::Included(encoded.as_slice());
