@@ -397,8 +397,8 @@ impl Node {
     }
 
     /// Ends every change and message stream the node's API has open (their clients see the
-    /// stream end), so that an HTTP server's graceful shutdown need not wait for them. Shutting
-    /// the node down does it too.
+    /// stream end), so that an HTTP server's graceful shutdown need not wait for them; a stream
+    /// opened afterwards ends at once. Shutting the node down does it too.
     pub fn end_streams(&self) {
         self.inner.streams_end.send_replace(true);
     }
