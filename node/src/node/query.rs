@@ -352,6 +352,8 @@ fn as_ref(bound: &Bound<Vec<u8>>) -> Bound<&[u8]> {
 
 #[cfg(test)]
 mod tests {
+    use canopy_crdt::{DocWrite, Store, StoreOptions};
+
     use super::*;
 
     fn status(name: &str, path: &str, kind: IndexKind, ready: bool) -> IndexStatus {
@@ -380,13 +382,6 @@ mod tests {
         assert_eq!(successor(&[1, 0xff, 0xff]), Some(vec![2]));
         assert_eq!(successor(&[0xff]), None);
     }
-}
-
-#[cfg(test)]
-mod equal_tests {
-    use canopy_crdt::{DocWrite, Store, StoreOptions};
-
-    use super::*;
 
     fn wait_built(topic: &Topic) {
         let started = std::time::Instant::now();
